@@ -1,0 +1,94 @@
+package discovery
+
+import "time"
+
+// API paths served by the discovery server.
+const (
+	PathRegister  = "/api/v1/register"
+	PathHeartbeat = "/api/v1/heartbeat"
+	PathRenew     = "/api/v1/renew"
+	PathSelf      = "/api/v1/agents/self"
+	PathDiscovery = "/api/v1/discovery"
+	PathAgents    = "/api/v1/agents"
+	PathCA        = "/ca.crt"
+)
+
+// MaxRequestBody bounds every request body the API reads.
+const MaxRequestBody = 1 << 20
+
+// RegisterRequest is the body of POST /api/v1/register.
+type RegisterRequest struct {
+	Hostname string `json:"hostname"`
+	// Address is the host or IP Prometheus scrapes; empty means the
+	// request's source address.
+	Address   string            `json:"address,omitempty"`
+	Port      int               `json:"port"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	Exporters []Exporter        `json:"exporters,omitempty"`
+	// CSR is a PEM encoded PKCS#10 certificate request made with the agent's
+	// own key.
+	CSR string `json:"csr"`
+}
+
+// RenewRequest is the body of POST /api/v1/renew. Certificate is only needed
+// when the agent's certificate has already expired: it then proves, together
+// with a CSR signed by the same key, that the host is the one that enrolled.
+type RenewRequest struct {
+	CSR         string `json:"csr"`
+	Certificate string `json:"certificate,omitempty"`
+}
+
+// HeartbeatRequest is the optional body of POST /api/v1/heartbeat.
+type HeartbeatRequest struct {
+	Status string `json:"status,omitempty"`
+}
+
+// CertificateResponse answers register and renew.
+type CertificateResponse struct {
+	AgentID string `json:"agent_id"`
+	// Certificate is the PEM chain: the agent certificate, then the CA.
+	Certificate              string    `json:"certificate"`
+	CACertificate            string    `json:"ca_certificate"`
+	TTLSeconds               int       `json:"ttl_seconds"`
+	HeartbeatIntervalSeconds int       `json:"heartbeat_interval_seconds"`
+	RenewAfter               time.Time `json:"renew_after"`
+}
+
+// HeartbeatResponse answers a heartbeat.
+type HeartbeatResponse struct {
+	TTLSeconds               int `json:"ttl_seconds"`
+	HeartbeatIntervalSeconds int `json:"heartbeat_interval_seconds"`
+}
+
+// AgentState is how the registry currently sees an agent.
+type AgentState string
+
+// Agent states, as reported by the admin API, the status page and metrics.
+const (
+	StateHealthy     AgentState = "healthy"
+	StateStale       AgentState = "stale"
+	StateExpired     AgentState = "expired"
+	StateRevoked     AgentState = "revoked"
+	StateMaintenance AgentState = "maintenance"
+)
+
+// AgentStates lists every state, in display order.
+func AgentStates() []AgentState {
+	return []AgentState{StateHealthy, StateStale, StateMaintenance, StateExpired, StateRevoked}
+}
+
+// AgentView is one agent in GET /api/v1/agents.
+type AgentView struct {
+	Agent
+	State AgentState `json:"state"`
+}
+
+// MaintenanceRequest is the body of POST /api/v1/agents/{id}/maintenance.
+type MaintenanceRequest struct {
+	Maintenance bool `json:"maintenance"`
+}
+
+// ErrorResponse is the body of every error reply.
+type ErrorResponse struct {
+	Error string `json:"error"`
+}

@@ -1,0 +1,109 @@
+package discovery
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// ErrNotFound is returned by a Store when an agent does not exist.
+var ErrNotFound = errors.New("not found")
+
+// ErrTokenUsed is returned by Store.ClaimToken when a single-use token id has
+// already been claimed.
+var ErrTokenUsed = errors.New("token already used")
+
+// ErrUnavailable wraps store errors that mean the backend cannot be reached.
+// Callers answer such requests with 503 instead of acknowledging them.
+var ErrUnavailable = errors.New("store unavailable")
+
+// Exporter is one exporter an agent relays, addressed by name.
+type Exporter struct {
+	Name string `json:"name"`
+	// Path is the relay path on the agent, for example /exporters/node/metrics.
+	Path string `json:"path"`
+}
+
+// Agent is one registration as it is stored. Everything but LastSeen changes
+// only on register, renew, revoke, maintenance and deregister; LastSeen moves
+// with every heartbeat and is persisted separately (Store.Touch) so that
+// heartbeats never rewrite whole records.
+type Agent struct {
+	ID        string            `json:"id"`
+	Hostname  string            `json:"hostname"`
+	Address   string            `json:"address"`
+	Port      int               `json:"port"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	Exporters []Exporter        `json:"exporters,omitempty"`
+
+	// CertSerial is the serial number (hex) of the agent's current certificate;
+	// PrevCertSerial stays valid until PrevCertNotAfter so that connections
+	// opened before a renewal keep working.
+	CertSerial       string    `json:"cert_serial"`
+	CertNotAfter     time.Time `json:"cert_not_after"`
+	PrevCertSerial   string    `json:"prev_cert_serial,omitempty"`
+	PrevCertNotAfter time.Time `json:"prev_cert_not_after,omitzero"`
+	// KeyFingerprint is the hex SHA-256 of the agent's public key (SPKI DER);
+	// it lets a host whose certificate expired prove it still holds the key.
+	KeyFingerprint string `json:"key_fingerprint"`
+
+	RegisteredAt time.Time `json:"registered_at"`
+	LastSeen     time.Time `json:"last_seen"`
+	Status       string    `json:"status,omitempty"`
+	Maintenance  bool      `json:"maintenance,omitempty"`
+	RevokedAt    time.Time `json:"revoked_at,omitzero"`
+}
+
+// Revoked reports whether an operator revoked the agent.
+func (a *Agent) Revoked() bool { return !a.RevokedAt.IsZero() }
+
+// Touch is one batched heartbeat: the newest LastSeen of an agent.
+type Touch struct {
+	ID       string
+	LastSeen time.Time
+}
+
+// EventType says what changed in a store.
+type EventType int
+
+// Event types delivered by Store.Watch.
+const (
+	EventPut EventType = iota
+	EventDelete
+	EventTouch
+)
+
+// Event is one change made to a store, possibly by another server replica.
+type Event struct {
+	Type EventType
+	// Agent is the full record for EventPut, the id and LastSeen for
+	// EventTouch and the id only for EventDelete.
+	Agent Agent
+}
+
+// Store persists the registry. Implementations must be safe for concurrent use.
+//
+// The registry keeps everything in memory and uses the store for durability
+// and, with a shared backend such as etcd, to learn about changes made by
+// other replicas through Watch. A write returns only once it is durable.
+type Store interface {
+	// List returns every stored agent, with its newest persisted LastSeen.
+	List(ctx context.Context) ([]Agent, error)
+	// Put creates or replaces an agent record (LastSeen included).
+	Put(ctx context.Context, a *Agent) error
+	// Delete removes an agent; deleting a missing agent is not an error.
+	Delete(ctx context.Context, id string) error
+	// Touch persists LastSeen for many agents in one write. Unknown ids are
+	// skipped: an agent deleted meanwhile is not brought back.
+	Touch(ctx context.Context, touches []Touch) error
+	// ClaimToken records that the single-use token id jti has been used. It
+	// returns ErrTokenUsed if it was claimed before. Claims may be forgotten
+	// after expires.
+	ClaimToken(ctx context.Context, jti string, expires time.Time) error
+	// Watch delivers changes made through other Store instances sharing the
+	// same backend until ctx ends. Stores that cannot be shared return a nil
+	// channel.
+	Watch(ctx context.Context) <-chan Event
+	// Close releases the store.
+	Close() error
+}
