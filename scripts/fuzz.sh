@@ -32,7 +32,7 @@ while IFS= read -r dir; do
 			failures+=("$pkg $target")
 		fi
 	done
-done < <("$GO" list -f '{{.Dir}}' ./...)
+done < <("$GO" list -e -f '{{.Dir}}' ./...)
 
 for f in ${failures[@]+"${failures[@]}"}; do
 	echo "FAIL fuzz target: $f"
