@@ -28,6 +28,10 @@ type RegisterRequest struct {
 	// CSR is a PEM encoded PKCS#10 certificate request made with the agent's
 	// own key.
 	CSR string `json:"csr"`
+	// Certificate is the agent's expired certificate (PEM). It replaces the
+	// enrollment token when the host was off for longer than its certificate
+	// lived, within the renewal grace window; the CSR proves the key.
+	Certificate string `json:"certificate,omitempty"`
 }
 
 // RenewRequest is the body of POST /api/v1/renew. Certificate is only needed

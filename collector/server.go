@@ -1,0 +1,112 @@
+package collector
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Server holds the self-metrics of the discovery server. Gauges that describe
+// the registry as a whole (agents by state) are set by the registry's sweep so
+// that a scrape never walks 100,000 agents.
+type Server struct {
+	AgentsByState        *prometheus.GaugeVec
+	Registrations        *prometheus.CounterVec
+	Heartbeats           *prometheus.CounterVec
+	Renewals             *prometheus.CounterVec
+	CertificatesIssued   *prometheus.CounterVec
+	TokenRejections      *prometheus.CounterVec
+	CertRejections       *prometheus.CounterVec
+	Expirations          prometheus.Counter
+	Purges               prometheus.Counter
+	HTTPSDRequests       *prometheus.CounterVec
+	HTTPSDResponseBytes  prometheus.Histogram
+	HTTPSDRebuildSeconds prometheus.Histogram
+	StoreSeconds         *prometheus.HistogramVec
+	StoreErrors          *prometheus.CounterVec
+	StoreUp              prometheus.Gauge
+	HeartbeatFlushSize   prometheus.Histogram
+	FileSDWrites         *prometheus.CounterVec
+}
+
+// NewServer creates the server metrics and registers them with reg.
+func NewServer(reg prometheus.Registerer) *Server {
+	const ns = "baremetal_sd"
+	m := &Server{
+		AgentsByState: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: ns, Subsystem: "registry", Name: "agents",
+			Help: "Registered agents by state (healthy, stale, maintenance, expired, revoked).",
+		}, []string{"state"}),
+		Registrations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: "registry", Name: "registrations_total",
+			Help: "Registration requests by result.",
+		}, []string{"result"}),
+		Heartbeats: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: "registry", Name: "heartbeats_total",
+			Help: "Heartbeat requests by result.",
+		}, []string{"result"}),
+		Renewals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: "registry", Name: "renewals_total",
+			Help: "Certificate renewal requests by result.",
+		}, []string{"result"}),
+		CertificatesIssued: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: "ca", Name: "certificates_issued_total",
+			Help: "Certificates signed by the CA, by reason (register, renew).",
+		}, []string{"reason"}),
+		TokenRejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: "auth", Name: "token_rejections_total",
+			Help: "Bearer tokens refused, by reason.",
+		}, []string{"reason"}),
+		CertRejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: "auth", Name: "certificate_rejections_total",
+			Help: "Client certificates refused, by reason.",
+		}, []string{"reason"}),
+		Expirations: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: "registry", Name: "expirations_total",
+			Help: "Agents that missed heartbeats for longer than the TTL and left http_sd.",
+		}),
+		Purges: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: "registry", Name: "purges_total",
+			Help: "Expired or revoked agents removed from the store after the retention window.",
+		}),
+		HTTPSDRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: "httpsd", Name: "requests_total",
+			Help: "http_sd requests by response code.",
+		}, []string{"code"}),
+		HTTPSDResponseBytes: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: ns, Subsystem: "httpsd", Name: "response_size_bytes",
+			Help:    "Size of http_sd response bodies as sent (after compression).",
+			Buckets: prometheus.ExponentialBuckets(256, 4, 10),
+		}),
+		HTTPSDRebuildSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: ns, Subsystem: "httpsd", Name: "rebuild_duration_seconds",
+			Help:    "Time spent re-serializing changed parts of an http_sd response.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 9),
+		}),
+		StoreSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: ns, Subsystem: "store", Name: "operation_duration_seconds",
+			Help:    "Latency of registry store operations.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 9),
+		}, []string{"operation"}),
+		StoreErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: "store", Name: "errors_total",
+			Help: "Failed registry store operations.",
+		}, []string{"operation"}),
+		StoreUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Subsystem: "store", Name: "up",
+			Help: "1 if the last store operation succeeded, 0 if the store is unreachable.",
+		}),
+		HeartbeatFlushSize: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: ns, Subsystem: "registry", Name: "heartbeat_flush_agents",
+			Help:    "Agents whose last-seen time was written per batched store flush.",
+			Buckets: prometheus.ExponentialBuckets(1, 4, 10),
+		}),
+		FileSDWrites: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: "filesd", Name: "writes_total",
+			Help: "file_sd files written, by result.",
+		}, []string{"result"}),
+	}
+	reg.MustRegister(m.AgentsByState, m.Registrations, m.Heartbeats, m.Renewals,
+		m.CertificatesIssued, m.TokenRejections, m.CertRejections, m.Expirations,
+		m.Purges, m.HTTPSDRequests, m.HTTPSDResponseBytes, m.HTTPSDRebuildSeconds,
+		m.StoreSeconds, m.StoreErrors, m.StoreUp, m.HeartbeatFlushSize, m.FileSDWrites)
+	return m
+}

@@ -1,0 +1,646 @@
+package discovery
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/baremetal-sd/baremetal_sd/ca"
+	"github.com/baremetal-sd/baremetal_sd/collector"
+)
+
+// APIConfig wires the HTTP API to the registry, the CA and the tokens.
+type APIConfig struct {
+	Registry *Registry
+	Cache    *SDCache
+	Store    Store
+	CA       *ca.Authority
+	Tokens   *ca.Tokens
+	// CertTTL is the lifetime of agent certificates (24h).
+	CertTTL time.Duration
+	// RenewGrace is how long after expiry an agent may still renew by
+	// proving possession of its key (30 days).
+	RenewGrace time.Duration
+	// AnonymousSD lets anyone read http_sd; off unless an operator opts in.
+	AnonymousSD bool
+	Metrics     *collector.Server
+	Logger      *slog.Logger
+	Now         func() time.Time
+}
+
+// API serves the registration protocol, http_sd and the admin endpoints.
+type API struct {
+	cfg  APIConfig
+	auth *authenticator
+}
+
+// NewAPI creates the API handlers.
+func NewAPI(cfg APIConfig) *API {
+	if cfg.CertTTL <= 0 {
+		cfg.CertTTL = 24 * time.Hour
+	}
+	if cfg.RenewGrace <= 0 {
+		cfg.RenewGrace = 30 * 24 * time.Hour
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &API{
+		cfg:  cfg,
+		auth: &authenticator{ca: cfg.CA, tokens: cfg.Tokens, metrics: cfg.Metrics, now: cfg.Now},
+	}
+}
+
+// Routes adds the API's handlers to mux.
+func (a *API) Routes(mux *http.ServeMux) {
+	mux.HandleFunc("POST "+PathRegister, a.handleRegister)
+	mux.HandleFunc("POST "+PathHeartbeat, a.handleHeartbeat)
+	mux.HandleFunc("POST "+PathRenew, a.handleRenew)
+	mux.HandleFunc("DELETE "+PathSelf, a.handleDeregister)
+	mux.HandleFunc("GET "+PathDiscovery, a.handleDiscovery)
+	mux.HandleFunc("GET "+PathAgents, a.handleListAgents)
+	mux.HandleFunc("DELETE "+PathAgents+"/{id}", a.handleRevoke)
+	mux.HandleFunc("POST "+PathAgents+"/{id}/maintenance", a.handleMaintenance)
+	mux.HandleFunc("GET "+PathCA, a.handleCA)
+}
+
+// writeJSON replies with a JSON body.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v) // the client went away; nothing to do
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, ErrorResponse{Error: msg})
+}
+
+// fail answers with the status of an authError or a store error.
+func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) string {
+	var ae *authError
+	if errors.As(err, &ae) {
+		writeError(w, ae.status, ae.msg)
+		return ae.reason
+	}
+	if errors.Is(err, ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
+		a.cfg.Logger.Warn("Store unavailable", "path", r.URL.Path, "err", err)
+		writeError(w, http.StatusServiceUnavailable, "registry store unavailable, retry later")
+		return "unavailable"
+	}
+	a.cfg.Logger.Error("Request failed", "path", r.URL.Path, "err", err)
+	writeError(w, http.StatusInternalServerError, "internal error")
+	return "error"
+}
+
+// decode reads a bounded, strict JSON body into v.
+func decode(w http.ResponseWriter, r *http.Request, v any, optional bool) (int, error) {
+	r.Body = http.MaxBytesReader(w, r.Body, MaxRequestBody)
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		switch {
+		case errors.As(err, &mbe):
+			return http.StatusRequestEntityTooLarge, fmt.Errorf("request body larger than %d bytes", MaxRequestBody)
+		case optional && errors.Is(err, io.EOF):
+			return 0, nil
+		default:
+			return http.StatusBadRequest, fmt.Errorf("invalid JSON body: %s", jsonErrorText(err))
+		}
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return http.StatusRequestEntityTooLarge, fmt.Errorf("request body larger than %d bytes", MaxRequestBody)
+		}
+		return http.StatusBadRequest, errors.New("invalid JSON body: trailing data after the object")
+	}
+	return 0, nil
+}
+
+// jsonErrorText keeps decoder errors short; they may quote client input.
+func jsonErrorText(err error) string {
+	s := err.Error()
+	if len(s) > 200 {
+		s = s[:200] + "..."
+	}
+	return s
+}
+
+func (a *API) countRegistration(result string) {
+	if a.cfg.Metrics != nil {
+		a.cfg.Metrics.Registrations.WithLabelValues(result).Inc()
+	}
+}
+
+func (a *API) handleRegister(w http.ResponseWriter, r *http.Request) {
+	result := a.register(w, r)
+	a.countRegistration(result)
+}
+
+// register enrolls an agent. Three credentials are accepted: an enrollment
+// token; the agent's still valid certificate, when the registry lost it; or a
+// certificate that expired within the renewal grace window together with a
+// CSR signed by the same key, when the host was off for a long time and its
+// record was purged meanwhile.
+func (a *API) register(w http.ResponseWriter, r *http.Request) string {
+	var (
+		who *identity
+		err error
+	)
+	cert, err := a.auth.certificate(r)
+	if err != nil {
+		return a.fail(w, r, err)
+	}
+	if cert != nil {
+		who, err = a.auth.agent(r)
+	} else if _, ok := bearer(r); ok {
+		who, err = a.auth.token(r, ca.ScopeEnroll)
+	}
+	if err != nil {
+		return a.fail(w, r, err)
+	}
+	if who == nil && !hasBody(r) {
+		return a.fail(w, r, a.auth.rejectToken("missing", "a bearer token is required"))
+	}
+
+	var req RegisterRequest
+	if status, err := decode(w, r, &req, false); err != nil {
+		writeError(w, status, err.Error())
+		return "bad_request"
+	}
+	if who == nil && req.Certificate == "" {
+		return a.fail(w, r, a.auth.rejectToken("missing", "a bearer token is required"))
+	}
+	if req.Address == "" {
+		req.Address = sourceIP(r)
+	}
+	if err := ValidateRegistration(&req); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return "bad_request"
+	}
+	csr, err := ca.ParseCSR([]byte(req.CSR))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "csr: "+err.Error())
+		return "bad_request"
+	}
+	if who == nil {
+		if who, err = a.expiredIdentity(req.Certificate, csr); err != nil {
+			return a.fail(w, r, err)
+		}
+	}
+
+	now := a.cfg.Now()
+	agent := &Agent{
+		Hostname:     req.Hostname,
+		Address:      req.Address,
+		Port:         req.Port,
+		Labels:       req.Labels,
+		Exporters:    req.Exporters,
+		RegisteredAt: now,
+		LastSeen:     now,
+	}
+	if who.claims != nil {
+		if err := a.applyToken(agent, who.claims); err != nil {
+			return a.fail(w, r, err)
+		}
+	} else {
+		// Re-registration by certificate: only for the certificate's own id,
+		// and never for a revoked or superseded one.
+		agent.ID = who.id
+		switch err := a.cfg.Registry.CheckCertificate(who.id, who.serial); {
+		case err == nil, errors.Is(err, ErrNotFound):
+		case errors.Is(err, ErrRevoked):
+			return a.fail(w, r, a.auth.reject(&authError{http.StatusForbidden, "revoked", "agent is revoked"}))
+		default:
+			return a.fail(w, r, a.auth.reject(&authError{http.StatusForbidden, "superseded", "certificate is superseded by a newer enrollment"}))
+		}
+	}
+	if agent.ID == "" {
+		agent.ID = strings.ToLower(rand.Text())
+	}
+	if old, ok := a.cfg.Registry.Get(agent.ID); ok {
+		agent.RegisteredAt = old.RegisteredAt
+		agent.Maintenance = old.Maintenance
+	}
+
+	if who.claims != nil && who.claims.SingleUse {
+		exp := now.Add(time.Hour)
+		if who.claims.ExpiresAt != nil {
+			exp = who.claims.ExpiresAt.Time
+		}
+		start := time.Now()
+		err := a.cfg.Store.ClaimToken(r.Context(), who.claims.ID, exp)
+		a.cfg.Registry.observeStore("claim_token", start, err)
+		if errors.Is(err, ErrTokenUsed) {
+			return a.fail(w, r, a.auth.rejectToken("reused", "token refused: single-use token was already used"))
+		}
+		if err != nil {
+			return a.fail(w, r, fmt.Errorf("claim token: %w", err))
+		}
+	}
+
+	resp, err := a.issue(r.Context(), agent, csr.PublicKey, "register")
+	if err != nil {
+		return a.fail(w, r, err)
+	}
+	a.cfg.Logger.Debug("Agent registered", "agent_id", agent.ID, "hostname", agent.Hostname)
+	writeJSON(w, http.StatusOK, resp)
+	return "success"
+}
+
+// applyToken gives the agent its id and labels as the token dictates.
+func (a *API) applyToken(agent *Agent, c *ca.Claims) error {
+	if c.AgentID != "" {
+		agent.ID = c.AgentID
+		if old, ok := a.cfg.Registry.Get(c.AgentID); ok && old.Revoked() {
+			// A token made after the revocation re-admits the agent; an older
+			// one must not undo the operator's decision.
+			if c.IssuedAt == nil || !c.IssuedAt.After(old.RevokedAt) {
+				return a.auth.rejectToken("revoked", "token refused: the agent was revoked after this token was issued")
+			}
+		}
+	}
+	for k, want := range c.Labels {
+		if got, ok := agent.Labels[k]; ok && got != want {
+			return &authError{http.StatusForbidden, "label_constraint",
+				fmt.Sprintf("label %q must be %q for this token", k, want)}
+		}
+		if agent.Labels == nil {
+			agent.Labels = make(map[string]string, len(c.Labels))
+		}
+		agent.Labels[k] = want
+	}
+	return nil
+}
+
+// issue signs a certificate for the agent, stores the registration and
+// builds the reply. Nothing is acknowledged before the store has it.
+func (a *API) issue(ctx context.Context, agent *Agent, pub any, reason string) (*CertificateResponse, error) {
+	fp, err := ca.KeyFingerprint(pub)
+	if err != nil {
+		return nil, &authError{http.StatusBadRequest, "bad_key", "csr: " + err.Error()}
+	}
+	leaf, chain, err := a.cfg.CA.SignAgent(ca.AgentCertRequest{
+		AgentID:   agent.ID,
+		Hostname:  agent.Hostname,
+		Address:   agent.Address,
+		PublicKey: pub,
+		TTL:       a.cfg.CertTTL,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sign certificate for %q: %w", agent.ID, err)
+	}
+	agent.CertSerial = serialHex(leaf)
+	agent.CertNotAfter = leaf.NotAfter
+	agent.KeyFingerprint = fp
+	agent.RevokedAt = time.Time{}
+	if err := a.cfg.Registry.Put(ctx, agent); err != nil {
+		return nil, err
+	}
+	if a.cfg.Metrics != nil {
+		a.cfg.Metrics.CertificatesIssued.WithLabelValues(reason).Inc()
+	}
+	return a.certificateResponse(agent.ID, leaf, chain), nil
+}
+
+func (a *API) certificateResponse(id string, leaf *x509.Certificate, chain []byte) *CertificateResponse {
+	cfg := a.cfg.Registry.Config()
+	life := leaf.NotAfter.Sub(leaf.NotBefore)
+	return &CertificateResponse{
+		AgentID:                  id,
+		Certificate:              string(chain),
+		CACertificate:            string(a.cfg.CA.CertificatePEM()),
+		TTLSeconds:               int(cfg.TTL / time.Second),
+		HeartbeatIntervalSeconds: int(cfg.HeartbeatInterval / time.Second),
+		RenewAfter:               leaf.NotBefore.Add(life * 2 / 3).UTC(),
+	}
+}
+
+// hasBody reports whether a request may carry a body worth decoding.
+func hasBody(r *http.Request) bool {
+	return r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0
+}
+
+// sourceIP is the address the request came from, used when an agent does
+// not say where it can be scraped.
+func sourceIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+func (a *API) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
+	result := a.heartbeat(w, r)
+	if a.cfg.Metrics != nil {
+		a.cfg.Metrics.Heartbeats.WithLabelValues(result).Inc()
+	}
+}
+
+func (a *API) heartbeat(w http.ResponseWriter, r *http.Request) string {
+	who, err := a.auth.agent(r)
+	if err != nil {
+		return a.fail(w, r, err)
+	}
+	var req HeartbeatRequest
+	if status, err := decode(w, r, &req, true); err != nil {
+		writeError(w, status, err.Error())
+		return "bad_request"
+	}
+	if len(req.Status) > MaxStatusLen {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("status is longer than %d bytes", MaxStatusLen))
+		return "bad_request"
+	}
+	if err := a.cfg.Registry.Heartbeat(who.id, who.serial, req.Status); err != nil {
+		return a.certStateError(w, r, err)
+	}
+	cfg := a.cfg.Registry.Config()
+	writeJSON(w, http.StatusOK, HeartbeatResponse{
+		TTLSeconds:               int(cfg.TTL / time.Second),
+		HeartbeatIntervalSeconds: int(cfg.HeartbeatInterval / time.Second),
+	})
+	return "success"
+}
+
+// certStateError answers a registry refusal of an agent certificate.
+func (a *API) certStateError(w http.ResponseWriter, r *http.Request, err error) string {
+	switch {
+	case errors.Is(err, ErrNotFound):
+		writeError(w, http.StatusNotFound, "agent not registered: register again")
+		return "not_found"
+	case errors.Is(err, ErrRevoked):
+		return a.fail(w, r, a.auth.reject(&authError{http.StatusForbidden, "revoked", "agent is revoked"}))
+	case errors.Is(err, ErrSuperseded):
+		return a.fail(w, r, a.auth.reject(&authError{http.StatusForbidden, "superseded", "certificate is superseded by a newer enrollment"}))
+	}
+	return a.fail(w, r, err)
+}
+
+func (a *API) handleRenew(w http.ResponseWriter, r *http.Request) {
+	result := a.renew(w, r)
+	if a.cfg.Metrics != nil {
+		a.cfg.Metrics.Renewals.WithLabelValues(result).Inc()
+	}
+}
+
+// renew signs a new certificate for an agent. Over mTLS the current
+// certificate authenticates it; a host whose certificate expired while it was
+// off sends that certificate and a CSR signed by the same key instead.
+func (a *API) renew(w http.ResponseWriter, r *http.Request) string {
+	cert, err := a.auth.certificate(r)
+	if err != nil {
+		return a.fail(w, r, err)
+	}
+	var req RenewRequest
+	if status, err := decode(w, r, &req, false); err != nil {
+		writeError(w, status, err.Error())
+		return "bad_request"
+	}
+	csr, err := ca.ParseCSR([]byte(req.CSR))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "csr: "+err.Error())
+		return "bad_request"
+	}
+	var who *identity
+	if cert != nil {
+		if who, err = a.auth.agent(r); err != nil {
+			return a.fail(w, r, err)
+		}
+	} else {
+		if who, err = a.expiredIdentity(req.Certificate, csr); err != nil {
+			return a.fail(w, r, err)
+		}
+	}
+	if err := a.cfg.Registry.CheckCertificate(who.id, who.serial); err != nil {
+		return a.certStateError(w, r, err)
+	}
+	view, _ := a.cfg.Registry.Get(who.id)
+	agent := view.Agent.clone()
+	if cert == nil && agent.KeyFingerprint != "" {
+		if fp, _ := ca.KeyFingerprint(csr.PublicKey); fp != agent.KeyFingerprint {
+			return a.fail(w, r, a.auth.reject(&authError{http.StatusForbidden, "key_mismatch", "csr key is not the key the agent enrolled with"}))
+		}
+	}
+	agent.PrevCertSerial = agent.CertSerial
+	agent.PrevCertNotAfter = agent.CertNotAfter
+	resp, err := a.issue(r.Context(), agent, csr.PublicKey, "renew")
+	if err != nil {
+		return a.fail(w, r, err)
+	}
+	writeJSON(w, http.StatusOK, resp)
+	return "success"
+}
+
+// expiredIdentity authenticates a renewal without mTLS: the old certificate
+// must be ours, an agent's, expired no longer than the grace window, and the
+// CSR must be signed by the key it certifies.
+func (a *API) expiredIdentity(certPEM string, csr *x509.CertificateRequest) (*identity, error) {
+	if certPEM == "" {
+		return nil, a.auth.reject(&authError{http.StatusUnauthorized, "no_certificate", "a client certificate is required, or the expired certificate in the body"})
+	}
+	old, err := ca.ParseCertificatePEM([]byte(certPEM))
+	if err != nil {
+		return nil, &authError{http.StatusBadRequest, "bad_certificate", "certificate: " + err.Error()}
+	}
+	if err := a.cfg.CA.VerifyIgnoringExpiry(old); err != nil {
+		return nil, a.auth.reject(&authError{http.StatusUnauthorized, "bad_certificate", "certificate not issued to an agent by this CA"})
+	}
+	now := a.cfg.Now()
+	if now.Before(old.NotAfter) {
+		return nil, a.auth.reject(&authError{http.StatusBadRequest, "not_expired", "certificate is still valid: renew over mTLS"})
+	}
+	if now.Sub(old.NotAfter) > a.cfg.RenewGrace {
+		return nil, a.auth.reject(&authError{http.StatusUnauthorized, "grace_expired",
+			fmt.Sprintf("certificate expired more than %s ago: enroll again with a new token", a.cfg.RenewGrace)})
+	}
+	oldFP, err := ca.KeyFingerprint(old.PublicKey)
+	if err != nil {
+		return nil, &authError{http.StatusBadRequest, "bad_certificate", "certificate: " + err.Error()}
+	}
+	if fp, _ := ca.KeyFingerprint(csr.PublicKey); fp != oldFP {
+		return nil, a.auth.reject(&authError{http.StatusForbidden, "key_mismatch", "csr is not signed by the certificate's key"})
+	}
+	_, id, err := ca.Identify(old)
+	if err != nil {
+		return nil, a.auth.reject(&authError{http.StatusForbidden, "unknown_role", "certificate has no baremetal_sd role"})
+	}
+	return &identity{role: ca.RoleAgent, id: id, serial: serialHex(old)}, nil
+}
+
+func (a *API) handleDeregister(w http.ResponseWriter, r *http.Request) {
+	who, err := a.auth.agent(r)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if err := a.cfg.Registry.CheckCertificate(who.id, who.serial); err != nil {
+		a.certStateError(w, r, err)
+		return
+	}
+	if err := a.cfg.Registry.Delete(r.Context(), who.id); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	a.cfg.Logger.Info("Agent deregistered", "agent_id", who.id)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (a *API) handleDiscovery(w http.ResponseWriter, r *http.Request) {
+	code := a.discovery(w, r)
+	if a.cfg.Metrics != nil {
+		a.cfg.Metrics.HTTPSDRequests.WithLabelValues(strconv.Itoa(code)).Inc()
+	}
+}
+
+func (a *API) discovery(w http.ResponseWriter, r *http.Request) int {
+	if !a.cfg.AnonymousSD {
+		if _, err := a.auth.reader(r, ca.ScopeDiscovery, ca.RoleDiscovery, ca.RoleAdmin); err != nil {
+			a.fail(w, r, err)
+			return statusOf(err)
+		}
+	}
+	f, err := ParseFilter(r.URL.Query())
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return http.StatusBadRequest
+	}
+	gz := acceptsGzip(r)
+	body := a.cfg.Cache.Get(f, gz)
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
+	h.Set("Vary", "Accept-Encoding")
+	if gz {
+		h.Set("Content-Encoding", "gzip")
+	}
+	h.Set("Content-Length", strconv.Itoa(body.Size))
+	w.WriteHeader(http.StatusOK)
+	if a.cfg.Metrics != nil {
+		a.cfg.Metrics.HTTPSDResponseBytes.Observe(float64(body.Size))
+	}
+	if r.Method == http.MethodHead {
+		return http.StatusOK
+	}
+	if gz {
+		_, _ = w.Write(body.Gzip)
+		return http.StatusOK
+	}
+	for _, p := range body.Pieces {
+		if _, err := w.Write(p); err != nil {
+			break // the client went away
+		}
+	}
+	return http.StatusOK
+}
+
+func statusOf(err error) int {
+	var ae *authError
+	if errors.As(err, &ae) {
+		return ae.status
+	}
+	return http.StatusInternalServerError
+}
+
+// acceptsGzip reports whether the client listed gzip with a non-zero q.
+func acceptsGzip(r *http.Request) bool {
+	for _, part := range strings.Split(r.Header.Get("Accept-Encoding"), ",") {
+		enc, params, _ := strings.Cut(strings.TrimSpace(part), ";")
+		if !strings.EqualFold(strings.TrimSpace(enc), "gzip") {
+			continue
+		}
+		params = strings.ReplaceAll(params, " ", "")
+		return params != "q=0" && params != "q=0.0" && params != "q=0.00" && params != "q=0.000"
+	}
+	return false
+}
+
+func (a *API) admin(w http.ResponseWriter, r *http.Request) bool {
+	if _, err := a.auth.reader(r, ca.ScopeAdmin, ca.RoleAdmin); err != nil {
+		a.fail(w, r, err)
+		return false
+	}
+	return true
+}
+
+func (a *API) handleListAgents(w http.ResponseWriter, r *http.Request) {
+	if !a.admin(w, r) {
+		return
+	}
+	writeJSON(w, http.StatusOK, a.cfg.Registry.List())
+}
+
+func (a *API) handleRevoke(w http.ResponseWriter, r *http.Request) {
+	if !a.admin(w, r) {
+		return
+	}
+	id := r.PathValue("id")
+	now := a.cfg.Now()
+	agent, err := a.cfg.Registry.Update(r.Context(), id, func(ag *Agent) error {
+		if !ag.Revoked() {
+			ag.RevokedAt = now
+		}
+		return nil
+	})
+	if errors.Is(err, ErrNotFound) {
+		writeError(w, http.StatusNotFound, "no such agent")
+		return
+	}
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	a.cfg.Logger.Info("Agent revoked", "agent_id", id, "hostname", agent.Hostname)
+	v, _ := a.cfg.Registry.Get(id)
+	writeJSON(w, http.StatusOK, v)
+}
+
+func (a *API) handleMaintenance(w http.ResponseWriter, r *http.Request) {
+	if !a.admin(w, r) {
+		return
+	}
+	var req MaintenanceRequest
+	if status, err := decode(w, r, &req, false); err != nil {
+		writeError(w, status, err.Error())
+		return
+	}
+	id := r.PathValue("id")
+	_, err := a.cfg.Registry.Update(r.Context(), id, func(ag *Agent) error {
+		if ag.Revoked() {
+			return &authError{http.StatusConflict, "revoked", "agent is revoked"}
+		}
+		ag.Maintenance = req.Maintenance
+		return nil
+	})
+	if errors.Is(err, ErrNotFound) {
+		writeError(w, http.StatusNotFound, "no such agent")
+		return
+	}
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	a.cfg.Logger.Info("Agent maintenance changed", "agent_id", id, "maintenance", req.Maintenance)
+	v, _ := a.cfg.Registry.Get(id)
+	writeJSON(w, http.StatusOK, v)
+}
+
+func (a *API) handleCA(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/x-pem-file")
+	_, _ = w.Write(a.cfg.CA.CertificatePEM())
+}

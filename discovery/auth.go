@@ -1,0 +1,169 @@
+package discovery
+
+import (
+	"bytes"
+	"crypto/x509"
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/baremetal-sd/baremetal_sd/ca"
+	"github.com/baremetal-sd/baremetal_sd/collector"
+)
+
+// maxAuthorizationHeader bounds the Authorization header we look at.
+const maxAuthorizationHeader = 8 << 10
+
+// identity is who a request speaks for.
+type identity struct {
+	role ca.Role
+	// id is the agent id of an agent certificate, the name of a client
+	// certificate or the jti of a token.
+	id     string
+	serial string // hex serial of a client certificate
+	claims *ca.Claims
+}
+
+// authError is an authentication or authorization failure: status says
+// which, reason feeds the rejection metrics, msg is safe to show.
+type authError struct {
+	status int
+	reason string
+	msg    string
+}
+
+func (e *authError) Error() string { return e.msg }
+
+// authenticator decides who a request comes from. Certificates must have
+// been verified by the TLS layer against our CA; tokens are verified here.
+type authenticator struct {
+	ca      *ca.Authority
+	tokens  *ca.Tokens
+	metrics *collector.Server
+	now     func() time.Time
+}
+
+// certificate returns the request's client certificate if it presented one
+// that chains to our CA. A certificate the TLS layer did not verify is an
+// error, not "no certificate": it means the web config does not verify client
+// certificates against our CA, and silently ignoring it would be confusing.
+func (a *authenticator) certificate(r *http.Request) (*x509.Certificate, error) {
+	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+		return nil, nil
+	}
+	caRaw := a.ca.Certificate().Raw
+	for _, chain := range r.TLS.VerifiedChains {
+		if len(chain) > 0 && bytes.Equal(chain[len(chain)-1].Raw, caRaw) {
+			return chain[0], nil
+		}
+	}
+	return nil, a.reject(&authError{http.StatusUnauthorized, "unverified_certificate",
+		"client certificate not verified against the baremetal_sd CA (web config needs client_auth_type VerifyClientCertIfGiven and client_ca_file pointing at the CA)"})
+}
+
+func (a *authenticator) reject(e *authError) *authError {
+	if a.metrics != nil {
+		a.metrics.CertRejections.WithLabelValues(e.reason).Inc()
+	}
+	return e
+}
+
+// agent authenticates an agent by its certificate.
+func (a *authenticator) agent(r *http.Request) (*identity, error) {
+	cert, err := a.certificate(r)
+	if err != nil {
+		return nil, err
+	}
+	if cert == nil {
+		return nil, a.reject(&authError{http.StatusUnauthorized, "no_certificate", "an agent client certificate is required"})
+	}
+	role, id, err := ca.Identify(cert)
+	if err != nil {
+		return nil, a.reject(&authError{http.StatusForbidden, "unknown_role", "certificate has no baremetal_sd role"})
+	}
+	if role != ca.RoleAgent {
+		return nil, a.reject(&authError{http.StatusForbidden, "not_agent", "a " + string(role) + " certificate cannot act as an agent"})
+	}
+	return &identity{role: role, id: id, serial: serialHex(cert)}, nil
+}
+
+// token verifies the request's bearer token for a scope.
+func (a *authenticator) token(r *http.Request, want ca.Scope) (*identity, error) {
+	raw, ok := bearer(r)
+	if !ok {
+		return nil, a.rejectToken("missing", "a bearer token is required")
+	}
+	claims, err := a.tokens.Verify(raw, want, a.now())
+	if err != nil {
+		reason := "invalid"
+		var te *ca.TokenError
+		if errors.As(err, &te) {
+			reason = te.Reason
+		}
+		status := http.StatusUnauthorized
+		if reason == "scope" {
+			status = http.StatusForbidden
+		}
+		e := a.rejectToken(reason, "token refused: "+err.Error())
+		e.status = status
+		return nil, e
+	}
+	return &identity{role: scopeRole(claims.Scope), id: claims.ID, claims: claims}, nil
+}
+
+func (a *authenticator) rejectToken(reason, msg string) *authError {
+	if a.metrics != nil {
+		a.metrics.TokenRejections.WithLabelValues(reason).Inc()
+	}
+	return &authError{http.StatusUnauthorized, reason, msg}
+}
+
+// reader authenticates a client of http_sd or admin endpoints: a client
+// certificate whose role is one of roles, or else a token of scope want.
+func (a *authenticator) reader(r *http.Request, want ca.Scope, roles ...ca.Role) (*identity, error) {
+	cert, err := a.certificate(r)
+	if err != nil {
+		return nil, err
+	}
+	if cert != nil {
+		role, id, err := ca.Identify(cert)
+		if err != nil {
+			return nil, a.reject(&authError{http.StatusForbidden, "unknown_role", "certificate has no baremetal_sd role"})
+		}
+		for _, ok := range roles {
+			if role == ok {
+				return &identity{role: role, id: id, serial: serialHex(cert)}, nil
+			}
+		}
+		return nil, a.reject(&authError{http.StatusForbidden, "wrong_role", "a " + string(role) + " certificate may not use this endpoint"})
+	}
+	return a.token(r, want)
+}
+
+func scopeRole(s ca.Scope) ca.Role {
+	switch s {
+	case ca.ScopeAdmin:
+		return ca.RoleAdmin
+	case ca.ScopeDiscovery:
+		return ca.RoleDiscovery
+	}
+	return ca.Role("enroll")
+}
+
+// bearer extracts a bearer token. Oversized headers are treated as garbage
+// rather than parsed.
+func bearer(r *http.Request) (string, bool) {
+	h := r.Header.Get("Authorization")
+	if h == "" || len(h) > maxAuthorizationHeader {
+		return "", false
+	}
+	scheme, tok, ok := strings.Cut(h, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	tok = strings.TrimSpace(tok)
+	return tok, tok != ""
+}
+
+func serialHex(c *x509.Certificate) string { return c.SerialNumber.Text(16) }

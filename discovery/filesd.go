@@ -1,0 +1,77 @@
+package discovery
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/baremetal-sd/baremetal_sd/ca"
+	"github.com/baremetal-sd/baremetal_sd/collector"
+)
+
+// FileSDWriter writes the unfiltered http_sd target groups to a file for
+// Prometheus' file_sd_configs. Writes are atomic (temporary file and rename)
+// so Prometheus never reads half a file, and coalesced so a burst of
+// registrations means one write.
+type FileSDWriter struct {
+	Path     string
+	Cache    *SDCache
+	Registry *Registry
+	// Debounce is the quiet time collected before a write (1s).
+	Debounce time.Duration
+	Metrics  *collector.Server
+	Logger   *slog.Logger
+}
+
+// Run writes the file once, then after every change, until ctx ends.
+func (f *FileSDWriter) Run(ctx context.Context) {
+	debounce := f.Debounce
+	if debounce <= 0 {
+		debounce = time.Second
+	}
+	var written uint64
+	first := true
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-f.Registry.Changed():
+			timer.Reset(debounce)
+		case <-timer.C:
+			gen := f.Registry.Generation()
+			if !first && gen == written {
+				continue
+			}
+			if err := f.write(); err != nil {
+				f.Logger.Error("Writing file_sd file failed", "path", f.Path, "err", err)
+				timer.Reset(10 * debounce)
+				continue
+			}
+			written, first = gen, false
+		}
+	}
+}
+
+// write writes the current groups.
+func (f *FileSDWriter) write() error {
+	body := f.Cache.Get(Filter{}, false)
+	data := make([]byte, 0, body.Size)
+	for _, p := range body.Pieces {
+		data = append(data, p...)
+	}
+	if err := ca.WriteFileAtomic(f.Path, data, 0o644); err != nil {
+		f.count("error")
+		return fmt.Errorf("write file_sd file: %w", err)
+	}
+	f.count("success")
+	return nil
+}
+
+func (f *FileSDWriter) count(result string) {
+	if f.Metrics != nil {
+		f.Metrics.FileSDWrites.WithLabelValues(result).Inc()
+	}
+}

@@ -1,0 +1,264 @@
+package discovery
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/url"
+	"reflect"
+	"sort"
+	"testing"
+	"time"
+)
+
+// targetGroup is Prometheus' http_sd group, decoded strictly: any key other
+// than targets and labels fails, as it fails Prometheus' refresh.
+type targetGroup struct {
+	Targets []string          `json:"targets"`
+	Labels  map[string]string `json:"labels"`
+}
+
+func decodeGroups(t *testing.T, data []byte) []targetGroup {
+	t.Helper()
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	var groups []targetGroup
+	if err := dec.Decode(&groups); err != nil {
+		t.Fatalf("invalid http_sd body %q: %v", truncate(string(data)), err)
+	}
+	if groups == nil {
+		t.Fatalf("body %q decodes to null, want []", data)
+	}
+	return groups
+}
+
+func joinBody(b Body) []byte {
+	return bytes.Join(b.Pieces, nil)
+}
+
+func gunzip(t *testing.T, data []byte) []byte {
+	t.Helper()
+	zr, err := gzip.NewReader(bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatalf("gzip body does not decompress: %v", err)
+	}
+	return out
+}
+
+func TestSDCache_Empty(t *testing.T) {
+	r := newTestRegistry(t, NewMemoryStore(), newFakeClock())
+	c := NewSDCache(r, nil)
+	if got := joinBody(c.Get(Filter{}, false)); string(got) != "[]" {
+		t.Fatalf("empty registry body %q, want []", got)
+	}
+	if got := gunzip(t, c.Get(Filter{}, true).Gzip); string(got) != "[]" {
+		t.Fatalf("empty registry gzip body %q, want []", got)
+	}
+}
+
+func TestSDCache_Groups(t *testing.T) {
+	clock := newFakeClock()
+	r := newTestRegistry(t, NewMemoryStore(), clock)
+	a := testAgent("a")
+	a.Address = "2001:db8::1"
+	a.Labels = map[string]string{"role": "db", "quote": "say \"hi\"\n\u2028é"}
+	a.Maintenance = true
+	mustPut(t, r, a)
+	c := NewSDCache(r, nil)
+
+	got := decodeGroups(t, joinBody(c.Get(Filter{}, false)))
+	base := map[string]string{
+		MetaAddress:               "2001:db8::1",
+		MetaAgentID:               "a",
+		MetaHostname:              "a.example.com",
+		MetaMaintenance:           "true",
+		MetaLabelPrefix + "role":  "db",
+		MetaLabelPrefix + "quote": "say \"hi\"\n\u2028é",
+		"__scheme__":              "https",
+	}
+	want := []targetGroup{
+		{Targets: []string{"[2001:db8::1]:9956"}, Labels: with(base, MetaExporter, "agent", "__metrics_path__", "/metrics")},
+		{Targets: []string{"[2001:db8::1]:9956"}, Labels: with(base, MetaExporter, "node", "__metrics_path__", "/exporters/node/metrics")},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("groups\n got %+v\nwant %+v", got, want)
+	}
+}
+
+func with(base map[string]string, kv ...string) map[string]string {
+	m := make(map[string]string, len(base)+len(kv)/2)
+	for k, v := range base {
+		m[k] = v
+	}
+	for i := 0; i < len(kv); i += 2 {
+		m[kv[i]] = kv[i+1]
+	}
+	return m
+}
+
+func TestSDCache_Filters(t *testing.T) {
+	clock := newFakeClock()
+	r := newTestRegistry(t, NewMemoryStore(), clock)
+	web := testAgent("web1")
+	db := testAgent("db1")
+	db.Labels = map[string]string{"role": "database"}
+	db.Exporters = append(db.Exporters, Exporter{Name: "postgres", Path: "/exporters/postgres/metrics"})
+	mustPut(t, r, web)
+	mustPut(t, r, db)
+	c := NewSDCache(r, nil)
+
+	tests := []struct {
+		query string
+		want  []string // agent_id/exporter
+	}{
+		{"", []string{"db1/agent", "db1/node", "db1/postgres", "web1/agent", "web1/node"}},
+		{"exporter=node", []string{"db1/node", "web1/node"}},
+		{"exporter=postgres&exporter=agent", []string{"db1/agent", "db1/postgres", "web1/agent"}},
+		{"label=role=database", []string{"db1/agent", "db1/node", "db1/postgres"}},
+		{"label=role=database&exporter=node", []string{"db1/node"}},
+		{"label=role=nothing", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.query, func(t *testing.T) {
+			q, _ := url.ParseQuery(tt.query)
+			f, err := ParseFilter(q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, g := range decodeGroups(t, joinBody(c.Get(f, false))) {
+				got = append(got, g.Labels[MetaAgentID]+"/"+g.Labels[MetaExporter])
+			}
+			// Order is stable but follows the registry's shards, not names.
+			sort.Strings(got)
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Fatalf("got %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestParseFilter_Errors(t *testing.T) {
+	for _, q := range []string{"exporter=", "label=nokey", "label==v", "job=node"} {
+		v, _ := url.ParseQuery(q)
+		if _, err := ParseFilter(v); err == nil {
+			t.Errorf("ParseFilter(%q) accepted", q)
+		}
+	}
+}
+
+// TestSDCache_IncrementalRebuild checks that a change shows up in both the
+// identity and the gzip body and that only what changed is rebuilt.
+func TestSDCache_IncrementalRebuild(t *testing.T) {
+	clock := newFakeClock()
+	r := newTestRegistry(t, NewMemoryStore(), clock)
+	for i := 0; i < 500; i++ {
+		mustPut(t, r, testAgent(fmt.Sprintf("agent-%03d", i)))
+	}
+	c := NewSDCache(r, nil)
+	first := joinBody(c.Get(Filter{}, false))
+	if n := len(decodeGroups(t, first)); n != 1000 {
+		t.Fatalf("%d groups, want 1000", n)
+	}
+	if again := joinBody(c.Get(Filter{}, false)); !bytes.Equal(first, again) {
+		t.Fatal("body changed without a registry change")
+	}
+
+	v := c.views[Filter{}.key()]
+	before := make([]*byte, shardCount)
+	for i := range v.frags {
+		if len(v.frags[i].json) > 0 {
+			before[i] = &v.frags[i].json[0]
+		}
+	}
+	if err := r.Delete(context.Background(), "agent-042"); err != nil {
+		t.Fatal(err)
+	}
+	after := joinBody(c.Get(Filter{}, false))
+	groups := decodeGroups(t, after)
+	if len(groups) != 998 {
+		t.Fatalf("%d groups after delete, want 998", len(groups))
+	}
+	rebuilt := 0
+	for i := range v.frags {
+		if len(v.frags[i].json) > 0 && &v.frags[i].json[0] != before[i] {
+			rebuilt++
+		}
+	}
+	if rebuilt != 1 {
+		t.Errorf("%d fragments rebuilt for one deleted agent, want 1", rebuilt)
+	}
+	if gz := gunzip(t, c.Get(Filter{}, true).Gzip); !bytes.Equal(gz, after) {
+		t.Fatal("gzip body differs from identity body")
+	}
+}
+
+func TestSDCache_ExpiredLeavesAtOnce(t *testing.T) {
+	clock := newFakeClock()
+	r := newTestRegistry(t, NewMemoryStore(), clock)
+	mustPut(t, r, testAgent("a"))
+	mustPut(t, r, testAgent("b"))
+	c := NewSDCache(r, nil)
+	if n := len(decodeGroups(t, joinBody(c.Get(Filter{}, false)))); n != 4 {
+		t.Fatalf("%d groups, want 4", n)
+	}
+	clock.Advance(50 * time.Second)
+	if err := r.Heartbeat("b", "s-b", ""); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(11 * time.Second)
+	r.Sweep(context.Background())
+	groups := decodeGroups(t, joinBody(c.Get(Filter{}, false)))
+	if len(groups) != 2 || groups[0].Labels[MetaAgentID] != "b" || groups[1].Labels[MetaAgentID] != "b" {
+		t.Fatalf("after a's TTL: %+v, want only b's groups", groups)
+	}
+	if err := r.Heartbeat("a", "s-a", ""); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(decodeGroups(t, joinBody(c.Get(Filter{}, false)))); n != 4 {
+		t.Fatalf("%d groups after a came back, want 4", n)
+	}
+}
+
+func FuzzAppendJSONString(f *testing.F) {
+	for _, s := range []string{"", "plain", "quote\"back\\slash", "\x00\x1f\n\t", "\u2028\u2029", "é日本", "\xff\xfe"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		enc := appendJSONString(nil, s)
+		var got string
+		if err := json.Unmarshal(enc, &got); err != nil {
+			t.Fatalf("invalid JSON %q for %q: %v", enc, s, err)
+		}
+		want, _ := json.Marshal(s)
+		var wantStr string
+		_ = json.Unmarshal(want, &wantStr)
+		if got != wantStr {
+			t.Fatalf("round trip of %q: got %q, want %q", s, got, wantStr)
+		}
+	})
+}
+
+func FuzzParseFilter(f *testing.F) {
+	for _, s := range []string{"exporter=node", "label=role=db&exporter=a", "label=%3D%3D", "x=1", "exporter=&label="} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		q, err := url.ParseQuery(raw)
+		if err != nil {
+			return
+		}
+		flt, err := ParseFilter(q)
+		if err != nil {
+			return
+		}
+		_ = flt.key()
+	})
+}

@@ -1,0 +1,655 @@
+package discovery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/baremetal-sd/baremetal_sd/collector"
+)
+
+// Errors returned by Registry operations.
+var (
+	// ErrRevoked means an operator revoked the agent.
+	ErrRevoked = errors.New("agent revoked")
+	// ErrSuperseded means the certificate is no longer the agent's current one,
+	// because the agent enrolled again with another key.
+	ErrSuperseded = errors.New("certificate superseded by a newer enrollment")
+)
+
+// RegistryConfig configures a Registry. Zero durations take the defaults
+// documented on each field.
+type RegistryConfig struct {
+	Store Store
+	// TTL is how long an agent stays in http_sd without a heartbeat (5m).
+	TTL time.Duration
+	// HeartbeatInterval is what agents are told to use (TTL/4).
+	HeartbeatInterval time.Duration
+	// Retention is how long an expired agent is still listed for operators
+	// before it is purged from the store (24h).
+	Retention time.Duration
+	// RevocationRetention is how long a revoked agent's record is kept so its
+	// certificates stay refused; it must outlive every certificate and the
+	// renewal grace window (31 days).
+	RevocationRetention time.Duration
+	// FlushInterval is how often batched heartbeats are written (5s).
+	FlushInterval time.Duration
+	// SweepInterval is how often states are recomputed (1s).
+	SweepInterval time.Duration
+	Metrics       *collector.Server
+	Logger        *slog.Logger
+	// Now is the clock; tests replace it.
+	Now func() time.Time
+}
+
+func (c *RegistryConfig) setDefaults() {
+	if c.TTL <= 0 {
+		c.TTL = 5 * time.Minute
+	}
+	if c.HeartbeatInterval <= 0 {
+		c.HeartbeatInterval = c.TTL / 4
+	}
+	if c.Retention <= 0 {
+		c.Retention = 24 * time.Hour
+	}
+	if c.RevocationRetention <= 0 {
+		c.RevocationRetention = 31 * 24 * time.Hour
+	}
+	if c.FlushInterval <= 0 {
+		c.FlushInterval = 5 * time.Second
+	}
+	if c.SweepInterval <= 0 {
+		c.SweepInterval = time.Second
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// shardCount splits the registry so that a change re-serializes about
+// 1/shardCount of the http_sd response instead of all of it.
+const shardCount = 256
+
+// idLocks serializes writes per agent id so that the store and memory see
+// them in the same order.
+const idLocks = 64
+
+// entry is one agent in memory. agent is replaced, never mutated
+// (copy-on-write), so readers holding the pointer see a consistent record;
+// LastSeen lives in atomics because heartbeats must not take the write lock.
+type entry struct {
+	agent    *Agent
+	lastSeen atomic.Int64 // unix nanoseconds
+	flushed  atomic.Int64 // lastSeen value last written to the store
+	status   atomic.Pointer[string]
+	// listed says whether the agent is in http_sd; it changes under the
+	// registry's write lock or, when a heartbeat revives an expired agent,
+	// through revive (compare-and-swap).
+	listed atomic.Bool
+}
+
+type shard struct {
+	agents map[string]*entry
+	// gen changes whenever the shard's http_sd output may have changed.
+	gen atomic.Uint64
+}
+
+// Registry is the in-memory view of all agents, backed by a Store. Writes
+// that need to be durable (register, renew, revoke, maintenance, deregister)
+// go to the store first and are acknowledged only when it succeeded;
+// heartbeats only touch memory and are flushed in batches.
+type Registry struct {
+	cfg     RegistryConfig
+	started time.Time
+
+	mu     sync.RWMutex
+	shards [shardCount]shard
+	locks  [idLocks]sync.Mutex
+
+	// gen is the sum of all changes: http_sd caches compare it first.
+	gen     atomic.Uint64
+	changed chan struct{}
+	ready   atomic.Bool
+}
+
+// NewRegistry creates a registry. Call Load before serving and Run to expire,
+// purge and flush.
+func NewRegistry(cfg RegistryConfig) *Registry {
+	cfg.setDefaults()
+	r := &Registry{cfg: cfg, changed: make(chan struct{}, 1)}
+	for i := range r.shards {
+		r.shards[i].agents = make(map[string]*entry)
+	}
+	return r
+}
+
+// Config returns the effective configuration, defaults applied.
+func (r *Registry) Config() RegistryConfig { return r.cfg }
+
+func shardOf(id string) int {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(id))
+	return int(h.Sum32() % shardCount)
+}
+
+func (r *Registry) lockID(id string) func() {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(id))
+	l := &r.locks[h.Sum32()%idLocks]
+	l.Lock()
+	return l.Unlock
+}
+
+// Load reads every agent from the store. Agents restored here get one TTL of
+// grace from now on: a server outage must not make Prometheus drop targets
+// that were healthy before it.
+func (r *Registry) Load(ctx context.Context) error {
+	start := time.Now()
+	agents, err := r.cfg.Store.List(ctx)
+	r.observeStore("list", start, err)
+	if err != nil {
+		return fmt.Errorf("load registry: %w", err)
+	}
+	now := r.cfg.Now()
+	r.mu.Lock()
+	r.started = now
+	for i := range agents {
+		a := agents[i]
+		e := newEntry(&a)
+		r.shards[shardOf(a.ID)].agents[a.ID] = e
+		e.listed.Store(r.inDiscovery(e, now))
+	}
+	r.mu.Unlock()
+	r.bumpAll()
+	r.ready.Store(true)
+	r.cfg.Logger.Info("Registry loaded", "agents", len(agents))
+	return nil
+}
+
+// Ready reports whether the registry has been loaded.
+func (r *Registry) Ready() bool { return r.ready.Load() }
+
+func newEntry(a *Agent) *entry {
+	e := &entry{agent: a}
+	e.lastSeen.Store(a.LastSeen.UnixNano())
+	e.flushed.Store(a.LastSeen.UnixNano())
+	if a.Status != "" {
+		s := a.Status
+		e.status.Store(&s)
+	}
+	return e
+}
+
+func (r *Registry) observeStore(op string, start time.Time, err error) {
+	m := r.cfg.Metrics
+	if m == nil {
+		return
+	}
+	m.StoreSeconds.WithLabelValues(op).Observe(time.Since(start).Seconds())
+	if err != nil {
+		m.StoreErrors.WithLabelValues(op).Inc()
+		m.StoreUp.Set(0)
+		return
+	}
+	m.StoreUp.Set(1)
+}
+
+// Generation changes whenever http_sd output may have changed.
+func (r *Registry) Generation() uint64 { return r.gen.Load() }
+
+// Changed is signalled (without blocking, coalesced) after every change that
+// may affect http_sd.
+func (r *Registry) Changed() <-chan struct{} { return r.changed }
+
+func (r *Registry) bump(shardIdx int) {
+	r.shards[shardIdx].gen.Add(1)
+	r.gen.Add(1)
+	select {
+	case r.changed <- struct{}{}:
+	default:
+	}
+}
+
+func (r *Registry) bumpAll() {
+	for i := range r.shards {
+		r.shards[i].gen.Add(1)
+	}
+	r.gen.Add(1)
+	select {
+	case r.changed <- struct{}{}:
+	default:
+	}
+}
+
+// Put durably stores a registration and then makes it visible. The returned
+// error wraps the store's; nothing is visible when it fails.
+func (r *Registry) Put(ctx context.Context, a *Agent) error {
+	defer r.lockID(a.ID)()
+	start := time.Now()
+	err := r.cfg.Store.Put(ctx, a)
+	r.observeStore("put", start, err)
+	if err != nil {
+		return fmt.Errorf("store agent %q: %w", a.ID, err)
+	}
+	r.apply(a)
+	return nil
+}
+
+// apply installs a stored record in memory.
+func (r *Registry) apply(a *Agent) {
+	cp := a.clone()
+	idx := shardOf(a.ID)
+	now := r.cfg.Now()
+	r.mu.Lock()
+	e, ok := r.shards[idx].agents[a.ID]
+	if !ok {
+		e = newEntry(cp)
+		r.shards[idx].agents[a.ID] = e
+	} else {
+		e.agent = cp
+		// A remote record may carry an older LastSeen than we saw locally.
+		if ls := cp.LastSeen.UnixNano(); ls > e.lastSeen.Load() {
+			e.lastSeen.Store(ls)
+		}
+	}
+	e.listed.Store(r.inDiscovery(e, now))
+	r.mu.Unlock()
+	r.bump(idx)
+}
+
+// Update applies fn to a copy of the agent's record, stores it and makes it
+// visible. fn may refuse by returning an error.
+func (r *Registry) Update(ctx context.Context, id string, fn func(a *Agent) error) (*Agent, error) {
+	defer r.lockID(id)()
+	r.mu.RLock()
+	e, ok := r.shards[shardOf(id)].agents[id]
+	var cp *Agent
+	if ok {
+		cp = e.agent.clone()
+		cp.LastSeen = time.Unix(0, e.lastSeen.Load())
+	}
+	r.mu.RUnlock()
+	if !ok {
+		return nil, ErrNotFound
+	}
+	if err := fn(cp); err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	err := r.cfg.Store.Put(ctx, cp)
+	r.observeStore("put", start, err)
+	if err != nil {
+		return nil, fmt.Errorf("store agent %q: %w", id, err)
+	}
+	r.apply(cp)
+	return cp.clone(), nil
+}
+
+// Delete removes an agent from the store and from memory.
+func (r *Registry) Delete(ctx context.Context, id string) error {
+	defer r.lockID(id)()
+	start := time.Now()
+	err := r.cfg.Store.Delete(ctx, id)
+	r.observeStore("delete", start, err)
+	if err != nil {
+		return fmt.Errorf("delete agent %q: %w", id, err)
+	}
+	r.remove(id)
+	return nil
+}
+
+func (r *Registry) remove(id string) {
+	idx := shardOf(id)
+	r.mu.Lock()
+	_, ok := r.shards[idx].agents[id]
+	delete(r.shards[idx].agents, id)
+	r.mu.Unlock()
+	if ok {
+		r.bump(idx)
+	}
+}
+
+// Get returns a copy of an agent with its current LastSeen and state.
+func (r *Registry) Get(id string) (AgentView, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	e, ok := r.shards[shardOf(id)].agents[id]
+	if !ok {
+		return AgentView{}, false
+	}
+	return r.view(e, r.cfg.Now()), true
+}
+
+// List returns every agent sorted by hostname, then id.
+func (r *Registry) List() []AgentView {
+	now := r.cfg.Now()
+	r.mu.RLock()
+	out := make([]AgentView, 0, r.countLocked())
+	for i := range r.shards {
+		for _, e := range r.shards[i].agents {
+			out = append(out, r.view(e, now))
+		}
+	}
+	r.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Hostname != out[j].Hostname {
+			return out[i].Hostname < out[j].Hostname
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out
+}
+
+func (r *Registry) countLocked() int {
+	n := 0
+	for i := range r.shards {
+		n += len(r.shards[i].agents)
+	}
+	return n
+}
+
+func (r *Registry) view(e *entry, now time.Time) AgentView {
+	a := e.agent.clone()
+	a.LastSeen = time.Unix(0, e.lastSeen.Load()).UTC()
+	if s := e.status.Load(); s != nil {
+		a.Status = *s
+	}
+	return AgentView{Agent: *a, State: r.state(e, now)}
+}
+
+// Heartbeat records that the agent holding a certificate with the given
+// serial is alive. It never touches the store.
+func (r *Registry) Heartbeat(id, serial, status string) error {
+	now := r.cfg.Now()
+	r.mu.RLock()
+	idx := shardOf(id)
+	e, ok := r.shards[idx].agents[id]
+	r.mu.RUnlock()
+	if !ok {
+		return ErrNotFound
+	}
+	a := e.agent
+	if err := checkSerial(a, serial, now); err != nil {
+		return err
+	}
+	e.lastSeen.Store(now.UnixNano())
+	if status != "" {
+		if old := e.status.Load(); old == nil || *old != status {
+			e.status.Store(&status)
+		}
+	}
+	// An agent that came back after expiring re-enters http_sd at once.
+	if !e.listed.Load() && r.inDiscovery(e, now) && e.listed.CompareAndSwap(false, true) {
+		r.bump(idx)
+	}
+	return nil
+}
+
+// checkSerial decides whether a certificate may still speak for an agent.
+func checkSerial(a *Agent, serial string, now time.Time) error {
+	if a.Revoked() {
+		return ErrRevoked
+	}
+	if serial == a.CertSerial {
+		return nil
+	}
+	if serial == a.PrevCertSerial && now.Before(a.PrevCertNotAfter) {
+		return nil
+	}
+	return ErrSuperseded
+}
+
+// CheckCertificate reports whether the certificate with serial may act for
+// agent id: ErrNotFound, ErrRevoked, ErrSuperseded or nil.
+func (r *Registry) CheckCertificate(id, serial string) error {
+	r.mu.RLock()
+	e, ok := r.shards[shardOf(id)].agents[id]
+	r.mu.RUnlock()
+	if !ok {
+		return ErrNotFound
+	}
+	return checkSerial(e.agent, serial, r.cfg.Now())
+}
+
+// state computes an agent's state at now. An agent restored at start-up is
+// not expired before one TTL after the start.
+func (r *Registry) state(e *entry, now time.Time) AgentState {
+	a := e.agent
+	if a.Revoked() {
+		return StateRevoked
+	}
+	last := time.Unix(0, e.lastSeen.Load())
+	if last.Before(r.started) {
+		last = r.started
+	}
+	age := now.Sub(last)
+	switch {
+	case age > r.cfg.TTL:
+		return StateExpired
+	case a.Maintenance:
+		return StateMaintenance
+	case age > 2*r.cfg.HeartbeatInterval:
+		return StateStale
+	default:
+		return StateHealthy
+	}
+}
+
+func (r *Registry) inDiscovery(e *entry, now time.Time) bool {
+	s := r.state(e, now)
+	return s != StateExpired && s != StateRevoked
+}
+
+// Run expires, purges and flushes until ctx ends, then flushes once more.
+func (r *Registry) Run(ctx context.Context) {
+	sweep := time.NewTicker(r.cfg.SweepInterval)
+	defer sweep.Stop()
+	flush := time.NewTicker(r.cfg.FlushInterval)
+	defer flush.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			// The parent context is gone; give the last flush its own deadline.
+			fctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			r.Flush(fctx)
+			cancel()
+			return
+		case <-sweep.C:
+			r.Sweep(ctx)
+		case <-flush.C:
+			r.Flush(ctx)
+		}
+	}
+}
+
+// Sweep recomputes every agent's state: agents whose TTL ran out leave
+// http_sd, gauges are updated, and records past retention are purged.
+func (r *Registry) Sweep(ctx context.Context) {
+	now := r.cfg.Now()
+	counts := make(map[AgentState]int, 5)
+	var purge []string
+	var expired int
+	r.mu.RLock()
+	for i := range r.shards {
+		changed := false
+		for id, e := range r.shards[i].agents {
+			st := r.state(e, now)
+			counts[st]++
+			listed := st != StateExpired && st != StateRevoked
+			if e.listed.Load() != listed {
+				e.listed.Store(listed)
+				changed = true
+				if st == StateExpired {
+					expired++
+					r.cfg.Logger.Info("Agent expired", "agent_id", id, "hostname", e.agent.Hostname)
+				}
+			}
+			if r.purgeable(e, st, now) {
+				purge = append(purge, id)
+			}
+		}
+		if changed {
+			r.bump(i)
+		}
+	}
+	r.mu.RUnlock()
+	if m := r.cfg.Metrics; m != nil {
+		for _, s := range AgentStates() {
+			m.AgentsByState.WithLabelValues(string(s)).Set(float64(counts[s]))
+		}
+		m.Expirations.Add(float64(expired))
+	}
+	for _, id := range purge {
+		if err := r.purge(ctx, id, now); err != nil {
+			r.cfg.Logger.Error("Purging agent failed", "agent_id", id, "err", err)
+			return
+		}
+	}
+}
+
+func (r *Registry) purgeable(e *entry, st AgentState, now time.Time) bool {
+	switch st {
+	case StateRevoked:
+		return now.Sub(e.agent.RevokedAt) > r.cfg.RevocationRetention
+	case StateExpired:
+		last := time.Unix(0, e.lastSeen.Load())
+		if last.Before(r.started) {
+			last = r.started
+		}
+		return now.Sub(last) > r.cfg.TTL+r.cfg.Retention
+	}
+	return false
+}
+
+// purge deletes an agent unless it changed state since the sweep looked.
+func (r *Registry) purge(ctx context.Context, id string, now time.Time) error {
+	defer r.lockID(id)()
+	r.mu.RLock()
+	e, ok := r.shards[shardOf(id)].agents[id]
+	still := ok && r.purgeable(e, r.state(e, now), now)
+	r.mu.RUnlock()
+	if !still {
+		return nil
+	}
+	start := time.Now()
+	err := r.cfg.Store.Delete(ctx, id)
+	r.observeStore("delete", start, err)
+	if err != nil {
+		return fmt.Errorf("purge agent %q: %w", id, err)
+	}
+	r.remove(id)
+	if m := r.cfg.Metrics; m != nil {
+		m.Purges.Inc()
+	}
+	r.cfg.Logger.Info("Agent purged", "agent_id", id)
+	return nil
+}
+
+// Flush writes every LastSeen that moved since the previous flush in one
+// store operation. A failed flush is retried with the next one.
+func (r *Registry) Flush(ctx context.Context) {
+	var touches []Touch
+	var entries []*entry
+	r.mu.RLock()
+	for i := range r.shards {
+		for id, e := range r.shards[i].agents {
+			ls := e.lastSeen.Load()
+			if ls != e.flushed.Load() {
+				touches = append(touches, Touch{ID: id, LastSeen: time.Unix(0, ls)})
+				entries = append(entries, e)
+			}
+		}
+	}
+	r.mu.RUnlock()
+	if len(touches) == 0 {
+		return
+	}
+	start := time.Now()
+	err := r.cfg.Store.Touch(ctx, touches)
+	r.observeStore("touch", start, err)
+	if err != nil {
+		r.cfg.Logger.Error("Flushing heartbeats failed", "agents", len(touches), "err", err)
+		return
+	}
+	for i, e := range entries {
+		e.flushed.Store(touches[i].LastSeen.UnixNano())
+	}
+	if m := r.cfg.Metrics; m != nil {
+		m.HeartbeatFlushSize.Observe(float64(len(touches)))
+	}
+}
+
+// ApplyEvent installs a change another replica made to a shared store.
+func (r *Registry) ApplyEvent(ev Event) {
+	switch ev.Type {
+	case EventPut:
+		r.apply(&ev.Agent)
+	case EventDelete:
+		r.remove(ev.Agent.ID)
+	case EventTouch:
+		idx := shardOf(ev.Agent.ID)
+		r.mu.RLock()
+		e, ok := r.shards[idx].agents[ev.Agent.ID]
+		r.mu.RUnlock()
+		if !ok {
+			return
+		}
+		ls := ev.Agent.LastSeen.UnixNano()
+		for {
+			cur := e.lastSeen.Load()
+			if ls <= cur || e.lastSeen.CompareAndSwap(cur, ls) {
+				break
+			}
+		}
+		// What another replica already wrote needs no flush from us.
+		for {
+			cur := e.flushed.Load()
+			if ls <= cur || e.flushed.CompareAndSwap(cur, ls) {
+				break
+			}
+		}
+		if !e.listed.Load() && r.inDiscovery(e, r.cfg.Now()) && e.listed.CompareAndSwap(false, true) {
+			r.bump(idx)
+		}
+	}
+}
+
+// eachListed calls fn for every agent of one shard that is in http_sd, and
+// returns the shard generation the output corresponds to.
+func (r *Registry) eachListed(shardIdx int, fn func(a *Agent)) uint64 {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	gen := r.shards[shardIdx].gen.Load()
+	for _, e := range r.shards[shardIdx].agents {
+		if e.listed.Load() {
+			fn(e.agent)
+		}
+	}
+	return gen
+}
+
+func (r *Registry) shardGen(i int) uint64 { return r.shards[i].gen.Load() }
+
+// clone deep-copies an agent record.
+func (a *Agent) clone() *Agent {
+	cp := *a
+	if a.Labels != nil {
+		cp.Labels = make(map[string]string, len(a.Labels))
+		for k, v := range a.Labels {
+			cp.Labels[k] = v
+		}
+	}
+	if a.Exporters != nil {
+		cp.Exporters = append([]Exporter(nil), a.Exporters...)
+	}
+	return &cp
+}

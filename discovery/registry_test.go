@@ -1,0 +1,254 @@
+package discovery
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+)
+
+// fakeClock is a settable clock for registry tests.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newFakeClock() *fakeClock {
+	return &fakeClock{now: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+func testAgent(id string) *Agent {
+	return &Agent{
+		ID:         id,
+		Hostname:   id + ".example.com",
+		Address:    "192.0.2.10",
+		Port:       9956,
+		Labels:     map[string]string{"role": "web"},
+		Exporters:  []Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
+		CertSerial: "s-" + id,
+	}
+}
+
+func newTestRegistry(t *testing.T, store Store, clock *fakeClock) *Registry {
+	t.Helper()
+	r := NewRegistry(RegistryConfig{
+		Store:             store,
+		TTL:               time.Minute,
+		HeartbeatInterval: 15 * time.Second,
+		Retention:         time.Hour,
+		Now:               clock.Now,
+	})
+	if err := r.Load(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func mustPut(t *testing.T, r *Registry, a *Agent) {
+	t.Helper()
+	a.LastSeen = r.cfg.Now()
+	if err := r.Put(context.Background(), a); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRegistry_States(t *testing.T) {
+	clock := newFakeClock()
+	r := newTestRegistry(t, NewMemoryStore(), clock)
+	mustPut(t, r, testAgent("a"))
+	ctx := context.Background()
+
+	steps := []struct {
+		name    string
+		advance time.Duration
+		before  func()
+		want    AgentState
+	}{
+		{name: "fresh", want: StateHealthy},
+		{name: "missed two heartbeats", advance: 31 * time.Second, want: StateStale},
+		{name: "past TTL", advance: 30 * time.Second, want: StateExpired},
+		{name: "heartbeat revives", before: func() {
+			if err := r.Heartbeat("a", "s-a", ""); err != nil {
+				t.Fatal(err)
+			}
+		}, want: StateHealthy},
+		{name: "maintenance", before: func() {
+			if _, err := r.Update(ctx, "a", func(a *Agent) error { a.Maintenance = true; return nil }); err != nil {
+				t.Fatal(err)
+			}
+		}, want: StateMaintenance},
+		{name: "revoked", before: func() {
+			if _, err := r.Update(ctx, "a", func(a *Agent) error { a.RevokedAt = clock.Now(); return nil }); err != nil {
+				t.Fatal(err)
+			}
+		}, want: StateRevoked},
+	}
+	for _, s := range steps {
+		clock.Advance(s.advance)
+		if s.before != nil {
+			s.before()
+		}
+		r.Sweep(ctx)
+		v, ok := r.Get("a")
+		if !ok {
+			t.Fatalf("%s: agent missing", s.name)
+		}
+		if v.State != s.want {
+			t.Errorf("%s: state %s, want %s", s.name, v.State, s.want)
+		}
+	}
+}
+
+func TestRegistry_HeartbeatChecksCertificate(t *testing.T) {
+	clock := newFakeClock()
+	r := newTestRegistry(t, NewMemoryStore(), clock)
+	a := testAgent("a")
+	a.PrevCertSerial = "old"
+	a.PrevCertNotAfter = clock.Now().Add(time.Hour)
+	mustPut(t, r, a)
+
+	tests := []struct {
+		id, serial string
+		want       error
+	}{
+		{"a", "s-a", nil},
+		{"a", "old", nil},
+		{"a", "other", ErrSuperseded},
+		{"missing", "s-a", ErrNotFound},
+	}
+	for _, tt := range tests {
+		if err := r.Heartbeat(tt.id, tt.serial, ""); !errors.Is(err, tt.want) {
+			t.Errorf("Heartbeat(%q, %q) = %v, want %v", tt.id, tt.serial, err, tt.want)
+		}
+	}
+	clock.Advance(2 * time.Hour)
+	if err := r.Heartbeat("a", "old", ""); !errors.Is(err, ErrSuperseded) {
+		t.Errorf("previous certificate after its expiry: %v, want ErrSuperseded", err)
+	}
+}
+
+func TestRegistry_RestartGrace(t *testing.T) {
+	clock := newFakeClock()
+	store := NewMemoryStore()
+	r := newTestRegistry(t, store, clock)
+	mustPut(t, r, testAgent("a"))
+
+	// The server was down for an hour: far past the TTL.
+	clock.Advance(time.Hour)
+	r2 := newTestRegistry(t, store, clock)
+	r2.Sweep(context.Background())
+	if v, _ := r2.Get("a"); v.State == StateExpired {
+		t.Fatalf("agent expired right after a restart; want one TTL of grace")
+	}
+	clock.Advance(61 * time.Second)
+	r2.Sweep(context.Background())
+	if v, _ := r2.Get("a"); v.State != StateExpired {
+		t.Fatalf("state %s one TTL after restart without heartbeat, want expired", v.State)
+	}
+}
+
+func TestRegistry_FlushBatchesHeartbeats(t *testing.T) {
+	clock := newFakeClock()
+	store := &countingStore{Store: NewMemoryStore()}
+	r := newTestRegistry(t, store, clock)
+	for _, id := range []string{"a", "b", "c"} {
+		mustPut(t, r, testAgent(id))
+	}
+	clock.Advance(10 * time.Second)
+	for i := 0; i < 100; i++ {
+		for _, id := range []string{"a", "b"} {
+			if err := r.Heartbeat(id, "s-"+id, ""); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	r.Flush(context.Background())
+	r.Flush(context.Background()) // nothing moved: no write
+	if store.touchCalls != 1 || store.touched != 2 {
+		t.Fatalf("touch calls %d with %d agents, want 1 call with 2", store.touchCalls, store.touched)
+	}
+	agents, err := store.List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range agents {
+		want := clock.Now().Add(-10 * time.Second)
+		if a.ID != "c" {
+			want = clock.Now()
+		}
+		if !a.LastSeen.Equal(want) {
+			t.Errorf("%s: stored LastSeen %v, want %v", a.ID, a.LastSeen, want)
+		}
+	}
+}
+
+func TestRegistry_PurgeAfterRetention(t *testing.T) {
+	clock := newFakeClock()
+	store := NewMemoryStore()
+	r := newTestRegistry(t, store, clock)
+	mustPut(t, r, testAgent("a"))
+	ctx := context.Background()
+
+	clock.Advance(time.Minute + 30*time.Minute)
+	r.Sweep(ctx)
+	if v, ok := r.Get("a"); !ok || v.State != StateExpired {
+		t.Fatalf("expired agent must stay listed during retention, got %+v %v", v.State, ok)
+	}
+	clock.Advance(31 * time.Minute)
+	r.Sweep(ctx)
+	if _, ok := r.Get("a"); ok {
+		t.Fatal("agent still listed after retention")
+	}
+	if agents, _ := store.List(ctx); len(agents) != 0 {
+		t.Fatalf("agent still stored after purge: %v", agents)
+	}
+}
+
+func TestRegistry_FailedPutIsNotVisible(t *testing.T) {
+	clock := newFakeClock()
+	store := &countingStore{Store: NewMemoryStore(), failPut: true}
+	r := newTestRegistry(t, store, clock)
+	if err := r.Put(context.Background(), testAgent("a")); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Put error %v, want ErrUnavailable", err)
+	}
+	if _, ok := r.Get("a"); ok {
+		t.Fatal("a registration the store refused is visible")
+	}
+}
+
+// countingStore counts Touch calls and can fail Puts.
+type countingStore struct {
+	Store
+	mu         sync.Mutex
+	touchCalls int
+	touched    int
+	failPut    bool
+}
+
+func (s *countingStore) Touch(ctx context.Context, t []Touch) error {
+	s.mu.Lock()
+	s.touchCalls++
+	s.touched += len(t)
+	s.mu.Unlock()
+	return s.Store.Touch(ctx, t)
+}
+
+func (s *countingStore) Put(ctx context.Context, a *Agent) error {
+	if s.failPut {
+		return ErrUnavailable
+	}
+	return s.Store.Put(ctx, a)
+}

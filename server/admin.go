@@ -1,0 +1,77 @@
+package server
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/baremetal-sd/baremetal_sd/ca"
+	"github.com/baremetal-sd/baremetal_sd/discovery"
+)
+
+// CreateToken signs a token with the token key in dataDir. It runs on the
+// server host: the key never leaves the data directory.
+func CreateToken(dataDir string, spec ca.TokenSpec) (string, error) {
+	switch spec.Scope {
+	case ca.ScopeEnroll, ca.ScopeDiscovery, ca.ScopeAdmin:
+	default:
+		return "", fmt.Errorf("unknown scope %q (enroll, discovery or admin)", spec.Scope)
+	}
+	if spec.Scope != ca.ScopeEnroll && (spec.AgentID != "" || len(spec.Labels) > 0 || spec.SingleUse) {
+		return "", fmt.Errorf("--agent.id, --label and --single-use only apply to enroll tokens")
+	}
+	if spec.AgentID != "" {
+		if err := discovery.ValidateAgentID(spec.AgentID); err != nil {
+			return "", err
+		}
+	}
+	if err := discovery.ValidateLabels(spec.Labels); err != nil {
+		return "", err
+	}
+	if spec.TTL <= 0 {
+		return "", fmt.Errorf("token TTL must be positive")
+	}
+	key, err := ca.LoadTokenKey(dataDir)
+	if err != nil {
+		return "", fmt.Errorf("load token key (run the server once to create %s): %w", dataDir, err)
+	}
+	return ca.NewTokens(key).Create(spec, time.Now())
+}
+
+// IssueClientCert writes NAME.crt, NAME.key (0600) and ca.crt into outDir:
+// the client certificate Prometheus or an operator uses.
+func IssueClientCert(dataDir, name string, role ca.Role, ttl time.Duration, outDir string) error {
+	if err := discovery.ValidateAgentID(name); err != nil {
+		return fmt.Errorf("certificate name: %w", err)
+	}
+	if role != ca.RoleDiscovery && role != ca.RoleAdmin {
+		return fmt.Errorf("unknown role %q (discovery or admin)", role)
+	}
+	authority, err := ca.Load(dataDir)
+	if err != nil {
+		return fmt.Errorf("load CA (run the server once to create %s): %w", dataDir, err)
+	}
+	certPEM, keyPEM, err := authority.IssueClient(name, role, ttl)
+	if err != nil {
+		return fmt.Errorf("issue certificate %q: %w", name, err)
+	}
+	if err := os.MkdirAll(outDir, 0o700); err != nil {
+		return fmt.Errorf("create output directory: %w", err)
+	}
+	files := []struct {
+		name string
+		data []byte
+		perm os.FileMode
+	}{
+		{name + ".key", keyPEM, 0o600},
+		{name + ".crt", certPEM, 0o644},
+		{"ca.crt", authority.CertificatePEM(), 0o644},
+	}
+	for _, f := range files {
+		if err := ca.WriteFileAtomic(filepath.Join(outDir, f.name), f.data, f.perm); err != nil {
+			return fmt.Errorf("write %s: %w", f.name, err)
+		}
+	}
+	return nil
+}
