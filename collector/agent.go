@@ -1,0 +1,107 @@
+package collector
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Registration states of an agent, the values of the state label of
+// baremetal_sd_agent_registration_state.
+const (
+	// AgentStateEnrolling: no certificate yet; the agent is enrolling and
+	// does not serve.
+	AgentStateEnrolling = "enrolling"
+	// AgentStateRegistered: the last call to the server succeeded.
+	AgentStateRegistered = "registered"
+	// AgentStateUnreachable: no server could be reached or every server
+	// failed; the agent keeps serving with its certificate.
+	AgentStateUnreachable = "unreachable"
+	// AgentStateRevoked: the server refused the agent's certificate (revoked,
+	// superseded or unknown); the agent keeps serving until it expires.
+	AgentStateRevoked = "revoked"
+	// AgentStateTokenNeeded: the agent has no usable certificate and no
+	// usable enrollment token; an operator must provide a new token.
+	AgentStateTokenNeeded = "token_needed"
+	// AgentStateRefused: the server refused the registration's content (a
+	// bad hostname, label or exporter); the agent's flags need fixing.
+	AgentStateRefused = "refused"
+)
+
+// AgentStates lists every registration state.
+func AgentStates() []string {
+	return []string{AgentStateEnrolling, AgentStateRegistered, AgentStateUnreachable,
+		AgentStateRevoked, AgentStateTokenNeeded, AgentStateRefused}
+}
+
+// Agent holds the self-metrics of the agent's lifecycle: registration,
+// heartbeats and certificate renewal. The relay's metrics live in Relay.
+type Agent struct {
+	RegistrationState     *prometheus.GaugeVec
+	LastHeartbeatSuccess  prometheus.Gauge
+	CertificateExpiry     prometheus.Gauge
+	CertificateRenewAfter prometheus.Gauge
+	Heartbeats            *prometheus.CounterVec
+	Registrations         *prometheus.CounterVec
+	Renewals              *prometheus.CounterVec
+	Deregistrations       *prometheus.CounterVec
+}
+
+// NewAgent creates the agent metrics and registers them with reg.
+func NewAgent(reg prometheus.Registerer) *Agent {
+	const ns, sub = "baremetal_sd", "agent"
+	m := &Agent{
+		RegistrationState: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: ns, Subsystem: sub, Name: "registration_state",
+			Help: "1 for the agent's current registration state (enrolling, registered, unreachable, revoked, token_needed, refused), 0 for the others.",
+		}, []string{"state"}),
+		LastHeartbeatSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Subsystem: sub, Name: "last_heartbeat_success_timestamp_seconds",
+			Help: "Unix time of the last heartbeat the discovery server acknowledged.",
+		}),
+		CertificateExpiry: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Subsystem: sub, Name: "certificate_expiry_timestamp_seconds",
+			Help: "Unix time at which the agent's certificate expires; 0 without a certificate.",
+		}),
+		CertificateRenewAfter: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Subsystem: sub, Name: "certificate_renew_after_timestamp_seconds",
+			Help: "Unix time from which the agent renews its certificate; 0 without a certificate.",
+		}),
+		Heartbeats: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "heartbeats_total",
+			Help: "Heartbeats sent, by result (success, not_found, rejected, bad_request, error).",
+		}, []string{"result"}),
+		Registrations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "registrations_total",
+			Help: "Registrations (enrollment with a token, or re-registration with a certificate), by result.",
+		}, []string{"result"}),
+		Renewals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "renewals_total",
+			Help: "Certificate renewals, by result.",
+		}, []string{"result"}),
+		Deregistrations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "deregistrations_total",
+			Help: "Deregistrations on shutdown, by result.",
+		}, []string{"result"}),
+	}
+	for _, s := range AgentStates() {
+		m.RegistrationState.WithLabelValues(s)
+	}
+	for _, r := range []string{"success", "not_found", "rejected", "bad_request", "error"} {
+		m.Heartbeats.WithLabelValues(r)
+		m.Registrations.WithLabelValues(r)
+		m.Renewals.WithLabelValues(r)
+	}
+	reg.MustRegister(m.RegistrationState, m.LastHeartbeatSuccess, m.CertificateExpiry,
+		m.CertificateRenewAfter, m.Heartbeats, m.Registrations, m.Renewals, m.Deregistrations)
+	return m
+}
+
+// SetState marks state as the current registration state.
+func (m *Agent) SetState(state string) {
+	for _, s := range AgentStates() {
+		v := 0.0
+		if s == state {
+			v = 1
+		}
+		m.RegistrationState.WithLabelValues(s).Set(v)
+	}
+}
