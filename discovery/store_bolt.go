@@ -1,0 +1,232 @@
+package discovery
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// Buckets of the bolt registry file.
+var (
+	bucketAgents   = []byte("agents")
+	bucketLastSeen = []byte("last_seen")
+	bucketClaims   = []byte("token_claims")
+	bucketMeta     = []byte("meta")
+	keySchema      = []byte("schema_version")
+)
+
+// boltSchemaVersion is bumped whenever the layout changes incompatibly; an
+// older binary refuses a newer file instead of misreading it.
+const boltSchemaVersion = 1
+
+// claimPurgeEvery says how many token claims pass between purges of expired
+// claims, so the purge's cost is spread thin.
+const claimPurgeEvery = 256
+
+// BoltOptions tunes a BoltStore.
+type BoltOptions struct {
+	// LockTimeout bounds the wait for the file lock held by another process
+	// (1s).
+	LockTimeout time.Duration
+	// Logger reports skipped corrupt records.
+	Logger *slog.Logger
+}
+
+// BoltStore keeps the registry in one bbolt file. Agent records and their
+// last-seen times live in separate buckets so a heartbeat flush writes 8
+// bytes per agent instead of rewriting records. Writes that must be durable
+// go through bolt's Batch, which commits concurrent callers together: one
+// fsync acknowledges many registrations.
+type BoltStore struct {
+	db     *bolt.DB
+	logger *slog.Logger
+	claims uint64 // claims since the last purge; guarded by Batch's serial execution
+}
+
+// OpenBoltStore opens or creates the registry file at path.
+func OpenBoltStore(path string, opts BoltOptions) (*BoltStore, error) {
+	if opts.LockTimeout <= 0 {
+		opts.LockTimeout = time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout})
+	if errors.Is(err, berrors.ErrTimeout) {
+		return nil, fmt.Errorf("registry %s is locked by another process (is another server running on this data directory?)", path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open registry %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketAgents, bucketLastSeen, bucketClaims, bucketMeta} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		meta := tx.Bucket(bucketMeta)
+		v := meta.Get(keySchema)
+		if v == nil {
+			return meta.Put(keySchema, binary.BigEndian.AppendUint64(nil, boltSchemaVersion))
+		}
+		if len(v) != 8 || binary.BigEndian.Uint64(v) != boltSchemaVersion {
+			return fmt.Errorf("registry schema version %x is not supported by this version (%d)", v, boltSchemaVersion)
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("initialize registry %s: %w", path, err)
+	}
+	return &BoltStore{db: db, logger: opts.Logger}, nil
+}
+
+// List implements Store. A record that does not decode is skipped and
+// logged: one corrupt entry must not keep the whole fleet out of discovery.
+func (s *BoltStore) List(context.Context) ([]Agent, error) {
+	var out []Agent
+	err := s.db.View(func(tx *bolt.Tx) error {
+		seen := tx.Bucket(bucketLastSeen)
+		agents := tx.Bucket(bucketAgents)
+		out = make([]Agent, 0, agents.Stats().KeyN)
+		return agents.ForEach(func(k, v []byte) error {
+			var a Agent
+			if err := json.Unmarshal(v, &a); err != nil || a.ID != string(k) {
+				s.logger.Error("Skipping corrupt registry record", "agent_id", string(k), "err", err)
+				return nil
+			}
+			if ts := seen.Get(k); len(ts) == 8 {
+				if t := time.Unix(0, int64(binary.BigEndian.Uint64(ts))); t.After(a.LastSeen) {
+					a.LastSeen = t
+				}
+			}
+			out = append(out, a)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list agents: %w", err)
+	}
+	return out, nil
+}
+
+// Put implements Store.
+func (s *BoltStore) Put(_ context.Context, a *Agent) error {
+	data, err := json.Marshal(a)
+	if err != nil {
+		return fmt.Errorf("encode agent %q: %w", a.ID, err)
+	}
+	key := []byte(a.ID)
+	err = s.db.Batch(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bucketAgents).Put(key, data); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketLastSeen).Put(key, nanos(a.LastSeen))
+	})
+	if err != nil {
+		return fmt.Errorf("put agent %q: %w", a.ID, err)
+	}
+	return nil
+}
+
+// Delete implements Store.
+func (s *BoltStore) Delete(_ context.Context, id string) error {
+	err := s.db.Batch(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bucketAgents).Delete([]byte(id)); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketLastSeen).Delete([]byte(id))
+	})
+	if err != nil {
+		return fmt.Errorf("delete agent %q: %w", id, err)
+	}
+	return nil
+}
+
+// Touch implements Store: one transaction for the whole batch.
+func (s *BoltStore) Touch(_ context.Context, touches []Touch) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		agents, seen := tx.Bucket(bucketAgents), tx.Bucket(bucketLastSeen)
+		for _, t := range touches {
+			key := []byte(t.ID)
+			if agents.Get(key) == nil {
+				continue // deleted meanwhile: don't bring it back
+			}
+			if old := seen.Get(key); len(old) == 8 && int64(binary.BigEndian.Uint64(old)) >= t.LastSeen.UnixNano() {
+				continue
+			}
+			if err := seen.Put(key, nanos(t.LastSeen)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("touch %d agents: %w", len(touches), err)
+	}
+	return nil
+}
+
+// ClaimToken implements Store. Expired claims are purged every
+// claimPurgeEvery claims; a claim for an expired token is harmless because
+// the token itself no longer verifies.
+func (s *BoltStore) ClaimToken(_ context.Context, jti string, expires time.Time) error {
+	key := []byte(jti)
+	err := s.db.Batch(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketClaims)
+		if b.Get(key) != nil {
+			return ErrTokenUsed
+		}
+		if err := b.Put(key, nanos(expires)); err != nil {
+			return err
+		}
+		s.claims++
+		if s.claims%claimPurgeEvery == 0 {
+			return purgeClaims(b, time.Now())
+		}
+		return nil
+	})
+	if errors.Is(err, ErrTokenUsed) {
+		return ErrTokenUsed
+	}
+	if err != nil {
+		return fmt.Errorf("claim token: %w", err)
+	}
+	return nil
+}
+
+func purgeClaims(b *bolt.Bucket, now time.Time) error {
+	var expired [][]byte
+	err := b.ForEach(func(k, v []byte) error {
+		if len(v) == 8 && int64(binary.BigEndian.Uint64(v)) < now.UnixNano() {
+			expired = append(expired, k)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, k := range expired {
+		if err := b.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Watch implements Store: a bolt file belongs to one process.
+func (s *BoltStore) Watch(context.Context) <-chan Event { return nil }
+
+// Close implements Store.
+func (s *BoltStore) Close() error { return s.db.Close() }
+
+func nanos(t time.Time) []byte {
+	return binary.BigEndian.AppendUint64(nil, uint64(t.UnixNano()))
+}

@@ -1,0 +1,84 @@
+package discovery
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// MemoryStore keeps the registry in memory only: for tests and throwaway
+// servers. Records are copied in and out so callers never share state with
+// the store.
+type MemoryStore struct {
+	mu     sync.Mutex
+	agents map[string]*Agent
+	claims map[string]time.Time
+}
+
+// NewMemoryStore returns an empty MemoryStore.
+func NewMemoryStore() *MemoryStore {
+	return &MemoryStore{agents: make(map[string]*Agent), claims: make(map[string]time.Time)}
+}
+
+// List implements Store.
+func (s *MemoryStore) List(context.Context) ([]Agent, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Agent, 0, len(s.agents))
+	for _, a := range s.agents {
+		out = append(out, *a.clone())
+	}
+	return out, nil
+}
+
+// Put implements Store.
+func (s *MemoryStore) Put(_ context.Context, a *Agent) error {
+	s.mu.Lock()
+	s.agents[a.ID] = a.clone()
+	s.mu.Unlock()
+	return nil
+}
+
+// Delete implements Store.
+func (s *MemoryStore) Delete(_ context.Context, id string) error {
+	s.mu.Lock()
+	delete(s.agents, id)
+	s.mu.Unlock()
+	return nil
+}
+
+// Touch implements Store.
+func (s *MemoryStore) Touch(_ context.Context, touches []Touch) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, t := range touches {
+		if a, ok := s.agents[t.ID]; ok && t.LastSeen.After(a.LastSeen) {
+			a.LastSeen = t.LastSeen
+		}
+	}
+	return nil
+}
+
+// ClaimToken implements Store. Expired claims are dropped as new ones come
+// in, so the map stays as small as the set of live single-use tokens.
+func (s *MemoryStore) ClaimToken(_ context.Context, jti string, expires time.Time) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	if exp, ok := s.claims[jti]; ok && now.Before(exp) {
+		return ErrTokenUsed
+	}
+	for k, exp := range s.claims {
+		if !now.Before(exp) {
+			delete(s.claims, k)
+		}
+	}
+	s.claims[jti] = expires
+	return nil
+}
+
+// Watch implements Store: a memory store is never shared.
+func (s *MemoryStore) Watch(context.Context) <-chan Event { return nil }
+
+// Close implements Store.
+func (s *MemoryStore) Close() error { return nil }
