@@ -1,0 +1,104 @@
+package web
+
+import (
+	"crypto/sha256"
+	"errors"
+	"log/slog"
+	"net/http"
+	"sync"
+
+	toolkitweb "github.com/prometheus/exporter-toolkit/web"
+	"golang.org/x/crypto/bcrypt"
+	"golang.org/x/time/rate"
+)
+
+// fakeHash is compared against for unknown users, so that a wrong user
+// name takes as long as a wrong password and does not reveal which users
+// exist. It is a bcrypt hash of a random string nobody knows.
+const fakeHash = "$2a$10$8TVY9YOso3l4uYM6.7IF2erV5Ahpxkhi1yDiZnOI8zDeRSVqFP7Hm"
+
+// maxAuthCache bounds remembered bcrypt results; when full it is emptied.
+const maxAuthCache = 1024
+
+func checkHash(h string) error {
+	if _, err := bcrypt.Cost([]byte(h)); err != nil {
+		return errors.New("basic_auth_users needs bcrypt hashes")
+	}
+	return nil
+}
+
+// authHandler applies the web config's response headers, rate limit and
+// basic auth to every request, as the toolkit does, reading the config from
+// the cache instead of parsing it per request.
+type authHandler struct {
+	cache   *configCache
+	next    http.Handler
+	limiter *rate.Limiter
+	logger  *slog.Logger
+
+	// bcryptMu serializes bcrypt: it is slow on purpose, and a burst of
+	// bad passwords must not eat every core.
+	bcryptMu sync.Mutex
+	mu       sync.Mutex
+	results  map[[32]byte]bool
+}
+
+func newAuthHandler(cache *configCache, next http.Handler, cfg *toolkitweb.Config, logger *slog.Logger) *authHandler {
+	h := &authHandler{cache: cache, next: next, logger: logger, results: make(map[[32]byte]bool)}
+	if rl := cfg.RateLimiterConfig; rl.Interval != 0 {
+		h.limiter = rate.NewLimiter(rate.Every(rl.Interval), rl.Burst)
+		logger.Info("Rate limiter is enabled", "burst", rl.Burst, "interval", rl.Interval)
+	}
+	return h
+}
+
+func (h *authHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	cfg, err := h.cache.config()
+	if err != nil {
+		h.logger.Error("Unable to load web config", "err", err)
+		http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
+		return
+	}
+	if h.limiter != nil && !h.limiter.Allow() {
+		http.Error(w, http.StatusText(http.StatusTooManyRequests), http.StatusTooManyRequests)
+		return
+	}
+	for k, v := range cfg.HTTPConfig.Header {
+		w.Header().Set(k, v)
+	}
+	if len(cfg.Users) == 0 {
+		h.next.ServeHTTP(w, r)
+		return
+	}
+	if user, pass, ok := r.BasicAuth(); ok && h.authorized(cfg, user, pass) {
+		h.next.ServeHTTP(w, r)
+		return
+	}
+	w.Header().Set("WWW-Authenticate", "Basic")
+	http.Error(w, http.StatusText(http.StatusUnauthorized), http.StatusUnauthorized)
+}
+
+func (h *authHandler) authorized(cfg *toolkitweb.Config, user, pass string) bool {
+	hash, known := cfg.Users[user]
+	if !known {
+		hash = fakeHash
+	}
+	// The key covers the hash too, so a changed password in the config is
+	// never answered from the cache.
+	key := sha256.Sum256([]byte(user + "\x00" + string(hash) + "\x00" + pass))
+	h.mu.Lock()
+	ok, cached := h.results[key]
+	h.mu.Unlock()
+	if !cached {
+		h.bcryptMu.Lock()
+		ok = bcrypt.CompareHashAndPassword([]byte(hash), []byte(pass)) == nil
+		h.bcryptMu.Unlock()
+		h.mu.Lock()
+		if len(h.results) >= maxAuthCache {
+			clear(h.results)
+		}
+		h.results[key] = ok
+		h.mu.Unlock()
+	}
+	return ok && known
+}

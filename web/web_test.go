@@ -1,0 +1,381 @@
+package web
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	toolkitweb "github.com/prometheus/exporter-toolkit/web"
+	"golang.org/x/crypto/bcrypt"
+)
+
+// testPKI is a CA with helpers to write server and client certificates.
+type testPKI struct {
+	t    testing.TB
+	dir  string
+	ca   *x509.Certificate
+	key  *ecdsa.PrivateKey
+	pool *x509.CertPool
+}
+
+func newPKI(t testing.TB) *testPKI {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	p := &testPKI{t: t, dir: t.TempDir(), ca: ca, key: key, pool: pool}
+	p.write("ca.crt", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+	return p
+}
+
+func (p *testPKI) write(name string, data []byte) {
+	p.t.Helper()
+	// Write and rename, as certificate rotation does.
+	tmp := filepath.Join(p.dir, "."+name+".tmp")
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		p.t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(p.dir, name)); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// issue writes NAME.crt and NAME.key and returns the serial.
+func (p *testPKI) issue(name string, serial int64, server bool) *big.Int {
+	p.t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	if server {
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, &key.PublicKey, p.key)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	kd, _ := x509.MarshalECPrivateKey(key)
+	p.write(name+".key", pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kd}))
+	p.write(name+".crt", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+	return tmpl.SerialNumber
+}
+
+func (p *testPKI) clientCert(name string) tls.Certificate {
+	p.issue(name, 99, false)
+	c, err := tls.LoadX509KeyPair(filepath.Join(p.dir, name+".crt"), filepath.Join(p.dir, name+".key"))
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return c
+}
+
+// serve starts Serve on a loopback listener and returns its URL and cache.
+func serve(t testing.TB, configPath string, h http.Handler) (string, *http.Server) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	flags := &toolkitweb.FlagConfig{WebConfigFile: &configPath}
+	done := make(chan error, 1)
+	go func() { done <- Serve(l, srv, flags, slog.New(slog.DiscardHandler)) }()
+	t.Cleanup(func() {
+		srv.Close()
+		<-done
+	})
+	scheme := "https"
+	if configPath == "" {
+		scheme = "http"
+	}
+	return scheme + "://" + l.Addr().String(), srv
+}
+
+func client(pool *x509.CertPool, cert *tls.Certificate) *http.Client {
+	cfg := &tls.Config{RootCAs: pool}
+	if cert != nil {
+		cfg.Certificates = []tls.Certificate{*cert}
+	}
+	// New connection per request: every request is a new handshake.
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg, DisableKeepAlives: true}}
+}
+
+func hello() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "hello") })
+}
+
+func writeConfig(t testing.TB, dir, body string) string {
+	t.Helper()
+	path := filepath.Join(dir, "web-config.yml")
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+const tlsConfig = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+
+func TestServe_ClientAuth(t *testing.T) {
+	p := newPKI(t)
+	p.issue("server", 1, true)
+	cert := p.clientCert("client")
+	tests := []struct {
+		authType string
+		withCert bool
+		ok       bool
+	}{
+		{"RequireAndVerifyClientCert", true, true},
+		{"RequireAndVerifyClientCert", false, false},
+		{"VerifyClientCertIfGiven", false, true},
+		{"VerifyClientCertIfGiven", true, true},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("%s/cert=%v", tt.authType, tt.withCert), func(t *testing.T) {
+			path := writeConfig(t, p.dir, tlsConfig+"  client_auth_type: "+tt.authType+"\n  client_ca_file: ca.crt\n")
+			url, _ := serve(t, path, hello())
+			var c *tls.Certificate
+			if tt.withCert {
+				c = &cert
+			}
+			resp, err := client(p.pool, c).Get(url)
+			if tt.ok {
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					t.Fatalf("status %d", resp.StatusCode)
+				}
+			} else if err == nil {
+				resp.Body.Close()
+				t.Fatal("served a client without a certificate")
+			}
+		})
+	}
+}
+
+func TestServe_BasicAuthAndHeaders(t *testing.T) {
+	p := newPKI(t)
+	p.issue("server", 1, true)
+	hash, _ := bcrypt.GenerateFromPassword([]byte("secret"), bcrypt.MinCost)
+	path := writeConfig(t, p.dir, tlsConfig+"basic_auth_users:\n  alice: "+string(hash)+"\nhttp_server_config:\n  headers:\n    X-Frame-Options: deny\n")
+	url, _ := serve(t, path, hello())
+	tests := []struct {
+		user, pass string
+		status     int
+	}{
+		{"alice", "secret", 200},
+		{"alice", "wrong", 401},
+		{"mallory", "secret", 401},
+		{"", "", 401},
+	}
+	for _, tt := range tests {
+		req, _ := http.NewRequest("GET", url, nil)
+		if tt.user != "" {
+			req.SetBasicAuth(tt.user, tt.pass)
+		}
+		resp, err := client(p.pool, nil).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tt.status {
+			t.Errorf("%s/%s: status %d, want %d", tt.user, tt.pass, resp.StatusCode, tt.status)
+		}
+		if tt.status == 401 && resp.Header.Get("WWW-Authenticate") != "Basic" {
+			t.Errorf("%s: 401 without WWW-Authenticate", tt.user)
+		}
+		if resp.Header.Get("X-Frame-Options") != "deny" {
+			t.Errorf("configured header missing")
+		}
+	}
+	// A user added to the file works on the next request, without restart.
+	hash2, _ := bcrypt.GenerateFromPassword([]byte("pw2"), bcrypt.MinCost)
+	writeConfig(t, p.dir, tlsConfig+"basic_auth_users:\n  alice: "+string(hash)+"\n  bob: "+string(hash2)+"\n")
+	req, _ := http.NewRequest("GET", url, nil)
+	req.SetBasicAuth("bob", "pw2")
+	resp, err := client(p.pool, nil).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("new user: status %d", resp.StatusCode)
+	}
+}
+
+func TestServe_CertificateRotation(t *testing.T) {
+	p := newPKI(t)
+	p.issue("server", 1, true)
+	path := writeConfig(t, p.dir, tlsConfig)
+	url, _ := serve(t, path, hello())
+	serial := func() int64 {
+		resp, err := client(p.pool, nil).Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.TLS.PeerCertificates[0].SerialNumber.Int64()
+	}
+	if got := serial(); got != 1 {
+		t.Fatalf("serial %d, want 1", got)
+	}
+	p.issue("server", 2, true)
+	if got := serial(); got != 2 {
+		t.Fatalf("serial %d after rotation on disk, want 2", got)
+	}
+}
+
+func TestConfigCache_ParsesOnlyOnChange(t *testing.T) {
+	p := newPKI(t)
+	p.issue("server", 1, true)
+	path := writeConfig(t, p.dir, tlsConfig)
+	c := newConfigCache(path, slog.New(slog.DiscardHandler))
+	for i := 0; i < 100; i++ {
+		if _, err := c.config(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.tlsConfig(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := c.parses.Load(); n != 1 {
+		t.Fatalf("%d parses of an unchanged file, want 1", n)
+	}
+	writeConfig(t, p.dir, tlsConfig+"  min_version: TLS13\n")
+	cfg, _ := c.config()
+	if n := c.parses.Load(); n != 2 || cfg.TLSConfig.MinVersion != tls.VersionTLS13 {
+		t.Fatalf("after a change: %d parses, min version %v", n, cfg.TLSConfig.MinVersion)
+	}
+	// A broken file keeps the last good config, parsed once per version.
+	writeConfig(t, p.dir, "tls_server_config: [broken\n")
+	for i := 0; i < 10; i++ {
+		cfg, err := c.config()
+		if err != nil || cfg.TLSConfig.MinVersion != tls.VersionTLS13 {
+			t.Fatalf("broken file: %v %v", cfg, err)
+		}
+	}
+	if n := c.parses.Load(); n != 3 {
+		t.Fatalf("%d parses, want 3", n)
+	}
+}
+
+func TestLoadConfig_Refuses(t *testing.T) {
+	dir := t.TempDir()
+	for name, body := range map[string]string{
+		"unknown key":    "tls_server_config:\n  nope: 1\n",
+		"bad header":     "http_server_config:\n  headers:\n    Server: x\n",
+		"bad header val": "http_server_config:\n  headers:\n    X-Frame-Options: allow\n",
+		"plain password": "basic_auth_users:\n  alice: secret\n",
+	} {
+		if _, err := LoadConfig(writeConfig(t, dir, body)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	if _, err := LoadConfig(filepath.Join(dir, "missing.yml")); err == nil || !strings.Contains(err.Error(), "read web config") {
+		t.Errorf("missing file: %v", err)
+	}
+}
+
+func TestServe_PlainWithoutConfig(t *testing.T) {
+	url, _ := serve(t, "", hello())
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+}
+
+// BenchmarkKeepAliveRequests compares, in one run, requests over keep-alive
+// TLS connections served by the toolkit (which parses the web config per
+// request), by this package and by a bare TLS listener.
+func BenchmarkKeepAliveRequests(b *testing.B) {
+	p := newPKI(b)
+	p.issue("server", 1, true)
+	path := writeConfig(b, p.dir, tlsConfig+"  client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: ca.crt\n")
+	logger := slog.New(slog.DiscardHandler)
+	start := map[string]func(l net.Listener, srv *http.Server) error{
+		"toolkit": func(l net.Listener, srv *http.Server) error {
+			return toolkitweb.Serve(l, srv, &toolkitweb.FlagConfig{WebConfigFile: &path}, logger)
+		},
+		"cached": func(l net.Listener, srv *http.Server) error {
+			return Serve(l, srv, &toolkitweb.FlagConfig{WebConfigFile: &path}, logger)
+		},
+		"bare": func(l net.Listener, srv *http.Server) error {
+			return srv.ServeTLS(l, filepath.Join(p.dir, "server.crt"), filepath.Join(p.dir, "server.key"))
+		},
+	}
+	for _, name := range []string{"toolkit", "cached", "bare"} {
+		b.Run(name, func(b *testing.B) {
+			l, _ := net.Listen("tcp", "127.0.0.1:0")
+			srv := &http.Server{Handler: hello()}
+			go func() { _ = start[name](l, srv) }()
+			defer srv.Close()
+			c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: p.pool}, MaxIdleConnsPerHost: 64}}
+			url := "https://" + l.Addr().String()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					resp, err := c.Get(url)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			})
+		})
+	}
+}
+
+func BenchmarkParseConfig(b *testing.B) {
+	p := newPKI(b)
+	p.issue("server", 1, true)
+	path := writeConfig(b, p.dir, tlsConfig+"  client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: ca.crt\n")
+	c := newConfigCache(path, slog.New(slog.DiscardHandler))
+	b.Run("parse", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := LoadConfig(path); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("cached", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := c.config(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
