@@ -1,0 +1,142 @@
+package relay
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"time"
+
+	"github.com/prometheus/common/config"
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/relabel"
+	"go.yaml.in/yaml/v2"
+)
+
+// Defaults of the relay configuration.
+const (
+	DefaultExporterLabel = "exporter"
+	DefaultTimeout       = 10 * time.Second
+	DefaultMaxBodyBytes  = 256 << 20
+	DefaultMaxLineBytes  = 1 << 20
+	// maxChunkBytes cuts a family that never ends (untyped series without
+	// metadata, or one huge family) so memory stays bounded anyway.
+	maxChunkBytes = 4 << 20
+)
+
+// reservedName is the server's name for the agent's own metrics target.
+const reservedName = "agent"
+
+// Config is the relay configuration file.
+type Config struct {
+	// ExporterLabel is added to every relayed series with the exporter's
+	// name; empty disables it. Absent from the file means "exporter".
+	ExporterLabel *string `yaml:"exporter_label,omitempty"`
+	// MaxBodyBytes bounds an upstream body, MaxLineBytes one line of it.
+	MaxBodyBytes int64            `yaml:"max_body_bytes,omitempty"`
+	MaxLineBytes int              `yaml:"max_line_bytes,omitempty"`
+	Exporters    []ExporterConfig `yaml:"exporters"`
+}
+
+// ExporterConfig is one upstream exporter.
+type ExporterConfig struct {
+	Name                 string                  `yaml:"name"`
+	URL                  string                  `yaml:"url"`
+	Timeout              model.Duration          `yaml:"timeout,omitempty"`
+	MetricRelabelConfigs []*relabel.Config       `yaml:"metric_relabel_configs,omitempty"`
+	HTTPClientConfig     config.HTTPClientConfig `yaml:",inline"`
+}
+
+// Label returns the exporter label name, "" when disabled.
+func (c *Config) Label() string {
+	if c.ExporterLabel == nil {
+		return DefaultExporterLabel
+	}
+	return *c.ExporterLabel
+}
+
+// LoadConfig reads and validates a relay configuration file.
+func LoadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read relay config: %w", err)
+	}
+	cfg, err := ParseConfig(data)
+	if err != nil {
+		return nil, fmt.Errorf("relay config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// ParseConfig parses and validates a relay configuration. Every mistake is
+// reported here, at start, never as a panic at scrape time.
+func ParseConfig(data []byte) (*Config, error) {
+	cfg := &Config{}
+	if err := yaml.UnmarshalStrict(data, cfg); err != nil {
+		return nil, fmt.Errorf("parse: %w", err)
+	}
+	if cfg.MaxBodyBytes == 0 {
+		cfg.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if cfg.MaxLineBytes == 0 {
+		cfg.MaxLineBytes = DefaultMaxLineBytes
+	}
+	if cfg.MaxBodyBytes < 0 || cfg.MaxLineBytes < 0 {
+		return nil, errors.New("max_body_bytes and max_line_bytes must be positive")
+	}
+	if l := cfg.Label(); l != "" && !model.LabelName(l).IsValid() {
+		return nil, fmt.Errorf("exporter_label %q is not a valid label name", l)
+	}
+	seen := make(map[string]bool, len(cfg.Exporters))
+	for i := range cfg.Exporters {
+		e := &cfg.Exporters[i]
+		if err := validateName(e.Name); err != nil {
+			return nil, fmt.Errorf("exporter %d: %w", i+1, err)
+		}
+		if seen[e.Name] {
+			return nil, fmt.Errorf("exporter %q is configured twice", e.Name)
+		}
+		seen[e.Name] = true
+		u, err := url.Parse(e.URL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, fmt.Errorf("exporter %q: url %q must be an absolute http or https URL", e.Name, e.URL)
+		}
+		if e.Timeout == 0 {
+			e.Timeout = model.Duration(DefaultTimeout)
+		}
+		if e.Timeout < 0 {
+			return nil, fmt.Errorf("exporter %q: timeout must be positive", e.Name)
+		}
+		for j, rc := range e.MetricRelabelConfigs {
+			if rc == nil {
+				return nil, fmt.Errorf("exporter %q: metric_relabel_configs[%d] is empty", e.Name, j)
+			}
+			if err := rc.Validate(model.UTF8Validation); err != nil {
+				return nil, fmt.Errorf("exporter %q: metric_relabel_configs[%d]: %w", e.Name, j, err)
+			}
+		}
+		if err := e.HTTPClientConfig.Validate(); err != nil {
+			return nil, fmt.Errorf("exporter %q: %w", e.Name, err)
+		}
+	}
+	return cfg, nil
+}
+
+func validateName(n string) error {
+	if n == "" || len(n) > 64 {
+		return errors.New("name must have 1 to 64 characters")
+	}
+	if n == reservedName {
+		return fmt.Errorf("name %q is reserved for the agent's own metrics", n)
+	}
+	for i := 0; i < len(n); i++ {
+		c := n[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return fmt.Errorf("name %q may only contain [a-zA-Z0-9_-]", n)
+		}
+	}
+	return nil
+}
+
+// ExporterPath is the relay path of an exporter.
+func ExporterPath(name string) string { return "/exporters/" + name + "/metrics" }

@@ -1,0 +1,184 @@
+package relay
+
+import (
+	"math"
+	"strconv"
+
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/exemplar"
+	"github.com/prometheus/prometheus/model/labels"
+)
+
+// The text encoders append into a reused buffer. They write what the
+// parser read, after relabeling, in the same format: text 0.0.4 to text
+// 0.0.4, OpenMetrics to OpenMetrics. Conversions between formats go through
+// the dto path instead (dto.go), where family semantics are explicit.
+
+// appendHelp appends a # HELP line. Text 0.0.4 escapes backslash and
+// newline in help; OpenMetrics also escapes the double quote.
+func appendHelp(b []byte, name, help []byte, om bool) []byte {
+	b = append(b, "# HELP "...)
+	b = appendMetricNameToken(b, name)
+	b = append(b, ' ')
+	for _, c := range help {
+		switch c {
+		case '\\':
+			b = append(b, `\\`...)
+		case '\n':
+			b = append(b, `\n`...)
+		case '"':
+			if om {
+				b = append(b, `\"`...)
+			} else {
+				b = append(b, c)
+			}
+		default:
+			b = append(b, c)
+		}
+	}
+	return append(b, '\n')
+}
+
+func appendMetaLine(b []byte, kind string, name []byte, value string) []byte {
+	b = append(b, "# "...)
+	b = append(b, kind...)
+	b = append(b, ' ')
+	b = appendMetricNameToken(b, name)
+	b = append(b, ' ')
+	b = append(b, value...)
+	return append(b, '\n')
+}
+
+// appendMetricNameToken writes a name as it appears in a comment line:
+// bare when it is a classic name, quoted otherwise.
+func appendMetricNameToken(b []byte, name []byte) []byte {
+	if model.IsValidLegacyMetricName(string(name)) {
+		return append(b, name...)
+	}
+	return appendQuoted(b, string(name))
+}
+
+// appendSeries writes name{labels}. A name that is not a classic metric
+// name moves inside the braces, quoted, as Prometheus 3 writes it.
+func appendSeries(b []byte, lset labels.Labels) []byte {
+	name := lset.Get(model.MetricNameLabel)
+	legacy := model.IsValidLegacyMetricName(name)
+	first := true
+	if legacy {
+		b = append(b, name...)
+	} else {
+		b = append(b, '{')
+		b = appendQuoted(b, name)
+		first = false
+	}
+	lset.Range(func(l labels.Label) {
+		if l.Name == model.MetricNameLabel {
+			return
+		}
+		if first {
+			b = append(b, '{')
+			first = false
+		} else {
+			b = append(b, ',')
+		}
+		if model.LabelName(l.Name).IsValidLegacy() {
+			b = append(b, l.Name...)
+		} else {
+			b = appendQuoted(b, l.Name)
+		}
+		b = append(b, '=')
+		b = appendQuoted(b, l.Value)
+	})
+	if !first {
+		b = append(b, '}')
+	}
+	return b
+}
+
+// appendQuoted writes a double-quoted label value with the exposition
+// formats' escapes: backslash, double quote and newline.
+func appendQuoted(b []byte, s string) []byte {
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); i++ {
+		var esc string
+		switch s[i] {
+		case '\\':
+			esc = `\\`
+		case '"':
+			esc = `\"`
+		case '\n':
+			esc = `\n`
+		default:
+			continue
+		}
+		b = append(b, s[start:i]...)
+		b = append(b, esc...)
+		start = i + 1
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
+}
+
+// appendFloat writes a sample value as Prometheus does: shortest exact
+// representation, +Inf, -Inf and NaN spelled out.
+func appendFloat(b []byte, v float64) []byte {
+	switch {
+	case math.IsNaN(v):
+		return append(b, "NaN"...)
+	case math.IsInf(v, 1):
+		return append(b, "+Inf"...)
+	case math.IsInf(v, -1):
+		return append(b, "-Inf"...)
+	}
+	return strconv.AppendFloat(b, v, 'g', -1, 64)
+}
+
+// appendOMTimestamp writes milliseconds as exact decimal seconds.
+func appendOMTimestamp(b []byte, ms int64) []byte {
+	if ms < 0 {
+		b = append(b, '-')
+		ms = -ms
+	}
+	b = strconv.AppendInt(b, ms/1000, 10)
+	if frac := ms % 1000; frac != 0 {
+		b = append(b, '.')
+		b = append(b, byte('0'+frac/100), byte('0'+frac/10%10), byte('0'+frac%10))
+	}
+	return b
+}
+
+// appendSample writes one sample line.
+func appendSample(b []byte, lset labels.Labels, v float64, ts *int64, ex *exemplar.Exemplar, om bool) []byte {
+	b = appendSeries(b, lset)
+	b = append(b, ' ')
+	b = appendFloat(b, v)
+	if ts != nil {
+		b = append(b, ' ')
+		if om {
+			b = appendOMTimestamp(b, *ts)
+		} else {
+			b = strconv.AppendInt(b, *ts, 10)
+		}
+	}
+	if om && ex != nil {
+		b = append(b, " # {"...)
+		first := true
+		ex.Labels.Range(func(l labels.Label) {
+			if !first {
+				b = append(b, ',')
+			}
+			first = false
+			b = append(b, l.Name...)
+			b = append(b, '=')
+			b = appendQuoted(b, l.Value)
+		})
+		b = append(b, "} "...)
+		b = appendFloat(b, ex.Value)
+		if ex.HasTs {
+			b = append(b, ' ')
+			b = appendOMTimestamp(b, ex.Ts)
+		}
+	}
+	return append(b, '\n')
+}
