@@ -1,0 +1,341 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/baremetal-sd/baremetal_sd/ca"
+	"github.com/baremetal-sd/baremetal_sd/discovery"
+)
+
+// maxReplyBody bounds what the load generator reads from a reply other than
+// http_sd (register answers are a few KiB).
+const maxReplyBody = 1 << 20
+
+// maxSDBody bounds an http_sd reply: 100,000 agents with two target groups
+// each are about 70 MB of JSON.
+const maxSDBody = 1 << 30
+
+// target is the server under test and what the load generator needs from
+// its data directory.
+type target struct {
+	addr   string // host:port to dial
+	host   string // Host header and TLS server name
+	roots  *x509.CertPool
+	tokens *ca.Tokens
+	auth   *ca.Authority
+}
+
+// checkLoopback refuses anything but a loopback address: the load generator
+// is for measuring a server on this machine, never for loading someone else's.
+func parseServerURL(raw string) (addr, host string, err error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", "", fmt.Errorf("parse --server.url: %w", err)
+	}
+	if u.Scheme != "https" {
+		return "", "", fmt.Errorf("--server.url must be https://, the server speaks TLS only")
+	}
+	h := u.Hostname()
+	if h != "localhost" {
+		ip := net.ParseIP(h)
+		if ip == nil || !ip.IsLoopback() {
+			return "", "", fmt.Errorf("--server.url host %q is not a loopback address: the load generator only targets this machine", h)
+		}
+	}
+	port := u.Port()
+	if port == "" {
+		port = "443"
+	}
+	return net.JoinHostPort(h, port), h, nil
+}
+
+// newTarget reads the CA and the token key from the server's data dir.
+func newTarget(serverURL, dataDir string) (*target, error) {
+	addr, host, err := parseServerURL(serverURL)
+	if err != nil {
+		return nil, err
+	}
+	auth, err := ca.Load(dataDir)
+	if err != nil {
+		return nil, fmt.Errorf("load CA from %s: %w", dataDir, err)
+	}
+	key, err := ca.LoadTokenKey(dataDir)
+	if err != nil {
+		return nil, fmt.Errorf("load token key from %s: %w", dataDir, err)
+	}
+	return &target{addr: addr, host: host, roots: auth.Pool(), tokens: ca.NewTokens(key), auth: auth}, nil
+}
+
+// tlsConfig trusts the server's CA and presents cert if given. Session
+// resumption is off: an enrolling agent has never talked to the server, so
+// every new connection pays a full handshake.
+func (t *target) tlsConfig(cert *tls.Certificate) *tls.Config {
+	cfg := &tls.Config{RootCAs: t.roots, ServerName: t.host, MinVersion: tls.VersionTLS12}
+	if cert != nil {
+		cfg.Certificates = []tls.Certificate{*cert}
+	}
+	return cfg
+}
+
+// enrollToken makes an enrollment token valid for the whole run.
+func (t *target) enrollToken(ttl time.Duration, singleUse bool) (string, error) {
+	tok, err := t.tokens.Create(ca.TokenSpec{Scope: ca.ScopeEnroll, TTL: ttl, SingleUse: singleUse}, time.Now())
+	if err != nil {
+		return "", fmt.Errorf("create enrollment token: %w", err)
+	}
+	return tok, nil
+}
+
+// clientCert issues a client certificate of the given role, the way
+// `cert issue` does for Prometheus.
+func (t *target) clientCert(role ca.Role) (*tls.Certificate, error) {
+	certPEM, keyPEM, err := t.auth.IssueClient("bench-"+string(role), role, 24*time.Hour)
+	if err != nil {
+		return nil, fmt.Errorf("issue %s client certificate: %w", role, err)
+	}
+	c, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("load %s client certificate: %w", role, err)
+	}
+	return &c, nil
+}
+
+// conn is one HTTP/1.1 keep-alive connection over TLS. The load generator
+// shares the machine with the server, so it speaks HTTP on the connection
+// itself instead of through net/http's Transport, whose per-connection
+// goroutines and pooling would take CPU from the server under test.
+type conn struct {
+	tc *tls.Conn
+	br *bufio.Reader
+	bw *bufio.Writer
+}
+
+func dial(ctx context.Context, addr string, cfg *tls.Config) (*conn, error) {
+	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: 10 * time.Second}, Config: cfg}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	tc := c.(*tls.Conn)
+	return &conn{tc: tc, br: bufio.NewReaderSize(tc, 16<<10), bw: bufio.NewWriterSize(tc, 16<<10)}, nil
+}
+
+func (c *conn) Close() error { return c.tc.Close() }
+
+// reply is what roundTrip returns: the status, the time the response header
+// arrived (relative to the request) and the body (or only its length when
+// discard is set).
+type reply struct {
+	status  int
+	header  http.Header
+	ttfb    time.Duration
+	total   time.Duration
+	body    []byte
+	bodyLen int64
+}
+
+// roundTrip writes a prepared request and reads the whole reply, bounded by
+// limit bytes and by deadline.
+func (c *conn) roundTrip(req []byte, limit int64, keep bool, deadline time.Time) (reply, error) {
+	var r reply
+	if err := c.tc.SetDeadline(deadline); err != nil {
+		return r, fmt.Errorf("set deadline: %w", err)
+	}
+	start := time.Now()
+	if _, err := c.bw.Write(req); err != nil {
+		return r, fmt.Errorf("write request: %w", err)
+	}
+	if err := c.bw.Flush(); err != nil {
+		return r, fmt.Errorf("write request: %w", err)
+	}
+	resp, err := http.ReadResponse(c.br, nil)
+	if err != nil {
+		return r, fmt.Errorf("read response: %w", err)
+	}
+	r.ttfb = time.Since(start)
+	r.status = resp.StatusCode
+	r.header = resp.Header
+	body := io.LimitReader(resp.Body, limit)
+	if keep {
+		r.body, err = io.ReadAll(body)
+		r.bodyLen = int64(len(r.body))
+	} else {
+		r.bodyLen, err = io.Copy(io.Discard, body)
+	}
+	resp.Body.Close()
+	r.total = time.Since(start)
+	if err != nil {
+		return r, fmt.Errorf("read response body: %w", err)
+	}
+	if r.bodyLen >= limit {
+		return r, fmt.Errorf("response body larger than %d bytes", limit)
+	}
+	return r, nil
+}
+
+// request renders an HTTP/1.1 request once so that loops only write bytes.
+func request(method, host, path string, header map[string]string, body []byte) []byte {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: baremetal_sd-bench\r\n", method, path, host)
+	for k, v := range header {
+		fmt.Fprintf(&b, "%s: %s\r\n", k, v)
+	}
+	if body != nil || method == http.MethodPost {
+		fmt.Fprintf(&b, "Content-Length: %d\r\n", len(body))
+	}
+	b.WriteString("\r\n")
+	b.Write(body)
+	return b.Bytes()
+}
+
+// agentIdentity is one simulated host: its key, the CSR the agent would send
+// and, once enrolled, its certificate.
+type agentIdentity struct {
+	hostname string
+	address  string
+	key      *ecdsa.PrivateKey
+	csr      string
+	cert     *tls.Certificate
+	id       string
+}
+
+// newIdentity generates an agent key and CSR, as the agent does on its host.
+func newIdentity(n int) (*agentIdentity, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generate key: %w", err)
+	}
+	host := "bench-" + strconv.Itoa(n) + ".example.com"
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
+		Subject:  pkix.Name{CommonName: host},
+		DNSNames: []string{host},
+	}, key)
+	if err != nil {
+		return nil, fmt.Errorf("create csr: %w", err)
+	}
+	return &agentIdentity{
+		hostname: host,
+		address:  benchAddress(n),
+		key:      key,
+		csr:      string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})),
+	}, nil
+}
+
+// benchAddress spreads simulated hosts over 10.0.0.0/8.
+func benchAddress(n int) string {
+	n++
+	return fmt.Sprintf("10.%d.%d.%d", (n>>16)&0xff, (n>>8)&0xff, n&0xff)
+}
+
+func (id *agentIdentity) registerBody() ([]byte, error) {
+	b, err := json.Marshal(discovery.RegisterRequest{
+		Hostname:  id.hostname,
+		Address:   id.address,
+		Port:      9956,
+		Labels:    map[string]string{"role": "bench"},
+		Exporters: []discovery.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
+		CSR:       id.csr,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("encode register request: %w", err)
+	}
+	return b, nil
+}
+
+// statusError is a reply with an unexpected status.
+type statusError struct {
+	status int
+	body   string
+}
+
+func (e *statusError) Error() string {
+	return fmt.Sprintf("unexpected status %d: %s", e.status, e.body)
+}
+
+// errorKind classifies a failure for the result table.
+func errorKind(err error) string {
+	var se *statusError
+	if errors.As(err, &se) {
+		return "http_" + strconv.Itoa(se.status)
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return "timeout"
+	}
+	return "io"
+}
+
+// register enrolls id over c and installs the issued certificate.
+func (t *target) register(c *conn, id *agentIdentity, token string, deadline time.Time) (time.Duration, error) {
+	body, err := id.registerBody()
+	if err != nil {
+		return 0, err
+	}
+	req := request(http.MethodPost, t.host, discovery.PathRegister, map[string]string{
+		"Authorization": "Bearer " + token,
+		"Content-Type":  "application/json",
+	}, body)
+	r, err := c.roundTrip(req, maxReplyBody, true, deadline)
+	if err != nil {
+		return 0, err
+	}
+	if r.status != http.StatusOK {
+		return 0, &statusError{r.status, truncate(r.body)}
+	}
+	var resp discovery.CertificateResponse
+	if err := json.Unmarshal(r.body, &resp); err != nil {
+		return 0, fmt.Errorf("decode register reply: %w", err)
+	}
+	cert, err := chainCertificate([]byte(resp.Certificate), id.key)
+	if err != nil {
+		return 0, err
+	}
+	id.cert, id.id = cert, resp.AgentID
+	return r.total, nil
+}
+
+// chainCertificate pairs a PEM chain with its key without re-encoding the key.
+func chainCertificate(chain []byte, key *ecdsa.PrivateKey) (*tls.Certificate, error) {
+	var c tls.Certificate
+	for {
+		var blk *pem.Block
+		blk, chain = pem.Decode(chain)
+		if blk == nil {
+			break
+		}
+		if blk.Type == "CERTIFICATE" {
+			c.Certificate = append(c.Certificate, blk.Bytes)
+		}
+	}
+	if len(c.Certificate) == 0 {
+		return nil, fmt.Errorf("register reply has no certificate")
+	}
+	c.PrivateKey = key
+	return &c, nil
+}
+
+func truncate(b []byte) string {
+	const n = 200
+	if len(b) > n {
+		return string(b[:n]) + "..."
+	}
+	return string(b)
+}

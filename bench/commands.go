@@ -1,0 +1,94 @@
+package bench
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+
+	"github.com/alecthomas/kingpin/v2"
+)
+
+// Commands are the hidden `bench` subcommands and their flags.
+type Commands struct {
+	// Out receives the result tables; os.Stdout unless replaced.
+	Out io.Writer
+
+	register  *kingpin.CmdClause
+	heartbeat *kingpin.CmdClause
+	httpsd    *kingpin.CmdClause
+	populate  *kingpin.CmdClause
+
+	reg RegisterConfig
+	hb  HeartbeatConfig
+	sd  HTTPSDConfig
+	pop PopulateConfig
+}
+
+// defaultServerURL is where `baremetal_sd server` listens by default.
+const defaultServerURL = "https://127.0.0.1:9955"
+
+// AddCommands adds the hidden `bench` command to app.
+func AddCommands(app *kingpin.Application) *Commands {
+	c := &Commands{Out: os.Stdout}
+	bench := app.Command("bench", "Load generator for BENCHMARKS.md; targets a server on this machine only.").Hidden()
+
+	target := func(cmd *kingpin.CmdClause, url, dataDir *string, pid *int) {
+		cmd.Flag("server.url", "URL of the server under test (loopback only).").Default(defaultServerURL).StringVar(url)
+		cmd.Flag("data.dir", "The server's data directory: CA, token key.").Default("data").StringVar(dataDir)
+		cmd.Flag("server.pid", "PID of the server, to report its CPU time and memory from /proc.").IntVar(pid)
+	}
+
+	c.register = bench.Command("register", "Measure registrations per second: key, CSR, token, new TLS connection each.")
+	target(c.register, &c.reg.ServerURL, &c.reg.DataDir, &c.reg.ServerPID)
+	c.register.Flag("count", "Registrations to make.").Default("5000").IntVar(&c.reg.Count)
+	c.register.Flag("concurrency", "Concurrent clients.").Default("32").IntVar(&c.reg.Concurrency)
+	c.register.Flag("duration", "Upper bound on the run.").Default("2m").DurationVar(&c.reg.Duration)
+	c.register.Flag("keep-alive", "Reuse one connection per client instead of a new TLS connection per registration.").BoolVar(&c.reg.KeepAlive)
+	c.register.Flag("pregenerate", "Generate all agent keys and CSRs before the clock starts.").BoolVar(&c.reg.Pregenerate)
+	c.register.Flag("single-use", "Give each agent its own single-use token (adds a durable token claim).").BoolVar(&c.reg.SingleUse)
+	c.register.Flag("first", "Number of the first simulated host.").Default("0").IntVar(&c.reg.First)
+
+	c.heartbeat = bench.Command("heartbeat", "Measure heartbeats per second and latency over keep-alive mTLS.")
+	target(c.heartbeat, &c.hb.ServerURL, &c.hb.DataDir, &c.hb.ServerPID)
+	c.heartbeat.Flag("agents", "Agents to enroll first; workers share their certificates.").Default("256").IntVar(&c.hb.Agents)
+	c.heartbeat.Flag("concurrency", "Workers, each with its own keep-alive connection.").Default("64").IntVar(&c.hb.Concurrency)
+	c.heartbeat.Flag("warmup", "Heartbeats before the measurement starts.").Default("2s").DurationVar(&c.hb.Warmup)
+	c.heartbeat.Flag("duration", "Measured time.").Default("20s").DurationVar(&c.hb.Duration)
+	c.heartbeat.Flag("count", "Upper bound on measured heartbeats.").Default("10000000").IntVar(&c.hb.Count)
+	c.heartbeat.Flag("status", "Status sent with each heartbeat; empty sends no body.").Default("ok").StringVar(&c.hb.Status)
+	c.heartbeat.Flag("first", "Number of the first simulated host.").Default("1000000").IntVar(&c.hb.First)
+
+	c.httpsd = bench.Command("httpsd", "Measure http_sd fetches from the cache and after a change; report server memory.")
+	target(c.httpsd, &c.sd.ServerURL, &c.sd.DataDir, &c.sd.ServerPID)
+	c.httpsd.Flag("count", "Cached fetches per encoding.").Default("20").IntVar(&c.sd.Count)
+	c.httpsd.Flag("changes", "Registrations, each followed by a fetch that rebuilds (alternating identity and gzip).").Default("20").IntVar(&c.sd.Changes)
+	c.httpsd.Flag("duration", "Upper bound on the run.").Default("5m").DurationVar(&c.sd.Duration)
+	c.httpsd.Flag("first", "Number of the first simulated host registered as a change.").Default("2000000").IntVar(&c.sd.First)
+
+	c.populate = bench.Command("populate", "Write synthetic agents into a stopped server's bolt registry.")
+	c.populate.Flag("data.dir", "The server's data directory.").Default("data").StringVar(&c.pop.DataDir)
+	c.populate.Flag("count", "Agents to write.").Default("100000").IntVar(&c.pop.Count)
+	c.populate.Flag("concurrency", "Concurrent writers.").Default("64").IntVar(&c.pop.Concurrency)
+	c.populate.Flag("duration", "Upper bound on the run.").Default("10m").DurationVar(&c.pop.Duration)
+	c.populate.Flag("first", "Number of the first synthetic agent.").Default("0").IntVar(&c.pop.First)
+	return c
+}
+
+// Run runs the selected command if it is one of ours; handled is false for
+// any other command.
+func (c *Commands) Run(ctx context.Context, selected string, logger *slog.Logger) (handled bool, err error) {
+	switch selected {
+	case c.register.FullCommand():
+		return true, RunRegister(ctx, c.reg, c.Out)
+	case c.heartbeat.FullCommand():
+		return true, RunHeartbeat(ctx, c.hb, c.Out)
+	case c.httpsd.FullCommand():
+		return true, RunHTTPSD(ctx, c.sd, c.Out)
+	case c.populate.FullCommand():
+		cfg := c.pop
+		cfg.Logger = logger
+		return true, RunPopulate(ctx, cfg, c.Out)
+	}
+	return false, nil
+}

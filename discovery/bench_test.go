@@ -1,0 +1,210 @@
+package discovery
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"runtime"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// The benchmarks in this file back the http_sd and registry numbers of
+// BENCHMARKS.md; rerun them with
+//
+//	go test -run '^$' -bench 'SDCache|Registry' -benchtime 20x -count 5 ./discovery
+
+// benchAgents is the fleet size of the scale goals.
+const benchAgents = 100_000
+
+// benchStore is a Store that only lists synthetic agents, generated on each
+// call, so that the registry's memory is measured without a store's copy.
+type benchStore struct {
+	n   int
+	now time.Time
+}
+
+func (s benchStore) List(context.Context) ([]Agent, error) {
+	out := make([]Agent, s.n)
+	for i := range out {
+		out[i] = *benchAgent(i, s.now)
+	}
+	return out, nil
+}
+func (benchStore) Put(context.Context, *Agent) error                   { return nil }
+func (benchStore) Delete(context.Context, string) error                { return nil }
+func (benchStore) Touch(context.Context, []Touch) error                { return nil }
+func (benchStore) ClaimToken(context.Context, string, time.Time) error { return nil }
+func (benchStore) Watch(context.Context) <-chan Event                  { return nil }
+func (benchStore) Close() error                                        { return nil }
+
+// benchAgent is the n-th synthetic agent, shaped like a real registration
+// (and like `bench populate` writes): 26-character id, two labels, one
+// exporter, certificate serial and key fingerprint.
+func benchAgent(n int, now time.Time) *Agent {
+	sum := sha256.Sum256([]byte("bench-agent-" + strconv.Itoa(n)))
+	m := n + 1
+	return &Agent{
+		ID:             fmt.Sprintf("bench%021d", n),
+		Hostname:       "bench-" + strconv.Itoa(n) + ".example.com",
+		Address:        fmt.Sprintf("10.%d.%d.%d", (m>>16)&0xff, (m>>8)&0xff, m&0xff),
+		Port:           9956,
+		Labels:         map[string]string{"role": [...]string{"web", "db", "cache", "batch"}[n%4], "rack": "r" + strconv.Itoa(n%64)},
+		Exporters:      []Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
+		CertSerial:     hex.EncodeToString(sum[:16]),
+		CertNotAfter:   now.Add(24 * time.Hour),
+		KeyFingerprint: hex.EncodeToString(sum[:]),
+		RegisteredAt:   now,
+		LastSeen:       now,
+	}
+}
+
+// benchRegistry loads n synthetic agents the way the server loads its store
+// at start-up.
+func benchRegistry(b *testing.B, n int) *Registry {
+	b.Helper()
+	r := NewRegistry(RegistryConfig{Store: benchStore{n: n, now: time.Now()}})
+	if err := r.Load(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	return r
+}
+
+// benchServe writes a body the way the http_sd handler does.
+func benchServe(w io.Writer, body Body, gzip bool) {
+	if gzip {
+		_, _ = w.Write(body.Gzip)
+		return
+	}
+	for _, p := range body.Pieces {
+		_, _ = w.Write(p)
+	}
+}
+
+var benchEncodings = []struct {
+	name string
+	gzip bool
+}{{"identity", false}, {"gzip", true}}
+
+// BenchmarkSDCache_Cached is a Prometheus refresh when nothing changed: the
+// goal is < 5 ms with 100,000 agents.
+func BenchmarkSDCache_Cached(b *testing.B) {
+	r := benchRegistry(b, benchAgents)
+	c := NewSDCache(r, nil)
+	for _, enc := range benchEncodings {
+		b.Run(enc.name, func(b *testing.B) {
+			c.Get(Filter{}, enc.gzip) // build the cached body before timing
+			for b.Loop() {
+				benchServe(io.Discard, c.Get(Filter{}, enc.gzip), enc.gzip)
+			}
+			b.ReportMetric(float64(c.Get(Filter{}, enc.gzip).Size)/1e6, "MB/body")
+		})
+	}
+}
+
+// BenchmarkSDCache_RebuildAfterChange is a refresh after one agent changed
+// (maintenance toggled): the goal is < 150 ms with 100,000 agents. The change
+// itself is not timed.
+func BenchmarkSDCache_RebuildAfterChange(b *testing.B) {
+	r := benchRegistry(b, benchAgents)
+	c := NewSDCache(r, nil)
+	ctx := context.Background()
+	for _, enc := range benchEncodings {
+		b.Run(enc.name, func(b *testing.B) {
+			c.Get(Filter{}, enc.gzip)
+			for i := 0; b.Loop(); i++ {
+				b.StopTimer()
+				id := fmt.Sprintf("bench%021d", (i*7919)%benchAgents)
+				if _, err := r.Update(ctx, id, func(a *Agent) error {
+					a.Maintenance = !a.Maintenance
+					return nil
+				}); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				benchServe(io.Discard, c.Get(Filter{}, enc.gzip), enc.gzip)
+			}
+		})
+	}
+}
+
+// BenchmarkSDCache_Cold builds the whole response from scratch, as the first
+// request after a start does.
+func BenchmarkSDCache_Cold(b *testing.B) {
+	r := benchRegistry(b, benchAgents)
+	for _, enc := range benchEncodings {
+		b.Run(enc.name, func(b *testing.B) {
+			for b.Loop() {
+				c := NewSDCache(r, nil)
+				benchServe(io.Discard, c.Get(Filter{}, enc.gzip), enc.gzip)
+			}
+		})
+	}
+}
+
+// BenchmarkRegistry_Heartbeat is the registry's share of a heartbeat, from
+// all CPUs at once, spread over 100,000 agents.
+func BenchmarkRegistry_Heartbeat(b *testing.B) {
+	r := benchRegistry(b, benchAgents)
+	now := time.Now()
+	ids := make([]string, benchAgents)
+	serials := make([]string, benchAgents)
+	for i := range ids {
+		a := benchAgent(i, now)
+		ids[i], serials[i] = a.ID, a.CertSerial
+	}
+	var seed atomic.Uint64
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := rand.New(rand.NewPCG(seed.Add(1), 0)).IntN(benchAgents)
+		for pb.Next() {
+			if err := r.Heartbeat(ids[i], serials[i], "ok"); err != nil {
+				b.Error(err)
+				return
+			}
+			if i++; i == benchAgents {
+				i = 0
+			}
+		}
+	})
+}
+
+// BenchmarkRegistry_Load100k loads 100,000 agents as the server does at
+// start-up and reports the heap they keep (registry) and what the http_sd
+// cache adds once both encodings were served. Run it with -benchtime 1x or a
+// few x: every iteration builds a whole registry.
+func BenchmarkRegistry_Load100k(b *testing.B) {
+	var regBytes, cacheBytes int64
+	for b.Loop() {
+		b.StopTimer()
+		base := heapInUse()
+		b.StartTimer()
+		r := benchRegistry(b, benchAgents)
+		b.StopTimer()
+		afterLoad := heapInUse()
+		c := NewSDCache(r, nil)
+		c.Get(Filter{}, false)
+		c.Get(Filter{}, true)
+		afterCache := heapInUse()
+		runtime.KeepAlive(r)
+		runtime.KeepAlive(c)
+		regBytes, cacheBytes = afterLoad-base, afterCache-afterLoad
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(regBytes)/benchAgents, "registry-B/agent")
+	b.ReportMetric(float64(regBytes)/(1<<20), "registry-MiB")
+	b.ReportMetric(float64(cacheBytes)/(1<<20), "sdcache-MiB")
+}
+
+// heapInUse is the live heap after a full collection.
+func heapInUse() int64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return int64(m.HeapAlloc)
+}
