@@ -84,7 +84,7 @@ func ParseConfig(data []byte) (*Config, error) {
 	if cfg.MaxBodyBytes < 0 || cfg.MaxLineBytes < 0 {
 		return nil, errors.New("max_body_bytes and max_line_bytes must be positive")
 	}
-	if l := cfg.Label(); l != "" && !model.LabelName(l).IsValid() {
+	if l := cfg.Label(); l != "" && !model.LabelName(l).IsValidLegacy() {
 		return nil, fmt.Errorf("exporter_label %q is not a valid label name", l)
 	}
 	seen := make(map[string]bool, len(cfg.Exporters))

@@ -193,12 +193,14 @@ func (f *familyBuilder) addComplex(suffix string, lset labels.Labels, v float64,
 		}
 		if math.IsInf(le, 1) {
 			// +Inf is implied by the count in client_model.
-			if m.Histogram.SampleCount == nil {
-				m.Histogram.SampleCountFloat = proto.Float64(v)
+			if m.Histogram.SampleCount == nil && m.Histogram.SampleCountFloat == nil {
+				setCount(&m.Histogram.SampleCount, &m.Histogram.SampleCountFloat, v)
 			}
 			return true
 		}
-		m.Histogram.Bucket = append(m.Histogram.Bucket, &dto.Bucket{UpperBound: proto.Float64(le), CumulativeCountFloat: proto.Float64(v), Exemplar: dtoExemplar(ex)})
+		b := &dto.Bucket{UpperBound: proto.Float64(le), Exemplar: dtoExemplar(ex)}
+		setCount(&b.CumulativeCount, &b.CumulativeCountFloat, v)
+		m.Histogram.Bucket = append(m.Histogram.Bucket, b)
 	case "_sum", "_gsum":
 		if m.Summary != nil {
 			m.Summary.SampleSum = proto.Float64(v)
@@ -209,13 +211,23 @@ func (f *familyBuilder) addComplex(suffix string, lset labels.Labels, v float64,
 		if m.Summary != nil {
 			m.Summary.SampleCount = proto.Uint64(uint64(v))
 		} else {
-			m.Histogram.SampleCountFloat = nil
-			m.Histogram.SampleCount = proto.Uint64(uint64(v))
+			m.Histogram.SampleCount, m.Histogram.SampleCountFloat = nil, nil
+			setCount(&m.Histogram.SampleCount, &m.Histogram.SampleCountFloat, v)
 		}
 	case "_created":
 		// Dropped like a counter's _created: text and Prometheus 2 ignore it.
 	}
 	return true
+}
+
+// setCount stores a count as an integer when it is one, which every
+// format can express, and as a float otherwise (float histograms).
+func setCount(u **uint64, f **float64, v float64) {
+	if v >= 0 && v < 1<<63 && v == math.Trunc(v) {
+		*u = proto.Uint64(uint64(v))
+		return
+	}
+	*f = proto.Float64(v)
 }
 
 // groupKey identifies the metric a summary or histogram series belongs to.

@@ -142,6 +142,7 @@ func (p *pipeline) parse(chunk []byte, ct string, om bool,
 			_, ts, v := parser.Series()
 			parser.Labels(&p.lset)
 			var ex *exemplar.Exemplar
+			p.ex = exemplar.Exemplar{}
 			if om && parser.Exemplar(&p.ex) {
 				ex = &p.ex
 			}
@@ -175,7 +176,7 @@ func (p *pipeline) direct(body io.Reader, ct string, om bool, w io.Writer, flush
 				case 'H':
 					p.buf = appendHelp(p.buf, name, value, om)
 				case 'T':
-					p.buf = appendMetaLine(p.buf, "TYPE", name, string(typ))
+					p.buf = appendMetaLine(p.buf, "TYPE", name, typeName(typ, om))
 				case 'U':
 					if om {
 						p.buf = appendMetaLine(p.buf, "UNIT", name, string(value))
@@ -365,6 +366,18 @@ func sampleCount(m *dto.Metric) int {
 		return len(m.Summary.Quantile) + 2
 	}
 	return 1
+}
+
+// typeName spells a type for the output format: text 0.0.4 calls the
+// unknown type "untyped", OpenMetrics "unknown".
+func typeName(t model.MetricType, om bool) string {
+	if t == model.MetricTypeUnknown || t == "untyped" {
+		if om {
+			return "unknown"
+		}
+		return "untyped"
+	}
+	return string(t)
 }
 
 func timeFromMs(ms int64) time.Time { return time.UnixMilli(ms) }

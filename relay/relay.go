@@ -235,7 +235,11 @@ type trackingWriter struct {
 }
 
 func (t *trackingWriter) Write(p []byte) (int, error) {
-	if !t.wrote && len(p) > 0 {
+	if len(p) == 0 {
+		// An empty write would commit a 200 before we know the outcome.
+		return 0, nil
+	}
+	if !t.wrote {
 		t.wrote = true
 		t.started()
 	}

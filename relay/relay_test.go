@@ -1,0 +1,611 @@
+package relay
+
+import (
+	"bytes"
+	"compress/gzip"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/exemplar"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/model/textparse"
+	"google.golang.org/protobuf/encoding/protodelim"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/baremetal-sd/baremetal_sd/collector"
+)
+
+// nodeExporterFixture is a real node_exporter exposition shared by the
+// project (see ../../shared/fixtures/README.md for its origin and license).
+func nodeExporterFixture(t testing.TB) []byte {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("..", "..", "shared", "fixtures", "node_exporter_e2e.txt"))
+	if err != nil {
+		t.Fatalf("shared fixture missing (CI has ../shared beside the repo): %v", err)
+	}
+	return data
+}
+
+// richText covers every classic type, escapes, special values and
+// timestamps in the text format.
+const richText = `# HELP http_requests_total Requests with "quotes", a \\ backslash and\na newline.
+# TYPE http_requests_total counter
+http_requests_total{code="200",path="/a\"b\\c\nd"} 1027 1700000000123
+http_requests_total{code="500",path="/ü"} 3
+# HELP temperature_celsius A gauge.
+# TYPE temperature_celsius gauge
+temperature_celsius{sensor="a"} -12.5
+temperature_celsius{sensor="nan"} NaN
+temperature_celsius{sensor="pinf"} +Inf
+temperature_celsius{sensor="ninf"} -Inf
+temperature_celsius{sensor="tiny"} 1e-300
+# HELP rpc_duration_seconds A summary.
+# TYPE rpc_duration_seconds summary
+rpc_duration_seconds{service="x",quantile="0.5"} 0.05
+rpc_duration_seconds{service="x",quantile="0.99"} 0.3
+rpc_duration_seconds_sum{service="x"} 17.5
+rpc_duration_seconds_count{service="x"} 210
+# HELP req_size_bytes A histogram.
+# TYPE req_size_bytes histogram
+req_size_bytes_bucket{le="100"} 4
+req_size_bytes_bucket{le="1000"} 9
+req_size_bytes_bucket{le="+Inf"} 10
+req_size_bytes_sum 4321
+req_size_bytes_count 10
+# TYPE mystery untyped
+mystery{a="1"} 42
+no_metadata_at_all 7
+`
+
+// richOM covers OpenMetrics: units, exemplars, info, stateset, created.
+const richOM = `# TYPE build info
+# HELP build Build information.
+build_info{version="1.2.3"} 1
+# TYPE jobs_seconds counter
+# UNIT jobs_seconds seconds
+# HELP jobs_seconds Time spent on jobs.
+jobs_seconds_total{kind="a"} 10.0 1700000000.123 # {trace_id="abc"} 1.0 1700000000.001
+jobs_seconds_created{kind="a"} 1699999999.0
+# TYPE lat histogram
+lat_bucket{le="0.1"} 1 # {trace_id="t1"} 0.05
+lat_bucket{le="+Inf"} 3
+lat_sum 2.5
+lat_count 3
+# TYPE state stateset
+state{state="on"} 1
+state{state="off"} 0
+# TYPE weird_values gauge
+weird_values{v="nan"} NaN
+weird_values{v="inf"} +Inf
+# EOF
+`
+
+// series parses a whole exposition (test side only) into name{labels}@ts ->
+// value, dropping the exporter label and created series so that inputs and
+// outputs of different formats compare.
+func series(t *testing.T, body []byte, contentType string) map[string]float64 {
+	t.Helper()
+	p, err := textparse.New(body, contentType, nil, textparse.ParserOptions{OpenMetricsSkipSTSeries: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make(map[string]float64)
+	var lset labels.Labels
+	for {
+		e, err := p.Next()
+		if errors.Is(err, io.EOF) {
+			return out
+		}
+		if err != nil {
+			t.Fatalf("output does not parse (%s): %v\n%s", contentType, err, truncate(string(body)))
+		}
+		if e != textparse.EntrySeries {
+			continue
+		}
+		_, ts, v := p.Series()
+		p.Labels(&lset)
+		lset = labels.NewBuilder(lset).Del("exporter").Labels()
+		if strings.HasSuffix(lset.Get(model.MetricNameLabel), "_created") {
+			continue
+		}
+		key := lset.String()
+		if ts != nil {
+			key += fmt.Sprintf("@%d", *ts)
+		}
+		out[key] = v
+	}
+}
+
+func sameSeries(t *testing.T, want, got map[string]float64) {
+	t.Helper()
+	for k, v := range want {
+		g, ok := got[k]
+		switch {
+		case !ok:
+			t.Errorf("missing series %s", k)
+		case math.IsNaN(v) && math.IsNaN(g):
+		case v != g:
+			t.Errorf("%s = %v, want %v", k, g, v)
+		}
+	}
+	for k := range got {
+		if _, ok := want[k]; !ok {
+			t.Errorf("unexpected series %s", k)
+		}
+	}
+}
+
+// upstreamServer serves body with contentType, gzipped when asked.
+func upstreamServer(t testing.TB, contentType string, body []byte) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", contentType)
+		_, _ = w.Write(body)
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func newRelay(t testing.TB, yamlCfg string) (*Relay, *collector.Relay) {
+	t.Helper()
+	cfg, err := ParseConfig([]byte(yamlCfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := collector.NewRelay(prometheus.NewRegistry())
+	r, err := New(cfg, nil, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, m
+}
+
+func scrape(t testing.TB, r http.Handler, path, accept string) *httptest.ResponseRecorder {
+	t.Helper()
+	req := httptest.NewRequest("GET", path, nil)
+	if accept != "" {
+		req.Header.Set("Accept", accept)
+	}
+	rec := httptest.NewRecorder()
+	r.ServeHTTP(rec, req)
+	return rec
+}
+
+const acceptProto = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited"
+const acceptOM = "application/openmetrics-text;version=1.0.0"
+const acceptText = "text/plain;version=0.0.4"
+
+// toProto converts a text exposition to delimited protobuf (test side).
+func toProto(t *testing.T, text []byte) []byte {
+	t.Helper()
+	p := newPipeline("x", "", nil, DefaultMaxLineBytes)
+	var buf bytes.Buffer
+	if err := p.relay(bytes.NewReader(text), FormatText, "text/plain", FormatProtobuf, &buf, func() {}); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func TestRelay_RoundTripFormats(t *testing.T) {
+	node := nodeExporterFixture(t)
+	inputs := []struct {
+		name, ct string
+		body     []byte
+	}{
+		{"text rich", "text/plain; version=0.0.4", []byte(richText)},
+		{"text node_exporter", "text/plain; version=0.0.4", node},
+		{"openmetrics", ContentTypeOpenMetrics, []byte(richOM)},
+	}
+	outputs := []struct {
+		accept, ct string
+	}{
+		{acceptText, ContentTypeText},
+		{acceptOM, ContentTypeOpenMetrics},
+		{acceptProto, ContentTypeProtobuf},
+	}
+	for _, in := range inputs {
+		want := series(t, in.body, in.ct)
+		for _, out := range outputs {
+			t.Run(in.name+" to "+out.ct[:strings.Index(out.ct, ";")], func(t *testing.T) {
+				up := upstreamServer(t, in.ct, in.body)
+				r, m := newRelay(t, "exporters:\n  - name: up\n    url: "+up.URL+"\n")
+				rec := scrape(t, r, "/exporters/up/metrics", out.accept)
+				if rec.Code != 200 {
+					t.Fatalf("status %d: %s", rec.Code, rec.Body)
+				}
+				if ct := rec.Header().Get("Content-Type"); ct != out.ct {
+					t.Fatalf("Content-Type %q, want %q", ct, out.ct)
+				}
+				got := series(t, rec.Body.Bytes(), out.ct)
+				if in.ct == ContentTypeOpenMetrics && out.ct == ContentTypeText {
+					// Text has no stateset/info types; values still match.
+				}
+				sameSeries(t, want, got)
+				if v := testutil.ToFloat64(m.Up.WithLabelValues("up")); v != 1 {
+					t.Errorf("relay_up = %v", v)
+				}
+			})
+		}
+	}
+}
+
+func TestRelay_ExporterLabelAndHelpSurvive(t *testing.T) {
+	up := upstreamServer(t, "text/plain; version=0.0.4", []byte(richText))
+	r, _ := newRelay(t, "exporters:\n  - name: node\n    url: "+up.URL+"\n")
+	body := scrape(t, r, "/exporters/node/metrics", acceptText).Body.String()
+	for _, want := range []string{
+		`# HELP http_requests_total Requests with "quotes", a \\ backslash and\na newline.`,
+		`# TYPE req_size_bytes histogram`,
+		`http_requests_total{code="200",exporter="node",path="/a\"b\\c\nd"} 1027 1700000000123`,
+		`temperature_celsius{exporter="node",sensor="nan"} NaN`,
+		`temperature_celsius{exporter="node",sensor="pinf"} +Inf`,
+	} {
+		if !strings.Contains(body, want+"\n") {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+	off, _ := newRelay(t, "exporter_label: \"\"\nexporters:\n  - name: node\n    url: "+up.URL+"\n")
+	if body := scrape(t, off, "/exporters/node/metrics", acceptText).Body.String(); strings.Contains(body, "exporter=") {
+		t.Error("exporter label written although disabled")
+	}
+}
+
+func TestRelay_OpenMetricsExemplarsAndUnits(t *testing.T) {
+	up := upstreamServer(t, ContentTypeOpenMetrics, []byte(richOM))
+	r, _ := newRelay(t, "exporters:\n  - name: app\n    url: "+up.URL+"\n")
+	body := scrape(t, r, "/exporters/app/metrics", acceptOM).Body.String()
+	for _, want := range []string{
+		"# UNIT jobs_seconds seconds\n",
+		`jobs_seconds_total{exporter="app",kind="a"} 10 1700000000.123 # {trace_id="abc"} 1 1700000000.001` + "\n",
+		`lat_bucket{exporter="app",le="0.1"} 1 # {trace_id="t1"} 0.05` + "\n",
+		"# EOF\n",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("output lacks %q:\n%s", want, body)
+		}
+	}
+	if !strings.HasSuffix(body, "# EOF\n") {
+		t.Error("OpenMetrics output does not end with # EOF")
+	}
+}
+
+func nativeHistogramFamily() *dto.MetricFamily {
+	return &dto.MetricFamily{
+		Name: proto.String("rpc_latency_seconds"),
+		Help: proto.String("Native histogram."),
+		Type: dto.MetricType_HISTOGRAM.Enum(),
+		Metric: []*dto.Metric{{
+			Label: []*dto.LabelPair{{Name: proto.String("service"), Value: proto.String("api")}},
+			Histogram: &dto.Histogram{
+				SampleCount: proto.Uint64(10), SampleSum: proto.Float64(3.5),
+				Schema: proto.Int32(3), ZeroThreshold: proto.Float64(1e-128), ZeroCount: proto.Uint64(1),
+				PositiveSpan:  []*dto.BucketSpan{{Offset: proto.Int32(0), Length: proto.Uint32(3)}},
+				PositiveDelta: []int64{2, 1, -1},
+				Exemplars: []*dto.Exemplar{{
+					Label: []*dto.LabelPair{{Name: proto.String("trace_id"), Value: proto.String("xyz")}},
+					Value: proto.Float64(0.4),
+				}},
+			},
+		}},
+	}
+}
+
+func TestRelay_NativeHistogramsProtobufToProtobuf(t *testing.T) {
+	var body bytes.Buffer
+	in := nativeHistogramFamily()
+	if _, err := protodelim.MarshalTo(&body, in); err != nil {
+		t.Fatal(err)
+	}
+	up := upstreamServer(t, ContentTypeProtobuf, body.Bytes())
+	r, _ := newRelay(t, "exporters:\n  - name: app\n    url: "+up.URL+"\n")
+	rec := scrape(t, r, "/exporters/app/metrics", acceptProto)
+	if rec.Code != 200 {
+		t.Fatalf("status %d: %s", rec.Code, rec.Body)
+	}
+	got := &dto.MetricFamily{}
+	if err := protodelim.UnmarshalFrom(bytes.NewReader(rec.Body.Bytes()), got); err != nil {
+		t.Fatal(err)
+	}
+	want := nativeHistogramFamily()
+	want.Metric[0].Label = append([]*dto.LabelPair{{Name: proto.String("exporter"), Value: proto.String("app")}}, want.Metric[0].Label...)
+	if !proto.Equal(got, want) {
+		t.Fatalf("native histogram changed:\n got %v\nwant %v", got, want)
+	}
+}
+
+func TestRelay_Relabeling(t *testing.T) {
+	up := upstreamServer(t, "text/plain; version=0.0.4", []byte(richText))
+	tests := []struct {
+		name  string
+		rules string
+		check func(t *testing.T, s map[string]float64)
+	}{
+		{"drop by name", `
+      - source_labels: [__name__]
+        regex: temperature_.*
+        action: drop`, func(t *testing.T, s map[string]float64) {
+			for k := range s {
+				if strings.HasPrefix(k, "{__name__=\"temperature") {
+					t.Errorf("dropped series kept: %s", k)
+				}
+			}
+		}},
+		{"keep one family", `
+      - source_labels: [__name__]
+        regex: mystery
+        action: keep`, func(t *testing.T, s map[string]float64) {
+			if len(s) != 1 {
+				t.Errorf("keep left %d series: %v", len(s), s)
+			}
+		}},
+		{"replace into new label", `
+      - source_labels: [sensor]
+        regex: (n.*)
+        target_label: kind
+        replacement: neg_$1`, func(t *testing.T, s map[string]float64) {
+			if _, ok := s[`{__name__="temperature_celsius", kind="neg_nan", sensor="nan"}`]; !ok {
+				t.Errorf("replace result missing: %v", s)
+			}
+		}},
+		{"labeldrop", `
+      - regex: code
+        action: labeldrop`, func(t *testing.T, s map[string]float64) {
+			for k := range s {
+				if strings.Contains(k, "code=") {
+					t.Errorf("label not dropped: %s", k)
+				}
+			}
+		}},
+		{"labelmap", `
+      - regex: (sensor)
+        replacement: probe_$1
+        action: labelmap`, func(t *testing.T, s map[string]float64) {
+			if _, ok := s[`{__name__="temperature_celsius", probe_sensor="a", sensor="a"}`]; !ok {
+				t.Errorf("labelmap result missing")
+			}
+		}},
+		{"lowercase", `
+      - source_labels: [path]
+        target_label: path
+        action: lowercase`, func(t *testing.T, s map[string]float64) {
+			if _, ok := s[`{__name__="http_requests_total", code="500", path="/ü"}`]; !ok {
+				t.Errorf("lowercase broke a value")
+			}
+		}},
+		{"hashmod", `
+      - source_labels: [sensor]
+        modulus: 2
+        target_label: shard
+        action: hashmod`, func(t *testing.T, s map[string]float64) {
+			// hashmod labels every series, as in Prometheus.
+			for k := range s {
+				if !strings.Contains(k, `shard="0"`) && !strings.Contains(k, `shard="1"`) {
+					t.Errorf("series without a shard of 2: %s", k)
+				}
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, _ := newRelay(t, "exporters:\n  - name: e\n    url: "+up.URL+"\n    metric_relabel_configs:"+tt.rules+"\n")
+			rec := scrape(t, r, "/exporters/e/metrics", acceptText)
+			if rec.Code != 200 {
+				t.Fatalf("status %d: %s", rec.Code, rec.Body)
+			}
+			tt.check(t, series(t, rec.Body.Bytes(), ContentTypeText))
+		})
+	}
+}
+
+func TestParseConfig_Refuses(t *testing.T) {
+	tests := map[string]string{
+		"unknown key":        "exporters:\n  - name: a\n    url: http://x\n    nope: 1\n",
+		"reserved name":      "exporters:\n  - name: agent\n    url: http://x\n",
+		"bad name":           "exporters:\n  - name: a/b\n    url: http://x\n",
+		"duplicate":          "exporters:\n  - name: a\n    url: http://x\n  - name: a\n    url: http://y\n",
+		"bad url":            "exporters:\n  - name: a\n    url: ftp://x\n",
+		"bad regex":          "exporters:\n  - name: a\n    url: http://x\n    metric_relabel_configs:\n      - regex: '('\n",
+		"bad action":         "exporters:\n  - name: a\n    url: http://x\n    metric_relabel_configs:\n      - action: explode\n",
+		"bad exporter label": "exporter_label: \"1x\"\nexporters: []\n",
+	}
+	for name, cfg := range tests {
+		if _, err := ParseConfig([]byte(cfg)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func TestRelay_HostileUpstreams(t *testing.T) {
+	var lengthBomb []byte
+	lengthBomb = binary.AppendUvarint(lengthBomb, 64<<30)
+	lengthBomb = append(lengthBomb, 1, 2, 3)
+	longLine := append([]byte("a{b=\""), bytes.Repeat([]byte("x"), 50<<20)...)
+	garbage := make([]byte, 4096)
+	for i := range garbage {
+		garbage[i] = byte(i*7 + 3)
+	}
+	tests := []struct {
+		name    string
+		ct      string
+		handler http.HandlerFunc
+		status  int
+	}{
+		{"length bomb protobuf", ContentTypeProtobuf, func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write(lengthBomb) }, 502},
+		{"50 MB line", "text/plain", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write(longLine) }, 502},
+		{"binary garbage text", "text/plain", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write(garbage) }, 502},
+		{"binary garbage protobuf", ContentTypeProtobuf, func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write(garbage) }, 502},
+		{"never ending body", "text/plain", func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(200)
+			for r.Context().Err() == nil {
+				if _, err := w.Write([]byte("# a comment that goes on\n")); err != nil {
+					return
+				}
+			}
+		}, 0},
+		{"status 500", "text/plain", func(w http.ResponseWriter, _ *http.Request) { http.Error(w, "boom", 500) }, 502},
+		{"bad content type", "application/json", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("{}")) }, 502},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", tt.ct)
+				tt.handler(w, r)
+			}))
+			defer srv.Close()
+			healthy := upstreamServer(t, "text/plain", []byte("ok 1\n"))
+			r, m := newRelay(t, "exporters:\n  - name: bad\n    url: "+srv.URL+"\n    timeout: 1s\n  - name: good\n    url: "+healthy.URL+"\n")
+			rec := scrape(t, r, "/exporters/bad/metrics", acceptText)
+			if tt.status == 0 && (rec.Code == 502 || rec.Code == 504) {
+				// A body that never ends is cut by the timeout or the size cap,
+				// whichever comes first.
+			} else if rec.Code != tt.status {
+				t.Fatalf("status %d, want %d (%s)", rec.Code, tt.status, truncate(rec.Body.String()))
+			}
+			if body := strings.TrimSpace(rec.Body.String()); strings.Contains(body, "\n") || body == "" {
+				t.Errorf("reason is not one line: %q", truncate(body))
+			}
+			if v := testutil.ToFloat64(m.Up.WithLabelValues("bad")); v != 0 {
+				t.Errorf("relay_up{bad} = %v", v)
+			}
+			if rec := scrape(t, r, "/exporters/good/metrics", acceptText); rec.Code != 200 {
+				t.Fatalf("relay unhealthy after a hostile upstream: %d", rec.Code)
+			}
+		})
+	}
+	t.Run("refused", func(t *testing.T) {
+		r, _ := newRelay(t, "exporters:\n  - name: gone\n    url: http://127.0.0.1:1/metrics\n")
+		if rec := scrape(t, r, "/exporters/gone/metrics", ""); rec.Code != 502 || rec.Header().Get("Content-Type") == "" {
+			t.Fatalf("refused upstream: %d", rec.Code)
+		}
+	})
+}
+
+func TestRelay_ScrapeTimeoutHeader(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-time.After(5 * time.Second):
+		}
+	}))
+	defer srv.Close()
+	r, _ := newRelay(t, "exporters:\n  - name: slow\n    url: "+srv.URL+"\n    timeout: 30s\n")
+	req := httptest.NewRequest("GET", "/exporters/slow/metrics", nil)
+	req.Header.Set("X-Prometheus-Scrape-Timeout-Seconds", "0.2")
+	rec := httptest.NewRecorder()
+	start := time.Now()
+	r.ServeHTTP(rec, req)
+	if rec.Code != 504 {
+		t.Fatalf("status %d, want 504", rec.Code)
+	}
+	if time.Since(start) > 4*time.Second {
+		t.Fatal("the scraper's timeout did not bound the upstream request")
+	}
+}
+
+func TestRelay_Gzip(t *testing.T) {
+	var zbody bytes.Buffer
+	zw := gzip.NewWriter(&zbody)
+	_, _ = zw.Write([]byte(richText))
+	_ = zw.Close()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.Contains(r.Header.Get("Accept-Encoding"), "gzip") {
+			t.Error("relay did not ask upstream for gzip")
+		}
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		w.Header().Set("Content-Encoding", "gzip")
+		_, _ = w.Write(zbody.Bytes())
+	}))
+	defer srv.Close()
+	r, _ := newRelay(t, "exporters:\n  - name: z\n    url: "+srv.URL+"\n")
+	req := httptest.NewRequest("GET", "/exporters/z/metrics", nil)
+	req.Header.Set("Accept-Encoding", "gzip")
+	rec := httptest.NewRecorder()
+	r.ServeHTTP(rec, req)
+	if rec.Header().Get("Content-Encoding") != "gzip" {
+		t.Fatal("response not gzipped")
+	}
+	zr, err := gzip.NewReader(rec.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, _ := io.ReadAll(zr)
+	sameSeries(t, series(t, []byte(richText), "text/plain"), series(t, plain, ContentTypeText))
+}
+
+func TestRelay_AggregateMergesFamilies(t *testing.T) {
+	a := upstreamServer(t, "text/plain", []byte("# HELP shared_total Shared.\n# TYPE shared_total counter\nshared_total 1\n# TYPE only_a gauge\nonly_a 1\n"))
+	b := upstreamServer(t, "text/plain", []byte("# HELP shared_total Shared.\n# TYPE shared_total counter\nshared_total 2\n# TYPE zz_b gauge\nzz_b 3\n"))
+	r, _ := newRelay(t, "exporters:\n  - name: a\n    url: "+a.URL+"\n  - name: b\n    url: "+b.URL+"\n  - name: down\n    url: http://127.0.0.1:1/\n")
+	for _, accept := range []string{acceptText, acceptOM, acceptProto} {
+		rec := scrape(t, r, "/exporters/metrics", accept)
+		ct := rec.Header().Get("Content-Type")
+		got := series(t, rec.Body.Bytes(), ct)
+		want := map[string]float64{
+			`{__name__="shared_total"}`: 0, `{__name__="only_a"}`: 1, `{__name__="zz_b"}`: 3,
+		}
+		// Both exporters' series of the shared family are there, told apart
+		// by the exporter label (removed by series()).
+		if len(got) != 3 || got[`{__name__="only_a"}`] != 1 || got[`{__name__="zz_b"}`] != 3 {
+			t.Errorf("%s: %v, want keys of %v", ct, got, want)
+		}
+		if ct != ContentTypeProtobuf && strings.Count(rec.Body.String(), "# TYPE shared_total counter") != 1 &&
+			strings.Count(rec.Body.String(), "# TYPE shared counter") != 1 {
+			t.Errorf("%s: shared family not merged into one:\n%s", ct, rec.Body)
+		}
+		if ct != ContentTypeProtobuf && strings.Count(rec.Body.String(), "shared_total{exporter=") != 2 {
+			t.Errorf("%s: merged family lacks a series:\n%s", ct, rec.Body)
+		}
+	}
+}
+
+func TestNegotiate(t *testing.T) {
+	tests := map[string]Format{
+		"": FormatText,
+		"application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1": FormatOpenMetrics,
+		acceptProto + ";q=0.9,text/plain;q=0.5": FormatProtobuf,
+		"application/json":                      FormatText,
+		"text/plain;q=0.2,application/openmetrics-text;version=1.0.0;q=0.1": FormatText,
+	}
+	for accept, want := range tests {
+		if got := negotiate(accept); got != want {
+			t.Errorf("negotiate(%q) = %v, want %v", accept, got, want)
+		}
+	}
+}
+
+func TestRelay_NotFound(t *testing.T) {
+	r, _ := newRelay(t, "exporters: []\n")
+	for _, p := range []string{"/exporters/nope/metrics", "/exporters/", "/other"} {
+		if rec := scrape(t, r, p, ""); rec.Code != 404 {
+			t.Errorf("%s: %d", p, rec.Code)
+		}
+	}
+}
+
+// sorted returns the keys of m in order, for readable failures.
+func sorted(m map[string]float64) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+var _ = exemplar.Exemplar{}
+var _ = sorted
