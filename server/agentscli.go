@@ -1,0 +1,153 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/baremetal-sd/baremetal_sd/ca"
+	"github.com/baremetal-sd/baremetal_sd/discovery"
+)
+
+// AgentsCLI is the `agents` admin command: it talks to the server's admin
+// API with an admin client certificate or an admin token. On the server
+// host, --data.dir is enough: the CA is trusted from it and a short-lived
+// admin token is minted with its token key.
+type AgentsCLI struct {
+	ServerURL string
+	DataDir   string
+	CAFile    string
+	CertFile  string
+	KeyFile   string
+	TokenFile string
+	// Output is "table" or "json".
+	Output string
+}
+
+func (c AgentsCLI) client() (*discovery.AdminClient, error) {
+	caFile := c.CAFile
+	if caFile == "" && c.DataDir != "" {
+		caFile = filepath.Join(c.DataDir, ca.CertFile)
+	}
+	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("read CA: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("no certificate in %s", caFile)
+		}
+		tlsCfg.RootCAs = pool
+	}
+	ac := &discovery.AdminClient{BaseURL: c.ServerURL}
+	switch {
+	case c.CertFile != "" || c.KeyFile != "":
+		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("load client certificate: %w", err)
+		}
+		tlsCfg.Certificates = []tls.Certificate{cert}
+	case c.TokenFile != "":
+		tok, err := os.ReadFile(c.TokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("read token: %w", err)
+		}
+		ac.Token = strings.TrimSpace(string(tok))
+	case c.DataDir != "":
+		tok, err := CreateToken(c.DataDir, ca.TokenSpec{Scope: ca.ScopeAdmin, TTL: 5 * time.Minute})
+		if err != nil {
+			return nil, err
+		}
+		ac.Token = tok
+	default:
+		return nil, errors.New("give --tls.cert-file/--tls.key-file, --token-file, or --data.dir on the server host")
+	}
+	ac.HTTPClient = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsCfg}}
+	return ac, nil
+}
+
+// List prints every agent.
+func (c AgentsCLI) List(ctx context.Context, w io.Writer) error {
+	ac, err := c.client()
+	if err != nil {
+		return err
+	}
+	agents, err := ac.ListAgents(ctx)
+	if err != nil {
+		return err
+	}
+	return c.print(w, agents)
+}
+
+// Revoke revokes an agent and prints it.
+func (c AgentsCLI) Revoke(ctx context.Context, id string, w io.Writer) error {
+	ac, err := c.client()
+	if err != nil {
+		return err
+	}
+	v, err := ac.Revoke(ctx, id)
+	if err != nil {
+		return err
+	}
+	return c.print(w, []discovery.AgentView{*v})
+}
+
+// Maintenance switches an agent's maintenance flag and prints it.
+func (c AgentsCLI) Maintenance(ctx context.Context, id string, on bool, w io.Writer) error {
+	ac, err := c.client()
+	if err != nil {
+		return err
+	}
+	v, err := ac.SetMaintenance(ctx, id, on)
+	if err != nil {
+		return err
+	}
+	return c.print(w, []discovery.AgentView{*v})
+}
+
+func (c AgentsCLI) print(w io.Writer, agents []discovery.AgentView) error {
+	if c.Output == "json" {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(agents)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tHOSTNAME\tADDRESS\tSTATE\tLAST SEEN\tCERT EXPIRES\tEXPORTERS\tLABELS")
+	now := time.Now()
+	for _, a := range agents {
+		exporters := make([]string, 0, len(a.Exporters))
+		for _, e := range a.Exporters {
+			exporters = append(exporters, e.Name)
+		}
+		labels := make([]string, 0, len(a.Labels))
+		for k, v := range a.Labels {
+			labels = append(labels, k+"="+v)
+		}
+		sort.Strings(labels)
+		fmt.Fprintf(tw, "%s\t%s\t%s:%d\t%s\t%s ago\t%s\t%s\t%s\n",
+			a.ID, a.Hostname, a.Address, a.Port, a.State,
+			now.Sub(a.LastSeen).Round(time.Second), a.CertNotAfter.UTC().Format(time.RFC3339),
+			orDash(strings.Join(exporters, ",")), orDash(strings.Join(labels, ",")))
+	}
+	return tw.Flush()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
