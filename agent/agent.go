@@ -1,0 +1,221 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/common/version"
+	toolkitweb "github.com/prometheus/exporter-toolkit/web"
+
+	"github.com/baremetal-sd/baremetal_sd/collector"
+	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/relay"
+	"github.com/baremetal-sd/baremetal_sd/web"
+)
+
+// Run runs the agent until ctx ends: it enrolls, serves the relay and its
+// own metrics as soon as it has a certificate, and keeps its registration
+// and certificate fresh. On the end of ctx it stops accepting connections,
+// lets in-flight scrapes finish, deregisters when configured to, and returns
+// nil. Errors are returned for what cannot work at all: bad flags, an
+// unusable state directory or relay config, a listener that cannot start.
+func Run(ctx context.Context, cfg Config) error {
+	cfg, err := cfg.normalize()
+	if err != nil {
+		return err
+	}
+	logger := cfg.Logger
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		versioncollector.NewCollector("baremetal_sd"),
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	metrics := collector.NewAgent(reg)
+
+	var (
+		relayHandler http.Handler
+		exporters    []discovery.Exporter
+	)
+	if cfg.RelayConfigFile != "" {
+		rc, err := relay.LoadConfig(cfg.RelayConfigFile)
+		if err != nil {
+			return fmt.Errorf("relay config: %w", err)
+		}
+		r, err := relay.New(rc, logger, collector.NewRelay(reg))
+		if err != nil {
+			return fmt.Errorf("relay: %w", err)
+		}
+		for _, name := range r.ExporterNames() {
+			exporters = append(exporters, discovery.Exporter{Name: name, Path: relay.ExporterPath(name)})
+		}
+		relayHandler = r
+	} else {
+		logger.Warn("No --relay.config.file given: relaying no exporters, serving the agent's own metrics only")
+	}
+	// The server refuses what it cannot list; say so at start, not in a
+	// registration error later. This also refuses the reserved name "agent".
+	if err := discovery.ValidateExporters(exporters); err != nil {
+		return fmt.Errorf("relay config: %w", err)
+	}
+
+	roots, err := loadRootCAs(cfg.CAFile)
+	if err != nil {
+		return err
+	}
+	key, created, err := loadOrCreateKey(filepath.Join(cfg.StateDir, KeyFile))
+	if err != nil {
+		return err
+	}
+	if created {
+		logger.Info("Created a new private key", "path", filepath.Join(cfg.StateDir, KeyFile))
+	}
+
+	req := discovery.RegisterRequest{
+		Hostname:  cfg.Hostname,
+		Address:   cfg.Address,
+		Port:      cfg.Port,
+		Labels:    cfg.Labels,
+		Exporters: exporters,
+	}
+	lc := newLifecycle(cfg, key, req, metrics)
+	userAgent := "baremetal_sd-agent/" + version.Version
+	if lc.client, err = discovery.NewClient(discovery.ClientConfig{
+		URLs:                 cfg.DiscoveryURLs,
+		RootCAs:              roots,
+		GetClientCertificate: lc.clientCertificate,
+		Timeout:              cfg.RequestTimeout,
+		UserAgent:            userAgent,
+	}); err != nil {
+		return err
+	}
+	if lc.anon, err = discovery.NewClient(discovery.ClientConfig{
+		URLs:      cfg.DiscoveryURLs,
+		RootCAs:   roots,
+		Timeout:   cfg.RequestTimeout,
+		UserAgent: userAgent,
+	}); err != nil {
+		return err
+	}
+	defer lc.client.CloseIdleConnections()
+	defer lc.anon.CloseIdleConnections()
+	lc.load()
+
+	webFlags := *cfg.Web
+	ownWebConfig := *webFlags.WebConfigFile == ""
+	if ownWebConfig {
+		path, err := writeWebConfig(cfg.StateDir)
+		if err != nil {
+			return err
+		}
+		webFlags.WebConfigFile = &path
+	}
+
+	handler, err := newHandler(reg, relayHandler, exporters, logger)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
+	}
+
+	loopCtx, stopLoop := context.WithCancel(context.Background())
+	defer stopLoop()
+	loopDone := make(chan struct{})
+	go func() {
+		defer close(loopDone)
+		lc.run(loopCtx)
+	}()
+
+	// The agent's own web config serves its certificate: wait for one. An
+	// operator's web config may serve anything, so it starts at once.
+	if ownWebConfig {
+		select {
+		case <-lc.ready:
+		case <-ctx.Done():
+			logger.Info("Shutting down before the agent had a certificate")
+			stopLoop()
+			<-loopDone
+			return nil
+		}
+	}
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- web.ListenAndServe(srv, &webFlags, logger) }()
+	select {
+	case err := <-serveErr:
+		stopLoop()
+		<-loopDone
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+
+	logger.Info("Shutting down")
+	stopLoop()
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		logger.Warn("In-flight requests did not finish before the shutdown timeout", "err", err)
+	}
+	if err := <-serveErr; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		logger.Warn("Listener failed during shutdown", "err", err)
+	}
+	<-loopDone
+	if cfg.DeregisterOnShutdown {
+		lc.deregister(shutdownCtx)
+	}
+	return nil
+}
+
+// newHandler routes the relay, the agent's metrics and the landing page.
+func newHandler(reg *prometheus.Registry, relayHandler http.Handler, exporters []discovery.Exporter, logger *slog.Logger) (http.Handler, error) {
+	mux := http.NewServeMux()
+	if relayHandler != nil {
+		mux.Handle("/exporters/", relayHandler)
+	}
+	mux.Handle("GET "+discovery.AgentMetricsPath, promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+		ErrorLog:            slog.NewLogLogger(logger.Handler(), slog.LevelError),
+		ErrorHandling:       promhttp.ContinueOnError,
+		MaxRequestsInFlight: 10,
+		Registry:            reg,
+	}))
+	mux.HandleFunc("GET /-/healthy", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("Healthy.\n"))
+	})
+	links := make([]toolkitweb.LandingLinks, 0, len(exporters)+2)
+	for _, e := range exporters {
+		links = append(links, toolkitweb.LandingLinks{Address: e.Path, Text: e.Name, Description: "relayed exporter"})
+	}
+	if len(exporters) > 0 {
+		links = append(links, toolkitweb.LandingLinks{Address: "/exporters/metrics", Text: "All exporters", Description: "every relayed exporter in one scrape"})
+	}
+	links = append(links, toolkitweb.LandingLinks{Address: discovery.AgentMetricsPath, Text: "Metrics", Description: "the agent's own telemetry"})
+	landing, err := toolkitweb.NewLandingPage(toolkitweb.LandingConfig{
+		Name:        "baremetal_sd agent",
+		Description: "Relays this host's exporters to Prometheus over TLS and keeps it registered with baremetal_sd",
+		Version:     version.Info(),
+		Links:       links,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("landing page: %w", err)
+	}
+	mux.Handle("/", landing)
+	return mux, nil
+}

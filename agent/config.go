@@ -1,0 +1,173 @@
+package agent
+
+import (
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	toolkitweb "github.com/prometheus/exporter-toolkit/web"
+
+	"github.com/baremetal-sd/baremetal_sd/discovery"
+)
+
+// Defaults of the tunables in Config.
+const (
+	DefaultBackoffBase     = time.Second
+	DefaultBackoffMax      = 5 * time.Minute
+	DefaultRequestTimeout  = 30 * time.Second
+	DefaultShutdownTimeout = 30 * time.Second
+)
+
+// Config is everything the agent role needs; main fills it from flags.
+type Config struct {
+	// DiscoveryURLs are the base URLs of the discovery server replicas; the
+	// agent fails over between them.
+	DiscoveryURLs []string
+	// TokenFile holds the enrollment token. It is read whenever the agent
+	// needs to enroll, so an operator can drop a new token in at any time.
+	TokenFile string
+	// CAFile verifies the discovery servers; empty means the system roots.
+	CAFile string
+	// StateDir holds the key, the certificate and the agent's state.
+	StateDir string
+	// Web holds the listen addresses and the optional web config file.
+	// Without a web config the agent writes one into StateDir that serves its
+	// own certificate and requires client certificates from the CA.
+	Web *toolkitweb.FlagConfig
+	// RelayConfigFile lists the exporters to relay; empty relays none.
+	RelayConfigFile string
+	// Hostname is registered and certified; os.Hostname when empty.
+	Hostname string
+	// Address is where Prometheus scrapes the agent; empty lets the server
+	// use the address the agent's requests come from.
+	Address string
+	// Port is the registered port; when zero it is taken from the first
+	// listen address.
+	Port int
+	// Labels become __meta_baremetal_sd_label_<key> in http_sd.
+	Labels map[string]string
+	// DeregisterOnShutdown removes the agent from discovery when it stops.
+	DeregisterOnShutdown bool
+	Logger               *slog.Logger
+
+	// BackoffBase and BackoffMax bound the exponential backoff (with full
+	// jitter) between failed attempts.
+	BackoffBase time.Duration
+	BackoffMax  time.Duration
+	// RequestTimeout bounds one request to one discovery server.
+	RequestTimeout time.Duration
+	// ShutdownTimeout bounds draining in-flight scrapes and deregistering.
+	ShutdownTimeout time.Duration
+}
+
+// normalize fills defaults and validates what can be checked before any
+// file or network access.
+func (c Config) normalize() (Config, error) {
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if len(c.DiscoveryURLs) == 0 {
+		return c, errors.New("no --discovery.url given")
+	}
+	if c.StateDir == "" {
+		return c, errors.New("no --agent.state-dir given")
+	}
+	if c.Web == nil || c.Web.WebConfigFile == nil {
+		return c, errors.New("web flags missing")
+	}
+	if c.Hostname == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return c, fmt.Errorf("hostname: %w (set --agent.hostname)", err)
+		}
+		c.Hostname = h
+	}
+	if err := discovery.ValidateHostname(c.Hostname); err != nil {
+		return c, fmt.Errorf("%w (set --agent.hostname)", err)
+	}
+	if c.Address != "" {
+		if err := discovery.ValidateAddress(c.Address); err != nil {
+			return c, fmt.Errorf("--agent.address: %w", err)
+		}
+	}
+	if err := discovery.ValidateLabels(c.Labels); err != nil {
+		return c, fmt.Errorf("--agent.label: %w", err)
+	}
+	if c.Port == 0 {
+		p, err := listenPort(c.Web)
+		if err != nil {
+			return c, err
+		}
+		c.Port = p
+	}
+	if c.Port < 1 || c.Port > 65535 {
+		return c, fmt.Errorf("port %d is out of range 1-65535", c.Port)
+	}
+	c.normalizeTunables()
+	return c, nil
+}
+
+// normalizeTunables fills the defaults of the timing knobs.
+func (c *Config) normalizeTunables() {
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.BackoffBase <= 0 {
+		c.BackoffBase = DefaultBackoffBase
+	}
+	if c.BackoffMax <= 0 {
+		c.BackoffMax = DefaultBackoffMax
+	}
+	if c.BackoffMax < c.BackoffBase {
+		c.BackoffMax = c.BackoffBase
+	}
+	if c.RequestTimeout <= 0 {
+		c.RequestTimeout = DefaultRequestTimeout
+	}
+	if c.ShutdownTimeout <= 0 {
+		c.ShutdownTimeout = DefaultShutdownTimeout
+	}
+}
+
+// listenPort is the port of the first listen address, the one the agent
+// registers.
+func listenPort(w *toolkitweb.FlagConfig) (int, error) {
+	if w.WebListenAddresses == nil || len(*w.WebListenAddresses) == 0 {
+		return 0, errors.New("no --web.listen-address to take the registered port from")
+	}
+	addr := (*w.WebListenAddresses)[0]
+	_, port, err := net.SplitHostPort(strings.TrimPrefix(addr, "vsock://"))
+	if err != nil {
+		return 0, fmt.Errorf("--web.listen-address %q: %w", addr, err)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 1 || p > 65535 {
+		return 0, fmt.Errorf("--web.listen-address %q: the agent needs a fixed port to register", addr)
+	}
+	return p, nil
+}
+
+// maxCAFile bounds the CA bundle read from --discovery.ca-file.
+const maxCAFile = 1 << 20
+
+// loadRootCAs reads the CA bundle that verifies the discovery servers.
+func loadRootCAs(path string) (*x509.CertPool, error) {
+	if path == "" {
+		return nil, nil // system roots
+	}
+	data, err := readBounded(path, maxCAFile)
+	if err != nil {
+		return nil, fmt.Errorf("--discovery.ca-file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(data) {
+		return nil, fmt.Errorf("--discovery.ca-file %s: no PEM certificate found", path)
+	}
+	return pool, nil
+}

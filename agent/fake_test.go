@@ -1,0 +1,439 @@
+package agent
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/baremetal-sd/baremetal_sd/discovery"
+)
+
+// testCA signs the fake server's certificate, the agents' certificates and
+// the scraper's client certificate.
+type testCA struct {
+	cert   *x509.Certificate
+	key    *ecdsa.PrivateKey
+	pem    []byte
+	pool   *x509.CertPool
+	serial atomic.Int64
+}
+
+func newTestCA(t testing.TB) *testCA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "agent test CA " + rand.Text()},
+		NotBefore:             time.Now().Add(-24 * time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	c := &testCA{cert: cert, key: key, pool: pool,
+		pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
+	c.serial.Store(100)
+	return c
+}
+
+// sign certifies pub for cn, valid from notBefore to notAfter.
+func (c *testCA) sign(t testing.TB, cn string, pub any, notBefore, notAfter time.Time) (*x509.Certificate, []byte) {
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(c.serial.Add(1)),
+		Subject:      pkix.Name{CommonName: cn},
+		NotBefore:    notBefore,
+		NotAfter:     notAfter,
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		DNSNames:     []string{"localhost"},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, pub, c.key)
+	if err != nil {
+		t.Errorf("sign: %v", err)
+		return nil, nil
+	}
+	leaf, _ := x509.ParseCertificate(der)
+	return leaf, append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), c.pem...)
+}
+
+// tlsCert is a key and certificate for a TLS client or server.
+func (c *testCA) tlsCert(t testing.TB, cn string) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, _ := c.sign(t, cn, &key.PublicKey, time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
+	return tls.Certificate{Certificate: [][]byte{leaf.Raw}, PrivateKey: key, Leaf: leaf}
+}
+
+// fakeAgent is the fake registry's record of one agent.
+type fakeAgent struct {
+	serial, prevSerial string
+	req                discovery.RegisterRequest
+	revoked            bool
+}
+
+// fakeServer implements the agent API like the discovery server does, with
+// knobs to make it fail in the ways the agent must survive. Every call is
+// logged as "<endpoint>:<credential>", for example "register:token".
+type fakeServer struct {
+	t   *testing.T
+	ca  *testCA
+	srv *httptest.Server
+
+	certTTL atomic.Int64 // nanoseconds
+	down    atomic.Bool  // answer 503 to everything
+	// refuseExpired refuses expired certificates as if past the grace window.
+	refuseExpired atomic.Bool
+
+	mu     sync.Mutex
+	agents map[string]*fakeAgent
+	tokens map[string]bool
+	calls  []string
+	nextID int
+}
+
+func newFakeServer(t *testing.T, ca *testCA) *fakeServer {
+	t.Helper()
+	f := &fakeServer{t: t, ca: ca, agents: map[string]*fakeAgent{}, tokens: map[string]bool{}}
+	f.certTTL.Store(int64(time.Hour))
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+discovery.PathRegister, f.register)
+	mux.HandleFunc("POST "+discovery.PathRenew, f.renew)
+	mux.HandleFunc("POST "+discovery.PathHeartbeat, f.heartbeat)
+	mux.HandleFunc("DELETE "+discovery.PathSelf, f.deregister)
+	f.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if f.down.Load() {
+			writeTestJSON(w, http.StatusServiceUnavailable, discovery.ErrorResponse{Error: "down for the test"})
+			return
+		}
+		mux.ServeHTTP(w, r)
+	}))
+	f.srv.TLS = &tls.Config{
+		Certificates: []tls.Certificate{ca.tlsCert(t, "server")},
+		ClientAuth:   tls.VerifyClientCertIfGiven,
+		ClientCAs:    ca.pool,
+	}
+	f.srv.StartTLS()
+	t.Cleanup(f.srv.Close)
+	return f
+}
+
+func writeTestJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func fail(w http.ResponseWriter, status int, msg string) {
+	writeTestJSON(w, status, discovery.ErrorResponse{Error: msg})
+}
+
+func (f *fakeServer) record(call string) {
+	f.mu.Lock()
+	f.calls = append(f.calls, call)
+	f.mu.Unlock()
+}
+
+// count returns how often call was made.
+func (f *fakeServer) count(call string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, c := range f.calls {
+		if c == call {
+			n++
+		}
+	}
+	return n
+}
+
+func (f *fakeServer) callLog() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return strings.Join(f.calls, " ")
+}
+
+func (f *fakeServer) addToken(tok string) {
+	f.mu.Lock()
+	f.tokens[tok] = true
+	f.mu.Unlock()
+}
+
+// agentIDs lists the registered agents.
+func (f *fakeServer) agentIDs() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var ids []string
+	for id := range f.agents {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+func (f *fakeServer) agent(id string) (fakeAgent, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	a, ok := f.agents[id]
+	if !ok {
+		return fakeAgent{}, false
+	}
+	return *a, true
+}
+
+func (f *fakeServer) revoke(id string) {
+	f.mu.Lock()
+	f.agents[id].revoked = true
+	f.mu.Unlock()
+}
+
+func (f *fakeServer) forget(id string) {
+	f.mu.Lock()
+	delete(f.agents, id)
+	f.mu.Unlock()
+}
+
+// mtlsIdentity is the agent id of a verified client certificate.
+func mtlsIdentity(r *http.Request) (id, serial string, ok bool) {
+	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
+		return "", "", false
+	}
+	leaf := r.TLS.VerifiedChains[0][0]
+	return leaf.Subject.CommonName, leaf.SerialNumber.Text(16), true
+}
+
+// expiredIdentity checks an expired certificate from a request body and that
+// the CSR is signed by the same key.
+func (f *fakeServer) expiredIdentity(certPEM string, csr *x509.CertificateRequest) (string, string, error) {
+	if f.refuseExpired.Load() {
+		return "", "", fmt.Errorf("certificate expired more than 720h0m0s ago: enroll again with a new token")
+	}
+	chain, err := parseChain([]byte(certPEM))
+	if err != nil {
+		return "", "", err
+	}
+	leaf := chain[0]
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: f.ca.pool, CurrentTime: leaf.NotBefore.Add(time.Second),
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		return "", "", err
+	}
+	if time.Now().Before(leaf.NotAfter) {
+		return "", "", fmt.Errorf("certificate is still valid")
+	}
+	if !leaf.PublicKey.(*ecdsa.PublicKey).Equal(csr.PublicKey) {
+		return "", "", fmt.Errorf("key mismatch")
+	}
+	return leaf.Subject.CommonName, leaf.SerialNumber.Text(16), nil
+}
+
+func parseCSR(s string) (*x509.CertificateRequest, error) {
+	block, _ := pem.Decode([]byte(s))
+	if block == nil {
+		return nil, fmt.Errorf("no PEM")
+	}
+	csr, err := x509.ParseCertificateRequest(block.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	return csr, csr.CheckSignature()
+}
+
+// issue signs a certificate for id and records it.
+func (f *fakeServer) issue(w http.ResponseWriter, id string, csr *x509.CertificateRequest, req *discovery.RegisterRequest, renew bool) {
+	now := time.Now()
+	ttl := time.Duration(f.certTTL.Load())
+	leaf, chain := f.ca.sign(f.t, id, csr.PublicKey, now.Add(-time.Second), now.Add(ttl))
+	f.mu.Lock()
+	a := f.agents[id]
+	if a == nil {
+		a = &fakeAgent{}
+		f.agents[id] = a
+	}
+	if renew {
+		a.prevSerial = a.serial
+	} else {
+		a.prevSerial = ""
+		a.req = *req
+	}
+	a.serial = leaf.SerialNumber.Text(16)
+	a.revoked = false
+	f.mu.Unlock()
+	life := leaf.NotAfter.Sub(leaf.NotBefore)
+	writeTestJSON(w, http.StatusOK, discovery.CertificateResponse{
+		AgentID:                  id,
+		Certificate:              string(chain),
+		CACertificate:            string(f.ca.pem),
+		TTLSeconds:               300,
+		HeartbeatIntervalSeconds: 1,
+		RenewAfter:               leaf.NotBefore.Add(life * 2 / 3).UTC(),
+	})
+}
+
+func (f *fakeServer) register(w http.ResponseWriter, r *http.Request) {
+	var req discovery.RegisterRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		fail(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	csr, err := parseCSR(req.CSR)
+	if err != nil {
+		fail(w, http.StatusBadRequest, "csr: "+err.Error())
+		return
+	}
+	if req.Hostname == "" || req.Port == 0 {
+		fail(w, http.StatusBadRequest, "hostname and port required")
+		return
+	}
+	var id string
+	if mid, serial, ok := mtlsIdentity(r); ok {
+		f.record("register:mtls")
+		f.mu.Lock()
+		a := f.agents[mid]
+		bad := a != nil && (a.revoked || (a.serial != serial && a.prevSerial != serial))
+		f.mu.Unlock()
+		if bad {
+			fail(w, http.StatusForbidden, "agent is revoked")
+			return
+		}
+		id = mid
+	} else if tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
+		f.record("register:token")
+		f.mu.Lock()
+		valid := f.tokens[tok]
+		f.nextID++
+		id = fmt.Sprintf("agent-%d", f.nextID)
+		f.mu.Unlock()
+		if !valid {
+			fail(w, http.StatusUnauthorized, "token refused: unknown token")
+			return
+		}
+	} else {
+		f.record("register:expired")
+		eid, _, err := f.expiredIdentity(req.Certificate, csr)
+		if err != nil {
+			fail(w, http.StatusUnauthorized, "expired certificate refused: "+err.Error())
+			return
+		}
+		id = eid
+	}
+	f.issue(w, id, csr, &req, false)
+}
+
+func (f *fakeServer) renew(w http.ResponseWriter, r *http.Request) {
+	var req discovery.RenewRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		fail(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	csr, err := parseCSR(req.CSR)
+	if err != nil {
+		fail(w, http.StatusBadRequest, "csr: "+err.Error())
+		return
+	}
+	id, serial, ok := mtlsIdentity(r)
+	if ok {
+		f.record("renew:mtls")
+	} else {
+		f.record("renew:expired")
+		if id, serial, err = f.expiredIdentity(req.Certificate, csr); err != nil {
+			fail(w, http.StatusUnauthorized, "expired certificate refused: "+err.Error())
+			return
+		}
+	}
+	if status, msg := f.check(id, serial); status != 0 {
+		fail(w, status, msg)
+		return
+	}
+	f.issue(w, id, csr, nil, true)
+}
+
+// check applies the registry's view of a certificate.
+func (f *fakeServer) check(id, serial string) (int, string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	a := f.agents[id]
+	switch {
+	case a == nil:
+		return http.StatusNotFound, "agent not registered: register again"
+	case a.revoked:
+		return http.StatusForbidden, "agent is revoked"
+	case serial != a.serial && serial != a.prevSerial:
+		return http.StatusForbidden, "certificate is superseded"
+	}
+	return 0, ""
+}
+
+func (f *fakeServer) heartbeat(w http.ResponseWriter, r *http.Request) {
+	f.record("heartbeat")
+	id, serial, ok := mtlsIdentity(r)
+	if !ok {
+		fail(w, http.StatusUnauthorized, "an agent client certificate is required")
+		return
+	}
+	if status, msg := f.check(id, serial); status != 0 {
+		fail(w, status, msg)
+		return
+	}
+	writeTestJSON(w, http.StatusOK, discovery.HeartbeatResponse{TTLSeconds: 300, HeartbeatIntervalSeconds: 1})
+}
+
+func (f *fakeServer) deregister(w http.ResponseWriter, r *http.Request) {
+	f.record("deregister")
+	id, serial, ok := mtlsIdentity(r)
+	if !ok {
+		fail(w, http.StatusUnauthorized, "an agent client certificate is required")
+		return
+	}
+	if status, msg := f.check(id, serial); status != 0 {
+		fail(w, status, msg)
+		return
+	}
+	f.forget(id)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// lockedBuffer collects log output from several goroutines.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}

@@ -1,0 +1,732 @@
+package agent
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/baremetal-sd/baremetal_sd/ca"
+	"github.com/baremetal-sd/baremetal_sd/collector"
+	"github.com/baremetal-sd/baremetal_sd/discovery"
+)
+
+// Bounds on the heartbeat interval a server may ask for.
+const (
+	defaultHeartbeatInterval = time.Minute
+	minHeartbeatInterval     = time.Second
+	maxHeartbeatInterval     = time.Hour
+)
+
+// action is what the lifecycle loop does next.
+type action int
+
+const (
+	// actEnroll: no usable certificate. Prove the key with the expired
+	// certificate if there is one, else enroll with the token.
+	actEnroll action = iota
+	// actRegister: the certificate is valid but the registration must be
+	// (re)done over mTLS: the registry lost the agent, or what the agent
+	// registers changed since the last run.
+	actRegister
+	// actRecover: the server refuses the valid certificate (revoked or
+	// superseded). Try a new token if one appears, otherwise probe.
+	actRecover
+	actRenew
+	actHeartbeat
+)
+
+func (a action) String() string {
+	return [...]string{"enroll", "register", "recover", "renew", "heartbeat"}[a]
+}
+
+// lifecycle keeps the agent enrolled, registered and certified. Its run loop
+// is the only writer of everything but cert, which TLS handshakes read.
+type lifecycle struct {
+	cfg    Config
+	logger *slog.Logger
+	// client authenticates with the agent's certificate; anon never sends
+	// one. The server prefers a client certificate over a token, so a token
+	// that re-admits a revoked agent must come without the revoked one.
+	client  *discovery.Client
+	anon    *discovery.Client
+	metrics *collector.Agent
+	key     *ecdsa.PrivateKey
+	// req is what the agent registers; CSR and Certificate are filled per
+	// request.
+	req    discovery.RegisterRequest
+	digest string
+
+	cert      atomic.Pointer[tls.Certificate]
+	certPEM   []byte
+	ready     chan struct{}
+	readyOnce sync.Once
+
+	persisted persistedState
+	// receivedAt is when the current certificate came from the server; zero
+	// for one loaded from disk.
+	receivedAt time.Time
+
+	state, logKey   string
+	server          string // the server that answered last, for logs
+	needRegister    bool
+	rejected        bool
+	expiredRefused  string // serial of an expired certificate the server refused
+	refusedToken    [32]byte
+	hasRefusedToken bool
+	refusedTokenErr error
+	interval        time.Duration
+	nextHeartbeat   time.Time
+	renewRetry      time.Time
+	retryAt         time.Time
+	failures        map[action]int
+}
+
+func newLifecycle(cfg Config, key *ecdsa.PrivateKey, req discovery.RegisterRequest, metrics *collector.Agent) *lifecycle {
+	l := &lifecycle{
+		cfg:      cfg,
+		logger:   cfg.Logger,
+		metrics:  metrics,
+		key:      key,
+		req:      req,
+		digest:   registrationDigest(&req),
+		ready:    make(chan struct{}),
+		interval: defaultHeartbeatInterval,
+		failures: make(map[action]int),
+	}
+	return l
+}
+
+func (l *lifecycle) path(name string) string { return filepath.Join(l.cfg.StateDir, name) }
+
+// load takes over the certificate and state a previous run left behind.
+func (l *lifecycle) load() {
+	p, err := loadPersisted(l.path(StateFile))
+	if err != nil {
+		l.logger.Warn("Ignoring unreadable agent state; the agent registers again", "err", err)
+	}
+	l.persisted = p
+	if p.HeartbeatIntervalSeconds > 0 {
+		l.interval = clampInterval(time.Duration(p.HeartbeatIntervalSeconds) * time.Second)
+	}
+	cert, certPEM, err := loadCertificate(l.path(CertFile), l.key)
+	if err != nil {
+		// A certificate for another key is useless; enrolling replaces it.
+		l.logger.Warn("Ignoring the stored certificate", "err", err)
+		cert = nil
+	}
+	now := time.Now()
+	l.needRegister = p.Registration != l.digest || p.CertSerial != serialOf(cert)
+	if cert != nil {
+		l.cert.Store(cert)
+		l.certPEM = certPEM
+		l.logger.Info("Loaded certificate", "agent_id", p.AgentID, "expires", cert.Leaf.NotAfter.UTC().Format(time.RFC3339))
+		if _, err := os.Stat(l.path(CAFile)); err != nil {
+			// The listener needs the CA to verify scrapers. Registering
+			// again brings it; serving waits until then.
+			l.logger.Warn("CA certificate missing from the state directory; registering again to get it", "err", err)
+			l.needRegister = true
+		} else {
+			l.setCertificate(cert, certPEM)
+		}
+	}
+	l.nextHeartbeat = now
+	l.retryAt = now
+	if cert != nil && now.Before(cert.Leaf.NotAfter) {
+		l.metrics.SetState(collector.AgentStateRegistered)
+		l.state = collector.AgentStateRegistered
+	} else {
+		l.metrics.SetState(collector.AgentStateEnrolling)
+		l.state = collector.AgentStateEnrolling
+	}
+}
+
+// clientCertificate hands the current certificate to TLS handshakes with the
+// discovery server. An expired certificate is not sent: the server would
+// fail the handshake, and the expired-certificate paths put it in the body.
+func (l *lifecycle) clientCertificate(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	c := l.cert.Load()
+	if c == nil || !time.Now().Before(c.Leaf.NotAfter) {
+		return &tls.Certificate{}, nil
+	}
+	if len(cri.AcceptableCAs) > 0 && cri.SupportsCertificate(c) != nil {
+		// The server trusts another CA (a server that lost its data dir):
+		// sending ours would fail the handshake; without one it can answer.
+		return &tls.Certificate{}, nil
+	}
+	return c, nil
+}
+
+func (l *lifecycle) setCertificate(c *tls.Certificate, certPEM []byte) {
+	l.cert.Store(c)
+	l.certPEM = certPEM
+	l.metrics.CertificateExpiry.Set(float64(c.Leaf.NotAfter.Unix()))
+	l.metrics.CertificateRenewAfter.Set(float64(l.renewAt().Unix()))
+	l.readyOnce.Do(func() { close(l.ready) })
+}
+
+// valid reports whether there is a certificate that has not expired.
+func (l *lifecycle) valid(now time.Time) bool {
+	c := l.cert.Load()
+	return c != nil && now.Before(c.Leaf.NotAfter)
+}
+
+// renewAt is when the current certificate should be renewed: the server's
+// renew_after, or 2/3 of the certificate's lifetime. A certificate whose
+// start the server backdated (for clock skew) by more than its lifetime
+// would be due at once and renewed in a loop; two thirds of the time left
+// when it arrived is the earliest it is renewed.
+func (l *lifecycle) renewAt() time.Time {
+	c := l.cert.Load()
+	if c == nil {
+		return time.Time{}
+	}
+	leaf := c.Leaf
+	at := leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) * 2 / 3)
+	if l.persisted.CertSerial == serialOf(c) && !l.persisted.RenewAfter.IsZero() &&
+		l.persisted.RenewAfter.After(leaf.NotBefore) && l.persisted.RenewAfter.Before(leaf.NotAfter) {
+		at = l.persisted.RenewAfter
+	}
+	if !l.receivedAt.IsZero() && l.receivedAt.Before(leaf.NotAfter) {
+		floor := l.receivedAt.Add(leaf.NotAfter.Sub(l.receivedAt) * 2 / 3)
+		if at.Before(floor) {
+			at = floor
+		}
+	}
+	return at
+}
+
+// next says what to do and when.
+func (l *lifecycle) next(now time.Time) (action, time.Time) {
+	switch {
+	case !l.valid(now):
+		return actEnroll, l.retryAt
+	case l.rejected:
+		return actRecover, l.retryAt
+	case l.needRegister:
+		return actRegister, l.retryAt
+	}
+	renew := l.renewAt()
+	if l.renewRetry.After(renew) {
+		renew = l.renewRetry
+	}
+	if !renew.After(l.nextHeartbeat) {
+		return actRenew, renew
+	}
+	return actHeartbeat, l.nextHeartbeat
+}
+
+// run keeps the agent registered until ctx ends.
+func (l *lifecycle) run(ctx context.Context) {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		act, at := l.next(time.Now())
+		if d := time.Until(at); d > 0 {
+			timer.Reset(d)
+			select {
+			case <-ctx.Done():
+				return
+			case <-timer.C:
+			}
+			// Decide again: the certificate may have expired meanwhile.
+			continue
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		switch act {
+		case actEnroll:
+			l.enroll(ctx)
+		case actRegister:
+			l.register(ctx)
+		case actRecover:
+			l.recover(ctx)
+		case actRenew:
+			l.renew(ctx)
+		case actHeartbeat:
+			l.heartbeat(ctx)
+		}
+	}
+}
+
+// request builds a registration with a fresh CSR.
+func (l *lifecycle) request(expired []byte) (*discovery.RegisterRequest, error) {
+	req := l.req
+	csr, err := newCSR(l.key, req.Hostname)
+	if err != nil {
+		return nil, err
+	}
+	req.CSR = csr
+	req.Certificate = string(expired)
+	return &req, nil
+}
+
+// enroll gets a certificate when there is no valid one: by proving the key
+// with the expired certificate (a host that was off for longer than its
+// certificate lived), or with the enrollment token.
+func (l *lifecycle) enroll(ctx context.Context) {
+	if c := l.cert.Load(); c != nil && l.expiredRefused != serialOf(c) {
+		resp, err := l.withExpiredCertificate(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		switch {
+		case err == nil:
+			l.apply(actEnroll, resp, l.anon, "Renewed the expired certificate")
+			return
+		case discovery.IsRevoked(err), discovery.IsBadRequest(err):
+			// Past the grace window, revoked, or unknown to the server:
+			// only a token helps now.
+			l.expiredRefused = serialOf(c)
+			l.logger.Warn("Discovery server refused the expired certificate; enrolling with a token", "err", err)
+		default:
+			l.fail(actEnroll, collector.AgentStateUnreachable, "unreachable", err)
+			return
+		}
+	}
+
+	tok, err := readToken(l.cfg.TokenFile)
+	switch {
+	case err != nil:
+		l.fail(actEnroll, collector.AgentStateTokenNeeded, "token file unreadable", err)
+		return
+	case tok == "":
+		l.fail(actEnroll, collector.AgentStateTokenNeeded, "no token",
+			fmt.Errorf("no valid certificate and no enrollment token in %q", l.cfg.TokenFile))
+		return
+	case l.tokenRefused(tok):
+		l.fail(actEnroll, collector.AgentStateTokenNeeded, "token refused", l.refusedTokenErr)
+		return
+	}
+	l.enrollWithToken(ctx, actEnroll, tok)
+}
+
+// tokenRefused reports whether tok is the token the server last refused.
+func (l *lifecycle) tokenRefused(tok string) bool {
+	return l.hasRefusedToken && tokenDigest(tok) == l.refusedToken
+}
+
+// withExpiredCertificate renews an expired certificate, or registers with it
+// when the registry forgot the agent or the registration changed.
+func (l *lifecycle) withExpiredCertificate(ctx context.Context) (*discovery.CertificateResponse, error) {
+	req, err := l.request(l.certPEM)
+	if err != nil {
+		return nil, err
+	}
+	if !l.needRegister {
+		resp, err := l.anon.Renew(ctx, &discovery.RenewRequest{CSR: req.CSR, Certificate: req.Certificate})
+		l.metrics.Renewals.WithLabelValues(resultOf(err)).Inc()
+		if !discovery.IsNotFound(err) {
+			return resp, err
+		}
+		l.logger.Info("Registry lost this agent; registering again with the expired certificate")
+	}
+	resp, err := l.anon.Register(ctx, req, "")
+	l.metrics.Registrations.WithLabelValues(resultOf(err)).Inc()
+	return resp, err
+}
+
+// enrollWithToken registers with an enrollment token.
+func (l *lifecycle) enrollWithToken(ctx context.Context, act action, tok string) {
+	req, err := l.request(nil)
+	if err != nil {
+		l.retry(act, err)
+		l.logOnce("csr", slog.LevelError, "Could not create a certificate request", "err", err)
+		return
+	}
+	resp, err := l.anon.Register(ctx, req, tok)
+	if ctx.Err() != nil {
+		return
+	}
+	l.metrics.Registrations.WithLabelValues(resultOf(err)).Inc()
+	switch {
+	case err == nil:
+		l.hasRefusedToken = false
+		l.apply(act, resp, l.anon, "Enrolled with the enrollment token")
+	case discovery.IsRevoked(err):
+		// The same token will be refused again; wait for a new one.
+		l.refusedToken, l.hasRefusedToken, l.refusedTokenErr = tokenDigest(tok), true, err
+		if act == actRecover {
+			l.fail(act, collector.AgentStateRevoked, "revoked", err)
+			return
+		}
+		l.fail(act, collector.AgentStateTokenNeeded, "token refused", err)
+	case discovery.IsBadRequest(err):
+		l.fail(act, collector.AgentStateRefused, "refused: "+messageOf(err), err)
+	default:
+		l.fail(act, collector.AgentStateUnreachable, "unreachable", err)
+	}
+}
+
+// register re-registers over mTLS with the valid certificate.
+func (l *lifecycle) register(ctx context.Context) {
+	req, err := l.request(nil)
+	if err != nil {
+		l.retry(actRegister, err)
+		l.logOnce("csr", slog.LevelError, "Could not create a certificate request", "err", err)
+		return
+	}
+	resp, err := l.client.Register(ctx, req, "")
+	if ctx.Err() != nil {
+		return
+	}
+	l.metrics.Registrations.WithLabelValues(resultOf(err)).Inc()
+	switch {
+	case err == nil:
+		l.apply(actRegister, resp, l.client, "Registered with the discovery server")
+	case discovery.IsRevoked(err):
+		l.revoked(err)
+	case discovery.IsBadRequest(err):
+		l.fail(actRegister, collector.AgentStateRefused, "refused: "+messageOf(err), err)
+	default:
+		l.fail(actRegister, collector.AgentStateUnreachable, "unreachable", err)
+	}
+}
+
+// revoked handles the server refusing the valid certificate. The token in
+// the token file at this moment is taken as used up: a reusable token left
+// there since enrollment must not undo an operator's revocation by itself.
+// Only a token that appears later re-admits the agent.
+func (l *lifecycle) revoked(err error) {
+	l.rejected = true
+	if tok, _ := readToken(l.cfg.TokenFile); tok != "" {
+		l.refusedToken, l.hasRefusedToken, l.refusedTokenErr = tokenDigest(tok), true, err
+	}
+	l.fail(actRecover, collector.AgentStateRevoked, "revoked", err)
+}
+
+// recover runs while the server refuses the certificate: a new token in the
+// token file re-admits the agent; otherwise a heartbeat probes whether the
+// refusal still holds.
+func (l *lifecycle) recover(ctx context.Context) {
+	tok, _ := readToken(l.cfg.TokenFile)
+	if tok != "" && !l.tokenRefused(tok) {
+		l.enrollWithToken(ctx, actRecover, tok)
+		return
+	}
+	_, err := l.client.Heartbeat(ctx, nil)
+	if ctx.Err() != nil {
+		return
+	}
+	l.metrics.Heartbeats.WithLabelValues(resultOf(err)).Inc()
+	switch {
+	case err == nil:
+		l.rejected = false
+		l.heartbeatOK(nil)
+	case discovery.IsNotFound(err):
+		l.rejected = false
+		l.needRegister = true
+		l.retryAt = time.Now()
+	case discovery.IsRevoked(err):
+		l.fail(actRecover, collector.AgentStateRevoked, "revoked", err)
+	default:
+		l.fail(actRecover, collector.AgentStateUnreachable, "unreachable", err)
+	}
+}
+
+// renew gets a new certificate for the same key over mTLS.
+func (l *lifecycle) renew(ctx context.Context) {
+	req, err := l.request(nil)
+	if err != nil {
+		l.retry(actRenew, err)
+		l.logOnce("csr", slog.LevelError, "Could not create a certificate request", "err", err)
+		return
+	}
+	resp, err := l.client.Renew(ctx, &discovery.RenewRequest{CSR: req.CSR})
+	if ctx.Err() != nil {
+		return
+	}
+	l.metrics.Renewals.WithLabelValues(resultOf(err)).Inc()
+	switch {
+	case err == nil:
+		l.apply(actRenew, resp, l.client, "Renewed the certificate")
+	case discovery.IsNotFound(err):
+		// Registering again issues a new certificate as well.
+		l.logger.Warn("Registry lost this agent; registering again")
+		l.needRegister = true
+		l.retryAt = time.Now()
+	case discovery.IsRevoked(err):
+		l.revoked(err)
+	default:
+		l.fail(actRenew, collector.AgentStateUnreachable, "unreachable", err)
+	}
+}
+
+func (l *lifecycle) heartbeat(ctx context.Context) {
+	resp, err := l.client.Heartbeat(ctx, nil)
+	if ctx.Err() != nil {
+		return
+	}
+	l.metrics.Heartbeats.WithLabelValues(resultOf(err)).Inc()
+	switch {
+	case err == nil:
+		l.heartbeatOK(resp)
+	case discovery.IsNotFound(err):
+		l.logger.Warn("Registry lost this agent; registering again")
+		l.needRegister = true
+		l.retryAt = time.Now()
+	case discovery.IsRevoked(err):
+		l.revoked(err)
+	default:
+		l.fail(actHeartbeat, collector.AgentStateUnreachable, "unreachable", err)
+	}
+}
+
+func (l *lifecycle) heartbeatOK(resp *discovery.HeartbeatResponse) {
+	now := time.Now()
+	l.metrics.LastHeartbeatSuccess.Set(float64(now.UnixNano()) / 1e9)
+	if resp != nil && resp.HeartbeatIntervalSeconds > 0 {
+		l.interval = clampInterval(time.Duration(resp.HeartbeatIntervalSeconds) * time.Second)
+	}
+	l.server = l.client.URL()
+	l.failures[actHeartbeat] = 0
+	l.failures[actRecover] = 0
+	l.nextHeartbeat = now.Add(jitter(l.interval))
+	l.setState(collector.AgentStateRegistered, "", nil)
+}
+
+// apply takes a certificate from the server into use: files first, then
+// memory, so that the listener and the client switch together.
+func (l *lifecycle) apply(act action, resp *discovery.CertificateResponse, from *discovery.Client, what string) {
+	c, err := l.checkResponse(resp)
+	if err != nil {
+		l.retry(act, err)
+		l.logOnce("bad response", slog.LevelError, "Discovery server sent an unusable certificate", "err", err)
+		return
+	}
+	now := time.Now()
+	p := persistedState{
+		AgentID:                  resp.AgentID,
+		Registration:             l.digest,
+		CertSerial:               serialOf(c),
+		RenewAfter:               resp.RenewAfter,
+		HeartbeatIntervalSeconds: resp.HeartbeatIntervalSeconds,
+		UpdatedAt:                now.UTC(),
+	}
+	if err := l.writeFiles(resp, p); err != nil {
+		l.retry(act, err)
+		l.logOnce("write", slog.LevelError, "Could not write the new certificate to the state directory", "err", err)
+		return
+	}
+	l.persisted = p
+	l.receivedAt = now
+	l.setCertificate(c, []byte(resp.Certificate))
+	// Connections to the server made with the old certificate would keep
+	// speaking for it; the next request makes a new handshake.
+	l.client.CloseIdleConnections()
+
+	if resp.HeartbeatIntervalSeconds > 0 {
+		l.interval = clampInterval(time.Duration(resp.HeartbeatIntervalSeconds) * time.Second)
+	}
+	// The registration or renewal counts as a heartbeat.
+	l.metrics.LastHeartbeatSuccess.Set(float64(now.UnixNano()) / 1e9)
+	l.nextHeartbeat = now.Add(jitter(l.interval))
+	l.needRegister, l.rejected, l.expiredRefused = false, false, ""
+	l.renewRetry = time.Time{}
+	clear(l.failures)
+	l.server = from.URL()
+	l.logger.Info(what, "agent_id", resp.AgentID, "server", l.server,
+		"expires", c.Leaf.NotAfter.UTC().Format(time.RFC3339), "renew_after", l.renewAt().UTC().Format(time.RFC3339))
+	l.setState(collector.AgentStateRegistered, "", nil)
+}
+
+// checkResponse verifies a certificate response: the leaf certifies our key
+// and chains to the CA the server sent.
+func (l *lifecycle) checkResponse(resp *discovery.CertificateResponse) (*tls.Certificate, error) {
+	chain, err := parseChain([]byte(resp.Certificate))
+	if err != nil {
+		return nil, err
+	}
+	c, err := keyPair(chain, l.key)
+	if err != nil {
+		return nil, err
+	}
+	if resp.CACertificate == "" {
+		return nil, errors.New("no CA certificate in the response")
+	}
+	roots, err := parseChain([]byte(resp.CACertificate))
+	if err != nil {
+		return nil, fmt.Errorf("CA certificate: %w", err)
+	}
+	pool := x509.NewCertPool()
+	for _, r := range roots {
+		pool.AddCert(r)
+	}
+	inter := x509.NewCertPool()
+	for _, i := range chain[1:] {
+		inter.AddCert(i)
+	}
+	leaf := chain[0]
+	// Checked at the certificate's own start, so that clock skew between
+	// agent and server does not reject a fresh certificate.
+	if _, err := leaf.Verify(x509.VerifyOptions{
+		Roots:         pool,
+		Intermediates: inter,
+		CurrentTime:   leaf.NotBefore.Add(time.Second),
+		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
+	}); err != nil {
+		return nil, fmt.Errorf("does not chain to the CA in the response: %w", err)
+	}
+	return c, nil
+}
+
+// writeFiles writes the CA, the certificate and the state, each atomically.
+// The key never changes, so the listener, which reads certificate and key on
+// a handshake, always sees a matching pair: the old certificate or the new.
+func (l *lifecycle) writeFiles(resp *discovery.CertificateResponse, p persistedState) error {
+	if err := ca.WriteFileAtomic(l.path(CAFile), []byte(resp.CACertificate), 0o644); err != nil {
+		return fmt.Errorf("write CA certificate: %w", err)
+	}
+	if err := ca.WriteFileAtomic(l.path(CertFile), []byte(resp.Certificate), 0o644); err != nil {
+		return fmt.Errorf("write certificate: %w", err)
+	}
+	if err := savePersisted(l.path(StateFile), p); err != nil {
+		return fmt.Errorf("write agent state: %w", err)
+	}
+	return nil
+}
+
+// fail records a failed attempt: the state (logged when it changes, not per
+// attempt) and when to try again.
+func (l *lifecycle) fail(act action, state, reason string, err error) {
+	l.retry(act, err)
+	l.setState(state, reason, err)
+}
+
+// retry schedules the next attempt of act with exponential backoff and full
+// jitter.
+func (l *lifecycle) retry(act action, err error) {
+	l.failures[act]++
+	n := l.failures[act]
+	now := time.Now()
+	switch act {
+	case actHeartbeat:
+		// Never wait longer than an interval: once the server is back the
+		// agent should show up again before its TTL runs out.
+		l.nextHeartbeat = now.Add(backoff(n, l.cfg.BackoffBase, min(l.cfg.BackoffMax, l.interval)))
+	case actRenew:
+		l.renewRetry = now.Add(backoff(n, l.cfg.BackoffBase, l.cfg.BackoffMax))
+	default:
+		l.retryAt = now.Add(backoff(n, l.cfg.BackoffBase, l.cfg.BackoffMax))
+	}
+	l.logger.Debug("Attempt failed", "action", act.String(), "attempt", n, "err", err)
+}
+
+// setState records the registration state and logs it once per change.
+func (l *lifecycle) setState(state, reason string, err error) {
+	l.state = state
+	l.metrics.SetState(state)
+	key := state + "\x00" + reason
+	switch state {
+	case collector.AgentStateRegistered:
+		l.logOnce(key, slog.LevelInfo, "Agent is registered with the discovery server", "server", l.server, "agent_id", l.persisted.AgentID)
+	case collector.AgentStateUnreachable:
+		l.logOnce(key, slog.LevelWarn, "Discovery server unreachable or failing; retrying with backoff and serving with the current certificate meanwhile", "err", err)
+	case collector.AgentStateRevoked:
+		l.logOnce(key, slog.LevelError, "Discovery server refuses this agent's certificate (revoked or superseded); still serving with it until it expires. Put a new enrollment token into the token file to re-admit the agent", "token_file", l.cfg.TokenFile, "err", err)
+	case collector.AgentStateTokenNeeded:
+		l.logOnce(key, slog.LevelError, "A new enrollment token is needed: put it into the token file; the agent keeps retrying", "token_file", l.cfg.TokenFile, "err", err)
+	case collector.AgentStateRefused:
+		l.logOnce(key, slog.LevelError, "Discovery server refused the registration; check --agent.hostname, --agent.address, --agent.label and the relay config", "err", err)
+	default:
+		l.logOnce(key, slog.LevelWarn, "Agent state changed", "state", state, "err", err)
+	}
+}
+
+// logOnce logs unless the previous logOnce had the same key: repeated
+// failures of the same kind make one line, not one per attempt.
+func (l *lifecycle) logOnce(key string, level slog.Level, msg string, args ...any) {
+	if key == l.logKey {
+		return
+	}
+	l.logKey = key
+	l.logger.Log(context.Background(), level, msg, args...)
+}
+
+// deregister removes the agent from discovery on shutdown.
+func (l *lifecycle) deregister(ctx context.Context) {
+	if !l.valid(time.Now()) || l.rejected {
+		l.logger.Debug("Not deregistering: no certificate the server accepts")
+		return
+	}
+	err := l.client.Deregister(ctx)
+	result := "success"
+	if err != nil {
+		result = "error"
+		l.logger.Warn("Deregistration failed; the server expires the agent after its TTL", "err", err)
+	} else {
+		l.logger.Info("Deregistered from the discovery server", "agent_id", l.persisted.AgentID)
+		// Register directly on the next start rather than after a 404.
+		p := l.persisted
+		p.Registration = ""
+		if err := savePersisted(l.path(StateFile), p); err != nil {
+			l.logger.Warn("Could not write the agent state", "err", err)
+		}
+	}
+	l.metrics.Deregistrations.WithLabelValues(result).Inc()
+}
+
+// resultOf names the outcome of an API call for the metrics.
+func resultOf(err error) string {
+	switch {
+	case err == nil:
+		return "success"
+	case discovery.IsNotFound(err):
+		return "not_found"
+	case discovery.IsRevoked(err):
+		return "rejected"
+	case discovery.IsBadRequest(err):
+		return "bad_request"
+	}
+	return "error"
+}
+
+// messageOf is the server's error text, stable across attempts.
+func messageOf(err error) string {
+	var ae *discovery.APIError
+	if errors.As(err, &ae) {
+		return ae.Message
+	}
+	return ""
+}
+
+func serialOf(c *tls.Certificate) string {
+	if c == nil || c.Leaf == nil {
+		return ""
+	}
+	return c.Leaf.SerialNumber.Text(16)
+}
+
+// backoff is the wait before attempt n+1 after n consecutive failures:
+// exponential from base, capped at max, with full jitter (uniform in
+// [0, cap)), so that a fleet that lost its server does not come back in step.
+func backoff(n int, base, maximum time.Duration) time.Duration {
+	if maximum <= 0 {
+		return 0
+	}
+	ceiling := min(max(base, 1), maximum)
+	for i := 1; i < n && ceiling < maximum; i++ {
+		ceiling = min(2*ceiling, maximum)
+	}
+	return rand.N(ceiling)
+}
+
+// jitter spreads heartbeats over [0.8, 1.0) of the interval: never later
+// than the server asked for.
+func jitter(interval time.Duration) time.Duration {
+	return interval - rand.N(interval/5+1)
+}
+
+func clampInterval(d time.Duration) time.Duration {
+	return min(max(d, minHeartbeatInterval), maxHeartbeatInterval)
+}
