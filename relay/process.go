@@ -2,6 +2,7 @@ package relay
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -106,11 +107,18 @@ func parserOptions() textparse.ParserOptions {
 	return textparse.ParserOptions{OpenMetricsSkipSTSeries: false}
 }
 
+// seriesFunc receives one sample: the parser's text of the series and,
+// when the caller asked for them, its labels (before relabeling).
+type seriesFunc func(raw []byte, lset labels.Labels, v float64, ts *int64, ex *exemplar.Exemplar) error
+
 // parse runs a parser over one chunk. meta is called for HELP, TYPE and
-// UNIT lines, series for every sample before relabeling.
+// UNIT lines, series for every sample. wantLabels decides per series
+// whether its labels are needed; building them is the most expensive part
+// of relaying, so the fast path skips it when it can.
 func (p *pipeline) parse(chunk []byte, ct string, om bool,
 	meta func(kind byte, name, value []byte, typ model.MetricType),
-	series func(lset labels.Labels, v float64, ts *int64, ex *exemplar.Exemplar) error,
+	wantLabels func(raw []byte) bool,
+	series seriesFunc,
 ) error {
 	if om {
 		// Each chunk is parsed on its own; OpenMetrics requires the end marker.
@@ -139,14 +147,18 @@ func (p *pipeline) parse(chunk []byte, ct string, om bool,
 			name, unit := parser.Unit()
 			meta('U', name, unit, "")
 		case textparse.EntrySeries:
-			_, ts, v := parser.Series()
-			parser.Labels(&p.lset)
+			raw, ts, v := parser.Series()
+			lset := labels.EmptyLabels()
+			if wantLabels(raw) {
+				parser.Labels(&p.lset)
+				lset = p.lset
+			}
 			var ex *exemplar.Exemplar
 			p.ex = exemplar.Exemplar{}
 			if om && parser.Exemplar(&p.ex) {
 				ex = &p.ex
 			}
-			if err := series(p.lset, v, ts, ex); err != nil {
+			if err := series(raw, lset, v, ts, ex); err != nil {
 				return err
 			}
 		case textparse.EntryHistogram:
@@ -155,6 +167,19 @@ func (p *pipeline) parse(chunk []byte, ct string, om bool,
 			return fmt.Errorf("%w: unexpected native histogram in text input", errParse)
 		}
 	}
+}
+
+// needLabels reports whether a series must go through relabeling with
+// labels built: always with metric_relabel_configs, and when the series
+// text mentions the exporter label's name, which may then be taken already
+// (an upstream label of that name is renamed, see relabel). Everything else
+// takes the fast path: the parser's own text of the series, with the
+// exporter label appended.
+func (p *pipeline) needLabels(raw []byte) bool {
+	if len(p.relabels) > 0 {
+		return true
+	}
+	return p.label != "" && bytes.Contains(raw, []byte(p.label))
 }
 
 // direct relays text to text or OpenMetrics to OpenMetrics, writing each
@@ -183,7 +208,13 @@ func (p *pipeline) direct(body io.Reader, ct string, om bool, w io.Writer, flush
 					}
 				}
 			},
-			func(lset labels.Labels, v float64, ts *int64, ex *exemplar.Exemplar) error {
+			p.needLabels,
+			func(raw []byte, lset labels.Labels, v float64, ts *int64, ex *exemplar.Exemplar) error {
+				if lset.IsEmpty() {
+					p.samples++
+					p.buf = appendRawSample(p.buf, raw, p.label, p.exporter, v, ts, ex, om)
+					return nil
+				}
 				out, keep := p.relabel(lset)
 				if !keep {
 					return nil
@@ -239,7 +270,8 @@ func (p *pipeline) families(body io.Reader, in Format, ct string, fn func(*dto.M
 					p.fb.unit = string(value)
 				}
 			},
-			func(lset labels.Labels, v float64, ts *int64, ex *exemplar.Exemplar) error {
+			func([]byte) bool { return true },
+			func(_ []byte, lset labels.Labels, v float64, ts *int64, ex *exemplar.Exemplar) error {
 				out, keep := p.relabel(lset)
 				if !keep {
 					return nil

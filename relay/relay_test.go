@@ -251,9 +251,9 @@ func TestRelay_ExporterLabelAndHelpSurvive(t *testing.T) {
 	for _, want := range []string{
 		`# HELP http_requests_total Requests with "quotes", a \\ backslash and\na newline.`,
 		`# TYPE req_size_bytes histogram`,
-		`http_requests_total{code="200",exporter="node",path="/a\"b\\c\nd"} 1027 1700000000123`,
-		`temperature_celsius{exporter="node",sensor="nan"} NaN`,
-		`temperature_celsius{exporter="node",sensor="pinf"} +Inf`,
+		`http_requests_total{code="200",path="/a\"b\\c\nd",exporter="node"} 1027 1700000000123`,
+		`temperature_celsius{sensor="nan",exporter="node"} NaN`,
+		`temperature_celsius{sensor="pinf",exporter="node"} +Inf`,
 	} {
 		if !strings.Contains(body, want+"\n") {
 			t.Errorf("output lacks %q", want)
@@ -265,14 +265,41 @@ func TestRelay_ExporterLabelAndHelpSurvive(t *testing.T) {
 	}
 }
 
+func TestAppendRawSample(t *testing.T) {
+	tests := []struct{ raw, want string }{
+		{`up`, `up{exporter="n"} 1`},
+		{`up{}`, `up{exporter="n"} 1`},
+		{`up{a="b"}`, `up{a="b",exporter="n"} 1`},
+		{`up{a="b",}`, `up{a="b",exporter="n"} 1`},
+		{`{"my.metric",a="b"}`, `{"my.metric",a="b",exporter="n"} 1`},
+	}
+	for _, tt := range tests {
+		got := strings.TrimSuffix(string(appendRawSample(nil, []byte(tt.raw), "exporter", "n", 1, nil, nil, false)), "\n")
+		if got != tt.want {
+			t.Errorf("%s -> %s, want %s", tt.raw, got, tt.want)
+		}
+	}
+}
+
+func TestRelay_UpstreamExporterLabelIsKept(t *testing.T) {
+	up := upstreamServer(t, "text/plain", []byte("up{exporter=\"theirs\"} 1\nother 2\n"))
+	r, _ := newRelay(t, "exporters:\n  - name: mine\n    url: "+up.URL+"\n")
+	body := scrape(t, r, "/exporters/mine/metrics", acceptText).Body.String()
+	for _, want := range []string{`up{exported_exporter="theirs",exporter="mine"} 1`, `other{exporter="mine"} 2`} {
+		if !strings.Contains(body, want+"\n") {
+			t.Errorf("output lacks %q:\n%s", want, body)
+		}
+	}
+}
+
 func TestRelay_OpenMetricsExemplarsAndUnits(t *testing.T) {
 	up := upstreamServer(t, ContentTypeOpenMetrics, []byte(richOM))
 	r, _ := newRelay(t, "exporters:\n  - name: app\n    url: "+up.URL+"\n")
 	body := scrape(t, r, "/exporters/app/metrics", acceptOM).Body.String()
 	for _, want := range []string{
 		"# UNIT jobs_seconds seconds\n",
-		`jobs_seconds_total{exporter="app",kind="a"} 10 1700000000.123 # {trace_id="abc"} 1 1700000000.001` + "\n",
-		`lat_bucket{exporter="app",le="0.1"} 1 # {trace_id="t1"} 0.05` + "\n",
+		`jobs_seconds_total{kind="a",exporter="app"} 10 1700000000.123 # {trace_id="abc"} 1 1700000000.001` + "\n",
+		`lat_bucket{le="0.1",exporter="app"} 1 # {trace_id="t1"} 0.05` + "\n",
 		"# EOF\n",
 	} {
 		if !strings.Contains(body, want) {
@@ -567,7 +594,7 @@ func TestRelay_AggregateMergesFamilies(t *testing.T) {
 			strings.Count(rec.Body.String(), "# TYPE shared counter") != 1 {
 			t.Errorf("%s: shared family not merged into one:\n%s", ct, rec.Body)
 		}
-		if ct != ContentTypeProtobuf && strings.Count(rec.Body.String(), "shared_total{exporter=") != 2 {
+		if ct != ContentTypeProtobuf && strings.Count(rec.Body.String(), "shared_total{") != 2 {
 			t.Errorf("%s: merged family lacks a series:\n%s", ct, rec.Body)
 		}
 	}

@@ -148,9 +148,49 @@ func appendOMTimestamp(b []byte, ms int64) []byte {
 	return b
 }
 
+// appendRawSample writes a sample from the parser's text of its series,
+// adding label=value: the series text was validated by the parser, and
+// label order does not matter in the exposition formats.
+func appendRawSample(b, raw []byte, label, value string, v float64, ts *int64, ex *exemplar.Exemplar, om bool) []byte {
+	switch {
+	case label == "":
+		b = append(b, raw...)
+	case len(raw) > 0 && raw[len(raw)-1] == '}':
+		body := raw[:len(raw)-1]
+		b = append(b, body...)
+		if t := trimSpaceRight(body); len(t) > 0 && t[len(t)-1] != '{' && t[len(t)-1] != ',' {
+			b = append(b, ',')
+		}
+		b = append(b, label...)
+		b = append(b, '=')
+		b = appendQuoted(b, value)
+		b = append(b, '}')
+	default:
+		b = append(b, raw...)
+		b = append(b, '{')
+		b = append(b, label...)
+		b = append(b, '=')
+		b = appendQuoted(b, value)
+		b = append(b, '}')
+	}
+	return appendValueSuffix(b, v, ts, ex, om)
+}
+
+func trimSpaceRight(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == ' ' || b[len(b)-1] == '\t') {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
 // appendSample writes one sample line.
 func appendSample(b []byte, lset labels.Labels, v float64, ts *int64, ex *exemplar.Exemplar, om bool) []byte {
 	b = appendSeries(b, lset)
+	return appendValueSuffix(b, v, ts, ex, om)
+}
+
+// appendValueSuffix writes " value [timestamp] [# exemplar]\n".
+func appendValueSuffix(b []byte, v float64, ts *int64, ex *exemplar.Exemplar, om bool) []byte {
 	b = append(b, ' ')
 	b = appendFloat(b, v)
 	if ts != nil {
