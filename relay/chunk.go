@@ -51,17 +51,19 @@ func (c *capReader) Read(p []byte) (int, error) {
 // It only looks at the start of comment lines to find family boundaries;
 // samples are left to the parser.
 type lineChunker struct {
-	r        *bufio.Reader
-	om       bool
+	r  *bufio.Reader
+	om bool
+	// minChunk lets several small families share one chunk, which saves a
+	// parser set-up per family; 0 means one family per chunk.
+	minChunk int
 	chunk    []byte
 	next     []byte // first line of the following chunk
 	family   []byte
 	done     bool
-	hasLines bool
 }
 
-func newLineChunker(r io.Reader, maxLine int, om bool) *lineChunker {
-	return &lineChunker{r: bufio.NewReaderSize(r, maxLine+1), om: om}
+func newLineChunker(r io.Reader, maxLine int, om bool, minChunk int) *lineChunker {
+	return &lineChunker{r: bufio.NewReaderSize(r, maxLine+1), om: om, minChunk: minChunk}
 }
 
 // readLine returns the next line including its newline. The slice is only
@@ -100,7 +102,7 @@ func (c *lineChunker) Next() ([]byte, error) {
 			return c.result()
 		}
 		if name, ok := metadataName(line); ok {
-			if len(c.chunk) > 0 && !bytes.Equal(name, c.family) {
+			if len(c.chunk) > c.minChunk && !bytes.Equal(name, c.family) {
 				c.next = append(c.next, line...)
 				c.family = append(c.family[:0], name...)
 				return c.chunk, nil

@@ -19,6 +19,9 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
+// directChunkBytes is the chunk size the direct path aims for.
+const directChunkBytes = 64 << 10
+
 // errParse wraps failures of the exposition parsers.
 var errParse = errors.New("malformed upstream body")
 
@@ -185,7 +188,10 @@ func (p *pipeline) needLabels(raw []byte) bool {
 // direct relays text to text or OpenMetrics to OpenMetrics, writing each
 // relabeled sample straight from the parser: the fast path.
 func (p *pipeline) direct(body io.Reader, ct string, om bool, w io.Writer, flush func()) error {
-	ch := newLineChunker(body, p.maxLine, om)
+	// Families are batched into chunks of directChunkBytes: the direct path
+	// does not care where one family ends, and node_exporter's many small
+	// families would otherwise cost a parser each.
+	ch := newLineChunker(body, p.maxLine, om, directChunkBytes)
 	for {
 		chunk, err := ch.Next()
 		if errors.Is(err, io.EOF) {
@@ -246,7 +252,7 @@ func (p *pipeline) families(body io.Reader, in Format, ct string, fn func(*dto.M
 		return p.protobufFamilies(body, fn)
 	}
 	om := in == FormatOpenMetrics
-	ch := newLineChunker(body, p.maxLine, om)
+	ch := newLineChunker(body, p.maxLine, om, 0)
 	for {
 		chunk, err := ch.Next()
 		if errors.Is(err, io.EOF) {
