@@ -1,0 +1,52 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/baremetal-sd/baremetal_sd/relay"
+)
+
+// TestExamples_RelayConfig loads the example relay configuration exactly
+// as the agent does at start.
+func TestExamples_RelayConfig(t *testing.T) {
+	cfg, err := relay.LoadConfig(filepath.Join("examples", "relay.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := relay.New(cfg, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestExamples_PrometheusConfig checks the example prometheus.yml with the
+// promtool of the Prometheus the end-to-end tests use.
+func TestExamples_PrometheusConfig(t *testing.T) {
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Fatal("promtool not found: run scripts/install-test-deps.sh (make test does)")
+	}
+	dir := t.TempDir()
+	data, err := os.ReadFile(filepath.Join("examples", "prometheus.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// promtool checks that referenced files exist.
+	if err := os.Mkdir(filepath.Join(dir, "certs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"ca.crt", "prometheus.crt", "prometheus.key", "discovery.token"} {
+		if err := os.WriteFile(filepath.Join(dir, "certs", f), []byte("placeholder\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := exec.Command(promtool, "check", "config", "--syntax-only", filepath.Join(dir, "prometheus.yml")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("promtool check config: %v\n%s", err, out)
+	}
+}
