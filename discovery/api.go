@@ -15,6 +15,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/collector"
 )
@@ -66,9 +68,9 @@ func NewAPI(cfg APIConfig) *API {
 
 // Routes adds the API's handlers to mux.
 func (a *API) Routes(mux *http.ServeMux) {
-	mux.HandleFunc("POST "+PathRegister, a.handleRegister)
-	mux.HandleFunc("POST "+PathHeartbeat, a.handleHeartbeat)
-	mux.HandleFunc("POST "+PathRenew, a.handleRenew)
+	mux.HandleFunc("POST "+PathRegister, a.counted(func(m *collector.Server) *prometheus.CounterVec { return m.Registrations }, a.register))
+	mux.HandleFunc("POST "+PathHeartbeat, a.counted(func(m *collector.Server) *prometheus.CounterVec { return m.Heartbeats }, a.heartbeat))
+	mux.HandleFunc("POST "+PathRenew, a.counted(func(m *collector.Server) *prometheus.CounterVec { return m.Renewals }, a.renew))
 	mux.HandleFunc("DELETE "+PathSelf, a.handleDeregister)
 	mux.HandleFunc("GET "+PathDiscovery, a.handleDiscovery)
 	mux.HandleFunc("GET "+PathAgents, a.handleListAgents)
@@ -141,15 +143,15 @@ func jsonErrorText(err error) string {
 	return s
 }
 
-func (a *API) countRegistration(result string) {
-	if a.cfg.Metrics != nil {
-		a.cfg.Metrics.Registrations.WithLabelValues(result).Inc()
+// counted wraps a handler that returns its result, counting the result in
+// the counter vec selects.
+func (a *API) counted(vec func(*collector.Server) *prometheus.CounterVec, h func(http.ResponseWriter, *http.Request) string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		result := h(w, r)
+		if a.cfg.Metrics != nil {
+			vec(a.cfg.Metrics).WithLabelValues(result).Inc()
+		}
 	}
-}
-
-func (a *API) handleRegister(w http.ResponseWriter, r *http.Request) {
-	result := a.register(w, r)
-	a.countRegistration(result)
 }
 
 // register enrolls an agent. Three credentials are accepted: an enrollment
@@ -222,12 +224,8 @@ func (a *API) register(w http.ResponseWriter, r *http.Request) string {
 		// Re-registration by certificate: only for the certificate's own id,
 		// and never for a revoked or superseded one.
 		agent.ID = who.id
-		switch err := a.cfg.Registry.CheckCertificate(who.id, who.serial); {
-		case err == nil, errors.Is(err, ErrNotFound):
-		case errors.Is(err, ErrRevoked):
-			return a.fail(w, r, a.auth.reject(&authError{http.StatusForbidden, "revoked", "agent is revoked"}))
-		default:
-			return a.fail(w, r, a.auth.reject(&authError{http.StatusForbidden, "superseded", "certificate is superseded by a newer enrollment"}))
+		if err := a.cfg.Registry.CheckCertificate(who.id, who.serial); err != nil && !errors.Is(err, ErrNotFound) {
+			return a.certStateError(w, r, err)
 		}
 	}
 	if agent.ID == "" {
@@ -346,13 +344,6 @@ func sourceIP(r *http.Request) string {
 	return host
 }
 
-func (a *API) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
-	result := a.heartbeat(w, r)
-	if a.cfg.Metrics != nil {
-		a.cfg.Metrics.Heartbeats.WithLabelValues(result).Inc()
-	}
-}
-
 func (a *API) heartbeat(w http.ResponseWriter, r *http.Request) string {
 	who, err := a.auth.agent(r)
 	if err != nil {
@@ -390,13 +381,6 @@ func (a *API) certStateError(w http.ResponseWriter, r *http.Request, err error) 
 		return a.fail(w, r, a.auth.reject(&authError{http.StatusForbidden, "superseded", "certificate is superseded by a newer enrollment"}))
 	}
 	return a.fail(w, r, err)
-}
-
-func (a *API) handleRenew(w http.ResponseWriter, r *http.Request) {
-	result := a.renew(w, r)
-	if a.cfg.Metrics != nil {
-		a.cfg.Metrics.Renewals.WithLabelValues(result).Inc()
-	}
 }
 
 // renew signs a new certificate for an agent. Over mTLS the current
