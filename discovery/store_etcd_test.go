@@ -1,0 +1,1053 @@
+package discovery
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"reflect"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// etcdBinary is where Debian's etcd-server package installs etcd.
+const etcdBinary = "/usr/bin/etcd"
+
+// etcdWait bounds every wait for the test cluster: generous, because the
+// race detector and three etcd processes share small CI machines.
+const etcdWait = 30 * time.Second
+
+// etcdCluster is a real etcd cluster of local processes, one per member, on
+// loopback ports.
+type etcdCluster struct {
+	t       testing.TB
+	members []*etcdMember
+}
+
+type etcdMember struct {
+	name      string
+	clientURL string
+	args      []string
+	log       *tailBuffer
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// tailBuffer keeps the last bytes a process wrote, for failure reports.
+type tailBuffer struct {
+	mu  sync.Mutex
+	buf []byte
+}
+
+func (b *tailBuffer) Write(p []byte) (int, error) {
+	const limit = 64 << 10
+	b.mu.Lock()
+	b.buf = append(b.buf, p...)
+	if len(b.buf) > limit {
+		b.buf = append(b.buf[:0], b.buf[len(b.buf)-limit:]...)
+	}
+	b.mu.Unlock()
+	return len(p), nil
+}
+
+func (b *tailBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return string(b.buf)
+}
+
+// freeLoopbackPorts returns n ports that were free a moment ago; the
+// listeners are held until all are picked so the ports differ.
+func freeLoopbackPorts(t testing.TB, n int) []int {
+	t.Helper()
+	ports := make([]int, n)
+	listeners := make([]net.Listener, n)
+	for i := range ports {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		listeners[i] = l
+		ports[i] = l.Addr().(*net.TCPAddr).Port
+	}
+	for _, l := range listeners {
+		l.Close()
+	}
+	return ports
+}
+
+// startEtcdCluster starts an n-member cluster and waits until it serves
+// linearizable reads. Every member is killed when the test ends.
+func startEtcdCluster(t testing.TB, n int) *etcdCluster {
+	t.Helper()
+	if _, err := os.Stat(etcdBinary); err != nil {
+		t.Skipf("etcd is not installed at %s (Debian package etcd-server): %v", etcdBinary, err)
+	}
+	ports := freeLoopbackPorts(t, 2*n)
+	dir := t.TempDir()
+	peers := make([]string, n)
+	for i := range n {
+		peers[i] = fmt.Sprintf("m%d=http://127.0.0.1:%d", i, ports[2*i+1])
+	}
+	c := &etcdCluster{t: t}
+	for i := range n {
+		client := fmt.Sprintf("http://127.0.0.1:%d", ports[2*i])
+		peer := fmt.Sprintf("http://127.0.0.1:%d", ports[2*i+1])
+		m := &etcdMember{
+			name:      fmt.Sprintf("m%d", i),
+			clientURL: client,
+			log:       &tailBuffer{},
+			args: []string{
+				"--name", fmt.Sprintf("m%d", i),
+				"--data-dir", fmt.Sprintf("%s/m%d", dir, i),
+				"--listen-client-urls", client,
+				"--advertise-client-urls", client,
+				"--listen-peer-urls", peer,
+				"--initial-advertise-peer-urls", peer,
+				"--initial-cluster", strings.Join(peers, ","),
+				"--initial-cluster-state", "new",
+				"--initial-cluster-token", fmt.Sprintf("baremetal-sd-test-%d", ports[0]),
+				// Short timings make elections after a kill quick.
+				"--heartbeat-interval", "50",
+				"--election-timeout", "500",
+				"--logger", "zap",
+				"--log-outputs", "stderr",
+			},
+		}
+		c.members = append(c.members, m)
+	}
+	t.Cleanup(func() {
+		for i := range c.members {
+			c.Kill(i)
+		}
+		if t.Failed() {
+			for _, m := range c.members {
+				t.Logf("etcd member %s output (tail):\n%s", m.name, m.log.String())
+			}
+		}
+	})
+	for i := range c.members {
+		c.Start(i)
+	}
+	c.WaitHealthy()
+	return c
+}
+
+// Endpoints returns the client URLs of all members.
+func (c *etcdCluster) Endpoints() []string {
+	eps := make([]string, len(c.members))
+	for i, m := range c.members {
+		eps[i] = m.clientURL
+	}
+	return eps
+}
+
+// Start starts member i; after a Kill it restarts from its data directory.
+func (c *etcdCluster) Start(i int) {
+	c.t.Helper()
+	m := c.members[i]
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.cmd != nil {
+		return
+	}
+	cmd := exec.Command(etcdBinary, m.args...)
+	cmd.Stdout = m.log
+	cmd.Stderr = m.log
+	if err := cmd.Start(); err != nil {
+		c.t.Fatalf("start etcd member %s: %v", m.name, err)
+	}
+	done := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(done)
+	}()
+	m.cmd, m.done = cmd, done
+}
+
+// Kill stops member i with SIGKILL and waits until it is gone.
+func (c *etcdCluster) Kill(i int) {
+	m := c.members[i]
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.cmd == nil {
+		return
+	}
+	_ = m.cmd.Process.Kill()
+	<-m.done
+	m.cmd = nil
+}
+
+// Client returns a raw client for inspecting the cluster.
+func (c *etcdCluster) Client() *clientv3.Client {
+	c.t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+// WaitHealthy waits until the cluster serves a linearizable read.
+func (c *etcdCluster) WaitHealthy() {
+	c.t.Helper()
+	cli := c.Client()
+	deadline := time.Now().Add(etcdWait)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := cli.Get(ctx, "health-check")
+		cancel()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("etcd cluster not healthy after %v: %v", etcdWait, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Leader returns the index of the current leader.
+func (c *etcdCluster) Leader() int {
+	c.t.Helper()
+	cli := c.Client()
+	deadline := time.Now().Add(etcdWait)
+	for {
+		for i, m := range c.members {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			st, err := cli.Status(ctx, m.clientURL)
+			cancel()
+			if err == nil && st.Leader != 0 && st.Leader == st.Header.MemberId {
+				return i
+			}
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatal("no etcd leader")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// openTestEtcdStore opens a store on the cluster under prefix; an empty
+// prefix gets a fresh one.
+func openTestEtcdStore(t testing.TB, c *etcdCluster, prefix string, opts EtcdOptions) *EtcdStore {
+	t.Helper()
+	if prefix == "" {
+		prefix = "/test-" + strings.ToLower(rand.Text()) + "/"
+	}
+	opts.Endpoints = c.Endpoints()
+	opts.Prefix = prefix
+	if opts.RequestTimeout == 0 {
+		opts.RequestTimeout = 10 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), etcdWait)
+	defer cancel()
+	s, err := OpenEtcdStore(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// nextEvent returns the next event from ch, failing the test if none comes
+// within etcdWait.
+func nextEvent(t *testing.T, ch <-chan Event) Event {
+	t.Helper()
+	select {
+	case ev, ok := <-ch:
+		if !ok {
+			t.Fatal("watch channel closed")
+		}
+		return ev
+	case <-time.After(etcdWait):
+		t.Fatalf("no event within %v", etcdWait)
+	}
+	return Event{}
+}
+
+// sameAgent compares records whose times went through JSON.
+func sameAgent(a, b Agent) bool {
+	for _, p := range []*Agent{&a, &b} {
+		p.LastSeen = p.LastSeen.UTC()
+		p.RegisteredAt = p.RegisteredAt.UTC()
+		p.CertNotAfter = p.CertNotAfter.UTC()
+		p.PrevCertNotAfter = p.PrevCertNotAfter.UTC()
+		p.RevokedAt = p.RevokedAt.UTC()
+	}
+	return reflect.DeepEqual(a, b)
+}
+
+// TestEtcdStore_Conformance runs the expectations every Store meets
+// (TestStore_Conformance) against a three-member cluster.
+func TestEtcdStore_Conformance(t *testing.T) {
+	c := startEtcdCluster(t, 3)
+	ctx := context.Background()
+	base := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	newStore := func(t *testing.T) Store { return openTestEtcdStore(t, c, "", EtcdOptions{}) }
+
+	t.Run("put, replace, list", func(t *testing.T) {
+		s := newStore(t)
+		a := testAgent("a")
+		a.LastSeen = base
+		a.RegisteredAt = base
+		if err := s.Put(ctx, a); err != nil {
+			t.Fatal(err)
+		}
+		a.Labels["role"] = "mutated after put"
+		got := sortedList(t, s)
+		if len(got) != 1 || got[0].Labels["role"] != "web" || !got[0].LastSeen.Equal(base) {
+			t.Fatalf("list %+v", got)
+		}
+		b := testAgent("a")
+		b.Port = 1234
+		b.LastSeen = base
+		if err := s.Put(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+		got = sortedList(t, s)
+		if len(got) != 1 || got[0].Port != 1234 {
+			t.Fatalf("replace: %+v", got)
+		}
+		if !sameAgent(got[0], *b) {
+			t.Fatalf("round trip\n got %+v\nwant %+v", got[0], *b)
+		}
+	})
+	t.Run("delete is idempotent", func(t *testing.T) {
+		s := newStore(t)
+		_ = s.Put(ctx, testAgent("a"))
+		for range 2 {
+			if err := s.Delete(ctx, "a"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := sortedList(t, s); len(got) != 0 {
+			t.Fatalf("deleted agent listed: %+v", got)
+		}
+	})
+	t.Run("touch", func(t *testing.T) {
+		s := newStore(t)
+		a := testAgent("a")
+		a.LastSeen = base
+		_ = s.Put(ctx, a)
+		_ = s.Put(ctx, testAgent("gone"))
+		_ = s.Delete(ctx, "gone")
+		touches := []Touch{{ID: "a", LastSeen: base.Add(time.Minute)}, {ID: "unknown", LastSeen: base}, {ID: "gone", LastSeen: base}}
+		if err := s.Touch(ctx, touches); err != nil {
+			t.Fatal(err)
+		}
+		got := sortedList(t, s)
+		if len(got) != 1 || got[0].ID != "a" || !got[0].LastSeen.Equal(base.Add(time.Minute)) {
+			t.Fatalf("after touch: %+v", got)
+		}
+		_ = s.Touch(ctx, []Touch{{ID: "a", LastSeen: base}})
+		if got := sortedList(t, s); !got[0].LastSeen.Equal(base.Add(time.Minute)) {
+			t.Fatalf("older touch moved LastSeen to %v", got[0].LastSeen)
+		}
+		// A fresh store (a restarted replica) reads the same.
+		other := openTestEtcdStore(t, c, s.(*EtcdStore).opts.Prefix, EtcdOptions{})
+		if got := sortedList(t, other); len(got) != 1 || !got[0].LastSeen.Equal(base.Add(time.Minute)) {
+			t.Fatalf("other replica after touch: %+v", got)
+		}
+	})
+	t.Run("claim token once", func(t *testing.T) {
+		s := newStore(t)
+		exp := time.Now().Add(time.Hour)
+		if err := s.ClaimToken(ctx, "j1", exp); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.ClaimToken(ctx, "j1", exp); !errors.Is(err, ErrTokenUsed) {
+			t.Fatalf("second claim: %v, want ErrTokenUsed", err)
+		}
+		var wins atomic.Int32
+		var wg sync.WaitGroup
+		for range 50 {
+			wg.Go(func() {
+				err := s.ClaimToken(ctx, "j2", exp)
+				switch {
+				case err == nil:
+					wins.Add(1)
+				case !errors.Is(err, ErrTokenUsed):
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		if wins.Load() != 1 {
+			t.Fatalf("%d concurrent claims of one token succeeded, want 1", wins.Load())
+		}
+	})
+	t.Run("concurrent puts", func(t *testing.T) {
+		s := newStore(t)
+		var wg sync.WaitGroup
+		for i := range 40 {
+			wg.Go(func() {
+				if err := s.Put(ctx, testAgent(fmt.Sprintf("a%02d", i))); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		if got := sortedList(t, s); len(got) != 40 {
+			t.Fatalf("%d agents after 40 concurrent puts", len(got))
+		}
+	})
+	t.Run("corrupt records and blobs are skipped", func(t *testing.T) {
+		s := newStore(t).(*EtcdStore)
+		_ = s.Put(ctx, testAgent("good"))
+		cli := c.Client()
+		for k, v := range map[string]string{
+			s.agentsPrefix + "bad":            "{not json",
+			s.agentsPrefix + "other":          `{"id":"mismatch"}`,
+			s.lastSeenPrefix + "r/00":         "\x09garbage",
+			s.lastSeenPrefix + "not-a-blob-k": "x",
+		} {
+			if _, err := cli.Put(ctx, k, v); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := sortedList(t, s); len(got) != 1 || got[0].ID != "good" {
+			t.Fatalf("list with corrupt entries: %+v", got)
+		}
+	})
+}
+
+// TestEtcdStore_Replicas checks that two stores on one prefix (two server
+// replicas) see each other's changes through Watch and List, and not their
+// own.
+func TestEtcdStore_Replicas(t *testing.T) {
+	c := startEtcdCluster(t, 3)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a := openTestEtcdStore(t, c, "", EtcdOptions{ReplicaID: "replica-a"})
+	b := openTestEtcdStore(t, c, a.opts.Prefix, EtcdOptions{ReplicaID: "replica-b"})
+	for _, s := range []*EtcdStore{a, b} {
+		if _, err := s.List(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	evA, evB := a.Watch(ctx), b.Watch(ctx)
+
+	x := testAgent("x")
+	x.RegisteredAt = time.Unix(1700000000, 0)
+	x.LastSeen = x.RegisteredAt
+	if err := a.Put(ctx, x); err != nil {
+		t.Fatal(err)
+	}
+	if ev := nextEvent(t, evB); ev.Type != EventPut || !sameAgent(ev.Agent, *x) {
+		t.Fatalf("b got %+v, want the put of x", ev)
+	}
+
+	if err := b.Put(ctx, testAgent("y")); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Put(ctx, testAgent("z")); err != nil {
+		t.Fatal(err)
+	}
+	// b's own put of y came first in etcd but is not delivered to b.
+	if ev := nextEvent(t, evB); ev.Type != EventPut || ev.Agent.ID != "z" {
+		t.Fatalf("b got %+v, want the put of z", ev)
+	}
+	if ev := nextEvent(t, evA); ev.Type != EventPut || ev.Agent.ID != "y" {
+		t.Fatalf("a got %+v, want the put of y", ev)
+	}
+
+	seen := x.LastSeen.Add(time.Minute)
+	if err := a.Touch(ctx, []Touch{{ID: "x", LastSeen: seen}}); err != nil {
+		t.Fatal(err)
+	}
+	if ev := nextEvent(t, evB); ev.Type != EventTouch || ev.Agent.ID != "x" || !ev.Agent.LastSeen.Equal(seen) {
+		t.Fatalf("b got %+v, want the touch of x", ev)
+	}
+	got := sortedList(t, b)
+	if len(got) != 3 || got[0].ID != "x" || !got[0].LastSeen.Equal(seen) {
+		t.Fatalf("b lists %+v", got)
+	}
+
+	// A heartbeat through b moves the time further; List takes the newest
+	// over both replicas' blobs.
+	later := seen.Add(time.Minute)
+	if err := b.Touch(ctx, []Touch{{ID: "x", LastSeen: later}}); err != nil {
+		t.Fatal(err)
+	}
+	if ev := nextEvent(t, evA); ev.Type != EventTouch || !ev.Agent.LastSeen.Equal(later) {
+		t.Fatalf("a got %+v, want the touch of x through b", ev)
+	}
+	if got := sortedList(t, a); !got[0].LastSeen.Equal(later) {
+		t.Fatalf("a lists x last seen %v, want %v", got[0].LastSeen, later)
+	}
+
+	if err := a.Delete(ctx, "x"); err != nil {
+		t.Fatal(err)
+	}
+	if ev := nextEvent(t, evB); ev.Type != EventDelete || ev.Agent.ID != "x" {
+		t.Fatalf("b got %+v, want the delete of x", ev)
+	}
+	// a saw none of its own writes: its next event is b's next change.
+	if err := b.Put(ctx, testAgent("w")); err != nil {
+		t.Fatal(err)
+	}
+	if ev := nextEvent(t, evA); ev.Type != EventPut || ev.Agent.ID != "w" {
+		t.Fatalf("a got %+v, want the put of w", ev)
+	}
+
+	// A replica started later (a fresh process) lists everything, and a
+	// Watch without a List starts with everything.
+	c3 := openTestEtcdStore(t, c, a.opts.Prefix, EtcdOptions{ReplicaID: "replica-c"})
+	ev3 := c3.Watch(ctx)
+	ids := map[string]bool{}
+	for len(ids) < 3 {
+		ev := nextEvent(t, ev3)
+		if ev.Type == EventPut {
+			ids[ev.Agent.ID] = true
+		}
+	}
+	if !ids["y"] || !ids["z"] || !ids["w"] {
+		t.Fatalf("watch without list delivered %v", ids)
+	}
+	if second := c3.Watch(ctx); second != nil {
+		if _, ok := <-second; ok {
+			t.Fatal("a second concurrent Watch delivered events")
+		}
+	}
+}
+
+// TestEtcdStore_OwnWriteOrdering checks that an event from another replica
+// older than this replica's own write of the same agent is never delivered
+// after that write: memory must not go back to the older record.
+func TestEtcdStore_OwnWriteOrdering(t *testing.T) {
+	c := startEtcdCluster(t, 3)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a := openTestEtcdStore(t, c, "", EtcdOptions{ReplicaID: "replica-a"})
+	b := openTestEtcdStore(t, c, a.opts.Prefix, EtcdOptions{ReplicaID: "replica-b"})
+	if _, err := a.List(ctx); err != nil {
+		t.Fatal(err)
+	}
+	evA := a.Watch(ctx)
+	// Both replicas write the same agent concurrently, many times; what a
+	// ends up with after the dust settles must be what etcd holds.
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Go(func() {
+			ag := testAgent("same")
+			ag.Port = 1000 + i
+			if err := a.Put(ctx, ag); err != nil {
+				t.Error(err)
+			}
+		})
+		wg.Go(func() {
+			ag := testAgent("same")
+			ag.Port = 2000 + i
+			if err := b.Put(ctx, ag); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	// A final marker write through b: once a sees it, every earlier event
+	// has been delivered.
+	if err := b.Put(ctx, testAgent("marker")); err != nil {
+		t.Fatal(err)
+	}
+	last := map[string]int{}
+	for {
+		ev := nextEvent(t, evA)
+		if ev.Agent.ID == "marker" {
+			break
+		}
+		if ev.Type == EventPut {
+			if ev.Agent.Port < 2000 {
+				t.Fatalf("a was delivered its own write (port %d)", ev.Agent.Port)
+			}
+			last[ev.Agent.ID] = ev.Agent.Port
+		}
+	}
+	resp, err := c.Client().Get(ctx, a.agentsPrefix+"same")
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatal(resp, err)
+	}
+	stored, _ := decodeAgentRecord("same", resp.Kvs[0].Value)
+	// When b wrote last, a must have been told; when a did, a's own
+	// acknowledged write is what its memory holds.
+	if stored.Port >= 2000 && last["same"] != stored.Port {
+		t.Fatalf("last event delivered to a has port %d, etcd holds %d", last["same"], stored.Port)
+	}
+}
+
+// TestEtcdStore_TouchWritesOneKeyPerChangedShard checks the heartbeat
+// batching: a flush writes one blob per shard with a moved time, in as few
+// requests as etcd's limits allow, whatever the number of agents.
+func TestEtcdStore_TouchWritesOneKeyPerChangedShard(t *testing.T) {
+	c := startEtcdCluster(t, 3)
+	ctx := context.Background()
+	s := openTestEtcdStore(t, c, "", EtcdOptions{ReplicaID: "replica-a"})
+	cli := c.Client()
+
+	// Register 3000 agents directly, many per request, then List so the
+	// store knows them.
+	const n = 3000
+	ids := make([]string, n)
+	var ops []clientv3.Op
+	for i := range ids {
+		ids[i] = fmt.Sprintf("agent-%05d", i)
+		a := testAgent(ids[i])
+		a.LastSeen = time.Unix(1700000000, 0)
+		data, _ := json.Marshal(a)
+		ops = append(ops, clientv3.OpPut(s.agentsPrefix+ids[i], string(data)))
+		if len(ops) == 100 || i == n-1 {
+			if _, err := cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+				t.Fatal(err)
+			}
+			ops = ops[:0]
+		}
+	}
+	if _, err := s.List(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// writtenSince returns the blob keys of the replica written after rev.
+	writtenSince := func(rev int64) int {
+		t.Helper()
+		resp, err := cli.Get(ctx, s.ownPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		if err != nil {
+			t.Fatal(err)
+		}
+		k := 0
+		for _, kv := range resp.Kvs {
+			if kv.ModRevision > rev {
+				k++
+			}
+		}
+		return k
+	}
+	revision := func() int64 {
+		t.Helper()
+		resp, err := cli.Get(ctx, "rev")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.Header.Revision
+	}
+	touchAll := func(at time.Time, which []string) {
+		t.Helper()
+		touches := make([]Touch, len(which))
+		for i, id := range which {
+			touches[i] = Touch{ID: id, LastSeen: at}
+		}
+		if err := s.Touch(ctx, touches); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	shards := map[int][]string{}
+	for _, id := range ids {
+		shards[etcdShardOf(id)] = append(shards[etcdShardOf(id)], id)
+	}
+	t1 := time.Unix(1700000100, 0)
+	tests := []struct {
+		name     string
+		at       time.Time
+		ids      []string
+		keys     int
+		requests uint64
+	}{
+		{"all agents", t1, ids, len(shards), uint64((len(shards) + etcdTxnOps - 1) / etcdTxnOps)},
+		{"nothing moved", t1, ids, 0, 0},
+		{"three agents of one shard", t1.Add(time.Second), shards[etcdShardOf(ids[0])][:3], 1, 1},
+		{"one agent in each of two shards", t1.Add(2 * time.Second), []string{shards[etcdShardOf(ids[0])][0], shards[etcdShardOf(ids[1])][0]}, 2, 1},
+	}
+	if etcdShardOf(ids[0]) == etcdShardOf(ids[1]) {
+		t.Fatal("test ids share a shard; pick others")
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			rev := revision()
+			before := s.Stats()
+			touchAll(tc.at, tc.ids)
+			after := s.Stats()
+			if k := writtenSince(rev); k != tc.keys {
+				t.Errorf("%d blob keys written, want %d", k, tc.keys)
+			}
+			if k := after.LastSeenKeysWritten - before.LastSeenKeysWritten; k != uint64(tc.keys) {
+				t.Errorf("stats count %d blob keys, want %d", k, tc.keys)
+			}
+			if r := after.WriteRequests - before.WriteRequests; r > tc.requests+1 { // +1: the first flush grants the lease
+				t.Errorf("%d write requests, want at most %d", r, tc.requests+1)
+			}
+		})
+	}
+	if len(shards) > etcdShards {
+		t.Fatalf("%d shards", len(shards))
+	}
+
+	// Another replica reads every time.
+	other := openTestEtcdStore(t, c, s.opts.Prefix, EtcdOptions{ReplicaID: "replica-b"})
+	got := sortedList(t, other)
+	if len(got) != n {
+		t.Fatalf("%d agents listed", len(got))
+	}
+	moved := map[string]time.Time{}
+	for _, id := range shards[etcdShardOf(ids[0])][:3] {
+		moved[id] = t1.Add(time.Second)
+	}
+	moved[shards[etcdShardOf(ids[0])][0]] = t1.Add(2 * time.Second)
+	moved[shards[etcdShardOf(ids[1])][0]] = t1.Add(2 * time.Second)
+	for _, a := range got {
+		want, ok := moved[a.ID]
+		if !ok {
+			want = t1
+		}
+		if !a.LastSeen.Equal(want) {
+			t.Fatalf("%s last seen %v, want %v", a.ID, a.LastSeen, want)
+		}
+	}
+
+	// Deleted agents leave the blob the next time it is written.
+	victim := shards[etcdShardOf(ids[0])][1]
+	if err := s.Delete(ctx, victim); err != nil {
+		t.Fatal(err)
+	}
+	touchAll(t1.Add(3*time.Second), shards[etcdShardOf(ids[0])][:1])
+	resp, err := cli.Get(ctx, s.blobKey(etcdShardOf(ids[0])))
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatal(resp, err)
+	}
+	_ = decodeLastSeen(resp.Kvs[0].Value, func(id string, _ int64) {
+		if id == victim {
+			t.Errorf("deleted agent %s still in its blob", id)
+		}
+	})
+	// The blobs hang on the replica's lease.
+	if resp.Kvs[0].Lease == 0 {
+		t.Error("blob without a lease")
+	}
+}
+
+// TestEtcdStore_ClaimTokenAcrossReplicas checks that a single-use token is
+// claimed once, whichever replicas race for it.
+func TestEtcdStore_ClaimTokenAcrossReplicas(t *testing.T) {
+	c := startEtcdCluster(t, 3)
+	ctx := context.Background()
+	a := openTestEtcdStore(t, c, "", EtcdOptions{ReplicaID: "replica-a"})
+	b := openTestEtcdStore(t, c, a.opts.Prefix, EtcdOptions{ReplicaID: "replica-b"})
+	exp := time.Now().Add(time.Hour)
+	for round := range 5 {
+		jti := "jti-" + strconv.Itoa(round)
+		var wins atomic.Int32
+		var wg sync.WaitGroup
+		for i := range 20 {
+			s := a
+			if i%2 == 1 {
+				s = b
+			}
+			wg.Go(func() {
+				err := s.ClaimToken(ctx, jti, exp)
+				switch {
+				case err == nil:
+					wins.Add(1)
+				case !errors.Is(err, ErrTokenUsed):
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		if wins.Load() != 1 {
+			t.Fatalf("%s: %d claims succeeded, want 1", jti, wins.Load())
+		}
+	}
+	// The claim goes away with its lease after the token expired.
+	cli := c.Client()
+	resp, err := cli.Get(ctx, a.tokensPrefix+"jti-0")
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatal(resp, err)
+	}
+	ttl, err := cli.TimeToLive(ctx, clientv3.LeaseID(resp.Kvs[0].Lease))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ttl.TTL <= 0 || ttl.GrantedTTL > int64(time.Hour/time.Second)+2 {
+		t.Fatalf("claim lease TTL %d (granted %d), want about an hour", ttl.TTL, ttl.GrantedTTL)
+	}
+	if err := a.ClaimToken(ctx, "", exp); err == nil {
+		t.Fatal("empty token id accepted")
+	}
+}
+
+// TestEtcdStore_SurvivesMemberLoss kills the leader: with two of three
+// members left every operation still succeeds.
+func TestEtcdStore_SurvivesMemberLoss(t *testing.T) {
+	c := startEtcdCluster(t, 3)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a := openTestEtcdStore(t, c, "", EtcdOptions{ReplicaID: "replica-a"})
+	b := openTestEtcdStore(t, c, a.opts.Prefix, EtcdOptions{ReplicaID: "replica-b"})
+	if err := a.Put(ctx, testAgent("before")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.List(ctx); err != nil {
+		t.Fatal(err)
+	}
+	evB := b.Watch(ctx)
+
+	c.Kill(c.Leader())
+
+	// Each operation retries through the election within its timeout.
+	if err := a.Put(ctx, testAgent("after")); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Touch(ctx, []Touch{{ID: "before", LastSeen: time.Now()}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.ClaimToken(ctx, "j", time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Delete(ctx, "before"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Healthy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want := []EventType{EventPut, EventTouch, EventDelete}
+	for _, typ := range want {
+		if ev := nextEvent(t, evB); ev.Type != typ {
+			t.Fatalf("b got %+v, want type %d", ev, typ)
+		}
+	}
+	if got := sortedList(t, b); len(got) != 1 || got[0].ID != "after" {
+		t.Fatalf("b lists %+v", got)
+	}
+}
+
+// TestEtcdStore_OutageAndRecovery stops every member: operations fail with
+// ErrUnavailable instead of hanging, and once etcd is back the same store
+// objects work again, the watch included.
+func TestEtcdStore_OutageAndRecovery(t *testing.T) {
+	c := startEtcdCluster(t, 3)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a := openTestEtcdStore(t, c, "", EtcdOptions{ReplicaID: "replica-a", RequestTimeout: time.Second})
+	b := openTestEtcdStore(t, c, a.opts.Prefix, EtcdOptions{ReplicaID: "replica-b"})
+	if err := a.Put(ctx, testAgent("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.List(ctx); err != nil {
+		t.Fatal(err)
+	}
+	evB := b.Watch(ctx)
+
+	for i := range c.members {
+		c.Kill(i)
+	}
+	ops := map[string]func() error{
+		"put":     func() error { return a.Put(ctx, testAgent("y")) },
+		"delete":  func() error { return a.Delete(ctx, "x") },
+		"touch":   func() error { return a.Touch(ctx, []Touch{{ID: "x", LastSeen: time.Now()}}) },
+		"claim":   func() error { return a.ClaimToken(ctx, "j", time.Now().Add(time.Hour)) },
+		"healthy": func() error { return a.Healthy(ctx) },
+		"list": func() error {
+			lctx, lcancel := context.WithTimeout(ctx, 2*time.Second)
+			defer lcancel()
+			_, err := a.List(lctx)
+			return err
+		},
+	}
+	var wg sync.WaitGroup
+	for name, op := range ops {
+		wg.Go(func() {
+			if err := op(); !errors.Is(err, ErrUnavailable) {
+				t.Errorf("%s with etcd down: %v, want ErrUnavailable", name, err)
+			}
+		})
+	}
+	wg.Wait()
+
+	for i := range c.members {
+		c.Start(i)
+	}
+	c.WaitHealthy()
+	deadline := time.Now().Add(etcdWait)
+	for {
+		err := a.Put(ctx, testAgent("y"))
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("store did not recover: %v", err)
+		}
+	}
+	if err := a.Healthy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// b's watch resumed: it delivers y (and possibly the failed writes'
+	// effects, had any been committed, before it).
+	for {
+		ev := nextEvent(t, evB)
+		if ev.Type == EventPut && ev.Agent.ID == "y" {
+			break
+		}
+	}
+	if err := a.Touch(ctx, []Touch{{ID: "x", LastSeen: time.Now()}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestEtcdStore_ResyncAfterCompaction compacts etcd past a stopped watch:
+// the next Watch reads everything again and delivers the differences.
+func TestEtcdStore_ResyncAfterCompaction(t *testing.T) {
+	c := startEtcdCluster(t, 3)
+	ctx := context.Background()
+	a := openTestEtcdStore(t, c, "", EtcdOptions{ReplicaID: "replica-a"})
+	b := openTestEtcdStore(t, c, a.opts.Prefix, EtcdOptions{ReplicaID: "replica-b"})
+	for _, id := range []string{"keep", "change", "drop"} {
+		if err := a.Put(ctx, testAgent(id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := b.List(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wctx, stop := context.WithCancel(ctx)
+	ch := b.Watch(wctx)
+	stop()
+	for range ch {
+	}
+	// While b does not watch: changes, then compaction of their history.
+	changed := testAgent("change")
+	changed.Port = 4242
+	if err := a.Put(ctx, changed); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Delete(ctx, "drop"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Put(ctx, testAgent("new")); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Touch(ctx, []Touch{{ID: "keep", LastSeen: time.Unix(1800000000, 0)}}); err != nil {
+		t.Fatal(err)
+	}
+	cli := c.Client()
+	resp, err := cli.Get(ctx, "rev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Compact(ctx, resp.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
+		t.Fatal(err)
+	}
+
+	wctx, stop = context.WithCancel(ctx)
+	defer stop()
+	ch = b.Watch(wctx)
+	got := map[string]Event{}
+	for len(got) < 4 {
+		ev := nextEvent(t, ch)
+		got[fmt.Sprintf("%d/%s", ev.Type, ev.Agent.ID)] = ev
+	}
+	if ev, ok := got[fmt.Sprintf("%d/change", EventPut)]; !ok || ev.Agent.Port != 4242 {
+		t.Errorf("no put of the changed agent: %v", got)
+	}
+	if _, ok := got[fmt.Sprintf("%d/new", EventPut)]; !ok {
+		t.Errorf("no put of the new agent: %v", got)
+	}
+	if _, ok := got[fmt.Sprintf("%d/drop", EventDelete)]; !ok {
+		t.Errorf("no delete of the dropped agent: %v", got)
+	}
+	if _, ok := got[fmt.Sprintf("%d/keep", EventTouch)]; !ok {
+		t.Errorf("no touch of the kept agent: %v", got)
+	}
+	if _, ok := got[fmt.Sprintf("%d/keep", EventPut)]; ok {
+		t.Errorf("unchanged agent delivered again: %v", got)
+	}
+	if b.Stats().Resyncs != 1 {
+		t.Errorf("%d resyncs, want 1", b.Stats().Resyncs)
+	}
+}
+
+func TestEtcdStore_Options(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name string
+		opts EtcdOptions
+		want string
+	}{
+		{"no endpoints", EtcdOptions{}, "no endpoints"},
+		{"bad replica id", EtcdOptions{Endpoints: []string{"http://127.0.0.1:1"}, ReplicaID: "a/b"}, "replica id"},
+		{"long replica id", EtcdOptions{Endpoints: []string{"http://127.0.0.1:1"}, ReplicaID: strings.Repeat("r", maxReplicaIDLen+1)}, "replica id"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := OpenEtcdStore(ctx, tc.opts); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one about %q", err, tc.want)
+			}
+		})
+	}
+	if err := validateReplicaID(defaultReplicaID()); err != nil {
+		t.Fatalf("default replica id: %v", err)
+	}
+}
+
+func TestLastSeenBlob_RoundTrip(t *testing.T) {
+	tests := []map[string]int64{
+		{"a": 1},
+		{"a": 1700000000000000000, "b": 1700000000000000001, "c": 1600000000000000000},
+		{strings.Repeat("x", maxBlobIDLen): 0, "y": 1<<63 - 1},
+	}
+	for i, seen := range tests {
+		t.Run(strconv.Itoa(i), func(t *testing.T) {
+			got := map[string]int64{}
+			if err := decodeLastSeen(encodeLastSeen(seen), func(id string, ns int64) { got[id] = ns }); err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, seen) {
+				t.Fatalf("got %v, want %v", got, seen)
+			}
+		})
+	}
+	for _, bad := range [][]byte{nil, {9}, {1}, {1, 200}, {1, 1, 2}, {1, 1, 2, 0, 0}, append(encodeLastSeen(map[string]int64{"a": 5}), 0)} {
+		if err := decodeLastSeen(bad, func(string, int64) {}); err == nil {
+			t.Errorf("blob %x accepted", bad)
+		}
+	}
+}
+
+// FuzzDecodeLastSeen feeds arbitrary blobs (they come from etcd, over the
+// network) to the decoder: it must not panic, and whatever it accepts must
+// survive a round trip.
+func FuzzDecodeLastSeen(f *testing.F) {
+	f.Add(encodeLastSeen(map[string]int64{"a": 1, "bb": 1700000000000000000}))
+	f.Add([]byte{1, 0, 0})
+	f.Add([]byte{1, 255, 255, 255, 255, 15})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		seen := map[string]int64{}
+		if err := decodeLastSeen(b, func(id string, ns int64) {
+			if id == "" || len(id) > maxBlobIDLen || ns < 0 {
+				t.Fatalf("decoded bad entry %q %d", id, ns)
+			}
+			seen[id] = max(seen[id], ns)
+		}); err != nil {
+			return
+		}
+		again := map[string]int64{}
+		if err := decodeLastSeen(encodeLastSeen(seen), func(id string, ns int64) { again[id] = ns }); err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(seen, again) {
+			t.Fatalf("round trip: %v != %v", seen, again)
+		}
+	})
+}
