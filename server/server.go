@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	promconfig "github.com/prometheus/common/config"
 	"github.com/prometheus/common/version"
 	toolkitweb "github.com/prometheus/exporter-toolkit/web"
 
@@ -39,8 +40,11 @@ type Config struct {
 	Web *toolkitweb.FlagConfig
 	// ServerNames are the DNS names and IPs of the serving certificate.
 	ServerNames []string
-	// StorageBackend is "bolt" (default) or "memory".
+	// StorageBackend is "bolt" (default), "etcd" or "memory".
 	StorageBackend string
+	// Etcd configures the etcd backend: several server replicas sharing
+	// one etcd cluster (and the same CA and token key files).
+	Etcd EtcdConfig
 	AgentTTL       time.Duration
 	Retention      time.Duration
 	CertTTL        time.Duration
@@ -49,6 +53,18 @@ type Config struct {
 	SDFilePath     string
 	AnonymousSD    bool
 	Logger         *slog.Logger
+}
+
+// EtcdConfig is the etcd backend's connection settings.
+type EtcdConfig struct {
+	Endpoints    []string
+	Prefix       string
+	CAFile       string
+	CertFile     string
+	KeyFile      string
+	Username     string
+	PasswordFile string
+	Timeout      time.Duration
 }
 
 // Run serves until ctx ends, then shuts down gracefully: in-flight requests
@@ -74,7 +90,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 
-	store, err := openStore(cfg)
+	store, err := openStore(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -102,6 +118,17 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := registry.Load(ctx); err != nil {
 		return err
 	}
+	// A shared store reports what other replicas change; the registry
+	// applies it so every replica serves the same http_sd.
+	watchCtx, stopWatch := context.WithCancel(context.Background())
+	defer stopWatch()
+	if events := store.Watch(watchCtx); events != nil {
+		go func() {
+			for ev := range events {
+				registry.ApplyEvent(ev)
+			}
+		}()
+	}
 	cache := discovery.NewSDCache(registry, metrics)
 	api := discovery.NewAPI(discovery.APIConfig{
 		Registry:    registry,
@@ -127,10 +154,23 @@ func Run(ctx context.Context, cfg Config) error {
 	mux.HandleFunc("GET /-/healthy", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("Healthy.\n"))
 	})
-	mux.HandleFunc("GET /-/ready", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("GET /-/ready", func(w http.ResponseWriter, r *http.Request) {
 		if !registry.Ready() {
 			http.Error(w, "Registry not loaded.", http.StatusServiceUnavailable)
 			return
+		}
+		if h, ok := store.(interface{ Healthy(context.Context) error }); ok {
+			hctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+			err := h.Healthy(hctx)
+			cancel()
+			if err != nil {
+				metrics.StoreUp.Set(0)
+				// Still serving the last known http_sd, but not accepting
+				// registrations: not ready.
+				http.Error(w, "Store unreachable.", http.StatusServiceUnavailable)
+				return
+			}
+			metrics.StoreUp.Set(1)
 		}
 		_, _ = w.Write([]byte("Ready.\n"))
 	})
@@ -189,8 +229,10 @@ func Run(ctx context.Context, cfg Config) error {
 	return err
 }
 
-func openStore(cfg Config) (discovery.Store, error) {
+func openStore(ctx context.Context, cfg Config) (discovery.Store, error) {
 	switch cfg.StorageBackend {
+	case "etcd":
+		return openEtcd(ctx, cfg)
 	case "", "bolt":
 		s, err := discovery.OpenBoltStore(filepath.Join(cfg.DataDir, RegistryFile), discovery.BoltOptions{Logger: cfg.Logger})
 		if err != nil {
@@ -202,6 +244,40 @@ func openStore(cfg Config) (discovery.Store, error) {
 		return discovery.NewMemoryStore(), nil
 	}
 	return nil, fmt.Errorf("unknown storage backend %q", cfg.StorageBackend)
+}
+
+func openEtcd(ctx context.Context, cfg Config) (discovery.Store, error) {
+	e := cfg.Etcd
+	if len(e.Endpoints) == 0 {
+		return nil, fmt.Errorf("--storage.backend=etcd needs --etcd.endpoints")
+	}
+	opts := discovery.EtcdOptions{
+		Endpoints:      e.Endpoints,
+		Prefix:         e.Prefix,
+		RequestTimeout: e.Timeout,
+		Username:       e.Username,
+		Logger:         cfg.Logger,
+	}
+	if e.CAFile != "" || e.CertFile != "" {
+		tlsCfg, err := promconfig.NewTLSConfig(&promconfig.TLSConfig{CAFile: e.CAFile, CertFile: e.CertFile, KeyFile: e.KeyFile})
+		if err != nil {
+			return nil, fmt.Errorf("etcd TLS: %w", err)
+		}
+		opts.TLS = tlsCfg
+	}
+	if e.PasswordFile != "" {
+		pw, err := os.ReadFile(e.PasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("etcd password: %w", err)
+		}
+		opts.Password = strings.TrimSpace(string(pw))
+	}
+	s, err := discovery.OpenEtcdStore(ctx, opts)
+	if err != nil {
+		return nil, fmt.Errorf("open etcd registry: %w", err)
+	}
+	cfg.Logger.Info("Using the etcd registry", "endpoints", strings.Join(e.Endpoints, ","), "replica", s.ReplicaID())
+	return s, nil
 }
 
 // prepareWebConfig returns the web flags to serve with. Without an operator
