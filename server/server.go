@@ -44,15 +44,15 @@ type Config struct {
 	StorageBackend string
 	// Etcd configures the etcd backend: several server replicas sharing
 	// one etcd cluster (and the same CA and token key files).
-	Etcd EtcdConfig
-	AgentTTL       time.Duration
-	Retention      time.Duration
-	CertTTL        time.Duration
-	RenewGrace     time.Duration
-	FlushInterval  time.Duration
-	SDFilePath     string
-	AnonymousSD    bool
-	Logger         *slog.Logger
+	Etcd          EtcdConfig
+	AgentTTL      time.Duration
+	Retention     time.Duration
+	CertTTL       time.Duration
+	RenewGrace    time.Duration
+	FlushInterval time.Duration
+	SDFilePath    string
+	AnonymousSD   bool
+	Logger        *slog.Logger
 }
 
 // EtcdConfig is the etcd backend's connection settings.
