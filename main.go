@@ -4,11 +4,25 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
 
 	"github.com/alecthomas/kingpin/v2"
+	"github.com/prometheus/common/promslog"
+	promslogflag "github.com/prometheus/common/promslog/flag"
 	"github.com/prometheus/common/version"
+	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
+
+	"github.com/baremetal-sd/baremetal_sd/agent"
+	"github.com/baremetal-sd/baremetal_sd/bench"
+	"github.com/baremetal-sd/baremetal_sd/ca"
+	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/server"
 )
 
 func main() {
@@ -19,9 +33,183 @@ func run(args []string) int {
 	app := kingpin.New("baremetal_sd", "Prometheus service discovery, certificates and relaying for bare-metal fleets.")
 	app.Version(version.Print("baremetal_sd"))
 	app.HelpFlag.Short('h')
-	if _, err := app.Parse(args); err != nil {
-		fmt.Fprintln(os.Stderr, err)
+	logConfig := &promslog.Config{}
+	promslogflag.AddFlags(app, logConfig)
+
+	serverCmd := app.Command("server", "Run the discovery server: agent registry, certificate authority and http_sd.")
+	srv := server.Config{
+		Web: kingpinflag.AddFlags(serverCmd, ":9955"),
+	}
+	serverCmd.Flag("data.dir", "Directory for the CA, token key, serving certificate and registry; created on first start.").Default("data").StringVar(&srv.DataDir)
+	serverCmd.Flag("tls.server-name", "DNS name or IP of the auto-created serving certificate (repeatable; default: the hostname, localhost, 127.0.0.1, ::1).").StringsVar(&srv.ServerNames)
+	serverCmd.Flag("storage.backend", "Registry store: bolt (embedded file in --data.dir), etcd (shared by several server replicas) or memory (lost on restart).").Default("bolt").EnumVar(&srv.StorageBackend, "bolt", "etcd", "memory")
+	serverCmd.Flag("etcd.endpoints", "etcd client URL (repeatable), for --storage.backend=etcd.").StringsVar(&srv.Etcd.Endpoints)
+	serverCmd.Flag("etcd.prefix", "Key prefix of the registry in etcd; replicas of one fleet share it.").Default(discovery.DefaultEtcdPrefix).StringVar(&srv.Etcd.Prefix)
+	serverCmd.Flag("etcd.ca-file", "CA certificate that verifies the etcd servers.").StringVar(&srv.Etcd.CAFile)
+	serverCmd.Flag("etcd.cert-file", "Client certificate for etcd.").StringVar(&srv.Etcd.CertFile)
+	serverCmd.Flag("etcd.key-file", "Key of the etcd client certificate.").StringVar(&srv.Etcd.KeyFile)
+	serverCmd.Flag("etcd.username", "etcd user name.").StringVar(&srv.Etcd.Username)
+	serverCmd.Flag("etcd.password-file", "File holding the etcd password.").StringVar(&srv.Etcd.PasswordFile)
+	serverCmd.Flag("etcd.timeout", "Bound on every etcd operation; past it a registration is answered 503.").Default("5s").DurationVar(&srv.Etcd.Timeout)
+	serverCmd.Flag("agent.ttl", "How long an agent stays in http_sd without a heartbeat.").Default("5m").DurationVar(&srv.AgentTTL)
+	serverCmd.Flag("agent.retention", "How long an expired agent stays listed for operators before it is purged.").Default("24h").DurationVar(&srv.Retention)
+	serverCmd.Flag("cert.ttl", "Lifetime of agent certificates; agents renew at 2/3 of it.").Default("24h").DurationVar(&srv.CertTTL)
+	serverCmd.Flag("cert.renew-grace", "How long after expiry an agent may still renew by proving possession of its key.").Default("720h").DurationVar(&srv.RenewGrace)
+	serverCmd.Flag("registry.flush-interval", "How often batched heartbeats are written to the store.").Default("5s").DurationVar(&srv.FlushInterval)
+	serverCmd.Flag("sd.file.path", "Also write the target groups to this file for file_sd_configs.").StringVar(&srv.SDFilePath)
+	serverCmd.Flag("sd.allow-anonymous", "Serve http_sd without a client certificate or token (not recommended).").BoolVar(&srv.AnonymousSD)
+
+	tokenCmd := app.Command("token", "Manage tokens.")
+	tokenCreate := tokenCmd.Command("create", "Create a token, signed with the server's token key, and print it.")
+	var (
+		tokenDataDir string
+		tokenScope   string
+		tokenLabels  = map[string]string{} // kingpin fills, but never creates, the map
+		spec         ca.TokenSpec
+	)
+	tokenCreate.Flag("data.dir", "The server's data directory.").Default("data").StringVar(&tokenDataDir)
+	tokenCreate.Flag("scope", "What the token allows: enroll (agents), discovery (Prometheus http_sd) or admin.").Default("enroll").EnumVar(&tokenScope, "enroll", "discovery", "admin")
+	tokenCreate.Flag("agent.id", "Fix the id of the agent that enrolls with this token.").StringVar(&spec.AgentID)
+	tokenCreate.Flag("ttl", "How long the token is valid.").Default("1h").DurationVar(&spec.TTL)
+	tokenCreate.Flag("single-use", "The token can enroll one agent only.").BoolVar(&spec.SingleUse)
+	tokenCreate.Flag("label", "Label KEY=VALUE the agent must carry (repeatable).").StringMapVar(&tokenLabels)
+
+	certCmd := app.Command("cert", "Manage client certificates.")
+	certIssue := certCmd.Command("issue", "Issue a client certificate for Prometheus or an operator.")
+	var (
+		certDataDir, certName, certOutDir, certRole string
+		certTTL                                     time.Duration
+	)
+	certIssue.Flag("data.dir", "The server's data directory.").Default("data").StringVar(&certDataDir)
+	certIssue.Flag("name", "Name of the client, used as the certificate's common name and file names.").Required().StringVar(&certName)
+	certIssue.Flag("out.dir", "Directory for NAME.crt, NAME.key and ca.crt.").Required().StringVar(&certOutDir)
+	certIssue.Flag("role", "discovery (read http_sd, scrape agents) or admin (also manage agents).").Default("discovery").EnumVar(&certRole, "discovery", "admin")
+	certIssue.Flag("ttl", "Lifetime of the certificate.").Default("8760h").DurationVar(&certTTL)
+
+	agentCmd := app.Command("agent", "Run the host agent: enroll, keep the certificate fresh, heartbeat and relay the local exporters over TLS.")
+	agt := agent.Config{
+		Web:    kingpinflag.AddFlags(agentCmd, ":9956"),
+		Labels: map[string]string{}, // kingpin's StringMapVar fills, never allocates, the map
+	}
+	agentCmd.Flag("discovery.url", "Base URL of a discovery server, https://HOST:PORT (repeatable: replicas, tried in turn).").Required().StringsVar(&agt.DiscoveryURLs)
+	agentCmd.Flag("discovery.token-file", "File holding the enrollment token; read whenever the agent needs to enroll.").StringVar(&agt.TokenFile)
+	agentCmd.Flag("discovery.ca-file", "CA certificate that verifies the discovery servers (default: the system roots).").StringVar(&agt.CAFile)
+	agentCmd.Flag("agent.state-dir", "Directory for the agent's key, certificate and state; created on first start.").Default("agent").StringVar(&agt.StateDir)
+	agentCmd.Flag("relay.config.file", "Relay configuration: the exporters to relay.").StringVar(&agt.RelayConfigFile)
+	agentCmd.Flag("agent.hostname", "Hostname to register and certify (default: the system hostname).").StringVar(&agt.Hostname)
+	agentCmd.Flag("agent.address", "Host or IP Prometheus scrapes (default: the address the server sees the agent's requests come from).").StringVar(&agt.Address)
+	agentCmd.Flag("agent.label", "Label KEY=VALUE, exposed as __meta_baremetal_sd_label_KEY (repeatable).").StringMapVar(&agt.Labels)
+	agentCmd.Flag("agent.deregister-on-shutdown", "Remove the agent from discovery when it stops (--no-agent.deregister-on-shutdown keeps it listed until its TTL runs out).").Default("true").BoolVar(&agt.DeregisterOnShutdown)
+
+	agentsCmd := app.Command("agents", "List and manage agents through the server's admin API.")
+	var cli server.AgentsCLI
+	agentsCmd.Flag("server.url", "Base URL of the discovery server.").Default("https://localhost:9955").StringVar(&cli.ServerURL)
+	agentsCmd.Flag("data.dir", "On the server host: trust its CA and mint a short-lived admin token from its token key.").StringVar(&cli.DataDir)
+	agentsCmd.Flag("tls.ca-file", "CA certificate that verifies the server (default: the data dir's ca.crt).").StringVar(&cli.CAFile)
+	agentsCmd.Flag("tls.cert-file", "Admin client certificate (cert issue --role=admin).").StringVar(&cli.CertFile)
+	agentsCmd.Flag("tls.key-file", "Key of the admin client certificate.").StringVar(&cli.KeyFile)
+	agentsCmd.Flag("token-file", "File holding an admin token (token create --scope=admin).").StringVar(&cli.TokenFile)
+	agentsCmd.Flag("output", "Output format.").Short('o').Default("table").EnumVar(&cli.Output, "table", "json")
+	agentsList := agentsCmd.Command("list", "List agents with their state.")
+	agentsRevoke := agentsCmd.Command("revoke", "Revoke an agent: its certificates are refused and it leaves http_sd.")
+	revokeID := agentsRevoke.Arg("id", "Agent id.").Required().String()
+	agentsMaint := agentsCmd.Command("maintenance", "Turn an agent's maintenance flag on or off.")
+	maintID := agentsMaint.Arg("id", "Agent id.").Required().String()
+	maintOn := agentsMaint.Arg("state", "on or off.").Required().Enum("on", "off")
+
+	benchCmds := bench.AddCommands(app)
+
+	cmd, err := app.Parse(args)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "baremetal_sd: %v, try --help\n", err)
 		return 2
 	}
+	logger := promslog.New(logConfig)
+
+	switch cmd {
+	case serverCmd.FullCommand():
+		if len(srv.ServerNames) == 0 {
+			srv.ServerNames = defaultServerNames()
+		}
+		srv.Logger = logger
+		logger.Info("Starting baremetal_sd server", "version", version.Info())
+		logger.Info("Build context", "build_context", version.BuildContext())
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		if err := server.Run(ctx, srv); err != nil {
+			logger.Error("Server failed", "err", err)
+			return 1
+		}
+		return 0
+
+	case tokenCreate.FullCommand():
+		spec.Scope = ca.Scope(tokenScope)
+		spec.Labels = tokenLabels
+		tok, err := server.CreateToken(tokenDataDir, spec)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "baremetal_sd: create token: %v\n", err)
+			return 1
+		}
+		fmt.Println(tok)
+		return 0
+
+	case agentCmd.FullCommand():
+		agt.Logger = logger
+		logger.Info("Starting baremetal_sd agent", "version", version.Info())
+		logger.Info("Build context", "build_context", version.BuildContext())
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		if err := agent.Run(ctx, agt); err != nil {
+			logger.Error("Agent failed", "err", err)
+			return 1
+		}
+		return 0
+
+	case agentsList.FullCommand(), agentsRevoke.FullCommand(), agentsMaint.FullCommand():
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		var err error
+		switch cmd {
+		case agentsList.FullCommand():
+			err = cli.List(ctx, os.Stdout)
+		case agentsRevoke.FullCommand():
+			err = cli.Revoke(ctx, *revokeID, os.Stdout)
+		default:
+			err = cli.Maintenance(ctx, *maintID, *maintOn == "on", os.Stdout)
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "baremetal_sd: %v\n", err)
+			return 1
+		}
+		return 0
+
+	case certIssue.FullCommand():
+		if err := server.IssueClientCert(certDataDir, certName, ca.Role(certRole), certTTL, certOutDir); err != nil {
+			fmt.Fprintf(os.Stderr, "baremetal_sd: issue certificate: %v\n", err)
+			return 1
+		}
+		fmt.Printf("Wrote %s/%s.crt, %s/%s.key and %s/ca.crt\n", certOutDir, certName, certOutDir, certName, certOutDir)
+		return 0
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if handled, err := benchCmds.Run(ctx, cmd, logger); handled {
+		if err != nil {
+			logger.Error("Benchmark failed", "err", err)
+			return 1
+		}
+		return 0
+	}
 	return 0
+}
+
+// defaultServerNames are the names the auto-created serving certificate
+// covers when none are given.
+func defaultServerNames() []string {
+	names := []string{"localhost", "127.0.0.1", "::1"}
+	if h, err := os.Hostname(); err == nil && h != "" && !strings.EqualFold(h, "localhost") {
+		names = append([]string{h}, names...)
+	}
+	return names
 }
