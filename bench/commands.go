@@ -42,7 +42,7 @@ func AddCommands(app *kingpin.Application) *Commands {
 	c.register = bench.Command("register", "Measure registrations per second: key, CSR, token, new TLS connection each.")
 	target(c.register, &c.reg.ServerURL, &c.reg.DataDir, &c.reg.ServerPID)
 	c.register.Flag("count", "Registrations to make.").Default("5000").IntVar(&c.reg.Count)
-	c.register.Flag("concurrency", "Concurrent clients.").Default("32").IntVar(&c.reg.Concurrency)
+	c.register.Flag("concurrency", "Concurrent clients.").Default("64").IntVar(&c.reg.Concurrency)
 	c.register.Flag("duration", "Upper bound on the run.").Default("2m").DurationVar(&c.reg.Duration)
 	c.register.Flag("keep-alive", "Reuse one connection per client instead of a new TLS connection per registration.").BoolVar(&c.reg.KeepAlive)
 	c.register.Flag("pregenerate", "Generate all agent keys and CSRs before the clock starts.").BoolVar(&c.reg.Pregenerate)

@@ -56,11 +56,11 @@ run_register() {
   start_server "${data}"
   for i in $(seq 1 "${RUNS}"); do
     header "register, new TLS connection each, run ${i}"
-    bench register --server.url="${URL}" --data.dir="${data}" --server.pid="${SERVER_PID}" --count=5000 --concurrency=32 --first=$((i * 100000))
+    bench register --server.url="${URL}" --data.dir="${data}" --server.pid="${SERVER_PID}" --count=5000 --concurrency=64 --first=$((i * 100000))
     header "register, keys pre-generated, run ${i}"
-    bench register --server.url="${URL}" --data.dir="${data}" --server.pid="${SERVER_PID}" --count=5000 --concurrency=32 --pregenerate --first=$((i * 100000 + 10000))
+    bench register --server.url="${URL}" --data.dir="${data}" --server.pid="${SERVER_PID}" --count=5000 --concurrency=64 --pregenerate --first=$((i * 100000 + 10000))
     header "register, keep-alive, run ${i}"
-    bench register --server.url="${URL}" --data.dir="${data}" --server.pid="${SERVER_PID}" --count=5000 --concurrency=32 --keep-alive --first=$((i * 100000 + 20000))
+    bench register --server.url="${URL}" --data.dir="${data}" --server.pid="${SERVER_PID}" --count=5000 --concurrency=64 --keep-alive --first=$((i * 100000 + 20000))
   done
   stop_server
 }

@@ -145,7 +145,7 @@ func TestScrapeValues_PicksUnlabelledSamples(t *testing.T) {
 func FuzzScrapeValues(f *testing.F) {
 	f.Add([]byte("process_resident_memory_bytes 1e6\n"))
 	f.Add([]byte("go_memstats_sys_bytes NaN 12\n\n# x\n"))
-	f.Fuzz(func(t *testing.T, body []byte) {
+	f.Fuzz(func(_ *testing.T, body []byte) {
 		_ = scrapeValues(body, serverMetricNames)
 	})
 }
