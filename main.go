@@ -43,7 +43,7 @@ func run(args []string) int {
 	serverCmd.Flag("data.dir", "Directory for the CA, token key, serving certificate and registry; created on first start.").Default("data").StringVar(&srv.DataDir)
 	serverCmd.Flag("tls.server-name", "DNS name or IP of the auto-created serving certificate (repeatable; default: the hostname, localhost, 127.0.0.1, ::1).").StringsVar(&srv.ServerNames)
 	serverCmd.Flag("storage.backend", "Registry store: bolt (embedded file in --data.dir), etcd (shared by several server replicas) or memory (lost on restart).").Default("bolt").EnumVar(&srv.StorageBackend, "bolt", "etcd", "memory")
-	serverCmd.Flag("etcd.endpoints", "etcd client URL (repeatable), for --storage.backend=etcd.").StringsVar(&srv.Etcd.Endpoints)
+	serverCmd.Flag("etcd.endpoints", "etcd client URL, for --storage.backend=etcd (repeatable or comma-separated).").StringsVar(&srv.Etcd.Endpoints)
 	serverCmd.Flag("etcd.prefix", "Key prefix of the registry in etcd; replicas of one fleet share it.").Default(discovery.DefaultEtcdPrefix).StringVar(&srv.Etcd.Prefix)
 	serverCmd.Flag("etcd.ca-file", "CA certificate that verifies the etcd servers.").StringVar(&srv.Etcd.CAFile)
 	serverCmd.Flag("etcd.cert-file", "Client certificate for etcd.").StringVar(&srv.Etcd.CertFile)

@@ -248,6 +248,16 @@ func openStore(ctx context.Context, cfg Config) (discovery.Store, error) {
 
 func openEtcd(ctx context.Context, cfg Config) (discovery.Store, error) {
 	e := cfg.Etcd
+	// Repeated flags and comma-separated lists (etcdctl's style) both work.
+	var endpoints []string
+	for _, v := range e.Endpoints {
+		for _, ep := range strings.Split(v, ",") {
+			if ep = strings.TrimSpace(ep); ep != "" {
+				endpoints = append(endpoints, ep)
+			}
+		}
+	}
+	e.Endpoints = endpoints
 	if len(e.Endpoints) == 0 {
 		return nil, fmt.Errorf("--storage.backend=etcd needs --etcd.endpoints")
 	}
