@@ -40,9 +40,13 @@ type Config struct {
 
 // ExporterConfig is one upstream exporter.
 type ExporterConfig struct {
-	Name                 string                  `yaml:"name"`
-	URL                  string                  `yaml:"url"`
-	Timeout              model.Duration          `yaml:"timeout,omitempty"`
+	Name    string         `yaml:"name"`
+	URL     string         `yaml:"url"`
+	Timeout model.Duration `yaml:"timeout,omitempty"`
+	// EnableCompression asks the exporter for gzip. Off by default: the
+	// exporters are local, and compressing on loopback costs CPU on both
+	// ends for nothing. A gzip answer is decoded either way.
+	EnableCompression    bool                    `yaml:"enable_compression,omitempty"`
 	MetricRelabelConfigs []*relabel.Config       `yaml:"metric_relabel_configs,omitempty"`
 	HTTPClientConfig     config.HTTPClientConfig `yaml:",inline"`
 }

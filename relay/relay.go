@@ -109,6 +109,17 @@ func acceptsGzip(req *http.Request) bool {
 	return false
 }
 
+// newGzipWriter compresses responses at the fastest level: a relay on
+// every host should spend its CPU on relaying, and the ratio on expositions
+// is close to the default level's.
+func newGzipWriter(w io.Writer) *gzip.Writer {
+	zw, err := gzip.NewWriterLevel(w, gzip.BestSpeed)
+	if err != nil {
+		panic(err) // only for an invalid level, and BestSpeed is valid
+	}
+	return zw
+}
+
 // upstream is an open upstream response.
 type upstream struct {
 	body   io.Reader
@@ -153,7 +164,9 @@ func (e *exporter) fetch(ctx context.Context, out Format, timeout time.Duration)
 		return nil, &fetchError{http.StatusBadGateway, "request", err}
 	}
 	req.Header.Set("Accept", upstreamAccept(out))
-	req.Header.Set("Accept-Encoding", "gzip")
+	if e.cfg.EnableCompression {
+		req.Header.Set("Accept-Encoding", "gzip")
+	}
 	req.Header.Set("X-Prometheus-Scrape-Timeout-Seconds", strconv.FormatFloat(timeout.Seconds(), 'f', -1, 64))
 	resp, err := e.client.Do(req)
 	if err != nil {
@@ -293,7 +306,7 @@ func (e *exporter) serve(w http.ResponseWriter, req *http.Request) {
 	}}
 	var sink io.Writer = dst
 	if gz {
-		zw = gzip.NewWriter(dst)
+		zw = newGzipWriter(dst)
 		sink = zw
 	}
 	p := e.pipeline()
@@ -365,7 +378,7 @@ func (r *Relay) serveAggregate(w http.ResponseWriter, req *http.Request) {
 	var zw *gzip.Writer
 	if acceptsGzip(req) {
 		h.Set("Content-Encoding", "gzip")
-		zw = gzip.NewWriter(w)
+		zw = newGzipWriter(w)
 		sink = zw
 	}
 	err := r.merge(sources, sink, out)

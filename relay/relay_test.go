@@ -558,7 +558,7 @@ func TestRelay_Gzip(t *testing.T) {
 		_, _ = w.Write(zbody.Bytes())
 	}))
 	defer srv.Close()
-	r, _ := newRelay(t, "exporters:\n  - name: z\n    url: "+srv.URL+"\n")
+	r, _ := newRelay(t, "exporters:\n  - name: z\n    url: "+srv.URL+"\n    enable_compression: true\n")
 	req := httptest.NewRequest("GET", "/exporters/z/metrics", nil)
 	req.Header.Set("Accept-Encoding", "gzip")
 	rec := httptest.NewRecorder()
