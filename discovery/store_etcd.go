@@ -1067,12 +1067,15 @@ func (q *eventQueue) push(evs ...Event) {
 }
 
 func (s *EtcdStore) pump(ctx context.Context, q *eventQueue, out chan<- Event) {
+	// Two buffers take turns: pushers append to one while the other is
+	// sent. They never share a backing array.
 	var spare []Event
 	for {
 		q.mu.Lock()
 		batch := q.evs
-		q.evs = spare[:0]
+		q.evs = spare
 		q.mu.Unlock()
+		spare = batch[:0]
 		if len(batch) == 0 {
 			select {
 			case <-q.wake:
@@ -1090,7 +1093,6 @@ func (s *EtcdStore) pump(ctx context.Context, q *eventQueue, out chan<- Event) {
 			}
 		}
 		clear(batch)
-		spare = batch
 	}
 }
 

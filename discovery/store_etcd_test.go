@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"reflect"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -1050,4 +1051,53 @@ func FuzzDecodeLastSeen(f *testing.F) {
 			t.Fatalf("round trip: %v != %v", seen, again)
 		}
 	})
+}
+
+// TestEtcdStore_EventQueue pushes from several goroutines while a slow
+// consumer reads: every event arrives once and intact.
+func TestEtcdStore_EventQueue(t *testing.T) {
+	s := &EtcdStore{}
+	q := &eventQueue{wake: make(chan struct{}, 1)}
+	out := make(chan Event) // unbuffered: the pump waits on every send
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.pump(ctx, q, out)
+	}()
+	const pushers, each = 4, 2000
+	var wg sync.WaitGroup
+	for p := range pushers {
+		wg.Go(func() {
+			for i := range each {
+				q.push(Event{Type: EventPut, Agent: Agent{ID: fmt.Sprintf("%d-%d", p, i), Port: i}})
+				if i%7 == 0 {
+					// Let the pump run dry now and then: it then swaps
+					// buffers while pushers are between bursts.
+					runtime.Gosched()
+				}
+			}
+		})
+	}
+	seen := make(map[string]bool, pushers*each)
+	next := make([]int, pushers)
+	for len(seen) < pushers*each {
+		ev := nextEvent(t, out)
+		var p, i int
+		if _, err := fmt.Sscanf(ev.Agent.ID, "%d-%d", &p, &i); err != nil || ev.Agent.Port != i || p < 0 || p >= pushers {
+			t.Fatalf("corrupt event %+v", ev)
+		}
+		if seen[ev.Agent.ID] {
+			t.Fatalf("event %s delivered twice", ev.Agent.ID)
+		}
+		if i != next[p] {
+			t.Fatalf("events of pusher %d out of order: got %d, want %d", p, i, next[p])
+		}
+		next[p]++
+		seen[ev.Agent.ID] = true
+	}
+	wg.Wait()
+	cancel()
+	<-done
 }
