@@ -1,0 +1,523 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/baremetal-sd/baremetal_sd/discovery"
+)
+
+// etcdBinary is where Debian's etcd-server package installs etcd.
+const etcdBinary = "/usr/bin/etcd"
+
+// etcdCluster is a real etcd cluster of local processes on loopback ports,
+// as the HA tests need one. (discovery/store_etcd_test.go has the same
+// helper for the store's own tests.)
+type etcdCluster struct {
+	t       testing.TB
+	members []*etcdMember
+}
+
+type etcdMember struct {
+	name      string
+	clientURL string
+	args      []string
+	log       *logBuffer
+	proc      *process
+}
+
+// startEtcdCluster starts an n-member cluster and waits until it serves a
+// linearizable read. Its members are killed when the test ends, and their
+// output is logged if the test failed.
+func startEtcdCluster(t testing.TB, n int) *etcdCluster {
+	t.Helper()
+	dir := t.TempDir()
+	ports := make([]int, 2*n)
+	listeners := make([]net.Listener, 0, 2*n)
+	for i := range ports {
+		// Held until all are picked, so the ports differ.
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		listeners = append(listeners, l)
+		ports[i] = l.Addr().(*net.TCPAddr).Port
+	}
+	for _, l := range listeners {
+		l.Close()
+	}
+	peers := make([]string, n)
+	for i := range n {
+		peers[i] = fmt.Sprintf("m%d=http://127.0.0.1:%d", i, ports[2*i+1])
+	}
+	c := &etcdCluster{t: t}
+	for i := range n {
+		client := fmt.Sprintf("http://127.0.0.1:%d", ports[2*i])
+		peer := fmt.Sprintf("http://127.0.0.1:%d", ports[2*i+1])
+		m := &etcdMember{
+			name:      fmt.Sprintf("etcd m%d", i),
+			clientURL: client,
+			log:       &logBuffer{},
+			args: []string{
+				"--name", fmt.Sprintf("m%d", i),
+				"--data-dir", filepath.Join(dir, fmt.Sprintf("m%d", i)),
+				"--listen-client-urls", client,
+				"--advertise-client-urls", client,
+				"--listen-peer-urls", peer,
+				"--initial-advertise-peer-urls", peer,
+				"--initial-cluster", strings.Join(peers, ","),
+				"--initial-cluster-state", "new",
+				"--initial-cluster-token", fmt.Sprintf("baremetal-sd-e2e-%d", ports[0]),
+				"--logger", "zap",
+				"--log-outputs", "stderr",
+			},
+		}
+		dumpOnFailure(t, m.name, m.log)
+		c.members = append(c.members, m)
+	}
+	t.Cleanup(c.KillAll)
+	c.StartAll()
+	return c
+}
+
+// Endpoints returns the client URLs.
+func (c *etcdCluster) Endpoints() []string {
+	eps := make([]string, len(c.members))
+	for i, m := range c.members {
+		eps[i] = m.clientURL
+	}
+	return eps
+}
+
+// StartAll starts every stopped member (from its data directory after a
+// kill) and waits until the cluster is healthy.
+func (c *etcdCluster) StartAll() {
+	c.t.Helper()
+	for _, m := range c.members {
+		if m.proc == nil || m.proc.exited() {
+			fmt.Fprintf(m.log, "=== %s %s\n", etcdBinary, strings.Join(m.args, " "))
+			m.proc = startProcess(c.t, m.name, m.log, etcdBinary, m.args...)
+		}
+	}
+	cli := c.client()
+	defer cli.Close()
+	waitFor(c.t, startTimeout, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, err := cli.Get(ctx, "health-check")
+		return err
+	})
+}
+
+// Kill stops member i with SIGKILL.
+func (c *etcdCluster) Kill(i int) {
+	c.t.Helper()
+	if m := c.members[i]; m.proc != nil && !m.proc.exited() {
+		if err := m.proc.kill(); err != nil {
+			c.t.Fatal(err)
+		}
+	}
+}
+
+// KillAll stops every member with SIGKILL.
+func (c *etcdCluster) KillAll() {
+	for i := range c.members {
+		c.Kill(i)
+	}
+}
+
+// Leader returns the index of the current leader.
+func (c *etcdCluster) Leader() int {
+	c.t.Helper()
+	cli := c.client()
+	defer cli.Close()
+	leader := -1
+	waitFor(c.t, startTimeout, func() error {
+		for i, m := range c.members {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			st, err := cli.Status(ctx, m.clientURL)
+			cancel()
+			if err == nil && st.Leader != 0 && st.Leader == st.Header.MemberId {
+				leader = i
+				return nil
+			}
+		}
+		return fmt.Errorf("no etcd member is the leader")
+	})
+	return leader
+}
+
+func (c *etcdCluster) client() *clientv3.Client {
+	c.t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return cli
+}
+
+// haSetup is two server replicas on one etcd cluster, sharing the CA and
+// token key (copied, as the documentation tells operators to), plus the
+// credentials a test needs.
+type haSetup struct {
+	etcd *etcdCluster
+	a, b *testServer
+	// sdClient reads http_sd with a discovery certificate; it trusts the
+	// shared CA, so it works with both replicas.
+	sdClient  *http.Client
+	enrollTok string
+	adminTok  string
+}
+
+// requireEtcdSupport skips the test unless etcd is installed and the
+// binary has the etcd store wired in.
+func requireEtcdSupport(t *testing.T) {
+	t.Helper()
+	if _, err := os.Stat(etcdBinary); err != nil {
+		t.Skipf("etcd is not installed at %s (Debian package etcd-server): %v", etcdBinary, err)
+	}
+	out, _ := exec.Command(binary, "server", "--help").CombinedOutput()
+	if !bytes.Contains(out, []byte("--etcd.endpoints")) {
+		t.Skip("the server has no --etcd.endpoints flag")
+	}
+}
+
+func startHA(t *testing.T, args ...string) *haSetup {
+	t.Helper()
+	requireEtcdSupport(t)
+	h := &haSetup{etcd: startEtcdCluster(t, 3)}
+	common := []string{"--storage.backend=etcd", "--etcd.prefix=/e2e/", "--log.level=info"}
+	for _, ep := range h.etcd.Endpoints() {
+		common = append(common, "--etcd.endpoints="+ep)
+	}
+	common = append(common, args...)
+	h.a = startServer(t, common...)
+
+	dirB := filepath.Join(t.TempDir(), "data-b")
+	if err := os.MkdirAll(dirB, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"ca.crt", "ca.key", "token.key"} {
+		data, err := os.ReadFile(filepath.Join(h.a.DataDir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dirB, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.b = startServer(t, append(common, "--data.dir="+dirB)...)
+
+	prom := issueCert(t, h.a.DataDir, "prometheus", "discovery")
+	h.sdClient = h.a.client(t, prom.KeyPair)
+	h.enrollTok = createToken(t, h.a.DataDir, "--scope=enroll", "--ttl=10m")
+	h.adminTok = createToken(t, h.a.DataDir, "--scope=admin", "--ttl=10m")
+	return h
+}
+
+// sdIDs reads http_sd of s and returns the agent ids in it, sorted. It does
+// not touch t, so it suits waitFor conditions.
+func (h *haSetup) sdIDs(ctx context.Context, s *testServer) ([]string, error) {
+	resp, err := doRequest(ctx, h.sdClient, http.MethodGet, s.URL+discovery.PathDiscovery, "", nil)
+	if err != nil {
+		return nil, err
+	}
+	if resp.Status != http.StatusOK {
+		return nil, fmt.Errorf("http_sd of %s: status %d: %s", s.Addr, resp.Status, resp.Body)
+	}
+	groups, err := checkSDBody(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	for _, g := range groups {
+		seen[g.Labels[discovery.MetaAgentID]] = true
+	}
+	ids := make([]string, 0, len(seen))
+	for id := range seen {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids, nil
+}
+
+// agents reads the admin list of s.
+func (h *haSetup) agents(ctx context.Context, t testing.TB, s *testServer) (map[string]discovery.AgentView, error) {
+	resp, err := doRequest(ctx, s.client(t), http.MethodGet, s.URL+discovery.PathAgents, h.adminTok, nil)
+	if err != nil {
+		return nil, err
+	}
+	if resp.Status != http.StatusOK {
+		return nil, fmt.Errorf("agents of %s: status %d: %s", s.Addr, resp.Status, resp.Body)
+	}
+	var list []discovery.AgentView
+	if err := json.Unmarshal(resp.Body, &list); err != nil {
+		return nil, err
+	}
+	out := make(map[string]discovery.AgentView, len(list))
+	for _, a := range list {
+		out[a.ID] = a
+	}
+	return out, nil
+}
+
+// waitSD waits until http_sd of every server lists exactly want.
+func (h *haSetup) waitSD(t *testing.T, want []string, servers ...*testServer) {
+	t.Helper()
+	want = slices.Sorted(slices.Values(want))
+	for _, s := range servers {
+		waitFor(t, startTimeout, func() error {
+			got, err := h.sdIDs(t.Context(), s)
+			if err != nil {
+				return err
+			}
+			if !slices.Equal(got, want) {
+				return fmt.Errorf("http_sd of %s lists %d agents %v, want %d %v", s.Addr, len(got), head(got, 5), len(want), head(want, 5))
+			}
+			return nil
+		})
+	}
+}
+
+func registerRequest(hostname string) discovery.RegisterRequest {
+	return discovery.RegisterRequest{Hostname: hostname, Address: "192.0.2.20", Port: 9956,
+		Exporters: []discovery.Exporter{{Name: "node", Path: "/exporters/node/metrics"}}}
+}
+
+// tryRegister attempts one registration through s and returns its status
+// and, on success, the agent id. It does not touch t.
+func tryRegister(ctx context.Context, t testing.TB, s *testServer, token, hostname string) (int, string, error) {
+	req := registerRequest(hostname)
+	csr, err := makeCSR(newKey(t), hostname)
+	if err != nil {
+		return 0, "", err
+	}
+	req.CSR = csr
+	resp, err := doRequest(ctx, s.client(t), http.MethodPost, s.URL+discovery.PathRegister, token, req)
+	if err != nil {
+		return 0, "", err
+	}
+	if resp.Status != http.StatusOK {
+		return resp.Status, "", nil
+	}
+	var cr discovery.CertificateResponse
+	if err := json.Unmarshal(resp.Body, &cr); err != nil {
+		return resp.Status, "", err
+	}
+	return resp.Status, cr.AgentID, nil
+}
+
+func TestHA_ReplicasShareRegistry(t *testing.T) {
+	t.Parallel()
+	h := startHA(t)
+
+	// Registrations through either replica show up in both http_sd.
+	var ids []string
+	enrolled := map[string]*testAgent{}
+	for i, s := range []*testServer{h.a, h.b, h.a, h.b} {
+		ag := enroll(t, s, h.enrollTok, registerRequest(fmt.Sprintf("ha-%d", i)))
+		ids = append(ids, ag.ID)
+		enrolled[ag.ID] = ag
+	}
+	h.waitSD(t, ids, h.a, h.b)
+
+	// An agent enrolled through a may heartbeat through b.
+	first := enrolled[ids[0]]
+	mustRequest(t, h.b.client(t, first.Cert), http.MethodPost, h.b.URL+discovery.PathHeartbeat, "", nil, http.StatusOK)
+
+	// A single-use token is used up on every replica.
+	single := createToken(t, h.a.DataDir, "--scope=enroll", "--single-use", "--ttl=10m")
+	status, id, err := tryRegister(t.Context(), t, h.a, single, "ha-single")
+	if err != nil || status != http.StatusOK {
+		t.Fatalf("first use of a single-use token: status %d, %v", status, err)
+	}
+	ids = append(ids, id)
+	status, _, err = tryRegister(t.Context(), t, h.b, single, "ha-single-again")
+	if err != nil || (status != http.StatusUnauthorized && status != http.StatusForbidden) {
+		t.Fatalf("second use of a single-use token through the other replica: status %d, %v; want 401 or 403", status, err)
+	}
+
+	// A revocation through b reaches a: the agent leaves a's http_sd and its
+	// certificate is refused there.
+	revoked := ids[0]
+	if resp := mustRequest(t, h.b.client(t), http.MethodDelete, h.b.URL+discovery.PathAgents+"/"+revoked, h.adminTok, nil, 0); resp.Status/100 != 2 {
+		t.Fatalf("revoke through b: status %d: %s", resp.Status, resp.Body)
+	}
+	h.waitSD(t, ids[1:], h.a, h.b)
+	waitFor(t, startTimeout, func() error {
+		resp, err := doRequest(t.Context(), h.a.client(t, first.Cert), http.MethodPost, h.a.URL+discovery.PathHeartbeat, "", nil)
+		if err != nil {
+			return err
+		}
+		if resp.Status != http.StatusUnauthorized && resp.Status != http.StatusForbidden {
+			return fmt.Errorf("heartbeat of a revoked agent through the other replica: status %d", resp.Status)
+		}
+		return nil
+	})
+}
+
+func TestHA_ReplicaSIGKILL(t *testing.T) {
+	t.Parallel()
+	// The burst's agents never heartbeat: the TTL keeps them in http_sd
+	// for the whole test. The real agent heartbeats every 7.5s.
+	h := startHA(t, "--agent.ttl=30s")
+
+	// A real agent that knows both replicas, a first.
+	ag := startAgent(t, h.a, agentOptions{Token: h.enrollTok, Args: []string{"--discovery.url=" + h.b.URL}})
+	scraper := h.sdClient
+	ag.waitState(t, scraper, "registered")
+	agentID := ag.id(t)
+
+	// Registrations in flight through a when it dies: every acknowledged one
+	// must be on b, in its registry and its http_sd.
+	res := registrationBurst(t, h.a, h.enrollTok, 0, 150)
+	if len(res.errs) > 0 {
+		t.Errorf("%d registrations failed before the kill, e.g. %v", len(res.errs), head(res.errs, 5))
+	}
+	killed := time.Now()
+	t.Logf("%d attempts, %d acknowledged before replica a died", res.attempts, len(res.acked))
+	waitFor(t, startTimeout, func() error {
+		stored, err := h.agents(t.Context(), t, h.b)
+		if err != nil {
+			return err
+		}
+		var lost []string
+		for _, id := range res.acked {
+			if _, ok := stored[id]; !ok {
+				lost = append(lost, id)
+			}
+		}
+		if len(lost) > 0 {
+			return fmt.Errorf("%d of %d acknowledged registrations missing on b, e.g. %v", len(lost), len(res.acked), head(lost, 5))
+		}
+		return nil
+	})
+	ids, err := h.sdIDs(t.Context(), h.b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range append(res.acked, agentID) {
+		if _, ok := slices.BinarySearch(ids, id); !ok {
+			t.Fatalf("agent %s missing from b's http_sd", id)
+		}
+	}
+
+	// The agent fails over to b: a heartbeat after a died can only have
+	// gone through b.
+	waitFor(t, startTimeout, func() error {
+		stored, err := h.agents(t.Context(), t, h.b)
+		if err != nil {
+			return err
+		}
+		v := stored[agentID]
+		if v.State != discovery.StateHealthy || !v.LastSeen.After(killed) {
+			return fmt.Errorf("agent on b: state %s, last seen %v; want healthy and seen after a died (%v)", v.State, v.LastSeen, killed)
+		}
+		return nil
+	})
+
+	// a comes back with everything.
+	h.a.restart(t)
+	stored, err := h.agents(t.Context(), t, h.a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range append(res.acked, agentID) {
+		if _, ok := stored[id]; !ok {
+			t.Fatalf("agent %s missing on a after its restart", id)
+		}
+	}
+}
+
+func TestHA_EtcdFailures(t *testing.T) {
+	t.Parallel()
+	h := startHA(t)
+	var ids []string
+	for i, s := range []*testServer{h.a, h.b} {
+		ids = append(ids, enroll(t, s, h.enrollTok, registerRequest(fmt.Sprintf("ha-etcd-%d", i))).ID)
+	}
+	h.waitSD(t, ids, h.a, h.b)
+
+	// One member down, the leader at that: registrations go on. One that
+	// races the election may be refused (503, never acknowledged); the next
+	// one is accepted.
+	h.etcd.Kill(h.etcd.Leader())
+	var id string
+	waitFor(t, startTimeout, func() error {
+		status, got, err := tryRegister(t.Context(), t, h.b, h.enrollTok, "ha-etcd-member-down")
+		if err != nil || status != http.StatusOK {
+			return fmt.Errorf("register with one etcd member down: status %d, %v", status, err)
+		}
+		id = got
+		return nil
+	})
+	ids = append(ids, id)
+	h.waitSD(t, ids, h.a, h.b)
+
+	// etcd entirely down: registrations are refused, not acknowledged;
+	// http_sd keeps serving the last known targets; /-/ready says so.
+	h.etcd.KillAll()
+	ctx, cancel := context.WithTimeout(t.Context(), 2*requestTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, s := range []*testServer{h.a, h.b} {
+		wg.Go(func() {
+			status, _, err := tryRegister(ctx, t, s, h.enrollTok, "ha-etcd-down")
+			if err != nil || status != http.StatusServiceUnavailable {
+				t.Errorf("register through %s with etcd down: status %d, %v; want 503", s.Addr, status, err)
+			}
+		})
+	}
+	wg.Wait()
+	for _, s := range []*testServer{h.a, h.b} {
+		got, err := h.sdIDs(t.Context(), s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got, slices.Sorted(slices.Values(ids))) {
+			t.Errorf("http_sd of %s with etcd down lists %v, want %v", s.Addr, got, ids)
+		}
+		waitFor(t, startTimeout, func() error {
+			resp, err := doRequest(t.Context(), s.client(t), http.MethodGet, s.URL+"/-/ready", "", nil)
+			if err != nil {
+				return err
+			}
+			if resp.Status != http.StatusServiceUnavailable {
+				return fmt.Errorf("/-/ready of %s with etcd down: status %d, want 503", s.Addr, resp.Status)
+			}
+			return nil
+		})
+	}
+
+	// etcd back: both replicas recover by themselves.
+	h.etcd.StartAll()
+	for _, s := range []*testServer{h.a, h.b} {
+		s.waitReady(t)
+	}
+	waitFor(t, startTimeout, func() error {
+		status, got, err := tryRegister(t.Context(), t, h.a, h.enrollTok, "ha-etcd-back")
+		if err != nil || status != http.StatusOK {
+			return fmt.Errorf("register after etcd came back: status %d, %v", status, err)
+		}
+		id = got
+		return nil
+	})
+	ids = append(ids, id)
+	h.waitSD(t, ids, h.a, h.b)
+}
