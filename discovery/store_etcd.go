@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -54,10 +55,14 @@ const (
 
 	maxReplicaIDLen = 128
 	maxTokenIDLen   = 256
-	// maxBlobIDLen bounds an agent id inside a last-seen blob. Ids are at
-	// most MaxAgentIDLen today; the decoder is lenient so that a newer
-	// replica with longer ids does not make an older one drop entries.
-	maxBlobIDLen = 256
+	// maxEtcdIDLen bounds an agent id in a key. Ids are at most
+	// MaxAgentIDLen today; the store is lenient so that a newer replica
+	// with longer ids does not make an older one fail.
+	maxEtcdIDLen = 256
+	// blobHashBits is the width of the agent numbers in last-seen blobs.
+	// Within one blob, the agents of one shard (about 400 in a fleet of
+	// 100,000), two numbers collide with a probability below 1e-9.
+	blobHashBits = 48
 
 	lastSeenBlobVersion = 1
 )
@@ -121,13 +126,18 @@ type EtcdStats struct {
 //
 // Heartbeats are not written per agent. Each replica keeps the LastSeen
 // times of the agents that heartbeat through it in etcdShards blobs
-// (shard = fnv32a(id) mod 256), each a compact list of (id, unix nanos).
-// Touch rewrites only the blobs whose entries moved, in Txns of up to 64
-// keys, so one flush costs at most 256 key writes in at most 4 requests
-// whatever the fleet size. With 100,000 agents heartbeating through one
-// replica and the registry flushing every 5s, that is 3,072 key writes
-// (48 requests) a minute instead of 100,000, carrying about 32 bytes per
-// agent per flush; a 30s flush interval makes it 512 key writes a minute.
+// (shard = fnv32a(id) mod 256). A blob is a compact list of (48-bit hash
+// of the id, unix milliseconds), delta-encoded in hash order: about 9
+// bytes per agent instead of 32 with the id spelled out, which matters
+// because a flush rewrites whole blobs. Readers map hashes back to the
+// ids they know from the records; the rare collision within a shard gives
+// both agents the time. Touch rewrites only the blobs whose entries moved,
+// in Txns of up to 64 keys, so one flush costs at most 256 key writes in
+// at most 4 requests whatever the fleet size. With 100,000 agents
+// heartbeating through one replica and the registry flushing every 5s,
+// that is at most 3,072 key writes (48 requests, about 11 MB) a minute
+// instead of 100,000 writes; a 30s flush interval makes it 512 key writes
+// (under 2 MB) a minute.
 // Readers take the newest time of an agent over its record and every
 // replica's blobs. A replica's blobs hang on one lease (LeaseTTL) that the
 // replica keeps alive, so blobs of replicas that are gone disappear by
@@ -172,6 +182,7 @@ type EtcdStore struct {
 	mu        sync.Mutex
 	closed    bool
 	mirror    map[string]*mirrorEntry
+	byHash    hashIndex // blob hash -> ids of the mirror's entries
 	tombs     []tomb
 	resumeRev int64       // the next Watch starts after this revision
 	watcher   *eventQueue // the running Watch, nil if none
@@ -302,6 +313,7 @@ func OpenEtcdStore(ctx context.Context, opts EtcdOptions) (*EtcdStore, error) {
 		bg:             bg,
 		stopBG:         stop,
 		mirror:         make(map[string]*mirrorEntry),
+		byHash:         newHashIndex(0),
 	}
 	s.logger.Info("Using etcd for the registry", "endpoints", strings.Join(opts.Endpoints, ","), "prefix", opts.Prefix, "replica", opts.ReplicaID)
 	return s, nil
@@ -471,25 +483,24 @@ func (s *EtcdStore) list(ctx context.Context) ([]Agent, error) {
 		}
 		return out, nil
 	}
-	mirror := make(map[string]*mirrorEntry, len(snap.agents))
-	for id, e := range s.mirror {
+	old := s.mirror
+	s.mirror = make(map[string]*mirrorEntry, len(snap.agents))
+	s.byHash = newHashIndex(len(snap.agents))
+	for id, e := range old {
 		// Writes in flight or newer than the snapshot stay known.
 		if e.inflight > 0 || e.rev > snap.rev {
-			mirror[id] = e
+			s.mirror[id] = e
+			s.byHash.add(id)
 		}
 	}
 	for _, r := range snap.agents {
-		if e, ok := mirror[r.agent.ID]; ok {
-			if e.inflight == 0 && r.rev > e.rev {
-				e.rev, e.deleted = r.rev, false
-			}
-			continue
+		e := s.entryLocked(r.agent.ID)
+		if e.inflight == 0 && r.rev > e.rev {
+			e.rev, e.deleted = r.rev, false
 		}
-		mirror[r.agent.ID] = &mirrorEntry{rev: r.rev}
 	}
-	s.mirror = mirror
 	s.tombs = s.tombs[:0]
-	for id, e := range mirror {
+	for id, e := range s.mirror {
 		if e.deleted {
 			s.tombs = append(s.tombs, tomb{id, e.rev})
 		}
@@ -530,23 +541,29 @@ func (s *EtcdStore) snapshot(ctx context.Context) (*etcdSnapshot, error) {
 		return nil, err
 	}
 	snap.rev = rev
+	ids := newHashIndex(len(snap.agents))
+	for _, r := range snap.agents {
+		ids.add(r.agent.ID)
+	}
 	_, err = s.rangeAll(ctx, s.lastSeenPrefix, rev, etcdBlobPage, func(kv *mvccpb.KeyValue) {
 		replica, ok := s.parseBlobKey(string(kv.Key))
 		if !ok {
 			return
 		}
 		own := replica == s.opts.ReplicaID
-		err := decodeLastSeen(kv.Value, func(id string, ns int64) {
-			if ns > snap.lastSeen[id] {
-				snap.lastSeen[id] = ns
-			}
-			if own {
-				if ns > snap.ownSeen[id] {
-					snap.ownSeen[id] = ns
+		err := decodeLastSeen(kv.Value, func(hash uint64, ns int64) {
+			ids.each(hash, func(id string) {
+				if ns > snap.lastSeen[id] {
+					snap.lastSeen[id] = ns
 				}
-				return
-			}
-			snap.foreign = append(snap.foreign, Touch{ID: id, LastSeen: time.Unix(0, ns)})
+				if own {
+					if ns > snap.ownSeen[id] {
+						snap.ownSeen[id] = ns
+					}
+					return
+				}
+				snap.foreign = append(snap.foreign, Touch{ID: id, LastSeen: time.Unix(0, ns)})
+			})
 		})
 		if err != nil {
 			s.logger.Error("Skipping corrupt last-seen blob", "key", string(kv.Key), "err", err)
@@ -635,8 +652,15 @@ func (s *EtcdStore) entryLocked(id string) *mirrorEntry {
 	if e == nil {
 		e = &mirrorEntry{}
 		s.mirror[id] = e
+		s.byHash.add(id)
 	}
 	return e
+}
+
+// dropLocked forgets id.
+func (s *EtcdStore) dropLocked(id string) {
+	delete(s.mirror, id)
+	s.byHash.remove(id)
 }
 
 // knownLocked says whether id is a live agent as far as this store knows.
@@ -676,7 +700,7 @@ func (s *EtcdStore) end(id string, rev int64, deleted, ok bool) {
 		}
 	}
 	if e.rev == 0 && len(e.held) == 0 {
-		delete(s.mirror, id) // a failed first write leaves nothing behind
+		s.dropLocked(id) // a failed first write leaves nothing behind
 	}
 }
 
@@ -715,7 +739,7 @@ func (s *EtcdStore) progressLocked(rev int64) {
 			continue
 		}
 		if e := s.mirror[t.id]; e != nil && e.deleted && e.rev <= rev && e.inflight == 0 && len(e.held) == 0 {
-			delete(s.mirror, t.id)
+			s.dropLocked(t.id)
 		}
 	}
 	clear(s.tombs[len(keep):])
@@ -724,7 +748,7 @@ func (s *EtcdStore) progressLocked(rev int64) {
 
 // Put implements Store: the record is acknowledged once etcd committed it.
 func (s *EtcdStore) Put(ctx context.Context, a *Agent) error {
-	if a.ID == "" || len(a.ID) > maxBlobIDLen {
+	if a.ID == "" || len(a.ID) > maxEtcdIDLen {
 		return fmt.Errorf("put agent: invalid id %q", truncate(a.ID))
 	}
 	data, err := json.Marshal(a)
@@ -885,14 +909,17 @@ func (s *EtcdStore) encodeDirtyLocked() ([]blobWrite, error) {
 		if !sh.dirty {
 			continue
 		}
-		for id := range sh.seen {
+		entries := make([]lastSeenEntry, 0, len(sh.seen))
+		for id, ns := range sh.seen {
 			if !s.knownLocked(id) {
 				delete(sh.seen, id)
+				continue
 			}
+			entries = append(entries, lastSeenEntry{hash: blobHash(id), ns: ns})
 		}
 		w := blobWrite{shard: i, key: s.blobKey(i)}
-		if len(sh.seen) > 0 {
-			w.val = encodeLastSeen(sh.seen)
+		if len(entries) > 0 {
+			w.val = encodeLastSeen(entries)
 			if len(w.val) > etcdTxnBytes {
 				return nil, fmt.Errorf("last-seen blob %s has %d bytes, more than etcd accepts in one request", w.key, len(w.val))
 			}
@@ -1179,7 +1206,7 @@ func (s *EtcdStore) handleEvents(events []*clientv3.Event) {
 		ev  Event
 	}
 	var agents []agentEv
-	var touches []Touch
+	var touches []lastSeenEntry
 	for _, ev := range events {
 		key := string(ev.Kv.Key)
 		switch {
@@ -1202,8 +1229,8 @@ func (s *EtcdStore) handleEvents(events []*clientv3.Event) {
 			if _, ok := s.parseBlobKey(key); !ok {
 				continue
 			}
-			err := decodeLastSeen(ev.Kv.Value, func(id string, ns int64) {
-				touches = append(touches, Touch{ID: id, LastSeen: time.Unix(0, ns)})
+			err := decodeLastSeen(ev.Kv.Value, func(hash uint64, ns int64) {
+				touches = append(touches, lastSeenEntry{hash: hash, ns: ns})
 			})
 			if err != nil {
 				s.logger.Error("Skipping corrupt last-seen blob", "key", key, "err", err)
@@ -1215,7 +1242,15 @@ func (s *EtcdStore) handleEvents(events []*clientv3.Event) {
 	for _, a := range agents {
 		s.deliverLocked(a.id, a.rev, a.ev)
 	}
-	s.pushTouchesLocked(touches)
+	evs := make([]Event, 0, len(touches))
+	for _, t := range touches {
+		s.byHash.each(t.hash, func(id string) {
+			if s.knownLocked(id) {
+				evs = append(evs, Event{Type: EventTouch, Agent: Agent{ID: id, LastSeen: time.Unix(0, t.ns)}})
+			}
+		})
+	}
+	s.watcher.push(evs...)
 }
 
 // pushTouchesLocked delivers the touches of agents this store knows.
@@ -1299,34 +1334,102 @@ func (s *EtcdStore) Close() error {
 	return nil
 }
 
-// encodeLastSeen encodes one blob: a version byte, the entry count, the
-// oldest time, then per entry sorted by id: id length, id, and the time as
-// an offset from the oldest. Recent times cost 5 bytes.
-func encodeLastSeen(seen map[string]int64) []byte {
-	ids := make([]string, 0, len(seen))
-	base := int64(math.MaxInt64)
-	size := 1 + 2*binary.MaxVarintLen64
-	for id, ns := range seen {
-		ids = append(ids, id)
-		base = min(base, ns)
-		size += len(id) + 7
+// hashIndex maps blob hashes back to agent ids. Collisions are kept in a
+// side map: they are so rare that a slice per hash would be a waste.
+type hashIndex struct {
+	first map[uint64]string
+	more  map[uint64][]string
+}
+
+func newHashIndex(n int) hashIndex {
+	return hashIndex{first: make(map[uint64]string, n), more: make(map[uint64][]string)}
+}
+
+func (x hashIndex) add(id string) {
+	h := blobHash(id)
+	cur, ok := x.first[h]
+	switch {
+	case !ok:
+		x.first[h] = id
+	case cur != id && !slices.Contains(x.more[h], id):
+		x.more[h] = append(x.more[h], id)
 	}
-	slices.Sort(ids)
-	b := make([]byte, 0, size)
+}
+
+func (x hashIndex) remove(id string) {
+	h := blobHash(id)
+	more := x.more[h]
+	if x.first[h] == id {
+		if len(more) == 0 {
+			delete(x.first, h)
+			return
+		}
+		x.first[h], more = more[0], more[1:]
+	} else if i := slices.Index(more, id); i >= 0 {
+		more = slices.Delete(more, i, i+1)
+	}
+	if len(more) == 0 {
+		delete(x.more, h)
+	} else {
+		x.more[h] = more
+	}
+}
+
+// each calls fn for every id with the hash.
+func (x hashIndex) each(h uint64, fn func(id string)) {
+	if id, ok := x.first[h]; ok {
+		fn(id)
+		for _, id := range x.more[h] {
+			fn(id)
+		}
+	}
+}
+
+// blobHash numbers an agent in last-seen blobs: FNV-1a 64 of the id, cut
+// to blobHashBits.
+func blobHash(id string) uint64 {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(id))
+	return h.Sum64() & (1<<blobHashBits - 1)
+}
+
+// lastSeenEntry is one agent in a last-seen blob: the hash of its id and
+// when it was last seen (unix nanoseconds; blobs keep milliseconds).
+type lastSeenEntry struct {
+	hash uint64
+	ns   int64
+}
+
+func compareLastSeen(a, b lastSeenEntry) int {
+	return cmp.Or(cmp.Compare(a.hash, b.hash), cmp.Compare(a.ns, b.ns))
+}
+
+// encodeLastSeen encodes one blob: a version byte, the entry count, the
+// newest time in unix milliseconds, then per entry in hash order the
+// hash's distance from the previous one and the time's distance from the
+// newest. Hashes take about 6 bytes, recent times 3.
+func encodeLastSeen(entries []lastSeenEntry) []byte {
+	slices.SortFunc(entries, compareLastSeen)
+	newest := int64(0)
+	for _, e := range entries {
+		newest = max(newest, e.ns/int64(time.Millisecond))
+	}
+	b := make([]byte, 0, 16+10*len(entries))
 	b = append(b, lastSeenBlobVersion)
-	b = binary.AppendUvarint(b, uint64(len(ids)))
-	b = binary.AppendVarint(b, base)
-	for _, id := range ids {
-		b = binary.AppendUvarint(b, uint64(len(id)))
-		b = append(b, id...)
-		b = binary.AppendUvarint(b, uint64(seen[id]-base))
+	b = binary.AppendUvarint(b, uint64(len(entries)))
+	b = binary.AppendUvarint(b, uint64(newest))
+	prev := uint64(0)
+	for _, e := range entries {
+		b = binary.AppendUvarint(b, e.hash-prev)
+		b = binary.AppendUvarint(b, uint64(newest-max(e.ns, 0)/int64(time.Millisecond)))
+		prev = e.hash
 	}
 	return b
 }
 
 // decodeLastSeen calls fn for every entry of a blob. It rejects, rather
 // than guesses at, anything malformed: blobs come from the network.
-func decodeLastSeen(b []byte, fn func(id string, ns int64)) error {
+func decodeLastSeen(b []byte, fn func(hash uint64, ns int64)) error {
 	if len(b) == 0 || b[0] != lastSeenBlobVersion {
 		return errors.New("unknown last-seen blob version")
 	}
@@ -1336,28 +1439,30 @@ func decodeLastSeen(b []byte, fn func(id string, ns int64)) error {
 		return errors.New("bad entry count")
 	}
 	b = b[n:]
-	// Every entry takes at least 3 bytes.
-	if count > uint64(len(b))/3 {
+	// Every entry takes at least 2 bytes.
+	if count > uint64(len(b))/2 {
 		return fmt.Errorf("entry count %d does not fit the blob", count)
 	}
-	base, n := binary.Varint(b)
-	if n <= 0 || base < 0 {
-		return errors.New("bad base time")
+	newest, n := binary.Uvarint(b)
+	if n <= 0 || newest > math.MaxInt64/uint64(time.Millisecond) {
+		return errors.New("bad newest time")
 	}
 	b = b[n:]
+	const maxHash = 1<<blobHashBits - 1
+	hash := uint64(0)
 	for i := uint64(0); i < count; i++ {
-		l, n := binary.Uvarint(b)
-		if n <= 0 || l == 0 || l > maxBlobIDLen || l > uint64(len(b)-n) {
-			return fmt.Errorf("entry %d: bad id length", i)
-		}
-		id := string(b[n : n+int(l)])
-		b = b[n+int(l):]
 		d, n := binary.Uvarint(b)
-		if n <= 0 || d > uint64(math.MaxInt64-base) {
+		if n <= 0 || d > maxHash-hash {
+			return fmt.Errorf("entry %d: bad hash", i)
+		}
+		b = b[n:]
+		age, n := binary.Uvarint(b)
+		if n <= 0 || age > newest {
 			return fmt.Errorf("entry %d: bad time", i)
 		}
 		b = b[n:]
-		fn(id, base+int64(d))
+		hash += d
+		fn(hash, int64(newest-age)*int64(time.Millisecond))
 	}
 	if len(b) != 0 {
 		return errors.New("trailing bytes")

@@ -3,14 +3,17 @@ package discovery
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"os/exec"
 	"reflect"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -728,9 +731,9 @@ func TestEtcdStore_TouchWritesOneKeyPerChangedShard(t *testing.T) {
 	if err != nil || len(resp.Kvs) != 1 {
 		t.Fatal(resp, err)
 	}
-	_ = decodeLastSeen(resp.Kvs[0].Value, func(id string, _ int64) {
-		if id == victim {
-			t.Errorf("deleted agent %s still in its blob", id)
+	_ = decodeLastSeen(resp.Kvs[0].Value, func(hash uint64, _ int64) {
+		if hash == blobHash(victim) {
+			t.Errorf("deleted agent %s still in its blob", victim)
 		}
 	})
 	// The blobs hang on the replica's lease.
@@ -1003,26 +1006,76 @@ func TestEtcdStore_Options(t *testing.T) {
 }
 
 func TestLastSeenBlob_RoundTrip(t *testing.T) {
-	tests := []map[string]int64{
-		{"a": 1},
-		{"a": 1700000000000000000, "b": 1700000000000000001, "c": 1600000000000000000},
-		{strings.Repeat("x", maxBlobIDLen): 0, "y": 1<<63 - 1},
+	const ms = int64(time.Millisecond)
+	const maxHash = 1<<blobHashBits - 1
+	tests := [][]lastSeenEntry{
+		{{hash: 0, ns: 0}},
+		{{hash: 7, ns: 1700000000000 * ms}, {hash: 3, ns: 1700000000001 * ms}, {hash: 900000, ns: 1600000000000 * ms}},
+		{{hash: maxHash, ns: (math.MaxInt64 / ms) * ms}, {hash: 2, ns: 0}},
+		// A collision: both entries survive.
+		{{hash: 5, ns: 1 * ms}, {hash: 5, ns: 2 * ms}},
 	}
-	for i, seen := range tests {
+	for i, entries := range tests {
 		t.Run(strconv.Itoa(i), func(t *testing.T) {
-			got := map[string]int64{}
-			if err := decodeLastSeen(encodeLastSeen(seen), func(id string, ns int64) { got[id] = ns }); err != nil {
+			want := slices.Clone(entries)
+			slices.SortFunc(want, compareLastSeen)
+			var got []lastSeenEntry
+			if err := decodeLastSeen(encodeLastSeen(entries), func(h uint64, ns int64) { got = append(got, lastSeenEntry{h, ns}) }); err != nil {
 				t.Fatal(err)
 			}
-			if !reflect.DeepEqual(got, seen) {
-				t.Fatalf("got %v, want %v", got, seen)
+			if !slices.Equal(got, want) {
+				t.Fatalf("got %v, want %v", got, want)
 			}
 		})
 	}
-	for _, bad := range [][]byte{nil, {9}, {1}, {1, 200}, {1, 1, 2}, {1, 1, 2, 0, 0}, append(encodeLastSeen(map[string]int64{"a": 5}), 0)} {
-		if err := decodeLastSeen(bad, func(string, int64) {}); err == nil {
+	// Times keep millisecond precision.
+	got := int64(0)
+	_ = decodeLastSeen(encodeLastSeen([]lastSeenEntry{{hash: 1, ns: 1700000000123456789}}), func(_ uint64, ns int64) { got = ns })
+	if got != 1700000000123000000 {
+		t.Errorf("time %d after a round trip", got)
+	}
+	valid := encodeLastSeen([]lastSeenEntry{{hash: 5, ns: 5 * ms}})
+	tooBig := binary.AppendUvarint([]byte{1, 1, 0}, maxHash+1)
+	for _, bad := range [][]byte{
+		nil,
+		{9},             // unknown version
+		{1},             // no count
+		{1, 200},        // truncated count
+		{1, 1, 2},       // count beyond the blob
+		{1, 1, 5, 1, 6}, // older than the epoch
+		append(tooBig, 0),
+		append(slices.Clone(valid), 0),
+	} {
+		if err := decodeLastSeen(bad, func(uint64, int64) {}); err == nil {
 			t.Errorf("blob %x accepted", bad)
 		}
+	}
+}
+
+func TestHashIndex_Collisions(t *testing.T) {
+	x := newHashIndex(0)
+	h := blobHash("a")
+	// Force a collision by hand: the index only sees ids through blobHash,
+	// so put a second id under the same hash directly.
+	x.add("a")
+	x.more[h] = append(x.more[h], "b")
+	var got []string
+	x.each(h, func(id string) { got = append(got, id) })
+	if !slices.Equal(got, []string{"a", "b"}) {
+		t.Fatalf("each: %v", got)
+	}
+	x.first[h] = "a"
+	x.remove("a")
+	got = nil
+	x.each(h, func(id string) { got = append(got, id) })
+	if !slices.Equal(got, []string{"b"}) || len(x.more) != 0 {
+		t.Fatalf("after removing a: %v, more %v", got, x.more)
+	}
+	x.add("c")
+	x.remove("c")
+	x.remove("never added")
+	if len(x.first) != 1 {
+		t.Fatalf("index %v", x.first)
 	}
 }
 
@@ -1030,25 +1083,31 @@ func TestLastSeenBlob_RoundTrip(t *testing.T) {
 // network) to the decoder: it must not panic, and whatever it accepts must
 // survive a round trip.
 func FuzzDecodeLastSeen(f *testing.F) {
-	f.Add(encodeLastSeen(map[string]int64{"a": 1, "bb": 1700000000000000000}))
+	f.Add(encodeLastSeen([]lastSeenEntry{{hash: 3, ns: 1700000000000000000}, {hash: 9, ns: 1600000000000000000}}))
 	f.Add([]byte{1, 0, 0})
-	f.Add([]byte{1, 255, 255, 255, 255, 15})
+	f.Add([]byte{1, 1, 255, 255, 255, 255, 15, 1, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		seen := map[string]int64{}
-		if err := decodeLastSeen(b, func(id string, ns int64) {
-			if id == "" || len(id) > maxBlobIDLen || ns < 0 {
-				t.Fatalf("decoded bad entry %q %d", id, ns)
+		var entries []lastSeenEntry
+		prev := uint64(0)
+		if err := decodeLastSeen(b, func(hash uint64, ns int64) {
+			if hash < prev || hash >= 1<<blobHashBits || ns < 0 {
+				t.Fatalf("decoded bad entry %d %d after %d", hash, ns, prev)
 			}
-			seen[id] = max(seen[id], ns)
+			prev = hash
+			entries = append(entries, lastSeenEntry{hash, ns})
 		}); err != nil {
 			return
 		}
-		again := map[string]int64{}
-		if err := decodeLastSeen(encodeLastSeen(seen), func(id string, ns int64) { again[id] = ns }); err != nil {
+		var again []lastSeenEntry
+		if err := decodeLastSeen(encodeLastSeen(slices.Clone(entries)), func(hash uint64, ns int64) {
+			again = append(again, lastSeenEntry{hash, ns})
+		}); err != nil {
 			t.Fatal(err)
 		}
-		if !reflect.DeepEqual(seen, again) {
-			t.Fatalf("round trip: %v != %v", seen, again)
+		// Entries sharing a hash may come back in another order.
+		slices.SortFunc(entries, compareLastSeen)
+		if !slices.Equal(entries, again) {
+			t.Fatalf("round trip: %v != %v", entries, again)
 		}
 	})
 }
