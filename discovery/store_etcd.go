@@ -108,6 +108,8 @@ type EtcdStats struct {
 	// LastSeenKeysWritten is the part of KeysWritten that were last-seen
 	// blobs.
 	LastSeenKeysWritten uint64
+	// BytesWritten counts the keys and values of acknowledged writes.
+	BytesWritten uint64
 	// Events counts events delivered by Watch.
 	Events uint64
 	// Resyncs counts full reads made because the watch fell behind etcd's
@@ -192,7 +194,7 @@ type EtcdStore struct {
 	own     [etcdShards]ownShard
 	lease   clientv3.LeaseID
 
-	writeRequests, keysWritten, blobsWritten, events, resyncs atomic.Uint64
+	writeRequests, keysWritten, blobsWritten, bytesWritten, events, resyncs atomic.Uint64
 }
 
 // mirrorEntry is what the store knows about one agent key.
@@ -360,6 +362,7 @@ func (s *EtcdStore) Stats() EtcdStats {
 		WriteRequests:       s.writeRequests.Load(),
 		KeysWritten:         s.keysWritten.Load(),
 		LastSeenKeysWritten: s.blobsWritten.Load(),
+		BytesWritten:        s.bytesWritten.Load(),
 		Events:              s.events.Load(),
 		Resyncs:             s.resyncs.Load(),
 	}
@@ -773,6 +776,7 @@ func (s *EtcdStore) Put(ctx context.Context, a *Agent) error {
 		return err
 	}
 	s.keysWritten.Add(1)
+	s.bytesWritten.Add(uint64(len(key) + len(val)))
 	return nil
 }
 
@@ -870,6 +874,7 @@ func (s *EtcdStore) flushLocked(ctx context.Context) error {
 			}
 			s.keysWritten.Add(uint64(len(batch)))
 			s.blobsWritten.Add(uint64(len(batch)))
+			s.bytesWritten.Add(uint64(size))
 		}
 	}
 	return nil

@@ -1160,3 +1160,91 @@ func TestEtcdStore_EventQueue(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// populateEtcd writes n agent records straight into etcd, many per request,
+// and returns their ids.
+func populateEtcd(tb testing.TB, c *etcdCluster, s *EtcdStore, n int) []string {
+	tb.Helper()
+	cli := c.Client()
+	ctx := context.Background()
+	ids := make([]string, n)
+	var ops []clientv3.Op
+	for i := range ids {
+		ids[i] = strings.ToLower(rand.Text()) // the shape of real agent ids
+		a := testAgent(ids[i])
+		a.LastSeen = time.Unix(1700000000, 0)
+		data, err := json.Marshal(a)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		ops = append(ops, clientv3.OpPut(s.agentsPrefix+ids[i], string(data)))
+		if len(ops) == 100 || i == n-1 {
+			if _, err := cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+				tb.Fatal(err)
+			}
+			ops = ops[:0]
+		}
+	}
+	return ids
+}
+
+// BenchmarkEtcdStore_Flush100k is one heartbeat flush of 100,000 agents
+// through one replica, every agent's time moved: the worst case, since a
+// registry flush only carries the agents that heartbeated since the last.
+func BenchmarkEtcdStore_Flush100k(b *testing.B) {
+	c := startEtcdCluster(b, 3)
+	s := openTestEtcdStore(b, c, "", EtcdOptions{ReplicaID: "bench"})
+	ids := populateEtcd(b, c, s, 100000)
+	if _, err := s.List(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	touches := make([]Touch, len(ids))
+	for i, id := range ids {
+		touches[i].ID = id
+	}
+	before := s.Stats()
+	base := time.Now()
+	i := 0
+	for b.Loop() {
+		i++
+		for j := range touches {
+			// Heartbeats spread over a 75s interval, as a fleet's are.
+			touches[j].LastSeen = base.Add(time.Duration(i)*time.Second + time.Duration(j%75000)*time.Millisecond)
+		}
+		if err := s.Touch(context.Background(), touches); err != nil {
+			b.Fatal(err)
+		}
+	}
+	after := s.Stats()
+	n := float64(i)
+	b.ReportMetric(float64(after.WriteRequests-before.WriteRequests)/n, "requests/flush")
+	b.ReportMetric(float64(after.LastSeenKeysWritten-before.LastSeenKeysWritten)/n, "keys/flush")
+	b.ReportMetric(float64(after.BytesWritten-before.BytesWritten)/n, "bytes/flush")
+}
+
+// BenchmarkEtcdStore_Convergence is the time from a registration through
+// one replica until the other replica's watch delivers it.
+func BenchmarkEtcdStore_Convergence(b *testing.B) {
+	c := startEtcdCluster(b, 3)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a := openTestEtcdStore(b, c, "", EtcdOptions{ReplicaID: "a"})
+	other := openTestEtcdStore(b, c, a.opts.Prefix, EtcdOptions{ReplicaID: "b"})
+	if _, err := other.List(ctx); err != nil {
+		b.Fatal(err)
+	}
+	events := other.Watch(ctx)
+	i := 0
+	for b.Loop() {
+		i++
+		id := fmt.Sprintf("agent-%d", i)
+		if err := a.Put(ctx, testAgent(id)); err != nil {
+			b.Fatal(err)
+		}
+		for ev := range events {
+			if ev.Agent.ID == id {
+				break
+			}
+		}
+	}
+}
