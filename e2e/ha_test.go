@@ -503,12 +503,18 @@ func TestHA_EtcdFailures(t *testing.T) {
 			}
 			return nil
 		})
+		if err := storeUp(t, s, 0); err != nil {
+			t.Error(err)
+		}
 	}
 
 	// etcd back: both replicas recover by themselves.
 	h.etcd.StartAll()
 	for _, s := range []*testServer{h.a, h.b} {
 		s.waitReady(t)
+		if err := storeUp(t, s, 1); err != nil {
+			t.Error(err)
+		}
 	}
 	waitFor(t, startTimeout, func() error {
 		status, got, err := tryRegister(t.Context(), t, h.a, h.enrollTok, "ha-etcd-back")
@@ -520,4 +526,19 @@ func TestHA_EtcdFailures(t *testing.T) {
 	})
 	ids = append(ids, id)
 	h.waitSD(t, ids, h.a, h.b)
+}
+
+// storeUp checks the server's baremetal_sd_store_up gauge.
+func storeUp(t *testing.T, s *testServer, want int) error {
+	resp, err := doRequest(t.Context(), s.client(t), http.MethodGet, s.URL+"/metrics", "", nil)
+	if err != nil {
+		return err
+	}
+	line := fmt.Sprintf("baremetal_sd_store_up %d", want)
+	for l := range strings.SplitSeq(string(resp.Body), "\n") {
+		if l == line {
+			return nil
+		}
+	}
+	return fmt.Errorf("metrics of %s lack %q", s.Addr, line)
 }
