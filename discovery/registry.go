@@ -589,12 +589,19 @@ func (r *Registry) Flush(ctx context.Context) {
 }
 
 // ApplyEvent installs a change another replica made to a shared store.
+// Puts and deletes take the agent's write lock, like local writes, so a
+// local write in flight for the same agent is not undone by an older
+// remote one arriving in between.
 func (r *Registry) ApplyEvent(ev Event) {
 	switch ev.Type {
 	case EventPut:
+		unlock := r.lockID(ev.Agent.ID)
 		r.apply(&ev.Agent)
+		unlock()
 	case EventDelete:
+		unlock := r.lockID(ev.Agent.ID)
 		r.remove(ev.Agent.ID)
+		unlock()
 	case EventTouch:
 		idx := shardOf(ev.Agent.ID)
 		r.mu.RLock()
