@@ -7,18 +7,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 )
-
-// maxFrameBytes bounds one protobuf frame (one metric family). The length
-// prefix is checked before anything is allocated.
-const maxFrameBytes = 16 << 20
 
 // Errors that describe a hostile or broken upstream body. Their text ends
 // up in the one-line reason of a 502.
 var (
 	errBodyTooLarge  = errors.New("upstream body exceeds max_body_bytes")
 	errLineTooLong   = errors.New("upstream line exceeds max_line_bytes")
-	errFrameTooLarge = errors.New("upstream protobuf frame exceeds the frame size limit")
+	errFrameTooLarge = errors.New("upstream protobuf frame exceeds max_frame_bytes")
 )
 
 // capReader fails, rather than ending quietly like io.LimitReader, once more
@@ -45,136 +42,383 @@ func (c *capReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// lineChunker cuts a text or OpenMetrics stream into chunks that each hold
-// one metric family (or part of a very large one), so that Prometheus'
-// parsers, which need their whole input in memory, see one family at a time.
-// It only looks at the start of comment lines to find family boundaries;
-// samples are left to the parser.
-type lineChunker struct {
-	r  *bufio.Reader
-	om bool
-	// minChunk lets several small families share one chunk, which saves a
-	// parser set-up per family; 0 means one family per chunk.
-	minChunk int
-	chunk    []byte
-	next     []byte // first line of the following chunk
-	family   []byte
-	done     bool
+// chunker cuts a text or OpenMetrics stream into chunks for Prometheus'
+// parsers, which need their whole input in one slice. The stream is read
+// in blocks straight into one buffer, and a chunk is a window of that
+// buffer ending at a line boundary, so the bytes are copied once on their
+// way in and never per line.
+//
+// In aligned mode a chunk also ends where a metric family begins (at a
+// group of # HELP, # TYPE or # UNIT lines), so a parser sees every family
+// whole, with its type. A family larger than maxChunk is the exception: it
+// is cut at a metric boundary and its metadata lines are replayed at the
+// start of the next chunk, so each part parses with the right type. Only
+// the starts of lines are inspected; the samples are left to the parser.
+type chunker struct {
+	r          io.Reader
+	buf        []byte
+	start, end int // unconsumed data is buf[start:end]
+	eof        bool
+	err        error // sticky read error
+
+	target   int // chunk size aimed at
+	maxChunk int // aligned mode: a family part never grows beyond this
+	maxLine  int
+	aligned  bool
+	om       bool
+
+	replay  []byte // metadata lines of the family the next chunk continues
+	scratch []byte // chunk with replayed lines in front
+	done    bool
 }
 
-func newLineChunker(r io.Reader, maxLine int, om bool, minChunk int) *lineChunker {
-	return &lineChunker{r: bufio.NewReaderSize(r, maxLine+1), om: om, minChunk: minChunk}
+// minRead is the smallest read the chunker issues; smaller reads would
+// cost a system call each for little data.
+const minRead = 32 << 10
+
+func newChunker(r io.Reader, maxLine, target int, aligned, om bool) *chunker {
+	c := &chunker{}
+	c.reset(r, maxLine, target, aligned, om)
+	return c
 }
 
-// readLine returns the next line including its newline. The slice is only
-// valid until the next call.
-func (c *lineChunker) readLine() ([]byte, error) {
-	line, err := c.r.ReadSlice('\n')
-	switch {
-	case errors.Is(err, bufio.ErrBufferFull):
-		return nil, errLineTooLong
-	case errors.Is(err, io.EOF) && len(line) > 0:
-		// A final line without a newline; the parsers need one.
-		return append(line, '\n'), nil
+// reset prepares the chunker for a new stream, keeping its buffers.
+func (c *chunker) reset(r io.Reader, maxLine, target int, aligned, om bool) {
+	*c = chunker{
+		r: r, buf: c.buf[:0], target: target, maxChunk: max(maxChunkBytes, target),
+		maxLine: maxLine, aligned: aligned, om: om,
+		replay: c.replay[:0], scratch: c.scratch[:0],
 	}
-	return line, err
 }
 
-// Next returns the next chunk, or io.EOF after the last one. The chunk is
-// valid until the following call.
-func (c *lineChunker) Next() ([]byte, error) {
-	if c.done {
-		return nil, io.EOF
-	}
-	c.chunk = append(c.chunk[:0], c.next...)
-	c.next = c.next[:0]
-	for {
-		line, err := c.readLine()
-		if errors.Is(err, io.EOF) {
-			c.done = true
-			return c.result()
+// fill reads until at least want bytes are buffered or the stream ends.
+func (c *chunker) fill(want int) error {
+	for c.end-c.start < want && !c.eof {
+		if c.err != nil {
+			return c.err
 		}
-		if err != nil {
-			return nil, err
-		}
-		if c.om && bytes.Equal(bytes.TrimRight(line, "\n"), []byte("# EOF")) {
-			c.done = true
-			return c.result()
-		}
-		if name, ok := metadataName(line); ok {
-			if len(c.chunk) > c.minChunk && !bytes.Equal(name, c.family) {
-				c.next = append(c.next, line...)
-				c.family = append(c.family[:0], name...)
-				return c.chunk, nil
+		if cap(c.buf)-c.end < minRead {
+			n := c.end - c.start
+			if need := max(want, n) + minRead; c.start > 0 && cap(c.buf) >= need {
+				copy(c.buf[:cap(c.buf)], c.buf[c.start:c.end])
+			} else {
+				// Double while small, but never far beyond what is needed:
+				// the buffer is most of the relay's memory.
+				nb := make([]byte, max(need, min(2*cap(c.buf), c.maxChunk+minRead), 64<<10))
+				copy(nb, c.buf[c.start:c.end])
+				c.buf = nb
 			}
-			c.family = append(c.family[:0], name...)
+			c.start, c.end = 0, n
 		}
-		c.chunk = append(c.chunk, line...)
-		if len(c.chunk) >= maxChunkBytes {
-			return c.chunk, nil
+		n, err := c.r.Read(c.buf[c.end:cap(c.buf)])
+		c.end += n
+		switch {
+		case errors.Is(err, io.EOF):
+			c.eof = true
+		case err != nil:
+			c.err = err
 		}
+	}
+	return nil
+}
+
+// Next returns the next chunk and how many metadata entries at its start
+// are replayed from the previous chunk (aligned mode, oversized families).
+// The chunk is valid until the following call; io.EOF ends the stream.
+func (c *chunker) Next() ([]byte, int, error) {
+	if c.done {
+		return nil, 0, io.EOF
+	}
+	want, scanned, scannedEOF := c.target, 0, 0
+	for {
+		if err := c.fill(want); err != nil {
+			return nil, 0, err
+		}
+		data := c.buf[c.start:c.end:c.end]
+		if c.om {
+			i := eofMarker(data, scannedEOF)
+			scannedEOF = len(data)
+			if i >= 0 {
+				// Whatever follows # EOF must be nothing at all.
+				for !c.eof && len(data)-i <= len("# EOF\n") {
+					if err := c.fill(len(data) + 1); err != nil {
+						return nil, 0, err
+					}
+					data = c.buf[c.start:c.end:c.end]
+				}
+				if rest := data[i:]; !bytes.Equal(bytes.TrimSuffix(rest, []byte("\n")), []byte("# EOF")) {
+					return nil, 0, fmt.Errorf("%w: unexpected data after # EOF", errParse)
+				}
+				c.done = true
+				return c.emit(data[:i], i)
+			}
+		}
+		if c.eof {
+			if len(data) > c.maxLine && bytes.LastIndexByte(data, '\n') < len(data)-1-c.maxLine {
+				return nil, 0, errLineTooLong
+			}
+			if c.om {
+				// The marker would have been found above.
+				return nil, 0, fmt.Errorf("%w: OpenMetrics body does not end with # EOF", errParse)
+			}
+			c.done = true
+			if len(data) == 0 {
+				return nil, 0, io.EOF
+			}
+			if data[len(data)-1] != '\n' {
+				// A final line without a newline; the parsers need one.
+				c.buf = append(c.buf[:c.end], '\n')
+				c.end++
+				data = c.buf[c.start:c.end:c.end]
+			}
+			return c.emit(data, len(data))
+		}
+		nl := bytes.LastIndexByte(data, '\n')
+		if len(data)-nl-1 > c.maxLine {
+			return nil, 0, errLineTooLong
+		}
+		if nl < 0 {
+			want = len(data) + minRead
+			continue
+		}
+		lines := data[:nl+1]
+		if !c.aligned {
+			return c.emit(lines, len(lines))
+		}
+		if cut := familyStart(lines, scanned); cut > 0 {
+			return c.emit(lines[:cut], cut)
+		}
+		scanned = len(lines)
+		if len(data) < c.maxChunk {
+			// One family so far: read on until the next one begins.
+			want = len(data) + max(c.target, minRead)
+			continue
+		}
+		return c.emitOversized(lines)
 	}
 }
 
-func (c *lineChunker) result() ([]byte, error) {
-	if len(c.chunk) == 0 {
-		return nil, io.EOF
+// emit returns chunk (a prefix of the buffered data of length consumed),
+// with the replayed metadata in front when a family continues.
+func (c *chunker) emit(chunk []byte, consumed int) ([]byte, int, error) {
+	c.start += consumed
+	if len(c.replay) == 0 {
+		return chunk, 0, nil
 	}
-	return c.chunk, nil
+	replay := c.replay
+	c.replay = c.replay[:0]
+	if isMeta(chunk) {
+		// A new family begins right here; nothing continues.
+		return chunk, 0, nil
+	}
+	c.scratch = append(append(c.scratch[:0], replay...), chunk...)
+	return c.scratch, metaEntries(replay, c.om), nil
 }
 
-// metadataName returns the metric name of a # HELP, # TYPE or # UNIT line.
-func metadataName(line []byte) ([]byte, bool) {
-	if len(line) < 8 || line[0] != '#' || line[1] != ' ' {
-		return nil, false
+// emitOversized cuts a family that outgrew maxChunk at its last metric
+// boundary within lines and keeps its metadata for the next chunk.
+func (c *chunker) emitOversized(lines []byte) ([]byte, int, error) {
+	meta := leadingMeta(lines)
+	cut := metricBoundary(lines, len(meta))
+	if cut <= len(meta) {
+		cut = len(lines)
+	}
+	var replay []byte
+	if len(meta) > 0 {
+		replay = append(replay, meta...)
+	} else {
+		replay = append(replay, c.replay...)
+	}
+	chunk, n, err := c.emit(lines[:cut], cut)
+	c.replay = append(c.replay[:0], replay...)
+	return chunk, n, err
+}
+
+// eofMarker returns the offset of an OpenMetrics "# EOF" line in data, or
+// -1. The marker only counts at the start of a line; data before from was
+// searched already.
+func eofMarker(data []byte, from int) int {
+	if from == 0 && bytes.HasPrefix(data, []byte("# EOF")) && (len(data) == 5 || data[5] == '\n') {
+		return 0
+	}
+	for off := max(from-6, 0); ; {
+		i := bytes.Index(data[off:], []byte("\n# EOF"))
+		if i < 0 {
+			return -1
+		}
+		i += off + 1
+		if end := i + 5; end == len(data) || data[end] == '\n' {
+			return i
+		}
+		off = i
+	}
+}
+
+// isMeta reports whether a line is # HELP, # TYPE or # UNIT.
+func isMeta(line []byte) bool {
+	if len(line) < 7 || line[0] != '#' || line[1] != ' ' {
+		return false
 	}
 	switch string(line[2:7]) {
 	case "HELP ", "TYPE ", "UNIT ":
-	default:
-		return nil, false
+		return true
 	}
-	rest := line[7:]
-	if len(rest) > 0 && rest[0] == '"' {
-		// A quoted UTF-8 name; its end is the next unescaped quote.
-		for i := 1; i < len(rest); i++ {
-			switch rest[i] {
-			case '\\':
-				i++
-			case '"':
-				return rest[:i+1], true
+	return false
+}
+
+// familyStart returns the offset of the last group of metadata lines in
+// lines (which ends with a newline) that starts at or after from, 0 when
+// there is none after the start of lines.
+func familyStart(lines []byte, from int) int {
+	last := -1
+	for off := max(from-1, 0); ; {
+		j := bytes.Index(lines[off:], []byte("\n# "))
+		if j < 0 {
+			break
+		}
+		j += off + 1
+		if isMeta(lines[j:]) && (last < 0 || !isMeta(lines[prevLine(lines, j):])) {
+			last = j
+		}
+		off = j
+	}
+	if last <= 0 {
+		return 0
+	}
+	// Step back over the metadata lines right before it.
+	for last > 0 {
+		k := prevLine(lines, last)
+		if !isMeta(lines[k:]) {
+			break
+		}
+		last = k
+	}
+	return last
+}
+
+// prevLine returns the start of the line before the one starting at s > 0.
+func prevLine(lines []byte, s int) int {
+	return bytes.LastIndexByte(lines[:s-1], '\n') + 1
+}
+
+// leadingMeta returns the metadata lines at the start of lines.
+func leadingMeta(lines []byte) []byte {
+	n := 0
+	for n < len(lines) && isMeta(lines[n:]) {
+		nl := bytes.IndexByte(lines[n:], '\n')
+		if nl < 0 {
+			break
+		}
+		n += nl + 1
+	}
+	return lines[:n]
+}
+
+// metaEntries counts the lines of meta the parser reports as metadata:
+// text 0.0.4 has no # UNIT, it is a comment there.
+func metaEntries(meta []byte, om bool) int {
+	n := 0
+	for len(meta) > 0 {
+		if om || !bytes.HasPrefix(meta, []byte("# UNIT ")) {
+			n++
+		}
+		nl := bytes.IndexByte(meta, '\n')
+		if nl < 0 {
+			break
+		}
+		meta = meta[nl+1:]
+	}
+	return n
+}
+
+// sampleName returns the metric name a sample line starts with, quoted
+// names included, or nil for comments and blank lines.
+func sampleName(line []byte) []byte {
+	if len(line) == 0 || line[0] == '#' || line[0] == '\n' {
+		return nil
+	}
+	if line[0] == '{' {
+		if len(line) > 1 && line[1] == '"' {
+			for i := 2; i < len(line); i++ {
+				switch line[i] {
+				case '\\':
+					i++
+				case '"':
+					return line[1 : i+1]
+				}
 			}
 		}
-		return rest, true
+		return nil
 	}
-	end := bytes.IndexAny(rest, " \t\n")
+	end := bytes.IndexAny(line, "{ \t\n")
 	if end < 0 {
-		end = len(rest)
+		return line
 	}
-	return rest[:end], true
+	return line[:end]
+}
+
+// metricBoundary finds, scanning back from the end of lines, the start of
+// a line that begins a new metric of the family whose samples start at
+// from: its name is that of the family's first sample line and the line
+// before it has another name (a summary or histogram starts its next
+// metric). Families whose lines all share one name have no such line; any
+// line boundary is a metric boundary there, and 0 says so.
+func metricBoundary(lines []byte, from int) int {
+	first := sampleName(lines[from:])
+	if first == nil {
+		return 0
+	}
+	end := len(lines) - 1 // the final newline
+	for end > from {
+		s := bytes.LastIndexByte(lines[:end], '\n') + 1
+		if s <= from {
+			return 0
+		}
+		if bytes.Equal(sampleName(lines[s:]), first) {
+			if !bytes.Equal(sampleName(lines[prevLine(lines, s):]), first) {
+				return s
+			}
+		}
+		end = s - 1
+	}
+	return 0
 }
 
 // readFrame reads one varint-delimited protobuf frame into buf. io.EOF at
-// a frame boundary ends the stream cleanly.
-func readFrame(r *bufio.Reader, buf []byte) ([]byte, error) {
+// a frame boundary ends the stream cleanly. The length prefix is checked
+// against max before anything is allocated, and the buffer grows with the
+// bytes that actually arrive, so a prefix that lies costs nothing.
+func readFrame(r *bufio.Reader, buf []byte, limit int) ([]byte, error) {
 	n, err := binary.ReadUvarint(r)
 	if err != nil {
 		if errors.Is(err, io.EOF) {
 			return nil, io.EOF
 		}
-		return nil, fmt.Errorf("read protobuf frame length: %w", err)
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, fmt.Errorf("%w: truncated protobuf frame length", errParse)
+		}
+		if errors.Is(err, errBodyTooLarge) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: protobuf frame length: %w", errParse, err)
 	}
-	if n > maxFrameBytes {
+	if n > uint64(limit) {
 		return nil, errFrameTooLarge
 	}
-	if cap(buf) < int(n) {
-		buf = make([]byte, n)
-	}
-	buf = buf[:n]
-	if _, err := io.ReadFull(r, buf); err != nil {
-		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-			return nil, errors.New("upstream protobuf frame is truncated")
+	size := int(n)
+	buf = buf[:0]
+	for len(buf) < size {
+		if cap(buf) == len(buf) {
+			buf = slices.Grow(buf, min(max(cap(buf), 64<<10), size-len(buf)))
 		}
-		return nil, err
+		m, err := r.Read(buf[len(buf):min(cap(buf), size)])
+		buf = buf[:len(buf)+m]
+		if err != nil && len(buf) < size {
+			if errors.Is(err, io.EOF) {
+				return nil, fmt.Errorf("%w: truncated protobuf frame", errParse)
+			}
+			return nil, err
+		}
 	}
 	return buf, nil
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/prometheus/common/config"
@@ -17,25 +18,45 @@ import (
 const (
 	DefaultExporterLabel = "exporter"
 	DefaultTimeout       = 10 * time.Second
-	DefaultMaxBodyBytes  = 256 << 20
-	DefaultMaxLineBytes  = 1 << 20
-	// maxChunkBytes cuts a family that never ends (untyped series without
-	// metadata, or one huge family) so memory stays bounded anyway.
-	maxChunkBytes = 4 << 20
+	// DefaultMaxBodyBytes bounds a body (after decompression). Relaying
+	// streams, so this is not memory: it stops an upstream that never ends
+	// from holding a scrape open until its timeout.
+	DefaultMaxBodyBytes = 256 << 20
+	// DefaultMaxLineBytes bounds one line of a text body; the longest
+	// lines of real expositions are help texts of a few hundred bytes.
+	DefaultMaxLineBytes = 1 << 20
+	// DefaultMaxFrameBytes bounds one protobuf frame, which is one metric
+	// family held in memory whole.
+	DefaultMaxFrameBytes = 16 << 20
+	// maxChunkBytes is the largest part of a text family parsed at once:
+	// larger families (or a body without any metadata lines) are relayed
+	// in parts, so memory stays bounded anyway.
+	maxChunkBytes = 1 << 20
 )
 
 // reservedName is the server's name for the agent's own metrics target.
 const reservedName = "agent"
+
+// Upper bounds of the size limits: each is held in memory at once.
+const (
+	maxLineLimit  = 64 << 20
+	maxFrameLimit = 256 << 20
+)
 
 // Config is the relay configuration file.
 type Config struct {
 	// ExporterLabel is added to every relayed series with the exporter's
 	// name; empty disables it. Absent from the file means "exporter".
 	ExporterLabel *string `yaml:"exporter_label,omitempty"`
-	// MaxBodyBytes bounds an upstream body, MaxLineBytes one line of it.
-	MaxBodyBytes int64            `yaml:"max_body_bytes,omitempty"`
-	MaxLineBytes int              `yaml:"max_line_bytes,omitempty"`
-	Exporters    []ExporterConfig `yaml:"exporters"`
+	// MaxBodyBytes bounds an upstream body, MaxLineBytes one line of a
+	// text body, MaxFrameBytes one protobuf frame (one metric family).
+	MaxBodyBytes  int64 `yaml:"max_body_bytes,omitempty"`
+	MaxLineBytes  int   `yaml:"max_line_bytes,omitempty"`
+	MaxFrameBytes int   `yaml:"max_frame_bytes,omitempty"`
+	// MetricNameValidationScheme is "utf8" (the default, as in Prometheus
+	// 3) or "legacy"; it decides which label names relabel rules may write.
+	MetricNameValidationScheme string           `yaml:"metric_name_validation_scheme,omitempty"`
+	Exporters                  []ExporterConfig `yaml:"exporters"`
 }
 
 // ExporterConfig is one upstream exporter.
@@ -85,10 +106,25 @@ func ParseConfig(data []byte) (*Config, error) {
 	if cfg.MaxLineBytes == 0 {
 		cfg.MaxLineBytes = DefaultMaxLineBytes
 	}
-	if cfg.MaxBodyBytes < 0 || cfg.MaxLineBytes < 0 {
-		return nil, errors.New("max_body_bytes and max_line_bytes must be positive")
+	if cfg.MaxFrameBytes == 0 {
+		cfg.MaxFrameBytes = DefaultMaxFrameBytes
 	}
-	if l := cfg.Label(); l != "" && !model.LabelName(l).IsValidLegacy() {
+	if cfg.MaxBodyBytes < 0 || cfg.MaxLineBytes < 0 || cfg.MaxFrameBytes < 0 {
+		return nil, errors.New("max_body_bytes, max_line_bytes and max_frame_bytes must be positive")
+	}
+	if cfg.MaxLineBytes > maxLineLimit || cfg.MaxFrameBytes > maxFrameLimit {
+		return nil, fmt.Errorf("max_line_bytes may be at most %d and max_frame_bytes at most %d: both are held in memory", maxLineLimit, maxFrameLimit)
+	}
+	scheme := model.UTF8Validation
+	switch cfg.MetricNameValidationScheme {
+	case "", "utf8":
+		cfg.MetricNameValidationScheme = "utf8"
+	case "legacy":
+		scheme = model.LegacyValidation
+	default:
+		return nil, fmt.Errorf("metric_name_validation_scheme %q must be utf8 or legacy", cfg.MetricNameValidationScheme)
+	}
+	if l := cfg.Label(); l != "" && (!scheme.IsValidLabelName(l) || strings.HasPrefix(l, model.ReservedLabelPrefix)) {
 		return nil, fmt.Errorf("exporter_label %q is not a valid label name", l)
 	}
 	seen := make(map[string]bool, len(cfg.Exporters))
@@ -115,7 +151,7 @@ func ParseConfig(data []byte) (*Config, error) {
 			if rc == nil {
 				return nil, fmt.Errorf("exporter %q: metric_relabel_configs[%d] is empty", e.Name, j)
 			}
-			if err := rc.Validate(model.UTF8Validation); err != nil {
+			if err := rc.Validate(scheme); err != nil {
 				return nil, fmt.Errorf("exporter %q: metric_relabel_configs[%d]: %w", e.Name, j, err)
 			}
 		}

@@ -14,9 +14,9 @@ import (
 // no input can make it allocate much.
 func fuzzRelay(t *testing.T, data []byte, in Format, ct string) {
 	for _, out := range []Format{FormatText, FormatOpenMetrics, FormatProtobuf} {
-		p := newPipeline("fuzz", "exporter", nil, 4096)
+		p := newPipeline("fuzz", "exporter", nil, 4096, 1<<20)
 		body := &capReader{r: bytes.NewReader(data), max: 1 << 20}
-		_ = p.relay(body, in, ct, out, io.Discard, func() {})
+		_ = p.relay(body, in, ct, out, io.Discard)
 	}
 }
 

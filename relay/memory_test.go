@@ -43,9 +43,9 @@ func TestRelay_MemoryBoundedOn100MB(t *testing.T) {
 			}
 		}
 	}()
-	p := newPipeline("big", "exporter", nil, DefaultMaxLineBytes)
+	p := newPipeline("big", "exporter", nil, DefaultMaxLineBytes, DefaultMaxFrameBytes)
 	for _, out := range []Format{FormatText, FormatProtobuf} {
-		if err := p.relay(&repeatReader{remaining: payload}, FormatText, "text/plain", out, io.Discard, func() {}); err != nil {
+		if err := p.relay(&repeatReader{remaining: payload}, FormatText, "text/plain", out, io.Discard); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -11,10 +11,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/config"
+	"github.com/prometheus/common/version"
 
 	"github.com/baremetal-sd/baremetal_sd/collector"
 )
@@ -29,29 +31,39 @@ type Relay struct {
 	metrics   *collector.Relay
 	exporters map[string]*exporter
 	names     []string
+	// gzips holds gzip writers between responses: each has about a
+	// megabyte of compressor state that is worth not allocating per scrape.
+	gzips sync.Pool
 }
 
 type exporter struct {
 	cfg     ExporterConfig
 	client  *http.Client
 	relay   *Relay
+	timeout time.Duration
 	mu      sync.Mutex
 	idle    []*pipeline // reused between scrapes: buffers keep their size
-	timeout time.Duration
 }
 
-// New builds a relay with one HTTP client per exporter.
+// New builds a relay with one HTTP client per exporter, from a
+// configuration that ParseConfig or LoadConfig validated. metrics may be
+// nil.
 func New(cfg *Config, logger *slog.Logger, metrics *collector.Relay) (*Relay, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	r := &Relay{cfg: cfg, logger: logger, metrics: metrics, exporters: make(map[string]*exporter, len(cfg.Exporters))}
 	for _, ec := range cfg.Exporters {
-		client, err := config.NewClientFromConfig(ec.HTTPClientConfig, "relay_"+ec.Name)
+		client, err := config.NewClientFromConfig(ec.HTTPClientConfig, "relay_"+ec.Name,
+			config.WithUserAgent("baremetal_sd/"+version.Version))
 		if err != nil {
 			return nil, fmt.Errorf("exporter %q: http client: %w", ec.Name, err)
 		}
-		r.exporters[ec.Name] = &exporter{cfg: ec, client: client, relay: r, timeout: time.Duration(ec.Timeout)}
+		timeout := time.Duration(ec.Timeout)
+		if timeout <= 0 {
+			timeout = DefaultTimeout
+		}
+		r.exporters[ec.Name] = &exporter{cfg: ec, client: client, relay: r, timeout: timeout}
 		r.names = append(r.names, ec.Name)
 		if metrics != nil {
 			metrics.Up.WithLabelValues(ec.Name)
@@ -63,14 +75,20 @@ func New(cfg *Config, logger *slog.Logger, metrics *collector.Relay) (*Relay, er
 // ExporterNames lists the configured exporters in configuration order.
 func (r *Relay) ExporterNames() []string { return append([]string(nil), r.names...) }
 
-// ServeHTTP serves /exporters/<name>/metrics and /exporters/metrics.
+// ServeHTTP serves GET (and HEAD) /exporters/<name>/metrics and
+// /exporters/metrics; anything else is a 404.
+//
+// An upstream failure before the first byte of the response is a 502 (504
+// on timeout) with a one-line reason. After bytes went out the status
+// cannot change any more: the handler then panics with
+// http.ErrAbortHandler, which net/http turns into an aborted response, so
+// the scraper sees a failed scrape rather than a truncated body that
+// parses.
 func (r *Relay) ServeHTTP(w http.ResponseWriter, req *http.Request) {
-	if req.Method != http.MethodGet && req.Method != http.MethodHead {
-		w.Header().Set("Allow", "GET, HEAD")
-		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
-		return
-	}
 	if req.URL.Path == aggregatePath {
+		if !allowed(w, req) {
+			return
+		}
 		r.serveAggregate(w, req)
 		return
 	}
@@ -83,7 +101,18 @@ func (r *Relay) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		http.NotFound(w, req)
 		return
 	}
-	e.serve(w, req)
+	if allowed(w, req) {
+		e.serve(w, req)
+	}
+}
+
+func allowed(w http.ResponseWriter, req *http.Request) bool {
+	if req.Method == http.MethodGet || req.Method == http.MethodHead {
+		return true
+	}
+	w.Header().Set("Allow", "GET, HEAD")
+	http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+	return false
 }
 
 // scrapeTimeout is the configured timeout, shortened to what the scraper
@@ -99,12 +128,18 @@ func scrapeTimeout(req *http.Request, configured time.Duration) time.Duration {
 	return configured
 }
 
+// acceptsGzip reports whether the scraper takes gzip (q > 0).
 func acceptsGzip(req *http.Request) bool {
 	for _, part := range strings.Split(req.Header.Get("Accept-Encoding"), ",") {
 		enc, params, _ := strings.Cut(strings.TrimSpace(part), ";")
-		if strings.EqualFold(strings.TrimSpace(enc), "gzip") {
-			return strings.ReplaceAll(params, " ", "") != "q=0"
+		if !strings.EqualFold(strings.TrimSpace(enc), "gzip") {
+			continue
 		}
+		if q, ok := strings.CutPrefix(strings.ReplaceAll(params, " ", ""), "q="); ok {
+			v, err := strconv.ParseFloat(q, 64)
+			return err == nil && v > 0
+		}
+		return true
 	}
 	return false
 }
@@ -153,12 +188,35 @@ func classify(ctx context.Context, err error) *fetchError {
 		return &fetchError{http.StatusBadGateway, "frame_too_large", err}
 	case errors.Is(err, errParse):
 		return &fetchError{http.StatusBadGateway, "parse", err}
+	case errors.Is(err, errRelabel):
+		return &fetchError{http.StatusBadGateway, "relabel", err}
+	case errors.Is(err, context.Canceled):
+		return &fetchError{http.StatusBadGateway, "canceled", errors.New("scrape canceled")}
 	}
 	return &fetchError{http.StatusBadGateway, "body", fmt.Errorf("reading upstream body: %w", err)}
 }
 
+// oneLine makes an error message fit the one-line reason of a 502.
+func oneLine(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r == '\n' || r == '\r' {
+			return ' '
+		}
+		return r
+	}, s)
+	return truncate(s)
+}
+
+func truncate(s string) string {
+	const limit = 300
+	if len(s) > limit {
+		return strings.ToValidUTF8(s[:limit], "") + "..."
+	}
+	return s
+}
+
 // fetch asks the exporter for a format compatible with out.
-func (e *exporter) fetch(ctx context.Context, out Format, timeout time.Duration) (*upstream, error) {
+func (e *exporter) fetch(ctx context.Context, p *pipeline, out Format, timeout time.Duration) (*upstream, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, e.cfg.URL, nil)
 	if err != nil {
 		return nil, &fetchError{http.StatusBadGateway, "request", err}
@@ -166,6 +224,8 @@ func (e *exporter) fetch(ctx context.Context, out Format, timeout time.Duration)
 	req.Header.Set("Accept", upstreamAccept(out))
 	if e.cfg.EnableCompression {
 		req.Header.Set("Accept-Encoding", "gzip")
+	} else {
+		req.Header.Set("Accept-Encoding", "identity")
 	}
 	req.Header.Set("X-Prometheus-Scrape-Timeout-Seconds", strconv.FormatFloat(timeout.Seconds(), 'f', -1, 64))
 	resp, err := e.client.Do(req)
@@ -185,13 +245,25 @@ func (e *exporter) fetch(ctx context.Context, out Format, timeout time.Duration)
 		return nil, &fetchError{http.StatusBadGateway, "content_type", fmt.Errorf("upstream sent unsupported Content-Type %q", truncate(resp.Header.Get("Content-Type")))}
 	}
 	var body io.Reader = resp.Body
-	if strings.EqualFold(resp.Header.Get("Content-Encoding"), "gzip") {
-		zr, err := gzip.NewReader(resp.Body)
+	switch enc := strings.ToLower(strings.TrimSpace(resp.Header.Get("Content-Encoding"))); enc {
+	case "", "identity":
+	case "gzip", "x-gzip":
+		if p.zr == nil {
+			p.zr, err = gzip.NewReader(resp.Body)
+		} else {
+			err = p.zr.Reset(resp.Body)
+		}
 		if err != nil {
 			resp.Body.Close()
-			return nil, &fetchError{http.StatusBadGateway, "parse", fmt.Errorf("upstream gzip: %w", err)}
+			if ctx.Err() != nil {
+				return nil, classify(ctx, ctx.Err())
+			}
+			return nil, &fetchError{http.StatusBadGateway, "parse", fmt.Errorf("%w: gzip: %w", errParse, err)}
 		}
-		body = zr
+		body = p.zr
+	default:
+		resp.Body.Close()
+		return nil, &fetchError{http.StatusBadGateway, "content_encoding", fmt.Errorf("upstream sent unsupported Content-Encoding %q", truncate(enc))}
 	}
 	// The cap applies after decompression, so a gzip bomb is cut too.
 	body = &capReader{r: body, max: e.relay.cfg.MaxBodyBytes}
@@ -208,28 +280,22 @@ func unwrapURLError(err error) error {
 	}
 }
 
-func truncate(s string) string {
-	if len(s) > 100 {
-		return s[:100] + "..."
-	}
-	return s
-}
-
 func (e *exporter) pipeline() *pipeline {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if n := len(e.idle); n > 0 {
 		p := e.idle[n-1]
 		e.idle = e.idle[:n-1]
-		p.samples = 0
 		return p
 	}
-	return newPipeline(e.cfg.Name, e.relay.cfg.Label(), e.cfg.MetricRelabelConfigs, e.relay.cfg.MaxLineBytes)
+	cfg := e.relay.cfg
+	return newPipeline(e.cfg.Name, cfg.Label(), e.cfg.MetricRelabelConfigs, cfg.MaxLineBytes, cfg.MaxFrameBytes)
 }
 
+// release keeps a pipeline for the next scrape, unless it grew unusually
+// large buffers.
 func (e *exporter) release(p *pipeline) {
-	// Don't keep the buffers of an unusually large family around.
-	if cap(p.buf) > 8<<20 || cap(p.frame) > 8<<20 {
+	if p.size() > 8<<20 {
 		return
 	}
 	e.mu.Lock()
@@ -259,11 +325,119 @@ func (t *trackingWriter) Write(p []byte) (int, error) {
 	return t.w.Write(p)
 }
 
+// asyncWriter hands writes to a goroutine that passes them on to w, so
+// that compressing one chunk and relaying the next run on two cores: the
+// scrape through the relay then takes little longer than the relaying
+// alone. It copies each write into one of a few reused buffers.
+type asyncWriter struct {
+	w      io.Writer
+	ch     chan []byte
+	free   chan []byte
+	done   chan struct{}
+	failed atomic.Bool
+	err    error // read only after done is closed
+}
+
+// errAsyncFailed tells the producer to stop; Close returns the real error.
+var errAsyncFailed = errors.New("relay: response write failed")
+
+func newAsyncWriter(w io.Writer) *asyncWriter {
+	const buffers = 3
+	a := &asyncWriter{w: w, ch: make(chan []byte, buffers), free: make(chan []byte, buffers), done: make(chan struct{})}
+	for range buffers {
+		a.free <- nil
+	}
+	go a.run()
+	return a
+}
+
+func (a *asyncWriter) run() {
+	defer close(a.done)
+	for b := range a.ch {
+		if a.err == nil {
+			if _, err := a.w.Write(b); err != nil {
+				a.err = err
+				a.failed.Store(true)
+			}
+		}
+		a.free <- b[:0]
+	}
+}
+
+func (a *asyncWriter) Write(p []byte) (int, error) {
+	if a.failed.Load() {
+		return 0, errAsyncFailed
+	}
+	b := append(<-a.free, p...)
+	a.ch <- b
+	return len(p), nil
+}
+
+// Close waits until everything was passed on and returns the first error.
+func (a *asyncWriter) Close() error {
+	close(a.ch)
+	<-a.done
+	return a.err
+}
+
+// response is the body writer of a relay response: optionally gzip behind
+// an asyncWriter, in front of a trackingWriter that commits the headers
+// with the first byte.
+type response struct {
+	dst   *trackingWriter
+	zw    *gzip.Writer
+	async *asyncWriter
+	sink  io.Writer
+}
+
+func (r *Relay) newResponse(w http.ResponseWriter, req *http.Request, out Format) *response {
+	gz := acceptsGzip(req)
+	resp := &response{dst: &trackingWriter{w: w, started: func() {
+		h := w.Header()
+		h.Set("Content-Type", out.ContentType())
+		if gz {
+			h.Set("Content-Encoding", "gzip")
+		}
+		h.Set("Vary", "Accept-Encoding")
+		w.WriteHeader(http.StatusOK)
+	}}}
+	resp.sink = resp.dst
+	if gz {
+		if zw, ok := r.gzips.Get().(*gzip.Writer); ok {
+			zw.Reset(resp.dst)
+			resp.zw = zw
+		} else {
+			resp.zw = newGzipWriter(resp.dst)
+		}
+		resp.async = newAsyncWriter(resp.zw)
+		resp.sink = resp.async
+	}
+	return resp
+}
+
+// finish flushes a response; ok says whether its body is complete.
+func (r *Relay) finish(resp *response, ok bool) error {
+	var err error
+	if resp.async != nil {
+		err = resp.async.Close()
+		if err == nil && ok {
+			err = resp.zw.Close()
+		}
+		if err == nil {
+			resp.zw.Reset(io.Discard)
+			r.gzips.Put(resp.zw)
+		}
+	}
+	if err == nil && ok && !resp.dst.wrote {
+		// An empty exposition is valid; commit the headers anyway.
+		resp.dst.started()
+	}
+	return err
+}
+
 // serve relays one exporter. Failures before the first byte are a 502 (504
 // on timeout) with a one-line reason, so Prometheus' up is right per
-// exporter. A failure after bytes went out cannot change the status any
-// more; the response is then aborted, so the scraper sees a failed scrape
-// rather than a truncated body that parses.
+// exporter; after it, the response is aborted (see ServeHTTP).
 func (e *exporter) serve(w http.ResponseWriter, req *http.Request) {
 	m := e.relay.metrics
 	name := e.cfg.Name
@@ -272,76 +446,58 @@ func (e *exporter) serve(w http.ResponseWriter, req *http.Request) {
 	timeout := scrapeTimeout(req, e.timeout)
 	ctx, cancel := context.WithTimeout(req.Context(), timeout)
 	defer cancel()
+	p := e.pipeline()
 
-	fail := func(fe *fetchError) {
+	fail := func(err error) *fetchError {
+		fe := classify(ctx, err)
+		e.relay.logger.Debug("Relaying exporter failed", "exporter", name, "err", fe.err)
 		if m != nil {
 			m.Up.WithLabelValues(name).Set(0)
 			m.UpstreamErrors.WithLabelValues(name, fe.reason).Inc()
 			if fe.reason == "parse" {
 				m.ParseErrors.WithLabelValues(name).Inc()
 			}
+			m.ScrapeDuration.WithLabelValues(name).Observe(time.Since(start).Seconds())
 		}
-		e.relay.logger.Debug("Relaying exporter failed", "exporter", name, "err", fe.err)
+		return fe
 	}
 
-	up, err := e.fetch(ctx, out, timeout)
+	up, err := e.fetch(ctx, p, out, timeout)
 	if err != nil {
-		fe := classify(ctx, err)
-		fail(fe)
-		http.Error(w, fe.Error(), fe.status)
+		fe := fail(err)
+		e.release(p)
+		http.Error(w, oneLine(fe.Error()), fe.status)
 		return
 	}
 	defer up.closer.Close()
 
-	gz := acceptsGzip(req)
-	var zw *gzip.Writer
-	dst := &trackingWriter{w: w, started: func() {
-		h := w.Header()
-		h.Set("Content-Type", out.ContentType())
-		if gz {
-			h.Set("Content-Encoding", "gzip")
-		}
-		h.Set("Vary", "Accept-Encoding")
-		w.WriteHeader(http.StatusOK)
-	}}
-	var sink io.Writer = dst
-	if gz {
-		zw = newGzipWriter(dst)
-		sink = zw
-	}
-	p := e.pipeline()
-	err = p.relay(up.body, up.format, up.ct, out, sink, func() {})
-	if err == nil && zw != nil {
-		err = zw.Close()
-	}
-	if err == nil && !dst.wrote {
-		// An empty exposition is valid; commit the headers anyway.
-		dst.started()
+	resp := e.relay.newResponse(w, req, out)
+	err = p.relay(up.body, up.format, up.ct, out, resp.sink)
+	if ferr := e.relay.finish(resp, err == nil); err == nil || errors.Is(err, errAsyncFailed) {
+		err = ferr
 	}
 	if err != nil {
-		fe := classify(ctx, err)
-		fail(fe)
-		if dst.wrote {
+		fe := fail(err)
+		if resp.dst.wrote {
 			panic(http.ErrAbortHandler)
 		}
-		http.Error(w, fe.Error(), fe.status)
+		e.release(p)
+		http.Error(w, oneLine(fe.Error()), fe.status)
 		return
 	}
-	e.relay.release(e, p)
+	samples := p.samples
+	e.release(p)
 	if m != nil {
 		m.Up.WithLabelValues(name).Set(1)
-		m.Samples.WithLabelValues(name).Add(float64(p.samples))
+		m.Samples.WithLabelValues(name).Add(float64(samples))
 		m.ScrapeDuration.WithLabelValues(name).Observe(time.Since(start).Seconds())
 	}
 }
 
-func (r *Relay) release(e *exporter, p *pipeline) { e.release(p) }
-
-// sourceFamily is one family from one exporter on the aggregate endpoint.
+// source is one exporter on the aggregate endpoint.
 type source struct {
 	exporter *exporter
 	ch       chan *dto.MetricFamily
-	err      error // set before ch is closed
 	head     *dto.MetricFamily
 }
 
@@ -349,10 +505,12 @@ type source struct {
 // scraped concurrently and their families merged by name as they stream
 // in: client libraries sort families by name, so a k-way merge joins
 // same-named families from different exporters into one valid family while
-// holding about one family per exporter in memory. A family name that comes
-// again after it was written (unsorted upstream) is dropped and counted,
-// since a text exposition may not repeat a family. Exporters that fail are
-// left out and reported in the relay metrics.
+// holding about one family per exporter in memory. A family whose name
+// comes again after other families were written (an unsorted upstream) is
+// dropped and counted, since a text exposition may not repeat a family;
+// so is a family whose type differs from the one already merged under its
+// name. Exporters that fail are left out and reported in the relay
+// metrics; one that fails halfway leaves the families it sent before.
 func (r *Relay) serveAggregate(w http.ResponseWriter, req *http.Request) {
 	out := negotiate(req.Header.Get("Accept"))
 	ctx, cancel := context.WithCancel(req.Context())
@@ -363,34 +521,28 @@ func (r *Relay) serveAggregate(w http.ResponseWriter, req *http.Request) {
 	for _, name := range r.names {
 		s := &source{exporter: r.exporters[name], ch: make(chan *dto.MetricFamily, 2)}
 		sources = append(sources, s)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			s.run(ctx, req, out)
-		}()
+		wg.Go(func() { s.run(ctx, req, out) })
 	}
 	defer wg.Wait()
 
-	h := w.Header()
-	h.Set("Content-Type", out.ContentType())
-	h.Set("Vary", "Accept-Encoding")
-	var sink io.Writer = w
-	var zw *gzip.Writer
-	if acceptsGzip(req) {
-		h.Set("Content-Encoding", "gzip")
-		zw = newGzipWriter(w)
-		sink = zw
-	}
-	err := r.merge(sources, sink, out)
-	if err == nil {
-		err = finish(sink, out)
-	}
-	if err == nil && zw != nil {
-		err = zw.Close()
+	fw := &familyWriter{}
+	resp := r.newResponse(w, req, out)
+	fw.reset(resp.sink, out)
+	err := r.merge(sources, fw)
+	if ferr := r.finish(resp, err == nil); err == nil {
+		err = ferr
 	}
 	if err != nil {
 		cancel()
-		r.logger.Debug("Writing aggregate response failed", "err", err)
+		r.logger.Debug("Writing the aggregate response failed", "err", err)
+		// Drain, so every source sees the cancellation and ends.
+		for _, s := range sources {
+			for range s.ch {
+			}
+		}
+		if resp.dst.wrote {
+			panic(http.ErrAbortHandler)
+		}
 	}
 }
 
@@ -403,10 +555,11 @@ func (s *source) run(ctx context.Context, req *http.Request, out Format) {
 	timeout := scrapeTimeout(req, e.timeout)
 	fctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	up, err := e.fetch(fctx, out, timeout)
+	p := e.pipeline()
+	up, err := e.fetch(fctx, p, out, timeout)
 	if err == nil {
-		p := e.pipeline()
-		err = p.families(up.body, up.format, up.ct, func(mf *dto.MetricFamily) error {
+		p.samples = 0
+		err = p.families(up.body, up.format, up.ct, out, func(mf *dto.MetricFamily) error {
 			select {
 			case s.ch <- mf:
 				return nil
@@ -415,29 +568,32 @@ func (s *source) run(ctx context.Context, req *http.Request, out Format) {
 			}
 		})
 		up.closer.Close()
-		if err == nil {
-			if m != nil {
-				m.Samples.WithLabelValues(e.cfg.Name).Add(float64(p.samples))
-			}
-			e.release(p)
-		}
 	}
-	if m == nil {
-		return
+	if m != nil {
+		m.ScrapeDuration.WithLabelValues(e.cfg.Name).Observe(time.Since(start).Seconds())
 	}
 	if err != nil {
 		fe := classify(fctx, err)
-		s.err = fe
-		m.Up.WithLabelValues(e.cfg.Name).Set(0)
-		m.UpstreamErrors.WithLabelValues(e.cfg.Name, fe.reason).Inc()
+		e.relay.logger.Debug("Relaying exporter failed", "exporter", e.cfg.Name, "err", fe.err)
+		if m != nil {
+			m.Up.WithLabelValues(e.cfg.Name).Set(0)
+			m.UpstreamErrors.WithLabelValues(e.cfg.Name, fe.reason).Inc()
+			if fe.reason == "parse" {
+				m.ParseErrors.WithLabelValues(e.cfg.Name).Inc()
+			}
+		}
 		return
 	}
-	m.Up.WithLabelValues(e.cfg.Name).Set(1)
-	m.ScrapeDuration.WithLabelValues(e.cfg.Name).Observe(time.Since(start).Seconds())
+	if m != nil {
+		m.Up.WithLabelValues(e.cfg.Name).Set(1)
+		m.Samples.WithLabelValues(e.cfg.Name).Add(float64(p.samples))
+	}
+	e.release(p)
 }
 
-// merge writes the families of all sources, joining same-named ones.
-func (r *Relay) merge(sources []*source, w io.Writer, out Format) error {
+// merge writes the families of all sources in name order, joining
+// same-named ones.
+func (r *Relay) merge(sources []*source, fw *familyWriter) error {
 	advance := func(s *source) {
 		s.head = nil
 		if mf, ok := <-s.ch; ok {
@@ -457,7 +613,7 @@ func (r *Relay) merge(sources []*source, w io.Writer, out Format) error {
 			}
 		}
 		if !found {
-			return nil
+			return fw.finish()
 		}
 		var merged *dto.MetricFamily
 		for _, s := range sources {
@@ -465,7 +621,7 @@ func (r *Relay) merge(sources []*source, w io.Writer, out Format) error {
 				continue
 			}
 			switch {
-			case written[name]:
+			case written[name] && fw.last != name:
 				r.drop(s)
 			case merged == nil:
 				merged = s.head
@@ -473,6 +629,9 @@ func (r *Relay) merge(sources []*source, w io.Writer, out Format) error {
 				r.drop(s)
 			default:
 				merged.Metric = append(merged.Metric, s.head.Metric...)
+				if merged.Help == nil {
+					merged.Help = s.head.Help
+				}
 			}
 			advance(s)
 		}
@@ -480,7 +639,7 @@ func (r *Relay) merge(sources []*source, w io.Writer, out Format) error {
 			continue
 		}
 		written[name] = true
-		if err := encodeFamily(w, merged, out); err != nil {
+		if err := fw.write(merged); err != nil {
 			return err
 		}
 	}

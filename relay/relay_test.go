@@ -193,9 +193,9 @@ const acceptText = "text/plain;version=0.0.4"
 // toProto converts a text exposition to delimited protobuf (test side).
 func toProto(t *testing.T, text []byte) []byte {
 	t.Helper()
-	p := newPipeline("x", "", nil, DefaultMaxLineBytes)
+	p := newPipeline("x", "", nil, DefaultMaxLineBytes, DefaultMaxFrameBytes)
 	var buf bytes.Buffer
-	if err := p.relay(bytes.NewReader(text), FormatText, "text/plain", FormatProtobuf, &buf, func() {}); err != nil {
+	if err := p.relay(bytes.NewReader(text), FormatText, "text/plain", FormatProtobuf, &buf); err != nil {
 		t.Fatal(err)
 	}
 	return buf.Bytes()
@@ -448,7 +448,11 @@ func TestParseConfig_Refuses(t *testing.T) {
 		"bad url":            "exporters:\n  - name: a\n    url: ftp://x\n",
 		"bad regex":          "exporters:\n  - name: a\n    url: http://x\n    metric_relabel_configs:\n      - regex: '('\n",
 		"bad action":         "exporters:\n  - name: a\n    url: http://x\n    metric_relabel_configs:\n      - action: explode\n",
-		"bad exporter label": "exporter_label: \"1x\"\nexporters: []\n",
+		"reserved exporter label": "exporter_label: \"__x\"\nexporters: []\n",
+		"legacy exporter label":   "metric_name_validation_scheme: legacy\nexporter_label: \"1x\"\nexporters: []\n",
+		"bad scheme":              "metric_name_validation_scheme: ascii\nexporters: []\n",
+		"negative limit":          "max_line_bytes: -1\nexporters: []\n",
+		"huge frame limit":        "max_frame_bytes: 1000000000000\nexporters: []\n",
 	}
 	for name, cfg := range tests {
 		if _, err := ParseConfig([]byte(cfg)); err == nil {

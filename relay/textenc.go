@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bytes"
 	"math"
 	"strconv"
 
@@ -20,6 +21,10 @@ func appendHelp(b []byte, name, help []byte, om bool) []byte {
 	b = append(b, "# HELP "...)
 	b = appendMetricNameToken(b, name)
 	b = append(b, ' ')
+	if bytes.IndexAny(help, "\\\n\"") < 0 {
+		b = append(b, help...)
+		return append(b, '\n')
+	}
 	for _, c := range help {
 		switch c {
 		case '\\':
@@ -52,17 +57,33 @@ func appendMetaLine(b []byte, kind string, name []byte, value string) []byte {
 // appendMetricNameToken writes a name as it appears in a comment line:
 // bare when it is a classic name, quoted otherwise.
 func appendMetricNameToken(b []byte, name []byte) []byte {
-	if model.IsValidLegacyMetricName(string(name)) {
+	if isLegacyName(name, true) {
 		return append(b, name...)
 	}
 	return appendQuoted(b, string(name))
+}
+
+// isLegacyName reports whether name is a classic metric name
+// ([a-zA-Z_:][a-zA-Z0-9_:]*) or, without colons, a classic label name:
+// those are written bare, anything else quoted.
+func isLegacyName[S string | []byte](name S, metric bool) bool {
+	if len(name) == 0 {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '_' || c >= '0' && c <= '9' && i > 0 || c == ':' && metric) {
+			return false
+		}
+	}
+	return true
 }
 
 // appendSeries writes name{labels}. A name that is not a classic metric
 // name moves inside the braces, quoted, as Prometheus 3 writes it.
 func appendSeries(b []byte, lset labels.Labels) []byte {
 	name := lset.Get(model.MetricNameLabel)
-	legacy := model.IsValidLegacyMetricName(name)
+	legacy := isLegacyName(name, true)
 	first := true
 	if legacy {
 		b = append(b, name...)
@@ -81,7 +102,7 @@ func appendSeries(b []byte, lset labels.Labels) []byte {
 		} else {
 			b = append(b, ',')
 		}
-		if model.LabelName(l.Name).IsValidLegacy() {
+		if isLegacyName(l.Name, false) {
 			b = append(b, l.Name...)
 		} else {
 			b = appendQuoted(b, l.Name)
@@ -120,9 +141,14 @@ func appendQuoted(b []byte, s string) []byte {
 	return append(b, '"')
 }
 
-// appendFloat writes a sample value as Prometheus does: shortest exact
-// representation, +Inf, -Inf and NaN spelled out.
+// appendFloat writes a sample value exactly, in its shortest form:
+// integers (most sample values) as digits, which is much faster than
+// general float formatting, anything else as Go's shortest round-trip
+// representation; +Inf, -Inf and NaN spelled out as Prometheus does.
 func appendFloat(b []byte, v float64) []byte {
+	if v == math.Trunc(v) && v > -1e15 && v < 1e15 && (v != 0 || !math.Signbit(v)) {
+		return strconv.AppendInt(b, int64(v), 10)
+	}
 	switch {
 	case math.IsNaN(v):
 		return append(b, "NaN"...)
@@ -209,7 +235,11 @@ func appendValueSuffix(b []byte, v float64, ts *int64, ex *exemplar.Exemplar, om
 				b = append(b, ',')
 			}
 			first = false
-			b = append(b, l.Name...)
+			if isLegacyName(l.Name, false) {
+				b = append(b, l.Name...)
+			} else {
+				b = appendQuoted(b, l.Name)
+			}
 			b = append(b, '=')
 			b = appendQuoted(b, l.Value)
 		})
