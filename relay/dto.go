@@ -411,6 +411,10 @@ func (fw *familyWriter) write(mf *dto.MetricFamily) error {
 	case FormatOpenMetrics:
 		_, err = expfmt.MetricFamilyToOpenMetrics(&fw.buf, mf, expfmt.WithCreatedLines())
 	default:
+		if mf.GetType() == dto.MetricType_GAUGE_HISTOGRAM {
+			fw.buf.Write(appendGaugeHistogramText(fw.buf.AvailableBuffer(), mf))
+			break
+		}
 		_, err = expfmt.MetricFamilyToText(&fw.buf, mf)
 	}
 	if err != nil {
@@ -448,4 +452,48 @@ func (fw *familyWriter) finish() error {
 		fw.buf.WriteString("# EOF\n")
 	}
 	return fw.flush()
+}
+
+// appendGaugeHistogramText spells a gauge histogram for text 0.0.4, which
+// has no such type, as one untyped family holding the OpenMetrics sample
+// names (_bucket, _gcount, _gsum). Prometheus then stores the same series as
+// from an OpenMetrics scrape; typing it "histogram", as expfmt does, would
+// rename _gcount and _gsum and claim counter semantics the values lack.
+func appendGaugeHistogramText(b []byte, mf *dto.MetricFamily) []byte {
+	name := mf.GetName()
+	if mf.Help != nil {
+		b = appendHelp(b, []byte(name), []byte(mf.GetHelp()), false)
+	}
+	b = appendMetaLine(b, "TYPE", []byte(name), "untyped")
+	var sb labels.ScratchBuilder
+	series := func(m *dto.Metric, suffix, le string) labels.Labels {
+		sb.Reset()
+		sb.Add(model.MetricNameLabel, name+suffix)
+		for _, lp := range m.Label {
+			sb.Add(lp.GetName(), lp.GetValue())
+		}
+		if le != "" {
+			sb.Add(model.BucketLabel, le)
+		}
+		sb.Sort()
+		return sb.Labels()
+	}
+	for _, m := range mf.Metric {
+		h := m.GetHistogram()
+		for _, bucket := range h.GetBucket() {
+			count := float64(bucket.GetCumulativeCount())
+			if bucket.CumulativeCountFloat != nil {
+				count = bucket.GetCumulativeCountFloat()
+			}
+			le := strconv.FormatFloat(bucket.GetUpperBound(), 'g', -1, 64)
+			b = appendSample(b, series(m, "_bucket", le), count, m.TimestampMs, nil, false)
+		}
+		count := float64(h.GetSampleCount())
+		if h.SampleCountFloat != nil {
+			count = h.GetSampleCountFloat()
+		}
+		b = appendSample(b, series(m, "_gcount", ""), count, m.TimestampMs, nil, false)
+		b = appendSample(b, series(m, "_gsum", ""), h.GetSampleSum(), m.TimestampMs, nil, false)
+	}
+	return b
 }
