@@ -501,13 +501,13 @@ func TestRelay_Relabeling(t *testing.T) {
 
 func TestParseConfig_Refuses(t *testing.T) {
 	tests := map[string]string{
-		"unknown key":        "exporters:\n  - name: a\n    url: http://x\n    nope: 1\n",
-		"reserved name":      "exporters:\n  - name: agent\n    url: http://x\n",
-		"bad name":           "exporters:\n  - name: a/b\n    url: http://x\n",
-		"duplicate":          "exporters:\n  - name: a\n    url: http://x\n  - name: a\n    url: http://y\n",
-		"bad url":            "exporters:\n  - name: a\n    url: ftp://x\n",
-		"bad regex":          "exporters:\n  - name: a\n    url: http://x\n    metric_relabel_configs:\n      - regex: '('\n",
-		"bad action":         "exporters:\n  - name: a\n    url: http://x\n    metric_relabel_configs:\n      - action: explode\n",
+		"unknown key":             "exporters:\n  - name: a\n    url: http://x\n    nope: 1\n",
+		"reserved name":           "exporters:\n  - name: agent\n    url: http://x\n",
+		"bad name":                "exporters:\n  - name: a/b\n    url: http://x\n",
+		"duplicate":               "exporters:\n  - name: a\n    url: http://x\n  - name: a\n    url: http://y\n",
+		"bad url":                 "exporters:\n  - name: a\n    url: ftp://x\n",
+		"bad regex":               "exporters:\n  - name: a\n    url: http://x\n    metric_relabel_configs:\n      - regex: '('\n",
+		"bad action":              "exporters:\n  - name: a\n    url: http://x\n    metric_relabel_configs:\n      - action: explode\n",
 		"reserved exporter label": "exporter_label: \"__x\"\nexporters: []\n",
 		"legacy exporter label":   "metric_name_validation_scheme: legacy\nexporter_label: \"1x\"\nexporters: []\n",
 		"bad scheme":              "metric_name_validation_scheme: ascii\nexporters: []\n",
