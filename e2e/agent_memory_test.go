@@ -1,0 +1,111 @@
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// hugeExposition is the size of the exposition the agent relays in
+// TestAgent_RelaysHugeExpositionInBoundedMemory.
+const hugeExposition = 100 << 20
+
+// hugeBlock is about 1 MiB of text exposition: families of 100 counters with
+// the label shapes of a busy service. The upstream repeats it.
+func hugeBlock() []byte {
+	var b bytes.Buffer
+	for f := 0; b.Len() < 1<<20; f++ {
+		fmt.Fprintf(&b, "# HELP app_requests_%d_total Requests served.\n# TYPE app_requests_%d_total counter\n", f, f)
+		for s := range 100 {
+			fmt.Fprintf(&b, "app_requests_%d_total{instance=\"host-%d\",method=\"GET\",path=\"/api/v1/items/%d\",code=\"200\"} %d\n", f, s%7, s, f*s)
+		}
+	}
+	return b.Bytes()
+}
+
+// TestAgent_RelaysHugeExpositionInBoundedMemory has the real agent relay a
+// 100 MiB exposition to text and to protobuf, and checks its peak resident
+// memory (VmHWM) stays under the 64 MiB the relay is designed for: memory is
+// bounded by one metric family, not by the payload.
+func TestAgent_RelaysHugeExpositionInBoundedMemory(t *testing.T) {
+	t.Parallel()
+	block := hugeBlock()
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		for sent := 0; sent < hugeExposition; sent += len(block) {
+			if _, err := w.Write(block); err != nil {
+				return
+			}
+		}
+	}))
+	t.Cleanup(upstream.Close)
+
+	h := newAgentHarness(t)
+	a := startAgent(t, h.s, agentOptions{
+		Hostname:    "e2e-huge",
+		Token:       h.enrollToken(t),
+		RelayConfig: "exporters:\n  - name: huge\n    url: " + upstream.URL + "/metrics\n    timeout: 60s\n",
+	})
+	a.waitState(t, h.scraper, "registered")
+
+	for _, accept := range []string{
+		"text/plain;version=0.0.4",
+		"application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited",
+	} {
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, a.URL+"/exporters/huge/metrics", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Accept", accept)
+		req.Header.Set("X-Prometheus-Scrape-Timeout-Seconds", "60")
+		client := &http.Client{Transport: h.scraper.Transport, Timeout: 2 * time.Minute}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatalf("read relayed body (%s): %v", accept, err)
+		}
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("relay answered %s for %s", resp.Status, accept)
+		}
+		if n < hugeExposition/4 {
+			t.Fatalf("relayed only %d bytes of a %d byte exposition as %s", n, hugeExposition, accept)
+		}
+	}
+
+	peak := peakRSS(t, a.proc.cmd.Process.Pid)
+	t.Logf("agent peak RSS (VmHWM) after relaying 2 x %d MiB: %.1f MiB", hugeExposition>>20, float64(peak)/(1<<20))
+	if peak >= 64<<20 {
+		t.Errorf("agent peak RSS %.1f MiB relaying %d MiB: want < 64 MiB", float64(peak)/(1<<20), hugeExposition>>20)
+	}
+}
+
+// peakRSS reads a process's peak resident set size from /proc.
+func peakRSS(t *testing.T, pid int) int64 {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			if err != nil {
+				t.Fatalf("VmHWM %q: %v", v, err)
+			}
+			return kb << 10
+		}
+	}
+	t.Fatalf("no VmHWM in /proc/%d/status", pid)
+	return 0
+}
