@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"strconv"
@@ -227,6 +228,9 @@ func (a *API) register(w http.ResponseWriter, r *http.Request) string {
 		if err := a.cfg.Registry.CheckCertificate(who.id, who.serial); err != nil && !errors.Is(err, ErrNotFound) {
 			return a.certStateError(w, r, err)
 		}
+		if err := a.keepEnrollment(agent, who); err != nil {
+			return a.fail(w, r, err)
+		}
 	}
 	if agent.ID == "" {
 		agent.ID = strings.ToLower(rand.Text())
@@ -261,6 +265,23 @@ func (a *API) register(w http.ResponseWriter, r *http.Request) string {
 	return "success"
 }
 
+// keepEnrollment holds a re-registration by certificate to what enrollment
+// settled: the certificate's hostname, and the labels the enrollment token
+// pinned. Otherwise a host could use its own certificate to pose as another
+// host or to leave the group its token put it in; renaming a host takes a new
+// token.
+func (a *API) keepEnrollment(agent *Agent, who *identity) error {
+	if who.hostname != "" && agent.Hostname != who.hostname {
+		return &authError{http.StatusForbidden, "hostname_mismatch",
+			fmt.Sprintf("hostname %q differs from the certificate's %q: enroll with a new token to rename a host", agent.Hostname, who.hostname)}
+	}
+	old, ok := a.cfg.Registry.Get(agent.ID)
+	if !ok {
+		return nil
+	}
+	return pinLabels(agent, old.PinnedLabels)
+}
+
 // applyToken gives the agent its id and labels as the token dictates.
 func (a *API) applyToken(agent *Agent, c *ca.Claims) error {
 	if c.AgentID != "" {
@@ -273,16 +294,27 @@ func (a *API) applyToken(agent *Agent, c *ca.Claims) error {
 			}
 		}
 	}
-	for k, want := range c.Labels {
+	return pinLabels(agent, c.Labels)
+}
+
+// pinLabels sets the labels an enrollment token fixed, refusing a request
+// that asks for other values, and records them so that later
+// re-registrations by certificate keep them.
+func pinLabels(agent *Agent, pinned map[string]string) error {
+	if len(pinned) == 0 {
+		return nil
+	}
+	for k, want := range pinned {
 		if got, ok := agent.Labels[k]; ok && got != want {
 			return &authError{http.StatusForbidden, "label_constraint",
-				fmt.Sprintf("label %q must be %q for this token", k, want)}
+				fmt.Sprintf("label %q must be %q for this agent's enrollment token", k, want)}
 		}
-		if agent.Labels == nil {
-			agent.Labels = make(map[string]string, len(c.Labels))
-		}
-		agent.Labels[k] = want
 	}
+	labels := make(map[string]string, len(agent.Labels)+len(pinned))
+	maps.Copy(labels, agent.Labels)
+	maps.Copy(labels, pinned)
+	agent.Labels = labels
+	agent.PinnedLabels = maps.Clone(pinned)
 	return nil
 }
 
@@ -464,7 +496,7 @@ func (a *API) expiredIdentity(certPEM string, csr *x509.CertificateRequest) (*id
 	if err != nil {
 		return nil, a.auth.reject(&authError{http.StatusForbidden, "unknown_role", "certificate has no baremetal_sd role"})
 	}
-	return &identity{role: ca.RoleAgent, id: id, serial: serialHex(old)}, nil
+	return &identity{role: ca.RoleAgent, id: id, serial: serialHex(old), hostname: certHostname(old)}, nil
 }
 
 func (a *API) handleDeregister(w http.ResponseWriter, r *http.Request) {

@@ -367,6 +367,13 @@ func TestAPI_RegisterRefusesBadTokens(t *testing.T) {
 			if after := len(h.reg.List()); after != before {
 				t.Fatalf("refused request stored an agent (%d -> %d)", before, after)
 			}
+			// Refusals are not store failures: the store stays up.
+			if up := testutil.ToFloat64(h.metrics.StoreUp); up != 1 {
+				t.Errorf("baremetal_sd_store_up = %v after a refused token, want 1", up)
+			}
+			if n := testutil.CollectAndCount(h.metrics.StoreErrors); n != 0 {
+				t.Errorf("store errors counted for a refused token: %d series", n)
+			}
 		})
 	}
 	for _, secret := range []string{valid, single, base64.StdEncoding.EncodeToString(h.key), string(h.key)} {
@@ -608,5 +615,60 @@ func TestAPI_TokenLabelConstraints(t *testing.T) {
 	_ = json.Unmarshal(rep.body, &resp)
 	if v, _ := h.reg.Get(resp.AgentID); v.Labels["role"] != "db" {
 		t.Fatalf("token label not applied: %v", v.Labels)
+	}
+}
+
+// TestAPI_ReregisterByCertificateKeepsEnrollment: an agent's own certificate
+// lets it register again (after the registry lost it, or with new exporters),
+// but not as another host or outside the labels its token pinned.
+func TestAPI_ReregisterByCertificateKeepsEnrollment(t *testing.T) {
+	h := newAPIHarness(t)
+	_, cert := h.enroll(ca.TokenSpec{Labels: map[string]string{"role": "db"}}, func(r *RegisterRequest) {
+		r.Labels = map[string]string{"rack": "r1"}
+	})
+	id := agentID(t, cert)
+	tests := []struct {
+		name   string
+		mutate func(*RegisterRequest)
+		status int
+		errMsg string
+	}{
+		{"other hostname", func(r *RegisterRequest) { r.Hostname = "victim.example.com"; r.Labels = nil }, http.StatusForbidden, "differs from the certificate"},
+		{"other value of a pinned label", func(r *RegisterRequest) { r.Labels = map[string]string{"role": "web"} }, http.StatusForbidden, "must be"},
+		{"pinned label left out", func(r *RegisterRequest) { r.Labels = map[string]string{"rack": "r2"} }, http.StatusOK, ""},
+		{"new exporter, same labels", func(r *RegisterRequest) {
+			r.Labels = map[string]string{"role": "db", "rack": "r3"}
+			r.Exporters = append(r.Exporters, Exporter{Name: "mysqld", Path: "/exporters/mysqld/metrics"})
+		}, http.StatusOK, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			key := newKey(t)
+			body := registerBody(t, func(r *RegisterRequest) {
+				r.CSR = csrPEM(t, key)
+				tc.mutate(r)
+			})
+			rep := h.do(h.client(&cert), "POST", PathRegister, "", body)
+			if rep.status != tc.status {
+				t.Fatalf("status %d (%s), want %d", rep.status, rep.body, tc.status)
+			}
+			if !strings.Contains(string(rep.body), tc.errMsg) {
+				t.Fatalf("reply %s lacks %q", rep.body, tc.errMsg)
+			}
+			if rep.status == http.StatusOK {
+				var resp CertificateResponse
+				if err := json.Unmarshal(rep.body, &resp); err != nil {
+					t.Fatal(err)
+				}
+				cert = tlsCert(t, resp.Certificate, key)
+			}
+			a, ok := h.reg.Get(id)
+			if !ok {
+				t.Fatal("agent lost")
+			}
+			if a.Hostname != "host1.example.com" || a.Labels["role"] != "db" || a.PinnedLabels["role"] != "db" {
+				t.Fatalf("enrollment not kept: hostname %q labels %v pinned %v", a.Hostname, a.Labels, a.PinnedLabels)
+			}
+		})
 	}
 }

@@ -22,7 +22,10 @@ type identity struct {
 	// certificate or the jti of a token.
 	id     string
 	serial string // hex serial of a client certificate
-	claims *ca.Claims
+	// hostname is the host an agent certificate was issued to (its first
+	// DNS name); re-registration by certificate cannot change it.
+	hostname string
+	claims   *ca.Claims
 }
 
 // authError is an authentication or authorization failure: status says
@@ -85,7 +88,16 @@ func (a *authenticator) agent(r *http.Request) (*identity, error) {
 	if role != ca.RoleAgent {
 		return nil, a.reject(&authError{http.StatusForbidden, "not_agent", "a " + string(role) + " certificate cannot act as an agent"})
 	}
-	return &identity{role: role, id: id, serial: serialHex(cert)}, nil
+	return &identity{role: role, id: id, serial: serialHex(cert), hostname: certHostname(cert)}, nil
+}
+
+// certHostname is the hostname an agent certificate was issued to: the
+// signer puts it first among the DNS names.
+func certHostname(cert *x509.Certificate) string {
+	if len(cert.DNSNames) == 0 {
+		return ""
+	}
+	return cert.DNSNames[0]
 }
 
 // token verifies the request's bearer token for a scope.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"maps"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -195,7 +196,9 @@ func (r *Registry) observeStore(op string, start time.Time, err error) {
 		return
 	}
 	m.StoreSeconds.WithLabelValues(op).Observe(time.Since(start).Seconds())
-	if err != nil {
+	// A token already claimed or a record not there is the store's answer,
+	// not its failure: it must not mark the store down or fire alerts.
+	if err != nil && !errors.Is(err, ErrTokenUsed) && !errors.Is(err, ErrNotFound) {
 		m.StoreErrors.WithLabelValues(op).Inc()
 		m.StoreUp.Set(0)
 		return
@@ -649,12 +652,8 @@ func (r *Registry) shardGen(i int) uint64 { return r.shards[i].gen.Load() }
 // clone deep-copies an agent record.
 func (a *Agent) clone() *Agent {
 	cp := *a
-	if a.Labels != nil {
-		cp.Labels = make(map[string]string, len(a.Labels))
-		for k, v := range a.Labels {
-			cp.Labels[k] = v
-		}
-	}
+	cp.Labels = maps.Clone(a.Labels)
+	cp.PinnedLabels = maps.Clone(a.PinnedLabels)
 	if a.Exporters != nil {
 		cp.Exporters = append([]Exporter(nil), a.Exporters...)
 	}

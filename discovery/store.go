@@ -35,6 +35,9 @@ type Agent struct {
 	Port      int               `json:"port"`
 	Labels    map[string]string `json:"labels,omitempty"`
 	Exporters []Exporter        `json:"exporters,omitempty"`
+	// PinnedLabels are the labels the enrollment token fixed; a
+	// re-registration by certificate must keep them.
+	PinnedLabels map[string]string `json:"pinned_labels,omitempty"`
 
 	// CertSerial is the serial number (hex) of the agent's current certificate;
 	// PrevCertSerial stays valid until PrevCertNotAfter so that connections
