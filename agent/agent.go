@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/common/version"
 	toolkitweb "github.com/prometheus/exporter-toolkit/web"
 
+	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/collector"
 	"github.com/baremetal-sd/baremetal_sd/discovery"
 	"github.com/baremetal-sd/baremetal_sd/relay"
@@ -129,6 +130,9 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	if ownWebConfig {
+		handler = scrapersOnly(handler, metrics)
+	}
 	srv := &http.Server{
 		Handler:           handler,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -182,6 +186,28 @@ func Run(ctx context.Context, cfg Config) error {
 		lc.deregister(shutdownCtx)
 	}
 	return nil
+}
+
+// scrapersOnly refuses requests whose client certificate is not a
+// scraper's. The agent's own web config accepts any certificate from the
+// fleet's CA, and every enrolled host holds one: without this check any
+// host could read every other host's exporters. Prometheus scrapes with a
+// `cert issue --role=discovery` certificate; admin certificates may too.
+func scrapersOnly(next http.Handler, metrics *collector.Agent) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		role := ca.Role("none")
+		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+			if got, _, err := ca.Identify(r.TLS.PeerCertificates[0]); err == nil {
+				role = got
+			}
+		}
+		if role != ca.RoleDiscovery && role != ca.RoleAdmin {
+			metrics.RefusedRequests.WithLabelValues(string(role)).Inc()
+			http.Error(w, "forbidden: a client certificate of role discovery or admin is required to scrape this agent", http.StatusForbidden)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // newHandler routes the relay, the agent's metrics and the landing page.

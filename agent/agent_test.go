@@ -22,6 +22,7 @@ import (
 
 	toolkitweb "github.com/prometheus/exporter-toolkit/web"
 
+	certauth "github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/discovery"
 )
 
@@ -64,7 +65,7 @@ func newHarness(t *testing.T) *harness {
 		Transport: &http.Transport{
 			TLSClientConfig: &tls.Config{
 				RootCAs:      ca.pool,
-				Certificates: []tls.Certificate{ca.tlsCert(t, "prometheus")},
+				Certificates: []tls.Certificate{ca.tlsCert(t, "prometheus", certauth.RoleDiscovery)},
 			},
 			// Every scrape makes a new handshake, so each one sees the
 			// certificate the listener serves at that moment.
@@ -422,6 +423,45 @@ func TestRun_EnrollsAndServes(t *testing.T) {
 	if resp, err := anon.Get("https://" + h.addr + "/metrics"); err == nil {
 		resp.Body.Close()
 		t.Errorf("scrape without a client certificate got %s, want a TLS failure", resp.Status)
+	}
+}
+
+// TestRun_OnlyScrapersMayScrape: every enrolled host holds a certificate
+// from the fleet's CA, so the CA alone must not let one host read another's
+// exporters: only discovery (Prometheus) and admin certificates may.
+func TestRun_OnlyScrapersMayScrape(t *testing.T) {
+	h := newHarness(t)
+	h.enrolled(h.config())
+	tests := []struct {
+		role   certauth.Role
+		status int
+	}{
+		{certauth.RoleAgent, http.StatusForbidden},
+		{certauth.RoleServer, http.StatusForbidden},
+		{certauth.RoleAdmin, http.StatusOK},
+		{certauth.RoleDiscovery, http.StatusOK},
+	}
+	for _, tt := range tests {
+		t.Run(string(tt.role), func(t *testing.T) {
+			c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+				TLSClientConfig: &tls.Config{
+					RootCAs:      h.ca.pool,
+					Certificates: []tls.Certificate{h.ca.tlsCert(t, "client", tt.role)},
+				},
+			}}
+			defer c.CloseIdleConnections()
+			resp, err := c.Get("https://" + h.addr + "/metrics")
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != tt.status {
+				t.Fatalf("%s certificate: %s, want %d", tt.role, resp.Status, tt.status)
+			}
+		})
+	}
+	if v := h.metric(`baremetal_sd_agent_refused_requests_total{role="agent"}`); v != 1 {
+		t.Errorf("refused requests of role agent = %v, want 1", v)
 	}
 }
 

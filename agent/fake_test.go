@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	certauth "github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/discovery"
 )
 
@@ -64,9 +65,13 @@ func newTestCA(t testing.TB) *testCA {
 
 // sign certifies pub for cn, valid from notBefore to notAfter.
 func (c *testCA) sign(t testing.TB, cn string, pub any, notBefore, notAfter time.Time) (*x509.Certificate, []byte) {
+	return c.signRole(t, cn, certauth.RoleAgent, pub, notBefore, notAfter)
+}
+
+func (c *testCA) signRole(t testing.TB, cn string, role certauth.Role, pub any, notBefore, notAfter time.Time) (*x509.Certificate, []byte) {
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(c.serial.Add(1)),
-		Subject:      pkix.Name{CommonName: cn},
+		Subject:      pkix.Name{CommonName: cn, OrganizationalUnit: []string{certauth.RoleOU(role)}},
 		NotBefore:    notBefore,
 		NotAfter:     notAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature,
@@ -84,13 +89,13 @@ func (c *testCA) sign(t testing.TB, cn string, pub any, notBefore, notAfter time
 }
 
 // tlsCert is a key and certificate for a TLS client or server.
-func (c *testCA) tlsCert(t testing.TB, cn string) tls.Certificate {
+func (c *testCA) tlsCert(t testing.TB, cn string, role certauth.Role) tls.Certificate {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	leaf, _ := c.sign(t, cn, &key.PublicKey, time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
+	leaf, _ := c.signRole(t, cn, role, &key.PublicKey, time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
 	return tls.Certificate{Certificate: [][]byte{leaf.Raw}, PrivateKey: key, Leaf: leaf}
 }
 
@@ -138,7 +143,7 @@ func newFakeServer(t *testing.T, ca *testCA) *fakeServer {
 		mux.ServeHTTP(w, r)
 	}))
 	f.srv.TLS = &tls.Config{
-		Certificates: []tls.Certificate{ca.tlsCert(t, "server")},
+		Certificates: []tls.Certificate{ca.tlsCert(t, "server", certauth.RoleServer)},
 		ClientAuth:   tls.VerifyClientCertIfGiven,
 		ClientCAs:    ca.pool,
 	}

@@ -39,6 +39,10 @@ const (
 
 const ouPrefix = "baremetal_sd:"
 
+// RoleOU is the subject organizational unit that marks a certificate's role
+// (see Identify).
+func RoleOU(r Role) string { return ouPrefix + string(r) }
+
 // File names in the server's data directory.
 const (
 	CertFile       = "ca.crt"

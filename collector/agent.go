@@ -43,6 +43,9 @@ type Agent struct {
 	Registrations         *prometheus.CounterVec
 	Renewals              *prometheus.CounterVec
 	Deregistrations       *prometheus.CounterVec
+	// RefusedRequests counts requests the agent refused because the client
+	// certificate, though from the fleet's CA, is not a scraper's.
+	RefusedRequests *prometheus.CounterVec
 }
 
 // NewAgent creates the agent metrics and registers them with reg.
@@ -81,6 +84,10 @@ func NewAgent(reg prometheus.Registerer) *Agent {
 			Namespace: ns, Subsystem: sub, Name: "deregistrations_total",
 			Help: "Deregistrations on shutdown, by result.",
 		}, []string{"result"}),
+		RefusedRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "refused_requests_total",
+			Help: "Requests refused because the client certificate is not a scraper's (discovery or admin role), by the certificate's role.",
+		}, []string{"role"}),
 	}
 	for _, s := range AgentStates() {
 		m.RegistrationState.WithLabelValues(s)
@@ -91,7 +98,8 @@ func NewAgent(reg prometheus.Registerer) *Agent {
 		m.Renewals.WithLabelValues(r)
 	}
 	reg.MustRegister(m.RegistrationState, m.LastHeartbeatSuccess, m.CertificateExpiry,
-		m.CertificateRenewAfter, m.Heartbeats, m.Registrations, m.Renewals, m.Deregistrations)
+		m.CertificateRenewAfter, m.Heartbeats, m.Registrations, m.Renewals, m.Deregistrations,
+		m.RefusedRequests)
 	return m
 }
 
