@@ -176,7 +176,7 @@ func (t *Tokens) Verify(raw string, want Scope, now time.Time) (*Claims, error) 
 	if claims.ID == "" {
 		return nil, tokenError("claims", "token has no jti")
 	}
-	if claims.Scope != want && !(want == ScopeDiscovery && claims.Scope == ScopeAdmin) {
+	if claims.Scope != want && (want != ScopeDiscovery || claims.Scope != ScopeAdmin) {
 		return nil, tokenError("scope", fmt.Sprintf("token scope %q does not allow %s", truncateScope(claims.Scope), want))
 	}
 	return &claims, nil

@@ -447,7 +447,7 @@ func (a *API) renew(w http.ResponseWriter, r *http.Request) string {
 		return a.certStateError(w, r, err)
 	}
 	view, _ := a.cfg.Registry.Get(who.id)
-	agent := view.Agent.clone()
+	agent := view.clone()
 	if cert == nil && agent.KeyFingerprint != "" {
 		if fp, _ := ca.KeyFingerprint(csr.PublicKey); fp != agent.KeyFingerprint {
 			return a.fail(w, r, a.auth.reject(&authError{http.StatusForbidden, "key_mismatch", "csr key is not the key the agent enrolled with"}))

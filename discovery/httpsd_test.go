@@ -250,7 +250,7 @@ func FuzzParseFilter(f *testing.F) {
 	for _, s := range []string{"exporter=node", "label=role=db&exporter=a", "label=%3D%3D", "x=1", "exporter=&label="} {
 		f.Add(s)
 	}
-	f.Fuzz(func(t *testing.T, raw string) {
+	f.Fuzz(func(_ *testing.T, raw string) {
 		q, err := url.ParseQuery(raw)
 		if err != nil {
 			return

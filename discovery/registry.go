@@ -209,7 +209,7 @@ func (r *Registry) observeStore(op string, start time.Time, err error) {
 // Generation changes whenever http_sd output may have changed.
 func (r *Registry) Generation() uint64 { return r.gen.Load() }
 
-// Changed is signalled (without blocking, coalesced) after every change that
+// Changed is signaled (without blocking, coalesced) after every change that
 // may affect http_sd.
 func (r *Registry) Changed() <-chan struct{} { return r.changed }
 

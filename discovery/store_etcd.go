@@ -417,7 +417,7 @@ func (s *EtcdStore) do(ctx context.Context, what string, op func(ctx context.Con
 		if err == nil {
 			return nil
 		}
-		if !(expired || retryableEtcdErr(err)) || !bo.wait(ctx) {
+		if (!expired && !retryableEtcdErr(err)) || !bo.wait(ctx) {
 			return fmt.Errorf("%s: %w: %w", what, ErrUnavailable, err)
 		}
 	}
@@ -1072,7 +1072,7 @@ func (s *EtcdStore) Watch(ctx context.Context) <-chan Event {
 		defer s.wg.Done()
 		defer cancel()
 		defer stop()
-		s.watchLoop(wctx, q, start)
+		s.watchLoop(wctx, start)
 	}()
 	return out
 }
@@ -1128,7 +1128,7 @@ func (s *EtcdStore) pump(ctx context.Context, q *eventQueue, out chan<- Event) {
 	}
 }
 
-func (s *EtcdStore) watchLoop(ctx context.Context, q *eventQueue, rev int64) {
+func (s *EtcdStore) watchLoop(ctx context.Context, rev int64) {
 	defer func() { s.endWatch(rev) }()
 	// Without a List before, the first thing delivered is everything.
 	resync := rev == 0

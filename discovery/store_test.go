@@ -17,9 +17,9 @@ import (
 )
 
 // storeImpls are the stores every conformance test runs against.
-func storeImpls(t *testing.T) map[string]func(t *testing.T) Store {
+func storeImpls(*testing.T) map[string]func(t *testing.T) Store {
 	return map[string]func(t *testing.T) Store{
-		"memory": func(t *testing.T) Store { return NewMemoryStore() },
+		"memory": func(*testing.T) Store { return NewMemoryStore() },
 		"bolt": func(t *testing.T) Store {
 			s, err := OpenBoltStore(filepath.Join(t.TempDir(), "registry.db"), BoltOptions{})
 			if err != nil {

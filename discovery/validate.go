@@ -37,7 +37,7 @@ func ValidateHostname(h string) error {
 		}
 		for i := 0; i < len(label); i++ {
 			c := label[i]
-			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+			if !isHostnameChar(c) {
 				return fmt.Errorf("hostname %q: invalid character %q", truncate(h), c)
 			}
 		}
@@ -77,7 +77,7 @@ func ValidateLabelName(n string) error {
 	}
 	for i := 0; i < len(n); i++ {
 		c := n[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '_' || (i > 0 && c >= '0' && c <= '9')) {
+		if !isLetter(c) && c != '_' && (i == 0 || !isDigit(c)) {
 			return fmt.Errorf("label name %q is invalid: use [a-zA-Z_][a-zA-Z0-9_]*", truncate(n))
 		}
 	}
@@ -114,7 +114,7 @@ func ValidateExporterName(n string) error {
 	}
 	for i := 0; i < len(n); i++ {
 		c := n[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+		if !isHostnameChar(c) && c != '_' {
 			return fmt.Errorf("exporter name %q is invalid: use [a-zA-Z0-9_-]", truncate(n))
 		}
 	}
@@ -154,7 +154,7 @@ func ValidateAgentID(id string) error {
 	}
 	for i := 0; i < len(id); i++ {
 		c := id[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.') {
+		if !isHostnameChar(c) && c != '_' && c != '.' {
 			return fmt.Errorf("agent id %q is invalid: use [a-zA-Z0-9._-]", truncate(id))
 		}
 	}
@@ -188,3 +188,10 @@ func truncate(s string) string {
 	}
 	return s[:limit] + "..."
 }
+
+// isHostnameChar reports whether c may appear in an RFC 1123 host name label.
+func isHostnameChar(c byte) bool { return isLetter(c) || isDigit(c) || c == '-' }
+
+func isLetter(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
+
+func isDigit(c byte) bool { return c >= '0' && c <= '9' }

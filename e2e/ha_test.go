@@ -461,8 +461,11 @@ func TestHA_EtcdFailures(t *testing.T) {
 	var id string
 	waitFor(t, startTimeout, func() error {
 		status, got, err := tryRegister(t.Context(), t, h.b, h.enrollTok, "ha-etcd-member-down")
-		if err != nil || status != http.StatusOK {
-			return fmt.Errorf("register with one etcd member down: status %d, %v", status, err)
+		if err != nil {
+			return fmt.Errorf("register with one etcd member down: %w", err)
+		}
+		if status != http.StatusOK {
+			return fmt.Errorf("register with one etcd member down: status %d", status)
 		}
 		id = got
 		return nil
@@ -518,8 +521,11 @@ func TestHA_EtcdFailures(t *testing.T) {
 	}
 	waitFor(t, startTimeout, func() error {
 		status, got, err := tryRegister(t.Context(), t, h.a, h.enrollTok, "ha-etcd-back")
-		if err != nil || status != http.StatusOK {
-			return fmt.Errorf("register after etcd came back: status %d, %v", status, err)
+		if err != nil {
+			return fmt.Errorf("register after etcd came back: %w", err)
+		}
+		if status != http.StatusOK {
+			return fmt.Errorf("register after etcd came back: status %d", status)
 		}
 		id = got
 		return nil

@@ -76,12 +76,6 @@ type chunker struct {
 // cost a system call each for little data.
 const minRead = 32 << 10
 
-func newChunker(r io.Reader, maxLine, target int, aligned, om bool) *chunker {
-	c := &chunker{}
-	c.reset(r, maxLine, target, aligned, om)
-	return c
-}
-
 // reset prepares the chunker for a new stream, keeping its buffers.
 func (c *chunker) reset(r io.Reader, maxLine, target int, aligned, om bool) {
 	*c = chunker{

@@ -171,7 +171,7 @@ func validateName(n string) error {
 	}
 	for i := 0; i < len(n); i++ {
 		c := n[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+		if !isNameChar(c) {
 			return fmt.Errorf("name %q may only contain [a-zA-Z0-9_-]", n)
 		}
 	}
@@ -180,3 +180,8 @@ func validateName(n string) error {
 
 // ExporterPath is the relay path of an exporter.
 func ExporterPath(name string) string { return "/exporters/" + name + "/metrics" }
+
+// isNameChar reports whether c may appear in an exporter name.
+func isNameChar(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-'
+}

@@ -12,7 +12,7 @@ import (
 // fuzzRelay runs the pipeline over arbitrary input for every output
 // format. It must never panic; errors are fine. Limits are small so that
 // no input can make it allocate much.
-func fuzzRelay(t *testing.T, data []byte, in Format, ct string) {
+func fuzzRelay(_ *testing.T, data []byte, in Format, ct string) {
 	for _, out := range []Format{FormatText, FormatOpenMetrics, FormatProtobuf} {
 		p := newPipeline("fuzz", "exporter", nil, 4096, 1<<20)
 		body := &capReader{r: bytes.NewReader(data), max: 1 << 20}

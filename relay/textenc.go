@@ -21,7 +21,7 @@ func appendHelp(b []byte, name, help []byte, om bool) []byte {
 	b = append(b, "# HELP "...)
 	b = appendMetricNameToken(b, name)
 	b = append(b, ' ')
-	if bytes.IndexAny(help, "\\\n\"") < 0 {
+	if !bytes.ContainsAny(help, "\\\n\"") {
 		b = append(b, help...)
 		return append(b, '\n')
 	}
@@ -72,7 +72,9 @@ func isLegacyName[S string | []byte](name S, metric bool) bool {
 	}
 	for i := 0; i < len(name); i++ {
 		c := name[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '_' || c >= '0' && c <= '9' && i > 0 || c == ':' && metric) {
+		legacy := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '_' ||
+			c >= '0' && c <= '9' && i > 0 || c == ':' && metric
+		if !legacy {
 			return false
 		}
 	}
