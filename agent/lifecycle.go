@@ -271,6 +271,18 @@ func (l *lifecycle) request(expired []byte) (*discovery.RegisterRequest, error) 
 	return &req, nil
 }
 
+// requestOrRetry builds a registration with a fresh CSR; when it cannot, it
+// schedules act again and says why once.
+func (l *lifecycle) requestOrRetry(act action) (*discovery.RegisterRequest, bool) {
+	req, err := l.request(nil)
+	if err != nil {
+		l.retry(act, err)
+		l.logOnce("csr", slog.LevelError, "Could not create a certificate request", "err", err)
+		return nil, false
+	}
+	return req, true
+}
+
 // enroll gets a certificate when there is no valid one: by proving the key
 // with the expired certificate (a host that was off for longer than its
 // certificate lived), or with the enrollment token.
@@ -338,10 +350,8 @@ func (l *lifecycle) withExpiredCertificate(ctx context.Context) (*discovery.Cert
 
 // enrollWithToken registers with an enrollment token.
 func (l *lifecycle) enrollWithToken(ctx context.Context, act action, tok string) {
-	req, err := l.request(nil)
-	if err != nil {
-		l.retry(act, err)
-		l.logOnce("csr", slog.LevelError, "Could not create a certificate request", "err", err)
+	req, ok := l.requestOrRetry(act)
+	if !ok {
 		return
 	}
 	resp, err := l.anon.Register(ctx, req, tok)
@@ -370,10 +380,8 @@ func (l *lifecycle) enrollWithToken(ctx context.Context, act action, tok string)
 
 // register re-registers over mTLS with the valid certificate.
 func (l *lifecycle) register(ctx context.Context) {
-	req, err := l.request(nil)
-	if err != nil {
-		l.retry(actRegister, err)
-		l.logOnce("csr", slog.LevelError, "Could not create a certificate request", "err", err)
+	req, ok := l.requestOrRetry(actRegister)
+	if !ok {
 		return
 	}
 	resp, err := l.client.Register(ctx, req, "")
@@ -436,10 +444,8 @@ func (l *lifecycle) recover(ctx context.Context) {
 
 // renew gets a new certificate for the same key over mTLS.
 func (l *lifecycle) renew(ctx context.Context) {
-	req, err := l.request(nil)
-	if err != nil {
-		l.retry(actRenew, err)
-		l.logOnce("csr", slog.LevelError, "Could not create a certificate request", "err", err)
+	req, ok := l.requestOrRetry(actRenew)
+	if !ok {
 		return
 	}
 	resp, err := l.client.Renew(ctx, &discovery.RenewRequest{CSR: req.CSR})
