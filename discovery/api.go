@@ -605,25 +605,13 @@ func (a *API) handleRevoke(w http.ResponseWriter, r *http.Request) {
 	if !a.admin(w, r) {
 		return
 	}
-	id := r.PathValue("id")
 	now := a.cfg.Now()
-	agent, err := a.cfg.Registry.Update(r.Context(), id, func(ag *Agent) error {
+	a.updateAgent(w, r, func(ag *Agent) error {
 		if !ag.Revoked() {
 			ag.RevokedAt = now
 		}
 		return nil
-	})
-	if errors.Is(err, ErrNotFound) {
-		writeError(w, http.StatusNotFound, "no such agent")
-		return
-	}
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	a.cfg.Logger.Info("Agent revoked", "agent_id", id, "hostname", agent.Hostname)
-	v, _ := a.cfg.Registry.Get(id)
-	writeJSON(w, http.StatusOK, v)
+	}, "Agent revoked")
 }
 
 func (a *API) handleMaintenance(w http.ResponseWriter, r *http.Request) {
@@ -635,14 +623,20 @@ func (a *API) handleMaintenance(w http.ResponseWriter, r *http.Request) {
 		writeError(w, status, err.Error())
 		return
 	}
-	id := r.PathValue("id")
-	_, err := a.cfg.Registry.Update(r.Context(), id, func(ag *Agent) error {
+	a.updateAgent(w, r, func(ag *Agent) error {
 		if ag.Revoked() {
 			return &authError{http.StatusConflict, "revoked", "agent is revoked"}
 		}
 		ag.Maintenance = req.Maintenance
 		return nil
-	})
+	}, "Agent maintenance changed", "maintenance", req.Maintenance)
+}
+
+// updateAgent applies an operator's change to the agent named in the path,
+// logs it and replies with the agent's new view.
+func (a *API) updateAgent(w http.ResponseWriter, r *http.Request, mutate func(*Agent) error, logMsg string, logArgs ...any) {
+	id := r.PathValue("id")
+	agent, err := a.cfg.Registry.Update(r.Context(), id, mutate)
 	if errors.Is(err, ErrNotFound) {
 		writeError(w, http.StatusNotFound, "no such agent")
 		return
@@ -651,7 +645,7 @@ func (a *API) handleMaintenance(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	a.cfg.Logger.Info("Agent maintenance changed", "agent_id", id, "maintenance", req.Maintenance)
+	a.cfg.Logger.Info(logMsg, append([]any{"agent_id", id, "hostname", agent.Hostname}, logArgs...)...)
 	v, _ := a.cfg.Registry.Get(id)
 	writeJSON(w, http.StatusOK, v)
 }
