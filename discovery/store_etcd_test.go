@@ -8,9 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"net"
-	"os"
-	"os/exec"
 	"reflect"
 	"runtime"
 	"slices"
@@ -22,229 +19,17 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
+
+	"github.com/baremetal-sd/baremetal_sd/internal/etcdtest"
 )
 
-// etcdBinary is where Debian's etcd-server package installs etcd.
-const etcdBinary = "/usr/bin/etcd"
+// etcdWait bounds every wait for the test cluster.
+const etcdWait = etcdtest.Wait
 
-// etcdWait bounds every wait for the test cluster: generous, because the
-// race detector and three etcd processes share small CI machines.
-const etcdWait = 30 * time.Second
+type etcdCluster = etcdtest.Cluster
 
-// etcdCluster is a real etcd cluster of local processes, one per member, on
-// loopback ports.
-type etcdCluster struct {
-	t       testing.TB
-	members []*etcdMember
-}
-
-type etcdMember struct {
-	name      string
-	clientURL string
-	args      []string
-	log       *tailBuffer
-
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
-}
-
-// tailBuffer keeps the last bytes a process wrote, for failure reports.
-type tailBuffer struct {
-	mu  sync.Mutex
-	buf []byte
-}
-
-func (b *tailBuffer) Write(p []byte) (int, error) {
-	const limit = 64 << 10
-	b.mu.Lock()
-	b.buf = append(b.buf, p...)
-	if len(b.buf) > limit {
-		b.buf = append(b.buf[:0], b.buf[len(b.buf)-limit:]...)
-	}
-	b.mu.Unlock()
-	return len(p), nil
-}
-
-func (b *tailBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return string(b.buf)
-}
-
-// freeLoopbackPorts returns n ports that were free a moment ago; the
-// listeners are held until all are picked so the ports differ.
-func freeLoopbackPorts(t testing.TB, n int) []int {
-	t.Helper()
-	ports := make([]int, n)
-	listeners := make([]net.Listener, n)
-	for i := range ports {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		listeners[i] = l
-		ports[i] = l.Addr().(*net.TCPAddr).Port
-	}
-	for _, l := range listeners {
-		l.Close()
-	}
-	return ports
-}
-
-// startEtcdCluster starts an n-member cluster and waits until it serves
-// linearizable reads. Every member is killed when the test ends.
-func startEtcdCluster(t testing.TB, n int) *etcdCluster {
-	t.Helper()
-	if _, err := os.Stat(etcdBinary); err != nil {
-		t.Skipf("etcd is not installed at %s (Debian package etcd-server): %v", etcdBinary, err)
-	}
-	ports := freeLoopbackPorts(t, 2*n)
-	dir := t.TempDir()
-	peers := make([]string, n)
-	for i := range n {
-		peers[i] = fmt.Sprintf("m%d=http://127.0.0.1:%d", i, ports[2*i+1])
-	}
-	c := &etcdCluster{t: t}
-	for i := range n {
-		client := fmt.Sprintf("http://127.0.0.1:%d", ports[2*i])
-		peer := fmt.Sprintf("http://127.0.0.1:%d", ports[2*i+1])
-		m := &etcdMember{
-			name:      fmt.Sprintf("m%d", i),
-			clientURL: client,
-			log:       &tailBuffer{},
-			args: []string{
-				"--name", fmt.Sprintf("m%d", i),
-				"--data-dir", fmt.Sprintf("%s/m%d", dir, i),
-				"--listen-client-urls", client,
-				"--advertise-client-urls", client,
-				"--listen-peer-urls", peer,
-				"--initial-advertise-peer-urls", peer,
-				"--initial-cluster", strings.Join(peers, ","),
-				"--initial-cluster-state", "new",
-				"--initial-cluster-token", fmt.Sprintf("baremetal-sd-test-%d", ports[0]),
-				// Short timings make elections after a kill quick.
-				"--heartbeat-interval", "50",
-				"--election-timeout", "500",
-				"--logger", "zap",
-				"--log-outputs", "stderr",
-			},
-		}
-		c.members = append(c.members, m)
-	}
-	t.Cleanup(func() {
-		for i := range c.members {
-			c.Kill(i)
-		}
-		if t.Failed() {
-			for _, m := range c.members {
-				t.Logf("etcd member %s output (tail):\n%s", m.name, m.log.String())
-			}
-		}
-	})
-	for i := range c.members {
-		c.Start(i)
-	}
-	c.WaitHealthy()
-	return c
-}
-
-// Endpoints returns the client URLs of all members.
-func (c *etcdCluster) Endpoints() []string {
-	eps := make([]string, len(c.members))
-	for i, m := range c.members {
-		eps[i] = m.clientURL
-	}
-	return eps
-}
-
-// Start starts member i; after a Kill it restarts from its data directory.
-func (c *etcdCluster) Start(i int) {
-	c.t.Helper()
-	m := c.members[i]
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.cmd != nil {
-		return
-	}
-	cmd := exec.Command(etcdBinary, m.args...)
-	cmd.Stdout = m.log
-	cmd.Stderr = m.log
-	if err := cmd.Start(); err != nil {
-		c.t.Fatalf("start etcd member %s: %v", m.name, err)
-	}
-	done := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(done)
-	}()
-	m.cmd, m.done = cmd, done
-}
-
-// Kill stops member i with SIGKILL and waits until it is gone.
-func (c *etcdCluster) Kill(i int) {
-	m := c.members[i]
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.cmd == nil {
-		return
-	}
-	_ = m.cmd.Process.Kill()
-	<-m.done
-	m.cmd = nil
-}
-
-// Client returns a raw client for inspecting the cluster.
-func (c *etcdCluster) Client() *clientv3.Client {
-	c.t.Helper()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	c.t.Cleanup(func() { cli.Close() })
-	return cli
-}
-
-// WaitHealthy waits until the cluster serves a linearizable read.
-func (c *etcdCluster) WaitHealthy() {
-	c.t.Helper()
-	cli := c.Client()
-	deadline := time.Now().Add(etcdWait)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_, err := cli.Get(ctx, "health-check")
-		cancel()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			c.t.Fatalf("etcd cluster not healthy after %v: %v", etcdWait, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// Leader returns the index of the current leader.
-func (c *etcdCluster) Leader() int {
-	c.t.Helper()
-	cli := c.Client()
-	deadline := time.Now().Add(etcdWait)
-	for {
-		for i, m := range c.members {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			st, err := cli.Status(ctx, m.clientURL)
-			cancel()
-			if err == nil && st.Leader != 0 && st.Leader == st.Header.MemberId {
-				return i
-			}
-		}
-		if time.Now().After(deadline) {
-			c.t.Fatal("no etcd leader")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
+// startEtcdCluster starts a real n-member etcd cluster for the test.
+func startEtcdCluster(t testing.TB, n int) *etcdCluster { return etcdtest.Start(t, n) }
 
 // openTestEtcdStore opens a store on the cluster under prefix; an empty
 // prefix gets a fresh one.
@@ -854,9 +639,7 @@ func TestEtcdStore_OutageAndRecovery(t *testing.T) {
 	}
 	evB := b.Watch(ctx)
 
-	for i := range c.members {
-		c.Kill(i)
-	}
+	c.KillAll()
 	ops := map[string]func() error{
 		"put":     func() error { return a.Put(ctx, testAgent("y")) },
 		"delete":  func() error { return a.Delete(ctx, "x") },
@@ -880,10 +663,7 @@ func TestEtcdStore_OutageAndRecovery(t *testing.T) {
 	}
 	wg.Wait()
 
-	for i := range c.members {
-		c.Start(i)
-	}
-	c.WaitHealthy()
+	c.StartAll()
 	deadline := time.Now().Add(etcdWait)
 	for {
 		err := a.Put(ctx, testAgent("y"))

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -17,166 +16,18 @@ import (
 	"testing"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
-
 	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/internal/etcdtest"
 )
 
-// etcdBinary is where Debian's etcd-server package installs etcd.
-const etcdBinary = "/usr/bin/etcd"
-
-// etcdCluster is a real etcd cluster of local processes on loopback ports,
-// as the HA tests need one. (discovery/store_etcd_test.go has the same
-// helper for the store's own tests.)
-type etcdCluster struct {
-	t       testing.TB
-	members []*etcdMember
-}
-
-type etcdMember struct {
-	name      string
-	clientURL string
-	args      []string
-	log       *logBuffer
-	proc      *process
-}
-
-// startEtcdCluster starts an n-member cluster and waits until it serves a
-// linearizable read. Its members are killed when the test ends, and their
-// output is logged if the test failed.
-func startEtcdCluster(t testing.TB, n int) *etcdCluster {
-	t.Helper()
-	dir := t.TempDir()
-	ports := make([]int, 2*n)
-	listeners := make([]net.Listener, 0, 2*n)
-	for i := range ports {
-		// Held until all are picked, so the ports differ.
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		listeners = append(listeners, l)
-		ports[i] = l.Addr().(*net.TCPAddr).Port
-	}
-	for _, l := range listeners {
-		l.Close()
-	}
-	peers := make([]string, n)
-	for i := range n {
-		peers[i] = fmt.Sprintf("m%d=http://127.0.0.1:%d", i, ports[2*i+1])
-	}
-	c := &etcdCluster{t: t}
-	for i := range n {
-		client := fmt.Sprintf("http://127.0.0.1:%d", ports[2*i])
-		peer := fmt.Sprintf("http://127.0.0.1:%d", ports[2*i+1])
-		m := &etcdMember{
-			name:      fmt.Sprintf("etcd m%d", i),
-			clientURL: client,
-			log:       &logBuffer{},
-			args: []string{
-				"--name", fmt.Sprintf("m%d", i),
-				"--data-dir", filepath.Join(dir, fmt.Sprintf("m%d", i)),
-				"--listen-client-urls", client,
-				"--advertise-client-urls", client,
-				"--listen-peer-urls", peer,
-				"--initial-advertise-peer-urls", peer,
-				"--initial-cluster", strings.Join(peers, ","),
-				"--initial-cluster-state", "new",
-				"--initial-cluster-token", fmt.Sprintf("baremetal-sd-e2e-%d", ports[0]),
-				"--logger", "zap",
-				"--log-outputs", "stderr",
-			},
-		}
-		dumpOnFailure(t, m.name, m.log)
-		c.members = append(c.members, m)
-	}
-	t.Cleanup(c.KillAll)
-	c.StartAll()
-	return c
-}
-
-// Endpoints returns the client URLs.
-func (c *etcdCluster) Endpoints() []string {
-	eps := make([]string, len(c.members))
-	for i, m := range c.members {
-		eps[i] = m.clientURL
-	}
-	return eps
-}
-
-// StartAll starts every stopped member (from its data directory after a
-// kill) and waits until the cluster is healthy.
-func (c *etcdCluster) StartAll() {
-	c.t.Helper()
-	for _, m := range c.members {
-		if m.proc == nil || m.proc.exited() {
-			fmt.Fprintf(m.log, "=== %s %s\n", etcdBinary, strings.Join(m.args, " "))
-			m.proc = startProcess(c.t, m.name, m.log, etcdBinary, m.args...)
-		}
-	}
-	cli := c.client()
-	defer cli.Close()
-	waitFor(c.t, startTimeout, func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		_, err := cli.Get(ctx, "health-check")
-		return err
-	})
-}
-
-// Kill stops member i with SIGKILL.
-func (c *etcdCluster) Kill(i int) {
-	c.t.Helper()
-	if m := c.members[i]; m.proc != nil && !m.proc.exited() {
-		if err := m.proc.kill(); err != nil {
-			c.t.Fatal(err)
-		}
-	}
-}
-
-// KillAll stops every member with SIGKILL.
-func (c *etcdCluster) KillAll() {
-	for i := range c.members {
-		c.Kill(i)
-	}
-}
-
-// Leader returns the index of the current leader.
-func (c *etcdCluster) Leader() int {
-	c.t.Helper()
-	cli := c.client()
-	defer cli.Close()
-	leader := -1
-	waitFor(c.t, startTimeout, func() error {
-		for i, m := range c.members {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			st, err := cli.Status(ctx, m.clientURL)
-			cancel()
-			if err == nil && st.Leader != 0 && st.Leader == st.Header.MemberId {
-				leader = i
-				return nil
-			}
-		}
-		return fmt.Errorf("no etcd member is the leader")
-	})
-	return leader
-}
-
-func (c *etcdCluster) client() *clientv3.Client {
-	c.t.Helper()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	return cli
-}
+// startEtcdCluster starts a real n-member etcd cluster for the test.
+func startEtcdCluster(t testing.TB, n int) *etcdtest.Cluster { return etcdtest.Start(t, n) }
 
 // haSetup is two server replicas on one etcd cluster, sharing the CA and
 // token key (copied, as the documentation tells operators to), plus the
 // credentials a test needs.
 type haSetup struct {
-	etcd *etcdCluster
+	etcd *etcdtest.Cluster
 	a, b *testServer
 	// sdClient reads http_sd with a discovery certificate; it trusts the
 	// shared CA, so it works with both replicas.
@@ -189,12 +40,9 @@ type haSetup struct {
 // binary has the etcd store wired in.
 func requireEtcdSupport(t *testing.T) {
 	t.Helper()
-	if _, err := os.Stat(etcdBinary); err != nil {
-		t.Skipf("etcd is not installed at %s (Debian package etcd-server): %v", etcdBinary, err)
-	}
 	out, _ := exec.Command(binary, "server", "--help").CombinedOutput()
 	if !bytes.Contains(out, []byte("--etcd.endpoints")) {
-		t.Skip("the server has no --etcd.endpoints flag")
+		t.Fatalf("the server binary %s has no --etcd.endpoints flag", binary)
 	}
 }
 
