@@ -42,119 +42,129 @@ func sortedList(t *testing.T, s Store) []Agent {
 }
 
 func TestStore_Conformance(t *testing.T) {
+	for name, newStore := range storeImpls(t) {
+		t.Run(name, func(t *testing.T) { testStoreConformance(t, newStore, nil) })
+	}
+}
+
+// testStoreConformance is what every Store must do. reopen, when not nil,
+// opens a second store on the data of the first.
+func testStoreConformance(t *testing.T, newStore func(*testing.T) Store, reopen func(*testing.T, Store) Store) {
 	ctx := context.Background()
 	base := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
-	for name, newStore := range storeImpls(t) {
-		t.Run(name, func(t *testing.T) {
-			t.Run("put, replace, list", func(t *testing.T) {
-				s := newStore(t)
-				a := testAgent("a")
-				a.LastSeen = base
-				a.RegisteredAt = base
-				if err := s.Put(ctx, a); err != nil {
-					t.Fatal(err)
-				}
-				a.Labels["role"] = "mutated after put"
-				got := sortedList(t, s)
-				if len(got) != 1 || got[0].Labels["role"] != "web" || !got[0].LastSeen.Equal(base) {
-					t.Fatalf("list %+v", got)
-				}
-				b := testAgent("a")
-				b.Port = 1234
-				b.LastSeen = base
-				if err := s.Put(ctx, b); err != nil {
-					t.Fatal(err)
-				}
-				got = sortedList(t, s)
-				if len(got) != 1 || got[0].Port != 1234 {
-					t.Fatalf("replace: %+v", got)
-				}
-				got[0].Exporters[0].Name = "mutated after list"
-				if again := sortedList(t, s); again[0].Exporters[0].Name != "node" {
-					t.Fatal("list returns records aliasing the store")
-				}
-			})
-			t.Run("delete is idempotent", func(t *testing.T) {
-				s := newStore(t)
-				_ = s.Put(ctx, testAgent("a"))
-				for i := 0; i < 2; i++ {
-					if err := s.Delete(ctx, "a"); err != nil {
-						t.Fatal(err)
-					}
-				}
-				if got := sortedList(t, s); len(got) != 0 {
-					t.Fatalf("deleted agent listed: %+v", got)
-				}
-			})
-			t.Run("touch", func(t *testing.T) {
-				s := newStore(t)
-				a := testAgent("a")
-				a.LastSeen = base
-				_ = s.Put(ctx, a)
-				_ = s.Put(ctx, testAgent("gone"))
-				_ = s.Delete(ctx, "gone")
-				touches := []Touch{{ID: "a", LastSeen: base.Add(time.Minute)}, {ID: "unknown", LastSeen: base}, {ID: "gone", LastSeen: base}}
-				if err := s.Touch(ctx, touches); err != nil {
-					t.Fatal(err)
-				}
-				got := sortedList(t, s)
-				if len(got) != 1 || got[0].ID != "a" || !got[0].LastSeen.Equal(base.Add(time.Minute)) {
-					t.Fatalf("after touch: %+v", got)
-				}
-				// An older touch never moves LastSeen back.
-				_ = s.Touch(ctx, []Touch{{ID: "a", LastSeen: base}})
-				if got := sortedList(t, s); !got[0].LastSeen.Equal(base.Add(time.Minute)) {
-					t.Fatalf("older touch moved LastSeen to %v", got[0].LastSeen)
-				}
-			})
-			t.Run("claim token once", func(t *testing.T) {
-				s := newStore(t)
-				exp := time.Now().Add(time.Hour)
-				if err := s.ClaimToken(ctx, "j1", exp); err != nil {
-					t.Fatal(err)
-				}
-				if err := s.ClaimToken(ctx, "j1", exp); !errors.Is(err, ErrTokenUsed) {
-					t.Fatalf("second claim: %v, want ErrTokenUsed", err)
-				}
-				var wins atomic.Int32
-				var wg sync.WaitGroup
-				for i := 0; i < 50; i++ {
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						err := s.ClaimToken(ctx, "j2", exp)
-						switch {
-						case err == nil:
-							wins.Add(1)
-						case !errors.Is(err, ErrTokenUsed):
-							t.Error(err)
-						}
-					}()
-				}
-				wg.Wait()
-				if wins.Load() != 1 {
-					t.Fatalf("%d concurrent claims of one token succeeded, want 1", wins.Load())
-				}
-			})
-			t.Run("concurrent puts", func(t *testing.T) {
-				s := newStore(t)
-				var wg sync.WaitGroup
-				for i := 0; i < 40; i++ {
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						if err := s.Put(ctx, testAgent(fmt.Sprintf("a%02d", i))); err != nil {
-							t.Error(err)
-						}
-					}()
-				}
-				wg.Wait()
-				if got := sortedList(t, s); len(got) != 40 {
-					t.Fatalf("%d agents after 40 concurrent puts", len(got))
+	t.Run("put, replace, list", func(t *testing.T) {
+		s := newStore(t)
+		a := testAgent("a")
+		a.LastSeen = base
+		a.RegisteredAt = base
+		if err := s.Put(ctx, a); err != nil {
+			t.Fatal(err)
+		}
+		a.Labels["role"] = "mutated after put"
+		got := sortedList(t, s)
+		if len(got) != 1 || got[0].Labels["role"] != "web" || !got[0].LastSeen.Equal(base) {
+			t.Fatalf("list %+v", got)
+		}
+		b := testAgent("a")
+		b.Port = 1234
+		b.LastSeen = base
+		if err := s.Put(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+		got = sortedList(t, s)
+		if len(got) != 1 || got[0].Port != 1234 {
+			t.Fatalf("replace: %+v", got)
+		}
+		if !sameAgent(got[0], *b) {
+			t.Fatalf("round trip\n got %+v\nwant %+v", got[0], *b)
+		}
+		got[0].Exporters[0].Name = "mutated after list"
+		if again := sortedList(t, s); again[0].Exporters[0].Name != "node" {
+			t.Fatal("list returns records aliasing the store")
+		}
+	})
+	t.Run("delete is idempotent", func(t *testing.T) {
+		s := newStore(t)
+		_ = s.Put(ctx, testAgent("a"))
+		for range 2 {
+			if err := s.Delete(ctx, "a"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := sortedList(t, s); len(got) != 0 {
+			t.Fatalf("deleted agent listed: %+v", got)
+		}
+	})
+	t.Run("touch", func(t *testing.T) {
+		s := newStore(t)
+		a := testAgent("a")
+		a.LastSeen = base
+		_ = s.Put(ctx, a)
+		_ = s.Put(ctx, testAgent("gone"))
+		_ = s.Delete(ctx, "gone")
+		touches := []Touch{{ID: "a", LastSeen: base.Add(time.Minute)}, {ID: "unknown", LastSeen: base}, {ID: "gone", LastSeen: base}}
+		if err := s.Touch(ctx, touches); err != nil {
+			t.Fatal(err)
+		}
+		got := sortedList(t, s)
+		if len(got) != 1 || got[0].ID != "a" || !got[0].LastSeen.Equal(base.Add(time.Minute)) {
+			t.Fatalf("after touch: %+v", got)
+		}
+		_ = s.Touch(ctx, []Touch{{ID: "a", LastSeen: base}})
+		if got := sortedList(t, s); !got[0].LastSeen.Equal(base.Add(time.Minute)) {
+			t.Fatalf("older touch moved LastSeen to %v", got[0].LastSeen)
+		}
+		if reopen == nil {
+			return
+		}
+		// A fresh store on the same data (a restart, another replica)
+		// reads the same.
+		if got := sortedList(t, reopen(t, s)); len(got) != 1 || !got[0].LastSeen.Equal(base.Add(time.Minute)) {
+			t.Fatalf("fresh store after touch: %+v", got)
+		}
+	})
+	t.Run("claim token once", func(t *testing.T) {
+		s := newStore(t)
+		exp := time.Now().Add(time.Hour)
+		if err := s.ClaimToken(ctx, "j1", exp); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.ClaimToken(ctx, "j1", exp); !errors.Is(err, ErrTokenUsed) {
+			t.Fatalf("second claim: %v, want ErrTokenUsed", err)
+		}
+		var wins atomic.Int32
+		var wg sync.WaitGroup
+		for range 50 {
+			wg.Go(func() {
+				err := s.ClaimToken(ctx, "j2", exp)
+				switch {
+				case err == nil:
+					wins.Add(1)
+				case !errors.Is(err, ErrTokenUsed):
+					t.Error(err)
 				}
 			})
-		})
-	}
+		}
+		wg.Wait()
+		if wins.Load() != 1 {
+			t.Fatalf("%d concurrent claims of one token succeeded, want 1", wins.Load())
+		}
+	})
+	t.Run("concurrent puts", func(t *testing.T) {
+		s := newStore(t)
+		var wg sync.WaitGroup
+		for i := range 40 {
+			wg.Go(func() {
+				if err := s.Put(ctx, testAgent(fmt.Sprintf("a%02d", i))); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		if got := sortedList(t, s); len(got) != 40 {
+			t.Fatalf("%d agents after 40 concurrent puts", len(got))
+		}
+	})
 }
 
 func TestBoltStore_Durability(t *testing.T) {
