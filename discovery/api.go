@@ -96,6 +96,10 @@ func writeError(w http.ResponseWriter, status int, msg string) {
 func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) string {
 	var ae *authError
 	if errors.As(err, &ae) {
+		if ae.status == http.StatusUnauthorized {
+			// RFC 9110: a 401 names the scheme that would work.
+			w.Header().Set("WWW-Authenticate", `Bearer realm="baremetal_sd"`)
+		}
 		writeError(w, ae.status, ae.msg)
 		return ae.reason
 	}

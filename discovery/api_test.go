@@ -135,6 +135,7 @@ func (h *apiHarness) token(spec ca.TokenSpec) string {
 type reply struct {
 	status int
 	body   []byte
+	header http.Header
 }
 
 func (h *apiHarness) do(c *http.Client, method, path, token string, body []byte) reply {
@@ -156,7 +157,7 @@ func (h *apiHarness) do(c *http.Client, method, path, token string, body []byte)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	return reply{resp.StatusCode, b}
+	return reply{resp.StatusCode, b, resp.Header}
 }
 
 func newKey(t *testing.T) *ecdsa.PrivateKey {
@@ -357,6 +358,9 @@ func TestAPI_RegisterRefusesBadTokens(t *testing.T) {
 			var e ErrorResponse
 			if err := json.Unmarshal(rep.body, &e); err != nil || e.Error == "" {
 				t.Fatalf("error body %q is not a JSON error", rep.body)
+			}
+			if wa := rep.header.Get("WWW-Authenticate"); (rep.status == http.StatusUnauthorized) != strings.HasPrefix(wa, "Bearer") {
+				t.Errorf("status %d with WWW-Authenticate %q", rep.status, wa)
 			}
 			if tt.token != "" && strings.Contains(string(rep.body), tt.token) {
 				t.Fatal("reply carries the token")

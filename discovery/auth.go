@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -86,7 +87,7 @@ func (a *authenticator) agent(r *http.Request) (*identity, error) {
 		return nil, a.reject(&authError{http.StatusForbidden, "unknown_role", "certificate has no baremetal_sd role"})
 	}
 	if role != ca.RoleAgent {
-		return nil, a.reject(&authError{http.StatusForbidden, "not_agent", "a " + string(role) + " certificate cannot act as an agent"})
+		return nil, a.reject(&authError{http.StatusForbidden, "not_agent", fmt.Sprintf("a certificate of role %q cannot act as an agent", role)})
 	}
 	return &identity{role: role, id: id, serial: serialHex(cert), hostname: certHostname(cert)}, nil
 }
@@ -148,7 +149,7 @@ func (a *authenticator) reader(r *http.Request, want ca.Scope, roles ...ca.Role)
 				return &identity{role: role, id: id, serial: serialHex(cert)}, nil
 			}
 		}
-		return nil, a.reject(&authError{http.StatusForbidden, "wrong_role", "a " + string(role) + " certificate may not use this endpoint"})
+		return nil, a.reject(&authError{http.StatusForbidden, "wrong_role", fmt.Sprintf("a certificate of role %q may not use this endpoint", role)})
 	}
 	return a.token(r, want)
 }

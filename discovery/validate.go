@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -151,6 +152,11 @@ func ValidateExporters(exps []Exporter) error {
 func ValidateAgentID(id string) error {
 	if id == "" || len(id) > MaxAgentIDLen {
 		return fmt.Errorf("agent id must have 1 to %d characters", MaxAgentIDLen)
+	}
+	if id == "self" {
+		// /api/v1/agents/self is the calling agent, so an agent named
+		// "self" could never be revoked.
+		return errors.New(`agent id "self" is reserved`)
 	}
 	for i := 0; i < len(id); i++ {
 		c := id[i]
