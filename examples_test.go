@@ -50,3 +50,23 @@ func TestExamples_PrometheusConfig(t *testing.T) {
 		t.Fatalf("promtool check config: %v\n%s", err, out)
 	}
 }
+
+// TestExamples_AlertingRules checks the example rules with promtool and runs
+// their unit tests, which make every alert fire and stay quiet.
+func TestExamples_AlertingRules(t *testing.T) {
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Fatal("promtool not found: run scripts/install-test-deps.sh (make test does)")
+	}
+	dir := filepath.Join("examples", "rules")
+	for _, args := range [][]string{
+		{"check", "rules", "baremetal_sd.rules.yml"},
+		{"test", "rules", "baremetal_sd.rules.test.yml"},
+	} {
+		cmd := exec.Command(promtool, args...)
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("promtool %v: %v\n%s", args, err, out)
+		}
+	}
+}
