@@ -215,6 +215,8 @@ type agentIdentity struct {
 	csr      string
 	cert     *tls.Certificate
 	id       string
+	// labels replace the default role="bench" when set.
+	labels map[string]string
 }
 
 // newIdentity generates an agent key and CSR, as the agent does on its host.
@@ -246,11 +248,15 @@ func benchAddress(n int) string {
 }
 
 func (id *agentIdentity) registerBody() ([]byte, error) {
+	labels := id.labels
+	if labels == nil {
+		labels = map[string]string{"role": "bench"}
+	}
 	b, err := json.Marshal(discovery.RegisterRequest{
 		Hostname:  id.hostname,
 		Address:   id.address,
 		Port:      9956,
-		Labels:    map[string]string{"role": "bench"},
+		Labels:    labels,
 		Exporters: []discovery.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
 		CSR:       id.csr,
 	})

@@ -18,11 +18,13 @@ type Commands struct {
 	heartbeat *kingpin.CmdClause
 	httpsd    *kingpin.CmdClause
 	populate  *kingpin.CmdClause
+	converge  *kingpin.CmdClause
 
 	reg RegisterConfig
 	hb  HeartbeatConfig
 	sd  HTTPSDConfig
 	pop PopulateConfig
+	cv  ConvergeConfig
 }
 
 // defaultServerURL is where `baremetal_sd server` listens by default.
@@ -72,6 +74,15 @@ func AddCommands(app *kingpin.Application) *Commands {
 	c.populate.Flag("concurrency", "Concurrent writers.").Default("64").IntVar(&c.pop.Concurrency)
 	c.populate.Flag("duration", "Upper bound on the run.").Default("10m").DurationVar(&c.pop.Duration)
 	c.populate.Flag("first", "Number of the first synthetic agent.").Default("0").IntVar(&c.pop.First)
+
+	c.converge = bench.Command("converge", "Measure how long a registration through one replica takes to reach another replica's http_sd.")
+	c.converge.Flag("server.url", "URL of the replica to register through (loopback only).").Default(defaultServerURL).StringVar(&c.cv.ServerURL)
+	c.converge.Flag("peer.url", "URL of the replica whose http_sd is read (loopback only).").Required().StringVar(&c.cv.PeerURL)
+	c.converge.Flag("data.dir", "A replica's data directory: the shared CA and token key.").Default("data").StringVar(&c.cv.DataDir)
+	c.converge.Flag("count", "Registrations to follow.").Default("20").IntVar(&c.cv.Count)
+	c.converge.Flag("duration", "Upper bound on the run.").Default("2m").DurationVar(&c.cv.Duration)
+	c.converge.Flag("poll-interval", "Pause between two reads of the peer's http_sd.").Default("1ms").DurationVar(&c.cv.PollInterval)
+	c.converge.Flag("first", "Number of the first simulated host.").Default("3000000").IntVar(&c.cv.First)
 	return c
 }
 
@@ -85,6 +96,8 @@ func (c *Commands) Run(ctx context.Context, selected string, logger *slog.Logger
 		return true, RunHeartbeat(ctx, c.hb, c.Out)
 	case c.httpsd.FullCommand():
 		return true, RunHTTPSD(ctx, c.sd, c.Out)
+	case c.converge.FullCommand():
+		return true, RunConverge(ctx, c.cv, c.Out)
 	case c.populate.FullCommand():
 		cfg := c.pop
 		cfg.Logger = logger

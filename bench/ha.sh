@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Reruns the high-availability measurements of BENCHMARKS.md: a three-member
+# etcd cluster and two server replicas on 127.0.0.1, 100,000 agents enrolled
+# through both, then heartbeats through both replicas at once, the etcd writes
+# they cause, how fast a registration reaches the other replica's http_sd, and
+# the replicas' memory. Usage (from the repository root):
+#
+#   make build && bench/ha.sh
+#
+# Environment: BIN (default ./baremetal_sd), AGENTS (default 100000),
+# ETCD (default /usr/bin/etcd), BASE_PORT (default 39960; uses 10 ports),
+# FLUSH (the replicas' --registry.flush-interval, default 5s), KEEP=1 keeps
+# the temporary directories.
+set -euo pipefail
+
+BIN=${BIN:-./baremetal_sd}
+AGENTS=${AGENTS:-100000}
+ETCD=${ETCD:-/usr/bin/etcd}
+BASE_PORT=${BASE_PORT:-39960}
+FLUSH=${FLUSH:-5s}
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/baremetal_sd-ha.XXXXXX")
+PIDS=()
+
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill -TERM "${pid}" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "${pid}" 2>/dev/null || true; done
+  if [[ "${KEEP:-0}" != 1 ]]; then rm -rf "${WORK}"; else echo "kept ${WORK}"; fi
+}
+trap cleanup EXIT
+
+header() { printf '\n### %s (load average: %s)\n' "$1" "$(cut -d' ' -f1-3 /proc/loadavg)"; }
+
+# wait_for DESCRIPTION SECONDS COMMAND...: retries COMMAND every 0.1 s.
+wait_for() {
+  local what=$1 secs=$2
+  shift 2
+  for _ in $(seq 1 $((secs * 10))); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.1
+  done
+  echo "timed out after ${secs}s waiting for ${what}" >&2
+  return 1
+}
+
+# --- etcd: three members on loopback ---------------------------------------
+client_url() { echo "http://127.0.0.1:$((BASE_PORT + $1))"; }
+peer_url() { echo "http://127.0.0.1:$((BASE_PORT + 3 + $1))"; }
+cluster=""
+for i in 0 1 2; do cluster+="${cluster:+,}m${i}=$(peer_url "${i}")"; done
+for i in 0 1 2; do
+  "${ETCD}" --name "m${i}" --data-dir "${WORK}/etcd-m${i}" \
+    --listen-client-urls "$(client_url "${i}")" --advertise-client-urls "$(client_url "${i}")" \
+    --listen-peer-urls "$(peer_url "${i}")" --initial-advertise-peer-urls "$(peer_url "${i}")" \
+    --initial-cluster "${cluster}" --initial-cluster-state new \
+    --initial-cluster-token "baremetal-sd-ha-bench-${BASE_PORT}" \
+    --auto-compaction-mode=periodic --auto-compaction-retention=1h \
+    --logger zap --log-outputs "${WORK}/etcd-m${i}.log" &
+  PIDS+=($!)
+done
+ENDPOINTS="$(client_url 0),$(client_url 1),$(client_url 2)"
+for i in 0 1 2; do wait_for "etcd member m${i}" 60 curl -sf "$(client_url "${i}")/health"; done
+
+# --- two replicas sharing the CA and token key -----------------------------
+URL_A="https://127.0.0.1:$((BASE_PORT + 6))"
+URL_B="https://127.0.0.1:$((BASE_PORT + 7))"
+start_replica() { # NAME DATA_DIR PORT
+  "${BIN}" server --data.dir="$2" --web.listen-address="127.0.0.1:$3" --log.level=warn \
+    --storage.backend=etcd --etcd.endpoints="${ENDPOINTS}" --registry.flush-interval="${FLUSH}" \
+    2>"${WORK}/$1.log" &
+  PIDS+=($!)
+  echo $! >"${WORK}/$1.pid"
+  wait_for "replica $1" 60 curl -sf --cacert "$2/ca.crt" "https://127.0.0.1:$3/-/ready"
+}
+mkdir -p "${WORK}/a" "${WORK}/b"
+start_replica a "${WORK}/a" $((BASE_PORT + 6))
+cp "${WORK}/a/ca.crt" "${WORK}/a/ca.key" "${WORK}/a/token.key" "${WORK}/b/"
+start_replica b "${WORK}/b" $((BASE_PORT + 7))
+PID_A=$(cat "${WORK}/a.pid")
+PID_B=$(cat "${WORK}/b.pid")
+
+bench() { "${BIN}" bench "$@"; }
+
+# --- enroll the fleet, half through each replica ----------------------------
+header "enroll ${AGENTS} agents, half through each replica"
+half=$((AGENTS / 2))
+bench register --server.url="${URL_A}" --data.dir="${WORK}/a" --server.pid="${PID_A}" \
+  --count="${half}" --concurrency=32 --keep-alive --duration=10m --first=0 >"${WORK}/reg-a.txt" &
+reg_a=$!
+bench register --server.url="${URL_B}" --data.dir="${WORK}/b" --server.pid="${PID_B}" \
+  --count=$((AGENTS - half)) --concurrency=32 --keep-alive --duration=10m --first="${half}" >"${WORK}/reg-b.txt" &
+reg_b=$!
+wait "${reg_a}"
+wait "${reg_b}"
+cat "${WORK}/reg-a.txt" "${WORK}/reg-b.txt"
+
+# --- heartbeats through both replicas at once, and the etcd writes ---------
+# metric FILE NAME: sum of a metric's samples in a scrape (0 when absent).
+metric() { awk -v n="$2" '$1 == n || index($1, n "{") == 1 { s += $NF } END { printf "%.0f", s }' "$1"; }
+scrape_etcd() { # SUFFIX
+  for i in 0 1 2; do curl -sf "$(client_url "${i}")/metrics" >"${WORK}/etcd-m${i}-$1.txt"; done
+  curl -sf --cacert "${WORK}/a/ca.crt" "${URL_A}/metrics" >"${WORK}/a-$1.txt"
+  curl -sf --cacert "${WORK}/a/ca.crt" "${URL_B}/metrics" >"${WORK}/b-$1.txt"
+}
+# delta NAME FILE_PREFIX: the change of a metric between the two scrapes.
+delta() { echo $(($(metric "${WORK}/$2-after.txt" "$1") - $(metric "${WORK}/$2-before.txt" "$1"))); }
+scrape_etcd before
+t0=$(date +%s.%N)
+header "heartbeats through both replicas at once, 20 s measured"
+bench heartbeat --server.url="${URL_A}" --data.dir="${WORK}/a" --server.pid="${PID_A}" \
+  --agents=256 --concurrency=32 --duration=20s --first=5000000 >"${WORK}/hb-a.txt" &
+hb_a=$!
+bench heartbeat --server.url="${URL_B}" --data.dir="${WORK}/b" --server.pid="${PID_B}" \
+  --agents=256 --concurrency=32 --duration=20s --first=6000000 >"${WORK}/hb-b.txt" &
+hb_b=$!
+wait "${hb_a}"
+wait "${hb_b}"
+t1=$(date +%s.%N)
+scrape_etcd after
+cat "${WORK}/hb-a.txt" "${WORK}/hb-b.txt"
+sum_a=$(awk '$1 == "heartbeats/s" { print $2 }' "${WORK}/hb-a.txt")
+sum_b=$(awk '$1 == "heartbeats/s" { print $2 }' "${WORK}/hb-b.txt")
+echo "heartbeats/s through both replicas: $((sum_a + sum_b))"
+
+header "etcd writes while both replicas took heartbeats"
+# Every member applies every write, so one member's counters are the
+# cluster's. Registrations are single puts; heartbeat flushes are
+# transactions of last-seen blobs (at most 256 keys per replica and flush).
+# The window includes the 2 x 256 registrations bench heartbeat makes first.
+wall=$(awk -v a="${t0}" -v b="${t1}" 'BEGIN { printf "%.3f", b - a }')
+rate() { awk -v n="$1" -v d="$2" -v w="${wall}" 'BEGIN { printf "  %-52s %8d in %.1f s = %.1f/s\n", n, d, w, d / w }'; }
+for name in etcd_mvcc_put_total etcd_mvcc_txn_total etcd_disk_wal_fsync_duration_seconds_count; do
+  rate "etcd ${name}" "$(delta "${name}" etcd-m0)"
+done
+for r in a b; do
+  rate "replica ${r}: heartbeat flushes" "$(delta baremetal_sd_registry_heartbeat_flush_agents_count "${r}")"
+  rate "replica ${r}: agents written by those flushes" "$(delta baremetal_sd_registry_heartbeat_flush_agents_sum "${r}")"
+done
+
+# --- convergence in both directions -----------------------------------------
+header "registration through a, seen in b's http_sd"
+bench converge --server.url="${URL_A}" --peer.url="${URL_B}" --data.dir="${WORK}/a" --count=20 --first=7000000
+header "registration through b, seen in a's http_sd"
+bench converge --server.url="${URL_B}" --peer.url="${URL_A}" --data.dir="${WORK}/b" --count=20 --first=7100000
+
+# --- memory -----------------------------------------------------------------
+header "replica memory with the fleet"
+for r in a b; do
+  pid=$(cat "${WORK}/${r}.pid")
+  printf '  replica %s  %s\n' "${r}" "$(grep -E '^(VmRSS|RssAnon|RssFile)' "/proc/${pid}/status" | tr -s ' \n' ' ')"
+done
