@@ -2,10 +2,14 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	"github.com/prometheus/prometheus/promql/parser"
 
 	"github.com/baremetal-sd/baremetal_sd/relay"
 )
@@ -114,5 +118,81 @@ func TestExamples_SystemdUnits(t *testing.T) {
 	out, err := exec.Command(analyze, args...).CombinedOutput()
 	if err != nil || len(bytes.TrimSpace(out)) > 0 {
 		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
+	}
+}
+
+// TestExamples_GrafanaDashboard checks the dashboard's JSON, that every
+// panel reads the dashboard's data source, and that every query parses as
+// PromQL once Grafana's variables are filled in.
+func TestExamples_GrafanaDashboard(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("examples", "grafana", "baremetal_sd-fleet.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	type target struct {
+		Expr  string `json:"expr"`
+		RefID string `json:"refId"`
+	}
+	type panel struct {
+		Type       string `json:"type"`
+		Title      string `json:"title"`
+		Datasource *struct {
+			Type string `json:"type"`
+			UID  string `json:"uid"`
+		} `json:"datasource"`
+		Targets []target `json:"targets"`
+	}
+	var dash struct {
+		UID           string  `json:"uid"`
+		SchemaVersion int     `json:"schemaVersion"`
+		Panels        []panel `json:"panels"`
+		Templating    struct {
+			List []struct {
+				Name string `json:"name"`
+				Type string `json:"type"`
+			} `json:"list"`
+		} `json:"templating"`
+	}
+	if err := json.Unmarshal(data, &dash); err != nil {
+		t.Fatalf("dashboard is not valid JSON: %v", err)
+	}
+	if dash.UID == "" || dash.SchemaVersion < 39 {
+		t.Errorf("uid %q, schemaVersion %d: want a uid and schema 39 or later", dash.UID, dash.SchemaVersion)
+	}
+	vars := map[string]string{"$__rate_interval": "5m", "$__interval": "1m"}
+	for _, v := range dash.Templating.List {
+		if v.Type == "query" {
+			vars["$"+v.Name] = ".+"
+		}
+	}
+	promql := parser.NewParser(parser.Options{})
+	queries := 0
+	for _, p := range dash.Panels {
+		if p.Type == "row" {
+			continue
+		}
+		if p.Datasource == nil || p.Datasource.UID != "${datasource}" || p.Datasource.Type != "prometheus" {
+			t.Errorf("panel %q does not use the ${datasource} variable", p.Title)
+		}
+		if len(p.Targets) == 0 {
+			t.Errorf("panel %q has no query", p.Title)
+		}
+		for _, tg := range p.Targets {
+			expr := tg.Expr
+			for v, val := range vars {
+				expr = strings.ReplaceAll(expr, v, val)
+			}
+			if strings.Contains(expr, "$") {
+				t.Errorf("panel %q query %s: undefined variable in %q", p.Title, tg.RefID, tg.Expr)
+				continue
+			}
+			if _, err := promql.ParseExpr(expr); err != nil {
+				t.Errorf("panel %q query %s: %v", p.Title, tg.RefID, err)
+			}
+			queries++
+		}
+	}
+	if queries < 10 {
+		t.Errorf("only %d queries", queries)
 	}
 }
