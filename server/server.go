@@ -16,7 +16,6 @@ import (
 	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	promconfig "github.com/prometheus/common/config"
-	"github.com/prometheus/common/version"
 	toolkitweb "github.com/prometheus/exporter-toolkit/web"
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
@@ -174,20 +173,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		_, _ = w.Write([]byte("Ready.\n"))
 	})
-	landing, err := toolkitweb.NewLandingPage(toolkitweb.LandingConfig{
-		Name:        "baremetal_sd server",
-		Description: "Prometheus service discovery and certificate authority for bare-metal fleets",
-		Version:     version.Info(),
-		Links: []toolkitweb.LandingLinks{
-			{Address: discovery.PathDiscovery, Text: "http_sd targets", Description: "needs a discovery client certificate or token"},
-			{Address: discovery.PathCA, Text: "CA certificate"},
-			{Address: "/metrics", Text: "Metrics"},
-		},
-	})
-	if err != nil {
-		return fmt.Errorf("landing page: %w", err)
-	}
-	mux.Handle("/", landing)
+	mux.Handle("/", &statusPage{registry: registry, now: time.Now, logger: logger})
 
 	runCtx, stopLoops := context.WithCancel(context.Background())
 	loopsDone := make(chan struct{})

@@ -1,0 +1,161 @@
+package server
+
+import (
+	"embed"
+	"html/template"
+	"log/slog"
+	"net/http"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/prometheus/common/version"
+
+	"github.com/baremetal-sd/baremetal_sd/discovery"
+)
+
+// maxStatusRows bounds the table: a page of 100,000 rows helps nobody and
+// costs the server; the state filter narrows it instead.
+const maxStatusRows = 500
+
+//go:embed status.html
+var statusFS embed.FS
+
+// statusTemplate is parsed once; html/template escapes every agent-supplied
+// string for its context, so hostile hostnames and labels stay text.
+var statusTemplate = template.Must(template.New("status.html").Funcs(template.FuncMap{
+	"ago": func(now, t time.Time) string {
+		if t.IsZero() {
+			return "never"
+		}
+		return now.Sub(t).Round(time.Second).String() + " ago"
+	},
+	"until": func(now, t time.Time) string {
+		if t.IsZero() {
+			return "-"
+		}
+		d := t.Sub(now).Round(time.Minute)
+		if d < 0 {
+			return "expired " + (-d).String() + " ago"
+		}
+		return "in " + d.String()
+	},
+	"rfc3339": func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
+}).ParseFS(statusFS, "status.html"))
+
+// agentLister is what the status page needs of the registry.
+type agentLister interface {
+	List() []discovery.AgentView
+}
+
+// statusPage is the server's landing page: the fleet at a glance. It reads
+// the registry's memory only, never the store.
+type statusPage struct {
+	registry agentLister
+	now      func() time.Time
+	logger   *slog.Logger
+}
+
+type statusRow struct {
+	discovery.AgentView
+	Exporters []string
+	Labels    []string
+}
+
+type stateCount struct {
+	State    discovery.AgentState
+	Count    int
+	Selected bool
+}
+
+type statusData struct {
+	Version   string
+	Now       time.Time
+	Total     int
+	Counts    []stateCount
+	Filter    discovery.AgentState
+	Matching  int
+	Rows      []statusRow
+	Truncated bool
+	MaxRows   int
+	Links     []statusLink
+}
+
+type statusLink struct{ Address, Text, Description string }
+
+func (p *statusPage) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path != "/" {
+		http.NotFound(w, r)
+		return
+	}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	filter := discovery.AgentState(r.URL.Query().Get("state"))
+	if filter != "" && !slices.Contains(discovery.AgentStates(), filter) {
+		http.Error(w, "unknown state: use one of "+statesList(), http.StatusBadRequest)
+		return
+	}
+	data := p.data(filter)
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	if err := statusTemplate.Execute(w, data); err != nil {
+		// The header is out; all that is left is to say so in the log.
+		p.logger.Error("Rendering the status page failed", "err", err)
+	}
+}
+
+func statesList() string {
+	names := make([]string, 0, len(discovery.AgentStates()))
+	for _, s := range discovery.AgentStates() {
+		names = append(names, string(s))
+	}
+	return strings.Join(names, ", ")
+}
+
+func (p *statusPage) data(filter discovery.AgentState) statusData {
+	agents := p.registry.List() // sorted by hostname, then id
+	counts := make(map[discovery.AgentState]int)
+	d := statusData{
+		Version: version.Version,
+		Now:     p.now(),
+		Total:   len(agents),
+		Filter:  filter,
+		MaxRows: maxStatusRows,
+		Links: []statusLink{
+			{discovery.PathDiscovery, "http_sd targets", "needs a discovery client certificate or token"},
+			{discovery.PathCA, "CA certificate", ""},
+			{"/metrics", "Metrics", ""},
+		},
+	}
+	for _, a := range agents {
+		counts[a.State]++
+		if filter != "" && a.State != filter {
+			continue
+		}
+		d.Matching++
+		if len(d.Rows) == maxStatusRows {
+			d.Truncated = true
+			continue
+		}
+		d.Rows = append(d.Rows, newStatusRow(a))
+	}
+	for _, s := range discovery.AgentStates() {
+		d.Counts = append(d.Counts, stateCount{State: s, Count: counts[s], Selected: s == filter})
+	}
+	return d
+}
+
+func newStatusRow(a discovery.AgentView) statusRow {
+	row := statusRow{AgentView: a}
+	for _, e := range a.Exporters {
+		row.Exporters = append(row.Exporters, e.Name)
+	}
+	for k, v := range a.Labels {
+		row.Labels = append(row.Labels, k+"="+v)
+	}
+	sort.Strings(row.Labels)
+	return row
+}
