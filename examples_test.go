@@ -10,8 +10,10 @@ import (
 	"testing"
 
 	"github.com/prometheus/prometheus/promql/parser"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/baremetal-sd/baremetal_sd/relay"
+	"github.com/baremetal-sd/baremetal_sd/web"
 )
 
 // TestExamples_RelayConfig loads the example relay configuration exactly
@@ -194,5 +196,24 @@ func TestExamples_GrafanaDashboard(t *testing.T) {
 	}
 	if queries < 10 {
 		t.Errorf("only %d queries", queries)
+	}
+}
+
+// TestExamples_BasicAuthWebConfig loads the basic-auth web config as the
+// server does and checks that its example password is the documented one.
+func TestExamples_BasicAuthWebConfig(t *testing.T) {
+	cfg, err := web.LoadConfig(filepath.Join("examples", "web-config-basic-auth.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hash, ok := cfg.Users["operator"]
+	if !ok {
+		t.Fatalf("no user operator in %v", cfg.Users)
+	}
+	if err := bcrypt.CompareHashAndPassword([]byte(hash), []byte("change-me")); err != nil {
+		t.Errorf("the documented example password does not match: %v", err)
+	}
+	if !cfg.TLSConfig.IsEnabled() {
+		t.Error("TLS is not configured")
 	}
 }

@@ -187,7 +187,12 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	srv := &http.Server{
-		Handler:           mux,
+		// basic_auth_users in the web config guard the status page only:
+		// agents and Prometheus authenticate with certificates and tokens.
+		Handler: &web.BasicAuthScope{
+			Handler: mux,
+			Protect: func(r *http.Request) bool { return r.URL.Path == "/" },
+		},
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       2 * time.Minute,

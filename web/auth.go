@@ -35,6 +35,8 @@ type authHandler struct {
 	next    http.Handler
 	limiter *rate.Limiter
 	logger  *slog.Logger
+	// protect selects the requests basic auth applies to; nil means all.
+	protect func(*http.Request) bool
 
 	// bcryptMu serializes bcrypt: it is slow on purpose, and a burst of
 	// bad passwords must not eat every core.
@@ -45,6 +47,9 @@ type authHandler struct {
 
 func newAuthHandler(cache *configCache, next http.Handler, cfg *toolkitweb.Config, logger *slog.Logger) *authHandler {
 	h := &authHandler{cache: cache, next: next, logger: logger, results: make(map[[32]byte]bool)}
+	if s, ok := next.(*BasicAuthScope); ok {
+		h.protect = s.Protect
+	}
 	if rl := cfg.RateLimiterConfig; rl.Interval != 0 {
 		h.limiter = rate.NewLimiter(rate.Every(rl.Interval), rl.Burst)
 		logger.Info("Rate limiter is enabled", "burst", rl.Burst, "interval", rl.Interval)
@@ -66,7 +71,7 @@ func (h *authHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	for k, v := range cfg.HTTPConfig.Header {
 		w.Header().Set(k, v)
 	}
-	if len(cfg.Users) == 0 {
+	if len(cfg.Users) == 0 || (h.protect != nil && !h.protect(r)) {
 		h.next.ServeHTTP(w, r)
 		return
 	}
@@ -76,6 +81,17 @@ func (h *authHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("WWW-Authenticate", "Basic")
 	http.Error(w, http.StatusText(http.StatusUnauthorized), http.StatusUnauthorized)
+}
+
+// BasicAuthScope, as a server's handler, limits the web config's
+// basic_auth_users to the requests Protect selects; the others pass without
+// basic auth. exporter-toolkit guards every request, which would lock out
+// clients that authenticate otherwise: the discovery server's agents and
+// Prometheus use client certificates and bearer tokens, and a bearer token
+// travels in the same Authorization header as basic auth.
+type BasicAuthScope struct {
+	http.Handler
+	Protect func(*http.Request) bool
 }
 
 func (h *authHandler) authorized(cfg *toolkitweb.Config, user, pass string) bool {

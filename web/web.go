@@ -43,9 +43,8 @@ func LoadConfig(path string) (*toolkitweb.Config, error) {
 	}
 	c := &toolkitweb.Config{
 		TLSConfig: toolkitweb.TLSConfig{
-			MinVersion:               tls.VersionTLS12,
-			MaxVersion:               tls.VersionTLS13,
-			PreferServerCipherSuites: true,
+			MinVersion: tls.VersionTLS12,
+			MaxVersion: tls.VersionTLS13,
 		},
 		HTTPConfig: toolkitweb.HTTPConfig{HTTP2: true},
 	}

@@ -105,7 +105,7 @@ func serve(t testing.TB, configPath string, h http.Handler) (string, *http.Serve
 	done := make(chan error, 1)
 	go func() { done <- Serve(l, srv, flags, slog.New(slog.DiscardHandler)) }()
 	t.Cleanup(func() {
-		srv.Close()
+		_ = srv.Close()
 		<-done
 	})
 	scheme := "https"
@@ -229,6 +229,52 @@ func TestServe_BasicAuthAndHeaders(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 {
 		t.Fatalf("new user: status %d", resp.StatusCode)
+	}
+}
+
+// TestServe_BasicAuthScope: with a BasicAuthScope handler, basic auth guards
+// only the requests it selects; the others pass, Authorization header and
+// all (a bearer token is not mistaken for failed basic auth).
+func TestServe_BasicAuthScope(t *testing.T) {
+	p := newPKI(t)
+	p.issue("server", 1, true)
+	hash, _ := bcrypt.GenerateFromPassword([]byte("secret"), bcrypt.MinCost)
+	path := writeConfig(t, p.dir, tlsConfig+"basic_auth_users:\n  alice: "+string(hash)+"\n")
+	url, _ := serve(t, path, &BasicAuthScope{
+		Handler: hello(),
+		Protect: func(r *http.Request) bool { return r.URL.Path == "/" },
+	})
+	tests := []struct {
+		path, user, pass, bearer string
+		status                   int
+	}{
+		{"/", "", "", "", 401},
+		{"/", "alice", "wrong", "", 401},
+		{"/", "alice", "secret", "", 200},
+		{"/", "", "", "a-token", 401},
+		{"/api/v1/register", "", "", "", 200},
+		{"/api/v1/register", "", "", "a-token", 200},
+		{"/metrics", "", "", "", 200},
+	}
+	for _, tt := range tests {
+		req, _ := http.NewRequest("GET", url+tt.path, nil)
+		if tt.user != "" {
+			req.SetBasicAuth(tt.user, tt.pass)
+		}
+		if tt.bearer != "" {
+			req.Header.Set("Authorization", "Bearer "+tt.bearer)
+		}
+		resp, err := client(p.pool, nil).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tt.status {
+			t.Errorf("%s user %q bearer %q: status %d, want %d", tt.path, tt.user, tt.bearer, resp.StatusCode, tt.status)
+		}
+		if tt.status == 401 && resp.Header.Get("WWW-Authenticate") != "Basic" {
+			t.Errorf("%s: 401 without WWW-Authenticate", tt.path)
+		}
 	}
 }
 
