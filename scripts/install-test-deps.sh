@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages whose programs the end-to-end tests start:
 # prometheus (prometheus, promtool), prometheus-node-exporter, etcd-server
-# and etcd-client (etcdctl).
+# and etcd-client (etcdctl), chromium (headless, for the status page test).
 #
 # Idempotent: when every package is installed it only says so, without
 # apt-get update. The packages ship daemons; tests start their own instances
@@ -10,8 +10,8 @@
 # started anyway is stopped through its pidfile.
 set -euo pipefail
 
-packages=(prometheus prometheus-node-exporter etcd-server etcd-client)
-commands=(prometheus promtool prometheus-node-exporter etcd etcdctl)
+packages=(prometheus prometheus-node-exporter etcd-server etcd-client chromium)
+commands=(prometheus promtool prometheus-node-exporter etcd etcdctl chromium)
 
 log() { echo ">> $*"; }
 die() { echo "install-test-deps: $*" >&2; exit 1; }

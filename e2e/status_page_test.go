@@ -1,0 +1,169 @@
+package e2e
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/baremetal-sd/baremetal_sd/discovery"
+)
+
+// chromiumBinary is where Debian's chromium package installs the browser.
+const chromiumBinary = "/usr/bin/chromium"
+
+// TestStatusPage starts the server with basic auth in its web config,
+// enrolls a small fleet through the API (which basic auth must not block),
+// revokes one agent, puts one in maintenance and gives one a hostile label
+// value. It checks that basic auth guards the status page only, then opens
+// the page in headless Chromium: the rendered DOM must show the fleet with
+// the hostile text as text, and a screenshot is kept as a test artifact.
+func TestStatusPage(t *testing.T) {
+	t.Parallel()
+	if _, err := os.Stat(chromiumBinary); err != nil {
+		t.Fatalf("%s is missing (%v): run scripts/install-test-deps.sh (make test does)", chromiumBinary, err)
+	}
+	dir := t.TempDir()
+	hash, err := bcrypt.GenerateFromPassword([]byte("status-pw"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Relative paths in a web config are relative to the file: data/ is
+	// the server's data directory beside it.
+	webConfig := filepath.Join(dir, "web-config.yml")
+	if err := os.WriteFile(webConfig, []byte(`tls_server_config:
+  cert_file: data/server.crt
+  key_file: data/server.key
+  client_auth_type: VerifyClientCertIfGiven
+  client_ca_file: data/ca.crt
+basic_auth_users:
+  operator: `+string(hash)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A first start without the web config creates the CA and the serving
+	// certificate that the web config names, as in the README.
+	first := startServer(t, "--data.dir="+filepath.Join(dir, "data"))
+	first.stop(t)
+	s := startServer(t, "--data.dir="+filepath.Join(dir, "data"), "--web.config.file="+webConfig)
+	enrollTok := createToken(t, s.DataDir, "--scope=enroll", "--ttl=10m")
+	adminTok := createToken(t, s.DataDir, "--scope=admin", "--ttl=10m")
+
+	hostile := `<script>document.title="owned"</script><img src=x onerror="document.title='owned'">`
+	agents := map[string]*testAgent{}
+	for _, a := range []struct {
+		host   string
+		labels map[string]string
+	}{
+		{"db1.status.test", map[string]string{"role": "db"}},
+		{"web1.status.test", map[string]string{"role": "web"}},
+		{"web2.status.test", map[string]string{"role": "web", "note": hostile}},
+	} {
+		agents[a.host] = enroll(t, s, enrollTok, discovery.RegisterRequest{
+			Hostname: a.host, Address: "127.0.0.1", Port: 9956, Labels: a.labels,
+			Exporters: []discovery.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
+		})
+	}
+	admin := s.client(t)
+	mustRequest(t, admin, http.MethodDelete, s.URL+discovery.PathAgents+"/"+agents["web1.status.test"].ID, adminTok, nil, http.StatusOK)
+	mustRequest(t, admin, http.MethodPost, s.URL+discovery.PathAgents+"/"+agents["web2.status.test"].ID+"/maintenance",
+		adminTok, discovery.MaintenanceRequest{Maintenance: true}, http.StatusOK)
+
+	// Basic auth guards the page, and only the page.
+	get := func(path, user, pass string) (int, string) {
+		t.Helper()
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, s.URL+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if user != "" {
+			req.SetBasicAuth(user, pass)
+		}
+		resp, err := admin.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	if code, _ := get("/", "", ""); code != http.StatusUnauthorized {
+		t.Errorf("status page without credentials: %d, want 401", code)
+	}
+	if code, _ := get("/", "operator", "wrong"); code != http.StatusUnauthorized {
+		t.Errorf("status page with a wrong password: %d, want 401", code)
+	}
+	code, page := get("/", "operator", "status-pw")
+	if code != http.StatusOK || !strings.Contains(page, "db1.status.test") {
+		t.Fatalf("status page with credentials: %d\n%.500s", code, page)
+	}
+	for _, path := range []string{"/metrics", discovery.PathCA, "/-/healthy"} {
+		if code, _ := get(path, "", ""); code != http.StatusOK {
+			t.Errorf("%s without basic auth: %d, want 200", path, code)
+		}
+	}
+
+	// The browser's view.
+	artifacts := os.Getenv("BAREMETAL_SD_TEST_ARTIFACTS")
+	if artifacts == "" {
+		root, err := repoRoot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		artifacts = filepath.Join(root, "test-artifacts")
+	}
+	if err := os.MkdirAll(artifacts, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	pageURL := "https://operator:status-pw@" + s.Addr + "/"
+	dom := chromium(t, "--dump-dom", pageURL)
+	for _, want := range []string{"db1.status.test", "web1.status.test", "web2.status.test", "revoked", "maintenance", "healthy", "role=db"} {
+		if !strings.Contains(dom, want) {
+			t.Errorf("rendered page lacks %q", want)
+		}
+	}
+	if !strings.Contains(dom, "note=&lt;script&gt;") || strings.Contains(dom, "<script>") || strings.Contains(dom, "<img") {
+		t.Errorf("hostile label not rendered as text:\n%s", dom)
+	}
+	if strings.Contains(dom, "<title>owned") {
+		t.Error("a script from a label ran in the page")
+	}
+	shot := filepath.Join(artifacts, "status-page.png")
+	chromium(t, "--screenshot="+shot, pageURL)
+	fi, err := os.Stat(shot)
+	if err != nil || fi.Size() < 1000 {
+		t.Fatalf("no screenshot at %s (%v)", shot, err)
+	}
+	t.Logf("status page screenshot: %s", shot)
+}
+
+// chromium runs headless Chromium with the flags this machine needs (no
+// sandbox as root, no background network traffic) on a fresh profile,
+// accepting the server's own CA, and returns what it printed.
+func chromium(t *testing.T, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
+	defer cancel()
+	full := append([]string{
+		"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+		"--disable-background-networking", "--disable-component-update", "--disable-sync",
+		"--disable-dev-shm-usage", "--ignore-certificate-errors", "--hide-scrollbars",
+		"--window-size=1280,900", "--user-data-dir=" + t.TempDir(),
+	}, args...)
+	cmd := exec.CommandContext(ctx, chromiumBinary, full...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	cmd.WaitDelay = 5 * time.Second
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("chromium %s: %v\n%s", strings.Join(args, " "), err, truncate([]byte(stderr.String())))
+	}
+	return string(out)
+}
+
