@@ -95,7 +95,8 @@ func TestQuickstart(t *testing.T) {
 	select {
 	case err := <-done:
 		var ee *exec.ExitError
-		if err != nil && !(errors.As(err, &ee) && ee.ExitCode() == 130) {
+		interrupted := errors.As(err, &ee) && ee.ExitCode() == 130
+		if err != nil && !interrupted {
 			t.Errorf("quickstart.sh after Ctrl-C: %v, want exit status 130", err)
 		}
 	case <-time.After(time.Minute):

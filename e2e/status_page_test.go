@@ -166,4 +166,3 @@ func chromium(t *testing.T, args ...string) string {
 	}
 	return string(out)
 }
-

@@ -83,7 +83,7 @@ func (h *authHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	http.Error(w, http.StatusText(http.StatusUnauthorized), http.StatusUnauthorized)
 }
 
-// BasicAuthScope, as a server's handler, limits the web config's
+// BasicAuthScope is a server handler that limits the web config's
 // basic_auth_users to the requests Protect selects; the others pass without
 // basic auth. exporter-toolkit guards every request, which would lock out
 // clients that authenticate otherwise: the discovery server's agents and

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -106,7 +107,9 @@ func serve(t testing.TB, configPath string, h http.Handler) (string, *http.Serve
 	go func() { done <- Serve(l, srv, flags, slog.New(slog.DiscardHandler)) }()
 	t.Cleanup(func() {
 		_ = srv.Close()
-		<-done
+		if err := <-done; err != nil && !errors.Is(err, http.ErrServerClosed) {
+			t.Errorf("Serve: %v", err)
+		}
 	})
 	scheme := "https"
 	if configPath == "" {
