@@ -142,9 +142,14 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		TLSClientConfig:       tlsConfig,
 		TLSHandshakeTimeout:   10 * time.Second,
 		ResponseHeaderTimeout: cfg.Timeout,
-		IdleConnTimeout:       90 * time.Second,
-		MaxIdleConnsPerHost:   2,
-		ForceAttemptHTTP2:     true,
+		// Shorter than the heartbeat interval (a quarter of the agent TTL,
+		// 75 s by default), so that an agent does not hold a connection
+		// open between heartbeats: an idle mTLS connection costs the server
+		// about 48 KiB, 4.7 GiB for 100,000 agents, while a new handshake
+		// per heartbeat costs it about half a millisecond of CPU.
+		IdleConnTimeout:     30 * time.Second,
+		MaxIdleConnsPerHost: 2,
+		ForceAttemptHTTP2:   true,
 	}
 	return &Client{
 		urls:      urls,
