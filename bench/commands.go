@@ -19,12 +19,14 @@ type Commands struct {
 	httpsd    *kingpin.CmdClause
 	populate  *kingpin.CmdClause
 	converge  *kingpin.CmdClause
+	conns     *kingpin.CmdClause
 
 	reg RegisterConfig
 	hb  HeartbeatConfig
 	sd  HTTPSDConfig
 	pop PopulateConfig
 	cv  ConvergeConfig
+	cn  ConnsConfig
 }
 
 // defaultServerURL is where `baremetal_sd server` listens by default.
@@ -83,6 +85,11 @@ func AddCommands(app *kingpin.Application) *Commands {
 	c.converge.Flag("duration", "Upper bound on the run.").Default("2m").DurationVar(&c.cv.Duration)
 	c.converge.Flag("poll-interval", "Pause between two reads of the peer's http_sd.").Default("1ms").DurationVar(&c.cv.PollInterval)
 	c.converge.Flag("first", "Number of the first simulated host.").Default("3000000").IntVar(&c.cv.First)
+
+	c.conns = bench.Command("conns", "Measure the server memory that idle keep-alive mTLS connections hold.")
+	target(c.conns, &c.cn.ServerURL, &c.cn.DataDir, &c.cn.ServerPID)
+	c.conns.Flag("count", "Connections to open and hold.").Default("2000").IntVar(&c.cn.Count)
+	c.conns.Flag("hold", "How long they idle before the server's memory is read.").Default("5s").DurationVar(&c.cn.Hold)
 	return c
 }
 
@@ -96,6 +103,8 @@ func (c *Commands) Run(ctx context.Context, selected string, logger *slog.Logger
 		return true, RunHeartbeat(ctx, c.hb, c.Out)
 	case c.httpsd.FullCommand():
 		return true, RunHTTPSD(ctx, c.sd, c.Out)
+	case c.conns.FullCommand():
+		return true, RunConns(ctx, c.cn, c.Out)
 	case c.converge.FullCommand():
 		return true, RunConverge(ctx, c.cv, c.Out)
 	case c.populate.FullCommand():
