@@ -208,3 +208,26 @@ func heapInUse() int64 {
 	runtime.ReadMemStats(&m)
 	return int64(m.HeapAlloc)
 }
+
+// BenchmarkRegistry_StatusPage100k compares what a status page costs with
+// 100,000 agents: Summarize (counts and the first 500) against List (a
+// copy and sort of everything).
+func BenchmarkRegistry_StatusPage100k(b *testing.B) {
+	r := benchRegistry(b, benchAgents)
+	b.Run("summarize", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if s := r.Summarize("", 500); len(s.Agents) != 500 {
+				b.Fatal(len(s.Agents))
+			}
+		}
+	})
+	b.Run("list", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if l := r.List(); len(l) != benchAgents {
+				b.Fatal(len(l))
+			}
+		}
+	})
+}

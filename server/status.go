@@ -44,15 +44,15 @@ var statusTemplate = template.Must(template.New("status.html").Funcs(template.Fu
 	"rfc3339": func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
 }).ParseFS(statusFS, "status.html"))
 
-// agentLister is what the status page needs of the registry.
-type agentLister interface {
-	List() []discovery.AgentView
+// fleetSummarizer is what the status page needs of the registry.
+type fleetSummarizer interface {
+	Summarize(state discovery.AgentState, limit int) discovery.Summary
 }
 
 // statusPage is the server's landing page: the fleet at a glance. It reads
 // the registry's memory only, never the store.
 type statusPage struct {
-	registry agentLister
+	registry fleetSummarizer
 	now      func() time.Time
 	logger   *slog.Logger
 }
@@ -116,34 +116,26 @@ func statesList() string {
 }
 
 func (p *statusPage) data(filter discovery.AgentState) statusData {
-	agents := p.registry.List() // sorted by hostname, then id
-	counts := make(map[discovery.AgentState]int)
+	sum := p.registry.Summarize(filter, maxStatusRows)
 	d := statusData{
-		Version: version.Version,
-		Now:     p.now(),
-		Total:   len(agents),
-		Filter:  filter,
-		MaxRows: maxStatusRows,
+		Version:   version.Version,
+		Now:       p.now(),
+		Total:     sum.Total,
+		Filter:    filter,
+		Matching:  sum.Matching,
+		Truncated: sum.Matching > len(sum.Agents),
+		MaxRows:   maxStatusRows,
 		Links: []statusLink{
 			{discovery.PathDiscovery, "http_sd targets", "needs a discovery client certificate or token"},
 			{discovery.PathCA, "CA certificate", ""},
 			{"/metrics", "Metrics", ""},
 		},
 	}
-	for _, a := range agents {
-		counts[a.State]++
-		if filter != "" && a.State != filter {
-			continue
-		}
-		d.Matching++
-		if len(d.Rows) == maxStatusRows {
-			d.Truncated = true
-			continue
-		}
+	for _, a := range sum.Agents {
 		d.Rows = append(d.Rows, newStatusRow(a))
 	}
 	for _, s := range discovery.AgentStates() {
-		d.Counts = append(d.Counts, stateCount{State: s, Count: counts[s], Selected: s == filter})
+		d.Counts = append(d.Counts, stateCount{State: s, Count: sum.Counts[s], Selected: s == filter})
 	}
 	return d
 }

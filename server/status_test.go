@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -12,44 +13,66 @@ import (
 	"github.com/baremetal-sd/baremetal_sd/discovery"
 )
 
-type fakeLister []discovery.AgentView
+// statusNow is the fixed clock of the status page tests.
+var statusNow = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 
-func (f fakeLister) List() []discovery.AgentView { return f }
-
-func view(id, host string, state discovery.AgentState, labels map[string]string) discovery.AgentView {
-	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
-	return discovery.AgentView{
-		Agent: discovery.Agent{
-			ID: id, Hostname: host, Address: "10.0.0.1", Port: 9956, Labels: labels,
-			Exporters:    []discovery.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
-			LastSeen:     now.Add(-20 * time.Second),
-			CertNotAfter: now.Add(16 * time.Hour),
-		},
-		State: state,
-	}
+// fleetAgent is an agent as a registration stores it.
+type fleetAgent struct {
+	id, host string
+	labels   map[string]string
+	revoked  bool
+	maint    bool
 }
 
-func serveStatus(t *testing.T, agents []discovery.AgentView, target string) *httptest.ResponseRecorder {
+// newFleet loads agents into a real registry (on the memory store) whose
+// clock stands at statusNow; every agent was last seen 20 s before.
+func newFleet(t *testing.T, agents []fleetAgent) *discovery.Registry {
 	t.Helper()
-	p := &statusPage{
-		registry: fakeLister(agents),
-		now:      func() time.Time { return time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC) },
-		logger:   slog.New(slog.DiscardHandler),
+	r := discovery.NewRegistry(discovery.RegistryConfig{
+		Store: discovery.NewMemoryStore(),
+		TTL:   5 * time.Minute,
+		Now:   func() time.Time { return statusNow },
+	})
+	ctx := context.Background()
+	if err := r.Load(ctx); err != nil {
+		t.Fatal(err)
 	}
+	for _, a := range agents {
+		agent := &discovery.Agent{
+			ID: a.id, Hostname: a.host, Address: "10.0.0.1", Port: 9956, Labels: a.labels,
+			Exporters:    []discovery.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
+			CertSerial:   "serial-" + a.id,
+			CertNotAfter: statusNow.Add(16 * time.Hour),
+			LastSeen:     statusNow.Add(-20 * time.Second),
+			Maintenance:  a.maint,
+		}
+		if a.revoked {
+			agent.RevokedAt = statusNow.Add(-time.Minute)
+		}
+		if err := r.Put(ctx, agent); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return r
+}
+
+func serveStatus(t *testing.T, r *discovery.Registry, target string) *httptest.ResponseRecorder {
+	t.Helper()
+	p := &statusPage{registry: r, now: func() time.Time { return statusNow }, logger: slog.New(slog.DiscardHandler)}
 	rec := httptest.NewRecorder()
 	p.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, target, nil))
 	return rec
 }
 
 func TestStatusPage(t *testing.T) {
-	fleet := []discovery.AgentView{
-		view("a1", "db1.example.com", discovery.StateHealthy, map[string]string{"role": "db"}),
-		view("a2", "web1.example.com", discovery.StateRevoked, nil),
-		view("a3", "web2.example.com", discovery.StateMaintenance, map[string]string{
+	fleet := newFleet(t, []fleetAgent{
+		{id: "a1", host: "db1.example.com", labels: map[string]string{"role": "db"}},
+		{id: "a2", host: "web1.example.com", revoked: true},
+		{id: "a3", host: "web2.example.com", maint: true, labels: map[string]string{
 			"evil":  `<script>alert(1)</script>`,
 			"quote": `"><img src=x onerror=alert(2)>`,
-		}),
-	}
+		}},
+	})
 	tests := []struct {
 		name     string
 		target   string
@@ -100,14 +123,21 @@ func TestStatusPage(t *testing.T) {
 }
 
 func TestStatusPage_BoundedRows(t *testing.T) {
-	var fleet []discovery.AgentView
+	var agents []fleetAgent
 	for i := range maxStatusRows + 100 {
-		fleet = append(fleet, view(fmt.Sprintf("a%04d", i), fmt.Sprintf("h%04d", i), discovery.StateHealthy, nil))
+		agents = append(agents, fleetAgent{id: fmt.Sprintf("a%04d", i), host: fmt.Sprintf("h%04d.example.com", i)})
 	}
-	rec := serveStatus(t, fleet, "/")
+	rec := serveStatus(t, newFleet(t, agents), "/")
 	body := rec.Body.String()
 	if n := strings.Count(body, "<tr>") - 1; n != maxStatusRows {
 		t.Errorf("%d rows, want %d", n, maxStatusRows)
+	}
+	// The first rows by hostname, in order.
+	if i, j := strings.Index(body, "h0000.example.com"), strings.Index(body, "h0499.example.com"); i < 0 || j < i {
+		t.Error("rows are not the first agents by hostname, in order")
+	}
+	if strings.Contains(body, "h0500.example.com") {
+		t.Error("a row past the limit is shown")
 	}
 	if !strings.Contains(body, fmt.Sprintf("Showing the first %d of %d agents", maxStatusRows, maxStatusRows+100)) {
 		t.Error("no note about the rows left out")

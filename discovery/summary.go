@@ -1,0 +1,79 @@
+package discovery
+
+import (
+	"container/heap"
+	"sort"
+)
+
+// Summary is the fleet at a glance: agents per state and the first of them
+// in display order. It is what a status page needs, without copying the
+// whole registry.
+type Summary struct {
+	Total  int
+	Counts map[AgentState]int
+	// Matching is how many agents the filter selected; Agents holds the
+	// first of them by hostname, then id.
+	Matching int
+	Agents   []AgentView
+}
+
+// Summarize counts the agents by state and returns the first limit agents
+// in state (all states when empty), sorted by hostname, then id. Only those
+// are copied: a page over 100,000 agents costs a pass over the registry, not
+// a copy and a sort of it.
+func (r *Registry) Summarize(state AgentState, limit int) Summary {
+	now := r.cfg.Now()
+	s := Summary{Counts: make(map[AgentState]int)}
+	var first firstAgents
+	r.mu.RLock()
+	for i := range r.shards {
+		for _, e := range r.shards[i].agents {
+			st := r.state(e, now)
+			s.Total++
+			s.Counts[st]++
+			if state != "" && st != state {
+				continue
+			}
+			s.Matching++
+			if limit <= 0 {
+				continue
+			}
+			if len(first) < limit {
+				heap.Push(&first, e)
+			} else if less(e, first[0]) {
+				first[0] = e
+				heap.Fix(&first, 0)
+			}
+		}
+	}
+	sort.Slice(first, func(i, j int) bool { return less(first[i], first[j]) })
+	s.Agents = make([]AgentView, 0, len(first))
+	for _, e := range first {
+		s.Agents = append(s.Agents, r.view(e, now))
+	}
+	r.mu.RUnlock()
+	return s
+}
+
+// less orders entries by hostname, then id, as List does.
+func less(a, b *entry) bool {
+	if a.agent.Hostname != b.agent.Hostname {
+		return a.agent.Hostname < b.agent.Hostname
+	}
+	return a.agent.ID < b.agent.ID
+}
+
+// firstAgents is a max-heap by display order: its root is the last of the
+// agents kept, the one to drop when an earlier one comes.
+type firstAgents []*entry
+
+func (h firstAgents) Len() int           { return len(h) }
+func (h firstAgents) Less(i, j int) bool { return less(h[j], h[i]) }
+func (h firstAgents) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *firstAgents) Push(x any)        { *h = append(*h, x.(*entry)) }
+func (h *firstAgents) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return e
+}

@@ -1,0 +1,61 @@
+package discovery
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+)
+
+// TestRegistry_Summarize checks the counts and that the first agents come
+// out exactly as the first of List's order, for every limit and filter.
+func TestRegistry_Summarize(t *testing.T) {
+	clock := &fakeClock{now: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
+	r := newTestRegistry(t, NewMemoryStore(), clock)
+	ids := rand.Perm(60)
+	for _, n := range ids {
+		a := testAgent(fmt.Sprintf("a%02d", n))
+		// Hostnames repeat, so the id breaks ties.
+		a.Hostname = fmt.Sprintf("host%d.example.com", n%7)
+		mustPut(t, r, a)
+	}
+	if _, err := r.Update(context.Background(), "a03", func(a *Agent) error { a.RevokedAt = clock.Now(); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Update(context.Background(), "a05", func(a *Agent) error { a.Maintenance = true; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	all := r.List()
+	for _, state := range []AgentState{"", StateHealthy, StateRevoked, StateMaintenance, StateExpired} {
+		var want []AgentView
+		for _, v := range all {
+			if state == "" || v.State == state {
+				want = append(want, v)
+			}
+		}
+		for _, limit := range []int{0, 1, 5, 59, 100} {
+			s := r.Summarize(state, limit)
+			if s.Total != 60 || s.Matching != len(want) {
+				t.Errorf("state %q limit %d: total %d matching %d, want 60 and %d", state, limit, s.Total, s.Matching, len(want))
+			}
+			n := min(limit, len(want))
+			got := make([]string, 0, len(s.Agents))
+			for _, v := range s.Agents {
+				got = append(got, v.ID)
+			}
+			wantIDs := make([]string, 0, n)
+			for _, v := range want[:n] {
+				wantIDs = append(wantIDs, v.ID)
+			}
+			if !slices.Equal(got, wantIDs) {
+				t.Errorf("state %q limit %d: agents %v, want %v", state, limit, got, wantIDs)
+			}
+		}
+	}
+	s := r.Summarize("", 0)
+	if s.Counts[StateHealthy] != 58 || s.Counts[StateRevoked] != 1 || s.Counts[StateMaintenance] != 1 {
+		t.Errorf("counts %v", s.Counts)
+	}
+}
