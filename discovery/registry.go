@@ -371,17 +371,20 @@ func (r *Registry) view(e *entry, now time.Time) AgentView {
 
 // Heartbeat records that the agent holding a certificate with the given
 // serial is alive. It never touches the store.
+//
+// The read lock is held throughout: e.agent is replaced under the write lock,
+// and a revocation or maintenance change applied between the serial check
+// and the revival below must not be overtaken by this heartbeat.
 func (r *Registry) Heartbeat(id, serial, status string) error {
 	now := r.cfg.Now()
-	r.mu.RLock()
 	idx := shardOf(id)
+	r.mu.RLock()
+	defer r.mu.RUnlock()
 	e, ok := r.shards[idx].agents[id]
-	r.mu.RUnlock()
 	if !ok {
 		return ErrNotFound
 	}
-	a := e.agent
-	if err := checkSerial(a, serial, now); err != nil {
+	if err := checkSerial(e.agent, serial, now); err != nil {
 		return err
 	}
 	e.lastSeen.Store(now.UnixNano())
@@ -415,8 +418,8 @@ func checkSerial(a *Agent, serial string, now time.Time) error {
 // agent id: ErrNotFound, ErrRevoked, ErrSuperseded or nil.
 func (r *Registry) CheckCertificate(id, serial string) error {
 	r.mu.RLock()
+	defer r.mu.RUnlock()
 	e, ok := r.shards[shardOf(id)].agents[id]
-	r.mu.RUnlock()
 	if !ok {
 		return ErrNotFound
 	}
@@ -607,9 +610,10 @@ func (r *Registry) ApplyEvent(ev Event) {
 		unlock()
 	case EventTouch:
 		idx := shardOf(ev.Agent.ID)
+		// Held throughout, as in Heartbeat.
 		r.mu.RLock()
+		defer r.mu.RUnlock()
 		e, ok := r.shards[idx].agents[ev.Agent.ID]
-		r.mu.RUnlock()
 		if !ok {
 			return
 		}

@@ -252,3 +252,55 @@ func (s *countingStore) Put(ctx context.Context, a *Agent) error {
 	}
 	return s.Store.Put(ctx, a)
 }
+
+// TestRegistry_HeartbeatsRaceWithUpdates runs heartbeats of an expired agent
+// against maintenance changes and a revocation of the same agent. Under the
+// race detector it catches unsynchronized reads of the record; in any build
+// it checks that no heartbeat brings a revoked agent back into http_sd.
+func TestRegistry_HeartbeatsRaceWithUpdates(t *testing.T) {
+	ctx := context.Background()
+	for round := range 50 {
+		clock := newFakeClock()
+		r := newTestRegistry(t, NewMemoryStore(), clock)
+		mustPut(t, r, testAgent("a"))
+		clock.Advance(2 * time.Minute)
+		r.Sweep(ctx)
+		if r.listed("a") {
+			t.Fatal("agent still listed after its TTL")
+		}
+
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			for range 200 {
+				// ErrRevoked once the revocation landed; nil before.
+				if err := r.Heartbeat("a", "s-a", "ok"); err != nil && !errors.Is(err, ErrRevoked) {
+					t.Errorf("heartbeat: %v", err)
+					return
+				}
+			}
+		})
+		wg.Go(func() {
+			for i := range 20 {
+				if _, err := r.Update(ctx, "a", func(a *Agent) error { a.Maintenance = i%2 == 0; return nil }); err != nil {
+					t.Errorf("maintenance: %v", err)
+					return
+				}
+			}
+			if _, err := r.Update(ctx, "a", func(a *Agent) error { a.RevokedAt = clock.Now(); return nil }); err != nil {
+				t.Errorf("revoke: %v", err)
+			}
+		})
+		wg.Wait()
+		if r.listed("a") {
+			t.Fatalf("round %d: a heartbeat brought the revoked agent back into http_sd", round)
+		}
+	}
+}
+
+// listed reports whether the agent is in http_sd.
+func (r *Registry) listed(id string) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	e, ok := r.shards[shardOf(id)].agents[id]
+	return ok && e.listed.Load()
+}

@@ -55,6 +55,13 @@ const prometheusBinary = "/usr/bin/prometheus"
 // parallel tests is safe; building once keeps the package fast.
 var binary string
 
+// serverBinary is the binary the server processes run. When the tests run
+// under the race detector it is a second build with -race, so that the
+// end-to-end load (registration bursts, heartbeats, replicas) is checked for
+// data races in the real server too. Agents keep the plain build: their
+// memory bound is measured, and the race runtime multiplies memory.
+var serverBinary string
+
 func TestMain(m *testing.M) {
 	os.Exit(runTests(m))
 }
@@ -79,13 +86,27 @@ func runTests(m *testing.M) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, goTool, "build", "-o", bin, "github.com/baremetal-sd/baremetal_sd")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "e2e: build baremetal_sd: %v\n%s", err, out)
+	build := func(out string, flags ...string) error {
+		args := append(append([]string{"build"}, flags...), "-o", out, "github.com/baremetal-sd/baremetal_sd")
+		cmd := exec.CommandContext(ctx, goTool, args...)
+		cmd.Dir = root
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("build baremetal_sd %s: %w\n%s", strings.Join(flags, " "), err, b)
+		}
+		return nil
+	}
+	if err := build(bin); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
 		return 1
 	}
-	binary = bin
+	binary, serverBinary = bin, bin
+	if raceEnabled {
+		serverBinary = filepath.Join(dir, "baremetal_sd-race")
+		if err := build(serverBinary, "-race"); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e:", err)
+			return 1
+		}
+	}
 	return m.Run()
 }
 
@@ -331,6 +352,9 @@ func startServer(t testing.TB, args ...string) *testServer {
 		if s.proc != nil && !s.proc.exited() {
 			_ = s.proc.kill()
 		}
+		if strings.Contains(s.log.String(), "WARNING: DATA RACE") {
+			t.Errorf("server %s reported a data race (its output is logged above or below)", s.Addr)
+		}
 	})
 	s.start(t)
 	return s
@@ -339,8 +363,8 @@ func startServer(t testing.TB, args ...string) *testServer {
 // start runs the server process and waits until it is ready.
 func (s *testServer) start(t testing.TB) {
 	t.Helper()
-	fmt.Fprintf(s.log, "=== %s %s\n", filepath.Base(binary), strings.Join(s.args, " "))
-	s.proc = startProcess(t, "baremetal_sd server", s.log, binary, s.args...)
+	fmt.Fprintf(s.log, "=== %s %s\n", filepath.Base(serverBinary), strings.Join(s.args, " "))
+	s.proc = startProcess(t, "baremetal_sd server", s.log, serverBinary, s.args...)
 	s.waitReady(t)
 }
 
