@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/prometheus/model/labels"
+
 	"github.com/baremetal-sd/baremetal_sd/discovery"
 )
 
@@ -41,7 +43,7 @@ func syntheticAgent(n int, now time.Time) *discovery.Agent {
 		Hostname:       "bench-" + strconv.Itoa(n) + ".example.com",
 		Address:        benchAddress(n),
 		Port:           9956,
-		Labels:         map[string]string{"role": [...]string{"web", "db", "cache", "batch"}[n%4], "rack": "r" + strconv.Itoa(n%64)},
+		Labels:         labels.FromMap(map[string]string{"role": [...]string{"web", "db", "cache", "batch"}[n%4], "rack": "r" + strconv.Itoa(n%64)}),
 		Exporters:      []discovery.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
 		CertSerial:     hex.EncodeToString(sum[:16]),
 		CertNotAfter:   now.Add(24 * time.Hour),

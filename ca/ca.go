@@ -1,6 +1,7 @@
 package ca
 
 import (
+	"bufio"
 	"bytes"
 	"crypto"
 	"crypto/ecdsa"
@@ -15,6 +16,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"math/big"
 	"net"
@@ -431,6 +433,15 @@ func ParseCertificatePEM(pemData []byte) (*x509.Certificate, error) {
 // or the new content: it writes a temporary file in the same directory,
 // syncs it, renames it over path and syncs the directory.
 func WriteFileAtomic(path string, data []byte, perm fs.FileMode) error {
+	return WriteFileAtomicFunc(path, perm, func(w io.Writer) error {
+		_, err := w.Write(data)
+		return err
+	})
+}
+
+// WriteFileAtomicFunc is WriteFileAtomic for content that write streams,
+// so that a large file is never held in memory whole.
+func WriteFileAtomicFunc(path string, perm fs.FileMode, write func(io.Writer) error) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
@@ -442,7 +453,12 @@ func WriteFileAtomic(path string, data []byte, perm fs.FileMode) error {
 		f.Close()
 		return fmt.Errorf("chmod %s: %w", tmp, err)
 	}
-	if _, err := f.Write(data); err != nil {
+	bw := bufio.NewWriterSize(f, 64<<10)
+	if err := write(bw); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	if err := bw.Flush(); err != nil {
 		f.Close()
 		return fmt.Errorf("write %s: %w", tmp, err)
 	}

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"net"
 	"net/http"
 	"strconv"
@@ -17,6 +16,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/prometheus/model/labels"
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/collector"
@@ -216,7 +216,7 @@ func (a *API) register(w http.ResponseWriter, r *http.Request) string {
 		Hostname:     req.Hostname,
 		Address:      req.Address,
 		Port:         req.Port,
-		Labels:       req.Labels,
+		Labels:       labels.FromMap(req.Labels),
 		Exporters:    req.Exporters,
 		RegisteredAt: now,
 		LastSeen:     now,
@@ -298,27 +298,32 @@ func (a *API) applyToken(agent *Agent, c *ca.Claims) error {
 			}
 		}
 	}
-	return pinLabels(agent, c.Labels)
+	return pinLabels(agent, labels.FromMap(c.Labels))
 }
 
 // pinLabels sets the labels an enrollment token fixed, refusing a request
 // that asks for other values, and records them so that later
 // re-registrations by certificate keep them.
-func pinLabels(agent *Agent, pinned map[string]string) error {
-	if len(pinned) == 0 {
+func pinLabels(agent *Agent, pinned labels.Labels) error {
+	if pinned.IsEmpty() {
 		return nil
 	}
-	for k, want := range pinned {
-		if got, ok := agent.Labels[k]; ok && got != want {
-			return &authError{http.StatusForbidden, "label_constraint",
-				fmt.Sprintf("label %q must be %q for this agent's enrollment token", k, want)}
+	var err error
+	pinned.Range(func(l labels.Label) {
+		if err == nil && agent.Labels.Has(l.Name) && agent.Labels.Get(l.Name) != l.Value {
+			err = &authError{http.StatusForbidden, "label_constraint",
+				fmt.Sprintf("label %q must be %q for this agent's enrollment token", l.Name, l.Value)}
 		}
+	})
+	if err != nil {
+		return err
 	}
-	labels := make(map[string]string, len(agent.Labels)+len(pinned))
-	maps.Copy(labels, agent.Labels)
-	maps.Copy(labels, pinned)
-	agent.Labels = labels
-	agent.PinnedLabels = maps.Clone(pinned)
+	// Not labels.Builder: it drops labels with empty values, which agents
+	// may register.
+	merged := agent.Labels.Map()
+	pinned.Range(func(l labels.Label) { merged[l.Name] = l.Value })
+	agent.Labels = labels.FromMap(merged)
+	agent.PinnedLabels = pinned
 	return nil
 }
 
@@ -541,7 +546,11 @@ func (a *API) discovery(w http.ResponseWriter, r *http.Request) int {
 		return http.StatusBadRequest
 	}
 	gz := acceptsGzip(r)
-	body := a.cfg.Cache.Get(f, gz)
+	body := a.cfg.Cache.Get(f)
+	size := body.Size
+	if gz {
+		size = body.GzipSize
+	}
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("Cache-Control", "no-store")
@@ -549,22 +558,23 @@ func (a *API) discovery(w http.ResponseWriter, r *http.Request) int {
 	if gz {
 		h.Set("Content-Encoding", "gzip")
 	}
-	h.Set("Content-Length", strconv.Itoa(body.Size))
+	h.Set("Content-Length", strconv.Itoa(size))
 	w.WriteHeader(http.StatusOK)
 	if a.cfg.Metrics != nil {
-		a.cfg.Metrics.HTTPSDResponseBytes.Observe(float64(body.Size))
+		a.cfg.Metrics.HTTPSDResponseBytes.Observe(float64(size))
 	}
 	if r.Method == http.MethodHead {
 		return http.StatusOK
 	}
+	write := body.WriteJSON
 	if gz {
-		_, _ = w.Write(body.Gzip)
-		return http.StatusOK
+		write = body.WriteGzip
 	}
-	for _, p := range body.Pieces {
-		if _, err := w.Write(p); err != nil {
-			break // the client went away
-		}
+	// An error here is the client going away (or, for the JSON, a cache
+	// bug that the length check in WriteJSON reports): the status line is
+	// out, so all that is left is to cut the response short.
+	if err := write(w); err != nil {
+		a.cfg.Logger.Debug("Writing http_sd response failed", "err", err)
 	}
 	return http.StatusOK
 }

@@ -617,7 +617,7 @@ func TestAPI_TokenLabelConstraints(t *testing.T) {
 	}
 	var resp CertificateResponse
 	_ = json.Unmarshal(rep.body, &resp)
-	if v, _ := h.reg.Get(resp.AgentID); v.Labels["role"] != "db" {
+	if v, _ := h.reg.Get(resp.AgentID); v.Labels.Get("role") != "db" {
 		t.Fatalf("token label not applied: %v", v.Labels)
 	}
 }
@@ -670,7 +670,7 @@ func TestAPI_ReregisterByCertificateKeepsEnrollment(t *testing.T) {
 			if !ok {
 				t.Fatal("agent lost")
 			}
-			if a.Hostname != "host1.example.com" || a.Labels["role"] != "db" || a.PinnedLabels["role"] != "db" {
+			if a.Hostname != "host1.example.com" || a.Labels.Get("role") != "db" || a.PinnedLabels.Get("role") != "db" {
 				t.Fatalf("enrollment not kept: hostname %q labels %v pinned %v", a.Hostname, a.Labels, a.PinnedLabels)
 			}
 		})

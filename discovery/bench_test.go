@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/prometheus/model/labels"
 )
 
 // The benchmarks in this file back the http_sd and registry numbers of
@@ -54,7 +56,7 @@ func benchAgent(n int, now time.Time) *Agent {
 		Hostname:       "bench-" + strconv.Itoa(n) + ".example.com",
 		Address:        fmt.Sprintf("10.%d.%d.%d", (m>>16)&0xff, (m>>8)&0xff, m&0xff),
 		Port:           9956,
-		Labels:         map[string]string{"role": [...]string{"web", "db", "cache", "batch"}[n%4], "rack": "r" + strconv.Itoa(n%64)},
+		Labels:         labels.FromStrings("rack", "r"+strconv.Itoa(n%64), "role", [...]string{"web", "db", "cache", "batch"}[n%4]),
 		Exporters:      []Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
 		CertSerial:     hex.EncodeToString(sum[:16]),
 		CertNotAfter:   now.Add(24 * time.Hour),
@@ -78,12 +80,17 @@ func benchRegistry(b *testing.B, n int) *Registry {
 // benchServe writes a body the way the http_sd handler does.
 func benchServe(w io.Writer, body Body, gzip bool) {
 	if gzip {
-		_, _ = w.Write(body.Gzip)
+		_ = body.WriteGzip(w)
 		return
 	}
-	for _, p := range body.Pieces {
-		_, _ = w.Write(p)
+	_ = body.WriteJSON(w)
+}
+
+func benchSize(body Body, gzip bool) int {
+	if gzip {
+		return body.GzipSize
 	}
+	return body.Size
 }
 
 var benchEncodings = []struct {
@@ -98,11 +105,11 @@ func BenchmarkSDCache_Cached(b *testing.B) {
 	c := NewSDCache(r, nil)
 	for _, enc := range benchEncodings {
 		b.Run(enc.name, func(b *testing.B) {
-			c.Get(Filter{}, enc.gzip) // build the cached body before timing
+			c.Get(Filter{}) // build the cached body before timing
 			for b.Loop() {
-				benchServe(io.Discard, c.Get(Filter{}, enc.gzip), enc.gzip)
+				benchServe(io.Discard, c.Get(Filter{}), enc.gzip)
 			}
-			b.ReportMetric(float64(c.Get(Filter{}, enc.gzip).Size)/1e6, "MB/body")
+			b.ReportMetric(float64(benchSize(c.Get(Filter{}), enc.gzip))/1e6, "MB/body")
 		})
 	}
 }
@@ -116,7 +123,7 @@ func BenchmarkSDCache_RebuildAfterChange(b *testing.B) {
 	ctx := context.Background()
 	for _, enc := range benchEncodings {
 		b.Run(enc.name, func(b *testing.B) {
-			c.Get(Filter{}, enc.gzip)
+			c.Get(Filter{})
 			for i := 0; b.Loop(); i++ {
 				b.StopTimer()
 				id := fmt.Sprintf("bench%021d", (i*7919)%benchAgents)
@@ -127,7 +134,7 @@ func BenchmarkSDCache_RebuildAfterChange(b *testing.B) {
 					b.Fatal(err)
 				}
 				b.StartTimer()
-				benchServe(io.Discard, c.Get(Filter{}, enc.gzip), enc.gzip)
+				benchServe(io.Discard, c.Get(Filter{}), enc.gzip)
 			}
 		})
 	}
@@ -141,7 +148,7 @@ func BenchmarkSDCache_Cold(b *testing.B) {
 		b.Run(enc.name, func(b *testing.B) {
 			for b.Loop() {
 				c := NewSDCache(r, nil)
-				benchServe(io.Discard, c.Get(Filter{}, enc.gzip), enc.gzip)
+				benchServe(io.Discard, c.Get(Filter{}), enc.gzip)
 			}
 		})
 	}
@@ -188,8 +195,8 @@ func BenchmarkRegistry_Load100k(b *testing.B) {
 		b.StopTimer()
 		afterLoad := heapInUse()
 		c := NewSDCache(r, nil)
-		c.Get(Filter{}, false)
-		c.Get(Filter{}, true)
+		c.Get(Filter{})
+		c.Get(Filter{})
 		afterCache := heapInUse()
 		runtime.KeepAlive(r)
 		runtime.KeepAlive(c)

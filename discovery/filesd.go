@@ -57,12 +57,8 @@ func (f *FileSDWriter) Run(ctx context.Context) {
 
 // write writes the current groups.
 func (f *FileSDWriter) write() error {
-	body := f.Cache.Get(Filter{}, false)
-	data := make([]byte, 0, body.Size)
-	for _, p := range body.Pieces {
-		data = append(data, p...)
-	}
-	if err := ca.WriteFileAtomic(f.Path, data, 0o644); err != nil {
+	body := f.Cache.Get(Filter{})
+	if err := ca.WriteFileAtomicFunc(f.Path, 0o644, body.WriteJSON); err != nil {
 		f.count("error")
 		return fmt.Errorf("write file_sd file: %w", err)
 	}

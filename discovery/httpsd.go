@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"net"
 	"net/url"
 	"slices"
@@ -16,6 +17,8 @@ import (
 	"sync"
 	"time"
 	"unicode/utf8"
+
+	"github.com/prometheus/prometheus/model/labels"
 
 	"github.com/baremetal-sd/baremetal_sd/collector"
 )
@@ -37,9 +40,6 @@ const AgentExporterName = "agent"
 
 // AgentMetricsPath is where an agent serves its own telemetry.
 const AgentMetricsPath = "/metrics"
-
-// maxViews bounds how many distinct filters keep a cached response.
-const maxViews = 32
 
 // Filter selects the target groups of one http_sd response. Exporters are
 // alternatives (any may match); labels must all match.
@@ -102,7 +102,7 @@ func (f Filter) key() string {
 
 func (f Filter) matchAgent(a *Agent) bool {
 	for _, l := range f.Labels {
-		if v, ok := a.Labels[l[0]]; !ok || v != l[1] {
+		if !a.Labels.Has(l[0]) || a.Labels.Get(l[0]) != l[1] {
 			return false
 		}
 	}
@@ -118,10 +118,15 @@ func (f Filter) matchExporter(name string) bool {
 }
 
 // SDCache serves http_sd bodies. The registry is split in shards; each cached
-// view keeps one serialized fragment per shard and re-serializes only the
+// view keeps one compressed fragment per shard and re-serializes only the
 // shards whose generation moved, so a change among 100,000 agents costs a few
-// hundred agents' worth of JSON. The gzip body is assembled the same way from
-// per-shard deflate segments.
+// hundred agents' worth of JSON.
+//
+// Fragments are kept only as raw deflate segments, never as JSON: at 100,000
+// agents the JSON is 80 MiB and its deflate 4 MiB. A gzip response is the
+// segments spliced into one gzip member; an identity response (what
+// Prometheus asks for: its http_sd client disables compression) inflates them
+// while writing, which costs less CPU than moving the same bytes through TLS.
 type SDCache struct {
 	reg     *Registry
 	metrics *collector.Server
@@ -129,30 +134,36 @@ type SDCache struct {
 	mu    sync.Mutex
 	views map[string]*sdView
 	clock uint64 // logical clock for least-recently-used eviction
-	// scratch is where fragments are serialized before they are copied out
-	// at their exact size: append's doubling would otherwise leave up to
-	// half of each published fragment unused, tens of MiB at 100,000 agents.
+	// scratch is where a fragment's JSON is serialized before it is deflated.
 	scratch  []byte
 	deflater segmentDeflater
 }
+
+// Bounds of the cached views: a view per distinct filter, evicted least
+// recently used first while there are more than maxViews or their segments
+// take more than maxCachedBytes. The view being served is always kept.
+const (
+	maxViews       = 32
+	maxCachedBytes = 32 << 20
+)
 
 type sdView struct {
 	filter   Filter
 	gen      uint64
 	lastUsed uint64
 	frags    [shardCount]fragment
-	pieces   [][]byte // the identity body: "[", fragments and commas, "]"
-	size     int
-	gzGen    uint64
-	gzValid  bool
-	gz       []byte
+	body     Body
+	bytes    int // deflate bytes held by frags
 }
 
 type fragment struct {
-	gen     uint64
-	valid   bool
-	json    []byte
-	deflate []byte // raw deflate of json ending in a sync flush; nil until needed
+	gen   uint64
+	valid bool
+	// size and crc are those of the fragment's JSON; deflate is that JSON as
+	// raw deflate ending in a sync flush, nil when the fragment is empty.
+	size    int
+	crc     uint32
+	deflate []byte
 }
 
 // NewSDCache creates an http_sd cache over a registry.
@@ -160,29 +171,56 @@ func NewSDCache(reg *Registry, metrics *collector.Server) *SDCache {
 	return &SDCache{reg: reg, metrics: metrics, views: make(map[string]*sdView)}
 }
 
-// Body is one http_sd response: the identity body as pieces to write in
-// order, or a gzip body. The slices are immutable and may be kept.
+// Body is one http_sd response, held as a gzip member in pieces. It is
+// immutable and may be kept and written concurrently.
 type Body struct {
-	Pieces [][]byte
-	Size   int
-	Gzip   []byte
+	gzip [][]byte
+	// Size is the length of the JSON; GzipSize that of the gzip member.
+	Size     int
+	GzipSize int
+}
+
+// WriteGzip writes the gzip member.
+func (b Body) WriteGzip(w io.Writer) error {
+	for _, p := range b.gzip {
+		if _, err := w.Write(p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// WriteJSON writes the JSON, inflating it on the way.
+func (b Body) WriteJSON(w io.Writer) error {
+	if len(b.gzip) < 2 {
+		return errors.New("empty http_sd body")
+	}
+	// The pieces between the gzip header and trailer are one deflate stream.
+	readers := make([]io.Reader, 0, len(b.gzip)-2)
+	for _, p := range b.gzip[1 : len(b.gzip)-1] {
+		readers = append(readers, bytes.NewReader(p))
+	}
+	zr := flate.NewReader(io.MultiReader(readers...))
+	defer zr.Close()
+	n, err := io.Copy(w, zr)
+	if err != nil {
+		return fmt.Errorf("inflate http_sd body: %w", err)
+	}
+	if n != int64(b.Size) {
+		return fmt.Errorf("inflate http_sd body: %d bytes, want %d", n, b.Size)
+	}
+	return nil
 }
 
 // Get returns the body for a filter, rebuilding what changed since the last
-// call. With gzip it returns a complete gzip member.
-func (c *SDCache) Get(f Filter, gzip bool) Body {
+// call.
+func (c *SDCache) Get(f Filter) Body {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	v := c.view(f)
 	c.refresh(v)
-	if !gzip {
-		return Body{Pieces: v.pieces, Size: v.size}
-	}
-	if !v.gzValid || v.gzGen != v.gen {
-		v.gz = assembleGzip(v, &c.deflater)
-		v.gzGen, v.gzValid = v.gen, true
-	}
-	return Body{Gzip: v.gz, Size: len(v.gz)}
+	c.evict(v)
+	return v.body
 }
 
 func (c *SDCache) view(f Filter) *sdView {
@@ -190,9 +228,6 @@ func (c *SDCache) view(f Filter) *sdView {
 	k := f.key()
 	v, ok := c.views[k]
 	if !ok {
-		if len(c.views) >= maxViews {
-			c.evictOldest()
-		}
 		v = &sdView{filter: f}
 		c.views[k] = v
 	}
@@ -200,22 +235,30 @@ func (c *SDCache) view(f Filter) *sdView {
 	return v
 }
 
-func (c *SDCache) evictOldest() {
-	var oldestKey string
-	var oldest uint64
-	first := true
-	for k, v := range c.views {
-		if first || v.lastUsed < oldest {
-			oldestKey, oldest, first = k, v.lastUsed, false
+// evict drops least recently used views other than keep until the bounds
+// hold.
+func (c *SDCache) evict(keep *sdView) {
+	for {
+		total := 0
+		var oldestKey string
+		var oldest *sdView
+		for k, v := range c.views {
+			total += v.bytes
+			if v != keep && (oldest == nil || v.lastUsed < oldest.lastUsed) {
+				oldestKey, oldest = k, v
+			}
 		}
+		if oldest == nil || (len(c.views) <= maxViews && total <= maxCachedBytes) {
+			return
+		}
+		delete(c.views, oldestKey)
 	}
-	delete(c.views, oldestKey)
 }
 
 // refresh brings a view up to the registry's generation.
 func (c *SDCache) refresh(v *sdView) {
 	gen := c.reg.Generation()
-	if v.pieces != nil && v.gen == gen {
+	if v.body.gzip != nil && v.gen == gen {
 		return
 	}
 	start := time.Now()
@@ -225,36 +268,17 @@ func (c *SDCache) refresh(v *sdView) {
 		if fr.valid && fr.gen == c.reg.shardGen(i) {
 			continue
 		}
+		v.bytes -= len(fr.deflate)
 		c.buildFragment(v.filter, i, fr)
+		v.bytes += len(fr.deflate)
 		rebuilt = true
 	}
-	// A new slice, for the same reason as in buildFragment.
-	v.pieces = make([][]byte, 0, 2*len(v.frags)+2)
-	v.pieces = append(v.pieces, []byte("["))
-	size := 2
-	first := true
-	for i := range v.frags {
-		fr := &v.frags[i]
-		if len(fr.json) == 0 {
-			continue
-		}
-		if !first {
-			v.pieces = append(v.pieces, comma)
-			size++
-		}
-		first = false
-		v.pieces = append(v.pieces, fr.json)
-		size += len(fr.json)
-	}
-	v.pieces = append(v.pieces, []byte("]"))
-	v.size = size
+	v.body = assembleGzip(&v.frags)
 	v.gen = gen
 	if rebuilt && c.metrics != nil {
 		c.metrics.HTTPSDRebuildSeconds.Observe(time.Since(start).Seconds())
 	}
 }
-
-var comma = []byte(",")
 
 func (c *SDCache) buildFragment(f Filter, shardIdx int, fr *fragment) {
 	var agents []*Agent
@@ -269,10 +293,14 @@ func (c *SDCache) buildFragment(f Filter, shardIdx int, fr *fragment) {
 		buf = appendAgentGroups(buf, a, f)
 	}
 	c.scratch = buf
-	// A fresh slice every time: a concurrent response may still be writing
-	// the old fragment, so published fragments are never modified.
-	fr.json = bytes.Clone(buf)
+	// A new segment every time: a response in flight may still be reading
+	// the old one, so published segments are never modified.
+	fr.size = len(buf)
+	fr.crc = crc32.ChecksumIEEE(buf)
 	fr.deflate = nil
+	if len(buf) > 0 {
+		fr.deflate = c.deflater.deflate(buf)
+	}
 	fr.gen = gen
 	fr.valid = true
 }
@@ -305,17 +333,13 @@ func appendGroup(buf []byte, a *Agent, target, exporter, path string) []byte {
 	buf = appendLabel(buf, MetaAgentID, a.ID, true)
 	buf = appendLabel(buf, MetaExporter, exporter, true)
 	buf = appendLabel(buf, MetaHostname, a.Hostname, true)
-	keys := make([]string, 0, len(a.Labels))
-	for k := range a.Labels {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
+	// Labels are sorted by name already.
+	a.Labels.Range(func(l labels.Label) {
 		buf = append(buf, `,"`+MetaLabelPrefix...)
-		buf = appendJSONStringBody(buf, k)
+		buf = appendJSONStringBody(buf, l.Name)
 		buf = append(buf, `":`...)
-		buf = appendJSONString(buf, a.Labels[k])
-	}
+		buf = appendJSONString(buf, l.Value)
+	})
 	buf = appendLabel(buf, MetaMaintenance, strconv.FormatBool(a.Maintenance), true)
 	buf = appendLabel(buf, "__metrics_path__", path, true)
 	buf = appendLabel(buf, "__scheme__", "https", true)
@@ -371,59 +395,111 @@ func appendJSONStringBody(buf []byte, s string) []byte {
 	return buf
 }
 
-// assembleGzip builds one gzip member from the view's per-shard deflate
+// JSON pieces spliced between the fragments.
+const (
+	jsonOpen  = "["
+	jsonComma = ","
+	jsonClose = "]"
+)
+
+// assembleGzip builds one gzip member, in pieces, from the fragments' deflate
 // segments. Every segment ends in a sync flush, so the stream is byte aligned
-// between them and the separators can be spliced in as stored blocks.
-func assembleGzip(v *sdView, d *segmentDeflater) []byte {
-	size := 10 + 8 + 5*3
-	for i := range v.frags {
-		fr := &v.frags[i]
-		if len(fr.json) > 0 && fr.deflate == nil {
-			fr.deflate = d.deflate(fr.json)
-		}
-		size += len(fr.deflate) + 5 + 1
-	}
-	out := make([]byte, 0, size)
+// between them and the JSON punctuation can be spliced in as stored blocks;
+// the member's CRC is combined from the fragments' CRCs.
+func assembleGzip(frags *[shardCount]fragment) Body {
+	pieces := make([][]byte, 0, 2*len(frags)+3)
 	// Header: magic, CM=deflate, no flags, no mtime, XFL=0, OS=unknown.
-	out = append(out, 0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255)
-	crc := uint32(0)
-	var total uint32
-	out = appendStored(out, []byte("["), false)
-	crc = crc32.Update(crc, crc32.IEEETable, []byte("["))
-	total++
+	pieces = append(pieces, []byte{0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255})
+	pieces = append(pieces, storedBlock(jsonOpen, false))
+	crc := crc32.ChecksumIEEE([]byte(jsonOpen))
+	size := len(jsonOpen)
+	sep := storedBlock(jsonComma, false)
 	first := true
-	for i := range v.frags {
-		fr := &v.frags[i]
-		if len(fr.json) == 0 {
+	for i := range frags {
+		fr := &frags[i]
+		if fr.size == 0 {
 			continue
 		}
 		if !first {
-			out = appendStored(out, comma, false)
-			crc = crc32.Update(crc, crc32.IEEETable, comma)
-			total++
+			pieces = append(pieces, sep)
+			crc = crc32Combine(crc, crc32.ChecksumIEEE([]byte(jsonComma)), len(jsonComma))
+			size += len(jsonComma)
 		}
 		first = false
-		out = append(out, fr.deflate...)
-		crc = crc32.Update(crc, crc32.IEEETable, fr.json)
-		total += uint32(len(fr.json))
+		pieces = append(pieces, fr.deflate)
+		crc = crc32Combine(crc, fr.crc, fr.size)
+		size += fr.size
 	}
-	out = appendStored(out, []byte("]"), true)
-	crc = crc32.Update(crc, crc32.IEEETable, []byte("]"))
-	total++
-	out = binary.LittleEndian.AppendUint32(out, crc)
-	return binary.LittleEndian.AppendUint32(out, total)
+	pieces = append(pieces, storedBlock(jsonClose, true))
+	crc = crc32Combine(crc, crc32.ChecksumIEEE([]byte(jsonClose)), len(jsonClose))
+	size += len(jsonClose)
+	trailer := binary.LittleEndian.AppendUint32(nil, crc)
+	pieces = append(pieces, binary.LittleEndian.AppendUint32(trailer, uint32(size)))
+	gzSize := 0
+	for _, p := range pieces {
+		gzSize += len(p)
+	}
+	return Body{gzip: pieces, Size: size, GzipSize: gzSize}
 }
 
-// appendStored appends a stored (uncompressed) deflate block. The stream
-// must be byte aligned, which a sync flush guarantees.
-func appendStored(out, data []byte, final bool) []byte {
+// storedBlock returns data as a stored (uncompressed) deflate block. The
+// stream must be byte aligned where it goes, which a sync flush guarantees.
+func storedBlock(data string, final bool) []byte {
 	hdr := byte(0)
 	if final {
 		hdr = 1
 	}
 	n := uint16(len(data))
-	out = append(out, hdr, byte(n), byte(n>>8), ^byte(n), ^byte(n>>8))
-	return append(out, data...)
+	return append([]byte{hdr, byte(n), byte(n >> 8), ^byte(n), ^byte(n >> 8)}, data...)
+}
+
+// crc32Combine returns the IEEE CRC-32 of A followed by B from the CRC of A,
+// the CRC of B and the length of B. CRC-32 is linear over GF(2): the CRC of
+// A shifted by len(B) zero bytes is crcA times x^(8·len(B)) modulo the
+// polynomial, and the conditioning (initial value and final XOR) cancels
+// between the three CRCs.
+func crc32Combine(crcA, crcB uint32, lenB int) uint32 {
+	if lenB <= 0 {
+		return crcA
+	}
+	return gf2MulModP(xPow8n(uint64(lenB)), crcA) ^ crcB
+}
+
+// The CRC-32 polynomial in the reflected bit order hash/crc32 uses: the
+// coefficient of x^0 is the most significant bit.
+const (
+	crcPoly = 0xedb88320
+	gf2One  = 1 << 31 // the polynomial 1
+)
+
+// gf2MulModP multiplies two polynomials modulo the CRC-32 polynomial.
+func gf2MulModP(a, b uint32) uint32 {
+	var p uint32
+	for m := uint32(gf2One); m != 0; m >>= 1 {
+		if a&m != 0 {
+			p ^= b
+		}
+		// b *= x
+		if b&1 != 0 {
+			b = b>>1 ^ crcPoly
+		} else {
+			b >>= 1
+		}
+	}
+	return p
+}
+
+// xPow8n returns x^(8n) modulo the CRC-32 polynomial by square and multiply.
+func xPow8n(n uint64) uint32 {
+	result := uint32(gf2One)
+	sq := uint32(gf2One >> 8) // x^8
+	for ; n != 0; n >>= 1 {
+		if n&1 != 0 {
+			result = gf2MulModP(result, sq)
+		}
+		sq = gf2MulModP(sq, sq)
+	}
+	return result
 }
 
 // segmentDeflater compresses fragments into deflate segments, reusing its

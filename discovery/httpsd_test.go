@@ -6,12 +6,16 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"hash/crc32"
 	"io"
+	"math/rand/v2"
 	"net/url"
 	"reflect"
 	"sort"
 	"testing"
 	"time"
+
+	"github.com/prometheus/prometheus/model/labels"
 )
 
 // targetGroup is Prometheus' http_sd group, decoded strictly: any key other
@@ -35,8 +39,28 @@ func decodeGroups(t *testing.T, data []byte) []targetGroup {
 	return groups
 }
 
+// joinBody is the identity response: the JSON, inflated from the cache.
 func joinBody(b Body) []byte {
-	return bytes.Join(b.Pieces, nil)
+	var buf bytes.Buffer
+	if err := b.WriteJSON(&buf); err != nil {
+		panic(err)
+	}
+	if buf.Len() != b.Size {
+		panic(fmt.Sprintf("JSON of %d bytes, Size %d", buf.Len(), b.Size))
+	}
+	return buf.Bytes()
+}
+
+// gzipBody is the gzip response.
+func gzipBody(b Body) []byte {
+	var buf bytes.Buffer
+	if err := b.WriteGzip(&buf); err != nil {
+		panic(err)
+	}
+	if buf.Len() != b.GzipSize {
+		panic(fmt.Sprintf("gzip member of %d bytes, GzipSize %d", buf.Len(), b.GzipSize))
+	}
+	return buf.Bytes()
 }
 
 func gunzip(t *testing.T, data []byte) []byte {
@@ -55,10 +79,10 @@ func gunzip(t *testing.T, data []byte) []byte {
 func TestSDCache_Empty(t *testing.T) {
 	r := newTestRegistry(t, NewMemoryStore(), newFakeClock())
 	c := NewSDCache(r, nil)
-	if got := joinBody(c.Get(Filter{}, false)); string(got) != "[]" {
+	if got := joinBody(c.Get(Filter{})); string(got) != "[]" {
 		t.Fatalf("empty registry body %q, want []", got)
 	}
-	if got := gunzip(t, c.Get(Filter{}, true).Gzip); string(got) != "[]" {
+	if got := gunzip(t, gzipBody(c.Get(Filter{}))); string(got) != "[]" {
 		t.Fatalf("empty registry gzip body %q, want []", got)
 	}
 }
@@ -68,12 +92,12 @@ func TestSDCache_Groups(t *testing.T) {
 	r := newTestRegistry(t, NewMemoryStore(), clock)
 	a := testAgent("a")
 	a.Address = "2001:db8::1"
-	a.Labels = map[string]string{"role": "db", "quote": "say \"hi\"\n\u2028é"}
+	a.Labels = labels.FromStrings("role", "db", "quote", "say \"hi\"\n\u2028é")
 	a.Maintenance = true
 	mustPut(t, r, a)
 	c := NewSDCache(r, nil)
 
-	got := decodeGroups(t, joinBody(c.Get(Filter{}, false)))
+	got := decodeGroups(t, joinBody(c.Get(Filter{})))
 	base := map[string]string{
 		MetaAddress:               "2001:db8::1",
 		MetaAgentID:               "a",
@@ -108,7 +132,7 @@ func TestSDCache_Filters(t *testing.T) {
 	r := newTestRegistry(t, NewMemoryStore(), clock)
 	web := testAgent("web1")
 	db := testAgent("db1")
-	db.Labels = map[string]string{"role": "database"}
+	db.Labels = labels.FromStrings("role", "database")
 	db.Exporters = append(db.Exporters, Exporter{Name: "postgres", Path: "/exporters/postgres/metrics"})
 	mustPut(t, r, web)
 	mustPut(t, r, db)
@@ -133,7 +157,7 @@ func TestSDCache_Filters(t *testing.T) {
 				t.Fatal(err)
 			}
 			var got []string
-			for _, g := range decodeGroups(t, joinBody(c.Get(f, false))) {
+			for _, g := range decodeGroups(t, joinBody(c.Get(f))) {
 				got = append(got, g.Labels[MetaAgentID]+"/"+g.Labels[MetaExporter])
 			}
 			// Order is stable but follows the registry's shards, not names.
@@ -163,39 +187,39 @@ func TestSDCache_IncrementalRebuild(t *testing.T) {
 		mustPut(t, r, testAgent(fmt.Sprintf("agent-%03d", i)))
 	}
 	c := NewSDCache(r, nil)
-	first := joinBody(c.Get(Filter{}, false))
+	first := joinBody(c.Get(Filter{}))
 	if n := len(decodeGroups(t, first)); n != 1000 {
 		t.Fatalf("%d groups, want 1000", n)
 	}
-	if again := joinBody(c.Get(Filter{}, false)); !bytes.Equal(first, again) {
+	if again := joinBody(c.Get(Filter{})); !bytes.Equal(first, again) {
 		t.Fatal("body changed without a registry change")
 	}
 
 	v := c.views[Filter{}.key()]
 	before := make([]*byte, shardCount)
 	for i := range v.frags {
-		if len(v.frags[i].json) > 0 {
-			before[i] = &v.frags[i].json[0]
+		if len(v.frags[i].deflate) > 0 {
+			before[i] = &v.frags[i].deflate[0]
 		}
 	}
 	if err := r.Delete(context.Background(), "agent-042"); err != nil {
 		t.Fatal(err)
 	}
-	after := joinBody(c.Get(Filter{}, false))
+	after := joinBody(c.Get(Filter{}))
 	groups := decodeGroups(t, after)
 	if len(groups) != 998 {
 		t.Fatalf("%d groups after delete, want 998", len(groups))
 	}
 	rebuilt := 0
 	for i := range v.frags {
-		if len(v.frags[i].json) > 0 && &v.frags[i].json[0] != before[i] {
+		if len(v.frags[i].deflate) > 0 && &v.frags[i].deflate[0] != before[i] {
 			rebuilt++
 		}
 	}
 	if rebuilt != 1 {
 		t.Errorf("%d fragments rebuilt for one deleted agent, want 1", rebuilt)
 	}
-	if gz := gunzip(t, c.Get(Filter{}, true).Gzip); !bytes.Equal(gz, after) {
+	if gz := gunzip(t, gzipBody(c.Get(Filter{}))); !bytes.Equal(gz, after) {
 		t.Fatal("gzip body differs from identity body")
 	}
 }
@@ -206,7 +230,7 @@ func TestSDCache_ExpiredLeavesAtOnce(t *testing.T) {
 	mustPut(t, r, testAgent("a"))
 	mustPut(t, r, testAgent("b"))
 	c := NewSDCache(r, nil)
-	if n := len(decodeGroups(t, joinBody(c.Get(Filter{}, false)))); n != 4 {
+	if n := len(decodeGroups(t, joinBody(c.Get(Filter{})))); n != 4 {
 		t.Fatalf("%d groups, want 4", n)
 	}
 	clock.Advance(50 * time.Second)
@@ -215,14 +239,14 @@ func TestSDCache_ExpiredLeavesAtOnce(t *testing.T) {
 	}
 	clock.Advance(11 * time.Second)
 	r.Sweep(context.Background())
-	groups := decodeGroups(t, joinBody(c.Get(Filter{}, false)))
+	groups := decodeGroups(t, joinBody(c.Get(Filter{})))
 	if len(groups) != 2 || groups[0].Labels[MetaAgentID] != "b" || groups[1].Labels[MetaAgentID] != "b" {
 		t.Fatalf("after a's TTL: %+v, want only b's groups", groups)
 	}
 	if err := r.Heartbeat("a", "s-a", ""); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(decodeGroups(t, joinBody(c.Get(Filter{}, false)))); n != 4 {
+	if n := len(decodeGroups(t, joinBody(c.Get(Filter{})))); n != 4 {
 		t.Fatalf("%d groups after a came back, want 4", n)
 	}
 }
@@ -261,4 +285,41 @@ func FuzzParseFilter(f *testing.F) {
 		}
 		_ = flt.key()
 	})
+}
+
+// TestCRC32Combine checks the combination used for the gzip trailer against
+// hash/crc32 over the concatenation.
+func TestCRC32Combine(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(1, 2))
+	for _, lens := range [][2]int{{0, 0}, {0, 5}, {5, 0}, {1, 1}, {3, 1000}, {1000, 3}, {70000, 1 << 20}} {
+		a, b := make([]byte, lens[0]), make([]byte, lens[1])
+		for i := range a {
+			a[i] = byte(rnd.Uint32())
+		}
+		for i := range b {
+			b[i] = byte(rnd.Uint32())
+		}
+		want := crc32.ChecksumIEEE(append(append([]byte(nil), a...), b...))
+		if got := crc32Combine(crc32.ChecksumIEEE(a), crc32.ChecksumIEEE(b), len(b)); got != want {
+			t.Errorf("lengths %v: combined %08x, want %08x", lens, got, want)
+		}
+	}
+}
+
+// TestSDCache_EvictsBeyondBounds: distinct filters beyond maxViews do not
+// pile up cached views, and the view being served survives eviction.
+func TestSDCache_EvictsBeyondBounds(t *testing.T) {
+	r := newTestRegistry(t, NewMemoryStore(), newFakeClock())
+	mustPut(t, r, testAgent("a"))
+	c := NewSDCache(r, nil)
+	for i := range 3 * maxViews {
+		f := Filter{Exporters: []string{fmt.Sprintf("e%d", i)}}
+		c.Get(f)
+		if _, ok := c.views[f.key()]; !ok {
+			t.Fatalf("view %d evicted while served", i)
+		}
+	}
+	if len(c.views) > maxViews {
+		t.Errorf("%d cached views, want at most %d", len(c.views), maxViews)
+	}
 }

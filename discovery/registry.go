@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
-	"maps"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -655,9 +654,7 @@ func (r *Registry) shardGen(i int) uint64 { return r.shards[i].gen.Load() }
 
 // clone deep-copies an agent record.
 func (a *Agent) clone() *Agent {
-	cp := *a
-	cp.Labels = maps.Clone(a.Labels)
-	cp.PinnedLabels = maps.Clone(a.PinnedLabels)
+	cp := *a // labels.Labels are immutable values
 	if a.Exporters != nil {
 		cp.Exporters = append([]Exporter(nil), a.Exporters...)
 	}

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/prometheus/model/labels"
 )
 
 // fakeClock is a settable clock for registry tests.
@@ -36,7 +38,7 @@ func testAgent(id string) *Agent {
 		Hostname:   id + ".example.com",
 		Address:    "192.0.2.10",
 		Port:       9956,
-		Labels:     map[string]string{"role": "web"},
+		Labels:     labels.FromStrings("role", "web"),
 		Exporters:  []Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
 		CertSerial: "s-" + id,
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/prometheus/prometheus/model/labels"
 )
 
 // ErrNotFound is returned by a Store when an agent does not exist.
@@ -29,15 +31,18 @@ type Exporter struct {
 // with every heartbeat and is persisted separately (Store.Touch) so that
 // heartbeats never rewrite whole records.
 type Agent struct {
-	ID        string            `json:"id"`
-	Hostname  string            `json:"hostname"`
-	Address   string            `json:"address"`
-	Port      int               `json:"port"`
-	Labels    map[string]string `json:"labels,omitempty"`
-	Exporters []Exporter        `json:"exporters,omitempty"`
+	ID       string `json:"id"`
+	Hostname string `json:"hostname"`
+	Address  string `json:"address"`
+	Port     int    `json:"port"`
+	// Labels are kept as Prometheus' own label set: sorted, immutable and,
+	// with the default stringlabels build, one string per agent instead of a
+	// map (about 300 bytes less per agent). It encodes as a JSON object.
+	Labels    labels.Labels `json:"labels,omitzero"`
+	Exporters []Exporter    `json:"exporters,omitempty"`
 	// PinnedLabels are the labels the enrollment token fixed; a
 	// re-registration by certificate must keep them.
-	PinnedLabels map[string]string `json:"pinned_labels,omitempty"`
+	PinnedLabels labels.Labels `json:"pinned_labels,omitzero"`
 
 	// CertSerial is the serial number (hex) of the agent's current certificate;
 	// PrevCertSerial stays valid until PrevCertNotAfter so that connections

@@ -60,9 +60,9 @@ func testStoreConformance(t *testing.T, newStore func(*testing.T) Store, reopen 
 		if err := s.Put(ctx, a); err != nil {
 			t.Fatal(err)
 		}
-		a.Labels["role"] = "mutated after put"
+		a.Exporters[0].Name = "mutated after put"
 		got := sortedList(t, s)
-		if len(got) != 1 || got[0].Labels["role"] != "web" || !got[0].LastSeen.Equal(base) {
+		if len(got) != 1 || got[0].Labels.Get("role") != "web" || got[0].Exporters[0].Name != "node" || !got[0].LastSeen.Equal(base) {
 			t.Fatalf("list %+v", got)
 		}
 		b := testAgent("a")

@@ -11,10 +11,11 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	promlabels "github.com/prometheus/prometheus/model/labels"
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/discovery"
@@ -132,11 +133,8 @@ func (c AgentsCLI) print(w io.Writer, agents []discovery.AgentView) error {
 		for _, e := range a.Exporters {
 			exporters = append(exporters, e.Name)
 		}
-		labels := make([]string, 0, len(a.Labels))
-		for k, v := range a.Labels {
-			labels = append(labels, k+"="+v)
-		}
-		sort.Strings(labels)
+		labels := make([]string, 0, a.Labels.Len())
+		a.Labels.Range(func(l promlabels.Label) { labels = append(labels, l.Name+"="+l.Value) })
 		fmt.Fprintf(tw, "%s\t%s\t%s:%d\t%s\t%s ago\t%s\t%s\t%s\n",
 			a.ID, a.Hostname, a.Address, a.Port, a.State,
 			now.Sub(a.LastSeen).Round(time.Second), a.CertNotAfter.UTC().Format(time.RFC3339),

@@ -6,11 +6,11 @@ import (
 	"log/slog"
 	"net/http"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
 	"github.com/prometheus/common/version"
+	"github.com/prometheus/prometheus/model/labels"
 
 	"github.com/baremetal-sd/baremetal_sd/discovery"
 )
@@ -145,9 +145,6 @@ func newStatusRow(a discovery.AgentView) statusRow {
 	for _, e := range a.Exporters {
 		row.Exporters = append(row.Exporters, e.Name)
 	}
-	for k, v := range a.Labels {
-		row.Labels = append(row.Labels, k+"="+v)
-	}
-	sort.Strings(row.Labels)
+	a.Labels.Range(func(l labels.Label) { row.Labels = append(row.Labels, l.Name+"="+l.Value) })
 	return row
 }

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/prometheus/model/labels"
+
 	"github.com/baremetal-sd/baremetal_sd/discovery"
 )
 
@@ -39,7 +41,7 @@ func newFleet(t *testing.T, agents []fleetAgent) *discovery.Registry {
 	}
 	for _, a := range agents {
 		agent := &discovery.Agent{
-			ID: a.id, Hostname: a.host, Address: "10.0.0.1", Port: 9956, Labels: a.labels,
+			ID: a.id, Hostname: a.host, Address: "10.0.0.1", Port: 9956, Labels: labels.FromMap(a.labels),
 			Exporters:    []discovery.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
 			CertSerial:   "serial-" + a.id,
 			CertNotAfter: statusNow.Add(16 * time.Hour),
