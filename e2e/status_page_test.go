@@ -50,6 +50,20 @@ basic_auth_users:
 	// A first start without the web config creates the CA and the serving
 	// certificate that the web config names, as in the README.
 	first := startServer(t, "--data.dir="+filepath.Join(dir, "data"))
+	// Without basic auth in a web config, an anonymous visitor sees the
+	// counts but not the agents; a discovery certificate sees them.
+	enroll(t, first, createToken(t, first.DataDir, "--scope=enroll", "--ttl=10m"), discovery.RegisterRequest{
+		Hostname: "db0.status.test", Address: "127.0.0.1", Port: 9956,
+		Exporters: []discovery.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
+	})
+	anonymous := mustRequest(t, first.client(t), http.MethodGet, first.URL+"/", "", nil, http.StatusOK).Body
+	if strings.Contains(string(anonymous), "db0.status.test") || !strings.Contains(string(anonymous), "needs credentials") {
+		t.Errorf("anonymous status page shows the agents or no hint:\n%.800s", anonymous)
+	}
+	reader := issueCert(t, first.DataDir, "status-reader", "discovery")
+	if page := mustRequest(t, first.client(t, reader.KeyPair), http.MethodGet, first.URL+"/", "", nil, http.StatusOK).Body; !strings.Contains(string(page), "db0.status.test") {
+		t.Errorf("status page for a discovery certificate lacks the agent:\n%.800s", page)
+	}
 	first.stop(t)
 	s := startServer(t, "--data.dir="+filepath.Join(dir, "data"), "--web.config.file="+webConfig)
 	enrollTok := createToken(t, s.DataDir, "--scope=enroll", "--ttl=10m")

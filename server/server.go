@@ -179,7 +179,11 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		_, _ = w.Write([]byte("Ready.\n"))
 	})
-	mux.Handle("/", &statusPage{registry: registry, now: time.Now, logger: logger})
+	showFleet := fleetReader
+	if cfg.AnonymousSD {
+		showFleet = func(*http.Request) bool { return true }
+	}
+	mux.Handle("/", &statusPage{registry: registry, now: time.Now, logger: logger, showFleet: showFleet})
 
 	runCtx, stopLoops := context.WithCancel(context.Background())
 	loopsDone := make(chan struct{})

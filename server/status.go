@@ -12,7 +12,9 @@ import (
 	"github.com/prometheus/common/version"
 	"github.com/prometheus/prometheus/model/labels"
 
+	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/web"
 )
 
 // maxStatusRows bounds the table: a page of 100,000 rows helps nobody and
@@ -51,10 +53,30 @@ type fleetSummarizer interface {
 
 // statusPage is the server's landing page: the fleet at a glance. It reads
 // the registry's memory only, never the store.
+//
+// The agent table is a target list, which is never shown anonymously:
+// showFleet decides per request (basic auth from the web config, a
+// discovery or admin client certificate, or --sd.allow-anonymous). Everyone
+// else sees the counts by state and how to get in.
 type statusPage struct {
-	registry fleetSummarizer
-	now      func() time.Time
-	logger   *slog.Logger
+	registry  fleetSummarizer
+	now       func() time.Time
+	logger    *slog.Logger
+	showFleet func(*http.Request) bool
+}
+
+// fleetReader is the status page's default showFleet: the request
+// authenticated with basic auth, or with a client certificate of role
+// discovery or admin (the TLS layer verified it against the CA).
+func fleetReader(r *http.Request) bool {
+	if _, ok := web.BasicAuthUser(r); ok {
+		return true
+	}
+	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+		return false
+	}
+	role, _, err := ca.Identify(r.TLS.PeerCertificates[0])
+	return err == nil && (role == ca.RoleDiscovery || role == ca.RoleAdmin)
 }
 
 type statusRow struct {
@@ -70,6 +92,8 @@ type stateCount struct {
 }
 
 type statusData struct {
+	// Hidden says that the request may not see the agents, only counts.
+	Hidden    bool
 	Version   string
 	Now       time.Time
 	Total     int
@@ -99,7 +123,7 @@ func (p *statusPage) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "unknown state: use one of "+statesList(), http.StatusBadRequest)
 		return
 	}
-	data := p.data(filter)
+	data := p.data(filter, p.showFleet != nil && p.showFleet(r))
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	if err := statusTemplate.Execute(w, data); err != nil {
 		// The header is out; all that is left is to say so in the log.
@@ -115,9 +139,14 @@ func statesList() string {
 	return strings.Join(names, ", ")
 }
 
-func (p *statusPage) data(filter discovery.AgentState) statusData {
-	sum := p.registry.Summarize(filter, maxStatusRows)
+func (p *statusPage) data(filter discovery.AgentState, showFleet bool) statusData {
+	limit := maxStatusRows
+	if !showFleet {
+		limit = 0
+	}
+	sum := p.registry.Summarize(filter, limit)
 	d := statusData{
+		Hidden:    !showFleet,
 		Version:   version.Version,
 		Now:       p.now(),
 		Total:     sum.Total,

@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/prometheus/prometheus/model/labels"
 
+	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/discovery"
 )
 
@@ -58,9 +61,18 @@ func newFleet(t *testing.T, agents []fleetAgent) *discovery.Registry {
 	return r
 }
 
+// serveStatus renders the page for a request that may see the fleet.
 func serveStatus(t *testing.T, r *discovery.Registry, target string) *httptest.ResponseRecorder {
 	t.Helper()
-	p := &statusPage{registry: r, now: func() time.Time { return statusNow }, logger: slog.New(slog.DiscardHandler)}
+	return serveStatusAs(t, r, target, true)
+}
+
+func serveStatusAs(t *testing.T, r *discovery.Registry, target string, showFleet bool) *httptest.ResponseRecorder {
+	t.Helper()
+	p := &statusPage{
+		registry: r, now: func() time.Time { return statusNow }, logger: slog.New(slog.DiscardHandler),
+		showFleet: func(*http.Request) bool { return showFleet },
+	}
 	rec := httptest.NewRecorder()
 	p.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, target, nil))
 	return rec
@@ -76,11 +88,12 @@ func TestStatusPage(t *testing.T) {
 		}},
 	})
 	tests := []struct {
-		name     string
-		target   string
-		status   int
-		contains []string
-		absent   []string
+		name      string
+		target    string
+		anonymous bool
+		status    int
+		contains  []string
+		absent    []string
 	}{
 		{
 			name: "fleet", target: "/", status: http.StatusOK,
@@ -100,12 +113,22 @@ func TestStatusPage(t *testing.T) {
 			contains: []string{"web1.example.com", `class="count selected" href="/?state=revoked"`},
 			absent:   []string{"db1.example.com", "web2.example.com"},
 		},
+		{
+			name: "anonymous: counts, no agents", target: "/", anonymous: true, status: http.StatusOK,
+			contains: []string{"<b>3</b>all agents", "The agent list needs credentials"},
+			absent:   []string{"db1.example.com", "web1.example.com", "10.0.0.1", "role=db", "<code>a1</code>"},
+		},
+		{
+			name: "anonymous with a state filter", target: "/?state=revoked", anonymous: true, status: http.StatusOK,
+			contains: []string{"The agent list needs credentials"},
+			absent:   []string{"web1.example.com"},
+		},
 		{name: "unknown state", target: "/?state=bogus", status: http.StatusBadRequest, contains: []string{"unknown state"}},
 		{name: "other paths are not the page", target: "/nope", status: http.StatusNotFound},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			rec := serveStatus(t, fleet, tt.target)
+			rec := serveStatusAs(t, fleet, tt.target, !tt.anonymous)
 			if rec.Code != tt.status {
 				t.Fatalf("status %d, want %d: %s", rec.Code, tt.status, rec.Body)
 			}
@@ -143,5 +166,44 @@ func TestStatusPage_BoundedRows(t *testing.T) {
 	}
 	if !strings.Contains(body, fmt.Sprintf("Showing the first %d of %d agents", maxStatusRows, maxStatusRows+100)) {
 		t.Error("no note about the rows left out")
+	}
+}
+
+// TestFleetReader: who may see the agent table by certificate. Basic auth is
+// checked by the web package, which marks the request.
+func TestFleetReader(t *testing.T) {
+	authority, _, err := ca.LoadOrCreate(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	certOf := func(role ca.Role) *x509.Certificate {
+		certPEM, _, err := authority.IssueClient("test-"+string(role), role, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cert, err := ca.ParseCertificatePEM(certPEM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cert
+	}
+	tests := []struct {
+		name string
+		tls  *tls.ConnectionState
+		want bool
+	}{
+		{"plain HTTP", nil, false},
+		{"TLS without a client certificate", &tls.ConnectionState{}, false},
+		{"discovery certificate", &tls.ConnectionState{PeerCertificates: []*x509.Certificate{certOf(ca.RoleDiscovery)}}, true},
+		{"admin certificate", &tls.ConnectionState{PeerCertificates: []*x509.Certificate{certOf(ca.RoleAdmin)}}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := httptest.NewRequest(http.MethodGet, "/", nil)
+			r.TLS = tt.tls
+			if got := fleetReader(r); got != tt.want {
+				t.Errorf("fleetReader = %v, want %v", got, tt.want)
+			}
+		})
 	}
 }

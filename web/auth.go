@@ -1,6 +1,7 @@
 package web
 
 import (
+	"context"
 	"crypto/sha256"
 	"errors"
 	"log/slog"
@@ -76,11 +77,20 @@ func (h *authHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if user, pass, ok := r.BasicAuth(); ok && h.authorized(cfg, user, pass) {
-		h.next.ServeHTTP(w, r)
+		h.next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), basicAuthUserKey{}, user)))
 		return
 	}
 	w.Header().Set("WWW-Authenticate", "Basic")
 	http.Error(w, http.StatusText(http.StatusUnauthorized), http.StatusUnauthorized)
+}
+
+type basicAuthUserKey struct{}
+
+// BasicAuthUser returns the user a request authenticated as with the web
+// config's basic_auth_users, if it did.
+func BasicAuthUser(r *http.Request) (string, bool) {
+	user, ok := r.Context().Value(basicAuthUserKey{}).(string)
+	return user, ok
 }
 
 // BasicAuthScope is a server handler that limits the web config's

@@ -243,21 +243,29 @@ func TestServe_BasicAuthScope(t *testing.T) {
 	p.issue("server", 1, true)
 	hash, _ := bcrypt.GenerateFromPassword([]byte("secret"), bcrypt.MinCost)
 	path := writeConfig(t, p.dir, tlsConfig+"basic_auth_users:\n  alice: "+string(hash)+"\n")
+	// The handler says whom BasicAuthUser reports.
+	whoami := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if user, ok := BasicAuthUser(r); ok {
+			w.Header().Set("X-User", user)
+		}
+	})
 	url, _ := serve(t, path, &BasicAuthScope{
-		Handler: hello(),
+		Handler: whoami,
 		Protect: func(r *http.Request) bool { return r.URL.Path == "/" },
 	})
 	tests := []struct {
 		path, user, pass, bearer string
 		status                   int
+		authenticated            string
 	}{
-		{"/", "", "", "", 401},
-		{"/", "alice", "wrong", "", 401},
-		{"/", "alice", "secret", "", 200},
-		{"/", "", "", "a-token", 401},
-		{"/api/v1/register", "", "", "", 200},
-		{"/api/v1/register", "", "", "a-token", 200},
-		{"/metrics", "", "", "", 200},
+		{"/", "", "", "", 401, ""},
+		{"/", "alice", "wrong", "", 401, ""},
+		{"/", "alice", "secret", "", 200, "alice"},
+		{"/", "", "", "a-token", 401, ""},
+		{"/api/v1/register", "", "", "", 200, ""},
+		{"/api/v1/register", "", "", "a-token", 200, ""},
+		// Unprotected paths do not check basic auth, so they never report it.
+		{"/metrics", "alice", "secret", "", 200, ""},
 	}
 	for _, tt := range tests {
 		req, _ := http.NewRequest("GET", url+tt.path, nil)
@@ -274,6 +282,9 @@ func TestServe_BasicAuthScope(t *testing.T) {
 		resp.Body.Close()
 		if resp.StatusCode != tt.status {
 			t.Errorf("%s user %q bearer %q: status %d, want %d", tt.path, tt.user, tt.bearer, resp.StatusCode, tt.status)
+		}
+		if got := resp.Header.Get("X-User"); got != tt.authenticated {
+			t.Errorf("%s user %q: BasicAuthUser %q, want %q", tt.path, tt.user, got, tt.authenticated)
 		}
 		if tt.status == 401 && resp.Header.Get("WWW-Authenticate") != "Basic" {
 			t.Errorf("%s: 401 without WWW-Authenticate", tt.path)
