@@ -20,6 +20,10 @@ type FileSDWriter struct {
 	Registry *Registry
 	// Debounce is the quiet time collected before a write (1s).
 	Debounce time.Duration
+	// MaxDelay bounds how long changes wait for a quiet moment (10s): a
+	// fleet that never stops changing, such as a mass enrollment, still
+	// gets its file rewritten.
+	MaxDelay time.Duration
 	Metrics  *collector.Server
 	Logger   *slog.Logger
 }
@@ -30,7 +34,12 @@ func (f *FileSDWriter) Run(ctx context.Context) {
 	if debounce <= 0 {
 		debounce = time.Second
 	}
+	maxDelay := f.MaxDelay
+	if maxDelay <= 0 {
+		maxDelay = 10 * debounce
+	}
 	var written uint64
+	var pendingSince time.Time // first change not written yet; zero if none
 	first := true
 	timer := time.NewTimer(0)
 	defer timer.Stop()
@@ -39,8 +48,12 @@ func (f *FileSDWriter) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-f.Registry.Changed():
-			timer.Reset(debounce)
+			if pendingSince.IsZero() {
+				pendingSince = time.Now()
+			}
+			timer.Reset(min(debounce, time.Until(pendingSince.Add(maxDelay))))
 		case <-timer.C:
+			pendingSince = time.Time{}
 			gen := f.Registry.Generation()
 			if !first && gen == written {
 				continue
