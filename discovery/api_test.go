@@ -496,26 +496,55 @@ func TestAPI_RefusesWrongCertificates(t *testing.T) {
 		method string
 		path   string
 		status int
+		reason string // of baremetal_sd_auth_certificate_rejections_total
 	}{
-		{"client certificate heartbeats", discoveryCert, "POST", PathHeartbeat, 403},
-		{"admin certificate heartbeats", adminCert, "POST", PathHeartbeat, 403},
-		{"agent certificate reads http_sd", agentCert, "GET", PathDiscovery, 403},
-		{"agent certificate lists agents", agentCert, "GET", PathAgents, 403},
-		{"agent certificate revokes another agent", agentCert, "DELETE", PathAgents + "/" + resp.AgentID, 403},
-		{"discovery certificate revokes", discoveryCert, "DELETE", PathAgents + "/" + resp.AgentID, 403},
-		{"revoked agent heartbeats", otherAgent, "POST", PathHeartbeat, 403},
-		{"revoked agent renews", otherAgent, "POST", PathRenew, 403},
-		{"superseded certificate heartbeats", superseded, "POST", PathHeartbeat, 403},
+		{"client certificate heartbeats", discoveryCert, "POST", PathHeartbeat, 403, "not_agent"},
+		{"admin certificate heartbeats", adminCert, "POST", PathHeartbeat, 403, "not_agent"},
+		{"client certificate registers as an agent", discoveryCert, "POST", PathRegister, 403, "not_agent"},
+		{"admin certificate registers as an agent", adminCert, "POST", PathRegister, 403, "not_agent"},
+		{"agent certificate reads http_sd", agentCert, "GET", PathDiscovery, 403, "wrong_role"},
+		{"agent certificate lists agents", agentCert, "GET", PathAgents, 403, "wrong_role"},
+		{"agent certificate revokes another agent", agentCert, "DELETE", PathAgents + "/" + resp.AgentID, 403, "wrong_role"},
+		{"discovery certificate revokes", discoveryCert, "DELETE", PathAgents + "/" + resp.AgentID, 403, "wrong_role"},
+		{"revoked agent heartbeats", otherAgent, "POST", PathHeartbeat, 403, "revoked"},
+		{"revoked agent renews", otherAgent, "POST", PathRenew, 403, "revoked"},
+		{"revoked agent registers again", otherAgent, "POST", PathRegister, 403, "revoked"},
+		{"superseded certificate heartbeats", superseded, "POST", PathHeartbeat, 403, "superseded"},
+		{"superseded certificate registers again", superseded, "POST", PathRegister, 403, "superseded"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var body []byte
-			if tt.path == PathRenew {
+			switch tt.path {
+			case PathRenew:
 				body, _ = json.Marshal(RenewRequest{CSR: csrPEM(t, newKey(t))})
+			case PathRegister:
+				body = registerBody(t, func(r *RegisterRequest) { r.Hostname = "intruder.example.com" })
 			}
+			before := h.reg.List()
+			rejected := testutil.ToFloat64(h.metrics.CertRejections.WithLabelValues(tt.reason))
 			rep := h.do(h.client(&tt.cert), tt.method, tt.path, "", body)
 			if rep.status != tt.status {
 				t.Fatalf("status %d (%s), want %d", rep.status, rep.body, tt.status)
+			}
+			var e ErrorResponse
+			if err := json.Unmarshal(rep.body, &e); err != nil || e.Error == "" {
+				t.Fatalf("error body %q is not a JSON error", rep.body)
+			}
+			if got := testutil.ToFloat64(h.metrics.CertRejections.WithLabelValues(tt.reason)); got != rejected+1 {
+				t.Errorf("certificate rejections{reason=%q} went from %v to %v", tt.reason, rejected, got)
+			}
+			// Nothing stored or changed: the same agents, the same
+			// certificates, no new hostname.
+			after := h.reg.List()
+			if len(after) != len(before) {
+				t.Fatalf("refused request changed the registry: %d -> %d agents", len(before), len(after))
+			}
+			for i := range after {
+				if after[i].ID != before[i].ID || after[i].CertSerial != before[i].CertSerial ||
+					after[i].Hostname != before[i].Hostname || after[i].Revoked() != before[i].Revoked() {
+					t.Fatalf("refused request changed agent %s: %+v -> %+v", before[i].ID, before[i].Agent, after[i].Agent)
+				}
 			}
 		})
 	}
