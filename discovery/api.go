@@ -78,6 +78,26 @@ func (a *API) Routes(mux *http.ServeMux) {
 	mux.HandleFunc("DELETE "+PathAgents+"/{id}", a.handleRevoke)
 	mux.HandleFunc("POST "+PathAgents+"/{id}/maintenance", a.handleMaintenance)
 	mux.HandleFunc("GET "+PathCA, a.handleCA)
+
+	// Without these, ServeMux answers unknown API paths and wrong methods
+	// in plain text; API clients get JSON errors everywhere.
+	for path, allow := range map[string]string{
+		PathRegister:                     "POST",
+		PathHeartbeat:                    "POST",
+		PathRenew:                        "POST",
+		PathDiscovery:                    "GET, HEAD",
+		PathAgents:                       "GET",
+		PathAgents + "/{id}":             "DELETE",
+		PathAgents + "/{id}/maintenance": "POST",
+	} {
+		mux.HandleFunc(path, func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Allow", allow)
+			writeError(w, http.StatusMethodNotAllowed, "method not allowed: use "+allow)
+		})
+	}
+	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "no API endpoint "+strconv.Quote(r.URL.Path))
+	})
 }
 
 // writeJSON replies with a JSON body.

@@ -705,3 +705,41 @@ func TestAPI_ReregisterByCertificateKeepsEnrollment(t *testing.T) {
 		})
 	}
 }
+
+// TestAPI_UnknownPathsAndMethods: API clients get JSON errors for paths and
+// methods the API does not have, not ServeMux's plain text.
+func TestAPI_UnknownPathsAndMethods(t *testing.T) {
+	h := newAPIHarness(t)
+	tests := []struct {
+		method, path string
+		status       int
+		allow        string
+	}{
+		{"GET", "/api/v1/nope", 404, ""},
+		{"GET", "/api/v2/discovery", 404, ""},
+		{"GET", PathRegister, 405, "POST"},
+		{"PUT", PathHeartbeat, 405, "POST"},
+		{"POST", PathDiscovery, 405, "GET, HEAD"},
+		{"GET", PathSelf, 405, "DELETE"},
+		{"POST", PathAgents + "/some-id", 405, "DELETE"},
+		{"GET", PathAgents + "/some-id/maintenance", 405, "POST"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.method+" "+tt.path, func(t *testing.T) {
+			rep := h.do(h.client(nil), tt.method, tt.path, "", nil)
+			if rep.status != tt.status {
+				t.Fatalf("status %d (%s), want %d", rep.status, rep.body, tt.status)
+			}
+			if ct := rep.header.Get("Content-Type"); ct != "application/json" {
+				t.Errorf("Content-Type %q, want application/json", ct)
+			}
+			var e ErrorResponse
+			if err := json.Unmarshal(rep.body, &e); err != nil || e.Error == "" {
+				t.Errorf("error body %q is not a JSON error", rep.body)
+			}
+			if got := rep.header.Get("Allow"); got != tt.allow {
+				t.Errorf("Allow %q, want %q", got, tt.allow)
+			}
+		})
+	}
+}
