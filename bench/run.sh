@@ -91,6 +91,12 @@ run_scale() {
     header "httpsd with 100,000 agents, run ${i}"
     bench httpsd --server.url="${URL}" --data.dir="${data}" --server.pid="${SERVER_PID}" --count=20 --changes=20 --first=$((2000000 + i * 1000))
   done
+  # Memory while the server works: heartbeats at full speed, then http_sd
+  # once more, whose table ends with the server's RSS.
+  header "heartbeats against 100,000 agents"
+  bench heartbeat --server.url="${URL}" --data.dir="${data}" --server.pid="${SERVER_PID}" --agents=256 --concurrency=64 --duration=20s --first=3000000
+  header "httpsd with 100,000 agents after the heartbeats"
+  bench httpsd --server.url="${URL}" --data.dir="${data}" --server.pid="${SERVER_PID}" --count=5 --changes=5 --first=3100000
   stop_server
 }
 

@@ -114,6 +114,8 @@ type Registry struct {
 	mu     sync.RWMutex
 	shards [shardCount]shard
 	locks  [idLocks]sync.Mutex
+	// intern is guarded by mu (written under the write lock).
+	intern *interner
 
 	// gen is the sum of all changes: http_sd caches compare it first.
 	gen     atomic.Uint64
@@ -125,7 +127,7 @@ type Registry struct {
 // purge and flush.
 func NewRegistry(cfg RegistryConfig) *Registry {
 	cfg.setDefaults()
-	r := &Registry{cfg: cfg, changed: make(chan struct{}, 1)}
+	r := &Registry{cfg: cfg, changed: make(chan struct{}, 1), intern: newInterner()}
 	for i := range r.shards {
 		r.shards[i].agents = make(map[string]*entry)
 	}
@@ -164,6 +166,7 @@ func (r *Registry) Load(ctx context.Context) error {
 	r.started = now
 	for i := range agents {
 		a := agents[i]
+		r.intern.agent(&a)
 		e := newEntry(&a)
 		r.shards[shardOf(a.ID)].agents[a.ID] = e
 		e.listed.Store(r.inDiscovery(e, now))
@@ -252,6 +255,7 @@ func (r *Registry) apply(a *Agent) {
 	idx := shardOf(a.ID)
 	now := r.cfg.Now()
 	r.mu.Lock()
+	r.intern.agent(cp)
 	e, ok := r.shards[idx].agents[a.ID]
 	if !ok {
 		e = newEntry(cp)
