@@ -324,6 +324,87 @@ func TestLoadOrCreateKey_CreatesOnceAndKeeps(t *testing.T) {
 	}
 }
 
+// TestLoadOrCreateKey_RefusesLoosePermissions: a key its group or others
+// may read could be copied already; the agent refuses to use it and says
+// what to do, instead of fixing the mode behind the operator's back.
+func TestLoadOrCreateKey_RefusesLoosePermissions(t *testing.T) {
+	tests := []struct {
+		mode os.FileMode
+		ok   bool
+	}{
+		{0o600, true},
+		{0o400, true},
+		{0o644, false},
+		{0o640, false},
+		{0o604, false},
+		{0o660, false},
+		{0o620, false},
+		{0o610, false},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("%04o", tt.mode), func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), KeyFile)
+			want, _, err := loadOrCreateKey(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(path, tt.mode); err != nil {
+				t.Fatal(err)
+			}
+			before, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, created, err := loadOrCreateKey(path)
+			if tt.ok {
+				if err != nil || created || !got.Equal(want) {
+					t.Fatalf("load: created=%v err=%v, want the same key", created, err)
+				}
+				return
+			}
+			if !errors.Is(err, errKeyPermissions) {
+				t.Fatalf("load: err = %v, want errKeyPermissions", err)
+			}
+			for _, s := range []string{path, fmt.Sprintf("%04o", tt.mode), "chmod 600", "new enrollment token"} {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("error %q does not mention %q", err, s)
+				}
+			}
+			// Neither replaced nor "fixed": the operator decides.
+			after, _ := os.ReadFile(path)
+			fi, _ := os.Stat(path)
+			if string(after) != string(before) || fi.Mode().Perm() != tt.mode {
+				t.Errorf("the refused key was changed (mode now %04o)", fi.Mode().Perm())
+			}
+		})
+	}
+}
+
+// TestRun_RefusesLooseKey: the refusal stops the agent at start, before it
+// talks to the server or serves anything.
+func TestRun_RefusesLooseKey(t *testing.T) {
+	h := newHarness(t)
+	if err := os.MkdirAll(h.dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	key := filepath.Join(h.dir, KeyFile)
+	if _, _, err := loadOrCreateKey(key); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(key, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h.writeToken("good-token", true)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := Run(ctx, h.config()); !errors.Is(err, errKeyPermissions) {
+		t.Fatalf("Run = %v, want errKeyPermissions", err)
+	}
+	if calls := h.fake.callLog(); calls != "" {
+		t.Errorf("the agent called the server with a refused key: %s", calls)
+	}
+}
+
 func TestRegistrationDigest_ChangesWithContent(t *testing.T) {
 	base := discovery.RegisterRequest{Hostname: "h", Port: 1, Labels: map[string]string{"a": "1", "b": "2"}}
 	same := discovery.RegisterRequest{Hostname: "h", Port: 1, Labels: map[string]string{"b": "2", "a": "1"}, CSR: "ignored"}
