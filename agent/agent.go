@@ -173,6 +173,20 @@ func Run(ctx context.Context, cfg Config) error {
 
 	logger.Info("Shutting down")
 	stopLoop()
+	// Deregister while in-flight scrapes drain, not after: a scrape that
+	// takes the whole shutdown timeout would otherwise leave no time to
+	// deregister, and the host would stay in http_sd, failing, until its TTL
+	// runs out. Each gets its own ShutdownTimeout.
+	deregistered := make(chan struct{})
+	go func() {
+		defer close(deregistered)
+		<-loopDone // the loop owns the lifecycle until it returns
+		if cfg.DeregisterOnShutdown {
+			ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+			defer cancel()
+			lc.deregister(ctx)
+		}
+	}()
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
 	if err := srv.Shutdown(shutdownCtx); err != nil {
@@ -181,10 +195,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := <-serveErr; err != nil && !errors.Is(err, http.ErrServerClosed) {
 		logger.Warn("Listener failed during shutdown", "err", err)
 	}
-	<-loopDone
-	if cfg.DeregisterOnShutdown {
-		lc.deregister(shutdownCtx)
-	}
+	<-deregistered
 	return nil
 }
 

@@ -820,6 +820,156 @@ func TestRun_DeregistersOnShutdown(t *testing.T) {
 	}
 }
 
+// blockingUpstream is an exporter that answers a scrape only once the test
+// releases it: a scrape that is in flight for as long as the test needs.
+type blockingUpstream struct {
+	url     string
+	arrived chan struct{} // one value per request that reached it
+	release chan struct{} // closed to let requests finish
+}
+
+func newBlockingUpstream(t *testing.T) *blockingUpstream {
+	t.Helper()
+	u := &blockingUpstream{arrived: make(chan struct{}, 16), release: make(chan struct{})}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case u.arrived <- struct{}{}:
+		default:
+		}
+		// Bounded, so that a failed test cannot hang in Close.
+		timer := time.NewTimer(20 * time.Second)
+		defer timer.Stop()
+		select {
+		case <-u.release:
+		case <-r.Context().Done():
+			return
+		case <-timer.C:
+		}
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		_, _ = io.WriteString(w, "# TYPE slow_metric gauge\nslow_metric 1\n")
+	}))
+	t.Cleanup(func() {
+		u.unblock()
+		srv.Close()
+	})
+	u.url = srv.URL + "/metrics"
+	return u
+}
+
+func (u *blockingUpstream) unblock() {
+	select {
+	case <-u.release:
+	default:
+		close(u.release)
+	}
+}
+
+// waitArrived waits until a scrape reached the upstream.
+func (u *blockingUpstream) waitArrived(t *testing.T) {
+	t.Helper()
+	select {
+	case <-u.arrived:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the scrape did not reach the upstream exporter")
+	}
+}
+
+type scrapeResult struct {
+	status int
+	body   string
+	err    error
+}
+
+// scrapeAsync scrapes path in the background.
+func (h *harness) scrapeAsync(path string) <-chan scrapeResult {
+	ch := make(chan scrapeResult, 1)
+	go func() {
+		resp, body, err := h.get(path)
+		res := scrapeResult{body: body, err: err}
+		if resp != nil {
+			res.status = resp.StatusCode
+		}
+		ch <- res
+	}()
+	return ch
+}
+
+func waitScrape(t *testing.T, ch <-chan scrapeResult) scrapeResult {
+	t.Helper()
+	select {
+	case res := <-ch:
+		return res
+	case <-time.After(15 * time.Second):
+		t.Fatal("the scrape did not finish")
+		return scrapeResult{}
+	}
+}
+
+// TestRun_FinishesInFlightScrapesOnShutdown: on the end of its context the
+// agent stops accepting connections at once, but a scrape already in flight
+// completes, and Run returns only after it.
+func TestRun_FinishesInFlightScrapesOnShutdown(t *testing.T) {
+	up := newBlockingUpstream(t)
+	h := newHarness(t)
+	cfg := h.config()
+	cfg.RelayConfigFile = writeRelayConfig(t, "slow", up.url)
+	r, id := h.enrolled(cfg)
+
+	scrape := h.scrapeAsync("/exporters/slow/metrics")
+	up.waitArrived(t)
+	r.cancel()
+	h.waitFor("the listener to refuse new connections", func() bool {
+		c, err := net.DialTimeout("tcp", h.addr, time.Second)
+		if err != nil {
+			return true
+		}
+		c.Close()
+		return false
+	})
+	if exited, err := r.poll(); exited {
+		t.Fatalf("Run returned (%v) while a scrape was in flight", err)
+	}
+	h.waitFor("the deregistration", func() bool { return h.fake.count("deregister") == 1 })
+
+	up.unblock()
+	res := waitScrape(t, scrape)
+	if res.err != nil || res.status != http.StatusOK || !strings.Contains(res.body, "\nslow_metric") {
+		t.Fatalf("in-flight scrape: status %d, err %v, body %q; want 200 with the exporter's metrics", res.status, res.err, res.body)
+	}
+	if err := r.stop(); err != nil {
+		t.Fatalf("Run = %v, want nil", err)
+	}
+	if _, ok := h.fake.agent(id); ok {
+		t.Error("the agent is still registered after shutdown")
+	}
+}
+
+// TestRun_DeregistersWhileScrapesDrain: a scrape that outlasts the shutdown
+// timeout must not cost the deregistration, or the host stays in http_sd,
+// failing, until its TTL runs out.
+func TestRun_DeregistersWhileScrapesDrain(t *testing.T) {
+	up := newBlockingUpstream(t)
+	h := newHarness(t)
+	cfg := h.config()
+	cfg.RelayConfigFile = writeRelayConfig(t, "slow", up.url)
+	cfg.ShutdownTimeout = time.Second
+	r, id := h.enrolled(cfg)
+
+	scrape := h.scrapeAsync("/exporters/slow/metrics")
+	up.waitArrived(t)
+	if err := r.stop(); err != nil { // returns once the shutdown timeout has passed
+		t.Fatalf("Run = %v, want nil", err)
+	}
+	if n := h.fake.count("deregister"); n != 1 {
+		t.Errorf("deregistrations = %d, want 1", n)
+	}
+	if _, ok := h.fake.agent(id); ok {
+		t.Error("the agent is still registered after shutdown")
+	}
+	up.unblock()
+	waitScrape(t, scrape)
+}
+
 func TestRun_ShutdownWithoutCertificate(t *testing.T) {
 	h := newHarness(t)
 	r := h.start(h.config())
