@@ -118,12 +118,15 @@ func Run(ctx context.Context, cfg Config) error {
 
 	webFlags := *cfg.Web
 	ownWebConfig := *webFlags.WebConfigFile == ""
+	waitForCert := ownWebConfig
 	if ownWebConfig {
 		path, err := writeWebConfig(cfg.StateDir)
 		if err != nil {
 			return err
 		}
 		webFlags.WebConfigFile = &path
+	} else if waitForCert, err = usesStateCertificates(*webFlags.WebConfigFile, cfg.StateDir); err != nil {
+		return err
 	}
 
 	handler, err := newHandler(reg, relayHandler, exporters, logger)
@@ -148,9 +151,10 @@ func Run(ctx context.Context, cfg Config) error {
 		lc.run(loopCtx)
 	}()
 
-	// The agent's own web config serves its certificate: wait for one. An
-	// operator's web config may serve anything, so it starts at once.
-	if ownWebConfig {
+	// A web config that serves the agent's certificate, or verifies
+	// clients with the CA it got at enrollment, cannot be loaded before the
+	// agent has them: wait. Any other operator web config starts at once.
+	if waitForCert {
 		select {
 		case <-lc.ready:
 		case <-ctx.Done():

@@ -2,9 +2,12 @@ package agent
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -21,6 +24,7 @@ import (
 	"time"
 
 	toolkitweb "github.com/prometheus/exporter-toolkit/web"
+	"golang.org/x/crypto/bcrypt"
 
 	certauth "github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/discovery"
@@ -968,6 +972,167 @@ func TestRun_DeregistersWhileScrapesDrain(t *testing.T) {
 	}
 	up.unblock()
 	waitScrape(t, scrape)
+}
+
+// writeKeyPair writes c's certificate and key as PEM files into dir.
+func writeKeyPair(t *testing.T, dir, name string, c tls.Certificate) (certFile, keyFile string) {
+	t.Helper()
+	der, err := x509.MarshalPKCS8PrivateKey(c.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Certificate[0]}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
+}
+
+// mtlsClient trusts roots and presents certs.
+func mtlsClient(t *testing.T, roots *x509.CertPool, certs ...tls.Certificate) *http.Client {
+	t.Helper()
+	tr := &http.Transport{
+		TLSClientConfig:   &tls.Config{RootCAs: roots, Certificates: certs},
+		DisableKeepAlives: true,
+	}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Timeout: 5 * time.Second, Transport: tr}
+}
+
+// TestRun_OperatorWebConfig: with --web.config.file the agent serves what
+// the operator's file says, here a certificate and client CA of the
+// operator's own PKI, and it does so at once, before it has enrolled.
+func TestRun_OperatorWebConfig(t *testing.T) {
+	h := newHarness(t)
+	operator := newTestCA(t) // not the fleet's CA
+	dir := t.TempDir()
+	certFile, keyFile := writeKeyPair(t, dir, "serving", operator.tlsCert(t, "agent.operator.example", certauth.RoleServer))
+	clientCA := filepath.Join(dir, "clients.crt")
+	if err := os.WriteFile(clientCA, operator.pem, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	webConfig := filepath.Join(dir, "web.yml")
+	if err := os.WriteFile(webConfig, []byte(fmt.Sprintf(`tls_server_config:
+  cert_file: %s
+  key_file: %s
+  client_auth_type: RequireAndVerifyClientCert
+  client_ca_file: %s
+`, certFile, keyFile, clientCA)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := h.config()
+	cfg.Web.WebConfigFile = &webConfig
+	h.start(cfg) // no token: the agent cannot enroll
+
+	// The operator's own client certificate scrapes; its role is the
+	// operator's business, not the agent's.
+	operatorClient := mtlsClient(t, operator.pool, operator.tlsCert(t, "prometheus", certauth.RoleAgent))
+	url := "https://" + h.addr + "/metrics"
+	var served *x509.Certificate
+	h.waitFor("the agent to serve with the operator's web config", func() bool {
+		resp, err := operatorClient.Get(url)
+		if err != nil {
+			return false
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		served = resp.TLS.PeerCertificates[0]
+		return resp.StatusCode == http.StatusOK && seriesValue(string(body), stateSeries("token_needed")) == 1
+	})
+	if served.Subject.CommonName != "agent.operator.example" || !bytes.Equal(served.RawIssuer, operator.cert.RawSubject) {
+		t.Errorf("served certificate %q issued by %q, want the operator's", served.Subject.CommonName, served.Issuer.CommonName)
+	}
+
+	fleetDiscovery := h.ca.tlsCert(t, "prometheus", certauth.RoleDiscovery)
+	refused := []struct {
+		name   string
+		client *http.Client
+	}{
+		{"no client certificate", mtlsClient(t, operator.pool)},
+		{"a client certificate from the fleet CA, not the configured client CA", mtlsClient(t, operator.pool, fleetDiscovery)},
+	}
+	for _, tt := range refused {
+		t.Run(tt.name, func(t *testing.T) {
+			if resp, err := tt.client.Get(url); err == nil {
+				resp.Body.Close()
+				t.Fatalf("got %s, want the TLS handshake refused", resp.Status)
+			}
+		})
+	}
+}
+
+// TestRun_OperatorWebConfigWithAgentCertificate: an operator's web config
+// may serve the agent's own certificate from the state directory, here to
+// add basic auth. Those files appear only at enrollment, so the agent waits
+// for them instead of failing to start.
+func TestRun_OperatorWebConfigWithAgentCertificate(t *testing.T) {
+	h := newHarness(t)
+	hash, err := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	webConfig := filepath.Join(t.TempDir(), "web.yml")
+	if err := os.WriteFile(webConfig, []byte(fmt.Sprintf(`tls_server_config:
+  cert_file: %[1]s/cert.pem
+  key_file: %[1]s/key.pem
+  client_auth_type: RequireAndVerifyClientCert
+  client_ca_file: %[1]s/ca.crt
+basic_auth_users:
+  prometheus: %[2]s
+`, h.dir, hash)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := h.config()
+	cfg.Web.WebConfigFile = &webConfig
+	h.writeToken("good-token", true)
+	h.start(cfg)
+
+	get := func(user, pass string) (int, string) {
+		req, _ := http.NewRequest(http.MethodGet, "https://"+h.addr+"/metrics", nil)
+		if user != "" {
+			req.SetBasicAuth(user, pass)
+		}
+		resp, err := h.scraper.Do(req)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	h.waitFor("the agent to enroll and serve its certificate", func() bool {
+		status, body := get("prometheus", "s3cret")
+		return status == http.StatusOK && seriesValue(body, stateSeries("registered")) == 1
+	})
+	if status, _ := get("", ""); status != http.StatusUnauthorized {
+		t.Errorf("scrape without basic auth: %d, want 401", status)
+	}
+	if status, _ := get("prometheus", "wrong"); status != http.StatusUnauthorized {
+		t.Errorf("scrape with a wrong password: %d, want 401", status)
+	}
+	if _, err := os.Stat(filepath.Join(h.dir, WebConfigFile)); err == nil {
+		t.Error("the agent wrote its own web config although the operator gave one")
+	}
+}
+
+// TestRun_RefusesBrokenOperatorWebConfig: a web config that does not parse
+// stops the agent at start with the file named, as node_exporter does.
+func TestRun_RefusesBrokenOperatorWebConfig(t *testing.T) {
+	h := newHarness(t)
+	webConfig := filepath.Join(t.TempDir(), "web.yml")
+	if err := os.WriteFile(webConfig, []byte("tls_server_config:\n  no_such_key: 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := h.config()
+	cfg.Web.WebConfigFile = &webConfig
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := Run(ctx, cfg); err == nil || !strings.Contains(err.Error(), "web.yml") {
+		t.Fatalf("Run = %v, want an error naming the web config", err)
+	}
 }
 
 func TestRun_ShutdownWithoutCertificate(t *testing.T) {

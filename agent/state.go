@@ -22,6 +22,7 @@ import (
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/web"
 )
 
 // Files in the state directory.
@@ -304,6 +305,41 @@ func writeWebConfig(dir string) (string, error) {
 		return "", fmt.Errorf("write web config: %w", err)
 	}
 	return path, nil
+}
+
+// usesStateCertificates reports whether an operator's web config names the
+// agent's certificate or CA in the state directory: files that exist only
+// once the agent has enrolled. An operator who wants basic auth or other
+// TLS settings with the agent's own certificate writes such a file; serving
+// it before the first enrollment would fail to load the certificate and
+// stop the agent, again on every restart. Loading the file here also
+// refuses a broken web config at start.
+func usesStateCertificates(webConfigFile, stateDir string) (bool, error) {
+	wc, err := web.LoadConfig(webConfigFile)
+	if err != nil {
+		return false, fmt.Errorf("--web.config.file: %w", err)
+	}
+	own := map[string]bool{}
+	for _, name := range []string{CertFile, CAFile} {
+		p, err := filepath.Abs(filepath.Join(stateDir, name))
+		if err != nil {
+			return false, fmt.Errorf("state directory: %w", err)
+		}
+		own[p] = true
+	}
+	for _, p := range []string{wc.TLSConfig.TLSCertPath, wc.TLSConfig.ClientCAs} {
+		if p == "" {
+			continue
+		}
+		abs, err := filepath.Abs(p)
+		if err != nil {
+			return false, fmt.Errorf("--web.config.file: %w", err)
+		}
+		if own[abs] {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // readToken reads the enrollment token; "" when the file is missing or
