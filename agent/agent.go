@@ -129,18 +129,9 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 
-	handler, err := newHandler(reg, relayHandler, exporters, logger)
+	srv, err := newServer(reg, relayHandler, exporters, metrics, ownWebConfig, logger)
 	if err != nil {
 		return err
-	}
-	if ownWebConfig {
-		handler = scrapersOnly(handler, metrics)
-	}
-	srv := &http.Server{
-		Handler:           handler,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
 	}
 
 	loopCtx, stopLoop := context.WithCancel(context.Background())
@@ -201,6 +192,26 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	<-deregistered
 	return nil
+}
+
+// newServer builds the HTTP server the agent serves its endpoints with;
+// web.ListenAndServe adds TLS and basic auth from the web config.
+// scrapers says whether only scraper certificates may use it, as with the
+// agent's own web config.
+func newServer(reg *prometheus.Registry, relayHandler http.Handler, exporters []discovery.Exporter, metrics *collector.Agent, scrapers bool, logger *slog.Logger) (*http.Server, error) {
+	handler, err := newHandler(reg, relayHandler, exporters, logger)
+	if err != nil {
+		return nil, err
+	}
+	if scrapers {
+		handler = scrapersOnly(handler, metrics)
+	}
+	return &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
+	}, nil
 }
 
 // scrapersOnly refuses requests whose client certificate is not a
