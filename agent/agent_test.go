@@ -788,6 +788,29 @@ func TestRun_ExpiredCertificate(t *testing.T) {
 	}
 }
 
+// TestRun_ExpiredCertificateWhileServerClockBehind: when the agent's clock
+// is ahead of the server's, the server may still call a certificate the
+// agent found expired valid (400). That settles itself within the clock
+// skew: the agent retries with the certificate rather than giving up on it
+// and waiting for a token forever.
+func TestRun_ExpiredCertificateWhileServerClockBehind(t *testing.T) {
+	h := newHarness(t)
+	cfg := h.config()
+	h.expiredState(cfg, true)
+	h.fake.stillValid.Store(2)
+	h.start(cfg) // no token
+	h.waitFor("a valid certificate", func() bool {
+		c, _, err := loadCertificate(filepath.Join(h.dir, CertFile), mustKey(t, h.dir))
+		return err == nil && c != nil && time.Now().Before(c.Leaf.NotAfter)
+	})
+	if n := h.fake.count("renew:expired"); n != 3 {
+		t.Errorf("renewals with the expired certificate = %d, want 3 (two answered 400, then renewed)", n)
+	}
+	if strings.Contains(h.logs.String(), "A new enrollment token is needed") {
+		t.Error("the agent asked for a token although the server only had not reached the expiry yet")
+	}
+}
+
 func mustKey(t *testing.T, dir string) *ecdsa.PrivateKey {
 	t.Helper()
 	k, _, err := loadOrCreateKey(filepath.Join(dir, KeyFile))
