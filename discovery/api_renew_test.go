@@ -185,7 +185,7 @@ func TestAPI_RenewExpiredCertificate(t *testing.T) {
 		},
 		{
 			name: "expired Prometheus certificate",
-			prepare: func(t *testing.T, s expiredHost) RenewRequest {
+			prepare: func(t *testing.T, _ expiredHost) RenewRequest {
 				prom := h.clientCert(ca.RoleDiscovery)
 				return RenewRequest{CSR: csrPEM(t, prom.PrivateKey.(*ecdsa.PrivateKey)), Certificate: chainPEM(t, prom)}
 			},
