@@ -118,26 +118,20 @@ func Run(ctx context.Context, cfg Config) error {
 
 	webFlags := *cfg.Web
 	ownWebConfig := *webFlags.WebConfigFile == ""
+	waitForCert := ownWebConfig
 	if ownWebConfig {
 		path, err := writeWebConfig(cfg.StateDir)
 		if err != nil {
 			return err
 		}
 		webFlags.WebConfigFile = &path
-	}
-
-	handler, err := newHandler(reg, relayHandler, exporters, logger)
-	if err != nil {
+	} else if waitForCert, err = usesStateCertificates(*webFlags.WebConfigFile, cfg.StateDir); err != nil {
 		return err
 	}
-	if ownWebConfig {
-		handler = scrapersOnly(handler, metrics)
-	}
-	srv := &http.Server{
-		Handler:           handler,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
+
+	srv, err := newServer(reg, relayHandler, exporters, metrics, ownWebConfig, logger)
+	if err != nil {
+		return err
 	}
 
 	loopCtx, stopLoop := context.WithCancel(context.Background())
@@ -148,9 +142,10 @@ func Run(ctx context.Context, cfg Config) error {
 		lc.run(loopCtx)
 	}()
 
-	// The agent's own web config serves its certificate: wait for one. An
-	// operator's web config may serve anything, so it starts at once.
-	if ownWebConfig {
+	// A web config that serves the agent's certificate, or verifies
+	// clients with the CA it got at enrollment, cannot be loaded before the
+	// agent has them: wait. Any other operator web config starts at once.
+	if waitForCert {
 		select {
 		case <-lc.ready:
 		case <-ctx.Done():
@@ -173,6 +168,20 @@ func Run(ctx context.Context, cfg Config) error {
 
 	logger.Info("Shutting down")
 	stopLoop()
+	// Deregister while in-flight scrapes drain, not after: a scrape that
+	// takes the whole shutdown timeout would otherwise leave no time to
+	// deregister, and the host would stay in http_sd, failing, until its TTL
+	// runs out. Each gets its own ShutdownTimeout.
+	deregistered := make(chan struct{})
+	go func() {
+		defer close(deregistered)
+		<-loopDone // the loop owns the lifecycle until it returns
+		if cfg.DeregisterOnShutdown {
+			ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+			defer cancel()
+			lc.deregister(ctx)
+		}
+	}()
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
 	if err := srv.Shutdown(shutdownCtx); err != nil {
@@ -181,11 +190,28 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := <-serveErr; err != nil && !errors.Is(err, http.ErrServerClosed) {
 		logger.Warn("Listener failed during shutdown", "err", err)
 	}
-	<-loopDone
-	if cfg.DeregisterOnShutdown {
-		lc.deregister(shutdownCtx)
-	}
+	<-deregistered
 	return nil
+}
+
+// newServer builds the HTTP server the agent serves its endpoints with;
+// web.ListenAndServe adds TLS and basic auth from the web config.
+// scrapers says whether only scraper certificates may use it, as with the
+// agent's own web config.
+func newServer(reg *prometheus.Registry, relayHandler http.Handler, exporters []discovery.Exporter, metrics *collector.Agent, scrapers bool, logger *slog.Logger) (*http.Server, error) {
+	handler, err := newHandler(reg, relayHandler, exporters, logger)
+	if err != nil {
+		return nil, err
+	}
+	if scrapers {
+		handler = scrapersOnly(handler, metrics)
+	}
+	return &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
+	}, nil
 }
 
 // scrapersOnly refuses requests whose client certificate is not a

@@ -2,9 +2,12 @@ package agent
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -21,6 +24,7 @@ import (
 	"time"
 
 	toolkitweb "github.com/prometheus/exporter-toolkit/web"
+	"golang.org/x/crypto/bcrypt"
 
 	certauth "github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/discovery"
@@ -321,6 +325,87 @@ func TestLoadOrCreateKey_CreatesOnceAndKeeps(t *testing.T) {
 	}
 	if _, _, err := loadOrCreateKey(path); err == nil || !strings.Contains(err.Error(), "new enrollment token") {
 		t.Errorf("garbage key: err = %v, want a clear error", err)
+	}
+}
+
+// TestLoadOrCreateKey_RefusesLoosePermissions: a key its group or others
+// may read could be copied already; the agent refuses to use it and says
+// what to do, instead of fixing the mode behind the operator's back.
+func TestLoadOrCreateKey_RefusesLoosePermissions(t *testing.T) {
+	tests := []struct {
+		mode os.FileMode
+		ok   bool
+	}{
+		{0o600, true},
+		{0o400, true},
+		{0o644, false},
+		{0o640, false},
+		{0o604, false},
+		{0o660, false},
+		{0o620, false},
+		{0o610, false},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("%04o", tt.mode), func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), KeyFile)
+			want, _, err := loadOrCreateKey(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(path, tt.mode); err != nil {
+				t.Fatal(err)
+			}
+			before, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, created, err := loadOrCreateKey(path)
+			if tt.ok {
+				if err != nil || created || !got.Equal(want) {
+					t.Fatalf("load: created=%v err=%v, want the same key", created, err)
+				}
+				return
+			}
+			if !errors.Is(err, errKeyPermissions) {
+				t.Fatalf("load: err = %v, want errKeyPermissions", err)
+			}
+			for _, s := range []string{path, fmt.Sprintf("%04o", tt.mode), "chmod 600", "new enrollment token"} {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("error %q does not mention %q", err, s)
+				}
+			}
+			// Neither replaced nor "fixed": the operator decides.
+			after, _ := os.ReadFile(path)
+			fi, _ := os.Stat(path)
+			if string(after) != string(before) || fi.Mode().Perm() != tt.mode {
+				t.Errorf("the refused key was changed (mode now %04o)", fi.Mode().Perm())
+			}
+		})
+	}
+}
+
+// TestRun_RefusesLooseKey: the refusal stops the agent at start, before it
+// talks to the server or serves anything.
+func TestRun_RefusesLooseKey(t *testing.T) {
+	h := newHarness(t)
+	if err := os.MkdirAll(h.dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	key := filepath.Join(h.dir, KeyFile)
+	if _, _, err := loadOrCreateKey(key); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(key, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h.writeToken("good-token", true)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := Run(ctx, h.config()); !errors.Is(err, errKeyPermissions) {
+		t.Fatalf("Run = %v, want errKeyPermissions", err)
+	}
+	if calls := h.fake.callLog(); calls != "" {
+		t.Errorf("the agent called the server with a refused key: %s", calls)
 	}
 }
 
@@ -703,6 +788,29 @@ func TestRun_ExpiredCertificate(t *testing.T) {
 	}
 }
 
+// TestRun_ExpiredCertificateWhileServerClockBehind: when the agent's clock
+// is ahead of the server's, the server may still call a certificate the
+// agent found expired valid (400). That settles itself within the clock
+// skew: the agent retries with the certificate rather than giving up on it
+// and waiting for a token forever.
+func TestRun_ExpiredCertificateWhileServerClockBehind(t *testing.T) {
+	h := newHarness(t)
+	cfg := h.config()
+	h.expiredState(cfg, true)
+	h.fake.stillValid.Store(2)
+	h.start(cfg) // no token
+	h.waitFor("a valid certificate", func() bool {
+		c, _, err := loadCertificate(filepath.Join(h.dir, CertFile), mustKey(t, h.dir))
+		return err == nil && c != nil && time.Now().Before(c.Leaf.NotAfter)
+	})
+	if n := h.fake.count("renew:expired"); n != 3 {
+		t.Errorf("renewals with the expired certificate = %d, want 3 (two answered 400, then renewed)", n)
+	}
+	if strings.Contains(h.logs.String(), "A new enrollment token is needed") {
+		t.Error("the agent asked for a token although the server only had not reached the expiry yet")
+	}
+}
+
 func mustKey(t *testing.T, dir string) *ecdsa.PrivateKey {
 	t.Helper()
 	k, _, err := loadOrCreateKey(filepath.Join(dir, KeyFile))
@@ -736,6 +844,317 @@ func TestRun_DeregistersOnShutdown(t *testing.T) {
 	}
 	if _, _, err := h.get("/metrics"); err == nil {
 		t.Error("the agent still serves after Run returned")
+	}
+}
+
+// blockingUpstream is an exporter that answers a scrape only once the test
+// releases it: a scrape that is in flight for as long as the test needs.
+type blockingUpstream struct {
+	url     string
+	arrived chan struct{} // one value per request that reached it
+	release chan struct{} // closed to let requests finish
+}
+
+func newBlockingUpstream(t *testing.T) *blockingUpstream {
+	t.Helper()
+	u := &blockingUpstream{arrived: make(chan struct{}, 16), release: make(chan struct{})}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case u.arrived <- struct{}{}:
+		default:
+		}
+		// Bounded, so that a failed test cannot hang in Close.
+		timer := time.NewTimer(20 * time.Second)
+		defer timer.Stop()
+		select {
+		case <-u.release:
+		case <-r.Context().Done():
+			return
+		case <-timer.C:
+		}
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		_, _ = io.WriteString(w, "# TYPE slow_metric gauge\nslow_metric 1\n")
+	}))
+	t.Cleanup(func() {
+		u.unblock()
+		srv.Close()
+	})
+	u.url = srv.URL + "/metrics"
+	return u
+}
+
+func (u *blockingUpstream) unblock() {
+	select {
+	case <-u.release:
+	default:
+		close(u.release)
+	}
+}
+
+// waitArrived waits until a scrape reached the upstream.
+func (u *blockingUpstream) waitArrived(t *testing.T) {
+	t.Helper()
+	select {
+	case <-u.arrived:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the scrape did not reach the upstream exporter")
+	}
+}
+
+type scrapeResult struct {
+	status int
+	body   string
+	err    error
+}
+
+// scrapeAsync scrapes path in the background.
+func (h *harness) scrapeAsync(path string) <-chan scrapeResult {
+	ch := make(chan scrapeResult, 1)
+	go func() {
+		resp, body, err := h.get(path)
+		res := scrapeResult{body: body, err: err}
+		if resp != nil {
+			res.status = resp.StatusCode
+		}
+		ch <- res
+	}()
+	return ch
+}
+
+func waitScrape(t *testing.T, ch <-chan scrapeResult) scrapeResult {
+	t.Helper()
+	select {
+	case res := <-ch:
+		return res
+	case <-time.After(15 * time.Second):
+		t.Fatal("the scrape did not finish")
+		return scrapeResult{}
+	}
+}
+
+// TestRun_FinishesInFlightScrapesOnShutdown: on the end of its context the
+// agent stops accepting connections at once, but a scrape already in flight
+// completes, and Run returns only after it.
+func TestRun_FinishesInFlightScrapesOnShutdown(t *testing.T) {
+	up := newBlockingUpstream(t)
+	h := newHarness(t)
+	cfg := h.config()
+	cfg.RelayConfigFile = writeRelayConfig(t, "slow", up.url)
+	r, id := h.enrolled(cfg)
+
+	scrape := h.scrapeAsync("/exporters/slow/metrics")
+	up.waitArrived(t)
+	r.cancel()
+	h.waitFor("the listener to refuse new connections", func() bool {
+		c, err := net.DialTimeout("tcp", h.addr, time.Second)
+		if err != nil {
+			return true
+		}
+		c.Close()
+		return false
+	})
+	if exited, err := r.poll(); exited {
+		t.Fatalf("Run returned (%v) while a scrape was in flight", err)
+	}
+	h.waitFor("the deregistration", func() bool { return h.fake.count("deregister") == 1 })
+
+	up.unblock()
+	res := waitScrape(t, scrape)
+	if res.err != nil || res.status != http.StatusOK || !strings.Contains(res.body, "\nslow_metric") {
+		t.Fatalf("in-flight scrape: status %d, err %v, body %q; want 200 with the exporter's metrics", res.status, res.err, res.body)
+	}
+	if err := r.stop(); err != nil {
+		t.Fatalf("Run = %v, want nil", err)
+	}
+	if _, ok := h.fake.agent(id); ok {
+		t.Error("the agent is still registered after shutdown")
+	}
+}
+
+// TestRun_DeregistersWhileScrapesDrain: a scrape that outlasts the shutdown
+// timeout must not cost the deregistration, or the host stays in http_sd,
+// failing, until its TTL runs out.
+func TestRun_DeregistersWhileScrapesDrain(t *testing.T) {
+	up := newBlockingUpstream(t)
+	h := newHarness(t)
+	cfg := h.config()
+	cfg.RelayConfigFile = writeRelayConfig(t, "slow", up.url)
+	cfg.ShutdownTimeout = time.Second
+	r, id := h.enrolled(cfg)
+
+	scrape := h.scrapeAsync("/exporters/slow/metrics")
+	up.waitArrived(t)
+	if err := r.stop(); err != nil { // returns once the shutdown timeout has passed
+		t.Fatalf("Run = %v, want nil", err)
+	}
+	if n := h.fake.count("deregister"); n != 1 {
+		t.Errorf("deregistrations = %d, want 1", n)
+	}
+	if _, ok := h.fake.agent(id); ok {
+		t.Error("the agent is still registered after shutdown")
+	}
+	up.unblock()
+	waitScrape(t, scrape)
+}
+
+// writeKeyPair writes c's certificate and key as PEM files into dir.
+func writeKeyPair(t *testing.T, dir, name string, c tls.Certificate) (certFile, keyFile string) {
+	t.Helper()
+	der, err := x509.MarshalPKCS8PrivateKey(c.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Certificate[0]}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
+}
+
+// mtlsClient trusts roots and presents certs.
+func mtlsClient(t *testing.T, roots *x509.CertPool, certs ...tls.Certificate) *http.Client {
+	t.Helper()
+	tr := &http.Transport{
+		TLSClientConfig:   &tls.Config{RootCAs: roots, Certificates: certs},
+		DisableKeepAlives: true,
+	}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Timeout: 5 * time.Second, Transport: tr}
+}
+
+// TestRun_OperatorWebConfig: with --web.config.file the agent serves what
+// the operator's file says, here a certificate and client CA of the
+// operator's own PKI, and it does so at once, before it has enrolled.
+func TestRun_OperatorWebConfig(t *testing.T) {
+	h := newHarness(t)
+	operator := newTestCA(t) // not the fleet's CA
+	dir := t.TempDir()
+	certFile, keyFile := writeKeyPair(t, dir, "serving", operator.tlsCert(t, "agent.operator.example", certauth.RoleServer))
+	clientCA := filepath.Join(dir, "clients.crt")
+	if err := os.WriteFile(clientCA, operator.pem, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	webConfig := filepath.Join(dir, "web.yml")
+	if err := os.WriteFile(webConfig, []byte(fmt.Sprintf(`tls_server_config:
+  cert_file: %s
+  key_file: %s
+  client_auth_type: RequireAndVerifyClientCert
+  client_ca_file: %s
+`, certFile, keyFile, clientCA)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := h.config()
+	cfg.Web.WebConfigFile = &webConfig
+	h.start(cfg) // no token: the agent cannot enroll
+
+	// The operator's own client certificate scrapes; its role is the
+	// operator's business, not the agent's.
+	operatorClient := mtlsClient(t, operator.pool, operator.tlsCert(t, "prometheus", certauth.RoleAgent))
+	url := "https://" + h.addr + "/metrics"
+	var served *x509.Certificate
+	h.waitFor("the agent to serve with the operator's web config", func() bool {
+		resp, err := operatorClient.Get(url)
+		if err != nil {
+			return false
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		served = resp.TLS.PeerCertificates[0]
+		return resp.StatusCode == http.StatusOK && seriesValue(string(body), stateSeries("token_needed")) == 1
+	})
+	if served.Subject.CommonName != "agent.operator.example" || !bytes.Equal(served.RawIssuer, operator.cert.RawSubject) {
+		t.Errorf("served certificate %q issued by %q, want the operator's", served.Subject.CommonName, served.Issuer.CommonName)
+	}
+
+	fleetDiscovery := h.ca.tlsCert(t, "prometheus", certauth.RoleDiscovery)
+	refused := []struct {
+		name   string
+		client *http.Client
+	}{
+		{"no client certificate", mtlsClient(t, operator.pool)},
+		{"a client certificate from the fleet CA, not the configured client CA", mtlsClient(t, operator.pool, fleetDiscovery)},
+	}
+	for _, tt := range refused {
+		t.Run(tt.name, func(t *testing.T) {
+			if resp, err := tt.client.Get(url); err == nil {
+				resp.Body.Close()
+				t.Fatalf("got %s, want the TLS handshake refused", resp.Status)
+			}
+		})
+	}
+}
+
+// TestRun_OperatorWebConfigWithAgentCertificate: an operator's web config
+// may serve the agent's own certificate from the state directory, here to
+// add basic auth. Those files appear only at enrollment, so the agent waits
+// for them instead of failing to start.
+func TestRun_OperatorWebConfigWithAgentCertificate(t *testing.T) {
+	h := newHarness(t)
+	hash, err := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	webConfig := filepath.Join(t.TempDir(), "web.yml")
+	if err := os.WriteFile(webConfig, []byte(fmt.Sprintf(`tls_server_config:
+  cert_file: %[1]s/cert.pem
+  key_file: %[1]s/key.pem
+  client_auth_type: RequireAndVerifyClientCert
+  client_ca_file: %[1]s/ca.crt
+basic_auth_users:
+  prometheus: %[2]s
+`, h.dir, hash)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := h.config()
+	cfg.Web.WebConfigFile = &webConfig
+	h.writeToken("good-token", true)
+	h.start(cfg)
+
+	get := func(user, pass string) (int, string) {
+		req, _ := http.NewRequest(http.MethodGet, "https://"+h.addr+"/metrics", nil)
+		if user != "" {
+			req.SetBasicAuth(user, pass)
+		}
+		resp, err := h.scraper.Do(req)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	h.waitFor("the agent to enroll and serve its certificate", func() bool {
+		status, body := get("prometheus", "s3cret")
+		return status == http.StatusOK && seriesValue(body, stateSeries("registered")) == 1
+	})
+	if status, _ := get("", ""); status != http.StatusUnauthorized {
+		t.Errorf("scrape without basic auth: %d, want 401", status)
+	}
+	if status, _ := get("prometheus", "wrong"); status != http.StatusUnauthorized {
+		t.Errorf("scrape with a wrong password: %d, want 401", status)
+	}
+	if _, err := os.Stat(filepath.Join(h.dir, WebConfigFile)); err == nil {
+		t.Error("the agent wrote its own web config although the operator gave one")
+	}
+}
+
+// TestRun_RefusesBrokenOperatorWebConfig: a web config that does not parse
+// stops the agent at start with the file named, as node_exporter does.
+func TestRun_RefusesBrokenOperatorWebConfig(t *testing.T) {
+	h := newHarness(t)
+	webConfig := filepath.Join(t.TempDir(), "web.yml")
+	if err := os.WriteFile(webConfig, []byte("tls_server_config:\n  no_such_key: 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := h.config()
+	cfg.Web.WebConfigFile = &webConfig
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := Run(ctx, cfg); err == nil || !strings.Contains(err.Error(), "web.yml") {
+		t.Fatalf("Run = %v, want an error naming the web config", err)
 	}
 }
 

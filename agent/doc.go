@@ -12,7 +12,8 @@
 // State directory layout:
 //
 //	key.pem         the private key (PKCS#8, 0600), created once and kept for
-//	                the life of the state directory
+//	                the life of the state directory; the agent refuses to
+//	                start when its group or others have access to it
 //	cert.pem        the certificate chain (leaf, then CA), replaced atomically
 //	ca.crt          the CA that signs Prometheus' client certificate
 //	web-config.yml  the exporter-toolkit web config the agent serves with,

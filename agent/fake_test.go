@@ -118,6 +118,9 @@ type fakeServer struct {
 	down    atomic.Bool  // answer 503 to everything
 	// refuseExpired refuses expired certificates as if past the grace window.
 	refuseExpired atomic.Bool
+	// stillValid answers this many requests with an expired certificate as
+	// a server whose clock has not reached the expiry yet does.
+	stillValid atomic.Int32
 
 	mu     sync.Mutex
 	agents map[string]*fakeAgent
@@ -259,6 +262,17 @@ func (f *fakeServer) expiredIdentity(certPEM string, csr *x509.CertificateReques
 	return leaf.Subject.CommonName, leaf.SerialNumber.Text(16), nil
 }
 
+// clockBehind answers as the discovery server does when its clock says an
+// expired certificate is still valid, while stillValid lasts.
+func (f *fakeServer) clockBehind(w http.ResponseWriter) bool {
+	if f.stillValid.Add(-1) < 0 {
+		f.stillValid.Store(0)
+		return false
+	}
+	fail(w, http.StatusBadRequest, "certificate is still valid: renew over mTLS")
+	return true
+}
+
 func parseCSR(s string) (*x509.CertificateRequest, error) {
 	block, _ := pem.Decode([]byte(s))
 	if block == nil {
@@ -342,6 +356,9 @@ func (f *fakeServer) register(w http.ResponseWriter, r *http.Request) {
 		}
 	} else {
 		f.record("register:expired")
+		if f.clockBehind(w) {
+			return
+		}
 		eid, _, err := f.expiredIdentity(req.Certificate, csr)
 		if err != nil {
 			fail(w, http.StatusUnauthorized, "expired certificate refused: "+err.Error())
@@ -368,6 +385,9 @@ func (f *fakeServer) renew(w http.ResponseWriter, r *http.Request) {
 		f.record("renew:mtls")
 	} else {
 		f.record("renew:expired")
+		if f.clockBehind(w) {
+			return
+		}
 		if id, serial, err = f.expiredIdentity(req.Certificate, csr); err != nil {
 			fail(w, http.StatusUnauthorized, "expired certificate refused: "+err.Error())
 			return

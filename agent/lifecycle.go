@@ -296,11 +296,19 @@ func (l *lifecycle) enroll(ctx context.Context) {
 		case err == nil:
 			l.apply(actEnroll, resp, l.anon, "Renewed the expired certificate")
 			return
-		case discovery.IsRevoked(err), discovery.IsBadRequest(err):
+		case discovery.IsRevoked(err):
 			// Past the grace window, revoked, or unknown to the server:
 			// only a token helps now.
 			l.expiredRefused = serialOf(c)
 			l.logger.Warn("Discovery server refused the expired certificate; enrolling with a token", "err", err)
+		case discovery.IsBadRequest(err):
+			// The server could not use the request: its clock has not
+			// reached the expiry the agent's clock passed (not_expired),
+			// which settles itself, or it refuses what the agent
+			// registers, which a token would not change. Retry.
+			l.fail(actEnroll, collector.AgentStateRefused, "refused: "+messageOf(err),
+				fmt.Errorf("with the expired certificate: %w (a server whose clock is behind this host's accepts it once its clock passes the expiry)", err))
+			return
 		default:
 			l.fail(actEnroll, collector.AgentStateUnreachable, "unreachable", err)
 			return

@@ -22,6 +22,7 @@ import (
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/web"
 )
 
 // Files in the state directory.
@@ -45,6 +46,10 @@ const (
 // errTooLarge is returned by readBounded for files above the limit.
 var errTooLarge = errors.New("file too large")
 
+// errKeyPermissions is returned for a private key file that others than
+// its owner may read or write.
+var errKeyPermissions = errors.New("private key is accessible to others than its owner")
+
 // readBounded reads a whole file of at most limit bytes.
 func readBounded(path string, limit int64) ([]byte, error) {
 	f, err := os.Open(path)
@@ -52,6 +57,37 @@ func readBounded(path string, limit int64) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
+	return readAllBounded(f, path, limit)
+}
+
+// readPrivate is readBounded for a private key: it refuses a file whose
+// mode grants its group or others any access. The mode is taken from the
+// open file, so a file swapped in between the check and the read cannot
+// pass.
+//
+// The agent refuses rather than tightening the mode and warning, as OpenSSH
+// does with identity files: a key others could read may have been copied
+// already, and only the operator can tell whether tightening the mode is
+// enough or the key must be replaced. The agent itself only ever writes the
+// key 0600, so a looser mode means someone changed it.
+func readPrivate(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("stat %s: %w", path, err)
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return nil, fmt.Errorf("%s has mode %04o: %w; if nobody else can have read it, run chmod 600 on it, "+
+			"otherwise remove it to generate a new key (the agent then needs a new enrollment token)", path, perm, errKeyPermissions)
+	}
+	return readAllBounded(f, path, limit)
+}
+
+func readAllBounded(f *os.File, path string, limit int64) ([]byte, error) {
 	data, err := io.ReadAll(io.LimitReader(f, limit+1))
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", path, err)
@@ -65,7 +101,7 @@ func readBounded(path string, limit int64) ([]byte, error) {
 // loadOrCreateKey returns the agent's private key, generating and writing it
 // on first start. created says whether it is new.
 func loadOrCreateKey(path string) (key *ecdsa.PrivateKey, created bool, err error) {
-	data, err := readBounded(path, maxKeyFile)
+	data, err := readPrivate(path, maxKeyFile)
 	if errors.Is(err, fs.ErrNotExist) {
 		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		if err != nil {
@@ -79,6 +115,9 @@ func loadOrCreateKey(path string) (key *ecdsa.PrivateKey, created bool, err erro
 			return nil, false, fmt.Errorf("write key: %w", err)
 		}
 		return key, true, nil
+	}
+	if errors.Is(err, errKeyPermissions) {
+		return nil, false, err
 	}
 	if err != nil {
 		return nil, false, fmt.Errorf("read key: %w", err)
@@ -266,6 +305,41 @@ func writeWebConfig(dir string) (string, error) {
 		return "", fmt.Errorf("write web config: %w", err)
 	}
 	return path, nil
+}
+
+// usesStateCertificates reports whether an operator's web config names the
+// agent's certificate or CA in the state directory: files that exist only
+// once the agent has enrolled. An operator who wants basic auth or other
+// TLS settings with the agent's own certificate writes such a file; serving
+// it before the first enrollment would fail to load the certificate and
+// stop the agent, again on every restart. Loading the file here also
+// refuses a broken web config at start.
+func usesStateCertificates(webConfigFile, stateDir string) (bool, error) {
+	wc, err := web.LoadConfig(webConfigFile)
+	if err != nil {
+		return false, fmt.Errorf("--web.config.file: %w", err)
+	}
+	own := map[string]bool{}
+	for _, name := range []string{CertFile, CAFile} {
+		p, err := filepath.Abs(filepath.Join(stateDir, name))
+		if err != nil {
+			return false, fmt.Errorf("state directory: %w", err)
+		}
+		own[p] = true
+	}
+	for _, p := range []string{wc.TLSConfig.TLSCertPath, wc.TLSConfig.ClientCAs} {
+		if p == "" {
+			continue
+		}
+		abs, err := filepath.Abs(p)
+		if err != nil {
+			return false, fmt.Errorf("--web.config.file: %w", err)
+		}
+		if own[abs] {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // readToken reads the enrollment token; "" when the file is missing or

@@ -9,6 +9,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -529,10 +530,26 @@ scrape_configs:
 	expect(`up{exporter="node"}`, upIsOne)
 	expect(`up{exporter="agent"}`, upIsOne)
 	// node_exporter's series come through the relay with the meta labels
-	// turned into target labels.
-	expect(`node_load1{exporter="node", hostname="`+hostname+`", role="db"}`, func(s []promSample) error {
+	// turned into target labels, and with exactly those labels: the
+	// per-exporter endpoint must not add an exporter label of its own,
+	// which Prometheus would keep as exported_exporter next to the target
+	// label. The selector names only the metric and the host, so that a
+	// renamed or missing label shows up as a wrong label set, not as no
+	// result.
+	expect(`node_load1{hostname="`+hostname+`"}`, func(s []promSample) error {
 		if len(s) != 1 {
 			return fmt.Errorf("want one node_load1 series")
+		}
+		want := map[string]string{
+			"__name__": "node_load1",
+			"exporter": "node",
+			"hostname": hostname,
+			"instance": a.Addr,
+			"job":      "baremetal",
+			"role":     "db",
+		}
+		if got := s[0].Metric; !maps.Equal(got, want) {
+			return fmt.Errorf("labels %v, want exactly %v (no exported_exporter)", got, want)
 		}
 		return nil
 	})
