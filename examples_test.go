@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -188,7 +189,12 @@ func TestExamples_GrafanaDashboard(t *testing.T) {
 				t.Errorf("panel %q query %s: undefined variable in %q", p.Title, tg.RefID, tg.Expr)
 				continue
 			}
-			if _, err := promql.ParseExpr(expr); err != nil {
+			parsed, err := promql.ParseExpr(expr)
+			if err != nil {
+				t.Errorf("panel %q query %s: %v", p.Title, tg.RefID, err)
+				continue
+			}
+			if err := checkFleetWide(parsed); err != nil {
 				t.Errorf("panel %q query %s: %v", p.Title, tg.RefID, err)
 			}
 			queries++
@@ -216,4 +222,38 @@ func TestExamples_BasicAuthWebConfig(t *testing.T) {
 	if !cfg.TLSConfig.IsEnabled() {
 		t.Error("TLS is not configured")
 	}
+}
+
+// fleetWide are the server metrics that describe the whole registry: with
+// several replicas on one etcd cluster each replica reports the same
+// fleet, so summing them over instances multiplies the fleet.
+var fleetWide = map[string]bool{
+	"baremetal_sd_registry_agents": true,
+}
+
+// checkFleetWide fails when a fleet-wide gauge is aggregated across
+// replicas by anything but max or min: the innermost aggregation around
+// each of its selectors must be max or min. Counters of requests a replica
+// handled (registrations, heartbeats, http_sd requests) are its own and are
+// rightly summed.
+func checkFleetWide(expr parser.Expr) error {
+	var err error
+	parser.Inspect(expr, func(n parser.Node, path []parser.Node) error {
+		vs, ok := n.(*parser.VectorSelector)
+		if !ok || !fleetWide[vs.Name] || err != nil {
+			return nil
+		}
+		for i := len(path) - 1; i >= 0; i-- {
+			agg, ok := path[i].(*parser.AggregateExpr)
+			if !ok {
+				continue
+			}
+			if agg.Op != parser.MAX && agg.Op != parser.MIN {
+				err = fmt.Errorf("%s is reported whole by every replica; %s over it counts the fleet once per replica: take max by (job, ...) first", vs.Name, agg.Op)
+			}
+			break
+		}
+		return nil
+	})
+	return err
 }
