@@ -7,12 +7,17 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
+	"time"
 
+	toolkitweb "github.com/prometheus/exporter-toolkit/web"
 	"github.com/prometheus/prometheus/promql/parser"
+	"go.yaml.in/yaml/v2"
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/relay"
 	"github.com/baremetal-sd/baremetal_sd/web"
 )
@@ -205,13 +210,66 @@ func TestExamples_GrafanaDashboard(t *testing.T) {
 	}
 }
 
-// TestExamples_BasicAuthWebConfig loads the basic-auth web config as the
-// server does and checks that its example password is the documented one.
-func TestExamples_BasicAuthWebConfig(t *testing.T) {
-	cfg, err := web.LoadConfig(filepath.Join("examples", "web-config-basic-auth.yml"))
+// serverDataDir makes dir/data as the server's first start does: a CA and
+// a serving certificate, so that web configs pointing at data/ load.
+func serverDataDir(t *testing.T, dir string) string {
+	t.Helper()
+	data := filepath.Join(dir, "data")
+	authority, _, err := ca.LoadOrCreate(data)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if _, _, err := authority.EnsureServingCert(data, []string{"localhost"}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// checkWebConfig copies a web config next to a fresh data directory and
+// loads it twice: as the server does (web.LoadConfig, strict) and with
+// exporter-toolkit's own validation, which also loads the certificate, key
+// and client CA the file names.
+func checkWebConfig(t *testing.T, path string) *toolkitweb.Config {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	serverDataDir(t, dir)
+	cfgPath := filepath.Join(dir, filepath.Base(path))
+	if err := os.WriteFile(cfgPath, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := web.LoadConfig(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := toolkitweb.Validate(cfgPath); err != nil {
+		t.Fatalf("exporter-toolkit rejects %s: %v", path, err)
+	}
+	if !cfg.TLSConfig.IsEnabled() {
+		t.Errorf("%s: TLS is not configured", path)
+	}
+	if cfg.TLSConfig.ClientAuth != "VerifyClientCertIfGiven" {
+		t.Errorf("%s: client_auth_type %q; agents and Prometheus need VerifyClientCertIfGiven", path, cfg.TLSConfig.ClientAuth)
+	}
+	return cfg
+}
+
+// TestExamples_WebConfig loads the web config shipped at the top of the
+// tarball against a data directory as the server creates it.
+func TestExamples_WebConfig(t *testing.T) {
+	cfg := checkWebConfig(t, "web-config.yml")
+	if len(cfg.Users) != 0 {
+		t.Errorf("web-config.yml enables basic auth for %d users; it should only show how", len(cfg.Users))
+	}
+}
+
+// TestExamples_BasicAuthWebConfig loads the basic-auth web config as the
+// server does and checks that its example password is the documented one.
+func TestExamples_BasicAuthWebConfig(t *testing.T) {
+	cfg := checkWebConfig(t, filepath.Join("examples", "web-config-basic-auth.yml"))
 	hash, ok := cfg.Users["operator"]
 	if !ok {
 		t.Fatalf("no user operator in %v", cfg.Users)
@@ -219,8 +277,52 @@ func TestExamples_BasicAuthWebConfig(t *testing.T) {
 	if err := bcrypt.CompareHashAndPassword([]byte(hash), []byte("change-me")); err != nil {
 		t.Errorf("the documented example password does not match: %v", err)
 	}
-	if !cfg.TLSConfig.IsEnabled() {
-		t.Error("TLS is not configured")
+}
+
+// TestExamples_TarballFiles checks that .promu.yml puts into the release
+// tarball every file the README's install section says it holds, plus the
+// top-level web-config.yml, and that each of them exists.
+func TestExamples_TarballFiles(t *testing.T) {
+	data, err := os.ReadFile(".promu.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var promu struct {
+		Tarball struct {
+			Files []string `yaml:"files"`
+		} `yaml:"tarball"`
+	}
+	if err := yaml.Unmarshal(data, &promu); err != nil {
+		t.Fatal(err)
+	}
+	files := make(map[string]bool)
+	for _, f := range promu.Tarball.Files {
+		files[f] = true
+		if _, err := os.Stat(f); err != nil {
+			t.Errorf(".promu.yml tarball file %s: %v", f, err)
+		}
+	}
+
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// "A tarball holds the binary, `LICENSE`, ... and `examples/`."
+	sentence := regexp.MustCompile(`(?s)A\s+tarball\s+holds\s+the\s+binary,(.*?)\.\s`).FindSubmatch(readme)
+	if sentence == nil {
+		t.Fatal("README.md no longer says what a tarball holds")
+	}
+	want := []string{"web-config.yml"}
+	for _, m := range regexp.MustCompile("`([^`]+)`").FindAllSubmatch(sentence[1], -1) {
+		want = append(want, strings.TrimSuffix(string(m[1]), "/"))
+	}
+	if len(want) < 5 {
+		t.Fatalf("README lists only %v in the tarball", want[1:])
+	}
+	for _, f := range want {
+		if !files[f] {
+			t.Errorf("the tarball should hold %s (README.md, install section), but .promu.yml lists only %v", f, promu.Tarball.Files)
+		}
 	}
 }
 
