@@ -129,6 +129,103 @@ func TestExamples_SystemdUnits(t *testing.T) {
 	}
 }
 
+// TestExamples_SystemdUsers creates the users of baremetal_sd.sysusers in
+// a scratch root with systemd-sysusers, and checks that every unit runs as
+// one of them, not as a dynamic user (whose UID a transient unit for the
+// admin commands would not share), with the user's home as its state
+// directory. systemd-analyze verify does not look users up, so this is
+// where a unit naming a user nobody creates is caught.
+func TestExamples_SystemdUsers(t *testing.T) {
+	sysusersBin, err := exec.LookPath("systemd-sysusers")
+	if err != nil {
+		t.Skip("systemd-sysusers not found: not a systemd system")
+	}
+	conf, err := filepath.Abs(filepath.Join("examples", "systemd", "baremetal_sd.sysusers"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	if err := os.Mkdir(filepath.Join(root, "etc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(sysusersBin, "--root="+root, conf).CombinedOutput(); err != nil {
+		t.Fatalf("systemd-sysusers: %v\n%s", err, out)
+	}
+	// name:password:uid:gid:gecos:home:shell
+	homes := make(map[string]string)
+	passwd, err := os.ReadFile(filepath.Join(root, "etc", "passwd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(passwd)), "\n") {
+		f := strings.Split(line, ":")
+		if len(f) != 7 {
+			t.Fatalf("passwd line %q", line)
+		}
+		homes[f[0]] = f[5]
+	}
+	groups := make(map[string]bool)
+	group, err := os.ReadFile(filepath.Join(root, "etc", "group"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(group)), "\n") {
+		groups[strings.SplitN(line, ":", 2)[0]] = true
+	}
+
+	for _, unit := range []string{"baremetal_sd-server.service", "baremetal_sd-agent.service"} {
+		t.Run(unit, func(t *testing.T) {
+			data, err := os.ReadFile(filepath.Join("examples", "systemd", unit))
+			if err != nil {
+				t.Fatal(err)
+			}
+			settings := make(map[string][]string)
+			for _, line := range strings.Split(string(data), "\n") {
+				if k, v, ok := strings.Cut(line, "="); ok && !strings.HasPrefix(line, "#") {
+					settings[k] = append(settings[k], v)
+				}
+			}
+			if v := settings["DynamicUser"]; len(v) > 0 && v[0] != "no" {
+				t.Errorf("DynamicUser=%s", v[0])
+			}
+			user, grp := unitSetting(t, settings, "User"), unitSetting(t, settings, "Group")
+			home, ok := homes[user]
+			if !ok {
+				t.Fatalf("User=%s is not created by baremetal_sd.sysusers (it creates %v)", user, homes)
+			}
+			if !groups[grp] {
+				t.Errorf("Group=%s is not created by baremetal_sd.sysusers", grp)
+			}
+			if state := "/var/lib/" + unitSetting(t, settings, "StateDirectory"); state != home {
+				t.Errorf("StateDirectory is %s, but %s's home is %s", state, user, home)
+			}
+			for _, want := range []string{"NoNewPrivileges=yes", "ProtectSystem=strict", "StateDirectoryMode=0700", "UMask=0077"} {
+				k, v, _ := strings.Cut(want, "=")
+				if unitSetting(t, settings, k) != v {
+					t.Errorf("want %s", want)
+				}
+			}
+			if got := settings["CapabilityBoundingSet"]; len(got) != 1 || got[0] != "" {
+				t.Errorf("CapabilityBoundingSet=%q, want it empty", got)
+			}
+		})
+	}
+	if homes["baremetal_sd"] == "" || homes["baremetal_sd-agent"] == "" || homes["baremetal_sd"] == homes["baremetal_sd-agent"] {
+		t.Errorf("want separate server and agent users, got %v", homes)
+	}
+}
+
+// unitSetting returns the single value of a unit setting.
+func unitSetting(t *testing.T, settings map[string][]string, key string) string {
+	t.Helper()
+	v := settings[key]
+	if len(v) != 1 {
+		t.Errorf("%s is set %d times, want once", key, len(v))
+		return ""
+	}
+	return v[0]
+}
+
 // TestExamples_GrafanaDashboard checks the dashboard's JSON, that every
 // panel reads the dashboard's data source, and that every query parses as
 // PromQL once Grafana's variables are filled in.
