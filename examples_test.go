@@ -4,21 +4,28 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/common/model"
 	toolkitweb "github.com/prometheus/exporter-toolkit/web"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/model/relabel"
 	"github.com/prometheus/prometheus/promql/parser"
 	"go.yaml.in/yaml/v2"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
+	"github.com/baremetal-sd/baremetal_sd/discovery"
 	"github.com/baremetal-sd/baremetal_sd/relay"
+	"github.com/baremetal-sd/baremetal_sd/server"
 	"github.com/baremetal-sd/baremetal_sd/web"
 )
 
@@ -35,32 +42,207 @@ func TestExamples_RelayConfig(t *testing.T) {
 }
 
 // TestExamples_PrometheusConfig checks the example prometheus.yml with the
-// promtool of the Prometheus the end-to-end tests use.
+// promtool of the Prometheus the end-to-end tests use, as Prometheus would
+// load it: next to its rules and real certificate, key and token files,
+// as `cert issue` and `token create` make them.
 func TestExamples_PrometheusConfig(t *testing.T) {
 	promtool, err := exec.LookPath("promtool")
 	if err != nil {
 		t.Fatal("promtool not found: run scripts/install-test-deps.sh (make test does)")
 	}
 	dir := t.TempDir()
+	copyFile(t, filepath.Join("examples", "prometheus.yml"), filepath.Join(dir, "prometheus.yml"))
+	if err := os.Mkdir(filepath.Join(dir, "rules"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	copyFile(t, filepath.Join("examples", "rules", "baremetal_sd.rules.yml"), filepath.Join(dir, "rules", "baremetal_sd.rules.yml"))
+
+	data := serverDataDir(t, dir)
+	if _, _, err := ca.LoadOrCreateTokenKey(data); err != nil {
+		t.Fatal(err)
+	}
+	certs := filepath.Join(dir, "certs")
+	if err := server.IssueClientCert(data, "prometheus", ca.RoleDiscovery, time.Hour, certs); err != nil {
+		t.Fatal(err)
+	}
+	token, err := server.CreateToken(data, ca.TokenSpec{Scope: ca.ScopeDiscovery, TTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(certs, "discovery.token"), []byte(token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	out, err := exec.Command(promtool, "check", "config", filepath.Join(dir, "prometheus.yml")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("promtool check config: %v\n%s", err, out)
+	}
+}
+
+// scrapeJob is the part of a Prometheus scrape config the relabeling tests
+// read.
+type scrapeJob struct {
+	JobName       string                 `yaml:"job_name"`
+	MetricsPath   string                 `yaml:"metrics_path"`
+	HTTPSDConfigs []struct{ URL string } `yaml:"http_sd_configs"`
+	Relabel       []*relabel.Config      `yaml:"relabel_configs"`
+}
+
+// fleetJobs reads the http_sd jobs of a Prometheus configuration.
+func fleetJobs(t *testing.T, name string, data []byte) []scrapeJob {
+	t.Helper()
+	var cfg struct {
+		ScrapeConfigs []scrapeJob `yaml:"scrape_configs"`
+	}
+	if err := yaml.Unmarshal(data, &cfg); err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	var jobs []scrapeJob
+	for _, j := range cfg.ScrapeConfigs {
+		if len(j.HTTPSDConfigs) == 0 {
+			continue
+		}
+		for _, rc := range j.Relabel {
+			if err := rc.Validate(model.UTF8Validation); err != nil {
+				t.Fatalf("%s: job %s: %v", name, j.JobName, err)
+			}
+		}
+		jobs = append(jobs, j)
+	}
+	return jobs
+}
+
+// discoveredTarget is a target as Prometheus holds it before relabeling:
+// one target group of http_sd for an agent web1 with the labels
+// role=web and, hostile or mistaken, instance, job, exporter and
+// maintenance.
+func discoveredTarget(job scrapeJob, exporter string, maintenance bool) map[string]string {
+	path := "/exporters/" + exporter + "/metrics"
+	if exporter == discovery.AgentExporterName {
+		path = discovery.AgentMetricsPath
+	}
+	if job.MetricsPath == "" {
+		job.MetricsPath = "/metrics"
+	}
+	return map[string]string{
+		model.AddressLabel:                        "10.0.0.1:9956",
+		model.MetricsPathLabel:                    path,
+		model.SchemeLabel:                         "https",
+		model.JobLabel:                            job.JobName,
+		discovery.MetaAgentID:                     "a1",
+		discovery.MetaHostname:                    "web1",
+		discovery.MetaAddress:                     "10.0.0.1",
+		discovery.MetaExporter:                    exporter,
+		discovery.MetaMaintenance:                 strconv.FormatBool(maintenance),
+		discovery.MetaLabelPrefix + "role":        "web",
+		discovery.MetaLabelPrefix + "instance":    "other-host",
+		discovery.MetaLabelPrefix + "job":         "other-job",
+		discovery.MetaLabelPrefix + "exporter":    "other-exporter",
+		discovery.MetaLabelPrefix + "maintenance": "true",
+		"__meta_url":                              job.HTTPSDConfigs[0].URL,
+	}
+}
+
+// targetLabels relabels a discovered target as Prometheus does and returns
+// the labels its series get, or nil when the target is dropped.
+func targetLabels(job scrapeJob, discovered map[string]string) map[string]string {
+	lb := labels.NewBuilder(labels.FromMap(discovered))
+	if !relabel.ProcessBuilder(lb, job.Relabel...) {
+		return nil
+	}
+	out := lb.Labels().Map()
+	for k := range out {
+		if strings.HasPrefix(k, model.MetaLabelPrefix) {
+			delete(out, k)
+		}
+	}
+	return out
+}
+
+// checkFleetRelabeling relabels targets of every http_sd job and checks
+// the rules the alerts and dashboards rely on:
+//   - a job per exporter (?exporter=NAME) drops hosts in maintenance and
+//     sets exporter=NAME, so that up{exporter="node"} works; the relay adds
+//     no exporter label on those endpoints, so nothing is renamed;
+//   - the agents' job (?exporter=agent) keeps hosts in maintenance with
+//     maintenance="true" and sets no exporter label, which would rename the
+//     relay metrics' own to exported_exporter;
+//   - a job on the aggregate endpoint (/exporters/metrics) sets no exporter
+//     label either: the relay labels each series with its exporter there;
+//   - every job sets instance to the hostname and takes the agent's labels,
+//     none of which may overwrite instance, job, exporter or maintenance.
+func checkFleetRelabeling(t *testing.T, name string, jobs []scrapeJob) {
+	t.Helper()
+	for _, job := range jobs {
+		u, err := url.Parse(job.HTTPSDConfigs[0].URL)
+		if err != nil {
+			t.Fatalf("%s: job %s: %v", name, job.JobName, err)
+		}
+		exporters := u.Query()["exporter"]
+		if len(exporters) != 1 {
+			t.Errorf("%s: job %s reads http_sd without one ?exporter= filter: %s", name, job.JobName, u)
+			continue
+		}
+		exporter := exporters[0]
+		for _, maintenance := range []bool{false, true} {
+			got := targetLabels(job, discoveredTarget(job, exporter, maintenance))
+			where := fmt.Sprintf("%s: job %s, exporter %s, maintenance %v", name, job.JobName, exporter, maintenance)
+			aggregate := got != nil && got[model.MetricsPathLabel] == "/exporters/metrics"
+			switch {
+			case exporter != discovery.AgentExporterName && maintenance:
+				if got != nil {
+					t.Errorf("%s: kept %v, want the target dropped", where, got)
+				}
+				continue
+			case got == nil:
+				t.Errorf("%s: target dropped", where)
+				continue
+			}
+			want := map[string]string{"instance": "web1", "job": job.JobName, "role": "web"}
+			switch {
+			case exporter == discovery.AgentExporterName && !aggregate:
+				if maintenance {
+					want["maintenance"] = "true"
+				}
+			case exporter != discovery.AgentExporterName:
+				want["exporter"] = exporter
+			}
+			for _, l := range []string{"instance", "job", "role", "exporter", "maintenance"} {
+				if got[l] != want[l] {
+					t.Errorf("%s: %s=%q, want %q (target labels %v)", where, l, got[l], want[l], got)
+				}
+			}
+		}
+	}
+}
+
+// TestExamples_PrometheusRelabeling runs the relabeling of
+// examples/prometheus.yml over targets as http_sd gives them.
+func TestExamples_PrometheusRelabeling(t *testing.T) {
 	data, err := os.ReadFile(filepath.Join("examples", "prometheus.yml"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), data, 0o644); err != nil {
-		t.Fatal(err)
+	jobs := fleetJobs(t, "examples/prometheus.yml", data)
+	names := make(map[string]bool)
+	for _, j := range jobs {
+		names[j.JobName] = true
 	}
-	// promtool checks that referenced files exist.
-	if err := os.Mkdir(filepath.Join(dir, "certs"), 0o755); err != nil {
-		t.Fatal(err)
+	if !names["node"] || !names["baremetal_sd_agent"] {
+		t.Fatalf("examples/prometheus.yml lacks the node or baremetal_sd_agent job: %v", names)
 	}
-	for _, f := range []string{"ca.crt", "prometheus.crt", "prometheus.key", "discovery.token"} {
-		if err := os.WriteFile(filepath.Join(dir, "certs", f), []byte("placeholder\n"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	out, err := exec.Command(promtool, "check", "config", "--syntax-only", filepath.Join(dir, "prometheus.yml")).CombinedOutput()
+	checkFleetRelabeling(t, "examples/prometheus.yml", jobs)
+}
+
+// copyFile copies src to dst.
+func copyFile(t *testing.T, src, dst string) {
+	t.Helper()
+	data, err := os.ReadFile(src)
 	if err != nil {
-		t.Fatalf("promtool check config: %v\n%s", err, out)
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, data, 0o644); err != nil {
+		t.Fatal(err)
 	}
 }
 
