@@ -264,6 +264,38 @@ func TestExamples_AlertingRules(t *testing.T) {
 			t.Errorf("promtool %v: %v\n%s", args, err, out)
 		}
 	}
+
+	data, err := os.ReadFile(filepath.Join(dir, "baremetal_sd.rules.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rules struct {
+		Groups []struct {
+			Rules []struct {
+				Alert  string `yaml:"alert"`
+				Record string `yaml:"record"`
+				Expr   string `yaml:"expr"`
+			} `yaml:"rules"`
+		} `yaml:"groups"`
+	}
+	if err := yaml.Unmarshal(data, &rules); err != nil {
+		t.Fatal(err)
+	}
+	promql := parser.NewParser(parser.Options{})
+	for _, g := range rules.Groups {
+		for _, r := range g.Rules {
+			expr, err := promql.ParseExpr(r.Expr)
+			if err != nil {
+				t.Errorf("%s%s: %v", r.Alert, r.Record, err)
+				continue
+			}
+			// An alert on a fleet-wide gauge without max would fire once
+			// per replica.
+			if err := checkFleetWide(expr, r.Alert != ""); err != nil {
+				t.Errorf("%s%s: %v", r.Alert, r.Record, err)
+			}
+		}
+	}
 }
 
 // TestExamples_SystemdUnits runs `systemd-analyze verify` on the example
@@ -478,7 +510,7 @@ func TestExamples_GrafanaDashboard(t *testing.T) {
 				t.Errorf("panel %q query %s: %v", p.Title, tg.RefID, err)
 				continue
 			}
-			if err := checkFleetWide(parsed); err != nil {
+			if err := checkFleetWide(parsed, false); err != nil {
 				t.Errorf("panel %q query %s: %v", p.Title, tg.RefID, err)
 			}
 			queries++
@@ -614,10 +646,10 @@ var fleetWide = map[string]bool{
 
 // checkFleetWide fails when a fleet-wide gauge is aggregated across
 // replicas by anything but max or min: the innermost aggregation around
-// each of its selectors must be max or min. Counters of requests a replica
-// handled (registrations, heartbeats, http_sd requests) are its own and are
-// rightly summed.
-func checkFleetWide(expr parser.Expr) error {
+// each of its selectors must be max or min, and with needAgg there must be
+// one. Counters of requests a replica handled (registrations, heartbeats,
+// http_sd requests) are its own and are rightly summed.
+func checkFleetWide(expr parser.Expr, needAgg bool) error {
 	var err error
 	parser.Inspect(expr, func(n parser.Node, path []parser.Node) error {
 		vs, ok := n.(*parser.VectorSelector)
@@ -632,7 +664,10 @@ func checkFleetWide(expr parser.Expr) error {
 			if agg.Op != parser.MAX && agg.Op != parser.MIN {
 				err = fmt.Errorf("%s is reported whole by every replica; %s over it counts the fleet once per replica: take max by (job, ...) first", vs.Name, agg.Op)
 			}
-			break
+			return nil
+		}
+		if needAgg {
+			err = fmt.Errorf("%s is reported whole by every replica: take max by (job, ...) so that replicas do not each count", vs.Name)
 		}
 		return nil
 	})
