@@ -113,10 +113,10 @@ func fleetJobs(t *testing.T, name string, data []byte) []scrapeJob {
 }
 
 // discoveredTarget is a target as Prometheus holds it before relabeling:
-// one target group of http_sd for an agent web1 with the labels
-// role=web and, hostile or mistaken, instance, job, exporter and
-// maintenance.
-func discoveredTarget(job scrapeJob, exporter string, maintenance bool) map[string]string {
+// one target group of http_sd for an agent web1 with the label role=web
+// and, when hostile, agent labels instance, job, exporter and maintenance
+// too.
+func discoveredTarget(job scrapeJob, exporter string, maintenance, hostile bool) map[string]string {
 	path := "/exporters/" + exporter + "/metrics"
 	if exporter == discovery.AgentExporterName {
 		path = discovery.AgentMetricsPath
@@ -124,23 +124,25 @@ func discoveredTarget(job scrapeJob, exporter string, maintenance bool) map[stri
 	if job.MetricsPath == "" {
 		job.MetricsPath = "/metrics"
 	}
-	return map[string]string{
-		model.AddressLabel:                        "10.0.0.1:9956",
-		model.MetricsPathLabel:                    path,
-		model.SchemeLabel:                         "https",
-		model.JobLabel:                            job.JobName,
-		discovery.MetaAgentID:                     "a1",
-		discovery.MetaHostname:                    "web1",
-		discovery.MetaAddress:                     "10.0.0.1",
-		discovery.MetaExporter:                    exporter,
-		discovery.MetaMaintenance:                 strconv.FormatBool(maintenance),
-		discovery.MetaLabelPrefix + "role":        "web",
-		discovery.MetaLabelPrefix + "instance":    "other-host",
-		discovery.MetaLabelPrefix + "job":         "other-job",
-		discovery.MetaLabelPrefix + "exporter":    "other-exporter",
-		discovery.MetaLabelPrefix + "maintenance": "true",
-		"__meta_url":                              job.HTTPSDConfigs[0].URL,
+	target := map[string]string{
+		model.AddressLabel:                 "10.0.0.1:9956",
+		model.MetricsPathLabel:             path,
+		model.SchemeLabel:                  "https",
+		model.JobLabel:                     job.JobName,
+		discovery.MetaAgentID:              "a1",
+		discovery.MetaHostname:             "web1",
+		discovery.MetaAddress:              "10.0.0.1",
+		discovery.MetaExporter:             exporter,
+		discovery.MetaMaintenance:          strconv.FormatBool(maintenance),
+		discovery.MetaLabelPrefix + "role": "web",
+		"__meta_url":                       job.HTTPSDConfigs[0].URL,
 	}
+	if hostile {
+		for _, l := range []string{"instance", "job", "exporter", "maintenance"} {
+			target[discovery.MetaLabelPrefix+l] = "forged"
+		}
+	}
+	return target
 }
 
 // targetLabels relabels a discovered target as Prometheus does and returns
@@ -171,7 +173,10 @@ func targetLabels(job scrapeJob, discovered map[string]string) map[string]string
 //     label either: the relay labels each series with its exporter there;
 //   - every job sets instance to the hostname and takes the agent's labels,
 //     none of which may overwrite instance, job, exporter or maintenance.
-func checkFleetRelabeling(t *testing.T, name string, jobs []scrapeJob) {
+//
+// Without full, a configuration for a first look (the quickstart) is
+// checked for its exporter labels and hostnames only.
+func checkFleetRelabeling(t *testing.T, name string, jobs []scrapeJob, full bool) {
 	t.Helper()
 	for _, job := range jobs {
 		u, err := url.Parse(job.HTTPSDConfigs[0].URL)
@@ -185,7 +190,10 @@ func checkFleetRelabeling(t *testing.T, name string, jobs []scrapeJob) {
 		}
 		exporter := exporters[0]
 		for _, maintenance := range []bool{false, true} {
-			got := targetLabels(job, discoveredTarget(job, exporter, maintenance))
+			if maintenance && !full {
+				continue
+			}
+			got := targetLabels(job, discoveredTarget(job, exporter, maintenance, full))
 			where := fmt.Sprintf("%s: job %s, exporter %s, maintenance %v", name, job.JobName, exporter, maintenance)
 			aggregate := got != nil && got[model.MetricsPathLabel] == "/exporters/metrics"
 			switch {
@@ -231,7 +239,23 @@ func TestExamples_PrometheusRelabeling(t *testing.T) {
 	if !names["node"] || !names["baremetal_sd_agent"] {
 		t.Fatalf("examples/prometheus.yml lacks the node or baremetal_sd_agent job: %v", names)
 	}
-	checkFleetRelabeling(t, "examples/prometheus.yml", jobs)
+	checkFleetRelabeling(t, "examples/prometheus.yml", jobs, true)
+
+	// The quickstart writes its own, shorter configuration.
+	script, err := os.ReadFile(filepath.Join("examples", "quickstart.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	heredoc := regexp.MustCompile(`(?s)<<PROM\n(.*?)\nPROM\n`).FindSubmatch(script)
+	if heredoc == nil {
+		t.Fatal("examples/quickstart.sh writes no prometheus.yml")
+	}
+	quick := strings.NewReplacer("${SERVER}", "https://127.0.0.1:9955", "${certs}", "certs").Replace(string(heredoc[1]))
+	jobs = fleetJobs(t, "examples/quickstart.sh", []byte(quick))
+	if len(jobs) != 2 {
+		t.Errorf("examples/quickstart.sh: %d http_sd jobs, want one for node and one for the agent", len(jobs))
+	}
+	checkFleetRelabeling(t, "examples/quickstart.sh", jobs, false)
 }
 
 // copyFile copies src to dst.
