@@ -77,6 +77,17 @@ func TestExamples_PrometheusConfig(t *testing.T) {
 	if err != nil {
 		t.Fatalf("promtool check config: %v\n%s", err, out)
 	}
+
+	// The README's snippets name files that are not there: syntax only.
+	for i, b := range readmeScrapeConfigs(t) {
+		path := filepath.Join(dir, fmt.Sprintf("readme-%d.yml", i+1))
+		if err := os.WriteFile(path, []byte(b), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command(promtool, "check", "config", "--syntax-only", path).CombinedOutput(); err != nil {
+			t.Errorf("README.md, Prometheus configuration, snippet %d: promtool check config: %v\n%s", i+1, err, out)
+		}
+	}
 }
 
 // scrapeJob is the part of a Prometheus scrape config the relabeling tests
@@ -189,15 +200,19 @@ func checkFleetRelabeling(t *testing.T, name string, jobs []scrapeJob, full bool
 			continue
 		}
 		exporter := exporters[0]
+		// The agent's target group, unless the job points it at the
+		// aggregate endpoint, is the agents' own job.
+		first := targetLabels(job, discoveredTarget(job, exporter, false, false))
+		aggregate := first != nil && first[model.MetricsPathLabel] == "/exporters/metrics"
+		agentsJob := exporter == discovery.AgentExporterName && !aggregate
 		for _, maintenance := range []bool{false, true} {
 			if maintenance && !full {
 				continue
 			}
 			got := targetLabels(job, discoveredTarget(job, exporter, maintenance, full))
 			where := fmt.Sprintf("%s: job %s, exporter %s, maintenance %v", name, job.JobName, exporter, maintenance)
-			aggregate := got != nil && got[model.MetricsPathLabel] == "/exporters/metrics"
 			switch {
-			case exporter != discovery.AgentExporterName && maintenance:
+			case maintenance && !agentsJob:
 				if got != nil {
 					t.Errorf("%s: kept %v, want the target dropped", where, got)
 				}
@@ -208,10 +223,8 @@ func checkFleetRelabeling(t *testing.T, name string, jobs []scrapeJob, full bool
 			}
 			want := map[string]string{"instance": "web1", "job": job.JobName, "role": "web"}
 			switch {
-			case exporter == discovery.AgentExporterName && !aggregate:
-				if maintenance {
-					want["maintenance"] = "true"
-				}
+			case agentsJob && maintenance:
+				want["maintenance"] = "true"
 			case exporter != discovery.AgentExporterName:
 				want["exporter"] = exporter
 			}
@@ -225,7 +238,9 @@ func checkFleetRelabeling(t *testing.T, name string, jobs []scrapeJob, full bool
 }
 
 // TestExamples_PrometheusRelabeling runs the relabeling of
-// examples/prometheus.yml over targets as http_sd gives them.
+// examples/prometheus.yml, of the quickstart's configuration and of every
+// scrape configuration in the README's Prometheus section over targets as
+// http_sd gives them.
 func TestExamples_PrometheusRelabeling(t *testing.T) {
 	data, err := os.ReadFile(filepath.Join("examples", "prometheus.yml"))
 	if err != nil {
@@ -256,6 +271,43 @@ func TestExamples_PrometheusRelabeling(t *testing.T) {
 		t.Errorf("examples/quickstart.sh: %d http_sd jobs, want one for node and one for the agent", len(jobs))
 	}
 	checkFleetRelabeling(t, "examples/quickstart.sh", jobs, false)
+
+	n := 0
+	for i, b := range readmeScrapeConfigs(t) {
+		name := fmt.Sprintf("README.md, Prometheus configuration, snippet %d", i+1)
+		jobs := fleetJobs(t, name, []byte(b))
+		checkFleetRelabeling(t, name, jobs, true)
+		n += len(jobs)
+	}
+	if n < 2 {
+		t.Errorf("README.md shows %d scrape jobs under Prometheus configuration, want the per-exporter and the aggregate one", n)
+	}
+}
+
+// readmeScrapeConfigs returns the YAML blocks with scrape_configs in the
+// README's Prometheus configuration section.
+func readmeScrapeConfigs(t *testing.T) []string {
+	t.Helper()
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const heading = "\n## Prometheus configuration\n"
+	i := strings.Index(string(readme), heading)
+	if i < 0 {
+		t.Fatal("README.md has no Prometheus configuration section")
+	}
+	section := string(readme[i+len(heading):])
+	if j := strings.Index(section, "\n## "); j >= 0 {
+		section = section[:j]
+	}
+	var blocks []string
+	for _, m := range regexp.MustCompile("(?s)```yaml\n(.*?)```").FindAllStringSubmatch(section, -1) {
+		if strings.Contains(m[1], "scrape_configs:") {
+			blocks = append(blocks, m[1])
+		}
+	}
+	return blocks
 }
 
 // copyFile copies src to dst.
