@@ -149,7 +149,7 @@ func (c AgentsCLI) print(w io.Writer, agents []discovery.AgentView) error {
 
 // printable makes a value from the registry safe for a terminal table.
 // Label values may hold any UTF-8, including escape sequences that would
-// recolour, move the cursor in or rewrite the operator's terminal, and
+// recolor, move the cursor in or rewrite the operator's terminal, and
 // tabs or newlines that would forge columns or rows. Printable characters,
 // non-ASCII letters included, stay as they are; every other rune is written
 // as strconv.Quote writes it (\x1b, \n, \u202e), invalid UTF-8 as \xNN

@@ -20,7 +20,7 @@ func TestPrintable(t *testing.T) {
 		{"non-ASCII letters stay readable", "Zürich-東京-Ελλάδα", "Zürich-東京-Ελλάδα"},
 		{"emoji", "🔥", "🔥"},
 		{"ANSI clear screen", "\x1b[2J\x1b[Hok", `\x1b[2J\x1b[Hok`},
-		{"ANSI colour", "\x1b[31mred\x1b[0m", `\x1b[31mred\x1b[0m`},
+		{"ANSI color", "\x1b[31mred\x1b[0m", `\x1b[31mred\x1b[0m`},
 		{"OSC 52 clipboard write", "\x1b]52;c;ZXZpbA==\a", `\x1b]52;c;ZXZpbA==\a`},
 		{"newline forges a row", "a\nb", `a\nb`},
 		{"carriage return overwrites", "safe\revil", `safe\revil`},
