@@ -94,7 +94,6 @@ func TestExamples_PrometheusConfig(t *testing.T) {
 // read.
 type scrapeJob struct {
 	JobName       string                 `yaml:"job_name"`
-	MetricsPath   string                 `yaml:"metrics_path"`
 	HTTPSDConfigs []struct{ URL string } `yaml:"http_sd_configs"`
 	Relabel       []*relabel.Config      `yaml:"relabel_configs"`
 }
@@ -131,9 +130,6 @@ func discoveredTarget(job scrapeJob, exporter string, maintenance, hostile bool)
 	path := "/exporters/" + exporter + "/metrics"
 	if exporter == discovery.AgentExporterName {
 		path = discovery.AgentMetricsPath
-	}
-	if job.MetricsPath == "" {
-		job.MetricsPath = "/metrics"
 	}
 	target := map[string]string{
 		model.AddressLabel:                 "10.0.0.1:9956",
