@@ -105,9 +105,11 @@ cat >"${DIR}/prometheus.yml" <<PROM
 global:
   scrape_interval: 5s
 scrape_configs:
-  - job_name: fleet
+  # The relayed node_exporter. The exporter target label keeps a host's
+  # exporters apart; the relay adds none of its own on this endpoint.
+  - job_name: node
     http_sd_configs:
-      - url: ${SERVER}/api/v1/discovery
+      - url: ${SERVER}/api/v1/discovery?exporter=node
         refresh_interval: 5s
         tls_config: &fleet_tls
           ca_file: ${certs}/ca.crt
@@ -115,12 +117,25 @@ scrape_configs:
           key_file: ${certs}/prometheus.key
     tls_config: *fleet_tls
     relabel_configs:
+      - regex: __meta_baremetal_sd_label_(.+)
+        action: labelmap
       - source_labels: [__meta_baremetal_sd_hostname]
         target_label: instance
       - source_labels: [__meta_baremetal_sd_exporter]
         target_label: exporter
+  # The agent's own metrics, without an exporter target label: its relay
+  # metrics carry their own (baremetal_sd_relay_up{exporter="node"}).
+  - job_name: baremetal_sd_agent
+    http_sd_configs:
+      - url: ${SERVER}/api/v1/discovery?exporter=agent
+        refresh_interval: 5s
+        tls_config: *fleet_tls
+    tls_config: *fleet_tls
+    relabel_configs:
       - regex: __meta_baremetal_sd_label_(.+)
         action: labelmap
+      - source_labels: [__meta_baremetal_sd_hostname]
+        target_label: instance
 PROM
 echo ">> Prometheus on http://127.0.0.1:${PROM_PORT}"
 start prometheus "${PROMETHEUS}" --config.file="${DIR}/prometheus.yml" \

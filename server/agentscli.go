@@ -11,9 +11,11 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	promlabels "github.com/prometheus/prometheus/model/labels"
 
@@ -131,16 +133,53 @@ func (c AgentsCLI) print(w io.Writer, agents []discovery.AgentView) error {
 	for _, a := range agents {
 		exporters := make([]string, 0, len(a.Exporters))
 		for _, e := range a.Exporters {
-			exporters = append(exporters, e.Name)
+			exporters = append(exporters, printable(e.Name))
 		}
 		labels := make([]string, 0, a.Labels.Len())
-		a.Labels.Range(func(l promlabels.Label) { labels = append(labels, l.Name+"="+l.Value) })
+		a.Labels.Range(func(l promlabels.Label) { labels = append(labels, printable(l.Name)+"="+printable(l.Value)) })
 		fmt.Fprintf(tw, "%s\t%s\t%s:%d\t%s\t%s ago\t%s\t%s\t%s\n",
-			a.ID, a.Hostname, a.Address, a.Port, a.State,
+			printable(a.ID), printable(a.Hostname), printable(a.Address), a.Port, printable(string(a.State)),
 			now.Sub(a.LastSeen).Round(time.Second), a.CertNotAfter.UTC().Format(time.RFC3339),
 			orDash(strings.Join(exporters, ",")), orDash(strings.Join(labels, ",")))
 	}
 	return tw.Flush()
+}
+
+// printable makes a value from the registry safe for a terminal table.
+// Label values may hold any UTF-8, including escape sequences that would
+// recolor, move the cursor in or rewrite the operator's terminal, and
+// tabs or newlines that would forge columns or rows. Printable characters,
+// non-ASCII letters included, stay as they are; every other rune is written
+// as strconv.Quote writes it (\x1b, \n, \u202e), invalid UTF-8 as \xNN
+// bytes, and a backslash as \\ so that the output is unambiguous.
+func printable(s string) string {
+	clean := true
+	for _, r := range s {
+		if r == '\\' || r == utf8.RuneError || !strconv.IsPrint(r) {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && n == 1:
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case r == '\\':
+			b.WriteString(`\\`)
+		case strconv.IsPrint(r):
+			b.WriteString(s[i : i+n])
+		default:
+			q := strconv.QuoteRune(r) // '\x1b', with its quotes
+			b.WriteString(q[1 : len(q)-1])
+		}
+		i += n
+	}
+	return b.String()
 }
 
 func orDash(s string) string {
