@@ -83,8 +83,8 @@ func TestQuickstart(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if health["node"] != "up" || health["agent"] != "up" {
-			return fmt.Errorf("targets by exporter: %v, want node and agent up", health)
+		if health["node"] != "up" || health["baremetal_sd_agent"] != "up" {
+			return fmt.Errorf("targets by job: %v, want node and baremetal_sd_agent up", health)
 		}
 		return nil
 	})
@@ -110,7 +110,7 @@ func TestQuickstart(t *testing.T) {
 	}
 }
 
-// quickstartTargets maps each active target's exporter label to its health.
+// quickstartTargets maps each active target's job to its health.
 func quickstartTargets(ctx context.Context, prom string) (map[string]string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -136,7 +136,7 @@ func quickstartTargets(ctx context.Context, prom string) (map[string]string, err
 	}
 	health := make(map[string]string)
 	for _, tg := range body.Data.ActiveTargets {
-		health[tg.Labels["exporter"]] = tg.Health
+		health[tg.Labels["job"]] = tg.Health
 	}
 	return health, nil
 }
