@@ -28,6 +28,7 @@ import (
 
 	certauth "github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/internal/heldexporter"
 )
 
 // harness runs the agent against a fake discovery server and scrapes it like
@@ -847,60 +848,6 @@ func TestRun_DeregistersOnShutdown(t *testing.T) {
 	}
 }
 
-// blockingUpstream is an exporter that answers a scrape only once the test
-// releases it: a scrape that is in flight for as long as the test needs.
-type blockingUpstream struct {
-	url     string
-	arrived chan struct{} // one value per request that reached it
-	release chan struct{} // closed to let requests finish
-}
-
-func newBlockingUpstream(t *testing.T) *blockingUpstream {
-	t.Helper()
-	u := &blockingUpstream{arrived: make(chan struct{}, 16), release: make(chan struct{})}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case u.arrived <- struct{}{}:
-		default:
-		}
-		// Bounded, so that a failed test cannot hang in Close.
-		timer := time.NewTimer(20 * time.Second)
-		defer timer.Stop()
-		select {
-		case <-u.release:
-		case <-r.Context().Done():
-			return
-		case <-timer.C:
-		}
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-		_, _ = io.WriteString(w, "# TYPE slow_metric gauge\nslow_metric 1\n")
-	}))
-	t.Cleanup(func() {
-		u.unblock()
-		srv.Close()
-	})
-	u.url = srv.URL + "/metrics"
-	return u
-}
-
-func (u *blockingUpstream) unblock() {
-	select {
-	case <-u.release:
-	default:
-		close(u.release)
-	}
-}
-
-// waitArrived waits until a scrape reached the upstream.
-func (u *blockingUpstream) waitArrived(t *testing.T) {
-	t.Helper()
-	select {
-	case <-u.arrived:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the scrape did not reach the upstream exporter")
-	}
-}
-
 type scrapeResult struct {
 	status int
 	body   string
@@ -936,14 +883,14 @@ func waitScrape(t *testing.T, ch <-chan scrapeResult) scrapeResult {
 // agent stops accepting connections at once, but a scrape already in flight
 // completes, and Run returns only after it.
 func TestRun_FinishesInFlightScrapesOnShutdown(t *testing.T) {
-	up := newBlockingUpstream(t)
+	up := heldexporter.Start(t)
 	h := newHarness(t)
 	cfg := h.config()
-	cfg.RelayConfigFile = writeRelayConfig(t, "slow", up.url)
+	cfg.RelayConfigFile = writeRelayConfig(t, "slow", up.URL)
 	r, id := h.enrolled(cfg)
 
 	scrape := h.scrapeAsync("/exporters/slow/metrics")
-	up.waitArrived(t)
+	up.WaitArrived(t, 10*time.Second)
 	r.cancel()
 	h.waitFor("the listener to refuse new connections", func() bool {
 		c, err := net.DialTimeout("tcp", h.addr, time.Second)
@@ -958,9 +905,9 @@ func TestRun_FinishesInFlightScrapesOnShutdown(t *testing.T) {
 	}
 	h.waitFor("the deregistration", func() bool { return h.fake.count("deregister") == 1 })
 
-	up.unblock()
+	up.Release()
 	res := waitScrape(t, scrape)
-	if res.err != nil || res.status != http.StatusOK || !strings.Contains(res.body, "\nslow_metric") {
+	if res.err != nil || res.status != http.StatusOK || !strings.Contains(res.body, "\nheld_exporter_value") {
 		t.Fatalf("in-flight scrape: status %d, err %v, body %q; want 200 with the exporter's metrics", res.status, res.err, res.body)
 	}
 	if err := r.stop(); err != nil {
@@ -975,15 +922,15 @@ func TestRun_FinishesInFlightScrapesOnShutdown(t *testing.T) {
 // timeout must not cost the deregistration, or the host stays in http_sd,
 // failing, until its TTL runs out.
 func TestRun_DeregistersWhileScrapesDrain(t *testing.T) {
-	up := newBlockingUpstream(t)
+	up := heldexporter.Start(t)
 	h := newHarness(t)
 	cfg := h.config()
-	cfg.RelayConfigFile = writeRelayConfig(t, "slow", up.url)
+	cfg.RelayConfigFile = writeRelayConfig(t, "slow", up.URL)
 	cfg.ShutdownTimeout = time.Second
 	r, id := h.enrolled(cfg)
 
 	scrape := h.scrapeAsync("/exporters/slow/metrics")
-	up.waitArrived(t)
+	up.WaitArrived(t, 10*time.Second)
 	if err := r.stop(); err != nil { // returns once the shutdown timeout has passed
 		t.Fatalf("Run = %v, want nil", err)
 	}
@@ -993,7 +940,7 @@ func TestRun_DeregistersWhileScrapesDrain(t *testing.T) {
 	if _, ok := h.fake.agent(id); ok {
 		t.Error("the agent is still registered after shutdown")
 	}
-	up.unblock()
+	up.Release()
 	waitScrape(t, scrape)
 }
 

@@ -10,17 +10,17 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
 	"math/big"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/baremetal-sd/baremetal_sd/internal/heldexporter"
 )
 
 // readLeaf returns the agent's current certificate from its state directory.
@@ -153,57 +153,13 @@ func TestAgent_NeedsNewTokenPastRenewalGrace(t *testing.T) {
 	a.stop(t)
 }
 
-// slowExporter is an exporter that answers a scrape only when the test
-// releases it, so that a scrape is in flight for exactly as long as the test
-// needs rather than for a guessed duration.
-type slowExporter struct {
-	URL     string
-	arrived chan struct{}
-	release chan struct{}
-}
-
-func startSlowExporter(t *testing.T) *slowExporter {
-	t.Helper()
-	e := &slowExporter{arrived: make(chan struct{}, 8), release: make(chan struct{})}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case e.arrived <- struct{}{}:
-		default:
-		}
-		timer := time.NewTimer(startTimeout) // bounded even if the test never releases
-		defer timer.Stop()
-		select {
-		case <-e.release:
-		case <-r.Context().Done():
-			return
-		case <-timer.C:
-		}
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-		_, _ = io.WriteString(w, "# HELP slow_exporter_value A value from a slow exporter.\n# TYPE slow_exporter_value gauge\nslow_exporter_value 42\n")
-	}))
-	t.Cleanup(func() {
-		e.unblock()
-		srv.Close()
-	})
-	e.URL = srv.URL + "/metrics"
-	return e
-}
-
-func (e *slowExporter) unblock() {
-	select {
-	case <-e.release:
-	default:
-		close(e.release)
-	}
-}
-
 // TestAgent_SIGTERMFinishesInFlightScrape: on SIGTERM the agent refuses new
 // connections at once, deregisters, lets the scrape already in flight
 // complete, and exits 0.
 func TestAgent_SIGTERMFinishesInFlightScrape(t *testing.T) {
 	t.Parallel()
 	h := newAgentHarness(t)
-	slow := startSlowExporter(t)
+	slow := heldexporter.Start(t)
 	a := startAgent(t, h.s, agentOptions{
 		Token: h.enrollToken(t),
 		RelayConfig: fmt.Sprintf(`exporters:
@@ -229,11 +185,7 @@ func TestAgent_SIGTERMFinishesInFlightScrape(t *testing.T) {
 		resp, err := doRequest(t.Context(), scraper, http.MethodGet, a.URL+"/exporters/slow/metrics", "", nil)
 		done <- result{resp, err}
 	}()
-	select {
-	case <-slow.arrived:
-	case <-time.After(startTimeout):
-		t.Fatal("the scrape did not reach the exporter")
-	}
+	slow.WaitArrived(t, startTimeout)
 
 	if err := a.proc.signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -257,7 +209,7 @@ func TestAgent_SIGTERMFinishesInFlightScrape(t *testing.T) {
 		t.Fatalf("the agent exited (%v) before its in-flight scrape finished", a.proc.err)
 	}
 
-	slow.unblock()
+	slow.Release()
 	var res result
 	select {
 	case res = <-done:
@@ -267,7 +219,7 @@ func TestAgent_SIGTERMFinishesInFlightScrape(t *testing.T) {
 	if res.err != nil {
 		t.Fatalf("in-flight scrape: %v", res.err)
 	}
-	if res.resp.Status != http.StatusOK || !bytes.Contains(res.resp.Body, []byte("\nslow_exporter_value")) {
+	if res.resp.Status != http.StatusOK || !bytes.Contains(res.resp.Body, []byte("\nheld_exporter_value")) {
 		t.Fatalf("in-flight scrape: status %d, body %q; want 200 with the exporter's metrics", res.resp.Status, res.resp.Body)
 	}
 	if !a.proc.wait(stopTimeout) {
