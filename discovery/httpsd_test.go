@@ -40,25 +40,24 @@ func decodeGroups(t *testing.T, data []byte) []targetGroup {
 }
 
 // joinBody is the identity response: the JSON, inflated from the cache.
-func joinBody(b Body) []byte {
-	var buf bytes.Buffer
-	if err := b.WriteJSON(&buf); err != nil {
-		panic(err)
-	}
-	if buf.Len() != b.Size {
-		panic(fmt.Sprintf("JSON of %d bytes, Size %d", buf.Len(), b.Size))
-	}
-	return buf.Bytes()
-}
+func joinBody(b Body) []byte { return bodyBytes(b, false) }
 
 // gzipBody is the gzip response.
-func gzipBody(b Body) []byte {
+func gzipBody(b Body) []byte { return bodyBytes(b, true) }
+
+// bodyBytes writes a response as the handler does and checks its length
+// against the one Body announces for Content-Length.
+func bodyBytes(b Body, gzip bool) []byte {
 	var buf bytes.Buffer
-	if err := b.WriteGzip(&buf); err != nil {
+	write, want := b.WriteJSON, b.Size
+	if gzip {
+		write, want = b.WriteGzip, b.GzipSize
+	}
+	if err := write(&buf); err != nil {
 		panic(err)
 	}
-	if buf.Len() != b.GzipSize {
-		panic(fmt.Sprintf("gzip member of %d bytes, GzipSize %d", buf.Len(), b.GzipSize))
+	if buf.Len() != want {
+		panic(fmt.Sprintf("body of %d bytes, announced %d (gzip %v)", buf.Len(), want, gzip))
 	}
 	return buf.Bytes()
 }
