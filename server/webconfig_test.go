@@ -1,0 +1,89 @@
+package server
+
+import (
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	toolkitweb "github.com/prometheus/exporter-toolkit/web"
+
+	"github.com/baremetal-sd/baremetal_sd/ca"
+)
+
+// TestPrepareWebConfig: the server serves TLS only. Without a web config it
+// writes its own around the auto-created serving certificate; an operator's
+// web config without tls_server_config is refused at start.
+func TestPrepareWebConfig(t *testing.T) {
+	dir := t.TempDir()
+	authority, _, err := ca.LoadOrCreate(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := authority.EnsureServingCert(dir, []string{"localhost"}, 24*time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	write := func(name, content string) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	tests := []struct {
+		name    string
+		file    string // "" means none given
+		wantErr string
+	}{
+		{name: "none given: the server's own", file: ""},
+		{name: "operator TLS config", file: write("tls.yml", "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n")},
+		{name: "no TLS", file: write("plain.yml", "http_server_config:\n  http2: true\n"), wantErr: "serves TLS only"},
+		{name: "empty file", file: write("empty.yml", ""), wantErr: "serves TLS only"},
+		{name: "unknown key", file: write("typo.yml", "tls_server_confg:\n  cert_file: server.crt\n"), wantErr: "web config"},
+		{name: "missing file", file: filepath.Join(dir, "nope.yml"), wantErr: "web config"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			file := tt.file
+			cfg := Config{
+				DataDir:     dir,
+				ServerNames: []string{"localhost"},
+				Web:         &toolkitweb.FlagConfig{WebConfigFile: &file},
+				Logger:      slog.New(slog.DiscardHandler),
+			}
+			flags, err := prepareWebConfig(cfg, authority)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("error %v, want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.file != "" {
+				if *flags.WebConfigFile != tt.file {
+					t.Errorf("web config %s, want the operator's %s", *flags.WebConfigFile, tt.file)
+				}
+				return
+			}
+			own := filepath.Join(dir, WebConfigFile)
+			if *flags.WebConfigFile != own {
+				t.Fatalf("web config %s, want %s", *flags.WebConfigFile, own)
+			}
+			fi, err := os.Stat(own)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if perm := fi.Mode().Perm(); perm != 0o600 {
+				t.Errorf("%s has mode %o, want 600", own, perm)
+			}
+			data, _ := os.ReadFile(own)
+			if !strings.Contains(string(data), "client_auth_type: VerifyClientCertIfGiven") {
+				t.Errorf("own web config does not verify client certificates:\n%s", data)
+			}
+		})
+	}
+}
