@@ -31,15 +31,11 @@ import (
 	"github.com/baremetal-sd/baremetal_sd/collector"
 )
 
-// nodeExporterFixture is a real node_exporter exposition shared by the
-// project (see ../../shared/fixtures/README.md for its origin and license).
+// nodeExporterFixture is a real node_exporter exposition (see
+// testdata/README.md for its origin and license).
 func nodeExporterFixture(t testing.TB) []byte {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join("..", "..", "shared", "fixtures", "node_exporter_e2e.txt"))
-	if err != nil {
-		t.Fatalf("shared fixture missing (CI has ../shared beside the repo): %v", err)
-	}
-	return data
+	return testdataFile(t, "node_exporter_e2e.txt")
 }
 
 func testdataFile(t testing.TB, name string) []byte {
