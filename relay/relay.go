@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -115,17 +116,31 @@ func allowed(w http.ResponseWriter, req *http.Request) bool {
 	return false
 }
 
-// scrapeTimeout is the configured timeout, shortened to what the scraper
-// is willing to wait.
+// timeoutOffset is how much sooner than the scraper's own timeout the relay
+// gives up, so that its 504 and one-line reason still reach a scraper that
+// would otherwise have hung up first (blackbox_exporter's --timeout-offset
+// does the same). It never takes more than half of a short timeout.
+const timeoutOffset = 500 * time.Millisecond
+
+// scrapeTimeout is the configured timeout, shortened to what the scraper is
+// willing to wait (X-Prometheus-Scrape-Timeout-Seconds) less timeoutOffset.
+// A header that is not a positive finite number is ignored; the arithmetic
+// stays in float seconds until the result is known to be below configured,
+// so a huge value cannot overflow into a negative duration.
 func scrapeTimeout(req *http.Request, configured time.Duration) time.Duration {
-	if s := req.Header.Get("X-Prometheus-Scrape-Timeout-Seconds"); s != "" {
-		if v, err := strconv.ParseFloat(s, 64); err == nil && v > 0 {
-			if d := time.Duration(v * float64(time.Second)); d < configured {
-				return d
-			}
-		}
+	s := req.Header.Get("X-Prometheus-Scrape-Timeout-Seconds")
+	if s == "" {
+		return configured
 	}
-	return configured
+	v, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+	if err != nil || !(v > 0) || math.IsInf(v, 0) {
+		return configured
+	}
+	budget := max(v-timeoutOffset.Seconds(), v/2)
+	if budget >= configured.Seconds() {
+		return configured
+	}
+	return max(time.Duration(budget*float64(time.Second)), time.Nanosecond)
 }
 
 // acceptsGzip reports whether the scraper takes gzip (q > 0).

@@ -593,6 +593,44 @@ func TestRelay_ScrapeTimeoutHeader(t *testing.T) {
 	}
 }
 
+func TestScrapeTimeout(t *testing.T) {
+	const configured = 10 * time.Second
+	tests := []struct {
+		header string
+		want   time.Duration
+	}{
+		{"", configured},
+		{"garbage", configured},
+		{"NaN", configured},
+		{"-1", configured},
+		{"0", configured},
+		{"-0", configured},
+		{"Inf", configured},
+		{"+Inf", configured},
+		{"-Inf", configured},
+		{"1e10", configured},
+		{"1e300", configured},
+		{"1e400", configured}, // out of range: ParseFloat says +Inf
+		{"10", 9500 * time.Millisecond},
+		{"10.5", configured},
+		{"10.4", 9900 * time.Millisecond},
+		{"5", 4500 * time.Millisecond},
+		{" 5 ", 4500 * time.Millisecond},
+		{"1", 500 * time.Millisecond},
+		{"0.2", 100 * time.Millisecond}, // the offset takes at most half
+		{"1e-300", time.Nanosecond},
+	}
+	for _, tt := range tests {
+		req := httptest.NewRequest("GET", "/exporters/x/metrics", nil)
+		if tt.header != "" {
+			req.Header.Set("X-Prometheus-Scrape-Timeout-Seconds", tt.header)
+		}
+		if got := scrapeTimeout(req, configured); got != tt.want {
+			t.Errorf("header %q: timeout %v, want %v", tt.header, got, tt.want)
+		}
+	}
+}
+
 func TestRelay_Gzip(t *testing.T) {
 	var zbody bytes.Buffer
 	zw := gzip.NewWriter(&zbody)
