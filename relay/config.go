@@ -72,6 +72,17 @@ type ExporterConfig struct {
 	HTTPClientConfig     config.HTTPClientConfig `yaml:",inline"`
 }
 
+// UnmarshalYAML starts from prometheus/common's HTTP client defaults
+// (follow_redirects and enable_http2 on), which the inlined
+// HTTPClientConfig would otherwise not get: yaml.v2 does not call the
+// UnmarshalYAML of an inlined struct. Unknown keys are still refused, since
+// the strict decoder is the one passed in.
+func (e *ExporterConfig) UnmarshalYAML(unmarshal func(any) error) error {
+	*e = ExporterConfig{HTTPClientConfig: config.DefaultHTTPClientConfig}
+	type plain ExporterConfig
+	return unmarshal((*plain)(e))
+}
+
 // Label returns the exporter label name, "" when disabled.
 func (c *Config) Label() string {
 	if c.ExporterLabel == nil {

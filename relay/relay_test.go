@@ -631,6 +631,52 @@ func TestScrapeTimeout(t *testing.T) {
 	}
 }
 
+func TestRelay_FollowsRedirects(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/old", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "/metrics", http.StatusFound)
+	})
+	mux.HandleFunc("/metrics", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		_, _ = io.WriteString(w, "moved 1\n")
+	})
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	tests := []struct {
+		name, extra string
+		status      int
+	}{
+		{"default", "", 200},
+		{"follow_redirects true", "    follow_redirects: true\n", 200},
+		{"follow_redirects false", "    follow_redirects: false\n", 502},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, _ := newRelay(t, "exporters:\n  - name: e\n    url: "+srv.URL+"/old\n"+tt.extra)
+			rec := scrape(t, r, "/exporters/e/metrics", acceptText)
+			if rec.Code != tt.status {
+				t.Fatalf("status %d, want %d: %s", rec.Code, tt.status, rec.Body)
+			}
+			if tt.status == 200 && !strings.Contains(rec.Body.String(), "moved") {
+				t.Errorf("redirect target not relayed: %s", rec.Body)
+			}
+		})
+	}
+}
+
+func TestParseConfig_HTTPClientDefaults(t *testing.T) {
+	cfg, err := ParseConfig([]byte("exporters:\n  - name: a\n    url: http://x\n  - name: b\n    url: http://y\n    enable_http2: false\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := cfg.Exporters[0].HTTPClientConfig; !a.FollowRedirects || !a.EnableHTTP2 {
+		t.Errorf("defaults not applied: follow_redirects %v, enable_http2 %v", a.FollowRedirects, a.EnableHTTP2)
+	}
+	if b := cfg.Exporters[1].HTTPClientConfig; !b.FollowRedirects || b.EnableHTTP2 {
+		t.Errorf("explicit enable_http2: false lost or default not applied: %+v", b)
+	}
+}
+
 func TestRelay_Gzip(t *testing.T) {
 	var zbody bytes.Buffer
 	zw := gzip.NewWriter(&zbody)
