@@ -135,8 +135,11 @@ func ParseConfig(data []byte) (*Config, error) {
 	default:
 		return nil, fmt.Errorf("metric_name_validation_scheme %q must be utf8 or legacy", cfg.MetricNameValidationScheme)
 	}
-	if l := cfg.Label(); l != "" && (!scheme.IsValidLabelName(l) || strings.HasPrefix(l, model.ReservedLabelPrefix)) {
-		return nil, fmt.Errorf("exporter_label %q is not a valid label name", l)
+	// The label is spliced into every series as it is written, bare, and
+	// must parse for scrapers that only know classic names; a name that
+	// needs quoting would also need escaping per scraper.
+	if l := cfg.Label(); l != "" && (!model.LegacyValidation.IsValidLabelName(l) || strings.HasPrefix(l, model.ReservedLabelPrefix)) {
+		return nil, fmt.Errorf("exporter_label %q must be a classic label name ([a-zA-Z_][a-zA-Z0-9_]*, not starting with __)", l)
 	}
 	seen := make(map[string]bool, len(cfg.Exporters))
 	for i := range cfg.Exporters {

@@ -495,6 +495,8 @@ func TestParseConfig_Refuses(t *testing.T) {
 		"bad action":              "exporters:\n  - name: a\n    url: http://x\n    metric_relabel_configs:\n      - action: explode\n",
 		"reserved exporter label": "exporter_label: \"__x\"\nexporters: []\n",
 		"legacy exporter label":   "metric_name_validation_scheme: legacy\nexporter_label: \"1x\"\nexporters: []\n",
+		"utf8 exporter label":     "exporter_label: \"my.exporter\"\nexporters: []\n",
+		"utf8 exporter label 2":   "exporter_label: \"ex porter\"\nexporters: []\n",
 		"bad scheme":              "metric_name_validation_scheme: ascii\nexporters: []\n",
 		"negative limit":          "max_line_bytes: -1\nexporters: []\n",
 		"huge frame limit":        "max_frame_bytes: 1000000000000\nexporters: []\n",
