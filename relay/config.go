@@ -45,8 +45,12 @@ const (
 
 // Config is the relay configuration file.
 type Config struct {
-	// ExporterLabel is added to every relayed series with the exporter's
-	// name; empty disables it. Absent from the file means "exporter".
+	// ExporterLabel is added, with the exporter's name, to every series on
+	// the aggregate endpoint, where several exporters share one target.
+	// Exporters' own endpoints add nothing: there the target's labels
+	// (__meta_baremetal_sd_exporter) tell the exporter. Absent from the
+	// file means "exporter"; empty disables the aggregate endpoint when
+	// more than one exporter is configured.
 	ExporterLabel *string `yaml:"exporter_label,omitempty"`
 	// MaxBodyBytes bounds an upstream body, MaxLineBytes one line of a
 	// text body, MaxFrameBytes one protobuf frame (one metric family).

@@ -81,16 +81,29 @@ func newPipeline(exporter, label string, relabels []*relabel.Config, maxLine, ma
 	if len(relabels) > 0 {
 		p.scheme = relabels[0].NameValidationScheme
 	}
-	if label != "" {
-		p.labelPair = &dto.LabelPair{Name: proto.String(label), Value: proto.String(exporter)}
-	}
+	p.setLabel(label)
 	return p
 }
 
-// relabel adds the exporter label and applies metric_relabel_configs, in
-// Prometheus' order: target labels first (an upstream label of the same
-// name is kept as exported_<name>, as with honor_labels: false), then the
-// rules.
+// setLabel sets the name of the label that carries the exporter's name, ""
+// for none. Only the aggregate endpoint adds one: there the series of
+// several exporters share a target. On an exporter's own endpoint the
+// target's labels tell the exporter already, and a scraped label of the same
+// name as a target label would be renamed to exported_<name> by Prometheus.
+func (p *pipeline) setLabel(label string) {
+	if label == p.label && (label == "") == (p.labelPair == nil) {
+		return
+	}
+	p.label, p.labelPair = label, nil
+	if label != "" {
+		p.labelPair = &dto.LabelPair{Name: proto.String(label), Value: proto.String(p.exporter)}
+	}
+}
+
+// relabel adds the exporter label (aggregate endpoint only) and applies
+// metric_relabel_configs, in Prometheus' order: target labels first (an
+// upstream label of the same name is kept as exported_<name>, as with
+// honor_labels: false), then the rules.
 func (p *pipeline) relabel(lset labels.Labels) (labels.Labels, bool, error) {
 	p.lb.Reset(lset)
 	if p.label != "" {

@@ -25,6 +25,9 @@ import (
 // aggregatePath serves every exporter merged into one exposition.
 const aggregatePath = "/exporters/metrics"
 
+// errAggregateUnlabeled is the reason the aggregate endpoint is off.
+var errAggregateUnlabeled = errors.New("aggregate endpoint disabled: exporter_label is empty, so the series of several exporters would collide; scrape /exporters/<name>/metrics or set exporter_label")
+
 // Relay serves the exporters of a relay configuration over HTTP.
 type Relay struct {
 	cfg       *Config
@@ -69,6 +72,9 @@ func New(cfg *Config, logger *slog.Logger, metrics *collector.Relay) (*Relay, er
 		if metrics != nil {
 			metrics.Up.WithLabelValues(ec.Name)
 		}
+	}
+	if cfg.Label() == "" && len(r.names) > 1 {
+		logger.Info("Aggregate endpoint disabled", "path", aggregatePath, "err", errAggregateUnlabeled)
 	}
 	return r, nil
 }
@@ -304,7 +310,7 @@ func (e *exporter) pipeline() *pipeline {
 		return p
 	}
 	cfg := e.relay.cfg
-	return newPipeline(e.cfg.Name, cfg.Label(), e.cfg.MetricRelabelConfigs, cfg.MaxLineBytes, cfg.MaxFrameBytes)
+	return newPipeline(e.cfg.Name, "", e.cfg.MetricRelabelConfigs, cfg.MaxLineBytes, cfg.MaxFrameBytes)
 }
 
 // release keeps a pipeline for the next scrape, unless it grew unusually
@@ -462,6 +468,7 @@ func (e *exporter) serve(w http.ResponseWriter, req *http.Request) {
 	ctx, cancel := context.WithTimeout(req.Context(), timeout)
 	defer cancel()
 	p := e.pipeline()
+	p.setLabel("")
 
 	fail := func(err error) *fetchError {
 		fe := classify(ctx, err)
@@ -526,7 +533,16 @@ type source struct {
 // so is a family whose type differs from the one already merged under its
 // name. Exporters that fail are left out and reported in the relay
 // metrics; one that fails halfway leaves the families it sent before.
+//
+// Without an exporter label the series of two exporters could be the same
+// series, which Prometheus would count as duplicates and partly drop, so
+// the endpoint then serves only a relay of a single exporter and answers
+// 404 with the reason otherwise.
 func (r *Relay) serveAggregate(w http.ResponseWriter, req *http.Request) {
+	if r.cfg.Label() == "" && len(r.names) > 1 {
+		http.Error(w, errAggregateUnlabeled.Error(), http.StatusNotFound)
+		return
+	}
 	out := negotiate(req.Header.Get("Accept"))
 	ctx, cancel := context.WithCancel(req.Context())
 	defer cancel()
@@ -571,6 +587,7 @@ func (s *source) run(ctx context.Context, req *http.Request, out Format) {
 	fctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	p := e.pipeline()
+	p.setLabel(e.relay.cfg.Label())
 	up, err := e.fetch(fctx, p, out, timeout)
 	if err == nil {
 		p.samples = 0

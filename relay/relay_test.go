@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -102,30 +103,19 @@ weird_values{v="inf"} +Inf
 `
 
 // series parses a whole exposition (test side only) into name{labels}@ts ->
-// value, dropping the exporter label and created series so that inputs and
-// outputs of different formats compare.
+// value, dropping created series so that inputs and outputs of different
+// formats compare.
 func series(t *testing.T, body []byte, contentType string) map[string]float64 {
+	t.Helper()
+	return parseSeries(t, body, contentType, func(lset labels.Labels) labels.Labels { return lset })
+}
+
+// seriesWithoutExporter is series for the aggregate endpoint, without the
+// exporter label it adds.
+func seriesWithoutExporter(t *testing.T, body []byte, contentType string) map[string]float64 {
 	t.Helper()
 	return parseSeries(t, body, contentType, func(lset labels.Labels) labels.Labels {
 		return labels.NewBuilder(lset).Del("exporter").Labels()
-	})
-}
-
-// seriesAsRelayed is series for a relay's input: an upstream exporter label
-// moves aside as Prometheus moves a target label's clash (exported_,
-// repeated until free), which is what the relay must do.
-func seriesAsRelayed(t *testing.T, body []byte, contentType string) map[string]float64 {
-	t.Helper()
-	return parseSeries(t, body, contentType, func(lset labels.Labels) labels.Labels {
-		b := labels.NewBuilder(lset)
-		if v := lset.Get("exporter"); v != "" {
-			name := model.ExportedLabelPrefix + "exporter"
-			for lset.Has(name) {
-				name = model.ExportedLabelPrefix + name
-			}
-			b.Del("exporter").Set(name, v)
-		}
-		return b.Labels()
 	})
 }
 
@@ -168,7 +158,8 @@ func parseSeries(t *testing.T, body []byte, contentType string, fix func(labels.
 		}
 		_, ts, v := p.Series()
 		p.Labels(&lset)
-		lset = fix(lset)
+		// An empty label value is no label, for Prometheus and here.
+		lset = fix(labels.NewBuilder(lset).Labels())
 		if strings.HasSuffix(lset.Get(model.MetricNameLabel), "_created") {
 			continue
 		}
@@ -261,7 +252,7 @@ func TestRelay_RoundTripFormats(t *testing.T) {
 		{acceptProto, ContentTypeProtobuf},
 	}
 	for _, in := range inputs {
-		relayed := seriesAsRelayed(t, in.body, in.ct)
+		relayed := series(t, in.body, in.ct)
 		for _, out := range outputs {
 			want := relayed
 			if out.ct == ContentTypeProtobuf {
@@ -289,24 +280,70 @@ func TestRelay_RoundTripFormats(t *testing.T) {
 	}
 }
 
-func TestRelay_ExporterLabelAndHelpSurvive(t *testing.T) {
+func TestRelay_HelpAndEscapesSurvive(t *testing.T) {
 	up := upstreamServer(t, "text/plain; version=0.0.4", []byte(richText))
 	r, _ := newRelay(t, "exporters:\n  - name: node\n    url: "+up.URL+"\n")
 	body := scrape(t, r, "/exporters/node/metrics", acceptText).Body.String()
 	for _, want := range []string{
 		`# HELP http_requests_total Requests with "quotes", a \\ backslash and\na newline.`,
 		`# TYPE req_size_bytes histogram`,
-		`http_requests_total{code="200",path="/a\"b\\c\nd",exporter="node"} 1027 1700000000123`,
-		`temperature_celsius{sensor="nan",exporter="node"} NaN`,
-		`temperature_celsius{sensor="pinf",exporter="node"} +Inf`,
+		`http_requests_total{code="200",path="/a\"b\\c\nd"} 1027 1700000000123`,
+		`temperature_celsius{sensor="nan"} NaN`,
+		`temperature_celsius{sensor="pinf"} +Inf`,
 	} {
 		if !strings.Contains(body, want+"\n") {
 			t.Errorf("output lacks %q", want)
 		}
 	}
-	off, _ := newRelay(t, "exporter_label: \"\"\nexporters:\n  - name: node\n    url: "+up.URL+"\n")
-	if body := scrape(t, off, "/exporters/node/metrics", acceptText).Body.String(); strings.Contains(body, "exporter=") {
-		t.Error("exporter label written although disabled")
+}
+
+// TestRelay_ExporterLabelOnlyOnAggregate: an exporter's own endpoint adds
+// no label (Prometheus' target label tells the exporter, and a scraped label
+// of the same name would become exported_exporter on every series); the
+// aggregate endpoint adds exporter_label, in every output format.
+func TestRelay_ExporterLabelOnlyOnAggregate(t *testing.T) {
+	up := upstreamServer(t, "text/plain; version=0.0.4", []byte("# TYPE up gauge\nup{exporter=\"theirs\"} 1\n# TYPE other gauge\nother 2\n"))
+	tests := []struct {
+		name, cfg, path string
+		want            []string
+	}{
+		{"own endpoint", "", "/exporters/mine/metrics",
+			[]string{`{__name__="up", exporter="theirs"}`, `{__name__="other"}`}},
+		{"own endpoint, custom label", "exporter_label: job_exporter\n", "/exporters/mine/metrics",
+			[]string{`{__name__="up", exporter="theirs"}`, `{__name__="other"}`}},
+		{"aggregate", "", "/exporters/metrics",
+			[]string{`{__name__="up", exported_exporter="theirs", exporter="mine"}`, `{__name__="other", exporter="mine"}`}},
+		{"aggregate, custom label", "exporter_label: job_exporter\n", "/exporters/metrics",
+			[]string{`{__name__="up", exporter="theirs", job_exporter="mine"}`, `{__name__="other", job_exporter="mine"}`}},
+		{"aggregate of one exporter without a label", "exporter_label: \"\"\n", "/exporters/metrics",
+			[]string{`{__name__="up", exporter="theirs"}`, `{__name__="other"}`}},
+	}
+	for _, tt := range tests {
+		for _, accept := range []string{acceptText, acceptOM, acceptProto} {
+			t.Run(tt.name+"/"+accept, func(t *testing.T) {
+				r, _ := newRelay(t, tt.cfg+"exporters:\n  - name: mine\n    url: "+up.URL+"\n")
+				rec := scrape(t, r, tt.path, accept)
+				if rec.Code != 200 {
+					t.Fatalf("status %d: %s", rec.Code, rec.Body)
+				}
+				got := series(t, rec.Body.Bytes(), rec.Header().Get("Content-Type"))
+				if keys := sorted(got); !slices.Equal(keys, slices.Sorted(slices.Values(tt.want))) {
+					t.Errorf("series %q, want %q", keys, tt.want)
+				}
+			})
+		}
+	}
+}
+
+func TestRelay_AggregateWithoutExporterLabel(t *testing.T) {
+	up := upstreamServer(t, "text/plain", []byte("same 1\n"))
+	r, _ := newRelay(t, "exporter_label: \"\"\nexporters:\n  - name: a\n    url: "+up.URL+"\n  - name: b\n    url: "+up.URL+"\n")
+	rec := scrape(t, r, "/exporters/metrics", acceptText)
+	if rec.Code != 404 || !strings.Contains(rec.Body.String(), "exporter_label is empty") {
+		t.Fatalf("aggregate without exporter_label: %d %q, want 404 with the reason", rec.Code, rec.Body)
+	}
+	if rec := scrape(t, r, "/exporters/a/metrics", acceptText); rec.Code != 200 || strings.TrimSpace(rec.Body.String()) != "same 1" {
+		t.Errorf("own endpoint: %d %q", rec.Code, rec.Body)
 	}
 }
 
@@ -326,25 +363,14 @@ func TestAppendRawSample(t *testing.T) {
 	}
 }
 
-func TestRelay_UpstreamExporterLabelIsKept(t *testing.T) {
-	up := upstreamServer(t, "text/plain", []byte("up{exporter=\"theirs\"} 1\nother 2\n"))
-	r, _ := newRelay(t, "exporters:\n  - name: mine\n    url: "+up.URL+"\n")
-	body := scrape(t, r, "/exporters/mine/metrics", acceptText).Body.String()
-	for _, want := range []string{`up{exported_exporter="theirs",exporter="mine"} 1`, `other{exporter="mine"} 2`} {
-		if !strings.Contains(body, want+"\n") {
-			t.Errorf("output lacks %q:\n%s", want, body)
-		}
-	}
-}
-
 func TestRelay_OpenMetricsExemplarsAndUnits(t *testing.T) {
 	up := upstreamServer(t, ContentTypeOpenMetrics, []byte(richOM))
 	r, _ := newRelay(t, "exporters:\n  - name: app\n    url: "+up.URL+"\n")
 	body := scrape(t, r, "/exporters/app/metrics", acceptOM).Body.String()
 	for _, want := range []string{
 		"# UNIT jobs_seconds seconds\n",
-		`jobs_seconds_total{kind="a",exporter="app"} 10 1700000000.123 # {trace_id="abc"} 1 1700000000.001` + "\n",
-		`lat_bucket{le="0.1",exporter="app"} 1 # {trace_id="t1"} 0.05` + "\n",
+		`jobs_seconds_total{kind="a"} 10 1700000000.123 # {trace_id="abc"} 1 1700000000.001` + "\n",
+		`lat_bucket{le="0.1"} 1 # {trace_id="t1"} 0.05` + "\n",
 		"# EOF\n",
 	} {
 		if !strings.Contains(body, want) {
@@ -393,9 +419,7 @@ func TestRelay_NativeHistogramsProtobufToProtobuf(t *testing.T) {
 	if err := protodelim.UnmarshalFrom(bytes.NewReader(rec.Body.Bytes()), got); err != nil {
 		t.Fatal(err)
 	}
-	want := nativeHistogramFamily()
-	want.Metric[0].Label = append([]*dto.LabelPair{{Name: proto.String("exporter"), Value: proto.String("app")}}, want.Metric[0].Label...)
-	if !proto.Equal(got, want) {
+	if want := nativeHistogramFamily(); !proto.Equal(got, want) {
 		t.Fatalf("native histogram changed:\n got %v\nwant %v", got, want)
 	}
 }
@@ -712,25 +736,32 @@ func TestRelay_Gzip(t *testing.T) {
 func TestRelay_AggregateMergesFamilies(t *testing.T) {
 	a := upstreamServer(t, "text/plain", []byte("# HELP shared_total Shared.\n# TYPE shared_total counter\nshared_total 1\n# TYPE only_a gauge\nonly_a 1\n"))
 	b := upstreamServer(t, "text/plain", []byte("# HELP shared_total Shared.\n# TYPE shared_total counter\nshared_total 2\n# TYPE zz_b gauge\nzz_b 3\n"))
-	r, _ := newRelay(t, "exporters:\n  - name: a\n    url: "+a.URL+"\n  - name: b\n    url: "+b.URL+"\n  - name: down\n    url: http://127.0.0.1:1/\n")
+	r, m := newRelay(t, "exporters:\n  - name: a\n    url: "+a.URL+"\n  - name: b\n    url: "+b.URL+"\n  - name: down\n    url: http://127.0.0.1:1/\n")
 	for _, accept := range []string{acceptText, acceptOM, acceptProto} {
 		rec := scrape(t, r, "/exporters/metrics", accept)
+		if rec.Code != 200 {
+			t.Fatalf("%s: status %d: %s", accept, rec.Code, rec.Body)
+		}
 		ct := rec.Header().Get("Content-Type")
 		got := series(t, rec.Body.Bytes(), ct)
+		// Both exporters' series of the shared family are there, told
+		// apart by the exporter label; the dead exporter is left out.
 		want := map[string]float64{
-			`{__name__="shared_total"}`: 0, `{__name__="only_a"}`: 1, `{__name__="zz_b"}`: 3,
+			`{__name__="shared_total", exporter="a"}`: 1, `{__name__="shared_total", exporter="b"}`: 2,
+			`{__name__="only_a", exporter="a"}`: 1, `{__name__="zz_b", exporter="b"}`: 3,
 		}
-		// Both exporters' series of the shared family are there, told apart
-		// by the exporter label (removed by series()).
-		if len(got) != 3 || got[`{__name__="only_a"}`] != 1 || got[`{__name__="zz_b"}`] != 3 {
-			t.Errorf("%s: %v, want keys of %v", ct, got, want)
-		}
+		sameSeries(t, want, got)
 		if ct != ContentTypeProtobuf && strings.Count(rec.Body.String(), "# TYPE shared_total counter") != 1 &&
 			strings.Count(rec.Body.String(), "# TYPE shared counter") != 1 {
 			t.Errorf("%s: shared family not merged into one:\n%s", ct, rec.Body)
 		}
-		if ct != ContentTypeProtobuf && strings.Count(rec.Body.String(), "shared_total{") != 2 {
-			t.Errorf("%s: merged family lacks a series:\n%s", ct, rec.Body)
+		for name, up := range map[string]float64{"a": 1, "b": 1, "down": 0} {
+			if v := testutil.ToFloat64(m.Up.WithLabelValues(name)); v != up {
+				t.Errorf("%s: relay_up{exporter=%q} = %v, want %v", ct, name, v, up)
+			}
+		}
+		if v := testutil.ToFloat64(m.UpstreamErrors.WithLabelValues("down", "connect")); v == 0 {
+			t.Errorf("%s: the dead exporter's connect error is not counted", ct)
 		}
 	}
 }
