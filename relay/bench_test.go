@@ -78,11 +78,11 @@ func BenchmarkRelay(b *testing.B) {
 				if c.in == FormatProtobuf {
 					input, ct = proto, ContentTypeProtobuf
 				}
-				p := newPipeline("node", "exporter", nil, DefaultMaxLineBytes, DefaultMaxFrameBytes)
+				p := newPipeline("node", "exporter", nil, defaultLimits)
 				b.SetBytes(int64(len(input)))
 				b.ReportAllocs()
 				for b.Loop() {
-					if err := p.relay(bytes.NewReader(input), c.in, ct, c.out, io.Discard); err != nil {
+					if err := p.relay(bytes.NewReader(input), c.in, ct, c.out, model.NoEscaping, io.Discard); err != nil {
 						b.Fatal(err)
 					}
 				}
@@ -136,9 +136,9 @@ func BenchmarkRelay(b *testing.B) {
 }
 
 func toProtoB(b testing.TB, text []byte) []byte {
-	p := newPipeline("x", "", nil, DefaultMaxLineBytes, DefaultMaxFrameBytes)
+	p := newPipeline("x", "", nil, defaultLimits)
 	var buf bytes.Buffer
-	if err := p.relay(bytes.NewReader(text), FormatText, "text/plain", FormatProtobuf, &buf); err != nil {
+	if err := p.relay(bytes.NewReader(text), FormatText, "text/plain", FormatProtobuf, model.NoEscaping, &buf); err != nil {
 		b.Fatal(err)
 	}
 	return buf.Bytes()

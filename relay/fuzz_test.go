@@ -6,6 +6,7 @@ import (
 	"io"
 	"testing"
 
+	"github.com/prometheus/common/model"
 	"google.golang.org/protobuf/encoding/protodelim"
 )
 
@@ -14,9 +15,9 @@ import (
 // no input can make it allocate much.
 func fuzzRelay(_ *testing.T, data []byte, in Format, ct string) {
 	for _, out := range []Format{FormatText, FormatOpenMetrics, FormatProtobuf} {
-		p := newPipeline("fuzz", "exporter", nil, 4096, 1<<20)
+		p := newPipeline("fuzz", "exporter", nil, limits{maxLine: 4096, maxFrame: 1 << 20, maxMetric: 1 << 20})
 		body := &capReader{r: bytes.NewReader(data), max: 1 << 20}
-		_ = p.relay(body, in, ct, out, io.Discard)
+		_ = p.relay(body, in, ct, out, model.UnderscoreEscaping, io.Discard)
 	}
 }
 

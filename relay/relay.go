@@ -207,6 +207,8 @@ func classify(ctx context.Context, err error) *fetchError {
 		return &fetchError{http.StatusBadGateway, "line_too_long", err}
 	case errors.Is(err, errFrameTooLarge):
 		return &fetchError{http.StatusBadGateway, "frame_too_large", err}
+	case errors.Is(err, errMetricTooLarge):
+		return &fetchError{http.StatusBadGateway, "metric_too_large", err}
 	case errors.Is(err, errParse):
 		return &fetchError{http.StatusBadGateway, "parse", err}
 	case errors.Is(err, errRelabel):
@@ -310,7 +312,7 @@ func (e *exporter) pipeline() *pipeline {
 		return p
 	}
 	cfg := e.relay.cfg
-	return newPipeline(e.cfg.Name, "", e.cfg.MetricRelabelConfigs, cfg.MaxLineBytes, cfg.MaxFrameBytes)
+	return newPipeline(e.cfg.Name, "", e.cfg.MetricRelabelConfigs, cfg.limits())
 }
 
 // release keeps a pipeline for the next scrape, unless it grew unusually
@@ -411,11 +413,11 @@ type response struct {
 	sink  io.Writer
 }
 
-func (r *Relay) newResponse(w http.ResponseWriter, req *http.Request, out Format) *response {
+func (r *Relay) newResponse(w http.ResponseWriter, req *http.Request, out negotiated) *response {
 	gz := acceptsGzip(req)
 	resp := &response{dst: &trackingWriter{w: w, started: func() {
 		h := w.Header()
-		h.Set("Content-Type", out.ContentType())
+		h.Set("Content-Type", out.contentType)
 		if gz {
 			h.Set("Content-Encoding", "gzip")
 		}
@@ -463,7 +465,8 @@ func (e *exporter) serve(w http.ResponseWriter, req *http.Request) {
 	m := e.relay.metrics
 	name := e.cfg.Name
 	start := time.Now()
-	out := negotiate(req.Header.Get("Accept"))
+	neg := negotiate(req.Header.Get("Accept"))
+	out := neg.format
 	timeout := scrapeTimeout(req, e.timeout)
 	ctx, cancel := context.WithTimeout(req.Context(), timeout)
 	defer cancel()
@@ -493,8 +496,8 @@ func (e *exporter) serve(w http.ResponseWriter, req *http.Request) {
 	}
 	defer up.closer.Close()
 
-	resp := e.relay.newResponse(w, req, out)
-	err = p.relay(up.body, up.format, up.ct, out, resp.sink)
+	resp := e.relay.newResponse(w, req, neg)
+	err = p.relay(up.body, up.format, up.ct, out, neg.esc, resp.sink)
 	if ferr := e.relay.finish(resp, err == nil); err == nil || errors.Is(err, errAsyncFailed) {
 		err = ferr
 	}
@@ -543,7 +546,8 @@ func (r *Relay) serveAggregate(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, errAggregateUnlabeled.Error(), http.StatusNotFound)
 		return
 	}
-	out := negotiate(req.Header.Get("Accept"))
+	neg := negotiate(req.Header.Get("Accept"))
+	out := neg.format
 	ctx, cancel := context.WithCancel(req.Context())
 	defer cancel()
 
@@ -557,8 +561,8 @@ func (r *Relay) serveAggregate(w http.ResponseWriter, req *http.Request) {
 	defer wg.Wait()
 
 	fw := &familyWriter{}
-	resp := r.newResponse(w, req, out)
-	fw.reset(resp.sink, out)
+	resp := r.newResponse(w, req, neg)
+	fw.reset(resp.sink, out, neg.esc)
 	err := r.merge(sources, fw)
 	if ferr := r.finish(resp, err == nil); err == nil {
 		err = ferr

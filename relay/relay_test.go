@@ -12,7 +12,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -121,21 +120,14 @@ func seriesWithoutExporter(t *testing.T, body []byte, contentType string) map[st
 
 // asProtobufReads rewrites input series into what Prometheus' protobuf
 // parser reads back after the relay converted them: it takes a zero
-// timestamp for none, names a gauge histogram's count and sum _count and
-// _sum, and spells bucket bounds as OpenMetrics floats.
+// timestamp for none.
 func asProtobufReads(in map[string]float64) map[string]float64 {
 	out := make(map[string]float64, len(in))
 	for k, v := range in {
-		k = strings.TrimSuffix(k, "@0")
-		k = strings.Replace(k, `_gcount"`, `_count"`, 1)
-		k = strings.Replace(k, `_gsum"`, `_sum"`, 1)
-		k = integerBound.ReplaceAllString(k, `le="$1.0"`)
-		out[k] = v
+		out[strings.TrimSuffix(k, "@0")] = v
 	}
 	return out
 }
-
-var integerBound = regexp.MustCompile(`le="(-?[0-9]+)"`)
 
 func parseSeries(t *testing.T, body []byte, contentType string, fix func(labels.Labels) labels.Labels) map[string]float64 {
 	t.Helper()
@@ -247,15 +239,15 @@ func TestRelay_RoundTripFormats(t *testing.T) {
 	outputs := []struct {
 		accept, ct string
 	}{
-		{acceptText, ContentTypeText},
-		{acceptOM, ContentTypeOpenMetrics},
-		{acceptProto, ContentTypeProtobuf},
+		{acceptText + ";escaping=allow-utf-8", ContentTypeText + "; escaping=allow-utf-8"},
+		{acceptOM + ";escaping=allow-utf-8", ContentTypeOpenMetrics + "; escaping=allow-utf-8"},
+		{acceptProto + ";escaping=allow-utf-8", ContentTypeProtobuf + "; escaping=allow-utf-8"},
 	}
 	for _, in := range inputs {
 		relayed := series(t, in.body, in.ct)
 		for _, out := range outputs {
 			want := relayed
-			if out.ct == ContentTypeProtobuf {
+			if strings.HasPrefix(out.ct, ContentTypeProtobuf) {
 				want = asProtobufReads(relayed)
 			}
 			t.Run(in.name+" to "+out.ct[:strings.Index(out.ct, ";")], func(t *testing.T) {
@@ -356,7 +348,7 @@ func TestAppendRawSample(t *testing.T) {
 		{`{"my.metric",a="b"}`, `{"my.metric",a="b",exporter="n"} 1`},
 	}
 	for _, tt := range tests {
-		got := strings.TrimSuffix(string(appendRawSample(nil, []byte(tt.raw), "exporter", "n", 1, nil, nil, false)), "\n")
+		got := strings.TrimSuffix(string(appendRawSample(nil, []byte(tt.raw), []byte(`exporter="n"`), 1, nil, nil, false, model.NoEscaping)), "\n")
 		if got != tt.want {
 			t.Errorf("%s -> %s, want %s", tt.raw, got, tt.want)
 		}
@@ -421,90 +413,6 @@ func TestRelay_NativeHistogramsProtobufToProtobuf(t *testing.T) {
 	}
 	if want := nativeHistogramFamily(); !proto.Equal(got, want) {
 		t.Fatalf("native histogram changed:\n got %v\nwant %v", got, want)
-	}
-}
-
-func TestRelay_Relabeling(t *testing.T) {
-	up := upstreamServer(t, "text/plain; version=0.0.4", []byte(richText))
-	tests := []struct {
-		name  string
-		rules string
-		check func(t *testing.T, s map[string]float64)
-	}{
-		{"drop by name", `
-      - source_labels: [__name__]
-        regex: temperature_.*
-        action: drop`, func(t *testing.T, s map[string]float64) {
-			for k := range s {
-				if strings.HasPrefix(k, "{__name__=\"temperature") {
-					t.Errorf("dropped series kept: %s", k)
-				}
-			}
-		}},
-		{"keep one family", `
-      - source_labels: [__name__]
-        regex: mystery
-        action: keep`, func(t *testing.T, s map[string]float64) {
-			if len(s) != 1 {
-				t.Errorf("keep left %d series: %v", len(s), s)
-			}
-		}},
-		{"replace into new label", `
-      - source_labels: [sensor]
-        regex: (n.*)
-        target_label: kind
-        replacement: neg_$1`, func(t *testing.T, s map[string]float64) {
-			if _, ok := s[`{__name__="temperature_celsius", kind="neg_nan", sensor="nan"}`]; !ok {
-				t.Errorf("replace result missing: %v", s)
-			}
-		}},
-		{"labeldrop", `
-      - regex: code
-        action: labeldrop`, func(t *testing.T, s map[string]float64) {
-			for k := range s {
-				if strings.Contains(k, "code=") {
-					t.Errorf("label not dropped: %s", k)
-				}
-			}
-		}},
-		{"labelmap", `
-      - regex: (sensor)
-        replacement: probe_$1
-        action: labelmap`, func(t *testing.T, s map[string]float64) {
-			if _, ok := s[`{__name__="temperature_celsius", probe_sensor="a", sensor="a"}`]; !ok {
-				t.Errorf("labelmap result missing")
-			}
-		}},
-		{"lowercase", `
-      - source_labels: [path]
-        target_label: path
-        action: lowercase`, func(t *testing.T, s map[string]float64) {
-			if _, ok := s[`{__name__="http_requests_total", code="500", path="/ü"}`]; !ok {
-				t.Errorf("lowercase broke a value")
-			}
-		}},
-		{"hashmod", `
-      - source_labels: [sensor]
-        modulus: 2
-        target_label: shard
-        action: hashmod`, func(t *testing.T, s map[string]float64) {
-			// hashmod labels every series, as in Prometheus.
-			for k := range s {
-				if !strings.Contains(k, `shard="0"`) && !strings.Contains(k, `shard="1"`) {
-					t.Errorf("series without a shard of 2: %s", k)
-				}
-			}
-		}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			r, _ := newRelay(t, "exporters:\n  - name: e\n    url: "+up.URL+"\n    metric_relabel_configs:"+tt.rules+"\n")
-			rec := scrape(t, r, "/exporters/e/metrics", acceptText)
-			if rec.Code != 200 {
-				t.Fatalf("status %d: %s", rec.Code, rec.Body)
-			}
-			tt.check(t, series(t, rec.Body.Bytes(), ContentTypeText))
-		})
 	}
 }
 
@@ -751,7 +659,7 @@ func TestRelay_AggregateMergesFamilies(t *testing.T) {
 			`{__name__="only_a", exporter="a"}`: 1, `{__name__="zz_b", exporter="b"}`: 3,
 		}
 		sameSeries(t, want, got)
-		if ct != ContentTypeProtobuf && strings.Count(rec.Body.String(), "# TYPE shared_total counter") != 1 &&
+		if !strings.HasPrefix(ct, ContentTypeProtobuf) && strings.Count(rec.Body.String(), "# TYPE shared_total counter") != 1 &&
 			strings.Count(rec.Body.String(), "# TYPE shared counter") != 1 {
 			t.Errorf("%s: shared family not merged into one:\n%s", ct, rec.Body)
 		}
@@ -767,16 +675,36 @@ func TestRelay_AggregateMergesFamilies(t *testing.T) {
 }
 
 func TestNegotiate(t *testing.T) {
-	tests := map[string]Format{
-		"": FormatText,
-		"application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1": FormatOpenMetrics,
-		acceptProto + ";q=0.9,text/plain;q=0.5": FormatProtobuf,
-		"application/json":                      FormatText,
-		"text/plain;q=0.2,application/openmetrics-text;version=1.0.0;q=0.1": FormatText,
+	const prom3 = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+	const prom3Text = "text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+	const prom2 = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+	tests := []struct {
+		accept string
+		format Format
+		esc    model.EscapingScheme
+		ct     string
+	}{
+		{"", FormatText, model.UnderscoreEscaping, "text/plain; version=0.0.4; charset=utf-8; escaping=underscores"},
+		{prom2, FormatOpenMetrics, model.UnderscoreEscaping, ContentTypeOpenMetrics + "; escaping=underscores"},
+		{prom3, FormatOpenMetrics, model.NoEscaping, ContentTypeOpenMetrics + "; escaping=allow-utf-8"},
+		{prom3Text, FormatText, model.NoEscaping, "text/plain; version=1.0.0; charset=utf-8; escaping=allow-utf-8"},
+		{"text/plain;version=1.0.0", FormatText, model.NoEscaping, "text/plain; version=1.0.0; charset=utf-8; escaping=allow-utf-8"},
+		{"text/plain;version=1.0.0;escaping=dots", FormatText, model.DotsEscaping, "text/plain; version=1.0.0; charset=utf-8; escaping=dots"},
+		{"text/plain;version=0.0.4", FormatText, model.UnderscoreEscaping, "text/plain; version=0.0.4; charset=utf-8; escaping=underscores"},
+		{"text/plain;version=0.0.4;escaping=allow-utf-8", FormatText, model.NoEscaping, "text/plain; version=0.0.4; charset=utf-8; escaping=allow-utf-8"},
+		{"text/plain;version=0.0.4;escaping=values", FormatText, model.ValueEncodingEscaping, "text/plain; version=0.0.4; charset=utf-8; escaping=values"},
+		{"text/plain;version=0.0.4;escaping=nonsense", FormatText, model.UnderscoreEscaping, "text/plain; version=0.0.4; charset=utf-8; escaping=underscores"},
+		{"text/plain;version=2.0.0,application/openmetrics-text;version=2.0.0;q=0.9,text/plain;q=0.1", FormatText, model.UnderscoreEscaping, "text/plain; version=0.0.4; charset=utf-8; escaping=underscores"},
+		{acceptProto + ";q=0.9,text/plain;q=0.5", FormatProtobuf, model.UnderscoreEscaping, ContentTypeProtobuf + "; escaping=underscores"},
+		{acceptProto + ";escaping=allow-utf-8", FormatProtobuf, model.NoEscaping, ContentTypeProtobuf + "; escaping=allow-utf-8"},
+		{"application/json", FormatText, model.UnderscoreEscaping, "text/plain; version=0.0.4; charset=utf-8; escaping=underscores"},
+		{"text/plain;q=0.2,application/openmetrics-text;version=1.0.0;q=0.1", FormatText, model.UnderscoreEscaping, "text/plain; version=0.0.4; charset=utf-8; escaping=underscores"},
+		{"*/*;escaping=allow-utf-8", FormatText, model.NoEscaping, "text/plain; version=0.0.4; charset=utf-8; escaping=allow-utf-8"},
 	}
-	for accept, want := range tests {
-		if got := negotiate(accept); got != want {
-			t.Errorf("negotiate(%q) = %v, want %v", accept, got, want)
+	for _, tt := range tests {
+		got := negotiate(tt.accept)
+		if got.format != tt.format || got.esc != tt.esc || got.contentType != tt.ct {
+			t.Errorf("negotiate(%q) = %v, %v, %q; want %v, %v, %q", tt.accept, got.format, got.esc, got.contentType, tt.format, tt.esc, tt.ct)
 		}
 	}
 }
