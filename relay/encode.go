@@ -102,7 +102,10 @@ func appendFamily(b []byte, mf *dto.MetricFamily, om, meta bool, esc model.Escap
 				if om {
 					ex = bk.GetExemplar()
 				}
-				b = appendDTOSample(b, name, "_bucket", m.Label, model.BucketLabel, boundString(bk.GetUpperBound(), om), bucketCount(bk), ts, om, esc, ex)
+				// A gauge histogram's bounds keep OpenMetrics' spelling
+				// in text too: untyped there, they are not normalized.
+				le := boundString(bk.GetUpperBound(), om || typ == dto.MetricType_GAUGE_HISTOGRAM)
+				b = appendDTOSample(b, name, "_bucket", m.Label, model.BucketLabel, le, bucketCount(bk), ts, om, esc, ex)
 				infSeen = infSeen || math.IsInf(bk.GetUpperBound(), 1)
 			}
 			if !infSeen {

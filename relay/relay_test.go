@@ -118,17 +118,6 @@ func seriesWithoutExporter(t *testing.T, body []byte, contentType string) map[st
 	})
 }
 
-// asProtobufReads rewrites input series into what Prometheus' protobuf
-// parser reads back after the relay converted them: it takes a zero
-// timestamp for none.
-func asProtobufReads(in map[string]float64) map[string]float64 {
-	out := make(map[string]float64, len(in))
-	for k, v := range in {
-		out[strings.TrimSuffix(k, "@0")] = v
-	}
-	return out
-}
-
 func parseSeries(t *testing.T, body []byte, contentType string, fix func(labels.Labels) labels.Labels) map[string]float64 {
 	t.Helper()
 	p, err := textparse.New(body, contentType, nil, textparse.ParserOptions{OpenMetricsSkipSTSeries: true})
@@ -221,56 +210,6 @@ func scrape(t testing.TB, r http.Handler, path, accept string) *httptest.Respons
 const acceptProto = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited"
 const acceptOM = "application/openmetrics-text;version=1.0.0"
 const acceptText = "text/plain;version=0.0.4"
-
-func TestRelay_RoundTripFormats(t *testing.T) {
-	node := nodeExporterFixture(t)
-	inputs := []struct {
-		name, ct string
-		body     []byte
-	}{
-		{"text rich", "text/plain; version=0.0.4", []byte(richText)},
-		{"text node_exporter", "text/plain; version=0.0.4", node},
-		{"openmetrics", ContentTypeOpenMetrics, []byte(richOM)},
-		{"text testdata rich", "text/plain; version=0.0.4", testdataFile(t, "rich.txt")},
-		{"text testdata edge", "text/plain; version=0.0.4", testdataFile(t, "edge.txt")},
-		{"openmetrics testdata rich", ContentTypeOpenMetrics, testdataFile(t, "rich.om")},
-		{"openmetrics testdata gaugehistogram", ContentTypeOpenMetrics, testdataFile(t, "gaugehistogram.om")},
-	}
-	outputs := []struct {
-		accept, ct string
-	}{
-		{acceptText + ";escaping=allow-utf-8", ContentTypeText + "; escaping=allow-utf-8"},
-		{acceptOM + ";escaping=allow-utf-8", ContentTypeOpenMetrics + "; escaping=allow-utf-8"},
-		{acceptProto + ";escaping=allow-utf-8", ContentTypeProtobuf + "; escaping=allow-utf-8"},
-	}
-	for _, in := range inputs {
-		relayed := series(t, in.body, in.ct)
-		for _, out := range outputs {
-			want := relayed
-			if strings.HasPrefix(out.ct, ContentTypeProtobuf) {
-				want = asProtobufReads(relayed)
-			}
-			t.Run(in.name+" to "+out.ct[:strings.Index(out.ct, ";")], func(t *testing.T) {
-				up := upstreamServer(t, in.ct, in.body)
-				r, m := newRelay(t, "exporters:\n  - name: up\n    url: "+up.URL+"\n")
-				rec := scrape(t, r, "/exporters/up/metrics", out.accept)
-				if rec.Code != 200 {
-					t.Fatalf("status %d: %s", rec.Code, rec.Body)
-				}
-				if ct := rec.Header().Get("Content-Type"); ct != out.ct {
-					t.Fatalf("Content-Type %q, want %q", ct, out.ct)
-				}
-				// Text has no stateset, info or gauge histogram types, but
-				// every sample and value must still come through.
-				got := series(t, rec.Body.Bytes(), out.ct)
-				sameSeries(t, want, got)
-				if v := testutil.ToFloat64(m.Up.WithLabelValues("up")); v != 1 {
-					t.Errorf("relay_up = %v", v)
-				}
-			})
-		}
-	}
-}
 
 func TestRelay_HelpAndEscapesSurvive(t *testing.T) {
 	up := upstreamServer(t, "text/plain; version=0.0.4", []byte(richText))
