@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"io"
 	"log/slog"
 	"math"
@@ -35,6 +36,7 @@ type Relay struct {
 	metrics   *collector.Relay
 	exporters map[string]*exporter
 	names     []string
+	maxNames  int // see nameSet
 	// gzips holds gzip writers between responses: each has about a
 	// megabyte of compressor state that is worth not allocating per scrape.
 	gzips sync.Pool
@@ -56,7 +58,7 @@ func New(cfg *Config, logger *slog.Logger, metrics *collector.Relay) (*Relay, er
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	r := &Relay{cfg: cfg, logger: logger, metrics: metrics, exporters: make(map[string]*exporter, len(cfg.Exporters))}
+	r := &Relay{cfg: cfg, logger: logger, metrics: metrics, exporters: make(map[string]*exporter, len(cfg.Exporters)), maxNames: maxWrittenNames}
 	for _, ec := range cfg.Exporters {
 		client, err := config.NewClientFromConfig(ec.HTTPClientConfig, "relay_"+ec.Name,
 			config.WithUserAgent("baremetal_sd/"+version.Version))
@@ -532,9 +534,10 @@ type source struct {
 // same-named families from different exporters into one valid family while
 // holding about one family per exporter in memory. A family whose name
 // comes again after other families were written (an unsorted upstream) is
-// dropped and counted, since a text exposition may not repeat a family;
-// so is a family whose type differs from the one already merged under its
-// name. Exporters that fail are left out and reported in the relay
+// dropped and counted, since a text exposition may not repeat a family
+// (bare samples without metadata may come again, see nameSet for the
+// bound); so is a family whose type differs from the one already merged
+// under its name. Exporters that fail are left out and reported in the relay
 // metrics; one that fails halfway leaves the families it sent before.
 //
 // Without an exporter label the series of two exporters could be the same
@@ -639,7 +642,7 @@ func (r *Relay) merge(sources []*source, fw *familyWriter) error {
 	for _, s := range sources {
 		advance(s)
 	}
-	written := make(map[string]bool)
+	written := newNameSet(r.maxNames)
 	for {
 		var name string
 		found := false
@@ -657,7 +660,8 @@ func (r *Relay) merge(sources []*source, fw *familyWriter) error {
 				continue
 			}
 			switch {
-			case written[name] && fw.last != name:
+			case !isBare(s.head) && fw.last != name && written.has(name):
+				// Bare families (samples without metadata) may come again.
 				r.drop(s)
 			case merged == nil:
 				merged = s.head
@@ -674,11 +678,43 @@ func (r *Relay) merge(sources []*source, fw *familyWriter) error {
 		if merged == nil {
 			continue
 		}
-		written[name] = true
+		if !isBare(merged) {
+			written.add(name)
+		}
 		if err := fw.write(merged); err != nil {
 			return err
 		}
 	}
+}
+
+// maxWrittenNames bounds how many family names the aggregate endpoint
+// remembers per response to drop repeated families.
+const maxWrittenNames = 1 << 17
+
+// nameSet remembers the names of the families an aggregate response wrote,
+// by 64-bit hash, so that memory does not grow with the names' lengths, and
+// at most max of them: past that a family that comes again is written
+// again (Prometheus reads it; strict parsers would refuse the repeated
+// metadata) rather than memory grown without bound.
+type nameSet struct {
+	seed maphash.Seed
+	m    map[uint64]struct{}
+	max  int
+}
+
+func newNameSet(max int) *nameSet {
+	return &nameSet{seed: maphash.MakeSeed(), m: make(map[uint64]struct{}), max: max}
+}
+
+func (s *nameSet) add(name string) {
+	if len(s.m) < s.max {
+		s.m[maphash.String(s.seed, name)] = struct{}{}
+	}
+}
+
+func (s *nameSet) has(name string) bool {
+	_, ok := s.m[maphash.String(s.seed, name)]
+	return ok
 }
 
 func (r *Relay) drop(s *source) {

@@ -22,7 +22,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/model"
-	"github.com/prometheus/prometheus/model/exemplar"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/model/textparse"
 	"google.golang.org/protobuf/encoding/protodelim"
@@ -613,6 +612,39 @@ func TestRelay_AggregateMergesFamilies(t *testing.T) {
 	}
 }
 
+// TestRelay_AggregateRepeatedFamilies: a family that an unsorted exporter
+// sends again after others were written is dropped and counted, as a text
+// exposition may not repeat one, unless it is bare samples without
+// metadata; past maxNames remembered names it is written again instead of
+// the set growing.
+func TestRelay_AggregateRepeatedFamilies(t *testing.T) {
+	body := "# TYPE z gauge\nz 1\n# TYPE b gauge\nb 1\nbare 1\n# TYPE a gauge\na 1\n# TYPE b gauge\nb{again=\"1\"} 2\nbare{again=\"1\"} 2\n"
+	up := upstreamServer(t, "text/plain", []byte(body))
+	for _, tt := range []struct {
+		maxNames int
+		want     []string
+		dropped  float64
+	}{
+		{maxWrittenNames, []string{`{__name__="a", exporter="e"}`, `{__name__="b", exporter="e"}`, `{__name__="bare", again="1", exporter="e"}`, `{__name__="bare", exporter="e"}`, `{__name__="z", exporter="e"}`}, 1},
+		{1, []string{`{__name__="a", exporter="e"}`, `{__name__="b", again="1", exporter="e"}`, `{__name__="b", exporter="e"}`, `{__name__="bare", again="1", exporter="e"}`, `{__name__="bare", exporter="e"}`, `{__name__="z", exporter="e"}`}, 0},
+	} {
+		t.Run(fmt.Sprint(tt.maxNames), func(t *testing.T) {
+			r, m := newRelay(t, "exporters:\n  - name: e\n    url: "+up.URL+"\n")
+			r.maxNames = tt.maxNames
+			rec := scrape(t, r, "/exporters/metrics", acceptText)
+			if rec.Code != 200 {
+				t.Fatalf("status %d: %s", rec.Code, rec.Body)
+			}
+			if got := sorted(series(t, rec.Body.Bytes(), ContentTypeText)); !slices.Equal(got, tt.want) {
+				t.Errorf("series %q, want %q", got, tt.want)
+			}
+			if v := testutil.ToFloat64(m.Dropped.WithLabelValues("e")); v != tt.dropped {
+				t.Errorf("dropped_families_total = %v, want %v", v, tt.dropped)
+			}
+		})
+	}
+}
+
 func TestNegotiate(t *testing.T) {
 	const prom3 = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
 	const prom3Text = "text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
@@ -667,5 +699,3 @@ func sorted(m map[string]float64) []string {
 	return keys
 }
 
-var _ = exemplar.Exemplar{}
-var _ = sorted
