@@ -236,7 +236,7 @@ func appendSeriesName(b []byte, name, suffix string, esc model.EscapingScheme) (
 	if isLegacyName(name, true) {
 		return append(append(b, name...), suffix...), false
 	}
-	if esc != model.NoEscaping {
+	if esc != model.NoEscaping && name+suffix != "" {
 		return append(b, escapeMetricName(name+suffix, esc)...), false
 	}
 	b = append(b, '{')
@@ -259,7 +259,7 @@ func appendLabelName(b []byte, name string, esc model.EscapingScheme) []byte {
 	if isLegacyName(name, false) {
 		return append(b, name...)
 	}
-	if esc != model.NoEscaping {
+	if esc != model.NoEscaping && name != "" {
 		return append(b, escapeLabelName(name, esc)...)
 	}
 	return appendQuoted(b, name)

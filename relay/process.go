@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"unicode/utf8"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/model"
@@ -200,6 +201,9 @@ func (p *pipeline) parse(chunk []byte, ct string, om bool, h handler) error {
 		switch entry {
 		case textparse.EntryHelp:
 			name, help := parser.Help()
+			if !utf8.Valid(name) || !utf8.Valid(help) {
+				return fmt.Errorf("%w: help of %q is not UTF-8", errParse, truncate(string(name)))
+			}
 			err = h.meta(metaHelp, name, help, "")
 		case textparse.EntryType:
 			name, typ := parser.Type()
@@ -209,6 +213,15 @@ func (p *pipeline) parse(chunk []byte, ct string, om bool, h handler) error {
 			err = h.meta(metaUnit, name, unit, "")
 		case textparse.EntrySeries:
 			raw, ts, v := parser.Series()
+			// The parser takes {""} and names and values that are not
+			// UTF-8; Prometheus fails the scrape for them, and the
+			// protobuf output could not carry them.
+			if len(raw) > 0 && raw[0] == '{' && len(sampleName(raw)) == 0 {
+				return fmt.Errorf("%w: series without a metric name", errParse)
+			}
+			if !utf8.Valid(raw) {
+				return fmt.Errorf("%w: series %q is not UTF-8", errParse, truncate(string(raw)))
+			}
 			lset := labels.EmptyLabels()
 			if h.wantLabels(raw) {
 				parser.Labels(&p.lset)

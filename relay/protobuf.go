@@ -71,7 +71,7 @@ func (p *pipeline) protobufFamilies(body io.Reader, emit func(*dto.MetricFamily)
 			return err
 		}
 		p.frame = frame
-		h, err := scanFamily(frame)
+		h, err := scanFamily(frame, p.out != FormatProtobuf)
 		if err != nil {
 			return fmt.Errorf("%w: %w", errParse, err)
 		}
@@ -83,9 +83,10 @@ func (p *pipeline) protobufFamilies(body io.Reader, emit func(*dto.MetricFamily)
 }
 
 // scanFamily reads the fields of a MetricFamily other than its metrics and
-// validates them. As in proto.Unmarshal, the last of a repeated scalar
-// wins and a field with an unexpected wire type is skipped as unknown.
-func scanFamily(frame []byte) (pbHeader, error) {
+// validates them (see validString). As in proto.Unmarshal, the last of a
+// repeated scalar wins and a field with an unexpected wire type is skipped
+// as unknown.
+func scanFamily(frame []byte, text bool) (pbHeader, error) {
 	var h pbHeader
 	for b := frame; len(b) > 0; {
 		num, typ, n := protowire.ConsumeTag(b)
@@ -124,11 +125,11 @@ func scanFamily(frame []byte) (pbHeader, error) {
 			b = b[n:]
 		}
 	}
-	if h.name == "" || !utf8.ValidString(h.name) {
+	if h.name == "" || !validString(h.name, text) {
 		return h, errors.New("metric family without a valid name")
 	}
-	if h.help != nil && !utf8.ValidString(*h.help) || h.unit != nil && !utf8.ValidString(*h.unit) {
-		return h, fmt.Errorf("family %q: help or unit is not UTF-8", truncate(h.name))
+	if h.help != nil && !validString(*h.help, text) || h.unit != nil && !validString(*h.unit, text) {
+		return h, fmt.Errorf("family %q: help or unit is not UTF-8 or has a NUL byte", truncate(h.name))
 	}
 	if _, ok := dto.MetricType_name[int32(h.typ)]; !ok {
 		return h, fmt.Errorf("family %q: unknown metric type %d", truncate(h.name), h.typ)
@@ -159,10 +160,13 @@ func (p *pipeline) protobufFamily(frame []byte, h *pbHeader, emit func(*dto.Metr
 			return fmt.Errorf("%w: family %q has a metric of about %d bytes", errMetricTooLarge, truncate(h.name), size)
 		}
 		m := &dto.Metric{}
-		if err := proto.Unmarshal(mb, m); err != nil {
+		// Unknown fields are dropped, not relayed: they include known
+		// fields with the wrong wire type, which other decoders (such as
+		// Prometheus') refuse.
+		if err := (proto.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(mb, m); err != nil {
 			return fmt.Errorf("%w: family %q: %w", errParse, truncate(h.name), err)
 		}
-		if err := validateMetric(h.typ, m); err != nil {
+		if err := validateMetric(h.typ, m, p.out != FormatProtobuf); err != nil {
 			return fmt.Errorf("%w: family %q: %w", errParse, truncate(h.name), err)
 		}
 		if p.stripCreated {
@@ -199,8 +203,9 @@ func stripCreated(m *dto.Metric) {
 // Prometheus refuses or reads differently: every metric carries the value
 // of its family's type; label names are set, unique, UTF-8 and neither
 // __name__ nor the le or quantile of the series the metric stands for;
-// label values and exemplar labels are UTF-8.
-func validateMetric(typ dto.MetricType, m *dto.Metric) error {
+// label values and exemplar labels are UTF-8 and, for the text formats,
+// without NUL bytes (see validString).
+func validateMetric(typ dto.MetricType, m *dto.Metric, text bool) error {
 	magic := ""
 	switch typ {
 	case dto.MetricType_HISTOGRAM, dto.MetricType_GAUGE_HISTOGRAM:
@@ -211,8 +216,8 @@ func validateMetric(typ dto.MetricType, m *dto.Metric) error {
 	for _, l := range m.Label {
 		name := l.GetName()
 		switch {
-		case name == "" || !utf8.ValidString(name) || !utf8.ValidString(l.GetValue()):
-			return errors.New("label without a valid name or with a value that is not UTF-8")
+		case name == "" || !validString(name, text) || !validString(l.GetValue(), text):
+			return errors.New("label without a valid name or with a value that is not UTF-8 or has a NUL byte")
 		case name == model.MetricNameLabel:
 			return errors.New("metric with a __name__ label")
 		case name == magic:
@@ -225,7 +230,7 @@ func validateMetric(typ dto.MetricType, m *dto.Metric) error {
 	var ok bool
 	switch typ {
 	case dto.MetricType_COUNTER:
-		ok = m.Counter != nil && validExemplar(m.Counter.Exemplar)
+		ok = m.Counter != nil && validExemplar(m.Counter.Exemplar, text)
 	case dto.MetricType_GAUGE:
 		ok = m.Gauge != nil
 	case dto.MetricType_SUMMARY:
@@ -235,10 +240,15 @@ func validateMetric(typ dto.MetricType, m *dto.Metric) error {
 	case dto.MetricType_HISTOGRAM, dto.MetricType_GAUGE_HISTOGRAM:
 		ok = m.Histogram != nil
 		for _, b := range m.Histogram.GetBucket() {
-			ok = ok && validExemplar(b.Exemplar)
+			ok = ok && validExemplar(b.Exemplar, text)
 		}
 		for _, e := range m.Histogram.GetExemplars() {
-			ok = ok && validExemplar(e)
+			ok = ok && validExemplar(e, text)
+		}
+		if ok && isNative(m.Histogram) {
+			if err := validateSpans(m.Histogram); err != nil {
+				return err
+			}
 		}
 	}
 	if !ok {
@@ -247,16 +257,51 @@ func validateMetric(typ dto.MetricType, m *dto.Metric) error {
 	return nil
 }
 
-func validExemplar(e *dto.Exemplar) bool {
+// validateSpans checks that the spans of a native histogram describe as
+// many buckets as it has (deltas, or counts for a float histogram), which
+// Prometheus' parser insists on.
+func validateSpans(h *dto.Histogram) error {
+	float := h.GetSampleCountFloat() > 0 || h.GetZeroCountFloat() > 0 || len(h.PositiveCount) > 0 || len(h.NegativeCount) > 0
+	sides := []struct {
+		name    string
+		spans   []*dto.BucketSpan
+		buckets int
+	}{
+		{"positive", h.PositiveSpan, len(h.PositiveDelta)},
+		{"negative", h.NegativeSpan, len(h.NegativeDelta)},
+	}
+	if float {
+		sides[0].buckets, sides[1].buckets = len(h.PositiveCount), len(h.NegativeCount)
+	}
+	for _, side := range sides {
+		n := 0
+		for _, s := range side.spans {
+			n += int(s.GetLength())
+		}
+		if n != side.buckets {
+			return fmt.Errorf("native histogram whose %s spans cover %d buckets, not its %d", side.name, n, side.buckets)
+		}
+	}
+	return nil
+}
+
+func validExemplar(e *dto.Exemplar, text bool) bool {
 	if e == nil {
 		return true
 	}
 	for _, l := range e.Label {
-		if l.GetName() == "" || !utf8.ValidString(l.GetName()) || !utf8.ValidString(l.GetValue()) {
+		if l.GetName() == "" || !validString(l.GetName(), text) || !validString(l.GetValue(), text) {
 			return false
 		}
 	}
 	return duplicateName(e.Label) == ""
+}
+
+// validString reports whether s is UTF-8 and, when it goes into a text
+// format, free of NUL bytes: Prometheus' text parsers stop at one even in a
+// quoted string, so no escaping could carry it.
+func validString(s string, text bool) bool {
+	return utf8.ValidString(s) && (!text || strings.IndexByte(s, 0) < 0)
 }
 
 // duplicateName returns a label name that occurs twice, "" if none does.

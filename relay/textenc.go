@@ -56,7 +56,7 @@ func appendMetricNameToken[S string | []byte](b []byte, name S, esc model.Escapi
 	if isLegacyName(name, true) {
 		return append(b, name...)
 	}
-	if esc != model.NoEscaping {
+	if esc != model.NoEscaping && len(name) > 0 {
 		return append(b, escapeMetricName(string(name), esc)...)
 	}
 	return appendQuoted(b, string(name))
