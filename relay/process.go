@@ -50,8 +50,13 @@ type pipeline struct {
 	lset      labels.Labels
 	ex        exemplar.Exemplar
 	labelPair *dto.LabelPair // the exporter label, shared by protobuf metrics
-	extra     []byte         // the exporter label as the direct path splices it
-	parts     []part
+	// fast is the rules in the form the direct path applies to a series'
+	// text, nil when a rule needs its labels; extra is what the direct
+	// path splices into that text: the exporter label and the constant
+	// labels of fast.
+	fast  *fastRules
+	extra []byte
+	parts []part
 
 	ch       chunker
 	br       *bufio.Reader
@@ -94,7 +99,7 @@ func newPipeline(exporter, label string, relabels []*relabel.Config, lim limits)
 	if len(relabels) > 0 {
 		p.scheme = relabels[0].NameValidationScheme
 	}
-	p.setLabel(label)
+	p.initLabel(label)
 	return p
 }
 
@@ -104,13 +109,27 @@ func newPipeline(exporter, label string, relabels []*relabel.Config, lim limits)
 // target's labels tell the exporter already, and a scraped label of the same
 // name as a target label would be renamed to exported_<name> by Prometheus.
 func (p *pipeline) setLabel(label string) {
-	if label == p.label && (label == "") == (p.labelPair == nil) {
-		return
+	if label != p.label {
+		p.initLabel(label)
 	}
+}
+
+// initLabel prepares what depends on the exporter label.
+func (p *pipeline) initLabel(label string) {
 	p.label, p.labelPair, p.extra = label, nil, nil
 	if label != "" {
 		p.labelPair = &dto.LabelPair{Name: proto.String(label), Value: proto.String(p.exporter)}
 		p.extra = appendQuoted(append([]byte(label), '='), p.exporter)
+	}
+	p.fast = nil
+	if len(p.relabels) > 0 {
+		p.fast = newFastRules(p.relabels, label)
+	}
+	if p.fast != nil && len(p.fast.extra) > 0 {
+		if len(p.extra) > 0 {
+			p.extra = append(p.extra, ',')
+		}
+		p.extra = append(p.extra, p.fast.extra...)
 	}
 }
 
@@ -273,24 +292,28 @@ func (d directHandler) meta(kind metaKind, name, value []byte, typ model.MetricT
 }
 
 // wantLabels sends a series through relabeling with its labels built
-// when there are rules, when its text mentions the exporter label's name,
-// which may then be taken already (see relabel), and when it has quoted
-// names that the scraper needs escaped. Everything else takes the parser's
-// text of the series, with the exporter label appended.
+// when there are rules that need them (see fastRules), when its text
+// mentions the exporter label's name, which may then be taken already (see
+// relabel), and when it has quoted names that the scraper needs escaped.
+// Everything else takes the parser's text of the series, with the exporter
+// label and the rules' constant labels appended.
 func (d directHandler) wantLabels(raw []byte) bool {
 	p := d.p
+	if p.esc != model.NoEscaping && hasQuotedName(raw) {
+		return true
+	}
 	if len(p.relabels) > 0 {
-		return true
+		return p.fast == nil || !p.fast.handles(raw)
 	}
-	if p.label != "" && bytes.Contains(raw, []byte(p.label)) {
-		return true
-	}
-	return p.esc != model.NoEscaping && hasQuotedName(raw)
+	return p.label != "" && bytes.Contains(raw, []byte(p.label))
 }
 
 func (d directHandler) series(raw []byte, lset labels.Labels, v float64, ts *int64, ex *exemplar.Exemplar) error {
 	p := d.p
 	if lset.IsEmpty() {
+		if p.fast != nil && !p.fast.keep(raw) {
+			return nil
+		}
 		p.samples++
 		p.buf = appendRawSample(p.buf, raw, p.extra, v, ts, ex, d.om, p.esc)
 		return nil

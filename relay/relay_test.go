@@ -698,4 +698,3 @@ func sorted(m map[string]float64) []string {
 	sort.Strings(keys)
 	return keys
 }
-
