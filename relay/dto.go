@@ -78,6 +78,8 @@ type looseSeries struct {
 func (a *assembler) reset(om, splitGauge bool, emit func(*dto.MetricFamily) error) {
 	a.om, a.splitGauge, a.emit = om, splitGauge, emit
 	a.clear()
+	// A scrape that failed halfway may have left split series behind.
+	a.loose.reset()
 }
 
 func (a *assembler) clear() {

@@ -698,3 +698,31 @@ func sorted(m map[string]float64) []string {
 	sort.Strings(keys)
 	return keys
 }
+
+// TestPipeline_FailedRelayLeavesNothingBehind: a pipeline whose output
+// failed halfway through the series split off a histogram is reused for
+// the next scrape, which must not carry any of them.
+func TestPipeline_FailedRelayLeavesNothingBehind(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("# TYPE h histogram\n")
+	for i := range 2000 {
+		// No +Inf bucket: relayed as split series.
+		fmt.Fprintf(&b, "h_bucket{i=\"%d\",le=\"1\"} 1\nh_sum{i=\"%d\"} 2\nh_count{i=\"%d\"} 1\n", i, i, i)
+	}
+	p := newPipeline("e", "", nil, defaultLimits)
+	err := p.relay(strings.NewReader(b.String()), FormatText, "text/plain", FormatProtobuf, model.NoEscaping, failingWriter{})
+	if err == nil {
+		t.Fatal("relay into a failing writer succeeded")
+	}
+	var out bytes.Buffer
+	if err := p.relay(strings.NewReader("# TYPE other gauge\nother 1\n"), FormatText, "text/plain", FormatProtobuf, model.NoEscaping, &out); err != nil {
+		t.Fatal(err)
+	}
+	if got := sorted(series(t, out.Bytes(), ContentTypeProtobuf)); !slices.Equal(got, []string{`{__name__="other"}`}) {
+		t.Errorf("series %q after a failed relay", got)
+	}
+}
+
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("client went away") }
