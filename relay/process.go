@@ -96,7 +96,9 @@ func newPipeline(exporter, label string, relabels []*relabel.Config, lim limits)
 		lb: labels.NewBuilder(labels.EmptyLabels()), cb: labels.NewBuilder(labels.EmptyLabels()),
 		st: labels.NewSymbolTable(),
 	}
-	if len(relabels) > 0 {
+	// Validate sets every rule's scheme; one that was never validated
+	// would make the validity checks panic.
+	if len(relabels) > 0 && relabels[0].NameValidationScheme != model.UnsetValidation {
 		p.scheme = relabels[0].NameValidationScheme
 	}
 	p.initLabel(label)
