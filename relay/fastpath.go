@@ -5,8 +5,10 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/relabel"
+	"google.golang.org/protobuf/proto"
 )
 
 // fastRules is a list of metric_relabel_configs that the direct path can
@@ -25,6 +27,7 @@ type fastRules struct {
 	names []*relabel.Config // keep and drop rules on __name__, in order
 	set   [][]byte          // names of the constant labels and the exporter label
 	extra []byte            // the constant labels, name="value",...
+	pairs []*dto.LabelPair  // the constant labels, for protobuf metrics
 	// decided caches the verdict of the name rules per metric name, and
 	// last the latest: series of one metric come together. The map is
 	// cleared when it grows.
@@ -63,6 +66,7 @@ func newFastRules(rules []*relabel.Config, label string) *fastRules {
 		}
 		f.extra = appendQuoted(append(append(f.extra, name...), '='), values[name])
 		f.set = append(f.set, []byte(name))
+		f.pairs = append(f.pairs, &dto.LabelPair{Name: proto.String(name), Value: proto.String(values[name])})
 	}
 	if label != "" {
 		f.set = append(f.set, []byte(label))
@@ -103,7 +107,14 @@ func (f *fastRules) keep(raw []byte) bool {
 	if len(f.names) == 0 {
 		return true
 	}
-	name := sampleName(raw)
+	return f.keepName(sampleName(raw))
+}
+
+// keepName applies the name rules to a metric name.
+func (f *fastRules) keepName(name []byte) bool {
+	if len(f.names) == 0 {
+		return true
+	}
 	if f.last != nil && bytes.Equal(name, f.last) {
 		return f.lastKeep
 	}

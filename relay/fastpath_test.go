@@ -43,47 +43,57 @@ func TestNewFastRules_Eligible(t *testing.T) {
 // series must be the same.
 func TestFastRules_SameAsGeneral(t *testing.T) {
 	inputs := map[string][]byte{
-		"relabel":       []byte(relabelText),
-		"rich":          testdataFile(t, "rich.txt"),
-		"edge":          testdataFile(t, "edge.txt"),
-		"node_exporter": nodeExporterFixture(t),
-		"label clash":   []byte("up{env=\"dev\"} 1\nup{environment=\"x\"} 2\n{\"quoted.name\"} 3\nup{exporter=\"theirs\"} 4\n"),
+		"relabel":          []byte(relabelText),
+		"protobuf relabel": textToProtobuf(t, relabelText),
+		"protobuf fixture": protobufBody(t, protobufFixture()...),
+		"rich":             testdataFile(t, "rich.txt"),
+		"edge":             testdataFile(t, "edge.txt"),
+		"node_exporter":    nodeExporterFixture(t),
+		"label clash":      []byte("up{env=\"dev\"} 1\nup{environment=\"x\"} 2\n{\"quoted.name\"} 3\nup{exporter=\"theirs\"} 4\n"),
 	}
 	rules := []string{
 		"- target_label: env\n  replacement: prod",
 		"- target_label: env\n  replacement: 'a \"quoted\" \\\\ value'\n- source_labels: [__name__]\n  regex: (node_cpu|temp|lat)_.*\n  action: drop",
 		"- source_labels: [__name__]\n  regex: (node|rpc|escapes|up).*\n  action: keep\n- target_label: env\n  replacement: prod\n- source_labels: [__name__]\n  regex: node_cpu.*\n  action: drop",
+		"- source_labels: [__name__]\n  regex: '(lat|req_size_bytes|rpc_seconds|mixed_seconds|rpc_latency_seconds)(_bucket)?'\n  action: drop",
+		"- source_labels: [__name__]\n  regex: '.*_(sum|count)'\n  action: drop\n- target_label: env\n  replacement: prod",
 	}
 	for name, body := range inputs {
 		for i, rc := range rules {
 			for _, label := range []string{"", "exporter"} {
-				t.Run(fmt.Sprintf("%s/%d/%q", name, i, label), func(t *testing.T) {
-					cfgs := parseRules(t, rc)
-					var fast, general bytes.Buffer
-					p := newPipeline("e", label, cfgs, defaultLimits)
-					if p.fast == nil {
-						t.Fatal("rules not taken by the fast path")
-					}
-					if err := p.relay(bytes.NewReader(body), FormatText, "text/plain", FormatText, model.NoEscaping, &fast); err != nil {
-						t.Fatal(err)
-					}
-					q := newPipeline("e", label, cfgs, defaultLimits)
-					q.fast, q.extra = nil, q.extra[:0]
-					if label != "" {
-						q.extra = appendQuoted([]byte(label+"="), "e")
-					}
-					if err := q.relay(bytes.NewReader(body), FormatText, "text/plain", FormatText, model.NoEscaping, &general); err != nil {
-						t.Fatal(err)
-					}
-					want := series(t, general.Bytes(), "text/plain")
-					if len(want) == 0 {
-						t.Fatal("no series")
-					}
-					sameSeries(t, want, series(t, fast.Bytes(), "text/plain"))
-					if p.samples != q.samples {
-						t.Errorf("samples %d, want %d", p.samples, q.samples)
-					}
-				})
+				in, ct := FormatText, "text/plain"
+				if strings.HasPrefix(name, "protobuf") {
+					in, ct = FormatProtobuf, ContentTypeProtobuf
+				}
+				for _, out := range []Format{FormatText, FormatProtobuf} {
+					t.Run(fmt.Sprintf("%s/%d/%q/%v", name, i, label, out), func(t *testing.T) {
+						cfgs := parseRules(t, rc)
+						var fast, general bytes.Buffer
+						p := newPipeline("e", label, cfgs, defaultLimits)
+						if p.fast == nil {
+							t.Fatal("rules not taken by the fast path")
+						}
+						if err := p.relay(bytes.NewReader(body), in, ct, out, model.NoEscaping, &fast); err != nil {
+							t.Fatal(err)
+						}
+						q := newPipeline("e", label, cfgs, defaultLimits)
+						q.fast, q.extra = nil, q.extra[:0]
+						if label != "" {
+							q.extra = appendQuoted([]byte(label+"="), "e")
+						}
+						if err := q.relay(bytes.NewReader(body), in, ct, out, model.NoEscaping, &general); err != nil {
+							t.Fatal(err)
+						}
+						want := relabeledSeries(t, general.Bytes(), out.ContentType(), nil)
+						if len(want) == 0 {
+							t.Fatal("no series")
+						}
+						sameSeries(t, want, relabeledSeries(t, fast.Bytes(), out.ContentType(), nil))
+						if p.samples != q.samples {
+							t.Errorf("samples %d, want %d", p.samples, q.samples)
+						}
+					})
+				}
 			}
 		}
 	}

@@ -49,6 +49,10 @@ type pbHeader struct {
 	help *string
 	unit *string
 	typ  dto.MetricType
+	// keep holds the verdicts of fast name rules on the series names of the
+	// family's metrics (the name, _bucket, _sum, _count), once known.
+	keep    [4]bool
+	keepSet bool
 }
 
 // protobufFamilies reads varint-delimited MetricFamily frames. Metrics are
@@ -503,6 +507,9 @@ func (p *pipeline) protobufMetric(h *pbHeader, m *dto.Metric) error {
 		p.part.fam.Metric = append(p.part.fam.Metric, m)
 		return nil
 	}
+	if p.fast != nil && p.protobufFast(h, m) {
+		return nil
+	}
 	if classic(h.typ, m) {
 		return p.protobufClassic(h, m, false)
 	}
@@ -514,6 +521,68 @@ func (p *pipeline) protobufMetric(h *pbHeader, m *dto.Metric) error {
 	m.Label = labelPairs(out, "")
 	p.part.place(out.Get(model.MetricNameLabel), m)
 	return nil
+}
+
+// protobufFast applies rules of the fast form (see fastRules) to a metric
+// without building label sets: the name rules decide on the names of its
+// series, the constant labels are added as shared pairs. It reports false,
+// having done nothing, where the general path must decide: the metric has
+// a label of a name the rules or the exporter label set, its names are not
+// valid in the legacy scheme that the general path would check, or name
+// rules keep only some series of a summary or histogram.
+func (p *pipeline) protobufFast(h *pbHeader, m *dto.Metric) bool {
+	f := p.fast
+	for _, l := range m.Label {
+		for _, n := range f.set {
+			if l.GetName() == string(n) {
+				return false
+			}
+		}
+	}
+	if p.scheme == model.LegacyValidation {
+		if !isLegacyName(h.name, true) {
+			return false
+		}
+		for _, l := range m.Label {
+			if !isLegacyName(l.GetName(), false) {
+				return false
+			}
+		}
+	}
+	if !h.keepSet {
+		for i, suffix := range [...]string{"", "_bucket", "_sum", "_count"} {
+			h.keep[i] = f.keepName([]byte(h.name + suffix))
+		}
+		h.keepSet = true
+	}
+	native := m.Histogram != nil && isNative(m.Histogram)
+	keepAll := h.keep[0]
+	if classic(h.typ, m) {
+		series := h.keep[0] // quantiles
+		if m.Histogram != nil {
+			series = h.keep[1]
+		}
+		keepAll = series && h.keep[2] && h.keep[3] && (!native || h.keep[0])
+		switch {
+		case keepAll:
+		case native && h.keep[0]:
+			// The native part survives alone, as in protobufClassic.
+			m.Histogram.Bucket = nil
+		case !series && !h.keep[2] && !h.keep[3] && !(native && h.keep[0]):
+			return true // dropped whole
+		default:
+			return false
+		}
+	} else if !keepAll {
+		return true
+	}
+	p.samples += sampleCount(m)
+	if p.label != "" {
+		p.addLabelPair(h.name, m)
+	}
+	m.Label = append(m.Label, f.pairs...)
+	p.part.fam.Metric = append(p.part.fam.Metric, m)
+	return true
 }
 
 // addLabelPair adds the exporter label to a metric, building its label set
@@ -714,7 +783,19 @@ func sampleCount(m *dto.Metric) int {
 		if len(m.Histogram.Bucket) == 0 && isNative(m.Histogram) {
 			return 1
 		}
-		return len(m.Histogram.Bucket) + 3
+		// The buckets Prometheus reads (up to the first +Inf one, which
+		// is added when missing), _sum and _count, and a native part.
+		n := 2
+		if isNative(m.Histogram) {
+			n++
+		}
+		for _, b := range m.Histogram.Bucket {
+			n++
+			if math.IsInf(b.GetUpperBound(), 1) {
+				return n
+			}
+		}
+		return n + 1
 	case m.Summary != nil:
 		return len(m.Summary.Quantile) + 2
 	}
