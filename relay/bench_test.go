@@ -16,7 +16,9 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/model/relabel"
 	"github.com/prometheus/prometheus/model/textparse"
+	"go.yaml.in/yaml/v2"
 )
 
 // syntheticText is a large exposition: families of 100 series each, with
@@ -52,9 +54,24 @@ func countSamples(t testing.TB, body []byte, ct string) int {
 	}
 }
 
+// Relabel rules of the benchmarks: oneLabel adds a label to every series,
+// as the aggregate endpoint's exporter label or a target label would;
+// realisticRules adds one and drops a few families by name, as
+// examples/relay.yml does.
+const (
+	oneLabel = `
+- target_label: env
+  replacement: prod`
+	realisticRules = oneLabel + `
+- source_labels: [__name__]
+  regex: (node_schedstat|app_metric_9)_.+
+  action: drop`
+)
+
 // BenchmarkRelay measures the pipeline alone (no network) for each pair
-// of formats and payload, reporting samples per second; the baselines below
-// run in the same invocation so ratios are measured side by side.
+// of formats and payload, reporting samples per second (of the input, also
+// those a rule drops); the baselines below run in the same invocation so
+// ratios are measured side by side. Every relay case adds one label.
 func BenchmarkRelay(b *testing.B) {
 	payloads := map[string][]byte{
 		"node_exporter": nodeExporterFixture(b),
@@ -63,10 +80,12 @@ func BenchmarkRelay(b *testing.B) {
 	cases := []struct {
 		name    string
 		in, out Format
+		rules   string
 	}{
-		{"text_to_text", FormatText, FormatText},
-		{"text_to_protobuf", FormatText, FormatProtobuf},
-		{"protobuf_to_protobuf", FormatProtobuf, FormatProtobuf},
+		{"text_to_text", FormatText, FormatText, oneLabel},
+		{"text_to_text_relabel", FormatText, FormatText, realisticRules},
+		{"text_to_protobuf", FormatText, FormatProtobuf, oneLabel},
+		{"protobuf_to_protobuf", FormatProtobuf, FormatProtobuf, oneLabel},
 	}
 	for _, pname := range []string{"node_exporter", "large"} {
 		text := payloads[pname]
@@ -78,11 +97,11 @@ func BenchmarkRelay(b *testing.B) {
 				if c.in == FormatProtobuf {
 					input, ct = proto, ContentTypeProtobuf
 				}
-				p := newPipeline("node", "exporter", nil, DefaultMaxLineBytes, DefaultMaxFrameBytes)
+				p := newPipeline("node", "", benchRules(b, c.rules), defaultLimits)
 				b.SetBytes(int64(len(input)))
 				b.ReportAllocs()
 				for b.Loop() {
-					if err := p.relay(bytes.NewReader(input), c.in, ct, c.out, io.Discard); err != nil {
+					if err := p.relay(bytes.NewReader(input), c.in, ct, c.out, model.NoEscaping, io.Discard); err != nil {
 						b.Fatal(err)
 					}
 				}
@@ -135,10 +154,23 @@ func BenchmarkRelay(b *testing.B) {
 	}
 }
 
+func benchRules(b testing.TB, rules string) []*relabel.Config {
+	var cfgs []*relabel.Config
+	if err := yaml.UnmarshalStrict([]byte(rules), &cfgs); err != nil {
+		b.Fatal(err)
+	}
+	for _, c := range cfgs {
+		if err := c.Validate(model.UTF8Validation); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return cfgs
+}
+
 func toProtoB(b testing.TB, text []byte) []byte {
-	p := newPipeline("x", "", nil, DefaultMaxLineBytes, DefaultMaxFrameBytes)
+	p := newPipeline("x", "", nil, defaultLimits)
 	var buf bytes.Buffer
-	if err := p.relay(bytes.NewReader(text), FormatText, "text/plain", FormatProtobuf, &buf); err != nil {
+	if err := p.relay(bytes.NewReader(text), FormatText, "text/plain", FormatProtobuf, model.NoEscaping, &buf); err != nil {
 		b.Fatal(err)
 	}
 	return buf.Bytes()

@@ -52,8 +52,11 @@ func (c *capReader) Read(p []byte) (int, error) {
 // group of # HELP, # TYPE or # UNIT lines), so a parser sees every family
 // whole, with its type. A family larger than maxChunk is the exception: it
 // is cut at a metric boundary and its metadata lines are replayed at the
-// start of the next chunk, so each part parses with the right type. Only
-// the starts of lines are inspected; the samples are left to the parser.
+// start of the next chunk, so each part parses with the right type. A
+// summary or histogram metric is never cut, since its parts would read as
+// two metrics: the chunk grows until the metric ends, up to maxMetric bytes
+// (errMetricTooLarge). Only the starts of lines are inspected; the samples
+// are left to the parser.
 type chunker struct {
 	r          io.Reader
 	buf        []byte
@@ -61,11 +64,15 @@ type chunker struct {
 	eof        bool
 	err        error // sticky read error
 
-	target   int // chunk size aimed at
-	maxChunk int // aligned mode: a family part never grows beyond this
-	maxLine  int
-	aligned  bool
-	om       bool
+	target    int // chunk size aimed at
+	maxChunk  int // aligned mode: a family part grows beyond this only to end a metric
+	maxLine   int
+	maxMetric int
+	aligned   bool
+	om        bool
+	// noCut is how much of the buffered data was searched for a metric
+	// boundary in vain, while one large metric keeps the chunk growing.
+	noCut int
 
 	replay  []byte // metadata lines of the family the next chunk continues
 	scratch []byte // chunk with replayed lines in front
@@ -77,10 +84,10 @@ type chunker struct {
 const minRead = 32 << 10
 
 // reset prepares the chunker for a new stream, keeping its buffers.
-func (c *chunker) reset(r io.Reader, maxLine, target int, aligned, om bool) {
+func (c *chunker) reset(r io.Reader, maxLine, maxMetric, target int, aligned, om bool) {
 	*c = chunker{
 		r: r, buf: c.buf[:0], target: target, maxChunk: max(maxChunkBytes, target),
-		maxLine: maxLine, aligned: aligned, om: om,
+		maxLine: maxLine, maxMetric: maxMetric, aligned: aligned, om: om,
 		replay: c.replay[:0], scratch: c.scratch[:0],
 	}
 }
@@ -188,7 +195,13 @@ func (c *chunker) Next() ([]byte, int, error) {
 			want = len(data) + max(c.target, minRead)
 			continue
 		}
-		return c.emitOversized(lines)
+		chunk, replayed, more, err := c.emitOversized(lines)
+		if more {
+			// Inside one summary or histogram metric: read on.
+			want = len(data) + max(c.target, minRead)
+			continue
+		}
+		return chunk, replayed, err
 	}
 }
 
@@ -196,6 +209,7 @@ func (c *chunker) Next() ([]byte, int, error) {
 // with the replayed metadata in front when a family continues.
 func (c *chunker) emit(chunk []byte, consumed int) ([]byte, int, error) {
 	c.start += consumed
+	c.noCut = 0
 	if len(c.replay) == 0 {
 		return chunk, 0, nil
 	}
@@ -210,22 +224,91 @@ func (c *chunker) emit(chunk []byte, consumed int) ([]byte, int, error) {
 }
 
 // emitOversized cuts a family that outgrew maxChunk at its last metric
-// boundary within lines and keeps its metadata for the next chunk.
-func (c *chunker) emitOversized(lines []byte) ([]byte, int, error) {
+// boundary within lines and keeps its metadata for the next chunk. more
+// says that lines end inside a summary or histogram metric with no
+// boundary before: the caller reads on.
+func (c *chunker) emitOversized(lines []byte) (chunk []byte, replayed int, more bool, err error) {
 	meta := leadingMeta(lines)
-	cut := metricBoundary(lines, len(meta))
+	replay := meta
+	if len(meta) == 0 {
+		replay = c.replay
+	}
+	family, complex := familyOf(replay)
+	cut := metricBoundary(lines, len(meta), c.noCut, family, complex)
 	if cut <= len(meta) {
+		if complex {
+			if len(lines)-len(meta) > c.maxMetric {
+				return nil, 0, false, errMetricTooLarge
+			}
+			c.noCut = len(lines)
+			return nil, 0, true, nil
+		}
+		// Every series is a metric of its own here.
 		cut = len(lines)
 	}
-	var replay []byte
-	if len(meta) > 0 {
-		replay = append(replay, meta...)
-	} else {
-		replay = append(replay, c.replay...)
-	}
-	chunk, n, err := c.emit(lines[:cut], cut)
+	replay = append([]byte(nil), replay...)
+	chunk, replayed, err = c.emit(lines[:cut], cut)
 	c.replay = append(c.replay[:0], replay...)
-	return chunk, n, err
+	return chunk, replayed, false, err
+}
+
+// familyOf returns the name in the # TYPE line among meta and whether the
+// type is one whose metrics have several series (summary, histogram,
+// gauge histogram).
+func familyOf(meta []byte) ([]byte, bool) {
+	for len(meta) > 0 {
+		line := meta
+		if nl := bytes.IndexByte(meta, '\n'); nl >= 0 {
+			line, meta = meta[:nl], meta[nl+1:]
+		} else {
+			meta = nil
+		}
+		rest, ok := bytes.CutPrefix(line, []byte("# TYPE "))
+		if !ok {
+			continue
+		}
+		name, typ := nameToken(rest)
+		switch string(bytes.TrimSpace(typ)) {
+		case "summary", "histogram", "gaugehistogram":
+			return name, true
+		}
+		return name, false
+	}
+	return nil, false
+}
+
+// nameToken splits a metric name, bare or quoted, off the start of b. A
+// quoted name is returned without its quotes (and with its escapes).
+func nameToken(b []byte) (name, rest []byte) {
+	if len(b) > 0 && b[0] == '"' {
+		for i := 1; i < len(b); i++ {
+			switch b[i] {
+			case '\\':
+				i++
+			case '"':
+				return b[1:i], b[i+1:]
+			}
+		}
+		return b[1:], nil
+	}
+	if i := bytes.IndexAny(b, " \t"); i >= 0 {
+		return b[:i], b[i:]
+	}
+	return b, nil
+}
+
+// belongs reports whether a sample name is one of the series of a summary
+// or histogram family.
+func belongs(family, name []byte) bool {
+	rest, ok := bytes.CutPrefix(name, family)
+	if !ok {
+		return false
+	}
+	switch string(rest) {
+	case "", "_bucket", "_sum", "_count", "_created", "_gsum", "_gcount":
+		return true
+	}
+	return false
 }
 
 // eofMarker returns the offset of an OpenMetrics "# EOF" line in data, or
@@ -326,21 +409,15 @@ func metaEntries(meta []byte, om bool) int {
 }
 
 // sampleName returns the metric name a sample line starts with, quoted
-// names included, or nil for comments and blank lines.
+// names without their quotes, or nil for comments and blank lines.
 func sampleName(line []byte) []byte {
 	if len(line) == 0 || line[0] == '#' || line[0] == '\n' {
 		return nil
 	}
 	if line[0] == '{' {
 		if len(line) > 1 && line[1] == '"' {
-			for i := 2; i < len(line); i++ {
-				switch line[i] {
-				case '\\':
-					i++
-				case '"':
-					return line[1 : i+1]
-				}
-			}
+			name, _ := nameToken(line[1:])
+			return name
 		}
 		return nil
 	}
@@ -351,13 +428,15 @@ func sampleName(line []byte) []byte {
 	return line[:end]
 }
 
-// metricBoundary finds, scanning back from the end of lines, the start of
-// a line that begins a new metric of the family whose samples start at
-// from: its name is that of the family's first sample line and the line
-// before it has another name (a summary or histogram starts its next
-// metric). Families whose lines all share one name have no such line; any
-// line boundary is a metric boundary there, and 0 says so.
-func metricBoundary(lines []byte, from int) int {
+// metricBoundary finds, scanning back from the end of lines to stop, the
+// start of a line that begins a new metric of the family whose samples
+// start at from: its name is that of the family's first sample line and
+// the line before it has another name (a summary or histogram starts its
+// next metric), or, in a summary or histogram family, it is no series of
+// the family at all. 0 says there is none: families whose lines all share
+// one name have no such line, and any line boundary is a metric boundary
+// there.
+func metricBoundary(lines []byte, from, stop int, family []byte, complex bool) int {
 	first := sampleName(lines[from:])
 	if first == nil {
 		return 0
@@ -365,13 +444,15 @@ func metricBoundary(lines []byte, from int) int {
 	end := len(lines) - 1 // the final newline
 	for end > from {
 		s := bytes.LastIndexByte(lines[:end], '\n') + 1
-		if s <= from {
+		if s <= from || s < stop {
 			return 0
 		}
-		if bytes.Equal(sampleName(lines[s:]), first) {
-			if !bytes.Equal(sampleName(lines[prevLine(lines, s):]), first) {
-				return s
-			}
+		name := sampleName(lines[s:])
+		if complex && name != nil && !belongs(family, name) {
+			return s
+		}
+		if bytes.Equal(name, first) && !bytes.Equal(sampleName(lines[prevLine(lines, s):]), first) {
+			return s
 		}
 		end = s - 1
 	}

@@ -25,9 +25,14 @@ const (
 	// DefaultMaxLineBytes bounds one line of a text body; the longest
 	// lines of real expositions are help texts of a few hundred bytes.
 	DefaultMaxLineBytes = 1 << 20
-	// DefaultMaxFrameBytes bounds one protobuf frame, which is one metric
-	// family held in memory whole.
+	// DefaultMaxFrameBytes bounds one protobuf frame (one metric family),
+	// which is held in memory in its wire encoding.
 	DefaultMaxFrameBytes = 16 << 20
+	// DefaultMaxMetricBytes bounds one metric that is held whole: a
+	// summary or histogram with all its series, in the bytes of its text
+	// lines or, from protobuf, about the memory it decodes to. 4 MiB is
+	// about 80,000 classic buckets.
+	DefaultMaxMetricBytes = 4 << 20
 	// maxChunkBytes is the largest part of a text family parsed at once:
 	// larger families (or a body without any metadata lines) are relayed
 	// in parts, so memory stays bounded anyway.
@@ -43,16 +48,27 @@ const (
 	maxFrameLimit = 256 << 20
 )
 
+// limits returns the size limits of the configuration.
+func (c *Config) limits() limits {
+	return limits{maxLine: c.MaxLineBytes, maxFrame: c.MaxFrameBytes, maxMetric: c.MaxMetricBytes}
+}
+
 // Config is the relay configuration file.
 type Config struct {
-	// ExporterLabel is added to every relayed series with the exporter's
-	// name; empty disables it. Absent from the file means "exporter".
+	// ExporterLabel is added, with the exporter's name, to every series on
+	// the aggregate endpoint, where several exporters share one target.
+	// Exporters' own endpoints add nothing: there the target's labels
+	// (__meta_baremetal_sd_exporter) tell the exporter. Absent from the
+	// file means "exporter"; empty disables the aggregate endpoint when
+	// more than one exporter is configured.
 	ExporterLabel *string `yaml:"exporter_label,omitempty"`
 	// MaxBodyBytes bounds an upstream body, MaxLineBytes one line of a
-	// text body, MaxFrameBytes one protobuf frame (one metric family).
-	MaxBodyBytes  int64 `yaml:"max_body_bytes,omitempty"`
-	MaxLineBytes  int   `yaml:"max_line_bytes,omitempty"`
-	MaxFrameBytes int   `yaml:"max_frame_bytes,omitempty"`
+	// text body, MaxFrameBytes one protobuf frame (one metric family),
+	// MaxMetricBytes one metric held whole (DefaultMaxMetricBytes).
+	MaxBodyBytes   int64 `yaml:"max_body_bytes,omitempty"`
+	MaxLineBytes   int   `yaml:"max_line_bytes,omitempty"`
+	MaxFrameBytes  int   `yaml:"max_frame_bytes,omitempty"`
+	MaxMetricBytes int   `yaml:"max_metric_bytes,omitempty"`
 	// MetricNameValidationScheme is "utf8" (the default, as in Prometheus
 	// 3) or "legacy"; it decides which label names relabel rules may write.
 	MetricNameValidationScheme string           `yaml:"metric_name_validation_scheme,omitempty"`
@@ -70,6 +86,17 @@ type ExporterConfig struct {
 	EnableCompression    bool                    `yaml:"enable_compression,omitempty"`
 	MetricRelabelConfigs []*relabel.Config       `yaml:"metric_relabel_configs,omitempty"`
 	HTTPClientConfig     config.HTTPClientConfig `yaml:",inline"`
+}
+
+// UnmarshalYAML starts from prometheus/common's HTTP client defaults
+// (follow_redirects and enable_http2 on), which the inlined
+// HTTPClientConfig would otherwise not get: yaml.v2 does not call the
+// UnmarshalYAML of an inlined struct. Unknown keys are still refused, since
+// the strict decoder is the one passed in.
+func (e *ExporterConfig) UnmarshalYAML(unmarshal func(any) error) error {
+	*e = ExporterConfig{HTTPClientConfig: config.DefaultHTTPClientConfig}
+	type plain ExporterConfig
+	return unmarshal((*plain)(e))
 }
 
 // Label returns the exporter label name, "" when disabled.
@@ -109,11 +136,14 @@ func ParseConfig(data []byte) (*Config, error) {
 	if cfg.MaxFrameBytes == 0 {
 		cfg.MaxFrameBytes = DefaultMaxFrameBytes
 	}
-	if cfg.MaxBodyBytes < 0 || cfg.MaxLineBytes < 0 || cfg.MaxFrameBytes < 0 {
-		return nil, errors.New("max_body_bytes, max_line_bytes and max_frame_bytes must be positive")
+	if cfg.MaxMetricBytes == 0 {
+		cfg.MaxMetricBytes = DefaultMaxMetricBytes
 	}
-	if cfg.MaxLineBytes > maxLineLimit || cfg.MaxFrameBytes > maxFrameLimit {
-		return nil, fmt.Errorf("max_line_bytes may be at most %d and max_frame_bytes at most %d: both are held in memory", maxLineLimit, maxFrameLimit)
+	if cfg.MaxBodyBytes < 0 || cfg.MaxLineBytes < 0 || cfg.MaxFrameBytes < 0 || cfg.MaxMetricBytes < 0 {
+		return nil, errors.New("max_body_bytes, max_line_bytes, max_frame_bytes and max_metric_bytes must be positive")
+	}
+	if cfg.MaxLineBytes > maxLineLimit || cfg.MaxFrameBytes > maxFrameLimit || cfg.MaxMetricBytes > maxFrameLimit {
+		return nil, fmt.Errorf("max_line_bytes may be at most %d, max_frame_bytes and max_metric_bytes at most %d: they are held in memory", maxLineLimit, maxFrameLimit)
 	}
 	scheme := model.UTF8Validation
 	switch cfg.MetricNameValidationScheme {
@@ -124,8 +154,11 @@ func ParseConfig(data []byte) (*Config, error) {
 	default:
 		return nil, fmt.Errorf("metric_name_validation_scheme %q must be utf8 or legacy", cfg.MetricNameValidationScheme)
 	}
-	if l := cfg.Label(); l != "" && (!scheme.IsValidLabelName(l) || strings.HasPrefix(l, model.ReservedLabelPrefix)) {
-		return nil, fmt.Errorf("exporter_label %q is not a valid label name", l)
+	// The label is spliced into every series as it is written, bare, and
+	// must parse for scrapers that only know classic names; a name that
+	// needs quoting would also need escaping per scraper.
+	if l := cfg.Label(); l != "" && (!model.LegacyValidation.IsValidLabelName(l) || strings.HasPrefix(l, model.ReservedLabelPrefix)) {
+		return nil, fmt.Errorf("exporter_label %q must be a classic label name ([a-zA-Z_][a-zA-Z0-9_]*, not starting with __)", l)
 	}
 	seen := make(map[string]bool, len(cfg.Exporters))
 	for i := range cfg.Exporters {

@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"bytes"
 	"encoding/binary"
 	"io"
 	"math"
@@ -10,7 +9,6 @@ import (
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/exemplar"
 	"github.com/prometheus/prometheus/model/labels"
@@ -22,9 +20,22 @@ import (
 // into client_model families, grouping the series of summaries and
 // classic histograms into metrics, and emits each family when the next one
 // begins or the chunk ends. Only one family is held at a time.
+//
+// A summary or histogram metric is only emitted as one structured metric
+// when that reads back as exactly the series that came in: one _sum, one
+// _count, a last bucket of +Inf, one timestamp, le and quantile values as
+// the encoders spell them, a summary count that is an integer, and for a
+// gauge histogram an output other than protobuf. Otherwise,
+// typically because relabeling dropped or changed some of its series, its
+// series are emitted one by one as untyped bare families (see isBare), so
+// that no series appears that was not there (an +Inf bucket, a _sum of 0)
+// and none is lost.
 type assembler struct {
 	om   bool
 	emit func(*dto.MetricFamily) error
+	// splitGauge splits every gauge histogram into its series: protobuf
+	// names their _gcount and _gsum series _count and _sum.
+	splitGauge bool
 
 	name  string // the family's name in its metadata, or its first sample's
 	fname string // the name client_model uses (counters end in _total)
@@ -32,20 +43,51 @@ type assembler struct {
 	unit  *string
 	typ   model.MetricType
 	fam   *dto.MetricFamily
-	// groups maps a label set without le or quantile to its metric, for
-	// summaries and histograms, and OpenMetrics counters (for _created).
-	groups map[string]*dto.Metric
+	// counters maps the label set of an OpenMetrics counter to its metric,
+	// for its _created series.
+	counters map[string]*dto.Metric
+	// groups maps a label set without le or quantile to the summary or
+	// histogram metric its series build; order keeps their first appearance.
+	groups map[string]*group
+	order  []*group
+	loose  familySet
 	key    []byte
 }
 
-func (a *assembler) reset(om bool, emit func(*dto.MetricFamily) error) {
-	a.om, a.emit = om, emit
+// group is one summary or classic histogram metric being assembled, with
+// its series as they came, in case it cannot be emitted structured.
+type group struct {
+	m      *dto.Metric
+	series []looseSeries
+	ts     int64
+	hasTS  bool
+	// What reading m back would not reproduce.
+	bad           bool
+	sums, counts  int
+	buckets, infs int
+	lastIsInf     bool
+}
+
+type looseSeries struct {
+	lset  labels.Labels
+	v     float64
+	ts    int64
+	hasTS bool
+}
+
+func (a *assembler) reset(om, splitGauge bool, emit func(*dto.MetricFamily) error) {
+	a.om, a.splitGauge, a.emit = om, splitGauge, emit
 	a.clear()
+	// A scrape that failed halfway may have left split series behind.
+	a.loose.reset()
 }
 
 func (a *assembler) clear() {
 	a.name, a.fname, a.help, a.unit, a.typ, a.fam = "", "", nil, nil, model.MetricTypeUnknown, nil
+	clear(a.counters)
 	clear(a.groups)
+	clear(a.order)
+	a.order = a.order[:0]
 }
 
 // start begins a family.
@@ -96,14 +138,96 @@ func (a *assembler) meta(kind metaKind, name, value []byte, typ model.MetricType
 	return nil
 }
 
-// flush emits the family held, if it has metrics, and forgets it.
+// complex reports whether the family's metrics are built from several
+// series.
+func (a *assembler) complex() bool {
+	switch a.typ {
+	case model.MetricTypeSummary, model.MetricTypeHistogram, model.MetricTypeGaugeHistogram:
+		return true
+	}
+	return false
+}
+
+// flush emits the family held, if it has metrics, then the series split
+// off its summaries and histograms, and forgets them.
 func (a *assembler) flush() error {
 	fam := a.fam
-	a.clear()
-	if fam == nil || len(fam.Metric) == 0 {
-		return nil
+	if fam != nil && a.complex() {
+		for _, g := range a.order {
+			if a.whole(g) {
+				fam.Metric = append(fam.Metric, g.m)
+			} else {
+				a.loosen(g)
+			}
+		}
 	}
-	return a.emit(fam)
+	loose := a.loose.list
+	a.clear()
+	if fam != nil && len(fam.Metric) > 0 {
+		if err := a.emit(fam); err != nil {
+			return err
+		}
+	}
+	for _, f := range loose {
+		if err := a.emit(f); err != nil {
+			return err
+		}
+	}
+	a.loose.reset()
+	return nil
+}
+
+// whole reports whether a group reads back as exactly its series.
+func (a *assembler) whole(g *group) bool {
+	if g.bad || g.sums != 1 || g.counts != 1 || a.splitGauge && a.typ == model.MetricTypeGaugeHistogram {
+		return false
+	}
+	return a.typ == model.MetricTypeSummary || g.buckets > 0 && g.infs == 1 && g.lastIsInf
+}
+
+// loosen emits the series of a group as untyped bare families.
+func (a *assembler) loosen(g *group) {
+	for _, s := range g.series {
+		addLoose(&a.loose, s.lset, s.v, s.ts, s.hasTS)
+	}
+}
+
+// addLoose adds one series to the bare family of its name.
+func addLoose(set *familySet, lset labels.Labels, v float64, ts int64, hasTS bool) {
+	name := lset.Get(model.MetricNameLabel)
+	f := set.get(name, func() *dto.MetricFamily {
+		return &dto.MetricFamily{Name: proto.String(name), Type: dto.MetricType_UNTYPED.Enum()}
+	})
+	m := &dto.Metric{Label: labelPairs(lset, ""), Untyped: &dto.Untyped{Value: proto.Float64(v)}}
+	if hasTS {
+		m.TimestampMs = proto.Int64(ts)
+	}
+	f.Metric = append(f.Metric, m)
+}
+
+// familySet is an ordered set of families by name.
+type familySet struct {
+	list  []*dto.MetricFamily
+	index map[string]int
+}
+
+func (s *familySet) get(name string, create func() *dto.MetricFamily) *dto.MetricFamily {
+	if i, ok := s.index[name]; ok {
+		return s.list[i]
+	}
+	if s.index == nil {
+		s.index = make(map[string]int)
+	}
+	f := create()
+	s.index[name] = len(s.list)
+	s.list = append(s.list, f)
+	return f
+}
+
+func (s *familySet) reset() {
+	clear(s.list)
+	s.list = s.list[:0]
+	clear(s.index)
 }
 
 // suffix returns what name adds to the family name for a series of this
@@ -160,29 +284,22 @@ func (a *assembler) sample(lset labels.Labels, v float64, ts *int64, ex *exempla
 	}
 	switch a.typ {
 	case model.MetricTypeSummary, model.MetricTypeHistogram, model.MetricTypeGaugeHistogram:
-		if a.addComplex(suffix, lset, v, ts, ex) {
-			return nil
-		}
-		// A series the family cannot hold (say, a bucket without a valid
-		// le): relay it as it is, in a family of its own.
-		if err := a.flush(); err != nil {
-			return err
-		}
-		a.start(name, model.MetricTypeUnknown)
+		a.addComplex(suffix, lset, v, ts, ex)
+		return nil
 	case model.MetricTypeCounter:
 		if a.om {
 			a.groupKey(lset, "")
 			if suffix == "_created" {
-				if m := a.groups[string(a.key)]; m != nil {
+				if m := a.counters[string(a.key)]; m != nil {
 					m.Counter.CreatedTimestamp = timestampFromSeconds(v)
 				}
 				return nil
 			}
 			m := a.simple(lset, v, ts, ex)
-			if a.groups == nil {
-				a.groups = make(map[string]*dto.Metric)
+			if a.counters == nil {
+				a.counters = make(map[string]*dto.Metric)
 			}
-			a.groups[string(a.key)] = m
+			a.counters[string(a.key)] = m
 			return nil
 		}
 	case model.MetricTypeInfo:
@@ -213,77 +330,108 @@ func (a *assembler) simple(lset labels.Labels, v float64, ts *int64, ex *exempla
 	return m
 }
 
-// addComplex adds a series of a summary or histogram to its metric.
-func (a *assembler) addComplex(suffix string, lset labels.Labels, v float64, ts *int64, ex *exemplar.Exemplar) bool {
+// addComplex adds a series of a summary or histogram to its metric, and
+// notes what would keep the metric from reading back as its series.
+func (a *assembler) addComplex(suffix string, lset labels.Labels, v float64, ts *int64, ex *exemplar.Exemplar) {
 	skip := ""
-	var bound float64
 	switch suffix {
 	case "":
 		skip = model.QuantileLabel
 	case "_bucket":
 		skip = model.BucketLabel
 	}
+	a.groupKey(lset, skip)
+	if a.groups == nil {
+		a.groups = make(map[string]*group)
+	}
+	g, ok := a.groups[string(a.key)]
+	if !ok {
+		g = &group{m: &dto.Metric{Label: labelPairs(lset, skip)}}
+		if a.typ == model.MetricTypeSummary {
+			g.m.Summary = &dto.Summary{}
+		} else {
+			g.m.Histogram = &dto.Histogram{}
+		}
+		a.groups[string(a.key)] = g
+		a.order = append(a.order, g)
+		a.family()
+	}
+	m := g.m
+	if suffix == "_created" {
+		// Not a series of its own in the formats that carry it as a
+		// created timestamp; dropped when the metric is split.
+		created := timestampFromSeconds(v)
+		if m.Summary != nil {
+			m.Summary.CreatedTimestamp = created
+		} else {
+			m.Histogram.CreatedTimestamp = created
+		}
+		return
+	}
+	s := looseSeries{lset: lset, v: v}
+	if ts != nil {
+		s.ts, s.hasTS = *ts, true
+	}
+	if len(g.series) == 0 {
+		g.ts, g.hasTS = s.ts, s.hasTS
+		if ts != nil {
+			m.TimestampMs = proto.Int64(*ts)
+		}
+	} else if s.hasTS != g.hasTS || s.ts != g.ts {
+		g.bad = true
+	}
+	g.series = append(g.series, s)
+	var bound float64
 	if skip != "" {
-		b, err := strconv.ParseFloat(lset.Get(skip), 64)
-		if err != nil {
-			return false
+		text := lset.Get(skip)
+		b, err := strconv.ParseFloat(text, 64)
+		// The encoders write bounds in OpenMetrics' spelling, which
+		// Prometheus' parsers also normalize to; any other spelling is a
+		// different label value.
+		if err != nil || text != labels.FormatOpenMetricsFloat(b) {
+			g.bad = true
+			return
 		}
 		bound = b
 	}
-	a.groupKey(lset, skip)
-	if a.groups == nil {
-		a.groups = make(map[string]*dto.Metric)
-	}
-	m, ok := a.groups[string(a.key)]
-	if !ok {
-		m = &dto.Metric{Label: labelPairs(lset, skip)}
-		if a.typ == model.MetricTypeSummary {
-			m.Summary = &dto.Summary{}
-		} else {
-			m.Histogram = &dto.Histogram{}
-		}
-		a.groups[string(a.key)] = m
-		f := a.family()
-		f.Metric = append(f.Metric, m)
-	}
-	if ts != nil && suffix != "_created" {
-		m.TimestampMs = proto.Int64(*ts)
-	}
+	gauge := a.typ == model.MetricTypeGaugeHistogram
 	switch suffix {
 	case "":
 		m.Summary.Quantile = append(m.Summary.Quantile, &dto.Quantile{Quantile: proto.Float64(bound), Value: proto.Float64(v)})
 	case "_bucket":
-		// +Inf is kept as an explicit bucket (client_model allows it, and
-		// every encoder and parser knows it): its value and exemplar then
-		// survive as they were, even when _count disagrees.
+		if g.lastIsInf {
+			g.bad = true // Prometheus reads no bucket after +Inf
+		}
 		b := &dto.Bucket{UpperBound: proto.Float64(bound), Exemplar: dtoExemplar(ex)}
 		setCount(&b.CumulativeCount, &b.CumulativeCountFloat, v)
 		m.Histogram.Bucket = append(m.Histogram.Bucket, b)
-		if math.IsInf(bound, 1) && m.Histogram.SampleCount == nil && m.Histogram.SampleCountFloat == nil {
-			// Stands in for a missing _count.
-			setCount(&m.Histogram.SampleCount, &m.Histogram.SampleCountFloat, v)
+		g.buckets++
+		g.lastIsInf = math.IsInf(bound, 1)
+		if g.lastIsInf {
+			g.infs++
 		}
 	case "_sum", "_gsum":
+		g.sums++
 		if m.Summary != nil {
 			m.Summary.SampleSum = proto.Float64(v)
 		} else {
 			m.Histogram.SampleSum = proto.Float64(v)
+			g.bad = g.bad || gauge != (suffix == "_gsum")
 		}
 	case "_count", "_gcount":
+		g.counts++
 		if m.Summary != nil {
+			// Summaries count in integers only.
+			if !(v >= 0 && v < 1<<64 && v == math.Trunc(v)) {
+				g.bad = true
+			}
 			m.Summary.SampleCount = proto.Uint64(uint64(max(v, 0)))
 		} else {
 			m.Histogram.SampleCount, m.Histogram.SampleCountFloat = nil, nil
 			setCount(&m.Histogram.SampleCount, &m.Histogram.SampleCountFloat, v)
-		}
-	case "_created":
-		if m.Summary != nil {
-			m.Summary.CreatedTimestamp = timestampFromSeconds(v)
-		} else {
-			m.Histogram.CreatedTimestamp = timestampFromSeconds(v)
+			g.bad = g.bad || gauge != (suffix == "_gcount")
 		}
 	}
-	return true
 }
 
 // groupKey sets a.key to the label set without the name and skip.
@@ -381,67 +529,55 @@ func dtoExemplar(ex *exemplar.Exemplar) *dto.Exemplar {
 // written just before is the next part of it (families larger than a chunk
 // come in parts, and the aggregate endpoint merges exporters): in the text
 // formats its metadata lines are left out, so each family appears once.
+// Bare families (see isBare) have no metadata and do not count as the one
+// written before.
 type familyWriter struct {
 	w    io.Writer
 	out  Format
-	buf  bytes.Buffer
+	esc  model.EscapingScheme
+	buf  []byte
 	last string
 }
 
 // flushBytes is how much encoded output is collected before a write.
 const flushBytes = 32 << 10
 
-func (fw *familyWriter) reset(w io.Writer, out Format) {
-	fw.w, fw.out, fw.last = w, out, ""
-	fw.buf.Reset()
+func (fw *familyWriter) reset(w io.Writer, out Format, esc model.EscapingScheme) {
+	fw.w, fw.out, fw.esc, fw.last = w, out, esc, ""
+	fw.buf = fw.buf[:0]
 }
 
 func (fw *familyWriter) write(mf *dto.MetricFamily) error {
 	if len(mf.Metric) == 0 {
 		return nil
 	}
-	start := fw.buf.Len()
-	var err error
 	switch fw.out {
 	case FormatProtobuf:
-		size := proto.Size(mf)
-		b := binary.AppendUvarint(fw.buf.AvailableBuffer(), uint64(size))
-		b, err = proto.MarshalOptions{UseCachedSize: true}.MarshalAppend(b, mf)
-		fw.buf.Write(b)
-	case FormatOpenMetrics:
-		_, err = expfmt.MetricFamilyToOpenMetrics(&fw.buf, mf, expfmt.WithCreatedLines())
+		e := escapeFamily(mf, fw.esc)
+		fw.buf = binary.AppendUvarint(fw.buf, uint64(proto.Size(e)))
+		b, err := proto.MarshalOptions{UseCachedSize: true}.MarshalAppend(fw.buf, e)
+		if err != nil {
+			return err
+		}
+		fw.buf = b
 	default:
-		if mf.GetType() == dto.MetricType_GAUGE_HISTOGRAM {
-			fw.buf.Write(appendGaugeHistogramText(fw.buf.AvailableBuffer(), mf))
-			break
-		}
-		_, err = expfmt.MetricFamilyToText(&fw.buf, mf)
+		fw.buf = appendFamily(fw.buf, mf, fw.out == FormatOpenMetrics, mf.GetName() != fw.last, fw.esc)
 	}
-	if err != nil {
-		return err
+	if !isBare(mf) {
+		fw.last = mf.GetName()
 	}
-	if fw.out != FormatProtobuf && mf.GetName() == fw.last {
-		b := fw.buf.Bytes()[start:]
-		n := 0
-		for n < len(b) && b[n] == '#' {
-			n += bytes.IndexByte(b[n:], '\n') + 1
-		}
-		copy(b, b[n:])
-		fw.buf.Truncate(fw.buf.Len() - n)
-	}
-	fw.last = mf.GetName()
-	if fw.buf.Len() >= flushBytes {
+	if len(fw.buf) >= flushBytes {
 		return fw.flush()
 	}
 	return nil
 }
 
 func (fw *familyWriter) flush() error {
-	if fw.buf.Len() == 0 {
+	if len(fw.buf) == 0 {
 		return nil
 	}
-	_, err := fw.w.Write(fw.buf.Bytes())
-	fw.buf.Reset()
+	_, err := fw.w.Write(fw.buf)
+	fw.buf = fw.buf[:0]
 	return err
 }
 
@@ -449,51 +585,7 @@ func (fw *familyWriter) flush() error {
 // of the buffer.
 func (fw *familyWriter) finish() error {
 	if fw.out == FormatOpenMetrics {
-		fw.buf.WriteString("# EOF\n")
+		fw.buf = append(fw.buf, "# EOF\n"...)
 	}
 	return fw.flush()
-}
-
-// appendGaugeHistogramText spells a gauge histogram for text 0.0.4, which
-// has no such type, as one untyped family holding the OpenMetrics sample
-// names (_bucket, _gcount, _gsum). Prometheus then stores the same series as
-// from an OpenMetrics scrape; typing it "histogram", as expfmt does, would
-// rename _gcount and _gsum and claim counter semantics the values lack.
-func appendGaugeHistogramText(b []byte, mf *dto.MetricFamily) []byte {
-	name := mf.GetName()
-	if mf.Help != nil {
-		b = appendHelp(b, []byte(name), []byte(mf.GetHelp()), false)
-	}
-	b = appendMetaLine(b, "TYPE", []byte(name), "untyped")
-	var sb labels.ScratchBuilder
-	series := func(m *dto.Metric, suffix, le string) labels.Labels {
-		sb.Reset()
-		sb.Add(model.MetricNameLabel, name+suffix)
-		for _, lp := range m.Label {
-			sb.Add(lp.GetName(), lp.GetValue())
-		}
-		if le != "" {
-			sb.Add(model.BucketLabel, le)
-		}
-		sb.Sort()
-		return sb.Labels()
-	}
-	for _, m := range mf.Metric {
-		h := m.GetHistogram()
-		for _, bucket := range h.GetBucket() {
-			count := float64(bucket.GetCumulativeCount())
-			if bucket.CumulativeCountFloat != nil {
-				count = bucket.GetCumulativeCountFloat()
-			}
-			le := strconv.FormatFloat(bucket.GetUpperBound(), 'g', -1, 64)
-			b = appendSample(b, series(m, "_bucket", le), count, m.TimestampMs, nil, false)
-		}
-		count := float64(h.GetSampleCount())
-		if h.SampleCountFloat != nil {
-			count = h.GetSampleCountFloat()
-		}
-		b = appendSample(b, series(m, "_gcount", ""), count, m.TimestampMs, nil, false)
-		b = appendSample(b, series(m, "_gsum", ""), h.GetSampleSum(), m.TimestampMs, nil, false)
-	}
-	return b
 }

@@ -4,6 +4,8 @@ import (
 	"mime"
 	"strconv"
 	"strings"
+
+	"github.com/prometheus/common/model"
 )
 
 // Format is an exposition format the relay reads or writes.
@@ -16,7 +18,8 @@ const (
 	FormatProtobuf
 )
 
-// Content types written by the relay, exactly as Prometheus expects them.
+// Content types written by the relay, exactly as Prometheus expects them,
+// before the escaping parameter (see negotiate).
 const (
 	ContentTypeText        = "text/plain; version=0.0.4; charset=utf-8"
 	ContentTypeOpenMetrics = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -35,21 +38,37 @@ func (f Format) ContentType() string {
 }
 
 // upstreamAccept is what we ask an exporter for when the scraper wants f:
-// the same format first, so no conversion is needed, then the others.
+// the same format first, so no conversion is needed, then the others. Names
+// are asked for unescaped: the relay reads UTF-8 names and escapes them
+// itself for a scraper that takes none.
 func upstreamAccept(f Format) string {
 	switch f {
 	case FormatProtobuf:
-		return ContentTypeProtobuf + ";q=1,application/openmetrics-text;version=1.0.0;q=0.8,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+		return ContentTypeProtobuf + ";escaping=allow-utf-8;q=1,application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.8,text/plain;version=0.0.4;escaping=allow-utf-8;q=0.5,*/*;q=0.1"
 	case FormatOpenMetrics:
-		return "application/openmetrics-text;version=1.0.0;q=1,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+		return "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=1,text/plain;version=0.0.4;escaping=allow-utf-8;q=0.5,*/*;q=0.1"
 	}
-	return "text/plain;version=0.0.4;q=1,*/*;q=0.1"
+	return "text/plain;version=0.0.4;escaping=allow-utf-8;q=1,*/*;q=0.1"
 }
 
-// negotiate picks the output format from a scraper's Accept header: the
-// highest q among the formats we write, text when nothing matches.
-func negotiate(accept string) Format {
-	best, bestQ := FormatText, -1.0
+// negotiated is what a scraper gets: the format, how names that are not
+// classic ones are spelled, and the Content-Type that says both.
+type negotiated struct {
+	format      Format
+	esc         model.EscapingScheme
+	contentType string
+}
+
+// negotiate picks the output format from a scraper's Accept header, as
+// prometheus/common/expfmt negotiates: the clause with the highest q among
+// the formats we write (the first of equals), text when nothing matches.
+// The clause's escaping parameter says how names that are not classic ones
+// are written; without one they are escaped with underscores, except for
+// text version 1.0.0, which Prometheus 3 asks for when it takes UTF-8
+// names (as it adds escaping=allow-utf-8 to the other formats).
+func negotiate(accept string) negotiated {
+	best := negotiated{format: FormatText, esc: model.UnderscoreEscaping}
+	textVersion, bestQ := "0.0.4", -1.0
 	for _, part := range strings.Split(accept, ",") {
 		mt, params, err := mime.ParseMediaType(strings.TrimSpace(part))
 		if err != nil {
@@ -61,24 +80,41 @@ func negotiate(accept string) Format {
 				q = v
 			}
 		}
-		if q <= 0 {
+		if q <= 0 || q <= bestQ {
 			continue
 		}
-		var f Format
-		switch {
+		c := negotiated{esc: model.UnderscoreEscaping}
+		version := "0.0.4"
+		switch v := params["version"]; {
 		case mt == "application/vnd.google.protobuf" && params["proto"] == "io.prometheus.client.MetricFamily" && params["encoding"] == "delimited":
-			f = FormatProtobuf
-		case mt == "application/openmetrics-text" && (params["version"] == "" || params["version"] == "1.0.0" || params["version"] == "0.0.1"):
-			f = FormatOpenMetrics
-		case mt == "text/plain" || mt == "*/*" || mt == "text/*":
-			f = FormatText
+			c.format = FormatProtobuf
+		case mt == "application/openmetrics-text" && (v == "" || v == "1.0.0" || v == "0.0.1"):
+			c.format = FormatOpenMetrics
+		case mt == "text/plain" && (v == "" || v == "0.0.4"):
+			c.format = FormatText
+		case mt == "text/plain" && v == "1.0.0":
+			c.format, c.esc, version = FormatText, model.NoEscaping, v
+		case mt == "*/*" || mt == "text/*":
+			c.format = FormatText
 		default:
 			continue
 		}
-		if q > bestQ {
-			best, bestQ = f, q
+		if e, ok := params[model.EscapingKey]; ok {
+			if scheme, err := model.ToEscapingScheme(e); err == nil {
+				c.esc = scheme
+			}
 		}
+		best, bestQ, textVersion = c, q, version
 	}
+	switch best.format {
+	case FormatOpenMetrics:
+		best.contentType = ContentTypeOpenMetrics
+	case FormatProtobuf:
+		best.contentType = ContentTypeProtobuf
+	default:
+		best.contentType = "text/plain; version=" + textVersion + "; charset=utf-8"
+	}
+	best.contentType += "; escaping=" + best.esc.String()
 	return best
 }
 

@@ -3,25 +3,99 @@ package relay
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"io"
 	"testing"
 
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/relabel"
+	"github.com/prometheus/prometheus/model/textparse"
+	"go.yaml.in/yaml/v2"
 	"google.golang.org/protobuf/encoding/protodelim"
 )
 
+// fuzzRules cut through histograms and summaries, rename, add labels and
+// drop by name: the fast path takes the first set, the second needs labels.
+var fuzzRules = []string{`
+- target_label: env
+  replacement: prod
+- source_labels: [__name__]
+  regex: .*_count
+  action: drop`, `
+- source_labels: [le]
+  regex: '\+Inf'
+  action: drop
+- source_labels: [__name__]
+  regex: '(.*)_sum'
+  target_label: __name__
+  replacement: '${1}_total_sum'
+- regex: 'a'
+  action: labeldrop`}
+
+func mustRules(t testing.TB, s string) []*relabel.Config {
+	var cfgs []*relabel.Config
+	if err := yaml.UnmarshalStrict([]byte(s), &cfgs); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cfgs {
+		if err := c.Validate(model.UTF8Validation); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return cfgs
+}
+
 // fuzzRelay runs the pipeline over arbitrary input for every output
-// format. It must never panic; errors are fine. Limits are small so that
-// no input can make it allocate much.
-func fuzzRelay(_ *testing.T, data []byte, in Format, ct string) {
+// format, without and with rules, as an exporter's endpoint and with the
+// aggregate endpoint's exporter label. It must never panic, and what it
+// relays without an error must parse. Limits are small so that no input
+// can make it allocate much.
+func fuzzRelay(t *testing.T, data []byte, in Format, ct string) {
+	lim := limits{maxLine: 4096, maxFrame: 1 << 20, maxMetric: 1 << 20}
+	rules := [][]*relabel.Config{nil}
+	for _, r := range fuzzRules {
+		rules = append(rules, mustRules(t, r))
+	}
 	for _, out := range []Format{FormatText, FormatOpenMetrics, FormatProtobuf} {
-		p := newPipeline("fuzz", "exporter", nil, 4096, 1<<20)
-		body := &capReader{r: bytes.NewReader(data), max: 1 << 20}
-		_ = p.relay(body, in, ct, out, io.Discard)
+		for _, rs := range rules {
+			for _, label := range []string{"", "exporter"} {
+				for _, esc := range []model.EscapingScheme{model.NoEscaping, model.UnderscoreEscaping} {
+					p := newPipeline("fuzz", label, rs, lim)
+					body := &capReader{r: bytes.NewReader(data), max: 1 << 20}
+					var buf bytes.Buffer
+					if err := p.relay(body, in, ct, out, esc, &buf); err != nil {
+						continue
+					}
+					outCT := out.ContentType()
+					if err := parses(buf.Bytes(), outCT); err != nil {
+						t.Fatalf("%v to %v (rules %d, label %q, %v): output does not parse: %v\ninput %q\noutput %q", in, out, len(rs), label, esc, err, data, buf.Bytes())
+					}
+				}
+			}
+		}
+	}
+}
+
+// parses reports whether Prometheus' parser reads body whole.
+func parses(body []byte, ct string) error {
+	p, err := textparse.New(body, ct, nil, textparse.ParserOptions{})
+	if err != nil {
+		return err
+	}
+	for {
+		if _, err := p.Next(); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
 	}
 }
 
 func FuzzRelayText(f *testing.F) {
 	f.Add([]byte(richText))
+	f.Add([]byte(relabelText))
+	f.Add([]byte(escapingText))
 	f.Add([]byte("# TYPE a counter\na 1\n# TYPE a gauge\na 2\n"))
 	f.Add([]byte("{\"utf8.name\",a=\"b\"} 1\n"))
 	f.Add([]byte("a{b=\"\\x\"} 1\n"))
@@ -32,6 +106,7 @@ func FuzzRelayText(f *testing.F) {
 
 func FuzzRelayOpenMetrics(f *testing.F) {
 	f.Add([]byte(richOM))
+	f.Add([]byte(relabelOM))
 	f.Add([]byte("# TYPE a histogram\na_bucket{le=\"x\"} 1\n# EOF\n"))
 	f.Add([]byte("a_total 1 # {} 1\n# EOF\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -43,6 +118,11 @@ func FuzzRelayProtobuf(f *testing.F) {
 	var buf bytes.Buffer
 	_, _ = protodelim.MarshalTo(&buf, nativeHistogramFamily())
 	f.Add(buf.Bytes())
+	for _, mf := range protobufFixture() {
+		buf.Reset()
+		_, _ = protodelim.MarshalTo(&buf, mf)
+		f.Add(append([]byte(nil), buf.Bytes()...))
+	}
 	f.Add(binary.AppendUvarint(nil, 64<<30))
 	f.Add([]byte{0x05, 0x0a, 0x01, 'a', 0x18, 0x09})
 	f.Fuzz(func(t *testing.T, data []byte) {

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"unicode/utf8"
 
 	dto "github.com/prometheus/client_model/go"
@@ -42,15 +41,22 @@ type pipeline struct {
 	label    string
 	relabels []*relabel.Config
 	scheme   model.ValidationScheme
-	maxLine  int
-	maxFrame int
+	limits
 
 	lb        *labels.Builder
+	cb        *labels.Builder // the series of a protobuf summary or histogram
 	sb        labels.ScratchBuilder
 	st        *labels.SymbolTable
 	lset      labels.Labels
 	ex        exemplar.Exemplar
 	labelPair *dto.LabelPair // the exporter label, shared by protobuf metrics
+	// fast is the rules in the form the direct path applies to a series'
+	// text, nil when a rule needs its labels; extra is what the direct
+	// path splices into that text: the exporter label and the constant
+	// labels of fast.
+	fast  *fastRules
+	extra []byte
+	parts []part
 
 	ch       chunker
 	br       *bufio.Reader
@@ -59,38 +65,80 @@ type pipeline struct {
 	omChunk  []byte // an OpenMetrics chunk with its end marker
 	buf      []byte // output of the direct path
 	skipMeta int    // replayed metadata entries the direct path must not repeat
+	esc      model.EscapingScheme
+	out      Format // of the families path
 	asm      assembler
 	fw       familyWriter
+	part     pbPart
 	samples  int
 	// stripCreated drops created timestamps of protobuf input written as
 	// OpenMetrics: the exporter would not have sent _created lines there.
 	stripCreated bool
 }
 
-// size is about how much memory the pipeline's buffers hold.
-func (p *pipeline) size() int {
-	return cap(p.ch.buf) + cap(p.ch.scratch) + cap(p.frame) + cap(p.omChunk) + cap(p.buf) + p.fw.buf.Cap()
+// limits bound what a pipeline holds at once: a line of text, a protobuf
+// frame, one metric (a summary or histogram with all its series).
+type limits struct {
+	maxLine, maxFrame, maxMetric int
 }
 
-func newPipeline(exporter, label string, relabels []*relabel.Config, maxLine, maxFrame int) *pipeline {
+// defaultLimits are the limits of a configuration that sets none.
+var defaultLimits = limits{maxLine: DefaultMaxLineBytes, maxFrame: DefaultMaxFrameBytes, maxMetric: DefaultMaxMetricBytes}
+
+// size is about how much memory the pipeline's buffers hold.
+func (p *pipeline) size() int {
+	return cap(p.ch.buf) + cap(p.ch.scratch) + cap(p.frame) + cap(p.omChunk) + cap(p.buf) + cap(p.fw.buf) + 64*cap(p.parts)
+}
+
+func newPipeline(exporter, label string, relabels []*relabel.Config, lim limits) *pipeline {
 	p := &pipeline{
-		exporter: exporter, label: label, relabels: relabels, scheme: model.UTF8Validation,
-		maxLine: maxLine, maxFrame: maxFrame,
-		lb: labels.NewBuilder(labels.EmptyLabels()), st: labels.NewSymbolTable(),
+		exporter: exporter, relabels: relabels, scheme: model.UTF8Validation, limits: lim,
+		lb: labels.NewBuilder(labels.EmptyLabels()), cb: labels.NewBuilder(labels.EmptyLabels()),
+		st: labels.NewSymbolTable(),
 	}
-	if len(relabels) > 0 {
+	// Validate sets every rule's scheme; one that was never validated
+	// would make the validity checks panic.
+	if len(relabels) > 0 && relabels[0].NameValidationScheme != model.UnsetValidation {
 		p.scheme = relabels[0].NameValidationScheme
 	}
-	if label != "" {
-		p.labelPair = &dto.LabelPair{Name: proto.String(label), Value: proto.String(exporter)}
-	}
+	p.initLabel(label)
 	return p
 }
 
-// relabel adds the exporter label and applies metric_relabel_configs, in
-// Prometheus' order: target labels first (an upstream label of the same
-// name is kept as exported_<name>, as with honor_labels: false), then the
-// rules.
+// setLabel sets the name of the label that carries the exporter's name, ""
+// for none. Only the aggregate endpoint adds one: there the series of
+// several exporters share a target. On an exporter's own endpoint the
+// target's labels tell the exporter already, and a scraped label of the same
+// name as a target label would be renamed to exported_<name> by Prometheus.
+func (p *pipeline) setLabel(label string) {
+	if label != p.label {
+		p.initLabel(label)
+	}
+}
+
+// initLabel prepares what depends on the exporter label.
+func (p *pipeline) initLabel(label string) {
+	p.label, p.labelPair, p.extra = label, nil, nil
+	if label != "" {
+		p.labelPair = &dto.LabelPair{Name: proto.String(label), Value: proto.String(p.exporter)}
+		p.extra = appendQuoted(append([]byte(label), '='), p.exporter)
+	}
+	p.fast = nil
+	if len(p.relabels) > 0 {
+		p.fast = newFastRules(p.relabels, label)
+	}
+	if p.fast != nil && len(p.fast.extra) > 0 {
+		if len(p.extra) > 0 {
+			p.extra = append(p.extra, ',')
+		}
+		p.extra = append(p.extra, p.fast.extra...)
+	}
+}
+
+// relabel adds the exporter label (aggregate endpoint only) and applies
+// metric_relabel_configs, in Prometheus' order: target labels first (an
+// upstream label of the same name is kept as exported_<name>, as with
+// honor_labels: false), then the rules.
 func (p *pipeline) relabel(lset labels.Labels) (labels.Labels, bool, error) {
 	p.lb.Reset(lset)
 	if p.label != "" {
@@ -116,13 +164,15 @@ func (p *pipeline) relabel(lset labels.Labels) (labels.Labels, bool, error) {
 	return out, true, nil
 }
 
-// relay copies body in format in (Content-Type ct) to w in format out.
-func (p *pipeline) relay(body io.Reader, in Format, ct string, out Format, w io.Writer) error {
+// relay copies body in format in (Content-Type ct) to w in format out,
+// spelling names that are not classic ones with esc.
+func (p *pipeline) relay(body io.Reader, in Format, ct string, out Format, esc model.EscapingScheme, w io.Writer) error {
 	p.samples = 0
+	p.esc = esc
 	if in == out && in != FormatProtobuf {
 		return p.direct(body, ct, out == FormatOpenMetrics, w)
 	}
-	p.fw.reset(w, out)
+	p.fw.reset(w, out, esc)
 	if err := p.families(body, in, ct, out, p.fw.write); err != nil {
 		return err
 	}
@@ -172,6 +222,9 @@ func (p *pipeline) parse(chunk []byte, ct string, om bool, h handler) error {
 		switch entry {
 		case textparse.EntryHelp:
 			name, help := parser.Help()
+			if !utf8.Valid(name) || !utf8.Valid(help) {
+				return fmt.Errorf("%w: help of %q is not UTF-8", errParse, truncate(string(name)))
+			}
 			err = h.meta(metaHelp, name, help, "")
 		case textparse.EntryType:
 			name, typ := parser.Type()
@@ -181,6 +234,15 @@ func (p *pipeline) parse(chunk []byte, ct string, om bool, h handler) error {
 			err = h.meta(metaUnit, name, unit, "")
 		case textparse.EntrySeries:
 			raw, ts, v := parser.Series()
+			// The parser takes {""} and names and values that are not
+			// UTF-8; Prometheus fails the scrape for them, and the
+			// protobuf output could not carry them.
+			if len(raw) > 0 && raw[0] == '{' && len(sampleName(raw)) == 0 {
+				return fmt.Errorf("%w: series without a metric name", errParse)
+			}
+			if !utf8.Valid(raw) {
+				return fmt.Errorf("%w: series %q is not UTF-8", errParse, truncate(string(raw)))
+			}
 			lset := labels.EmptyLabels()
 			if h.wantLabels(raw) {
 				parser.Labels(&p.lset)
@@ -220,25 +282,30 @@ func (d directHandler) meta(kind metaKind, name, value []byte, typ model.MetricT
 	}
 	switch kind {
 	case metaHelp:
-		p.buf = appendHelp(p.buf, name, value, d.om)
+		p.buf = appendHelp(p.buf, name, value, d.om, p.esc)
 	case metaType:
-		p.buf = appendMetaLine(p.buf, "TYPE", name, typeName(typ, d.om))
+		p.buf = appendMetaLine(p.buf, "TYPE", name, typeName(typ, d.om), p.esc)
 	case metaUnit:
 		if d.om {
-			p.buf = appendMetaLine(p.buf, "UNIT", name, string(value))
+			p.buf = appendMetaLine(p.buf, "UNIT", name, string(value), p.esc)
 		}
 	}
 	return nil
 }
 
 // wantLabels sends a series through relabeling with its labels built
-// when there are rules, and when its text mentions the exporter label's
-// name, which may then be taken already (see relabel). Everything else
-// takes the parser's text of the series, with the exporter label appended.
+// when there are rules that need them (see fastRules), when its text
+// mentions the exporter label's name, which may then be taken already (see
+// relabel), and when it has quoted names that the scraper needs escaped.
+// Everything else takes the parser's text of the series, with the exporter
+// label and the rules' constant labels appended.
 func (d directHandler) wantLabels(raw []byte) bool {
 	p := d.p
-	if len(p.relabels) > 0 {
+	if p.esc != model.NoEscaping && hasQuotedName(raw) {
 		return true
+	}
+	if len(p.relabels) > 0 {
+		return p.fast == nil || !p.fast.handles(raw)
 	}
 	return p.label != "" && bytes.Contains(raw, []byte(p.label))
 }
@@ -246,8 +313,11 @@ func (d directHandler) wantLabels(raw []byte) bool {
 func (d directHandler) series(raw []byte, lset labels.Labels, v float64, ts *int64, ex *exemplar.Exemplar) error {
 	p := d.p
 	if lset.IsEmpty() {
+		if p.fast != nil && !p.fast.keep(raw) {
+			return nil
+		}
 		p.samples++
-		p.buf = appendRawSample(p.buf, raw, p.label, p.exporter, v, ts, ex, d.om)
+		p.buf = appendRawSample(p.buf, raw, p.extra, v, ts, ex, d.om, p.esc)
 		return nil
 	}
 	out, keep, err := p.relabel(lset)
@@ -255,7 +325,7 @@ func (d directHandler) series(raw []byte, lset labels.Labels, v float64, ts *int
 		return err
 	}
 	p.samples++
-	p.buf = appendSample(p.buf, out, v, ts, ex, d.om)
+	p.buf = appendSample(p.buf, out, v, ts, ex, d.om, p.esc)
 	return nil
 }
 
@@ -264,7 +334,7 @@ func (p *pipeline) direct(body io.Reader, ct string, om bool, w io.Writer) error
 	// Text chunks may end anywhere between lines: the text parser needs no
 	// family context. OpenMetrics chunks end at family boundaries, since
 	// its parser checks samples against their family's type.
-	p.ch.reset(body, p.maxLine, chunkBytes, om, om)
+	p.ch.reset(body, p.maxLine, p.maxMetric, chunkBytes, om, om)
 	h := directHandler{p, om}
 	for {
 		chunk, replayed, err := p.ch.Next()
@@ -316,13 +386,14 @@ func (f familyHandler) series(_ []byte, lset labels.Labels, v float64, ts *int64
 // order of the body. A family larger than a chunk comes in parts, one
 // call each, with the same name. The family is only valid during the call.
 func (p *pipeline) families(body io.Reader, in Format, ct string, out Format, emit func(*dto.MetricFamily) error) error {
+	p.out = out
 	if in == FormatProtobuf {
 		p.stripCreated = out == FormatOpenMetrics
 		return p.protobufFamilies(body, emit)
 	}
 	om := in == FormatOpenMetrics
-	p.ch.reset(body, p.maxLine, chunkBytes, true, om)
-	p.asm.reset(om, emit)
+	p.ch.reset(body, p.maxLine, p.maxMetric, chunkBytes, true, om)
+	p.asm.reset(om, out == FormatProtobuf, emit)
 	h := familyHandler{p}
 	for {
 		chunk, _, err := p.ch.Next()
@@ -339,203 +410,6 @@ func (p *pipeline) families(body io.Reader, in Format, ct string, out Format, em
 			return err
 		}
 	}
-}
-
-// protobufFamilies reads varint-delimited MetricFamily frames. Each frame is
-// decoded into client_model types directly: they are what the output needs,
-// and going through textparse's protobuf parser would flatten native
-// histograms and exemplars into series only to rebuild them.
-func (p *pipeline) protobufFamilies(body io.Reader, emit func(*dto.MetricFamily) error) error {
-	if p.br == nil {
-		p.br = bufio.NewReaderSize(body, 64<<10)
-	} else {
-		p.br.Reset(body)
-	}
-	defer p.br.Reset(nil)
-	for {
-		frame, err := readFrame(p.br, p.frame, p.maxFrame)
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		p.frame = frame
-		mf := &dto.MetricFamily{}
-		if err := proto.Unmarshal(frame, mf); err != nil {
-			return fmt.Errorf("%w: %w", errParse, err)
-		}
-		if err := validateFamily(mf); err != nil {
-			return fmt.Errorf("%w: family %q: %w", errParse, truncate(mf.GetName()), err)
-		}
-		if p.stripCreated {
-			for _, m := range mf.Metric {
-				switch {
-				case m.Counter != nil:
-					m.Counter.CreatedTimestamp = nil
-				case m.Summary != nil:
-					m.Summary.CreatedTimestamp = nil
-				case m.Histogram != nil:
-					m.Histogram.CreatedTimestamp = nil
-				}
-			}
-		}
-		if err := p.relabelFamily(mf, emit); err != nil {
-			return err
-		}
-	}
-}
-
-// validateFamily refuses what would make the encoders fail or Prometheus
-// refuse the scrape: every metric carries the value of its family's type,
-// and names and values are UTF-8.
-func validateFamily(mf *dto.MetricFamily) error {
-	if mf.GetName() == "" || !utf8.ValidString(mf.GetName()) {
-		return errors.New("metric family without a valid name")
-	}
-	if !utf8.ValidString(mf.GetHelp()) || !utf8.ValidString(mf.GetUnit()) {
-		return errors.New("help or unit is not UTF-8")
-	}
-	if _, ok := dto.MetricType_name[int32(mf.GetType())]; !ok {
-		return fmt.Errorf("unknown metric type %d", mf.GetType())
-	}
-	for _, m := range mf.Metric {
-		if m == nil {
-			return errors.New("empty metric")
-		}
-		for _, l := range m.Label {
-			if l == nil || l.GetName() == "" || !utf8.ValidString(l.GetName()) || !utf8.ValidString(l.GetValue()) {
-				return errors.New("label without a valid name or with a value that is not UTF-8")
-			}
-		}
-		var ok bool
-		switch mf.GetType() {
-		case dto.MetricType_COUNTER:
-			ok = m.Counter != nil
-		case dto.MetricType_GAUGE:
-			ok = m.Gauge != nil
-		case dto.MetricType_SUMMARY:
-			ok = m.Summary != nil
-		case dto.MetricType_UNTYPED:
-			ok = m.Untyped != nil
-		case dto.MetricType_HISTOGRAM, dto.MetricType_GAUGE_HISTOGRAM:
-			ok = m.Histogram != nil
-		}
-		if !ok {
-			return fmt.Errorf("metric without a %s value", mf.GetType())
-		}
-	}
-	return nil
-}
-
-// relabelFamily relabels the metrics of a protobuf family and emits the
-// result. A metric is relabeled as a unit under its family's name, as
-// Prometheus relabels native histograms: rules see the labels of the
-// family and the metric, not the _bucket, _sum and _count series of a
-// classic histogram or summary. A metric renamed by a rule moves to a
-// family of that name.
-func (p *pipeline) relabelFamily(mf *dto.MetricFamily, emit func(*dto.MetricFamily) error) error {
-	if len(p.relabels) == 0 {
-		// No rules: add the exporter label, and only build label sets for
-		// the rare metric that has a label of that name already.
-		kept := mf.Metric[:0]
-		for _, m := range mf.Metric {
-			p.samples += sampleCount(m)
-			if p.label == "" {
-				kept = append(kept, m)
-				continue
-			}
-			clash := false
-			for _, l := range m.Label {
-				if l.GetName() == p.label {
-					clash = true
-					break
-				}
-			}
-			if !clash {
-				// Keep the pairs sorted by name, as client libraries write them.
-				i := 0
-				for i < len(m.Label) && m.Label[i].GetName() < p.label {
-					i++
-				}
-				m.Label = slices.Insert(m.Label, i, p.labelPair)
-				kept = append(kept, m)
-				continue
-			}
-			out, _, _ := p.relabel(p.metricLabels(mf.GetName(), m))
-			m.Label = labelPairs(out, "")
-			kept = append(kept, m)
-		}
-		mf.Metric = kept
-		return emit(mf)
-	}
-	name := mf.GetName()
-	kept := mf.Metric[:0]
-	var moved []*dto.MetricFamily
-	for _, m := range mf.Metric {
-		out, keep, err := p.relabel(p.metricLabels(name, m))
-		if err != nil {
-			return err
-		}
-		if !keep {
-			continue
-		}
-		p.samples += sampleCount(m)
-		m.Label = labelPairs(out, "")
-		newName := out.Get(model.MetricNameLabel)
-		if newName == name {
-			kept = append(kept, m)
-			continue
-		}
-		var dst *dto.MetricFamily
-		for _, f := range moved {
-			if f.GetName() == newName {
-				dst = f
-				break
-			}
-		}
-		if dst == nil {
-			dst = &dto.MetricFamily{Name: proto.String(newName), Help: mf.Help, Type: mf.Type, Unit: mf.Unit}
-			moved = append(moved, dst)
-		}
-		dst.Metric = append(dst.Metric, m)
-	}
-	mf.Metric = kept
-	if err := emit(mf); err != nil {
-		return err
-	}
-	for _, f := range moved {
-		if err := emit(f); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// metricLabels is the label set of a protobuf metric under name.
-func (p *pipeline) metricLabels(name string, m *dto.Metric) labels.Labels {
-	p.sb.Reset()
-	p.sb.Add(model.MetricNameLabel, name)
-	for _, l := range m.Label {
-		p.sb.Add(l.GetName(), l.GetValue())
-	}
-	p.sb.Sort()
-	return p.sb.Labels()
-}
-
-// sampleCount is how many series a metric stands for, for the samples
-// metric: buckets, quantiles, sum and count included.
-func sampleCount(m *dto.Metric) int {
-	switch {
-	case m.Histogram != nil:
-		if len(m.Histogram.Bucket) == 0 && (len(m.Histogram.PositiveSpan) > 0 || len(m.Histogram.NegativeSpan) > 0 || m.Histogram.ZeroThreshold != nil) {
-			return 1
-		}
-		return len(m.Histogram.Bucket) + 3
-	case m.Summary != nil:
-		return len(m.Summary.Quantile) + 2
-	}
-	return 1
 }
 
 // typeName spells a type for the output format: text 0.0.4 calls the

@@ -5,8 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -24,6 +26,9 @@ import (
 // aggregatePath serves every exporter merged into one exposition.
 const aggregatePath = "/exporters/metrics"
 
+// errAggregateUnlabeled is the reason the aggregate endpoint is off.
+var errAggregateUnlabeled = errors.New("aggregate endpoint disabled: exporter_label is empty, so the series of several exporters would collide; scrape /exporters/<name>/metrics or set exporter_label")
+
 // Relay serves the exporters of a relay configuration over HTTP.
 type Relay struct {
 	cfg       *Config
@@ -31,6 +36,7 @@ type Relay struct {
 	metrics   *collector.Relay
 	exporters map[string]*exporter
 	names     []string
+	maxNames  int // see nameSet
 	// gzips holds gzip writers between responses: each has about a
 	// megabyte of compressor state that is worth not allocating per scrape.
 	gzips sync.Pool
@@ -52,7 +58,7 @@ func New(cfg *Config, logger *slog.Logger, metrics *collector.Relay) (*Relay, er
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	r := &Relay{cfg: cfg, logger: logger, metrics: metrics, exporters: make(map[string]*exporter, len(cfg.Exporters))}
+	r := &Relay{cfg: cfg, logger: logger, metrics: metrics, exporters: make(map[string]*exporter, len(cfg.Exporters)), maxNames: maxWrittenNames}
 	for _, ec := range cfg.Exporters {
 		client, err := config.NewClientFromConfig(ec.HTTPClientConfig, "relay_"+ec.Name,
 			config.WithUserAgent("baremetal_sd/"+version.Version))
@@ -68,6 +74,9 @@ func New(cfg *Config, logger *slog.Logger, metrics *collector.Relay) (*Relay, er
 		if metrics != nil {
 			metrics.Up.WithLabelValues(ec.Name)
 		}
+	}
+	if cfg.Label() == "" && len(r.names) > 1 {
+		logger.Info("Aggregate endpoint disabled", "path", aggregatePath, "err", errAggregateUnlabeled)
 	}
 	return r, nil
 }
@@ -115,17 +124,31 @@ func allowed(w http.ResponseWriter, req *http.Request) bool {
 	return false
 }
 
-// scrapeTimeout is the configured timeout, shortened to what the scraper
-// is willing to wait.
+// timeoutOffset is how much sooner than the scraper's own timeout the relay
+// gives up, so that its 504 and one-line reason still reach a scraper that
+// would otherwise have hung up first (blackbox_exporter's --timeout-offset
+// does the same). It never takes more than half of a short timeout.
+const timeoutOffset = 500 * time.Millisecond
+
+// scrapeTimeout is the configured timeout, shortened to what the scraper is
+// willing to wait (X-Prometheus-Scrape-Timeout-Seconds) less timeoutOffset.
+// A header that is not a positive finite number is ignored; the arithmetic
+// stays in float seconds until the result is known to be below configured,
+// so a huge value cannot overflow into a negative duration.
 func scrapeTimeout(req *http.Request, configured time.Duration) time.Duration {
-	if s := req.Header.Get("X-Prometheus-Scrape-Timeout-Seconds"); s != "" {
-		if v, err := strconv.ParseFloat(s, 64); err == nil && v > 0 {
-			if d := time.Duration(v * float64(time.Second)); d < configured {
-				return d
-			}
-		}
+	s := req.Header.Get("X-Prometheus-Scrape-Timeout-Seconds")
+	if s == "" {
+		return configured
 	}
-	return configured
+	v, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+	if err != nil || !(v > 0) || math.IsInf(v, 0) {
+		return configured
+	}
+	budget := max(v-timeoutOffset.Seconds(), v/2)
+	if budget >= configured.Seconds() {
+		return configured
+	}
+	return max(time.Duration(budget*float64(time.Second)), time.Nanosecond)
 }
 
 // acceptsGzip reports whether the scraper takes gzip (q > 0).
@@ -186,6 +209,8 @@ func classify(ctx context.Context, err error) *fetchError {
 		return &fetchError{http.StatusBadGateway, "line_too_long", err}
 	case errors.Is(err, errFrameTooLarge):
 		return &fetchError{http.StatusBadGateway, "frame_too_large", err}
+	case errors.Is(err, errMetricTooLarge):
+		return &fetchError{http.StatusBadGateway, "metric_too_large", err}
 	case errors.Is(err, errParse):
 		return &fetchError{http.StatusBadGateway, "parse", err}
 	case errors.Is(err, errRelabel):
@@ -289,7 +314,7 @@ func (e *exporter) pipeline() *pipeline {
 		return p
 	}
 	cfg := e.relay.cfg
-	return newPipeline(e.cfg.Name, cfg.Label(), e.cfg.MetricRelabelConfigs, cfg.MaxLineBytes, cfg.MaxFrameBytes)
+	return newPipeline(e.cfg.Name, "", e.cfg.MetricRelabelConfigs, cfg.limits())
 }
 
 // release keeps a pipeline for the next scrape, unless it grew unusually
@@ -390,11 +415,11 @@ type response struct {
 	sink  io.Writer
 }
 
-func (r *Relay) newResponse(w http.ResponseWriter, req *http.Request, out Format) *response {
+func (r *Relay) newResponse(w http.ResponseWriter, req *http.Request, out negotiated) *response {
 	gz := acceptsGzip(req)
 	resp := &response{dst: &trackingWriter{w: w, started: func() {
 		h := w.Header()
-		h.Set("Content-Type", out.ContentType())
+		h.Set("Content-Type", out.contentType)
 		if gz {
 			h.Set("Content-Encoding", "gzip")
 		}
@@ -442,11 +467,13 @@ func (e *exporter) serve(w http.ResponseWriter, req *http.Request) {
 	m := e.relay.metrics
 	name := e.cfg.Name
 	start := time.Now()
-	out := negotiate(req.Header.Get("Accept"))
+	neg := negotiate(req.Header.Get("Accept"))
+	out := neg.format
 	timeout := scrapeTimeout(req, e.timeout)
 	ctx, cancel := context.WithTimeout(req.Context(), timeout)
 	defer cancel()
 	p := e.pipeline()
+	p.setLabel("")
 
 	fail := func(err error) *fetchError {
 		fe := classify(ctx, err)
@@ -471,8 +498,8 @@ func (e *exporter) serve(w http.ResponseWriter, req *http.Request) {
 	}
 	defer up.closer.Close()
 
-	resp := e.relay.newResponse(w, req, out)
-	err = p.relay(up.body, up.format, up.ct, out, resp.sink)
+	resp := e.relay.newResponse(w, req, neg)
+	err = p.relay(up.body, up.format, up.ct, out, neg.esc, resp.sink)
 	if ferr := e.relay.finish(resp, err == nil); err == nil || errors.Is(err, errAsyncFailed) {
 		err = ferr
 	}
@@ -507,12 +534,23 @@ type source struct {
 // same-named families from different exporters into one valid family while
 // holding about one family per exporter in memory. A family whose name
 // comes again after other families were written (an unsorted upstream) is
-// dropped and counted, since a text exposition may not repeat a family;
-// so is a family whose type differs from the one already merged under its
-// name. Exporters that fail are left out and reported in the relay
+// dropped and counted, since a text exposition may not repeat a family
+// (bare samples without metadata may come again, see nameSet for the
+// bound); so is a family whose type differs from the one already merged
+// under its name. Exporters that fail are left out and reported in the relay
 // metrics; one that fails halfway leaves the families it sent before.
+//
+// Without an exporter label the series of two exporters could be the same
+// series, which Prometheus would count as duplicates and partly drop, so
+// the endpoint then serves only a relay of a single exporter and answers
+// 404 with the reason otherwise.
 func (r *Relay) serveAggregate(w http.ResponseWriter, req *http.Request) {
-	out := negotiate(req.Header.Get("Accept"))
+	if r.cfg.Label() == "" && len(r.names) > 1 {
+		http.Error(w, errAggregateUnlabeled.Error(), http.StatusNotFound)
+		return
+	}
+	neg := negotiate(req.Header.Get("Accept"))
+	out := neg.format
 	ctx, cancel := context.WithCancel(req.Context())
 	defer cancel()
 
@@ -526,8 +564,8 @@ func (r *Relay) serveAggregate(w http.ResponseWriter, req *http.Request) {
 	defer wg.Wait()
 
 	fw := &familyWriter{}
-	resp := r.newResponse(w, req, out)
-	fw.reset(resp.sink, out)
+	resp := r.newResponse(w, req, neg)
+	fw.reset(resp.sink, out, neg.esc)
 	err := r.merge(sources, fw)
 	if ferr := r.finish(resp, err == nil); err == nil {
 		err = ferr
@@ -556,6 +594,7 @@ func (s *source) run(ctx context.Context, req *http.Request, out Format) {
 	fctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	p := e.pipeline()
+	p.setLabel(e.relay.cfg.Label())
 	up, err := e.fetch(fctx, p, out, timeout)
 	if err == nil {
 		p.samples = 0
@@ -603,7 +642,7 @@ func (r *Relay) merge(sources []*source, fw *familyWriter) error {
 	for _, s := range sources {
 		advance(s)
 	}
-	written := make(map[string]bool)
+	written := newNameSet(r.maxNames)
 	for {
 		var name string
 		found := false
@@ -621,7 +660,8 @@ func (r *Relay) merge(sources []*source, fw *familyWriter) error {
 				continue
 			}
 			switch {
-			case written[name] && fw.last != name:
+			case !isBare(s.head) && fw.last != name && written.has(name):
+				// Bare families (samples without metadata) may come again.
 				r.drop(s)
 			case merged == nil:
 				merged = s.head
@@ -638,11 +678,43 @@ func (r *Relay) merge(sources []*source, fw *familyWriter) error {
 		if merged == nil {
 			continue
 		}
-		written[name] = true
+		if !isBare(merged) {
+			written.add(name)
+		}
 		if err := fw.write(merged); err != nil {
 			return err
 		}
 	}
+}
+
+// maxWrittenNames bounds how many family names the aggregate endpoint
+// remembers per response to drop repeated families.
+const maxWrittenNames = 1 << 17
+
+// nameSet remembers the names of the families an aggregate response wrote,
+// by 64-bit hash, so that memory does not grow with the names' lengths, and
+// at most max of them: past that a family that comes again is written
+// again (Prometheus reads it; strict parsers would refuse the repeated
+// metadata) rather than memory grown without bound.
+type nameSet struct {
+	seed maphash.Seed
+	m    map[uint64]struct{}
+	max  int
+}
+
+func newNameSet(max int) *nameSet {
+	return &nameSet{seed: maphash.MakeSeed(), m: make(map[uint64]struct{}), max: max}
+}
+
+func (s *nameSet) add(name string) {
+	if len(s.m) < s.max {
+		s.m[maphash.String(s.seed, name)] = struct{}{}
+	}
+}
+
+func (s *nameSet) has(name string) bool {
+	_, ok := s.m[maphash.String(s.seed, name)]
+	return ok
 }
 
 func (r *Relay) drop(s *source) {

@@ -12,7 +12,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -22,7 +22,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/model"
-	"github.com/prometheus/prometheus/model/exemplar"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/model/textparse"
 	"google.golang.org/protobuf/encoding/protodelim"
@@ -31,15 +30,11 @@ import (
 	"github.com/baremetal-sd/baremetal_sd/collector"
 )
 
-// nodeExporterFixture is a real node_exporter exposition shared by the
-// project (see ../../shared/fixtures/README.md for its origin and license).
+// nodeExporterFixture is a real node_exporter exposition (see
+// testdata/README.md for its origin and license).
 func nodeExporterFixture(t testing.TB) []byte {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join("..", "..", "shared", "fixtures", "node_exporter_e2e.txt"))
-	if err != nil {
-		t.Fatalf("shared fixture missing (CI has ../shared beside the repo): %v", err)
-	}
-	return data
+	return testdataFile(t, "node_exporter_e2e.txt")
 }
 
 func testdataFile(t testing.TB, name string) []byte {
@@ -106,50 +101,21 @@ weird_values{v="inf"} +Inf
 `
 
 // series parses a whole exposition (test side only) into name{labels}@ts ->
-// value, dropping the exporter label and created series so that inputs and
-// outputs of different formats compare.
+// value, dropping created series so that inputs and outputs of different
+// formats compare.
 func series(t *testing.T, body []byte, contentType string) map[string]float64 {
+	t.Helper()
+	return parseSeries(t, body, contentType, func(lset labels.Labels) labels.Labels { return lset })
+}
+
+// seriesWithoutExporter is series for the aggregate endpoint, without the
+// exporter label it adds.
+func seriesWithoutExporter(t *testing.T, body []byte, contentType string) map[string]float64 {
 	t.Helper()
 	return parseSeries(t, body, contentType, func(lset labels.Labels) labels.Labels {
 		return labels.NewBuilder(lset).Del("exporter").Labels()
 	})
 }
-
-// seriesAsRelayed is series for a relay's input: an upstream exporter label
-// moves aside as Prometheus moves a target label's clash (exported_,
-// repeated until free), which is what the relay must do.
-func seriesAsRelayed(t *testing.T, body []byte, contentType string) map[string]float64 {
-	t.Helper()
-	return parseSeries(t, body, contentType, func(lset labels.Labels) labels.Labels {
-		b := labels.NewBuilder(lset)
-		if v := lset.Get("exporter"); v != "" {
-			name := model.ExportedLabelPrefix + "exporter"
-			for lset.Has(name) {
-				name = model.ExportedLabelPrefix + name
-			}
-			b.Del("exporter").Set(name, v)
-		}
-		return b.Labels()
-	})
-}
-
-// asProtobufReads rewrites input series into what Prometheus' protobuf
-// parser reads back after the relay converted them: it takes a zero
-// timestamp for none, names a gauge histogram's count and sum _count and
-// _sum, and spells bucket bounds as OpenMetrics floats.
-func asProtobufReads(in map[string]float64) map[string]float64 {
-	out := make(map[string]float64, len(in))
-	for k, v := range in {
-		k = strings.TrimSuffix(k, "@0")
-		k = strings.Replace(k, `_gcount"`, `_count"`, 1)
-		k = strings.Replace(k, `_gsum"`, `_sum"`, 1)
-		k = integerBound.ReplaceAllString(k, `le="$1.0"`)
-		out[k] = v
-	}
-	return out
-}
-
-var integerBound = regexp.MustCompile(`le="(-?[0-9]+)"`)
 
 func parseSeries(t *testing.T, body []byte, contentType string, fix func(labels.Labels) labels.Labels) map[string]float64 {
 	t.Helper()
@@ -172,7 +138,8 @@ func parseSeries(t *testing.T, body []byte, contentType string, fix func(labels.
 		}
 		_, ts, v := p.Series()
 		p.Labels(&lset)
-		lset = fix(lset)
+		// An empty label value is no label, for Prometheus and here.
+		lset = fix(labels.NewBuilder(lset).Labels())
 		if strings.HasSuffix(lset.Get(model.MetricNameLabel), "_created") {
 			continue
 		}
@@ -243,74 +210,70 @@ const acceptProto = "application/vnd.google.protobuf;proto=io.prometheus.client.
 const acceptOM = "application/openmetrics-text;version=1.0.0"
 const acceptText = "text/plain;version=0.0.4"
 
-func TestRelay_RoundTripFormats(t *testing.T) {
-	node := nodeExporterFixture(t)
-	inputs := []struct {
-		name, ct string
-		body     []byte
-	}{
-		{"text rich", "text/plain; version=0.0.4", []byte(richText)},
-		{"text node_exporter", "text/plain; version=0.0.4", node},
-		{"openmetrics", ContentTypeOpenMetrics, []byte(richOM)},
-		{"text testdata rich", "text/plain; version=0.0.4", testdataFile(t, "rich.txt")},
-		{"text testdata edge", "text/plain; version=0.0.4", testdataFile(t, "edge.txt")},
-		{"openmetrics testdata rich", ContentTypeOpenMetrics, testdataFile(t, "rich.om")},
-		{"openmetrics testdata gaugehistogram", ContentTypeOpenMetrics, testdataFile(t, "gaugehistogram.om")},
-	}
-	outputs := []struct {
-		accept, ct string
-	}{
-		{acceptText, ContentTypeText},
-		{acceptOM, ContentTypeOpenMetrics},
-		{acceptProto, ContentTypeProtobuf},
-	}
-	for _, in := range inputs {
-		relayed := seriesAsRelayed(t, in.body, in.ct)
-		for _, out := range outputs {
-			want := relayed
-			if out.ct == ContentTypeProtobuf {
-				want = asProtobufReads(relayed)
-			}
-			t.Run(in.name+" to "+out.ct[:strings.Index(out.ct, ";")], func(t *testing.T) {
-				up := upstreamServer(t, in.ct, in.body)
-				r, m := newRelay(t, "exporters:\n  - name: up\n    url: "+up.URL+"\n")
-				rec := scrape(t, r, "/exporters/up/metrics", out.accept)
-				if rec.Code != 200 {
-					t.Fatalf("status %d: %s", rec.Code, rec.Body)
-				}
-				if ct := rec.Header().Get("Content-Type"); ct != out.ct {
-					t.Fatalf("Content-Type %q, want %q", ct, out.ct)
-				}
-				// Text has no stateset, info or gauge histogram types, but
-				// every sample and value must still come through.
-				got := series(t, rec.Body.Bytes(), out.ct)
-				sameSeries(t, want, got)
-				if v := testutil.ToFloat64(m.Up.WithLabelValues("up")); v != 1 {
-					t.Errorf("relay_up = %v", v)
-				}
-			})
-		}
-	}
-}
-
-func TestRelay_ExporterLabelAndHelpSurvive(t *testing.T) {
+func TestRelay_HelpAndEscapesSurvive(t *testing.T) {
 	up := upstreamServer(t, "text/plain; version=0.0.4", []byte(richText))
 	r, _ := newRelay(t, "exporters:\n  - name: node\n    url: "+up.URL+"\n")
 	body := scrape(t, r, "/exporters/node/metrics", acceptText).Body.String()
 	for _, want := range []string{
 		`# HELP http_requests_total Requests with "quotes", a \\ backslash and\na newline.`,
 		`# TYPE req_size_bytes histogram`,
-		`http_requests_total{code="200",path="/a\"b\\c\nd",exporter="node"} 1027 1700000000123`,
-		`temperature_celsius{sensor="nan",exporter="node"} NaN`,
-		`temperature_celsius{sensor="pinf",exporter="node"} +Inf`,
+		`http_requests_total{code="200",path="/a\"b\\c\nd"} 1027 1700000000123`,
+		`temperature_celsius{sensor="nan"} NaN`,
+		`temperature_celsius{sensor="pinf"} +Inf`,
 	} {
 		if !strings.Contains(body, want+"\n") {
 			t.Errorf("output lacks %q", want)
 		}
 	}
-	off, _ := newRelay(t, "exporter_label: \"\"\nexporters:\n  - name: node\n    url: "+up.URL+"\n")
-	if body := scrape(t, off, "/exporters/node/metrics", acceptText).Body.String(); strings.Contains(body, "exporter=") {
-		t.Error("exporter label written although disabled")
+}
+
+// TestRelay_ExporterLabelOnlyOnAggregate: an exporter's own endpoint adds
+// no label (Prometheus' target label tells the exporter, and a scraped label
+// of the same name would become exported_exporter on every series); the
+// aggregate endpoint adds exporter_label, in every output format.
+func TestRelay_ExporterLabelOnlyOnAggregate(t *testing.T) {
+	up := upstreamServer(t, "text/plain; version=0.0.4", []byte("# TYPE up gauge\nup{exporter=\"theirs\"} 1\n# TYPE other gauge\nother 2\n"))
+	tests := []struct {
+		name, cfg, path string
+		want            []string
+	}{
+		{"own endpoint", "", "/exporters/mine/metrics",
+			[]string{`{__name__="up", exporter="theirs"}`, `{__name__="other"}`}},
+		{"own endpoint, custom label", "exporter_label: job_exporter\n", "/exporters/mine/metrics",
+			[]string{`{__name__="up", exporter="theirs"}`, `{__name__="other"}`}},
+		{"aggregate", "", "/exporters/metrics",
+			[]string{`{__name__="up", exported_exporter="theirs", exporter="mine"}`, `{__name__="other", exporter="mine"}`}},
+		{"aggregate, custom label", "exporter_label: job_exporter\n", "/exporters/metrics",
+			[]string{`{__name__="up", exporter="theirs", job_exporter="mine"}`, `{__name__="other", job_exporter="mine"}`}},
+		{"aggregate of one exporter without a label", "exporter_label: \"\"\n", "/exporters/metrics",
+			[]string{`{__name__="up", exporter="theirs"}`, `{__name__="other"}`}},
+	}
+	for _, tt := range tests {
+		for _, accept := range []string{acceptText, acceptOM, acceptProto} {
+			t.Run(tt.name+"/"+accept, func(t *testing.T) {
+				r, _ := newRelay(t, tt.cfg+"exporters:\n  - name: mine\n    url: "+up.URL+"\n")
+				rec := scrape(t, r, tt.path, accept)
+				if rec.Code != 200 {
+					t.Fatalf("status %d: %s", rec.Code, rec.Body)
+				}
+				got := series(t, rec.Body.Bytes(), rec.Header().Get("Content-Type"))
+				if keys := sorted(got); !slices.Equal(keys, slices.Sorted(slices.Values(tt.want))) {
+					t.Errorf("series %q, want %q", keys, tt.want)
+				}
+			})
+		}
+	}
+}
+
+func TestRelay_AggregateWithoutExporterLabel(t *testing.T) {
+	up := upstreamServer(t, "text/plain", []byte("same 1\n"))
+	r, _ := newRelay(t, "exporter_label: \"\"\nexporters:\n  - name: a\n    url: "+up.URL+"\n  - name: b\n    url: "+up.URL+"\n")
+	rec := scrape(t, r, "/exporters/metrics", acceptText)
+	if rec.Code != 404 || !strings.Contains(rec.Body.String(), "exporter_label is empty") {
+		t.Fatalf("aggregate without exporter_label: %d %q, want 404 with the reason", rec.Code, rec.Body)
+	}
+	if rec := scrape(t, r, "/exporters/a/metrics", acceptText); rec.Code != 200 || strings.TrimSpace(rec.Body.String()) != "same 1" {
+		t.Errorf("own endpoint: %d %q", rec.Code, rec.Body)
 	}
 }
 
@@ -323,20 +286,9 @@ func TestAppendRawSample(t *testing.T) {
 		{`{"my.metric",a="b"}`, `{"my.metric",a="b",exporter="n"} 1`},
 	}
 	for _, tt := range tests {
-		got := strings.TrimSuffix(string(appendRawSample(nil, []byte(tt.raw), "exporter", "n", 1, nil, nil, false)), "\n")
+		got := strings.TrimSuffix(string(appendRawSample(nil, []byte(tt.raw), []byte(`exporter="n"`), 1, nil, nil, false, model.NoEscaping)), "\n")
 		if got != tt.want {
 			t.Errorf("%s -> %s, want %s", tt.raw, got, tt.want)
-		}
-	}
-}
-
-func TestRelay_UpstreamExporterLabelIsKept(t *testing.T) {
-	up := upstreamServer(t, "text/plain", []byte("up{exporter=\"theirs\"} 1\nother 2\n"))
-	r, _ := newRelay(t, "exporters:\n  - name: mine\n    url: "+up.URL+"\n")
-	body := scrape(t, r, "/exporters/mine/metrics", acceptText).Body.String()
-	for _, want := range []string{`up{exported_exporter="theirs",exporter="mine"} 1`, `other{exporter="mine"} 2`} {
-		if !strings.Contains(body, want+"\n") {
-			t.Errorf("output lacks %q:\n%s", want, body)
 		}
 	}
 }
@@ -347,8 +299,8 @@ func TestRelay_OpenMetricsExemplarsAndUnits(t *testing.T) {
 	body := scrape(t, r, "/exporters/app/metrics", acceptOM).Body.String()
 	for _, want := range []string{
 		"# UNIT jobs_seconds seconds\n",
-		`jobs_seconds_total{kind="a",exporter="app"} 10 1700000000.123 # {trace_id="abc"} 1 1700000000.001` + "\n",
-		`lat_bucket{le="0.1",exporter="app"} 1 # {trace_id="t1"} 0.05` + "\n",
+		`jobs_seconds_total{kind="a"} 10 1700000000.123 # {trace_id="abc"} 1 1700000000.001` + "\n",
+		`lat_bucket{le="0.1"} 1 # {trace_id="t1"} 0.05` + "\n",
 		"# EOF\n",
 	} {
 		if !strings.Contains(body, want) {
@@ -397,94 +349,8 @@ func TestRelay_NativeHistogramsProtobufToProtobuf(t *testing.T) {
 	if err := protodelim.UnmarshalFrom(bytes.NewReader(rec.Body.Bytes()), got); err != nil {
 		t.Fatal(err)
 	}
-	want := nativeHistogramFamily()
-	want.Metric[0].Label = append([]*dto.LabelPair{{Name: proto.String("exporter"), Value: proto.String("app")}}, want.Metric[0].Label...)
-	if !proto.Equal(got, want) {
+	if want := nativeHistogramFamily(); !proto.Equal(got, want) {
 		t.Fatalf("native histogram changed:\n got %v\nwant %v", got, want)
-	}
-}
-
-func TestRelay_Relabeling(t *testing.T) {
-	up := upstreamServer(t, "text/plain; version=0.0.4", []byte(richText))
-	tests := []struct {
-		name  string
-		rules string
-		check func(t *testing.T, s map[string]float64)
-	}{
-		{"drop by name", `
-      - source_labels: [__name__]
-        regex: temperature_.*
-        action: drop`, func(t *testing.T, s map[string]float64) {
-			for k := range s {
-				if strings.HasPrefix(k, "{__name__=\"temperature") {
-					t.Errorf("dropped series kept: %s", k)
-				}
-			}
-		}},
-		{"keep one family", `
-      - source_labels: [__name__]
-        regex: mystery
-        action: keep`, func(t *testing.T, s map[string]float64) {
-			if len(s) != 1 {
-				t.Errorf("keep left %d series: %v", len(s), s)
-			}
-		}},
-		{"replace into new label", `
-      - source_labels: [sensor]
-        regex: (n.*)
-        target_label: kind
-        replacement: neg_$1`, func(t *testing.T, s map[string]float64) {
-			if _, ok := s[`{__name__="temperature_celsius", kind="neg_nan", sensor="nan"}`]; !ok {
-				t.Errorf("replace result missing: %v", s)
-			}
-		}},
-		{"labeldrop", `
-      - regex: code
-        action: labeldrop`, func(t *testing.T, s map[string]float64) {
-			for k := range s {
-				if strings.Contains(k, "code=") {
-					t.Errorf("label not dropped: %s", k)
-				}
-			}
-		}},
-		{"labelmap", `
-      - regex: (sensor)
-        replacement: probe_$1
-        action: labelmap`, func(t *testing.T, s map[string]float64) {
-			if _, ok := s[`{__name__="temperature_celsius", probe_sensor="a", sensor="a"}`]; !ok {
-				t.Errorf("labelmap result missing")
-			}
-		}},
-		{"lowercase", `
-      - source_labels: [path]
-        target_label: path
-        action: lowercase`, func(t *testing.T, s map[string]float64) {
-			if _, ok := s[`{__name__="http_requests_total", code="500", path="/ü"}`]; !ok {
-				t.Errorf("lowercase broke a value")
-			}
-		}},
-		{"hashmod", `
-      - source_labels: [sensor]
-        modulus: 2
-        target_label: shard
-        action: hashmod`, func(t *testing.T, s map[string]float64) {
-			// hashmod labels every series, as in Prometheus.
-			for k := range s {
-				if !strings.Contains(k, `shard="0"`) && !strings.Contains(k, `shard="1"`) {
-					t.Errorf("series without a shard of 2: %s", k)
-				}
-			}
-		}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			r, _ := newRelay(t, "exporters:\n  - name: e\n    url: "+up.URL+"\n    metric_relabel_configs:"+tt.rules+"\n")
-			rec := scrape(t, r, "/exporters/e/metrics", acceptText)
-			if rec.Code != 200 {
-				t.Fatalf("status %d: %s", rec.Code, rec.Body)
-			}
-			tt.check(t, series(t, rec.Body.Bytes(), ContentTypeText))
-		})
 	}
 }
 
@@ -499,6 +365,8 @@ func TestParseConfig_Refuses(t *testing.T) {
 		"bad action":              "exporters:\n  - name: a\n    url: http://x\n    metric_relabel_configs:\n      - action: explode\n",
 		"reserved exporter label": "exporter_label: \"__x\"\nexporters: []\n",
 		"legacy exporter label":   "metric_name_validation_scheme: legacy\nexporter_label: \"1x\"\nexporters: []\n",
+		"utf8 exporter label":     "exporter_label: \"my.exporter\"\nexporters: []\n",
+		"utf8 exporter label 2":   "exporter_label: \"ex porter\"\nexporters: []\n",
 		"bad scheme":              "metric_name_validation_scheme: ascii\nexporters: []\n",
 		"negative limit":          "max_line_bytes: -1\nexporters: []\n",
 		"huge frame limit":        "max_frame_bytes: 1000000000000\nexporters: []\n",
@@ -597,6 +465,90 @@ func TestRelay_ScrapeTimeoutHeader(t *testing.T) {
 	}
 }
 
+func TestScrapeTimeout(t *testing.T) {
+	const configured = 10 * time.Second
+	tests := []struct {
+		header string
+		want   time.Duration
+	}{
+		{"", configured},
+		{"garbage", configured},
+		{"NaN", configured},
+		{"-1", configured},
+		{"0", configured},
+		{"-0", configured},
+		{"Inf", configured},
+		{"+Inf", configured},
+		{"-Inf", configured},
+		{"1e10", configured},
+		{"1e300", configured},
+		{"1e400", configured}, // out of range: ParseFloat says +Inf
+		{"10", 9500 * time.Millisecond},
+		{"10.5", configured},
+		{"10.4", 9900 * time.Millisecond},
+		{"5", 4500 * time.Millisecond},
+		{" 5 ", 4500 * time.Millisecond},
+		{"1", 500 * time.Millisecond},
+		{"0.2", 100 * time.Millisecond}, // the offset takes at most half
+		{"1e-300", time.Nanosecond},
+	}
+	for _, tt := range tests {
+		req := httptest.NewRequest("GET", "/exporters/x/metrics", nil)
+		if tt.header != "" {
+			req.Header.Set("X-Prometheus-Scrape-Timeout-Seconds", tt.header)
+		}
+		if got := scrapeTimeout(req, configured); got != tt.want {
+			t.Errorf("header %q: timeout %v, want %v", tt.header, got, tt.want)
+		}
+	}
+}
+
+func TestRelay_FollowsRedirects(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/old", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "/metrics", http.StatusFound)
+	})
+	mux.HandleFunc("/metrics", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		_, _ = io.WriteString(w, "moved 1\n")
+	})
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	tests := []struct {
+		name, extra string
+		status      int
+	}{
+		{"default", "", 200},
+		{"follow_redirects true", "    follow_redirects: true\n", 200},
+		{"follow_redirects false", "    follow_redirects: false\n", 502},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, _ := newRelay(t, "exporters:\n  - name: e\n    url: "+srv.URL+"/old\n"+tt.extra)
+			rec := scrape(t, r, "/exporters/e/metrics", acceptText)
+			if rec.Code != tt.status {
+				t.Fatalf("status %d, want %d: %s", rec.Code, tt.status, rec.Body)
+			}
+			if tt.status == 200 && !strings.Contains(rec.Body.String(), "moved") {
+				t.Errorf("redirect target not relayed: %s", rec.Body)
+			}
+		})
+	}
+}
+
+func TestParseConfig_HTTPClientDefaults(t *testing.T) {
+	cfg, err := ParseConfig([]byte("exporters:\n  - name: a\n    url: http://x\n  - name: b\n    url: http://y\n    enable_http2: false\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := cfg.Exporters[0].HTTPClientConfig; !a.FollowRedirects || !a.EnableHTTP2 {
+		t.Errorf("defaults not applied: follow_redirects %v, enable_http2 %v", a.FollowRedirects, a.EnableHTTP2)
+	}
+	if b := cfg.Exporters[1].HTTPClientConfig; !b.FollowRedirects || b.EnableHTTP2 {
+		t.Errorf("explicit enable_http2: false lost or default not applied: %+v", b)
+	}
+}
+
 func TestRelay_Gzip(t *testing.T) {
 	var zbody bytes.Buffer
 	zw := gzip.NewWriter(&zbody)
@@ -630,40 +582,100 @@ func TestRelay_Gzip(t *testing.T) {
 func TestRelay_AggregateMergesFamilies(t *testing.T) {
 	a := upstreamServer(t, "text/plain", []byte("# HELP shared_total Shared.\n# TYPE shared_total counter\nshared_total 1\n# TYPE only_a gauge\nonly_a 1\n"))
 	b := upstreamServer(t, "text/plain", []byte("# HELP shared_total Shared.\n# TYPE shared_total counter\nshared_total 2\n# TYPE zz_b gauge\nzz_b 3\n"))
-	r, _ := newRelay(t, "exporters:\n  - name: a\n    url: "+a.URL+"\n  - name: b\n    url: "+b.URL+"\n  - name: down\n    url: http://127.0.0.1:1/\n")
+	r, m := newRelay(t, "exporters:\n  - name: a\n    url: "+a.URL+"\n  - name: b\n    url: "+b.URL+"\n  - name: down\n    url: http://127.0.0.1:1/\n")
 	for _, accept := range []string{acceptText, acceptOM, acceptProto} {
 		rec := scrape(t, r, "/exporters/metrics", accept)
+		if rec.Code != 200 {
+			t.Fatalf("%s: status %d: %s", accept, rec.Code, rec.Body)
+		}
 		ct := rec.Header().Get("Content-Type")
 		got := series(t, rec.Body.Bytes(), ct)
+		// Both exporters' series of the shared family are there, told
+		// apart by the exporter label; the dead exporter is left out.
 		want := map[string]float64{
-			`{__name__="shared_total"}`: 0, `{__name__="only_a"}`: 1, `{__name__="zz_b"}`: 3,
+			`{__name__="shared_total", exporter="a"}`: 1, `{__name__="shared_total", exporter="b"}`: 2,
+			`{__name__="only_a", exporter="a"}`: 1, `{__name__="zz_b", exporter="b"}`: 3,
 		}
-		// Both exporters' series of the shared family are there, told apart
-		// by the exporter label (removed by series()).
-		if len(got) != 3 || got[`{__name__="only_a"}`] != 1 || got[`{__name__="zz_b"}`] != 3 {
-			t.Errorf("%s: %v, want keys of %v", ct, got, want)
-		}
-		if ct != ContentTypeProtobuf && strings.Count(rec.Body.String(), "# TYPE shared_total counter") != 1 &&
+		sameSeries(t, want, got)
+		if !strings.HasPrefix(ct, ContentTypeProtobuf) && strings.Count(rec.Body.String(), "# TYPE shared_total counter") != 1 &&
 			strings.Count(rec.Body.String(), "# TYPE shared counter") != 1 {
 			t.Errorf("%s: shared family not merged into one:\n%s", ct, rec.Body)
 		}
-		if ct != ContentTypeProtobuf && strings.Count(rec.Body.String(), "shared_total{") != 2 {
-			t.Errorf("%s: merged family lacks a series:\n%s", ct, rec.Body)
+		for name, up := range map[string]float64{"a": 1, "b": 1, "down": 0} {
+			if v := testutil.ToFloat64(m.Up.WithLabelValues(name)); v != up {
+				t.Errorf("%s: relay_up{exporter=%q} = %v, want %v", ct, name, v, up)
+			}
+		}
+		if v := testutil.ToFloat64(m.UpstreamErrors.WithLabelValues("down", "connect")); v == 0 {
+			t.Errorf("%s: the dead exporter's connect error is not counted", ct)
 		}
 	}
 }
 
-func TestNegotiate(t *testing.T) {
-	tests := map[string]Format{
-		"": FormatText,
-		"application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1": FormatOpenMetrics,
-		acceptProto + ";q=0.9,text/plain;q=0.5": FormatProtobuf,
-		"application/json":                      FormatText,
-		"text/plain;q=0.2,application/openmetrics-text;version=1.0.0;q=0.1": FormatText,
+// TestRelay_AggregateRepeatedFamilies: a family that an unsorted exporter
+// sends again after others were written is dropped and counted, as a text
+// exposition may not repeat one, unless it is bare samples without
+// metadata; past maxNames remembered names it is written again instead of
+// the set growing.
+func TestRelay_AggregateRepeatedFamilies(t *testing.T) {
+	body := "# TYPE z gauge\nz 1\n# TYPE b gauge\nb 1\nbare 1\n# TYPE a gauge\na 1\n# TYPE b gauge\nb{again=\"1\"} 2\nbare{again=\"1\"} 2\n"
+	up := upstreamServer(t, "text/plain", []byte(body))
+	for _, tt := range []struct {
+		maxNames int
+		want     []string
+		dropped  float64
+	}{
+		{maxWrittenNames, []string{`{__name__="a", exporter="e"}`, `{__name__="b", exporter="e"}`, `{__name__="bare", again="1", exporter="e"}`, `{__name__="bare", exporter="e"}`, `{__name__="z", exporter="e"}`}, 1},
+		{1, []string{`{__name__="a", exporter="e"}`, `{__name__="b", again="1", exporter="e"}`, `{__name__="b", exporter="e"}`, `{__name__="bare", again="1", exporter="e"}`, `{__name__="bare", exporter="e"}`, `{__name__="z", exporter="e"}`}, 0},
+	} {
+		t.Run(fmt.Sprint(tt.maxNames), func(t *testing.T) {
+			r, m := newRelay(t, "exporters:\n  - name: e\n    url: "+up.URL+"\n")
+			r.maxNames = tt.maxNames
+			rec := scrape(t, r, "/exporters/metrics", acceptText)
+			if rec.Code != 200 {
+				t.Fatalf("status %d: %s", rec.Code, rec.Body)
+			}
+			if got := sorted(series(t, rec.Body.Bytes(), ContentTypeText)); !slices.Equal(got, tt.want) {
+				t.Errorf("series %q, want %q", got, tt.want)
+			}
+			if v := testutil.ToFloat64(m.Dropped.WithLabelValues("e")); v != tt.dropped {
+				t.Errorf("dropped_families_total = %v, want %v", v, tt.dropped)
+			}
+		})
 	}
-	for accept, want := range tests {
-		if got := negotiate(accept); got != want {
-			t.Errorf("negotiate(%q) = %v, want %v", accept, got, want)
+}
+
+func TestNegotiate(t *testing.T) {
+	const prom3 = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+	const prom3Text = "text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+	const prom2 = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+	tests := []struct {
+		accept string
+		format Format
+		esc    model.EscapingScheme
+		ct     string
+	}{
+		{"", FormatText, model.UnderscoreEscaping, "text/plain; version=0.0.4; charset=utf-8; escaping=underscores"},
+		{prom2, FormatOpenMetrics, model.UnderscoreEscaping, ContentTypeOpenMetrics + "; escaping=underscores"},
+		{prom3, FormatOpenMetrics, model.NoEscaping, ContentTypeOpenMetrics + "; escaping=allow-utf-8"},
+		{prom3Text, FormatText, model.NoEscaping, "text/plain; version=1.0.0; charset=utf-8; escaping=allow-utf-8"},
+		{"text/plain;version=1.0.0", FormatText, model.NoEscaping, "text/plain; version=1.0.0; charset=utf-8; escaping=allow-utf-8"},
+		{"text/plain;version=1.0.0;escaping=dots", FormatText, model.DotsEscaping, "text/plain; version=1.0.0; charset=utf-8; escaping=dots"},
+		{"text/plain;version=0.0.4", FormatText, model.UnderscoreEscaping, "text/plain; version=0.0.4; charset=utf-8; escaping=underscores"},
+		{"text/plain;version=0.0.4;escaping=allow-utf-8", FormatText, model.NoEscaping, "text/plain; version=0.0.4; charset=utf-8; escaping=allow-utf-8"},
+		{"text/plain;version=0.0.4;escaping=values", FormatText, model.ValueEncodingEscaping, "text/plain; version=0.0.4; charset=utf-8; escaping=values"},
+		{"text/plain;version=0.0.4;escaping=nonsense", FormatText, model.UnderscoreEscaping, "text/plain; version=0.0.4; charset=utf-8; escaping=underscores"},
+		{"text/plain;version=2.0.0,application/openmetrics-text;version=2.0.0;q=0.9,text/plain;q=0.1", FormatText, model.UnderscoreEscaping, "text/plain; version=0.0.4; charset=utf-8; escaping=underscores"},
+		{acceptProto + ";q=0.9,text/plain;q=0.5", FormatProtobuf, model.UnderscoreEscaping, ContentTypeProtobuf + "; escaping=underscores"},
+		{acceptProto + ";escaping=allow-utf-8", FormatProtobuf, model.NoEscaping, ContentTypeProtobuf + "; escaping=allow-utf-8"},
+		{"application/json", FormatText, model.UnderscoreEscaping, "text/plain; version=0.0.4; charset=utf-8; escaping=underscores"},
+		{"text/plain;q=0.2,application/openmetrics-text;version=1.0.0;q=0.1", FormatText, model.UnderscoreEscaping, "text/plain; version=0.0.4; charset=utf-8; escaping=underscores"},
+		{"*/*;escaping=allow-utf-8", FormatText, model.NoEscaping, "text/plain; version=0.0.4; charset=utf-8; escaping=allow-utf-8"},
+	}
+	for _, tt := range tests {
+		got := negotiate(tt.accept)
+		if got.format != tt.format || got.esc != tt.esc || got.contentType != tt.ct {
+			t.Errorf("negotiate(%q) = %v, %v, %q; want %v, %v, %q", tt.accept, got.format, got.esc, got.contentType, tt.format, tt.esc, tt.ct)
 		}
 	}
 }
@@ -687,5 +699,30 @@ func sorted(m map[string]float64) []string {
 	return keys
 }
 
-var _ = exemplar.Exemplar{}
-var _ = sorted
+// TestPipeline_FailedRelayLeavesNothingBehind: a pipeline whose output
+// failed halfway through the series split off a histogram is reused for
+// the next scrape, which must not carry any of them.
+func TestPipeline_FailedRelayLeavesNothingBehind(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("# TYPE h histogram\n")
+	for i := range 2000 {
+		// No +Inf bucket: relayed as split series.
+		fmt.Fprintf(&b, "h_bucket{i=\"%d\",le=\"1\"} 1\nh_sum{i=\"%d\"} 2\nh_count{i=\"%d\"} 1\n", i, i, i)
+	}
+	p := newPipeline("e", "", nil, defaultLimits)
+	err := p.relay(strings.NewReader(b.String()), FormatText, "text/plain", FormatProtobuf, model.NoEscaping, failingWriter{})
+	if err == nil {
+		t.Fatal("relay into a failing writer succeeded")
+	}
+	var out bytes.Buffer
+	if err := p.relay(strings.NewReader("# TYPE other gauge\nother 1\n"), FormatText, "text/plain", FormatProtobuf, model.NoEscaping, &out); err != nil {
+		t.Fatal(err)
+	}
+	if got := sorted(series(t, out.Bytes(), ContentTypeProtobuf)); !slices.Equal(got, []string{`{__name__="other"}`}) {
+		t.Errorf("series %q after a failed relay", got)
+	}
+}
+
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("client went away") }

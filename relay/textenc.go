@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"bytes"
 	"math"
 	"strconv"
 
@@ -17,16 +16,12 @@ import (
 
 // appendHelp appends a # HELP line. Text 0.0.4 escapes backslash and
 // newline in help; OpenMetrics also escapes the double quote.
-func appendHelp(b []byte, name, help []byte, om bool) []byte {
+func appendHelp[S string | []byte](b []byte, name, help S, om bool, esc model.EscapingScheme) []byte {
 	b = append(b, "# HELP "...)
-	b = appendMetricNameToken(b, name)
+	b = appendMetricNameToken(b, name, esc)
 	b = append(b, ' ')
-	if !bytes.ContainsAny(help, "\\\n\"") {
-		b = append(b, help...)
-		return append(b, '\n')
-	}
-	for _, c := range help {
-		switch c {
+	for i := 0; i < len(help); i++ {
+		switch c := help[i]; c {
 		case '\\':
 			b = append(b, `\\`...)
 		case '\n':
@@ -44,21 +39,25 @@ func appendHelp(b []byte, name, help []byte, om bool) []byte {
 	return append(b, '\n')
 }
 
-func appendMetaLine(b []byte, kind string, name []byte, value string) []byte {
+func appendMetaLine[S string | []byte](b []byte, kind string, name S, value string, esc model.EscapingScheme) []byte {
 	b = append(b, "# "...)
 	b = append(b, kind...)
 	b = append(b, ' ')
-	b = appendMetricNameToken(b, name)
+	b = appendMetricNameToken(b, name, esc)
 	b = append(b, ' ')
 	b = append(b, value...)
 	return append(b, '\n')
 }
 
 // appendMetricNameToken writes a name as it appears in a comment line:
-// bare when it is a classic name, quoted otherwise.
-func appendMetricNameToken(b []byte, name []byte) []byte {
+// bare when it is a classic name, escaped for a scraper that takes no UTF-8
+// names, quoted otherwise.
+func appendMetricNameToken[S string | []byte](b []byte, name S, esc model.EscapingScheme) []byte {
 	if isLegacyName(name, true) {
 		return append(b, name...)
+	}
+	if esc != model.NoEscaping && len(name) > 0 {
+		return append(b, escapeMetricName(string(name), esc)...)
 	}
 	return appendQuoted(b, string(name))
 }
@@ -82,37 +81,16 @@ func isLegacyName[S string | []byte](name S, metric bool) bool {
 }
 
 // appendSeries writes name{labels}. A name that is not a classic metric
-// name moves inside the braces, quoted, as Prometheus 3 writes it.
-func appendSeries(b []byte, lset labels.Labels) []byte {
-	name := lset.Get(model.MetricNameLabel)
-	legacy := isLegacyName(name, true)
-	first := true
-	if legacy {
-		b = append(b, name...)
-	} else {
-		b = append(b, '{')
-		b = appendQuoted(b, name)
-		first = false
-	}
+// name moves inside the braces, quoted, as Prometheus 3 writes it, unless
+// the scraper takes no UTF-8 names: then names are escaped.
+func appendSeries(b []byte, lset labels.Labels, esc model.EscapingScheme) []byte {
+	b, open := appendSeriesName(b, lset.Get(model.MetricNameLabel), "", esc)
 	lset.Range(func(l labels.Label) {
-		if l.Name == model.MetricNameLabel {
-			return
+		if l.Name != model.MetricNameLabel {
+			b, open = appendLabel(b, open, l.Name, l.Value, esc)
 		}
-		if first {
-			b = append(b, '{')
-			first = false
-		} else {
-			b = append(b, ',')
-		}
-		if isLegacyName(l.Name, false) {
-			b = append(b, l.Name...)
-		} else {
-			b = appendQuoted(b, l.Name)
-		}
-		b = append(b, '=')
-		b = appendQuoted(b, l.Value)
 	})
-	if !first {
+	if open {
 		b = append(b, '}')
 	}
 	return b
@@ -177,11 +155,12 @@ func appendOMTimestamp(b []byte, ms int64) []byte {
 }
 
 // appendRawSample writes a sample from the parser's text of its series,
-// adding label=value: the series text was validated by the parser, and
-// label order does not matter in the exposition formats.
-func appendRawSample(b, raw []byte, label, value string, v float64, ts *int64, ex *exemplar.Exemplar, om bool) []byte {
+// adding the labels in extra (name="value" pairs, comma-separated, already
+// spelled): the series text was validated by the parser, and label order
+// does not matter in the exposition formats.
+func appendRawSample(b, raw, extra []byte, v float64, ts *int64, ex *exemplar.Exemplar, om bool, esc model.EscapingScheme) []byte {
 	switch {
-	case label == "":
+	case len(extra) == 0:
 		b = append(b, raw...)
 	case len(raw) > 0 && raw[len(raw)-1] == '}':
 		body := raw[:len(raw)-1]
@@ -189,19 +168,54 @@ func appendRawSample(b, raw []byte, label, value string, v float64, ts *int64, e
 		if t := trimSpaceRight(body); len(t) > 0 && t[len(t)-1] != '{' && t[len(t)-1] != ',' {
 			b = append(b, ',')
 		}
-		b = append(b, label...)
-		b = append(b, '=')
-		b = appendQuoted(b, value)
+		b = append(b, extra...)
 		b = append(b, '}')
 	default:
 		b = append(b, raw...)
 		b = append(b, '{')
-		b = append(b, label...)
-		b = append(b, '=')
-		b = appendQuoted(b, value)
+		b = append(b, extra...)
 		b = append(b, '}')
 	}
-	return appendValueSuffix(b, v, ts, ex, om)
+	return appendValueSuffix(b, v, ts, ex, om, esc)
+}
+
+// hasQuotedName reports whether the parser's text of a series spells its
+// metric name or a label name quoted, which a scraper that takes no UTF-8
+// names must get escaped. Only the starts of names are looked at: after {
+// or a comma, past spaces; label values are skipped with their escapes.
+func hasQuotedName(raw []byte) bool {
+	i := 0
+	for i < len(raw) && raw[i] != '{' {
+		i++
+	}
+	for i < len(raw) {
+		// raw[i] is { or a comma: a label name follows.
+		i++
+		for i < len(raw) && (raw[i] == ' ' || raw[i] == '\t') {
+			i++
+		}
+		if i < len(raw) && raw[i] == '"' {
+			return true
+		}
+		// Skip the name and = to the value's opening quote, then the value.
+		for i < len(raw) && raw[i] != '"' && raw[i] != '}' {
+			i++
+		}
+		if i >= len(raw) || raw[i] == '}' {
+			return false
+		}
+		for i++; i < len(raw) && raw[i] != '"'; i++ {
+			if raw[i] == '\\' {
+				i++
+			}
+		}
+		for i++; i < len(raw) && raw[i] != ',' && raw[i] != '}'; i++ {
+		}
+		if i >= len(raw) || raw[i] == '}' {
+			return false
+		}
+	}
+	return false
 }
 
 func trimSpaceRight(b []byte) []byte {
@@ -212,13 +226,13 @@ func trimSpaceRight(b []byte) []byte {
 }
 
 // appendSample writes one sample line.
-func appendSample(b []byte, lset labels.Labels, v float64, ts *int64, ex *exemplar.Exemplar, om bool) []byte {
-	b = appendSeries(b, lset)
-	return appendValueSuffix(b, v, ts, ex, om)
+func appendSample(b []byte, lset labels.Labels, v float64, ts *int64, ex *exemplar.Exemplar, om bool, esc model.EscapingScheme) []byte {
+	b = appendSeries(b, lset, esc)
+	return appendValueSuffix(b, v, ts, ex, om, esc)
 }
 
 // appendValueSuffix writes " value [timestamp] [# exemplar]\n".
-func appendValueSuffix(b []byte, v float64, ts *int64, ex *exemplar.Exemplar, om bool) []byte {
+func appendValueSuffix(b []byte, v float64, ts *int64, ex *exemplar.Exemplar, om bool, esc model.EscapingScheme) []byte {
 	b = append(b, ' ')
 	b = appendFloat(b, v)
 	if ts != nil {
@@ -237,11 +251,7 @@ func appendValueSuffix(b []byte, v float64, ts *int64, ex *exemplar.Exemplar, om
 				b = append(b, ',')
 			}
 			first = false
-			if isLegacyName(l.Name, false) {
-				b = append(b, l.Name...)
-			} else {
-				b = appendQuoted(b, l.Name)
-			}
+			b = appendLabelName(b, l.Name, esc)
 			b = append(b, '=')
 			b = appendQuoted(b, l.Value)
 		})
