@@ -65,6 +65,13 @@ const (
 	blobHashBits = 48
 
 	lastSeenBlobVersion = 1
+
+	// maxUpdateAttempts bounds how often Update re-reads a record that
+	// other replicas keep changing.
+	maxUpdateAttempts = 16
+	// claimLeaseWindow is how finely token claims' expiry is rounded up to
+	// share leases.
+	claimLeaseWindow = 10 * time.Minute
 )
 
 // EtcdOptions configures an EtcdStore. Zero values take the defaults
@@ -115,6 +122,9 @@ type EtcdStats struct {
 	// Resyncs counts full reads made because the watch fell behind etcd's
 	// compaction (or started without a List).
 	Resyncs uint64
+	// UpdateConflicts counts Update writes refused because another replica
+	// had changed the record since it was read; each was retried.
+	UpdateConflicts uint64
 }
 
 // EtcdStore keeps the registry in etcd so that several server replicas
@@ -158,9 +168,14 @@ type EtcdStats struct {
 // fallen behind compaction, the store reads everything again and delivers
 // the differences as events (puts, deletes, then touches).
 //
-// Single-use token claims are created in a Txn that succeeds only if the
-// key does not exist, with a lease until the token expires. Revocations are
-// part of the agent records and so shared by all replicas.
+// Registrations and changes are read-modify-writes of a record (Update)
+// conditioned on its ModRevision, so a change made through one replica is
+// never overwritten by another replica working from an older copy. A
+// single-use token's claim is created in the same Txn, which succeeds only
+// if the claim key does not exist yet: a registration that fails leaves the
+// token unused. Claims hang on leases shared per claimLeaseWindow of token
+// expiry. Revocations are part of the agent records and so shared by all
+// replicas.
 //
 // Every failed request wraps ErrUnavailable. Writes that may be retried
 // without changing their meaning are retried on transient errors (lost
@@ -194,7 +209,11 @@ type EtcdStore struct {
 	own     [etcdShards]ownShard
 	lease   clientv3.LeaseID
 
-	writeRequests, keysWritten, blobsWritten, bytesWritten, events, resyncs atomic.Uint64
+	// claimMu guards claimLeases: lease per end of an expiry window.
+	claimMu     sync.Mutex
+	claimLeases map[time.Time]clientv3.LeaseID
+
+	writeRequests, keysWritten, blobsWritten, bytesWritten, events, resyncs, conflicts atomic.Uint64
 }
 
 // mirrorEntry is what the store knows about one agent key.
@@ -316,6 +335,7 @@ func OpenEtcdStore(ctx context.Context, opts EtcdOptions) (*EtcdStore, error) {
 		stopBG:         stop,
 		mirror:         make(map[string]*mirrorEntry),
 		byHash:         newHashIndex(0),
+		claimLeases:    make(map[time.Time]clientv3.LeaseID),
 	}
 	s.logger.Info("Using etcd for the registry", "endpoints", strings.Join(opts.Endpoints, ","), "prefix", opts.Prefix, "replica", opts.ReplicaID)
 	return s, nil
@@ -365,6 +385,7 @@ func (s *EtcdStore) Stats() EtcdStats {
 		BytesWritten:        s.bytesWritten.Load(),
 		Events:              s.events.Load(),
 		Resyncs:             s.resyncs.Load(),
+		UpdateConflicts:     s.conflicts.Load(),
 	}
 }
 
@@ -780,6 +801,171 @@ func (s *EtcdStore) Put(ctx context.Context, a *Agent) error {
 	return nil
 }
 
+// Update implements Store with optimistic concurrency: it reads the record
+// and its ModRevision, and writes in a Txn that succeeds only if the record
+// is still at that revision (and, with a claim, only if the token key does
+// not exist yet). When another replica changed the record in between, fn
+// runs again on the new record, at most maxUpdateAttempts times.
+//
+// A Txn that etcd committed but whose answer was lost is sent again by do;
+// the compare then fails, and the Else branch shows our own claim or, after
+// such a resend only, our own value, which is taken as success rather than
+// as a conflict.
+func (s *EtcdStore) Update(ctx context.Context, id string, claim *TokenClaim, fn UpdateFunc) (*Agent, error) {
+	if id == "" || len(id) > maxEtcdIDLen {
+		return nil, fmt.Errorf("update agent: invalid id %q", truncate(id))
+	}
+	key := s.agentsPrefix + id
+	var claimKey, claimVal string
+	if claim != nil {
+		if claim.ID == "" || len(claim.ID) > maxTokenIDLen {
+			return nil, fmt.Errorf("claim token: id must have 1 to %d characters", maxTokenIDLen)
+		}
+		claimKey = s.tokensPrefix + claim.ID
+		var nonce [8]byte
+		_, _ = rand.Read(nonce[:])
+		claimVal = s.opts.ReplicaID + "/" + hex.EncodeToString(nonce[:])
+	}
+	ctx, cancel := s.requestCtx(ctx)
+	defer cancel()
+	var (
+		rev     int64
+		deleted bool
+		done    bool
+	)
+	s.begin(id)
+	defer func() { s.end(id, rev, deleted, done) }()
+
+	// The first read also looks at the claim, so that a reused token is
+	// refused before fn runs.
+	readOps := []clientv3.Op{clientv3.OpGet(key)}
+	if claim != nil {
+		readOps = append(readOps, clientv3.OpGet(claimKey, clientv3.WithCountOnly()))
+	}
+	var read *clientv3.TxnResponse
+	err := s.do(ctx, fmt.Sprintf("read agent %q", id), func(ctx context.Context) error {
+		var err error
+		read, err = s.cli.Txn(ctx).Then(readOps...).Commit()
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if claim != nil && read.Responses[1].GetResponseRange().Count > 0 {
+		return nil, ErrTokenUsed
+	}
+	kvs := read.Responses[0].GetResponseRange().GetKvs()
+
+	var result *Agent
+	conflictBackoff := newEtcdBackoff(2*time.Millisecond, 100*time.Millisecond)
+	conflictBackoff.full = true
+	for attempt := 1; ; attempt++ {
+		var cur *Agent
+		curRev := int64(0)
+		if len(kvs) == 1 {
+			a, err := decodeAgentRecord(id, kvs[0].Value)
+			if err != nil {
+				return nil, fmt.Errorf("update agent %q: stored record: %w", id, err)
+			}
+			cur, curRev = &a, kvs[0].ModRevision
+		}
+		next, err := fn(cur)
+		if err != nil {
+			return nil, err
+		}
+		var val string
+		op := clientv3.OpDelete(key)
+		if next != nil {
+			if next.ID != id {
+				return nil, fmt.Errorf("update agent %q: the new record is for %q", id, truncate(next.ID))
+			}
+			data, err := json.Marshal(next)
+			if err != nil {
+				return nil, fmt.Errorf("encode agent %q: %w", id, err)
+			}
+			val = string(data)
+			op = clientv3.OpPut(key, val)
+		}
+
+		var resp *clientv3.TxnResponse
+		sent := 0
+		err = s.do(ctx, fmt.Sprintf("update agent %q", id), func(ctx context.Context) error {
+			sent++
+			cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(key), "=", curRev)}
+			ops := []clientv3.Op{op}
+			elseOps := []clientv3.Op{clientv3.OpGet(key)}
+			var lease clientv3.LeaseID
+			if claim != nil {
+				var err error
+				if lease, err = s.claimLease(ctx, claim.Expires); err != nil {
+					return err
+				}
+				cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(claimKey), "=", 0))
+				ops = append(ops, clientv3.OpPut(claimKey, claimVal, clientv3.WithLease(lease)))
+				elseOps = append(elseOps, clientv3.OpGet(claimKey))
+			}
+			s.writeRequests.Add(1)
+			var err error
+			resp, err = s.cli.Txn(ctx).If(cmps...).Then(ops...).Else(elseOps...).Commit()
+			if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+				s.dropClaimLease(lease)
+				return errLeaseLost
+			}
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		committed := resp.Succeeded
+		if committed {
+			rev = resp.Header.Revision
+		} else {
+			kvs = resp.Responses[0].GetResponseRange().GetKvs()
+			var ckvs []*mvccpb.KeyValue
+			if claim != nil {
+				ckvs = resp.Responses[1].GetResponseRange().GetKvs()
+			}
+			switch {
+			case len(ckvs) == 1 && string(ckvs[0].Value) != claimVal:
+				return nil, ErrTokenUsed
+			case len(ckvs) == 1:
+				// Our own earlier attempt committed, record included; the
+				// claim's revision is that of the write.
+				committed, rev = true, ckvs[0].ModRevision
+			case sent > 1 && claim == nil && next != nil && len(kvs) == 1 && string(kvs[0].Value) == val:
+				// An earlier send of this Txn failed on our side: the value
+				// is ours. (Only then: two writers that computed the same
+				// record from the same one are a conflict, not a success.)
+				committed, rev = true, kvs[0].ModRevision
+			case claim == nil && next == nil && len(kvs) == 0:
+				// Gone already: what fn asked for. Older events of the
+				// agent are stale from here on.
+				committed, rev = true, resp.Header.Revision
+			}
+		}
+		if committed {
+			deleted, done, result = next == nil, true, next
+			s.keysWritten.Add(1)
+			s.bytesWritten.Add(uint64(len(key) + len(val)))
+			if claim != nil {
+				s.keysWritten.Add(1)
+				s.bytesWritten.Add(uint64(len(claimKey) + len(claimVal)))
+			}
+			break
+		}
+		s.conflicts.Add(1)
+		// Writers that collided back off by random amounts, so one of them
+		// gets through next time.
+		if attempt >= maxUpdateAttempts || !conflictBackoff.wait(ctx) {
+			return nil, fmt.Errorf("update agent %q: %w: the record kept changing (%d attempts)", id, ErrUnavailable, attempt)
+		}
+	}
+	if result == nil {
+		return nil, nil
+	}
+	return result.clone(), nil
+}
+
 // Delete implements Store. This replica's last-seen entry of the agent is
 // dropped with the next write of its blob.
 func (s *EtcdStore) Delete(ctx context.Context, id string) error {
@@ -991,56 +1177,43 @@ func (s *EtcdStore) leaseLostLocked(id clientv3.LeaseID) {
 	}
 }
 
-// ClaimToken implements Store. The claim carries a lease that ends after
-// the token expires. A retried claim whose first attempt did commit is
-// recognized by its random value, so a lost acknowledgement does not turn
-// into ErrTokenUsed.
-func (s *EtcdStore) ClaimToken(ctx context.Context, jti string, expires time.Time) error {
-	if jti == "" || len(jti) > maxTokenIDLen {
-		return fmt.Errorf("claim token: id must have 1 to %d characters", maxTokenIDLen)
+// claimLease returns a lease that outlives a claim expiring at expires.
+// Claims share one lease per claimLeaseWindow of expiry: a registration
+// then costs no lease grant of its own, and a registration that fails
+// leaves no lease behind.
+func (s *EtcdStore) claimLease(ctx context.Context, expires time.Time) (clientv3.LeaseID, error) {
+	end := expires.Truncate(claimLeaseWindow).Add(claimLeaseWindow)
+	now := time.Now()
+	s.claimMu.Lock()
+	defer s.claimMu.Unlock()
+	for e := range s.claimLeases {
+		// A lease is used only while it has a window of life left.
+		if !now.Before(e.Add(-claimLeaseWindow / 2)) {
+			delete(s.claimLeases, e)
+		}
 	}
-	key := s.tokensPrefix + jti
-	var nonce [8]byte
-	_, _ = rand.Read(nonce[:])
-	val := s.opts.ReplicaID + "/" + hex.EncodeToString(nonce[:])
-	ttl := int64(math.Ceil(time.Until(expires).Seconds())) + 1
-	ttl = max(ttl, 2)
-	var lease clientv3.LeaseID
-	used := false
-	ctx, cancel := s.requestCtx(ctx)
-	defer cancel()
-	err := s.do(ctx, "claim token", func(ctx context.Context) error {
-		if lease == 0 {
-			s.writeRequests.Add(1)
-			resp, err := s.cli.Grant(ctx, ttl)
-			if err != nil {
-				return err
-			}
-			lease = resp.ID
-		}
-		s.writeRequests.Add(1)
-		resp, err := s.cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-			Then(clientv3.OpPut(key, val, clientv3.WithLease(lease))).
-			Else(clientv3.OpGet(key)).
-			Commit()
-		if err != nil {
-			return err
-		}
-		if !resp.Succeeded {
-			kvs := resp.Responses[0].GetResponseRange().GetKvs()
-			used = len(kvs) != 1 || string(kvs[0].Value) != val
-		}
-		return nil
-	})
+	if id, ok := s.claimLeases[end]; ok {
+		return id, nil
+	}
+	ttl := int64(math.Ceil(end.Sub(now).Seconds())) + 60
+	s.writeRequests.Add(1)
+	resp, err := s.cli.Grant(ctx, ttl)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	if used {
-		return ErrTokenUsed
+	s.claimLeases[end] = resp.ID
+	return resp.ID, nil
+}
+
+// dropClaimLease forgets a lease etcd no longer has.
+func (s *EtcdStore) dropClaimLease(id clientv3.LeaseID) {
+	s.claimMu.Lock()
+	defer s.claimMu.Unlock()
+	for e, l := range s.claimLeases {
+		if l == id {
+			delete(s.claimLeases, e)
+		}
 	}
-	s.keysWritten.Add(1)
-	return nil
 }
 
 // Watch implements Store; see EtcdStore for what it delivers. One Watch
@@ -1478,6 +1651,7 @@ func decodeLastSeen(b []byte, fn func(hash uint64, ns int64)) error {
 // etcdBackoff is a capped exponential backoff with jitter.
 type etcdBackoff struct {
 	min, max, cur time.Duration
+	full          bool // jitter over the whole interval
 }
 
 func newEtcdBackoff(minWait, maxWait time.Duration) *etcdBackoff {
@@ -1490,8 +1664,13 @@ func (b *etcdBackoff) reset() { b.cur = b.min }
 func (b *etcdBackoff) wait(ctx context.Context) bool {
 	var r [2]byte
 	_, _ = rand.Read(r[:])
-	// Up to a quarter of jitter keeps replicas from retrying in step.
-	d := b.cur - b.cur/4 + time.Duration(binary.BigEndian.Uint16(r[:]))*(b.cur/4)/65536
+	// Up to a quarter of jitter keeps replicas from retrying in step;
+	// writers that collided need to spread over the whole interval.
+	spread := b.cur / 4
+	if b.full {
+		spread = b.cur
+	}
+	d := b.cur - spread + time.Duration(binary.BigEndian.Uint16(r[:]))*spread/65536
 	b.cur = min(2*b.cur, b.max)
 	t := time.NewTimer(d)
 	defer t.Stop()
