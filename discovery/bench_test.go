@@ -44,6 +44,7 @@ func (benchStore) Touch(context.Context, []Touch) error { return nil }
 func (benchStore) Update(context.Context, string, *TokenClaim, UpdateFunc) (*Agent, error) {
 	return nil, ErrNotFound
 }
+func (benchStore) LiveSince() time.Time               { return time.Time{} }
 func (benchStore) Watch(context.Context) <-chan Event { return nil }
 func (benchStore) Close() error                       { return nil }
 

@@ -150,8 +150,11 @@ func (r *Registry) lockID(id string) func() {
 }
 
 // Load reads every agent from the store. Agents restored here get one TTL of
-// grace from now on: a server outage must not make Prometheus drop targets
-// that were healthy before it.
+// grace: a server outage must not make Prometheus drop targets that were
+// healthy before it. The grace runs from now, or, when other replicas
+// sharing the store were running, from when they started: agents could
+// heartbeat through them meanwhile, so a host that stopped an hour ago is
+// as expired here as there.
 func (r *Registry) Load(ctx context.Context) error {
 	start := time.Now()
 	agents, err := r.cfg.Store.List(ctx)
@@ -160,8 +163,12 @@ func (r *Registry) Load(ctx context.Context) error {
 		return fmt.Errorf("load registry: %w", err)
 	}
 	now := r.cfg.Now()
+	graceFrom := now
+	if since := r.cfg.Store.LiveSince(); !since.IsZero() && since.Before(now) {
+		graceFrom = since
+	}
 	r.mu.Lock()
-	r.started = now
+	r.started = graceFrom
 	for i := range agents {
 		a := agents[i]
 		e := newEntry(&a)
@@ -171,7 +178,7 @@ func (r *Registry) Load(ctx context.Context) error {
 	r.mu.Unlock()
 	r.bumpAll()
 	r.ready.Store(true)
-	r.cfg.Logger.Info("Registry loaded", "agents", len(agents))
+	r.cfg.Logger.Info("Registry loaded", "agents", len(agents), "grace_from", graceFrom)
 	return nil
 }
 

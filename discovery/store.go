@@ -131,6 +131,13 @@ type Store interface {
 	// Touch persists LastSeen for many agents in one write. Unknown ids are
 	// skipped: an agent deleted meanwhile is not brought back.
 	Touch(ctx context.Context, touches []Touch) error
+	// LiveSince returns, once List has run, since when the other processes
+	// that share the store and were running at that List (server replicas
+	// on one etcd cluster) have been recording heartbeats, or the zero time
+	// if none was: a store of one process returns zero. Agents restored by
+	// List get the restart grace only from then on, because while another
+	// replica ran they could heartbeat through it.
+	LiveSince() time.Time
 	// Watch delivers changes made through other Store instances sharing the
 	// same backend until ctx ends. Stores that cannot be shared return a nil
 	// channel.

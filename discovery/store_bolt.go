@@ -323,6 +323,9 @@ func purgeClaims(b *bolt.Bucket, now time.Time) error {
 	return nil
 }
 
+// LiveSince implements Store: a bolt file belongs to one process.
+func (s *BoltStore) LiveSince() time.Time { return time.Time{} }
+
 // Watch implements Store: a bolt file belongs to one process.
 func (s *BoltStore) Watch(context.Context) <-chan Event { return nil }
 

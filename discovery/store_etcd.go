@@ -94,9 +94,18 @@ type EtcdOptions struct {
 	TLS *tls.Config
 	// Username and Password enable etcd authentication.
 	Username, Password string
-	// ReplicaID names this server process; it must be unique among the
-	// processes sharing the prefix (default: hostname and a random suffix).
+	// ReplicaID names this server among the replicas sharing the prefix
+	// (default: the hostname). A restarted replica keeps its id and so
+	// reuses its last-seen keys. Two running processes cannot hold one id:
+	// the second waits at List for as long as a crashed holder's presence
+	// could last (LivenessTTL), then fails.
 	ReplicaID string
+	// LivenessTTL is the lease of the key that says this replica runs
+	// (10s): after a crash the id is free again that long later.
+	LivenessTTL time.Duration
+	// Now is the clock of the time this replica started recording
+	// heartbeats, which other replicas compare with their own (time.Now).
+	Now func() time.Time
 	// LeaseTTL is the lease of this replica's last-seen blobs: they vanish
 	// that long after the replica stopped keeping the lease alive (25h).
 	// Keep it above the agent TTL plus retention.
@@ -135,6 +144,7 @@ type EtcdStats struct {
 //	agents/<id>                    the Agent as JSON, written by Put
 //	lastseen/<replica>/<shard>     one replica's LastSeen times, see below
 //	tokens/<jti>                   claimed single-use token ids
+//	replicas/<replica>             present while the replica runs, see below
 //
 // Heartbeats are not written per agent. Each replica keeps the LastSeen
 // times of the agents that heartbeat through it in etcdShards blobs
@@ -177,6 +187,12 @@ type EtcdStats struct {
 // expiry. Revocations are part of the agent records and so shared by all
 // replicas.
 //
+// A running replica keeps replicas/<id> on a short lease (LivenessTTL),
+// created only if absent when the first List takes the id and revoked on
+// Close. Its presence tells a replica that starts whether others were
+// running (LiveSince, which decides the restart grace) and stops two
+// processes from using one replica id.
+//
 // Every failed request wraps ErrUnavailable. Writes that may be retried
 // without changing their meaning are retried on transient errors (lost
 // leader, connection to a dead member) within RequestTimeout.
@@ -189,6 +205,8 @@ type EtcdStore struct {
 	lastSeenPrefix string
 	ownPrefix      string
 	tokensPrefix   string
+	replicasPrefix string
+	replicaKey     string
 
 	// bg ends when the store closes and stops the lease keep-alive and the
 	// watch.
@@ -208,6 +226,12 @@ type EtcdStore struct {
 	touchMu sync.Mutex
 	own     [etcdShards]ownShard
 	lease   clientv3.LeaseID
+
+	// replicaMu guards replica: this process's presence (replicas/<id>).
+	replicaMu sync.Mutex
+	replica   replicaState
+	// idTaken is set while another process holds our replica id.
+	idTaken atomic.Bool
 
 	// claimMu guards claimLeases: lease per end of an expiry window.
 	claimMu     sync.Mutex
@@ -273,8 +297,19 @@ func OpenEtcdStore(ctx context.Context, opts EtcdOptions) (*EtcdStore, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	if opts.LivenessTTL <= 0 {
+		opts.LivenessTTL = defaultEtcdLivenessTTL
+	}
+	opts.LivenessTTL = max(opts.LivenessTTL.Truncate(time.Second), 2*time.Second)
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
 	if opts.ReplicaID == "" {
-		opts.ReplicaID = defaultReplicaID()
+		id, err := DefaultReplicaID()
+		if err != nil {
+			return nil, fmt.Errorf("open etcd store: %w", err)
+		}
+		opts.ReplicaID = id
 	}
 	if err := validateReplicaID(opts.ReplicaID); err != nil {
 		return nil, fmt.Errorf("open etcd store: %w", err)
@@ -331,35 +366,38 @@ func OpenEtcdStore(ctx context.Context, opts EtcdOptions) (*EtcdStore, error) {
 		lastSeenPrefix: opts.Prefix + "lastseen/",
 		ownPrefix:      opts.Prefix + "lastseen/" + opts.ReplicaID + "/",
 		tokensPrefix:   opts.Prefix + "tokens/",
+		replicasPrefix: opts.Prefix + "replicas/",
+		replicaKey:     opts.Prefix + "replicas/" + opts.ReplicaID,
 		bg:             bg,
 		stopBG:         stop,
 		mirror:         make(map[string]*mirrorEntry),
 		byHash:         newHashIndex(0),
 		claimLeases:    make(map[time.Time]clientv3.LeaseID),
 	}
+	s.replica.val = newReplicaRecord(opts.Now())
 	s.logger.Info("Using etcd for the registry", "endpoints", strings.Join(opts.Endpoints, ","), "prefix", opts.Prefix, "replica", opts.ReplicaID)
 	return s, nil
 }
 
-func defaultReplicaID() string {
+// DefaultReplicaID is the replica id of a server that names none: its
+// hostname, which must then be a valid id.
+func DefaultReplicaID() (string, error) {
 	host, err := os.Hostname()
-	if err != nil || host == "" {
-		host = "replica"
+	if err != nil {
+		return "", fmt.Errorf("default replica id: %w", err)
 	}
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	id := make([]byte, 0, len(host)+9)
-	for i := 0; i < len(host) && len(id) < maxReplicaIDLen-9; i++ {
-		if c := host[i]; isReplicaIDChar(c) {
-			id = append(id, c)
-		}
+	if err := validateReplicaID(host); err != nil {
+		return "", fmt.Errorf("default replica id from the hostname: %w", err)
 	}
-	return string(id) + "-" + hex.EncodeToString(b[:])
+	return host, nil
 }
 
 func isReplicaIDChar(c byte) bool {
 	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.'
 }
+
+// ValidateReplicaID checks a replica id: it names keys in etcd.
+func ValidateReplicaID(id string) error { return validateReplicaID(id) }
 
 func validateReplicaID(id string) error {
 	if id == "" || len(id) > maxReplicaIDLen {
@@ -392,6 +430,9 @@ func (s *EtcdStore) Stats() EtcdStats {
 // Healthy reports whether etcd answers a linearizable read, which needs a
 // quorum: the check behind /-/ready.
 func (s *EtcdStore) Healthy(ctx context.Context) error {
+	if s.idTaken.Load() {
+		return fmt.Errorf("etcd health check: replica id %q is held by another server process", s.opts.ReplicaID)
+	}
 	ctx, cancel := s.requestCtx(ctx)
 	defer cancel()
 	return s.do(ctx, "etcd health check", func(ctx context.Context) error {
@@ -455,7 +496,16 @@ func (s *EtcdStore) requestCtx(ctx context.Context) (context.Context, context.Ca
 func (s *EtcdStore) List(ctx context.Context) ([]Agent, error) {
 	bo := newEtcdBackoff(100*time.Millisecond, 5*time.Second)
 	for {
-		agents, err := s.list(ctx)
+		// The first List takes the replica id: from here on this process
+		// records heartbeats under it.
+		err := s.claimReplica(ctx)
+		if errors.Is(err, errReplicaIDInUse) {
+			return nil, err
+		}
+		var agents []Agent
+		if err == nil {
+			agents, err = s.list(ctx)
+		}
 		if err == nil {
 			return agents, nil
 		}
@@ -480,8 +530,12 @@ func (s *EtcdStore) list(ctx context.Context) ([]Agent, error) {
 		out = append(out, a)
 	}
 
-	// Times this replica id wrote before (a restart with a fixed id) are
-	// kept, or the next flush would drop them.
+	s.replicaMu.Lock()
+	s.replica.liveSince = snap.liveSince
+	s.replicaMu.Unlock()
+
+	// Times this replica id wrote before (a restart) are kept, or the next
+	// flush would drop them.
 	s.touchMu.Lock()
 	for id, ns := range snap.ownSeen {
 		sh := &s.own[etcdShardOf(id)]
@@ -548,6 +602,8 @@ type etcdSnapshot struct {
 	ownSeen  map[string]int64
 	// foreign are the other replicas' blob entries, for resync.
 	foreign []Touch
+	// liveSince is the earliest start of the other running replicas.
+	liveSince time.Time
 }
 
 func (s *EtcdStore) snapshot(ctx context.Context) (*etcdSnapshot, error) {
@@ -596,6 +652,11 @@ func (s *EtcdStore) snapshot(ctx context.Context) (*etcdSnapshot, error) {
 	if err != nil {
 		return nil, err
 	}
+	var present []*mvccpb.KeyValue
+	if _, err := s.rangeAll(ctx, s.replicasPrefix, rev, etcdAgentPage, func(kv *mvccpb.KeyValue) { present = append(present, kv) }); err != nil {
+		return nil, err
+	}
+	snap.liveSince = s.liveSinceOf(present)
 	return snap, nil
 }
 
@@ -1503,6 +1564,7 @@ func (s *EtcdStore) Close() error {
 	}
 	s.touchMu.Unlock()
 
+	s.releaseReplica()
 	s.stopBG()
 	err := s.cli.Close()
 	s.wg.Wait()

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
 	"reflect"
 	"runtime"
 	"slices"
@@ -89,7 +90,7 @@ func TestEtcdStore_Conformance(t *testing.T) {
 	newStore := func(t *testing.T) Store { return openTestEtcdStore(t, c, "", EtcdOptions{}) }
 
 	testStoreConformance(t, newStore, func(t *testing.T, s Store) Store {
-		return openTestEtcdStore(t, c, s.(*EtcdStore).opts.Prefix, EtcdOptions{})
+		return openTestEtcdStore(t, c, s.(*EtcdStore).opts.Prefix, EtcdOptions{ReplicaID: "reopened"})
 	})
 	t.Run("corrupt records and blobs are skipped", func(t *testing.T) {
 		s := newStore(t).(*EtcdStore)
@@ -723,8 +724,9 @@ func TestEtcdStore_Options(t *testing.T) {
 			}
 		})
 	}
-	if err := validateReplicaID(defaultReplicaID()); err != nil {
-		t.Fatalf("default replica id: %v", err)
+	host, _ := os.Hostname()
+	if id, err := DefaultReplicaID(); err != nil || id != host {
+		t.Fatalf("default replica id %q, %v; want the hostname %q", id, err, host)
 	}
 }
 
@@ -969,5 +971,74 @@ func BenchmarkEtcdStore_Convergence(b *testing.B) {
 				break
 			}
 		}
+	}
+}
+
+// TestEtcdStore_ReplicaID: two running processes cannot share a replica
+// id; a replica that stopped or crashed gives its id back, at once or when
+// its presence lease ends.
+func TestEtcdStore_ReplicaID(t *testing.T) {
+	c := startEtcdCluster(t, 1)
+	ctx := context.Background()
+	short := EtcdOptions{ReplicaID: "r", LivenessTTL: 2 * time.Second}
+	a := openTestEtcdStore(t, c, "", short)
+	if _, err := a.List(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !a.LiveSince().IsZero() {
+		t.Errorf("first replica: LiveSince %v, want zero", a.LiveSince())
+	}
+
+	// A second process with the same id waits out a crashed holder's
+	// lease, then refuses: this holder keeps its lease alive.
+	started := time.Now()
+	dup := openTestEtcdStore(t, c, a.opts.Prefix, short)
+	_, err := dup.List(ctx)
+	if !errors.Is(err, errReplicaIDInUse) || !strings.Contains(err.Error(), "--etcd.replica-id") {
+		t.Fatalf("second process with the same id: %v, want errReplicaIDInUse naming --etcd.replica-id", err)
+	}
+	if waited := time.Since(started); waited < 2*time.Second {
+		t.Errorf("refused after %v, before a crashed holder's lease could have ended", waited)
+	}
+
+	// Another id starts and learns since when a has been running.
+	b := openTestEtcdStore(t, c, a.opts.Prefix, EtcdOptions{ReplicaID: "b"})
+	if _, err := b.List(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := b.LiveSince(), time.UnixMilli(started.UnixMilli()); got.IsZero() || got.After(want) {
+		t.Errorf("b: LiveSince %v, want a's start, before %v", got, want)
+	}
+
+	// A stopped replica releases its id at once.
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	started = time.Now()
+	again := openTestEtcdStore(t, c, a.opts.Prefix, short)
+	if _, err := again.List(ctx); err != nil {
+		t.Fatalf("restart after a clean stop: %v", err)
+	}
+	if waited := time.Since(started); waited > time.Second {
+		t.Errorf("restart after a clean stop waited %v", waited)
+	}
+
+	// A crashed one leaves its presence on a lease nobody renews: the next
+	// process with its id waits for that lease, then starts.
+	cli := c.Client()
+	lease, err := cli.Grant(ctx, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(ctx, a.opts.Prefix+"replicas/crashed", `{"instance":"dead","since_ms":1}`, clientv3.WithLease(lease.ID)); err != nil {
+		t.Fatal(err)
+	}
+	started = time.Now()
+	after := openTestEtcdStore(t, c, a.opts.Prefix, EtcdOptions{ReplicaID: "crashed"})
+	if _, err := after.List(ctx); err != nil {
+		t.Fatalf("restart after a crash: %v", err)
+	}
+	if waited := time.Since(started); waited < time.Second {
+		t.Errorf("restart after a crash waited only %v for the old lease", waited)
 	}
 }

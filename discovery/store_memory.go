@@ -100,6 +100,9 @@ func (s *MemoryStore) Update(_ context.Context, id string, claim *TokenClaim, fn
 	return next.clone(), nil
 }
 
+// LiveSince implements Store: a memory store is never shared.
+func (s *MemoryStore) LiveSince() time.Time { return time.Time{} }
+
 // Watch implements Store: a memory store is never shared.
 func (s *MemoryStore) Watch(context.Context) <-chan Event { return nil }
 
