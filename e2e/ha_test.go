@@ -55,7 +55,9 @@ func startHA(t *testing.T, args ...string) *haSetup {
 		common = append(common, "--etcd.endpoints="+ep)
 	}
 	common = append(common, args...)
-	h.a = startServer(t, common...)
+	// Both replicas run on this host: the default replica id, the
+	// hostname, would be taken twice.
+	h.a = startServer(t, append(common, "--etcd.replica-id=a")...)
 
 	dirB := filepath.Join(t.TempDir(), "data-b")
 	if err := os.MkdirAll(dirB, 0o700); err != nil {
@@ -70,7 +72,7 @@ func startHA(t *testing.T, args ...string) *haSetup {
 			t.Fatal(err)
 		}
 	}
-	h.b = startServer(t, append(common, "--data.dir="+dirB)...)
+	h.b = startServer(t, append(common, "--data.dir="+dirB, "--etcd.replica-id=b")...)
 
 	prom := issueCert(t, h.a.DataDir, "prometheus", "discovery")
 	h.sdClient = h.a.client(t, prom.KeyPair)
