@@ -145,6 +145,7 @@ type EtcdStats struct {
 //	lastseen/<replica>/<shard>     one replica's LastSeen times, see below
 //	tokens/<jti>                   claimed single-use token ids
 //	replicas/<replica>             present while the replica runs, see below
+//	identity                       fingerprints of the shared CA and token key
 //
 // Heartbeats are not written per agent. Each replica keeps the LastSeen
 // times of the agents that heartbeat through it in etcdShards blobs
@@ -207,6 +208,7 @@ type EtcdStore struct {
 	tokensPrefix   string
 	replicasPrefix string
 	replicaKey     string
+	identityKey    string
 
 	// bg ends when the store closes and stops the lease keep-alive and the
 	// watch.
@@ -368,6 +370,7 @@ func OpenEtcdStore(ctx context.Context, opts EtcdOptions) (*EtcdStore, error) {
 		tokensPrefix:   opts.Prefix + "tokens/",
 		replicasPrefix: opts.Prefix + "replicas/",
 		replicaKey:     opts.Prefix + "replicas/" + opts.ReplicaID,
+		identityKey:    opts.Prefix + "identity",
 		bg:             bg,
 		stopBG:         stop,
 		mirror:         make(map[string]*mirrorEntry),

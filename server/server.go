@@ -89,30 +89,26 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	logger := cfg.Logger
-	authority, created, err := ca.LoadOrCreate(cfg.DataDir)
-	if err != nil {
-		return fmt.Errorf("certificate authority: %w", err)
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("create data directory: %w", err)
 	}
-	if created {
-		logger.Info("Created a new certificate authority", "path", filepath.Join(cfg.DataDir, "ca.crt"))
-	}
-	key, created, err := ca.LoadOrCreateTokenKey(cfg.DataDir)
-	if err != nil {
-		return fmt.Errorf("token key: %w", err)
-	}
-	if created {
-		logger.Info("Created a new token signing key", "path", filepath.Join(cfg.DataDir, "token.key"))
-	}
-	webFlags, err := prepareWebConfig(cfg, authority)
-	if err != nil {
-		return err
-	}
-
 	store, err := openStore(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	defer store.Close()
+	var shared identityStore
+	if s, ok := store.(identityStore); ok {
+		shared = s
+	}
+	authority, key, err := loadCredentials(ctx, cfg.DataDir, shared, logger)
+	if err != nil {
+		return err
+	}
+	webFlags, err := prepareWebConfig(cfg, authority)
+	if err != nil {
+		return err
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
