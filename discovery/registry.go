@@ -621,7 +621,8 @@ func (r *Registry) purge(ctx context.Context, id string, now time.Time) error {
 }
 
 // Flush writes every LastSeen that moved since the previous flush in one
-// store operation. A failed flush is retried with the next one.
+// store operation. A failed flush is retried with the next one. With
+// nothing to write, it checks that a store that can be unreachable answers.
 func (r *Registry) Flush(ctx context.Context) {
 	var touches []Touch
 	var entries []*entry
@@ -637,6 +638,7 @@ func (r *Registry) Flush(ctx context.Context) {
 	}
 	r.mu.RUnlock()
 	if len(touches) == 0 {
+		r.probeStore(ctx)
 		return
 	}
 	start := time.Now()
@@ -652,6 +654,25 @@ func (r *Registry) Flush(ctx context.Context) {
 	if m := r.cfg.Metrics; m != nil {
 		m.HeartbeatFlushSize.Observe(float64(len(touches)))
 	}
+}
+
+// HealthChecker is a store that can say whether its backend answers.
+type HealthChecker interface {
+	Healthy(ctx context.Context) error
+}
+
+// probeStore asks a store that can be unreachable whether it answers, so
+// that baremetal_sd_store_up tells the truth while nothing is written.
+func (r *Registry) probeStore(ctx context.Context) {
+	h, ok := r.cfg.Store.(HealthChecker)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	start := time.Now()
+	err := h.Healthy(ctx)
+	r.observeStore("health", start, err)
 }
 
 // ApplyEvent installs a change another replica made to a shared store.

@@ -4,6 +4,11 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/baremetal-sd/baremetal_sd/collector"
 )
 
 // newClockedRegistry loads a registry on store with the test clock.
@@ -70,5 +75,38 @@ func TestRegistryHA_RestartGrace(t *testing.T) {
 	clock.Advance(61 * time.Second)
 	if v, _ := rc.Get("alive"); v.State != StateExpired {
 		t.Errorf("one TTL after a full outage without heartbeat: alive is %s, want expired", v.State)
+	}
+}
+
+// TestRegistryHA_StoreUpWithoutRequests: baremetal_sd_store_up follows
+// etcd's reachability from the flush loop alone, with no request coming in
+// and nothing to flush.
+func TestRegistryHA_StoreUpWithoutRequests(t *testing.T) {
+	c := startEtcdCluster(t, 1)
+	ctx := context.Background()
+	metrics := collector.NewServer(prometheus.NewRegistry())
+	store := openTestEtcdStore(t, c, "", EtcdOptions{ReplicaID: "a", RequestTimeout: time.Second})
+	r := NewRegistry(RegistryConfig{Store: store, TTL: time.Minute, Metrics: metrics})
+	if err := r.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	up := func() float64 { return testutil.ToFloat64(metrics.StoreUp) }
+	metrics.StoreUp.Set(-1)
+	r.Flush(ctx)
+	if up() != 1 {
+		t.Fatalf("store_up %v with etcd running, want 1", up())
+	}
+	c.KillAll()
+	r.Flush(ctx)
+	if up() != 0 {
+		t.Fatalf("store_up %v with etcd down, want 0", up())
+	}
+	c.StartAll()
+	deadline := time.Now().Add(etcdWait)
+	for r.Flush(ctx); up() != 1; r.Flush(ctx) {
+		if time.Now().After(deadline) {
+			t.Fatalf("store_up %v after etcd came back", up())
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

@@ -117,6 +117,15 @@ func Run(ctx context.Context, cfg Config) error {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	metrics := collector.NewServer(reg)
+	if s, ok := store.(*discovery.EtcdStore); ok {
+		collector.RegisterEtcdStore(reg, func() collector.EtcdStoreStats {
+			st := s.Stats()
+			return collector.EtcdStoreStats{
+				WriteRequests: st.WriteRequests, KeysWritten: st.KeysWritten, LastSeenKeysWritten: st.LastSeenKeysWritten,
+				BytesWritten: st.BytesWritten, WatchEvents: st.Events, Resyncs: st.Resyncs, UpdateConflicts: st.UpdateConflicts,
+			}
+		})
+	}
 
 	registry := discovery.NewRegistry(discovery.RegistryConfig{
 		Store:         store,
