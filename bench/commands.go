@@ -97,7 +97,8 @@ func AddCommands(app *kingpin.Application) *Commands {
 	c.lastseen.Flag("peer.url", "URL of the replica whose agent list is read (loopback only).").Required().StringVar(&c.ls.PeerURL)
 	c.lastseen.Flag("data.dir", "A replica's data directory: the shared CA and token key.").Default("data").StringVar(&c.ls.DataDir)
 	c.lastseen.Flag("count", "Heartbeats to follow.").Default("5").IntVar(&c.ls.Count)
-	c.lastseen.Flag("duration", "Upper bound on the run.").Default("5m").DurationVar(&c.ls.Duration)
+	c.lastseen.Flag("duration", "Upper bound on the run.").Default("10m").DurationVar(&c.ls.Duration)
+	c.lastseen.Flag("spread", "Random pause between probes, up to this long: the writer's flush interval samples its cycle evenly.").Default("30s").DurationVar(&c.ls.Spread)
 	c.lastseen.Flag("first", "Number of the probe host.").Default("3500000").IntVar(&c.ls.First)
 
 	c.conns = bench.Command("conns", "Measure the server memory that idle keep-alive mTLS connections hold.")

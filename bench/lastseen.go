@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -23,7 +24,10 @@ type LastSeenConfig struct {
 	ServerURL, PeerURL, DataDir string
 	Count                       int
 	Duration                    time.Duration
-	First                       int
+	// Spread is the range of the random pause between probes; the
+	// writer's flush interval places the heartbeats evenly over its cycle.
+	Spread time.Duration
+	First  int
 }
 
 // lastSeenCounter is the server metric that moves when a flush wrote
@@ -38,8 +42,8 @@ const lastSeenCounter = "baremetal_sd_store_etcd_lastseen_keys_written_total"
 // small; the peer's agent list, which is large, is read once per probe to
 // check that the time arrived.
 func RunLastSeen(ctx context.Context, cfg LastSeenConfig, out io.Writer) error {
-	if cfg.Count <= 0 || cfg.Duration <= 0 {
-		return fmt.Errorf("count and duration must be positive")
+	if cfg.Count <= 0 || cfg.Duration <= 0 || cfg.Spread <= 0 {
+		return fmt.Errorf("count, duration and spread must be positive")
 	}
 	writer, err := newTarget(cfg.ServerURL, cfg.DataDir)
 	if err != nil {
@@ -74,19 +78,21 @@ func RunLastSeen(ctx context.Context, cfg LastSeenConfig, out io.Writer) error {
 	if _, err := writer.register(wc, probe, token, deadline); err != nil {
 		return fmt.Errorf("register the probe through %s: %w", cfg.ServerURL, err)
 	}
-	hc, err := dial(ctx, writer.addr, writer.tlsConfig(probe.cert))
-	if err != nil {
-		return err
+	// The heartbeat and the agent list each get a connection of their own
+	// when they are sent: between two of them lies a flush interval, and a
+	// connection dialed that long before its first request has run into the
+	// server's read timeout.
+	once := func(t *target, cert *tls.Certificate, req []byte) (reply, error) {
+		c, err := dial(ctx, t.addr, t.tlsConfig(cert))
+		if err != nil {
+			return reply{}, err
+		}
+		defer c.Close()
+		return c.roundTrip(req, maxSDBody, true, deadline)
 	}
-	defer func() { hc.Close() }()
-	rc, err := dial(ctx, reader.addr, reader.tlsConfig(admin))
-	if err != nil {
-		return fmt.Errorf("peer: %w", err)
-	}
-	defer func() { rc.Close() }()
 	metricsReq := request(http.MethodGet, writer.host, "/metrics", nil, nil)
-	heartbeat := heartbeatRequest(writer, "", false)
-	listReq := request(http.MethodGet, reader.host, discovery.PathAgents, nil, nil)
+	heartbeat := heartbeatRequest(writer, "", true)
+	listReq := request(http.MethodGet, reader.host, discovery.PathAgents, map[string]string{"Connection": "close"}, nil)
 
 	counter := func() (float64, error) {
 		r, err := wc.roundTrip(metricsReq, maxSDBody, true, deadline)
@@ -101,7 +107,7 @@ func RunLastSeen(ctx context.Context, cfg LastSeenConfig, out io.Writer) error {
 		return 0, fmt.Errorf("%s has no %s: is it on --storage.backend=etcd?", cfg.ServerURL, lastSeenCounter)
 	}
 	peerLastSeen := func() (time.Time, error) {
-		r, err := rc.roundTrip(listReq, maxSDBody, true, deadline)
+		r, err := once(reader, admin, listReq)
 		if err != nil {
 			return time.Time{}, fmt.Errorf("list agents of %s: %w", cfg.PeerURL, err)
 		}
@@ -127,7 +133,7 @@ func RunLastSeen(ctx context.Context, cfg LastSeenConfig, out io.Writer) error {
 			return err
 		}
 		sent := time.Now()
-		r, err := hc.roundTrip(heartbeat, maxReplyBody, false, deadline)
+		r, err := once(writer, probe.cert, heartbeat)
 		if err == nil && r.status != http.StatusOK {
 			err = &statusError{r.status, ""}
 		}
@@ -164,8 +170,8 @@ func RunLastSeen(ctx context.Context, cfg LastSeenConfig, out io.Writer) error {
 			}
 			sleep(ctx, 100*time.Millisecond)
 		}
-		// Start the next probe at another point of the flush cycle.
-		sleep(ctx, rand.N(5*time.Second))
+		// Start the next probe at a random point of the flush cycle.
+		sleep(ctx, rand.N(cfg.Spread))
 	}
 	if len(visible) == 0 {
 		return fmt.Errorf("no probe completed within %s", cfg.Duration)
