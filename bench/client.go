@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
@@ -41,6 +42,9 @@ type target struct {
 	roots  *x509.CertPool
 	tokens *ca.Tokens
 	auth   *ca.Authority
+	// pinned is the server certificate a first agent connection verified
+	// in full; see agentTLS.
+	pinned atomic.Pointer[[]byte]
 }
 
 // checkLoopback refuses anything but a loopback address: the load generator
@@ -91,6 +95,34 @@ func (t *target) tlsConfig(cert *tls.Certificate) *tls.Config {
 	cfg := &tls.Config{RootCAs: t.roots, ServerName: t.host, MinVersion: tls.VersionTLS12}
 	if cert != nil {
 		cfg.Certificates = []tls.Certificate{*cert}
+	}
+	return cfg
+}
+
+// agentTLS is the configuration of a heartbeat on a new connection. The
+// first one verifies the server's chain; later ones compare the server's
+// certificate with that one byte for byte. The load generator shares the
+// CPU with the server under test, and chain verification is work a real
+// agent does on its own host.
+func (t *target) agentTLS(cert *tls.Certificate) *tls.Config {
+	cfg := t.tlsConfig(cert)
+	pinned := t.pinned.Load()
+	if pinned == nil {
+		cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) > 0 {
+				raw := cs.PeerCertificates[0].Raw
+				t.pinned.CompareAndSwap(nil, &raw)
+			}
+			return nil
+		}
+		return cfg
+	}
+	cfg.InsecureSkipVerify = true
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 || !bytes.Equal(cs.PeerCertificates[0].Raw, *pinned) {
+			return errors.New("the server's certificate is not the one verified before")
+		}
+		return nil
 	}
 	return cfg
 }
@@ -334,7 +366,12 @@ func chainCertificate(chain []byte, key *ecdsa.PrivateKey) (*tls.Certificate, er
 	if len(c.Certificate) == 0 {
 		return nil, fmt.Errorf("register reply has no certificate")
 	}
-	c.PrivateKey = key
+	// Parsed once here rather than by every handshake.
+	leaf, err := x509.ParseCertificate(c.Certificate[0])
+	if err != nil {
+		return nil, fmt.Errorf("register reply: %w", err)
+	}
+	c.PrivateKey, c.Leaf = key, leaf
 	return &c, nil
 }
 

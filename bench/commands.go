@@ -19,6 +19,7 @@ type Commands struct {
 	httpsd    *kingpin.CmdClause
 	populate  *kingpin.CmdClause
 	converge  *kingpin.CmdClause
+	lastseen  *kingpin.CmdClause
 	conns     *kingpin.CmdClause
 
 	reg RegisterConfig
@@ -26,6 +27,7 @@ type Commands struct {
 	sd  HTTPSDConfig
 	pop PopulateConfig
 	cv  ConvergeConfig
+	ls  LastSeenConfig
 	cn  ConnsConfig
 }
 
@@ -52,10 +54,14 @@ func AddCommands(app *kingpin.Application) *Commands {
 	c.register.Flag("pregenerate", "Generate all agent keys and CSRs before the clock starts.").BoolVar(&c.reg.Pregenerate)
 	c.register.Flag("single-use", "Give each agent its own single-use token (adds a durable token claim).").BoolVar(&c.reg.SingleUse)
 	c.register.Flag("first", "Number of the first simulated host.").Default("0").IntVar(&c.reg.First)
+	c.register.Flag("save", "Write the enrolled agents (id, key, certificate) to this file for bench heartbeat --agents.file.").StringVar(&c.reg.SaveFile)
 
-	c.heartbeat = bench.Command("heartbeat", "Measure heartbeats per second and latency over keep-alive mTLS.")
+	c.heartbeat = bench.Command("heartbeat", "Measure heartbeats per second and latency: over keep-alive mTLS, or paced like a fleet with a new connection per heartbeat.")
 	target(c.heartbeat, &c.hb.ServerURL, &c.hb.DataDir, &c.hb.ServerPID)
 	c.heartbeat.Flag("agents", "Agents to enroll first; workers share their certificates.").Default("256").IntVar(&c.hb.Agents)
+	c.heartbeat.Flag("agents.file", "Heartbeat as the agents in this file (bench register --save) instead of enrolling new ones (repeatable).").StringsVar(&c.hb.AgentFiles)
+	c.heartbeat.Flag("interval", "Heartbeat every agent once per interval, spread evenly, as a fleet does (0: as fast as the workers go).").DurationVar(&c.hb.Interval)
+	c.heartbeat.Flag("new-connection", "A new mTLS connection (full handshake) per heartbeat, as agents make after 30 s idle; always on with --interval.").BoolVar(&c.hb.NewConnection)
 	c.heartbeat.Flag("concurrency", "Workers, each with its own keep-alive connection.").Default("64").IntVar(&c.hb.Concurrency)
 	c.heartbeat.Flag("warmup", "Heartbeats before the measurement starts.").Default("2s").DurationVar(&c.hb.Warmup)
 	c.heartbeat.Flag("duration", "Measured time.").Default("20s").DurationVar(&c.hb.Duration)
@@ -86,6 +92,15 @@ func AddCommands(app *kingpin.Application) *Commands {
 	c.converge.Flag("poll-interval", "Pause between two reads of the peer's http_sd.").Default("1ms").DurationVar(&c.cv.PollInterval)
 	c.converge.Flag("first", "Number of the first simulated host.").Default("3000000").IntVar(&c.cv.First)
 
+	c.lastseen = bench.Command("lastseen", "Measure how long a heartbeat through one etcd replica takes to show in another replica's last-seen time.")
+	c.lastseen.Flag("server.url", "URL of the replica to heartbeat through (loopback only).").Default(defaultServerURL).StringVar(&c.ls.ServerURL)
+	c.lastseen.Flag("peer.url", "URL of the replica whose agent list is read (loopback only).").Required().StringVar(&c.ls.PeerURL)
+	c.lastseen.Flag("data.dir", "A replica's data directory: the shared CA and token key.").Default("data").StringVar(&c.ls.DataDir)
+	c.lastseen.Flag("count", "Heartbeats to follow.").Default("5").IntVar(&c.ls.Count)
+	c.lastseen.Flag("duration", "Upper bound on the run.").Default("10m").DurationVar(&c.ls.Duration)
+	c.lastseen.Flag("spread", "Random pause between probes, up to this long: the writer's flush interval samples its cycle evenly.").Default("30s").DurationVar(&c.ls.Spread)
+	c.lastseen.Flag("first", "Number of the probe host.").Default("3500000").IntVar(&c.ls.First)
+
 	c.conns = bench.Command("conns", "Measure the server memory that idle keep-alive mTLS connections hold.")
 	target(c.conns, &c.cn.ServerURL, &c.cn.DataDir, &c.cn.ServerPID)
 	c.conns.Flag("count", "Connections to open and hold.").Default("2000").IntVar(&c.cn.Count)
@@ -107,6 +122,8 @@ func (c *Commands) Run(ctx context.Context, selected string, logger *slog.Logger
 		return true, RunConns(ctx, c.cn, c.Out)
 	case c.converge.FullCommand():
 		return true, RunConverge(ctx, c.cv, c.Out)
+	case c.lastseen.FullCommand():
+		return true, RunLastSeen(ctx, c.ls, c.Out)
 	case c.populate.FullCommand():
 		cfg := c.pop
 		cfg.Logger = logger

@@ -1,23 +1,32 @@
 #!/usr/bin/env bash
 # Reruns the high-availability measurements of BENCHMARKS.md: a three-member
 # etcd cluster and two server replicas on 127.0.0.1, 100,000 agents enrolled
-# through both, then heartbeats through both replicas at once, the etcd writes
-# they cause, how fast a registration reaches the other replica's http_sd, and
-# the replicas' memory. Usage (from the repository root):
+# through both; then every one of those agents heartbeats like a real agent
+# (once per interval, a new mTLS connection with its own certificate each
+# time) through the replica it enrolled with, and the script reports the
+# heartbeat rate, the etcd writes and history that causes, the heartbeat
+# rate the machine sustains, how fast registrations and last-seen times
+# reach the other replica, and the replicas' memory. Usage (from the
+# repository root):
 #
 #   make build && bench/ha.sh
 #
 # Environment: BIN (default ./baremetal_sd), AGENTS (default 100000),
 # ETCD (default /usr/bin/etcd), BASE_PORT (default 39960; uses 10 ports),
-# FLUSH (the replicas' --registry.flush-interval, default 5s), KEEP=1 keeps
-# the temporary directories.
+# FLUSH (the replicas' --registry.flush-interval; default: the server's
+# default for etcd, 30s), INTERVAL (heartbeat interval, default 75s, the
+# agents' default with --agent.ttl=5m), PACED (how long the paced phase is
+# measured, default 150s: two intervals), KEEP=1 keeps the temporary
+# directories.
 set -euo pipefail
 
 BIN=${BIN:-./baremetal_sd}
 AGENTS=${AGENTS:-100000}
 ETCD=${ETCD:-/usr/bin/etcd}
 BASE_PORT=${BASE_PORT:-39960}
-FLUSH=${FLUSH:-5s}
+FLUSH=${FLUSH:-}
+INTERVAL=${INTERVAL:-75s}
+PACED=${PACED:-150s}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/baremetal_sd-ha.XXXXXX")
 PIDS=()
 
@@ -65,8 +74,8 @@ URL_A="https://127.0.0.1:$((BASE_PORT + 6))"
 URL_B="https://127.0.0.1:$((BASE_PORT + 7))"
 start_replica() { # NAME DATA_DIR PORT
   "${BIN}" server --data.dir="$2" --web.listen-address="127.0.0.1:$3" --log.level=warn \
-    --storage.backend=etcd --etcd.endpoints="${ENDPOINTS}" --registry.flush-interval="${FLUSH}" \
-    2>"${WORK}/$1.log" &
+    --storage.backend=etcd --etcd.endpoints="${ENDPOINTS}" --etcd.replica-id="$1" \
+    ${FLUSH:+--registry.flush-interval="${FLUSH}"} 2>"${WORK}/$1.log" &
   PIDS+=($!)
   echo $! >"${WORK}/$1.pid"
   wait_for "replica $1" 60 curl -sf --cacert "$2/ca.crt" "https://127.0.0.1:$3/-/ready"
@@ -84,63 +93,92 @@ bench() { "${BIN}" bench "$@"; }
 header "enroll ${AGENTS} agents, half through each replica"
 half=$((AGENTS / 2))
 bench register --server.url="${URL_A}" --data.dir="${WORK}/a" --server.pid="${PID_A}" \
-  --count="${half}" --concurrency=32 --keep-alive --duration=10m --first=0 >"${WORK}/reg-a.txt" &
+  --count="${half}" --concurrency=32 --keep-alive --duration=10m --first=0 \
+  --save="${WORK}/agents-a.txt" >"${WORK}/reg-a.txt" &
 reg_a=$!
 bench register --server.url="${URL_B}" --data.dir="${WORK}/b" --server.pid="${PID_B}" \
-  --count=$((AGENTS - half)) --concurrency=32 --keep-alive --duration=10m --first="${half}" >"${WORK}/reg-b.txt" &
+  --count=$((AGENTS - half)) --concurrency=32 --keep-alive --duration=10m --first="${half}" \
+  --save="${WORK}/agents-b.txt" >"${WORK}/reg-b.txt" &
 reg_b=$!
 wait "${reg_a}"
 wait "${reg_b}"
 cat "${WORK}/reg-a.txt" "${WORK}/reg-b.txt"
 
-# --- heartbeats through both replicas at once, and the etcd writes ---------
+# --- the whole fleet heartbeats, paced like real agents ---------------------
 # metric FILE NAME: sum of a metric's samples in a scrape (0 when absent).
 metric() { awk -v n="$2" '$1 == n || index($1, n "{") == 1 { s += $NF } END { printf "%.0f", s }' "$1"; }
-scrape_etcd() { # SUFFIX
+scrape_all() { # SUFFIX
   for i in 0 1 2; do curl -sf "$(client_url "${i}")/metrics" >"${WORK}/etcd-m${i}-$1.txt"; done
   curl -sf --cacert "${WORK}/a/ca.crt" "${URL_A}/metrics" >"${WORK}/a-$1.txt"
   curl -sf --cacert "${WORK}/a/ca.crt" "${URL_B}/metrics" >"${WORK}/b-$1.txt"
 }
-# delta NAME FILE_PREFIX: the change of a metric between the two scrapes.
+# delta NAME FILE_PREFIX: the change of a metric between two scrapes.
 delta() { echo $(($(metric "${WORK}/$2-after.txt" "$1") - $(metric "${WORK}/$2-before.txt" "$1"))); }
-scrape_etcd before
-t0=$(date +%s.%N)
-header "heartbeats through both replicas at once, 20 s measured"
-bench heartbeat --server.url="${URL_A}" --data.dir="${WORK}/a" --server.pid="${PID_A}" \
-  --agents=256 --concurrency=32 --duration=20s --first=5000000 >"${WORK}/hb-a.txt" &
-hb_a=$!
-bench heartbeat --server.url="${URL_B}" --data.dir="${WORK}/b" --server.pid="${PID_B}" \
-  --agents=256 --concurrency=32 --duration=20s --first=6000000 >"${WORK}/hb-b.txt" &
-hb_b=$!
-wait "${hb_a}"
-wait "${hb_b}"
-t1=$(date +%s.%N)
-scrape_etcd after
-cat "${WORK}/hb-a.txt" "${WORK}/hb-b.txt"
-sum_a=$(awk '$1 == "heartbeats/s" { print $2 }' "${WORK}/hb-a.txt")
-sum_b=$(awk '$1 == "heartbeats/s" { print $2 }' "${WORK}/hb-b.txt")
-echo "heartbeats/s through both replicas: $((sum_a + sum_b))"
+wall=1
+rate() { awk -v n="$1" -v d="$2" -v w="${wall}" 'BEGIN { printf "  %-58s %12d in %.1f s = %10.1f/s\n", n, d, w, d / w }'; }
+per_hour() { awk -v n="$1" -v d="$2" -v w="${wall}" 'BEGIN { printf "  %-58s %12d in %.1f s = %7.1f MB/hour\n", n, d, w, d / w * 3600 / 1e6 }'; }
+etcd_writes() { # TITLE
+  header "$1"
+  # Every member applies every write, so one member's counters are the
+  # cluster's.
+  for name in etcd_mvcc_put_total etcd_mvcc_txn_total etcd_mvcc_delete_total etcd_disk_wal_fsync_duration_seconds_count; do
+    rate "etcd ${name}" "$(delta "${name}" etcd-m0)"
+  done
+  for name in etcd_mvcc_db_total_size_in_bytes etcd_mvcc_db_total_size_in_use_in_bytes; do
+    printf '  %-58s %12d -> %d\n' "etcd ${name}" "$(metric "${WORK}/etcd-m0-before.txt" "${name}")" "$(metric "${WORK}/etcd-m0-after.txt" "${name}")"
+  done
+  for r in a b; do
+    rate "replica ${r}: etcd write requests" "$(delta baremetal_sd_store_etcd_write_requests_total "${r}")"
+    rate "replica ${r}: etcd keys written (last-seen blobs)" "$(delta baremetal_sd_store_etcd_lastseen_keys_written_total "${r}")"
+    per_hour "replica ${r}: bytes written (etcd history until compaction)" "$(delta baremetal_sd_store_etcd_written_bytes_total "${r}")"
+    rate "replica ${r}: heartbeat flushes" "$(delta baremetal_sd_registry_heartbeat_flush_agents_count "${r}")"
+    rate "replica ${r}: agents written by those flushes" "$(delta baremetal_sd_registry_heartbeat_flush_agents_sum "${r}")"
+  done
+}
+heartbeat_both() { # OUTPUT_PREFIX ARGS...: one load generator per replica, its half of the fleet
+  local out=$1 pa pb
+  shift
+  bench heartbeat --server.url="${URL_A}" --data.dir="${WORK}/a" --server.pid="${PID_A}" \
+    --agents.file="${WORK}/agents-a.txt" "$@" >"${WORK}/${out}-a.txt" &
+  pa=$!
+  bench heartbeat --server.url="${URL_B}" --data.dir="${WORK}/b" --server.pid="${PID_B}" \
+    --agents.file="${WORK}/agents-b.txt" "$@" >"${WORK}/${out}-b.txt" &
+  pb=$!
+  local t0 t1
+  t0=$(date +%s.%N)
+  sleep 5 # the warm-up
+  scrape_all before
+  wait "${pa}"
+  wait "${pb}"
+  scrape_all after
+  t1=$(date +%s.%N)
+  wall=$(awk -v a="${t0}" -v b="${t1}" 'BEGIN { printf "%.3f", b - a - 5 }')
+  cat "${WORK}/${out}-a.txt" "${WORK}/${out}-b.txt"
+  local sa sb
+  sa=$(awk '$1 == "heartbeats/s" { print $2 }' "${WORK}/${out}-a.txt")
+  sb=$(awk '$1 == "heartbeats/s" { print $2 }' "${WORK}/${out}-b.txt")
+  echo "heartbeats/s through both replicas: $((sa + sb))"
+}
 
-header "etcd writes while both replicas took heartbeats"
-# Every member applies every write, so one member's counters are the
-# cluster's. Registrations are single puts; heartbeat flushes are
-# transactions of last-seen blobs (at most 256 keys per replica and flush).
-# The window includes the 2 x 256 registrations bench heartbeat makes first.
-wall=$(awk -v a="${t0}" -v b="${t1}" 'BEGIN { printf "%.3f", b - a }')
-rate() { awk -v n="$1" -v d="$2" -v w="${wall}" 'BEGIN { printf "  %-52s %8d in %.1f s = %.1f/s\n", n, d, w, d / w }'; }
-for name in etcd_mvcc_put_total etcd_mvcc_txn_total etcd_disk_wal_fsync_duration_seconds_count; do
-  rate "etcd ${name}" "$(delta "${name}" etcd-m0)"
-done
-for r in a b; do
-  rate "replica ${r}: heartbeat flushes" "$(delta baremetal_sd_registry_heartbeat_flush_agents_count "${r}")"
-  rate "replica ${r}: agents written by those flushes" "$(delta baremetal_sd_registry_heartbeat_flush_agents_sum "${r}")"
-done
+header "all ${AGENTS} agents heartbeat every ${INTERVAL}, each on a new connection with its own certificate, ${PACED} measured"
+heartbeat_both paced --interval="${INTERVAL}" --warmup=5s --duration="${PACED}" --concurrency=64
+etcd_writes "etcd writes while the whole fleet heartbeats at its interval"
+
+header "heartbeats as fast as they go: distinct agents, a new connection each, 20 s measured"
+heartbeat_both fast --new-connection --warmup=5s --duration=20s --concurrency=32
+etcd_writes "etcd writes during the fastest heartbeats"
 
 # --- convergence in both directions -----------------------------------------
 header "registration through a, seen in b's http_sd"
 bench converge --server.url="${URL_A}" --peer.url="${URL_B}" --data.dir="${WORK}/a" --count=20 --first=7000000
 header "registration through b, seen in a's http_sd"
 bench converge --server.url="${URL_B}" --peer.url="${URL_A}" --data.dir="${WORK}/b" --count=20 --first=7100000
+
+# --- last-seen times: a heartbeat through one replica, seen on the other ----
+header "heartbeat through a, last-seen time on b (the flush interval, then the watch)"
+bench lastseen --server.url="${URL_A}" --peer.url="${URL_B}" --data.dir="${WORK}/a" --count=5 --first=7200000
+header "heartbeat through b, last-seen time on a"
+bench lastseen --server.url="${URL_B}" --peer.url="${URL_A}" --data.dir="${WORK}/b" --count=5 --first=7300000
 
 # --- memory -----------------------------------------------------------------
 header "replica memory with the fleet"

@@ -6,11 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/baremetal-sd/baremetal_sd/discovery"
 )
 
 // HeartbeatConfig configures `bench heartbeat`.
@@ -20,8 +19,23 @@ type HeartbeatConfig struct {
 	// Agents are enrolled first (through the API); the workers then share
 	// their certificates round-robin.
 	Agents int
+	// AgentFiles, when set, replace the enrollment: the agents `bench
+	// register --save` enrolled, each heartbeating with its own
+	// certificate.
+	AgentFiles []string
+	// Interval paces the run like a fleet: every agent heartbeats once per
+	// interval, the agents spread evenly over it, each heartbeat on a new
+	// connection. Zero runs the workers as fast as they go.
+	Interval time.Duration
+	// NewConnection opens a new mTLS connection per heartbeat, and takes
+	// the next agent for each, instead of one keep-alive connection and
+	// agent per worker. Agents close idle connections after 30 s and
+	// heartbeat every 75 s by default, so every real heartbeat is a full
+	// handshake.
+	NewConnection bool
 	// Concurrency is the number of workers, each with its own keep-alive
-	// mTLS connection.
+	// mTLS connection (or, paced or with NewConnection, at most that many
+	// heartbeats in flight).
 	Concurrency int
 	// Warmup runs heartbeats that are not counted, Duration those that are;
 	// Count bounds the counted heartbeats.
@@ -48,27 +62,33 @@ func RunHeartbeat(ctx context.Context, cfg HeartbeatConfig, out io.Writer) error
 	if err != nil {
 		return err
 	}
-	enrolled, err := registerMany(ctx, t, RegisterConfig{
-		Count: cfg.Agents, Concurrency: 16, Duration: 5 * time.Minute,
-		KeepAlive: true, First: cfg.First,
-	}, true)
-	if err != nil {
-		return err
+	var ids []*agentIdentity
+	source := ""
+	if len(cfg.AgentFiles) > 0 {
+		if ids, err = loadIdentities(cfg.AgentFiles); err != nil {
+			return err
+		}
+		source = "loaded from " + strings.Join(cfg.AgentFiles, ", ")
+	} else {
+		enrolled, err := registerMany(ctx, t, RegisterConfig{
+			Count: cfg.Agents, Concurrency: 16, Duration: 5 * time.Minute,
+			KeepAlive: true, First: cfg.First,
+		}, true)
+		if err != nil {
+			return err
+		}
+		if len(enrolled.ids) == 0 {
+			return fmt.Errorf("no agent could enroll: %s", enrolled.firstErr)
+		}
+		ids = enrolled.ids
+		source = fmt.Sprintf("enrolled first (errors: %s)", formatErrors(enrolled.errors))
 	}
-	if len(enrolled.ids) == 0 {
-		return fmt.Errorf("no agent could enroll: %s", enrolled.firstErr)
+	if cfg.Interval > 0 {
+		return runPaced(ctx, t, cfg, ids, source, out)
 	}
-	ids := enrolled.ids
 
-	var body []byte
-	if cfg.Status != "" {
-		body = []byte(`{"status":` + fmt.Sprintf("%q", cfg.Status) + `}`)
-	}
-	hdr := map[string]string{}
-	if body != nil {
-		hdr["Content-Type"] = "application/json"
-	}
-	req := request(http.MethodPost, t.host, discovery.PathHeartbeat, hdr, body)
+	req := heartbeatRequest(t, cfg.Status, cfg.NewConnection)
+	var nextAgent atomic.Int64
 
 	total := cfg.Warmup + cfg.Duration
 	runCtx, cancel := context.WithTimeout(ctx, total)
@@ -95,7 +115,11 @@ func RunHeartbeat(ctx context.Context, cfg HeartbeatConfig, out io.Writer) error
 			defer wg.Done()
 			id := ids[w%len(ids)]
 			tlsCfg := t.tlsConfig(id.cert)
-			c, err := dial(runCtx, t.addr, tlsCfg)
+			var c *conn
+			var err error
+			if !cfg.NewConnection {
+				c, err = dial(runCtx, t.addr, tlsCfg)
+			}
 			ready.Done()
 			<-started
 			var (
@@ -111,6 +135,12 @@ func RunHeartbeat(ctx context.Context, cfg HeartbeatConfig, out io.Writer) error
 				failures++
 			}
 			for running(runCtx, deadline) && failures < maxWorkerErrors {
+				began := time.Now()
+				if cfg.NewConnection {
+					// The next agent, on a connection of its own.
+					id = ids[int(nextAgent.Add(1)-1)%len(ids)]
+					tlsCfg = t.agentTLS(id.cert)
+				}
 				if c == nil {
 					if c, err = dial(runCtx, t.addr, tlsCfg); err != nil {
 						if running(runCtx, deadline) {
@@ -121,7 +151,6 @@ func RunHeartbeat(ctx context.Context, cfg HeartbeatConfig, out io.Writer) error
 						continue
 					}
 				}
-				began := time.Now()
 				measured := began.After(measureFrom)
 				if measured && counted.Add(1) > int64(cfg.Count) {
 					break
@@ -130,9 +159,11 @@ func RunHeartbeat(ctx context.Context, cfg HeartbeatConfig, out io.Writer) error
 				if err == nil && r.status != http.StatusOK {
 					err = &statusError{r.status, ""}
 				}
-				if err != nil {
+				if err != nil || cfg.NewConnection {
 					c.Close()
 					c = nil
+				}
+				if err != nil {
 					if running(runCtx, deadline) {
 						myErrs[errorKind(err)]++
 						myFirst = cmp.Or(myFirst, err.Error())
@@ -141,7 +172,8 @@ func RunHeartbeat(ctx context.Context, cfg HeartbeatConfig, out io.Writer) error
 					continue
 				}
 				if measured {
-					h.record(r.total)
+					// With a new connection, the handshake is part of it.
+					h.record(time.Since(began))
 					n++
 				}
 			}
@@ -170,8 +202,12 @@ func RunHeartbeat(ctx context.Context, cfg HeartbeatConfig, out io.Writer) error
 	cpu[1] = sampleCPU(cfg.ServerPID)
 
 	tb := &table{title: "bench heartbeat"}
-	tb.add("agents enrolled", "%d (errors: %s)", len(ids), formatErrors(enrolled.errors))
-	tb.add("connections", "%d keep-alive mTLS, one worker each", cfg.Concurrency)
+	tb.add("agents", "%d, %s", len(ids), source)
+	if cfg.NewConnection {
+		tb.add("connections", "a new mTLS connection per heartbeat, the next agent each, %d workers", cfg.Concurrency)
+	} else {
+		tb.add("connections", "%d keep-alive mTLS, one worker and agent each", cfg.Concurrency)
+	}
 	tb.add("warm-up / measured", "%s / %s", cfg.Warmup, wall.Round(time.Millisecond))
 	tb.add("heartbeats ok", "%d", ok)
 	tb.add("errors", "%s", formatErrors(errs))

@@ -33,6 +33,9 @@ type RegisterConfig struct {
 	ServerPID int
 	// First numbers the simulated hosts, so that runs can differ.
 	First int
+	// SaveFile, when set, receives the enrolled agents' ids, keys and
+	// certificates for `bench heartbeat --agents.file`.
+	SaveFile string
 }
 
 // registerResult is the outcome of a registration run.
@@ -181,9 +184,14 @@ func RunRegister(ctx context.Context, cfg RegisterConfig, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	res, err := registerMany(ctx, t, cfg, false)
+	res, err := registerMany(ctx, t, cfg, cfg.SaveFile != "")
 	if err != nil {
 		return err
+	}
+	if cfg.SaveFile != "" {
+		if err := saveIdentities(cfg.SaveFile, res.ids); err != nil {
+			return fmt.Errorf("save enrolled agents: %w", err)
+		}
 	}
 	conns := "new TLS connection per registration"
 	if cfg.KeepAlive {

@@ -241,85 +241,86 @@ func (a *API) register(w http.ResponseWriter, r *http.Request) string {
 		RegisteredAt: now,
 		LastSeen:     now,
 	}
+	var claim *TokenClaim
 	if who.claims != nil {
-		if err := a.applyToken(agent, who.claims); err != nil {
+		agent.ID = who.claims.AgentID
+		if err := pinLabels(agent, labels.FromMap(who.claims.Labels)); err != nil {
 			return a.fail(w, r, err)
+		}
+		if who.claims.SingleUse {
+			claim = &TokenClaim{ID: who.claims.ID, Expires: now.Add(time.Hour)}
+			if who.claims.ExpiresAt != nil {
+				claim.Expires = who.claims.ExpiresAt.Time
+			}
 		}
 	} else {
-		// Re-registration by certificate: only for the certificate's own id,
-		// and never for a revoked or superseded one.
+		// Re-registration by certificate: only for the certificate's own id
+		// and hostname, or a host could use its certificate to pose as
+		// another; renaming a host takes a new token. Whether the
+		// certificate is still the agent's is decided on the stored record
+		// below.
 		agent.ID = who.id
-		if err := a.cfg.Registry.CheckCertificate(who.id, who.serial); err != nil && !errors.Is(err, ErrNotFound) {
-			return a.certStateError(w, r, err)
-		}
-		if err := a.keepEnrollment(agent, who); err != nil {
-			return a.fail(w, r, err)
+		if who.hostname != "" && agent.Hostname != who.hostname {
+			return a.fail(w, r, &authError{http.StatusForbidden, "hostname_mismatch",
+				fmt.Sprintf("hostname %q differs from the certificate's %q: enroll with a new token to rename a host", agent.Hostname, who.hostname)})
 		}
 	}
 	if agent.ID == "" {
 		agent.ID = strings.ToLower(rand.Text())
 	}
-	if old, ok := a.cfg.Registry.Get(agent.ID); ok {
-		agent.RegisteredAt = old.RegisteredAt
-		agent.Maintenance = old.Maintenance
-	}
 
-	if who.claims != nil && who.claims.SingleUse {
-		exp := now.Add(time.Hour)
-		if who.claims.ExpiresAt != nil {
-			exp = who.claims.ExpiresAt.Time
-		}
-		start := time.Now()
-		err := a.cfg.Store.ClaimToken(r.Context(), who.claims.ID, exp)
-		a.cfg.Registry.observeStore("claim_token", start, err)
-		if errors.Is(err, ErrTokenUsed) {
-			return a.fail(w, r, a.auth.rejectToken("reused", "token refused: single-use token was already used"))
-		}
-		if err != nil {
-			return a.fail(w, r, fmt.Errorf("claim token: %w", err))
-		}
-	}
-
-	resp, err := a.issue(r.Context(), agent, csr.PublicKey, "register")
+	// Everything that can refuse the request without the stored record has
+	// been checked, and the certificate is signed, before the one write that
+	// stores the registration and, with a single-use token, uses the token
+	// up: a registration that fails leaves the token usable for the retry.
+	signed, err := a.sign(agent, csr.PublicKey)
 	if err != nil {
 		return a.fail(w, r, err)
 	}
+	_, err = a.cfg.Registry.Modify(r.Context(), agent.ID, claim, func(cur *Agent) (*Agent, error) {
+		next := agent.clone()
+		if cur == nil {
+			return next, nil
+		}
+		if who.claims != nil {
+			// A token made after the revocation re-admits the agent; an older
+			// one must not undo the operator's decision.
+			if cur.Revoked() && (who.claims.IssuedAt == nil || !who.claims.IssuedAt.After(cur.RevokedAt)) {
+				return nil, errTokenBeforeRevocation
+			}
+		} else {
+			if err := checkSerial(cur, who.serial, now); err != nil {
+				return nil, err
+			}
+			// The labels the enrollment token pinned stay, or a host could
+			// leave the group its token put it in.
+			if err := pinLabels(next, cur.PinnedLabels); err != nil {
+				return nil, err
+			}
+		}
+		next.RegisteredAt = cur.RegisteredAt
+		next.Maintenance = cur.Maintenance
+		return next, nil
+	})
+	switch {
+	case errors.Is(err, ErrTokenUsed):
+		return a.fail(w, r, a.auth.rejectToken("reused", "token refused: single-use token was already used"))
+	case errors.Is(err, errTokenBeforeRevocation):
+		return a.fail(w, r, a.auth.rejectToken("revoked", "token refused: the agent was revoked after this token was issued"))
+	case errors.Is(err, ErrRevoked), errors.Is(err, ErrSuperseded):
+		return a.certStateError(w, r, err)
+	case err != nil:
+		return a.fail(w, r, err)
+	}
+	a.issued("register")
 	a.cfg.Logger.Debug("Agent registered", "agent_id", agent.ID, "hostname", agent.Hostname)
-	writeJSON(w, http.StatusOK, resp)
+	writeJSON(w, http.StatusOK, a.certificateResponse(agent.ID, signed.leaf, signed.chain))
 	return "success"
 }
 
-// keepEnrollment holds a re-registration by certificate to what enrollment
-// settled: the certificate's hostname, and the labels the enrollment token
-// pinned. Otherwise a host could use its own certificate to pose as another
-// host or to leave the group its token put it in; renaming a host takes a new
-// token.
-func (a *API) keepEnrollment(agent *Agent, who *identity) error {
-	if who.hostname != "" && agent.Hostname != who.hostname {
-		return &authError{http.StatusForbidden, "hostname_mismatch",
-			fmt.Sprintf("hostname %q differs from the certificate's %q: enroll with a new token to rename a host", agent.Hostname, who.hostname)}
-	}
-	old, ok := a.cfg.Registry.Get(agent.ID)
-	if !ok {
-		return nil
-	}
-	return pinLabels(agent, old.PinnedLabels)
-}
-
-// applyToken gives the agent its id and labels as the token dictates.
-func (a *API) applyToken(agent *Agent, c *ca.Claims) error {
-	if c.AgentID != "" {
-		agent.ID = c.AgentID
-		if old, ok := a.cfg.Registry.Get(c.AgentID); ok && old.Revoked() {
-			// A token made after the revocation re-admits the agent; an older
-			// one must not undo the operator's decision.
-			if c.IssuedAt == nil || !c.IssuedAt.After(old.RevokedAt) {
-				return a.auth.rejectToken("revoked", "token refused: the agent was revoked after this token was issued")
-			}
-		}
-	}
-	return pinLabels(agent, labels.FromMap(c.Labels))
-}
+// errTokenBeforeRevocation refuses an enrollment token issued before the
+// agent it names was revoked.
+var errTokenBeforeRevocation = errors.New("token issued before the agent was revoked")
 
 // pinLabels sets the labels an enrollment token fixed, refusing a request
 // that asks for other values, and records them so that later
@@ -347,9 +348,17 @@ func pinLabels(agent *Agent, pinned labels.Labels) error {
 	return nil
 }
 
-// issue signs a certificate for the agent, stores the registration and
-// builds the reply. Nothing is acknowledged before the store has it.
-func (a *API) issue(ctx context.Context, agent *Agent, pub any, reason string) (*CertificateResponse, error) {
+// signedCert is a certificate signed for an agent, not yet stored.
+type signedCert struct {
+	leaf  *x509.Certificate
+	chain []byte
+}
+
+// sign signs a certificate for the agent's id, hostname and address and
+// records it in agent (serial, expiry, key fingerprint). Signing comes
+// before the store write, which may have to be repeated, and costs nothing
+// but CPU if the write then refuses.
+func (a *API) sign(agent *Agent, pub any) (*signedCert, error) {
 	fp, err := ca.KeyFingerprint(pub)
 	if err != nil {
 		return nil, &authError{http.StatusBadRequest, "bad_key", "csr: " + err.Error()}
@@ -368,13 +377,14 @@ func (a *API) issue(ctx context.Context, agent *Agent, pub any, reason string) (
 	agent.CertNotAfter = leaf.NotAfter
 	agent.KeyFingerprint = fp
 	agent.RevokedAt = time.Time{}
-	if err := a.cfg.Registry.Put(ctx, agent); err != nil {
-		return nil, err
-	}
+	return &signedCert{leaf: leaf, chain: chain}, nil
+}
+
+// issued counts a certificate handed out.
+func (a *API) issued(reason string) {
 	if a.cfg.Metrics != nil {
 		a.cfg.Metrics.CertificatesIssued.WithLabelValues(reason).Inc()
 	}
-	return a.certificateResponse(agent.ID, leaf, chain), nil
 }
 
 func (a *API) certificateResponse(id string, leaf *x509.Certificate, chain []byte) *CertificateResponse {
@@ -472,25 +482,72 @@ func (a *API) renew(w http.ResponseWriter, r *http.Request) string {
 			return a.fail(w, r, err)
 		}
 	}
+	// Memory answers the common refusals cheaply; the stored record has the
+	// final word below.
 	if err := a.cfg.Registry.CheckCertificate(who.id, who.serial); err != nil {
 		return a.certStateError(w, r, err)
 	}
-	view, _ := a.cfg.Registry.Get(who.id)
-	agent := view.clone()
-	if cert == nil && agent.KeyFingerprint != "" {
-		if fp, _ := ca.KeyFingerprint(csr.PublicKey); fp != agent.KeyFingerprint {
-			return a.fail(w, r, a.auth.reject(&authError{http.StatusForbidden, "key_mismatch", "csr key is not the key the agent enrolled with"}))
-		}
-	}
-	agent.PrevCertSerial = agent.CertSerial
-	agent.PrevCertNotAfter = agent.CertNotAfter
-	resp, err := a.issue(r.Context(), agent, csr.PublicKey, "renew")
+	fp, err := ca.KeyFingerprint(csr.PublicKey)
 	if err != nil {
-		return a.fail(w, r, err)
+		return a.fail(w, r, &authError{http.StatusBadRequest, "bad_key", "csr: " + err.Error()})
 	}
-	writeJSON(w, http.StatusOK, resp)
-	return "success"
+	now := a.cfg.Now()
+	view, _ := a.cfg.Registry.Get(who.id)
+	signFor := view.clone()
+	// The certificate names the hostname and address of the record; the
+	// rare re-registration that changes them between the read and the write
+	// makes us sign again.
+	for attempt := 1; ; attempt++ {
+		template := &Agent{ID: who.id, Hostname: signFor.Hostname, Address: signFor.Address}
+		signed, err := a.sign(template, csr.PublicKey)
+		if err != nil {
+			return a.fail(w, r, err)
+		}
+		_, err = a.cfg.Registry.Modify(r.Context(), who.id, nil, func(cur *Agent) (*Agent, error) {
+			if cur == nil {
+				return nil, ErrNotFound
+			}
+			if err := checkSerial(cur, who.serial, now); err != nil {
+				return nil, err
+			}
+			if cert == nil && cur.KeyFingerprint != "" && fp != cur.KeyFingerprint {
+				return nil, errKeyMismatch
+			}
+			if cur.Hostname != template.Hostname || cur.Address != template.Address {
+				return nil, &recordChanged{cur: cur.clone()}
+			}
+			next := cur.clone()
+			next.PrevCertSerial, next.PrevCertNotAfter = cur.CertSerial, cur.CertNotAfter
+			next.CertSerial, next.CertNotAfter, next.KeyFingerprint = template.CertSerial, template.CertNotAfter, template.KeyFingerprint
+			return next, nil
+		})
+		var changed *recordChanged
+		switch {
+		case errors.As(err, &changed) && attempt < 3:
+			signFor = changed.cur
+			continue
+		case errors.Is(err, errKeyMismatch):
+			return a.fail(w, r, a.auth.reject(&authError{http.StatusForbidden, "key_mismatch", "csr key is not the key the agent enrolled with"}))
+		case errors.Is(err, ErrNotFound), errors.Is(err, ErrRevoked), errors.Is(err, ErrSuperseded):
+			return a.certStateError(w, r, err)
+		case err != nil:
+			return a.fail(w, r, err)
+		}
+		a.issued("renew")
+		writeJSON(w, http.StatusOK, a.certificateResponse(who.id, signed.leaf, signed.chain))
+		return "success"
+	}
 }
+
+// errKeyMismatch refuses a renewal by proof of possession with another key
+// than the one the agent enrolled with.
+var errKeyMismatch = errors.New("csr key is not the key the agent enrolled with")
+
+// recordChanged says that a record changed in a way that needs a new
+// certificate; cur is the record as stored now.
+type recordChanged struct{ cur *Agent }
+
+func (e *recordChanged) Error() string { return "agent record changed during the renewal" }
 
 // expiredIdentity authenticates a renewal without mTLS: the old certificate
 // must be ours, an agent's, expired no longer than the grace window, and the
@@ -534,12 +591,21 @@ func (a *API) handleDeregister(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	if err := a.cfg.Registry.CheckCertificate(who.id, who.serial); err != nil {
+	// Decided on the stored record: a certificate that another replica
+	// revoked or superseded a moment ago must not delete the record, which
+	// would let the certificate register again.
+	now := a.cfg.Now()
+	_, err = a.cfg.Registry.Modify(r.Context(), who.id, nil, func(cur *Agent) (*Agent, error) {
+		if cur == nil {
+			return nil, ErrNotFound
+		}
+		if err := checkSerial(cur, who.serial, now); err != nil {
+			return nil, err
+		}
+		return nil, nil
+	})
+	if err != nil {
 		a.certStateError(w, r, err)
-		return
-	}
-	if err := a.cfg.Registry.Delete(r.Context(), who.id); err != nil {
-		a.fail(w, r, err)
 		return
 	}
 	a.cfg.Logger.Info("Agent deregistered", "agent_id", who.id)

@@ -38,12 +38,15 @@ func (s benchStore) List(context.Context) ([]Agent, error) {
 	}
 	return out, nil
 }
-func (benchStore) Put(context.Context, *Agent) error                   { return nil }
-func (benchStore) Delete(context.Context, string) error                { return nil }
-func (benchStore) Touch(context.Context, []Touch) error                { return nil }
-func (benchStore) ClaimToken(context.Context, string, time.Time) error { return nil }
-func (benchStore) Watch(context.Context) <-chan Event                  { return nil }
-func (benchStore) Close() error                                        { return nil }
+func (benchStore) Put(context.Context, *Agent) error    { return nil }
+func (benchStore) Delete(context.Context, string) error { return nil }
+func (benchStore) Touch(context.Context, []Touch) error { return nil }
+func (benchStore) Update(context.Context, string, *TokenClaim, UpdateFunc) (*Agent, error) {
+	return nil, ErrNotFound
+}
+func (benchStore) LiveSince() time.Time               { return time.Time{} }
+func (benchStore) Watch(context.Context) <-chan Event { return nil }
+func (benchStore) Close() error                       { return nil }
 
 // benchAgent is the n-th synthetic agent, shaped like a real registration
 // (and like `bench populate` writes): 26-character id, two labels, one

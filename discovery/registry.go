@@ -152,8 +152,11 @@ func (r *Registry) lockID(id string) func() {
 }
 
 // Load reads every agent from the store. Agents restored here get one TTL of
-// grace from now on: a server outage must not make Prometheus drop targets
-// that were healthy before it.
+// grace: a server outage must not make Prometheus drop targets that were
+// healthy before it. The grace runs from now, or, when other replicas
+// sharing the store were running, from when they started: agents could
+// heartbeat through them meanwhile, so a host that stopped an hour ago is
+// as expired here as there.
 func (r *Registry) Load(ctx context.Context) error {
 	start := time.Now()
 	agents, err := r.cfg.Store.List(ctx)
@@ -162,8 +165,12 @@ func (r *Registry) Load(ctx context.Context) error {
 		return fmt.Errorf("load registry: %w", err)
 	}
 	now := r.cfg.Now()
+	graceFrom := now
+	if since := r.cfg.Store.LiveSince(); !since.IsZero() && since.Before(now) {
+		graceFrom = since
+	}
 	r.mu.Lock()
-	r.started = now
+	r.started = graceFrom
 	for i := range agents {
 		a := agents[i]
 		r.intern.agent(&a)
@@ -174,7 +181,7 @@ func (r *Registry) Load(ctx context.Context) error {
 	r.mu.Unlock()
 	r.bumpAll()
 	r.ready.Store(true)
-	r.cfg.Logger.Info("Registry loaded", "agents", len(agents))
+	r.cfg.Logger.Info("Registry loaded", "agents", len(agents), "grace_from", graceFrom)
 	return nil
 }
 
@@ -272,32 +279,81 @@ func (r *Registry) apply(a *Agent) {
 	r.bump(idx)
 }
 
-// Update applies fn to a copy of the agent's record, stores it and makes it
-// visible. fn may refuse by returning an error.
+// Update applies fn to a copy of the agent's stored record, stores it and
+// makes it visible; see Modify. It returns ErrNotFound if the store has no
+// record. fn may refuse by returning an error, and may be called more than
+// once.
 func (r *Registry) Update(ctx context.Context, id string, fn func(a *Agent) error) (*Agent, error) {
+	return r.Modify(ctx, id, nil, func(cur *Agent) (*Agent, error) {
+		if cur == nil {
+			return nil, ErrNotFound
+		}
+		if err := fn(cur); err != nil {
+			return nil, err
+		}
+		return cur, nil
+	})
+}
+
+// Modify is a read-modify-write of one agent in the store (Store.Update):
+// fn works on the stored record, never on this replica's copy, which may
+// lag behind a change another replica made. The record fn gets carries the
+// newest LastSeen this replica knows. Memory then follows the store: the
+// record written, or, when fn refused, the record fn was shown. With claim,
+// the write also uses up a single-use token.
+func (r *Registry) Modify(ctx context.Context, id string, claim *TokenClaim, fn UpdateFunc) (*Agent, error) {
 	defer r.lockID(id)()
-	r.mu.RLock()
-	e, ok := r.shards[shardOf(id)].agents[id]
-	var cp *Agent
-	if ok {
-		cp = e.agent.clone()
-		cp.LastSeen = time.Unix(0, e.lastSeen.Load())
+	var (
+		shown *Agent
+		fnErr error
+	)
+	start := time.Now()
+	out, err := r.cfg.Store.Update(ctx, id, claim, func(cur *Agent) (*Agent, error) {
+		shown, fnErr = nil, nil
+		if cur != nil {
+			if ls := r.lastSeen(id); ls > cur.LastSeen.UnixNano() {
+				cur.LastSeen = time.Unix(0, ls)
+			}
+			shown = cur.clone()
+		}
+		next, err := fn(cur)
+		fnErr = err
+		return next, err
+	})
+	// fn's refusal is an answer of the store, not its failure.
+	refused := err != nil && fnErr != nil && errors.Is(err, fnErr)
+	if refused {
+		r.observeStore("update", start, nil)
+	} else {
+		r.observeStore("update", start, err)
 	}
-	r.mu.RUnlock()
-	if !ok {
-		return nil, ErrNotFound
-	}
-	if err := fn(cp); err != nil {
+	switch {
+	case err == nil && out == nil:
+		r.remove(id)
+		return nil, nil
+	case err == nil:
+		r.apply(out)
+		return out.clone(), nil
+	case refused:
+		if shown == nil {
+			r.remove(id)
+		} else {
+			r.apply(shown)
+		}
 		return nil, err
 	}
-	start := time.Now()
-	err := r.cfg.Store.Put(ctx, cp)
-	r.observeStore("put", start, err)
-	if err != nil {
-		return nil, fmt.Errorf("store agent %q: %w", id, err)
+	return nil, fmt.Errorf("store agent %q: %w", id, err)
+}
+
+// lastSeen returns the newest LastSeen of an agent in memory (unix
+// nanoseconds), 0 if there is none.
+func (r *Registry) lastSeen(id string) int64 {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if e, ok := r.shards[shardOf(id)].agents[id]; ok {
+		return e.lastSeen.Load()
 	}
-	r.apply(cp)
-	return cp.clone(), nil
+	return 0
 }
 
 // Delete removes an agent from the store and from memory.
@@ -539,23 +595,28 @@ func (r *Registry) purgeable(e *entry, st AgentState, now time.Time) bool {
 	return false
 }
 
-// purge deletes an agent unless it changed state since the sweep looked.
+// errNotPurgeable keeps a record that changed since the sweep judged it.
+var errNotPurgeable = errors.New("agent changed since the sweep")
+
+// purge deletes an agent unless it changed state since the sweep looked, as
+// stored: another replica may have seen it register again.
 func (r *Registry) purge(ctx context.Context, id string, now time.Time) error {
-	defer r.lockID(id)()
-	r.mu.RLock()
-	e, ok := r.shards[shardOf(id)].agents[id]
-	still := ok && r.purgeable(e, r.state(e, now), now)
-	r.mu.RUnlock()
-	if !still {
+	_, err := r.Modify(ctx, id, nil, func(cur *Agent) (*Agent, error) {
+		if cur == nil {
+			return nil, nil
+		}
+		e := newEntry(cur)
+		if !r.purgeable(e, r.state(e, now), now) {
+			return nil, errNotPurgeable
+		}
+		return nil, nil
+	})
+	if errors.Is(err, errNotPurgeable) {
 		return nil
 	}
-	start := time.Now()
-	err := r.cfg.Store.Delete(ctx, id)
-	r.observeStore("delete", start, err)
 	if err != nil {
 		return fmt.Errorf("purge agent %q: %w", id, err)
 	}
-	r.remove(id)
 	if m := r.cfg.Metrics; m != nil {
 		m.Purges.Inc()
 	}
@@ -564,7 +625,8 @@ func (r *Registry) purge(ctx context.Context, id string, now time.Time) error {
 }
 
 // Flush writes every LastSeen that moved since the previous flush in one
-// store operation. A failed flush is retried with the next one.
+// store operation. A failed flush is retried with the next one. With
+// nothing to write, it checks that a store that can be unreachable answers.
 func (r *Registry) Flush(ctx context.Context) {
 	var touches []Touch
 	var entries []*entry
@@ -580,6 +642,7 @@ func (r *Registry) Flush(ctx context.Context) {
 	}
 	r.mu.RUnlock()
 	if len(touches) == 0 {
+		r.probeStore(ctx)
 		return
 	}
 	start := time.Now()
@@ -595,6 +658,25 @@ func (r *Registry) Flush(ctx context.Context) {
 	if m := r.cfg.Metrics; m != nil {
 		m.HeartbeatFlushSize.Observe(float64(len(touches)))
 	}
+}
+
+// HealthChecker is a store that can say whether its backend answers.
+type HealthChecker interface {
+	Healthy(ctx context.Context) error
+}
+
+// probeStore asks a store that can be unreachable whether it answers, so
+// that baremetal_sd_store_up tells the truth while nothing is written.
+func (r *Registry) probeStore(ctx context.Context) {
+	h, ok := r.cfg.Store.(HealthChecker)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	start := time.Now()
+	err := h.Healthy(ctx)
+	r.observeStore("health", start, err)
 }
 
 // ApplyEvent installs a change another replica made to a shared store.

@@ -11,8 +11,8 @@ import (
 // ErrNotFound is returned by a Store when an agent does not exist.
 var ErrNotFound = errors.New("not found")
 
-// ErrTokenUsed is returned by Store.ClaimToken when a single-use token id has
-// already been claimed.
+// ErrTokenUsed is returned by Store.Update when the single-use token it was
+// to claim has been claimed before.
 var ErrTokenUsed = errors.New("token already used")
 
 // ErrUnavailable wraps store errors that mean the backend cannot be reached.
@@ -65,6 +65,23 @@ type Agent struct {
 // Revoked reports whether an operator revoked the agent.
 func (a *Agent) Revoked() bool { return !a.RevokedAt.IsZero() }
 
+// TokenClaim uses up a single-use enrollment token together with the
+// registration it admits.
+type TokenClaim struct {
+	// ID is the token's jti.
+	ID string
+	// Expires is when the token stops verifying; the claim may be forgotten
+	// after it.
+	Expires time.Time
+}
+
+// UpdateFunc computes an agent's new record from its stored one, which is
+// nil when there is none. Returning nil deletes the record; returning an
+// error stores nothing and is passed on unchanged. A store may call it more
+// than once (when the record changed meanwhile), so it must not have other
+// effects.
+type UpdateFunc func(cur *Agent) (*Agent, error)
+
 // Touch is one batched heartbeat: the newest LastSeen of an agent.
 type Touch struct {
 	ID       string
@@ -97,17 +114,30 @@ type Event struct {
 type Store interface {
 	// List returns every stored agent, with its newest persisted LastSeen.
 	List(ctx context.Context) ([]Agent, error)
-	// Put creates or replaces an agent record (LastSeen included).
+	// Put creates or replaces an agent record (LastSeen included) whatever
+	// is stored: for records nobody else writes, such as bulk loads.
+	// Registrations and changes go through Update.
 	Put(ctx context.Context, a *Agent) error
+	// Update is a read-modify-write of one agent: fn gets a copy of the
+	// stored record and what it returns is stored, atomically with respect
+	// to every other writer of the record, other server replicas included.
+	// With claim, the same atomic write also uses up the single-use token:
+	// if it was claimed before, Update returns ErrTokenUsed without calling
+	// fn or storing anything, and a failed write leaves the token unused.
+	// Update returns the stored record, nil if fn deleted it.
+	Update(ctx context.Context, id string, claim *TokenClaim, fn UpdateFunc) (*Agent, error)
 	// Delete removes an agent; deleting a missing agent is not an error.
 	Delete(ctx context.Context, id string) error
 	// Touch persists LastSeen for many agents in one write. Unknown ids are
 	// skipped: an agent deleted meanwhile is not brought back.
 	Touch(ctx context.Context, touches []Touch) error
-	// ClaimToken records that the single-use token id jti has been used. It
-	// returns ErrTokenUsed if it was claimed before. Claims may be forgotten
-	// after expires.
-	ClaimToken(ctx context.Context, jti string, expires time.Time) error
+	// LiveSince returns, once List has run, since when the other processes
+	// that share the store and were running at that List (server replicas
+	// on one etcd cluster) have been recording heartbeats, or the zero time
+	// if none was: a store of one process returns zero. Agents restored by
+	// List get the restart grace only from then on, because while another
+	// replica ran they could heartbeat through it.
+	LiveSince() time.Time
 	// Watch delivers changes made through other Store instances sharing the
 	// same backend until ctx ends. Stores that cannot be shared return a nil
 	// channel.

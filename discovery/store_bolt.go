@@ -222,34 +222,86 @@ func (s *BoltStore) Touch(_ context.Context, touches []Touch) error {
 	return nil
 }
 
-// ClaimToken implements Store. Expired claims are purged every
-// claimPurgeEvery claims; a claim for an expired token is harmless because
-// the token itself no longer verifies.
-func (s *BoltStore) ClaimToken(_ context.Context, jti string, expires time.Time) error {
-	key := []byte(jti)
+// Update implements Store in one transaction: the claim, the read and the
+// write commit together or not at all. It goes through Batch like Put, so
+// concurrent registrations share an fsync; Batch may run fn more than once,
+// which UpdateFunc allows. Expired claims are purged every claimPurgeEvery
+// claims; a claim for an expired token is harmless because the token itself
+// no longer verifies.
+func (s *BoltStore) Update(_ context.Context, id string, claim *TokenClaim, fn UpdateFunc) (*Agent, error) {
+	key := []byte(id)
+	var out *Agent
 	s.mu.RLock()
 	defer s.mu.RUnlock()
+	var fnErr error
 	err := s.db.Batch(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketClaims)
-		if b.Get(key) != nil {
+		out, fnErr = nil, nil
+		claims := tx.Bucket(bucketClaims)
+		if claim != nil && claims.Get([]byte(claim.ID)) != nil {
 			return ErrTokenUsed
 		}
-		if err := b.Put(key, nanos(expires)); err != nil {
+		agents, seen := tx.Bucket(bucketAgents), tx.Bucket(bucketLastSeen)
+		var cur *Agent
+		if v := agents.Get(key); v != nil {
+			cur = &Agent{}
+			if err := json.Unmarshal(v, cur); err != nil {
+				return fmt.Errorf("decode stored agent: %w", err)
+			}
+			if ts := seen.Get(key); len(ts) == 8 {
+				if t := time.Unix(0, int64(binary.BigEndian.Uint64(ts))); t.After(cur.LastSeen) {
+					cur.LastSeen = t
+				}
+			}
+		}
+		next, err := fn(cur)
+		if err != nil {
+			fnErr = err
+			return err
+		}
+		if next == nil {
+			if err := agents.Delete(key); err != nil {
+				return err
+			}
+			if err := seen.Delete(key); err != nil {
+				return err
+			}
+		} else {
+			if next.ID != id {
+				return fmt.Errorf("the new record is for %q", next.ID)
+			}
+			data, err := json.Marshal(next)
+			if err != nil {
+				return fmt.Errorf("encode agent: %w", err)
+			}
+			if err := agents.Put(key, data); err != nil {
+				return err
+			}
+			if err := seen.Put(key, nanos(next.LastSeen)); err != nil {
+				return err
+			}
+			out = next.clone()
+		}
+		if claim == nil {
+			return nil
+		}
+		if err := claims.Put([]byte(claim.ID), nanos(claim.Expires)); err != nil {
 			return err
 		}
 		s.claims++
 		if s.claims%claimPurgeEvery == 0 {
-			return purgeClaims(b, time.Now())
+			return purgeClaims(claims, time.Now())
 		}
 		return nil
 	})
-	if errors.Is(err, ErrTokenUsed) {
-		return ErrTokenUsed
+	switch {
+	case err == nil:
+		return out, nil
+	case errors.Is(err, ErrTokenUsed):
+		return nil, ErrTokenUsed
+	case fnErr != nil && errors.Is(err, fnErr):
+		return nil, fnErr
 	}
-	if err != nil {
-		return fmt.Errorf("claim token: %w", err)
-	}
-	return nil
+	return nil, fmt.Errorf("update agent %q: %w", id, err)
 }
 
 func purgeClaims(b *bolt.Bucket, now time.Time) error {
@@ -270,6 +322,9 @@ func purgeClaims(b *bolt.Bucket, now time.Time) error {
 	}
 	return nil
 }
+
+// LiveSince implements Store: a bolt file belongs to one process.
+func (s *BoltStore) LiveSince() time.Time { return time.Time{} }
 
 // Watch implements Store: a bolt file belongs to one process.
 func (s *BoltStore) Watch(context.Context) <-chan Event { return nil }

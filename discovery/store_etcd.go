@@ -65,6 +65,13 @@ const (
 	blobHashBits = 48
 
 	lastSeenBlobVersion = 1
+
+	// maxUpdateAttempts bounds how often Update re-reads a record that
+	// other replicas keep changing.
+	maxUpdateAttempts = 16
+	// claimLeaseWindow is how finely token claims' expiry is rounded up to
+	// share leases.
+	claimLeaseWindow = 10 * time.Minute
 )
 
 // EtcdOptions configures an EtcdStore. Zero values take the defaults
@@ -87,9 +94,18 @@ type EtcdOptions struct {
 	TLS *tls.Config
 	// Username and Password enable etcd authentication.
 	Username, Password string
-	// ReplicaID names this server process; it must be unique among the
-	// processes sharing the prefix (default: hostname and a random suffix).
+	// ReplicaID names this server among the replicas sharing the prefix
+	// (default: the hostname). A restarted replica keeps its id and so
+	// reuses its last-seen keys. Two running processes cannot hold one id:
+	// the second waits at List for as long as a crashed holder's presence
+	// could last (LivenessTTL), then fails.
 	ReplicaID string
+	// LivenessTTL is the lease of the key that says this replica runs
+	// (10s): after a crash the id is free again that long later.
+	LivenessTTL time.Duration
+	// Now is the clock of the time this replica started recording
+	// heartbeats, which other replicas compare with their own (time.Now).
+	Now func() time.Time
 	// LeaseTTL is the lease of this replica's last-seen blobs: they vanish
 	// that long after the replica stopped keeping the lease alive (25h).
 	// Keep it above the agent TTL plus retention.
@@ -115,6 +131,9 @@ type EtcdStats struct {
 	// Resyncs counts full reads made because the watch fell behind etcd's
 	// compaction (or started without a List).
 	Resyncs uint64
+	// UpdateConflicts counts Update writes refused because another replica
+	// had changed the record since it was read; each was retried.
+	UpdateConflicts uint64
 }
 
 // EtcdStore keeps the registry in etcd so that several server replicas
@@ -125,6 +144,8 @@ type EtcdStats struct {
 //	agents/<id>                    the Agent as JSON, written by Put
 //	lastseen/<replica>/<shard>     one replica's LastSeen times, see below
 //	tokens/<jti>                   claimed single-use token ids
+//	replicas/<replica>             present while the replica runs, see below
+//	identity                       fingerprints of the shared CA and token key
 //
 // Heartbeats are not written per agent. Each replica keeps the LastSeen
 // times of the agents that heartbeat through it in etcdShards blobs
@@ -158,9 +179,20 @@ type EtcdStats struct {
 // fallen behind compaction, the store reads everything again and delivers
 // the differences as events (puts, deletes, then touches).
 //
-// Single-use token claims are created in a Txn that succeeds only if the
-// key does not exist, with a lease until the token expires. Revocations are
-// part of the agent records and so shared by all replicas.
+// Registrations and changes are read-modify-writes of a record (Update)
+// conditioned on its ModRevision, so a change made through one replica is
+// never overwritten by another replica working from an older copy. A
+// single-use token's claim is created in the same Txn, which succeeds only
+// if the claim key does not exist yet: a registration that fails leaves the
+// token unused. Claims hang on leases shared per claimLeaseWindow of token
+// expiry. Revocations are part of the agent records and so shared by all
+// replicas.
+//
+// A running replica keeps replicas/<id> on a short lease (LivenessTTL),
+// created only if absent when the first List takes the id and revoked on
+// Close. Its presence tells a replica that starts whether others were
+// running (LiveSince, which decides the restart grace) and stops two
+// processes from using one replica id.
 //
 // Every failed request wraps ErrUnavailable. Writes that may be retried
 // without changing their meaning are retried on transient errors (lost
@@ -174,6 +206,9 @@ type EtcdStore struct {
 	lastSeenPrefix string
 	ownPrefix      string
 	tokensPrefix   string
+	replicasPrefix string
+	replicaKey     string
+	identityKey    string
 
 	// bg ends when the store closes and stops the lease keep-alive and the
 	// watch.
@@ -194,7 +229,17 @@ type EtcdStore struct {
 	own     [etcdShards]ownShard
 	lease   clientv3.LeaseID
 
-	writeRequests, keysWritten, blobsWritten, bytesWritten, events, resyncs atomic.Uint64
+	// replicaMu guards replica: this process's presence (replicas/<id>).
+	replicaMu sync.Mutex
+	replica   replicaState
+	// idTaken is set while another process holds our replica id.
+	idTaken atomic.Bool
+
+	// claimMu guards claimLeases: lease per end of an expiry window.
+	claimMu     sync.Mutex
+	claimLeases map[time.Time]clientv3.LeaseID
+
+	writeRequests, keysWritten, blobsWritten, bytesWritten, events, resyncs, conflicts atomic.Uint64
 }
 
 // mirrorEntry is what the store knows about one agent key.
@@ -254,8 +299,19 @@ func OpenEtcdStore(ctx context.Context, opts EtcdOptions) (*EtcdStore, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	if opts.LivenessTTL <= 0 {
+		opts.LivenessTTL = defaultEtcdLivenessTTL
+	}
+	opts.LivenessTTL = max(opts.LivenessTTL.Truncate(time.Second), 2*time.Second)
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
 	if opts.ReplicaID == "" {
-		opts.ReplicaID = defaultReplicaID()
+		id, err := DefaultReplicaID()
+		if err != nil {
+			return nil, fmt.Errorf("open etcd store: %w", err)
+		}
+		opts.ReplicaID = id
 	}
 	if err := validateReplicaID(opts.ReplicaID); err != nil {
 		return nil, fmt.Errorf("open etcd store: %w", err)
@@ -312,34 +368,39 @@ func OpenEtcdStore(ctx context.Context, opts EtcdOptions) (*EtcdStore, error) {
 		lastSeenPrefix: opts.Prefix + "lastseen/",
 		ownPrefix:      opts.Prefix + "lastseen/" + opts.ReplicaID + "/",
 		tokensPrefix:   opts.Prefix + "tokens/",
+		replicasPrefix: opts.Prefix + "replicas/",
+		replicaKey:     opts.Prefix + "replicas/" + opts.ReplicaID,
+		identityKey:    opts.Prefix + "identity",
 		bg:             bg,
 		stopBG:         stop,
 		mirror:         make(map[string]*mirrorEntry),
 		byHash:         newHashIndex(0),
+		claimLeases:    make(map[time.Time]clientv3.LeaseID),
 	}
+	s.replica.val = newReplicaRecord(opts.Now())
 	s.logger.Info("Using etcd for the registry", "endpoints", strings.Join(opts.Endpoints, ","), "prefix", opts.Prefix, "replica", opts.ReplicaID)
 	return s, nil
 }
 
-func defaultReplicaID() string {
+// DefaultReplicaID is the replica id of a server that names none: its
+// hostname, which must then be a valid id.
+func DefaultReplicaID() (string, error) {
 	host, err := os.Hostname()
-	if err != nil || host == "" {
-		host = "replica"
+	if err != nil {
+		return "", fmt.Errorf("default replica id: %w", err)
 	}
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	id := make([]byte, 0, len(host)+9)
-	for i := 0; i < len(host) && len(id) < maxReplicaIDLen-9; i++ {
-		if c := host[i]; isReplicaIDChar(c) {
-			id = append(id, c)
-		}
+	if err := validateReplicaID(host); err != nil {
+		return "", fmt.Errorf("default replica id from the hostname: %w", err)
 	}
-	return string(id) + "-" + hex.EncodeToString(b[:])
+	return host, nil
 }
 
 func isReplicaIDChar(c byte) bool {
 	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.'
 }
+
+// ValidateReplicaID checks a replica id: it names keys in etcd.
+func ValidateReplicaID(id string) error { return validateReplicaID(id) }
 
 func validateReplicaID(id string) error {
 	if id == "" || len(id) > maxReplicaIDLen {
@@ -365,12 +426,16 @@ func (s *EtcdStore) Stats() EtcdStats {
 		BytesWritten:        s.bytesWritten.Load(),
 		Events:              s.events.Load(),
 		Resyncs:             s.resyncs.Load(),
+		UpdateConflicts:     s.conflicts.Load(),
 	}
 }
 
 // Healthy reports whether etcd answers a linearizable read, which needs a
 // quorum: the check behind /-/ready.
 func (s *EtcdStore) Healthy(ctx context.Context) error {
+	if s.idTaken.Load() {
+		return fmt.Errorf("etcd health check: replica id %q is held by another server process", s.opts.ReplicaID)
+	}
 	ctx, cancel := s.requestCtx(ctx)
 	defer cancel()
 	return s.do(ctx, "etcd health check", func(ctx context.Context) error {
@@ -434,7 +499,16 @@ func (s *EtcdStore) requestCtx(ctx context.Context) (context.Context, context.Ca
 func (s *EtcdStore) List(ctx context.Context) ([]Agent, error) {
 	bo := newEtcdBackoff(100*time.Millisecond, 5*time.Second)
 	for {
-		agents, err := s.list(ctx)
+		// The first List takes the replica id: from here on this process
+		// records heartbeats under it.
+		err := s.claimReplica(ctx)
+		if errors.Is(err, errReplicaIDInUse) {
+			return nil, err
+		}
+		var agents []Agent
+		if err == nil {
+			agents, err = s.list(ctx)
+		}
 		if err == nil {
 			return agents, nil
 		}
@@ -459,8 +533,12 @@ func (s *EtcdStore) list(ctx context.Context) ([]Agent, error) {
 		out = append(out, a)
 	}
 
-	// Times this replica id wrote before (a restart with a fixed id) are
-	// kept, or the next flush would drop them.
+	s.replicaMu.Lock()
+	s.replica.liveSince = snap.liveSince
+	s.replicaMu.Unlock()
+
+	// Times this replica id wrote before (a restart) are kept, or the next
+	// flush would drop them.
 	s.touchMu.Lock()
 	for id, ns := range snap.ownSeen {
 		sh := &s.own[etcdShardOf(id)]
@@ -527,6 +605,8 @@ type etcdSnapshot struct {
 	ownSeen  map[string]int64
 	// foreign are the other replicas' blob entries, for resync.
 	foreign []Touch
+	// liveSince is the earliest start of the other running replicas.
+	liveSince time.Time
 }
 
 func (s *EtcdStore) snapshot(ctx context.Context) (*etcdSnapshot, error) {
@@ -575,6 +655,11 @@ func (s *EtcdStore) snapshot(ctx context.Context) (*etcdSnapshot, error) {
 	if err != nil {
 		return nil, err
 	}
+	var present []*mvccpb.KeyValue
+	if _, err := s.rangeAll(ctx, s.replicasPrefix, rev, etcdAgentPage, func(kv *mvccpb.KeyValue) { present = append(present, kv) }); err != nil {
+		return nil, err
+	}
+	snap.liveSince = s.liveSinceOf(present)
 	return snap, nil
 }
 
@@ -778,6 +863,171 @@ func (s *EtcdStore) Put(ctx context.Context, a *Agent) error {
 	s.keysWritten.Add(1)
 	s.bytesWritten.Add(uint64(len(key) + len(val)))
 	return nil
+}
+
+// Update implements Store with optimistic concurrency: it reads the record
+// and its ModRevision, and writes in a Txn that succeeds only if the record
+// is still at that revision (and, with a claim, only if the token key does
+// not exist yet). When another replica changed the record in between, fn
+// runs again on the new record, at most maxUpdateAttempts times.
+//
+// A Txn that etcd committed but whose answer was lost is sent again by do;
+// the compare then fails, and the Else branch shows our own claim or, after
+// such a resend only, our own value, which is taken as success rather than
+// as a conflict.
+func (s *EtcdStore) Update(ctx context.Context, id string, claim *TokenClaim, fn UpdateFunc) (*Agent, error) {
+	if id == "" || len(id) > maxEtcdIDLen {
+		return nil, fmt.Errorf("update agent: invalid id %q", truncate(id))
+	}
+	key := s.agentsPrefix + id
+	var claimKey, claimVal string
+	if claim != nil {
+		if claim.ID == "" || len(claim.ID) > maxTokenIDLen {
+			return nil, fmt.Errorf("claim token: id must have 1 to %d characters", maxTokenIDLen)
+		}
+		claimKey = s.tokensPrefix + claim.ID
+		var nonce [8]byte
+		_, _ = rand.Read(nonce[:])
+		claimVal = s.opts.ReplicaID + "/" + hex.EncodeToString(nonce[:])
+	}
+	ctx, cancel := s.requestCtx(ctx)
+	defer cancel()
+	var (
+		rev     int64
+		deleted bool
+		done    bool
+	)
+	s.begin(id)
+	defer func() { s.end(id, rev, deleted, done) }()
+
+	// The first read also looks at the claim, so that a reused token is
+	// refused before fn runs.
+	readOps := []clientv3.Op{clientv3.OpGet(key)}
+	if claim != nil {
+		readOps = append(readOps, clientv3.OpGet(claimKey, clientv3.WithCountOnly()))
+	}
+	var read *clientv3.TxnResponse
+	err := s.do(ctx, fmt.Sprintf("read agent %q", id), func(ctx context.Context) error {
+		var err error
+		read, err = s.cli.Txn(ctx).Then(readOps...).Commit()
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if claim != nil && read.Responses[1].GetResponseRange().Count > 0 {
+		return nil, ErrTokenUsed
+	}
+	kvs := read.Responses[0].GetResponseRange().GetKvs()
+
+	var result *Agent
+	conflictBackoff := newEtcdBackoff(2*time.Millisecond, 100*time.Millisecond)
+	conflictBackoff.full = true
+	for attempt := 1; ; attempt++ {
+		var cur *Agent
+		curRev := int64(0)
+		if len(kvs) == 1 {
+			a, err := decodeAgentRecord(id, kvs[0].Value)
+			if err != nil {
+				return nil, fmt.Errorf("update agent %q: stored record: %w", id, err)
+			}
+			cur, curRev = &a, kvs[0].ModRevision
+		}
+		next, err := fn(cur)
+		if err != nil {
+			return nil, err
+		}
+		var val string
+		op := clientv3.OpDelete(key)
+		if next != nil {
+			if next.ID != id {
+				return nil, fmt.Errorf("update agent %q: the new record is for %q", id, truncate(next.ID))
+			}
+			data, err := json.Marshal(next)
+			if err != nil {
+				return nil, fmt.Errorf("encode agent %q: %w", id, err)
+			}
+			val = string(data)
+			op = clientv3.OpPut(key, val)
+		}
+
+		var resp *clientv3.TxnResponse
+		sent := 0
+		err = s.do(ctx, fmt.Sprintf("update agent %q", id), func(ctx context.Context) error {
+			sent++
+			cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(key), "=", curRev)}
+			ops := []clientv3.Op{op}
+			elseOps := []clientv3.Op{clientv3.OpGet(key)}
+			var lease clientv3.LeaseID
+			if claim != nil {
+				var err error
+				if lease, err = s.claimLease(ctx, claim.Expires); err != nil {
+					return err
+				}
+				cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(claimKey), "=", 0))
+				ops = append(ops, clientv3.OpPut(claimKey, claimVal, clientv3.WithLease(lease)))
+				elseOps = append(elseOps, clientv3.OpGet(claimKey))
+			}
+			s.writeRequests.Add(1)
+			var err error
+			resp, err = s.cli.Txn(ctx).If(cmps...).Then(ops...).Else(elseOps...).Commit()
+			if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+				s.dropClaimLease(lease)
+				return errLeaseLost
+			}
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		committed := resp.Succeeded
+		if committed {
+			rev = resp.Header.Revision
+		} else {
+			kvs = resp.Responses[0].GetResponseRange().GetKvs()
+			var ckvs []*mvccpb.KeyValue
+			if claim != nil {
+				ckvs = resp.Responses[1].GetResponseRange().GetKvs()
+			}
+			switch {
+			case len(ckvs) == 1 && string(ckvs[0].Value) != claimVal:
+				return nil, ErrTokenUsed
+			case len(ckvs) == 1:
+				// Our own earlier attempt committed, record included; the
+				// claim's revision is that of the write.
+				committed, rev = true, ckvs[0].ModRevision
+			case sent > 1 && claim == nil && next != nil && len(kvs) == 1 && string(kvs[0].Value) == val:
+				// An earlier send of this Txn failed on our side: the value
+				// is ours. (Only then: two writers that computed the same
+				// record from the same one are a conflict, not a success.)
+				committed, rev = true, kvs[0].ModRevision
+			case claim == nil && next == nil && len(kvs) == 0:
+				// Gone already: what fn asked for. Older events of the
+				// agent are stale from here on.
+				committed, rev = true, resp.Header.Revision
+			}
+		}
+		if committed {
+			deleted, done, result = next == nil, true, next
+			s.keysWritten.Add(1)
+			s.bytesWritten.Add(uint64(len(key) + len(val)))
+			if claim != nil {
+				s.keysWritten.Add(1)
+				s.bytesWritten.Add(uint64(len(claimKey) + len(claimVal)))
+			}
+			break
+		}
+		s.conflicts.Add(1)
+		// Writers that collided back off by random amounts, so one of them
+		// gets through next time.
+		if attempt >= maxUpdateAttempts || !conflictBackoff.wait(ctx) {
+			return nil, fmt.Errorf("update agent %q: %w: the record kept changing (%d attempts)", id, ErrUnavailable, attempt)
+		}
+	}
+	if result == nil {
+		return nil, nil
+	}
+	return result.clone(), nil
 }
 
 // Delete implements Store. This replica's last-seen entry of the agent is
@@ -991,56 +1241,43 @@ func (s *EtcdStore) leaseLostLocked(id clientv3.LeaseID) {
 	}
 }
 
-// ClaimToken implements Store. The claim carries a lease that ends after
-// the token expires. A retried claim whose first attempt did commit is
-// recognized by its random value, so a lost acknowledgement does not turn
-// into ErrTokenUsed.
-func (s *EtcdStore) ClaimToken(ctx context.Context, jti string, expires time.Time) error {
-	if jti == "" || len(jti) > maxTokenIDLen {
-		return fmt.Errorf("claim token: id must have 1 to %d characters", maxTokenIDLen)
+// claimLease returns a lease that outlives a claim expiring at expires.
+// Claims share one lease per claimLeaseWindow of expiry: a registration
+// then costs no lease grant of its own, and a registration that fails
+// leaves no lease behind.
+func (s *EtcdStore) claimLease(ctx context.Context, expires time.Time) (clientv3.LeaseID, error) {
+	end := expires.Truncate(claimLeaseWindow).Add(claimLeaseWindow)
+	now := time.Now()
+	s.claimMu.Lock()
+	defer s.claimMu.Unlock()
+	for e := range s.claimLeases {
+		// A lease is used only while it has a window of life left.
+		if !now.Before(e.Add(-claimLeaseWindow / 2)) {
+			delete(s.claimLeases, e)
+		}
 	}
-	key := s.tokensPrefix + jti
-	var nonce [8]byte
-	_, _ = rand.Read(nonce[:])
-	val := s.opts.ReplicaID + "/" + hex.EncodeToString(nonce[:])
-	ttl := int64(math.Ceil(time.Until(expires).Seconds())) + 1
-	ttl = max(ttl, 2)
-	var lease clientv3.LeaseID
-	used := false
-	ctx, cancel := s.requestCtx(ctx)
-	defer cancel()
-	err := s.do(ctx, "claim token", func(ctx context.Context) error {
-		if lease == 0 {
-			s.writeRequests.Add(1)
-			resp, err := s.cli.Grant(ctx, ttl)
-			if err != nil {
-				return err
-			}
-			lease = resp.ID
-		}
-		s.writeRequests.Add(1)
-		resp, err := s.cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-			Then(clientv3.OpPut(key, val, clientv3.WithLease(lease))).
-			Else(clientv3.OpGet(key)).
-			Commit()
-		if err != nil {
-			return err
-		}
-		if !resp.Succeeded {
-			kvs := resp.Responses[0].GetResponseRange().GetKvs()
-			used = len(kvs) != 1 || string(kvs[0].Value) != val
-		}
-		return nil
-	})
+	if id, ok := s.claimLeases[end]; ok {
+		return id, nil
+	}
+	ttl := int64(math.Ceil(end.Sub(now).Seconds())) + 60
+	s.writeRequests.Add(1)
+	resp, err := s.cli.Grant(ctx, ttl)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	if used {
-		return ErrTokenUsed
+	s.claimLeases[end] = resp.ID
+	return resp.ID, nil
+}
+
+// dropClaimLease forgets a lease etcd no longer has.
+func (s *EtcdStore) dropClaimLease(id clientv3.LeaseID) {
+	s.claimMu.Lock()
+	defer s.claimMu.Unlock()
+	for e, l := range s.claimLeases {
+		if l == id {
+			delete(s.claimLeases, e)
+		}
 	}
-	s.keysWritten.Add(1)
-	return nil
 }
 
 // Watch implements Store; see EtcdStore for what it delivers. One Watch
@@ -1330,6 +1567,7 @@ func (s *EtcdStore) Close() error {
 	}
 	s.touchMu.Unlock()
 
+	s.releaseReplica()
 	s.stopBG()
 	err := s.cli.Close()
 	s.wg.Wait()
@@ -1478,6 +1716,7 @@ func decodeLastSeen(b []byte, fn func(hash uint64, ns int64)) error {
 // etcdBackoff is a capped exponential backoff with jitter.
 type etcdBackoff struct {
 	min, max, cur time.Duration
+	full          bool // jitter over the whole interval
 }
 
 func newEtcdBackoff(minWait, maxWait time.Duration) *etcdBackoff {
@@ -1490,8 +1729,13 @@ func (b *etcdBackoff) reset() { b.cur = b.min }
 func (b *etcdBackoff) wait(ctx context.Context) bool {
 	var r [2]byte
 	_, _ = rand.Read(r[:])
-	// Up to a quarter of jitter keeps replicas from retrying in step.
-	d := b.cur - b.cur/4 + time.Duration(binary.BigEndian.Uint16(r[:]))*(b.cur/4)/65536
+	// Up to a quarter of jitter keeps replicas from retrying in step;
+	// writers that collided need to spread over the whole interval.
+	spread := b.cur / 4
+	if b.full {
+		spread = b.cur
+	}
+	d := b.cur - spread + time.Duration(binary.BigEndian.Uint16(r[:]))*spread/65536
 	b.cur = min(2*b.cur, b.max)
 	t := time.NewTimer(d)
 	defer t.Stop()

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
 	"reflect"
 	"runtime"
 	"slices"
@@ -89,7 +90,7 @@ func TestEtcdStore_Conformance(t *testing.T) {
 	newStore := func(t *testing.T) Store { return openTestEtcdStore(t, c, "", EtcdOptions{}) }
 
 	testStoreConformance(t, newStore, func(t *testing.T, s Store) Store {
-		return openTestEtcdStore(t, c, s.(*EtcdStore).opts.Prefix, EtcdOptions{})
+		return openTestEtcdStore(t, c, s.(*EtcdStore).opts.Prefix, EtcdOptions{ReplicaID: "reopened"})
 	})
 	t.Run("corrupt records and blobs are skipped", func(t *testing.T) {
 		s := newStore(t).(*EtcdStore)
@@ -423,25 +424,48 @@ func TestEtcdStore_TouchWritesOneKeyPerChangedShard(t *testing.T) {
 	}
 }
 
-// TestEtcdStore_ClaimTokenAcrossReplicas checks that a single-use token is
-// claimed once, whichever replicas race for it.
-func TestEtcdStore_ClaimTokenAcrossReplicas(t *testing.T) {
+// TestEtcdStore_UpdateAcrossReplicas races read-modify-writes of one
+// record, and registrations claiming one single-use token, through two
+// replicas: no change is lost and a token is claimed once.
+func TestEtcdStore_UpdateAcrossReplicas(t *testing.T) {
 	c := startEtcdCluster(t, 3)
 	ctx := context.Background()
 	a := openTestEtcdStore(t, c, "", EtcdOptions{ReplicaID: "replica-a"})
 	b := openTestEtcdStore(t, c, a.opts.Prefix, EtcdOptions{ReplicaID: "replica-b"})
+	if err := a.Put(ctx, testAgent("x")); err != nil {
+		t.Fatal(err)
+	}
+	const n = 20
+	var wg sync.WaitGroup
+	for i := range n {
+		s := []*EtcdStore{a, b}[i%2]
+		wg.Go(func() {
+			if _, err := s.Update(ctx, "x", nil, func(cur *Agent) (*Agent, error) {
+				cur.Port++
+				return cur, nil
+			}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if got := sortedList(t, b); got[0].Port != 9956+n {
+		t.Fatalf("port %d after %d increments through two replicas, want %d", got[0].Port, n, 9956+n)
+	}
+	if a.Stats().UpdateConflicts+b.Stats().UpdateConflicts == 0 {
+		t.Log("no conflict happened; the increments did not overlap")
+	}
+
 	exp := time.Now().Add(time.Hour)
 	for round := range 5 {
-		jti := "jti-" + strconv.Itoa(round)
+		claim := &TokenClaim{ID: "jti-" + strconv.Itoa(round), Expires: exp}
 		var wins atomic.Int32
 		var wg sync.WaitGroup
 		for i := range 20 {
-			s := a
-			if i%2 == 1 {
-				s = b
-			}
+			s := []*EtcdStore{a, b}[i%2]
+			id := fmt.Sprintf("r%d-%d", round, i)
 			wg.Go(func() {
-				err := s.ClaimToken(ctx, jti, exp)
+				_, err := s.Update(ctx, id, claim, func(*Agent) (*Agent, error) { return testAgent(id), nil })
 				switch {
 				case err == nil:
 					wins.Add(1)
@@ -452,23 +476,42 @@ func TestEtcdStore_ClaimTokenAcrossReplicas(t *testing.T) {
 		}
 		wg.Wait()
 		if wins.Load() != 1 {
-			t.Fatalf("%s: %d claims succeeded, want 1", jti, wins.Load())
+			t.Fatalf("%s: %d claims succeeded, want 1", claim.ID, wins.Load())
 		}
 	}
-	// The claim goes away with its lease after the token expired.
-	cli := c.Client()
-	resp, err := cli.Get(ctx, a.tokensPrefix+"jti-0")
-	if err != nil || len(resp.Kvs) != 1 {
-		t.Fatal(resp, err)
+	if got := sortedList(t, a); len(got) != 1+5 {
+		t.Fatalf("%d records, want x and one per claimed token", len(got))
 	}
-	ttl, err := cli.TimeToLive(ctx, clientv3.LeaseID(resp.Kvs[0].Lease))
+
+	// Claims go away with their lease after the token expired; claims
+	// expiring within one window share the lease.
+	cli := c.Client()
+	leaseOf := func(jti string) clientv3.LeaseID {
+		t.Helper()
+		resp, err := cli.Get(ctx, a.tokensPrefix+jti)
+		if err != nil || len(resp.Kvs) != 1 {
+			t.Fatal(resp, err)
+		}
+		return clientv3.LeaseID(resp.Kvs[0].Lease)
+	}
+	ttl, err := cli.TimeToLive(ctx, leaseOf("jti-0"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ttl.TTL <= 0 || ttl.GrantedTTL > int64(time.Hour/time.Second)+2 {
-		t.Fatalf("claim lease TTL %d (granted %d), want about an hour", ttl.TTL, ttl.GrantedTTL)
+	if until := int64(time.Until(exp) / time.Second); ttl.TTL < until || ttl.GrantedTTL > until+int64((claimLeaseWindow+2*time.Minute)/time.Second) {
+		t.Fatalf("claim lease TTL %d (granted %d), want from %d to one window more", ttl.TTL, ttl.GrantedTTL, until)
 	}
-	if err := a.ClaimToken(ctx, "", exp); err == nil {
+	for _, s := range []*EtcdStore{a, b} {
+		if _, err := s.Update(ctx, "y-"+s.ReplicaID(), &TokenClaim{ID: "same-window-" + s.ReplicaID(), Expires: exp}, func(*Agent) (*Agent, error) {
+			return testAgent("y-" + s.ReplicaID()), nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if leaseOf("same-window-replica-a") != leaseOf("jti-0") && leaseOf("same-window-replica-a") != leaseOf("jti-1") {
+		t.Error("a claim in the same expiry window took a new lease")
+	}
+	if _, err := a.Update(ctx, "z", &TokenClaim{ID: "", Expires: exp}, func(*Agent) (*Agent, error) { return testAgent("z"), nil }); err == nil {
 		t.Fatal("empty token id accepted")
 	}
 }
@@ -498,7 +541,9 @@ func TestEtcdStore_SurvivesMemberLoss(t *testing.T) {
 	if err := a.Touch(ctx, []Touch{{ID: "before", LastSeen: time.Now()}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.ClaimToken(ctx, "j", time.Now().Add(time.Hour)); err != nil {
+	if _, err := a.Update(ctx, "claimed", &TokenClaim{ID: "j", Expires: time.Now().Add(time.Hour)}, func(*Agent) (*Agent, error) {
+		return testAgent("claimed"), nil
+	}); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.Delete(ctx, "before"); err != nil {
@@ -507,13 +552,13 @@ func TestEtcdStore_SurvivesMemberLoss(t *testing.T) {
 	if err := a.Healthy(ctx); err != nil {
 		t.Fatal(err)
 	}
-	want := []EventType{EventPut, EventTouch, EventDelete}
+	want := []EventType{EventPut, EventTouch, EventPut, EventDelete}
 	for _, typ := range want {
 		if ev := nextEvent(t, evB); ev.Type != typ {
 			t.Fatalf("b got %+v, want type %d", ev, typ)
 		}
 	}
-	if got := sortedList(t, b); len(got) != 1 || got[0].ID != "after" {
+	if got := sortedList(t, b); len(got) != 2 || got[0].ID != "after" || got[1].ID != "claimed" {
 		t.Fatalf("b lists %+v", got)
 	}
 }
@@ -537,10 +582,13 @@ func TestEtcdStore_OutageAndRecovery(t *testing.T) {
 
 	c.KillAll()
 	ops := map[string]func() error{
-		"put":     func() error { return a.Put(ctx, testAgent("y")) },
-		"delete":  func() error { return a.Delete(ctx, "x") },
-		"touch":   func() error { return a.Touch(ctx, []Touch{{ID: "x", LastSeen: time.Now()}}) },
-		"claim":   func() error { return a.ClaimToken(ctx, "j", time.Now().Add(time.Hour)) },
+		"put":    func() error { return a.Put(ctx, testAgent("y")) },
+		"delete": func() error { return a.Delete(ctx, "x") },
+		"touch":  func() error { return a.Touch(ctx, []Touch{{ID: "x", LastSeen: time.Now()}}) },
+		"update": func() error {
+			_, err := a.Update(ctx, "x", &TokenClaim{ID: "j", Expires: time.Now().Add(time.Hour)}, func(cur *Agent) (*Agent, error) { return cur, nil })
+			return err
+		},
 		"healthy": func() error { return a.Healthy(ctx) },
 		"list": func() error {
 			lctx, lcancel := context.WithTimeout(ctx, 2*time.Second)
@@ -676,8 +724,9 @@ func TestEtcdStore_Options(t *testing.T) {
 			}
 		})
 	}
-	if err := validateReplicaID(defaultReplicaID()); err != nil {
-		t.Fatalf("default replica id: %v", err)
+	host, _ := os.Hostname()
+	if id, err := DefaultReplicaID(); err != nil || id != host {
+		t.Fatalf("default replica id %q, %v; want the hostname %q", id, err, host)
 	}
 }
 
@@ -922,5 +971,74 @@ func BenchmarkEtcdStore_Convergence(b *testing.B) {
 				break
 			}
 		}
+	}
+}
+
+// TestEtcdStore_ReplicaID: two running processes cannot share a replica
+// id; a replica that stopped or crashed gives its id back, at once or when
+// its presence lease ends.
+func TestEtcdStore_ReplicaID(t *testing.T) {
+	c := startEtcdCluster(t, 1)
+	ctx := context.Background()
+	short := EtcdOptions{ReplicaID: "r", LivenessTTL: 2 * time.Second}
+	a := openTestEtcdStore(t, c, "", short)
+	if _, err := a.List(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !a.LiveSince().IsZero() {
+		t.Errorf("first replica: LiveSince %v, want zero", a.LiveSince())
+	}
+
+	// A second process with the same id waits out a crashed holder's
+	// lease, then refuses: this holder keeps its lease alive.
+	started := time.Now()
+	dup := openTestEtcdStore(t, c, a.opts.Prefix, short)
+	_, err := dup.List(ctx)
+	if !errors.Is(err, errReplicaIDInUse) || !strings.Contains(err.Error(), "--etcd.replica-id") {
+		t.Fatalf("second process with the same id: %v, want errReplicaIDInUse naming --etcd.replica-id", err)
+	}
+	if waited := time.Since(started); waited < 2*time.Second {
+		t.Errorf("refused after %v, before a crashed holder's lease could have ended", waited)
+	}
+
+	// Another id starts and learns since when a has been running.
+	b := openTestEtcdStore(t, c, a.opts.Prefix, EtcdOptions{ReplicaID: "b"})
+	if _, err := b.List(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := b.LiveSince(), time.UnixMilli(started.UnixMilli()); got.IsZero() || got.After(want) {
+		t.Errorf("b: LiveSince %v, want a's start, before %v", got, want)
+	}
+
+	// A stopped replica releases its id at once.
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	started = time.Now()
+	again := openTestEtcdStore(t, c, a.opts.Prefix, short)
+	if _, err := again.List(ctx); err != nil {
+		t.Fatalf("restart after a clean stop: %v", err)
+	}
+	if waited := time.Since(started); waited > time.Second {
+		t.Errorf("restart after a clean stop waited %v", waited)
+	}
+
+	// A crashed one leaves its presence on a lease nobody renews: the next
+	// process with its id waits for that lease, then starts.
+	cli := c.Client()
+	lease, err := cli.Grant(ctx, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(ctx, a.opts.Prefix+"replicas/crashed", `{"instance":"dead","since_ms":1}`, clientv3.WithLease(lease.ID)); err != nil {
+		t.Fatal(err)
+	}
+	started = time.Now()
+	after := openTestEtcdStore(t, c, a.opts.Prefix, EtcdOptions{ReplicaID: "crashed"})
+	if _, err := after.List(ctx); err != nil {
+		t.Fatalf("restart after a crash: %v", err)
+	}
+	if waited := time.Since(started); waited < time.Second {
+		t.Errorf("restart after a crash waited only %v for the old lease", waited)
 	}
 }

@@ -2,6 +2,7 @@ package discovery
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 )
@@ -59,23 +60,48 @@ func (s *MemoryStore) Touch(_ context.Context, touches []Touch) error {
 	return nil
 }
 
-// ClaimToken implements Store. Expired claims are dropped as new ones come
-// in, so the map stays as small as the set of live single-use tokens.
-func (s *MemoryStore) ClaimToken(_ context.Context, jti string, expires time.Time) error {
+// Update implements Store. One lock covers the read, the claim and the
+// write.
+func (s *MemoryStore) Update(_ context.Context, id string, claim *TokenClaim, fn UpdateFunc) (*Agent, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := time.Now()
-	if exp, ok := s.claims[jti]; ok && now.Before(exp) {
-		return ErrTokenUsed
-	}
-	for k, exp := range s.claims {
-		if !now.Before(exp) {
-			delete(s.claims, k)
+	if claim != nil {
+		if exp, ok := s.claims[claim.ID]; ok && now.Before(exp) {
+			return nil, ErrTokenUsed
 		}
 	}
-	s.claims[jti] = expires
-	return nil
+	var cur *Agent
+	if a, ok := s.agents[id]; ok {
+		cur = a.clone()
+	}
+	next, err := fn(cur)
+	if err != nil {
+		return nil, err
+	}
+	if next != nil && next.ID != id {
+		return nil, fmt.Errorf("update agent %q: the new record is for %q", id, next.ID)
+	}
+	if claim != nil {
+		// Expired claims are dropped as new ones come in, so the map stays
+		// as small as the set of live single-use tokens.
+		for k, exp := range s.claims {
+			if !now.Before(exp) {
+				delete(s.claims, k)
+			}
+		}
+		s.claims[claim.ID] = claim.Expires
+	}
+	if next == nil {
+		delete(s.agents, id)
+		return nil, nil
+	}
+	s.agents[id] = next.clone()
+	return next.clone(), nil
 }
+
+// LiveSince implements Store: a memory store is never shared.
+func (s *MemoryStore) LiveSince() time.Time { return time.Time{} }
 
 // Watch implements Store: a memory store is never shared.
 func (s *MemoryStore) Watch(context.Context) <-chan Event { return nil }

@@ -123,20 +123,85 @@ func testStoreConformance(t *testing.T, newStore func(*testing.T) Store, reopen 
 			t.Fatalf("fresh store after touch: %+v", got)
 		}
 	})
-	t.Run("claim token once", func(t *testing.T) {
+	t.Run("update", func(t *testing.T) {
 		s := newStore(t)
-		exp := time.Now().Add(time.Hour)
-		if err := s.ClaimToken(ctx, "j1", exp); err != nil {
-			t.Fatal(err)
+		var shown []*Agent
+		record := func(cur *Agent) {
+			if cur != nil {
+				cur = cur.clone()
+			}
+			shown = append(shown, cur)
 		}
-		if err := s.ClaimToken(ctx, "j1", exp); !errors.Is(err, ErrTokenUsed) {
-			t.Fatalf("second claim: %v, want ErrTokenUsed", err)
+		// Absent: fn sees nil and creates the record.
+		got, err := s.Update(ctx, "a", nil, func(cur *Agent) (*Agent, error) {
+			record(cur)
+			a := testAgent("a")
+			a.LastSeen = base
+			return a, nil
+		})
+		if err != nil || got == nil || got.ID != "a" || shown[len(shown)-1] != nil {
+			t.Fatalf("create: %+v, %v; fn saw %+v", got, err, shown)
+		}
+		// Present: fn sees the stored record and changes it.
+		got, err = s.Update(ctx, "a", nil, func(cur *Agent) (*Agent, error) {
+			record(cur)
+			cur.Maintenance = true
+			return cur, nil
+		})
+		if last := shown[len(shown)-1]; err != nil || !got.Maintenance || last == nil || last.Port != 9956 || !last.LastSeen.Equal(base) {
+			t.Fatalf("modify: %+v, %v; fn saw %+v", got, err, last)
+		}
+		// fn refuses: its error comes back as is and nothing changes.
+		refusal := errors.New("refused")
+		if _, err := s.Update(ctx, "a", nil, func(cur *Agent) (*Agent, error) {
+			cur.Port = 1
+			return nil, refusal
+		}); !errors.Is(err, refusal) {
+			t.Fatalf("refusal: %v, want the fn's error", err)
+		}
+		if got := sortedList(t, s); len(got) != 1 || !got[0].Maintenance || got[0].Port != 9956 {
+			t.Fatalf("after the refusal: %+v", got)
+		}
+		// A record under another id is refused.
+		if _, err := s.Update(ctx, "a", nil, func(*Agent) (*Agent, error) { return testAgent("b"), nil }); err == nil {
+			t.Fatal("record for another id stored")
+		}
+		// nil deletes.
+		if got, err := s.Update(ctx, "a", nil, func(*Agent) (*Agent, error) { return nil, nil }); err != nil || got != nil {
+			t.Fatalf("delete: %+v, %v", got, err)
+		}
+		if got := sortedList(t, s); len(got) != 0 {
+			t.Fatalf("after delete by update: %+v", got)
+		}
+	})
+	t.Run("update with a token claim", func(t *testing.T) {
+		s := newStore(t)
+		claim := &TokenClaim{ID: "j1", Expires: time.Now().Add(time.Hour)}
+		create := func(id string) UpdateFunc {
+			return func(*Agent) (*Agent, error) { return testAgent(id), nil }
+		}
+		// A write that fails leaves the token unused.
+		if _, err := s.Update(ctx, "first", claim, func(*Agent) (*Agent, error) { return nil, errors.New("refused") }); err == nil {
+			t.Fatal("refusal ignored")
+		}
+		if _, err := s.Update(ctx, "a", claim, create("a")); err != nil {
+			t.Fatalf("claim after a failed write: %v", err)
+		}
+		called := false
+		_, err := s.Update(ctx, "b", claim, func(*Agent) (*Agent, error) { called = true; return testAgent("b"), nil })
+		if !errors.Is(err, ErrTokenUsed) || called {
+			t.Fatalf("second claim: %v (fn called: %v), want ErrTokenUsed without calling fn", err, called)
+		}
+		if got := sortedList(t, s); len(got) != 1 || got[0].ID != "a" {
+			t.Fatalf("stored after a reused claim: %+v", got)
 		}
 		var wins atomic.Int32
 		var wg sync.WaitGroup
-		for range 50 {
+		race := &TokenClaim{ID: "j2", Expires: time.Now().Add(time.Hour)}
+		for i := range 50 {
 			wg.Go(func() {
-				err := s.ClaimToken(ctx, "j2", exp)
+				id := fmt.Sprintf("r%02d", i)
+				_, err := s.Update(ctx, id, race, create(id))
 				switch {
 				case err == nil:
 					wins.Add(1)
@@ -148,6 +213,31 @@ func testStoreConformance(t *testing.T, newStore func(*testing.T) Store, reopen 
 		wg.Wait()
 		if wins.Load() != 1 {
 			t.Fatalf("%d concurrent claims of one token succeeded, want 1", wins.Load())
+		}
+		if got := sortedList(t, s); len(got) != 2 {
+			t.Fatalf("%d agents stored after the race, want a and the winner", len(got))
+		}
+	})
+	t.Run("concurrent updates", func(t *testing.T) {
+		s := newStore(t)
+		if err := s.Put(ctx, testAgent("a")); err != nil {
+			t.Fatal(err)
+		}
+		const n = 20
+		var wg sync.WaitGroup
+		for range n {
+			wg.Go(func() {
+				if _, err := s.Update(ctx, "a", nil, func(cur *Agent) (*Agent, error) {
+					cur.Port++
+					return cur, nil
+				}); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		if got := sortedList(t, s); got[0].Port != 9956+n {
+			t.Fatalf("port %d after %d concurrent increments, want %d: an update was lost", got[0].Port, n, 9956+n)
 		}
 	})
 	t.Run("concurrent puts", func(t *testing.T) {

@@ -55,7 +55,9 @@ func startHA(t *testing.T, args ...string) *haSetup {
 		common = append(common, "--etcd.endpoints="+ep)
 	}
 	common = append(common, args...)
-	h.a = startServer(t, common...)
+	// Both replicas run on this host: the default replica id, the
+	// hostname, would be taken twice.
+	h.a = startServer(t, append(common, "--etcd.replica-id=a")...)
 
 	dirB := filepath.Join(t.TempDir(), "data-b")
 	if err := os.MkdirAll(dirB, 0o700); err != nil {
@@ -70,7 +72,7 @@ func startHA(t *testing.T, args ...string) *haSetup {
 			t.Fatal(err)
 		}
 	}
-	h.b = startServer(t, append(common, "--data.dir="+dirB)...)
+	h.b = startServer(t, append(common, "--data.dir="+dirB, "--etcd.replica-id=b")...)
 
 	prom := issueCert(t, h.a.DataDir, "prometheus", "discovery")
 	h.sdClient = h.a.client(t, prom.KeyPair)
@@ -395,4 +397,87 @@ func storeUp(t *testing.T, s *testServer, want int) error {
 		}
 	}
 	return fmt.Errorf("metrics of %s lack %q", s.Addr, line)
+}
+
+// TestHA_RestartedReplicaKeepsExpiry restarts one replica while the other
+// runs: an agent that stopped heartbeating more than a TTL ago stays
+// expired on the restarted replica, instead of getting the restart grace
+// that only a full outage deserves. The heartbeating agent stays healthy.
+func TestHA_RestartedReplicaKeepsExpiry(t *testing.T) {
+	t.Parallel()
+	h := startHA(t, "--agent.ttl=8s")
+	dead := enroll(t, h.a, h.enrollTok, registerRequest("ha-dead"))
+	alive := enroll(t, h.a, h.enrollTok, registerRequest("ha-alive"))
+	beat := func() error {
+		_, err := doRequest(t.Context(), h.b.client(t, alive.Cert), http.MethodPost, h.b.URL+discovery.PathHeartbeat, "", nil)
+		return err
+	}
+	// Both replicas see dead expire while alive heartbeats through b.
+	for _, s := range []*testServer{h.a, h.b} {
+		waitFor(t, startTimeout, func() error {
+			if err := beat(); err != nil {
+				return err
+			}
+			stored, err := h.agents(t.Context(), t, s)
+			if err != nil {
+				return err
+			}
+			if st := stored[dead.ID].State; st != discovery.StateExpired {
+				return fmt.Errorf("dead agent on %s is %s, want expired", s.Addr, st)
+			}
+			return nil
+		})
+	}
+
+	h.b.restart(t)
+	if err := beat(); err != nil {
+		t.Fatal(err)
+	}
+	stored, err := h.agents(t.Context(), t, h.b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := stored[dead.ID].State; st != discovery.StateExpired {
+		t.Errorf("dead agent right after b restarted: %s, want expired (a ran all along)", st)
+	}
+	if st := stored[alive.ID].State; st != discovery.StateHealthy {
+		t.Errorf("heartbeating agent right after b restarted: %s, want healthy", st)
+	}
+	ids, err := h.sdIDs(t.Context(), h.b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(ids, []string{alive.ID}) {
+		t.Errorf("http_sd of the restarted replica lists %v, want only %s", ids, alive.ID)
+	}
+	resp := mustRequest(t, h.b.client(t), http.MethodGet, h.b.URL+"/metrics", "", nil, http.StatusOK)
+	if !bytes.Contains(resp.Body, []byte("\nbaremetal_sd_store_etcd_write_requests_total ")) {
+		t.Error("no baremetal_sd_store_etcd_write_requests_total in the replica's metrics")
+	}
+}
+
+// TestHA_ReplicaRefusesOwnCredentials starts a replica on the shared etcd
+// with an empty data directory: it must not create a CA and token key of
+// its own, which the other replicas' agents and tokens would not match.
+func TestHA_ReplicaRefusesOwnCredentials(t *testing.T) {
+	t.Parallel()
+	h := startHA(t)
+	args := []string{"server", "--storage.backend=etcd", "--etcd.prefix=/e2e/", "--etcd.replica-id=c",
+		"--data.dir=" + filepath.Join(t.TempDir(), "data-c"), fmt.Sprintf("--web.listen-address=127.0.0.1:%d", freePort(t))}
+	for _, ep := range h.etcd.Endpoints() {
+		args = append(args, "--etcd.endpoints="+ep)
+	}
+	log := &logBuffer{}
+	dumpOnFailure(t, "baremetal_sd server c", log)
+	p := startProcess(t, "baremetal_sd server c", log, serverBinary, args...)
+	if !p.wait(startTimeout) {
+		_ = p.kill()
+		t.Fatal("a replica with an empty data directory started")
+	}
+	if p.err == nil || !strings.Contains(log.String(), "copy ca.crt, ca.key and token.key") {
+		t.Fatalf("exit %v; want a failure that says to copy the files", p.err)
+	}
+	if _, err := os.Stat(filepath.Join(args[4][len("--data.dir="):], "ca.crt")); err == nil {
+		t.Error("the refused replica created a CA")
+	}
 }

@@ -459,8 +459,9 @@ func head(s []string, n int) []string { return s[:min(n, len(s))] }
 func TestServer_SIGKILLLosesNoAcknowledgedRegistration(t *testing.T) {
 	t.Parallel()
 	// A long flush interval: only the synchronous, durable write may save a
-	// registration, never a lucky background flush.
-	s := startServer(t, "--registry.flush-interval=1h", "--log.level=info")
+	// registration, never a lucky background flush. (The flush interval
+	// may be at most a quarter of the TTL.)
+	s := startServer(t, "--registry.flush-interval=1h", "--agent.ttl=4h", "--log.level=info")
 	enrollTok := createToken(t, s.DataDir, "--scope=enroll", "--ttl=10m")
 	adminTok := createToken(t, s.DataDir, "--scope=admin", "--ttl=10m")
 

@@ -44,21 +44,36 @@ type Config struct {
 	StorageBackend string
 	// Etcd configures the etcd backend: several server replicas sharing
 	// one etcd cluster (and the same CA and token key files).
-	Etcd          EtcdConfig
-	AgentTTL      time.Duration
-	Retention     time.Duration
-	CertTTL       time.Duration
-	RenewGrace    time.Duration
+	Etcd       EtcdConfig
+	AgentTTL   time.Duration
+	Retention  time.Duration
+	CertTTL    time.Duration
+	RenewGrace time.Duration
+	// FlushInterval is how often heartbeats are written to the store; zero
+	// takes the backend's default (DefaultFlushInterval, DefaultEtcdFlushInterval).
 	FlushInterval time.Duration
 	SDFilePath    string
 	AnonymousSD   bool
 	Logger        *slog.Logger
 }
 
+// Default flush intervals, each capped at a quarter of the agent TTL. With
+// etcd every flush rewrites up to 256 last-seen blobs per replica (about
+// 900 KB with 100,000 agents), and etcd keeps every version until it
+// compacts: every 5 s that would be about 640 MB of history an hour per
+// replica, against etcd's default 2 GiB quota; every 30 s it is about
+// 110 MB.
+const (
+	DefaultFlushInterval     = 5 * time.Second
+	DefaultEtcdFlushInterval = 30 * time.Second
+)
+
 // EtcdConfig is the etcd backend's connection settings.
 type EtcdConfig struct {
-	Endpoints    []string
-	Prefix       string
+	Endpoints []string
+	Prefix    string
+	// ReplicaID names this replica (default: the hostname).
+	ReplicaID    string
 	CAFile       string
 	CertFile     string
 	KeyFile      string
@@ -70,31 +85,30 @@ type EtcdConfig struct {
 // Run serves until ctx ends, then shuts down gracefully: in-flight requests
 // finish, batched heartbeats are flushed and the store is closed.
 func Run(ctx context.Context, cfg Config) error {
-	logger := cfg.Logger
-	authority, created, err := ca.LoadOrCreate(cfg.DataDir)
-	if err != nil {
-		return fmt.Errorf("certificate authority: %w", err)
-	}
-	if created {
-		logger.Info("Created a new certificate authority", "path", filepath.Join(cfg.DataDir, "ca.crt"))
-	}
-	key, created, err := ca.LoadOrCreateTokenKey(cfg.DataDir)
-	if err != nil {
-		return fmt.Errorf("token key: %w", err)
-	}
-	if created {
-		logger.Info("Created a new token signing key", "path", filepath.Join(cfg.DataDir, "token.key"))
-	}
-	webFlags, err := prepareWebConfig(cfg, authority)
-	if err != nil {
+	if err := checkConfig(&cfg); err != nil {
 		return err
 	}
-
+	logger := cfg.Logger
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("create data directory: %w", err)
+	}
 	store, err := openStore(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	defer store.Close()
+	var shared identityStore
+	if s, ok := store.(identityStore); ok {
+		shared = s
+	}
+	authority, key, err := loadCredentials(ctx, cfg.DataDir, shared, logger)
+	if err != nil {
+		return err
+	}
+	webFlags, err := prepareWebConfig(cfg, authority)
+	if err != nil {
+		return err
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
@@ -103,6 +117,15 @@ func Run(ctx context.Context, cfg Config) error {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	metrics := collector.NewServer(reg)
+	if s, ok := store.(*discovery.EtcdStore); ok {
+		collector.RegisterEtcdStore(reg, func() collector.EtcdStoreStats {
+			st := s.Stats()
+			return collector.EtcdStoreStats{
+				WriteRequests: st.WriteRequests, KeysWritten: st.KeysWritten, LastSeenKeysWritten: st.LastSeenKeysWritten,
+				BytesWritten: st.BytesWritten, WatchEvents: st.Events, Resyncs: st.Resyncs, UpdateConflicts: st.UpdateConflicts,
+			}
+		})
+	}
 
 	registry := discovery.NewRegistry(discovery.RegistryConfig{
 		Store:         store,
@@ -233,7 +256,11 @@ func Run(ctx context.Context, cfg Config) error {
 func openStore(ctx context.Context, cfg Config) (discovery.Store, error) {
 	switch cfg.StorageBackend {
 	case "etcd":
-		return openEtcd(ctx, cfg)
+		s, err := openEtcd(ctx, cfg)
+		if err != nil {
+			return nil, err
+		}
+		return s, nil
 	case "", "bolt":
 		s, err := discovery.OpenBoltStore(filepath.Join(cfg.DataDir, RegistryFile), discovery.BoltOptions{Logger: cfg.Logger})
 		if err != nil {
@@ -247,47 +274,121 @@ func openStore(ctx context.Context, cfg Config) (discovery.Store, error) {
 	return nil, fmt.Errorf("unknown storage backend %q", cfg.StorageBackend)
 }
 
-func openEtcd(ctx context.Context, cfg Config) (discovery.Store, error) {
-	e := cfg.Etcd
+// checkConfig fills in defaults that depend on other settings and refuses
+// combinations that cannot work, before anything is created or opened.
+func checkConfig(cfg *Config) error {
+	if cfg.AgentTTL <= 0 {
+		return fmt.Errorf("--agent.ttl must be positive, not %s", cfg.AgentTTL)
+	}
+	// Heartbeats reach the store, and other replicas, one flush late: that
+	// must stay well within the TTL or agents expire although they
+	// heartbeat.
+	limit := cfg.AgentTTL / 4
+	switch {
+	case cfg.FlushInterval < 0:
+		return fmt.Errorf("--registry.flush-interval must be positive, not %s", cfg.FlushInterval)
+	case cfg.FlushInterval > limit:
+		return fmt.Errorf("--registry.flush-interval=%s must be at most a quarter of --agent.ttl=%s (%s): heartbeats reach the store, and the other replicas, one flush late", cfg.FlushInterval, cfg.AgentTTL, limit)
+	case cfg.FlushInterval == 0 && cfg.StorageBackend == "etcd":
+		cfg.FlushInterval = min(DefaultEtcdFlushInterval, limit)
+	case cfg.FlushInterval == 0:
+		cfg.FlushInterval = min(DefaultFlushInterval, limit)
+	}
+	if cfg.StorageBackend != "etcd" {
+		e := cfg.Etcd
+		if len(e.Endpoints) > 0 || e.CAFile != "" || e.CertFile != "" || e.KeyFile != "" || e.Username != "" || e.PasswordFile != "" || e.ReplicaID != "" {
+			return errors.New("--etcd.* flags are given but --storage.backend is not etcd")
+		}
+		return nil
+	}
+	return checkEtcdConfig(&cfg.Etcd)
+}
+
+// checkEtcdConfig normalizes the endpoints and checks that the TLS, auth
+// and replica settings fit together.
+func checkEtcdConfig(e *EtcdConfig) error {
 	// Repeated flags and comma-separated lists (etcdctl's style) both work.
 	var endpoints []string
+	schemes := map[string]bool{}
 	for _, v := range e.Endpoints {
 		for _, ep := range strings.Split(v, ",") {
-			if ep = strings.TrimSpace(ep); ep != "" {
-				endpoints = append(endpoints, ep)
+			if ep = strings.TrimSpace(ep); ep == "" {
+				continue
 			}
+			scheme, _, ok := strings.Cut(ep, "://")
+			if !ok || (scheme != "http" && scheme != "https") {
+				return fmt.Errorf("--etcd.endpoints: %q is not an http:// or https:// URL", ep)
+			}
+			schemes[scheme] = true
+			endpoints = append(endpoints, ep)
 		}
 	}
 	e.Endpoints = endpoints
-	if len(e.Endpoints) == 0 {
-		return nil, fmt.Errorf("--storage.backend=etcd needs --etcd.endpoints")
+	switch {
+	case len(e.Endpoints) == 0:
+		return errors.New("--storage.backend=etcd needs --etcd.endpoints")
+	case len(schemes) > 1:
+		return errors.New("--etcd.endpoints mixes http:// and https://: one TLS setting applies to all of them")
+	case (e.KeyFile != "") != (e.CertFile != ""):
+		return errors.New("--etcd.cert-file and --etcd.key-file go together: the client certificate needs its key and the other way round")
+	case (e.CAFile != "" || e.CertFile != "") && schemes["http"]:
+		return errors.New("--etcd.ca-file and --etcd.cert-file need https:// endpoints")
+	case (e.Username != "") != (e.PasswordFile != ""):
+		return errors.New("--etcd.username and --etcd.password-file go together")
 	}
+	if e.ReplicaID == "" {
+		id, err := discovery.DefaultReplicaID()
+		if err != nil {
+			return fmt.Errorf("%w: set --etcd.replica-id", err)
+		}
+		e.ReplicaID = id
+	}
+	if err := discovery.ValidateReplicaID(e.ReplicaID); err != nil {
+		return fmt.Errorf("--etcd.replica-id: %w", err)
+	}
+	return nil
+}
+
+// etcdOptions turns checked flags into store options, reading the files
+// they name.
+func etcdOptions(e EtcdConfig, logger *slog.Logger) (discovery.EtcdOptions, error) {
 	opts := discovery.EtcdOptions{
 		Endpoints:      e.Endpoints,
 		Prefix:         e.Prefix,
+		ReplicaID:      e.ReplicaID,
 		RequestTimeout: e.Timeout,
 		Username:       e.Username,
-		Logger:         cfg.Logger,
+		Logger:         logger,
 	}
-	if e.CAFile != "" || e.CertFile != "" {
+	if strings.HasPrefix(e.Endpoints[0], "https://") {
+		// Without --etcd.ca-file the system roots verify etcd.
 		tlsCfg, err := promconfig.NewTLSConfig(&promconfig.TLSConfig{CAFile: e.CAFile, CertFile: e.CertFile, KeyFile: e.KeyFile})
 		if err != nil {
-			return nil, fmt.Errorf("etcd TLS: %w", err)
+			return opts, fmt.Errorf("etcd TLS: %w", err)
 		}
 		opts.TLS = tlsCfg
 	}
 	if e.PasswordFile != "" {
 		pw, err := os.ReadFile(e.PasswordFile)
 		if err != nil {
-			return nil, fmt.Errorf("etcd password: %w", err)
+			return opts, fmt.Errorf("etcd password: %w", err)
 		}
-		opts.Password = strings.TrimSpace(string(pw))
+		if opts.Password = strings.TrimSpace(string(pw)); opts.Password == "" {
+			return opts, fmt.Errorf("etcd password: %s is empty", e.PasswordFile)
+		}
+	}
+	return opts, nil
+}
+
+func openEtcd(ctx context.Context, cfg Config) (*discovery.EtcdStore, error) {
+	opts, err := etcdOptions(cfg.Etcd, cfg.Logger)
+	if err != nil {
+		return nil, err
 	}
 	s, err := discovery.OpenEtcdStore(ctx, opts)
 	if err != nil {
 		return nil, fmt.Errorf("open etcd registry: %w", err)
 	}
-	cfg.Logger.Info("Using the etcd registry", "endpoints", strings.Join(e.Endpoints, ","), "replica", s.ReplicaID())
 	return s, nil
 }
 

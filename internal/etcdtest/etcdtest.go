@@ -32,6 +32,19 @@ const Wait = 30 * time.Second
 type Cluster struct {
 	t       testing.TB
 	members []*member
+	// TLS is set when clients must use TLS: the files a client needs.
+	TLS *TLSFiles
+	// user and password authenticate Client once EnableAuth ran.
+	user, password string
+}
+
+// Options configure StartWith.
+type Options struct {
+	// Members is the cluster size (1 unless set).
+	Members int
+	// TLS serves clients over TLS only, verifying their certificates
+	// (--client-cert-auth): certificates are made for the test.
+	TLS bool
 }
 
 type member struct {
@@ -50,6 +63,13 @@ type member struct {
 // their output is logged if it failed.
 func Start(t testing.TB, n int) *Cluster {
 	t.Helper()
+	return StartWith(t, Options{Members: n})
+}
+
+// StartWith starts a cluster as opts say; see Start.
+func StartWith(t testing.TB, opts Options) *Cluster {
+	t.Helper()
+	n := max(opts.Members, 1)
 	if _, err := os.Stat(Binary); err != nil {
 		t.Fatalf("etcd is not installed at %s: run scripts/install-test-deps.sh (make test does): %v", Binary, err)
 	}
@@ -60,14 +80,25 @@ func Start(t testing.TB, n int) *Cluster {
 		peers[i] = fmt.Sprintf("m%d=http://127.0.0.1:%d", i, ports[2*i+1])
 	}
 	c := &Cluster{t: t}
+	scheme := "http"
+	var tlsArgs []string
+	if opts.TLS {
+		scheme = "https"
+		var server TLSFiles
+		c.TLS, server = makeCerts(t, dir)
+		tlsArgs = []string{
+			"--cert-file", server.CertFile, "--key-file", server.KeyFile,
+			"--trusted-ca-file", server.CAFile, "--client-cert-auth",
+		}
+	}
 	for i := range n {
-		client := fmt.Sprintf("http://127.0.0.1:%d", ports[2*i])
+		client := fmt.Sprintf("%s://127.0.0.1:%d", scheme, ports[2*i])
 		peer := fmt.Sprintf("http://127.0.0.1:%d", ports[2*i+1])
 		c.members = append(c.members, &member{
 			name:      fmt.Sprintf("m%d", i),
 			clientURL: client,
 			log:       &tailBuffer{},
-			args: []string{
+			args: append([]string{
 				"--name", fmt.Sprintf("m%d", i),
 				"--data-dir", filepath.Join(dir, fmt.Sprintf("m%d", i)),
 				"--listen-client-urls", client,
@@ -82,7 +113,7 @@ func Start(t testing.TB, n int) *Cluster {
 				"--election-timeout", "500",
 				"--logger", "zap",
 				"--log-outputs", "stderr",
-			},
+			}, tlsArgs...),
 		})
 	}
 	t.Cleanup(func() {
@@ -181,14 +212,51 @@ func (c *Cluster) KillAll() {
 }
 
 // Client returns a client of the whole cluster, closed when the test ends.
+// It uses the cluster's TLS files and, after EnableAuth, the root user.
 func (c *Cluster) Client() *clientv3.Client {
 	c.t.Helper()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	cfg := clientv3.Config{
+		Endpoints: c.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
+		Username: c.user, Password: c.password,
+	}
+	if c.TLS != nil {
+		cfg.TLS = c.TLS.Config(c.t)
+	}
+	cli, err := clientv3.New(cfg)
 	if err != nil {
 		c.t.Fatal(err)
 	}
 	c.t.Cleanup(func() { cli.Close() })
 	return cli
+}
+
+// EnableAuth turns on etcd authentication with a root user (etcd 3.4
+// requires one before `auth enable`) and the given password, and a user
+// name with read and write access to everything under prefix.
+func (c *Cluster) EnableAuth(user, password, prefix string) {
+	c.t.Helper()
+	cli := c.Client()
+	ctx, cancel := context.WithTimeout(context.Background(), Wait)
+	defer cancel()
+	rootPassword := password + "-root"
+	steps := []func() error{
+		func() error { _, err := cli.UserAdd(ctx, "root", rootPassword); return err },
+		func() error { _, err := cli.UserGrantRole(ctx, "root", "root"); return err },
+		func() error { _, err := cli.RoleAdd(ctx, "baremetal_sd"); return err },
+		func() error {
+			_, err := cli.RoleGrantPermission(ctx, "baremetal_sd", prefix, clientv3.GetPrefixRangeEnd(prefix), clientv3.PermissionType(clientv3.PermReadWrite))
+			return err
+		},
+		func() error { _, err := cli.UserAdd(ctx, user, password); return err },
+		func() error { _, err := cli.UserGrantRole(ctx, user, "baremetal_sd"); return err },
+		func() error { _, err := cli.AuthEnable(ctx); return err },
+	}
+	for i, step := range steps {
+		if err := step(); err != nil {
+			c.t.Fatalf("enable etcd auth, step %d: %v", i, err)
+		}
+	}
+	c.user, c.password = "root", rootPassword
 }
 
 // WaitHealthy waits until the cluster serves a linearizable read.

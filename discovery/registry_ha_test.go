@@ -1,0 +1,112 @@
+package discovery
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/baremetal-sd/baremetal_sd/collector"
+)
+
+// newClockedRegistry loads a registry on store with the test clock.
+func newClockedRegistry(t *testing.T, store Store, clock *fakeClock) *Registry {
+	t.Helper()
+	r := NewRegistry(RegistryConfig{
+		Store:             store,
+		TTL:               time.Minute,
+		HeartbeatInterval: 15 * time.Second,
+		Retention:         time.Hour,
+		Now:               clock.Now,
+	})
+	if err := r.Load(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// TestRegistryHA_RestartGrace: a replica that starts while another one is
+// running gives no restart grace (agents could heartbeat through the other
+// one all along), while one that starts after every replica was down does.
+func TestRegistryHA_RestartGrace(t *testing.T) {
+	c := startEtcdCluster(t, 1)
+	ctx := context.Background()
+	clock := newFakeClock()
+	open := func(prefix, replica string) *EtcdStore {
+		return openTestEtcdStore(t, c, prefix, EtcdOptions{ReplicaID: replica, Now: clock.Now})
+	}
+	a := open("", "a")
+	ra := newClockedRegistry(t, a, clock)
+	for _, id := range []string{"dead", "alive"} {
+		mustPut(t, ra, testAgent(id))
+	}
+	ra.Flush(ctx)
+
+	// An hour on, with a running: "alive" heartbeats through a, "dead"
+	// stopped an hour ago.
+	clock.Advance(time.Hour)
+	if err := ra.Heartbeat("alive", "s-alive", ""); err != nil {
+		t.Fatal(err)
+	}
+	ra.Flush(ctx)
+	b := open(a.opts.Prefix, "b")
+	rb := newClockedRegistry(t, b, clock)
+	for id, want := range map[string]AgentState{"dead": StateExpired, "alive": StateHealthy} {
+		if v, _ := rb.Get(id); v.State != want {
+			t.Errorf("replica started while another ran: %s is %s, want %s", id, v.State, want)
+		}
+	}
+
+	// Every replica stops; an hour later one starts again: the outage must
+	// not drop the agents that were alive before it.
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(time.Hour)
+	rc := newClockedRegistry(t, open(a.opts.Prefix, "a"), clock)
+	if v, _ := rc.Get("alive"); v.State != StateHealthy {
+		t.Errorf("after a full outage: alive is %s, want healthy (grace)", v.State)
+	}
+	clock.Advance(61 * time.Second)
+	if v, _ := rc.Get("alive"); v.State != StateExpired {
+		t.Errorf("one TTL after a full outage without heartbeat: alive is %s, want expired", v.State)
+	}
+}
+
+// TestRegistryHA_StoreUpWithoutRequests: baremetal_sd_store_up follows
+// etcd's reachability from the flush loop alone, with no request coming in
+// and nothing to flush.
+func TestRegistryHA_StoreUpWithoutRequests(t *testing.T) {
+	c := startEtcdCluster(t, 1)
+	ctx := context.Background()
+	metrics := collector.NewServer(prometheus.NewRegistry())
+	store := openTestEtcdStore(t, c, "", EtcdOptions{ReplicaID: "a", RequestTimeout: time.Second})
+	r := NewRegistry(RegistryConfig{Store: store, TTL: time.Minute, Metrics: metrics})
+	if err := r.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	up := func() float64 { return testutil.ToFloat64(metrics.StoreUp) }
+	metrics.StoreUp.Set(-1)
+	r.Flush(ctx)
+	if up() != 1 {
+		t.Fatalf("store_up %v with etcd running, want 1", up())
+	}
+	c.KillAll()
+	r.Flush(ctx)
+	if up() != 0 {
+		t.Fatalf("store_up %v with etcd down, want 0", up())
+	}
+	c.StartAll()
+	deadline := time.Now().Add(etcdWait)
+	for r.Flush(ctx); up() != 1; r.Flush(ctx) {
+		if time.Now().After(deadline) {
+			t.Fatalf("store_up %v after etcd came back", up())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

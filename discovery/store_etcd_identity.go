@@ -1,0 +1,120 @@
+package discovery
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// ClusterIdentity is what every server replica sharing an etcd prefix must
+// hold alike: fingerprints of the CA certificate and of the token signing
+// key. Only hashes are stored; the key files never leave the data
+// directories.
+type ClusterIdentity struct {
+	// CACertSHA256 is the hex SHA-256 of the CA certificate (DER).
+	CACertSHA256 string `json:"ca_cert_sha256"`
+	// TokenKeySHA256 is a hex SHA-256 over the token key.
+	TokenKeySHA256 string `json:"token_key_sha256"`
+}
+
+// Identity returns the identity the first replica published, nil if there
+// is none yet. Like List, it waits for etcd until ctx ends.
+func (s *EtcdStore) Identity(ctx context.Context) (*ClusterIdentity, error) {
+	var out *ClusterIdentity
+	err := s.retryUntil(ctx, "read the replicas' identity", func(ctx context.Context) error {
+		resp, err := s.cli.Get(ctx, s.identityKey)
+		if err != nil {
+			return err
+		}
+		out = nil
+		if len(resp.Kvs) == 1 {
+			if out, err = decodeIdentity(resp.Kvs[0].Value); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// PublishIdentity stores id unless an identity is stored already, and
+// returns the stored one: id itself, or the one another replica published
+// first.
+func (s *EtcdStore) PublishIdentity(ctx context.Context, id ClusterIdentity) (ClusterIdentity, error) {
+	data, err := json.Marshal(id)
+	if err != nil {
+		return id, fmt.Errorf("encode identity: %w", err)
+	}
+	out := id
+	err = s.retryUntil(ctx, "publish the replicas' identity", func(ctx context.Context) error {
+		s.writeRequests.Add(1)
+		resp, err := s.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(s.identityKey), "=", 0)).
+			Then(clientv3.OpPut(s.identityKey, string(data))).
+			Else(clientv3.OpGet(s.identityKey)).
+			Commit()
+		if err != nil {
+			return err
+		}
+		out = id
+		if !resp.Succeeded {
+			kvs := resp.Responses[0].GetResponseRange().GetKvs()
+			if len(kvs) != 1 {
+				return errors.New("identity vanished while publishing it")
+			}
+			stored, err := decodeIdentity(kvs[0].Value)
+			if err != nil {
+				return err
+			}
+			out = *stored
+		}
+		return nil
+	})
+	return out, err
+}
+
+func decodeIdentity(data []byte) (*ClusterIdentity, error) {
+	var id ClusterIdentity
+	if err := json.Unmarshal(data, &id); err != nil || id.CACertSHA256 == "" || id.TokenKeySHA256 == "" {
+		return nil, &permanentError{fmt.Errorf("stored identity %.200q is corrupt", data)}
+	}
+	return &id, nil
+}
+
+// permanentError stops retryUntil: asking again gives the same answer.
+type permanentError struct{ err error }
+
+func (e *permanentError) Error() string { return e.err.Error() }
+func (e *permanentError) Unwrap() error { return e.err }
+
+// retryUntil runs op like do, and while etcd cannot be reached retries with
+// backoff until ctx ends, as List does at start-up.
+func (s *EtcdStore) retryUntil(ctx context.Context, what string, op func(ctx context.Context) error) error {
+	bo := newEtcdBackoff(100*time.Millisecond, 5*time.Second)
+	for {
+		var permanent *permanentError
+		rctx, cancel := s.requestCtx(ctx)
+		err := s.do(rctx, what, func(ctx context.Context) error {
+			err := op(ctx)
+			if errors.As(err, &permanent) {
+				return nil
+			}
+			return err
+		})
+		cancel()
+		if permanent != nil {
+			return fmt.Errorf("%s: %w", what, permanent.err)
+		}
+		if err == nil {
+			return nil
+		}
+		s.logger.Warn("etcd request failed; retrying", "request", what, "err", err)
+		if !bo.wait(ctx) {
+			return err
+		}
+	}
+}

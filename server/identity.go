@@ -1,0 +1,109 @@
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/baremetal-sd/baremetal_sd/ca"
+	"github.com/baremetal-sd/baremetal_sd/discovery"
+)
+
+// identityStore is where replicas sharing a registry agree on their CA and
+// token key: the etcd store.
+type identityStore interface {
+	Identity(ctx context.Context) (*discovery.ClusterIdentity, error)
+	PublishIdentity(ctx context.Context, id discovery.ClusterIdentity) (discovery.ClusterIdentity, error)
+}
+
+// sharedFiles are the data directory files every replica must share.
+var sharedFiles = []string{ca.CertFile, ca.KeyFile, ca.TokenKeyFile}
+
+// loadCredentials loads the CA and the token key from the data directory.
+// A server of its own (shared == nil) creates what is missing on first
+// start. Replicas sharing a store must all hold the same files: only the
+// first one, which finds no identity in the store, may create them, and it
+// publishes their fingerprints; every later replica must bring copies, and
+// one whose files differ from the published fingerprints refuses to start,
+// rather than issue certificates and tokens the other replicas reject.
+func loadCredentials(ctx context.Context, dataDir string, shared identityStore, logger *slog.Logger) (*ca.Authority, []byte, error) {
+	var published *discovery.ClusterIdentity
+	if shared != nil {
+		var err error
+		if published, err = shared.Identity(ctx); err != nil {
+			return nil, nil, fmt.Errorf("check the CA and token key against the other replicas: %w", err)
+		}
+		if published != nil {
+			var missing []string
+			for _, name := range sharedFiles {
+				if _, err := os.Stat(filepath.Join(dataDir, name)); errors.Is(err, fs.ErrNotExist) {
+					missing = append(missing, name)
+				}
+			}
+			if len(missing) > 0 {
+				return nil, nil, fmt.Errorf("%s missing in %s: replicas sharing etcd must use the CA and token key of the first replica; copy ca.crt, ca.key and token.key from a running replica's data directory",
+					strings.Join(missing, ", "), dataDir)
+			}
+		}
+	}
+
+	authority, created, err := ca.LoadOrCreate(dataDir)
+	if err != nil {
+		return nil, nil, fmt.Errorf("certificate authority: %w", err)
+	}
+	if created {
+		logger.Info("Created a new certificate authority", "path", filepath.Join(dataDir, ca.CertFile))
+	}
+	key, created, err := ca.LoadOrCreateTokenKey(dataDir)
+	if err != nil {
+		return nil, nil, fmt.Errorf("token key: %w", err)
+	}
+	if created {
+		logger.Info("Created a new token signing key", "path", filepath.Join(dataDir, ca.TokenKeyFile))
+	}
+	if shared == nil {
+		return authority, key, nil
+	}
+
+	mine := identityOf(authority, key)
+	if published == nil {
+		stored, err := shared.PublishIdentity(ctx, mine)
+		if err != nil {
+			return nil, nil, fmt.Errorf("publish the CA and token key fingerprints: %w", err)
+		}
+		if stored == mine {
+			logger.Info("Published the fingerprints of this replica's CA and token key for the other replicas", "ca_cert_sha256", mine.CACertSHA256)
+		}
+		published = &stored
+	}
+	switch {
+	case published.CACertSHA256 != mine.CACertSHA256:
+		return nil, nil, fmt.Errorf("%s in %s is not the CA of the other replicas (SHA-256 %s, theirs %s): copy ca.crt, ca.key and token.key from a running replica's data directory",
+			ca.CertFile, dataDir, mine.CACertSHA256, published.CACertSHA256)
+	case published.TokenKeySHA256 != mine.TokenKeySHA256:
+		return nil, nil, fmt.Errorf("%s in %s is not the token key of the other replicas: copy ca.crt, ca.key and token.key from a running replica's data directory",
+			ca.TokenKeyFile, dataDir)
+	}
+	return authority, key, nil
+}
+
+// identityOf fingerprints a CA and a token key. The key's hash is domain
+// separated, so it is useless for anything but this comparison; the key is
+// 256 random bits, so the hash does not help guessing it.
+func identityOf(authority *ca.Authority, key []byte) discovery.ClusterIdentity {
+	caSum := sha256.Sum256(authority.Certificate().Raw)
+	h := sha256.New()
+	h.Write([]byte("baremetal_sd token key fingerprint\x00"))
+	h.Write(key)
+	return discovery.ClusterIdentity{
+		CACertSHA256:   hex.EncodeToString(caSum[:]),
+		TokenKeySHA256: hex.EncodeToString(h.Sum(nil)),
+	}
+}

@@ -1,0 +1,154 @@
+package server
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/baremetal-sd/baremetal_sd/ca"
+	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/internal/etcdtest"
+)
+
+func copyFiles(t *testing.T, from, to string, names ...string) {
+	t.Helper()
+	if err := os.MkdirAll(to, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range names {
+		data, err := os.ReadFile(filepath.Join(from, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(to, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestLoadCredentials_SharedStore: the first replica on an etcd prefix
+// creates the CA and token key and publishes their fingerprints; every
+// other replica must bring copies of the same files.
+func TestLoadCredentials_SharedStore(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), etcdtest.Wait)
+	defer cancel()
+	logger := slog.New(slog.DiscardHandler)
+	open := func(prefix string) *discovery.EtcdStore {
+		s, err := discovery.OpenEtcdStore(ctx, discovery.EtcdOptions{Endpoints: c.Endpoints(), Prefix: prefix, ReplicaID: "r"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	store := open("/identity/")
+	root := t.TempDir()
+	first := filepath.Join(root, "first")
+	if _, _, err := loadCredentials(ctx, first, store, logger); err != nil {
+		t.Fatalf("first replica: %v", err)
+	}
+	for _, name := range sharedFiles {
+		if _, err := os.Stat(filepath.Join(first, name)); err != nil {
+			t.Fatalf("first replica did not create %s: %v", name, err)
+		}
+	}
+	// Another CA and token key, as an operator's mistake would make them.
+	other := filepath.Join(root, "other")
+	if _, _, err := loadCredentials(ctx, other, nil, logger); err != nil {
+		t.Fatal(err)
+	}
+
+	tests := []struct {
+		name    string
+		setup   func(dir string)
+		wantErr string
+	}{
+		{"first replica again", func(string) {}, ""},
+		{"empty data directory", func(string) {}, "ca.crt, ca.key, token.key missing"},
+		{"token key not copied", func(dir string) { copyFiles(t, first, dir, ca.CertFile, ca.KeyFile) }, "token.key missing"},
+		{"copies", func(dir string) { copyFiles(t, first, dir, sharedFiles...) }, ""},
+		{"own CA", func(dir string) {
+			copyFiles(t, other, dir, ca.CertFile, ca.KeyFile)
+			copyFiles(t, first, dir, ca.TokenKeyFile)
+		}, "ca.crt in"},
+		{"own token key", func(dir string) {
+			copyFiles(t, first, dir, ca.CertFile, ca.KeyFile)
+			copyFiles(t, other, dir, ca.TokenKeyFile)
+		}, "token.key in"},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := first
+			if i > 0 {
+				dir = filepath.Join(root, "replica"+string(rune('a'+i)))
+				tc.setup(dir)
+			}
+			_, _, err := loadCredentials(ctx, dir, store, logger)
+			checkErr(t, err, tc.wantErr)
+			if _, serr := os.Stat(filepath.Join(dir, ca.CertFile)); tc.name == "empty data directory" && serr == nil {
+				t.Error("a refused replica created a CA")
+			}
+		})
+	}
+
+	// Two first replicas racing on a fresh prefix: one publishes, the
+	// other refuses.
+	race := open("/identity-race/")
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	for i := range errs {
+		wg.Go(func() {
+			_, _, errs[i] = loadCredentials(ctx, filepath.Join(root, "race", string(rune('a'+i))), race, logger)
+		})
+	}
+	wg.Wait()
+	if (errs[0] == nil) == (errs[1] == nil) {
+		t.Fatalf("racing first replicas: %v, %v; want exactly one refused", errs[0], errs[1])
+	}
+	// Nothing but the fingerprints is stored.
+	resp, err := c.Client().Get(ctx, "/identity/identity")
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatal(resp, err)
+	}
+	key, err := ca.LoadTokenKey(first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, secret := range []string{string(key), strings.TrimSpace(readFile(t, filepath.Join(first, ca.TokenKeyFile))), readFile(t, filepath.Join(first, ca.KeyFile))} {
+		if strings.Contains(string(resp.Kvs[0].Value), secret) {
+			t.Fatal("a secret is stored in etcd")
+		}
+	}
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// TestLoadCredentials_OwnStore: a server of its own creates its files on
+// first start and reuses them.
+func TestLoadCredentials_OwnStore(t *testing.T) {
+	dir := t.TempDir()
+	logger := slog.New(slog.DiscardHandler)
+	a1, k1, err := loadCredentials(context.Background(), dir, nil, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a2, k2, err := loadCredentials(context.Background(), dir, nil, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if identityOf(a1, k1) != identityOf(a2, k2) {
+		t.Fatal("second start made new credentials")
+	}
+}
