@@ -261,8 +261,8 @@ func (a *API) register(w http.ResponseWriter, r *http.Request) string {
 		// below.
 		agent.ID = who.id
 		if who.hostname != "" && agent.Hostname != who.hostname {
-			return a.fail(w, r, &authError{http.StatusForbidden, "hostname_mismatch",
-				fmt.Sprintf("hostname %q differs from the certificate's %q: enroll with a new token to rename a host", agent.Hostname, who.hostname)})
+			return a.fail(w, r, a.auth.reject(&authError{http.StatusForbidden, "hostname_mismatch",
+				fmt.Sprintf("hostname %q differs from the certificate's %q: enroll with a new token to rename a host", agent.Hostname, who.hostname)}))
 		}
 	}
 	if agent.ID == "" {

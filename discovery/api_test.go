@@ -497,20 +497,23 @@ func TestAPI_RefusesWrongCertificates(t *testing.T) {
 		path   string
 		status int
 		reason string // of baremetal_sd_auth_certificate_rejections_total
+		// hostname of a registration; the certificate's own unless set
+		hostname string
 	}{
-		{"client certificate heartbeats", discoveryCert, "POST", PathHeartbeat, 403, "not_agent"},
-		{"admin certificate heartbeats", adminCert, "POST", PathHeartbeat, 403, "not_agent"},
-		{"client certificate registers as an agent", discoveryCert, "POST", PathRegister, 403, "not_agent"},
-		{"admin certificate registers as an agent", adminCert, "POST", PathRegister, 403, "not_agent"},
-		{"agent certificate reads http_sd", agentCert, "GET", PathDiscovery, 403, "wrong_role"},
-		{"agent certificate lists agents", agentCert, "GET", PathAgents, 403, "wrong_role"},
-		{"agent certificate revokes another agent", agentCert, "DELETE", PathAgents + "/" + resp.AgentID, 403, "wrong_role"},
-		{"discovery certificate revokes", discoveryCert, "DELETE", PathAgents + "/" + resp.AgentID, 403, "wrong_role"},
-		{"revoked agent heartbeats", otherAgent, "POST", PathHeartbeat, 403, "revoked"},
-		{"revoked agent renews", otherAgent, "POST", PathRenew, 403, "revoked"},
-		{"revoked agent registers again", otherAgent, "POST", PathRegister, 403, "revoked"},
-		{"superseded certificate heartbeats", superseded, "POST", PathHeartbeat, 403, "superseded"},
-		{"superseded certificate registers again", superseded, "POST", PathRegister, 403, "superseded"},
+		{"client certificate heartbeats", discoveryCert, "POST", PathHeartbeat, 403, "not_agent", ""},
+		{"admin certificate heartbeats", adminCert, "POST", PathHeartbeat, 403, "not_agent", ""},
+		{"client certificate registers as an agent", discoveryCert, "POST", PathRegister, 403, "not_agent", ""},
+		{"admin certificate registers as an agent", adminCert, "POST", PathRegister, 403, "not_agent", ""},
+		{"agent certificate reads http_sd", agentCert, "GET", PathDiscovery, 403, "wrong_role", ""},
+		{"agent certificate lists agents", agentCert, "GET", PathAgents, 403, "wrong_role", ""},
+		{"agent certificate revokes another agent", agentCert, "DELETE", PathAgents + "/" + resp.AgentID, 403, "wrong_role", ""},
+		{"discovery certificate revokes", discoveryCert, "DELETE", PathAgents + "/" + resp.AgentID, 403, "wrong_role", ""},
+		{"revoked agent heartbeats", otherAgent, "POST", PathHeartbeat, 403, "revoked", ""},
+		{"revoked agent renews", otherAgent, "POST", PathRenew, 403, "revoked", ""},
+		{"revoked agent registers again", otherAgent, "POST", PathRegister, 403, "revoked", "host2.example.com"},
+		{"agent certificate registers another hostname", agentCert, "POST", PathRegister, 403, "hostname_mismatch", "intruder.example.com"},
+		{"superseded certificate heartbeats", superseded, "POST", PathHeartbeat, 403, "superseded", ""},
+		{"superseded certificate registers again", superseded, "POST", PathRegister, 403, "superseded", "host1.example.com"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -519,7 +522,11 @@ func TestAPI_RefusesWrongCertificates(t *testing.T) {
 			case PathRenew:
 				body, _ = json.Marshal(RenewRequest{CSR: csrPEM(t, newKey(t))})
 			case PathRegister:
-				body = registerBody(t, func(r *RegisterRequest) { r.Hostname = "intruder.example.com" })
+				body = registerBody(t, func(r *RegisterRequest) {
+					if tt.hostname != "" {
+						r.Hostname = tt.hostname
+					}
+				})
 			}
 			before := h.reg.List()
 			rejected := testutil.ToFloat64(h.metrics.CertRejections.WithLabelValues(tt.reason))

@@ -30,8 +30,8 @@ func TestAPI_MetricsMove(t *testing.T) {
 	if got := counter(m.CertificatesIssued, "register"); got != 1 {
 		t.Errorf("certificates_issued_total{reason=register} = %v, want 1", got)
 	}
-	if got := histogramCount(t, m.StoreSeconds.WithLabelValues("put").(prometheus.Metric)); got < 1 {
-		t.Errorf("store_operation_duration_seconds{operation=put} has %d observations, want at least 1", got)
+	if got := histogramCount(t, m.StoreSeconds.WithLabelValues("update").(prometheus.Metric)); got < 1 {
+		t.Errorf("store_operation_duration_seconds{operation=update} has %d observations, want at least 1", got)
 	}
 
 	if rep := h.do(h.client(&cert), "POST", PathHeartbeat, "", nil); rep.status != http.StatusOK {
