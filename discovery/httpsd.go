@@ -100,7 +100,7 @@ func (f Filter) key() string {
 	return b.String()
 }
 
-func (f Filter) matchAgent(a *Agent) bool {
+func (f Filter) matchAgent(a *record) bool {
 	for _, l := range f.Labels {
 		if !a.Labels.Has(l[0]) || a.Labels.Get(l[0]) != l[1] {
 			return false
@@ -281,8 +281,8 @@ func (c *SDCache) refresh(v *sdView) {
 }
 
 func (c *SDCache) buildFragment(f Filter, shardIdx int, fr *fragment) {
-	var agents []*Agent
-	gen := c.reg.eachListed(shardIdx, func(a *Agent) {
+	var agents []*record
+	gen := c.reg.eachListed(shardIdx, func(a *record) {
 		if f.matchAgent(a) {
 			agents = append(agents, a)
 		}
@@ -307,8 +307,8 @@ func (c *SDCache) buildFragment(f Filter, shardIdx int, fr *fragment) {
 
 // appendAgentGroups appends the target groups of one agent (its own metrics,
 // then one per exporter), comma separated, to buf.
-func appendAgentGroups(buf []byte, a *Agent, f Filter) []byte {
-	target := net.JoinHostPort(a.Address, strconv.Itoa(a.Port))
+func appendAgentGroups(buf []byte, a *record, f Filter) []byte {
+	target := net.JoinHostPort(a.Address, strconv.Itoa(int(a.Port)))
 	if f.matchExporter(AgentExporterName) {
 		buf = appendGroup(buf, a, target, AgentExporterName, AgentMetricsPath)
 	}
@@ -320,7 +320,7 @@ func appendAgentGroups(buf []byte, a *Agent, f Filter) []byte {
 	return buf
 }
 
-func appendGroup(buf []byte, a *Agent, target, exporter, path string) []byte {
+func appendGroup(buf []byte, a *record, target, exporter, path string) []byte {
 	if len(buf) > 0 {
 		buf = append(buf, ',')
 	}

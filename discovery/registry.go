@@ -83,11 +83,11 @@ const shardCount = 256
 // them in the same order.
 const idLocks = 64
 
-// entry is one agent in memory. agent is replaced, never mutated
+// entry is one agent in memory. rec is replaced, never mutated
 // (copy-on-write), so readers holding the pointer see a consistent record;
 // LastSeen lives in atomics because heartbeats must not take the write lock.
 type entry struct {
-	agent    *Agent
+	rec      *record
 	lastSeen atomic.Int64 // unix nanoseconds
 	flushed  atomic.Int64 // lastSeen value last written to the store
 	status   atomic.Pointer[string]
@@ -172,9 +172,9 @@ func (r *Registry) Load(ctx context.Context) error {
 	r.mu.Lock()
 	r.started = graceFrom
 	for i := range agents {
-		a := agents[i]
-		r.intern.agent(&a)
-		e := newEntry(&a)
+		a := &agents[i]
+		r.intern.agent(a)
+		e := newEntry(a)
 		r.shards[shardOf(a.ID)].agents[a.ID] = e
 		e.listed.Store(r.inDiscovery(e, now))
 	}
@@ -189,7 +189,7 @@ func (r *Registry) Load(ctx context.Context) error {
 func (r *Registry) Ready() bool { return r.ready.Load() }
 
 func newEntry(a *Agent) *entry {
-	e := &entry{agent: a}
+	e := &entry{rec: newRecord(a)}
 	e.lastSeen.Store(a.LastSeen.UnixNano())
 	e.flushed.Store(a.LastSeen.UnixNano())
 	if a.Status != "" {
@@ -268,7 +268,7 @@ func (r *Registry) apply(a *Agent) {
 		e = newEntry(cp)
 		r.shards[idx].agents[a.ID] = e
 	} else {
-		e.agent = cp
+		e.rec = newRecord(cp)
 		// A remote record may carry an older LastSeen than we saw locally.
 		if ls := cp.LastSeen.UnixNano(); ls > e.lastSeen.Load() {
 			e.lastSeen.Store(ls)
@@ -420,7 +420,7 @@ func (r *Registry) countLocked() int {
 }
 
 func (r *Registry) view(e *entry, now time.Time) AgentView {
-	a := e.agent.clone()
+	a := e.rec.agent()
 	a.LastSeen = time.Unix(0, e.lastSeen.Load()).UTC()
 	if s := e.status.Load(); s != nil {
 		a.Status = *s
@@ -431,7 +431,7 @@ func (r *Registry) view(e *entry, now time.Time) AgentView {
 // Heartbeat records that the agent holding a certificate with the given
 // serial is alive. It never touches the store.
 //
-// The read lock is held throughout: e.agent is replaced under the write lock,
+// The read lock is held throughout: e.rec is replaced under the write lock,
 // and a revocation or maintenance change applied between the serial check
 // and the revival below must not be overtaken by this heartbeat.
 func (r *Registry) Heartbeat(id, serial, status string) error {
@@ -443,7 +443,7 @@ func (r *Registry) Heartbeat(id, serial, status string) error {
 	if !ok {
 		return ErrNotFound
 	}
-	if err := checkSerial(e.agent, serial, now); err != nil {
+	if err := e.rec.checkSerial(serial, now); err != nil {
 		return err
 	}
 	e.lastSeen.Store(now.UnixNano())
@@ -459,20 +459,6 @@ func (r *Registry) Heartbeat(id, serial, status string) error {
 	return nil
 }
 
-// checkSerial decides whether a certificate may still speak for an agent.
-func checkSerial(a *Agent, serial string, now time.Time) error {
-	if a.Revoked() {
-		return ErrRevoked
-	}
-	if serial == a.CertSerial {
-		return nil
-	}
-	if serial == a.PrevCertSerial && now.Before(a.PrevCertNotAfter) {
-		return nil
-	}
-	return ErrSuperseded
-}
-
 // CheckCertificate reports whether the certificate with serial may act for
 // agent id: ErrNotFound, ErrRevoked, ErrSuperseded or nil.
 func (r *Registry) CheckCertificate(id, serial string) error {
@@ -482,14 +468,14 @@ func (r *Registry) CheckCertificate(id, serial string) error {
 	if !ok {
 		return ErrNotFound
 	}
-	return checkSerial(e.agent, serial, r.cfg.Now())
+	return e.rec.checkSerial(serial, r.cfg.Now())
 }
 
 // state computes an agent's state at now. An agent restored at start-up is
 // not expired before one TTL after the start.
 func (r *Registry) state(e *entry, now time.Time) AgentState {
-	a := e.agent
-	if a.Revoked() {
+	a := e.rec
+	if a.revoked() {
 		return StateRevoked
 	}
 	last := time.Unix(0, e.lastSeen.Load())
@@ -555,7 +541,7 @@ func (r *Registry) Sweep(ctx context.Context) {
 				changed = true
 				if st == StateExpired {
 					expired++
-					r.cfg.Logger.Info("Agent expired", "agent_id", id, "hostname", e.agent.Hostname)
+					r.cfg.Logger.Info("Agent expired", "agent_id", id, "hostname", e.rec.Hostname)
 				}
 			}
 			if r.purgeable(e, st, now) {
@@ -584,7 +570,7 @@ func (r *Registry) Sweep(ctx context.Context) {
 func (r *Registry) purgeable(e *entry, st AgentState, now time.Time) bool {
 	switch st {
 	case StateRevoked:
-		return now.Sub(e.agent.RevokedAt) > r.cfg.RevocationRetention
+		return now.Sub(fromUnixNanos(e.rec.revokedAt)) > r.cfg.RevocationRetention
 	case StateExpired:
 		last := time.Unix(0, e.lastSeen.Load())
 		if last.Before(r.started) {
@@ -724,13 +710,13 @@ func (r *Registry) ApplyEvent(ev Event) {
 
 // eachListed calls fn for every agent of one shard that is in http_sd, and
 // returns the shard generation the output corresponds to.
-func (r *Registry) eachListed(shardIdx int, fn func(a *Agent)) uint64 {
+func (r *Registry) eachListed(shardIdx int, fn func(a *record)) uint64 {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	gen := r.shards[shardIdx].gen.Load()
 	for _, e := range r.shards[shardIdx].agents {
 		if e.listed.Load() {
-			fn(e.agent)
+			fn(e.rec)
 		}
 	}
 	return gen

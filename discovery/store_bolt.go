@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -50,6 +51,8 @@ type BoltStore struct {
 	opts   BoltOptions
 	logger *slog.Logger
 	claims uint64 // claims since the last purge; guarded by Batch's serial execution
+	// listBatchSize is listBatch; tests make it small.
+	listBatchSize int
 
 	// mu guards db, which List replaces (see there); every other method
 	// holds it shared.
@@ -89,7 +92,7 @@ func OpenBoltStore(path string, opts BoltOptions) (*BoltStore, error) {
 		db.Close()
 		return nil, fmt.Errorf("initialize registry %s: %w", path, err)
 	}
-	return &BoltStore{path: path, opts: opts, db: db, logger: opts.Logger}, nil
+	return &BoltStore{path: path, opts: opts, db: db, logger: opts.Logger, listBatchSize: listBatch}, nil
 }
 
 func openBolt(path string, opts BoltOptions) (*bolt.DB, error) {
@@ -103,57 +106,79 @@ func openBolt(path string, opts BoltOptions) (*bolt.DB, error) {
 	return db, nil
 }
 
+// listBatch is how many records List reads between reopenings of the file.
+const listBatch = 10_000
+
 // List implements Store. A record that does not decode is skipped and
 // logged: one corrupt entry must not keep the whole fleet out of discovery.
 //
 // Bolt reads through a shared memory map of the file, and every page List
 // touched would stay in the process's resident memory for as long as the
 // file is open (about 150 MB at 100,000 agents) although nothing reads most
-// of them again: heartbeats write only the last_seen bucket. So List reopens
-// the file afterwards, which drops the mapping. The file lock is released for
-// that moment; a second server that takes it makes the reopen fail, and this
-// one exits with the lock error before it has written anything.
+// of them again: heartbeats write only the last_seen bucket. So List reads
+// the records in batches and reopens the file after each, which drops the
+// mapping: the pages resident at any moment are one batch's. The file lock
+// is released for those moments; a second server that takes it makes the
+// reopen fail, and this one exits with the lock error before it has written
+// anything.
 func (s *BoltStore) List(context.Context) ([]Agent, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out, err := s.list()
-	if err != nil {
-		return nil, err
+	var out []Agent
+	var from []byte
+	for {
+		next, err := s.listBatch(from, &out)
+		if err != nil {
+			return nil, err
+		}
+		if err := s.db.Close(); err != nil {
+			return nil, fmt.Errorf("reopen registry while loading it: %w", err)
+		}
+		if s.db, err = openBolt(s.path, s.opts); err != nil {
+			return nil, fmt.Errorf("reopen registry while loading it: %w", err)
+		}
+		if next == nil {
+			return out, nil
+		}
+		from = next
 	}
-	if err := s.db.Close(); err != nil {
-		return nil, fmt.Errorf("reopen registry after loading it: %w", err)
-	}
-	if s.db, err = openBolt(s.path, s.opts); err != nil {
-		return nil, fmt.Errorf("reopen registry after loading it: %w", err)
-	}
-	return out, nil
 }
 
-func (s *BoltStore) list() ([]Agent, error) {
-	var out []Agent
+// listBatch appends up to s.listBatchSize records, starting at key from (the first
+// when nil), to out. It returns the key to continue from, nil at the end.
+func (s *BoltStore) listBatch(from []byte, out *[]Agent) ([]byte, error) {
+	var next []byte
 	err := s.db.View(func(tx *bolt.Tx) error {
 		seen := tx.Bucket(bucketLastSeen)
-		agents := tx.Bucket(bucketAgents)
-		out = make([]Agent, 0, agents.Stats().KeyN)
-		return agents.ForEach(func(k, v []byte) error {
+		c := tx.Bucket(bucketAgents).Cursor()
+		k, v := c.First()
+		if from != nil {
+			k, v = c.Seek(from)
+		}
+		for n := 0; k != nil; k, v = c.Next() {
+			if n == s.listBatchSize {
+				next = bytes.Clone(k) // keys live only as long as the transaction
+				return nil
+			}
+			n++
 			var a Agent
 			if err := json.Unmarshal(v, &a); err != nil || a.ID != string(k) {
 				s.logger.Error("Skipping corrupt registry record", "agent_id", string(k), "err", err)
-				return nil
+				continue
 			}
 			if ts := seen.Get(k); len(ts) == 8 {
 				if t := time.Unix(0, int64(binary.BigEndian.Uint64(ts))); t.After(a.LastSeen) {
 					a.LastSeen = t
 				}
 			}
-			out = append(out, a)
-			return nil
-		})
+			*out = append(*out, a)
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list agents: %w", err)
 	}
-	return out, nil
+	return next, nil
 }
 
 // Put implements Store.

@@ -366,3 +366,40 @@ func BenchmarkBoltTouch10k(b *testing.B) {
 		}
 	}
 }
+
+// TestBoltStore_ListInBatches: List reads the file in batches, reopening it
+// between them, and loses or repeats no record at the batch edges; the
+// store works on after it.
+func TestBoltStore_ListInBatches(t *testing.T) {
+	ctx := context.Background()
+	for _, batch := range []int{1, 3, 10, 11} {
+		t.Run(fmt.Sprint(batch), func(t *testing.T) {
+			s, err := OpenBoltStore(filepath.Join(t.TempDir(), "registry.db"), BoltOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			s.listBatchSize = batch
+			for i := range 10 {
+				if err := s.Put(ctx, testAgent(fmt.Sprintf("a%02d", i))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got := sortedList(t, s)
+			if len(got) != 10 {
+				t.Fatalf("%d agents listed in batches of %d, want 10", len(got), batch)
+			}
+			for i, a := range got {
+				if want := fmt.Sprintf("a%02d", i); a.ID != want {
+					t.Fatalf("agent %d is %q, want %q", i, a.ID, want)
+				}
+			}
+			if err := s.Put(ctx, testAgent("after")); err != nil {
+				t.Fatalf("put after List: %v", err)
+			}
+			if n := len(sortedList(t, s)); n != 11 {
+				t.Fatalf("%d agents after one more put, want 11", n)
+			}
+		})
+	}
+}

@@ -57,10 +57,10 @@ func (r *Registry) Summarize(state AgentState, limit int) Summary {
 
 // less orders entries by hostname, then id, as List does.
 func less(a, b *entry) bool {
-	if a.agent.Hostname != b.agent.Hostname {
-		return a.agent.Hostname < b.agent.Hostname
+	if a.rec.Hostname != b.rec.Hostname {
+		return a.rec.Hostname < b.rec.Hostname
 	}
-	return a.agent.ID < b.agent.ID
+	return a.rec.ID < b.rec.ID
 }
 
 // firstAgents is a max-heap by display order: its root is the last of the

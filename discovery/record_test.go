@@ -1,0 +1,92 @@
+package discovery
+
+import (
+	"errors"
+	"reflect"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/prometheus/prometheus/model/labels"
+)
+
+// TestRecord_RoundTrip: an agent kept as a record comes back as it was
+// stored, but for LastSeen and Status, which the entry holds.
+func TestRecord_RoundTrip(t *testing.T) {
+	at := time.Date(2026, 11, 25, 12, 0, 0, 123456789, time.FixedZone("CET", 3600))
+	full := Agent{
+		ID: "a1", Hostname: "h1.example.com", Address: "2001:db8::1", Port: 65535,
+		Labels:           labels.FromStrings("role", "db", "empty", ""),
+		PinnedLabels:     labels.FromStrings("role", "db"),
+		Exporters:        []Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
+		CertSerial:       "abc",
+		CertNotAfter:     at.Add(24 * time.Hour),
+		PrevCertSerial:   "abb",
+		PrevCertNotAfter: at.Add(time.Hour),
+		KeyFingerprint:   "ff00",
+		RegisteredAt:     at,
+		Maintenance:      true,
+		RevokedAt:        at.Add(2 * time.Hour),
+	}
+	for _, a := range []Agent{full, {ID: "bare", Hostname: "h", Address: "10.0.0.1", Port: 1}} {
+		t.Run(a.ID, func(t *testing.T) {
+			got := newRecord(&a).agent()
+			for _, tm := range []struct {
+				name      string
+				got, want time.Time
+			}{
+				{"CertNotAfter", got.CertNotAfter, a.CertNotAfter},
+				{"PrevCertNotAfter", got.PrevCertNotAfter, a.PrevCertNotAfter},
+				{"RegisteredAt", got.RegisteredAt, a.RegisteredAt},
+				{"RevokedAt", got.RevokedAt, a.RevokedAt},
+			} {
+				if !tm.got.Equal(tm.want) || tm.got.IsZero() != tm.want.IsZero() {
+					t.Errorf("%s %v, want %v", tm.name, tm.got, tm.want)
+				}
+			}
+			// The rest compares exactly once the times are taken as equal.
+			got.CertNotAfter, got.PrevCertNotAfter, got.RegisteredAt, got.RevokedAt = a.CertNotAfter, a.PrevCertNotAfter, a.RegisteredAt, a.RevokedAt
+			if !reflect.DeepEqual(*got, a) {
+				t.Errorf("round trip\n got %+v\nwant %+v", *got, a)
+			}
+			if got.Revoked() != a.Revoked() || newRecord(&a).revoked() != a.Revoked() {
+				t.Error("revocation lost")
+			}
+		})
+	}
+}
+
+// TestRecord_CheckSerial matches checkSerial on the Agent it came from.
+func TestRecord_CheckSerial(t *testing.T) {
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	a := &Agent{ID: "a", CertSerial: "new", PrevCertSerial: "old", PrevCertNotAfter: now.Add(time.Minute)}
+	revoked := *a
+	revoked.RevokedAt = now
+	for _, tt := range []struct {
+		agent  *Agent
+		serial string
+		at     time.Time
+		want   error
+	}{
+		{a, "new", now, nil},
+		{a, "old", now, nil},
+		{a, "old", now.Add(time.Minute), ErrSuperseded},
+		{a, "other", now, ErrSuperseded},
+		{&revoked, "new", now, ErrRevoked},
+	} {
+		if got := newRecord(tt.agent).checkSerial(tt.serial, tt.at); !errors.Is(got, tt.want) {
+			t.Errorf("record: serial %q at %v: %v, want %v", tt.serial, tt.at, got, tt.want)
+		}
+		if got := checkSerial(tt.agent, tt.serial, tt.at); !errors.Is(got, tt.want) {
+			t.Errorf("agent: serial %q at %v: %v, want %v", tt.serial, tt.at, got, tt.want)
+		}
+	}
+}
+
+// TestRecord_Size keeps the record in its allocation size class; a field
+// added without thought would cost 100,000 agents another class step.
+func TestRecord_Size(t *testing.T) {
+	if size := unsafe.Sizeof(record{}); size > 192 {
+		t.Errorf("record is %d bytes, want at most 192", size)
+	}
+}
