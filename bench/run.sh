@@ -4,11 +4,14 @@
 #
 #   make build && bench/run.sh [register|heartbeat|scale|all]
 #
-# Environment: BIN (default ./baremetal_sd), RUNS (repetitions, default 5),
-# PORT (default 39955), KEEP=1 keeps the temporary data directories.
+# Environment: BIN (default ./baremetal_sd), SERVER_BIN (the server under
+# test, default BIN; the load generator is always BIN), RUNS (repetitions,
+# default 5), PORT (default 39955), KEEP=1 keeps the temporary data
+# directories. bench/compare.sh runs two servers against each other.
 set -euo pipefail
 
 BIN=${BIN:-./baremetal_sd}
+SERVER_BIN=${SERVER_BIN:-${BIN}}
 RUNS=${RUNS:-5}
 PORT=${PORT:-39955}
 URL="https://127.0.0.1:${PORT}"
@@ -25,7 +28,7 @@ bench() { "${BIN}" bench "$@"; }
 
 # start_server DATA_DIR: starts the server and waits (bounded) until ready.
 start_server() {
-  "${BIN}" server --data.dir="$1" --web.listen-address="127.0.0.1:${PORT}" --log.level=warn &
+  "${SERVER_BIN}" server --data.dir="$1" --web.listen-address="127.0.0.1:${PORT}" --log.level=warn &
   SERVER_PID=$!
   for _ in $(seq 1 600); do
     if [[ -f "$1/ca.crt" ]] && curl -sf --cacert "$1/ca.crt" "${URL}/-/ready" >/dev/null 2>&1; then

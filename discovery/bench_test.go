@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -41,8 +42,13 @@ func (s benchStore) List(context.Context) ([]Agent, error) {
 func (benchStore) Put(context.Context, *Agent) error    { return nil }
 func (benchStore) Delete(context.Context, string) error { return nil }
 func (benchStore) Touch(context.Context, []Touch) error { return nil }
-func (benchStore) Update(context.Context, string, *TokenClaim, UpdateFunc) (*Agent, error) {
-	return nil, ErrNotFound
+// Update hands fn the synthetic agent with that id as the stored record.
+func (s benchStore) Update(_ context.Context, id string, _ *TokenClaim, fn UpdateFunc) (*Agent, error) {
+	n, err := strconv.Atoi(strings.TrimPrefix(id, "bench"))
+	if err != nil || n < 0 || n >= s.n {
+		return nil, ErrNotFound
+	}
+	return fn(benchAgent(n, s.now))
 }
 func (benchStore) LiveSince() time.Time               { return time.Time{} }
 func (benchStore) Watch(context.Context) <-chan Event { return nil }
