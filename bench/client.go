@@ -104,8 +104,14 @@ func (t *target) tlsConfig(cert *tls.Certificate) *tls.Config {
 // certificate with that one byte for byte. The load generator shares the
 // CPU with the server under test, and chain verification is work a real
 // agent does on its own host.
-func (t *target) agentTLS(cert *tls.Certificate) *tls.Config {
-	cfg := t.tlsConfig(cert)
+//
+// With resume, the connection resumes the agent's previous TLS session, as
+// the agent's client does (one cache per agent, as on real hosts).
+func (t *target) agentTLS(id *agentIdentity, resume bool) *tls.Config {
+	cfg := t.tlsConfig(id.cert)
+	if resume {
+		cfg.ClientSessionCache = id.sessions
+	}
 	pinned := t.pinned.Load()
 	if pinned == nil {
 		cfg.VerifyConnection = func(cs tls.ConnectionState) error {
@@ -247,6 +253,9 @@ type agentIdentity struct {
 	csr      string
 	cert     *tls.Certificate
 	id       string
+	// sessions is the agent's TLS session cache, when heartbeats resume
+	// sessions as the agent does.
+	sessions tls.ClientSessionCache
 	// labels replace the default role="bench" when set.
 	labels map[string]string
 }

@@ -104,6 +104,16 @@ wait "${reg_a}"
 wait "${reg_b}"
 cat "${WORK}/reg-a.txt" "${WORK}/reg-b.txt"
 
+# memory TITLE: the replicas' resident memory.
+memory() {
+  header "$1"
+  for r in a b; do
+    pid=$(cat "${WORK}/${r}.pid")
+    printf '  replica %s  %s\n' "${r}" "$(grep -E '^(VmRSS|VmHWM|RssAnon|RssFile)' "/proc/${pid}/status" | tr -s ' \n' ' ')"
+  done
+}
+memory "replica memory after the enrollment"
+
 # --- the whole fleet heartbeats, paced like real agents ---------------------
 # metric FILE NAME: sum of a metric's samples in a scrape (0 when absent).
 metric() { awk -v n="$2" '$1 == n || index($1, n "{") == 1 { s += $NF } END { printf "%.0f", s }' "$1"; }
@@ -160,13 +170,16 @@ heartbeat_both() { # OUTPUT_PREFIX ARGS...: one load generator per replica, its 
   echo "heartbeats/s through both replicas: $((sa + sb))"
 }
 
-header "all ${AGENTS} agents heartbeat every ${INTERVAL}, each on a new connection with its own certificate, ${PACED} measured"
+header "all ${AGENTS} agents heartbeat every ${INTERVAL}, each on a new connection with its own certificate, resuming its TLS session as agents do, ${PACED} measured"
 heartbeat_both paced --interval="${INTERVAL}" --warmup=5s --duration="${PACED}" --concurrency=64
 etcd_writes "etcd writes while the whole fleet heartbeats at its interval"
 
-header "heartbeats as fast as they go: distinct agents, a new connection each, 20 s measured"
+header "heartbeats as fast as they go: distinct agents, a new connection each, resuming TLS sessions, 20 s measured"
 heartbeat_both fast --new-connection --warmup=5s --duration=20s --concurrency=32
 etcd_writes "etcd writes during the fastest heartbeats"
+
+header "heartbeats as fast as they go: distinct agents, a new connection each, full handshakes, 20 s measured"
+heartbeat_both full --new-connection --no-resume --warmup=5s --duration=20s --concurrency=32
 
 # --- convergence in both directions -----------------------------------------
 header "registration through a, seen in b's http_sd"
@@ -181,8 +194,4 @@ header "heartbeat through b, last-seen time on a"
 bench lastseen --server.url="${URL_B}" --peer.url="${URL_A}" --data.dir="${WORK}/b" --count=5 --first=7300000
 
 # --- memory -----------------------------------------------------------------
-header "replica memory with the fleet"
-for r in a b; do
-  pid=$(cat "${WORK}/${r}.pid")
-  printf '  replica %s  %s\n' "${r}" "$(grep -E '^(VmRSS|RssAnon|RssFile)' "/proc/${pid}/status" | tr -s ' \n' ' ')"
-done
+memory "replica memory with the fleet, after the heartbeats"

@@ -3,6 +3,7 @@ package bench
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net/http"
@@ -33,6 +34,9 @@ type HeartbeatConfig struct {
 	// heartbeat every 75 s by default, so every real heartbeat is a full
 	// handshake.
 	NewConnection bool
+	// Resume resumes each agent's previous TLS session on its new
+	// connections, as the agent's client does.
+	Resume bool
 	// Concurrency is the number of workers, each with its own keep-alive
 	// mTLS connection (or, paced or with NewConnection, at most that many
 	// heartbeats in flight).
@@ -82,6 +86,12 @@ func RunHeartbeat(ctx context.Context, cfg HeartbeatConfig, out io.Writer) error
 		}
 		ids = enrolled.ids
 		source = fmt.Sprintf("enrolled first (errors: %s)", formatErrors(enrolled.errors))
+	}
+	if cfg.Resume {
+		// Made up front: workers may share an agent.
+		for _, id := range ids {
+			id.sessions = tls.NewLRUClientSessionCache(1)
+		}
 	}
 	if cfg.Interval > 0 {
 		return runPaced(ctx, t, cfg, ids, source, out)
@@ -139,7 +149,7 @@ func RunHeartbeat(ctx context.Context, cfg HeartbeatConfig, out io.Writer) error
 				if cfg.NewConnection {
 					// The next agent, on a connection of its own.
 					id = ids[int(nextAgent.Add(1)-1)%len(ids)]
-					tlsCfg = t.agentTLS(id.cert)
+					tlsCfg = t.agentTLS(id, cfg.Resume)
 				}
 				if c == nil {
 					if c, err = dial(runCtx, t.addr, tlsCfg); err != nil {
@@ -204,7 +214,7 @@ func RunHeartbeat(ctx context.Context, cfg HeartbeatConfig, out io.Writer) error
 	tb := &table{title: "bench heartbeat"}
 	tb.add("agents", "%d, %s", len(ids), source)
 	if cfg.NewConnection {
-		tb.add("connections", "a new mTLS connection per heartbeat, the next agent each, %d workers", cfg.Concurrency)
+		tb.add("connections", "a new mTLS connection per heartbeat, the next agent each, %d workers, resuming TLS sessions: %v", cfg.Concurrency, cfg.Resume)
 	} else {
 		tb.add("connections", "%d keep-alive mTLS, one worker and agent each", cfg.Concurrency)
 	}

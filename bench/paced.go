@@ -92,7 +92,7 @@ func runPaced(ctx context.Context, t *target, cfg HeartbeatConfig, ids []*agentI
 			for j := range jobs {
 				began := time.Now()
 				measured := !j.due.Before(measureFrom)
-				err := pacedHeartbeat(ctx, t, ids[j.agent], req, began.Add(requestTimeout))
+				err := pacedHeartbeat(ctx, t, ids[j.agent], cfg.Resume, req, began.Add(requestTimeout))
 				if !measured {
 					continue
 				}
@@ -123,7 +123,11 @@ func runPaced(ctx context.Context, t *target, cfg HeartbeatConfig, ids []*agentI
 	tb := &table{title: "bench heartbeat (paced like a fleet)"}
 	tb.add("agents", "%d, %s", n, source)
 	tb.add("schedule", "each agent every %s, spread evenly: %.0f heartbeats/s due", cfg.Interval, float64(n)/cfg.Interval.Seconds())
-	tb.add("connections", "a new mTLS connection (full handshake, agent's own certificate) per heartbeat, up to %d at once", cfg.Concurrency)
+	handshake := "resuming the agent's TLS session"
+	if !cfg.Resume {
+		handshake = "a full handshake"
+	}
+	tb.add("connections", "a new mTLS connection (%s, agent's own certificate) per heartbeat, up to %d at once", handshake, cfg.Concurrency)
 	tb.add("warm-up / measured", "%s / %s", cfg.Warmup, cfg.Duration)
 	tb.add("heartbeats ok", "%d", ok)
 	tb.add("errors", "%s", formatErrors(errs))
@@ -147,10 +151,10 @@ func runPaced(ctx context.Context, t *target, cfg HeartbeatConfig, ids []*agentI
 const requestTimeout = 10 * time.Second
 
 // pacedHeartbeat sends one heartbeat on a connection of its own.
-func pacedHeartbeat(ctx context.Context, t *target, id *agentIdentity, req []byte, deadline time.Time) error {
+func pacedHeartbeat(ctx context.Context, t *target, id *agentIdentity, resume bool, req []byte, deadline time.Time) error {
 	dctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	c, err := dial(dctx, t.addr, t.agentTLS(id.cert))
+	c, err := dial(dctx, t.addr, t.agentTLS(id, resume))
 	if err != nil {
 		return err
 	}

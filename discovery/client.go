@@ -3,8 +3,10 @@ package discovery
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -131,9 +133,13 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		MinVersion:           tls.VersionTLS12,
 		RootCAs:              cfg.RootCAs,
 		GetClientCertificate: cfg.GetClientCertificate,
-		// No ClientSessionCache on purpose: a resumed session carries the
-		// client certificate of the original handshake, which after a
-		// renewal would be the old one.
+		// Agents reconnect for every heartbeat (see IdleConnTimeout), and a
+		// resumed session spares the server the certificate work of a full
+		// handshake; sessions are kept per client certificate.
+		ClientSessionCache: &certSessionCache{
+			sessions: tls.NewLRUClientSessionCache(4 * len(urls)),
+			current:  cfg.GetClientCertificate,
+		},
 	}
 	dialer := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
 	transport := &http.Transport{
@@ -145,8 +151,9 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		// Shorter than the heartbeat interval (a quarter of the agent TTL,
 		// 75 s by default), so that an agent does not hold a connection
 		// open between heartbeats: an idle mTLS connection costs the server
-		// about 48 KiB, 4.7 GiB for 100,000 agents, while a new handshake
-		// per heartbeat costs it about a third of a millisecond of CPU.
+		// about 48 KiB, 4.7 GiB for 100,000 agents, while a resumed
+		// handshake per heartbeat costs it a fraction of a millisecond of
+		// CPU (BENCHMARKS.md).
 		IdleConnTimeout:     30 * time.Second,
 		MaxIdleConnsPerHost: 2,
 		ForceAttemptHTTP2:   true,
@@ -361,4 +368,37 @@ func errorMessage(status int, body []byte) string {
 		}
 	}
 	return msg
+}
+
+// certSessionCache keeps TLS sessions apart by the client certificate they
+// were made with. A resumed session carries the client certificate of its
+// original handshake, so a plain cache would go on presenting the previous
+// certificate after a renewal, and a session from before enrollment would
+// present none at all. Keyed by the certificate the agent would present now,
+// a session is only resumed for the identity it belongs to; the server still
+// refuses to resume one whose certificate expired.
+type certSessionCache struct {
+	sessions tls.ClientSessionCache
+	// current returns the certificate the agent presents now; nil means
+	// none.
+	current func(*tls.CertificateRequestInfo) (*tls.Certificate, error)
+}
+
+func (c *certSessionCache) Get(sessionKey string) (*tls.ClientSessionState, bool) {
+	return c.sessions.Get(c.key(sessionKey))
+}
+
+func (c *certSessionCache) Put(sessionKey string, cs *tls.ClientSessionState) {
+	c.sessions.Put(c.key(sessionKey), cs)
+}
+
+func (c *certSessionCache) key(sessionKey string) string {
+	identity := "none"
+	if c.current != nil {
+		if cert, err := c.current(&tls.CertificateRequestInfo{}); err == nil && cert != nil && len(cert.Certificate) > 0 {
+			sum := sha256.Sum256(cert.Certificate[0])
+			identity = hex.EncodeToString(sum[:])
+		}
+	}
+	return sessionKey + "\x00" + identity
 }

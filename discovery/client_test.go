@@ -514,3 +514,71 @@ func FuzzReadResponse(f *testing.F) {
 		}
 	})
 }
+
+// TestClient_ResumesSessionsPerCertificate: connections after the first
+// resume the TLS session, but only with the client certificate it was made
+// with: never a session from before enrollment once the agent has a
+// certificate, and never the old certificate's session after a renewal.
+func TestClient_ResumesSessionsPerCertificate(t *testing.T) {
+	ca := newClientTestCA(t)
+	type seen struct {
+		resumed bool
+		serial  string // of the client certificate, "" without one
+	}
+	var mu sync.Mutex
+	var got seen
+	srv := startTLS(t, ca, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		got = seen{resumed: r.TLS.DidResume}
+		if len(r.TLS.PeerCertificates) > 0 {
+			got.serial = r.TLS.PeerCertificates[0].SerialNumber.String()
+		}
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{}`)
+	}))
+	var current atomic.Pointer[tls.Certificate]
+	c, err := NewClient(ClientConfig{
+		URLs: []string{srv.URL}, RootCAs: ca.pool, Timeout: 5 * time.Second,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			if cert := current.Load(); cert != nil {
+				return cert, nil
+			}
+			return &tls.Certificate{}, nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.CloseIdleConnections)
+	certA := ca.issue(t, "agent", time.Now().Add(time.Hour))
+	certB := ca.issue(t, "agent", time.Now().Add(time.Hour))
+	serial := func(cert *tls.Certificate) string { return cert.Leaf.SerialNumber.String() }
+
+	steps := []struct {
+		name string
+		cert *tls.Certificate
+		want seen
+	}{
+		{"first connection, no certificate", nil, seen{}},
+		{"resumed without a certificate", nil, seen{resumed: true}},
+		{"enrolled: a full handshake with the certificate", certA, seen{serial: serial(certA)}},
+		{"resumed with the certificate", certA, seen{resumed: true, serial: serial(certA)}},
+		{"renewed: a full handshake with the new certificate", certB, seen{serial: serial(certB)}},
+		{"resumed with the new certificate", certB, seen{resumed: true, serial: serial(certB)}},
+	}
+	for _, s := range steps {
+		current.Store(s.cert)
+		// A new connection each time, as agents make between heartbeats.
+		c.CloseIdleConnections()
+		if _, err := c.Heartbeat(context.Background(), &HeartbeatRequest{}); err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+		mu.Lock()
+		g := got
+		mu.Unlock()
+		if g != s.want {
+			t.Errorf("%s: server saw %+v, want %+v", s.name, g, s.want)
+		}
+	}
+}
