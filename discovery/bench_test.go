@@ -42,6 +42,7 @@ func (s benchStore) List(context.Context) ([]Agent, error) {
 func (benchStore) Put(context.Context, *Agent) error    { return nil }
 func (benchStore) Delete(context.Context, string) error { return nil }
 func (benchStore) Touch(context.Context, []Touch) error { return nil }
+
 // Update hands fn the synthetic agent with that id as the stored record.
 func (s benchStore) Update(_ context.Context, id string, _ *TokenClaim, fn UpdateFunc) (*Agent, error) {
 	n, err := strconv.Atoi(strings.TrimPrefix(id, "bench"))
