@@ -27,6 +27,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/prometheus/model/labels"
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/collector"
@@ -748,5 +749,33 @@ func TestAPI_UnknownPathsAndMethods(t *testing.T) {
 				t.Errorf("Allow %q, want %q", got, tt.allow)
 			}
 		})
+	}
+}
+
+// TestWriteJSONList: the streamed array is the JSON array json.Marshal
+// makes, for no, one and several elements.
+func TestWriteJSONList(t *testing.T) {
+	for _, items := range [][]AgentView{
+		nil,
+		{{Agent: Agent{ID: "a"}, State: StateHealthy}},
+		{{Agent: Agent{ID: "a"}}, {Agent: Agent{ID: "b", Labels: labels.FromStrings("k", "v\"\n")}}, {Agent: Agent{ID: "c"}}},
+	} {
+		rec := httptest.NewRecorder()
+		writeJSONList(rec, items)
+		if ct := rec.Header().Get("Content-Type"); ct != "application/json" {
+			t.Errorf("Content-Type %q", ct)
+		}
+		var got []AgentView
+		if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil {
+			t.Fatalf("%d items: invalid JSON %q: %v", len(items), rec.Body.String(), err)
+		}
+		if got == nil {
+			t.Fatalf("%d items: %q decodes to null, want an array", len(items), rec.Body.String())
+		}
+		want, _ := json.Marshal(items)
+		again, _ := json.Marshal(got)
+		if len(items) > 0 && !bytes.Equal(want, again) {
+			t.Errorf("%d items:\n got %s\nwant %s", len(items), again, want)
+		}
 	}
 }
