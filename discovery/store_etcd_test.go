@@ -514,7 +514,7 @@ func TestEtcdStore_UpdateAcrossReplicas(t *testing.T) {
 			}
 		}
 		first, second := leaseOf("same-window-y0-"+s.ReplicaID()), leaseOf("same-window-y1-"+s.ReplicaID())
-		if first != second && exp.Truncate(claimLeaseWindow) == exp.Add(time.Second).Truncate(claimLeaseWindow) {
+		if first != second && exp.Truncate(claimLeaseWindow).Equal(exp.Add(time.Second).Truncate(claimLeaseWindow)) {
 			t.Errorf("%s: two claims in one expiry window took two leases", s.ReplicaID())
 		}
 	}

@@ -233,10 +233,10 @@ func (c *chunker) emitOversized(lines []byte) (chunk []byte, replayed int, more 
 	if len(meta) == 0 {
 		replay = c.replay
 	}
-	family, complex := familyOf(replay)
-	cut := metricBoundary(lines, len(meta), c.noCut, family, complex)
+	family, compound := familyOf(replay)
+	cut := metricBoundary(lines, len(meta), c.noCut, family, compound)
 	if cut <= len(meta) {
-		if complex {
+		if compound {
 			if len(lines)-len(meta) > c.maxMetric {
 				return nil, 0, false, errMetricTooLarge
 			}
@@ -436,7 +436,7 @@ func sampleName(line []byte) []byte {
 // the family at all. 0 says there is none: families whose lines all share
 // one name have no such line, and any line boundary is a metric boundary
 // there.
-func metricBoundary(lines []byte, from, stop int, family []byte, complex bool) int {
+func metricBoundary(lines []byte, from, stop int, family []byte, compound bool) int {
 	first := sampleName(lines[from:])
 	if first == nil {
 		return 0
@@ -448,7 +448,7 @@ func metricBoundary(lines []byte, from, stop int, family []byte, complex bool) i
 			return 0
 		}
 		name := sampleName(lines[s:])
-		if complex && name != nil && !belongs(family, name) {
+		if compound && name != nil && !belongs(family, name) {
 			return s
 		}
 		if bytes.Equal(name, first) && !bytes.Equal(sampleName(lines[prevLine(lines, s):]), first) {

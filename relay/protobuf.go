@@ -568,7 +568,7 @@ func (p *pipeline) protobufFast(h *pbHeader, m *dto.Metric) bool {
 		case native && h.keep[0]:
 			// The native part survives alone, as in protobufClassic.
 			m.Histogram.Bucket = nil
-		case !series && !h.keep[2] && !h.keep[3] && !(native && h.keep[0]):
+		case !series && !h.keep[2] && !h.keep[3] && (!native || !h.keep[0]):
 			return true // dropped whole
 		default:
 			return false
@@ -735,7 +735,7 @@ func (p *pipeline) protobufClassic(h *pbHeader, m *dto.Metric, split bool) error
 		p.samples += len(parts)
 		m.Label = labelPairs(group, "")
 		p.part.place(newName, m)
-	case whole && nativeOut.Get(model.MetricNameLabel) == newName && labels.Equal(nativeOut.DropMetricName(), group):
+	case whole && nativeOut.Get(model.MetricNameLabel) == newName && labels.Equal(nativeOut.DropReserved(func(n string) bool { return n == model.MetricNameLabel }), group):
 		p.samples += len(parts) + 1
 		m.Label = labelPairs(group, "")
 		p.part.place(newName, m)

@@ -697,17 +697,17 @@ const maxWrittenNames = 1 << 17
 // again (Prometheus reads it; strict parsers would refuse the repeated
 // metadata) rather than memory grown without bound.
 type nameSet struct {
-	seed maphash.Seed
-	m    map[uint64]struct{}
-	max  int
+	seed  maphash.Seed
+	m     map[uint64]struct{}
+	limit int
 }
 
-func newNameSet(max int) *nameSet {
-	return &nameSet{seed: maphash.MakeSeed(), m: make(map[uint64]struct{}), max: max}
+func newNameSet(limit int) *nameSet {
+	return &nameSet{seed: maphash.MakeSeed(), m: make(map[uint64]struct{}), limit: limit}
 }
 
 func (s *nameSet) add(name string) {
-	if len(s.m) < s.max {
+	if len(s.m) < s.limit {
 		s.m[maphash.String(s.seed, name)] = struct{}{}
 	}
 }

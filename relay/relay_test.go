@@ -108,15 +108,6 @@ func series(t *testing.T, body []byte, contentType string) map[string]float64 {
 	return parseSeries(t, body, contentType, func(lset labels.Labels) labels.Labels { return lset })
 }
 
-// seriesWithoutExporter is series for the aggregate endpoint, without the
-// exporter label it adds.
-func seriesWithoutExporter(t *testing.T, body []byte, contentType string) map[string]float64 {
-	t.Helper()
-	return parseSeries(t, body, contentType, func(lset labels.Labels) labels.Labels {
-		return labels.NewBuilder(lset).Del("exporter").Labels()
-	})
-}
-
 func parseSeries(t *testing.T, body []byte, contentType string, fix func(labels.Labels) labels.Labels) map[string]float64 {
 	t.Helper()
 	p, err := textparse.New(body, contentType, nil, textparse.ParserOptions{OpenMetricsSkipSTSeries: true})

@@ -209,7 +209,9 @@ func hasQuotedName(raw []byte) bool {
 				i++
 			}
 		}
-		for i++; i < len(raw) && raw[i] != ',' && raw[i] != '}'; i++ {
+		i++
+		for i < len(raw) && raw[i] != ',' && raw[i] != '}' {
+			i++
 		}
 		if i >= len(raw) || raw[i] == '}' {
 			return false
