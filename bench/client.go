@@ -391,3 +391,32 @@ func truncate(b []byte) string {
 	}
 	return string(b)
 }
+
+// replicaPair is what the probes between two replicas (converge, lastseen)
+// set up alike: the replica written through, the peer read with a client
+// certificate of the given role, and an enrollment token valid for ttl.
+type replicaPair struct {
+	writer, reader *target
+	readerCert     *tls.Certificate
+	token          string
+}
+
+func newReplicaPair(serverURL, peerURL, dataDir string, role ca.Role, ttl time.Duration) (*replicaPair, error) {
+	writer, err := newTarget(serverURL, dataDir)
+	if err != nil {
+		return nil, err
+	}
+	reader, err := newTarget(peerURL, dataDir)
+	if err != nil {
+		return nil, fmt.Errorf("peer: %w", err)
+	}
+	cert, err := reader.clientCert(role)
+	if err != nil {
+		return nil, err
+	}
+	token, err := writer.enrollToken(ttl, false)
+	if err != nil {
+		return nil, err
+	}
+	return &replicaPair{writer: writer, reader: reader, readerCert: cert, token: token}, nil
+}

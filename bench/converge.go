@@ -38,22 +38,11 @@ func RunConverge(ctx context.Context, cfg ConvergeConfig, out io.Writer) error {
 	if cfg.Count <= 0 || cfg.Duration <= 0 || cfg.PollInterval <= 0 {
 		return fmt.Errorf("count, duration and poll interval must be positive")
 	}
-	writer, err := newTarget(cfg.ServerURL, cfg.DataDir)
+	pair, err := newReplicaPair(cfg.ServerURL, cfg.PeerURL, cfg.DataDir, ca.RoleDiscovery, cfg.Duration+time.Hour)
 	if err != nil {
 		return err
 	}
-	reader, err := newTarget(cfg.PeerURL, cfg.DataDir)
-	if err != nil {
-		return fmt.Errorf("peer: %w", err)
-	}
-	cert, err := reader.clientCert(ca.RoleDiscovery)
-	if err != nil {
-		return err
-	}
-	token, err := writer.enrollToken(cfg.Duration+time.Hour, false)
-	if err != nil {
-		return err
-	}
+	writer, reader, cert, token := pair.writer, pair.reader, pair.readerCert, pair.token
 	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
 	defer cancel()
 	deadline, _ := ctx.Deadline()

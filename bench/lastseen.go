@@ -45,22 +45,11 @@ func RunLastSeen(ctx context.Context, cfg LastSeenConfig, out io.Writer) error {
 	if cfg.Count <= 0 || cfg.Duration <= 0 || cfg.Spread <= 0 {
 		return fmt.Errorf("count, duration and spread must be positive")
 	}
-	writer, err := newTarget(cfg.ServerURL, cfg.DataDir)
+	pair, err := newReplicaPair(cfg.ServerURL, cfg.PeerURL, cfg.DataDir, ca.RoleAdmin, cfg.Duration+time.Hour)
 	if err != nil {
 		return err
 	}
-	reader, err := newTarget(cfg.PeerURL, cfg.DataDir)
-	if err != nil {
-		return fmt.Errorf("peer: %w", err)
-	}
-	admin, err := reader.clientCert(ca.RoleAdmin)
-	if err != nil {
-		return err
-	}
-	token, err := writer.enrollToken(cfg.Duration+time.Hour, false)
-	if err != nil {
-		return err
-	}
+	writer, reader, admin, token := pair.writer, pair.reader, pair.readerCert, pair.token
 	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
 	defer cancel()
 	deadline, _ := ctx.Deadline()

@@ -2,7 +2,6 @@ package discovery
 
 import (
 	"bytes"
-	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -16,7 +15,6 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -25,7 +23,6 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/prometheus/prometheus/model/labels"
 
@@ -64,49 +61,11 @@ func (b *lockedBuffer) String() string {
 	return b.buf.String()
 }
 
+// newAPIHarness serves the API over TLS on the memory store, with a CA and
+// token key of its own.
 func newAPIHarness(t *testing.T) *apiHarness {
 	t.Helper()
-	dir := t.TempDir()
-	authority, _, err := ca.LoadOrCreate(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, _, err := ca.LoadOrCreateTokenKey(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certPath, keyPath, err := authority.EnsureServingCert(dir, []string{"127.0.0.1"}, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serving, err := tls.LoadX509KeyPair(certPath, keyPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs := &lockedBuffer{}
-	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	metrics := collector.NewServer(prometheus.NewRegistry())
-	store := NewMemoryStore()
-	reg := NewRegistry(RegistryConfig{Store: store, TTL: time.Minute, Metrics: metrics, Logger: logger})
-	if err := reg.Load(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	tokens := ca.NewTokens(key)
-	api := NewAPI(APIConfig{
-		Registry: reg, Cache: NewSDCache(reg, metrics), Store: store, CA: authority, Tokens: tokens,
-		CertTTL: time.Hour, Metrics: metrics, Logger: logger,
-	})
-	mux := http.NewServeMux()
-	api.Routes(mux)
-	srv := httptest.NewUnstartedServer(mux)
-	srv.TLS = &tls.Config{
-		Certificates: []tls.Certificate{serving},
-		ClientAuth:   tls.VerifyClientCertIfGiven,
-		ClientCAs:    authority.Pool(),
-	}
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
-	return &apiHarness{t: t, ca: authority, key: key, tokens: tokens, reg: reg, store: store, metrics: metrics, srv: srv, logs: logs}
+	return newReplicaHarness(t, t.TempDir(), NewMemoryStore())
 }
 
 // client returns an HTTPS client trusting the CA, presenting cert if given.

@@ -11,22 +11,6 @@ import (
 	"github.com/baremetal-sd/baremetal_sd/collector"
 )
 
-// newClockedRegistry loads a registry on store with the test clock.
-func newClockedRegistry(t *testing.T, store Store, clock *fakeClock) *Registry {
-	t.Helper()
-	r := NewRegistry(RegistryConfig{
-		Store:             store,
-		TTL:               time.Minute,
-		HeartbeatInterval: 15 * time.Second,
-		Retention:         time.Hour,
-		Now:               clock.Now,
-	})
-	if err := r.Load(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	return r
-}
-
 // TestRegistryHA_RestartGrace: a replica that starts while another one is
 // running gives no restart grace (agents could heartbeat through the other
 // one all along), while one that starts after every replica was down does.
@@ -38,7 +22,7 @@ func TestRegistryHA_RestartGrace(t *testing.T) {
 		return openTestEtcdStore(t, c, prefix, EtcdOptions{ReplicaID: replica, Now: clock.Now})
 	}
 	a := open("", "a")
-	ra := newClockedRegistry(t, a, clock)
+	ra := newTestRegistry(t, a, clock)
 	for _, id := range []string{"dead", "alive"} {
 		mustPut(t, ra, testAgent(id))
 	}
@@ -52,7 +36,7 @@ func TestRegistryHA_RestartGrace(t *testing.T) {
 	}
 	ra.Flush(ctx)
 	b := open(a.opts.Prefix, "b")
-	rb := newClockedRegistry(t, b, clock)
+	rb := newTestRegistry(t, b, clock)
 	for id, want := range map[string]AgentState{"dead": StateExpired, "alive": StateHealthy} {
 		if v, _ := rb.Get(id); v.State != want {
 			t.Errorf("replica started while another ran: %s is %s, want %s", id, v.State, want)
@@ -68,7 +52,7 @@ func TestRegistryHA_RestartGrace(t *testing.T) {
 		t.Fatal(err)
 	}
 	clock.Advance(time.Hour)
-	rc := newClockedRegistry(t, open(a.opts.Prefix, "a"), clock)
+	rc := newTestRegistry(t, open(a.opts.Prefix, "a"), clock)
 	if v, _ := rc.Get("alive"); v.State != StateHealthy {
 		t.Errorf("after a full outage: alive is %s, want healthy (grace)", v.State)
 	}

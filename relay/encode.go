@@ -185,16 +185,7 @@ func appendDTOSample(b []byte, name, suffix string, pairs []*dto.LabelPair, extr
 	if open {
 		b = append(b, '}')
 	}
-	b = append(b, ' ')
-	b = appendFloat(b, v)
-	if ts != nil {
-		b = append(b, ' ')
-		if om {
-			b = appendOMTimestamp(b, *ts)
-		} else {
-			b = strconv.AppendInt(b, *ts, 10)
-		}
-	}
+	b = appendValueTimestamp(b, v, ts, om)
 	if om && ex != nil && len(ex.Label) > 0 {
 		b = append(b, " # {"...)
 		for i, lp := range ex.Label {

@@ -235,16 +235,7 @@ func appendSample(b []byte, lset labels.Labels, v float64, ts *int64, ex *exempl
 
 // appendValueSuffix writes " value [timestamp] [# exemplar]\n".
 func appendValueSuffix(b []byte, v float64, ts *int64, ex *exemplar.Exemplar, om bool, esc model.EscapingScheme) []byte {
-	b = append(b, ' ')
-	b = appendFloat(b, v)
-	if ts != nil {
-		b = append(b, ' ')
-		if om {
-			b = appendOMTimestamp(b, *ts)
-		} else {
-			b = strconv.AppendInt(b, *ts, 10)
-		}
-	}
+	b = appendValueTimestamp(b, v, ts, om)
 	if om && ex != nil {
 		b = append(b, " # {"...)
 		first := true
@@ -265,4 +256,20 @@ func appendValueSuffix(b []byte, v float64, ts *int64, ex *exemplar.Exemplar, om
 		}
 	}
 	return append(b, '\n')
+}
+
+// appendValueTimestamp writes " value [timestamp]", the timestamp in the
+// format's unit: seconds in OpenMetrics, milliseconds in text 0.0.4.
+func appendValueTimestamp(b []byte, v float64, ts *int64, om bool) []byte {
+	b = append(b, ' ')
+	b = appendFloat(b, v)
+	if ts != nil {
+		b = append(b, ' ')
+		if om {
+			b = appendOMTimestamp(b, *ts)
+		} else {
+			b = strconv.AppendInt(b, *ts, 10)
+		}
+	}
+	return b
 }
