@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -28,6 +27,7 @@ import (
 	"time"
 
 	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/internal/freeport"
 )
 
 // Bounds of every wait in this package. They are generous because the tests
@@ -129,20 +129,10 @@ func repoRoot() (string, error) {
 	}
 }
 
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago. The
-// port is closed again before it is returned, so a daemon can bind it; the
-// small window in which another process could take it is accepted.
+// freePort returns a TCP port on 127.0.0.1 for a daemon to bind.
 func freePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("find a free port: %v", err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	if err := ln.Close(); err != nil {
-		t.Fatalf("find a free port: %v", err)
-	}
-	return port
+	return freeport.Port(t)
 }
 
 // waitFor calls cond until it returns nil, pausing between calls, and fails

@@ -7,7 +7,6 @@ package etcdtest
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +17,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/baremetal-sd/baremetal_sd/internal/freeport"
 )
 
 // Binary is where Debian's etcd-server package installs etcd;
@@ -73,7 +74,7 @@ func StartWith(t testing.TB, opts Options) *Cluster {
 	if _, err := os.Stat(Binary); err != nil {
 		t.Fatalf("etcd is not installed at %s: run scripts/install-test-deps.sh (make test does): %v", Binary, err)
 	}
-	ports := freePorts(t, 2*n)
+	ports := freeport.Ports(t, 2*n)
 	dir := t.TempDir()
 	peers := make([]string, n)
 	for i := range n {
@@ -126,26 +127,6 @@ func StartWith(t testing.TB, opts Options) *Cluster {
 	})
 	c.StartAll()
 	return c
-}
-
-// freePorts returns n ports that were free a moment ago; the listeners are
-// held until all are picked so the ports differ.
-func freePorts(t testing.TB, n int) []int {
-	t.Helper()
-	ports := make([]int, n)
-	listeners := make([]net.Listener, n)
-	for i := range ports {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		listeners[i] = l
-		ports[i] = l.Addr().(*net.TCPAddr).Port
-	}
-	for _, l := range listeners {
-		l.Close()
-	}
-	return ports
 }
 
 // Endpoints returns the client URLs of all members.
