@@ -16,9 +16,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
-	"github.com/prometheus/prometheus/model/relabel"
 	"github.com/prometheus/prometheus/model/textparse"
-	"go.yaml.in/yaml/v2"
 )
 
 // syntheticText is a large exposition: families of 100 series each, with
@@ -97,7 +95,7 @@ func BenchmarkRelay(b *testing.B) {
 				if c.in == FormatProtobuf {
 					input, ct = proto, ContentTypeProtobuf
 				}
-				p := newPipeline("node", "", benchRules(b, c.rules), defaultLimits)
+				p := newPipeline("node", "", parseRules(b, c.rules), defaultLimits)
 				b.SetBytes(int64(len(input)))
 				b.ReportAllocs()
 				for b.Loop() {
@@ -152,19 +150,6 @@ func BenchmarkRelay(b *testing.B) {
 			b.ReportMetric(float64(samples)*float64(b.N)/b.Elapsed().Seconds(), "samples/s")
 		})
 	}
-}
-
-func benchRules(b testing.TB, rules string) []*relabel.Config {
-	var cfgs []*relabel.Config
-	if err := yaml.UnmarshalStrict([]byte(rules), &cfgs); err != nil {
-		b.Fatal(err)
-	}
-	for _, c := range cfgs {
-		if err := c.Validate(model.UTF8Validation); err != nil {
-			b.Fatal(err)
-		}
-	}
-	return cfgs
 }
 
 func toProtoB(b testing.TB, text []byte) []byte {

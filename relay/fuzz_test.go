@@ -10,7 +10,6 @@ import (
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/relabel"
 	"github.com/prometheus/prometheus/model/textparse"
-	"go.yaml.in/yaml/v2"
 	"google.golang.org/protobuf/encoding/protodelim"
 )
 
@@ -32,19 +31,6 @@ var fuzzRules = []string{`
 - regex: 'a'
   action: labeldrop`}
 
-func mustRules(t testing.TB, s string) []*relabel.Config {
-	var cfgs []*relabel.Config
-	if err := yaml.UnmarshalStrict([]byte(s), &cfgs); err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range cfgs {
-		if err := c.Validate(model.UTF8Validation); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return cfgs
-}
-
 // fuzzRelay runs the pipeline over arbitrary input for every output
 // format, without and with rules, as an exporter's endpoint and with the
 // aggregate endpoint's exporter label. It must never panic, and what it
@@ -54,7 +40,7 @@ func fuzzRelay(t *testing.T, data []byte, in Format, ct string) {
 	lim := limits{maxLine: 4096, maxFrame: 1 << 20, maxMetric: 1 << 20}
 	rules := [][]*relabel.Config{nil}
 	for _, r := range fuzzRules {
-		rules = append(rules, mustRules(t, r))
+		rules = append(rules, parseRules(t, r))
 	}
 	for _, out := range []Format{FormatText, FormatOpenMetrics, FormatProtobuf} {
 		for _, rs := range rules {

@@ -169,7 +169,7 @@ func relabeledSeries(t *testing.T, body []byte, ct string, rules []*relabel.Conf
 	}
 }
 
-func parseRules(t *testing.T, rules string) []*relabel.Config {
+func parseRules(t testing.TB, rules string) []*relabel.Config {
 	t.Helper()
 	var cfgs []*relabel.Config
 	if err := yaml.UnmarshalStrict([]byte(rules), &cfgs); err != nil {
