@@ -1,6 +1,8 @@
 package collector
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -150,5 +152,34 @@ func (c *etcdStoreCollector) Collect(ch chan<- prometheus.Metric) {
 	s := c.stats()
 	for i, v := range [...]uint64{s.WriteRequests, s.KeysWritten, s.LastSeenKeysWritten, s.BytesWritten, s.WatchEvents, s.Resyncs, s.UpdateConflicts} {
 		ch <- prometheus.MustNewConstMetric(c.descs[i], prometheus.CounterValue, float64(v))
+	}
+}
+
+// certificateExpiryCollector exposes when the server's own certificates
+// expire. They are read when scraped, so a certificate the operator replaced
+// on disk shows at once.
+type certificateExpiryCollector struct {
+	expiries func() map[string]time.Time
+	desc     *prometheus.Desc
+}
+
+// RegisterCertificateExpiry registers
+// baremetal_sd_server_certificate_expiry_timestamp_seconds, one series per
+// certificate that expiries returns (for example "ca" and "serving"). A
+// certificate that cannot be read is left out, and its series goes absent.
+func RegisterCertificateExpiry(reg prometheus.Registerer, expiries func() map[string]time.Time) {
+	reg.MustRegister(&certificateExpiryCollector{
+		expiries: expiries,
+		desc: prometheus.NewDesc("baremetal_sd_server_certificate_expiry_timestamp_seconds",
+			"When the server's own certificates expire (the CA and the TLS serving certificate), in seconds since the epoch.",
+			[]string{"certificate"}, nil),
+	})
+}
+
+func (c *certificateExpiryCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *certificateExpiryCollector) Collect(ch chan<- prometheus.Metric) {
+	for name, notAfter := range c.expiries() {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(notAfter.Unix()), name)
 	}
 }

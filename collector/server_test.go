@@ -1,7 +1,9 @@
 package collector
 
 import (
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -23,11 +25,35 @@ func TestServer_MetricsLint(t *testing.T) {
 	m.CertRejections.WithLabelValues("revoked").Inc()
 	m.StoreSeconds.WithLabelValues("put").Observe(0.001)
 	m.StoreErrors.WithLabelValues("put").Inc()
+	RegisterCertificateExpiry(reg, func() map[string]time.Time { return map[string]time.Time{"ca": time.Unix(1, 0)} })
 	problems, err := testutil.GatherAndLint(reg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range problems {
 		t.Errorf("%s: %s", p.Metric, p.Text)
+	}
+}
+
+func TestRegisterCertificateExpiry(t *testing.T) {
+	expiries := map[string]time.Time{
+		"ca":      time.Unix(2000000000, 0),
+		"serving": time.Unix(1800000000, 500),
+	}
+	reg := prometheus.NewRegistry()
+	RegisterCertificateExpiry(reg, func() map[string]time.Time { return expiries })
+	want := `# HELP baremetal_sd_server_certificate_expiry_timestamp_seconds When the server's own certificates expire (the CA and the TLS serving certificate), in seconds since the epoch.
+# TYPE baremetal_sd_server_certificate_expiry_timestamp_seconds gauge
+baremetal_sd_server_certificate_expiry_timestamp_seconds{certificate="ca"} 2e+09
+baremetal_sd_server_certificate_expiry_timestamp_seconds{certificate="serving"} 1.8e+09
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want)); err != nil {
+		t.Fatal(err)
+	}
+	// A certificate that can no longer be read leaves; it does not stay at
+	// its last value.
+	delete(expiries, "serving")
+	if n := testutil.CollectAndCount(reg); n != 1 {
+		t.Fatalf("after the serving certificate went away: %d series, want 1", n)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -24,6 +25,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/baremetal-sd/baremetal_sd/discovery"
 )
@@ -134,6 +138,33 @@ func TestServer_FirstStartCreatesDataDir(t *testing.T) {
 		}
 		return b
 	}
+	// The server reports when its certificates expire, read from the files.
+	resp = mustRequest(t, anon, http.MethodGet, s.URL+"/metrics", "", nil, http.StatusOK)
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(bytes.NewReader(resp.Body))
+	if err != nil {
+		t.Fatalf("parse /metrics: %v", err)
+	}
+	got := map[string]float64{}
+	for _, m := range families["baremetal_sd_server_certificate_expiry_timestamp_seconds"].GetMetric() {
+		for _, l := range m.GetLabel() {
+			got[l.GetValue()] = m.GetGauge().GetValue()
+		}
+	}
+	for name, file := range map[string]string{"ca": "ca.crt", "serving": "server.crt"} {
+		block, _ := pem.Decode(read(file))
+		if block == nil {
+			t.Fatalf("%s holds no PEM block", file)
+		}
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			t.Fatalf("parse %s: %v", file, err)
+		}
+		if want := float64(cert.NotAfter.Unix()); got[name] != want {
+			t.Errorf("certificate expiry of %q: %v, want %v (%s)", name, got[name], want, file)
+		}
+	}
+
 	kept := []string{"ca.crt", "ca.key", "token.key", "server.crt", "server.key"}
 	before := make(map[string][]byte, len(kept))
 	for _, name := range kept {

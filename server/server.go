@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -105,7 +106,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	webFlags, err := prepareWebConfig(cfg, authority)
+	webFlags, autoCert, err := prepareWebConfig(cfg, authority)
 	if err != nil {
 		return err
 	}
@@ -117,6 +118,7 @@ func Run(ctx context.Context, cfg Config) error {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	metrics := collector.NewServer(reg)
+	collector.RegisterCertificateExpiry(reg, certificateExpiries(authority, *webFlags.WebConfigFile))
 	if s, ok := store.(*discovery.EtcdStore); ok {
 		collector.RegisterEtcdStore(reg, func() collector.EtcdStoreStats {
 			st := s.Stats()
@@ -209,14 +211,14 @@ func Run(ctx context.Context, cfg Config) error {
 	mux.Handle("/", &statusPage{registry: registry, now: time.Now, logger: logger, showFleet: showFleet})
 
 	runCtx, stopLoops := context.WithCancel(context.Background())
-	loopsDone := make(chan struct{})
-	go func() {
-		defer close(loopsDone)
-		registry.Run(runCtx)
-	}()
+	var loops sync.WaitGroup
+	loops.Go(func() { registry.Run(runCtx) })
 	if cfg.SDFilePath != "" {
 		fw := &discovery.FileSDWriter{Path: cfg.SDFilePath, Cache: cache, Registry: registry, Metrics: metrics, Logger: logger}
-		go fw.Run(runCtx)
+		loops.Go(func() { fw.Run(runCtx) })
+	}
+	if autoCert != nil {
+		loops.Go(func() { autoCert.run(runCtx, servingCertCheckInterval) })
 	}
 
 	srv := &http.Server{
@@ -249,7 +251,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 	stopLoops()
-	<-loopsDone
+	loops.Wait()
 	return err
 }
 
@@ -394,25 +396,27 @@ func openEtcd(ctx context.Context, cfg Config) (*discovery.EtcdStore, error) {
 
 // prepareWebConfig returns the web flags to serve with. Without an operator
 // web config it writes one that serves the auto-created certificate and
-// verifies client certificates from our CA when they are given; with one, it
-// checks that TLS is on, because the server never speaks plain HTTP.
-func prepareWebConfig(cfg Config, authority *ca.Authority) (*toolkitweb.FlagConfig, error) {
+// verifies client certificates from our CA when they are given, and returns
+// that certificate to keep fresh; with one, it checks that TLS is on,
+// because the server never speaks plain HTTP.
+func prepareWebConfig(cfg Config, authority *ca.Authority) (*toolkitweb.FlagConfig, *servingCert, error) {
 	flags := *cfg.Web
 	if flags.WebConfigFile != nil && *flags.WebConfigFile != "" {
 		c, err := web.LoadConfig(*flags.WebConfigFile)
 		if err != nil {
-			return nil, fmt.Errorf("web config: %w", err)
+			return nil, nil, fmt.Errorf("web config: %w", err)
 		}
 		if c.TLSConfig.TLSCertPath == "" && c.TLSConfig.TLSCert == "" {
-			return nil, fmt.Errorf("web config %s has no tls_server_config: the server serves TLS only", *flags.WebConfigFile)
+			return nil, nil, fmt.Errorf("web config %s has no tls_server_config: the server serves TLS only", *flags.WebConfigFile)
 		}
 		if c.TLSConfig.ClientAuth != "VerifyClientCertIfGiven" && c.TLSConfig.ClientAuth != "RequireAndVerifyClientCert" {
 			cfg.Logger.Warn("Web config does not verify client certificates: agents cannot heartbeat or renew, and Prometheus needs a token", "client_auth_type", c.TLSConfig.ClientAuth)
 		}
-		return &flags, nil
+		return &flags, nil, nil
 	}
-	if _, _, err := authority.EnsureServingCert(cfg.DataDir, cfg.ServerNames, 365*24*time.Hour); err != nil {
-		return nil, fmt.Errorf("serving certificate: %w", err)
+	auto := &servingCert{authority: authority, dir: cfg.DataDir, names: cfg.ServerNames, ttl: servingCertTTL, logger: cfg.Logger}
+	if err := auto.ensure(); err != nil {
+		return nil, nil, err
 	}
 	path := filepath.Join(cfg.DataDir, WebConfigFile)
 	content := strings.Join([]string{
@@ -427,9 +431,9 @@ func prepareWebConfig(cfg Config, authority *ca.Authority) (*toolkitweb.FlagConf
 	}, "\n")
 	if old, err := os.ReadFile(path); err != nil || string(old) != content {
 		if err := ca.WriteFileAtomic(path, []byte(content), 0o600); err != nil {
-			return nil, fmt.Errorf("write web config: %w", err)
+			return nil, nil, fmt.Errorf("write web config: %w", err)
 		}
 	}
 	flags.WebConfigFile = &path
-	return &flags, nil
+	return &flags, auto, nil
 }

@@ -1,7 +1,10 @@
 package server
 
 import (
+	"context"
+	"crypto/tls"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -53,7 +56,7 @@ func TestPrepareWebConfig(t *testing.T) {
 				Web:         &toolkitweb.FlagConfig{WebConfigFile: &file},
 				Logger:      slog.New(slog.DiscardHandler),
 			}
-			flags, err := prepareWebConfig(cfg, authority)
+			flags, auto, err := prepareWebConfig(cfg, authority)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("error %v, want one containing %q", err, tt.wantErr)
@@ -63,11 +66,26 @@ func TestPrepareWebConfig(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			// Both kinds report the serving certificate they name.
+			serving, err := certFileExpiry(filepath.Join(dir, ca.ServerCertFile))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := map[string]time.Time{"ca": authority.Certificate().NotAfter, "serving": serving}
+			if got := certificateExpiries(authority, *flags.WebConfigFile)(); !maps.EqualFunc(got, want, time.Time.Equal) {
+				t.Errorf("certificate expiries %v, want %v", got, want)
+			}
 			if tt.file != "" {
 				if *flags.WebConfigFile != tt.file {
 					t.Errorf("web config %s, want the operator's %s", *flags.WebConfigFile, tt.file)
 				}
+				if auto != nil {
+					t.Error("the server would rewrite the certificate of an operator's web config")
+				}
 				return
+			}
+			if auto == nil {
+				t.Fatal("no renewal of the auto-created serving certificate")
 			}
 			own := filepath.Join(dir, WebConfigFile)
 			if *flags.WebConfigFile != own {
@@ -86,4 +104,46 @@ func TestPrepareWebConfig(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestServingCert_RenewsWhileRunning: a server that runs past the last third
+// of its serving certificate's lifetime writes a new one, without a restart.
+func TestServingCert_RenewsWhileRunning(t *testing.T) {
+	dir := t.TempDir()
+	authority, _, err := ca.LoadOrCreate(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A certificate that is already past its last third.
+	if _, _, err := authority.EnsureServingCert(dir, []string{"localhost"}, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, ca.ServerCertFile)
+	old, err := certFileExpiry(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := &servingCert{authority: authority, dir: dir, names: []string{"localhost"}, ttl: 24 * time.Hour, logger: slog.New(slog.DiscardHandler)}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sc.run(ctx, 10*time.Millisecond)
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got, err := certFileExpiry(path)
+		if err == nil && got.After(old.Add(time.Hour)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("serving certificate not renewed: expires %v (err %v), was %v", got, err, old)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := tls.LoadX509KeyPair(path, filepath.Join(dir, ca.ServerKeyFile)); err != nil {
+		t.Fatalf("renewed certificate and key do not match: %v", err)
+	}
+	cancel()
+	<-done
 }
