@@ -235,6 +235,10 @@ type EtcdStore struct {
 	// idTaken is set while another process holds our replica id.
 	idTaken atomic.Bool
 
+	// prober names the cause when requests time out for want of a
+	// connection.
+	prober *endpointProber
+
 	// claimMu guards claimLeases: lease per end of an expiry window.
 	claimMu     sync.Mutex
 	claimLeases map[time.Time]clientv3.LeaseID
@@ -376,6 +380,7 @@ func OpenEtcdStore(ctx context.Context, opts EtcdOptions) (*EtcdStore, error) {
 		mirror:         make(map[string]*mirrorEntry),
 		byHash:         newHashIndex(0),
 		claimLeases:    make(map[time.Time]clientv3.LeaseID),
+		prober:         &endpointProber{endpoints: opts.Endpoints, tls: opts.TLS},
 	}
 	s.replica.val = newReplicaRecord(opts.Now())
 	s.logger.Info("Using etcd for the registry", "endpoints", strings.Join(opts.Endpoints, ","), "prefix", opts.Prefix, "replica", opts.ReplicaID)
@@ -483,7 +488,7 @@ func (s *EtcdStore) do(ctx context.Context, what string, op func(ctx context.Con
 			return nil
 		}
 		if (!expired && !retryableEtcdErr(err)) || !bo.wait(ctx) {
-			return fmt.Errorf("%s: %w: %w", what, ErrUnavailable, err)
+			return fmt.Errorf("%s: %w: %w", what, ErrUnavailable, s.prober.explain(err))
 		}
 	}
 }
