@@ -39,7 +39,7 @@ type endpointProber struct {
 // explain returns err with the probe's finding appended when err is a
 // timeout or an unavailable connection and a probe found a cause.
 func (p *endpointProber) explain(err error) error {
-	if err == nil || !(errors.Is(err, context.DeadlineExceeded) || retryableEtcdErr(err)) {
+	if err == nil || !errors.Is(err, context.DeadlineExceeded) && !retryableEtcdErr(err) {
 		return err
 	}
 	if finding := p.probe(); finding != "" {

@@ -85,7 +85,7 @@ func TestEndpointProber_Explain(t *testing.T) {
 	}
 	// An error etcd answered needs no probe and gets no finding.
 	answered := errors.New("etcdserver: permission denied")
-	if got := p.explain(answered); got != answered {
+	if got := p.explain(answered); got.Error() != answered.Error() {
 		t.Errorf("explain(%v) = %v, want it unchanged", answered, got)
 	}
 }
