@@ -502,6 +502,12 @@ func xPow8n(n uint64) uint32 {
 	return result
 }
 
+// segmentLevel is the deflate level of the cached segments. On http_sd JSON
+// of 100,000 agents level 2 is both smaller and faster than BestSpeed
+// (level 1 has its own, simpler encoder): 3.6 against 4.3 MiB, in about 15 %
+// less time; level 5 would save another 0.6 MiB for twice the time.
+const segmentLevel = 2
+
 // segmentDeflater compresses fragments into deflate segments, reusing its
 // compressor (about a megabyte of state) and output buffer between calls.
 type segmentDeflater struct {
@@ -514,7 +520,7 @@ type segmentDeflater struct {
 func (d *segmentDeflater) deflate(data []byte) []byte {
 	d.buf.Reset()
 	if d.w == nil {
-		w, err := flate.NewWriter(&d.buf, flate.BestSpeed)
+		w, err := flate.NewWriter(&d.buf, segmentLevel)
 		if err != nil {
 			panic(err) // only for an invalid level, which is a constant here
 		}
