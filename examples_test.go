@@ -602,7 +602,7 @@ func serverDataDir(t *testing.T, dir string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := authority.EnsureServingCert(data, []string{"localhost"}, time.Hour); err != nil {
+	if _, err := authority.EnsureServingCert(data, []string{"localhost"}, time.Hour); err != nil {
 		t.Fatal(err)
 	}
 	return data

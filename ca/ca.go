@@ -282,19 +282,20 @@ func (a *Authority) IssueClient(name string, role Role, ttl time.Duration) (cert
 
 // EnsureServingCert reuses dir/server.crt and dir/server.key when they are
 // ours, cover every name and are not in the last third of their lifetime;
-// otherwise it writes new ones. The key is written first and both atomically,
-// and the TLS layer re-reads them on the next handshake.
-func (a *Authority) EnsureServingCert(dir string, names []string, ttl time.Duration) (certPath, keyPath string, err error) {
-	certPath, keyPath = filepath.Join(dir, ServerCertFile), filepath.Join(dir, ServerKeyFile)
+// otherwise it writes new ones and returns the new certificate (nil when it
+// kept the old one). The key is written first and both atomically, and the
+// TLS layer re-reads them on the next handshake.
+func (a *Authority) EnsureServingCert(dir string, names []string, ttl time.Duration) (written *x509.Certificate, err error) {
+	certPath, keyPath := filepath.Join(dir, ServerCertFile), filepath.Join(dir, ServerKeyFile)
 	if len(names) == 0 {
-		return "", "", errors.New("the serving certificate needs at least one name")
+		return nil, errors.New("the serving certificate needs at least one name")
 	}
 	if a.servingCertUsable(certPath, keyPath, names) {
-		return certPath, keyPath, nil
+		return nil, nil
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return "", "", fmt.Errorf("generate serving key: %w", err)
+		return nil, fmt.Errorf("generate serving key: %w", err)
 	}
 	now := time.Now()
 	tmpl := &x509.Certificate{
@@ -312,21 +313,21 @@ func (a *Authority) EnsureServingCert(dir string, names []string, ttl time.Durat
 			tmpl.DNSNames = append(tmpl.DNSNames, n)
 		}
 	}
-	_, chain, err := a.sign(tmpl, &key.PublicKey)
+	cert, chain, err := a.sign(tmpl, &key.PublicKey)
 	if err != nil {
-		return "", "", err
+		return nil, err
 	}
 	keyPEM, err := encodeKey(key)
 	if err != nil {
-		return "", "", err
+		return nil, err
 	}
 	if err := WriteFileAtomic(keyPath, keyPEM, 0o600); err != nil {
-		return "", "", fmt.Errorf("write serving key: %w", err)
+		return nil, fmt.Errorf("write serving key: %w", err)
 	}
 	if err := WriteFileAtomic(certPath, chain, 0o644); err != nil {
-		return "", "", fmt.Errorf("write serving certificate: %w", err)
+		return nil, fmt.Errorf("write serving certificate: %w", err)
 	}
-	return certPath, keyPath, nil
+	return cert, nil
 }
 
 func (a *Authority) servingCertUsable(certPath, keyPath string, names []string) bool {

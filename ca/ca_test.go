@@ -182,24 +182,28 @@ func TestIssueClient_Roles(t *testing.T) {
 func TestEnsureServingCert(t *testing.T) {
 	a, dir := newCA(t)
 	names := []string{"server.example.com", "127.0.0.1"}
-	certPath, keyPath, err := a.EnsureServingCert(dir, names, 365*24*time.Hour)
-	if err != nil {
-		t.Fatal(err)
+	certPath, keyPath := filepath.Join(dir, ServerCertFile), filepath.Join(dir, ServerKeyFile)
+	if written, err := a.EnsureServingCert(dir, names, 365*24*time.Hour); err != nil || written == nil {
+		t.Fatalf("first serving certificate: written %v, err %v", written, err)
 	}
 	first, _ := os.ReadFile(certPath)
 	if st, _ := os.Stat(keyPath); st.Mode().Perm() != 0o600 {
 		t.Errorf("server.key mode %v, want 0600", st.Mode().Perm())
 	}
-	if _, _, err := a.EnsureServingCert(dir, names, 365*24*time.Hour); err != nil {
-		t.Fatal(err)
+	if written, err := a.EnsureServingCert(dir, names, 365*24*time.Hour); err != nil || written != nil {
+		t.Fatalf("valid serving certificate: written %v, err %v; want it kept", written, err)
 	}
 	if again, _ := os.ReadFile(certPath); !bytes.Equal(first, again) {
 		t.Error("a valid serving certificate was replaced")
 	}
-	if _, _, err := a.EnsureServingCert(dir, append(names, "new.example.com"), 365*24*time.Hour); err != nil {
-		t.Fatal(err)
+	written, err := a.EnsureServingCert(dir, append(names, "new.example.com"), 365*24*time.Hour)
+	if err != nil || written == nil {
+		t.Fatalf("serving certificate for a new name: written %v, err %v", written, err)
 	}
 	third, _ := os.ReadFile(certPath)
+	if onDisk, _ := ParseCertificatePEM(third); onDisk == nil || !onDisk.Equal(written) {
+		t.Error("the returned certificate is not the one written")
+	}
 	if bytes.Equal(first, third) {
 		t.Error("serving certificate not renewed for a new name")
 	}
@@ -209,14 +213,14 @@ func TestEnsureServingCert(t *testing.T) {
 	}
 	// A certificate from another CA is replaced.
 	other, otherDir := newCA(t)
-	if _, _, err := other.EnsureServingCert(otherDir, names, time.Hour); err != nil {
+	if _, err := other.EnsureServingCert(otherDir, names, time.Hour); err != nil {
 		t.Fatal(err)
 	}
 	foreign, _ := os.ReadFile(filepath.Join(otherDir, ServerCertFile))
 	foreignKey, _ := os.ReadFile(filepath.Join(otherDir, ServerKeyFile))
 	_ = os.WriteFile(certPath, foreign, 0o644)
 	_ = os.WriteFile(keyPath, foreignKey, 0o600)
-	if _, _, err := a.EnsureServingCert(dir, names, time.Hour); err != nil {
+	if _, err := a.EnsureServingCert(dir, names, time.Hour); err != nil {
 		t.Fatal(err)
 	}
 	got, _ := os.ReadFile(certPath)

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -32,10 +33,10 @@ func newReplicaHarness(t *testing.T, dir string, store Store) *apiHarness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	certPath, keyPath, err := authority.EnsureServingCert(dir, []string{"127.0.0.1"}, time.Hour)
-	if err != nil {
+	if _, err := authority.EnsureServingCert(dir, []string{"127.0.0.1"}, time.Hour); err != nil {
 		t.Fatal(err)
 	}
+	certPath, keyPath := filepath.Join(dir, ca.ServerCertFile), filepath.Join(dir, ca.ServerKeyFile)
 	serving, err := tls.LoadX509KeyPair(certPath, keyPath)
 	if err != nil {
 		t.Fatal(err)

@@ -36,13 +36,12 @@ type servingCert struct {
 // name or is in the last third of its lifetime, and logs a replacement.
 // The TLS layer serves the new certificate from the next handshake on.
 func (s *servingCert) ensure() error {
-	path := filepath.Join(s.dir, ca.ServerCertFile)
-	before, _ := certFileExpiry(path)
-	if _, _, err := s.authority.EnsureServingCert(s.dir, s.names, s.ttl); err != nil {
+	written, err := s.authority.EnsureServingCert(s.dir, s.names, s.ttl)
+	if err != nil {
 		return fmt.Errorf("serving certificate: %w", err)
 	}
-	if after, err := certFileExpiry(path); err == nil && !after.Equal(before) {
-		s.logger.Info("Wrote a new serving certificate", "file", path, "names", s.names, "expires", after.UTC().Format(time.RFC3339))
+	if written != nil {
+		s.logger.Info("Wrote a new serving certificate", "file", filepath.Join(s.dir, ca.ServerCertFile), "names", s.names, "expires", written.NotAfter.UTC().Format(time.RFC3339))
 	}
 	return nil
 }

@@ -25,7 +25,7 @@ func TestPrepareWebConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := authority.EnsureServingCert(dir, []string{"localhost"}, 24*time.Hour); err != nil {
+	if _, err := authority.EnsureServingCert(dir, []string{"localhost"}, 24*time.Hour); err != nil {
 		t.Fatal(err)
 	}
 	write := func(name, content string) string {
@@ -115,7 +115,7 @@ func TestServingCert_RenewsWhileRunning(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A certificate that is already past its last third.
-	if _, _, err := authority.EnsureServingCert(dir, []string{"localhost"}, time.Second); err != nil {
+	if _, err := authority.EnsureServingCert(dir, []string{"localhost"}, time.Second); err != nil {
 		t.Fatal(err)
 	}
 	path := filepath.Join(dir, ca.ServerCertFile)
