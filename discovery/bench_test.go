@@ -1,6 +1,8 @@
 package discovery
 
 import (
+	"bytes"
+	"compress/flate"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -160,6 +162,35 @@ func BenchmarkSDCache_Cold(b *testing.B) {
 				c := NewSDCache(r, nil)
 				benchServe(io.Discard, c.Get(Filter{}), enc.gzip)
 			}
+		})
+	}
+}
+
+// BenchmarkSegmentDeflateLevels backs the choice of segmentLevel: it
+// deflates the http_sd JSON of 100,000 agents in as many pieces as the
+// cache has shards, each ending in a sync flush as a segment does, at the
+// levels worth considering, and reports the compressed size.
+func BenchmarkSegmentDeflateLevels(b *testing.B) {
+	var raw bytes.Buffer
+	benchServe(&raw, NewSDCache(benchRegistry(b, benchAgents), nil).Get(Filter{}), false)
+	body := raw.Bytes()
+	const pieces = 256
+	for _, level := range []int{flate.BestSpeed, 2, 3, 5, flate.DefaultCompression} {
+		b.Run(fmt.Sprintf("level=%d", level), func(b *testing.B) {
+			var out bytes.Buffer
+			w, err := flate.NewWriter(&out, level)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for b.Loop() {
+				out.Reset()
+				for i := range pieces {
+					w.Reset(&out)
+					_, _ = w.Write(body[i*len(body)/pieces : (i+1)*len(body)/pieces])
+					_ = w.Flush()
+				}
+			}
+			b.ReportMetric(float64(out.Len())/1e6, "MB/body")
 		})
 	}
 }
