@@ -42,6 +42,11 @@ test-deps:
 fuzz:
 	@scripts/fuzz.sh
 
+# The load generator that bench/*.sh run; not part of the release binary.
+.PHONY: build-bench
+build-bench:
+	$(GO) build -o baremetal_sd-bench ./bench/cmd/baremetal_sd-bench
+
 .PHONY: clean
 clean: common-clean
-	rm -f baremetal_sd
+	rm -f baremetal_sd baremetal_sd-bench

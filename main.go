@@ -20,7 +20,6 @@ import (
 	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
 
 	"github.com/baremetal-sd/baremetal_sd/agent"
-	"github.com/baremetal-sd/baremetal_sd/bench"
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/discovery"
 	"github.com/baremetal-sd/baremetal_sd/server"
@@ -122,8 +121,6 @@ func run(args []string) int {
 	maintID := agentsMaint.Arg("id", "Agent id.").Required().String()
 	maintOn := agentsMaint.Arg("state", "on or off.").Required().Enum("on", "off")
 
-	benchCmds := bench.AddCommands(app)
-
 	cmd, err := app.Parse(args)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "baremetal_sd: %v, try --help\n", err)
@@ -201,16 +198,6 @@ func run(args []string) int {
 			return 1
 		}
 		fmt.Printf("Wrote %s/%s.crt, %s/%s.key and %s/ca.crt\n", certOutDir, certName, certOutDir, certName, certOutDir)
-		return 0
-	}
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if handled, err := benchCmds.Run(ctx, cmd, logger); handled {
-		if err != nil {
-			logger.Error("Benchmark failed", "err", err)
-			return 1
-		}
 		return 0
 	}
 	return 0

@@ -9,7 +9,7 @@ import (
 	"github.com/alecthomas/kingpin/v2"
 )
 
-// Commands are the hidden `bench` subcommands and their flags.
+// Commands are the load generator's commands and their flags.
 type Commands struct {
 	// Out receives the result tables; os.Stdout unless replaced.
 	Out io.Writer
@@ -34,10 +34,10 @@ type Commands struct {
 // defaultServerURL is where `baremetal_sd server` listens by default.
 const defaultServerURL = "https://127.0.0.1:9955"
 
-// AddCommands adds the hidden `bench` command to app.
+// AddCommands adds the load generator's commands to app, the
+// baremetal_sd-bench command; the release binary does not carry them.
 func AddCommands(app *kingpin.Application) *Commands {
 	c := &Commands{Out: os.Stdout}
-	bench := app.Command("bench", "Load generator for BENCHMARKS.md; targets a server on this machine only.").Hidden()
 
 	target := func(cmd *kingpin.CmdClause, url, dataDir *string, pid *int) {
 		cmd.Flag("server.url", "URL of the server under test (loopback only).").Default(defaultServerURL).StringVar(url)
@@ -45,7 +45,7 @@ func AddCommands(app *kingpin.Application) *Commands {
 		cmd.Flag("server.pid", "PID of the server, to report its CPU time and memory from /proc.").IntVar(pid)
 	}
 
-	c.register = bench.Command("register", "Measure registrations per second: key, CSR, token, new TLS connection each.")
+	c.register = app.Command("register", "Measure registrations per second: key, CSR, token, new TLS connection each.")
 	target(c.register, &c.reg.ServerURL, &c.reg.DataDir, &c.reg.ServerPID)
 	c.register.Flag("count", "Registrations to make.").Default("5000").IntVar(&c.reg.Count)
 	c.register.Flag("concurrency", "Concurrent clients.").Default("64").IntVar(&c.reg.Concurrency)
@@ -56,7 +56,7 @@ func AddCommands(app *kingpin.Application) *Commands {
 	c.register.Flag("first", "Number of the first simulated host.").Default("0").IntVar(&c.reg.First)
 	c.register.Flag("save", "Write the enrolled agents (id, key, certificate) to this file for bench heartbeat --agents.file.").StringVar(&c.reg.SaveFile)
 
-	c.heartbeat = bench.Command("heartbeat", "Measure heartbeats per second and latency: over keep-alive mTLS, or paced like a fleet with a new connection per heartbeat.")
+	c.heartbeat = app.Command("heartbeat", "Measure heartbeats per second and latency: over keep-alive mTLS, or paced like a fleet with a new connection per heartbeat.")
 	target(c.heartbeat, &c.hb.ServerURL, &c.hb.DataDir, &c.hb.ServerPID)
 	c.heartbeat.Flag("agents", "Agents to enroll first; workers share their certificates.").Default("256").IntVar(&c.hb.Agents)
 	c.heartbeat.Flag("agents.file", "Heartbeat as the agents in this file (bench register --save) instead of enrolling new ones (repeatable).").StringsVar(&c.hb.AgentFiles)
@@ -70,21 +70,21 @@ func AddCommands(app *kingpin.Application) *Commands {
 	c.heartbeat.Flag("status", "Status sent with each heartbeat; empty sends no body.").Default("ok").StringVar(&c.hb.Status)
 	c.heartbeat.Flag("first", "Number of the first simulated host.").Default("1000000").IntVar(&c.hb.First)
 
-	c.httpsd = bench.Command("httpsd", "Measure http_sd fetches from the cache and after a change; report server memory.")
+	c.httpsd = app.Command("httpsd", "Measure http_sd fetches from the cache and after a change; report server memory.")
 	target(c.httpsd, &c.sd.ServerURL, &c.sd.DataDir, &c.sd.ServerPID)
 	c.httpsd.Flag("count", "Cached fetches per encoding.").Default("20").IntVar(&c.sd.Count)
 	c.httpsd.Flag("changes", "Registrations, each followed by a fetch that rebuilds (alternating identity and gzip).").Default("20").IntVar(&c.sd.Changes)
 	c.httpsd.Flag("duration", "Upper bound on the run.").Default("5m").DurationVar(&c.sd.Duration)
 	c.httpsd.Flag("first", "Number of the first simulated host registered as a change.").Default("2000000").IntVar(&c.sd.First)
 
-	c.populate = bench.Command("populate", "Write synthetic agents into a stopped server's bolt registry.")
+	c.populate = app.Command("populate", "Write synthetic agents into a stopped server's bolt registry.")
 	c.populate.Flag("data.dir", "The server's data directory.").Default("data").StringVar(&c.pop.DataDir)
 	c.populate.Flag("count", "Agents to write.").Default("100000").IntVar(&c.pop.Count)
 	c.populate.Flag("concurrency", "Concurrent writers.").Default("64").IntVar(&c.pop.Concurrency)
 	c.populate.Flag("duration", "Upper bound on the run.").Default("10m").DurationVar(&c.pop.Duration)
 	c.populate.Flag("first", "Number of the first synthetic agent.").Default("0").IntVar(&c.pop.First)
 
-	c.converge = bench.Command("converge", "Measure how long a registration through one replica takes to reach another replica's http_sd.")
+	c.converge = app.Command("converge", "Measure how long a registration through one replica takes to reach another replica's http_sd.")
 	c.converge.Flag("server.url", "URL of the replica to register through (loopback only).").Default(defaultServerURL).StringVar(&c.cv.ServerURL)
 	c.converge.Flag("peer.url", "URL of the replica whose http_sd is read (loopback only).").Required().StringVar(&c.cv.PeerURL)
 	c.converge.Flag("data.dir", "A replica's data directory: the shared CA and token key.").Default("data").StringVar(&c.cv.DataDir)
@@ -93,7 +93,7 @@ func AddCommands(app *kingpin.Application) *Commands {
 	c.converge.Flag("poll-interval", "Pause between two reads of the peer's http_sd.").Default("1ms").DurationVar(&c.cv.PollInterval)
 	c.converge.Flag("first", "Number of the first simulated host.").Default("3000000").IntVar(&c.cv.First)
 
-	c.lastseen = bench.Command("lastseen", "Measure how long a heartbeat through one etcd replica takes to show in another replica's last-seen time.")
+	c.lastseen = app.Command("lastseen", "Measure how long a heartbeat through one etcd replica takes to show in another replica's last-seen time.")
 	c.lastseen.Flag("server.url", "URL of the replica to heartbeat through (loopback only).").Default(defaultServerURL).StringVar(&c.ls.ServerURL)
 	c.lastseen.Flag("peer.url", "URL of the replica whose agent list is read (loopback only).").Required().StringVar(&c.ls.PeerURL)
 	c.lastseen.Flag("data.dir", "A replica's data directory: the shared CA and token key.").Default("data").StringVar(&c.ls.DataDir)
@@ -102,7 +102,7 @@ func AddCommands(app *kingpin.Application) *Commands {
 	c.lastseen.Flag("spread", "Random pause between probes, up to this long: the writer's flush interval samples its cycle evenly.").Default("30s").DurationVar(&c.ls.Spread)
 	c.lastseen.Flag("first", "Number of the probe host.").Default("3500000").IntVar(&c.ls.First)
 
-	c.conns = bench.Command("conns", "Measure the server memory that idle keep-alive mTLS connections hold.")
+	c.conns = app.Command("conns", "Measure the server memory that idle keep-alive mTLS connections hold.")
 	target(c.conns, &c.cn.ServerURL, &c.cn.DataDir, &c.cn.ServerPID)
 	c.conns.Flag("count", "Connections to open and hold.").Default("2000").IntVar(&c.cn.Count)
 	c.conns.Flag("hold", "How long they idle before the server's memory is read.").Default("5s").DurationVar(&c.cn.Hold)

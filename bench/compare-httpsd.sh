@@ -7,7 +7,8 @@
 #
 #   bench/compare-httpsd.sh BASE_BIN NEW_BIN [ROUNDS]
 #
-# The load generator is NEW_BIN. Environment: AGENTS (default 100000),
+# The load generator is LOADGEN (default ./baremetal_sd-bench, `make
+# build-bench`). Environment: AGENTS (default 100000),
 # BASE_PORT (default 39971; uses two ports), KEEP=1 keeps the directories.
 set -euo pipefail
 
@@ -17,6 +18,7 @@ if (($# < 2)); then
 fi
 base=$1 new=$2 rounds=${3:-5}
 agents=${AGENTS:-100000}
+loadgen=${LOADGEN:-./baremetal_sd-bench}
 port0=${BASE_PORT:-39971}
 work=$(mktemp -d "${TMPDIR:-/tmp}/baremetal_sd-httpsd.XXXXXX")
 pids=()
@@ -50,7 +52,7 @@ start() {
 start "${new}" "${work}/base" "${port0}"
 kill -TERM "${pids[0]}" && wait "${pids[0]}" 2>/dev/null || true
 pids=()
-"${new}" bench populate --data.dir="${work}/base" --count="${agents}" >/dev/null
+"${loadgen}" populate --data.dir="${work}/base" --count="${agents}" >/dev/null
 cp -a "${work}/base" "${work}/new"
 start "${base}" "${work}/base" "${port0}"
 start "${new}" "${work}/new" "$((port0 + 1))"
@@ -61,7 +63,7 @@ for i in $(seq 1 "${rounds}"); do
     port=${port0} pid=${pids[0]}
     [[ ${which} == new ]] && port=$((port0 + 1)) pid=${pids[1]}
     printf '\n======== round %d: %s server ========\n' "${i}" "${which}"
-    "${new}" bench httpsd --server.url="https://127.0.0.1:${port}" --data.dir="${work}/${which}" \
+    "${loadgen}" httpsd --server.url="https://127.0.0.1:${port}" --data.dir="${work}/${which}" \
       --server.pid="${pid}" --count=40 --changes=5 --first=$((5000000 + i * 10000 + port)) |
       tee -a "${out}.${which}" | grep -E 'cached|after change'
   done

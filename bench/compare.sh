@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Measures two server binaries side by side: bench/run.sh MODE against
 # BASE, then against NEW, ROUNDS times in alternation, so that the noise of
-# a shared machine falls on both alike. The load generator is NEW (BIN).
+# a shared machine falls on both alike. The load generator is LOADGEN
+# (default ./baremetal_sd-bench, `make build-bench`).
 # Usage (from the repository root):
 #
 #   bench/compare.sh BASE_BIN NEW_BIN register|heartbeat|scale [ROUNDS]

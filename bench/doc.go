@@ -1,6 +1,7 @@
-// Package bench is the load generator behind BENCHMARKS.md: the hidden
-// `baremetal_sd bench` commands that measure a discovery server running on the
-// same machine.
+// Package bench is the load generator behind BENCHMARKS.md: the commands of
+// baremetal_sd-bench (bench/cmd/baremetal_sd-bench, `make build-bench`) that
+// measure a discovery server running on the same machine. The release binary
+// does not carry them.
 //
 //   - bench register: registrations per second end to end (agent key and CSR,
 //     enrollment token, new TLS connection, durable store write).

@@ -9,9 +9,10 @@
 # reach the other replica, and the replicas' memory. Usage (from the
 # repository root):
 #
-#   make build && bench/ha.sh
+#   make build build-bench && bench/ha.sh
 #
-# Environment: BIN (default ./baremetal_sd), AGENTS (default 100000),
+# Environment: BIN (default ./baremetal_sd), LOADGEN (default
+# ./baremetal_sd-bench), AGENTS (default 100000),
 # ETCD (default /usr/bin/etcd), BASE_PORT (default 39960; uses 10 ports),
 # FLUSH (the replicas' --registry.flush-interval; default: the server's
 # default for etcd, 30s), INTERVAL (heartbeat interval, default 75s, the
@@ -21,6 +22,7 @@
 set -euo pipefail
 
 BIN=${BIN:-./baremetal_sd}
+LOADGEN=${LOADGEN:-./baremetal_sd-bench}
 AGENTS=${AGENTS:-100000}
 ETCD=${ETCD:-/usr/bin/etcd}
 BASE_PORT=${BASE_PORT:-39960}
@@ -87,7 +89,7 @@ start_replica b "${WORK}/b" $((BASE_PORT + 7))
 PID_A=$(cat "${WORK}/a.pid")
 PID_B=$(cat "${WORK}/b.pid")
 
-bench() { "${BIN}" bench "$@"; }
+bench() { "${LOADGEN}" "$@"; }
 
 # --- enroll the fleet, half through each replica ----------------------------
 header "enroll ${AGENTS} agents, half through each replica"

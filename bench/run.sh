@@ -2,16 +2,18 @@
 # Reruns the end-to-end measurements of BENCHMARKS.md against fresh servers on
 # 127.0.0.1 and prints every result table. Usage (from the repository root):
 #
-#   make build && bench/run.sh [register|heartbeat|scale|all]
+#   make build build-bench && bench/run.sh [register|heartbeat|scale|all]
 #
 # Environment: BIN (default ./baremetal_sd), SERVER_BIN (the server under
-# test, default BIN; the load generator is always BIN), RUNS (repetitions,
+# test, default BIN), LOADGEN (the load generator, default
+# ./baremetal_sd-bench), RUNS (repetitions,
 # default 5), PORT (default 39955), KEEP=1 keeps the temporary data
 # directories. bench/compare.sh runs two servers against each other.
 set -euo pipefail
 
 BIN=${BIN:-./baremetal_sd}
 SERVER_BIN=${SERVER_BIN:-${BIN}}
+LOADGEN=${LOADGEN:-./baremetal_sd-bench}
 RUNS=${RUNS:-5}
 PORT=${PORT:-39955}
 URL="https://127.0.0.1:${PORT}"
@@ -24,7 +26,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-bench() { "${BIN}" bench "$@"; }
+bench() { "${LOADGEN}" "$@"; }
 
 # start_server DATA_DIR: starts the server and waits (bounded) until ready.
 start_server() {

@@ -1,0 +1,52 @@
+// Command baremetal_sd-bench is the load generator behind BENCHMARKS.md. It
+// measures a discovery server running on this machine and is built apart
+// from the release binary, which does not carry it:
+//
+//	go build -o baremetal_sd-bench ./bench/cmd/baremetal_sd-bench
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/alecthomas/kingpin/v2"
+	"github.com/prometheus/common/promslog"
+	promslogflag "github.com/prometheus/common/promslog/flag"
+	"github.com/prometheus/common/version"
+
+	"github.com/baremetal-sd/baremetal_sd/bench"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	app := kingpin.New("baremetal_sd-bench", "Load generator for baremetal_sd's BENCHMARKS.md; targets a server on this machine only.")
+	app.Version(version.Print("baremetal_sd-bench"))
+	app.HelpFlag.Short('h')
+	logConfig := &promslog.Config{}
+	promslogflag.AddFlags(app, logConfig)
+	cmds := bench.AddCommands(app)
+
+	cmd, err := app.Parse(args)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "baremetal_sd-bench: %v, try --help\n", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	handled, err := cmds.Run(ctx, cmd, promslog.New(logConfig))
+	if !handled {
+		fmt.Fprintf(os.Stderr, "baremetal_sd-bench: unknown command %q\n", cmd)
+		return 2
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "baremetal_sd-bench: %s: %v\n", cmd, err)
+		return 1
+	}
+	return 0
+}
