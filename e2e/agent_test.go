@@ -465,6 +465,15 @@ func startNodeExporter(t *testing.T) string {
 
 func TestAgent_RelaysNodeExporterToPrometheus(t *testing.T) {
 	t.Parallel()
+	for _, rel := range prometheusReleases() {
+		t.Run(rel.Name, func(t *testing.T) {
+			t.Parallel()
+			testRelaysNodeExporterToPrometheus(t, rel)
+		})
+	}
+}
+
+func testRelaysNodeExporterToPrometheus(t *testing.T, rel prometheusRelease) {
 	ctx := t.Context()
 	h := newAgentHarness(t)
 	node := startNodeExporter(t)
@@ -481,7 +490,7 @@ func TestAgent_RelaysNodeExporterToPrometheus(t *testing.T) {
 	a.waitState(t, h.scraper, "registered")
 	id := a.id(t)
 
-	prom := startPrometheus(t, fmt.Sprintf(`
+	prom := startPrometheusBinary(t, rel.Binary, fmt.Sprintf(`
 global:
   scrape_interval: 1s
   scrape_timeout: 1s

@@ -47,8 +47,37 @@ const (
 	maxLogDump = 256 << 10
 )
 
-// prometheusBinary is where Debian's prometheus package installs the server.
+// prometheusBinary is where Debian's prometheus package installs the server
+// (2.42).
 const prometheusBinary = "/usr/bin/prometheus"
+
+// prometheus3Binary is where scripts/install-test-deps.sh caches the
+// Prometheus 3 it builds from the Go module proxy; BAREMETAL_SD_PROMETHEUS3
+// overrides it, in the script as here.
+func prometheus3Binary() string {
+	if p := os.Getenv("BAREMETAL_SD_PROMETHEUS3"); p != "" {
+		return p
+	}
+	return "/var/cache/baremetal_sd-test/prometheus-v0.316.0/prometheus"
+}
+
+// prometheusRelease is one Prometheus that end-to-end tests run against.
+type prometheusRelease struct {
+	// Name names the subtest, e.g. "prometheus2".
+	Name   string
+	Binary string
+}
+
+// prometheusReleases are the Prometheus servers whose differences matter
+// to this project: Debian's 2.42 and the Prometheus 3 users run. They
+// differ in the Accept header they scrape with and its escaping scheme,
+// how strictly they read a target's Content-Type, and their http_sd client.
+func prometheusReleases() []prometheusRelease {
+	return []prometheusRelease{
+		{Name: "prometheus2", Binary: prometheusBinary},
+		{Name: "prometheus3", Binary: prometheus3Binary()},
+	}
+}
 
 // binary is the path of the baremetal_sd binary built by TestMain. It is set
 // once before any test runs and only read afterwards, so sharing it between
@@ -705,8 +734,15 @@ type testPrometheus struct {
 // when the test ends and its output logged if the test failed.
 func startPrometheus(t testing.TB, configYAML string) *testPrometheus {
 	t.Helper()
-	if _, err := os.Stat(prometheusBinary); err != nil {
-		t.Fatalf("%s is missing (%v): run scripts/install-test-deps.sh (make test does)", prometheusBinary, err)
+	return startPrometheusBinary(t, prometheusBinary, configYAML)
+}
+
+// startPrometheusBinary is startPrometheus with the Prometheus binary to
+// run, one of prometheusReleases.
+func startPrometheusBinary(t testing.TB, binary, configYAML string) *testPrometheus {
+	t.Helper()
+	if _, err := os.Stat(binary); err != nil {
+		t.Fatalf("%s is missing (%v): run scripts/install-test-deps.sh (make test does)", binary, err)
 	}
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "prometheus.yml")
@@ -717,7 +753,7 @@ func startPrometheus(t testing.TB, configYAML string) *testPrometheus {
 	p := &testPrometheus{URL: "http://" + addr, log: &logBuffer{}}
 	fmt.Fprintf(p.log, "=== prometheus.yml:\n%s\n", configYAML)
 	dumpOnFailure(t, "prometheus "+addr, p.log)
-	p.proc = startProcess(t, "prometheus", p.log, prometheusBinary,
+	p.proc = startProcess(t, "prometheus", p.log, binary,
 		"--config.file="+cfg,
 		"--storage.tsdb.path="+filepath.Join(dir, "tsdb"),
 		"--web.listen-address="+addr,

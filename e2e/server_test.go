@@ -218,6 +218,15 @@ func agentTargets(ts []promTarget, job, id string) []promTarget {
 
 func TestServer_PrometheusDiscoversAgent(t *testing.T) {
 	t.Parallel()
+	for _, rel := range prometheusReleases() {
+		t.Run(rel.Name, func(t *testing.T) {
+			t.Parallel()
+			testPrometheusDiscoversAgent(t, rel)
+		})
+	}
+}
+
+func testPrometheusDiscoversAgent(t *testing.T, rel prometheusRelease) {
 	ctx := t.Context()
 	s := startServer(t)
 	enrollTok := createToken(t, s.DataDir, "--scope=enroll", "--ttl=10m")
@@ -269,7 +278,7 @@ func TestServer_PrometheusDiscoversAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	sdURL := s.URL + discovery.PathDiscovery
-	prom := startPrometheus(t, fmt.Sprintf(`
+	prom := startPrometheusBinary(t, rel.Binary, fmt.Sprintf(`
 global:
   scrape_interval: 1s
   scrape_timeout: 1s
