@@ -17,6 +17,7 @@ type Server struct {
 	CertificatesIssued   *prometheus.CounterVec
 	TokenRejections      *prometheus.CounterVec
 	CertRejections       *prometheus.CounterVec
+	RequestRejections    *prometheus.CounterVec
 	Expirations          prometheus.Counter
 	Purges               prometheus.Counter
 	HTTPSDRequests       *prometheus.CounterVec
@@ -60,6 +61,10 @@ func NewServer(reg prometheus.Registerer) *Server {
 		CertRejections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: "auth", Name: "certificate_rejections_total",
 			Help: "Client certificates refused, by reason.",
+		}, []string{"reason"}),
+		RequestRejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: "api", Name: "request_rejections_total",
+			Help: "State-changing API requests refused before authentication, by reason (cross_origin, content_type).",
 		}, []string{"reason"}),
 		Expirations: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: "registry", Name: "expirations_total",
@@ -107,7 +112,7 @@ func NewServer(reg prometheus.Registerer) *Server {
 		}, []string{"result"}),
 	}
 	reg.MustRegister(m.AgentsByState, m.Registrations, m.Heartbeats, m.Renewals,
-		m.CertificatesIssued, m.TokenRejections, m.CertRejections, m.Expirations,
+		m.CertificatesIssued, m.TokenRejections, m.CertRejections, m.RequestRejections, m.Expirations,
 		m.Purges, m.HTTPSDRequests, m.HTTPSDResponseBytes, m.HTTPSDRebuildSeconds,
 		m.StoreSeconds, m.StoreErrors, m.StoreUp, m.HeartbeatFlushSize, m.FileSDWrites)
 	return m

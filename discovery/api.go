@@ -70,14 +70,17 @@ func NewAPI(cfg APIConfig) *API {
 
 // Routes adds the API's handlers to mux.
 func (a *API) Routes(mux *http.ServeMux) {
-	mux.HandleFunc("POST "+PathRegister, a.counted(func(m *collector.Server) *prometheus.CounterVec { return m.Registrations }, a.register))
-	mux.HandleFunc("POST "+PathHeartbeat, a.counted(func(m *collector.Server) *prometheus.CounterVec { return m.Heartbeats }, a.heartbeat))
-	mux.HandleFunc("POST "+PathRenew, a.counted(func(m *collector.Server) *prometheus.CounterVec { return m.Renewals }, a.renew))
-	mux.HandleFunc("DELETE "+PathSelf, a.handleDeregister)
+	// Every handler that changes state is guarded against cross-site
+	// requests; the GET handlers change nothing.
+	guard := newStateChanging(a).wrap
+	mux.HandleFunc("POST "+PathRegister, guard(a.counted(func(m *collector.Server) *prometheus.CounterVec { return m.Registrations }, a.register)))
+	mux.HandleFunc("POST "+PathHeartbeat, guard(a.counted(func(m *collector.Server) *prometheus.CounterVec { return m.Heartbeats }, a.heartbeat)))
+	mux.HandleFunc("POST "+PathRenew, guard(a.counted(func(m *collector.Server) *prometheus.CounterVec { return m.Renewals }, a.renew)))
+	mux.HandleFunc("DELETE "+PathSelf, guard(a.handleDeregister))
 	mux.HandleFunc("GET "+PathDiscovery, a.handleDiscovery)
 	mux.HandleFunc("GET "+PathAgents, a.handleListAgents)
-	mux.HandleFunc("DELETE "+PathAgents+"/{id}", a.handleRevoke)
-	mux.HandleFunc("POST "+PathAgents+"/{id}/maintenance", a.handleMaintenance)
+	mux.HandleFunc("DELETE "+PathAgents+"/{id}", guard(a.handleRevoke))
+	mux.HandleFunc("POST "+PathAgents+"/{id}/maintenance", guard(a.handleMaintenance))
 	mux.HandleFunc("GET "+PathCA, a.handleCA)
 
 	// Without these, ServeMux answers unknown API paths and wrong methods
