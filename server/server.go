@@ -205,7 +205,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		_, _ = w.Write([]byte("Ready.\n"))
 	})
-	showFleet := fleetReader
+	showFleet := fleetReader(api.CanReadFleet)
 	if cfg.AnonymousSD {
 		showFleet = func(*http.Request) bool { return true }
 	}
