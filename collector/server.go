@@ -72,7 +72,7 @@ func NewServer(reg prometheus.Registerer) *Server {
 		}),
 		Purges: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: "registry", Name: "purges_total",
-			Help: "Expired or revoked agents removed from the store after the retention window.",
+			Help: "Expired, deregistered or revoked agents removed from the store after the retention window.",
 		}),
 		HTTPSDRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: "httpsd", Name: "requests_total",

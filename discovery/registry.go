@@ -608,9 +608,11 @@ func (r *Registry) purgeable(e *entry, st AgentState, now time.Time) bool {
 var errNotPurgeable = errors.New("agent changed since the sweep")
 
 // purge deletes an agent unless it changed state since the sweep looked, as
-// stored: another replica may have seen it register again.
+// stored: another replica may have seen it register again. An expired agent
+// becomes a tombstone instead while a certificate of it can still register
+// (see retire).
 func (r *Registry) purge(ctx context.Context, id string, now time.Time) error {
-	_, err := r.Modify(ctx, id, nil, func(cur *Agent) (*Agent, error) {
+	kept, err := r.Modify(ctx, id, nil, func(cur *Agent) (*Agent, error) {
 		if cur == nil {
 			return nil, nil
 		}
@@ -618,13 +620,17 @@ func (r *Registry) purge(ctx context.Context, id string, now time.Time) error {
 		if !r.purgeable(e, r.state(e, now), now) {
 			return nil, errNotPurgeable
 		}
-		return nil, nil
+		return r.retire(cur, now), nil
 	})
 	if errors.Is(err, errNotPurgeable) {
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("purge agent %q: %w", id, err)
+	}
+	if kept != nil {
+		r.cfg.Logger.Info("Expired agent kept as a tombstone until its certificates can no longer register", "agent_id", id)
+		return nil
 	}
 	if m := r.cfg.Metrics; m != nil {
 		m.Purges.Inc()

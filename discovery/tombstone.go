@@ -3,6 +3,7 @@ package discovery
 import (
 	"context"
 	"fmt"
+	"time"
 )
 
 // Deregister is an agent's own deregistration, by the certificate with
@@ -35,4 +36,22 @@ func (r *Registry) Deregister(ctx context.Context, id, serial string) error {
 		return fmt.Errorf("deregister agent %q: %w", id, err)
 	}
 	return nil
+}
+
+// retire is what becomes of a record that Sweep found past its retention:
+// nothing, or, for an agent that expired while a certificate of it can still
+// register (over mTLS, or by proof of its key within the renewal grace
+// window), a tombstone. Purging it would let a host shed its pinned labels,
+// maintenance and a revocation to come by going silent for a day instead of
+// deregistering.
+func (r *Registry) retire(cur *Agent, now time.Time) *Agent {
+	if cur.Deregistered || cur.Revoked() {
+		return nil
+	}
+	last := max(unixNanos(cur.CertNotAfter), unixNanos(cur.PrevCertNotAfter))
+	if now.Sub(time.Unix(0, last)) > r.cfg.RenewGrace {
+		return nil
+	}
+	cur.Deregistered = true
+	return cur
 }

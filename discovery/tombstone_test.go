@@ -154,3 +154,44 @@ func errorIs(err, want error) bool {
 	}
 	return errors.Is(err, want)
 }
+
+// TestRegistry_ExpiredAgentRetiredAsTombstone: going silent past the
+// retention must not shed what deregistering no longer sheds. An expired
+// agent whose certificate can still register becomes a tombstone instead of
+// being purged; one whose certificates are past the grace window is purged.
+func TestRegistry_ExpiredAgentRetiredAsTombstone(t *testing.T) {
+	tests := []struct {
+		name      string
+		notAfter  time.Duration // certificate expiry, from the registration
+		tombstone bool
+	}{
+		{"certificate still valid", 24 * time.Hour, true},
+		{"certificate expired, within the grace window", -time.Hour, true},
+		{"certificate past the grace window", -49 * time.Hour, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clock := newFakeClock()
+			store := NewMemoryStore()
+			r := NewRegistry(RegistryConfig{Store: store, TTL: time.Minute, Retention: time.Hour, RenewGrace: 48 * time.Hour, Now: clock.Now})
+			ctx := context.Background()
+			if err := r.Load(ctx); err != nil {
+				t.Fatal(err)
+			}
+			a := testAgent("a")
+			a.PinnedLabels = a.Labels
+			a.Maintenance = true
+			a.CertNotAfter = clock.Now().Add(tt.notAfter)
+			mustPut(t, r, a)
+			clock.Advance(time.Minute + time.Hour + time.Second) // past TTL and retention
+			r.Sweep(ctx)
+			v, ok := r.Get("a")
+			if ok != tt.tombstone || (ok && (v.State != StateDeregistered || !v.Maintenance || v.PinnedLabels.IsEmpty())) {
+				t.Fatalf("after the retention: kept %v as %q (%+v), want tombstone %v", ok, v.State, v.Agent, tt.tombstone)
+			}
+			if stored, _ := store.List(ctx); (len(stored) == 1) != tt.tombstone {
+				t.Fatalf("stored %+v, want tombstone %v", stored, tt.tombstone)
+			}
+		})
+	}
+}
