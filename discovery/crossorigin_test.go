@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"crypto/tls"
 	"io"
+	"mime"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -116,4 +119,37 @@ func rawRequest(t *testing.T, c *http.Client, method, url, contentType string, h
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, b
+}
+
+// FuzzStateChanging feeds hostile browser headers to the guard of the
+// state-changing endpoints: it never panics, a refused request never
+// reaches the handler, and a body declared as anything but JSON, or sent
+// cross-site, is always refused.
+func FuzzStateChanging(f *testing.F) {
+	f.Add("application/json", "", "", "{}")
+	f.Add("text/plain", "https://evil.example", "cross-site", "{}")
+	f.Add("application/json; charset=utf-8", "https://127.0.0.1:9955", "same-origin", "")
+	f.Add("application/JSON ;", "null", "none", "x")
+	f.Add("multipart/form-data; boundary=\"", "http://[::1", "same-site", "")
+	guard := newStateChanging(NewAPI(APIConfig{}))
+	f.Fuzz(func(t *testing.T, contentType, origin, fetchSite, body string) {
+		r := httptest.NewRequest(http.MethodPost, "https://127.0.0.1:9955"+PathHeartbeat, strings.NewReader(body))
+		for k, v := range map[string]string{"Content-Type": contentType, "Origin": origin, "Sec-Fetch-Site": fetchSite} {
+			if v != "" {
+				r.Header.Set(k, v)
+			}
+		}
+		served := false
+		rec := httptest.NewRecorder()
+		guard.wrap(func(http.ResponseWriter, *http.Request) { served = true })(rec, r)
+		if served != (rec.Code == http.StatusOK) {
+			t.Fatalf("served %v with status %d", served, rec.Code)
+		}
+		mt, _, err := mime.ParseMediaType(contentType)
+		notJSON := (contentType != "" || body != "") && (err != nil || mt != "application/json")
+		crossSite := fetchSite == "cross-site" || fetchSite == "same-site"
+		if served && (notJSON || crossSite) {
+			t.Fatalf("served Content-Type %q, Sec-Fetch-Site %q, body %q", contentType, fetchSite, body)
+		}
+	})
 }
