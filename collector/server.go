@@ -17,6 +17,7 @@ type Server struct {
 	CertificatesIssued   *prometheus.CounterVec
 	TokenRejections      *prometheus.CounterVec
 	CertRejections       *prometheus.CounterVec
+	RequestRejections    *prometheus.CounterVec
 	Expirations          prometheus.Counter
 	Purges               prometheus.Counter
 	HTTPSDRequests       *prometheus.CounterVec
@@ -61,13 +62,17 @@ func NewServer(reg prometheus.Registerer) *Server {
 			Namespace: ns, Subsystem: "auth", Name: "certificate_rejections_total",
 			Help: "Client certificates refused, by reason.",
 		}, []string{"reason"}),
+		RequestRejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: "api", Name: "request_rejections_total",
+			Help: "State-changing API requests refused before authentication, by reason (cross_origin, content_type).",
+		}, []string{"reason"}),
 		Expirations: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: "registry", Name: "expirations_total",
 			Help: "Agents that missed heartbeats for longer than the TTL and left http_sd.",
 		}),
 		Purges: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: "registry", Name: "purges_total",
-			Help: "Expired or revoked agents removed from the store after the retention window.",
+			Help: "Expired, deregistered or revoked agents removed from the store after the retention window.",
 		}),
 		HTTPSDRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: "httpsd", Name: "requests_total",
@@ -107,7 +112,7 @@ func NewServer(reg prometheus.Registerer) *Server {
 		}, []string{"result"}),
 	}
 	reg.MustRegister(m.AgentsByState, m.Registrations, m.Heartbeats, m.Renewals,
-		m.CertificatesIssued, m.TokenRejections, m.CertRejections, m.Expirations,
+		m.CertificatesIssued, m.TokenRejections, m.CertRejections, m.RequestRejections, m.Expirations,
 		m.Purges, m.HTTPSDRequests, m.HTTPSDResponseBytes, m.HTTPSDRebuildSeconds,
 		m.StoreSeconds, m.StoreErrors, m.StoreUp, m.HeartbeatFlushSize, m.FileSDWrites)
 	return m

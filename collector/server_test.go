@@ -23,6 +23,7 @@ func TestServer_MetricsLint(t *testing.T) {
 	m.CertificatesIssued.WithLabelValues("register").Inc()
 	m.TokenRejections.WithLabelValues("expired").Inc()
 	m.CertRejections.WithLabelValues("revoked").Inc()
+	m.RequestRejections.WithLabelValues("cross_origin").Inc()
 	m.StoreSeconds.WithLabelValues("put").Observe(0.001)
 	m.StoreErrors.WithLabelValues("put").Inc()
 	RegisterCertificateExpiry(reg, func() map[string]time.Time { return map[string]time.Time{"ca": time.Unix(1, 0)} })

@@ -70,14 +70,17 @@ func NewAPI(cfg APIConfig) *API {
 
 // Routes adds the API's handlers to mux.
 func (a *API) Routes(mux *http.ServeMux) {
-	mux.HandleFunc("POST "+PathRegister, a.counted(func(m *collector.Server) *prometheus.CounterVec { return m.Registrations }, a.register))
-	mux.HandleFunc("POST "+PathHeartbeat, a.counted(func(m *collector.Server) *prometheus.CounterVec { return m.Heartbeats }, a.heartbeat))
-	mux.HandleFunc("POST "+PathRenew, a.counted(func(m *collector.Server) *prometheus.CounterVec { return m.Renewals }, a.renew))
-	mux.HandleFunc("DELETE "+PathSelf, a.handleDeregister)
+	// Every handler that changes state is guarded against cross-site
+	// requests; the GET handlers change nothing.
+	guard := newStateChanging(a).wrap
+	mux.HandleFunc("POST "+PathRegister, guard(a.counted(func(m *collector.Server) *prometheus.CounterVec { return m.Registrations }, a.register)))
+	mux.HandleFunc("POST "+PathHeartbeat, guard(a.counted(func(m *collector.Server) *prometheus.CounterVec { return m.Heartbeats }, a.heartbeat)))
+	mux.HandleFunc("POST "+PathRenew, guard(a.counted(func(m *collector.Server) *prometheus.CounterVec { return m.Renewals }, a.renew)))
+	mux.HandleFunc("DELETE "+PathSelf, guard(a.handleDeregister))
 	mux.HandleFunc("GET "+PathDiscovery, a.handleDiscovery)
 	mux.HandleFunc("GET "+PathAgents, a.handleListAgents)
-	mux.HandleFunc("DELETE "+PathAgents+"/{id}", a.handleRevoke)
-	mux.HandleFunc("POST "+PathAgents+"/{id}/maintenance", a.handleMaintenance)
+	mux.HandleFunc("DELETE "+PathAgents+"/{id}", guard(a.handleRevoke))
+	mux.HandleFunc("POST "+PathAgents+"/{id}/maintenance", guard(a.handleMaintenance))
 	mux.HandleFunc("GET "+PathCA, a.handleCA)
 
 	// Without these, ServeMux answers unknown API paths and wrong methods
@@ -444,7 +447,7 @@ func (a *API) heartbeat(w http.ResponseWriter, r *http.Request) string {
 // certStateError answers a registry refusal of an agent certificate.
 func (a *API) certStateError(w http.ResponseWriter, r *http.Request, err error) string {
 	switch {
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, ErrNotFound), errors.Is(err, ErrDeregistered):
 		writeError(w, http.StatusNotFound, "agent not registered: register again")
 		return "not_found"
 	case errors.Is(err, ErrRevoked):
@@ -508,7 +511,7 @@ func (a *API) renew(w http.ResponseWriter, r *http.Request) string {
 			if cur == nil {
 				return nil, ErrNotFound
 			}
-			if err := checkSerial(cur, who.serial, now); err != nil {
+			if err := checkActive(cur, who.serial, now); err != nil {
 				return nil, err
 			}
 			if cert == nil && cur.KeyFingerprint != "" && fp != cur.KeyFingerprint {
@@ -529,7 +532,7 @@ func (a *API) renew(w http.ResponseWriter, r *http.Request) string {
 			continue
 		case errors.Is(err, errKeyMismatch):
 			return a.fail(w, r, a.auth.reject(&authError{http.StatusForbidden, "key_mismatch", "csr key is not the key the agent enrolled with"}))
-		case errors.Is(err, ErrNotFound), errors.Is(err, ErrRevoked), errors.Is(err, ErrSuperseded):
+		case errors.Is(err, ErrNotFound), errors.Is(err, ErrRevoked), errors.Is(err, ErrSuperseded), errors.Is(err, ErrDeregistered):
 			return a.certStateError(w, r, err)
 		case err != nil:
 			return a.fail(w, r, err)
@@ -592,20 +595,7 @@ func (a *API) handleDeregister(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	// Decided on the stored record: a certificate that another replica
-	// revoked or superseded a moment ago must not delete the record, which
-	// would let the certificate register again.
-	now := a.cfg.Now()
-	_, err = a.cfg.Registry.Modify(r.Context(), who.id, nil, func(cur *Agent) (*Agent, error) {
-		if cur == nil {
-			return nil, ErrNotFound
-		}
-		if err := checkSerial(cur, who.serial, now); err != nil {
-			return nil, err
-		}
-		return nil, nil
-	})
-	if err != nil {
+	if err := a.cfg.Registry.Deregister(r.Context(), who.id, who.serial); err != nil {
 		a.certStateError(w, r, err)
 		return
 	}

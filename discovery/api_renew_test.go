@@ -348,10 +348,12 @@ func TestAPI_RegisterWithExpiredCertificate(t *testing.T) {
 			if rep.status != tt.status {
 				t.Fatalf("status %d (%s), want %d", rep.status, rep.body, tt.status)
 			}
-			_, listed := h.reg.Get(id)
+			v, listed := h.reg.Get(id)
 			if tt.status != http.StatusOK {
-				if listed {
-					t.Error("a refused registration stored the agent")
+				// The deregistration left a tombstone; a refused
+				// registration must not have brought the agent back.
+				if !listed || v.State != StateDeregistered {
+					t.Errorf("after a refused registration: listed %v, state %q, want the tombstone", listed, v.State)
 				}
 				return
 			}

@@ -107,6 +107,8 @@ func (h *apiHarness) do(c *http.Client, method, path, token string, body []byte)
 	if body == nil {
 		req.Body = http.NoBody
 		req.ContentLength = 0
+	} else {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)

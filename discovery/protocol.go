@@ -74,9 +74,13 @@ const (
 	StateExpired     AgentState = "expired"
 	StateRevoked     AgentState = "revoked"
 	StateMaintenance AgentState = "maintenance"
+	// StateDeregistered is the tombstone of an agent that deregistered
+	// itself. It is listed to admins but is not one of AgentStates: it is
+	// not part of the fleet, its counts or its metrics.
+	StateDeregistered AgentState = "deregistered"
 )
 
-// AgentStates lists every state, in display order.
+// AgentStates lists every state of an agent of the fleet, in display order.
 func AgentStates() []AgentState {
 	return []AgentState{StateHealthy, StateStale, StateMaintenance, StateExpired, StateRevoked}
 }

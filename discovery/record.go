@@ -20,7 +20,7 @@ type record struct {
 	// Unix nanoseconds; 0 stands for the zero time.
 	certNotAfter, prevCertNotAfter, registeredAt, revokedAt int64
 	Port                                                    uint16
-	Maintenance                                             bool
+	Maintenance, Deregistered                               bool
 }
 
 // newRecord makes the in-memory record of a stored agent. It shares a's
@@ -41,8 +41,9 @@ func newRecord(a *Agent) *record {
 		registeredAt:     unixNanos(a.RegisteredAt),
 		revokedAt:        unixNanos(a.RevokedAt),
 		// Validation keeps ports in 1-65535.
-		Port:        uint16(a.Port),
-		Maintenance: a.Maintenance,
+		Port:         uint16(a.Port),
+		Maintenance:  a.Maintenance,
+		Deregistered: a.Deregistered,
 	}
 }
 
@@ -64,6 +65,7 @@ func (r *record) agent() *Agent {
 		RegisteredAt:     fromUnixNanos(r.registeredAt),
 		Maintenance:      r.Maintenance,
 		RevokedAt:        fromUnixNanos(r.revokedAt),
+		Deregistered:     r.Deregistered,
 	}
 	if r.Exporters != nil {
 		a.Exporters = append([]Exporter(nil), r.Exporters...)
@@ -73,6 +75,30 @@ func (r *record) agent() *Agent {
 
 // revoked reports whether an operator revoked the agent.
 func (r *record) revoked() bool { return r.revokedAt != 0 }
+
+// checkActive is checkActive on a record.
+func (r *record) checkActive(serial string, now time.Time) error {
+	if err := r.checkSerial(serial, now); err != nil {
+		return err
+	}
+	if r.Deregistered {
+		return ErrDeregistered
+	}
+	return nil
+}
+
+// checkActive decides whether a certificate may act for a registered agent
+// (heartbeat, renew, deregister): checkSerial, and the agent has not
+// deregistered itself. Registering again only needs checkSerial.
+func checkActive(a *Agent, serial string, now time.Time) error {
+	if err := checkSerial(a, serial, now); err != nil {
+		return err
+	}
+	if a.Deregistered {
+		return ErrDeregistered
+	}
+	return nil
+}
 
 // checkSerial is checkSerial on a record.
 func (r *record) checkSerial(serial string, now time.Time) error {

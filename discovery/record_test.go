@@ -27,6 +27,7 @@ func TestRecord_RoundTrip(t *testing.T) {
 		RegisteredAt:     at,
 		Maintenance:      true,
 		RevokedAt:        at.Add(2 * time.Hour),
+		Deregistered:     true,
 	}
 	for _, a := range []Agent{full, {ID: "bare", Hostname: "h", Address: "10.0.0.1", Port: 1}} {
 		t.Run(a.ID, func(t *testing.T) {

@@ -21,6 +21,9 @@ var (
 	// ErrSuperseded means the certificate is no longer the agent's current one,
 	// because the agent enrolled again with another key.
 	ErrSuperseded = errors.New("certificate superseded by a newer enrollment")
+	// ErrDeregistered means the agent deregistered itself: it must register
+	// again before it heartbeats or renews.
+	ErrDeregistered = errors.New("agent deregistered")
 )
 
 // RegistryConfig configures a Registry. Zero durations take the defaults
@@ -38,6 +41,11 @@ type RegistryConfig struct {
 	// certificates stay refused; it must outlive every certificate and the
 	// renewal grace window (31 days).
 	RevocationRetention time.Duration
+	// RenewGrace is how long after expiry a certificate may still renew by
+	// proving possession of its key (30 days). The tombstone of an agent
+	// that deregistered itself is kept until its last certificate is past
+	// that window, since until then the certificate can register again.
+	RenewGrace time.Duration
 	// FlushInterval is how often batched heartbeats are written (5s).
 	FlushInterval time.Duration
 	// SweepInterval is how often states are recomputed (1s).
@@ -60,6 +68,9 @@ func (c *RegistryConfig) setDefaults() {
 	}
 	if c.RevocationRetention <= 0 {
 		c.RevocationRetention = 31 * 24 * time.Hour
+	}
+	if c.RenewGrace <= 0 {
+		c.RenewGrace = 30 * 24 * time.Hour
 	}
 	if c.FlushInterval <= 0 {
 		c.FlushInterval = 5 * time.Second
@@ -443,7 +454,7 @@ func (r *Registry) Heartbeat(id, serial, status string) error {
 	if !ok {
 		return ErrNotFound
 	}
-	if err := e.rec.checkSerial(serial, now); err != nil {
+	if err := e.rec.checkActive(serial, now); err != nil {
 		return err
 	}
 	e.lastSeen.Store(now.UnixNano())
@@ -460,7 +471,7 @@ func (r *Registry) Heartbeat(id, serial, status string) error {
 }
 
 // CheckCertificate reports whether the certificate with serial may act for
-// agent id: ErrNotFound, ErrRevoked, ErrSuperseded or nil.
+// agent id: ErrNotFound, ErrRevoked, ErrSuperseded, ErrDeregistered or nil.
 func (r *Registry) CheckCertificate(id, serial string) error {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
@@ -468,7 +479,7 @@ func (r *Registry) CheckCertificate(id, serial string) error {
 	if !ok {
 		return ErrNotFound
 	}
-	return e.rec.checkSerial(serial, r.cfg.Now())
+	return e.rec.checkActive(serial, r.cfg.Now())
 }
 
 // state computes an agent's state at now. An agent restored at start-up is
@@ -477,6 +488,9 @@ func (r *Registry) state(e *entry, now time.Time) AgentState {
 	a := e.rec
 	if a.revoked() {
 		return StateRevoked
+	}
+	if a.Deregistered {
+		return StateDeregistered
 	}
 	last := time.Unix(0, e.lastSeen.Load())
 	if last.Before(r.started) {
@@ -496,8 +510,12 @@ func (r *Registry) state(e *entry, now time.Time) AgentState {
 }
 
 func (r *Registry) inDiscovery(e *entry, now time.Time) bool {
-	s := r.state(e, now)
-	return s != StateExpired && s != StateRevoked
+	return listedState(r.state(e, now))
+}
+
+// listedState says whether agents in state st are in http_sd.
+func listedState(st AgentState) bool {
+	return st != StateExpired && st != StateRevoked && st != StateDeregistered
 }
 
 // Run expires, purges and flushes until ctx ends, then flushes once more.
@@ -535,7 +553,7 @@ func (r *Registry) Sweep(ctx context.Context) {
 		for id, e := range r.shards[i].agents {
 			st := r.state(e, now)
 			counts[st]++
-			listed := st != StateExpired && st != StateRevoked
+			listed := listedState(st)
 			if e.listed.Load() != listed {
 				e.listed.Store(listed)
 				changed = true
@@ -571,6 +589,11 @@ func (r *Registry) purgeable(e *entry, st AgentState, now time.Time) bool {
 	switch st {
 	case StateRevoked:
 		return now.Sub(fromUnixNanos(e.rec.revokedAt)) > r.cfg.RevocationRetention
+	case StateDeregistered:
+		// Until then a certificate of the agent can register again, over
+		// mTLS or by proof of its key, and must find what it left behind.
+		last := max(e.rec.certNotAfter, e.rec.prevCertNotAfter)
+		return now.Sub(time.Unix(0, last)) > r.cfg.RenewGrace
 	case StateExpired:
 		last := time.Unix(0, e.lastSeen.Load())
 		if last.Before(r.started) {
@@ -585,9 +608,11 @@ func (r *Registry) purgeable(e *entry, st AgentState, now time.Time) bool {
 var errNotPurgeable = errors.New("agent changed since the sweep")
 
 // purge deletes an agent unless it changed state since the sweep looked, as
-// stored: another replica may have seen it register again.
+// stored: another replica may have seen it register again. An expired agent
+// becomes a tombstone instead while a certificate of it can still register
+// (see retire).
 func (r *Registry) purge(ctx context.Context, id string, now time.Time) error {
-	_, err := r.Modify(ctx, id, nil, func(cur *Agent) (*Agent, error) {
+	kept, err := r.Modify(ctx, id, nil, func(cur *Agent) (*Agent, error) {
 		if cur == nil {
 			return nil, nil
 		}
@@ -595,13 +620,17 @@ func (r *Registry) purge(ctx context.Context, id string, now time.Time) error {
 		if !r.purgeable(e, r.state(e, now), now) {
 			return nil, errNotPurgeable
 		}
-		return nil, nil
+		return r.retire(cur, now), nil
 	})
 	if errors.Is(err, errNotPurgeable) {
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("purge agent %q: %w", id, err)
+	}
+	if kept != nil {
+		r.cfg.Logger.Info("Expired agent kept as a tombstone until its certificates can no longer register", "agent_id", id)
+		return nil
 	}
 	if m := r.cfg.Metrics; m != nil {
 		m.Purges.Inc()

@@ -60,6 +60,12 @@ type Agent struct {
 	Status       string    `json:"status,omitempty"`
 	Maintenance  bool      `json:"maintenance,omitempty"`
 	RevokedAt    time.Time `json:"revoked_at,omitzero"`
+	// Deregistered marks a tombstone: the agent deregistered itself, but
+	// what it may not change (pinned labels, maintenance, certificate
+	// serials, revocation) is kept until its last certificate can no longer
+	// be renewed, so that registering again with that certificate brings
+	// all of it back and an operator can still revoke it.
+	Deregistered bool `json:"deregistered,omitempty"`
 }
 
 // Revoked reports whether an operator revoked the agent.

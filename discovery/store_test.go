@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/prometheus/model/labels"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -172,6 +173,55 @@ func testStoreConformance(t *testing.T, newStore func(*testing.T) Store, reopen 
 		}
 		if got := sortedList(t, s); len(got) != 0 {
 			t.Fatalf("after delete by update: %+v", got)
+		}
+	})
+	t.Run("tombstone keeps what the agent may not change", func(t *testing.T) {
+		s := newStore(t)
+		a := testAgent("a")
+		a.LastSeen = base
+		a.PinnedLabels = labels.FromStrings("role", "web")
+		a.Maintenance = true
+		a.CertNotAfter = base.Add(24 * time.Hour)
+		a.PrevCertSerial, a.PrevCertNotAfter = "s-old", base.Add(time.Hour)
+		if err := s.Put(ctx, a); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.Update(ctx, "a", nil, func(cur *Agent) (*Agent, error) {
+			cur.Deregistered = true
+			return cur, nil
+		})
+		if err != nil || got == nil || !got.Deregistered {
+			t.Fatalf("deregister: %+v, %v", got, err)
+		}
+		// Heartbeats batched before the deregistration do not undo it.
+		if err := s.Touch(ctx, []Touch{{ID: "a", LastSeen: base.Add(time.Minute)}}); err != nil {
+			t.Fatal(err)
+		}
+		check := func(t *testing.T, agents []Agent) {
+			t.Helper()
+			if len(agents) != 1 {
+				t.Fatalf("want the tombstone, got %+v", agents)
+			}
+			g := agents[0]
+			if !g.Deregistered || !g.Maintenance || g.PinnedLabels.Get("role") != "web" ||
+				g.CertSerial != "s-a" || g.PrevCertSerial != "s-old" || !g.CertNotAfter.Equal(a.CertNotAfter) {
+				t.Fatalf("tombstone lost something: %+v", g)
+			}
+		}
+		check(t, sortedList(t, s))
+		if reopen != nil {
+			check(t, sortedList(t, reopen(t, s)))
+		}
+		// An operator revokes the tombstone; it stays one.
+		got, err = s.Update(ctx, "a", nil, func(cur *Agent) (*Agent, error) {
+			if !cur.Deregistered {
+				return nil, errors.New("fn saw no tombstone")
+			}
+			cur.RevokedAt = base.Add(2 * time.Minute)
+			return cur, nil
+		})
+		if err != nil || !got.Revoked() || !got.Deregistered {
+			t.Fatalf("revoke the tombstone: %+v, %v", got, err)
 		}
 	})
 	t.Run("update with a token claim", func(t *testing.T) {

@@ -18,7 +18,8 @@ type Summary struct {
 }
 
 // Summarize counts the agents by state and returns the first limit agents
-// in state (all states when empty), sorted by hostname, then id. Only those
+// in state (all states when empty), sorted by hostname, then id. Tombstones
+// are left out: they are not part of the fleet. Only the agents returned
 // are copied: a page over 100,000 agents costs a pass over the registry, not
 // a copy and a sort of it.
 func (r *Registry) Summarize(state AgentState, limit int) Summary {
@@ -29,6 +30,9 @@ func (r *Registry) Summarize(state AgentState, limit int) Summary {
 	for i := range r.shards {
 		for _, e := range r.shards[i].agents {
 			st := r.state(e, now)
+			if st == StateDeregistered {
+				continue // a tombstone is not part of the fleet
+			}
 			s.Total++
 			s.Counts[st]++
 			if state != "" && st != state {

@@ -137,6 +137,7 @@ func Run(ctx context.Context, cfg Config) error {
 		// Revoked records must outlive every certificate and the renewal grace
 		// window, or a revoked host could come back by renewing.
 		RevocationRetention: cfg.CertTTL + cfg.RenewGrace + 24*time.Hour,
+		RenewGrace:          cfg.RenewGrace,
 		Metrics:             metrics,
 		Logger:              logger,
 	})
@@ -204,7 +205,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		_, _ = w.Write([]byte("Ready.\n"))
 	})
-	showFleet := fleetReader
+	showFleet := fleetReader(api.CanReadFleet)
 	if cfg.AnonymousSD {
 		showFleet = func(*http.Request) bool { return true }
 	}

@@ -12,7 +12,6 @@ import (
 	"github.com/prometheus/common/version"
 	"github.com/prometheus/prometheus/model/labels"
 
-	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/discovery"
 	"github.com/baremetal-sd/baremetal_sd/web"
 )
@@ -66,17 +65,16 @@ type statusPage struct {
 }
 
 // fleetReader is the status page's default showFleet: the request
-// authenticated with basic auth, or with a client certificate of role
-// discovery or admin (the TLS layer verified it against the CA).
-func fleetReader(r *http.Request) bool {
-	if _, ok := web.BasicAuthUser(r); ok {
-		return true
+// authenticated with basic auth, or with a client certificate the API itself
+// accepts for http_sd (a discovery or admin certificate of the CA: the web
+// config's client_ca_file may trust other CAs too).
+func fleetReader(certAllowed func(*http.Request) bool) func(*http.Request) bool {
+	return func(r *http.Request) bool {
+		if _, ok := web.BasicAuthUser(r); ok {
+			return true
+		}
+		return certAllowed(r)
 	}
-	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
-		return false
-	}
-	role, _, err := ca.Identify(r.TLS.PeerCertificates[0])
-	return err == nil && (role == ca.RoleDiscovery || role == ca.RoleAdmin)
 }
 
 type statusRow struct {

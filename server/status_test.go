@@ -3,8 +3,8 @@ package server
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -12,9 +12,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/prometheus/prometheus/model/labels"
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
+	"github.com/baremetal-sd/baremetal_sd/collector"
 	"github.com/baremetal-sd/baremetal_sd/discovery"
 )
 
@@ -169,41 +172,86 @@ func TestStatusPage_BoundedRows(t *testing.T) {
 	}
 }
 
-// TestFleetReader: who may see the agent table by certificate. Basic auth is
-// checked by the web package, which marks the request.
+// TestFleetReader: who may see the agent table by certificate, over a real
+// TLS listener whose client CA pool (a web config's client_ca_file) bundles
+// another CA besides ours. A certificate of that CA is verified by TLS but
+// must not see the fleet: the page asks the API's authenticator, as http_sd
+// does. Basic auth is checked by the web package, which marks the request.
 func TestFleetReader(t *testing.T) {
-	authority, _, err := ca.LoadOrCreate(t.TempDir())
+	dir := t.TempDir()
+	authority, _, err := ca.LoadOrCreate(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	certOf := func(role ca.Role) *x509.Certificate {
-		certPEM, _, err := authority.IssueClient("test-"+string(role), role, time.Hour)
+	tokenKey, _, err := ca.LoadOrCreateTokenKey(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign, _, err := ca.LoadOrCreate(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fleet := newFleet(t, []fleetAgent{{id: "a1", host: "db1.example.com"}})
+	metrics := collector.NewServer(prometheus.NewRegistry())
+	api := discovery.NewAPI(discovery.APIConfig{Registry: fleet, CA: authority, Tokens: ca.NewTokens(tokenKey), Metrics: metrics})
+	page := &statusPage{
+		registry: fleet, now: func() time.Time { return statusNow }, logger: slog.New(slog.DiscardHandler),
+		showFleet: fleetReader(api.CanReadFleet),
+	}
+	clientCAs := authority.Pool()
+	if !clientCAs.AppendCertsFromPEM(foreign.CertificatePEM()) {
+		t.Fatal("foreign CA not added")
+	}
+	srv := httptest.NewUnstartedServer(page)
+	srv.TLS = &tls.Config{ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: clientCAs}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+
+	certOf := func(issuer *ca.Authority, role ca.Role) *tls.Certificate {
+		certPEM, keyPEM, err := issuer.IssueClient("test-"+string(role), role, time.Hour)
 		if err != nil {
 			t.Fatal(err)
 		}
-		cert, err := ca.ParseCertificatePEM(certPEM)
+		c, err := tls.X509KeyPair(certPEM, keyPEM)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return cert
+		return &c
 	}
 	tests := []struct {
 		name string
-		tls  *tls.ConnectionState
+		cert *tls.Certificate
 		want bool
 	}{
-		{"plain HTTP", nil, false},
-		{"TLS without a client certificate", &tls.ConnectionState{}, false},
-		{"discovery certificate", &tls.ConnectionState{PeerCertificates: []*x509.Certificate{certOf(ca.RoleDiscovery)}}, true},
-		{"admin certificate", &tls.ConnectionState{PeerCertificates: []*x509.Certificate{certOf(ca.RoleAdmin)}}, true},
+		{"no client certificate", nil, false},
+		{"discovery certificate", certOf(authority, ca.RoleDiscovery), true},
+		{"admin certificate", certOf(authority, ca.RoleAdmin), true},
+		{"discovery certificate of another CA in client_ca_file", certOf(foreign, ca.RoleDiscovery), false},
+		{"admin certificate of another CA in client_ca_file", certOf(foreign, ca.RoleAdmin), false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := httptest.NewRequest(http.MethodGet, "/", nil)
-			r.TLS = tt.tls
-			if got := fleetReader(r); got != tt.want {
-				t.Errorf("fleetReader = %v, want %v", got, tt.want)
+			tr := srv.Client().Transport.(*http.Transport).Clone()
+			if tt.cert != nil {
+				tr.TLSClientConfig.Certificates = []tls.Certificate{*tt.cert}
+			}
+			c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+			defer tr.CloseIdleConnections()
+			resp, err := c.Get(srv.URL + "/")
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("status %d", resp.StatusCode)
+			}
+			if got := strings.Contains(string(body), "db1.example.com"); got != tt.want {
+				t.Errorf("agent list shown: %v, want %v", got, tt.want)
 			}
 		})
+	}
+	if n := testutil.ToFloat64(metrics.CertRejections.WithLabelValues("unverified_certificate")); n != 2 {
+		t.Errorf("unverified certificates counted %v times, want 2", n)
 	}
 }

@@ -10,7 +10,6 @@ import (
 
 	toolkitweb "github.com/prometheus/exporter-toolkit/web"
 	"golang.org/x/crypto/bcrypt"
-	"golang.org/x/time/rate"
 )
 
 // fakeHash is compared against for unknown users, so that a wrong user
@@ -32,10 +31,11 @@ func checkHash(h string) error {
 // basic auth to every request, as the toolkit does, reading the config from
 // the cache instead of parsing it per request.
 type authHandler struct {
-	cache   *configCache
-	next    http.Handler
-	limiter *rate.Limiter
-	logger  *slog.Logger
+	cache *configCache
+	next  http.Handler
+	// limits is the web config's rate_limit, per client; nil when off.
+	limits *clientLimits
+	logger *slog.Logger
 	// protect selects the requests basic auth applies to; nil means all.
 	protect func(*http.Request) bool
 
@@ -52,8 +52,8 @@ func newAuthHandler(cache *configCache, next http.Handler, cfg *toolkitweb.Confi
 		h.protect = s.Protect
 	}
 	if rl := cfg.RateLimiterConfig; rl.Interval != 0 {
-		h.limiter = rate.NewLimiter(rate.Every(rl.Interval), rl.Burst)
-		logger.Info("Rate limiter is enabled", "burst", rl.Burst, "interval", rl.Interval)
+		h.limits = newClientLimits(rl.Interval, rl.Burst)
+		logger.Info("Rate limiter is enabled, per client", "burst", rl.Burst, "interval", rl.Interval)
 	}
 	return h
 }
@@ -65,7 +65,7 @@ func (h *authHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
 		return
 	}
-	if h.limiter != nil && !h.limiter.Allow() {
+	if h.limits != nil && !h.limits.allow(r) {
 		http.Error(w, http.StatusText(http.StatusTooManyRequests), http.StatusTooManyRequests)
 		return
 	}

@@ -5,5 +5,6 @@
 // toolkit it parses the file and loads the certificates only when one of
 // the files changed (by modification time, size and inode), instead of on
 // every request and handshake; rotated certificates are still picked up on
-// the next handshake.
+// the next handshake. Its rate limit applies per client (verified client
+// certificate, else source address) instead of to the whole server.
 package web

@@ -1,0 +1,57 @@
+package discovery
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// Deregister is an agent's own deregistration, by the certificate with
+// serial: the agent leaves http_sd at once, but its record stays as a
+// tombstone (StateDeregistered) with everything the agent may not change
+// itself: pinned labels, maintenance, certificate serials and revocation.
+// Deleting the record instead would let the same certificate register again
+// without its pins and out of maintenance, and would leave an operator
+// nothing to revoke. Sweep purges the tombstone once the agent's last
+// certificate is past the renewal grace window.
+//
+// It returns ErrNotFound when there is no record, ErrDeregistered when it is
+// a tombstone already, and ErrRevoked or ErrSuperseded when the certificate
+// may not act for the agent. The decision is made on the stored record: a
+// certificate that another replica revoked a moment ago must not deregister.
+func (r *Registry) Deregister(ctx context.Context, id, serial string) error {
+	now := r.cfg.Now()
+	_, err := r.Modify(ctx, id, nil, func(cur *Agent) (*Agent, error) {
+		if cur == nil {
+			return nil, ErrNotFound
+		}
+		if err := checkActive(cur, serial, now); err != nil {
+			return nil, err
+		}
+		cur.Deregistered = true
+		cur.LastSeen = now
+		return cur, nil
+	})
+	if err != nil {
+		return fmt.Errorf("deregister agent %q: %w", id, err)
+	}
+	return nil
+}
+
+// retire is what becomes of a record that Sweep found past its retention:
+// nothing, or, for an agent that expired while a certificate of it can still
+// register (over mTLS, or by proof of its key within the renewal grace
+// window), a tombstone. Purging it would let a host shed its pinned labels,
+// maintenance and a revocation to come by going silent for a day instead of
+// deregistering.
+func (r *Registry) retire(cur *Agent, now time.Time) *Agent {
+	if cur.Deregistered || cur.Revoked() {
+		return nil
+	}
+	last := max(unixNanos(cur.CertNotAfter), unixNanos(cur.PrevCertNotAfter))
+	if now.Sub(time.Unix(0, last)) > r.cfg.RenewGrace {
+		return nil
+	}
+	cur.Deregistered = true
+	return cur
+}
