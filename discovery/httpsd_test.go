@@ -196,9 +196,9 @@ func TestSDCache_IncrementalRebuild(t *testing.T) {
 
 	v := c.views[Filter{}.key()]
 	before := make([]*byte, shardCount)
-	for i := range v.frags {
-		if len(v.frags[i].deflate) > 0 {
-			before[i] = &v.frags[i].deflate[0]
+	for i := range v.parts[0].frags {
+		if len(v.parts[0].frags[i].deflate) > 0 {
+			before[i] = &v.parts[0].frags[i].deflate[0]
 		}
 	}
 	if err := r.Delete(context.Background(), "agent-042"); err != nil {
@@ -210,8 +210,8 @@ func TestSDCache_IncrementalRebuild(t *testing.T) {
 		t.Fatalf("%d groups after delete, want 998", len(groups))
 	}
 	rebuilt := 0
-	for i := range v.frags {
-		if len(v.frags[i].deflate) > 0 && &v.frags[i].deflate[0] != before[i] {
+	for i := range v.parts[0].frags {
+		if len(v.parts[0].frags[i].deflate) > 0 && &v.parts[0].frags[i].deflate[0] != before[i] {
 			rebuilt++
 		}
 	}
