@@ -3,7 +3,6 @@ package discovery
 import (
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"strconv"
 )
 
@@ -99,9 +98,7 @@ func ScrapeShardOf(agentID string, count int) int {
 	if count <= 1 {
 		return 0
 	}
-	h := fnv.New64a()
-	_, _ = h.Write([]byte(agentID))
-	key := h.Sum64()
+	key := fnv64a(agentID)
 	best, bestScore := 0, uint64(0)
 	for i := range count {
 		if s := mix64(key ^ (uint64(i)+1)*0x9e3779b97f4a7c15); i == 0 || s > bestScore {
@@ -109,6 +106,22 @@ func ScrapeShardOf(agentID string, count int) int {
 		}
 	}
 	return best
+}
+
+// fnv64a is FNV-1a (as hash/fnv's New64a computes it) of a string, without
+// the interface call and the conversion to a byte slice: the cache hashes
+// every agent of a changed registry shard.
+func fnv64a(s string) uint64 {
+	const (
+		offset64 = 14695981039346656037
+		prime64  = 1099511628211
+	)
+	h := uint64(offset64)
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
+		h *= prime64
+	}
+	return h
 }
 
 // mix64 is the SplitMix64 finalizer: it spreads FNV's weak low-order

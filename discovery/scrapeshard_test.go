@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"hash/fnv"
 	"net/url"
 	"slices"
 	"strings"
@@ -282,6 +283,16 @@ func TestETagMatches(t *testing.T) {
 	} {
 		if got := etagMatches(tc.header, tag); got != tc.want {
 			t.Errorf("If-None-Match %q: %v, want %v", tc.header, got, tc.want)
+		}
+	}
+}
+
+func TestFNV64a_MatchesHashFNV(t *testing.T) {
+	for _, s := range []string{"", "a", "agent-1", "01HZX3K9Q7V5W2M8N4P6R0T1Y3", "\xff\x00"} {
+		h := fnv.New64a()
+		_, _ = h.Write([]byte(s))
+		if got, want := fnv64a(s), h.Sum64(); got != want {
+			t.Errorf("fnv64a(%q) = %x, want %x", s, got, want)
 		}
 	}
 }
