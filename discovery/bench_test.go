@@ -219,7 +219,11 @@ func BenchmarkSDCache_Shards(b *testing.B) {
 				for b.Loop() {
 					benchServe(io.Discard, c.Get(tc.f), false)
 				}
-				b.ReportMetric(float64(c.Get(tc.f).Size)/1e6, "MB/body")
+				body := c.Get(tc.f)
+				b.ReportMetric(float64(body.Size)/1e6, "MB/body")
+				b.ReportMetric(float64(body.GzipSize)/1e6, "gzMB/body")
+				// The view holds every shard of its shard count.
+				b.ReportMetric(float64(c.views[tc.f.key()].bytes)/(1<<20), "MiB/view")
 			})
 		}
 	})
