@@ -138,9 +138,23 @@ func TestAPI_DiscoveryShards(t *testing.T) {
 		if rep := h.do(h.client(nil), "GET", PathDiscovery+"?shard=0&shards=2", tok, nil); rep.status != http.StatusOK {
 			t.Fatalf("token: %d", rep.status)
 		}
-		// Unauthenticated requests are nobody's.
+		// Requests that do not authenticate as a reader are nobody's: no
+		// name they carry reaches the log or the metric.
 		if rep := h.do(h.client(nil), "GET", PathDiscovery+"?shard=0&shards=2", "", nil); rep.status != http.StatusUnauthorized {
 			t.Fatalf("anonymous: %d", rep.status)
+		}
+		enrollTok := h.token(ca.TokenSpec{Scope: ca.ScopeEnroll})
+		if rep := h.do(h.client(nil), "GET", PathDiscovery+"?shard=0&shards=2", enrollTok, nil); rep.status != http.StatusForbidden {
+			t.Fatalf("enroll token: %d", rep.status)
+		}
+		agentResp, agentCert := h.enroll(ca.TokenSpec{}, nil)
+		if rep := h.do(h.client(&agentCert), "GET", PathDiscovery+"?shard=0&shards=2", "", nil); rep.status != http.StatusForbidden {
+			t.Fatalf("agent certificate: %d", rep.status)
+		}
+		for _, f := range h.consumers.Fetches() {
+			if strings.Contains(f.Consumer, agentResp.AgentID) || f.Consumer == ConsumerAnonymous {
+				t.Errorf("refused request logged as %+v", f)
+			}
 		}
 		byKey := map[string]ConsumerFetch{}
 		for _, f := range h.consumers.Fetches() {
