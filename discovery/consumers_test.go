@@ -183,7 +183,7 @@ func TestAPI_DiscoveryShards(t *testing.T) {
 }
 
 // TestAPI_DiscoveryGzipNotModified: gzip responses carry their own ETag, and
-// GET and HEAD honour it in a list of If-None-Match tags.
+// GET and HEAD honor it in a list of If-None-Match tags.
 func TestAPI_DiscoveryGzipNotModified(t *testing.T) {
 	h := newAPIHarness(t)
 	h.enroll(ca.TokenSpec{}, nil)
