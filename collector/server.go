@@ -10,27 +10,28 @@ import (
 // the registry as a whole (agents by state) are set by the registry's sweep so
 // that a scrape never walks 100,000 agents.
 type Server struct {
-	AgentsByState      *prometheus.GaugeVec
-	Registrations      *prometheus.CounterVec
-	Heartbeats         *prometheus.CounterVec
-	Renewals           *prometheus.CounterVec
-	CertificatesIssued *prometheus.CounterVec
-	TokenRejections    *prometheus.CounterVec
-	CertRejections     *prometheus.CounterVec
-	Expirations        prometheus.Counter
-	Purges             prometheus.Counter
-	HTTPSDRequests     *prometheus.CounterVec
+	AgentsByState        *prometheus.GaugeVec
+	Registrations        *prometheus.CounterVec
+	Heartbeats           *prometheus.CounterVec
+	Renewals             *prometheus.CounterVec
+	CertificatesIssued   *prometheus.CounterVec
+	TokenRejections      *prometheus.CounterVec
+	CertRejections       *prometheus.CounterVec
+	Expirations          prometheus.Counter
+	Purges               prometheus.Counter
+	HTTPSDRequests       *prometheus.CounterVec
+	HTTPSDResponseBytes  prometheus.Histogram
+	HTTPSDRebuildSeconds prometheus.Histogram
+	StoreSeconds         *prometheus.HistogramVec
+	StoreErrors          *prometheus.CounterVec
+	StoreUp              prometheus.Gauge
+	HeartbeatFlushSize   prometheus.Histogram
+	FileSDWrites         *prometheus.CounterVec
+
 	// HTTPSDConsumerRequests counts http_sd requests per consumer (client
 	// certificate or token), scrape shard and code. The discovery package's
 	// consumer log bounds the consumer and shard values.
 	HTTPSDConsumerRequests *prometheus.CounterVec
-	HTTPSDResponseBytes    prometheus.Histogram
-	HTTPSDRebuildSeconds   prometheus.Histogram
-	StoreSeconds           *prometheus.HistogramVec
-	StoreErrors            *prometheus.CounterVec
-	StoreUp                prometheus.Gauge
-	HeartbeatFlushSize     prometheus.Histogram
-	FileSDWrites           *prometheus.CounterVec
 }
 
 // NewServer creates the server metrics and registers them with reg.
@@ -77,10 +78,6 @@ func NewServer(reg prometheus.Registerer) *Server {
 			Namespace: ns, Subsystem: "httpsd", Name: "requests_total",
 			Help: "http_sd requests by response code.",
 		}, []string{"code"}),
-		HTTPSDConsumerRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: ns, Subsystem: "httpsd", Name: "consumer_requests_total",
-			Help: "Authenticated http_sd requests by consumer (cert:NAME, token:ID, anonymous; other past a bound), scrape shard (I/N or all) and response code.",
-		}, []string{"consumer", "shard", "code"}),
 		HTTPSDResponseBytes: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: ns, Subsystem: "httpsd", Name: "response_size_bytes",
 			Help:    "Size of http_sd response bodies as sent (after compression).",
@@ -113,11 +110,16 @@ func NewServer(reg prometheus.Registerer) *Server {
 			Namespace: ns, Subsystem: "filesd", Name: "writes_total",
 			Help: "file_sd files written, by result.",
 		}, []string{"result"}),
+		HTTPSDConsumerRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: "httpsd", Name: "consumer_requests_total",
+			Help: "Authenticated http_sd requests by consumer (cert:NAME, token:ID, anonymous; other past a bound), scrape shard (I/N or all) and response code.",
+		}, []string{"consumer", "shard", "code"}),
 	}
 	reg.MustRegister(m.AgentsByState, m.Registrations, m.Heartbeats, m.Renewals,
 		m.CertificatesIssued, m.TokenRejections, m.CertRejections, m.Expirations,
-		m.Purges, m.HTTPSDRequests, m.HTTPSDConsumerRequests, m.HTTPSDResponseBytes, m.HTTPSDRebuildSeconds,
+		m.Purges, m.HTTPSDRequests, m.HTTPSDResponseBytes, m.HTTPSDRebuildSeconds,
 		m.StoreSeconds, m.StoreErrors, m.StoreUp, m.HeartbeatFlushSize, m.FileSDWrites)
+	reg.MustRegister(m.HTTPSDConsumerRequests)
 	return m
 }
 
