@@ -39,10 +39,11 @@ type APIConfig struct {
 	// AnonymousSD lets anyone read http_sd; off unless an operator opts in.
 	AnonymousSD bool
 	Metrics     *collector.Server
+	Logger      *slog.Logger
+	Now         func() time.Time
+
 	// Consumers, if set, records who fetches http_sd.
 	Consumers *ConsumerLog
-	Logger    *slog.Logger
-	Now       func() time.Time
 }
 
 // API serves the registration protocol, http_sd and the admin endpoints.
