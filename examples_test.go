@@ -745,3 +745,62 @@ func checkFleetWide(expr parser.Expr, needAgg bool) error {
 	})
 	return err
 }
+
+// TestExamples_PrometheusShardedConfig checks examples/prometheus-sharded.yml
+// with promtool next to real certificate, key and token files, runs its
+// relabeling like that of prometheus.yml, and checks that its http_sd URLs
+// are valid queries of one scrape shard of the same shard count, as the
+// comment's sed line makes them for the other servers.
+func TestExamples_PrometheusShardedConfig(t *testing.T) {
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Fatal("promtool not found: run scripts/install-test-deps.sh (make test does)")
+	}
+	const name = "prometheus-sharded.yml"
+	src, err := os.ReadFile(filepath.Join("examples", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	data := serverDataDir(t, dir)
+	if _, _, err := ca.LoadOrCreateTokenKey(data); err != nil {
+		t.Fatal(err)
+	}
+	certs := filepath.Join(dir, "certs")
+	if err := server.IssueClientCert(data, "prometheus-0", ca.RoleDiscovery, time.Hour, certs); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, name), src, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(promtool, "check", "config", filepath.Join(dir, name)).CombinedOutput(); err != nil {
+		t.Fatalf("promtool check config: %v\n%s", err, out)
+	}
+
+	jobs := fleetJobs(t, "examples/"+name, src)
+	if len(jobs) != 2 {
+		t.Fatalf("examples/%s: %d http_sd jobs, want node and baremetal_sd_agent", name, len(jobs))
+	}
+	checkFleetRelabeling(t, "examples/"+name, jobs, true)
+
+	for server := range 3 {
+		// The substitution the file's comment tells operators to make.
+		cfg := strings.ReplaceAll(string(src), "shard=0&", fmt.Sprintf("shard=%d&", server))
+		for _, job := range fleetJobs(t, "examples/"+name, []byte(cfg)) {
+			for _, sd := range job.HTTPSDConfigs {
+				u, err := url.Parse(sd.URL)
+				if err != nil {
+					t.Fatal(err)
+				}
+				f, err := discovery.ParseFilter(u.Query())
+				if err != nil {
+					t.Errorf("server %d, job %s: %s: %v", server, job.JobName, sd.URL, err)
+					continue
+				}
+				if want := (discovery.ScrapeShard{Index: server, Count: 3}); f.Shard != want {
+					t.Errorf("server %d, job %s: shard %+v, want %+v", server, job.JobName, f.Shard, want)
+				}
+			}
+		}
+	}
+}

@@ -28,6 +28,11 @@ type Server struct {
 	StoreUp              prometheus.Gauge
 	HeartbeatFlushSize   prometheus.Histogram
 	FileSDWrites         *prometheus.CounterVec
+
+	// HTTPSDConsumerRequests counts http_sd requests per consumer (client
+	// certificate or token), scrape shard and code. The discovery package's
+	// consumer log bounds the consumer and shard values.
+	HTTPSDConsumerRequests *prometheus.CounterVec
 }
 
 // NewServer creates the server metrics and registers them with reg.
@@ -110,11 +115,16 @@ func NewServer(reg prometheus.Registerer) *Server {
 			Namespace: ns, Subsystem: "filesd", Name: "writes_total",
 			Help: "file_sd files written, by result.",
 		}, []string{"result"}),
+		HTTPSDConsumerRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: "httpsd", Name: "consumer_requests_total",
+			Help: "Authenticated http_sd requests by consumer (cert:NAME, token:ID, anonymous; other past a bound), scrape shard (I/N or all) and response code.",
+		}, []string{"consumer", "shard", "code"}),
 	}
 	reg.MustRegister(m.AgentsByState, m.Registrations, m.Heartbeats, m.Renewals,
 		m.CertificatesIssued, m.TokenRejections, m.CertRejections, m.RequestRejections, m.Expirations,
 		m.Purges, m.HTTPSDRequests, m.HTTPSDResponseBytes, m.HTTPSDRebuildSeconds,
 		m.StoreSeconds, m.StoreErrors, m.StoreUp, m.HeartbeatFlushSize, m.FileSDWrites)
+	reg.MustRegister(m.HTTPSDConsumerRequests)
 	return m
 }
 

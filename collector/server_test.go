@@ -24,6 +24,7 @@ func TestServer_MetricsLint(t *testing.T) {
 	m.TokenRejections.WithLabelValues("expired").Inc()
 	m.CertRejections.WithLabelValues("revoked").Inc()
 	m.RequestRejections.WithLabelValues("cross_origin").Inc()
+	m.HTTPSDConsumerRequests.WithLabelValues("cert:prometheus-0", "0/3", "200").Inc()
 	m.StoreSeconds.WithLabelValues("put").Observe(0.001)
 	m.StoreErrors.WithLabelValues("put").Inc()
 	RegisterCertificateExpiry(reg, func() map[string]time.Time { return map[string]time.Time{"ca": time.Unix(1, 0)} })

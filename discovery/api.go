@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -40,6 +41,9 @@ type APIConfig struct {
 	Metrics     *collector.Server
 	Logger      *slog.Logger
 	Now         func() time.Time
+
+	// Consumers, if set, records who fetches http_sd.
+	Consumers *ConsumerLog
 }
 
 // API serves the registration protocol, http_sd and the admin endpoints.
@@ -604,34 +608,55 @@ func (a *API) handleDeregister(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) handleDiscovery(w http.ResponseWriter, r *http.Request) {
-	code := a.discovery(w, r)
+	consumer, shard, code := a.discovery(w, r)
 	if a.cfg.Metrics != nil {
 		a.cfg.Metrics.HTTPSDRequests.WithLabelValues(strconv.Itoa(code)).Inc()
 	}
+	if consumer != "" && a.cfg.Consumers != nil {
+		a.cfg.Consumers.Record(consumer, shard, r.URL.RawQuery, code)
+	}
 }
 
-func (a *API) discovery(w http.ResponseWriter, r *http.Request) int {
-	if !a.cfg.AnonymousSD {
-		if _, err := a.auth.reader(r, ca.ScopeDiscovery, ca.RoleDiscovery, ca.RoleAdmin); err != nil {
-			a.fail(w, r, err)
-			return statusOf(err)
-		}
+// discovery serves http_sd. It returns who asked (empty when the request did
+// not authenticate), for which scrape shard, and the response code.
+func (a *API) discovery(w http.ResponseWriter, r *http.Request) (consumer, shard string, code int) {
+	consumer, err := a.consumer(r)
+	if err != nil {
+		a.fail(w, r, err)
+		return "", "", statusOf(err)
 	}
-	f, err := ParseFilter(r.URL.Query())
+	// r.URL.Query would drop what it cannot parse (a ';' separator, a bad
+	// escape), and with it a shard parameter: the whole list would go to
+	// one shard's Prometheus.
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "invalid query string: "+err.Error())
+		return consumer, "invalid", http.StatusBadRequest
+	}
+	f, err := ParseFilter(q)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
-		return http.StatusBadRequest
+		return consumer, "invalid", http.StatusBadRequest
 	}
+	shard = f.Shard.String()
 	gz := acceptsGzip(r)
 	body := a.cfg.Cache.Get(f)
 	size := body.Size
 	if gz {
 		size = body.GzipSize
 	}
+	etag := body.ETag(gz)
 	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	h.Set("Cache-Control", "no-store")
+	// no-cache, not no-store: a client may keep the list and revalidate it
+	// with If-None-Match; private keeps it out of shared caches.
+	h.Set("Cache-Control", "private, no-cache")
 	h.Set("Vary", "Accept-Encoding")
+	h.Set("ETag", etag)
+	if etagMatches(r.Header.Get("If-None-Match"), etag) {
+		w.WriteHeader(http.StatusNotModified)
+		return consumer, shard, http.StatusNotModified
+	}
+	h.Set("Content-Type", "application/json")
 	if gz {
 		h.Set("Content-Encoding", "gzip")
 	}
@@ -641,7 +666,7 @@ func (a *API) discovery(w http.ResponseWriter, r *http.Request) int {
 		a.cfg.Metrics.HTTPSDResponseBytes.Observe(float64(size))
 	}
 	if r.Method == http.MethodHead {
-		return http.StatusOK
+		return consumer, shard, http.StatusOK
 	}
 	write := body.WriteJSON
 	if gz {
@@ -653,7 +678,44 @@ func (a *API) discovery(w http.ResponseWriter, r *http.Request) int {
 	if err := write(w); err != nil {
 		a.cfg.Logger.Debug("Writing http_sd response failed", "err", err)
 	}
-	return http.StatusOK
+	return consumer, shard, http.StatusOK
+}
+
+// consumer authenticates an http_sd reader and names it for the consumer
+// log: "cert:<name>" or "token:<id>". With anonymous http_sd, a request
+// without credentials, or with credentials that do not verify, is
+// "anonymous" and served all the same.
+func (a *API) consumer(r *http.Request) (string, error) {
+	if a.cfg.AnonymousSD && r.Header.Get("Authorization") == "" && (r.TLS == nil || len(r.TLS.PeerCertificates) == 0) {
+		return ConsumerAnonymous, nil
+	}
+	id, err := a.auth.reader(r, ca.ScopeDiscovery, ca.RoleDiscovery, ca.RoleAdmin)
+	switch {
+	case err != nil && a.cfg.AnonymousSD:
+		return ConsumerAnonymous, nil
+	case err != nil:
+		return "", err
+	case id.claims != nil:
+		return "token:" + id.id, nil
+	default:
+		return "cert:" + id.id, nil
+	}
+}
+
+// etagMatches evaluates If-None-Match against the current entity tag with
+// the weak comparison RFC 9110 prescribes for it.
+func etagMatches(ifNoneMatch, etag string) bool {
+	if ifNoneMatch == "" {
+		return false
+	}
+	etag = strings.TrimPrefix(etag, "W/")
+	for _, t := range strings.Split(ifNoneMatch, ",") {
+		t = strings.TrimSpace(t)
+		if t == "*" || strings.TrimPrefix(t, "W/") == etag {
+			return true
+		}
+	}
+	return false
 }
 
 func statusOf(err error) int {

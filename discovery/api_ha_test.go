@@ -49,9 +49,10 @@ func newReplicaHarness(t *testing.T, dir string, store Store) *apiHarness {
 		t.Fatal(err)
 	}
 	tokens := ca.NewTokens(key)
+	consumers := NewConsumerLog(metrics, nil)
 	api := NewAPI(APIConfig{
 		Registry: reg, Cache: NewSDCache(reg, metrics), Store: store, CA: authority, Tokens: tokens,
-		CertTTL: time.Hour, Metrics: metrics, Logger: logger,
+		CertTTL: time.Hour, Metrics: metrics, Consumers: consumers, Logger: logger,
 	})
 	mux := http.NewServeMux()
 	api.Routes(mux)
@@ -63,7 +64,7 @@ func newReplicaHarness(t *testing.T, dir string, store Store) *apiHarness {
 	}
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
-	return &apiHarness{t: t, ca: authority, key: key, tokens: tokens, reg: reg, store: store, metrics: metrics, srv: srv, logs: logs}
+	return &apiHarness{t: t, ca: authority, key: key, tokens: tokens, reg: reg, store: store, metrics: metrics, consumers: consumers, srv: srv, logs: logs}
 }
 
 // storedAgent reads an agent's record as a freshly started replica would.

@@ -40,8 +40,10 @@ type apiHarness struct {
 	reg     *Registry
 	store   Store
 	metrics *collector.Server
-	srv     *httptest.Server
-	logs    *lockedBuffer
+	// consumers is the API's http_sd consumer log.
+	consumers *ConsumerLog
+	srv       *httptest.Server
+	logs      *lockedBuffer
 }
 
 type lockedBuffer struct {

@@ -166,6 +166,110 @@ func BenchmarkSDCache_Cold(b *testing.B) {
 	}
 }
 
+// benchScrapeShards is the number of Prometheus servers of the sharding
+// benchmarks.
+const benchScrapeShards = 4
+
+// benchShardFilters are the unsharded filter and those of every scrape
+// shard, measured side by side.
+func benchShardFilters() []struct {
+	name string
+	f    Filter
+} {
+	out := []struct {
+		name string
+		f    Filter
+	}{{"unsharded", Filter{}}}
+	for i := range benchScrapeShards {
+		out = append(out, struct {
+			name string
+			f    Filter
+		}{fmt.Sprintf("shard=%d_of_%d", i, benchScrapeShards), Filter{Shard: ScrapeShard{i, benchScrapeShards}}})
+	}
+	return out
+}
+
+// benchToggle changes one agent (maintenance), as an operator would; the
+// i-th call changes a different agent of the 100,000.
+func benchToggle(b *testing.B, r *Registry, i int) {
+	b.Helper()
+	id := fmt.Sprintf("bench%021d", (i*7919)%benchAgents)
+	if _, err := r.Update(context.Background(), id, func(a *Agent) error {
+		a.Maintenance = !a.Maintenance
+		return nil
+	}); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkSDCache_Shards compares, with 100,000 agents, each of 4 scrape
+// shards' identity response (what Prometheus asks for) with the unsharded
+// one: from cache, after one agent changed, and cold. "all_shards" serves
+// the 4 shards one after the other, as 4 Prometheus servers refreshing
+// after the same change do; the first of them rebuilds the changed registry
+// shard for all four.
+func BenchmarkSDCache_Shards(b *testing.B) {
+	r := benchRegistry(b, benchAgents)
+	c := NewSDCache(r, nil)
+	filters := benchShardFilters()
+	b.Run("cached", func(b *testing.B) {
+		for _, tc := range filters {
+			b.Run(tc.name, func(b *testing.B) {
+				c.Get(tc.f)
+				for b.Loop() {
+					benchServe(io.Discard, c.Get(tc.f), false)
+				}
+				body := c.Get(tc.f)
+				b.ReportMetric(float64(body.Size)/1e6, "MB/body")
+				b.ReportMetric(float64(body.GzipSize)/1e6, "gzMB/body")
+				// The view holds every shard of its shard count.
+				b.ReportMetric(float64(c.views[tc.f.key()].bytes)/(1<<20), "MiB/view")
+			})
+		}
+	})
+	b.Run("after_change", func(b *testing.B) {
+		for _, tc := range filters {
+			b.Run(tc.name, func(b *testing.B) {
+				c.Get(tc.f)
+				for i := 0; b.Loop(); i++ {
+					b.StopTimer()
+					benchToggle(b, r, i)
+					b.StartTimer()
+					benchServe(io.Discard, c.Get(tc.f), false)
+				}
+			})
+		}
+		b.Run("all_shards", func(b *testing.B) {
+			for _, tc := range filters[1:] {
+				c.Get(tc.f)
+			}
+			for i := 0; b.Loop(); i++ {
+				b.StopTimer()
+				benchToggle(b, r, i)
+				b.StartTimer()
+				for _, tc := range filters[1:] {
+					benchServe(io.Discard, c.Get(tc.f), false)
+				}
+			}
+		})
+	})
+	b.Run("cold", func(b *testing.B) {
+		b.Run("unsharded", func(b *testing.B) {
+			for b.Loop() {
+				benchServe(io.Discard, NewSDCache(r, nil).Get(Filter{}), false)
+			}
+		})
+		b.Run("all_shards", func(b *testing.B) {
+			for b.Loop() {
+				cold := NewSDCache(r, nil)
+				for _, tc := range filters[1:] {
+					benchServe(io.Discard, cold.Get(tc.f), false)
+				}
+			}
+		})
+	})
+}
+
 // BenchmarkSegmentDeflateLevels backs the choice of segmentLevel: it
 // deflates the http_sd JSON of 100,000 agents in as many pieces as the
 // cache has shards, each ending in a sync flush as a segment does, at the

@@ -3,7 +3,9 @@ package discovery
 import (
 	"bytes"
 	"compress/flate"
+	"crypto/rand"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -42,19 +44,27 @@ const AgentExporterName = "agent"
 const AgentMetricsPath = "/metrics"
 
 // Filter selects the target groups of one http_sd response. Exporters are
-// alternatives (any may match); labels must all match.
+// alternatives (any may match); labels must all match; Shard keeps the
+// agents of one scrape shard.
 type Filter struct {
 	Exporters []string
 	Labels    [][2]string
+	Shard     ScrapeShard
 }
 
 // ParseFilter reads ?exporter=NAME and ?label=KEY=VALUE query parameters,
-// both repeatable. Unknown parameters are an error so that a typo in
-// prometheus.yml does not silently select everything.
+// both repeatable, and ?shard=I&shards=N. Unknown parameters are an error so
+// that a typo in prometheus.yml does not silently select everything.
 func ParseFilter(q url.Values) (Filter, error) {
 	var f Filter
+	shard, err := parseScrapeShard(q["shard"], q["shards"])
+	if err != nil {
+		return Filter{}, err
+	}
+	f.Shard = shard
 	for key, vals := range q {
 		switch key {
+		case "shard", "shards":
 		case "exporter":
 			for _, v := range vals {
 				if v == "" {
@@ -71,7 +81,7 @@ func ParseFilter(q url.Values) (Filter, error) {
 				f.Labels = append(f.Labels, [2]string{k, val})
 			}
 		default:
-			return Filter{}, fmt.Errorf("unknown query parameter %q (use exporter or label)", key)
+			return Filter{}, fmt.Errorf("unknown query parameter %q (use exporter, label, shard and shards)", key)
 		}
 	}
 	sort.Strings(f.Exporters)
@@ -85,9 +95,15 @@ func ParseFilter(q url.Values) (Filter, error) {
 	return f, nil
 }
 
-// key is the canonical form of a filter, used to share cached views.
+// key is the canonical form of a filter, used to share cached views. The
+// scrape shard's index is not part of it: one view serves all shards of a
+// shard count.
 func (f Filter) key() string {
 	var b strings.Builder
+	if f.Shard.Sharded() {
+		b.WriteString("s=")
+		b.WriteString(strconv.Itoa(f.Shard.Count))
+	}
 	for _, e := range f.Exporters {
 		b.WriteString("e=")
 		b.WriteString(strconv.Quote(e))
@@ -127,6 +143,10 @@ func (f Filter) matchExporter(name string) bool {
 // segments spliced into one gzip member; an identity response (what
 // Prometheus asks for: its http_sd client disables compression) inflates them
 // while writing, which costs less CPU than moving the same bytes through TLS.
+//
+// A view of a sharded filter (?shards=N) holds the bodies of all N scrape
+// shards: a stale registry shard is walked once and its agents partitioned
+// among the scrape shards, so N Prometheus servers cost one rebuild, not N.
 type SDCache struct {
 	reg     *Registry
 	metrics *collector.Server
@@ -134,26 +154,42 @@ type SDCache struct {
 	mu    sync.Mutex
 	views map[string]*sdView
 	clock uint64 // logical clock for least-recently-used eviction
-	// scratch is where a fragment's JSON is serialized before it is deflated.
+	// epoch and version make ETags: version counts body content changes
+	// across all views, epoch (random) tells this cache from an earlier
+	// process or another replica, whose versions count differently.
+	epoch   string
+	version uint64
+	// scratch is where a fragment's JSON is serialized before it is
+	// deflated; byPart collects a registry shard's agents per scrape shard.
 	scratch  []byte
+	byPart   [][]*record
+	changed  []bool
 	deflater segmentDeflater
 }
 
-// Bounds of the cached views: a view per distinct filter, evicted least
-// recently used first while there are more than maxViews or their segments
-// take more than maxCachedBytes. The view being served is always kept.
+// Bounds of the cached views: a view per distinct filter and shard count,
+// evicted least recently used first while there are more than maxViews or
+// their segments take more than maxCachedBytes. The view being served is
+// always kept.
 const (
 	maxViews       = 32
 	maxCachedBytes = 32 << 20
 )
 
 type sdView struct {
-	filter   Filter
+	filter   Filter // Shard.Index is irrelevant: parts cover every index
 	gen      uint64
 	lastUsed uint64
-	frags    [shardCount]fragment
-	body     Body
-	bytes    int // deflate bytes held by frags
+	// parts has one entry per scrape shard, one when unsharded.
+	parts []viewPart
+	bytes int // deflate bytes held by the parts' fragments
+}
+
+// viewPart is the response of one scrape shard: its fragment of every
+// registry shard and the body assembled from them.
+type viewPart struct {
+	frags [shardCount]fragment
+	body  Body
 }
 
 type fragment struct {
@@ -168,7 +204,9 @@ type fragment struct {
 
 // NewSDCache creates an http_sd cache over a registry.
 func NewSDCache(reg *Registry, metrics *collector.Server) *SDCache {
-	return &SDCache{reg: reg, metrics: metrics, views: make(map[string]*sdView)}
+	var e [8]byte
+	_, _ = rand.Read(e[:]) // crypto/rand.Read does not fail
+	return &SDCache{reg: reg, metrics: metrics, views: make(map[string]*sdView), epoch: hex.EncodeToString(e[:])}
 }
 
 // Body is one http_sd response, held as a gzip member in pieces. It is
@@ -178,6 +216,18 @@ type Body struct {
 	// Size is the length of the JSON; GzipSize that of the gzip member.
 	Size     int
 	GzipSize int
+	// tag identifies the content within the cache's lifetime.
+	tag string
+}
+
+// ETag is the body's entity tag (quoted) in the identity or gzip encoding.
+// It changes exactly when the content does, and differs between filters,
+// scrape shards and encodings.
+func (b Body) ETag(gzip bool) string {
+	if gzip {
+		return `"` + b.tag + `-gzip"`
+	}
+	return `"` + b.tag + `"`
 }
 
 // WriteGzip writes the gzip member.
@@ -220,7 +270,11 @@ func (c *SDCache) Get(f Filter) Body {
 	v := c.view(f)
 	c.refresh(v)
 	c.evict(v)
-	return v.body
+	idx := 0
+	if f.Shard.Sharded() {
+		idx = f.Shard.Index
+	}
+	return v.parts[idx].body
 }
 
 func (c *SDCache) view(f Filter) *sdView {
@@ -228,7 +282,12 @@ func (c *SDCache) view(f Filter) *sdView {
 	k := f.key()
 	v, ok := c.views[k]
 	if !ok {
-		v = &sdView{filter: f}
+		parts := 1
+		if f.Shard.Sharded() {
+			parts = f.Shard.Count
+		}
+		f.Shard.Index = 0
+		v = &sdView{filter: f, parts: make([]viewPart, parts)}
 		c.views[k] = v
 	}
 	v.lastUsed = c.clock
@@ -258,51 +317,81 @@ func (c *SDCache) evict(keep *sdView) {
 // refresh brings a view up to the registry's generation.
 func (c *SDCache) refresh(v *sdView) {
 	gen := c.reg.Generation()
-	if v.body.gzip != nil && v.gen == gen {
+	if v.parts[0].body.gzip != nil && v.gen == gen {
 		return
 	}
 	start := time.Now()
 	rebuilt := false
-	for i := range v.frags {
-		fr := &v.frags[i]
+	c.changed = slices.Grow(c.changed[:0], len(v.parts))[:len(v.parts)]
+	for p := range v.parts {
+		// A part never assembled has a body to make, even if empty.
+		c.changed[p] = v.parts[p].body.gzip == nil
+	}
+	for i := range shardCount {
+		// All parts' fragments of a registry shard are built together.
+		fr := &v.parts[0].frags[i]
 		if fr.valid && fr.gen == c.reg.shardGen(i) {
 			continue
 		}
-		v.bytes -= len(fr.deflate)
-		c.buildFragment(v.filter, i, fr)
-		v.bytes += len(fr.deflate)
+		c.buildFragments(v, i)
 		rebuilt = true
 	}
-	v.body = assembleGzip(&v.frags)
+	for p := range v.parts {
+		if c.changed[p] {
+			c.version++
+			v.parts[p].body = assembleGzip(&v.parts[p].frags, c.epoch+"-"+strconv.FormatUint(c.version, 16))
+		}
+	}
 	v.gen = gen
 	if rebuilt && c.metrics != nil {
 		c.metrics.HTTPSDRebuildSeconds.Observe(time.Since(start).Seconds())
 	}
 }
 
-func (c *SDCache) buildFragment(f Filter, shardIdx int, fr *fragment) {
-	var agents []*record
+// buildFragments re-serializes registry shard shardIdx for every part of a
+// view, and marks in c.changed the parts whose content changed.
+func (c *SDCache) buildFragments(v *sdView, shardIdx int) {
+	n := len(v.parts)
+	c.byPart = slices.Grow(c.byPart[:0], n)[:n]
+	for p := range c.byPart {
+		c.byPart[p] = c.byPart[p][:0]
+	}
 	gen := c.reg.eachListed(shardIdx, func(a *record) {
-		if f.matchAgent(a) {
-			agents = append(agents, a)
+		if v.filter.matchAgent(a) {
+			p := ScrapeShardOf(a.ID, n)
+			c.byPart[p] = append(c.byPart[p], a)
 		}
 	})
-	sort.Slice(agents, func(i, j int) bool { return agents[i].ID < agents[j].ID })
-	buf := c.scratch[:0]
-	for _, a := range agents {
-		buf = appendAgentGroups(buf, a, f)
+	for p := range v.parts {
+		agents := c.byPart[p]
+		sort.Slice(agents, func(i, j int) bool { return agents[i].ID < agents[j].ID })
+		buf := c.scratch[:0]
+		for _, a := range agents {
+			buf = appendAgentGroups(buf, a, v.filter)
+		}
+		c.scratch = buf
+		fr := &v.parts[p].frags[shardIdx]
+		old := *fr
+		// A new segment every time: a response in flight may still be
+		// reading the old one, so published segments are never modified.
+		fr.size = len(buf)
+		fr.crc = crc32.ChecksumIEEE(buf)
+		fr.deflate = nil
+		if len(buf) > 0 {
+			fr.deflate = c.deflater.deflate(buf)
+		}
+		fr.gen = gen
+		fr.valid = true
+		v.bytes += len(fr.deflate) - len(old.deflate)
+		// Deflate is lossless and deterministic for one level, so equal
+		// segments mean equal JSON: a rebuild that changed nothing (a
+		// heartbeat reviving a record as it was) keeps the ETag.
+		if !old.valid || old.size != fr.size || !bytes.Equal(old.deflate, fr.deflate) {
+			c.changed[p] = true
+		}
+		// Drop the references so that the records can be freed.
+		clear(agents)
 	}
-	c.scratch = buf
-	// A new segment every time: a response in flight may still be reading
-	// the old one, so published segments are never modified.
-	fr.size = len(buf)
-	fr.crc = crc32.ChecksumIEEE(buf)
-	fr.deflate = nil
-	if len(buf) > 0 {
-		fr.deflate = c.deflater.deflate(buf)
-	}
-	fr.gen = gen
-	fr.valid = true
 }
 
 // appendAgentGroups appends the target groups of one agent (its own metrics,
@@ -406,7 +495,7 @@ const (
 // segments. Every segment ends in a sync flush, so the stream is byte aligned
 // between them and the JSON punctuation can be spliced in as stored blocks;
 // the member's CRC is combined from the fragments' CRCs.
-func assembleGzip(frags *[shardCount]fragment) Body {
+func assembleGzip(frags *[shardCount]fragment, tag string) Body {
 	pieces := make([][]byte, 0, 2*len(frags)+3)
 	// Header: magic, CM=deflate, no flags, no mtime, XFL=0, OS=unknown.
 	pieces = append(pieces, []byte{0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255})
@@ -439,7 +528,7 @@ func assembleGzip(frags *[shardCount]fragment) Body {
 	for _, p := range pieces {
 		gzSize += len(p)
 	}
-	return Body{gzip: pieces, Size: size, GzipSize: gzSize}
+	return Body{gzip: pieces, Size: size, GzipSize: gzSize, tag: tag}
 }
 
 // storedBlock returns data as a stored (uncompressed) deflate block. The

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"reflect"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -196,9 +197,9 @@ func TestSDCache_IncrementalRebuild(t *testing.T) {
 
 	v := c.views[Filter{}.key()]
 	before := make([]*byte, shardCount)
-	for i := range v.frags {
-		if len(v.frags[i].deflate) > 0 {
-			before[i] = &v.frags[i].deflate[0]
+	for i := range v.parts[0].frags {
+		if len(v.parts[0].frags[i].deflate) > 0 {
+			before[i] = &v.parts[0].frags[i].deflate[0]
 		}
 	}
 	if err := r.Delete(context.Background(), "agent-042"); err != nil {
@@ -210,8 +211,8 @@ func TestSDCache_IncrementalRebuild(t *testing.T) {
 		t.Fatalf("%d groups after delete, want 998", len(groups))
 	}
 	rebuilt := 0
-	for i := range v.frags {
-		if len(v.frags[i].deflate) > 0 && &v.frags[i].deflate[0] != before[i] {
+	for i := range v.parts[0].frags {
+		if len(v.parts[0].frags[i].deflate) > 0 && &v.parts[0].frags[i].deflate[0] != before[i] {
 			rebuilt++
 		}
 	}
@@ -270,10 +271,14 @@ func FuzzAppendJSONString(f *testing.F) {
 }
 
 func FuzzParseFilter(f *testing.F) {
-	for _, s := range []string{"exporter=node", "label=role=db&exporter=a", "label=%3D%3D", "x=1", "exporter=&label="} {
+	for _, s := range []string{
+		"exporter=node", "label=role=db&exporter=a", "label=%3D%3D", "x=1", "exporter=&label=",
+		"shard=1&shards=3", "shard=0&shards=1&exporter=node", "shard=3&shards=3", "shard=-0&shards=2",
+		"shard=1&shard=1&shards=2", "shards=99999999999999999999&shard=0",
+	} {
 		f.Add(s)
 	}
-	f.Fuzz(func(_ *testing.T, raw string) {
+	f.Fuzz(func(t *testing.T, raw string) {
 		q, err := url.ParseQuery(raw)
 		if err != nil {
 			return
@@ -283,6 +288,25 @@ func FuzzParseFilter(f *testing.F) {
 			return
 		}
 		_ = flt.key()
+		s := flt.Shard
+		if s != (ScrapeShard{}) && (s.Count < 2 || s.Count > MaxScrapeShards || s.Index < 0 || s.Index >= s.Count) {
+			t.Fatalf("%q parsed to shard %+v", raw, s)
+		}
+		if s.Sharded() && ScrapeShardOf(raw, s.Count) >= s.Count {
+			t.Fatalf("assignment out of range for %d shards", s.Count)
+		}
+	})
+}
+
+func FuzzETagMatches(f *testing.F) {
+	for _, s := range []string{`"a"`, `W/"a", "b"`, `*`, `,,`, ``} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, header string) {
+		const tag = `"abc-1"`
+		if etagMatches(header, tag) && !strings.Contains(header, tag) && !strings.Contains(header, "*") {
+			t.Fatalf("%q matched %s", header, tag)
+		}
 	})
 }
 

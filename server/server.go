@@ -161,7 +161,9 @@ func Run(ctx context.Context, cfg Config) error {
 		}()
 	}
 	cache := discovery.NewSDCache(registry, metrics)
+	consumers := discovery.NewConsumerLog(metrics, time.Now)
 	api := discovery.NewAPI(discovery.APIConfig{
+		Consumers:   consumers,
 		Registry:    registry,
 		Cache:       cache,
 		Store:       store,
@@ -209,7 +211,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.AnonymousSD {
 		showFleet = func(*http.Request) bool { return true }
 	}
-	mux.Handle("/", &statusPage{registry: registry, now: time.Now, logger: logger, showFleet: showFleet})
+	mux.Handle("/", &statusPage{registry: registry, now: time.Now, logger: logger, showFleet: showFleet, consumers: consumers})
 
 	runCtx, stopLoops := context.WithCancel(context.Background())
 	var loops sync.WaitGroup

@@ -62,6 +62,13 @@ type statusPage struct {
 	now       func() time.Time
 	logger    *slog.Logger
 	showFleet func(*http.Request) bool
+	// consumers lists who fetched http_sd; nil shows no such section.
+	consumers consumerLister
+}
+
+// consumerLister is what the status page needs of the http_sd consumer log.
+type consumerLister interface {
+	Fetches() []discovery.ConsumerFetch
 }
 
 // fleetReader is the status page's default showFleet: the request
@@ -102,6 +109,8 @@ type statusData struct {
 	Truncated bool
 	MaxRows   int
 	Links     []statusLink
+	// Consumers are the http_sd fetches by consumer and scrape shard.
+	Consumers []discovery.ConsumerFetch
 }
 
 type statusLink struct{ Address, Text, Description string }
@@ -161,6 +170,7 @@ func (p *statusPage) data(filter discovery.AgentState, showFleet bool) statusDat
 	for _, a := range sum.Agents {
 		d.Rows = append(d.Rows, newStatusRow(a))
 	}
+	d.Consumers = p.consumerFetches(showFleet)
 	for _, s := range discovery.AgentStates() {
 		d.Counts = append(d.Counts, stateCount{State: s, Count: sum.Counts[s], Selected: s == filter})
 	}
@@ -174,4 +184,14 @@ func newStatusRow(a discovery.AgentView) statusRow {
 	}
 	a.Labels.Range(func(l labels.Label) { row.Labels = append(row.Labels, l.Name+"="+l.Value) })
 	return row
+}
+
+// consumerFetches is the "Prometheus servers" section: who fetched which
+// scrape shard and when. Names of Prometheus servers and their queries are
+// shown to the same readers as the agent list.
+func (p *statusPage) consumerFetches(showFleet bool) []discovery.ConsumerFetch {
+	if !showFleet || p.consumers == nil {
+		return nil
+	}
+	return p.consumers.Fetches()
 }

@@ -1,0 +1,127 @@
+package discovery
+
+import (
+	"cmp"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/baremetal-sd/baremetal_sd/collector"
+)
+
+// Bounds of the consumer log, which also bound the cardinality of
+// baremetal_sd_httpsd_consumer_requests_total: distinct consumers beyond
+// maxConsumers are counted as "other", and (consumer, shard) pairs beyond
+// maxConsumerRows as ("other", "other").
+const (
+	maxConsumers    = 32
+	maxConsumerRows = 128
+	// maxConsumerQuery bounds the query string kept for display.
+	maxConsumerQuery = 256
+)
+
+// Consumer names that are not credentials.
+const (
+	ConsumerAnonymous = "anonymous"
+	ConsumerOther     = "other"
+)
+
+// ConsumerFetch is what the consumer log knows of one consumer's fetches of
+// one scrape shard.
+type ConsumerFetch struct {
+	// Consumer is "cert:<name>" for a client certificate, "token:<id>" for
+	// a bearer token, "anonymous", or "other" past the bounds.
+	Consumer string
+	// Shard is "I/N", "all" for the whole list, "invalid" for a query that
+	// could not be parsed, or "other" past the bounds.
+	Shard string
+	// Query is the raw query string of the last request, truncated.
+	Query      string
+	Requests   uint64
+	LastFetch  time.Time
+	LastStatus int
+}
+
+type consumerKey struct{ consumer, shard string }
+
+// ConsumerLog remembers who fetched http_sd, which shard and when, so that an
+// operator sees a Prometheus that stopped refreshing (on the status page and
+// in a metric). Its size is bounded whatever clients send.
+type ConsumerLog struct {
+	metrics *collector.Server
+	now     func() time.Time
+
+	mu        sync.Mutex
+	rows      map[consumerKey]*ConsumerFetch
+	consumers map[string]int // rows per consumer
+}
+
+// NewConsumerLog creates an empty consumer log. metrics may be nil.
+func NewConsumerLog(metrics *collector.Server, now func() time.Time) *ConsumerLog {
+	if now == nil {
+		now = time.Now
+	}
+	return &ConsumerLog{
+		metrics:   metrics,
+		now:       now,
+		rows:      make(map[consumerKey]*ConsumerFetch),
+		consumers: make(map[string]int),
+	}
+}
+
+// Record notes one http_sd request that authenticated as consumer.
+func (l *ConsumerLog) Record(consumer, shard, query string, status int) {
+	if len(query) > maxConsumerQuery {
+		query = query[:maxConsumerQuery]
+	}
+	l.mu.Lock()
+	k := l.key(consumer, shard)
+	row, ok := l.rows[k]
+	if !ok {
+		row = &ConsumerFetch{Consumer: k.consumer, Shard: k.shard}
+		l.rows[k] = row
+		l.consumers[k.consumer]++
+	}
+	row.Requests++
+	row.LastFetch = l.now()
+	row.LastStatus = status
+	row.Query = query
+	l.mu.Unlock()
+	if l.metrics != nil {
+		l.metrics.HTTPSDConsumerRequests.WithLabelValues(k.consumer, k.shard, strconv.Itoa(status)).Inc()
+	}
+}
+
+// key maps a request to its row, folding what exceeds the bounds into
+// "other". It is called with mu held.
+func (l *ConsumerLog) key(consumer, shard string) consumerKey {
+	k := consumerKey{consumer, shard}
+	if _, ok := l.rows[k]; ok {
+		return k
+	}
+	if _, known := l.consumers[consumer]; !known && len(l.consumers) >= maxConsumers {
+		k.consumer = ConsumerOther
+		if _, ok := l.rows[k]; ok {
+			return k
+		}
+	}
+	if len(l.rows) >= maxConsumerRows {
+		return consumerKey{ConsumerOther, ConsumerOther}
+	}
+	return k
+}
+
+// Fetches returns a copy of the log, ordered by consumer and shard.
+func (l *ConsumerLog) Fetches() []ConsumerFetch {
+	l.mu.Lock()
+	out := make([]ConsumerFetch, 0, len(l.rows))
+	for _, r := range l.rows {
+		out = append(out, *r)
+	}
+	l.mu.Unlock()
+	slices.SortFunc(out, func(a, b ConsumerFetch) int {
+		return cmp.Or(cmp.Compare(a.Consumer, b.Consumer), cmp.Compare(a.Shard, b.Shard))
+	})
+	return out
+}

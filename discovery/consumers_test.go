@@ -1,0 +1,271 @@
+package discovery
+
+import (
+	"compress/gzip"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/baremetal-sd/baremetal_sd/ca"
+	"github.com/baremetal-sd/baremetal_sd/collector"
+)
+
+// TestAPI_DiscoveryShards: the handler serves a scrape shard, refuses bad
+// shard parameters with a JSON 400, answers If-None-Match with 304, and
+// records who asked for which shard.
+func TestAPI_DiscoveryShards(t *testing.T) {
+	h := newAPIHarness(t)
+	var ids []string
+	for range 6 {
+		resp, _ := h.enroll(ca.TokenSpec{}, nil)
+		ids = append(ids, resp.AgentID)
+	}
+	cert := h.clientCert(ca.RoleDiscovery)
+	c := h.client(&cert)
+	c.Transport.(*http.Transport).DisableCompression = true
+	tok := h.token(ca.TokenSpec{Scope: ca.ScopeDiscovery})
+
+	t.Run("shards partition the agents", func(t *testing.T) {
+		seen := map[string]int{}
+		for i := range 3 {
+			rep := h.do(c, "GET", fmt.Sprintf("%s?shard=%d&shards=3", PathDiscovery, i), "", nil)
+			if rep.status != http.StatusOK {
+				t.Fatalf("shard %d: status %d: %s", i, rep.status, rep.body)
+			}
+			for _, g := range decodeGroups(t, rep.body) {
+				id := g.Labels[MetaAgentID]
+				if want := ScrapeShardOf(id, 3); want != i {
+					t.Errorf("agent %s in shard %d, want %d", id, i, want)
+				}
+				seen[id]++
+			}
+		}
+		for _, id := range ids {
+			if seen[id] != 2 { // its own metrics and one exporter
+				t.Errorf("agent %s: %d groups over all shards, want 2", id, seen[id])
+			}
+		}
+	})
+
+	t.Run("bad parameters", func(t *testing.T) {
+		for _, q := range []string{
+			"shard=3&shards=3", "shard=0&shards=0", "shard=0&shards=100000", "shard=x&shards=3",
+			"shard=1", "shard=0;shards=2", "shard=%zz&shards=2", "shards=2&shard=0&shard=1",
+		} {
+			rep := h.do(c, "GET", PathDiscovery+"?"+q, "", nil)
+			var e ErrorResponse
+			if rep.status != http.StatusBadRequest || json.Unmarshal(rep.body, &e) != nil || e.Error == "" {
+				t.Errorf("?%s: status %d body %s, want 400 with a JSON error", q, rep.status, rep.body)
+			}
+			if ct := rep.header.Get("Content-Type"); ct != "application/json" {
+				t.Errorf("?%s: Content-Type %q", q, ct)
+			}
+		}
+	})
+
+	t.Run("conditional requests", func(t *testing.T) {
+		get := func(path, ifNoneMatch string, gz bool) *http.Response {
+			t.Helper()
+			req, _ := http.NewRequest("GET", h.srv.URL+path, nil)
+			if ifNoneMatch != "" {
+				req.Header.Set("If-None-Match", ifNoneMatch)
+			}
+			if gz {
+				req.Header.Set("Accept-Encoding", "gzip")
+			}
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			return resp
+		}
+		path := PathDiscovery + "?shard=1&shards=3"
+		first := get(path, "", false)
+		tag := first.Header.Get("ETag")
+		if tag == "" {
+			t.Fatal("no ETag")
+		}
+		if cc := first.Header.Get("Cache-Control"); cc != "private, no-cache" {
+			t.Errorf("Cache-Control %q", cc)
+		}
+		if r := get(path, tag, false); r.StatusCode != http.StatusNotModified || r.Header.Get("ETag") != tag {
+			t.Errorf("If-None-Match with the current ETag: %d, ETag %q; want 304 and %q", r.StatusCode, r.Header.Get("ETag"), tag)
+		}
+		gzTag := get(path, "", true).Header.Get("ETag")
+		for _, tc := range []struct {
+			name, path, tag string
+			gz              bool
+		}{
+			{"gzip with the identity ETag", path, tag, true},
+			{"identity with the gzip ETag", path, gzTag, false},
+			{"other shard", PathDiscovery + "?shard=0&shards=3", tag, false},
+			{"unsharded", PathDiscovery, tag, false},
+			{"other shard count", PathDiscovery + "?shard=1&shards=2", tag, false},
+		} {
+			if r := get(tc.path, tc.tag, tc.gz); r.StatusCode != http.StatusOK {
+				t.Errorf("%s: status %d, want 200", tc.name, r.StatusCode)
+			}
+		}
+		// A change of any agent in the shard makes the old ETag stale.
+		var target string
+		for _, id := range ids {
+			if ScrapeShardOf(id, 3) == 1 {
+				target = id
+			}
+		}
+		if target == "" {
+			t.Skip("no agent in shard 1")
+		}
+		admin := h.clientCert(ca.RoleAdmin)
+		if rep := h.do(h.client(&admin), "POST", PathAgents+"/"+target+"/maintenance", "", []byte(`{"maintenance":true}`)); rep.status != http.StatusOK {
+			t.Fatalf("maintenance: %d %s", rep.status, rep.body)
+		}
+		if r := get(path, tag, false); r.StatusCode != http.StatusOK || r.Header.Get("ETag") == tag {
+			t.Errorf("after a change: status %d ETag %q, want 200 and a new ETag", r.StatusCode, r.Header.Get("ETag"))
+		}
+	})
+
+	t.Run("consumers", func(t *testing.T) {
+		if rep := h.do(h.client(nil), "GET", PathDiscovery+"?shard=0&shards=2", tok, nil); rep.status != http.StatusOK {
+			t.Fatalf("token: %d", rep.status)
+		}
+		// Requests that do not authenticate as a reader are nobody's: no
+		// name they carry reaches the log or the metric.
+		if rep := h.do(h.client(nil), "GET", PathDiscovery+"?shard=0&shards=2", "", nil); rep.status != http.StatusUnauthorized {
+			t.Fatalf("anonymous: %d", rep.status)
+		}
+		enrollTok := h.token(ca.TokenSpec{Scope: ca.ScopeEnroll})
+		if rep := h.do(h.client(nil), "GET", PathDiscovery+"?shard=0&shards=2", enrollTok, nil); rep.status != http.StatusForbidden {
+			t.Fatalf("enroll token: %d", rep.status)
+		}
+		agentResp, agentCert := h.enroll(ca.TokenSpec{}, nil)
+		if rep := h.do(h.client(&agentCert), "GET", PathDiscovery+"?shard=0&shards=2", "", nil); rep.status != http.StatusForbidden {
+			t.Fatalf("agent certificate: %d", rep.status)
+		}
+		for _, f := range h.consumers.Fetches() {
+			if strings.Contains(f.Consumer, agentResp.AgentID) || f.Consumer == ConsumerAnonymous {
+				t.Errorf("refused request logged as %+v", f)
+			}
+		}
+		byKey := map[string]ConsumerFetch{}
+		for _, f := range h.consumers.Fetches() {
+			byKey[f.Consumer+" "+f.Shard] = f
+		}
+		certRow, ok := byKey["cert:prometheus 1/3"]
+		if !ok || certRow.LastStatus != http.StatusOK || certRow.Query != "shard=1&shards=3" || certRow.LastFetch.IsZero() {
+			t.Errorf("certificate consumer of shard 1/3: %+v (all: %v)", certRow, byKey)
+		}
+		if _, ok := byKey["cert:prometheus invalid"]; !ok {
+			t.Errorf("no row for the bad queries: %v", byKey)
+		}
+		var tokenRows int
+		for k := range byKey {
+			if strings.HasPrefix(k, "token:") && strings.HasSuffix(k, " 0/2") {
+				tokenRows++
+			}
+		}
+		if tokenRows != 1 || len(byKey) != 7 { // cert: 0/3 1/3 2/3 1/2 all invalid; token: 0/2
+			t.Errorf("rows %v, want 6 for the certificate and 1 for the token", byKey)
+		}
+		if got := testutil.ToFloat64(h.metrics.HTTPSDConsumerRequests.WithLabelValues("cert:prometheus", "0/3", "200")); got < 1 {
+			t.Errorf("consumer_requests_total for cert:prometheus shard 0/3: %v", got)
+		}
+	})
+}
+
+// TestAPI_DiscoveryGzipNotModified: gzip responses carry their own ETag, and
+// GET and HEAD honor it in a list of If-None-Match tags.
+func TestAPI_DiscoveryGzipNotModified(t *testing.T) {
+	h := newAPIHarness(t)
+	h.enroll(ca.TokenSpec{}, nil)
+	cert := h.clientCert(ca.RoleDiscovery)
+	c := h.client(&cert)
+	c.Transport.(*http.Transport).DisableCompression = true
+	req, _ := http.NewRequest("GET", h.srv.URL+PathDiscovery, nil)
+	req.Header.Set("Accept-Encoding", "gzip")
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	zr, err := gzip.NewReader(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(io.Discard, zr); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	tag := resp.Header.Get("ETag")
+	for _, method := range []string{"GET", "HEAD"} {
+		req, _ := http.NewRequest(method, h.srv.URL+PathDiscovery, nil)
+		req.Header.Set("Accept-Encoding", "gzip")
+		req.Header.Set("If-None-Match", `"other", `+tag)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNotModified || len(body) != 0 {
+			t.Errorf("%s: status %d with %d bytes, want 304 and no body", method, resp.StatusCode, len(body))
+		}
+		if resp.Header.Get("Vary") != "Accept-Encoding" || resp.Header.Get("ETag") != tag {
+			t.Errorf("%s: 304 headers %v", method, resp.Header)
+		}
+	}
+}
+
+// TestConsumerLog_Bounded: a client that sends many identities or shard
+// combinations cannot grow the log or the metric's series without bound.
+func TestConsumerLog_Bounded(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	metrics := collector.NewServer(reg)
+	now := time.Unix(1700000000, 0)
+	l := NewConsumerLog(metrics, func() time.Time { return now })
+	for i := range 10 * maxConsumers {
+		for s := range 8 {
+			l.Record(fmt.Sprintf("token:%d", i), fmt.Sprintf("%d/8", s), strings.Repeat("q", 2*maxConsumerQuery), http.StatusOK)
+		}
+	}
+	fetches := l.Fetches()
+	if len(fetches) > maxConsumerRows+1 {
+		t.Errorf("%d rows, want at most %d", len(fetches), maxConsumerRows+1)
+	}
+	consumers := map[string]bool{}
+	var total uint64
+	for _, f := range fetches {
+		consumers[f.Consumer] = true
+		total += f.Requests
+		if len(f.Query) > maxConsumerQuery {
+			t.Errorf("query of %d bytes kept", len(f.Query))
+		}
+		if !f.LastFetch.Equal(now) {
+			t.Errorf("last fetch %v, want %v", f.LastFetch, now)
+		}
+	}
+	if len(consumers) > maxConsumers+1 || !consumers[ConsumerOther] {
+		t.Errorf("%d consumers (other: %v), want at most %d plus other", len(consumers), consumers[ConsumerOther], maxConsumers)
+	}
+	if total != 10*maxConsumers*8 {
+		t.Errorf("%d requests counted, want %d: none may be lost", total, 10*maxConsumers*8)
+	}
+	if n := testutil.CollectAndCount(metrics.HTTPSDConsumerRequests); n > maxConsumerRows+1 {
+		t.Errorf("%d consumer series, want at most %d", n, maxConsumerRows+1)
+	}
+	// Known consumers keep their own rows once the log is full.
+	l.Record("token:0", "0/8", "", http.StatusNotModified)
+	for _, f := range l.Fetches() {
+		if f.Consumer == "token:0" && f.Shard == "0/8" && (f.Requests != 2 || f.LastStatus != http.StatusNotModified) {
+			t.Errorf("token:0 row %+v, want 2 requests, last 304", f)
+		}
+	}
+}
