@@ -69,9 +69,12 @@ func TestServer_ShardedPrometheus(t *testing.T) {
 
 	sdURL := s.URL + discovery.PathDiscovery
 	proms := make([]*testPrometheus, shards)
+	// A fleet mid-upgrade: the shards alternate between Prometheus 2.42
+	// and 3, whose http_sd clients differ.
+	releases := prometheusReleases()
 	for i := range proms {
 		cert := issueCert(t, s.DataDir, fmt.Sprintf("prometheus-%d", i), "discovery")
-		proms[i] = startPrometheus(t, fmt.Sprintf(`
+		proms[i] = startPrometheusBinary(t, releases[i%len(releases)].Binary, fmt.Sprintf(`
 global:
   scrape_interval: 1s
   scrape_timeout: 1s
