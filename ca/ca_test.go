@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -26,8 +27,8 @@ func newCA(t testing.TB) (*Authority, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !created {
-		t.Fatal("first LoadOrCreate did not create a CA")
+	if want := []string{CertFile, AgentCACertFile, ClientCACertFile}; !slices.Equal(created, want) {
+		t.Fatalf("first LoadOrCreate created %v, want %v", created, want)
 	}
 	return a, dir
 }
@@ -45,7 +46,7 @@ func csrFor(t testing.TB, key crypto.Signer, dns ...string) []byte {
 
 func TestLoadOrCreate_ReusesFiles(t *testing.T) {
 	a, dir := newCA(t)
-	for _, f := range []string{KeyFile} {
+	for _, f := range []string{KeyFile, AgentCAKeyFile, ClientCAKeyFile} {
 		st, err := os.Stat(filepath.Join(dir, f))
 		if err != nil {
 			t.Fatal(err)
@@ -55,7 +56,7 @@ func TestLoadOrCreate_ReusesFiles(t *testing.T) {
 		}
 	}
 	b, created, err := LoadOrCreate(dir)
-	if err != nil || created {
+	if err != nil || len(created) != 0 {
 		t.Fatalf("second LoadOrCreate: created=%v err=%v", created, err)
 	}
 	if !bytes.Equal(a.Certificate().Raw, b.Certificate().Raw) {
