@@ -145,10 +145,10 @@ func TestSignAgent_SANsAreTheRegistrations(t *testing.T) {
 		if err != nil || role != RoleAgent || id != "id1" {
 			t.Errorf("Identify = %v %q %v, want agent id1", role, id, err)
 		}
-		if !bytes.HasSuffix(chain, a.CertificatePEM()) {
-			t.Error("chain does not end with the CA certificate")
+		if !bytes.HasSuffix(chain, a.AgentCACertificatePEM()) {
+			t.Error("chain does not end with the agent CA certificate")
 		}
-		if _, err := cert.Verify(x509.VerifyOptions{Roots: a.Pool(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		if _, err := cert.Verify(x509.VerifyOptions{Roots: a.ClientCAPool(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 			t.Errorf("agent certificate does not verify as a client: %v", err)
 		}
 	}

@@ -1,0 +1,76 @@
+package agent
+
+import (
+	"bytes"
+	"crypto/x509"
+	"strings"
+	"testing"
+
+	"github.com/baremetal-sd/baremetal_sd/ca"
+	"github.com/baremetal-sd/baremetal_sd/discovery"
+)
+
+// TestCheckReplyCAs_PinnedCAOnly: a reply, from an impostor or a server of
+// another fleet, can never make the agent trust a CA its pinned CA did not
+// sign; the relay's client CA is the real client CA only.
+func TestCheckReplyCAs_PinnedCAOnly(t *testing.T) {
+	real, _, err := ca.LoadOrCreate(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	impostor, _, err := ca.LoadOrCreate(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pinned := []*x509.Certificate{real.Certificate()}
+	good := discovery.CertificateResponse{
+		CACertificate:       "ignored by this version",
+		AgentCACertificate:  string(real.AgentCACertificatePEM()),
+		ClientCACertificate: string(real.ClientCACertificatePEM()),
+	}
+	tests := []struct {
+		name   string
+		mutate func(*discovery.CertificateResponse)
+		pinned []*x509.Certificate
+		want   string
+	}{
+		{"real server", func(*discovery.CertificateResponse) {}, pinned, ""},
+		{"impostor's client CA", func(r *discovery.CertificateResponse) {
+			r.ClientCACertificate = string(impostor.ClientCACertificatePEM())
+		}, pinned, "not signed by the pinned CA"},
+		{"impostor's agent CA", func(r *discovery.CertificateResponse) {
+			r.AgentCACertificate = string(impostor.AgentCACertificatePEM())
+		}, pinned, "not signed by the pinned CA"},
+		{"agent CA offered as the client CA", func(r *discovery.CertificateResponse) {
+			r.ClientCACertificate = string(real.AgentCACertificatePEM())
+		}, pinned, "not a baremetal_sd client-ca"},
+		{"two client CAs", func(r *discovery.CertificateResponse) {
+			r.ClientCACertificate += string(impostor.ClientCACertificatePEM())
+		}, pinned, "want 1"},
+		{"0.1.0 server, the pinned CA", func(r *discovery.CertificateResponse) {
+			*r = discovery.CertificateResponse{CACertificate: string(real.CertificatePEM())}
+		}, pinned, ""},
+		{"0.1.0-style reply with the impostor's CA", func(r *discovery.CertificateResponse) {
+			*r = discovery.CertificateResponse{CACertificate: string(impostor.CertificatePEM())}
+		}, pinned, "not the CA in --discovery.ca-file"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp := good
+			tt.mutate(&resp)
+			cas, err := checkReplyCAs(&resp, tt.pinned)
+			if tt.want != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.want) {
+					t.Fatalf("checkReplyCAs = %v, want an error containing %q", err, tt.want)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.ClientCACertificate != "" && !bytes.Equal(cas.clientPEM, real.ClientCACertificatePEM()) {
+				t.Error("the relay's client CA is not the client CA")
+			}
+		})
+	}
+}
