@@ -94,7 +94,24 @@ func LoadOrCreate(dir string) (*Authority, []string, error) {
 	if err := a.loadIssuers(dir, true, &files); err != nil {
 		return nil, nil, err
 	}
+	if err := writeClientCAs(dir, a); err != nil {
+		return nil, nil, err
+	}
 	return a, files, nil
+}
+
+// writeClientCAs writes ClientCAsFile, which web configs name as
+// client_ca_file, unless it is up to date.
+func writeClientCAs(dir string, a *Authority) error {
+	path := filepath.Join(dir, ClientCAsFile)
+	want := a.ClientCAsPEM()
+	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, want) {
+		return nil
+	}
+	if err := WriteFileAtomic(path, want, 0o644); err != nil {
+		return fmt.Errorf("write %s: %w", ClientCAsFile, err)
+	}
+	return nil
 }
 
 // Load loads an existing CA and its issuing CAs from dir.

@@ -402,9 +402,6 @@ func openEtcd(ctx context.Context, cfg Config) (*discovery.EtcdStore, error) {
 // because the server never speaks plain HTTP.
 func prepareWebConfig(cfg Config, authority *ca.Authority) (*toolkitweb.FlagConfig, *servingCert, error) {
 	flags := *cfg.Web
-	if err := writeClientCAs(cfg.DataDir, authority); err != nil {
-		return nil, nil, err
-	}
 	if flags.WebConfigFile != nil && *flags.WebConfigFile != "" {
 		c, err := web.LoadConfig(*flags.WebConfigFile)
 		if err != nil {
@@ -442,21 +439,6 @@ func prepareWebConfig(cfg Config, authority *ca.Authority) (*toolkitweb.FlagConf
 	}
 	flags.WebConfigFile = &path
 	return &flags, auto, nil
-}
-
-// writeClientCAs writes the bundle of CAs that client certificates may
-// chain to (ca.ClientCAsFile) into the data directory, where the server's
-// own web config names it and an operator's may.
-func writeClientCAs(dataDir string, authority *ca.Authority) error {
-	path := filepath.Join(dataDir, ca.ClientCAsFile)
-	want := authority.ClientCAsPEM()
-	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, want) {
-		return nil
-	}
-	if err := ca.WriteFileAtomic(path, want, 0o644); err != nil {
-		return fmt.Errorf("write %s: %w", ca.ClientCAsFile, err)
-	}
-	return nil
 }
 
 // trustsIssuers reports whether the CA file at path holds both issuing
