@@ -604,8 +604,8 @@ func issueCert(t testing.TB, dataDir, name, role string) clientCert {
 	out := t.TempDir()
 	runCLI(t, "cert", "issue", "--data.dir="+dataDir, "--name="+name, "--role="+role, "--out.dir="+out)
 	c := clientCert{
-		CertFile: filepath.Join(out, name+".crt"),
-		KeyFile:  filepath.Join(out, name+".key"),
+		CertFile:    filepath.Join(out, name+".crt"),
+		KeyFile:     filepath.Join(out, name+".key"),
 		CAFile:      filepath.Join(out, "ca.crt"),
 		AgentCAFile: filepath.Join(out, "agent-ca.crt"),
 	}
