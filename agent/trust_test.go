@@ -74,3 +74,38 @@ func TestCheckReplyCAs_PinnedCAOnly(t *testing.T) {
 		})
 	}
 }
+
+// FuzzCheckReplyCAs feeds hostile CA fields of a reply to the pinning
+// check: it must never panic, and never accept a CA that the pinned CA did
+// not sign.
+func FuzzCheckReplyCAs(f *testing.F) {
+	real, _, err := ca.LoadOrCreate(f.TempDir())
+	if err != nil {
+		f.Fatal(err)
+	}
+	other, _, err := ca.LoadOrCreate(f.TempDir())
+	if err != nil {
+		f.Fatal(err)
+	}
+	pinned := []*x509.Certificate{real.Certificate()}
+	f.Add(string(real.AgentCACertificatePEM()), string(real.ClientCACertificatePEM()), "")
+	f.Add(string(other.AgentCACertificatePEM()), string(other.ClientCACertificatePEM()), "")
+	f.Add("", "", string(real.CertificatePEM()))
+	f.Add("", "", string(other.CertificatePEM()))
+	f.Add("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "", "")
+	f.Fuzz(func(t *testing.T, agentCA, clientCA, legacy string) {
+		resp := discovery.CertificateResponse{AgentCACertificate: agentCA, ClientCACertificate: clientCA, CACertificate: legacy}
+		cas, err := checkReplyCAs(&resp, pinned)
+		if err != nil {
+			return
+		}
+		if bytes.Contains(cas.clientPEM, other.ClientCACertificatePEM()) || bytes.Contains(cas.clientPEM, other.CertificatePEM()) {
+			t.Fatal("accepted the other fleet's CA for the relay")
+		}
+		for _, c := range cas.agent {
+			if bytes.Equal(c.Raw, other.AgentCACertificate().Raw) || bytes.Equal(c.Raw, other.Certificate().Raw) {
+				t.Fatal("accepted the other fleet's CA for the agent certificate")
+			}
+		}
+	})
+}
