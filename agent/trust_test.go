@@ -12,9 +12,9 @@ import (
 
 // TestCheckReplyCAs_PinnedCAOnly: a reply, from an impostor or a server of
 // another fleet, can never make the agent trust a CA its pinned CA did not
-// sign; the relay's client CA is the real client CA only.
+// sign; the relay's client CA is the fleet's own client CA only.
 func TestCheckReplyCAs_PinnedCAOnly(t *testing.T) {
-	real, _, err := ca.LoadOrCreate(t.TempDir())
+	fleetCA, _, err := ca.LoadOrCreate(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -22,11 +22,11 @@ func TestCheckReplyCAs_PinnedCAOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pinned := []*x509.Certificate{real.Certificate()}
+	pinned := []*x509.Certificate{fleetCA.Certificate()}
 	good := discovery.CertificateResponse{
 		CACertificate:       "ignored by this version",
-		AgentCACertificate:  string(real.AgentCACertificatePEM()),
-		ClientCACertificate: string(real.ClientCACertificatePEM()),
+		AgentCACertificate:  string(fleetCA.AgentCACertificatePEM()),
+		ClientCACertificate: string(fleetCA.ClientCACertificatePEM()),
 	}
 	tests := []struct {
 		name   string
@@ -42,13 +42,13 @@ func TestCheckReplyCAs_PinnedCAOnly(t *testing.T) {
 			r.AgentCACertificate = string(impostor.AgentCACertificatePEM())
 		}, pinned, "not signed by the pinned CA"},
 		{"agent CA offered as the client CA", func(r *discovery.CertificateResponse) {
-			r.ClientCACertificate = string(real.AgentCACertificatePEM())
+			r.ClientCACertificate = string(fleetCA.AgentCACertificatePEM())
 		}, pinned, "not a baremetal_sd client-ca"},
 		{"two client CAs", func(r *discovery.CertificateResponse) {
 			r.ClientCACertificate += string(impostor.ClientCACertificatePEM())
 		}, pinned, "want 1"},
 		{"0.1.0 server, the pinned CA", func(r *discovery.CertificateResponse) {
-			*r = discovery.CertificateResponse{CACertificate: string(real.CertificatePEM())}
+			*r = discovery.CertificateResponse{CACertificate: string(fleetCA.CertificatePEM())}
 		}, pinned, ""},
 		{"0.1.0-style reply with the impostor's CA", func(r *discovery.CertificateResponse) {
 			*r = discovery.CertificateResponse{CACertificate: string(impostor.CertificatePEM())}
@@ -68,7 +68,7 @@ func TestCheckReplyCAs_PinnedCAOnly(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if resp.ClientCACertificate != "" && !bytes.Equal(cas.clientPEM, real.ClientCACertificatePEM()) {
+			if resp.ClientCACertificate != "" && !bytes.Equal(cas.clientPEM, fleetCA.ClientCACertificatePEM()) {
 				t.Error("the relay's client CA is not the client CA")
 			}
 		})
@@ -79,7 +79,7 @@ func TestCheckReplyCAs_PinnedCAOnly(t *testing.T) {
 // check: it must never panic, and never accept a CA that the pinned CA did
 // not sign.
 func FuzzCheckReplyCAs(f *testing.F) {
-	real, _, err := ca.LoadOrCreate(f.TempDir())
+	fleetCA, _, err := ca.LoadOrCreate(f.TempDir())
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -87,10 +87,10 @@ func FuzzCheckReplyCAs(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	pinned := []*x509.Certificate{real.Certificate()}
-	f.Add(string(real.AgentCACertificatePEM()), string(real.ClientCACertificatePEM()), "")
+	pinned := []*x509.Certificate{fleetCA.Certificate()}
+	f.Add(string(fleetCA.AgentCACertificatePEM()), string(fleetCA.ClientCACertificatePEM()), "")
 	f.Add(string(other.AgentCACertificatePEM()), string(other.ClientCACertificatePEM()), "")
-	f.Add("", "", string(real.CertificatePEM()))
+	f.Add("", "", string(fleetCA.CertificatePEM()))
 	f.Add("", "", string(other.CertificatePEM()))
 	f.Add("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "", "")
 	f.Fuzz(func(t *testing.T, agentCA, clientCA, legacy string) {

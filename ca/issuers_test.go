@@ -191,7 +191,7 @@ func TestVerifiedClient_RoleFromItsIssuerOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	verify := func(t *testing.T, chain []*x509.Certificate) [][]*x509.Certificate {
+	verify := func(chain []*x509.Certificate) [][]*x509.Certificate {
 		chains, err := chain[0].Verify(x509.VerifyOptions{Roots: f.a.ClientCAPool(), Intermediates: pool(chain[1:]...), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
 		if err != nil {
 			return nil
@@ -213,7 +213,7 @@ func TestVerifiedClient_RoleFromItsIssuerOnly(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			chains := verify(t, tt.chain)
+			chains := verify(tt.chain)
 			if chains == nil {
 				// The serving certificate has no clientAuth: TLS refuses it
 				// already. Check the chain as it is.
