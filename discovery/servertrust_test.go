@@ -6,9 +6,11 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
 	"io"
+	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -168,5 +170,43 @@ func TestAPI_LegacyAgentCertificate(t *testing.T) {
 	}
 	if renewed.AgentCACertificate != string(h.ca.AgentCACertificatePEM()) || renewed.ClientCACertificate != string(h.ca.ClientCACertificatePEM()) {
 		t.Error("reply lacks the issuing CAs")
+	}
+}
+
+// TestAPI_RoleOnlyFromItsIssuer: the server takes a certificate's role from
+// its subject only when the CA that signed it issues that role. An admin
+// certificate signed with the agent CA's key (which never issues one) is
+// refused with 403, not let into the admin API.
+func TestAPI_RoleOnlyFromItsIssuer(t *testing.T) {
+	dir := t.TempDir()
+	h := newReplicaHarness(t, dir, NewMemoryStore())
+	data, err := os.ReadFile(filepath.Join(dir, ca.AgentCAKeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(data)
+	agentCAKey, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := newKey(t)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(7),
+		Subject:      pkix.Name{CommonName: "forged", OrganizationalUnit: []string{ca.RoleOU(ca.RoleAdmin)}},
+		NotBefore:    time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, h.ca.AgentCACertificate(), &key.PublicKey, agentCAKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := tls.Certificate{Certificate: [][]byte{der, h.ca.AgentCACertificate().Raw}, PrivateKey: key}
+	rep := h.do(h.client(&forged), "GET", PathAgents, "", nil)
+	if rep.status != http.StatusForbidden || !strings.Contains(string(rep.body), "not accepted") {
+		t.Fatalf("admin API with an admin certificate from the agent CA: %d %s, want 403", rep.status, rep.body)
+	}
+	admin := h.clientCert(ca.RoleAdmin)
+	if rep := h.do(h.client(&admin), "GET", PathAgents, "", nil); rep.status != http.StatusOK {
+		t.Fatalf("admin API with a real admin certificate: %d %s", rep.status, rep.body)
 	}
 }
