@@ -192,10 +192,11 @@ func TestImpostor_EnrolledHostCannotPoseAsServer(t *testing.T) {
 	evil := enroll(t, s, createToken(t, s.DataDir, "--scope=enroll", "--ttl=10m"), discovery.RegisterRequest{
 		Hostname: "localhost", Address: "127.0.0.1", Port: 9956,
 	})
-	imp := startImpostor(t, evil.Cert, nil)
-	impAddr := strings.TrimPrefix(imp.URL, "https://")
-
+	// Each client gets an impostor of its own, so that what one sends is
+	// not blamed on another.
 	t.Run("prometheus", func(t *testing.T) {
+		imp := startImpostor(t, evil.Cert, nil)
+		impAddr := strings.TrimPrefix(imp.URL, "https://")
 		certs := prometheusCerts(t, s.DataDir)
 		token, err := os.ReadFile(filepath.Join(certs, "discovery.token"))
 		if err != nil {
@@ -203,41 +204,48 @@ func TestImpostor_EnrolledHostCannotPoseAsServer(t *testing.T) {
 		}
 		prom := startPrometheus(t, promConfigFromExamples(t, impAddr, certs))
 		// Three http_sd configs with a client certificate, one with the
-		// bearer token: each refresh fails at the handshake.
+		// bearer token: each refresh fails at the handshake, or reaches the
+		// impostor.
 		waitFor(t, 60*time.Second, func() error {
 			n, err := prom.sdFailures(t)
 			if err != nil {
 				return err
 			}
-			if n < 4 {
+			if n < 4 && len(imp.requests()) == 0 {
 				return fmt.Errorf("prometheus_sd_http_failures_total = %v, want every http_sd config to have failed", n)
 			}
 			return nil
 		})
+		imp.assertNothingReached(t, "Prometheus", strings.TrimSpace(string(token)))
 		if !strings.Contains(prom.log.String(), "too many intermediates for path length constraint") {
 			t.Errorf("Prometheus does not say why it refused the impostor")
 		}
-		imp.assertNothingReached(t, "Prometheus", strings.TrimSpace(string(token)))
 	})
 
 	t.Run("agent", func(t *testing.T) {
+		imp := startImpostor(t, evil.Cert, nil)
 		tok := createToken(t, s.DataDir, "--scope=enroll", "--ttl=10m", "--single-use")
 		// The agent trusts the real server's ca.crt, as the systemd unit
 		// does, but its URL leads to the impostor.
 		a := startAgent(t, &testServer{URL: imp.URL, DataDir: s.DataDir}, agentOptions{Hostname: "victim", Token: tok})
+		refusal := "too many intermediates for path length constraint"
 		waitFor(t, startTimeout, func() error {
-			if !strings.Contains(a.log.String(), "too many intermediates for path length constraint") {
+			if !strings.Contains(a.log.String(), refusal) && len(imp.requests()) == 0 {
 				return fmt.Errorf("the agent has not refused the impostor yet")
 			}
 			return nil
 		})
 		a.stop(t)
 		imp.assertNothingReached(t, "the agent", tok)
+		if !strings.Contains(a.log.String(), refusal) {
+			t.Fatalf("the agent does not say why it refused the impostor")
+		}
 		// The token was never spent: the real server still takes it.
 		enroll(t, s, tok, discovery.RegisterRequest{Hostname: "victim", Address: "127.0.0.1", Port: 9956})
 	})
 
 	t.Run("agents list", func(t *testing.T) {
+		imp := startImpostor(t, evil.Cert, nil)
 		tests := []struct {
 			name string
 			args []string
@@ -253,7 +261,7 @@ func TestImpostor_EnrolledHostCannotPoseAsServer(t *testing.T) {
 			t.Run(tt.name, func(t *testing.T) {
 				out, err := runAgents(t, append([]string{"list", "--server.url=" + imp.URL}, tt.args...)...)
 				if err == nil || !strings.Contains(out, tt.want) {
-					t.Fatalf("agents list against the impostor: %v\n%s\nwant a refusal saying %q", err, out, tt.want)
+					t.Errorf("agents list against the impostor: %v\n%s\nwant a refusal saying %q", err, out, tt.want)
 				}
 			})
 		}
