@@ -804,3 +804,54 @@ func TestExamples_PrometheusShardedConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestExamples_PrometheusTrustsOneCAPerRole: http_sd and the server are
+// verified by the server CA only, agents by the agent CA only. A scrape
+// job trusting ca.crt could not verify agents, and http_sd trusting the
+// agent CA would accept any enrolled host as the discovery server.
+func TestExamples_PrometheusTrustsOneCAPerRole(t *testing.T) {
+	for _, name := range []string{"prometheus.yml", "prometheus-sharded.yml"} {
+		t.Run(name, func(t *testing.T) { checkOneCAPerRole(t, name) })
+	}
+}
+
+func checkOneCAPerRole(t *testing.T, name string) {
+	data, err := os.ReadFile(filepath.Join("examples", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg struct {
+		ScrapeConfigs []struct {
+			JobName       string `yaml:"job_name"`
+			HTTPSDConfigs []struct {
+				TLSConfig struct {
+					CAFile string `yaml:"ca_file"`
+				} `yaml:"tls_config"`
+			} `yaml:"http_sd_configs"`
+			TLSConfig struct {
+				CAFile string `yaml:"ca_file"`
+			} `yaml:"tls_config"`
+		} `yaml:"scrape_configs"`
+	}
+	if err := yaml.Unmarshal(data, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	var checked int
+	for _, job := range cfg.ScrapeConfigs {
+		for _, sd := range job.HTTPSDConfigs {
+			if sd.TLSConfig.CAFile != "certs/"+ca.CertFile {
+				t.Errorf("job %s: http_sd trusts %q, want certs/%s", job.JobName, sd.TLSConfig.CAFile, ca.CertFile)
+			}
+			checked++
+		}
+		switch {
+		case len(job.HTTPSDConfigs) > 0 && job.TLSConfig.CAFile != "certs/"+ca.AgentCACertFile:
+			t.Errorf("job %s scrapes agents trusting %q, want certs/%s", job.JobName, job.TLSConfig.CAFile, ca.AgentCACertFile)
+		case job.JobName == "baremetal_sd_server" && job.TLSConfig.CAFile != "certs/"+ca.CertFile:
+			t.Errorf("job %s scrapes the server trusting %q, want certs/%s", job.JobName, job.TLSConfig.CAFile, ca.CertFile)
+		}
+	}
+	if checked == 0 {
+		t.Fatal("no http_sd_configs found")
+	}
+}

@@ -86,7 +86,7 @@ func run(args []string) int {
 	)
 	certIssue.Flag("data.dir", "The server's data directory.").Default("data").StringVar(&certDataDir)
 	certIssue.Flag("name", "Name of the client, used as the certificate's common name and file names.").Required().StringVar(&certName)
-	certIssue.Flag("out.dir", "Directory for NAME.crt, NAME.key and ca.crt.").Required().StringVar(&certOutDir)
+	certIssue.Flag("out.dir", "Directory for NAME.crt, NAME.key, ca.crt (verifies the server) and agent-ca.crt (verifies agents).").Required().StringVar(&certOutDir)
 	certIssue.Flag("role", "discovery (read http_sd, scrape agents) or admin (also manage agents).").Default("discovery").EnumVar(&certRole, "discovery", "admin")
 	certIssue.Flag("ttl", "Lifetime of the certificate.").Default("8760h").DurationVar(&certTTL)
 
@@ -197,7 +197,7 @@ func run(args []string) int {
 			fmt.Fprintf(os.Stderr, "baremetal_sd: issue certificate: %v\n", err)
 			return 1
 		}
-		fmt.Printf("Wrote %s/%s.crt, %s/%s.key and %s/ca.crt\n", certOutDir, certName, certOutDir, certName, certOutDir)
+		fmt.Printf("Wrote %s/%s.crt, %s/%s.key, %s/ca.crt (the server CA, for http_sd) and %s/agent-ca.crt (the agent CA, for scrape jobs)\n", certOutDir, certName, certOutDir, certName, certOutDir, certOutDir)
 		return 0
 	}
 	return 0

@@ -74,7 +74,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("relay config: %w", err)
 	}
 
-	roots, err := loadRootCAs(cfg.CAFile)
+	roots, pinned, err := loadRootCAs(cfg.CAFile)
 	if err != nil {
 		return err
 	}
@@ -94,6 +94,7 @@ func Run(ctx context.Context, cfg Config) error {
 		Exporters: exporters,
 	}
 	lc := newLifecycle(cfg, key, req, metrics)
+	lc.pinned = pinned
 	userAgent := "baremetal_sd-agent/" + version.Version
 	if lc.client, err = discovery.NewClient(discovery.ClientConfig{
 		URLs:                 cfg.DiscoveryURLs,

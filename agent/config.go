@@ -156,18 +156,23 @@ func listenPort(w *toolkitweb.FlagConfig) (int, error) {
 // maxCAFile bounds the CA bundle read from --discovery.ca-file.
 const maxCAFile = 1 << 20
 
-// loadRootCAs reads the CA bundle that verifies the discovery servers.
-func loadRootCAs(path string) (*x509.CertPool, error) {
+// loadRootCAs reads the CA bundle that verifies the discovery servers: the
+// pool, and its certificates, which the agent pins (see checkReplyCAs).
+func loadRootCAs(path string) (*x509.CertPool, []*x509.Certificate, error) {
 	if path == "" {
-		return nil, nil // system roots
+		return nil, nil, nil // system roots
 	}
 	data, err := readBounded(path, maxCAFile)
 	if err != nil {
-		return nil, fmt.Errorf("--discovery.ca-file: %w", err)
+		return nil, nil, fmt.Errorf("--discovery.ca-file: %w", err)
+	}
+	certs, err := parseChain(data)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--discovery.ca-file %s: %w", path, err)
 	}
 	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(data) {
-		return nil, fmt.Errorf("--discovery.ca-file %s: no PEM certificate found", path)
+	for _, c := range certs {
+		pool.AddCert(c)
 	}
-	return pool, nil
+	return pool, certs, nil
 }

@@ -65,6 +65,11 @@ type lifecycle struct {
 	// request.
 	req    discovery.RegisterRequest
 	digest string
+	// pinned are the certificates of --discovery.ca-file: the CAs a
+	// reply's CAs must come from. Nil means the system roots.
+	pinned []*x509.Certificate
+	// renewNow is set when the server asks for a renewal at once.
+	renewNow bool
 
 	cert      atomic.Pointer[tls.Certificate]
 	certPEM   []byte
@@ -191,6 +196,9 @@ func (l *lifecycle) renewAt() time.Time {
 		return time.Time{}
 	}
 	leaf := c.Leaf
+	if l.renewNow {
+		return leaf.NotBefore
+	}
 	at := leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) * 2 / 3)
 	if l.persisted.CertSerial == serialOf(c) && !l.persisted.RenewAfter.IsZero() &&
 		l.persisted.RenewAfter.After(leaf.NotBefore) && l.persisted.RenewAfter.Before(leaf.NotAfter) {
@@ -502,6 +510,10 @@ func (l *lifecycle) heartbeatOK(resp *discovery.HeartbeatResponse) {
 	if resp != nil && resp.HeartbeatIntervalSeconds > 0 {
 		l.interval = clampInterval(time.Duration(resp.HeartbeatIntervalSeconds) * time.Second)
 	}
+	if resp != nil && resp.RenewNow && !l.renewNow {
+		l.renewNow = true
+		l.logger.Info("Discovery server asks to renew the certificate now: it was issued before the server's upgrade")
+	}
 	l.server = l.client.URL()
 	l.failures[actHeartbeat] = 0
 	l.failures[actRecover] = 0
@@ -512,7 +524,7 @@ func (l *lifecycle) heartbeatOK(resp *discovery.HeartbeatResponse) {
 // apply takes a certificate from the server into use: files first, then
 // memory, so that the listener and the client switch together.
 func (l *lifecycle) apply(act action, resp *discovery.CertificateResponse, from *discovery.Client, what string) {
-	c, err := l.checkResponse(resp)
+	c, clientCA, err := l.checkResponse(resp)
 	if err != nil {
 		l.retry(act, err)
 		l.logOnce("bad response", slog.LevelError, "Discovery server sent an unusable certificate", "err", err)
@@ -527,7 +539,7 @@ func (l *lifecycle) apply(act action, resp *discovery.CertificateResponse, from 
 		HeartbeatIntervalSeconds: resp.HeartbeatIntervalSeconds,
 		UpdatedAt:                now.UTC(),
 	}
-	if err := l.writeFiles(resp, p); err != nil {
+	if err := l.writeFiles(resp, clientCA, p); err != nil {
 		l.retry(act, err)
 		l.logOnce("write", slog.LevelError, "Could not write the new certificate to the state directory", "err", err)
 		return
@@ -547,6 +559,7 @@ func (l *lifecycle) apply(act action, resp *discovery.CertificateResponse, from 
 	l.nextHeartbeat = now.Add(jitter(l.interval))
 	l.needRegister, l.rejected, l.expiredRefused = false, false, ""
 	l.renewRetry = time.Time{}
+	l.renewNow = false
 	clear(l.failures)
 	l.server = from.URL()
 	l.logger.Info(what, "agent_id", resp.AgentID, "server", l.server,
@@ -555,25 +568,23 @@ func (l *lifecycle) apply(act action, resp *discovery.CertificateResponse, from 
 }
 
 // checkResponse verifies a certificate response: the leaf certifies our key
-// and chains to the CA the server sent.
-func (l *lifecycle) checkResponse(resp *discovery.CertificateResponse) (*tls.Certificate, error) {
+// and chains to the agent CA the server sent, which the pinned CA vouches
+// for. It returns the certificate and the relay's client CA.
+func (l *lifecycle) checkResponse(resp *discovery.CertificateResponse) (*tls.Certificate, []byte, error) {
 	chain, err := parseChain([]byte(resp.Certificate))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	c, err := keyPair(chain, l.key)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if resp.CACertificate == "" {
-		return nil, errors.New("no CA certificate in the response")
-	}
-	roots, err := parseChain([]byte(resp.CACertificate))
+	cas, err := checkReplyCAs(resp, l.pinned)
 	if err != nil {
-		return nil, fmt.Errorf("CA certificate: %w", err)
+		return nil, nil, err
 	}
 	pool := x509.NewCertPool()
-	for _, r := range roots {
+	for _, r := range cas.agent {
 		pool.AddCert(r)
 	}
 	inter := x509.NewCertPool()
@@ -589,16 +600,16 @@ func (l *lifecycle) checkResponse(resp *discovery.CertificateResponse) (*tls.Cer
 		CurrentTime:   leaf.NotBefore.Add(time.Second),
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
 	}); err != nil {
-		return nil, fmt.Errorf("does not chain to the CA in the response: %w", err)
+		return nil, nil, fmt.Errorf("does not chain to the CA in the response: %w", err)
 	}
-	return c, nil
+	return c, cas.clientPEM, nil
 }
 
 // writeFiles writes the CA, the certificate and the state, each atomically.
 // The key never changes, so the listener, which reads certificate and key on
 // a handshake, always sees a matching pair: the old certificate or the new.
-func (l *lifecycle) writeFiles(resp *discovery.CertificateResponse, p persistedState) error {
-	if err := ca.WriteFileAtomic(l.path(CAFile), []byte(resp.CACertificate), 0o644); err != nil {
+func (l *lifecycle) writeFiles(resp *discovery.CertificateResponse, clientCA []byte, p persistedState) error {
+	if err := ca.WriteFileAtomic(l.path(CAFile), clientCA, 0o644); err != nil {
 		return fmt.Errorf("write CA certificate: %w", err)
 	}
 	if err := ca.WriteFileAtomic(l.path(CertFile), []byte(resp.Certificate), 0o644); err != nil {

@@ -139,7 +139,7 @@ func TestLifecycle_CheckResponse(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := l.checkResponse(&tt.resp)
+			_, _, err := l.checkResponse(&tt.resp)
 			if tt.want == "" {
 				if err != nil {
 					t.Fatalf("checkResponse: %v", err)

@@ -92,7 +92,7 @@ func newTarget(serverURL, dataDir string) (*target, error) {
 // resumption is off: an enrolling agent has never talked to the server, so
 // every new connection pays a full handshake.
 func (t *target) tlsConfig(cert *tls.Certificate) *tls.Config {
-	cfg := &tls.Config{RootCAs: t.roots, ServerName: t.host, MinVersion: tls.VersionTLS12}
+	cfg := &tls.Config{RootCAs: t.roots, ServerName: t.host, MinVersion: tls.VersionTLS12, VerifyConnection: discovery.VerifyServerRole}
 	if cert != nil {
 		cfg.Certificates = []tls.Certificate{*cert}
 	}

@@ -69,13 +69,86 @@ type Authority struct {
 	certPEM []byte
 	key     crypto.Signer
 	pool    *x509.CertPool
+	// agentCA and clientCA issue agent and client certificates; ca.key
+	// itself signs only serving certificates (see issuers.go).
+	agentCA, clientCA *issuer
+	// clientPool holds the CAs client certificates may chain to.
+	clientPool *x509.CertPool
 }
 
 // LoadOrCreate loads ca.crt and ca.key from dir. When neither exists it
 // creates dir (0700) and a new ECDSA P-256 CA; one without the other is an
 // error rather than a silent replacement, which would orphan every issued
-// certificate.
-func LoadOrCreate(dir string) (*Authority, bool, error) {
+// certificate. It then loads the issuing CAs, creating those missing (a new
+// data directory, or one a 0.1.0 server wrote), and returns the names of
+// the certificate files it created.
+func LoadOrCreate(dir string) (*Authority, []string, error) {
+	a, created, err := loadOrCreateRoot(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	var files []string
+	if created {
+		files = append(files, CertFile)
+	}
+	if err := a.loadIssuers(dir, true, &files); err != nil {
+		return nil, nil, err
+	}
+	if err := writeClientCAs(dir, a); err != nil {
+		return nil, nil, err
+	}
+	return a, files, nil
+}
+
+// writeClientCAs writes ClientCAsFile, which web configs name as
+// client_ca_file, unless it is up to date.
+func writeClientCAs(dir string, a *Authority) error {
+	path := filepath.Join(dir, ClientCAsFile)
+	want := a.ClientCAsPEM()
+	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, want) {
+		return nil
+	}
+	if err := WriteFileAtomic(path, want, 0o644); err != nil {
+		return fmt.Errorf("write %s: %w", ClientCAsFile, err)
+	}
+	return nil
+}
+
+// Load loads an existing CA and its issuing CAs from dir.
+func Load(dir string) (*Authority, error) {
+	a, err := loadRoot(dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.loadIssuers(dir, false, nil); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+func (a *Authority) loadIssuers(dir string, create bool, created *[]string) error {
+	root := &issuer{cert: a.cert, certPEM: a.certPEM, key: a.key}
+	for _, it := range []struct {
+		spec issuerSpec
+		dst  **issuer
+	}{{agentIssuer, &a.agentCA}, {clientIssuer, &a.clientCA}} {
+		iss, made, err := loadOrCreateIssuer(dir, root, it.spec, create)
+		if err != nil {
+			return err
+		}
+		if made && created != nil {
+			*created = append(*created, it.spec.certFile)
+		}
+		*it.dst = iss
+	}
+	a.clientPool = x509.NewCertPool()
+	a.clientPool.AddCert(a.agentCA.cert)
+	a.clientPool.AddCert(a.clientCA.cert)
+	a.clientPool.AddCert(a.cert)
+	return nil
+}
+
+func loadOrCreateRoot(dir string) (*Authority, bool, error) {
 	certPath, keyPath := filepath.Join(dir, CertFile), filepath.Join(dir, KeyFile)
 	certExists, err := exists(certPath)
 	if err != nil {
@@ -87,7 +160,7 @@ func LoadOrCreate(dir string) (*Authority, bool, error) {
 	}
 	switch {
 	case certExists && keyExists:
-		a, err := Load(dir)
+		a, err := loadRoot(dir)
 		return a, false, err
 	case certExists != keyExists:
 		return nil, false, fmt.Errorf("found only one of %s and %s: restore the other or remove both to create a new CA", certPath, keyPath)
@@ -107,8 +180,11 @@ func LoadOrCreate(dir string) (*Authority, bool, error) {
 		NotAfter:              now.Add(caLifetime),
 		IsCA:                  true,
 		BasicConstraintsValid: true,
-		MaxPathLenZero:        true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		// Path length 0: no certificate below an issuing CA verifies
+		// against ca.crt, so trusting ca.crt means trusting serving
+		// certificates only (see issuers.go).
+		MaxPathLenZero: true,
+		KeyUsage:       x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
@@ -126,12 +202,11 @@ func LoadOrCreate(dir string) (*Authority, bool, error) {
 	if err := WriteFileAtomic(certPath, encodeCert(der), 0o644); err != nil {
 		return nil, false, fmt.Errorf("write CA certificate: %w", err)
 	}
-	a, err := Load(dir)
+	a, err := loadRoot(dir)
 	return a, true, err
 }
 
-// Load loads an existing CA from dir.
-func Load(dir string) (*Authority, error) {
+func loadRoot(dir string) (*Authority, error) {
 	certPEM, err := os.ReadFile(filepath.Join(dir, CertFile))
 	if err != nil {
 		return nil, fmt.Errorf("read CA certificate: %w", err)
@@ -142,6 +217,12 @@ func Load(dir string) (*Authority, error) {
 	}
 	if !cert.IsCA {
 		return nil, errors.New("ca.crt is not a CA certificate")
+	}
+	if !cert.MaxPathLenZero || cert.MaxPathLen != 0 {
+		// A CA with a longer path would let certificates of the issuing
+		// CAs verify against ca.crt, and so pose as the server to anyone
+		// who trusts ca.crt.
+		return nil, errors.New("ca.crt allows intermediate CAs (path length constraint is not 0): baremetal_sd needs a CA that signs end-entity certificates only")
 	}
 	key, err := readKey(filepath.Join(dir, KeyFile))
 	if err != nil {
@@ -161,7 +242,8 @@ func (a *Authority) Certificate() *x509.Certificate { return a.cert }
 // CertificatePEM returns the CA certificate in PEM.
 func (a *Authority) CertificatePEM() []byte { return a.certPEM }
 
-// Pool returns a pool holding only the CA certificate.
+// Pool returns a pool holding only the CA certificate: what verifies the
+// server.
 func (a *Authority) Pool() *x509.CertPool { return a.pool }
 
 // ParseCSR parses and checks a PEM certificate request received from the
@@ -243,7 +325,7 @@ func (a *Authority) SignAgent(req AgentCertRequest) (*x509.Certificate, []byte, 
 	} else if req.Address != "" && req.Address != req.Hostname {
 		tmpl.DNSNames = append(tmpl.DNSNames, req.Address)
 	}
-	return a.sign(tmpl, req.PublicKey)
+	return a.agentCA.sign(tmpl, req.PublicKey)
 }
 
 // IssueClient generates a key and a client certificate for Prometheus or an
@@ -269,7 +351,7 @@ func (a *Authority) IssueClient(name string, role Role, ttl time.Duration) (cert
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}
-	_, chain, err := a.sign(tmpl, &key.PublicKey)
+	_, chain, err := a.clientCA.sign(tmpl, &key.PublicKey)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -313,7 +395,7 @@ func (a *Authority) EnsureServingCert(dir string, names []string, ttl time.Durat
 			tmpl.DNSNames = append(tmpl.DNSNames, n)
 		}
 	}
-	cert, chain, err := a.sign(tmpl, &key.PublicKey)
+	cert, chain, err := a.root().sign(tmpl, &key.PublicKey)
 	if err != nil {
 		return nil, err
 	}
@@ -386,13 +468,16 @@ func Identify(cert *x509.Certificate) (Role, string, error) {
 // this CA, as if it were checked at the end of its lifetime. It lets a host
 // whose certificate expired while it was off prove who it was.
 func (a *Authority) VerifyIgnoringExpiry(cert *x509.Certificate) error {
-	_, err := cert.Verify(x509.VerifyOptions{
-		Roots:       a.pool,
+	chains, err := cert.Verify(x509.VerifyOptions{
+		Roots:       a.clientPool,
 		CurrentTime: cert.NotAfter.Add(-time.Second),
 		KeyUsages:   []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	})
 	if err != nil {
 		return fmt.Errorf("verify certificate: %w", err)
+	}
+	if _, err := a.VerifiedClient(chains); err != nil {
+		return err
 	}
 	role, _, err := Identify(cert)
 	if err != nil {
@@ -484,7 +569,11 @@ func WriteFileAtomicFunc(path string, perm fs.FileMode, write func(io.Writer) er
 	return nil
 }
 
-func (a *Authority) sign(tmpl *x509.Certificate, pub crypto.PublicKey) (*x509.Certificate, []byte, error) {
+func (a *Authority) root() *issuer { return &issuer{cert: a.cert, certPEM: a.certPEM, key: a.key} }
+
+// sign signs tmpl and returns the certificate and the PEM chain: the
+// certificate, then the issuer.
+func (a *issuer) sign(tmpl *x509.Certificate, pub crypto.PublicKey) (*x509.Certificate, []byte, error) {
 	if tmpl.NotAfter.After(a.cert.NotAfter) {
 		tmpl.NotAfter = a.cert.NotAfter
 	}

@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -26,8 +27,8 @@ func newCA(t testing.TB) (*Authority, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !created {
-		t.Fatal("first LoadOrCreate did not create a CA")
+	if want := []string{CertFile, AgentCACertFile, ClientCACertFile}; !slices.Equal(created, want) {
+		t.Fatalf("first LoadOrCreate created %v, want %v", created, want)
 	}
 	return a, dir
 }
@@ -45,7 +46,7 @@ func csrFor(t testing.TB, key crypto.Signer, dns ...string) []byte {
 
 func TestLoadOrCreate_ReusesFiles(t *testing.T) {
 	a, dir := newCA(t)
-	for _, f := range []string{KeyFile} {
+	for _, f := range []string{KeyFile, AgentCAKeyFile, ClientCAKeyFile} {
 		st, err := os.Stat(filepath.Join(dir, f))
 		if err != nil {
 			t.Fatal(err)
@@ -55,7 +56,7 @@ func TestLoadOrCreate_ReusesFiles(t *testing.T) {
 		}
 	}
 	b, created, err := LoadOrCreate(dir)
-	if err != nil || created {
+	if err != nil || len(created) != 0 {
 		t.Fatalf("second LoadOrCreate: created=%v err=%v", created, err)
 	}
 	if !bytes.Equal(a.Certificate().Raw, b.Certificate().Raw) {
@@ -144,10 +145,10 @@ func TestSignAgent_SANsAreTheRegistrations(t *testing.T) {
 		if err != nil || role != RoleAgent || id != "id1" {
 			t.Errorf("Identify = %v %q %v, want agent id1", role, id, err)
 		}
-		if !bytes.HasSuffix(chain, a.CertificatePEM()) {
-			t.Error("chain does not end with the CA certificate")
+		if !bytes.HasSuffix(chain, a.AgentCACertificatePEM()) {
+			t.Error("chain does not end with the agent CA certificate")
 		}
-		if _, err := cert.Verify(x509.VerifyOptions{Roots: a.Pool(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		if _, err := cert.Verify(x509.VerifyOptions{Roots: a.ClientCAPool(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 			t.Errorf("agent certificate does not verify as a client: %v", err)
 		}
 	}

@@ -401,11 +401,21 @@ func (a *API) certificateResponse(id string, leaf *x509.Certificate, chain []byt
 	return &CertificateResponse{
 		AgentID:                  id,
 		Certificate:              string(chain),
-		CACertificate:            string(a.cfg.CA.CertificatePEM()),
+		CACertificate:            string(legacyCABundle(a.cfg.CA)),
+		AgentCACertificate:       string(a.cfg.CA.AgentCACertificatePEM()),
+		ClientCACertificate:      string(a.cfg.CA.ClientCACertificatePEM()),
 		TTLSeconds:               int(cfg.TTL / time.Second),
 		HeartbeatIntervalSeconds: int(cfg.HeartbeatInterval / time.Second),
 		RenewAfter:               leaf.NotBefore.Add(life * 2 / 3).UTC(),
 	}
+}
+
+// legacyCABundle is the ca_certificate of a certificate response. Agents
+// of 0.1.0 verify their new certificate against it and make it their
+// relay's client CA, so it holds the client CA and the agent CA; the
+// relay's role check still refuses agent certificates.
+func legacyCABundle(authority *ca.Authority) []byte {
+	return append(append([]byte(nil), authority.ClientCACertificatePEM()...), authority.AgentCACertificatePEM()...)
 }
 
 // hasBody reports whether a request may carry a body worth decoding.
@@ -444,6 +454,7 @@ func (a *API) heartbeat(w http.ResponseWriter, r *http.Request) string {
 	writeJSON(w, http.StatusOK, HeartbeatResponse{
 		TTLSeconds:               int(cfg.TTL / time.Second),
 		HeartbeatIntervalSeconds: int(cfg.HeartbeatInterval / time.Second),
+		RenewNow:                 who.legacy,
 	})
 	return "success"
 }

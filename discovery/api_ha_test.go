@@ -60,7 +60,7 @@ func newReplicaHarness(t *testing.T, dir string, store Store) *apiHarness {
 	srv.TLS = &tls.Config{
 		Certificates: []tls.Certificate{serving},
 		ClientAuth:   tls.VerifyClientCertIfGiven,
-		ClientCAs:    authority.Pool(),
+		ClientCAs:    authority.ClientCAPool(),
 	}
 	srv.StartTLS()
 	t.Cleanup(srv.Close)

@@ -1,7 +1,6 @@
 package discovery
 
 import (
-	"bytes"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -26,7 +25,10 @@ type identity struct {
 	// hostname is the host an agent certificate was issued to (its first
 	// DNS name); re-registration by certificate cannot change it.
 	hostname string
-	claims   *ca.Claims
+	// legacy marks an agent certificate that a 0.1.0 server signed
+	// directly with the server CA.
+	legacy bool
+	claims *ca.Claims
 }
 
 // authError is an authentication or authorization failure: status says
@@ -49,21 +51,25 @@ type authenticator struct {
 }
 
 // certificate returns the request's client certificate if it presented one
-// that chains to our CA. A certificate the TLS layer did not verify is an
-// error, not "no certificate": it means the web config does not verify client
-// certificates against our CA, and silently ignoring it would be confusing.
+// that chains to our CAs through an issuer allowed to issue its role (see
+// ca.Authority.VerifiedClient). A certificate the TLS layer did not verify
+// is an error, not "no certificate": it means the web config does not
+// verify client certificates against our CAs, and silently ignoring it
+// would be confusing.
 func (a *authenticator) certificate(r *http.Request) (*x509.Certificate, error) {
 	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
 		return nil, nil
 	}
-	caRaw := a.ca.Certificate().Raw
-	for _, chain := range r.TLS.VerifiedChains {
-		if len(chain) > 0 && bytes.Equal(chain[len(chain)-1].Raw, caRaw) {
-			return chain[0], nil
-		}
+	leaf, err := a.ca.VerifiedClient(r.TLS.VerifiedChains)
+	var wrong *ca.WrongIssuerError
+	switch {
+	case err == nil:
+		return leaf, nil
+	case errors.As(err, &wrong):
+		return nil, a.reject(&authError{http.StatusForbidden, "wrong_issuer", err.Error()})
 	}
 	return nil, a.reject(&authError{http.StatusUnauthorized, "unverified_certificate",
-		"client certificate not verified against the baremetal_sd CA (web config needs client_auth_type VerifyClientCertIfGiven and client_ca_file pointing at the CA)"})
+		"client certificate not verified against the baremetal_sd CAs (web config needs client_auth_type VerifyClientCertIfGiven and client_ca_file pointing at the data directory's " + ca.ClientCAsFile + ")"})
 }
 
 func (a *authenticator) reject(e *authError) *authError {
@@ -89,7 +95,7 @@ func (a *authenticator) agent(r *http.Request) (*identity, error) {
 	if role != ca.RoleAgent {
 		return nil, a.reject(&authError{http.StatusForbidden, "not_agent", fmt.Sprintf("a certificate of role %q cannot act as an agent", role)})
 	}
-	return &identity{role: role, id: id, serial: serialHex(cert), hostname: certHostname(cert)}, nil
+	return &identity{role: role, id: id, serial: serialHex(cert), hostname: certHostname(cert), legacy: a.ca.IsLegacy(cert)}, nil
 }
 
 // certHostname is the hostname an agent certificate was issued to: the

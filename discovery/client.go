@@ -132,6 +132,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	tlsConfig := &tls.Config{
 		MinVersion:           tls.VersionTLS12,
 		RootCAs:              cfg.RootCAs,
+		VerifyConnection:     VerifyServerRole,
 		GetClientCertificate: cfg.GetClientCertificate,
 		// Agents reconnect for every heartbeat (see IdleConnTimeout), and a
 		// resumed session spares the server the certificate work of a full

@@ -50,9 +50,19 @@ type HeartbeatRequest struct {
 // CertificateResponse answers register and renew.
 type CertificateResponse struct {
 	AgentID string `json:"agent_id"`
-	// Certificate is the PEM chain: the agent certificate, then the CA.
-	Certificate              string    `json:"certificate"`
-	CACertificate            string    `json:"ca_certificate"`
+	// Certificate is the PEM chain: the agent certificate, then the agent
+	// CA that issued it.
+	Certificate string `json:"certificate"`
+	// CACertificate is for agents of 0.1.0: the client CA, then the agent
+	// CA. Newer agents use the two fields below instead.
+	CACertificate string `json:"ca_certificate"`
+	// AgentCACertificate is the agent CA (PEM), signed by the server CA
+	// that the agent pins.
+	AgentCACertificate string `json:"agent_ca_certificate,omitempty"`
+	// ClientCACertificate is the client CA (PEM), signed by the server CA
+	// that the agent pins: the relay accepts scrapers' certificates from
+	// it only.
+	ClientCACertificate      string    `json:"client_ca_certificate,omitempty"`
 	TTLSeconds               int       `json:"ttl_seconds"`
 	HeartbeatIntervalSeconds int       `json:"heartbeat_interval_seconds"`
 	RenewAfter               time.Time `json:"renew_after"`
@@ -62,6 +72,9 @@ type CertificateResponse struct {
 type HeartbeatResponse struct {
 	TTLSeconds               int `json:"ttl_seconds"`
 	HeartbeatIntervalSeconds int `json:"heartbeat_interval_seconds"`
+	// RenewNow asks the agent to renew at once: its certificate was
+	// issued by a 0.1.0 server, directly by the server CA.
+	RenewNow bool `json:"renew_now,omitempty"`
 }
 
 // AgentState is how the registry currently sees an agent.

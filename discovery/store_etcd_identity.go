@@ -19,6 +19,9 @@ type ClusterIdentity struct {
 	CACertSHA256 string `json:"ca_cert_sha256"`
 	// TokenKeySHA256 is a hex SHA-256 over the token key.
 	TokenKeySHA256 string `json:"token_key_sha256"`
+	// IssuersSHA256 is the hex SHA-256 over the agent and client CA
+	// certificates (DER); empty in an identity a 0.1.0 replica published.
+	IssuersSHA256 string `json:"issuers_sha256,omitempty"`
 }
 
 // Identity returns the identity the first replica published, nil if there
@@ -72,6 +75,50 @@ func (s *EtcdStore) PublishIdentity(ctx context.Context, id ClusterIdentity) (Cl
 			}
 			out = *stored
 		}
+		return nil
+	})
+	return out, err
+}
+
+// UpgradeIdentity replaces the identity old, as a replica of an older
+// version published it, with id, unless another replica replaced it
+// first; it returns the stored identity.
+func (s *EtcdStore) UpgradeIdentity(ctx context.Context, old, id ClusterIdentity) (ClusterIdentity, error) {
+	data, err := json.Marshal(id)
+	if err != nil {
+		return id, fmt.Errorf("encode identity: %w", err)
+	}
+	out := id
+	err = s.retryUntil(ctx, "upgrade the replicas' identity", func(ctx context.Context) error {
+		resp, err := s.cli.Get(ctx, s.identityKey)
+		if err != nil {
+			return err
+		}
+		if len(resp.Kvs) != 1 {
+			return &permanentError{errors.New("identity vanished while upgrading it")}
+		}
+		stored, err := decodeIdentity(resp.Kvs[0].Value)
+		if err != nil {
+			return err
+		}
+		if *stored != old {
+			out = *stored
+			return nil
+		}
+		// Replaced only if nobody wrote it since we read it; otherwise
+		// retryUntil reads again and finds the other replica's.
+		s.writeRequests.Add(1)
+		txn, err := s.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(s.identityKey), "=", resp.Kvs[0].ModRevision)).
+			Then(clientv3.OpPut(s.identityKey, string(data))).
+			Commit()
+		if err != nil {
+			return err
+		}
+		if !txn.Succeeded {
+			return errors.New("identity changed while upgrading it")
+		}
+		out = id
 		return nil
 	})
 	return out, err

@@ -104,7 +104,7 @@ func TestAgent_NeedsNewTokenPastRenewalGrace(t *testing.T) {
 	})
 
 	a.start(t)
-	expired := expiredServingClient(t, h.s.caPEM(t), h.prom.KeyPair)
+	expired := expiredServingClient(t, h.s.agentCAPEM(t), h.prom.KeyPair)
 	a.waitState(t, expired, "token_needed")
 	waitFor(t, startTimeout, func() error {
 		// Backoff rounds pass; the agent keeps waiting for a token.
@@ -179,7 +179,7 @@ func TestAgent_SIGTERMFinishesInFlightScrape(t *testing.T) {
 		err  error
 	}
 	done := make(chan result, 1)
-	scraper := h.s.client(t, h.prom.KeyPair)
+	scraper := h.s.agentClient(t, h.prom.KeyPair)
 	scraper.Timeout = 2 * startTimeout
 	go func() {
 		resp, err := doRequest(t.Context(), scraper, http.MethodGet, a.URL+"/exporters/slow/metrics", "", nil)

@@ -207,15 +207,16 @@ type agentHarness struct {
 	s *testServer
 	// prom is the certificate from `cert issue --role=discovery`.
 	prom clientCert
-	// scraper scrapes agents and reads http_sd with prom.
-	scraper *http.Client
+	// scraper scrapes agents with prom, trusting the agent CA; sdClient
+	// reads http_sd with it, trusting the server CA.
+	scraper, sdClient *http.Client
 }
 
 func newAgentHarness(t *testing.T, serverArgs ...string) *agentHarness {
 	t.Helper()
 	s := startServer(t, serverArgs...)
 	prom := issueCert(t, s.DataDir, "prometheus", "discovery")
-	return &agentHarness{s: s, prom: prom, scraper: s.client(t, prom.KeyPair)}
+	return &agentHarness{s: s, prom: prom, scraper: s.agentClient(t, prom.KeyPair), sdClient: s.client(t, prom.KeyPair)}
 }
 
 func (h *agentHarness) enrollToken(t *testing.T) string {
@@ -226,7 +227,7 @@ func (h *agentHarness) enrollToken(t *testing.T) string {
 // sd reads http_sd as Prometheus does.
 func (h *agentHarness) sd(t *testing.T) []sdGroup {
 	t.Helper()
-	groups, _ := getSD(t, h.scraper, h.s.URL+discovery.PathDiscovery, "")
+	groups, _ := getSD(t, h.sdClient, h.s.URL+discovery.PathDiscovery, "")
 	return groups
 }
 
@@ -295,7 +296,7 @@ func TestAgent_RenewsWithoutFailedScrapes(t *testing.T) {
 	a.waitState(t, h.scraper, "registered")
 
 	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(h.s.caPEM(t))
+	pool.AppendCertsFromPEM(h.s.agentCAPEM(t))
 	// One scraper opens a connection per scrape, so each sees the
 	// certificate served at that moment; the other keeps its connections,
 	// as Prometheus does.
@@ -496,14 +497,17 @@ global:
   scrape_timeout: 1s
 scrape_configs:
   - job_name: baremetal
-    tls_config: &client_tls
-      ca_file: %[1]s
+    tls_config:
+      ca_file: %[5]s
       cert_file: %[2]s
       key_file: %[3]s
     http_sd_configs:
       - url: %[4]s
         refresh_interval: 1s
-        tls_config: *client_tls
+        tls_config:
+          ca_file: %[1]s
+          cert_file: %[2]s
+          key_file: %[3]s
     relabel_configs:
       - source_labels: [__meta_baremetal_sd_exporter]
         target_label: exporter
@@ -511,7 +515,7 @@ scrape_configs:
         target_label: hostname
       - source_labels: [__meta_baremetal_sd_label_role]
         target_label: role
-`, h.prom.CAFile, h.prom.CertFile, h.prom.KeyFile, h.s.URL+discovery.PathDiscovery))
+`, h.prom.CAFile, h.prom.CertFile, h.prom.KeyFile, h.s.URL+discovery.PathDiscovery, h.prom.AgentCAFile))
 
 	expect := func(expr string, check func([]promSample) error) {
 		t.Helper()

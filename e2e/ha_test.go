@@ -31,7 +31,10 @@ type haSetup struct {
 	a, b *testServer
 	// sdClient reads http_sd with a discovery certificate; it trusts the
 	// shared CA, so it works with both replicas.
-	sdClient  *http.Client
+	sdClient *http.Client
+	// scraper scrapes agents with the same certificate, trusting the
+	// shared agent CA.
+	scraper   *http.Client
 	enrollTok string
 	adminTok  string
 }
@@ -63,7 +66,7 @@ func startHA(t *testing.T, args ...string) *haSetup {
 	if err := os.MkdirAll(dirB, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"ca.crt", "ca.key", "token.key"} {
+	for _, name := range []string{"ca.crt", "ca.key", "token.key", "agent-ca.crt", "agent-ca.key", "client-ca.crt", "client-ca.key"} {
 		data, err := os.ReadFile(filepath.Join(h.a.DataDir, name))
 		if err != nil {
 			t.Fatal(err)
@@ -76,6 +79,7 @@ func startHA(t *testing.T, args ...string) *haSetup {
 
 	prom := issueCert(t, h.a.DataDir, "prometheus", "discovery")
 	h.sdClient = h.a.client(t, prom.KeyPair)
+	h.scraper = h.a.agentClient(t, prom.KeyPair)
 	h.enrollTok = createToken(t, h.a.DataDir, "--scope=enroll", "--ttl=10m")
 	h.adminTok = createToken(t, h.a.DataDir, "--scope=admin", "--ttl=10m")
 	return h
@@ -230,7 +234,7 @@ func TestHA_ReplicaSIGKILL(t *testing.T) {
 
 	// A real agent that knows both replicas, a first.
 	ag := startAgent(t, h.a, agentOptions{Token: h.enrollTok, Args: []string{"--discovery.url=" + h.b.URL}})
-	scraper := h.sdClient
+	scraper := h.scraper
 	ag.waitState(t, scraper, "registered")
 	agentID := ag.id(t)
 
@@ -474,7 +478,7 @@ func TestHA_ReplicaRefusesOwnCredentials(t *testing.T) {
 		_ = p.kill()
 		t.Fatal("a replica with an empty data directory started")
 	}
-	if p.err == nil || !strings.Contains(log.String(), "copy ca.crt, ca.key and token.key") {
+	if p.err == nil || !strings.Contains(log.String(), "copy ca.crt, ca.key, agent-ca.crt, agent-ca.key, client-ca.crt, client-ca.key and token.key") {
 		t.Fatalf("exit %v; want a failure that says to copy the files", p.err)
 	}
 	if _, err := os.Stat(filepath.Join(args[4][len("--data.dir="):], "ca.crt")); err == nil {

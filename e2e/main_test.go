@@ -450,6 +450,24 @@ func (s *testServer) caPEM(t testing.TB) []byte {
 	return b
 }
 
+// agentCAPEM returns the agent CA certificate from the data directory:
+// what verifies agents.
+func (s *testServer) agentCAPEM(t testing.TB) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(s.DataDir, "agent-ca.crt"))
+	if err != nil {
+		t.Fatalf("read agent CA certificate: %v", err)
+	}
+	return b
+}
+
+// agentClient returns an HTTPS client that trusts the agent CA, as a
+// scraper of agents does, and presents certs.
+func (s *testServer) agentClient(t testing.TB, certs ...tls.Certificate) *http.Client {
+	t.Helper()
+	return newClient(t, s.agentCAPEM(t), certs...)
+}
+
 // client returns an HTTPS client that trusts the server's CA and presents
 // certs as client certificates (none: anonymous or token requests).
 func (s *testServer) client(t testing.TB, certs ...tls.Certificate) *http.Client {
@@ -601,7 +619,9 @@ func createToken(t testing.TB, dataDir string, args ...string) string {
 
 // clientCert is a client certificate written by `cert issue`.
 type clientCert struct {
-	CertFile, KeyFile, CAFile string
+	// CAFile is the server CA (verifies the server), AgentCAFile the agent
+	// CA (verifies agents).
+	CertFile, KeyFile, CAFile, AgentCAFile string
 	// KeyPair is the certificate and key, loaded, for Go clients.
 	KeyPair tls.Certificate
 }
@@ -613,9 +633,10 @@ func issueCert(t testing.TB, dataDir, name, role string) clientCert {
 	out := t.TempDir()
 	runCLI(t, "cert", "issue", "--data.dir="+dataDir, "--name="+name, "--role="+role, "--out.dir="+out)
 	c := clientCert{
-		CertFile: filepath.Join(out, name+".crt"),
-		KeyFile:  filepath.Join(out, name+".key"),
-		CAFile:   filepath.Join(out, "ca.crt"),
+		CertFile:    filepath.Join(out, name+".crt"),
+		KeyFile:     filepath.Join(out, name+".key"),
+		CAFile:      filepath.Join(out, "ca.crt"),
+		AgentCAFile: filepath.Join(out, "agent-ca.crt"),
 	}
 	if fi, err := os.Stat(c.KeyFile); err != nil {
 		t.Fatalf("cert issue: %v", err)

@@ -106,6 +106,11 @@ func TestServer_FirstStartCreatesDataDir(t *testing.T) {
 		{"ca.crt", 0},
 		{"ca.key", 0o600},
 		{"token.key", 0o600},
+		{"agent-ca.crt", 0},
+		{"agent-ca.key", 0o600},
+		{"client-ca.crt", 0},
+		{"client-ca.key", 0o600},
+		{"client-cas.crt", 0},
 		{"server.crt", 0},
 		{"server.key", 0o600},
 		{"web-config.yml", 0},
@@ -165,7 +170,7 @@ func TestServer_FirstStartCreatesDataDir(t *testing.T) {
 		}
 	}
 
-	kept := []string{"ca.crt", "ca.key", "token.key", "server.crt", "server.key"}
+	kept := []string{"ca.crt", "ca.key", "token.key", "agent-ca.crt", "agent-ca.key", "client-ca.crt", "client-ca.key", "server.crt", "server.key"}
 	before := make(map[string][]byte, len(kept))
 	for _, name := range kept {
 		before[name] = read(name)
@@ -188,12 +193,15 @@ func TestServer_FirstStartCreatesDataDir(t *testing.T) {
 
 	a := enroll(t, s, tok, discovery.RegisterRequest{Hostname: "after-restart", Address: "192.0.2.1", Port: 9955})
 	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(before["ca.crt"])
+	pool.AppendCertsFromPEM(before["agent-ca.crt"])
 	if _, err := a.Cert.Leaf.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
-		t.Errorf("agent certificate issued after restart does not chain to the first CA: %v", err)
+		t.Errorf("agent certificate issued after restart does not chain to the first agent CA: %v", err)
 	}
-	if ca := []byte(a.Resp.CACertificate); !bytes.Equal(bytes.TrimSpace(ca), bytes.TrimSpace(before["ca.crt"])) {
-		t.Errorf("register answered ca_certificate %q, want the data dir's ca.crt", ca)
+	if got := []byte(a.Resp.AgentCACertificate); !bytes.Equal(got, before["agent-ca.crt"]) {
+		t.Errorf("register answered agent_ca_certificate %q, want the data dir's agent-ca.crt", got)
+	}
+	if got := []byte(a.Resp.ClientCACertificate); !bytes.Equal(got, before["client-ca.crt"]) {
+		t.Errorf("register answered client_ca_certificate %q, want the data dir's client-ca.crt", got)
 	}
 }
 
@@ -260,9 +268,9 @@ func testPrometheusDiscoversAgent(t *testing.T, rel prometheusRelease) {
 	}
 
 	// Like the real agent: serve with the issued certificate, only to
-	// clients with a certificate from the same CA.
+	// clients with a certificate from the client CA.
 	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(s.caPEM(t))
+	pool.AppendCertsFromPEM([]byte(agent.Resp.ClientCACertificate))
 	agentSrv.TLS = &tls.Config{
 		Certificates: []tls.Certificate{agent.Cert},
 		ClientAuth:   tls.RequireAndVerifyClientCert,
@@ -283,16 +291,20 @@ global:
   scrape_interval: 1s
   scrape_timeout: 1s
 scrape_configs:
-  # Discovery and scraping with the one client certificate from cert issue.
+  # Discovery and scraping with the one client certificate from cert
+  # issue: the server is verified by the server CA, agents by the agent CA.
   - job_name: baremetal
     tls_config: &client_tls
-      ca_file: %[1]s
+      ca_file: %[6]s
       cert_file: %[2]s
       key_file: %[3]s
     http_sd_configs:
       - url: %[4]s
         refresh_interval: 1s
-        tls_config: *client_tls
+        tls_config:
+          ca_file: %[1]s
+          cert_file: %[2]s
+          key_file: %[3]s
     # The agent's targets share its address: the exporter label keeps them
     # apart, or Prometheus drops all but one as duplicates.
     relabel_configs:
@@ -309,7 +321,7 @@ scrape_configs:
           credentials_file: %[5]s
         tls_config:
           ca_file: %[1]s
-`, promCert.CAFile, promCert.CertFile, promCert.KeyFile, sdURL, tokenFile))
+`, promCert.CAFile, promCert.CertFile, promCert.KeyFile, sdURL, tokenFile, promCert.AgentCAFile))
 
 	wantPaths := map[string]string{"agent": "/metrics", "node": "/exporters/node/metrics"}
 	checkTargets := func(job string, want int) func() error {

@@ -32,8 +32,6 @@ func TestServer_ShardedPrometheus(t *testing.T) {
 	ctx := t.Context()
 	s := startServer(t)
 	enrollTok := createToken(t, s.DataDir, "--scope=enroll", "--ttl=10m")
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(s.caPEM(t))
 
 	const shards = 3
 	// Register agents until every shard has two (ids are the server's, so
@@ -52,6 +50,9 @@ func TestServer_ShardedPrometheus(t *testing.T) {
 			Port:      srv.Listener.Addr().(*net.TCPAddr).Port,
 			Exporters: []discovery.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
 		})
+		// Like the real agent: serve only to certificates of the client CA.
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM([]byte(a.Resp.ClientCACertificate))
 		srv.TLS = &tls.Config{
 			Certificates: []tls.Certificate{a.Cert},
 			ClientAuth:   tls.RequireAndVerifyClientCert,
@@ -80,18 +81,21 @@ global:
   scrape_timeout: 1s
 scrape_configs:
   - job_name: baremetal
-    tls_config: &client_tls
-      ca_file: %[1]s
+    tls_config:
+      ca_file: %[7]s
       cert_file: %[2]s
       key_file: %[3]s
     http_sd_configs:
       - url: %[4]s?shard=%[5]d&shards=%[6]d
         refresh_interval: 1s
-        tls_config: *client_tls
+        tls_config:
+          ca_file: %[1]s
+          cert_file: %[2]s
+          key_file: %[3]s
     relabel_configs:
       - source_labels: [__meta_baremetal_sd_exporter]
         target_label: exporter
-`, cert.CAFile, cert.CertFile, cert.KeyFile, sdURL, i, shards))
+`, cert.CAFile, cert.CertFile, cert.KeyFile, sdURL, i, shards, cert.AgentCAFile))
 	}
 
 	// Every agent's two targets (its own metrics and node) are up in the

@@ -111,11 +111,16 @@ scrape_configs:
     http_sd_configs:
       - url: ${SERVER}/api/v1/discovery?exporter=node
         refresh_interval: 5s
-        tls_config: &fleet_tls
+        tls_config: &server_tls
           ca_file: ${certs}/ca.crt
           cert_file: ${certs}/prometheus.crt
           key_file: ${certs}/prometheus.key
-    tls_config: *fleet_tls
+    # Agents are verified by the agent CA; the server CA verifies only the
+    # server (docs/security.md).
+    tls_config: &agent_tls
+      ca_file: ${certs}/agent-ca.crt
+      cert_file: ${certs}/prometheus.crt
+      key_file: ${certs}/prometheus.key
     relabel_configs:
       - regex: __meta_baremetal_sd_label_(.+)
         action: labelmap
@@ -129,8 +134,8 @@ scrape_configs:
     http_sd_configs:
       - url: ${SERVER}/api/v1/discovery?exporter=agent
         refresh_interval: 5s
-        tls_config: *fleet_tls
-    tls_config: *fleet_tls
+        tls_config: *server_tls
+    tls_config: *agent_tls
     relabel_configs:
       - regex: __meta_baremetal_sd_label_(.+)
         action: labelmap

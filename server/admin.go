@@ -39,8 +39,12 @@ func CreateToken(dataDir string, spec ca.TokenSpec) (string, error) {
 	return ca.NewTokens(key).Create(spec, time.Now())
 }
 
-// IssueClientCert writes NAME.crt, NAME.key (0600) and ca.crt into outDir:
-// the client certificate Prometheus or an operator uses.
+// IssueClientCert writes into outDir what Prometheus or an operator needs:
+// NAME.crt (the certificate and the client CA that issued it), NAME.key
+// (0600), ca.crt (the server CA: the tls_config ca_file of http_sd and of
+// the `agents` command) and agent-ca.crt (the agent CA: the tls_config
+// ca_file of scrape jobs). Neither CA file verifies any other kind of
+// certificate the server issues.
 func IssueClientCert(dataDir, name string, role ca.Role, ttl time.Duration, outDir string) error {
 	if err := discovery.ValidateAgentID(name); err != nil {
 		return fmt.Errorf("certificate name: %w", err)
@@ -66,7 +70,8 @@ func IssueClientCert(dataDir, name string, role ca.Role, ttl time.Duration, outD
 	}{
 		{name + ".key", keyPEM, 0o600},
 		{name + ".crt", certPEM, 0o644},
-		{"ca.crt", authority.CertificatePEM(), 0o644},
+		{ca.CertFile, authority.CertificatePEM(), 0o644},
+		{ca.AgentCACertFile, authority.AgentCACertificatePEM(), 0o644},
 	}
 	for _, f := range files {
 		if err := ca.WriteFileAtomic(filepath.Join(outDir, f.name), f.data, f.perm); err != nil {

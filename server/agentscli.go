@@ -43,7 +43,9 @@ func (c AgentsCLI) client() (*discovery.AdminClient, error) {
 	if caFile == "" && c.DataDir != "" {
 		caFile = filepath.Join(c.DataDir, ca.CertFile)
 	}
-	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	// The admin token and certificate go only to a peer with a serving
+	// certificate: never to an enrolled host posing as the server.
+	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, VerifyConnection: discovery.VerifyServerRole}
 	if caFile != "" {
 		pem, err := os.ReadFile(caFile)
 		if err != nil {

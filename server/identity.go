@@ -21,10 +21,15 @@ import (
 type identityStore interface {
 	Identity(ctx context.Context) (*discovery.ClusterIdentity, error)
 	PublishIdentity(ctx context.Context, id discovery.ClusterIdentity) (discovery.ClusterIdentity, error)
+	UpgradeIdentity(ctx context.Context, old, id discovery.ClusterIdentity) (discovery.ClusterIdentity, error)
 }
 
 // sharedFiles are the data directory files every replica must share.
-var sharedFiles = []string{ca.CertFile, ca.KeyFile, ca.TokenKeyFile}
+var sharedFiles = []string{ca.CertFile, ca.KeyFile, ca.TokenKeyFile,
+	ca.AgentCACertFile, ca.AgentCAKeyFile, ca.ClientCACertFile, ca.ClientCAKeyFile}
+
+// copyHint tells an operator how to fix a replica's data directory.
+const copyHint = "copy ca.crt, ca.key, agent-ca.crt, agent-ca.key, client-ca.crt, client-ca.key and token.key from a running replica's data directory"
 
 // loadCredentials loads the CA and the token key from the data directory.
 // A server of its own (shared == nil) creates what is missing on first
@@ -42,24 +47,31 @@ func loadCredentials(ctx context.Context, dataDir string, shared identityStore, 
 		}
 		if published != nil {
 			var missing []string
-			for _, name := range sharedFiles {
+			files := sharedFiles
+			if published.IssuersSHA256 == "" {
+				// Published by a 0.1.0 replica: the issuing CAs do not
+				// exist yet, and the first replica of this version
+				// creates them.
+				files = sharedFiles[:3]
+			}
+			for _, name := range files {
 				if _, err := os.Stat(filepath.Join(dataDir, name)); errors.Is(err, fs.ErrNotExist) {
 					missing = append(missing, name)
 				}
 			}
 			if len(missing) > 0 {
-				return nil, nil, fmt.Errorf("%s missing in %s: replicas sharing etcd must use the CA and token key of the first replica; copy ca.crt, ca.key and token.key from a running replica's data directory",
-					strings.Join(missing, ", "), dataDir)
+				return nil, nil, fmt.Errorf("%s missing in %s: replicas sharing etcd must use the CAs and token key of the first replica; %s",
+					strings.Join(missing, ", "), dataDir, copyHint)
 			}
 		}
 	}
 
-	authority, created, err := ca.LoadOrCreate(dataDir)
+	authority, createdCAs, err := ca.LoadOrCreate(dataDir)
 	if err != nil {
 		return nil, nil, fmt.Errorf("certificate authority: %w", err)
 	}
-	if created {
-		logger.Info("Created a new certificate authority", "path", filepath.Join(dataDir, ca.CertFile))
+	for _, f := range createdCAs {
+		logger.Info("Created a new certificate authority", "path", filepath.Join(dataDir, f))
 	}
 	key, created, err := ca.LoadOrCreateTokenKey(dataDir)
 	if err != nil {
@@ -73,6 +85,19 @@ func loadCredentials(ctx context.Context, dataDir string, shared identityStore, 
 	}
 
 	mine := identityOf(authority, key)
+	if published != nil && published.IssuersSHA256 == "" && published.CACertSHA256 == mine.CACertSHA256 && published.TokenKeySHA256 == mine.TokenKeySHA256 {
+		// Upgrading a cluster of 0.1.0 replicas: the first replica of this
+		// version publishes its issuing CAs, and every later one must
+		// bring copies.
+		stored, err := shared.UpgradeIdentity(ctx, *published, mine)
+		if err != nil {
+			return nil, nil, fmt.Errorf("publish the issuing CAs' fingerprint: %w", err)
+		}
+		if stored == mine {
+			logger.Info("Published the fingerprint of this replica's issuing CAs for the other replicas", "issuers_sha256", mine.IssuersSHA256)
+		}
+		published = &stored
+	}
 	if published == nil {
 		stored, err := shared.PublishIdentity(ctx, mine)
 		if err != nil {
@@ -85,11 +110,14 @@ func loadCredentials(ctx context.Context, dataDir string, shared identityStore, 
 	}
 	switch {
 	case published.CACertSHA256 != mine.CACertSHA256:
-		return nil, nil, fmt.Errorf("%s in %s is not the CA of the other replicas (SHA-256 %s, theirs %s): copy ca.crt, ca.key and token.key from a running replica's data directory",
-			ca.CertFile, dataDir, mine.CACertSHA256, published.CACertSHA256)
+		return nil, nil, fmt.Errorf("%s in %s is not the CA of the other replicas (SHA-256 %s, theirs %s): %s",
+			ca.CertFile, dataDir, mine.CACertSHA256, published.CACertSHA256, copyHint)
 	case published.TokenKeySHA256 != mine.TokenKeySHA256:
-		return nil, nil, fmt.Errorf("%s in %s is not the token key of the other replicas: copy ca.crt, ca.key and token.key from a running replica's data directory",
-			ca.TokenKeyFile, dataDir)
+		return nil, nil, fmt.Errorf("%s in %s is not the token key of the other replicas: %s",
+			ca.TokenKeyFile, dataDir, copyHint)
+	case published.IssuersSHA256 != mine.IssuersSHA256:
+		return nil, nil, fmt.Errorf("%s and %s in %s are not the issuing CAs of the other replicas: %s",
+			ca.AgentCACertFile, ca.ClientCACertFile, dataDir, copyHint)
 	}
 	return authority, key, nil
 }
@@ -99,11 +127,15 @@ func loadCredentials(ctx context.Context, dataDir string, shared identityStore, 
 // 256 random bits, so the hash does not help guessing it.
 func identityOf(authority *ca.Authority, key []byte) discovery.ClusterIdentity {
 	caSum := sha256.Sum256(authority.Certificate().Raw)
+	issuers := sha256.New()
+	issuers.Write(authority.AgentCACertificate().Raw)
+	issuers.Write(authority.ClientCACertificate().Raw)
 	h := sha256.New()
 	h.Write([]byte("baremetal_sd token key fingerprint\x00"))
 	h.Write(key)
 	return discovery.ClusterIdentity{
 		CACertSHA256:   hex.EncodeToString(caSum[:]),
 		TokenKeySHA256: hex.EncodeToString(h.Sum(nil)),
+		IssuersSHA256:  hex.EncodeToString(issuers.Sum(nil)),
 	}
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
 	"os"
@@ -69,15 +70,20 @@ func TestLoadCredentials_SharedStore(t *testing.T) {
 		wantErr string
 	}{
 		{"first replica again", func(string) {}, ""},
-		{"empty data directory", func(string) {}, "ca.crt, ca.key, token.key missing"},
-		{"token key not copied", func(dir string) { copyFiles(t, first, dir, ca.CertFile, ca.KeyFile) }, "token.key missing"},
+		{"empty data directory", func(string) {}, "ca.crt, ca.key, token.key, agent-ca.crt, agent-ca.key, client-ca.crt, client-ca.key missing"},
+		{"token key not copied", func(dir string) {
+			copyFiles(t, first, dir, ca.CertFile, ca.KeyFile, ca.AgentCACertFile, ca.AgentCAKeyFile, ca.ClientCACertFile, ca.ClientCAKeyFile)
+		}, "token.key missing"},
+		{"issuing CAs not copied", func(dir string) {
+			copyFiles(t, first, dir, ca.CertFile, ca.KeyFile, ca.TokenKeyFile)
+		}, "agent-ca.crt, agent-ca.key, client-ca.crt, client-ca.key missing"},
 		{"copies", func(dir string) { copyFiles(t, first, dir, sharedFiles...) }, ""},
 		{"own CA", func(dir string) {
-			copyFiles(t, other, dir, ca.CertFile, ca.KeyFile)
+			copyFiles(t, other, dir, ca.CertFile, ca.KeyFile, ca.AgentCACertFile, ca.AgentCAKeyFile, ca.ClientCACertFile, ca.ClientCAKeyFile)
 			copyFiles(t, first, dir, ca.TokenKeyFile)
 		}, "ca.crt in"},
 		{"own token key", func(dir string) {
-			copyFiles(t, first, dir, ca.CertFile, ca.KeyFile)
+			copyFiles(t, first, dir, ca.CertFile, ca.KeyFile, ca.AgentCACertFile, ca.AgentCAKeyFile, ca.ClientCACertFile, ca.ClientCAKeyFile)
 			copyFiles(t, other, dir, ca.TokenKeyFile)
 		}, "token.key in"},
 	}
@@ -150,5 +156,71 @@ func TestLoadCredentials_OwnStore(t *testing.T) {
 	}
 	if identityOf(a1, k1) != identityOf(a2, k2) {
 		t.Fatal("second start made new credentials")
+	}
+}
+
+// TestLoadCredentials_UpgradeFrom010 upgrades replicas that a 0.1.0 cluster
+// left: one CA, a token key, and an identity without the issuing CAs. The
+// first replica of this version creates and publishes the issuing CAs;
+// another replica must bring copies rather than create its own.
+func TestLoadCredentials_UpgradeFrom010(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), etcdtest.Wait)
+	defer cancel()
+	logger := slog.New(slog.DiscardHandler)
+	store, err := discovery.OpenEtcdStore(ctx, discovery.EtcdOptions{Endpoints: c.Endpoints(), Prefix: "/upgrade/", ReplicaID: "r"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+
+	root := t.TempDir()
+	old := filepath.Join(root, "old")
+	authority, key, err := loadCredentials(ctx, old, nil, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What 0.1.0 wrote and published: the CA's template is unchanged, the
+	// issuing CAs did not exist.
+	for _, name := range []string{ca.AgentCACertFile, ca.AgentCAKeyFile, ca.ClientCACertFile, ca.ClientCAKeyFile} {
+		if err := os.Remove(filepath.Join(old, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	legacy := identityOf(authority, key)
+	legacy.IssuersSHA256 = ""
+	if _, err := store.PublishIdentity(ctx, legacy); err != nil {
+		t.Fatal(err)
+	}
+
+	a, b := filepath.Join(root, "a"), filepath.Join(root, "b")
+	copyFiles(t, old, a, ca.CertFile, ca.KeyFile, ca.TokenKeyFile)
+	copyFiles(t, old, b, ca.CertFile, ca.KeyFile, ca.TokenKeyFile)
+	upgraded, _, err := loadCredentials(ctx, a, store, logger)
+	if err != nil {
+		t.Fatalf("first upgraded replica: %v", err)
+	}
+	if !bytes.Equal(upgraded.Certificate().Raw, authority.Certificate().Raw) {
+		t.Fatal("the upgrade replaced the CA that agents and Prometheus trust")
+	}
+	published, err := store.Identity(ctx)
+	if err != nil || published.IssuersSHA256 == "" {
+		t.Fatalf("identity after the upgrade: %+v, %v", published, err)
+	}
+	if _, _, err := loadCredentials(ctx, b, store, logger); err == nil || !strings.Contains(err.Error(), "agent-ca.crt, agent-ca.key, client-ca.crt, client-ca.key missing") {
+		t.Fatalf("second replica without the issuing CAs: %v", err)
+	}
+	copyFiles(t, a, b, ca.AgentCACertFile, ca.AgentCAKeyFile, ca.ClientCACertFile, ca.ClientCAKeyFile)
+	if _, _, err := loadCredentials(ctx, b, store, logger); err != nil {
+		t.Fatalf("second replica with copies: %v", err)
+	}
+	// A replica that made issuing CAs of its own is refused.
+	own := filepath.Join(root, "own")
+	copyFiles(t, old, own, ca.CertFile, ca.KeyFile, ca.TokenKeyFile)
+	if _, _, err := loadCredentials(ctx, own, nil, logger); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := loadCredentials(ctx, own, store, logger); err == nil || !strings.Contains(err.Error(), "not the issuing CAs") {
+		t.Fatalf("replica with its own issuing CAs: %v", err)
 	}
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -414,6 +415,8 @@ func prepareWebConfig(cfg Config, authority *ca.Authority) (*toolkitweb.FlagConf
 		}
 		if c.TLSConfig.ClientAuth != "VerifyClientCertIfGiven" && c.TLSConfig.ClientAuth != "RequireAndVerifyClientCert" {
 			cfg.Logger.Warn("Web config does not verify client certificates: agents cannot heartbeat or renew, and Prometheus needs a token", "client_auth_type", c.TLSConfig.ClientAuth)
+		} else if !trustsIssuers(c.TLSConfig.ClientCAs, authority) {
+			cfg.Logger.Warn("Web config's client_ca_file lacks the agent or client CA: agents and Prometheus with certificates of this version are refused; point it at the data directory's "+ca.ClientCAsFile, "client_ca_file", c.TLSConfig.ClientCAs)
 		}
 		return &flags, nil, nil
 	}
@@ -429,7 +432,7 @@ func prepareWebConfig(cfg Config, authority *ca.Authority) (*toolkitweb.FlagConf
 		"  cert_file: server.crt",
 		"  key_file: server.key",
 		"  client_auth_type: VerifyClientCertIfGiven",
-		"  client_ca_file: ca.crt",
+		"  client_ca_file: " + ca.ClientCAsFile,
 		"",
 	}, "\n")
 	if old, err := os.ReadFile(path); err != nil || string(old) != content {
@@ -439,4 +442,14 @@ func prepareWebConfig(cfg Config, authority *ca.Authority) (*toolkitweb.FlagConf
 	}
 	flags.WebConfigFile = &path
 	return &flags, auto, nil
+}
+
+// trustsIssuers reports whether the CA file at path holds both issuing
+// CAs, as an operator's web config must after the upgrade from 0.1.0.
+func trustsIssuers(path string, authority *ca.Authority) bool {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return false
+	}
+	return bytes.Contains(data, authority.AgentCACertificatePEM()) && bytes.Contains(data, authority.ClientCACertificatePEM())
 }

@@ -1,0 +1,21 @@
+package discovery
+
+import (
+	"crypto/tls"
+	"errors"
+
+	"github.com/baremetal-sd/baremetal_sd/ca"
+)
+
+// VerifyServerRole is a tls.Config.VerifyConnection for every client that
+// talks to a discovery server: after TLS verified the chain, it refuses a
+// peer whose certificate is not a serving certificate. An enrolled host
+// holds an agent certificate for the name it registered; with it, it could
+// otherwise pose as the server to a client that trusts the fleet's CA and
+// collect enrollment and admin tokens.
+func VerifyServerRole(cs tls.ConnectionState) error {
+	if len(cs.PeerCertificates) == 0 {
+		return errors.New("the server presented no certificate")
+	}
+	return ca.CheckServer(cs.PeerCertificates[0])
+}
