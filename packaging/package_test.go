@@ -499,8 +499,8 @@ func start(t *testing.T, usr string, args []string) (stop func()) {
 			}
 		case <-time.After(stopTimeout):
 			_ = cmd.Process.Kill()
-			<-done
-			t.Errorf("%s did not stop within %s of SIGTERM", args[0], stopTimeout)
+			err := <-done
+			t.Errorf("%s did not stop within %s of SIGTERM (killed: %v)", args[0], stopTimeout, err)
 		}
 		if t.Failed() {
 			t.Logf("%s as %s:\n%s", strings.Join(args, " "), usr, log.String())
