@@ -240,12 +240,20 @@ func testRun(t *testing.T) {
 		return nil
 	})
 
+	// Installed but not configured: the agent's unit must not start.
+	if unitConditions(t, agentUnit) {
+		t.Fatalf("%s would start without an enrollment token or certificate", agentUnit)
+	}
+
 	token, err := runAs(t, "baremetal_sd", "/usr/bin/baremetal_sd", "token", "create", "--data.dir="+serverState, "--scope=enroll", "--ttl=10m")
 	if err != nil {
 		t.Fatalf("token create as baremetal_sd: %v\n%s", err, token)
 	}
 	install(t, caFile, confDir+"/ca.crt", 0o644, "root")
 	writeFile(t, confDir+"/enroll.token", []byte(token), 0o640, "baremetal_sd-agent")
+	if !unitConditions(t, agentUnit) {
+		t.Fatalf("%s would not start with %s/enroll.token in place", agentUnit, confDir)
+	}
 
 	// The users are apart: the agent, which talks to the network and reads
 	// exporters' secrets, cannot read the fleet's CA key.
@@ -274,7 +282,10 @@ func testRun(t *testing.T) {
 		if len(agents) != 1 || agents[0].State != "healthy" {
 			return fmt.Errorf("want one healthy agent, have %s", out)
 		}
-		return nil
+		// The server has the registration before the agent has written
+		// the certificate it got back.
+		_, err = os.Stat(filepath.Join(agentState, "cert.pem"))
+		return err
 	})
 	for _, f := range []struct {
 		name    string
@@ -293,6 +304,47 @@ func testRun(t *testing.T) {
 	}
 	stopAgent()
 	stopServer()
+
+	// Enrolled, the agent starts on its certificate alone: an operator may
+	// delete the token.
+	tokenFile := confDir + "/enroll.token"
+	if err := os.Rename(tokenFile, tokenFile+".away"); err != nil {
+		t.Fatal(err)
+	}
+	starts := unitConditions(t, agentUnit)
+	if err := os.Rename(tokenFile+".away", tokenFile); err != nil {
+		t.Fatal(err)
+	}
+	if !starts {
+		t.Errorf("%s would not start on the certificate of its enrollment without the token", agentUnit)
+	}
+}
+
+// unitConditions evaluates the Condition settings of a unit file with
+// `systemd-analyze condition`, as systemd does before starting the unit,
+// and reports whether they hold.
+func unitConditions(t *testing.T, unit string) bool {
+	t.Helper()
+	var conds []string
+	for _, line := range strings.Split(string(readFile(t, unit)), "\n") {
+		if strings.HasPrefix(line, "Condition") {
+			conds = append(conds, line)
+		}
+	}
+	if len(conds) == 0 {
+		t.Fatalf("%s has no conditions", unit)
+	}
+	out, err := exec.Command("systemd-analyze", append([]string{"condition"}, conds...)...).CombinedOutput()
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+		return true
+	case errors.As(err, &exit) && exit.ExitCode() == 1 && bytes.Contains(out, []byte("Conditions failed")):
+		return false
+	default:
+		t.Fatalf("systemd-analyze condition: %v\n%s", err, out)
+		return false
+	}
 }
 
 // testUpgrade installs the package over itself, which runs the upgrade
@@ -312,6 +364,18 @@ func testUpgrade(t *testing.T) {
 		t.Fatal(err)
 	}
 	srvUID := lookupUID(t, "baremetal_sd")
+	// An administrator's statoverride of a state directory survives.
+	if out, err := exec.Command("dpkg-statoverride", "--update", "--add", "baremetal_sd-agent", "baremetal_sd-agent", "0750", agentState).CombinedOutput(); err != nil {
+		t.Fatalf("dpkg-statoverride: %v\n%s", err, out)
+	}
+	defer func() {
+		if out, err := exec.Command("dpkg-statoverride", "--remove", agentState).CombinedOutput(); err != nil {
+			t.Errorf("dpkg-statoverride --remove: %v\n%s", err, out)
+		}
+		if err := os.Chmod(agentState, 0o700); err != nil {
+			t.Error(err)
+		}
+	}()
 
 	if out, err := dpkg(t, "--install", deb); err != nil {
 		t.Fatalf("dpkg --install over itself: %v\n%s", err, out)
@@ -330,6 +394,11 @@ func testUpgrade(t *testing.T) {
 	}
 	if _, err := os.Lstat(agentWants); err != nil {
 		t.Errorf("the agent is no longer enabled: %v", err)
+	}
+	if fi, err := os.Stat(agentState); err != nil {
+		t.Error(err)
+	} else if fi.Mode().Perm() != 0o750 {
+		t.Errorf("the upgrade overrode the statoverride of %s: mode %v, want 0750", agentState, fi.Mode())
 	}
 }
 
