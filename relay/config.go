@@ -89,12 +89,17 @@ type ExporterConfig struct {
 }
 
 // UnmarshalYAML starts from prometheus/common's HTTP client defaults
-// (follow_redirects and enable_http2 on), which the inlined
-// HTTPClientConfig would otherwise not get: yaml.v2 does not call the
-// UnmarshalYAML of an inlined struct. Unknown keys are still refused, since
-// the strict decoder is the one passed in.
+// (enable_http2 on), which the inlined HTTPClientConfig would otherwise not
+// get: yaml.v2 does not call the UnmarshalYAML of an inlined struct. Unknown
+// keys are still refused, since the strict decoder is the one passed in.
+//
+// follow_redirects is the exception: off unless an exporter sets it. The
+// relay serves what it fetches to every client that may scrape the agent,
+// so an upstream must not be able to point it at a URL outside its
+// configuration (another local port, a cloud metadata address).
 func (e *ExporterConfig) UnmarshalYAML(unmarshal func(any) error) error {
 	*e = ExporterConfig{HTTPClientConfig: config.DefaultHTTPClientConfig}
+	e.HTTPClientConfig.FollowRedirects = false
 	type plain ExporterConfig
 	return unmarshal((*plain)(e))
 }

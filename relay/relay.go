@@ -260,6 +260,10 @@ func (e *exporter) fetch(ctx context.Context, p *pipeline, out Format, timeout t
 		}
 		return nil, &fetchError{http.StatusBadGateway, "connect", fmt.Errorf("upstream unreachable: %w", unwrapURLError(err))}
 	}
+	if isRedirect(resp.StatusCode) && !e.cfg.HTTPClientConfig.FollowRedirects {
+		resp.Body.Close()
+		return nil, &fetchError{http.StatusBadGateway, "redirect", fmt.Errorf("upstream redirected (%s) to %q, not followed: set follow_redirects: true for this exporter to allow it", resp.Status, truncate(resp.Header.Get("Location")))}
+	}
 	if resp.StatusCode/100 != 2 {
 		resp.Body.Close()
 		return nil, &fetchError{http.StatusBadGateway, "status", fmt.Errorf("upstream answered %s", resp.Status)}
@@ -293,6 +297,17 @@ func (e *exporter) fetch(ctx context.Context, p *pipeline, out Format, timeout t
 	// The cap applies after decompression, so a gzip bomb is cut too.
 	body = &capReader{r: body, max: e.relay.cfg.MaxBodyBytes}
 	return &upstream{body: body, closer: resp.Body, format: format, ct: ct}, nil
+}
+
+// isRedirect reports whether a status is one that net/http's client follows
+// when it may.
+func isRedirect(status int) bool {
+	switch status {
+	case http.StatusMovedPermanently, http.StatusFound, http.StatusSeeOther,
+		http.StatusTemporaryRedirect, http.StatusPermanentRedirect:
+		return true
+	}
+	return false
 }
 
 func unwrapURLError(err error) error {
