@@ -240,13 +240,13 @@ func truncate(s string) string {
 	return s
 }
 
-// fetch asks the exporter for a format compatible with out.
-func (e *exporter) fetch(ctx context.Context, p *pipeline, out Format, timeout time.Duration) (*upstream, error) {
+// fetch asks the exporter for a body with the Accept header accept.
+func (e *exporter) fetch(ctx context.Context, p *pipeline, accept string, timeout time.Duration) (*upstream, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, e.cfg.URL, nil)
 	if err != nil {
 		return nil, &fetchError{http.StatusBadGateway, "request", err}
 	}
-	req.Header.Set("Accept", upstreamAccept(out))
+	req.Header.Set("Accept", accept)
 	if e.cfg.EnableCompression {
 		req.Header.Set("Accept-Encoding", "gzip")
 	} else {
@@ -482,8 +482,7 @@ func (e *exporter) serve(w http.ResponseWriter, req *http.Request) {
 	m := e.relay.metrics
 	name := e.cfg.Name
 	start := time.Now()
-	neg := negotiate(req.Header.Get("Accept"))
-	out := neg.format
+	accepted := parseAccept(req.Header.Get("Accept"))
 	timeout := scrapeTimeout(req, e.timeout)
 	ctx, cancel := context.WithTimeout(req.Context(), timeout)
 	defer cancel()
@@ -504,7 +503,7 @@ func (e *exporter) serve(w http.ResponseWriter, req *http.Request) {
 		return fe
 	}
 
-	up, err := e.fetch(ctx, p, out, timeout)
+	up, err := e.fetch(ctx, p, accepted.upstreamAccept(), timeout)
 	if err != nil {
 		fe := fail(err)
 		e.release(p)
@@ -513,8 +512,9 @@ func (e *exporter) serve(w http.ResponseWriter, req *http.Request) {
 	}
 	defer up.closer.Close()
 
+	neg := accepted.answer(up.format)
 	resp := e.relay.newResponse(w, req, neg)
-	err = p.relay(up.body, up.format, up.ct, out, neg.esc, resp.sink)
+	err = p.relay(up.body, up.format, up.ct, neg.format, neg.esc, resp.sink)
 	if ferr := e.relay.finish(resp, err == nil); err == nil || errors.Is(err, errAsyncFailed) {
 		err = ferr
 	}
@@ -610,7 +610,7 @@ func (s *source) run(ctx context.Context, req *http.Request, out Format) {
 	defer cancel()
 	p := e.pipeline()
 	p.setLabel(e.relay.cfg.Label())
-	up, err := e.fetch(fctx, p, out, timeout)
+	up, err := e.fetch(fctx, p, upstreamAccept(out), timeout)
 	if err == nil {
 		p.samples = 0
 		err = p.families(up.body, up.format, up.ct, out, func(mf *dto.MetricFamily) error {

@@ -749,3 +749,75 @@ func TestPipeline_FailedRelayLeavesNothingBehind(t *testing.T) {
 type failingWriter struct{}
 
 func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("client went away") }
+
+// TestRelay_AnswersInTheUpstreamFormat checks the negotiation rule: the
+// exporter is asked for the scraper's formats in the scraper's order, and
+// its answer is relayed in its own format whenever the scraper takes that
+// format at all, so nothing is converted; only a format the scraper does
+// not take is converted, to the scraper's best. Content-Types are exact.
+func TestRelay_AnswersInTheUpstreamFormat(t *testing.T) {
+	const (
+		prom2      = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+		prom3      = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+		protoFirst = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.6,application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+		textOnly   = "text/plain;version=0.0.4;q=0.6,*/*;q=0.5"
+
+		omUp    = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8"
+		textUp  = "text/plain;version=0.0.4;escaping=allow-utf-8"
+		protoUp = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;escaping=allow-utf-8"
+	)
+	textCT := "text/plain; version=0.0.4; charset=utf-8; escaping=underscores"
+	tests := []struct {
+		name, upstream, accept string
+		wantUpstreamAccept     string
+		wantCT                 string
+	}{
+		{"text exporter, prometheus 2", "text", prom2, omUp + ";q=1," + textUp + ";q=0.9,*/*;q=0.1", textCT},
+		{"text exporter, prometheus 3", "text", prom3, omUp + ";q=1," + textUp + ";q=0.9,*/*;q=0.1", "text/plain; version=1.0.0; charset=utf-8; escaping=allow-utf-8"},
+		{"text exporter, protobuf first", "text", protoFirst, protoUp + ";q=1," + omUp + ";q=0.9," + textUp + ";q=0.8,*/*;q=0.1", textCT},
+		{"text exporter, text only", "text", textOnly, textUp + ";q=1,*/*;q=0.1", textCT},
+		{"text exporter, no Accept", "text", "", textUp + ";q=1,*/*;q=0.1", textCT},
+		{"text exporter, protobuf only: converted", "text", acceptProto, protoUp + ";q=1,*/*;q=0.1", ContentTypeProtobuf + "; escaping=underscores"},
+		{"openmetrics exporter, prometheus 3", "om", prom3, omUp + ";q=1," + textUp + ";q=0.9,*/*;q=0.1", ContentTypeOpenMetrics + "; escaping=allow-utf-8"},
+		{"openmetrics exporter, text only: converted", "om", textOnly, textUp + ";q=1,*/*;q=0.1", textCT},
+		{"protobuf exporter, protobuf first", "protobuf", protoFirst, protoUp + ";q=1," + omUp + ";q=0.9," + textUp + ";q=0.8,*/*;q=0.1", ContentTypeProtobuf + "; escaping=underscores"},
+		{"protobuf exporter, prometheus 3: converted", "protobuf", prom3, omUp + ";q=1," + textUp + ";q=0.9,*/*;q=0.1", ContentTypeOpenMetrics + "; escaping=allow-utf-8"},
+	}
+	bodies := map[string]struct {
+		ct   string
+		body []byte
+	}{
+		"text":     {"text/plain; version=0.0.4", []byte(richText)},
+		"om":       {"application/openmetrics-text; version=1.0.0", []byte(richOM)},
+		"protobuf": {ContentTypeProtobuf, toProtoB(t, []byte(richText))},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			up := bodies[tt.upstream]
+			var asked atomic.Value
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				asked.Store(r.Header.Get("Accept"))
+				w.Header().Set("Content-Type", up.ct)
+				_, _ = w.Write(up.body)
+			}))
+			defer srv.Close()
+			r, _ := newRelay(t, "exporters:\n  - name: e\n    url: "+srv.URL+"\n")
+			rec := scrape(t, r, "/exporters/e/metrics", tt.accept)
+			if rec.Code != http.StatusOK {
+				t.Fatalf("status %d: %s", rec.Code, rec.Body)
+			}
+			if got := asked.Load(); got != tt.wantUpstreamAccept {
+				t.Errorf("asked the exporter for\n%q, want\n%q", got, tt.wantUpstreamAccept)
+			}
+			ct := rec.Header().Get("Content-Type")
+			if ct != tt.wantCT {
+				t.Errorf("Content-Type %q, want %q", ct, tt.wantCT)
+			}
+			if tt.upstream == "protobuf" {
+				sameSeries(t, series(t, []byte(richText), "text/plain"), series(t, rec.Body.Bytes(), ct))
+				return
+			}
+			sameSeries(t, series(t, up.body, up.ct), series(t, rec.Body.Bytes(), ct))
+		})
+	}
+}
