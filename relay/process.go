@@ -71,6 +71,10 @@ type pipeline struct {
 	fw       familyWriter
 	part     pbPart
 	samples  int
+	// cache remembers relabel outcomes across scrapes for the direct path,
+	// nil when off; cached is the entry found for the series at hand.
+	cache  *seriesCache
+	cached *seriesEntry
 	// stripCreated drops created timestamps of protobuf input written as
 	// OpenMetrics: the exporter would not have sent _created lines there.
 	stripCreated bool
@@ -299,7 +303,23 @@ func (d directHandler) meta(kind metaKind, name, value []byte, typ model.MetricT
 // relabel), and when it has quoted names that the scraper needs escaped.
 // Everything else takes the parser's text of the series, with the exporter
 // label and the rules' constant labels appended.
+//
+// A series that needs its labels is looked up in the series cache first:
+// when its outcome is remembered, its labels are not built.
 func (d directHandler) wantLabels(raw []byte) bool {
+	p := d.p
+	p.cached = nil
+	if !d.needsLabels(raw) {
+		return false
+	}
+	if p.cache != nil {
+		p.cached = p.cache.get(p.cache.cacheKey(raw, p.esc, d.om))
+		return p.cached == nil
+	}
+	return true
+}
+
+func (d directHandler) needsLabels(raw []byte) bool {
 	p := d.p
 	if p.esc != model.NoEscaping && hasQuotedName(raw) {
 		return true
@@ -312,6 +332,15 @@ func (d directHandler) wantLabels(raw []byte) bool {
 
 func (d directHandler) series(raw []byte, lset labels.Labels, v float64, ts *int64, ex *exemplar.Exemplar) error {
 	p := d.p
+	if c := p.cached; c != nil {
+		p.cached = nil
+		if c.dropped {
+			return nil
+		}
+		p.samples++
+		p.buf = appendValueSuffix(append(p.buf, c.series...), v, ts, ex, d.om, p.esc)
+		return nil
+	}
 	if lset.IsEmpty() {
 		if p.fast != nil && !p.fast.keep(raw) {
 			return nil
@@ -321,11 +350,22 @@ func (d directHandler) series(raw []byte, lset labels.Labels, v float64, ts *int
 		return nil
 	}
 	out, keep, err := p.relabel(lset)
-	if !keep {
+	if err != nil {
 		return err
 	}
+	if !keep {
+		if p.cache != nil {
+			p.cache.put(p.cache.cacheKey(raw, p.esc, d.om), true, nil)
+		}
+		return nil
+	}
 	p.samples++
-	p.buf = appendSample(p.buf, out, v, ts, ex, d.om, p.esc)
+	start := len(p.buf)
+	p.buf = appendSeries(p.buf, out, p.esc)
+	if p.cache != nil {
+		p.cache.put(p.cache.cacheKey(raw, p.esc, d.om), false, p.buf[start:])
+	}
+	p.buf = appendValueSuffix(p.buf, v, ts, ex, d.om, p.esc)
 	return nil
 }
 

@@ -49,6 +49,10 @@ type exporter struct {
 	timeout time.Duration
 	mu      sync.Mutex
 	idle    []*pipeline // reused between scrapes: buffers keep their size
+	// cache is the exporter's series cache while no scrape holds it, nil
+	// without relabel rules. One scrape at a time uses it; a concurrent
+	// scrape of the same exporter relays without.
+	cache *seriesCache
 }
 
 // New builds a relay with one HTTP client per exporter, from a
@@ -69,7 +73,11 @@ func New(cfg *Config, logger *slog.Logger, metrics *collector.Relay) (*Relay, er
 		if timeout <= 0 {
 			timeout = DefaultTimeout
 		}
-		r.exporters[ec.Name] = &exporter{cfg: ec, client: client, relay: r, timeout: timeout}
+		e := &exporter{cfg: ec, client: client, relay: r, timeout: timeout}
+		if len(ec.MetricRelabelConfigs) > 0 && cfg.SeriesCacheBytes > 0 {
+			e.cache = newSeriesCache(cfg.SeriesCacheBytes)
+		}
+		r.exporters[ec.Name] = e
 		r.names = append(r.names, ec.Name)
 		if metrics != nil {
 			metrics.Up.WithLabelValues(ec.Name)
@@ -332,9 +340,32 @@ func (e *exporter) pipeline() *pipeline {
 	return newPipeline(e.cfg.Name, "", e.cfg.MetricRelabelConfigs, cfg.limits())
 }
 
+// takeCache hands the series cache to one scrape, nil when another scrape
+// holds it or there is none.
+func (e *exporter) takeCache() *seriesCache {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	c := e.cache
+	e.cache = nil
+	return c
+}
+
+// returnCache gives the series cache back after a scrape, also a failed
+// one: what it remembers holds whatever became of the scrape.
+func (e *exporter) returnCache(c *seriesCache) {
+	if c == nil {
+		return
+	}
+	c.endScrape()
+	e.mu.Lock()
+	e.cache = c
+	e.mu.Unlock()
+}
+
 // release keeps a pipeline for the next scrape, unless it grew unusually
 // large buffers.
 func (e *exporter) release(p *pipeline) {
+	p.cache, p.cached = nil, nil
 	if p.size() > 8<<20 {
 		return
 	}
@@ -488,6 +519,9 @@ func (e *exporter) serve(w http.ResponseWriter, req *http.Request) {
 	defer cancel()
 	p := e.pipeline()
 	p.setLabel("")
+	cache := e.takeCache()
+	p.cache = cache
+	defer e.returnCache(cache)
 
 	fail := func(err error) *fetchError {
 		fe := classify(ctx, err)
