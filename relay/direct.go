@@ -77,7 +77,7 @@ func (d directHandler) series(raw []byte, lset labels.Labels, v float64, ts *int
 			return nil
 		}
 		p.samples++
-		p.directBuf = appendValueSuffix(append(p.directBuf, c.series...), v, ts, ex, d.om, p.escaping)
+		p.directBuf = appendValueSuffix(append(p.directBuf, c.series()...), v, ts, ex, d.om, p.escaping)
 		return nil
 	}
 	if lset.IsEmpty() {

@@ -97,8 +97,8 @@ func TestRelay_MemoryBoundedOn100MB(t *testing.T) {
 			if grown > 48<<20 {
 				t.Fatalf("heap grew by %d MiB relaying 100 MiB: memory is not bounded by one family", grown>>20)
 			}
-			if tt.cached && (p.cache.bytes > DefaultSeriesCacheBytes || len(p.cache.entries) == 0) {
-				t.Fatalf("series cache holds %d bytes in %d entries, bound %d", p.cache.bytes, len(p.cache.entries), DefaultSeriesCacheBytes)
+			if tt.cached && (p.cache.bytes > DefaultSeriesCacheBytes || p.cache.len() == 0) {
+				t.Fatalf("series cache holds %d bytes in %d entries, bound %d", p.cache.bytes, p.cache.len(), DefaultSeriesCacheBytes)
 			}
 		})
 	}

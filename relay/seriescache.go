@@ -10,8 +10,8 @@ const DefaultSeriesCacheBytes = 8 << 20
 const seriesCacheMaxAge = 10
 
 // seriesEntryOverhead is about what an entry costs beyond its key and
-// series text: the map slot, the entry and the string header.
-const seriesEntryOverhead = 96
+// series text: its map slot and its slot in the entry table.
+const seriesEntryOverhead = 64
 
 // seriesCache remembers, across scrapes, what relabeling made of a series,
 // as Prometheus' scrape cache does: keyed by the parser's text of the series
@@ -25,8 +25,14 @@ const seriesEntryOverhead = 96
 // configuration change builds a new Relay and so new caches. The cache is
 // bounded in bytes; when it is full, new series are relayed without being
 // remembered until entries age out. A cache serves one scrape at a time.
+//
+// A look-up touches little memory, since it is made for every series: the
+// map holds indexes into one table of entries, and an entry's key and
+// series text are one string, the key a prefix of it.
 type seriesCache struct {
-	entries  map[string]*seriesEntry
+	index    map[string]int32
+	slots    []seriesEntry
+	free     []int32 // indexes of unused slots
 	bytes    int
 	maxBytes int
 	// scrape counts the scrapes that used the cache; entries remember the
@@ -36,14 +42,21 @@ type seriesCache struct {
 }
 
 type seriesEntry struct {
+	text    string // the key, then the series text as written
+	keyLen  int32
 	seen    uint32
 	dropped bool
-	series  []byte // name{labels} as written, when not dropped
 }
 
+// series is the series text, name{labels}, when not dropped.
+func (e *seriesEntry) series() string { return e.text[e.keyLen:] }
+
 func newSeriesCache(maxBytes int) *seriesCache {
-	return &seriesCache{entries: make(map[string]*seriesEntry), maxBytes: maxBytes}
+	return &seriesCache{index: make(map[string]int32), maxBytes: maxBytes}
 }
+
+// len is the number of series remembered.
+func (c *seriesCache) len() int { return len(c.index) }
 
 // cacheKey is the key of a series' text for a scraper: the spelling of
 // names and the format are part of what is remembered.
@@ -57,25 +70,35 @@ func (c *seriesCache) cacheKey(raw []byte, esc model.EscapingScheme, om bool) []
 }
 
 // get returns the remembered outcome of a series, nil if there is none.
+// The entry is valid until the next put.
 func (c *seriesCache) get(key []byte) *seriesEntry {
-	e := c.entries[string(key)]
-	if e != nil {
-		e.seen = c.scrape
+	i, ok := c.index[string(key)]
+	if !ok {
+		return nil
 	}
+	e := &c.slots[i]
+	e.seen = c.scrape
 	return e
 }
 
-// put remembers the outcome of a series; series is copied.
+// put remembers the outcome of a series.
 func (c *seriesCache) put(key []byte, dropped bool, series []byte) {
 	size := len(key) + len(series) + seriesEntryOverhead
 	if c.bytes+size > c.maxBytes {
 		return
 	}
-	e := &seriesEntry{seen: c.scrape, dropped: dropped}
-	if !dropped {
-		e.series = append([]byte(nil), series...)
+	text := string(key) + string(series)
+	e := seriesEntry{text: text, keyLen: int32(len(key)), seen: c.scrape, dropped: dropped}
+	var i int32
+	if n := len(c.free); n > 0 {
+		i = c.free[n-1]
+		c.free = c.free[:n-1]
+		c.slots[i] = e
+	} else {
+		i = int32(len(c.slots))
+		c.slots = append(c.slots, e)
 	}
-	c.entries[string(key)] = e
+	c.index[text[:len(key)]] = i
 	c.bytes += size
 }
 
@@ -86,10 +109,14 @@ func (c *seriesCache) endScrape() {
 	if c.scrape%(seriesCacheMaxAge/2) != 0 {
 		return
 	}
-	for k, e := range c.entries {
-		if c.scrape-e.seen > seriesCacheMaxAge {
-			delete(c.entries, k)
-			c.bytes -= len(k) + len(e.series) + seriesEntryOverhead
+	for i := range c.slots {
+		e := &c.slots[i]
+		if e.text == "" || c.scrape-e.seen <= seriesCacheMaxAge {
+			continue
 		}
+		delete(c.index, e.text[:e.keyLen])
+		c.bytes -= len(e.text) + seriesEntryOverhead
+		*e = seriesEntry{}
+		c.free = append(c.free, int32(i))
 	}
 }

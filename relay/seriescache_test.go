@@ -69,12 +69,12 @@ func TestSeriesCache_SameOutputAsUncached(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cache := compareCached(t, rules, tt.in, tt.ct, tt.inputs...)
-			if len(cache.entries) == 0 {
+			if cache.len() == 0 {
 				t.Fatal("nothing was cached: the test compares nothing")
 			}
 			dropped := 0
-			for _, e := range cache.entries {
-				if e.dropped {
+			for _, e := range cache.slots {
+				if e.text != "" && e.dropped {
 					dropped++
 				}
 			}
@@ -103,15 +103,15 @@ func TestSeriesCache_Bounded(t *testing.T) {
 		cache.endScrape()
 	}
 	relayWith(syntheticText(100, 100)) // 10,000 series, far more than the bound
-	if cache.bytes > bound || len(cache.entries) == 0 {
-		t.Fatalf("cache holds %d bytes in %d entries, bound %d", cache.bytes, len(cache.entries), bound)
+	if cache.bytes > bound || cache.len() == 0 {
+		t.Fatalf("cache holds %d bytes in %d entries, bound %d", cache.bytes, cache.len(), bound)
 	}
 	other := []byte("other_metric{a=\"1\"} 1\n")
 	for range seriesCacheMaxAge + seriesCacheMaxAge/2 + 1 {
 		relayWith(other)
 	}
-	if len(cache.entries) != 1 {
-		t.Fatalf("%d entries after %d scrapes of one series, want 1", len(cache.entries), seriesCacheMaxAge*2)
+	if cache.len() != 1 {
+		t.Fatalf("%d entries after %d scrapes of one series, want 1", cache.len(), seriesCacheMaxAge*2)
 	}
 	if want := len(other) - len(" 1\n") + 1 + len("other_metric{a=\"1\",env=\"prod\"}") + seriesEntryOverhead; cache.bytes != want {
 		t.Errorf("cache accounts %d bytes, want %d", cache.bytes, want)
@@ -142,7 +142,7 @@ func TestRelay_SeriesCacheAcrossScrapes(t *testing.T) {
 				t.Fatal("drop rule not applied")
 			}
 			c := r.exporters["e"].cache
-			if tt.cached != (c != nil && len(c.entries) > 0) {
+			if tt.cached != (c != nil && c.len() > 0) {
 				t.Fatalf("cache %v, want cached=%v", c, tt.cached)
 			}
 		})

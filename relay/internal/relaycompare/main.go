@@ -23,6 +23,7 @@ package main
 import (
 	"bytes"
 	"compress/gzip"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -172,7 +173,7 @@ func exporter(p *payload) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, ct := p.text, string(expfmt.NewFormat(expfmt.TypeTextPlain))
 		gzipped := strings.Contains(r.Header.Get("Accept-Encoding"), "gzip")
-		if expfmt.Negotiate(r.Header).FormatType() == expfmt.TypeProtoDelim {
+		if expfmt.NegotiateAccept(r.Header, expfmt.DefaultAcceptedFormats()...).FormatType() == expfmt.TypeProtoDelim {
 			body, ct = p.protobuf, string(expfmt.NewFormat(expfmt.TypeProtoDelim))
 			if gzipped {
 				body = p.protobufGz
@@ -212,7 +213,7 @@ func decodeProxy(upstream string) http.Handler {
 		for {
 			mf := &dto.MetricFamily{}
 			if err := dec.Decode(mf); err != nil {
-				if err != io.EOF {
+				if !errors.Is(err, io.EOF) {
 					http.Error(w, err.Error(), http.StatusBadGateway)
 					return
 				}
@@ -220,7 +221,7 @@ func decodeProxy(upstream string) http.Handler {
 			}
 			fams = append(fams, mf)
 		}
-		format := expfmt.NegotiateIncludingOpenMetrics(r.Header)
+		format := expfmt.NegotiateAccept(r.Header, expfmt.DefaultOpenMetricsAcceptedFormats()...)
 		w.Header().Set("Content-Type", string(format))
 		var out io.Writer = w
 		if strings.Contains(r.Header.Get("Accept-Encoding"), "gzip") {
