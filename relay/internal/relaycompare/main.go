@@ -3,7 +3,8 @@
 // run instead: a direct scrape of the exporter, a byte-for-byte reverse
 // proxy (httputil.ReverseProxy), and a proxy that buffers the body and
 // decodes it with expfmt before encoding it again (exporter_exporter's
-// default, verify: true). It is the command behind the relay tables of
+// default, verify: true), and the aggregate endpoint over two exporters with
+// two scrapes of one. It is the command behind the relay tables of
 // BENCHMARKS.md and is not part of the release binary.
 //
 // Everything runs in this one process over loopback HTTP: a static
@@ -248,6 +249,14 @@ type variant struct {
 	url  string
 }
 
+// exporters is how many copies of the payload a scrape of v returns.
+func (v variant) exporters() int {
+	if v.name == "aggregate_of_2" {
+		return 2
+	}
+	return 1
+}
+
 // sample is one variant's measurement in one round.
 type sample struct {
 	cpu, wall time.Duration // per scrape
@@ -288,6 +297,19 @@ func (c *comparison) variants(p *payload, closers *[]func()) ([]variant, error) 
 		*closers = append(*closers, srv.Close)
 		vs = append(vs, variant{rc.name, srv.URL + relay.ExporterPath("e")})
 	}
+	// The aggregate endpoint over two exporters serving the payload, to
+	// compare with two scrapes of relay_0_rules.
+	cfg, err := relay.ParseConfig([]byte("exporters:\n  - name: a\n    url: " + up.URL + "/metrics\n  - name: b\n    url: " + up.URL + "/metrics\n"))
+	if err != nil {
+		return nil, err
+	}
+	r, err := relay.New(cfg, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	srv := httptest.NewServer(r)
+	*closers = append(*closers, srv.Close)
+	vs = append(vs, variant{"aggregate_of_2", srv.URL + "/exporters/metrics"})
 	return vs, nil
 }
 
@@ -343,7 +365,7 @@ func (c *comparison) run(payloads []*payload) error {
 	fmt.Println()
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "case\tvariant\tcpu ms\tnet cpu ms\tlatency ms\tbytes\tnet M samples/s/core\t")
-	type summary struct{ byteProxy, decode, relay0, relay2 float64 }
+	type summary struct{ byteProxy, decode, relay0, relay2, aggregate float64 }
 	sums := map[string]summary{}
 	for _, g := range groups {
 		direct := median(g.results[0], func(s sample) time.Duration { return s.cpu })
@@ -353,8 +375,8 @@ func (c *comparison) run(payloads []*payload) error {
 			wall := median(g.results[i], func(s sample) time.Duration { return s.wall })
 			net := cpu - direct
 			rate := "-"
-			if i > 0 && net > 0 {
-				rate = fmt.Sprintf("%.2f", float64(g.payload.samples)/net.Seconds()/1e6)
+			if samples := g.payload.samples * v.exporters(); i > 0 && net > 0 {
+				rate = fmt.Sprintf("%.2f", float64(samples)/net.Seconds()/1e6)
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%.2f\t%.2f\t%.2f\t%d\t%s\t\n", g.name, v.name, ms(cpu), ms(net), ms(wall), g.results[i][0].bytes, rate)
 			switch v.name {
@@ -366,6 +388,8 @@ func (c *comparison) run(payloads []*payload) error {
 				sum.relay0 = ms(net)
 			case "relay_2_rules":
 				sum.relay2 = ms(net)
+			case "aggregate_of_2":
+				sum.aggregate = ms(net)
 			}
 		}
 		sums[g.name] = sum
@@ -375,10 +399,10 @@ func (c *comparison) run(payloads []*payload) error {
 	fmt.Println("Ratios of net CPU per scrape (relay with 2 rules unless said):")
 	fmt.Println()
 	tw = tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "case\trelay / byte proxy\tbuffer-decode / relay\t2 rules / 0 rules\t")
+	fmt.Fprintln(tw, "case\trelay / byte proxy\tbuffer-decode / relay\t2 rules / 0 rules\taggregate / 2 x 0 rules\t")
 	for _, g := range groups {
 		s := sums[g.name]
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", g.name, ratio(s.relay2, s.byteProxy), ratio(s.decode, s.relay2), ratio(s.relay2, s.relay0))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t\n", g.name, ratio(s.relay2, s.byteProxy), ratio(s.decode, s.relay2), ratio(s.relay2, s.relay0), ratio(s.aggregate, 2*s.relay0))
 	}
 	return tw.Flush()
 }
