@@ -116,14 +116,27 @@ func (s *segmenter) line(l []byte) {
 		}
 		s.buf = append(s.buf, l...)
 		return
-	} else if name := sampleName(l); name != nil && (!s.open || !member(s.cur.name, name)) {
-		s.startFamily(string(name), false)
+	} else if !s.continues(l) {
+		if name := sampleName(l); name != nil && (!s.open || !member(s.cur.name, name)) {
+			s.startFamily(string(name), false)
+		}
 	}
 	if !s.open {
 		s.startFamily("", false)
 	}
 	s.samples = true
 	s.buf = append(s.buf, l...)
+}
+
+// continues reports cheaply whether a sample line is a series of the
+// current family by its very name: it starts with the family's name and a
+// label set or the value. Other lines take sampleName and member.
+func (s *segmenter) continues(l []byte) bool {
+	n := len(s.cur.name)
+	if !s.open || n == 0 || len(l) <= n || string(l[:n]) != s.cur.name {
+		return false
+	}
+	return l[n] == '{' || l[n] == ' '
 }
 
 func (s *segmenter) startFamily(name string, meta bool) {
