@@ -134,3 +134,44 @@ func TestAggregate_SegmentsMergeAsFamilies(t *testing.T) {
 		}
 	}
 }
+
+// TestRelay_AggregateAnswersInExportersFormat: the aggregate endpoint
+// answers in the exporters' format when they all answered in one the
+// scraper takes, and in the scraper's best format when they differ.
+func TestRelay_AggregateAnswersInExportersFormat(t *testing.T) {
+	const prom3 = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+	text := upstreamServer(t, "text/plain; version=0.0.4", []byte("# TYPE a gauge\na 1\n"))
+	text2 := upstreamServer(t, "text/plain; version=0.0.4", []byte("# TYPE a gauge\na 2\n"))
+	om := upstreamServer(t, ContentTypeOpenMetrics, []byte("# TYPE a gauge\na 3\n# EOF\n"))
+	tests := []struct {
+		name   string
+		urls   []string
+		accept string
+		ct     string
+	}{
+		{"all text, Prometheus 3", []string{text.URL, text2.URL}, prom3, "text/plain; version=1.0.0; charset=utf-8; escaping=allow-utf-8"},
+		{"text and OpenMetrics, Prometheus 3", []string{text.URL, om.URL}, prom3, ContentTypeOpenMetrics + "; escaping=allow-utf-8"},
+		{"all text, protobuf only", []string{text.URL, text2.URL}, acceptProto, ContentTypeProtobuf + "; escaping=underscores"},
+		{"all OpenMetrics, text only", []string{om.URL}, acceptText, "text/plain; version=0.0.4; charset=utf-8; escaping=underscores"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := "exporters:\n"
+			for i, u := range tt.urls {
+				cfg += fmt.Sprintf("  - name: e%d\n    url: %s\n", i, u)
+			}
+			r, _ := newRelay(t, cfg)
+			rec := scrape(t, r, "/exporters/metrics", tt.accept)
+			if rec.Code != 200 {
+				t.Fatalf("status %d: %s", rec.Code, rec.Body)
+			}
+			ct := rec.Header().Get("Content-Type")
+			if ct != tt.ct {
+				t.Errorf("Content-Type %q, want %q", ct, tt.ct)
+			}
+			if got := series(t, rec.Body.Bytes(), ct); len(got) != len(tt.urls) {
+				t.Errorf("%d series, want %d: %v", len(got), len(tt.urls), got)
+			}
+		})
+	}
+}
