@@ -103,6 +103,7 @@ func run(args []string) int {
 	agentCmd.Flag("agent.hostname", "Hostname to register and certify (default: the system hostname).").StringVar(&agt.Hostname)
 	agentCmd.Flag("agent.address", "Host or IP Prometheus scrapes (default: the address the server sees the agent's requests come from).").StringVar(&agt.Address)
 	agentCmd.Flag("agent.label", "Label KEY=VALUE, exposed as __meta_baremetal_sd_label_KEY (repeatable).").StringMapVar(&agt.Labels)
+	agentCmd.Flag("tunnel", "on: Prometheus cannot reach this host; keep a tunnel to every discovery server and be scraped through them (docs/tunnels.md). off: scraped directly.").Default("off").EnumVar(&agt.Tunnel, "off", "on")
 	agentCmd.Flag("agent.deregister-on-shutdown", "Remove the agent from discovery when it stops (--no-agent.deregister-on-shutdown keeps it listed until its TTL runs out).").Default("true").BoolVar(&agt.DeregisterOnShutdown)
 
 	agentsCmd := app.Command("agents", "List and manage agents through the server's admin API.")

@@ -246,6 +246,7 @@ func (a *API) register(w http.ResponseWriter, r *http.Request) string {
 		Port:         req.Port,
 		Labels:       labels.FromMap(req.Labels),
 		Exporters:    req.Exporters,
+		Tunnel:       req.Tunnel,
 		RegisteredAt: now,
 		LastSeen:     now,
 	}

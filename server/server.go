@@ -24,6 +24,7 @@ import (
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/collector"
 	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/tunnel"
 	"github.com/baremetal-sd/baremetal_sd/web"
 )
 
@@ -177,8 +178,16 @@ func Run(ctx context.Context, cfg Config) error {
 		Logger:      logger,
 	})
 
+	tunnels := tunnel.NewServer(tunnel.ServerConfig{
+		Authority: authority,
+		Directory: tunnelDirectory{registry},
+		Metrics:   tunnel.NewServerMetrics(reg),
+		Logger:    logger,
+	})
+
 	mux := http.NewServeMux()
 	api.Routes(mux)
+	mux.HandleFunc("GET "+tunnel.Path, tunnels.ServeTunnel)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 		ErrorLog:            slog.NewLogLogger(logger.Handler(), slog.LevelError),
 		ErrorHandling:       promhttp.ContinueOnError,
@@ -217,6 +226,7 @@ func Run(ctx context.Context, cfg Config) error {
 	runCtx, stopLoops := context.WithCancel(context.Background())
 	var loops sync.WaitGroup
 	loops.Go(func() { registry.Run(runCtx) })
+	loops.Go(func() { tunnels.Run(runCtx) })
 	if cfg.SDFilePath != "" {
 		fw := &discovery.FileSDWriter{Path: cfg.SDFilePath, Cache: cache, Registry: registry, Metrics: metrics, Logger: logger}
 		loops.Go(func() { fw.Run(runCtx) })
@@ -228,10 +238,11 @@ func Run(ctx context.Context, cfg Config) error {
 	srv := &http.Server{
 		// basic_auth_users in the web config guard the status page only:
 		// agents and Prometheus authenticate with certificates and tokens.
-		Handler: &web.BasicAuthScope{
+		// CONNECT goes to the tunnels' proxy, which authenticates itself.
+		Handler: tunnels.Wrap(&web.BasicAuthScope{
 			Handler: mux,
 			Protect: func(r *http.Request) bool { return r.URL.Path == "/" },
-		},
+		}),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
