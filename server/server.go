@@ -176,6 +176,10 @@ func Run(ctx context.Context, cfg Config) error {
 		AnonymousSD: cfg.AnonymousSD,
 		Metrics:     metrics,
 		Logger:      logger,
+		// Loopback names stay free: only a process on the Prometheus host
+		// could answer for them, and agents on test and single-host setups
+		// register them.
+		ReservedNames: reservedNames(cfg.ServerNames),
 	})
 
 	tunnels := tunnel.NewServer(tunnel.ServerConfig{

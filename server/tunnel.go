@@ -1,6 +1,9 @@
 package server
 
 import (
+	"net"
+	"strings"
+
 	"github.com/baremetal-sd/baremetal_sd/discovery"
 	"github.com/baremetal-sd/baremetal_sd/tunnel"
 )
@@ -22,3 +25,16 @@ func (d tunnelDirectory) CheckCertificate(id, serial string) error {
 }
 
 func (d tunnelDirectory) Generation() uint64 { return d.reg.Generation() }
+
+// reservedNames are the serving names no agent may register, loopback
+// names aside.
+func reservedNames(names []string) []string {
+	var out []string
+	for _, n := range names {
+		if ip := net.ParseIP(n); (ip != nil && ip.IsLoopback()) || strings.EqualFold(n, "localhost") {
+			continue
+		}
+		out = append(out, n)
+	}
+	return out
+}
