@@ -86,7 +86,7 @@ func run(args []string) int {
 	)
 	certIssue.Flag("data.dir", "The server's data directory.").Default("data").StringVar(&certDataDir)
 	certIssue.Flag("name", "Name of the client, used as the certificate's common name and file names.").Required().StringVar(&certName)
-	certIssue.Flag("out.dir", "Directory for NAME.crt, NAME.key, ca.crt (verifies the server) and agent-ca.crt (verifies agents).").Required().StringVar(&certOutDir)
+	certIssue.Flag("out.dir", "Directory for NAME.crt, NAME.key, ca.crt (verifies the server), agent-ca.crt (verifies agents) and tunnel-ca.crt (both, for scrapes through tunnels).").Required().StringVar(&certOutDir)
 	certIssue.Flag("role", "discovery (read http_sd, scrape agents) or admin (also manage agents).").Default("discovery").EnumVar(&certRole, "discovery", "admin")
 	certIssue.Flag("ttl", "Lifetime of the certificate.").Default("8760h").DurationVar(&certTTL)
 
@@ -198,7 +198,7 @@ func run(args []string) int {
 			fmt.Fprintf(os.Stderr, "baremetal_sd: issue certificate: %v\n", err)
 			return 1
 		}
-		fmt.Printf("Wrote %s/%s.crt, %s/%s.key, %s/ca.crt (the server CA, for http_sd) and %s/agent-ca.crt (the agent CA, for scrape jobs)\n", certOutDir, certName, certOutDir, certName, certOutDir, certOutDir)
+		fmt.Printf("Wrote %s/%s.crt, %s/%s.key, %s/ca.crt (the server CA, for http_sd), %s/agent-ca.crt (the agent CA, for scrape jobs) and %s/tunnel-ca.crt (both, for scrape jobs through tunnels)\n", certOutDir, certName, certOutDir, certName, certOutDir, certOutDir, certOutDir)
 		return 0
 	}
 	return 0

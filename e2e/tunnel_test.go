@@ -253,18 +253,8 @@ func connectStatus(t *testing.T, s *testServer, cert tls.Certificate, target str
 // examples/prometheus.yml), and a job that tries the same targets directly.
 func tunnelPrometheusConfig(t *testing.T, s *testServer, promCert clientCert, proxy string) string {
 	t.Helper()
-	bundle := filepath.Join(t.TempDir(), "tunnel-ca.crt")
-	ca, err := os.ReadFile(promCert.CAFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	agentCA, err := os.ReadFile(promCert.AgentCAFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(bundle, append(ca, agentCA...), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	// cert issue writes the bundle of the server CA and the agent CA.
+	bundle := filepath.Join(filepath.Dir(promCert.CAFile), "tunnel-ca.crt")
 	return fmt.Sprintf(`
 global:
   scrape_interval: 1s
