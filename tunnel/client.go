@@ -206,6 +206,7 @@ func (c *Client) open(ctx context.Context, u *url.URL) (*yamux.Session, error) {
 	_ = conn.SetDeadline(time.Time{})
 	cfg := yamux.DefaultConfig()
 	cfg.AcceptBacklog = c.cfg.MaxStreams
+	cfg.MaxStreamWindowSize = streamWindow
 	cfg.LogOutput = nil
 	cfg.Logger = slog.NewLogLogger(c.cfg.Logger.Handler(), slog.LevelDebug)
 	mux, err := yamux.Server(conn, cfg)

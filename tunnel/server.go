@@ -297,6 +297,7 @@ func (s *Server) ServeTunnel(w http.ResponseWriter, r *http.Request) {
 func (s *Server) muxConfig() *yamux.Config {
 	c := yamux.DefaultConfig()
 	c.AcceptBacklog = s.cfg.MaxStreamsPerAgent
+	c.MaxStreamWindowSize = streamWindow
 	c.StreamOpenTimeout = s.cfg.ConnectTimeout
 	c.ConnectionWriteTimeout = s.cfg.ConnectTimeout
 	c.LogOutput = nil
@@ -529,3 +530,11 @@ func headerHas(h http.Header, name, token string) bool {
 	}
 	return false
 }
+
+// streamWindow is the flow control window of one stream, in each
+// direction: how much one scrape may have in flight before its reader
+// takes it. It bounds the memory a slow scraper can pin per stream (at
+// most MaxStreamsPerAgent windows per tunnel) and keeps one scrape from
+// starving another on the same tunnel; yamux' default of 256 KiB costs a
+// round trip every 256 KiB of a large scrape.
+const streamWindow = 1 << 20

@@ -78,7 +78,7 @@ type fleet struct {
 	scraper      tls.Certificate
 }
 
-func newFleet(t *testing.T, cfg ServerConfig) *fleet {
+func newFleet(t testing.TB, cfg ServerConfig) *fleet {
 	t.Helper()
 	dataDir := t.TempDir()
 	authority, _, err := ca.LoadOrCreate(dataDir)
@@ -140,7 +140,7 @@ func newFleet(t *testing.T, cfg ServerConfig) *fleet {
 }
 
 // agentCert issues an agent certificate for id and hostname.
-func (f *fleet) agentCert(t *testing.T, id, hostname string) tls.Certificate {
+func (f *fleet) agentCert(t testing.TB, id, hostname string) tls.Certificate {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -164,7 +164,7 @@ func (f *fleet) agentCert(t *testing.T, id, hostname string) tls.Certificate {
 // startAgent runs an agent's relay listener (TLS with its certificate,
 // scrapers' certificates only) and its tunnel client; it returns the
 // relay's port.
-func (f *fleet) startAgent(t *testing.T, id, hostname string, body func(w http.ResponseWriter)) int {
+func (f *fleet) startAgent(t testing.TB, id, hostname string, body func(w http.ResponseWriter)) int {
 	t.Helper()
 	cert := f.agentCert(t, id, hostname)
 	clientCA := x509.NewCertPool()
@@ -217,7 +217,7 @@ func (f *fleet) hasTunnel(hostname string) bool {
 }
 
 // waitTunnels polls the number of tunnels until ok or a deadline.
-func (f *fleet) waitTunnels(t *testing.T, ok func(int) bool) {
+func (f *fleet) waitTunnels(t testing.TB, ok func(int) bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !ok(f.tunnels.Tunnels()) {
