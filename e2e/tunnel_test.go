@@ -251,7 +251,8 @@ func connectStatus(t *testing.T, s *testServer, cert tls.Certificate, target str
 
 // tunnelPrometheusConfig is the documented proxied job (see
 // examples/prometheus.yml), and a job that tries the same targets directly.
-func tunnelPrometheusConfig(t *testing.T, s *testServer, promCert clientCert, proxy string) string {
+// sd is the base URL of http_sd and proxy the proxy_url.
+func tunnelPrometheusConfig(t *testing.T, sd string, promCert clientCert, proxy string) string {
 	t.Helper()
 	// cert issue writes the bundle of the server CA and the agent CA.
 	bundle := filepath.Join(filepath.Dir(promCert.CAFile), "tunnel-ca.crt")
@@ -298,7 +299,7 @@ scrape_configs:
         target_label: __address__
       - source_labels: [__meta_baremetal_sd_exporter]
         target_label: exporter
-`, promCert.CAFile, promCert.CertFile, promCert.KeyFile, s.URL+discovery.PathDiscovery, proxy, bundle, promCert.AgentCAFile)
+`, promCert.CAFile, promCert.CertFile, promCert.KeyFile, sd+discovery.PathDiscovery, proxy, bundle, promCert.AgentCAFile)
 }
 
 // waitUp waits until the query returns one series with value want.
@@ -338,7 +339,7 @@ func testTunnelScrapesNATHost(t *testing.T, rel prometheusRelease) {
 	}
 
 	promCert := issueCert(t, s.DataDir, "prometheus", "discovery")
-	prom := startPrometheusBinary(t, rel.Binary, tunnelPrometheusConfig(t, s, promCert, s.URL))
+	prom := startPrometheusBinary(t, rel.Binary, tunnelPrometheusConfig(t, s.URL, promCert, s.URL))
 	waitQuery(t, prom, `up{job="baremetal-tunneled",exporter="node"}`, "1")
 	waitQuery(t, prom, `count(node_load1{job="baremetal-tunneled"})`, "1")
 	waitQuery(t, prom, `up{job="direct",exporter="node"}`, "0")
@@ -430,4 +431,101 @@ func agentID(t *testing.T, stateDir string) string {
 		t.Fatalf("no agent id in %s: %v", data, err)
 	}
 	return st.AgentID
+}
+
+// failover is a TCP load balancer on loopback in front of server replicas:
+// each connection goes to the first replica that accepts it, as a TCP
+// load balancer with health checks would send it. TLS passes through.
+func failover(t *testing.T, to ...string) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	open := map[net.Conn]struct{}{}
+	track := func(c net.Conn, on bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if on {
+			open[c] = struct{}{}
+		} else {
+			delete(open, c)
+		}
+	}
+	wg.Go(func() {
+		for {
+			in, err := l.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer in.Close()
+				var out net.Conn
+				for _, addr := range to {
+					if out, err = net.DialTimeout("tcp", addr, time.Second); err == nil {
+						break
+					}
+				}
+				if out == nil {
+					return
+				}
+				defer out.Close()
+				track(in, true)
+				track(out, true)
+				defer track(in, false)
+				defer track(out, false)
+				done := make(chan struct{}, 2)
+				go func() { _, _ = io.Copy(out, in); done <- struct{}{} }()
+				go func() { _, _ = io.Copy(in, out); done <- struct{}{} }()
+				<-done
+			})
+		}
+	})
+	t.Cleanup(func() {
+		_ = l.Close()
+		mu.Lock()
+		for c := range open {
+			_ = c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return l.Addr().String()
+}
+
+// TestTunnel_ReplicaLost: the agent keeps a tunnel to each of two replicas
+// on etcd; Prometheus reaches them through a load balancer. Killing the
+// replica that Prometheus' scrapes went through moves them to the other,
+// which holds a tunnel of its own.
+func TestTunnel_ReplicaLost(t *testing.T) {
+	h := startHA(t)
+	const hostname = "e2e-nat-ha"
+	startNATAgent(t, hostname, h.enrollTok, h.a, h.b)
+	waitTunnels(t, h.a, 1)
+	waitTunnels(t, h.b, 1)
+
+	promCert := issueCert(t, h.a.DataDir, "prometheus", "discovery")
+	lb := failover(t, h.a.Addr, h.b.Addr)
+	prom := startPrometheus(t, tunnelPrometheusConfig(t, "https://"+lb, promCert, "https://"+lb))
+	fresh := `up{job="baremetal-tunneled",exporter="node"} == 1 and time() - timestamp(up{job="baremetal-tunneled",exporter="node"}) < 3`
+	waitQuery(t, prom, fresh, "1")
+	before, err := serverMetric(t, h.b, "baremetal_sd_tunnel_streams_opened_total")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if err := h.a.kill(); err != nil {
+		t.Fatal(err)
+	}
+	// Scrapes resume through b, and b forwards them.
+	waitQuery(t, prom, fresh, "1")
+	waitFor(t, startTimeout, func() error {
+		after, err := serverMetric(t, h.b, "baremetal_sd_tunnel_streams_opened_total")
+		if err == nil && after <= before {
+			err = fmt.Errorf("replica b opened no stream since a was killed (%v)", after)
+		}
+		return err
+	})
 }
