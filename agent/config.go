@@ -58,7 +58,7 @@ type Config struct {
 	// tunnel to every discovery server and registers to be scraped through
 	// them (docs/tunnels.md). "off" or empty scrapes it directly.
 	Tunnel string
-	Logger               *slog.Logger
+	Logger *slog.Logger
 
 	// BackoffBase and BackoffMax bound the exponential backoff (with full
 	// jitter) between failed attempts.
