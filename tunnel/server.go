@@ -224,39 +224,54 @@ func (s *Server) refuse(w http.ResponseWriter, status int, reason, msg string) {
 	_, _ = io.WriteString(w, msg+"\n")
 }
 
-// peer returns the request's verified client certificate and its role.
-func (s *Server) peer(r *http.Request) (*x509.Certificate, ca.Role, string, int, string, string) {
+// peer is who sent a request: its verified client certificate, the role
+// and id in it.
+type peer struct {
+	leaf *x509.Certificate
+	role ca.Role
+	id   string
+}
+
+// refusal is a refused request's status, counted reason and message.
+type refusal struct {
+	status      int
+	reason, msg string
+}
+
+// identify returns the request's verified client certificate and its role.
+func (s *Server) identify(r *http.Request) (peer, *refusal) {
 	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
-		return nil, "", "", http.StatusUnauthorized, "no_certificate", "a client certificate is required"
+		return peer{}, &refusal{http.StatusUnauthorized, "no_certificate", "a client certificate is required"}
 	}
 	leaf, err := s.cfg.Authority.VerifiedClient(r.TLS.VerifiedChains)
 	if err != nil {
 		var wrong *ca.WrongIssuerError
 		if errors.As(err, &wrong) {
-			return nil, "", "", http.StatusForbidden, "wrong_issuer", err.Error()
+			return peer{}, &refusal{http.StatusForbidden, "wrong_issuer", err.Error()}
 		}
-		return nil, "", "", http.StatusUnauthorized, "no_certificate", "client certificate not verified against the baremetal_sd CAs"
+		return peer{}, &refusal{http.StatusUnauthorized, "no_certificate", "client certificate not verified against the baremetal_sd CAs"}
 	}
 	role, id, err := ca.Identify(leaf)
 	if err != nil {
-		return nil, "", "", http.StatusForbidden, "wrong_issuer", "certificate has no baremetal_sd role"
+		return peer{}, &refusal{http.StatusForbidden, "wrong_issuer", "certificate has no baremetal_sd role"}
 	}
-	return leaf, role, id, 0, "", ""
+	return peer{leaf: leaf, role: role, id: id}, nil
 }
 
 // ServeTunnel takes an agent's tunnel: GET Path with Upgrade: Protocol,
 // over HTTP/1.1 and the agent's certificate.
 func (s *Server) ServeTunnel(w http.ResponseWriter, r *http.Request) {
-	leaf, role, id, status, reason, msg := s.peer(r)
-	if leaf == nil {
-		s.refuse(w, status, reason, msg)
+	p, no := s.identify(r)
+	if no != nil {
+		s.refuse(w, no.status, no.reason, no.msg)
 		return
 	}
-	if role != ca.RoleAgent {
-		s.refuse(w, http.StatusForbidden, "not_agent", fmt.Sprintf("a certificate of role %q cannot open a tunnel", role))
+	if p.role != ca.RoleAgent {
+		s.refuse(w, http.StatusForbidden, "not_agent", fmt.Sprintf("a certificate of role %q cannot open a tunnel", p.role))
 		return
 	}
-	if err := s.cfg.Directory.CheckCertificate(id, leaf.SerialNumber.Text(16)); err != nil {
+	id := p.id
+	if err := s.cfg.Directory.CheckCertificate(id, p.leaf.SerialNumber.Text(16)); err != nil {
 		s.refuse(w, http.StatusForbidden, "agent_refused", "agent certificate refused: "+err.Error())
 		return
 	}
@@ -361,13 +376,13 @@ func (s *Server) Tunnels() int {
 // ServeConnect proxies one CONNECT request of a scraper to the relay of a
 // tunneled agent, and refuses every other.
 func (s *Server) ServeConnect(w http.ResponseWriter, r *http.Request) {
-	leaf, role, _, status, reason, msg := s.peer(r)
-	if leaf == nil {
-		s.refuse(w, status, reason, msg)
+	p, no := s.identify(r)
+	if no != nil {
+		s.refuse(w, no.status, no.reason, no.msg)
 		return
 	}
-	if role != ca.RoleDiscovery && role != ca.RoleAdmin {
-		s.refuse(w, http.StatusForbidden, "not_scraper", fmt.Sprintf("a certificate of role %q may not scrape through tunnels: discovery or admin only", role))
+	if p.role != ca.RoleDiscovery && p.role != ca.RoleAdmin {
+		s.refuse(w, http.StatusForbidden, "not_scraper", fmt.Sprintf("a certificate of role %q may not scrape through tunnels: discovery or admin only", p.role))
 		return
 	}
 	target, err := ParseTarget(r.Host)
