@@ -44,7 +44,7 @@ func run(args []string) int {
 		Web: kingpinflag.AddFlags(serverCmd, ":9955"),
 	}
 	serverCmd.Flag("data.dir", "Directory for the CA, token key, serving certificate and registry; created on first start.").Default("data").StringVar(&srv.DataDir)
-	serverCmd.Flag("tls.server-name", "DNS name or IP of the auto-created serving certificate (repeatable; default: the hostname, localhost, 127.0.0.1, ::1).").StringsVar(&srv.ServerNames)
+	serverCmd.Flag("tls.server-name", "DNS name or IP of the auto-created serving certificate (repeatable; default: the hostname, localhost, 127.0.0.1, ::1). Agents may not register these names, loopback ones aside: use one in Prometheus' proxy_url for tunnels.").StringsVar(&srv.ServerNames)
 	serverCmd.Flag("storage.backend", "Registry store: bolt (embedded file in --data.dir), etcd (shared by several server replicas) or memory (lost on restart).").Default("bolt").EnumVar(&srv.StorageBackend, "bolt", "etcd", "memory")
 	serverCmd.Flag("etcd.endpoints", "etcd client URL, for --storage.backend=etcd (repeatable or comma-separated).").StringsVar(&srv.Etcd.Endpoints)
 	serverCmd.Flag("etcd.prefix", "Key prefix of the registry in etcd; replicas of one fleet share it.").Default(discovery.DefaultEtcdPrefix).StringVar(&srv.Etcd.Prefix)
@@ -133,6 +133,11 @@ func run(args []string) int {
 	case serverCmd.FullCommand():
 		if len(srv.ServerNames) == 0 {
 			srv.ServerNames = defaultServerNames()
+		} else {
+			// Names an operator chose for the server are its own; the
+			// defaults include the hostname, which an agent on the server
+			// host registers.
+			srv.ReservedNames = srv.ServerNames
 		}
 		srv.Logger = logger
 		logger.Info("Starting baremetal_sd server", "version", version.Info())

@@ -43,6 +43,10 @@ type Config struct {
 	Web *toolkitweb.FlagConfig
 	// ServerNames are the DNS names and IPs of the serving certificate.
 	ServerNames []string
+	// ReservedNames are names no agent may register (loopback names
+	// aside): the --tls.server-name names an operator gave, one of which
+	// Prometheus' proxy_url names for tunnels (docs/tunnels.md).
+	ReservedNames []string
 	// StorageBackend is "bolt" (default), "etcd" or "memory".
 	StorageBackend string
 	// Etcd configures the etcd backend: several server replicas sharing
@@ -179,7 +183,7 @@ func Run(ctx context.Context, cfg Config) error {
 		// Loopback names stay free: only a process on the Prometheus host
 		// could answer for them, and agents on test and single-host setups
 		// register them.
-		ReservedNames: reservedNames(cfg.ServerNames),
+		ReservedNames: reservedNames(cfg.ReservedNames),
 	})
 
 	tunnels := tunnel.NewServer(tunnel.ServerConfig{
