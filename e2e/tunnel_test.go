@@ -529,3 +529,30 @@ func TestTunnel_ReplicaLost(t *testing.T) {
 		return err
 	})
 }
+
+// TestTunnel_ServerNamesReserved: no agent registers a name the server was
+// given with --tls.server-name, which proxy_url names; the default names
+// and loopback stay free.
+func TestTunnel_ServerNamesReserved(t *testing.T) {
+	s := startServer(t, "--tls.server-name=127.0.0.1", "--tls.server-name=sd.e2e.test")
+	tok := createToken(t, s.DataDir, "--scope=enroll", "--ttl=10m")
+	for _, tc := range []struct {
+		hostname string
+		want     int
+	}{
+		{"sd.e2e.test", http.StatusBadRequest},
+		{"SD.E2E.TEST", http.StatusBadRequest},
+		{"host.e2e.test", http.StatusOK},
+		{"localhost", http.StatusOK},
+	} {
+		t.Run(tc.hostname, func(t *testing.T) {
+			status, _, err := tryRegister(t.Context(), t, s, tok, tc.hostname)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if status != tc.want {
+				t.Fatalf("register %s: %d, want %d", tc.hostname, status, tc.want)
+			}
+		})
+	}
+}
