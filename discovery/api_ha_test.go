@@ -53,6 +53,7 @@ func newReplicaHarness(t *testing.T, dir string, store Store) *apiHarness {
 	api := NewAPI(APIConfig{
 		Registry: reg, Cache: NewSDCache(reg, metrics), Store: store, CA: authority, Tokens: tokens,
 		CertTTL: time.Hour, Metrics: metrics, Consumers: consumers, Logger: logger,
+		ReservedNames: []string{"sd.example.org", "192.0.2.53"},
 	})
 	mux := http.NewServeMux()
 	api.Routes(mux)

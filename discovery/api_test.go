@@ -401,6 +401,10 @@ func TestAPI_RegisterRefusesBadInput(t *testing.T) {
 		{"hostname too long", func(r *RegisterRequest) { r.Hostname = strings.Repeat("a.", 130) + "com" }, nil, 400},
 		{"hostname leading dash", func(r *RegisterRequest) { r.Hostname = "-host" }, nil, 400},
 		{"address garbage", func(r *RegisterRequest) { r.Address = "http://x" }, nil, 400},
+		// An agent certificate for the server's name could pose as the
+		// tunnel proxy to Prometheus.
+		{"hostname of the server", func(r *RegisterRequest) { r.Hostname = "SD.example.org" }, nil, 400},
+		{"address of the server", func(r *RegisterRequest) { r.Address = "192.0.2.53" }, nil, 400},
 		{"port zero", func(r *RegisterRequest) { r.Port = 0 }, nil, 400},
 		{"port too large", func(r *RegisterRequest) { r.Port = 65536 }, nil, 400},
 		{"exporter name reserved", func(r *RegisterRequest) { r.Exporters = []Exporter{{Name: "agent", Path: "/x"}} }, nil, 400},

@@ -20,7 +20,7 @@ type record struct {
 	// Unix nanoseconds; 0 stands for the zero time.
 	certNotAfter, prevCertNotAfter, registeredAt, revokedAt int64
 	Port                                                    uint16
-	Maintenance, Deregistered                               bool
+	Maintenance, Deregistered, Tunnel                       bool
 }
 
 // newRecord makes the in-memory record of a stored agent. It shares a's
@@ -44,6 +44,7 @@ func newRecord(a *Agent) *record {
 		Port:         uint16(a.Port),
 		Maintenance:  a.Maintenance,
 		Deregistered: a.Deregistered,
+		Tunnel:       a.Tunnel,
 	}
 }
 
@@ -66,6 +67,7 @@ func (r *record) agent() *Agent {
 		Maintenance:      r.Maintenance,
 		RevokedAt:        fromUnixNanos(r.revokedAt),
 		Deregistered:     r.Deregistered,
+		Tunnel:           r.Tunnel,
 	}
 	if r.Exporters != nil {
 		a.Exporters = append([]Exporter(nil), r.Exporters...)
