@@ -76,7 +76,15 @@ func chaosConfigFromEnv(t *testing.T) chaosConfig {
 		}
 	}
 	if v := os.Getenv("CHAOS_SIM_AGENTS"); v != "" {
-		fmt.Sscan(v, &c.SimAgents)
+		if _, err := fmt.Sscan(v, &c.SimAgents); err != nil {
+			t.Fatalf("CHAOS_SIM_AGENTS=%q: %v", v, err)
+		}
+	}
+	// go test's -timeout panics without running cleanups, which would
+	// leave namespaces, a mount and processes behind: refuse a run that
+	// cannot end by itself first.
+	if deadline, ok := t.Deadline(); ok && time.Until(deadline) < c.Warmup+c.Duration+5*time.Minute {
+		t.Fatalf("-timeout leaves %s, the run needs %s and up to 5m to set up and settle: raise -timeout", time.Until(deadline).Round(time.Second), c.Warmup+c.Duration)
 	}
 	return c
 }
