@@ -157,8 +157,9 @@ type chaosAgent struct {
 	node     *process
 	nodeArgs []string
 	nodeLog  *logBuffer
-	// faultUntil: checks exempt the agent (all of it, or only its
-	// exporter) from "up stays 1" until this time; zero: no fault.
+	// The faults on the agent's network and on its exporter: while one is
+	// active and shortly after, checks exempt the agent (all of it, or
+	// only its exporter) from staying in http_sd and up.
 	netFault  faultWindow
 	nodeFault faultWindow
 }

@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"errors"
-	"io"
 	"math/rand/v2"
 	"net"
 	"sync"
@@ -170,10 +169,7 @@ func (p *faultProxy) copy(dst, src net.Conn) {
 			}
 		}
 		if err != nil {
-			if !errors.Is(err, io.EOF) {
-				return
-			}
-			return
+			return // EOF or a closed connection: pipe closes both ends
 		}
 	}
 }
