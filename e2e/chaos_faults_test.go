@@ -250,7 +250,7 @@ func (c *chaos) agentLane(certExpiry bool) []fault {
 		if err != nil {
 			e.Err = err.Error()
 		} else if rec > c.heartbeatGrace {
-			c.violate("agent %s scraped again %s after its network came back, more than a heartbeat and a scrape interval (%s)", a.Hostname, rec, c.heartbeatGrace)
+			c.violate("agent %s scraped again %s after its network came back, more than a heartbeat, an http_sd refresh and a scrape interval (%s)", a.Hostname, rec, c.heartbeatGrace)
 		}
 		return e
 	}
@@ -377,10 +377,21 @@ func (c *chaos) agentLane(certExpiry bool) []fault {
 				return e
 			}
 			if rec > c.heartbeatGrace {
-				c.violate("agent %s scraped again %s after a partition that outlived its certificate, more than a heartbeat and a scrape interval (%s)", a.Hostname, rec, c.heartbeatGrace)
+				c.violate("agent %s scraped again %s after a partition that outlived its certificate, more than a heartbeat, an http_sd refresh and a scrape interval (%s)", a.Hostname, rec, c.heartbeatGrace)
 			}
-			if na, err := a.certNotAfter(); err != nil || !na.After(notAfter) {
-				e.Err = fmt.Sprintf("certificate not renewed after the partition (not after %v, was %v, %v)", na, notAfter, err)
+			// The agent serves the new certificate before it writes it to
+			// its state directory: wait for the file.
+			if _, err := recoverWithin(ctx, restored, startTimeout, func() error {
+				na, err := a.certNotAfter()
+				if err != nil {
+					return err
+				}
+				if !na.After(notAfter) {
+					return fmt.Errorf("certificate not renewed after the partition (not after %v)", na)
+				}
+				return nil
+			}); err != nil {
+				e.Err = err.Error()
 			}
 			e.Note = fmt.Sprintf("partition %s", restored.Sub(e.Start).Round(time.Second))
 			return e

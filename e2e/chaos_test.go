@@ -120,8 +120,9 @@ type chaos struct {
 	sd        *http.Client
 	adminTok  string
 	enrollTok string
-	// heartbeatGrace is one heartbeat interval plus one scrape interval,
-	// how long after a fault an agent may take to be scraped again.
+	// heartbeatGrace is how long after a fault an agent may take to be
+	// scraped again: one heartbeat interval, one http_sd refresh and one
+	// scrape interval.
 	heartbeatGrace time.Duration
 	faultStart     time.Time
 	diskDir        string // the tmpfs under the bolt data directory, or ""
@@ -408,7 +409,11 @@ scrape_configs:
 			ttl, _ = time.ParseDuration(v)
 		}
 	}
-	c.heartbeatGrace = ttl/4 + cfg.Scrape + 2*time.Second // + query and scrape timing slack
+	// An agent that left http_sd (a partition longer than its TTL) comes
+	// back with its next heartbeat, then Prometheus' next http_sd refresh,
+	// then its next scrape: the refresh interval is the scrape interval.
+	// 5 s more for the query and this busy machine.
+	c.heartbeatGrace = ttl/4 + 2*cfg.Scrape + 5*time.Second
 	waitFor(t, 2*time.Minute, func() error {
 		up, err := c.upByAgent(t.Context())
 		if err != nil {
