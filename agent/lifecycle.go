@@ -408,6 +408,7 @@ func (l *lifecycle) register(ctx context.Context) {
 	switch {
 	case err == nil:
 		l.apply(actRegister, resp, l.client, "Registered with the discovery server")
+	case discovery.IsRevoked(err) && l.expiredMeanwhile():
 	case discovery.IsRevoked(err):
 		l.revoked(err)
 	case discovery.IsBadRequest(err):
@@ -415,6 +416,21 @@ func (l *lifecycle) register(ctx context.Context) {
 	default:
 		l.fail(actRegister, collector.AgentStateUnreachable, "unreachable", err)
 	}
+}
+
+// expiredMeanwhile reports whether the certificate a refused mTLS request
+// was sent with has expired since, and if so makes the agent enroll with
+// the expired certificate next. A request held up by a slow or stalled
+// network can reach the server after the certificate's expiry; the server
+// then sees no valid client certificate (401), which says nothing about a
+// revocation. Found by the chaos harness: the agent reported itself
+// revoked and asked for a new token, then renewed a second later.
+func (l *lifecycle) expiredMeanwhile() bool {
+	if l.valid(time.Now()) {
+		return false
+	}
+	l.retryAt = time.Now()
+	return true
 }
 
 // revoked handles the server refusing the valid certificate. The token in
@@ -477,6 +493,7 @@ func (l *lifecycle) renew(ctx context.Context) {
 		l.logger.Warn("Registry lost this agent; registering again")
 		l.needRegister = true
 		l.retryAt = time.Now()
+	case discovery.IsRevoked(err) && l.expiredMeanwhile():
 	case discovery.IsRevoked(err):
 		l.revoked(err)
 	default:
@@ -497,6 +514,7 @@ func (l *lifecycle) heartbeat(ctx context.Context) {
 		l.logger.Warn("Registry lost this agent; registering again")
 		l.needRegister = true
 		l.retryAt = time.Now()
+	case discovery.IsRevoked(err) && l.expiredMeanwhile():
 	case discovery.IsRevoked(err):
 		l.revoked(err)
 	default:

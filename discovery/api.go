@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -136,6 +137,15 @@ func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) string {
 		}
 		writeError(w, ae.status, ae.msg)
 		return ae.reason
+	}
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		// A full disk under the registry passes once an operator frees
+		// space: the write was refused, not half done (bolt rolls the
+		// transaction back), and the client's retry will succeed, so it is
+		// a 503 that says why, not a 500.
+		a.cfg.Logger.Error("Registry store out of disk space", "path", r.URL.Path, "err", err)
+		writeError(w, http.StatusServiceUnavailable, "registry store out of disk space, retry later")
+		return "no_space"
 	}
 	if errors.Is(err, ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
 		a.cfg.Logger.Warn("Store unavailable", "path", r.URL.Path, "err", err)
