@@ -103,6 +103,7 @@ func run(args []string) int {
 	agentCmd.Flag("agent.hostname", "Hostname to register and certify (default: the system hostname).").StringVar(&agt.Hostname)
 	agentCmd.Flag("agent.address", "Host or IP Prometheus scrapes (default: the address the server sees the agent's requests come from).").StringVar(&agt.Address)
 	agentCmd.Flag("agent.label", "Label KEY=VALUE, exposed as __meta_baremetal_sd_label_KEY (repeatable).").StringMapVar(&agt.Labels)
+	agentCmd.Flag("web.enable-lifecycle", "Enable POST /-/reload, which re-reads the relay config and the web config as SIGHUP does (with the agent's own web config, an admin client certificate is required).").Default("false").BoolVar(&agt.EnableLifecycle)
 	agentCmd.Flag("agent.deregister-on-shutdown", "Remove the agent from discovery when it stops (--no-agent.deregister-on-shutdown keeps it listed until its TTL runs out).").Default("true").BoolVar(&agt.DeregisterOnShutdown)
 
 	agentsCmd := app.Command("agents", "List and manage agents through the server's admin API.")
@@ -121,6 +122,12 @@ func run(args []string) int {
 	maintID := agentsMaint.Arg("id", "Agent id.").Required().String()
 	maintOn := agentsMaint.Arg("state", "on or off.").Required().Enum("on", "off")
 
+	// SIGHUP reloads the server and the agent. Catch it before anything
+	// else: its default action would kill the process.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
 	cmd, err := app.Parse(args)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "baremetal_sd: %v, try --help\n", err)
@@ -134,6 +141,7 @@ func run(args []string) int {
 			srv.ServerNames = defaultServerNames()
 		}
 		srv.Logger = logger
+		srv.Reload = hup
 		logger.Info("Starting baremetal_sd server", "version", version.Info())
 		logger.Info("Build context", "build_context", version.BuildContext())
 		// Most of the server's heap is the registry, which lives as long as
@@ -164,6 +172,7 @@ func run(args []string) int {
 
 	case agentCmd.FullCommand():
 		agt.Logger = logger
+		agt.Reload = hup
 		logger.Info("Starting baremetal_sd agent", "version", version.Info())
 		logger.Info("Build context", "build_context", version.BuildContext())
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

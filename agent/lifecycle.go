@@ -75,6 +75,8 @@ type lifecycle struct {
 	certPEM   []byte
 	ready     chan struct{}
 	readyOnce sync.Once
+	// updates brings registrations changed by a reload (see reloader).
+	updates <-chan registration
 
 	persisted persistedState
 	// receivedAt is when the current certificate came from the server; zero
@@ -238,12 +240,19 @@ func (l *lifecycle) run(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
+		select {
+		case reg := <-l.updates:
+			l.update(reg)
+		default:
+		}
 		act, at := l.next(time.Now())
 		if d := time.Until(at); d > 0 {
 			timer.Reset(d)
 			select {
 			case <-ctx.Done():
 				return
+			case reg := <-l.updates:
+				l.update(reg)
 			case <-timer.C:
 			}
 			// Decide again: the certificate may have expired meanwhile.

@@ -73,6 +73,9 @@ type Config struct {
 	// 3) or "legacy"; it decides which label names relabel rules may write.
 	MetricNameValidationScheme string           `yaml:"metric_name_validation_scheme,omitempty"`
 	Exporters                  []ExporterConfig `yaml:"exporters"`
+	// Labels are the agent's labels, beside its --agent.label flags, so
+	// that a reload can change them. The relay itself does not use them.
+	Labels map[string]string `yaml:"labels,omitempty"`
 }
 
 // ExporterConfig is one upstream exporter.

@@ -81,6 +81,14 @@ func New(cfg *Config, logger *slog.Logger, metrics *collector.Relay) (*Relay, er
 	return r, nil
 }
 
+// CloseIdleConnections closes the idle connections to the exporters, for a
+// relay a reload replaced.
+func (r *Relay) CloseIdleConnections() {
+	for _, e := range r.exporters {
+		e.client.CloseIdleConnections()
+	}
+}
+
 // ExporterNames lists the configured exporters in configuration order.
 func (r *Relay) ExporterNames() []string { return append([]string(nil), r.names...) }
 
