@@ -113,6 +113,9 @@ func Run(ctx context.Context, cfg Config) error {
 	defer lc.client.CloseIdleConnections()
 	defer lc.anon.CloseIdleConnections()
 	lc.load()
+	if lc.cert.Load() == nil && cfg.TokenFile == "" {
+		return fmt.Errorf("no certificate in --agent.state-dir %s and no --discovery.token-file to enroll with: create a token on the server (baremetal_sd token create --scope=enroll) and pass its file", cfg.StateDir)
+	}
 
 	waitForCert := ownWebConfig
 	if ownWebConfig {

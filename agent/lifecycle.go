@@ -96,19 +96,22 @@ type lifecycle struct {
 	renewRetry      time.Time
 	retryAt         time.Time
 	failures        map[action]int
+	// trustHints bounds how often a verification failure is explained.
+	trustHints every
 }
 
 func newLifecycle(cfg Config, key *ecdsa.PrivateKey, req discovery.RegisterRequest, metrics *collector.Agent) *lifecycle {
 	l := &lifecycle{
-		cfg:      cfg,
-		logger:   cfg.Logger,
-		metrics:  metrics,
-		key:      key,
-		req:      req,
-		digest:   registrationDigest(&req),
-		ready:    make(chan struct{}),
-		interval: defaultHeartbeatInterval,
-		failures: make(map[action]int),
+		cfg:        cfg,
+		logger:     cfg.Logger,
+		metrics:    metrics,
+		key:        key,
+		req:        req,
+		digest:     registrationDigest(&req),
+		ready:      make(chan struct{}),
+		interval:   defaultHeartbeatInterval,
+		failures:   make(map[action]int),
+		trustHints: every{interval: trustHintInterval},
 	}
 	return l
 }
@@ -665,6 +668,7 @@ func (l *lifecycle) setState(state, reason string, err error) {
 	case collector.AgentStateRegistered:
 		l.logOnce(key, slog.LevelInfo, "Agent is registered with the discovery server", "server", l.server, "agent_id", l.persisted.AgentID)
 	case collector.AgentStateUnreachable:
+		l.explainTrust(err)
 		l.logOnce(key, slog.LevelWarn, "Discovery server unreachable or failing; retrying with backoff and serving with the current certificate meanwhile", "err", err)
 	case collector.AgentStateRevoked:
 		l.logOnce(key, slog.LevelError, "Discovery server refuses this agent's certificate (revoked or superseded); still serving with it until it expires. Put a new enrollment token into the token file to re-admit the agent", "token_file", l.cfg.TokenFile, "err", err)

@@ -345,3 +345,52 @@ func TestStartup_PortTakenFailsFast(t *testing.T) {
 		}
 	})
 }
+
+// TestStartup_AgentSaysWhatToFix: an agent that cannot enroll says why, in
+// words an operator can act on.
+func TestStartup_AgentSaysWhatToFix(t *testing.T) {
+	t.Parallel()
+	h := newAgentHarness(t)
+	base := func(dir string) []string {
+		return []string{"agent", "--discovery.url=" + h.s.URL, "--agent.state-dir=" + filepath.Join(dir, "state"),
+			"--web.listen-address=" + fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--agent.address=127.0.0.1"}
+	}
+
+	t.Run("no token file and no certificate", func(t *testing.T) {
+		args := append(base(t.TempDir()), "--discovery.ca-file="+filepath.Join(h.s.DataDir, "ca.crt"))
+		out, err := exec.CommandContext(t.Context(), binary, args...).CombinedOutput()
+		if err == nil {
+			t.Fatalf("the agent ran without a way to enroll:\n%s", out)
+		}
+		if !strings.Contains(string(out), "no --discovery.token-file") || !strings.Contains(string(out), "token create") {
+			t.Errorf("the error does not say what to do:\n%s", out)
+		}
+	})
+
+	t.Run("CA file of the wrong CA", func(t *testing.T) {
+		dir := t.TempDir()
+		tokenFile := filepath.Join(dir, "token")
+		if err := os.WriteFile(tokenFile, []byte(h.enrollToken(t)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		// agent-ca.crt signs agents, not the server: a likely mix-up.
+		wrongCA := filepath.Join(h.s.DataDir, "agent-ca.crt")
+		log := &logBuffer{}
+		dumpOnFailure(t, "baremetal_sd agent (wrong CA)", log)
+		p := startProcess(t, "baremetal_sd agent", log, binary, append(base(dir), "--discovery.token-file="+tokenFile, "--discovery.ca-file="+wrongCA)...)
+		t.Cleanup(func() { _ = p.kill() })
+		want := "not signed by the CA in --discovery.ca-file " + wrongCA
+		waitFor(t, startTimeout, func() error {
+			if p.exited() {
+				t.Fatalf("the agent exited: %v", p.err)
+			}
+			if !strings.Contains(log.String(), want) {
+				return fmt.Errorf("the agent has not logged %q", want)
+			}
+			return nil
+		})
+		if err := p.terminate(stopTimeout); err != nil {
+			t.Errorf("stop agent: %v", err)
+		}
+	})
+}
