@@ -166,15 +166,17 @@ func (r *reloader) build() (*generation, error) {
 			return nil, fmt.Errorf("--web.config.file: %w", err)
 		}
 	}
+	// Clone keeps nil as nil: the registration digest of an agent without
+	// labels must not change by the reload machinery alone.
 	g := &generation{reg: registration{labels: maps.Clone(r.cfg.Labels)}}
-	if g.reg.labels == nil {
-		g.reg.labels = map[string]string{}
-	}
 	var relayHandler http.Handler
 	if r.cfg.RelayConfigFile != "" {
 		rc, err := relay.LoadConfig(r.cfg.RelayConfigFile)
 		if err != nil {
 			return nil, err
+		}
+		if len(rc.Labels) > 0 && g.reg.labels == nil {
+			g.reg.labels = make(map[string]string, len(rc.Labels))
 		}
 		for k, v := range rc.Labels {
 			if _, ok := g.reg.labels[k]; ok {
