@@ -106,6 +106,10 @@ func run(args []string) int {
 	agentCmd.Flag("web.enable-lifecycle", "Enable POST /-/reload, which re-reads the relay config and the web config as SIGHUP does (with the agent's own web config, an admin client certificate is required).").Default("false").BoolVar(&agt.EnableLifecycle)
 	agentCmd.Flag("agent.deregister-on-shutdown", "Remove the agent from discovery when it stops (--no-agent.deregister-on-shutdown keeps it listed until its TTL runs out).").Default("true").BoolVar(&agt.DeregisterOnShutdown)
 
+	statusCmd := app.Command("agent-status", "Show the local agent's registration state, with the reason, from its state directory; exits 0 when it is registered. Works before enrollment and while the agent is stopped.")
+	var statusDir string
+	statusCmd.Flag("agent.state-dir", "The agent's state directory.").Default("agent").StringVar(&statusDir)
+
 	agentsCmd := app.Command("agents", "List and manage agents through the server's admin API.")
 	var cli server.AgentsCLI
 	agentsCmd.Flag("server.url", "Base URL of the discovery server.").Default("https://localhost:9955").StringVar(&cli.ServerURL)
@@ -179,6 +183,17 @@ func run(args []string) int {
 		defer stop()
 		if err := agent.Run(ctx, agt); err != nil {
 			logger.Error("Agent failed", "err", err)
+			return 1
+		}
+		return 0
+
+	case statusCmd.FullCommand():
+		registered, err := agent.PrintStatus(statusDir, os.Stdout)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "baremetal_sd: %v\n", err)
+			return 1
+		}
+		if !registered {
 			return 1
 		}
 		return 0

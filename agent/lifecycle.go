@@ -96,6 +96,9 @@ type lifecycle struct {
 	renewRetry      time.Time
 	retryAt         time.Time
 	failures        map[action]int
+	// statusKey is the state last written to StatusFile.
+	statusKey         string
+	statusWriteFailed bool
 	// trustHints bounds how often a verification failure is explained.
 	trustHints every
 }
@@ -158,6 +161,8 @@ func (l *lifecycle) load() {
 		l.metrics.SetState(collector.AgentStateEnrolling)
 		l.state = collector.AgentStateEnrolling
 	}
+	l.statusKey = l.state + "\x00"
+	l.writeStatus(l.state, "starting", nil)
 }
 
 // clientCertificate hands the current certificate to TLS handshakes with the
@@ -664,6 +669,10 @@ func (l *lifecycle) setState(state, reason string, err error) {
 	l.state = state
 	l.metrics.SetState(state)
 	key := state + "\x00" + reason
+	if key != l.statusKey {
+		l.statusKey = key
+		l.writeStatus(state, reason, err)
+	}
 	switch state {
 	case collector.AgentStateRegistered:
 		l.logOnce(key, slog.LevelInfo, "Agent is registered with the discovery server", "server", l.server, "agent_id", l.persisted.AgentID)

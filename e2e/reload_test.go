@@ -394,3 +394,38 @@ func TestStartup_AgentSaysWhatToFix(t *testing.T) {
 		}
 	})
 }
+
+// TestAgentStatus_BeforeEnrollment: before it has a certificate the agent
+// serves nothing, and agent-status on its state directory tells why.
+func TestAgentStatus_BeforeEnrollment(t *testing.T) {
+	t.Parallel()
+	h := newAgentHarness(t)
+	a := startAgent(t, h.s, agentOptions{}) // no token in the token file yet
+	status := func() (string, error) {
+		out, err := exec.CommandContext(t.Context(), binary, "agent-status", "--agent.state-dir="+a.StateDir).CombinedOutput()
+		return string(out), err
+	}
+	waitFor(t, startTimeout, func() error {
+		out, err := status()
+		if err == nil {
+			return fmt.Errorf("agent-status exited 0 for an agent without a token:\n%s", out)
+		}
+		if !strings.Contains(out, "token_needed") || !strings.Contains(out, a.TokenFile) || !strings.Contains(out, "certificate:  none yet") {
+			return fmt.Errorf("agent-status does not say a token is needed in %s:\n%s", a.TokenFile, out)
+		}
+		return nil
+	})
+
+	a.writeToken(t, h.enrollToken(t))
+	a.waitState(t, h.scraper, "registered")
+	waitFor(t, startTimeout, func() error {
+		out, err := status()
+		if err != nil {
+			return fmt.Errorf("agent-status: %v\n%s", err, out)
+		}
+		if !strings.Contains(out, "state:        registered") || !strings.Contains(out, "valid until") {
+			return fmt.Errorf("agent-status of a registered agent:\n%s", out)
+		}
+		return nil
+	})
+}
