@@ -429,3 +429,32 @@ func TestAgentStatus_BeforeEnrollment(t *testing.T) {
 		return nil
 	})
 }
+
+// TestServer_LogsEnrollmentsAndRefusals: the server says who enrolled
+// with which token, and why it refused a registration.
+func TestServer_LogsEnrollmentsAndRefusals(t *testing.T) {
+	t.Parallel()
+	h := newAgentHarness(t)
+	a := startAgent(t, h.s, agentOptions{Token: h.enrollToken(t), Hostname: "e2e-logged"})
+	a.waitState(t, h.scraper, "registered")
+	id := a.id(t)
+
+	status, _, err := tryRegister(t.Context(), t, h.s, "not-a-token", "e2e-impostor")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if status != http.StatusUnauthorized {
+		t.Fatalf("registration with a bogus token: status %d, want 401", status)
+	}
+	for _, want := range []string{
+		`msg="Agent enrolled" agent_id=` + id + ` hostname=e2e-logged remote_addr=127.0.0.1 token_id=`,
+		`msg="Registration refused" remote_addr=127.0.0.1 reason=`,
+	} {
+		waitFor(t, startTimeout, func() error {
+			if !strings.Contains(h.s.log.String(), want) {
+				return fmt.Errorf("the server log has no %q", want)
+			}
+			return nil
+		})
+	}
+}
