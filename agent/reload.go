@@ -91,7 +91,15 @@ func newReloader(cfg Config, reg *prometheus.Registry, agentMetrics *collector.A
 		}),
 		updates: make(chan registration, 1),
 	}
-	reg.MustRegister(r.lastSuccessful, r.lastSuccess)
+	reg.MustRegister(r.lastSuccessful, r.lastSuccess, &infoCollector{
+		hostname: cfg.Hostname,
+		labels: func() map[string]string {
+			if g := r.current.Load(); g != nil {
+				return g.reg.labels
+			}
+			return cfg.Labels
+		},
+	})
 	return r
 }
 

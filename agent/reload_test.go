@@ -87,3 +87,41 @@ func TestReloader_KeepsConfigOnBadFile(t *testing.T) {
 		})
 	}
 }
+
+func TestInfoCollector_FollowsReload(t *testing.T) {
+	dir := t.TempDir()
+	relayFile := filepath.Join(dir, "relay.yml")
+	write := func(content string) {
+		t.Helper()
+		if err := os.WriteFile(relayFile, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("labels:\n  rack: r1\n")
+	reg := prometheus.NewRegistry()
+	cfg := Config{RelayConfigFile: relayFile, Hostname: "db1", Labels: map[string]string{"role": "db"}}
+	cfg.normalizeTunables()
+	r := newReloader(cfg, reg, collector.NewAgent(reg), false, "")
+	if _, err := r.load(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, file, want string
+	}{
+		{"first load", "", `baremetal_sd_agent_info{hostname="db1",label_rack="r1",label_role="db",version=""} 1`},
+		{"after reload", "labels:\n  rack: r2\n  zone: z\n", `baremetal_sd_agent_info{hostname="db1",label_rack="r2",label_role="db",label_zone="z",version=""} 1`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.file != "" {
+				write(tc.file)
+				if err := r.reload(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want := "# HELP baremetal_sd_agent_info Metadata of this host's agent, always 1: version, hostname, and each agent label as label_<name>.\n# TYPE baremetal_sd_agent_info gauge\n" + tc.want + "\n"
+			if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "baremetal_sd_agent_info"); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+}
