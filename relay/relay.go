@@ -49,6 +49,7 @@ type exporter struct {
 	timeout time.Duration
 	mu      sync.Mutex
 	idle    []*pipeline // reused between scrapes: buffers keep their size
+	health  health
 }
 
 // New builds a relay with one HTTP client per exporter, from a
@@ -486,6 +487,7 @@ func (e *exporter) serve(w http.ResponseWriter, req *http.Request) {
 	fail := func(err error) *fetchError {
 		fe := classify(ctx, err)
 		e.relay.logger.Debug("Relaying exporter failed", "exporter", name, "err", fe.err)
+		e.failed(fe)
 		if m != nil {
 			m.Up.WithLabelValues(name).Set(0)
 			m.UpstreamErrors.WithLabelValues(name, fe.reason).Inc()
@@ -522,6 +524,7 @@ func (e *exporter) serve(w http.ResponseWriter, req *http.Request) {
 	}
 	samples := p.samples
 	e.release(p)
+	e.succeeded()
 	if m != nil {
 		m.Up.WithLabelValues(name).Set(1)
 		m.Samples.WithLabelValues(name).Add(float64(samples))
@@ -622,6 +625,7 @@ func (s *source) run(ctx context.Context, req *http.Request, out Format) {
 	if err != nil {
 		fe := classify(fctx, err)
 		e.relay.logger.Debug("Relaying exporter failed", "exporter", e.cfg.Name, "err", fe.err)
+		e.failed(fe)
 		if m != nil {
 			m.Up.WithLabelValues(e.cfg.Name).Set(0)
 			m.UpstreamErrors.WithLabelValues(e.cfg.Name, fe.reason).Inc()
@@ -631,6 +635,7 @@ func (s *source) run(ctx context.Context, req *http.Request, out Format) {
 		}
 		return
 	}
+	e.succeeded()
 	if m != nil {
 		m.Up.WithLabelValues(e.cfg.Name).Set(1)
 		m.Samples.WithLabelValues(e.cfg.Name).Add(float64(p.samples))
