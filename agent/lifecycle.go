@@ -75,6 +75,8 @@ type lifecycle struct {
 	certPEM   []byte
 	ready     chan struct{}
 	readyOnce sync.Once
+	// updates brings registrations changed by a reload (see reloader).
+	updates <-chan registration
 
 	persisted persistedState
 	// receivedAt is when the current certificate came from the server; zero
@@ -94,19 +96,25 @@ type lifecycle struct {
 	renewRetry      time.Time
 	retryAt         time.Time
 	failures        map[action]int
+	// statusKey is the state last written to StatusFile.
+	statusKey         string
+	statusWriteFailed bool
+	// trustHints bounds how often a verification failure is explained.
+	trustHints every
 }
 
 func newLifecycle(cfg Config, key *ecdsa.PrivateKey, req discovery.RegisterRequest, metrics *collector.Agent) *lifecycle {
 	l := &lifecycle{
-		cfg:      cfg,
-		logger:   cfg.Logger,
-		metrics:  metrics,
-		key:      key,
-		req:      req,
-		digest:   registrationDigest(&req),
-		ready:    make(chan struct{}),
-		interval: defaultHeartbeatInterval,
-		failures: make(map[action]int),
+		cfg:        cfg,
+		logger:     cfg.Logger,
+		metrics:    metrics,
+		key:        key,
+		req:        req,
+		digest:     registrationDigest(&req),
+		ready:      make(chan struct{}),
+		interval:   defaultHeartbeatInterval,
+		failures:   make(map[action]int),
+		trustHints: every{interval: trustHintInterval},
 	}
 	return l
 }
@@ -153,6 +161,8 @@ func (l *lifecycle) load() {
 		l.metrics.SetState(collector.AgentStateEnrolling)
 		l.state = collector.AgentStateEnrolling
 	}
+	l.statusKey = l.state + "\x00"
+	l.writeStatus(l.state, "starting", nil)
 }
 
 // clientCertificate hands the current certificate to TLS handshakes with the
@@ -238,12 +248,19 @@ func (l *lifecycle) run(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
+		select {
+		case reg := <-l.updates:
+			l.update(reg)
+		default:
+		}
 		act, at := l.next(time.Now())
 		if d := time.Until(at); d > 0 {
 			timer.Reset(d)
 			select {
 			case <-ctx.Done():
 				return
+			case reg := <-l.updates:
+				l.update(reg)
 			case <-timer.C:
 			}
 			// Decide again: the certificate may have expired meanwhile.
@@ -670,10 +687,15 @@ func (l *lifecycle) setState(state, reason string, err error) {
 	l.state = state
 	l.metrics.SetState(state)
 	key := state + "\x00" + reason
+	if key != l.statusKey {
+		l.statusKey = key
+		l.writeStatus(state, reason, err)
+	}
 	switch state {
 	case collector.AgentStateRegistered:
 		l.logOnce(key, slog.LevelInfo, "Agent is registered with the discovery server", "server", l.server, "agent_id", l.persisted.AgentID)
 	case collector.AgentStateUnreachable:
+		l.explainTrust(err)
 		l.logOnce(key, slog.LevelWarn, "Discovery server unreachable or failing; retrying with backoff and serving with the current certificate meanwhile", "err", err)
 	case collector.AgentStateRevoked:
 		l.logOnce(key, slog.LevelError, "Discovery server refuses this agent's certificate (revoked or superseded); still serving with it until it expires. Put a new enrollment token into the token file to re-admit the agent", "token_file", l.cfg.TokenFile, "err", err)

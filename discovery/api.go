@@ -55,8 +55,9 @@ type APIConfig struct {
 
 // API serves the registration protocol, http_sd and the admin endpoints.
 type API struct {
-	cfg  APIConfig
-	auth *authenticator
+	cfg    APIConfig
+	auth   *authenticator
+	regLog *registrationLog
 }
 
 // NewAPI creates the API handlers.
@@ -74,8 +75,9 @@ func NewAPI(cfg APIConfig) *API {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &API{
-		cfg:  cfg,
-		auth: &authenticator{ca: cfg.CA, tokens: cfg.Tokens, metrics: cfg.Metrics, now: cfg.Now},
+		cfg:    cfg,
+		auth:   &authenticator{ca: cfg.CA, tokens: cfg.Tokens, metrics: cfg.Metrics, now: cfg.Now},
+		regLog: &registrationLog{logger: cfg.Logger, now: cfg.Now},
 	}
 }
 
@@ -84,7 +86,7 @@ func (a *API) Routes(mux *http.ServeMux) {
 	// Every handler that changes state is guarded against cross-site
 	// requests; the GET handlers change nothing.
 	guard := newStateChanging(a).wrap
-	mux.HandleFunc("POST "+PathRegister, guard(a.counted(func(m *collector.Server) *prometheus.CounterVec { return m.Registrations }, a.register)))
+	mux.HandleFunc("POST "+PathRegister, guard(a.counted(func(m *collector.Server) *prometheus.CounterVec { return m.Registrations }, a.logRefusals(a.register))))
 	mux.HandleFunc("POST "+PathHeartbeat, guard(a.counted(func(m *collector.Server) *prometheus.CounterVec { return m.Heartbeats }, a.heartbeat)))
 	mux.HandleFunc("POST "+PathRenew, guard(a.counted(func(m *collector.Server) *prometheus.CounterVec { return m.Renewals }, a.renew)))
 	mux.HandleFunc("DELETE "+PathSelf, guard(a.handleDeregister))
@@ -344,7 +346,12 @@ func (a *API) register(w http.ResponseWriter, r *http.Request) string {
 		return a.fail(w, r, err)
 	}
 	a.issued("register")
-	a.cfg.Logger.Debug("Agent registered", "agent_id", agent.ID, "hostname", agent.Hostname)
+	if who.claims != nil {
+		a.regLog.log(slog.LevelInfo, "Agent enrolled", "agent_id", agent.ID, "hostname", agent.Hostname,
+			"remote_addr", sourceIP(r), "token_id", who.claims.ID)
+	} else {
+		a.cfg.Logger.Debug("Agent registered", "agent_id", agent.ID, "hostname", agent.Hostname)
+	}
 	writeJSON(w, http.StatusOK, a.certificateResponse(agent.ID, signed.leaf, signed.chain))
 	return "success"
 }
