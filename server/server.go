@@ -256,10 +256,12 @@ func Run(ctx context.Context, cfg Config) error {
 		// basic_auth_users in the web config guard the status page only:
 		// agents and Prometheus authenticate with certificates and tokens.
 		// CONNECT goes to the tunnels' proxy, which authenticates itself.
-		Handler: tunnels.Wrap(&web.BasicAuthScope{
-			Handler: mux,
-			Protect: func(r *http.Request) bool { return r.URL.Path == "/" },
-		}),
+		// The scope must be the outermost handler: the web package finds
+		// it by its type, and guards every request when it does not.
+		Handler: &web.BasicAuthScope{
+			Handler: tunnels.Wrap(mux),
+			Protect: func(r *http.Request) bool { return r.Method != http.MethodConnect && r.URL.Path == "/" },
+		},
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
