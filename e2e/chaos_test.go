@@ -342,19 +342,7 @@ func newChaos(t *testing.T, cfg chaosConfig, lab *netLab, serverArgs []string, h
 	first := startServer(t, firstArgs...)
 	c.servers = []*chaosServer{wrapServer(t, "a", first)}
 	if ha {
-		dirB := filepath.Join(t.TempDir(), "data-b")
-		if err := os.MkdirAll(dirB, 0o700); err != nil {
-			t.Fatal(err)
-		}
-		for _, name := range []string{"ca.crt", "ca.key", "token.key"} {
-			data, err := os.ReadFile(filepath.Join(first.DataDir, name))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(filepath.Join(dirB, name), data, 0o600); err != nil {
-				t.Fatal(err)
-			}
-		}
+		dirB := replicaDataDir(t, first.DataDir)
 		b := startServer(t, append(slices.Clone(serverArgs), append(names, "--data.dir="+dirB, "--etcd.replica-id=b")...)...)
 		c.servers = append(c.servers, wrapServer(t, "b", b))
 	}
@@ -385,14 +373,17 @@ global:
   scrape_timeout: %[5]s
 scrape_configs:
   - job_name: chaos
-    tls_config: &client_tls
-      ca_file: %[1]s
+    tls_config:
+      ca_file: %[6]s
       cert_file: %[2]s
       key_file: %[3]s
     http_sd_configs:
       - url: %[4]s
         refresh_interval: %[5]s
-        tls_config: *client_tls
+        tls_config:
+          ca_file: %[1]s
+          cert_file: %[2]s
+          key_file: %[3]s
     relabel_configs:
       - source_labels: [__meta_baremetal_sd_hostname]
         regex: chaos-agent-.*
@@ -401,7 +392,7 @@ scrape_configs:
         target_label: exporter
       - source_labels: [__meta_baremetal_sd_hostname]
         target_label: hostname
-`, prom.CAFile, prom.CertFile, prom.KeyFile, s.URL+discovery.PathDiscovery, promDuration(cfg.Scrape)))
+`, prom.CAFile, prom.CertFile, prom.KeyFile, s.URL+discovery.PathDiscovery, promDuration(cfg.Scrape), prom.AgentCAFile))
 	// Heartbeat interval: a quarter of --agent.ttl.
 	ttl := 5 * time.Minute
 	for _, a := range serverArgs {

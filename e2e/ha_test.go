@@ -62,19 +62,7 @@ func startHA(t *testing.T, args ...string) *haSetup {
 	// hostname, would be taken twice.
 	h.a = startServer(t, append(common, "--etcd.replica-id=a")...)
 
-	dirB := filepath.Join(t.TempDir(), "data-b")
-	if err := os.MkdirAll(dirB, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	for _, name := range []string{"ca.crt", "ca.key", "token.key", "agent-ca.crt", "agent-ca.key", "client-ca.crt", "client-ca.key"} {
-		data, err := os.ReadFile(filepath.Join(h.a.DataDir, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dirB, name), data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dirB := replicaDataDir(t, h.a.DataDir)
 	h.b = startServer(t, append(common, "--data.dir="+dirB, "--etcd.replica-id=b")...)
 
 	prom := issueCert(t, h.a.DataDir, "prometheus", "discovery")

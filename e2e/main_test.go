@@ -26,6 +26,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/discovery"
 	"github.com/baremetal-sd/baremetal_sd/internal/freeport"
 	"github.com/baremetal-sd/baremetal_sd/internal/poll"
@@ -434,6 +435,27 @@ func (s *testServer) caPEM(t testing.TB) []byte {
 		t.Fatalf("read CA certificate: %v", err)
 	}
 	return b
+}
+
+// replicaDataDir makes the data directory of a second replica sharing
+// etcd with the one in dataDir: the CAs and the token key copied, as the
+// high-availability docs tell operators.
+func replicaDataDir(t testing.TB, dataDir string) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "data-b")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{ca.CertFile, ca.KeyFile, ca.AgentCACertFile, ca.AgentCAKeyFile, ca.ClientCACertFile, ca.ClientCAKeyFile, ca.TokenKeyFile} {
+		data, err := os.ReadFile(filepath.Join(dataDir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
 }
 
 // agentCAPEM returns the agent CA certificate from the data directory:
