@@ -19,7 +19,8 @@ import (
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/collector"
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/client"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/baremetal-sd/baremetal_sd/relay"
 	"github.com/baremetal-sd/baremetal_sd/web"
 )
@@ -50,7 +51,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	var (
 		relayHandler http.Handler
-		exporters    []discovery.Exporter
+		exporters    []protocol.Exporter
 	)
 	if cfg.RelayConfigFile != "" {
 		rc, err := relay.LoadConfig(cfg.RelayConfigFile)
@@ -62,7 +63,7 @@ func Run(ctx context.Context, cfg Config) error {
 			return fmt.Errorf("relay: %w", err)
 		}
 		for _, name := range r.ExporterNames() {
-			exporters = append(exporters, discovery.Exporter{Name: name, Path: relay.ExporterPath(name)})
+			exporters = append(exporters, protocol.Exporter{Name: name, Path: relay.ExporterPath(name)})
 		}
 		relayHandler = r
 	} else {
@@ -70,7 +71,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	// The server refuses what it cannot list; say so at start, not in a
 	// registration error later. This also refuses the reserved name "agent".
-	if err := discovery.ValidateExporters(exporters); err != nil {
+	if err := protocol.ValidateExporters(exporters); err != nil {
 		return fmt.Errorf("relay config: %w", err)
 	}
 
@@ -86,7 +87,7 @@ func Run(ctx context.Context, cfg Config) error {
 		logger.Info("Created a new private key", "path", filepath.Join(cfg.StateDir, KeyFile))
 	}
 
-	req := discovery.RegisterRequest{
+	req := protocol.RegisterRequest{
 		Hostname:  cfg.Hostname,
 		Address:   cfg.Address,
 		Port:      cfg.Port,
@@ -96,7 +97,7 @@ func Run(ctx context.Context, cfg Config) error {
 	lc := newLifecycle(cfg, key, req, metrics)
 	lc.pinned = pinned
 	userAgent := "baremetal_sd-agent/" + version.Version
-	if lc.client, err = discovery.NewClient(discovery.ClientConfig{
+	if lc.client, err = client.NewClient(client.ClientConfig{
 		URLs:                 cfg.DiscoveryURLs,
 		RootCAs:              roots,
 		GetClientCertificate: lc.clientCertificate,
@@ -105,7 +106,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}); err != nil {
 		return err
 	}
-	if lc.anon, err = discovery.NewClient(discovery.ClientConfig{
+	if lc.anon, err = client.NewClient(client.ClientConfig{
 		URLs:      cfg.DiscoveryURLs,
 		RootCAs:   roots,
 		Timeout:   cfg.RequestTimeout,
@@ -199,7 +200,7 @@ func Run(ctx context.Context, cfg Config) error {
 // web.ListenAndServe adds TLS and basic auth from the web config.
 // scrapers says whether only scraper certificates may use it, as with the
 // agent's own web config.
-func newServer(reg *prometheus.Registry, relayHandler http.Handler, exporters []discovery.Exporter, metrics *collector.Agent, scrapers bool, logger *slog.Logger) (*http.Server, error) {
+func newServer(reg *prometheus.Registry, relayHandler http.Handler, exporters []protocol.Exporter, metrics *collector.Agent, scrapers bool, logger *slog.Logger) (*http.Server, error) {
 	handler, err := newHandler(reg, relayHandler, exporters, logger)
 	if err != nil {
 		return nil, err
@@ -238,12 +239,12 @@ func scrapersOnly(next http.Handler, metrics *collector.Agent) http.Handler {
 }
 
 // newHandler routes the relay, the agent's metrics and the landing page.
-func newHandler(reg *prometheus.Registry, relayHandler http.Handler, exporters []discovery.Exporter, logger *slog.Logger) (http.Handler, error) {
+func newHandler(reg *prometheus.Registry, relayHandler http.Handler, exporters []protocol.Exporter, logger *slog.Logger) (http.Handler, error) {
 	mux := http.NewServeMux()
 	if relayHandler != nil {
 		mux.Handle("/exporters/", relayHandler)
 	}
-	mux.Handle("GET "+discovery.AgentMetricsPath, promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+	mux.Handle("GET "+protocol.AgentMetricsPath, promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 		ErrorLog:            slog.NewLogLogger(logger.Handler(), slog.LevelError),
 		ErrorHandling:       promhttp.ContinueOnError,
 		MaxRequestsInFlight: 10,
@@ -259,7 +260,7 @@ func newHandler(reg *prometheus.Registry, relayHandler http.Handler, exporters [
 	if len(exporters) > 0 {
 		links = append(links, toolkitweb.LandingLinks{Address: "/exporters/metrics", Text: "All exporters", Description: "every relayed exporter in one scrape"})
 	}
-	links = append(links, toolkitweb.LandingLinks{Address: discovery.AgentMetricsPath, Text: "Metrics", Description: "the agent's own telemetry"})
+	links = append(links, toolkitweb.LandingLinks{Address: protocol.AgentMetricsPath, Text: "Metrics", Description: "the agent's own telemetry"})
 	landing, err := toolkitweb.NewLandingPage(toolkitweb.LandingConfig{
 		Name:        "baremetal_sd agent",
 		Description: "Relays this host's exporters to Prometheus over TLS and keeps it registered with baremetal_sd",

@@ -20,7 +20,7 @@ import (
 
 	certauth "github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/collector"
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/baremetal-sd/baremetal_sd/relay"
 	"github.com/baremetal-sd/baremetal_sd/web"
 )
@@ -192,7 +192,7 @@ func startBenchAgent(b *testing.B, upstream string) (string, *http.Client) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	exporters := []discovery.Exporter{{Name: "node", Path: relay.ExporterPath("node")}}
+	exporters := []protocol.Exporter{{Name: "node", Path: relay.ExporterPath("node")}}
 	srv, err := newServer(reg, r, exporters, collector.NewAgent(reg), true, logger)
 	if err != nil {
 		b.Fatal(err)

@@ -13,7 +13,7 @@ import (
 
 	toolkitweb "github.com/prometheus/exporter-toolkit/web"
 
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // Defaults of the tunables in Config.
@@ -88,15 +88,15 @@ func (c Config) normalize() (Config, error) {
 		}
 		c.Hostname = h
 	}
-	if err := discovery.ValidateHostname(c.Hostname); err != nil {
+	if err := protocol.ValidateHostname(c.Hostname); err != nil {
 		return c, fmt.Errorf("%w (set --agent.hostname)", err)
 	}
 	if c.Address != "" {
-		if err := discovery.ValidateAddress(c.Address); err != nil {
+		if err := protocol.ValidateAddress(c.Address); err != nil {
 			return c, fmt.Errorf("--agent.address: %w", err)
 		}
 	}
-	if err := discovery.ValidateLabels(c.Labels); err != nil {
+	if err := protocol.ValidateLabels(c.Labels); err != nil {
 		return c, fmt.Errorf("--agent.label: %w", err)
 	}
 	if c.Port == 0 {

@@ -17,7 +17,8 @@ import (
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/collector"
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/client"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // Bounds on the heartbeat interval a server may ask for.
@@ -57,13 +58,13 @@ type lifecycle struct {
 	// client authenticates with the agent's certificate; anon never sends
 	// one. The server prefers a client certificate over a token, so a token
 	// that re-admits a revoked agent must come without the revoked one.
-	client  *discovery.Client
-	anon    *discovery.Client
+	client  *client.Client
+	anon    *client.Client
 	metrics *collector.Agent
 	key     *ecdsa.PrivateKey
 	// req is what the agent registers; CSR and Certificate are filled per
 	// request.
-	req    discovery.RegisterRequest
+	req    protocol.RegisterRequest
 	digest string
 	// pinned are the certificates of --discovery.ca-file: the CAs a
 	// reply's CAs must come from. Nil means the system roots.
@@ -96,7 +97,7 @@ type lifecycle struct {
 	failures        map[action]int
 }
 
-func newLifecycle(cfg Config, key *ecdsa.PrivateKey, req discovery.RegisterRequest, metrics *collector.Agent) *lifecycle {
+func newLifecycle(cfg Config, key *ecdsa.PrivateKey, req protocol.RegisterRequest, metrics *collector.Agent) *lifecycle {
 	l := &lifecycle{
 		cfg:      cfg,
 		logger:   cfg.Logger,
@@ -268,7 +269,7 @@ func (l *lifecycle) run(ctx context.Context) {
 }
 
 // request builds a registration with a fresh CSR.
-func (l *lifecycle) request(expired []byte) (*discovery.RegisterRequest, error) {
+func (l *lifecycle) request(expired []byte) (*protocol.RegisterRequest, error) {
 	req := l.req
 	csr, err := newCSR(l.key, req.Hostname)
 	if err != nil {
@@ -281,7 +282,7 @@ func (l *lifecycle) request(expired []byte) (*discovery.RegisterRequest, error) 
 
 // requestOrRetry builds a registration with a fresh CSR; when it cannot, it
 // schedules act again and says why once.
-func (l *lifecycle) requestOrRetry(act action) (*discovery.RegisterRequest, bool) {
+func (l *lifecycle) requestOrRetry(act action) (*protocol.RegisterRequest, bool) {
 	req, err := l.request(nil)
 	if err != nil {
 		l.retry(act, err)
@@ -304,12 +305,12 @@ func (l *lifecycle) enroll(ctx context.Context) {
 		case err == nil:
 			l.apply(actEnroll, resp, l.anon, "Renewed the expired certificate")
 			return
-		case discovery.IsRevoked(err):
+		case client.IsRevoked(err):
 			// Past the grace window, revoked, or unknown to the server:
 			// only a token helps now.
 			l.expiredRefused = serialOf(c)
 			l.logger.Warn("Discovery server refused the expired certificate; enrolling with a token", "err", err)
-		case discovery.IsBadRequest(err):
+		case client.IsBadRequest(err):
 			// The server could not use the request: its clock has not
 			// reached the expiry the agent's clock passed (not_expired),
 			// which settles itself, or it refuses what the agent
@@ -346,15 +347,15 @@ func (l *lifecycle) tokenRefused(tok string) bool {
 
 // withExpiredCertificate renews an expired certificate, or registers with it
 // when the registry forgot the agent or the registration changed.
-func (l *lifecycle) withExpiredCertificate(ctx context.Context) (*discovery.CertificateResponse, error) {
+func (l *lifecycle) withExpiredCertificate(ctx context.Context) (*protocol.CertificateResponse, error) {
 	req, err := l.request(l.certPEM)
 	if err != nil {
 		return nil, err
 	}
 	if !l.needRegister {
-		resp, err := l.anon.Renew(ctx, &discovery.RenewRequest{CSR: req.CSR, Certificate: req.Certificate})
+		resp, err := l.anon.Renew(ctx, &protocol.RenewRequest{CSR: req.CSR, Certificate: req.Certificate})
 		l.metrics.Renewals.WithLabelValues(resultOf(err)).Inc()
-		if !discovery.IsNotFound(err) {
+		if !client.IsNotFound(err) {
 			return resp, err
 		}
 		l.logger.Info("Registry lost this agent; registering again with the expired certificate")
@@ -379,7 +380,7 @@ func (l *lifecycle) enrollWithToken(ctx context.Context, act action, tok string)
 	case err == nil:
 		l.hasRefusedToken = false
 		l.apply(act, resp, l.anon, "Enrolled with the enrollment token")
-	case discovery.IsRevoked(err):
+	case client.IsRevoked(err):
 		// The same token will be refused again; wait for a new one.
 		l.refusedToken, l.hasRefusedToken, l.refusedTokenErr = tokenDigest(tok), true, err
 		if act == actRecover {
@@ -387,7 +388,7 @@ func (l *lifecycle) enrollWithToken(ctx context.Context, act action, tok string)
 			return
 		}
 		l.fail(act, collector.AgentStateTokenNeeded, "token refused", err)
-	case discovery.IsBadRequest(err):
+	case client.IsBadRequest(err):
 		l.fail(act, collector.AgentStateRefused, "refused: "+messageOf(err), err)
 	default:
 		l.fail(act, collector.AgentStateUnreachable, "unreachable", err)
@@ -408,9 +409,9 @@ func (l *lifecycle) register(ctx context.Context) {
 	switch {
 	case err == nil:
 		l.apply(actRegister, resp, l.client, "Registered with the discovery server")
-	case discovery.IsRevoked(err):
+	case client.IsRevoked(err):
 		l.revoked(err)
-	case discovery.IsBadRequest(err):
+	case client.IsBadRequest(err):
 		l.fail(actRegister, collector.AgentStateRefused, "refused: "+messageOf(err), err)
 	default:
 		l.fail(actRegister, collector.AgentStateUnreachable, "unreachable", err)
@@ -447,11 +448,11 @@ func (l *lifecycle) recover(ctx context.Context) {
 	case err == nil:
 		l.rejected = false
 		l.heartbeatOK(nil)
-	case discovery.IsNotFound(err):
+	case client.IsNotFound(err):
 		l.rejected = false
 		l.needRegister = true
 		l.retryAt = time.Now()
-	case discovery.IsRevoked(err):
+	case client.IsRevoked(err):
 		l.fail(actRecover, collector.AgentStateRevoked, "revoked", err)
 	default:
 		l.fail(actRecover, collector.AgentStateUnreachable, "unreachable", err)
@@ -464,7 +465,7 @@ func (l *lifecycle) renew(ctx context.Context) {
 	if !ok {
 		return
 	}
-	resp, err := l.client.Renew(ctx, &discovery.RenewRequest{CSR: req.CSR})
+	resp, err := l.client.Renew(ctx, &protocol.RenewRequest{CSR: req.CSR})
 	if ctx.Err() != nil {
 		return
 	}
@@ -472,12 +473,12 @@ func (l *lifecycle) renew(ctx context.Context) {
 	switch {
 	case err == nil:
 		l.apply(actRenew, resp, l.client, "Renewed the certificate")
-	case discovery.IsNotFound(err):
+	case client.IsNotFound(err):
 		// Registering again issues a new certificate as well.
 		l.logger.Warn("Registry lost this agent; registering again")
 		l.needRegister = true
 		l.retryAt = time.Now()
-	case discovery.IsRevoked(err):
+	case client.IsRevoked(err):
 		l.revoked(err)
 	default:
 		l.fail(actRenew, collector.AgentStateUnreachable, "unreachable", err)
@@ -493,18 +494,18 @@ func (l *lifecycle) heartbeat(ctx context.Context) {
 	switch {
 	case err == nil:
 		l.heartbeatOK(resp)
-	case discovery.IsNotFound(err):
+	case client.IsNotFound(err):
 		l.logger.Warn("Registry lost this agent; registering again")
 		l.needRegister = true
 		l.retryAt = time.Now()
-	case discovery.IsRevoked(err):
+	case client.IsRevoked(err):
 		l.revoked(err)
 	default:
 		l.fail(actHeartbeat, collector.AgentStateUnreachable, "unreachable", err)
 	}
 }
 
-func (l *lifecycle) heartbeatOK(resp *discovery.HeartbeatResponse) {
+func (l *lifecycle) heartbeatOK(resp *protocol.HeartbeatResponse) {
 	now := time.Now()
 	l.metrics.LastHeartbeatSuccess.Set(float64(now.UnixNano()) / 1e9)
 	if resp != nil && resp.HeartbeatIntervalSeconds > 0 {
@@ -523,7 +524,7 @@ func (l *lifecycle) heartbeatOK(resp *discovery.HeartbeatResponse) {
 
 // apply takes a certificate from the server into use: files first, then
 // memory, so that the listener and the client switch together.
-func (l *lifecycle) apply(act action, resp *discovery.CertificateResponse, from *discovery.Client, what string) {
+func (l *lifecycle) apply(act action, resp *protocol.CertificateResponse, from *client.Client, what string) {
 	c, clientCA, err := l.checkResponse(resp)
 	if err != nil {
 		l.retry(act, err)
@@ -570,7 +571,7 @@ func (l *lifecycle) apply(act action, resp *discovery.CertificateResponse, from 
 // checkResponse verifies a certificate response: the leaf certifies our key
 // and chains to the agent CA the server sent, which the pinned CA vouches
 // for. It returns the certificate and the relay's client CA.
-func (l *lifecycle) checkResponse(resp *discovery.CertificateResponse) (*tls.Certificate, []byte, error) {
+func (l *lifecycle) checkResponse(resp *protocol.CertificateResponse) (*tls.Certificate, []byte, error) {
 	chain, err := parseChain([]byte(resp.Certificate))
 	if err != nil {
 		return nil, nil, err
@@ -608,7 +609,7 @@ func (l *lifecycle) checkResponse(resp *discovery.CertificateResponse) (*tls.Cer
 // writeFiles writes the CA, the certificate and the state, each atomically.
 // The key never changes, so the listener, which reads certificate and key on
 // a handshake, always sees a matching pair: the old certificate or the new.
-func (l *lifecycle) writeFiles(resp *discovery.CertificateResponse, clientCA []byte, p persistedState) error {
+func (l *lifecycle) writeFiles(resp *protocol.CertificateResponse, clientCA []byte, p persistedState) error {
 	if err := ca.WriteFileAtomic(l.path(CAFile), clientCA, 0o644); err != nil {
 		return fmt.Errorf("write CA certificate: %w", err)
 	}
@@ -706,11 +707,11 @@ func resultOf(err error) string {
 	switch {
 	case err == nil:
 		return "success"
-	case discovery.IsNotFound(err):
+	case client.IsNotFound(err):
 		return "not_found"
-	case discovery.IsRevoked(err):
+	case client.IsRevoked(err):
 		return "rejected"
-	case discovery.IsBadRequest(err):
+	case client.IsBadRequest(err):
 		return "bad_request"
 	}
 	return "error"
@@ -718,7 +719,7 @@ func resultOf(err error) string {
 
 // messageOf is the server's error text, stable across attempts.
 func messageOf(err error) string {
-	var ae *discovery.APIError
+	var ae *client.APIError
 	if errors.As(err, &ae) {
 		return ae.Message
 	}

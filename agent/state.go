@@ -21,7 +21,7 @@ import (
 	"time"
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/baremetal-sd/baremetal_sd/web"
 )
 
@@ -270,13 +270,13 @@ func savePersisted(path string, p persistedState) error {
 
 // registrationDigest identifies what a registration tells the server, so
 // that a restart with the same flags and relay config does not re-register.
-func registrationDigest(req *discovery.RegisterRequest) string {
+func registrationDigest(req *protocol.RegisterRequest) string {
 	data, _ := json.Marshal(struct {
-		Hostname  string               `json:"hostname"`
-		Address   string               `json:"address"`
-		Port      int                  `json:"port"`
-		Labels    map[string]string    `json:"labels"`
-		Exporters []discovery.Exporter `json:"exporters"`
+		Hostname  string              `json:"hostname"`
+		Address   string              `json:"address"`
+		Port      int                 `json:"port"`
+		Labels    map[string]string   `json:"labels"`
+		Exporters []protocol.Exporter `json:"exporters"`
 	}{req.Hostname, req.Address, req.Port, req.Labels, req.Exporters})
 	sum := sha256.Sum256(data)
 	return hex.EncodeToString(sum[:])

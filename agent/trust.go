@@ -8,7 +8,7 @@ import (
 	"fmt"
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // replyCAs are the CAs a register or renew reply tells the agent about,
@@ -27,7 +27,7 @@ type replyCAs struct {
 // server must be a pinned certificate itself. A reply never changes which
 // CA verifies the server. Without a pinned CA the server was verified by
 // the system roots, and its reply is taken as it is.
-func checkReplyCAs(resp *discovery.CertificateResponse, pinned []*x509.Certificate) (*replyCAs, error) {
+func checkReplyCAs(resp *protocol.CertificateResponse, pinned []*x509.Certificate) (*replyCAs, error) {
 	if resp.AgentCACertificate == "" && resp.ClientCACertificate == "" {
 		return legacyReplyCAs(resp, pinned)
 	}
@@ -63,7 +63,7 @@ func issuerOf(pemData string, pinned []*x509.Certificate, role ca.IssuerRole) (*
 
 // legacyReplyCAs takes the ca_certificate of a 0.1.0 server, which signed
 // everything with the one CA the agent pins.
-func legacyReplyCAs(resp *discovery.CertificateResponse, pinned []*x509.Certificate) (*replyCAs, error) {
+func legacyReplyCAs(resp *protocol.CertificateResponse, pinned []*x509.Certificate) (*replyCAs, error) {
 	if resp.CACertificate == "" {
 		return nil, errors.New("no CA certificate in the response")
 	}

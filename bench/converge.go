@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // ConvergeConfig configures `bench converge`.
@@ -57,7 +57,7 @@ func RunConverge(ctx context.Context, cfg ConvergeConfig, out io.Writer) error {
 		return fmt.Errorf("peer: %w", err)
 	}
 	defer rc.Close()
-	path := discovery.PathDiscovery + "?" + url.Values{"label": {probeLabel + "=1"}}.Encode()
+	path := protocol.PathDiscovery + "?" + url.Values{"label": {probeLabel + "=1"}}.Encode()
 	poll := request(http.MethodGet, reader.host, path, nil, nil)
 
 	var lags durations
@@ -71,7 +71,7 @@ func RunConverge(ctx context.Context, cfg ConvergeConfig, out io.Writer) error {
 			return fmt.Errorf("register through %s: %w", cfg.ServerURL, err)
 		}
 		acked := time.Now()
-		want := []byte(`"` + discovery.MetaAgentID + `":"` + id.id + `"`)
+		want := []byte(`"` + protocol.MetaAgentID + `":"` + id.id + `"`)
 		for {
 			r, err := rc.roundTrip(poll, maxSDBody, true, deadline)
 			if err != nil {

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // HTTPSDConfig configures `bench httpsd`.
@@ -61,8 +61,8 @@ func RunHTTPSD(ctx context.Context, cfg HTTPSDConfig, out io.Writer) error {
 	}
 	defer c.Close()
 
-	plainReq := request(http.MethodGet, t.host, discovery.PathDiscovery, nil, nil)
-	gzipReq := request(http.MethodGet, t.host, discovery.PathDiscovery, map[string]string{"Accept-Encoding": "gzip"}, nil)
+	plainReq := request(http.MethodGet, t.host, protocol.PathDiscovery, nil, nil)
+	gzipReq := request(http.MethodGet, t.host, protocol.PathDiscovery, map[string]string{"Accept-Encoding": "gzip"}, nil)
 	fetch := func(req []byte, keep bool) (reply, error) {
 		r, err := c.roundTrip(req, maxSDBody, keep, deadline)
 		if err == nil && r.status != http.StatusOK {

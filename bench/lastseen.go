@@ -14,6 +14,7 @@ import (
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // LastSeenConfig configures `bench lastseen`.
@@ -81,7 +82,7 @@ func RunLastSeen(ctx context.Context, cfg LastSeenConfig, out io.Writer) error {
 	}
 	metricsReq := request(http.MethodGet, writer.host, "/metrics", nil, nil)
 	heartbeat := heartbeatRequest(writer, "", true)
-	listReq := request(http.MethodGet, reader.host, discovery.PathAgents, map[string]string{"Connection": "close"}, nil)
+	listReq := request(http.MethodGet, reader.host, protocol.PathAgents, map[string]string{"Connection": "close"}, nil)
 
 	counter := func() (float64, error) {
 		r, err := wc.roundTrip(metricsReq, maxSDBody, true, deadline)

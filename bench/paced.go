@@ -10,7 +10,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // heartbeatRequest renders the heartbeat request; closing asks the server
@@ -27,7 +27,7 @@ func heartbeatRequest(t *target, status string, closing bool) []byte {
 	if closing {
 		hdr["Connection"] = "close"
 	}
-	return request(http.MethodPost, t.host, discovery.PathHeartbeat, hdr, body)
+	return request(http.MethodPost, t.host, protocol.PathHeartbeat, hdr, body)
 }
 
 // pacedJob is one scheduled heartbeat.

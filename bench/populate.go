@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/prometheus/model/labels"
 
 	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // registryFile is the bolt file in the data dir (server.RegistryFile; the
@@ -44,7 +45,7 @@ func syntheticAgent(n int, now time.Time) *discovery.Agent {
 		Address:        benchAddress(n),
 		Port:           9956,
 		Labels:         labels.FromMap(map[string]string{"role": [...]string{"web", "db", "cache", "batch"}[n%4], "rack": "r" + strconv.Itoa(n%64)}),
-		Exporters:      []discovery.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
+		Exporters:      []protocol.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
 		CertSerial:     hex.EncodeToString(sum[:16]),
 		CertNotAfter:   now.Add(24 * time.Hour),
 		KeyFingerprint: hex.EncodeToString(sum[:]),

@@ -22,6 +22,7 @@ import (
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/collector"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // APIConfig wires the HTTP API to the registry, the CA and the tokens.
@@ -77,26 +78,26 @@ func (a *API) Routes(mux *http.ServeMux) {
 	// Every handler that changes state is guarded against cross-site
 	// requests; the GET handlers change nothing.
 	guard := newStateChanging(a).wrap
-	mux.HandleFunc("POST "+PathRegister, guard(a.counted(func(m *collector.Server) *prometheus.CounterVec { return m.Registrations }, a.register)))
-	mux.HandleFunc("POST "+PathHeartbeat, guard(a.counted(func(m *collector.Server) *prometheus.CounterVec { return m.Heartbeats }, a.heartbeat)))
-	mux.HandleFunc("POST "+PathRenew, guard(a.counted(func(m *collector.Server) *prometheus.CounterVec { return m.Renewals }, a.renew)))
-	mux.HandleFunc("DELETE "+PathSelf, guard(a.handleDeregister))
-	mux.HandleFunc("GET "+PathDiscovery, a.handleDiscovery)
-	mux.HandleFunc("GET "+PathAgents, a.handleListAgents)
-	mux.HandleFunc("DELETE "+PathAgents+"/{id}", guard(a.handleRevoke))
-	mux.HandleFunc("POST "+PathAgents+"/{id}/maintenance", guard(a.handleMaintenance))
-	mux.HandleFunc("GET "+PathCA, a.handleCA)
+	mux.HandleFunc("POST "+protocol.PathRegister, guard(a.counted(func(m *collector.Server) *prometheus.CounterVec { return m.Registrations }, a.register)))
+	mux.HandleFunc("POST "+protocol.PathHeartbeat, guard(a.counted(func(m *collector.Server) *prometheus.CounterVec { return m.Heartbeats }, a.heartbeat)))
+	mux.HandleFunc("POST "+protocol.PathRenew, guard(a.counted(func(m *collector.Server) *prometheus.CounterVec { return m.Renewals }, a.renew)))
+	mux.HandleFunc("DELETE "+protocol.PathSelf, guard(a.handleDeregister))
+	mux.HandleFunc("GET "+protocol.PathDiscovery, a.handleDiscovery)
+	mux.HandleFunc("GET "+protocol.PathAgents, a.handleListAgents)
+	mux.HandleFunc("DELETE "+protocol.PathAgents+"/{id}", guard(a.handleRevoke))
+	mux.HandleFunc("POST "+protocol.PathAgents+"/{id}/maintenance", guard(a.handleMaintenance))
+	mux.HandleFunc("GET "+protocol.PathCA, a.handleCA)
 
 	// Without these, ServeMux answers unknown API paths and wrong methods
 	// in plain text; API clients get JSON errors everywhere.
 	for path, allow := range map[string]string{
-		PathRegister:                     "POST",
-		PathHeartbeat:                    "POST",
-		PathRenew:                        "POST",
-		PathDiscovery:                    "GET, HEAD",
-		PathAgents:                       "GET",
-		PathAgents + "/{id}":             "DELETE",
-		PathAgents + "/{id}/maintenance": "POST",
+		protocol.PathRegister:                     "POST",
+		protocol.PathHeartbeat:                    "POST",
+		protocol.PathRenew:                        "POST",
+		protocol.PathDiscovery:                    "GET, HEAD",
+		protocol.PathAgents:                       "GET",
+		protocol.PathAgents + "/{id}":             "DELETE",
+		protocol.PathAgents + "/{id}/maintenance": "POST",
 	} {
 		mux.HandleFunc(path, func(w http.ResponseWriter, _ *http.Request) {
 			w.Header().Set("Allow", allow)
@@ -117,7 +118,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 func writeError(w http.ResponseWriter, status int, msg string) {
-	writeJSON(w, status, ErrorResponse{Error: msg})
+	writeJSON(w, status, protocol.ErrorResponse{Error: msg})
 }
 
 // fail answers with the status of an authError or a store error.
@@ -143,14 +144,14 @@ func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) string {
 
 // decode reads a bounded, strict JSON body into v.
 func decode(w http.ResponseWriter, r *http.Request, v any, optional bool) (int, error) {
-	r.Body = http.MaxBytesReader(w, r.Body, MaxRequestBody)
+	r.Body = http.MaxBytesReader(w, r.Body, protocol.MaxRequestBody)
 	dec := json.NewDecoder(r.Body)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		var mbe *http.MaxBytesError
 		switch {
 		case errors.As(err, &mbe):
-			return http.StatusRequestEntityTooLarge, fmt.Errorf("request body larger than %d bytes", MaxRequestBody)
+			return http.StatusRequestEntityTooLarge, fmt.Errorf("request body larger than %d bytes", protocol.MaxRequestBody)
 		case optional && errors.Is(err, io.EOF):
 			return 0, nil
 		default:
@@ -160,7 +161,7 @@ func decode(w http.ResponseWriter, r *http.Request, v any, optional bool) (int, 
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return http.StatusRequestEntityTooLarge, fmt.Errorf("request body larger than %d bytes", MaxRequestBody)
+			return http.StatusRequestEntityTooLarge, fmt.Errorf("request body larger than %d bytes", protocol.MaxRequestBody)
 		}
 		return http.StatusBadRequest, errors.New("invalid JSON body: trailing data after the object")
 	}
@@ -213,7 +214,7 @@ func (a *API) register(w http.ResponseWriter, r *http.Request) string {
 		return a.fail(w, r, a.auth.rejectToken("missing", "a bearer token is required"))
 	}
 
-	var req RegisterRequest
+	var req protocol.RegisterRequest
 	if status, err := decode(w, r, &req, false); err != nil {
 		writeError(w, status, err.Error())
 		return "bad_request"
@@ -224,7 +225,7 @@ func (a *API) register(w http.ResponseWriter, r *http.Request) string {
 	if req.Address == "" {
 		req.Address = sourceIP(r)
 	}
-	if err := ValidateRegistration(&req); err != nil {
+	if err := protocol.ValidateRegistration(&req); err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return "bad_request"
 	}
@@ -395,10 +396,10 @@ func (a *API) issued(reason string) {
 	}
 }
 
-func (a *API) certificateResponse(id string, leaf *x509.Certificate, chain []byte) *CertificateResponse {
+func (a *API) certificateResponse(id string, leaf *x509.Certificate, chain []byte) *protocol.CertificateResponse {
 	cfg := a.cfg.Registry.Config()
 	life := leaf.NotAfter.Sub(leaf.NotBefore)
-	return &CertificateResponse{
+	return &protocol.CertificateResponse{
 		AgentID:                  id,
 		Certificate:              string(chain),
 		CACertificate:            string(legacyCABundle(a.cfg.CA)),
@@ -438,20 +439,20 @@ func (a *API) heartbeat(w http.ResponseWriter, r *http.Request) string {
 	if err != nil {
 		return a.fail(w, r, err)
 	}
-	var req HeartbeatRequest
+	var req protocol.HeartbeatRequest
 	if status, err := decode(w, r, &req, true); err != nil {
 		writeError(w, status, err.Error())
 		return "bad_request"
 	}
-	if len(req.Status) > MaxStatusLen {
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("status is longer than %d bytes", MaxStatusLen))
+	if len(req.Status) > protocol.MaxStatusLen {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("status is longer than %d bytes", protocol.MaxStatusLen))
 		return "bad_request"
 	}
 	if err := a.cfg.Registry.Heartbeat(who.id, who.serial, req.Status); err != nil {
 		return a.certStateError(w, r, err)
 	}
 	cfg := a.cfg.Registry.Config()
-	writeJSON(w, http.StatusOK, HeartbeatResponse{
+	writeJSON(w, http.StatusOK, protocol.HeartbeatResponse{
 		TTLSeconds:               int(cfg.TTL / time.Second),
 		HeartbeatIntervalSeconds: int(cfg.HeartbeatInterval / time.Second),
 		RenewNow:                 who.legacy,
@@ -481,7 +482,7 @@ func (a *API) renew(w http.ResponseWriter, r *http.Request) string {
 	if err != nil {
 		return a.fail(w, r, err)
 	}
-	var req RenewRequest
+	var req protocol.RenewRequest
 	if status, err := decode(w, r, &req, false); err != nil {
 		writeError(w, status, err.Error())
 		return "bad_request"
@@ -808,7 +809,7 @@ func (a *API) handleMaintenance(w http.ResponseWriter, r *http.Request) {
 	if !a.admin(w, r) {
 		return
 	}
-	var req MaintenanceRequest
+	var req protocol.MaintenanceRequest
 	if status, err := decode(w, r, &req, false); err != nil {
 		writeError(w, status, err.Error())
 		return

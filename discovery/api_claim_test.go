@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // flakyStore fails the next n registration writes with ErrUnavailable, as
@@ -71,19 +72,19 @@ func TestAPIClaim_FailedRegistrationKeepsToken(t *testing.T) {
 			tok := h.token(ca.TokenSpec{SingleUse: true})
 
 			store.fail.Store(1)
-			if rep := h.do(h.client(nil), "POST", PathRegister, tok, registerBody(t, nil)); rep.status != http.StatusServiceUnavailable {
+			if rep := h.do(h.client(nil), "POST", protocol.PathRegister, tok, registerBody(t, nil)); rep.status != http.StatusServiceUnavailable {
 				t.Fatalf("register with the store failing: %d %s, want 503", rep.status, rep.body)
 			}
-			rep := h.do(h.client(nil), "POST", PathRegister, tok, registerBody(t, nil))
+			rep := h.do(h.client(nil), "POST", protocol.PathRegister, tok, registerBody(t, nil))
 			if rep.status != http.StatusOK {
 				t.Fatalf("retry after the failed registration: %d %s, want 200", rep.status, rep.body)
 			}
-			var resp CertificateResponse
+			var resp protocol.CertificateResponse
 			if err := json.Unmarshal(rep.body, &resp); err != nil {
 				t.Fatal(err)
 			}
 
-			rep = h.do(h.client(nil), "POST", PathRegister, tok, registerBody(t, func(r *RegisterRequest) { r.Hostname = "other.example.com" }))
+			rep = h.do(h.client(nil), "POST", protocol.PathRegister, tok, registerBody(t, func(r *protocol.RegisterRequest) { r.Hostname = "other.example.com" }))
 			if rep.status != http.StatusUnauthorized {
 				t.Fatalf("third use: %d %s, want 401", rep.status, rep.body)
 			}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/collector"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // newReplicaHarness runs the API like newAPIHarness, but on the given store
@@ -85,12 +86,12 @@ func storedAgent(t *testing.T, s Store, id string) (Agent, bool) {
 func (h *apiHarness) renew(cert tls.Certificate) (reply, tls.Certificate) {
 	h.t.Helper()
 	key := newKey(h.t)
-	body, _ := json.Marshal(RenewRequest{CSR: csrPEM(h.t, key)})
-	rep := h.do(h.client(&cert), "POST", PathRenew, "", body)
+	body, _ := json.Marshal(protocol.RenewRequest{CSR: csrPEM(h.t, key)})
+	rep := h.do(h.client(&cert), "POST", protocol.PathRenew, "", body)
 	if rep.status != http.StatusOK {
 		return rep, tls.Certificate{}
 	}
-	var resp CertificateResponse
+	var resp protocol.CertificateResponse
 	if err := json.Unmarshal(rep.body, &resp); err != nil {
 		h.t.Fatal(err)
 	}
@@ -103,12 +104,12 @@ func (h *apiHarness) renew(cert tls.Certificate) (reply, tls.Certificate) {
 func TestAPIHA_ConcurrentChangesThroughTwoReplicas(t *testing.T) {
 	c := startEtcdCluster(t, 1)
 	revoke := func(t *testing.T, a *apiHarness, id string) {
-		if rep := a.do(a.client(nil), "DELETE", PathAgents+"/"+id, a.token(ca.TokenSpec{Scope: ca.ScopeAdmin}), nil); rep.status != http.StatusOK {
+		if rep := a.do(a.client(nil), "DELETE", protocol.PathAgents+"/"+id, a.token(ca.TokenSpec{Scope: ca.ScopeAdmin}), nil); rep.status != http.StatusOK {
 			t.Fatalf("revoke through a: %d %s", rep.status, rep.body)
 		}
 	}
 	maintenance := func(t *testing.T, a *apiHarness, id string) {
-		if rep := a.do(a.client(nil), "POST", PathAgents+"/"+id+"/maintenance", a.token(ca.TokenSpec{Scope: ca.ScopeAdmin}), []byte(`{"maintenance":true}`)); rep.status != http.StatusOK {
+		if rep := a.do(a.client(nil), "POST", protocol.PathAgents+"/"+id+"/maintenance", a.token(ca.TokenSpec{Scope: ca.ScopeAdmin}), []byte(`{"maintenance":true}`)); rep.status != http.StatusOK {
 			t.Fatalf("maintenance through a: %d %s", rep.status, rep.body)
 		}
 	}
@@ -121,18 +122,18 @@ func TestAPIHA_ConcurrentChangesThroughTwoReplicas(t *testing.T) {
 	}
 	reregister := func(t *testing.T, b *apiHarness, cert tls.Certificate) (int, string) {
 		key := newKey(t)
-		rep := b.do(b.client(&cert), "POST", PathRegister, "", registerBody(t, func(r *RegisterRequest) { r.CSR = csrPEM(t, key) }))
+		rep := b.do(b.client(&cert), "POST", protocol.PathRegister, "", registerBody(t, func(r *protocol.RegisterRequest) { r.CSR = csrPEM(t, key) }))
 		if rep.status != http.StatusOK {
 			return rep.status, ""
 		}
-		var resp CertificateResponse
+		var resp protocol.CertificateResponse
 		if err := json.Unmarshal(rep.body, &resp); err != nil {
 			t.Fatal(err)
 		}
 		return rep.status, serialOf(t, tlsCert(t, resp.Certificate, key))
 	}
 	deregister := func(_ *testing.T, b *apiHarness, cert tls.Certificate) (int, string) {
-		return b.do(b.client(&cert), "DELETE", PathSelf, "", nil).status, ""
+		return b.do(b.client(&cert), "DELETE", protocol.PathSelf, "", nil).status, ""
 	}
 	tests := []struct {
 		name string

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/prometheus/prometheus/model/labels"
 )
 
@@ -69,7 +70,7 @@ func benchAgent(n int, now time.Time) *Agent {
 		Address:        fmt.Sprintf("10.%d.%d.%d", (m>>16)&0xff, (m>>8)&0xff, m&0xff),
 		Port:           9956,
 		Labels:         labels.FromStrings("rack", "r"+strconv.Itoa(n%64), "role", [...]string{"web", "db", "cache", "batch"}[n%4]),
-		Exporters:      []Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
+		Exporters:      []protocol.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
 		CertSerial:     hex.EncodeToString(sum[:16]),
 		CertNotAfter:   now.Add(24 * time.Hour),
 		KeyFingerprint: hex.EncodeToString(sum[:]),

@@ -15,6 +15,7 @@ import (
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/collector"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // TestAPI_DiscoveryShards: the handler serves a scrape shard, refuses bad
@@ -35,12 +36,12 @@ func TestAPI_DiscoveryShards(t *testing.T) {
 	t.Run("shards partition the agents", func(t *testing.T) {
 		seen := map[string]int{}
 		for i := range 3 {
-			rep := h.do(c, "GET", fmt.Sprintf("%s?shard=%d&shards=3", PathDiscovery, i), "", nil)
+			rep := h.do(c, "GET", fmt.Sprintf("%s?shard=%d&shards=3", protocol.PathDiscovery, i), "", nil)
 			if rep.status != http.StatusOK {
 				t.Fatalf("shard %d: status %d: %s", i, rep.status, rep.body)
 			}
 			for _, g := range decodeGroups(t, rep.body) {
-				id := g.Labels[MetaAgentID]
+				id := g.Labels[protocol.MetaAgentID]
 				if want := ScrapeShardOf(id, 3); want != i {
 					t.Errorf("agent %s in shard %d, want %d", id, i, want)
 				}
@@ -59,8 +60,8 @@ func TestAPI_DiscoveryShards(t *testing.T) {
 			"shard=3&shards=3", "shard=0&shards=0", "shard=0&shards=100000", "shard=x&shards=3",
 			"shard=1", "shard=0;shards=2", "shard=%zz&shards=2", "shards=2&shard=0&shard=1",
 		} {
-			rep := h.do(c, "GET", PathDiscovery+"?"+q, "", nil)
-			var e ErrorResponse
+			rep := h.do(c, "GET", protocol.PathDiscovery+"?"+q, "", nil)
+			var e protocol.ErrorResponse
 			if rep.status != http.StatusBadRequest || json.Unmarshal(rep.body, &e) != nil || e.Error == "" {
 				t.Errorf("?%s: status %d body %s, want 400 with a JSON error", q, rep.status, rep.body)
 			}
@@ -88,7 +89,7 @@ func TestAPI_DiscoveryShards(t *testing.T) {
 			resp.Body.Close()
 			return resp
 		}
-		path := PathDiscovery + "?shard=1&shards=3"
+		path := protocol.PathDiscovery + "?shard=1&shards=3"
 		first := get(path, "", false)
 		tag := first.Header.Get("ETag")
 		if tag == "" {
@@ -107,9 +108,9 @@ func TestAPI_DiscoveryShards(t *testing.T) {
 		}{
 			{"gzip with the identity ETag", path, tag, true},
 			{"identity with the gzip ETag", path, gzTag, false},
-			{"other shard", PathDiscovery + "?shard=0&shards=3", tag, false},
-			{"unsharded", PathDiscovery, tag, false},
-			{"other shard count", PathDiscovery + "?shard=1&shards=2", tag, false},
+			{"other shard", protocol.PathDiscovery + "?shard=0&shards=3", tag, false},
+			{"unsharded", protocol.PathDiscovery, tag, false},
+			{"other shard count", protocol.PathDiscovery + "?shard=1&shards=2", tag, false},
 		} {
 			if r := get(tc.path, tc.tag, tc.gz); r.StatusCode != http.StatusOK {
 				t.Errorf("%s: status %d, want 200", tc.name, r.StatusCode)
@@ -126,7 +127,7 @@ func TestAPI_DiscoveryShards(t *testing.T) {
 			t.Skip("no agent in shard 1")
 		}
 		admin := h.clientCert(ca.RoleAdmin)
-		if rep := h.do(h.client(&admin), "POST", PathAgents+"/"+target+"/maintenance", "", []byte(`{"maintenance":true}`)); rep.status != http.StatusOK {
+		if rep := h.do(h.client(&admin), "POST", protocol.PathAgents+"/"+target+"/maintenance", "", []byte(`{"maintenance":true}`)); rep.status != http.StatusOK {
 			t.Fatalf("maintenance: %d %s", rep.status, rep.body)
 		}
 		if r := get(path, tag, false); r.StatusCode != http.StatusOK || r.Header.Get("ETag") == tag {
@@ -135,20 +136,20 @@ func TestAPI_DiscoveryShards(t *testing.T) {
 	})
 
 	t.Run("consumers", func(t *testing.T) {
-		if rep := h.do(h.client(nil), "GET", PathDiscovery+"?shard=0&shards=2", tok, nil); rep.status != http.StatusOK {
+		if rep := h.do(h.client(nil), "GET", protocol.PathDiscovery+"?shard=0&shards=2", tok, nil); rep.status != http.StatusOK {
 			t.Fatalf("token: %d", rep.status)
 		}
 		// Requests that do not authenticate as a reader are nobody's: no
 		// name they carry reaches the log or the metric.
-		if rep := h.do(h.client(nil), "GET", PathDiscovery+"?shard=0&shards=2", "", nil); rep.status != http.StatusUnauthorized {
+		if rep := h.do(h.client(nil), "GET", protocol.PathDiscovery+"?shard=0&shards=2", "", nil); rep.status != http.StatusUnauthorized {
 			t.Fatalf("anonymous: %d", rep.status)
 		}
 		enrollTok := h.token(ca.TokenSpec{Scope: ca.ScopeEnroll})
-		if rep := h.do(h.client(nil), "GET", PathDiscovery+"?shard=0&shards=2", enrollTok, nil); rep.status != http.StatusForbidden {
+		if rep := h.do(h.client(nil), "GET", protocol.PathDiscovery+"?shard=0&shards=2", enrollTok, nil); rep.status != http.StatusForbidden {
 			t.Fatalf("enroll token: %d", rep.status)
 		}
 		agentResp, agentCert := h.enroll(ca.TokenSpec{}, nil)
-		if rep := h.do(h.client(&agentCert), "GET", PathDiscovery+"?shard=0&shards=2", "", nil); rep.status != http.StatusForbidden {
+		if rep := h.do(h.client(&agentCert), "GET", protocol.PathDiscovery+"?shard=0&shards=2", "", nil); rep.status != http.StatusForbidden {
 			t.Fatalf("agent certificate: %d", rep.status)
 		}
 		for _, f := range h.consumers.Fetches() {
@@ -190,7 +191,7 @@ func TestAPI_DiscoveryGzipNotModified(t *testing.T) {
 	cert := h.clientCert(ca.RoleDiscovery)
 	c := h.client(&cert)
 	c.Transport.(*http.Transport).DisableCompression = true
-	req, _ := http.NewRequest("GET", h.srv.URL+PathDiscovery, nil)
+	req, _ := http.NewRequest("GET", h.srv.URL+protocol.PathDiscovery, nil)
 	req.Header.Set("Accept-Encoding", "gzip")
 	resp, err := c.Do(req)
 	if err != nil {
@@ -206,7 +207,7 @@ func TestAPI_DiscoveryGzipNotModified(t *testing.T) {
 	resp.Body.Close()
 	tag := resp.Header.Get("ETag")
 	for _, method := range []string{"GET", "HEAD"} {
-		req, _ := http.NewRequest(method, h.srv.URL+PathDiscovery, nil)
+		req, _ := http.NewRequest(method, h.srv.URL+protocol.PathDiscovery, nil)
 		req.Header.Set("Accept-Encoding", "gzip")
 		req.Header.Set("If-None-Match", `"other", `+tag)
 		resp, err := c.Do(req)

@@ -23,25 +23,8 @@ import (
 	"github.com/prometheus/prometheus/model/labels"
 
 	"github.com/baremetal-sd/baremetal_sd/collector"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
-
-// Meta label names of the http_sd target groups.
-const (
-	MetaPrefix      = "__meta_baremetal_sd_"
-	MetaAgentID     = MetaPrefix + "agent_id"
-	MetaHostname    = MetaPrefix + "hostname"
-	MetaAddress     = MetaPrefix + "address"
-	MetaExporter    = MetaPrefix + "exporter"
-	MetaMaintenance = MetaPrefix + "maintenance"
-	MetaLabelPrefix = MetaPrefix + "label_"
-)
-
-// AgentExporterName names the target group of an agent's own /metrics.
-// Relay configurations may not use it for an exporter.
-const AgentExporterName = "agent"
-
-// AgentMetricsPath is where an agent serves its own telemetry.
-const AgentMetricsPath = "/metrics"
 
 // Filter selects the target groups of one http_sd response. Exporters are
 // alternatives (any may match); labels must all match; Shard keeps the
@@ -398,8 +381,8 @@ func (c *SDCache) buildFragments(v *sdView, shardIdx int) {
 // then one per exporter), comma separated, to buf.
 func appendAgentGroups(buf []byte, a *record, f Filter) []byte {
 	target := net.JoinHostPort(a.Address, strconv.Itoa(int(a.Port)))
-	if f.matchExporter(AgentExporterName) {
-		buf = appendGroup(buf, a, target, AgentExporterName, AgentMetricsPath)
+	if f.matchExporter(protocol.AgentExporterName) {
+		buf = appendGroup(buf, a, target, protocol.AgentExporterName, protocol.AgentMetricsPath)
 	}
 	for _, e := range a.Exporters {
 		if f.matchExporter(e.Name) {
@@ -418,18 +401,18 @@ func appendGroup(buf []byte, a *record, target, exporter, path string) []byte {
 	buf = append(buf, `],"labels":{`...)
 	// Keys in byte order, so the output is stable and diffable:
 	// __meta_baremetal_sd_* < __metrics_path__ < __scheme__.
-	buf = appendLabel(buf, MetaAddress, a.Address, false)
-	buf = appendLabel(buf, MetaAgentID, a.ID, true)
-	buf = appendLabel(buf, MetaExporter, exporter, true)
-	buf = appendLabel(buf, MetaHostname, a.Hostname, true)
+	buf = appendLabel(buf, protocol.MetaAddress, a.Address, false)
+	buf = appendLabel(buf, protocol.MetaAgentID, a.ID, true)
+	buf = appendLabel(buf, protocol.MetaExporter, exporter, true)
+	buf = appendLabel(buf, protocol.MetaHostname, a.Hostname, true)
 	// Labels are sorted by name already.
 	a.Labels.Range(func(l labels.Label) {
-		buf = append(buf, `,"`+MetaLabelPrefix...)
+		buf = append(buf, `,"`+protocol.MetaLabelPrefix...)
 		buf = appendJSONStringBody(buf, l.Name)
 		buf = append(buf, `":`...)
 		buf = appendJSONString(buf, l.Value)
 	})
-	buf = appendLabel(buf, MetaMaintenance, strconv.FormatBool(a.Maintenance), true)
+	buf = appendLabel(buf, protocol.MetaMaintenance, strconv.FormatBool(a.Maintenance), true)
 	buf = appendLabel(buf, "__metrics_path__", path, true)
 	buf = appendLabel(buf, "__scheme__", "https", true)
 	return append(buf, "}}"...)

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/prometheus/prometheus/model/labels"
 )
 
@@ -32,7 +33,7 @@ func decodeGroups(t *testing.T, data []byte) []targetGroup {
 	dec.DisallowUnknownFields()
 	var groups []targetGroup
 	if err := dec.Decode(&groups); err != nil {
-		t.Fatalf("invalid http_sd body %q: %v", truncate(string(data)), err)
+		t.Fatalf("invalid http_sd body %q: %v", protocol.Truncate(string(data)), err)
 	}
 	if groups == nil {
 		t.Fatalf("body %q decodes to null, want []", data)
@@ -99,17 +100,17 @@ func TestSDCache_Groups(t *testing.T) {
 
 	got := decodeGroups(t, joinBody(c.Get(Filter{})))
 	base := map[string]string{
-		MetaAddress:               "2001:db8::1",
-		MetaAgentID:               "a",
-		MetaHostname:              "a.example.com",
-		MetaMaintenance:           "true",
-		MetaLabelPrefix + "role":  "db",
-		MetaLabelPrefix + "quote": "say \"hi\"\n\u2028é",
-		"__scheme__":              "https",
+		protocol.MetaAddress:               "2001:db8::1",
+		protocol.MetaAgentID:               "a",
+		protocol.MetaHostname:              "a.example.com",
+		protocol.MetaMaintenance:           "true",
+		protocol.MetaLabelPrefix + "role":  "db",
+		protocol.MetaLabelPrefix + "quote": "say \"hi\"\n\u2028é",
+		"__scheme__":                       "https",
 	}
 	want := []targetGroup{
-		{Targets: []string{"[2001:db8::1]:9956"}, Labels: with(base, MetaExporter, "agent", "__metrics_path__", "/metrics")},
-		{Targets: []string{"[2001:db8::1]:9956"}, Labels: with(base, MetaExporter, "node", "__metrics_path__", "/exporters/node/metrics")},
+		{Targets: []string{"[2001:db8::1]:9956"}, Labels: with(base, protocol.MetaExporter, "agent", "__metrics_path__", "/metrics")},
+		{Targets: []string{"[2001:db8::1]:9956"}, Labels: with(base, protocol.MetaExporter, "node", "__metrics_path__", "/exporters/node/metrics")},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("groups\n got %+v\nwant %+v", got, want)
@@ -133,7 +134,7 @@ func TestSDCache_Filters(t *testing.T) {
 	web := testAgent("web1")
 	db := testAgent("db1")
 	db.Labels = labels.FromStrings("role", "database")
-	db.Exporters = append(db.Exporters, Exporter{Name: "postgres", Path: "/exporters/postgres/metrics"})
+	db.Exporters = append(db.Exporters, protocol.Exporter{Name: "postgres", Path: "/exporters/postgres/metrics"})
 	mustPut(t, r, web)
 	mustPut(t, r, db)
 	c := NewSDCache(r, nil)
@@ -158,7 +159,7 @@ func TestSDCache_Filters(t *testing.T) {
 			}
 			var got []string
 			for _, g := range decodeGroups(t, joinBody(c.Get(f))) {
-				got = append(got, g.Labels[MetaAgentID]+"/"+g.Labels[MetaExporter])
+				got = append(got, g.Labels[protocol.MetaAgentID]+"/"+g.Labels[protocol.MetaExporter])
 			}
 			// Order is stable but follows the registry's shards, not names.
 			sort.Strings(got)
@@ -240,7 +241,7 @@ func TestSDCache_ExpiredLeavesAtOnce(t *testing.T) {
 	clock.Advance(11 * time.Second)
 	r.Sweep(context.Background())
 	groups := decodeGroups(t, joinBody(c.Get(Filter{})))
-	if len(groups) != 2 || groups[0].Labels[MetaAgentID] != "b" || groups[1].Labels[MetaAgentID] != "b" {
+	if len(groups) != 2 || groups[0].Labels[protocol.MetaAgentID] != "b" || groups[1].Labels[protocol.MetaAgentID] != "b" {
 		t.Fatalf("after a's TTL: %+v, want only b's groups", groups)
 	}
 	if err := r.Heartbeat("a", "s-a", ""); err != nil {

@@ -3,6 +3,7 @@ package discovery
 import (
 	"strings"
 
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/prometheus/prometheus/model/labels"
 )
 
@@ -19,13 +20,13 @@ const maxInterned = 4096
 // the exporter list for anyone who may change it. An interner is not safe
 // for concurrent use; the registry calls it under its write lock.
 type interner struct {
-	exporters map[string][]Exporter
+	exporters map[string][]protocol.Exporter
 	labelSets map[uint64]labels.Labels
 	key       strings.Builder
 }
 
 func newInterner() *interner {
-	return &interner{exporters: make(map[string][]Exporter), labelSets: make(map[uint64]labels.Labels)}
+	return &interner{exporters: make(map[string][]protocol.Exporter), labelSets: make(map[uint64]labels.Labels)}
 }
 
 // agent replaces a's exporter list and label sets by shared equal ones.
@@ -35,7 +36,7 @@ func (in *interner) agent(a *Agent) {
 	a.PinnedLabels = in.labelSet(a.PinnedLabels)
 }
 
-func (in *interner) exporterList(list []Exporter) []Exporter {
+func (in *interner) exporterList(list []protocol.Exporter) []protocol.Exporter {
 	if len(list) == 0 {
 		return list
 	}

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"unsafe"
 
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/prometheus/prometheus/model/labels"
 )
 
@@ -13,7 +14,7 @@ func TestInterner_SharesEqualValues(t *testing.T) {
 	mk := func(role string) *Agent {
 		return &Agent{
 			Labels:    labels.FromStrings("role", role, "dc", "east"),
-			Exporters: []Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
+			Exporters: []protocol.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
 		}
 	}
 	a, b, c := mk("db"), mk("db"), mk("web")
@@ -30,7 +31,7 @@ func TestInterner_SharesEqualValues(t *testing.T) {
 		t.Error("different label sets were merged")
 	}
 	// Distinct exporter lists stay distinct.
-	d := &Agent{Exporters: []Exporter{{Name: "node", Path: "/other"}}}
+	d := &Agent{Exporters: []protocol.Exporter{{Name: "node", Path: "/other"}}}
 	in.agent(d)
 	if d.Exporters[0].Path != "/other" {
 		t.Errorf("exporter list replaced by another: %v", d.Exporters)
@@ -42,7 +43,7 @@ func TestInterner_Bounded(t *testing.T) {
 	for i := range 2 * maxInterned {
 		a := &Agent{
 			Labels:    labels.FromStrings("host", fmt.Sprint(i)),
-			Exporters: []Exporter{{Name: fmt.Sprintf("e%d", i), Path: "/p"}},
+			Exporters: []protocol.Exporter{{Name: fmt.Sprintf("e%d", i), Path: "/p"}},
 		}
 		in.agent(a)
 		if a.Labels.Get("host") != fmt.Sprint(i) || a.Exporters[0].Name != fmt.Sprintf("e%d", i) {

@@ -12,6 +12,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // TestAPI_MetricsMove walks an agent through enrollment, a heartbeat, a
@@ -34,15 +35,15 @@ func TestAPI_MetricsMove(t *testing.T) {
 		t.Errorf("store_operation_duration_seconds{operation=update} has %d observations, want at least 1", got)
 	}
 
-	if rep := h.do(h.client(&cert), "POST", PathHeartbeat, "", nil); rep.status != http.StatusOK {
+	if rep := h.do(h.client(&cert), "POST", protocol.PathHeartbeat, "", nil); rep.status != http.StatusOK {
 		t.Fatalf("heartbeat: %d %s", rep.status, rep.body)
 	}
 	if got := counter(m.Heartbeats, "success"); got != 1 {
 		t.Errorf("heartbeats_total{result=success} = %v, want 1", got)
 	}
 
-	renew, _ := json.Marshal(RenewRequest{CSR: csrPEM(t, cert.PrivateKey.(crypto.Signer))})
-	if rep := h.do(h.client(&cert), "POST", PathRenew, "", renew); rep.status != http.StatusOK {
+	renew, _ := json.Marshal(protocol.RenewRequest{CSR: csrPEM(t, cert.PrivateKey.(crypto.Signer))})
+	if rep := h.do(h.client(&cert), "POST", protocol.PathRenew, "", renew); rep.status != http.StatusOK {
 		t.Fatalf("renew: %d %s", rep.status, rep.body)
 	}
 	if got := counter(m.Renewals, "success"); got != 1 {
@@ -53,7 +54,7 @@ func TestAPI_MetricsMove(t *testing.T) {
 	}
 
 	discoveryCert := h.clientCert(ca.RoleDiscovery)
-	if rep := h.do(h.client(&discoveryCert), "GET", PathDiscovery, "", nil); rep.status != http.StatusOK {
+	if rep := h.do(h.client(&discoveryCert), "GET", protocol.PathDiscovery, "", nil); rep.status != http.StatusOK {
 		t.Fatalf("http_sd: %d %s", rep.status, rep.body)
 	}
 	if got := counter(m.HTTPSDRequests, "200"); got != 1 {
@@ -62,7 +63,7 @@ func TestAPI_MetricsMove(t *testing.T) {
 	if got := histogramCount(t, m.HTTPSDResponseBytes); got != 1 {
 		t.Errorf("httpsd_response_size_bytes has %d observations, want 1", got)
 	}
-	if rep := h.do(h.client(nil), "GET", PathDiscovery, "", nil); rep.status != http.StatusUnauthorized {
+	if rep := h.do(h.client(nil), "GET", protocol.PathDiscovery, "", nil); rep.status != http.StatusUnauthorized {
 		t.Fatalf("anonymous http_sd: %d", rep.status)
 	}
 	if got := counter(m.HTTPSDRequests, "401"); got != 1 {

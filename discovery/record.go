@@ -3,6 +3,7 @@ package discovery
 import (
 	"time"
 
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/prometheus/prometheus/model/labels"
 )
 
@@ -16,7 +17,7 @@ type record struct {
 	CertSerial, PrevCertSerial string
 	KeyFingerprint             string
 	Labels, PinnedLabels       labels.Labels
-	Exporters                  []Exporter
+	Exporters                  []protocol.Exporter
 	// Unix nanoseconds; 0 stands for the zero time.
 	certNotAfter, prevCertNotAfter, registeredAt, revokedAt int64
 	Port                                                    uint16
@@ -68,7 +69,7 @@ func (r *record) agent() *Agent {
 		Deregistered:     r.Deregistered,
 	}
 	if r.Exporters != nil {
-		a.Exporters = append([]Exporter(nil), r.Exporters...)
+		a.Exporters = append([]protocol.Exporter(nil), r.Exporters...)
 	}
 	return a
 }

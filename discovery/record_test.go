@@ -7,6 +7,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/prometheus/prometheus/model/labels"
 )
 
@@ -18,7 +19,7 @@ func TestRecord_RoundTrip(t *testing.T) {
 		ID: "a1", Hostname: "h1.example.com", Address: "2001:db8::1", Port: 65535,
 		Labels:           labels.FromStrings("role", "db", "empty", ""),
 		PinnedLabels:     labels.FromStrings("role", "db"),
-		Exporters:        []Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
+		Exporters:        []protocol.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
 		CertSerial:       "abc",
 		CertNotAfter:     at.Add(24 * time.Hour),
 		PrevCertSerial:   "abb",

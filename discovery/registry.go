@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/baremetal-sd/baremetal_sd/collector"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // Errors returned by Registry operations.
@@ -757,7 +758,7 @@ func (r *Registry) shardGen(i int) uint64 { return r.shards[i].gen.Load() }
 func (a *Agent) clone() *Agent {
 	cp := *a // labels.Labels are immutable values
 	if a.Exporters != nil {
-		cp.Exporters = append([]Exporter(nil), a.Exporters...)
+		cp.Exporters = append([]protocol.Exporter(nil), a.Exporters...)
 	}
 	return &cp
 }

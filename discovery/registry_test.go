@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/prometheus/prometheus/model/labels"
 )
 
@@ -39,7 +40,7 @@ func testAgent(id string) *Agent {
 		Address:    "192.0.2.10",
 		Port:       9956,
 		Labels:     labels.FromStrings("role", "web"),
-		Exporters:  []Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
+		Exporters:  []protocol.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
 		CertSerial: "s-" + id,
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/prometheus/prometheus/model/labels"
 )
 
@@ -129,7 +130,7 @@ func shardAgents(t *testing.T, b Body) []string {
 	t.Helper()
 	var ids []string
 	for _, g := range decodeGroups(t, joinBody(b)) {
-		ids = append(ids, g.Labels[MetaAgentID])
+		ids = append(ids, g.Labels[protocol.MetaAgentID])
 	}
 	return slices.Compact(ids)
 }
@@ -210,7 +211,7 @@ func TestSDCache_Shards(t *testing.T) {
 			if changed := b.ETag(false) != tags[i]; changed != (i == owner) {
 				t.Errorf("shard %d: ETag changed=%v, want %v (agent in shard %d)", i, changed, i == owner, owner)
 			}
-			if i == owner && !bytes.Contains(joinBody(b), []byte(`"`+MetaMaintenance+`":"true"`)) {
+			if i == owner && !bytes.Contains(joinBody(b), []byte(`"`+protocol.MetaMaintenance+`":"true"`)) {
 				t.Errorf("shard %d does not show the maintenance change", i)
 			}
 		}

@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
+	"github.com/baremetal-sd/baremetal_sd/discovery/client"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // legacyHarness is an API harness whose CA key the test can read, to sign
@@ -86,7 +88,7 @@ func (r *recorder) requests() []string {
 // token, whatever CA file it trusts.
 func TestClient_RefusesAnImpostorServer(t *testing.T) {
 	h, rootKey := legacyHarness(t)
-	_, agentCert := h.enroll(ca.TokenSpec{}, func(r *RegisterRequest) { r.Hostname = "localhost"; r.Address = "127.0.0.1" })
+	_, agentCert := h.enroll(ca.TokenSpec{}, func(r *protocol.RegisterRequest) { r.Hostname = "localhost"; r.Address = "127.0.0.1" })
 	legacy := signLegacy(t, h, rootKey, agentCert)
 	withAgentCA := h.ca.Pool().Clone()
 	withAgentCA.AddCert(h.ca.AgentCACertificate())
@@ -108,13 +110,13 @@ func TestClient_RefusesAnImpostorServer(t *testing.T) {
 			impostor.Config.ErrorLog = nil
 			impostor.StartTLS()
 			defer impostor.Close()
-			c, err := NewClient(ClientConfig{URLs: []string{impostor.URL}, RootCAs: tt.roots, Timeout: 5 * time.Second})
+			c, err := client.NewClient(client.ClientConfig{URLs: []string{impostor.URL}, RootCAs: tt.roots, Timeout: 5 * time.Second})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer c.CloseIdleConnections()
 			token := h.token(ca.TokenSpec{})
-			_, err = c.Register(context.Background(), &RegisterRequest{Hostname: "victim", Port: 9956, CSR: csrPEM(t, newKey(t))}, token)
+			_, err = c.Register(context.Background(), &protocol.RegisterRequest{Hostname: "victim", Port: 9956, CSR: csrPEM(t, newKey(t))}, token)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("register with the impostor: %v, want an error containing %q", err, tt.want)
 			}
@@ -133,13 +135,13 @@ func TestAPI_LegacyAgentCertificate(t *testing.T) {
 	_, current := h.enroll(ca.TokenSpec{}, nil)
 	legacy := signLegacy(t, h, rootKey, current)
 
-	heartbeat := func(c tls.Certificate) HeartbeatResponse {
+	heartbeat := func(c tls.Certificate) protocol.HeartbeatResponse {
 		t.Helper()
-		rep := h.do(h.client(&c), "POST", PathHeartbeat, "", nil)
+		rep := h.do(h.client(&c), "POST", protocol.PathHeartbeat, "", nil)
 		if rep.status != http.StatusOK {
 			t.Fatalf("heartbeat: %d %s", rep.status, rep.body)
 		}
-		var hb HeartbeatResponse
+		var hb protocol.HeartbeatResponse
 		if err := json.Unmarshal(rep.body, &hb); err != nil {
 			t.Fatal(err)
 		}
@@ -152,12 +154,12 @@ func TestAPI_LegacyAgentCertificate(t *testing.T) {
 		t.Error("a 0.1.0 certificate is not asked to renew at once")
 	}
 	key := newKey(t)
-	body, _ := json.Marshal(RenewRequest{CSR: csrPEM(t, key)})
-	rep := h.do(h.client(&legacy), "POST", PathRenew, "", body)
+	body, _ := json.Marshal(protocol.RenewRequest{CSR: csrPEM(t, key)})
+	rep := h.do(h.client(&legacy), "POST", protocol.PathRenew, "", body)
 	if rep.status != http.StatusOK {
 		t.Fatalf("renew with the 0.1.0 certificate: %d %s", rep.status, rep.body)
 	}
-	var renewed CertificateResponse
+	var renewed protocol.CertificateResponse
 	if err := json.Unmarshal(rep.body, &renewed); err != nil {
 		t.Fatal(err)
 	}
@@ -201,12 +203,12 @@ func TestAPI_RoleOnlyFromItsIssuer(t *testing.T) {
 		t.Fatal(err)
 	}
 	forged := tls.Certificate{Certificate: [][]byte{der, h.ca.AgentCACertificate().Raw}, PrivateKey: key}
-	rep := h.do(h.client(&forged), "GET", PathAgents, "", nil)
+	rep := h.do(h.client(&forged), "GET", protocol.PathAgents, "", nil)
 	if rep.status != http.StatusForbidden || !strings.Contains(string(rep.body), "not accepted") {
 		t.Fatalf("admin API with an admin certificate from the agent CA: %d %s, want 403", rep.status, rep.body)
 	}
 	admin := h.clientCert(ca.RoleAdmin)
-	if rep := h.do(h.client(&admin), "GET", PathAgents, "", nil); rep.status != http.StatusOK {
+	if rep := h.do(h.client(&admin), "GET", protocol.PathAgents, "", nil); rep.status != http.StatusOK {
 		t.Fatalf("admin API with a real admin certificate: %d %s", rep.status, rep.body)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/prometheus/prometheus/model/labels"
 )
 
@@ -19,13 +20,6 @@ var ErrTokenUsed = errors.New("token already used")
 // Callers answer such requests with 503 instead of acknowledging them.
 var ErrUnavailable = errors.New("store unavailable")
 
-// Exporter is one exporter an agent relays, addressed by name.
-type Exporter struct {
-	Name string `json:"name"`
-	// Path is the relay path on the agent, for example /exporters/node/metrics.
-	Path string `json:"path"`
-}
-
 // Agent is one registration as it is stored. Everything but LastSeen changes
 // only on register, renew, revoke, maintenance and deregister; LastSeen moves
 // with every heartbeat and is persisted separately (Store.Touch) so that
@@ -38,8 +32,8 @@ type Agent struct {
 	// Labels are kept as Prometheus' own label set: sorted, immutable and,
 	// with the default stringlabels build, one string per agent instead of a
 	// map (about 300 bytes less per agent). It encodes as a JSON object.
-	Labels    labels.Labels `json:"labels,omitzero"`
-	Exporters []Exporter    `json:"exporters,omitempty"`
+	Labels    labels.Labels       `json:"labels,omitzero"`
+	Exporters []protocol.Exporter `json:"exporters,omitempty"`
 	// PinnedLabels are the labels the enrollment token fixed; a
 	// re-registration by certificate must keep them.
 	PinnedLabels labels.Labels `json:"pinned_labels,omitzero"`

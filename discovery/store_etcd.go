@@ -21,6 +21,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -413,7 +414,7 @@ func validateReplicaID(id string) error {
 	}
 	for i := 0; i < len(id); i++ {
 		if !isReplicaIDChar(id[i]) {
-			return fmt.Errorf("replica id %q is invalid: use [a-zA-Z0-9._-]", truncate(id))
+			return fmt.Errorf("replica id %q is invalid: use [a-zA-Z0-9._-]", protocol.Truncate(id))
 		}
 	}
 	return nil
@@ -620,7 +621,7 @@ func (s *EtcdStore) snapshot(ctx context.Context) (*etcdSnapshot, error) {
 		id := string(kv.Key[len(s.agentsPrefix):])
 		a, err := decodeAgentRecord(id, kv.Value)
 		if err != nil {
-			s.logger.Error("Skipping corrupt registry record", "agent_id", truncate(id), "err", err)
+			s.logger.Error("Skipping corrupt registry record", "agent_id", protocol.Truncate(id), "err", err)
 			return
 		}
 		snap.agents = append(snap.agents, snapAgent{agent: a, rev: kv.ModRevision})
@@ -708,7 +709,7 @@ func decodeAgentRecord(id string, data []byte) (Agent, error) {
 		return a, err
 	}
 	if a.ID != id {
-		return a, fmt.Errorf("record of %q is stored under %q", truncate(a.ID), truncate(id))
+		return a, fmt.Errorf("record of %q is stored under %q", protocol.Truncate(a.ID), protocol.Truncate(id))
 	}
 	return a, nil
 }
@@ -842,7 +843,7 @@ func (s *EtcdStore) progressLocked(rev int64) {
 // Put implements Store: the record is acknowledged once etcd committed it.
 func (s *EtcdStore) Put(ctx context.Context, a *Agent) error {
 	if a.ID == "" || len(a.ID) > maxEtcdIDLen {
-		return fmt.Errorf("put agent: invalid id %q", truncate(a.ID))
+		return fmt.Errorf("put agent: invalid id %q", protocol.Truncate(a.ID))
 	}
 	data, err := json.Marshal(a)
 	if err != nil {
@@ -882,7 +883,7 @@ func (s *EtcdStore) Put(ctx context.Context, a *Agent) error {
 // as a conflict.
 func (s *EtcdStore) Update(ctx context.Context, id string, claim *TokenClaim, fn UpdateFunc) (*Agent, error) {
 	if id == "" || len(id) > maxEtcdIDLen {
-		return nil, fmt.Errorf("update agent: invalid id %q", truncate(id))
+		return nil, fmt.Errorf("update agent: invalid id %q", protocol.Truncate(id))
 	}
 	key := s.agentsPrefix + id
 	var claimKey, claimVal string
@@ -946,7 +947,7 @@ func (s *EtcdStore) Update(ctx context.Context, id string, claim *TokenClaim, fn
 		op := clientv3.OpDelete(key)
 		if next != nil {
 			if next.ID != id {
-				return nil, fmt.Errorf("update agent %q: the new record is for %q", id, truncate(next.ID))
+				return nil, fmt.Errorf("update agent %q: the new record is for %q", id, protocol.Truncate(next.ID))
 			}
 			data, err := json.Marshal(next)
 			if err != nil {
@@ -1465,7 +1466,7 @@ func (s *EtcdStore) handleEvents(events []*clientv3.Event) {
 			}
 			a, err := decodeAgentRecord(id, ev.Kv.Value)
 			if err != nil {
-				s.logger.Error("Skipping corrupt registry record", "agent_id", truncate(id), "err", err)
+				s.logger.Error("Skipping corrupt registry record", "agent_id", protocol.Truncate(id), "err", err)
 				continue
 			}
 			agents = append(agents, agentEv{id, ev.Kv.ModRevision, Event{Type: EventPut, Agent: a}})

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // TestAgentsCLI drives `baremetal_sd agents list|revoke|maintenance`
@@ -21,9 +22,9 @@ func TestAgentsCLI(t *testing.T) {
 	enrollTok := createToken(t, s.DataDir, "--scope=enroll", "--ttl=10m")
 	var ids []string
 	for _, host := range []string{"cli-a.example.com", "cli-b.example.com"} {
-		a := enroll(t, s, enrollTok, discovery.RegisterRequest{
+		a := enroll(t, s, enrollTok, protocol.RegisterRequest{
 			Hostname: host, Address: "127.0.0.1", Port: 9956, Labels: map[string]string{"role": "cli"},
-			Exporters: []discovery.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
+			Exporters: []protocol.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
 		})
 		ids = append(ids, a.ID)
 	}

@@ -26,7 +26,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/baremetal-sd/baremetal_sd/internal/freeport"
 )
 
@@ -701,7 +701,7 @@ func keyPairFromPEM(chainPEM string, key crypto.PrivateKey) (tls.Certificate, er
 type testAgent struct {
 	ID   string
 	Key  *ecdsa.PrivateKey
-	Resp discovery.CertificateResponse
+	Resp protocol.CertificateResponse
 	// Cert is the issued certificate with Key: the agent's mTLS identity and
 	// the certificate it serves its endpoints with.
 	Cert tls.Certificate
@@ -711,7 +711,7 @@ type testAgent struct {
 
 // enroll registers an agent with an enrollment token. A new key and CSR
 // are made unless req.CSR is set; the registration must succeed.
-func enroll(t testing.TB, s *testServer, token string, req discovery.RegisterRequest) *testAgent {
+func enroll(t testing.TB, s *testServer, token string, req protocol.RegisterRequest) *testAgent {
 	t.Helper()
 	a := &testAgent{}
 	if req.CSR == "" {
@@ -722,7 +722,7 @@ func enroll(t testing.TB, s *testServer, token string, req discovery.RegisterReq
 		}
 		req.CSR = csr
 	}
-	resp := mustRequest(t, s.client(t), http.MethodPost, s.URL+discovery.PathRegister, token, req, http.StatusOK)
+	resp := mustRequest(t, s.client(t), http.MethodPost, s.URL+protocol.PathRegister, token, req, http.StatusOK)
 	if err := decodeStrict(resp.Body, &a.Resp); err != nil {
 		t.Fatalf("register: %v", err)
 	}

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // CreateToken signs a token with the token key in dataDir. It runs on the
@@ -22,11 +22,11 @@ func CreateToken(dataDir string, spec ca.TokenSpec) (string, error) {
 		return "", fmt.Errorf("--agent.id, --label and --single-use only apply to enroll tokens")
 	}
 	if spec.AgentID != "" {
-		if err := discovery.ValidateAgentID(spec.AgentID); err != nil {
+		if err := protocol.ValidateAgentID(spec.AgentID); err != nil {
 			return "", err
 		}
 	}
-	if err := discovery.ValidateLabels(spec.Labels); err != nil {
+	if err := protocol.ValidateLabels(spec.Labels); err != nil {
 		return "", err
 	}
 	if spec.TTL <= 0 {
@@ -46,7 +46,7 @@ func CreateToken(dataDir string, spec ca.TokenSpec) (string, error) {
 // ca_file of scrape jobs). Neither CA file verifies any other kind of
 // certificate the server issues.
 func IssueClientCert(dataDir, name string, role ca.Role, ttl time.Duration, outDir string) error {
-	if err := discovery.ValidateAgentID(name); err != nil {
+	if err := protocol.ValidateAgentID(name); err != nil {
 		return fmt.Errorf("certificate name: %w", err)
 	}
 	if role != ca.RoleDiscovery && role != ca.RoleAdmin {

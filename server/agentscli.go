@@ -21,6 +21,7 @@ import (
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/client"
 )
 
 // AgentsCLI is the `agents` admin command: it talks to the server's admin
@@ -45,7 +46,7 @@ func (c AgentsCLI) client() (*discovery.AdminClient, error) {
 	}
 	// The admin token and certificate go only to a peer with a serving
 	// certificate: never to an enrolled host posing as the server.
-	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, VerifyConnection: discovery.VerifyServerRole}
+	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, VerifyConnection: client.VerifyServerRole}
 	if caFile != "" {
 		pem, err := os.ReadFile(caFile)
 		if err != nil {

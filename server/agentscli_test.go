@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/prometheus/model/labels"
 
 	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 func TestPrintable(t *testing.T) {
@@ -59,7 +60,7 @@ func TestAgentsCLI_PrintHostile(t *testing.T) {
 				Address:   "10.0.0.1\r",
 				Port:      9956,
 				Labels:    labels.FromStrings("role", "web\nb2\tfake\thealthy", "note", "\x1b]0;pwned\a\u202e"),
-				Exporters: []discovery.Exporter{{Name: "node\x1b[8m", Path: "/exporters/node/metrics"}},
+				Exporters: []protocol.Exporter{{Name: "node\x1b[8m", Path: "/exporters/node/metrics"}},
 				LastSeen:  now,
 			},
 			State: discovery.StateHealthy,

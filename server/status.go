@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/prometheus/model/labels"
 
 	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/baremetal-sd/baremetal_sd/web"
 )
 
@@ -162,8 +163,8 @@ func (p *statusPage) data(filter discovery.AgentState, showFleet bool) statusDat
 		Truncated: sum.Matching > len(sum.Agents),
 		MaxRows:   maxStatusRows,
 		Links: []statusLink{
-			{discovery.PathDiscovery, "http_sd targets", "needs a discovery client certificate or token"},
-			{discovery.PathCA, "CA certificate", ""},
+			{protocol.PathDiscovery, "http_sd targets", "needs a discovery client certificate or token"},
+			{protocol.PathCA, "CA certificate", ""},
 			{"/metrics", "Metrics", ""},
 		},
 	}

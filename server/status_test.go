@@ -19,6 +19,7 @@ import (
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/collector"
 	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // statusNow is the fixed clock of the status page tests.
@@ -48,7 +49,7 @@ func newFleet(t *testing.T, agents []fleetAgent) *discovery.Registry {
 	for _, a := range agents {
 		agent := &discovery.Agent{
 			ID: a.id, Hostname: a.host, Address: "10.0.0.1", Port: 9956, Labels: labels.FromMap(a.labels),
-			Exporters:    []discovery.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
+			Exporters:    []protocol.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
 			CertSerial:   "serial-" + a.id,
 			CertNotAfter: statusNow.Add(16 * time.Hour),
 			LastSeen:     statusNow.Add(-20 * time.Second),

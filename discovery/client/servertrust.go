@@ -1,4 +1,4 @@
-package discovery
+package client
 
 import (
 	"crypto/tls"

@@ -1,4 +1,4 @@
-package discovery
+package protocol
 
 import "time"
 
@@ -77,33 +77,6 @@ type HeartbeatResponse struct {
 	RenewNow bool `json:"renew_now,omitempty"`
 }
 
-// AgentState is how the registry currently sees an agent.
-type AgentState string
-
-// Agent states, as reported by the admin API, the status page and metrics.
-const (
-	StateHealthy     AgentState = "healthy"
-	StateStale       AgentState = "stale"
-	StateExpired     AgentState = "expired"
-	StateRevoked     AgentState = "revoked"
-	StateMaintenance AgentState = "maintenance"
-	// StateDeregistered is the tombstone of an agent that deregistered
-	// itself. It is listed to admins but is not one of AgentStates: it is
-	// not part of the fleet, its counts or its metrics.
-	StateDeregistered AgentState = "deregistered"
-)
-
-// AgentStates lists every state of an agent of the fleet, in display order.
-func AgentStates() []AgentState {
-	return []AgentState{StateHealthy, StateStale, StateMaintenance, StateExpired, StateRevoked}
-}
-
-// AgentView is one agent in GET /api/v1/agents.
-type AgentView struct {
-	Agent
-	State AgentState `json:"state"`
-}
-
 // MaintenanceRequest is the body of POST /api/v1/agents/{id}/maintenance.
 type MaintenanceRequest struct {
 	Maintenance bool `json:"maintenance"`
@@ -112,4 +85,11 @@ type MaintenanceRequest struct {
 // ErrorResponse is the body of every error reply.
 type ErrorResponse struct {
 	Error string `json:"error"`
+}
+
+// Exporter is one exporter an agent relays, addressed by name.
+type Exporter struct {
+	Name string `json:"name"`
+	// Path is the relay path on the agent, for example /exporters/node/metrics.
+	Path string `json:"path"`
 }

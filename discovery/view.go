@@ -1,0 +1,28 @@
+package discovery
+
+// AgentState is how the registry currently sees an agent.
+type AgentState string
+
+// Agent states, as reported by the admin API, the status page and metrics.
+const (
+	StateHealthy     AgentState = "healthy"
+	StateStale       AgentState = "stale"
+	StateExpired     AgentState = "expired"
+	StateRevoked     AgentState = "revoked"
+	StateMaintenance AgentState = "maintenance"
+	// StateDeregistered is the tombstone of an agent that deregistered
+	// itself. It is listed to admins but is not one of AgentStates: it is
+	// not part of the fleet, its counts or its metrics.
+	StateDeregistered AgentState = "deregistered"
+)
+
+// AgentStates lists every state of an agent of the fleet, in display order.
+func AgentStates() []AgentState {
+	return []AgentState{StateHealthy, StateStale, StateMaintenance, StateExpired, StateRevoked}
+}
+
+// AgentView is one agent in GET /api/v1/agents.
+type AgentView struct {
+	Agent
+	State AgentState `json:"state"`
+}
