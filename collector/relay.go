@@ -37,7 +37,7 @@ func NewRelay(reg prometheus.Registerer) *Relay {
 		}, []string{"exporter"}),
 		UpstreamErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "upstream_errors_total",
-			Help: "Failed upstream scrapes by exporter and reason (request, connect, status, timeout, canceled, content_type, content_encoding, body, body_too_large, line_too_long, frame_too_large, metric_too_large, parse, relabel).",
+			Help: "Failed upstream scrapes by exporter and reason (request, connect, status, redirect, timeout, canceled, content_type, content_encoding, body, body_too_large, line_too_long, frame_too_large, metric_too_large, parse, relabel).",
 		}, []string{"exporter", "reason"}),
 		Dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "dropped_families_total",

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"bytes"
+	stdgzip "compress/gzip"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/gzip"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
@@ -318,4 +320,74 @@ func BenchmarkScrapeLatencyNodeExporter(b *testing.B) {
 			get(relay.URL + "/exporters/node/metrics")
 		}
 	})
+}
+
+// BenchmarkGzip compares the standard library's gzip with
+// klauspost/compress, which the relay uses, at the levels worth
+// considering, compressing and decompressing the relay's output. It reports
+// the compressed size so that speed and ratio are read side by side.
+func BenchmarkGzip(b *testing.B) {
+	payloads := []struct {
+		name string
+		text []byte
+	}{{"node_exporter", nodeExporterFixture(b)}, {"large", syntheticText(300, 100)}}
+	for _, pl := range payloads {
+		for _, level := range []int{1, 2, 3, 6} {
+			b.Run(fmt.Sprintf("write/stdlib/level_%d/%s", level, pl.name), func(b *testing.B) {
+				zw, _ := stdgzip.NewWriterLevel(io.Discard, level)
+				benchmarkGzipWrite(b, pl.text, func(w io.Writer) io.WriteCloser { zw.Reset(w); return zw })
+			})
+			b.Run(fmt.Sprintf("write/klauspost/level_%d/%s", level, pl.name), func(b *testing.B) {
+				zw, _ := gzip.NewWriterLevel(io.Discard, level)
+				benchmarkGzipWrite(b, pl.text, func(w io.Writer) io.WriteCloser { zw.Reset(w); return zw })
+			})
+		}
+		var z bytes.Buffer
+		zw := newGzipWriter(&z)
+		_, _ = zw.Write(pl.text)
+		_ = zw.Close()
+		b.Run("read/stdlib/"+pl.name, func(b *testing.B) {
+			zr, _ := stdgzip.NewReader(bytes.NewReader(z.Bytes()))
+			b.SetBytes(int64(len(pl.text)))
+			for b.Loop() {
+				_ = zr.Reset(bytes.NewReader(z.Bytes()))
+				_, _ = io.Copy(io.Discard, zr)
+			}
+		})
+		b.Run("read/klauspost/"+pl.name, func(b *testing.B) {
+			zr, _ := gzip.NewReader(bytes.NewReader(z.Bytes()))
+			b.SetBytes(int64(len(pl.text)))
+			for b.Loop() {
+				_ = zr.Reset(bytes.NewReader(z.Bytes()))
+				_, _ = io.Copy(io.Discard, zr)
+			}
+		})
+	}
+}
+
+// benchmarkGzipWrite compresses text in the relay's write sizes (chunks of
+// about chunkBytes).
+func benchmarkGzipWrite(b *testing.B, text []byte, reset func(io.Writer) io.WriteCloser) {
+	var out byteCounter
+	b.SetBytes(int64(len(text)))
+	for b.Loop() {
+		out.n = 0
+		zw := reset(&out)
+		for rest := text; len(rest) > 0; {
+			n := min(len(rest), chunkBytes)
+			_, _ = zw.Write(rest[:n])
+			rest = rest[n:]
+		}
+		_ = zw.Close()
+	}
+	b.ReportMetric(float64(out.n), "compressed-bytes")
+	b.ReportMetric(float64(len(text))/float64(out.n), "ratio")
+}
+
+// byteCounter counts what is written to it.
+type byteCounter struct{ n int }
+
+func (c *byteCounter) Write(p []byte) (int, error) {
+	c.n += len(p)
+	return len(p), nil
 }

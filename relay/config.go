@@ -70,8 +70,13 @@ type Config struct {
 	MaxMetricBytes int   `yaml:"max_metric_bytes,omitempty"`
 	// MetricNameValidationScheme is "utf8" (the default, as in Prometheus
 	// 3) or "legacy"; it decides which label names relabel rules may write.
-	MetricNameValidationScheme string           `yaml:"metric_name_validation_scheme,omitempty"`
-	Exporters                  []ExporterConfig `yaml:"exporters"`
+	MetricNameValidationScheme string `yaml:"metric_name_validation_scheme,omitempty"`
+	// SeriesCacheBytes bounds each exporter's series cache, which
+	// remembers what relabeling made of a series across scrapes
+	// (DefaultSeriesCacheBytes; only exporters with rules have one). A
+	// negative value turns the cache off.
+	SeriesCacheBytes int              `yaml:"series_cache_bytes,omitempty"`
+	Exporters        []ExporterConfig `yaml:"exporters"`
 }
 
 // ExporterConfig is one upstream exporter.
@@ -88,12 +93,17 @@ type ExporterConfig struct {
 }
 
 // UnmarshalYAML starts from prometheus/common's HTTP client defaults
-// (follow_redirects and enable_http2 on), which the inlined
-// HTTPClientConfig would otherwise not get: yaml.v2 does not call the
-// UnmarshalYAML of an inlined struct. Unknown keys are still refused, since
-// the strict decoder is the one passed in.
+// (enable_http2 on), which the inlined HTTPClientConfig would otherwise not
+// get: yaml.v2 does not call the UnmarshalYAML of an inlined struct. Unknown
+// keys are still refused, since the strict decoder is the one passed in.
+//
+// follow_redirects is the exception: off unless an exporter sets it. The
+// relay serves what it fetches to every client that may scrape the agent,
+// so an upstream must not be able to point it at a URL outside its
+// configuration (another local port, a cloud metadata address).
 func (e *ExporterConfig) UnmarshalYAML(unmarshal func(any) error) error {
 	*e = ExporterConfig{HTTPClientConfig: config.DefaultHTTPClientConfig}
+	e.HTTPClientConfig.FollowRedirects = false
 	type plain ExporterConfig
 	return unmarshal((*plain)(e))
 }
@@ -137,6 +147,9 @@ func ParseConfig(data []byte) (*Config, error) {
 	}
 	if cfg.MaxMetricBytes == 0 {
 		cfg.MaxMetricBytes = DefaultMaxMetricBytes
+	}
+	if cfg.SeriesCacheBytes == 0 {
+		cfg.SeriesCacheBytes = DefaultSeriesCacheBytes
 	}
 	if cfg.MaxBodyBytes < 0 || cfg.MaxLineBytes < 0 || cfg.MaxFrameBytes < 0 || cfg.MaxMetricBytes < 0 {
 		return nil, errors.New("max_body_bytes, max_line_bytes, max_frame_bytes and max_metric_bytes must be positive")

@@ -70,16 +70,16 @@ func TestFastRules_SameAsGeneral(t *testing.T) {
 						cfgs := parseRules(t, rc)
 						var fast, general bytes.Buffer
 						p := newPipeline("e", label, cfgs, defaultLimits)
-						if p.fast == nil {
+						if p.fastRules == nil {
 							t.Fatal("rules not taken by the fast path")
 						}
 						if err := p.relay(bytes.NewReader(body), in, ct, out, model.NoEscaping, &fast); err != nil {
 							t.Fatal(err)
 						}
 						q := newPipeline("e", label, cfgs, defaultLimits)
-						q.fast, q.extra = nil, q.extra[:0]
+						q.fastRules, q.splice = nil, q.splice[:0]
 						if label != "" {
-							q.extra = appendQuoted([]byte(label+"="), "e")
+							q.splice = appendQuoted([]byte(label+"="), "e")
 						}
 						if err := q.relay(bytes.NewReader(body), in, ct, out, model.NoEscaping, &general); err != nil {
 							t.Fatal(err)
@@ -112,7 +112,7 @@ func TestFastRules_DecidedBounded(t *testing.T) {
 	if err := p.relay(strings.NewReader(b.String()), FormatText, "text/plain", FormatText, model.NoEscaping, &out); err != nil {
 		t.Fatal(err)
 	}
-	if got := len(p.fast.decided); got > maxDecided {
+	if got := len(p.fastRules.decided); got > maxDecided {
 		t.Errorf("%d verdicts cached, at most %d wanted", got, maxDecided)
 	}
 	kept := 0

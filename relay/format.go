@@ -2,6 +2,7 @@ package relay
 
 import (
 	"mime"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -37,18 +38,30 @@ func (f Format) ContentType() string {
 	return ContentTypeText
 }
 
-// upstreamAccept is what we ask an exporter for when the scraper wants f:
-// the same format first, so no conversion is needed, then the others. Names
-// are asked for unescaped: the relay reads UTF-8 names and escapes them
-// itself for a scraper that takes none.
+// upstreamAccept is what the aggregate endpoint asks an exporter for when
+// the scraper wants f: the same format first, then the others. Names are
+// asked for unescaped: the relay reads UTF-8 names and escapes them itself
+// for a scraper that takes none.
 func upstreamAccept(f Format) string {
 	switch f {
 	case FormatProtobuf:
-		return ContentTypeProtobuf + ";escaping=allow-utf-8;q=1,application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.8,text/plain;version=0.0.4;escaping=allow-utf-8;q=0.5,*/*;q=0.1"
+		return upstreamMediaType(FormatProtobuf) + ";q=1," + upstreamMediaType(FormatOpenMetrics) + ";q=0.8," + upstreamMediaType(FormatText) + ";q=0.5,*/*;q=0.1"
 	case FormatOpenMetrics:
-		return "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=1,text/plain;version=0.0.4;escaping=allow-utf-8;q=0.5,*/*;q=0.1"
+		return upstreamMediaType(FormatOpenMetrics) + ";q=1," + upstreamMediaType(FormatText) + ";q=0.5,*/*;q=0.1"
 	}
-	return "text/plain;version=0.0.4;escaping=allow-utf-8;q=1,*/*;q=0.1"
+	return upstreamMediaType(FormatText) + ";q=1,*/*;q=0.1"
+}
+
+// upstreamMediaType is the media range that asks an exporter for f with
+// unescaped names.
+func upstreamMediaType(f Format) string {
+	switch f {
+	case FormatProtobuf:
+		return "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;escaping=allow-utf-8"
+	case FormatOpenMetrics:
+		return "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8"
+	}
+	return "text/plain;version=0.0.4;escaping=allow-utf-8"
 }
 
 // negotiated is what a scraper gets: the format, how names that are not
@@ -59,17 +72,81 @@ type negotiated struct {
 	contentType string
 }
 
+// defaultNegotiated is the answer to a scraper whose Accept header names no
+// format the relay writes: text 0.0.4 with escaped names, as expfmt answers.
+var defaultNegotiated = negotiated{format: FormatText, esc: model.UnderscoreEscaping, contentType: "text/plain; version=0.0.4; charset=utf-8; escaping=underscores"}
+
+// acceptable is the formats a scraper's Accept header takes, best first.
+type acceptable []negotiated
+
 // negotiate picks the output format from a scraper's Accept header, as
 // prometheus/common/expfmt negotiates: the clause with the highest q among
 // the formats we write (the first of equals), text when nothing matches.
-// The clause's escaping parameter says how names that are not classic ones
-// are written; without one they are escaped with underscores, except for
-// text version 1.0.0, which Prometheus 3 asks for when it takes UTF-8
-// names (as it adds escaping=allow-utf-8 to the other formats).
 func negotiate(accept string) negotiated {
-	best := negotiated{format: FormatText, esc: model.UnderscoreEscaping}
-	textVersion, bestQ := "0.0.4", -1.0
-	for _, part := range strings.Split(accept, ",") {
+	return parseAccept(accept).best()
+}
+
+// best is the scraper's preferred format.
+func (a acceptable) best() negotiated {
+	if len(a) == 0 {
+		return defaultNegotiated
+	}
+	return a[0]
+}
+
+// answer is the format to relay an upstream body of format in to this
+// scraper: in itself when the scraper takes it at all (q > 0), with the
+// escaping and text version of the scraper's best clause for it, so the
+// body needs no conversion; the scraper's best format otherwise. This is
+// the relay's negotiation rule: convert only when the scraper cannot read
+// what the exporter sent.
+func (a acceptable) answer(in Format) negotiated {
+	for _, c := range a {
+		if c.format == in {
+			return c
+		}
+	}
+	return a.best()
+}
+
+// upstreamAccept is the Accept header that asks an exporter for the
+// scraper's formats in the scraper's order, so that the exporter's answer
+// can be relayed without conversion whenever the exporter writes one of
+// them. Names are asked for unescaped (see upstreamMediaType).
+func (a acceptable) upstreamAccept() string {
+	if len(a) == 0 {
+		return upstreamAccept(FormatText)
+	}
+	var b strings.Builder
+	var seen [FormatProtobuf + 1]bool
+	q := 10
+	for _, c := range a {
+		if seen[c.format] {
+			continue
+		}
+		seen[c.format] = true
+		b.WriteString(upstreamMediaType(c.format))
+		if q == 10 {
+			b.WriteString(";q=1,")
+		} else {
+			b.WriteString(";q=0." + strconv.Itoa(q) + ",")
+		}
+		q--
+	}
+	b.WriteString("*/*;q=0.1")
+	return b.String()
+}
+
+// parseAccept returns the clauses of an Accept header that name a format
+// the relay writes, by descending q (the first of equals first). A clause's
+// escaping parameter says how names that are not classic ones are written;
+// without one they are escaped with underscores, except for text version
+// 1.0.0, which Prometheus 3 asks for when it takes UTF-8 names (as it adds
+// escaping=allow-utf-8 to the other formats).
+func parseAccept(accept string) acceptable {
+	var out acceptable
+	var qs []float64
+	for part := range strings.SplitSeq(accept, ",") {
 		mt, params, err := mime.ParseMediaType(strings.TrimSpace(part))
 		if err != nil {
 			continue
@@ -80,11 +157,11 @@ func negotiate(accept string) negotiated {
 				q = v
 			}
 		}
-		if q <= 0 || q <= bestQ {
+		if !(q > 0) {
 			continue
 		}
 		c := negotiated{esc: model.UnderscoreEscaping}
-		version := "0.0.4"
+		textVersion := "0.0.4"
 		switch v := params["version"]; {
 		case mt == "application/vnd.google.protobuf" && params["proto"] == "io.prometheus.client.MetricFamily" && params["encoding"] == "delimited":
 			c.format = FormatProtobuf
@@ -93,7 +170,7 @@ func negotiate(accept string) negotiated {
 		case mt == "text/plain" && (v == "" || v == "0.0.4"):
 			c.format = FormatText
 		case mt == "text/plain" && v == "1.0.0":
-			c.format, c.esc, version = FormatText, model.NoEscaping, v
+			c.format, c.esc, textVersion = FormatText, model.NoEscaping, v
 		case mt == "*/*" || mt == "text/*":
 			c.format = FormatText
 		default:
@@ -104,18 +181,24 @@ func negotiate(accept string) negotiated {
 				c.esc = scheme
 			}
 		}
-		best, bestQ, textVersion = c, q, version
+		switch c.format {
+		case FormatOpenMetrics:
+			c.contentType = ContentTypeOpenMetrics
+		case FormatProtobuf:
+			c.contentType = ContentTypeProtobuf
+		default:
+			c.contentType = "text/plain; version=" + textVersion + "; charset=utf-8"
+		}
+		c.contentType += "; escaping=" + c.esc.String()
+		// Insertion keeps equal q in header order; headers are short.
+		i := len(out)
+		for i > 0 && qs[i-1] < q {
+			i--
+		}
+		out = slices.Insert(out, i, c)
+		qs = slices.Insert(qs, i, q)
 	}
-	switch best.format {
-	case FormatOpenMetrics:
-		best.contentType = ContentTypeOpenMetrics
-	case FormatProtobuf:
-		best.contentType = ContentTypeProtobuf
-	default:
-		best.contentType = "text/plain; version=" + textVersion + "; charset=utf-8"
-	}
-	best.contentType += "; escaping=" + best.esc.String()
-	return best
+	return out
 }
 
 // parseContentType maps an upstream Content-Type to a format. An exporter

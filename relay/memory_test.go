@@ -63,15 +63,21 @@ func TestRelay_MemoryBoundedOn100MB(t *testing.T) {
 		name    string
 		in, out Format
 		body    func() io.Reader
+		cached  bool // relabel rules that need labels, and a full series cache
 	}{
-		{"text to text", FormatText, FormatText, func() io.Reader { return &repeatReader{remaining: payload} }},
-		{"text to protobuf", FormatText, FormatProtobuf, func() io.Reader { return &repeatReader{remaining: payload} }},
-		{"protobuf to protobuf", FormatProtobuf, FormatProtobuf, func() io.Reader { return &protoRepeatReader{remaining: payload} }},
-		{"protobuf to text", FormatProtobuf, FormatText, func() io.Reader { return &protoRepeatReader{remaining: payload} }},
+		{"text to text", FormatText, FormatText, func() io.Reader { return &repeatReader{remaining: payload} }, false},
+		{"text to protobuf", FormatText, FormatProtobuf, func() io.Reader { return &repeatReader{remaining: payload} }, false},
+		{"protobuf to protobuf", FormatProtobuf, FormatProtobuf, func() io.Reader { return &protoRepeatReader{remaining: payload} }, false},
+		{"protobuf to text", FormatProtobuf, FormatText, func() io.Reader { return &protoRepeatReader{remaining: payload} }, false},
+		{"text to text with rules and series cache", FormatText, FormatText, func() io.Reader { return &repeatReader{remaining: payload} }, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := newPipeline("big", "exporter", nil, defaultLimits)
+			if tt.cached {
+				p = newPipeline("big", "", parseRules(t, cacheRules), defaultLimits)
+				p.cache = newSeriesCache(DefaultSeriesCacheBytes)
+			}
 			ct := "text/plain"
 			if tt.in == FormatProtobuf {
 				ct = ContentTypeProtobuf
@@ -90,6 +96,9 @@ func TestRelay_MemoryBoundedOn100MB(t *testing.T) {
 			}
 			if grown > 48<<20 {
 				t.Fatalf("heap grew by %d MiB relaying 100 MiB: memory is not bounded by one family", grown>>20)
+			}
+			if tt.cached && (p.cache.bytes > DefaultSeriesCacheBytes || p.cache.len() == 0) {
+				t.Fatalf("series cache holds %d bytes in %d entries, bound %d", p.cache.bytes, p.cache.len(), DefaultSeriesCacheBytes)
 			}
 		})
 	}

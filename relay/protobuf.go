@@ -60,27 +60,27 @@ type pbHeader struct {
 // needs, and going through textparse's protobuf parser would flatten native
 // histograms and exemplars into series only to rebuild them.
 func (p *pipeline) protobufFamilies(body io.Reader, emit func(*dto.MetricFamily) error) error {
-	if p.br == nil {
-		p.br = bufio.NewReaderSize(body, 64<<10)
+	if p.frameReader == nil {
+		p.frameReader = bufio.NewReaderSize(body, 64<<10)
 	} else {
-		p.br.Reset(body)
+		p.frameReader.Reset(body)
 	}
-	defer p.br.Reset(nil)
+	defer p.frameReader.Reset(nil)
 	for {
-		frame, err := readFrame(p.br, p.frame, p.maxFrame)
+		frame, err := readFrame(p.frameReader, p.frameBuf, p.maxFrame)
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
 		if err != nil {
 			return err
 		}
-		p.frame = frame
-		h, err := scanFamily(frame, p.out != FormatProtobuf)
+		p.frameBuf = frame
+		h, err := scanFamily(frame, p.familyFormat != FormatProtobuf)
 		if err != nil {
 			return fmt.Errorf("%w: %w", errParse, err)
 		}
 		if err := p.protobufFamily(frame, &h, emit); err != nil {
-			p.part.reset(nil)
+			p.protobufPart.reset(nil)
 			return err
 		}
 	}
@@ -144,7 +144,7 @@ func scanFamily(frame []byte, text bool) (pbHeader, error) {
 // protobufFamily decodes, validates and relabels the metrics of one frame,
 // emitting them in parts.
 func (p *pipeline) protobufFamily(frame []byte, h *pbHeader, emit func(*dto.MetricFamily) error) error {
-	p.part.reset(h)
+	p.protobufPart.reset(h)
 	for b := frame; len(b) > 0; {
 		// scanFamily walked these fields already: they are well-formed.
 		num, typ, n := protowire.ConsumeTag(b)
@@ -170,23 +170,23 @@ func (p *pipeline) protobufFamily(frame []byte, h *pbHeader, emit func(*dto.Metr
 		if err := (proto.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(mb, m); err != nil {
 			return fmt.Errorf("%w: family %q: %w", errParse, truncate(h.name), err)
 		}
-		if err := validateMetric(h.typ, m, p.out != FormatProtobuf); err != nil {
+		if err := validateMetric(h.typ, m, p.familyFormat != FormatProtobuf); err != nil {
 			return fmt.Errorf("%w: family %q: %w", errParse, truncate(h.name), err)
 		}
 		if p.stripCreated {
 			stripCreated(m)
 		}
-		p.part.size += size
+		p.protobufPart.size += size
 		if err := p.protobufMetric(h, m); err != nil {
 			return err
 		}
-		if p.part.size >= partBytes {
-			if err := p.part.emit(emit); err != nil {
+		if p.protobufPart.size >= partBytes {
+			if err := p.protobufPart.emit(emit); err != nil {
 				return err
 			}
 		}
 	}
-	return p.part.emit(emit)
+	return p.protobufPart.emit(emit)
 }
 
 // stripCreated drops created timestamps, for protobuf input written as
@@ -494,7 +494,7 @@ func (pt *pbPart) place(name string, m *dto.Metric) {
 // metric renamed by a rule moves to a family of that name. Summaries and
 // classic histograms go series by series (protobufClassic).
 func (p *pipeline) protobufMetric(h *pbHeader, m *dto.Metric) error {
-	if h.typ == dto.MetricType_GAUGE_HISTOGRAM && p.out != FormatProtobuf && classic(h.typ, m) {
+	if h.typ == dto.MetricType_GAUGE_HISTOGRAM && p.familyFormat != FormatProtobuf && classic(h.typ, m) {
 		// The text formats name a gauge histogram's count and sum _gcount
 		// and _gsum, protobuf _count and _sum: relay the series.
 		return p.protobufClassic(h, m, true)
@@ -504,10 +504,10 @@ func (p *pipeline) protobufMetric(h *pbHeader, m *dto.Metric) error {
 		if p.label != "" {
 			p.addLabelPair(h.name, m)
 		}
-		p.part.fam.Metric = append(p.part.fam.Metric, m)
+		p.protobufPart.fam.Metric = append(p.protobufPart.fam.Metric, m)
 		return nil
 	}
-	if p.fast != nil && p.protobufFast(h, m) {
+	if p.fastRules != nil && p.protobufFast(h, m) {
 		return nil
 	}
 	if classic(h.typ, m) {
@@ -519,7 +519,7 @@ func (p *pipeline) protobufMetric(h *pbHeader, m *dto.Metric) error {
 	}
 	p.samples += sampleCount(m)
 	m.Label = labelPairs(out, "")
-	p.part.place(out.Get(model.MetricNameLabel), m)
+	p.protobufPart.place(out.Get(model.MetricNameLabel), m)
 	return nil
 }
 
@@ -531,7 +531,7 @@ func (p *pipeline) protobufMetric(h *pbHeader, m *dto.Metric) error {
 // valid in the legacy scheme that the general path would check, or name
 // rules keep only some series of a summary or histogram.
 func (p *pipeline) protobufFast(h *pbHeader, m *dto.Metric) bool {
-	f := p.fast
+	f := p.fastRules
 	for _, l := range m.Label {
 		for _, n := range f.set {
 			if l.GetName() == string(n) {
@@ -581,7 +581,7 @@ func (p *pipeline) protobufFast(h *pbHeader, m *dto.Metric) bool {
 		p.addLabelPair(h.name, m)
 	}
 	m.Label = append(m.Label, f.pairs...)
-	p.part.fam.Metric = append(p.part.fam.Metric, m)
+	p.protobufPart.fam.Metric = append(p.protobufPart.fam.Metric, m)
 	return true
 }
 
@@ -602,7 +602,7 @@ func (p *pipeline) addLabelPair(name string, m *dto.Metric) {
 	}
 	m.Label = append(m.Label, nil)
 	copy(m.Label[i+1:], m.Label[i:])
-	m.Label[i] = p.labelPair
+	m.Label[i] = p.exporterPair
 }
 
 // classic reports whether a metric is read by Prometheus as several series:
@@ -658,7 +658,7 @@ func (p *pipeline) protobufClassic(h *pbHeader, m *dto.Metric, split bool) error
 	name := h.name
 	base := p.metricLabels(name, m)
 	magicName := model.BucketLabel
-	parts := p.parts[:0]
+	parts := p.classicParts[:0]
 	if s := m.Summary; s != nil {
 		magicName = model.QuantileLabel
 		for _, q := range s.GetQuantile() {
@@ -680,19 +680,19 @@ func (p *pipeline) protobufClassic(h *pbHeader, m *dto.Metric, split bool) error
 		}
 		parts = append(parts, part{suffix: "_sum", value: hist.GetSampleSum()}, part{suffix: "_count", value: histogramCount(hist)})
 	}
-	p.parts = parts
+	p.classicParts = parts
 
 	whole := !split
 	var newName string
 	var group labels.Labels
 	for i := range parts {
 		c := &parts[i]
-		p.cb.Reset(base)
-		p.cb.Set(model.MetricNameLabel, name+c.suffix)
+		p.classicBuilder.Reset(base)
+		p.classicBuilder.Set(model.MetricNameLabel, name+c.suffix)
 		if c.magic != "" {
-			p.cb.Set(magicName, c.magic)
+			p.classicBuilder.Set(magicName, c.magic)
 		}
-		out, keep, err := p.relabel(p.cb.Labels())
+		out, keep, err := p.relabel(p.classicBuilder.Labels())
 		if err != nil {
 			return err
 		}
@@ -704,9 +704,9 @@ func (p *pipeline) protobufClassic(h *pbHeader, m *dto.Metric, split bool) error
 			continue
 		}
 		b, ok := strings.CutSuffix(out.Get(model.MetricNameLabel), c.suffix)
-		p.cb.Reset(out)
-		p.cb.Del(model.MetricNameLabel, magicName)
-		g := p.cb.Labels()
+		p.classicBuilder.Reset(out)
+		p.classicBuilder.Del(model.MetricNameLabel, magicName)
+		g := p.classicBuilder.Labels()
 		switch {
 		case !ok || out.Get(magicName) != c.magic:
 			whole = false
@@ -734,21 +734,21 @@ func (p *pipeline) protobufClassic(h *pbHeader, m *dto.Metric, split bool) error
 		}
 		p.samples += len(parts)
 		m.Label = labelPairs(group, "")
-		p.part.place(newName, m)
+		p.protobufPart.place(newName, m)
 	case whole && nativeOut.Get(model.MetricNameLabel) == newName && labels.Equal(nativeOut.DropReserved(func(n string) bool { return n == model.MetricNameLabel }), group):
 		p.samples += len(parts) + 1
 		m.Label = labelPairs(group, "")
-		p.part.place(newName, m)
+		p.protobufPart.place(newName, m)
 	case native && nativeKeep:
 		m.Histogram.Bucket = nil
 		p.samples++
 		m.Label = labelPairs(nativeOut, "")
-		p.part.place(nativeOut.Get(model.MetricNameLabel), m)
+		p.protobufPart.place(nativeOut.Get(model.MetricNameLabel), m)
 	default:
 		for _, c := range parts {
 			if c.keep {
 				p.samples++
-				addLoose(&p.part.loose, c.out, c.value, m.GetTimestampMs(), m.GetTimestampMs() != 0)
+				addLoose(&p.protobufPart.loose, c.out, c.value, m.GetTimestampMs(), m.GetTimestampMs() != 0)
 			}
 		}
 	}
@@ -766,13 +766,13 @@ func clearNative(h *dto.Histogram) {
 
 // metricLabels is the label set of a protobuf metric under name.
 func (p *pipeline) metricLabels(name string, m *dto.Metric) labels.Labels {
-	p.sb.Reset()
-	p.sb.Add(model.MetricNameLabel, name)
+	p.metricScratch.Reset()
+	p.metricScratch.Add(model.MetricNameLabel, name)
 	for _, l := range m.Label {
-		p.sb.Add(l.GetName(), l.GetValue())
+		p.metricScratch.Add(l.GetName(), l.GetValue())
 	}
-	p.sb.Sort()
-	return p.sb.Labels()
+	p.metricScratch.Sort()
+	return p.metricScratch.Labels()
 }
 
 // sampleCount is how many series a metric stands for, for the samples

@@ -15,6 +15,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -494,49 +495,80 @@ func TestScrapeTimeout(t *testing.T) {
 	}
 }
 
-func TestRelay_FollowsRedirects(t *testing.T) {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/old", func(w http.ResponseWriter, r *http.Request) {
-		http.Redirect(w, r, "/metrics", http.StatusFound)
-	})
-	mux.HandleFunc("/metrics", func(w http.ResponseWriter, _ *http.Request) {
+// TestRelay_RedirectsNotFollowedByDefault: a hostile upstream answers with a
+// redirect to another local port. By default the relay must not fetch it
+// (the other server sees no request) and fails the scrape with a one-line
+// reason, counted as reason "redirect", on an exporter's endpoint and on
+// the aggregate one; only an explicit follow_redirects: true follows it.
+func TestRelay_RedirectsNotFollowedByDefault(t *testing.T) {
+	var elsewhere atomic.Int64
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		elsewhere.Add(1)
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-		_, _ = io.WriteString(w, "moved 1\n")
-	})
-	srv := httptest.NewServer(mux)
-	defer srv.Close()
+		_, _ = io.WriteString(w, "secret_from_another_port 1\n")
+	}))
+	defer other.Close()
+	hostile := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, other.URL+"/internal", http.StatusFound)
+	}))
+	defer hostile.Close()
+
 	tests := []struct {
 		name, extra string
+		path        string
 		status      int
+		followed    bool
 	}{
-		{"default", "", 200},
-		{"follow_redirects true", "    follow_redirects: true\n", 200},
-		{"follow_redirects false", "    follow_redirects: false\n", 502},
+		{"default", "", "/exporters/e/metrics", http.StatusBadGateway, false},
+		{"default aggregate", "", "/exporters/metrics", http.StatusOK, false},
+		{"follow_redirects false", "    follow_redirects: false\n", "/exporters/e/metrics", http.StatusBadGateway, false},
+		{"follow_redirects true", "    follow_redirects: true\n", "/exporters/e/metrics", http.StatusOK, true},
+		{"follow_redirects true aggregate", "    follow_redirects: true\n", "/exporters/metrics", http.StatusOK, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r, _ := newRelay(t, "exporters:\n  - name: e\n    url: "+srv.URL+"/old\n"+tt.extra)
-			rec := scrape(t, r, "/exporters/e/metrics", acceptText)
+			elsewhere.Store(0)
+			r, m := newRelay(t, "exporters:\n  - name: e\n    url: "+hostile.URL+"/metrics\n"+tt.extra)
+			rec := scrape(t, r, tt.path, acceptText)
 			if rec.Code != tt.status {
 				t.Fatalf("status %d, want %d: %s", rec.Code, tt.status, rec.Body)
 			}
-			if tt.status == 200 && !strings.Contains(rec.Body.String(), "moved") {
-				t.Errorf("redirect target not relayed: %s", rec.Body)
+			body := rec.Body.String()
+			if got := elsewhere.Load(); tt.followed != (got > 0) {
+				t.Fatalf("the server the redirect pointed at got %d requests, followed=%v", got, tt.followed)
+			}
+			if served := strings.Contains(body, "secret_from_another_port"); served != tt.followed {
+				t.Fatalf("redirect target served=%v, want %v: %s", served, tt.followed, body)
+			}
+			if tt.followed {
+				return
+			}
+			if v := testutil.ToFloat64(m.UpstreamErrors.WithLabelValues("e", "redirect")); v != 1 {
+				t.Errorf("upstream errors{reason=redirect} = %v, want 1", v)
+			}
+			if v := testutil.ToFloat64(m.Up.WithLabelValues("e")); v != 0 {
+				t.Errorf("up = %v, want 0", v)
+			}
+			if rec.Code == http.StatusBadGateway {
+				reason := strings.TrimSpace(body)
+				if strings.Contains(reason, "\n") || !strings.Contains(reason, "redirected") || !strings.Contains(reason, "follow_redirects") {
+					t.Errorf("reason is not one clear line: %q", reason)
+				}
 			}
 		})
 	}
 }
 
 func TestParseConfig_HTTPClientDefaults(t *testing.T) {
-	cfg, err := ParseConfig([]byte("exporters:\n  - name: a\n    url: http://x\n  - name: b\n    url: http://y\n    enable_http2: false\n"))
+	cfg, err := ParseConfig([]byte("exporters:\n  - name: a\n    url: http://x\n  - name: b\n    url: http://y\n    enable_http2: false\n    follow_redirects: true\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a := cfg.Exporters[0].HTTPClientConfig; !a.FollowRedirects || !a.EnableHTTP2 {
-		t.Errorf("defaults not applied: follow_redirects %v, enable_http2 %v", a.FollowRedirects, a.EnableHTTP2)
+	if a := cfg.Exporters[0].HTTPClientConfig; a.FollowRedirects || !a.EnableHTTP2 {
+		t.Errorf("defaults not applied: follow_redirects %v (want false), enable_http2 %v (want true)", a.FollowRedirects, a.EnableHTTP2)
 	}
 	if b := cfg.Exporters[1].HTTPClientConfig; !b.FollowRedirects || b.EnableHTTP2 {
-		t.Errorf("explicit enable_http2: false lost or default not applied: %+v", b)
+		t.Errorf("explicit enable_http2: false or follow_redirects: true lost: %+v", b)
 	}
 }
 
@@ -717,3 +749,75 @@ func TestPipeline_FailedRelayLeavesNothingBehind(t *testing.T) {
 type failingWriter struct{}
 
 func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("client went away") }
+
+// TestRelay_AnswersInTheUpstreamFormat checks the negotiation rule: the
+// exporter is asked for the scraper's formats in the scraper's order, and
+// its answer is relayed in its own format whenever the scraper takes that
+// format at all, so nothing is converted; only a format the scraper does
+// not take is converted, to the scraper's best. Content-Types are exact.
+func TestRelay_AnswersInTheUpstreamFormat(t *testing.T) {
+	const (
+		prom2      = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+		prom3      = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+		protoFirst = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.6,application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+		textOnly   = "text/plain;version=0.0.4;q=0.6,*/*;q=0.5"
+
+		omUp    = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8"
+		textUp  = "text/plain;version=0.0.4;escaping=allow-utf-8"
+		protoUp = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;escaping=allow-utf-8"
+	)
+	textCT := "text/plain; version=0.0.4; charset=utf-8; escaping=underscores"
+	tests := []struct {
+		name, upstream, accept string
+		wantUpstreamAccept     string
+		wantCT                 string
+	}{
+		{"text exporter, prometheus 2", "text", prom2, omUp + ";q=1," + textUp + ";q=0.9,*/*;q=0.1", textCT},
+		{"text exporter, prometheus 3", "text", prom3, omUp + ";q=1," + textUp + ";q=0.9,*/*;q=0.1", "text/plain; version=1.0.0; charset=utf-8; escaping=allow-utf-8"},
+		{"text exporter, protobuf first", "text", protoFirst, protoUp + ";q=1," + omUp + ";q=0.9," + textUp + ";q=0.8,*/*;q=0.1", textCT},
+		{"text exporter, text only", "text", textOnly, textUp + ";q=1,*/*;q=0.1", textCT},
+		{"text exporter, no Accept", "text", "", textUp + ";q=1,*/*;q=0.1", textCT},
+		{"text exporter, protobuf only: converted", "text", acceptProto, protoUp + ";q=1,*/*;q=0.1", ContentTypeProtobuf + "; escaping=underscores"},
+		{"openmetrics exporter, prometheus 3", "om", prom3, omUp + ";q=1," + textUp + ";q=0.9,*/*;q=0.1", ContentTypeOpenMetrics + "; escaping=allow-utf-8"},
+		{"openmetrics exporter, text only: converted", "om", textOnly, textUp + ";q=1,*/*;q=0.1", textCT},
+		{"protobuf exporter, protobuf first", "protobuf", protoFirst, protoUp + ";q=1," + omUp + ";q=0.9," + textUp + ";q=0.8,*/*;q=0.1", ContentTypeProtobuf + "; escaping=underscores"},
+		{"protobuf exporter, prometheus 3: converted", "protobuf", prom3, omUp + ";q=1," + textUp + ";q=0.9,*/*;q=0.1", ContentTypeOpenMetrics + "; escaping=allow-utf-8"},
+	}
+	bodies := map[string]struct {
+		ct   string
+		body []byte
+	}{
+		"text":     {"text/plain; version=0.0.4", []byte(richText)},
+		"om":       {"application/openmetrics-text; version=1.0.0", []byte(richOM)},
+		"protobuf": {ContentTypeProtobuf, toProtoB(t, []byte(richText))},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			up := bodies[tt.upstream]
+			var asked atomic.Value
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				asked.Store(r.Header.Get("Accept"))
+				w.Header().Set("Content-Type", up.ct)
+				_, _ = w.Write(up.body)
+			}))
+			defer srv.Close()
+			r, _ := newRelay(t, "exporters:\n  - name: e\n    url: "+srv.URL+"\n")
+			rec := scrape(t, r, "/exporters/e/metrics", tt.accept)
+			if rec.Code != http.StatusOK {
+				t.Fatalf("status %d: %s", rec.Code, rec.Body)
+			}
+			if got := asked.Load(); got != tt.wantUpstreamAccept {
+				t.Errorf("asked the exporter for\n%q, want\n%q", got, tt.wantUpstreamAccept)
+			}
+			ct := rec.Header().Get("Content-Type")
+			if ct != tt.wantCT {
+				t.Errorf("Content-Type %q, want %q", ct, tt.wantCT)
+			}
+			if tt.upstream == "protobuf" {
+				sameSeries(t, series(t, []byte(richText), "text/plain"), series(t, rec.Body.Bytes(), ct))
+				return
+			}
+			sameSeries(t, series(t, up.body, up.ct), series(t, rec.Body.Bytes(), ct))
+		})
+	}
+}

@@ -227,12 +227,6 @@ func trimSpaceRight(b []byte) []byte {
 	return b
 }
 
-// appendSample writes one sample line.
-func appendSample(b []byte, lset labels.Labels, v float64, ts *int64, ex *exemplar.Exemplar, om bool, esc model.EscapingScheme) []byte {
-	b = appendSeries(b, lset, esc)
-	return appendValueSuffix(b, v, ts, ex, om, esc)
-}
-
 // appendValueSuffix writes " value [timestamp] [# exemplar]\n".
 func appendValueSuffix(b []byte, v float64, ts *int64, ex *exemplar.Exemplar, om bool, esc model.EscapingScheme) []byte {
 	b = appendValueTimestamp(b, v, ts, om)

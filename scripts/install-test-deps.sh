@@ -13,8 +13,8 @@
 # started anyway is stopped through its pidfile.
 set -euo pipefail
 
-packages=(prometheus prometheus-node-exporter etcd-server etcd-client chromium)
-commands=(prometheus promtool prometheus-node-exporter etcd etcdctl chromium)
+packages=(prometheus prometheus-node-exporter etcd-server etcd-client chromium systemd lintian cloud-init)
+commands=(prometheus promtool prometheus-node-exporter etcd etcdctl chromium systemd-analyze lintian cloud-init)
 
 log() { echo ">> $*"; }
 die() { echo "install-test-deps: $*" >&2; exit 1; }

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"log/slog"
@@ -199,9 +200,10 @@ func TestFleetReader(t *testing.T) {
 		registry: fleet, now: func() time.Time { return statusNow }, logger: slog.New(slog.DiscardHandler),
 		showFleet: fleetReader(api.CanReadFleet),
 	}
-	clientCAs := authority.Pool()
-	if !clientCAs.AppendCertsFromPEM(foreign.CertificatePEM()) {
-		t.Fatal("foreign CA not added")
+	// client-cas.crt of both data directories, as an operator's bundle.
+	clientCAs := x509.NewCertPool()
+	if !clientCAs.AppendCertsFromPEM(authority.ClientCAsPEM()) || !clientCAs.AppendCertsFromPEM(foreign.ClientCAsPEM()) {
+		t.Fatal("client CAs not added")
 	}
 	srv := httptest.NewUnstartedServer(page)
 	srv.TLS = &tls.Config{ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: clientCAs}

@@ -1,0 +1,220 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"hash/maphash"
+	"net/http"
+	"sync"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+)
+
+// aggregatePath serves every exporter merged into one exposition.
+const aggregatePath = "/exporters/metrics"
+
+// errAggregateUnlabeled is the reason the aggregate endpoint is off.
+var errAggregateUnlabeled = errors.New("aggregate endpoint disabled: exporter_label is empty, so the series of several exporters would collide; scrape /exporters/<name>/metrics or set exporter_label")
+
+// source is one exporter on the aggregate endpoint.
+type source struct {
+	exporter *exporter
+	ch       chan *dto.MetricFamily
+	head     *dto.MetricFamily
+}
+
+// serveAggregate merges all exporters into one exposition. Exporters are
+// scraped concurrently and their families merged by name as they stream
+// in: client libraries sort families by name, so a k-way merge joins
+// same-named families from different exporters into one valid family while
+// holding about one family per exporter in memory. A family whose name
+// comes again after other families were written (an unsorted upstream) is
+// dropped and counted, since a text exposition may not repeat a family
+// (bare samples without metadata may come again, see nameSet for the
+// bound); so is a family whose type differs from the one already merged
+// under its name. Exporters that fail are left out and reported in the relay
+// metrics; one that fails halfway leaves the families it sent before.
+//
+// Without an exporter label the series of two exporters could be the same
+// series, which Prometheus would count as duplicates and partly drop, so
+// the endpoint then serves only a relay of a single exporter and answers
+// 404 with the reason otherwise.
+func (r *Relay) serveAggregate(w http.ResponseWriter, req *http.Request) {
+	if r.cfg.Label() == "" && len(r.names) > 1 {
+		http.Error(w, errAggregateUnlabeled.Error(), http.StatusNotFound)
+		return
+	}
+	neg := negotiate(req.Header.Get("Accept"))
+	out := neg.format
+	ctx, cancel := context.WithCancel(req.Context())
+	defer cancel()
+
+	sources := make([]*source, 0, len(r.names))
+	var wg sync.WaitGroup
+	for _, name := range r.names {
+		s := &source{exporter: r.exporters[name], ch: make(chan *dto.MetricFamily, 2)}
+		sources = append(sources, s)
+		wg.Go(func() { s.run(ctx, req, out) })
+	}
+	defer wg.Wait()
+
+	fw := &familyWriter{}
+	resp := r.newResponse(w, req, neg)
+	fw.reset(resp.sink, out, neg.esc)
+	err := r.merge(sources, fw)
+	if ferr := r.finish(resp, err == nil); err == nil {
+		err = ferr
+	}
+	if err != nil {
+		cancel()
+		r.logger.Debug("Writing the aggregate response failed", "err", err)
+		// Drain, so every source sees the cancellation and ends.
+		for _, s := range sources {
+			for range s.ch {
+			}
+		}
+		if resp.dst.wrote {
+			panic(http.ErrAbortHandler)
+		}
+	}
+}
+
+// run streams one exporter's families into its channel.
+func (s *source) run(ctx context.Context, req *http.Request, out Format) {
+	defer close(s.ch)
+	e := s.exporter
+	m := e.relay.metrics
+	start := time.Now()
+	timeout := scrapeTimeout(req, e.timeout)
+	fctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	p := e.pipeline()
+	p.setLabel(e.relay.cfg.Label())
+	up, err := e.fetch(fctx, p, upstreamAccept(out), timeout)
+	if err == nil {
+		p.samples = 0
+		err = p.families(up.body, up.format, up.ct, out, func(mf *dto.MetricFamily) error {
+			select {
+			case s.ch <- mf:
+				return nil
+			case <-fctx.Done():
+				return fctx.Err()
+			}
+		})
+		up.closer.Close()
+	}
+	if m != nil {
+		m.ScrapeDuration.WithLabelValues(e.cfg.Name).Observe(time.Since(start).Seconds())
+	}
+	if err != nil {
+		fe := classify(fctx, err)
+		e.relay.logger.Debug("Relaying exporter failed", "exporter", e.cfg.Name, "err", fe.err)
+		if m != nil {
+			m.Up.WithLabelValues(e.cfg.Name).Set(0)
+			m.UpstreamErrors.WithLabelValues(e.cfg.Name, fe.reason).Inc()
+			if fe.reason == "parse" {
+				m.ParseErrors.WithLabelValues(e.cfg.Name).Inc()
+			}
+		}
+		return
+	}
+	if m != nil {
+		m.Up.WithLabelValues(e.cfg.Name).Set(1)
+		m.Samples.WithLabelValues(e.cfg.Name).Add(float64(p.samples))
+	}
+	e.release(p)
+}
+
+// merge writes the families of all sources in name order, joining
+// same-named ones.
+func (r *Relay) merge(sources []*source, fw *familyWriter) error {
+	advance := func(s *source) {
+		s.head = nil
+		if mf, ok := <-s.ch; ok {
+			s.head = mf
+		}
+	}
+	for _, s := range sources {
+		advance(s)
+	}
+	written := newNameSet(r.maxNames)
+	for {
+		var name string
+		found := false
+		for _, s := range sources {
+			if s.head != nil && (!found || s.head.GetName() < name) {
+				name, found = s.head.GetName(), true
+			}
+		}
+		if !found {
+			return fw.finish()
+		}
+		var merged *dto.MetricFamily
+		for _, s := range sources {
+			if s.head == nil || s.head.GetName() != name {
+				continue
+			}
+			switch {
+			case !isBare(s.head) && fw.last != name && written.has(name):
+				// Bare families (samples without metadata) may come again.
+				r.drop(s)
+			case merged == nil:
+				merged = s.head
+			case merged.GetType() != s.head.GetType():
+				r.drop(s)
+			default:
+				merged.Metric = append(merged.Metric, s.head.Metric...)
+				if merged.Help == nil {
+					merged.Help = s.head.Help
+				}
+			}
+			advance(s)
+		}
+		if merged == nil {
+			continue
+		}
+		if !isBare(merged) {
+			written.add(name)
+		}
+		if err := fw.write(merged); err != nil {
+			return err
+		}
+	}
+}
+
+// maxWrittenNames bounds how many family names the aggregate endpoint
+// remembers per response to drop repeated families.
+const maxWrittenNames = 1 << 17
+
+// nameSet remembers the names of the families an aggregate response wrote,
+// by 64-bit hash, so that memory does not grow with the names' lengths, and
+// at most max of them: past that a family that comes again is written
+// again (Prometheus reads it; strict parsers would refuse the repeated
+// metadata) rather than memory grown without bound.
+type nameSet struct {
+	seed  maphash.Seed
+	m     map[uint64]struct{}
+	limit int
+}
+
+func newNameSet(limit int) *nameSet {
+	return &nameSet{seed: maphash.MakeSeed(), m: make(map[uint64]struct{}), limit: limit}
+}
+
+func (s *nameSet) add(name string) {
+	if len(s.m) < s.limit {
+		s.m[maphash.String(s.seed, name)] = struct{}{}
+	}
+}
+
+func (s *nameSet) has(name string) bool {
+	_, ok := s.m[maphash.String(s.seed, name)]
+	return ok
+}
+
+func (r *Relay) drop(s *source) {
+	if r.metrics != nil {
+		r.metrics.Dropped.WithLabelValues(s.exporter.cfg.Name).Inc()
+	}
+}

@@ -1,0 +1,143 @@
+package relay
+
+import (
+	"bytes"
+	"errors"
+	"io"
+
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/exemplar"
+	"github.com/prometheus/prometheus/model/labels"
+)
+
+// directHandler writes each sample straight from the parser: text to text
+// or OpenMetrics to OpenMetrics, the fast path.
+type directHandler struct {
+	p  *pipeline
+	om bool
+}
+
+func (d directHandler) meta(kind metaKind, name, value []byte, typ model.MetricType) error {
+	p := d.p
+	if p.skipReplayedMeta > 0 {
+		p.skipReplayedMeta--
+		return nil
+	}
+	switch kind {
+	case metaHelp:
+		p.directBuf = appendHelp(p.directBuf, name, value, d.om, p.escaping)
+	case metaType:
+		p.directBuf = appendMetaLine(p.directBuf, "TYPE", name, typeName(typ, d.om), p.escaping)
+	case metaUnit:
+		if d.om {
+			p.directBuf = appendMetaLine(p.directBuf, "UNIT", name, string(value), p.escaping)
+		}
+	}
+	return nil
+}
+
+// wantLabels sends a series through relabeling with its labels built
+// when there are rules that need them (see fastRules), when its text
+// mentions the exporter label's name, which may then be taken already (see
+// relabel), and when it has quoted names that the scraper needs escaped.
+// Everything else takes the parser's text of the series, with the exporter
+// label and the rules' constant labels appended.
+//
+// A series that needs its labels is looked up in the series cache first:
+// when its outcome is remembered, its labels are not built.
+func (d directHandler) wantLabels(raw []byte) bool {
+	p := d.p
+	p.cached = nil
+	if !d.needsLabels(raw) {
+		return false
+	}
+	if p.cache != nil {
+		p.cached = p.cache.get(p.cache.cacheKey(raw, p.escaping, d.om))
+		return p.cached == nil
+	}
+	return true
+}
+
+func (d directHandler) needsLabels(raw []byte) bool {
+	p := d.p
+	if p.escaping != model.NoEscaping && hasQuotedName(raw) {
+		return true
+	}
+	if len(p.relabels) > 0 {
+		return p.fastRules == nil || !p.fastRules.handles(raw)
+	}
+	return p.label != "" && bytes.Contains(raw, []byte(p.label))
+}
+
+func (d directHandler) series(raw []byte, lset labels.Labels, v float64, ts *int64, ex *exemplar.Exemplar) error {
+	p := d.p
+	if c := p.cached; c != nil {
+		p.cached = nil
+		if c.dropped {
+			return nil
+		}
+		p.samples++
+		p.directBuf = appendValueSuffix(append(p.directBuf, c.series()...), v, ts, ex, d.om, p.escaping)
+		return nil
+	}
+	if lset.IsEmpty() {
+		if p.fastRules != nil && !p.fastRules.keep(raw) {
+			return nil
+		}
+		p.samples++
+		p.directBuf = appendRawSample(p.directBuf, raw, p.splice, v, ts, ex, d.om, p.escaping)
+		return nil
+	}
+	out, keep, err := p.relabel(lset)
+	if err != nil {
+		return err
+	}
+	if !keep {
+		if p.cache != nil {
+			p.cache.put(p.cache.cacheKey(raw, p.escaping, d.om), true, nil)
+		}
+		return nil
+	}
+	p.samples++
+	start := len(p.directBuf)
+	p.directBuf = appendSeries(p.directBuf, out, p.escaping)
+	if p.cache != nil {
+		p.cache.put(p.cache.cacheKey(raw, p.escaping, d.om), false, p.directBuf[start:])
+	}
+	p.directBuf = appendValueSuffix(p.directBuf, v, ts, ex, d.om, p.escaping)
+	return nil
+}
+
+// direct relays text to text or OpenMetrics to OpenMetrics.
+func (p *pipeline) direct(body io.Reader, ct string, om bool, w io.Writer) error {
+	// Text chunks may end anywhere between lines: the text parser needs no
+	// family context. OpenMetrics chunks end at family boundaries, since
+	// its parser checks samples against their family's type.
+	p.chunks.reset(body, p.maxLine, p.maxMetric, chunkBytes, om, om)
+	h := directHandler{p, om}
+	for {
+		chunk, replayed, err := p.chunks.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		p.directBuf = p.directBuf[:0]
+		p.skipReplayedMeta = replayed
+		if err := p.parse(chunk, ct, om, h); err != nil {
+			return err
+		}
+		if len(p.directBuf) > 0 {
+			if _, err := w.Write(p.directBuf); err != nil {
+				return err
+			}
+		}
+	}
+	if om {
+		if _, err := io.WriteString(w, "# EOF\n"); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,118 @@
+package relay
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"unicode/utf8"
+
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/exemplar"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/model/textparse"
+)
+
+// chunkBytes is the chunk size the text parsers are fed: large enough that
+// setting up a parser costs nothing per sample, small enough to stay in
+// the CPU caches.
+const chunkBytes = 64 << 10
+
+// metaKind tells the metadata entries apart.
+type metaKind byte
+
+const (
+	metaHelp metaKind = iota
+	metaType
+	metaUnit
+)
+
+// handler receives what the parser finds in a chunk.
+type handler interface {
+	meta(kind metaKind, name, value []byte, typ model.MetricType) error
+	// wantLabels decides per series whether its labels are built: that is
+	// the most expensive part of relaying, and the direct path can do
+	// without them for most series.
+	wantLabels(raw []byte) bool
+	// series gets the parser's text of a series and, when wanted, its
+	// labels (before relabeling).
+	series(raw []byte, lset labels.Labels, v float64, ts *int64, ex *exemplar.Exemplar) error
+}
+
+// parse runs a parser over one chunk.
+func (p *pipeline) parse(chunk []byte, ct string, om bool, h handler) error {
+	if om {
+		// Each chunk is parsed on its own; OpenMetrics requires the marker.
+		p.omChunkBuf = append(append(p.omChunkBuf[:0], chunk...), "# EOF\n"...)
+		chunk = p.omChunkBuf
+	}
+	parser, err := textparse.New(chunk, ct, p.symbols, textparse.ParserOptions{})
+	if parser == nil {
+		return fmt.Errorf("%w: %w", errParse, err)
+	}
+	for {
+		entry, err := parser.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("%w: %w", errParse, err)
+		}
+		switch entry {
+		case textparse.EntryHelp:
+			name, help := parser.Help()
+			if !utf8.Valid(name) || !utf8.Valid(help) {
+				return fmt.Errorf("%w: help of %q is not UTF-8", errParse, truncate(string(name)))
+			}
+			err = h.meta(metaHelp, name, help, "")
+		case textparse.EntryType:
+			name, typ := parser.Type()
+			err = h.meta(metaType, name, nil, typ)
+		case textparse.EntryUnit:
+			name, unit := parser.Unit()
+			err = h.meta(metaUnit, name, unit, "")
+		case textparse.EntrySeries:
+			raw, ts, v := parser.Series()
+			// The parser takes {""} and names and values that are not
+			// UTF-8; Prometheus fails the scrape for them, and the
+			// protobuf output could not carry them.
+			if len(raw) > 0 && raw[0] == '{' && len(sampleName(raw)) == 0 {
+				return fmt.Errorf("%w: series without a metric name", errParse)
+			}
+			if !utf8.Valid(raw) {
+				return fmt.Errorf("%w: series %q is not UTF-8", errParse, truncate(string(raw)))
+			}
+			lset := labels.EmptyLabels()
+			if h.wantLabels(raw) {
+				parser.Labels(&p.parsedLabels)
+				lset = p.parsedLabels
+			}
+			var ex *exemplar.Exemplar
+			if om {
+				p.parsedExemplar = exemplar.Exemplar{}
+				if parser.Exemplar(&p.parsedExemplar) {
+					ex = &p.parsedExemplar
+				}
+			}
+			err = h.series(raw, lset, v, ts, ex)
+		case textparse.EntryHistogram:
+			// Only the protobuf parser yields these, and protobuf input
+			// does not come this way.
+			err = fmt.Errorf("%w: unexpected native histogram in text input", errParse)
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// typeName spells a type for the output format: text 0.0.4 calls the
+// unknown type "untyped", OpenMetrics "unknown".
+func typeName(t model.MetricType, om bool) string {
+	if t == model.MetricTypeUnknown || t == "untyped" {
+		if om {
+			return "unknown"
+		}
+		return "untyped"
+	}
+	return string(t)
+}

@@ -1,0 +1,156 @@
+package relay
+
+import (
+	"bufio"
+	"errors"
+	"io"
+
+	"github.com/klauspost/compress/gzip"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/exemplar"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/model/relabel"
+	"google.golang.org/protobuf/proto"
+)
+
+var (
+	// errParse wraps failures of the exposition parsers.
+	errParse = errors.New("malformed upstream body")
+	// errRelabel is a series that relabeling left without a metric name or
+	// with invalid label names: Prometheus fails such a scrape, so does
+	// the relay.
+	errRelabel = errors.New("metric_relabel_configs produced an invalid series")
+)
+
+// pipeline relays one upstream body: parse, relabel each series, encode.
+// Its buffers are reused across chunks and scrapes, so memory is bounded
+// by the largest chunk or family, not by the body. A pipeline serves one
+// request at a time.
+type pipeline struct {
+	exporter string
+	label    string
+	relabels []*relabel.Config
+	scheme   model.ValidationScheme
+	limits
+
+	// Relabeling (relabel.go).
+	relabelBuilder *labels.Builder // the labels a series' rules work on
+	// classicBuilder builds the series of a protobuf summary or histogram
+	// one by one (protobuf.go).
+	classicBuilder *labels.Builder
+	metricScratch  labels.ScratchBuilder // a protobuf metric's labels
+	classicParts   []part                // the series of a protobuf summary or histogram
+	exporterPair   *dto.LabelPair        // the exporter label, shared by protobuf metrics
+	// fastRules is the rules in the form the direct path applies to a
+	// series' text, nil when a rule needs its labels (fastpath.go); splice
+	// is what the direct path splices into that text: the exporter label
+	// and the constant labels of fastRules.
+	fastRules *fastRules
+	splice    []byte
+
+	// Parsing text and OpenMetrics (parse.go).
+	chunks         chunker             // cuts the body into chunks for the parser
+	symbols        *labels.SymbolTable // the parser's label strings, reused
+	parsedLabels   labels.Labels       // the labels of the series at hand, when built
+	parsedExemplar exemplar.Exemplar   // the exemplar of the series at hand
+	omChunkBuf     []byte              // an OpenMetrics chunk with its end marker
+
+	// The direct path: text to text, OpenMetrics to OpenMetrics (direct.go).
+	directBuf        []byte // output of one chunk
+	skipReplayedMeta int    // replayed metadata entries the direct path must not repeat
+	escaping         model.EscapingScheme
+
+	// The families path: conversions and the aggregate endpoint
+	// (families.go, dto.go, protobuf.go).
+	familyFormat Format // the output format
+	assembler    assembler
+	familyWriter familyWriter
+	frameReader  *bufio.Reader // protobuf input
+	frameBuf     []byte        // one protobuf frame
+	protobufPart pbPart        // the part of a protobuf family being relayed
+
+	gunzip  *gzip.Reader // upstream decompression, reused
+	samples int          // relayed by the current scrape
+	// cache remembers relabel outcomes across scrapes for the direct path,
+	// nil when off; cached is the entry found for the series at hand.
+	cache  *seriesCache
+	cached *seriesEntry
+	// stripCreated drops created timestamps of protobuf input written as
+	// OpenMetrics: the exporter would not have sent _created lines there.
+	stripCreated bool
+}
+
+// limits bound what a pipeline holds at once: a line of text, a protobuf
+// frame, one metric (a summary or histogram with all its series).
+type limits struct {
+	maxLine, maxFrame, maxMetric int
+}
+
+// defaultLimits are the limits of a configuration that sets none.
+var defaultLimits = limits{maxLine: DefaultMaxLineBytes, maxFrame: DefaultMaxFrameBytes, maxMetric: DefaultMaxMetricBytes}
+
+// size is about how much memory the pipeline's buffers hold.
+func (p *pipeline) size() int {
+	return cap(p.chunks.buf) + cap(p.chunks.scratch) + cap(p.frameBuf) + cap(p.omChunkBuf) + cap(p.directBuf) + cap(p.familyWriter.buf) + 64*cap(p.classicParts)
+}
+
+func newPipeline(exporter, label string, relabels []*relabel.Config, lim limits) *pipeline {
+	p := &pipeline{
+		exporter: exporter, relabels: relabels, scheme: model.UTF8Validation, limits: lim,
+		relabelBuilder: labels.NewBuilder(labels.EmptyLabels()), classicBuilder: labels.NewBuilder(labels.EmptyLabels()),
+		symbols: labels.NewSymbolTable(),
+	}
+	// Validate sets every rule's scheme; one that was never validated
+	// would make the validity checks panic.
+	if len(relabels) > 0 && relabels[0].NameValidationScheme != model.UnsetValidation {
+		p.scheme = relabels[0].NameValidationScheme
+	}
+	p.initLabel(label)
+	return p
+}
+
+// setLabel sets the name of the label that carries the exporter's name, ""
+// for none. Only the aggregate endpoint adds one: there the series of
+// several exporters share a target. On an exporter's own endpoint the
+// target's labels tell the exporter already, and a scraped label of the same
+// name as a target label would be renamed to exported_<name> by Prometheus.
+func (p *pipeline) setLabel(label string) {
+	if label != p.label {
+		p.initLabel(label)
+	}
+}
+
+// initLabel prepares what depends on the exporter label.
+func (p *pipeline) initLabel(label string) {
+	p.label, p.exporterPair, p.splice = label, nil, nil
+	if label != "" {
+		p.exporterPair = &dto.LabelPair{Name: proto.String(label), Value: proto.String(p.exporter)}
+		p.splice = appendQuoted(append([]byte(label), '='), p.exporter)
+	}
+	p.fastRules = nil
+	if len(p.relabels) > 0 {
+		p.fastRules = newFastRules(p.relabels, label)
+	}
+	if p.fastRules != nil && len(p.fastRules.extra) > 0 {
+		if len(p.splice) > 0 {
+			p.splice = append(p.splice, ',')
+		}
+		p.splice = append(p.splice, p.fastRules.extra...)
+	}
+}
+
+// relay copies body in format in (Content-Type ct) to w in format out,
+// spelling names that are not classic ones with esc.
+func (p *pipeline) relay(body io.Reader, in Format, ct string, out Format, esc model.EscapingScheme, w io.Writer) error {
+	p.samples = 0
+	p.escaping = esc
+	if in == out && in != FormatProtobuf {
+		return p.direct(body, ct, out == FormatOpenMetrics, w)
+	}
+	p.familyWriter.reset(w, out, esc)
+	if err := p.families(body, in, ct, out, p.familyWriter.write); err != nil {
+		return err
+	}
+	return p.familyWriter.finish()
+}

@@ -1,0 +1,41 @@
+package relay
+
+import (
+	"fmt"
+
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/model/relabel"
+)
+
+// relabel is the one place where the relay applies metric_relabel_configs
+// to the labels of a series; every path calls it (fastpath.go applies rules
+// that need no labels to the text of a series instead). It adds the
+// exporter label (aggregate endpoint only) and applies the rules in
+// Prometheus' order: target labels first (an upstream label of the same
+// name is kept as exported_<name>, as with honor_labels: false), then the
+// rules.
+func (p *pipeline) relabel(lset labels.Labels) (labels.Labels, bool, error) {
+	p.relabelBuilder.Reset(lset)
+	if p.label != "" {
+		if v := lset.Get(p.label); v != "" {
+			name := model.ExportedLabelPrefix + p.label
+			for lset.Get(name) != "" {
+				name = model.ExportedLabelPrefix + name
+			}
+			p.relabelBuilder.Set(name, v)
+		}
+		p.relabelBuilder.Set(p.label, p.exporter)
+	}
+	if len(p.relabels) == 0 {
+		return p.relabelBuilder.Labels(), true, nil
+	}
+	if !relabel.ProcessBuilder(p.relabelBuilder, p.relabels...) {
+		return labels.EmptyLabels(), false, nil
+	}
+	out := p.relabelBuilder.Labels()
+	if out.Get(model.MetricNameLabel) == "" || !out.IsValid(p.scheme) {
+		return out, false, fmt.Errorf("%w: %s", errRelabel, truncate(out.String()))
+	}
+	return out, true, nil
+}

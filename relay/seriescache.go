@@ -1,0 +1,122 @@
+package relay
+
+import "github.com/prometheus/common/model"
+
+// DefaultSeriesCacheBytes bounds an exporter's series cache.
+const DefaultSeriesCacheBytes = 8 << 20
+
+// seriesCacheMaxAge is how many scrapes an entry survives unseen: series
+// that went away (a restarted process, a removed disk) stop taking room.
+const seriesCacheMaxAge = 10
+
+// seriesEntryOverhead is about what an entry costs beyond its key and
+// series text: its map slot and its slot in the entry table.
+const seriesEntryOverhead = 64
+
+// seriesCache remembers, across scrapes, what relabeling made of a series,
+// as Prometheus' scrape cache does: keyed by the parser's text of the series
+// (and how names are spelled for the scraper), it holds whether the rules
+// dropped the series and otherwise the series text to write. A warm scrape
+// then neither builds labels nor runs rules for series it has seen, which
+// is most of what rules cost.
+//
+// The outcome of a series depends only on its text, the rules and the
+// exporter label, which are fixed for a pipeline's configuration: a
+// configuration change builds a new Relay and so new caches. The cache is
+// bounded in bytes; when it is full, new series are relayed without being
+// remembered until entries age out. A cache serves one scrape at a time.
+//
+// A look-up touches little memory, since it is made for every series: the
+// map holds indexes into one table of entries, and an entry's key and
+// series text are one string, the key a prefix of it.
+type seriesCache struct {
+	index    map[string]int32
+	slots    []seriesEntry
+	free     []int32 // indexes of unused slots
+	bytes    int
+	maxBytes int
+	// scrape counts the scrapes that used the cache; entries remember the
+	// last one that saw them.
+	scrape uint32
+	key    []byte
+}
+
+type seriesEntry struct {
+	text    string // the key, then the series text as written
+	keyLen  int32
+	seen    uint32
+	dropped bool
+}
+
+// series is the series text, name{labels}, when not dropped.
+func (e *seriesEntry) series() string { return e.text[e.keyLen:] }
+
+func newSeriesCache(maxBytes int) *seriesCache {
+	return &seriesCache{index: make(map[string]int32), maxBytes: maxBytes}
+}
+
+// len is the number of series remembered.
+func (c *seriesCache) len() int { return len(c.index) }
+
+// cacheKey is the key of a series' text for a scraper: the spelling of
+// names and the format are part of what is remembered.
+func (c *seriesCache) cacheKey(raw []byte, esc model.EscapingScheme, om bool) []byte {
+	mode := byte(esc) << 1
+	if om {
+		mode |= 1
+	}
+	c.key = append(append(c.key[:0], mode), raw...)
+	return c.key
+}
+
+// get returns the remembered outcome of a series, nil if there is none.
+// The entry is valid until the next put.
+func (c *seriesCache) get(key []byte) *seriesEntry {
+	i, ok := c.index[string(key)]
+	if !ok {
+		return nil
+	}
+	e := &c.slots[i]
+	e.seen = c.scrape
+	return e
+}
+
+// put remembers the outcome of a series.
+func (c *seriesCache) put(key []byte, dropped bool, series []byte) {
+	size := len(key) + len(series) + seriesEntryOverhead
+	if c.bytes+size > c.maxBytes {
+		return
+	}
+	text := string(key) + string(series)
+	e := seriesEntry{text: text, keyLen: int32(len(key)), seen: c.scrape, dropped: dropped}
+	var i int32
+	if n := len(c.free); n > 0 {
+		i = c.free[n-1]
+		c.free = c.free[:n-1]
+		c.slots[i] = e
+	} else {
+		i = int32(len(c.slots))
+		c.slots = append(c.slots, e)
+	}
+	c.index[text[:len(key)]] = i
+	c.bytes += size
+}
+
+// endScrape ages the cache after a scrape: every few scrapes, entries not
+// seen for seriesCacheMaxAge scrapes are dropped.
+func (c *seriesCache) endScrape() {
+	c.scrape++
+	if c.scrape%(seriesCacheMaxAge/2) != 0 {
+		return
+	}
+	for i := range c.slots {
+		e := &c.slots[i]
+		if e.text == "" || c.scrape-e.seen <= seriesCacheMaxAge {
+			continue
+		}
+		delete(c.index, e.text[:e.keyLen])
+		c.bytes -= len(e.text) + seriesEntryOverhead
+		*e = seriesEntry{}
+		c.free = append(c.free, int32(i))
+	}
+}
