@@ -21,7 +21,7 @@ import (
 
 	"github.com/baremetal-sd/baremetal_sd/agent"
 	"github.com/baremetal-sd/baremetal_sd/ca"
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/etcd"
 	"github.com/baremetal-sd/baremetal_sd/server"
 )
 
@@ -47,7 +47,7 @@ func run(args []string) int {
 	serverCmd.Flag("tls.server-name", "DNS name or IP of the auto-created serving certificate (repeatable; default: the hostname, localhost, 127.0.0.1, ::1).").StringsVar(&srv.ServerNames)
 	serverCmd.Flag("storage.backend", "Registry store: bolt (embedded file in --data.dir), etcd (shared by several server replicas) or memory (lost on restart).").Default("bolt").EnumVar(&srv.StorageBackend, "bolt", "etcd", "memory")
 	serverCmd.Flag("etcd.endpoints", "etcd client URL, for --storage.backend=etcd (repeatable or comma-separated).").StringsVar(&srv.Etcd.Endpoints)
-	serverCmd.Flag("etcd.prefix", "Key prefix of the registry in etcd; replicas of one fleet share it.").Default(discovery.DefaultEtcdPrefix).StringVar(&srv.Etcd.Prefix)
+	serverCmd.Flag("etcd.prefix", "Key prefix of the registry in etcd; replicas of one fleet share it.").Default(etcd.DefaultPrefix).StringVar(&srv.Etcd.Prefix)
 	serverCmd.Flag("etcd.replica-id", "Name of this replica among those sharing the prefix ([a-zA-Z0-9._-]; default: the hostname). Keep it across restarts; two running replicas must not share it.").StringVar(&srv.Etcd.ReplicaID)
 	serverCmd.Flag("etcd.ca-file", "CA certificate that verifies the etcd servers (https:// endpoints; default: the system roots).").StringVar(&srv.Etcd.CAFile)
 	serverCmd.Flag("etcd.cert-file", "Client certificate for etcd, with --etcd.key-file.").StringVar(&srv.Etcd.CertFile)

@@ -15,10 +15,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/collector"
 	"github.com/baremetal-sd/baremetal_sd/discovery/client"
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/internal/fileutil"
 )
 
 // Bounds on the heartbeat interval a server may ask for.
@@ -610,10 +610,10 @@ func (l *lifecycle) checkResponse(resp *protocol.CertificateResponse) (*tls.Cert
 // The key never changes, so the listener, which reads certificate and key on
 // a handshake, always sees a matching pair: the old certificate or the new.
 func (l *lifecycle) writeFiles(resp *protocol.CertificateResponse, clientCA []byte, p persistedState) error {
-	if err := ca.WriteFileAtomic(l.path(CAFile), clientCA, 0o644); err != nil {
+	if err := fileutil.WriteAtomic(l.path(CAFile), clientCA, 0o644); err != nil {
 		return fmt.Errorf("write CA certificate: %w", err)
 	}
-	if err := ca.WriteFileAtomic(l.path(CertFile), []byte(resp.Certificate), 0o644); err != nil {
+	if err := fileutil.WriteAtomic(l.path(CertFile), []byte(resp.Certificate), 0o644); err != nil {
 		return fmt.Errorf("write certificate: %w", err)
 	}
 	if err := savePersisted(l.path(StateFile), p); err != nil {

@@ -20,8 +20,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/internal/fileutil"
 	"github.com/baremetal-sd/baremetal_sd/web"
 )
 
@@ -111,7 +111,7 @@ func loadOrCreateKey(path string) (key *ecdsa.PrivateKey, created bool, err erro
 		if err != nil {
 			return nil, false, fmt.Errorf("encode key: %w", err)
 		}
-		if err := ca.WriteFileAtomic(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		if err := fileutil.WriteAtomic(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
 			return nil, false, fmt.Errorf("write key: %w", err)
 		}
 		return key, true, nil
@@ -265,7 +265,7 @@ func savePersisted(path string, p persistedState) error {
 	if err != nil {
 		return fmt.Errorf("encode state: %w", err)
 	}
-	return ca.WriteFileAtomic(path, append(data, '\n'), 0o600)
+	return fileutil.WriteAtomic(path, append(data, '\n'), 0o600)
 }
 
 // registrationDigest identifies what a registration tells the server, so
@@ -301,7 +301,7 @@ func writeWebConfig(dir string) (string, error) {
 	if old, err := readBounded(path, maxStateFile); err == nil && string(old) == webConfig {
 		return path, nil
 	}
-	if err := ca.WriteFileAtomic(path, []byte(webConfig), 0o600); err != nil {
+	if err := fileutil.WriteAtomic(path, []byte(webConfig), 0o600); err != nil {
 		return "", fmt.Errorf("write web config: %w", err)
 	}
 	return path, nil

@@ -11,7 +11,7 @@ import (
 	"os"
 	"strings"
 
-	"github.com/baremetal-sd/baremetal_sd/ca"
+	"github.com/baremetal-sd/baremetal_sd/internal/fileutil"
 )
 
 // saveIdentities writes enrolled agents to path (0600: it holds their
@@ -20,7 +20,7 @@ import (
 // it back, so that heartbeats come from the agents `bench register`
 // enrolled, each with its own certificate.
 func saveIdentities(path string, ids []*agentIdentity) error {
-	return ca.WriteFileAtomicFunc(path, 0o600, func(w0 io.Writer) error {
+	return fileutil.WriteAtomicFunc(path, 0o600, func(w0 io.Writer) error {
 		w := bufio.NewWriterSize(w0, 1<<20)
 		for _, id := range ids {
 			if id.cert == nil {

@@ -15,8 +15,9 @@ import (
 
 	"github.com/prometheus/prometheus/model/labels"
 
-	"github.com/baremetal-sd/baremetal_sd/discovery"
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/bolt"
 )
 
 // registryFile is the bolt file in the data dir (server.RegistryFile; the
@@ -37,9 +38,9 @@ type PopulateConfig struct {
 // registration (26-character id like the server's, hostname, address, two
 // labels, one exporter, certificate serial and key fingerprint), so that
 // http_sd and memory numbers match what 100,000 real agents would produce.
-func syntheticAgent(n int, now time.Time) *discovery.Agent {
+func syntheticAgent(n int, now time.Time) *store.Agent {
 	sum := sha256.Sum256([]byte("bench-agent-" + strconv.Itoa(n)))
-	return &discovery.Agent{
+	return &store.Agent{
 		ID:             fmt.Sprintf("bench%021d", n),
 		Hostname:       "bench-" + strconv.Itoa(n) + ".example.com",
 		Address:        benchAddress(n),
@@ -64,7 +65,7 @@ func RunPopulate(ctx context.Context, cfg PopulateConfig, out io.Writer) error {
 	path := filepath.Join(cfg.DataDir, registryFile)
 	// Bolt locks the file: a running server makes this fail after the
 	// store's lock timeout instead of writing behind its back.
-	store, err := discovery.OpenBoltStore(path, discovery.BoltOptions{Logger: cfg.Logger})
+	store, err := bolt.Open(path, bolt.Options{Logger: cfg.Logger})
 	if err != nil {
 		return fmt.Errorf("open registry (stop the server first): %w", err)
 	}

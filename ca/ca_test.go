@@ -267,25 +267,6 @@ func TestKeyFingerprint_StableAndDistinct(t *testing.T) {
 	}
 }
 
-func TestWriteFileAtomic_Perm(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "f")
-	if err := WriteFileAtomic(path, []byte("one"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := WriteFileAtomic(path, []byte("two"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	data, _ := os.ReadFile(path)
-	st, _ := os.Stat(path)
-	if string(data) != "two" || st.Mode().Perm() != 0o600 {
-		t.Fatalf("content %q mode %v", data, st.Mode().Perm())
-	}
-	entries, _ := os.ReadDir(filepath.Dir(path))
-	if len(entries) != 1 {
-		t.Fatalf("temporary files left: %v", entries)
-	}
-}
-
 func FuzzParseCSR(f *testing.F) {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	f.Add(csrFor(f, key))

@@ -13,6 +13,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/baremetal-sd/baremetal_sd/internal/fileutil"
 )
 
 // The trust model separates certificates by issuer, not only by the role OU:
@@ -126,10 +128,10 @@ func loadOrCreateIssuer(dir string, root *issuer, spec issuerSpec, create bool) 
 	if err != nil {
 		return nil, false, err
 	}
-	if err := WriteFileAtomic(keyPath, keyPEM, 0o600); err != nil {
+	if err := fileutil.WriteAtomic(keyPath, keyPEM, 0o600); err != nil {
 		return nil, false, fmt.Errorf("write %s key: %w", spec.name, err)
 	}
-	if err := WriteFileAtomic(certPath, encodeCert(der), 0o644); err != nil {
+	if err := fileutil.WriteAtomic(certPath, encodeCert(der), 0o644); err != nil {
 		return nil, false, fmt.Errorf("write %s certificate: %w", spec.name, err)
 	}
 	iss, err := loadIssuer(certPath, keyPath, root, spec)

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/baremetal-sd/baremetal_sd/internal/fileutil"
 	"github.com/golang-jwt/jwt/v5"
 )
 
@@ -65,7 +66,7 @@ func LoadOrCreateTokenKey(dir string) ([]byte, bool, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, false, fmt.Errorf("create data directory: %w", err)
 	}
-	if err := WriteFileAtomic(path, []byte(base64.StdEncoding.EncodeToString(key)+"\n"), 0o600); err != nil {
+	if err := fileutil.WriteAtomic(path, []byte(base64.StdEncoding.EncodeToString(key)+"\n"), 0o600); err != nil {
 		return nil, false, fmt.Errorf("write token key: %w", err)
 	}
 	return key, true, nil

@@ -23,13 +23,14 @@ import (
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/collector"
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 )
 
 // APIConfig wires the HTTP API to the registry, the CA and the tokens.
 type APIConfig struct {
 	Registry *Registry
 	Cache    *SDCache
-	Store    Store
+	Store    store.Store
 	CA       *ca.Authority
 	Tokens   *ca.Tokens
 	// CertTTL is the lifetime of agent certificates (24h).
@@ -132,7 +133,7 @@ func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) string {
 		writeError(w, ae.status, ae.msg)
 		return ae.reason
 	}
-	if errors.Is(err, ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
+	if errors.Is(err, store.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
 		a.cfg.Logger.Warn("Store unavailable", "path", r.URL.Path, "err", err)
 		writeError(w, http.StatusServiceUnavailable, "registry store unavailable, retry later")
 		return "unavailable"
@@ -241,7 +242,7 @@ func (a *API) register(w http.ResponseWriter, r *http.Request) string {
 	}
 
 	now := a.cfg.Now()
-	agent := &Agent{
+	agent := &store.Agent{
 		Hostname:     req.Hostname,
 		Address:      req.Address,
 		Port:         req.Port,
@@ -250,14 +251,14 @@ func (a *API) register(w http.ResponseWriter, r *http.Request) string {
 		RegisteredAt: now,
 		LastSeen:     now,
 	}
-	var claim *TokenClaim
+	var claim *store.TokenClaim
 	if who.claims != nil {
 		agent.ID = who.claims.AgentID
 		if err := pinLabels(agent, labels.FromMap(who.claims.Labels)); err != nil {
 			return a.fail(w, r, err)
 		}
 		if who.claims.SingleUse {
-			claim = &TokenClaim{ID: who.claims.ID, Expires: now.Add(time.Hour)}
+			claim = &store.TokenClaim{ID: who.claims.ID, Expires: now.Add(time.Hour)}
 			if who.claims.ExpiresAt != nil {
 				claim.Expires = who.claims.ExpiresAt.Time
 			}
@@ -286,8 +287,8 @@ func (a *API) register(w http.ResponseWriter, r *http.Request) string {
 	if err != nil {
 		return a.fail(w, r, err)
 	}
-	_, err = a.cfg.Registry.Modify(r.Context(), agent.ID, claim, func(cur *Agent) (*Agent, error) {
-		next := agent.clone()
+	_, err = a.cfg.Registry.Modify(r.Context(), agent.ID, claim, func(cur *store.Agent) (*store.Agent, error) {
+		next := agent.Clone()
 		if cur == nil {
 			return next, nil
 		}
@@ -312,7 +313,7 @@ func (a *API) register(w http.ResponseWriter, r *http.Request) string {
 		return next, nil
 	})
 	switch {
-	case errors.Is(err, ErrTokenUsed):
+	case errors.Is(err, store.ErrTokenUsed):
 		return a.fail(w, r, a.auth.rejectToken("reused", "token refused: single-use token was already used"))
 	case errors.Is(err, errTokenBeforeRevocation):
 		return a.fail(w, r, a.auth.rejectToken("revoked", "token refused: the agent was revoked after this token was issued"))
@@ -334,7 +335,7 @@ var errTokenBeforeRevocation = errors.New("token issued before the agent was rev
 // pinLabels sets the labels an enrollment token fixed, refusing a request
 // that asks for other values, and records them so that later
 // re-registrations by certificate keep them.
-func pinLabels(agent *Agent, pinned labels.Labels) error {
+func pinLabels(agent *store.Agent, pinned labels.Labels) error {
 	if pinned.IsEmpty() {
 		return nil
 	}
@@ -367,7 +368,7 @@ type signedCert struct {
 // records it in agent (serial, expiry, key fingerprint). Signing comes
 // before the store write, which may have to be repeated, and costs nothing
 // but CPU if the write then refuses.
-func (a *API) sign(agent *Agent, pub any) (*signedCert, error) {
+func (a *API) sign(agent *store.Agent, pub any) (*signedCert, error) {
 	fp, err := ca.KeyFingerprint(pub)
 	if err != nil {
 		return nil, &authError{http.StatusBadRequest, "bad_key", "csr: " + err.Error()}
@@ -463,7 +464,7 @@ func (a *API) heartbeat(w http.ResponseWriter, r *http.Request) string {
 // certStateError answers a registry refusal of an agent certificate.
 func (a *API) certStateError(w http.ResponseWriter, r *http.Request, err error) string {
 	switch {
-	case errors.Is(err, ErrNotFound), errors.Is(err, ErrDeregistered):
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, ErrDeregistered):
 		writeError(w, http.StatusNotFound, "agent not registered: register again")
 		return "not_found"
 	case errors.Is(err, ErrRevoked):
@@ -513,19 +514,19 @@ func (a *API) renew(w http.ResponseWriter, r *http.Request) string {
 	}
 	now := a.cfg.Now()
 	view, _ := a.cfg.Registry.Get(who.id)
-	signFor := view.clone()
+	signFor := view.Clone()
 	// The certificate names the hostname and address of the record; the
 	// rare re-registration that changes them between the read and the write
 	// makes us sign again.
 	for attempt := 1; ; attempt++ {
-		template := &Agent{ID: who.id, Hostname: signFor.Hostname, Address: signFor.Address}
+		template := &store.Agent{ID: who.id, Hostname: signFor.Hostname, Address: signFor.Address}
 		signed, err := a.sign(template, csr.PublicKey)
 		if err != nil {
 			return a.fail(w, r, err)
 		}
-		_, err = a.cfg.Registry.Modify(r.Context(), who.id, nil, func(cur *Agent) (*Agent, error) {
+		_, err = a.cfg.Registry.Modify(r.Context(), who.id, nil, func(cur *store.Agent) (*store.Agent, error) {
 			if cur == nil {
-				return nil, ErrNotFound
+				return nil, store.ErrNotFound
 			}
 			if err := checkActive(cur, who.serial, now); err != nil {
 				return nil, err
@@ -534,9 +535,9 @@ func (a *API) renew(w http.ResponseWriter, r *http.Request) string {
 				return nil, errKeyMismatch
 			}
 			if cur.Hostname != template.Hostname || cur.Address != template.Address {
-				return nil, &recordChanged{cur: cur.clone()}
+				return nil, &recordChanged{cur: cur.Clone()}
 			}
-			next := cur.clone()
+			next := cur.Clone()
 			next.PrevCertSerial, next.PrevCertNotAfter = cur.CertSerial, cur.CertNotAfter
 			next.CertSerial, next.CertNotAfter, next.KeyFingerprint = template.CertSerial, template.CertNotAfter, template.KeyFingerprint
 			return next, nil
@@ -548,7 +549,7 @@ func (a *API) renew(w http.ResponseWriter, r *http.Request) string {
 			continue
 		case errors.Is(err, errKeyMismatch):
 			return a.fail(w, r, a.auth.reject(&authError{http.StatusForbidden, "key_mismatch", "csr key is not the key the agent enrolled with"}))
-		case errors.Is(err, ErrNotFound), errors.Is(err, ErrRevoked), errors.Is(err, ErrSuperseded), errors.Is(err, ErrDeregistered):
+		case errors.Is(err, store.ErrNotFound), errors.Is(err, ErrRevoked), errors.Is(err, ErrSuperseded), errors.Is(err, ErrDeregistered):
 			return a.certStateError(w, r, err)
 		case err != nil:
 			return a.fail(w, r, err)
@@ -565,7 +566,7 @@ var errKeyMismatch = errors.New("csr key is not the key the agent enrolled with"
 
 // recordChanged says that a record changed in a way that needs a new
 // certificate; cur is the record as stored now.
-type recordChanged struct{ cur *Agent }
+type recordChanged struct{ cur *store.Agent }
 
 func (e *recordChanged) Error() string { return "agent record changed during the renewal" }
 
@@ -797,7 +798,7 @@ func (a *API) handleRevoke(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := a.cfg.Now()
-	a.updateAgent(w, r, func(ag *Agent) error {
+	a.updateAgent(w, r, func(ag *store.Agent) error {
 		if !ag.Revoked() {
 			ag.RevokedAt = now
 		}
@@ -814,7 +815,7 @@ func (a *API) handleMaintenance(w http.ResponseWriter, r *http.Request) {
 		writeError(w, status, err.Error())
 		return
 	}
-	a.updateAgent(w, r, func(ag *Agent) error {
+	a.updateAgent(w, r, func(ag *store.Agent) error {
 		if ag.Revoked() {
 			return &authError{http.StatusConflict, "revoked", "agent is revoked"}
 		}
@@ -825,10 +826,10 @@ func (a *API) handleMaintenance(w http.ResponseWriter, r *http.Request) {
 
 // updateAgent applies an operator's change to the agent named in the path,
 // logs it and replies with the agent's new view.
-func (a *API) updateAgent(w http.ResponseWriter, r *http.Request, mutate func(*Agent) error, logMsg string, logArgs ...any) {
+func (a *API) updateAgent(w http.ResponseWriter, r *http.Request, mutate func(*store.Agent) error, logMsg string, logArgs ...any) {
 	id := r.PathValue("id")
 	agent, err := a.cfg.Registry.Update(r.Context(), id, mutate)
-	if errors.Is(err, ErrNotFound) {
+	if errors.Is(err, store.ErrNotFound) {
 		writeError(w, http.StatusNotFound, "no such agent")
 		return
 	}

@@ -18,13 +18,15 @@ import (
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/collector"
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/etcd"
 )
 
 // newReplicaHarness runs the API like newAPIHarness, but on the given store
 // and with the CA and token key of dir, so that several harnesses act as
 // server replicas sharing one store. No watch runs: a test decides what a
 // replica has heard of.
-func newReplicaHarness(t *testing.T, dir string, store Store) *apiHarness {
+func newReplicaHarness(t *testing.T, dir string, st store.Store) *apiHarness {
 	t.Helper()
 	authority, _, err := ca.LoadOrCreate(dir)
 	if err != nil {
@@ -45,14 +47,14 @@ func newReplicaHarness(t *testing.T, dir string, store Store) *apiHarness {
 	logs := &lockedBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	metrics := collector.NewServer(prometheus.NewRegistry())
-	reg := NewRegistry(RegistryConfig{Store: store, TTL: time.Minute, Metrics: metrics, Logger: logger})
+	reg := NewRegistry(RegistryConfig{Store: st, TTL: time.Minute, Metrics: metrics, Logger: logger})
 	if err := reg.Load(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	tokens := ca.NewTokens(key)
 	consumers := NewConsumerLog(metrics, nil)
 	api := NewAPI(APIConfig{
-		Registry: reg, Cache: NewSDCache(reg, metrics), Store: store, CA: authority, Tokens: tokens,
+		Registry: reg, Cache: NewSDCache(reg, metrics), Store: st, CA: authority, Tokens: tokens,
 		CertTTL: time.Hour, Metrics: metrics, Consumers: consumers, Logger: logger,
 	})
 	mux := http.NewServeMux()
@@ -65,11 +67,11 @@ func newReplicaHarness(t *testing.T, dir string, store Store) *apiHarness {
 	}
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
-	return &apiHarness{t: t, ca: authority, key: key, tokens: tokens, reg: reg, store: store, metrics: metrics, consumers: consumers, srv: srv, logs: logs}
+	return &apiHarness{t: t, ca: authority, key: key, tokens: tokens, reg: reg, store: st, metrics: metrics, consumers: consumers, srv: srv, logs: logs}
 }
 
 // storedAgent reads an agent's record as a freshly started replica would.
-func storedAgent(t *testing.T, s Store, id string) (Agent, bool) {
+func storedAgent(t *testing.T, s store.Store, id string) (store.Agent, bool) {
 	t.Helper()
 	agents, err := s.List(context.Background())
 	if err != nil {
@@ -80,7 +82,7 @@ func storedAgent(t *testing.T, s Store, id string) (Agent, bool) {
 			return a, true
 		}
 	}
-	return Agent{}, false
+	return store.Agent{}, false
 }
 
 func (h *apiHarness) renew(cert tls.Certificate) (reply, tls.Certificate) {
@@ -155,10 +157,10 @@ func TestAPIHA_ConcurrentChangesThroughTwoReplicas(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			prefix := fmt.Sprintf("/api-ha-%d/", i)
-			a := newReplicaHarness(t, dir, openTestEtcdStore(t, c, prefix, EtcdOptions{ReplicaID: "a"}))
+			a := newReplicaHarness(t, dir, openTestEtcdStore(t, c, prefix, etcd.Options{ReplicaID: "a"}))
 			resp, cert := a.enroll(ca.TokenSpec{}, nil)
 			// b starts after the enrollment, so it knows the agent.
-			b := newReplicaHarness(t, dir, openTestEtcdStore(t, c, prefix, EtcdOptions{ReplicaID: "b"}))
+			b := newReplicaHarness(t, dir, openTestEtcdStore(t, c, prefix, etcd.Options{ReplicaID: "b"}))
 			if _, ok := b.reg.Get(resp.AgentID); !ok {
 				t.Fatal("b does not know the agent")
 			}

@@ -29,6 +29,8 @@ import (
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/collector"
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
 )
 
 // apiHarness runs the API on a real TLS listener with a CA, tokens and a
@@ -39,7 +41,7 @@ type apiHarness struct {
 	key     []byte
 	tokens  *ca.Tokens
 	reg     *Registry
-	store   Store
+	store   store.Store
 	metrics *collector.Server
 	// consumers is the API's http_sd consumer log.
 	consumers *ConsumerLog
@@ -68,7 +70,7 @@ func (b *lockedBuffer) String() string {
 // token key of its own.
 func newAPIHarness(t *testing.T) *apiHarness {
 	t.Helper()
-	return newReplicaHarness(t, t.TempDir(), NewMemoryStore())
+	return newReplicaHarness(t, t.TempDir(), memory.New())
 }
 
 // client returns an HTTPS client trusting the CA, presenting cert if given.
@@ -723,8 +725,8 @@ func TestAPI_UnknownPathsAndMethods(t *testing.T) {
 func TestWriteJSONList(t *testing.T) {
 	for _, items := range [][]AgentView{
 		nil,
-		{{Agent: Agent{ID: "a"}, State: StateHealthy}},
-		{{Agent: Agent{ID: "a"}}, {Agent: Agent{ID: "b", Labels: labels.FromStrings("k", "v\"\n")}}, {Agent: Agent{ID: "c"}}},
+		{{Agent: store.Agent{ID: "a"}, State: StateHealthy}},
+		{{Agent: store.Agent{ID: "a"}}, {Agent: store.Agent{ID: "b", Labels: labels.FromStrings("k", "v\"\n")}}, {Agent: store.Agent{ID: "c"}}},
 	} {
 		rec := httptest.NewRecorder()
 		writeJSONList(rec, items)

@@ -6,8 +6,8 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/collector"
+	"github.com/baremetal-sd/baremetal_sd/internal/fileutil"
 )
 
 // FileSDWriter writes the unfiltered http_sd target groups to a file for
@@ -71,7 +71,7 @@ func (f *FileSDWriter) Run(ctx context.Context) {
 // write writes the current groups.
 func (f *FileSDWriter) write() error {
 	body := f.Cache.Get(Filter{})
-	if err := ca.WriteFileAtomicFunc(f.Path, 0o644, body.WriteJSON); err != nil {
+	if err := fileutil.WriteAtomicFunc(f.Path, 0o644, body.WriteJSON); err != nil {
 		f.count("error")
 		return fmt.Errorf("write file_sd file: %w", err)
 	}

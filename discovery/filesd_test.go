@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
 	"os"
 	"path/filepath"
 	"testing"
@@ -61,7 +62,7 @@ func waitGroups(t *testing.T, path string, want int, timeout time.Duration) {
 }
 
 func TestFileSDWriter_WritesAtStartAndOnChange(t *testing.T) {
-	r := newTestRegistry(t, NewMemoryStore(), newFakeClock())
+	r := newTestRegistry(t, memory.New(), newFakeClock())
 	path := startFileSD(t, r, 20*time.Millisecond, 0)
 	waitGroups(t, path, 0, 5*time.Second)
 	mustPut(t, r, testAgent("a"))
@@ -76,7 +77,7 @@ func TestFileSDWriter_WritesAtStartAndOnChange(t *testing.T) {
 // the debounce still reach the file within MaxDelay instead of waiting for
 // a quiet moment that never comes.
 func TestFileSDWriter_ChurnDoesNotStarveWrites(t *testing.T) {
-	r := newTestRegistry(t, NewMemoryStore(), newFakeClock())
+	r := newTestRegistry(t, memory.New(), newFakeClock())
 	const debounce = 200 * time.Millisecond
 	path := startFileSD(t, r, debounce, 4*debounce)
 	waitGroups(t, path, 0, 5*time.Second)

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
 	"github.com/prometheus/prometheus/model/labels"
 )
 
@@ -78,7 +79,7 @@ func gunzip(t *testing.T, data []byte) []byte {
 }
 
 func TestSDCache_Empty(t *testing.T) {
-	r := newTestRegistry(t, NewMemoryStore(), newFakeClock())
+	r := newTestRegistry(t, memory.New(), newFakeClock())
 	c := NewSDCache(r, nil)
 	if got := joinBody(c.Get(Filter{})); string(got) != "[]" {
 		t.Fatalf("empty registry body %q, want []", got)
@@ -90,7 +91,7 @@ func TestSDCache_Empty(t *testing.T) {
 
 func TestSDCache_Groups(t *testing.T) {
 	clock := newFakeClock()
-	r := newTestRegistry(t, NewMemoryStore(), clock)
+	r := newTestRegistry(t, memory.New(), clock)
 	a := testAgent("a")
 	a.Address = "2001:db8::1"
 	a.Labels = labels.FromStrings("role", "db", "quote", "say \"hi\"\n\u2028é")
@@ -130,7 +131,7 @@ func with(base map[string]string, kv ...string) map[string]string {
 
 func TestSDCache_Filters(t *testing.T) {
 	clock := newFakeClock()
-	r := newTestRegistry(t, NewMemoryStore(), clock)
+	r := newTestRegistry(t, memory.New(), clock)
 	web := testAgent("web1")
 	db := testAgent("db1")
 	db.Labels = labels.FromStrings("role", "database")
@@ -183,7 +184,7 @@ func TestParseFilter_Errors(t *testing.T) {
 // identity and the gzip body and that only what changed is rebuilt.
 func TestSDCache_IncrementalRebuild(t *testing.T) {
 	clock := newFakeClock()
-	r := newTestRegistry(t, NewMemoryStore(), clock)
+	r := newTestRegistry(t, memory.New(), clock)
 	for i := 0; i < 500; i++ {
 		mustPut(t, r, testAgent(fmt.Sprintf("agent-%03d", i)))
 	}
@@ -227,7 +228,7 @@ func TestSDCache_IncrementalRebuild(t *testing.T) {
 
 func TestSDCache_ExpiredLeavesAtOnce(t *testing.T) {
 	clock := newFakeClock()
-	r := newTestRegistry(t, NewMemoryStore(), clock)
+	r := newTestRegistry(t, memory.New(), clock)
 	mustPut(t, r, testAgent("a"))
 	mustPut(t, r, testAgent("b"))
 	c := NewSDCache(r, nil)
@@ -333,7 +334,7 @@ func TestCRC32Combine(t *testing.T) {
 // TestSDCache_EvictsBeyondBounds: distinct filters beyond maxViews do not
 // pile up cached views, and the view being served survives eviction.
 func TestSDCache_EvictsBeyondBounds(t *testing.T) {
-	r := newTestRegistry(t, NewMemoryStore(), newFakeClock())
+	r := newTestRegistry(t, memory.New(), newFakeClock())
 	mustPut(t, r, testAgent("a"))
 	c := NewSDCache(r, nil)
 	for i := range 3 * maxViews {

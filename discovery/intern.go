@@ -4,6 +4,7 @@ import (
 	"strings"
 
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 	"github.com/prometheus/prometheus/model/labels"
 )
 
@@ -30,7 +31,7 @@ func newInterner() *interner {
 }
 
 // agent replaces a's exporter list and label sets by shared equal ones.
-func (in *interner) agent(a *Agent) {
+func (in *interner) agent(a *store.Agent) {
 	a.Exporters = in.exporterList(a.Exporters)
 	a.Labels = in.labelSet(a.Labels)
 	a.PinnedLabels = in.labelSet(a.PinnedLabels)

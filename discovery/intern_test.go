@@ -6,13 +6,14 @@ import (
 	"unsafe"
 
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 	"github.com/prometheus/prometheus/model/labels"
 )
 
 func TestInterner_SharesEqualValues(t *testing.T) {
 	in := newInterner()
-	mk := func(role string) *Agent {
-		return &Agent{
+	mk := func(role string) *store.Agent {
+		return &store.Agent{
 			Labels:    labels.FromStrings("role", role, "dc", "east"),
 			Exporters: []protocol.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
 		}
@@ -31,7 +32,7 @@ func TestInterner_SharesEqualValues(t *testing.T) {
 		t.Error("different label sets were merged")
 	}
 	// Distinct exporter lists stay distinct.
-	d := &Agent{Exporters: []protocol.Exporter{{Name: "node", Path: "/other"}}}
+	d := &store.Agent{Exporters: []protocol.Exporter{{Name: "node", Path: "/other"}}}
 	in.agent(d)
 	if d.Exporters[0].Path != "/other" {
 		t.Errorf("exporter list replaced by another: %v", d.Exporters)
@@ -41,7 +42,7 @@ func TestInterner_SharesEqualValues(t *testing.T) {
 func TestInterner_Bounded(t *testing.T) {
 	in := newInterner()
 	for i := range 2 * maxInterned {
-		a := &Agent{
+		a := &store.Agent{
 			Labels:    labels.FromStrings("host", fmt.Sprint(i)),
 			Exporters: []protocol.Exporter{{Name: fmt.Sprintf("e%d", i), Path: "/p"}},
 		}

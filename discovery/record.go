@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 	"github.com/prometheus/prometheus/model/labels"
 )
 
@@ -26,7 +27,7 @@ type record struct {
 
 // newRecord makes the in-memory record of a stored agent. It shares a's
 // labels and exporter list, which are never modified.
-func newRecord(a *Agent) *record {
+func newRecord(a *store.Agent) *record {
 	return &record{
 		ID:               a.ID,
 		Hostname:         a.Hostname,
@@ -50,8 +51,8 @@ func newRecord(a *Agent) *record {
 
 // agent returns the record as an Agent of its own (LastSeen and Status are
 // the entry's to fill in).
-func (r *record) agent() *Agent {
-	a := &Agent{
+func (r *record) agent() *store.Agent {
+	a := &store.Agent{
 		ID:               r.ID,
 		Hostname:         r.Hostname,
 		Address:          r.Address,
@@ -91,7 +92,7 @@ func (r *record) checkActive(serial string, now time.Time) error {
 // checkActive decides whether a certificate may act for a registered agent
 // (heartbeat, renew, deregister): checkSerial, and the agent has not
 // deregistered itself. Registering again only needs checkSerial.
-func checkActive(a *Agent, serial string, now time.Time) error {
+func checkActive(a *store.Agent, serial string, now time.Time) error {
 	if err := checkSerial(a, serial, now); err != nil {
 		return err
 	}
@@ -107,7 +108,7 @@ func (r *record) checkSerial(serial string, now time.Time) error {
 }
 
 // checkSerial decides whether a certificate may still speak for an agent.
-func checkSerial(a *Agent, serial string, now time.Time) error {
+func checkSerial(a *store.Agent, serial string, now time.Time) error {
 	return serialAllowed(a.Revoked(), a.CertSerial, a.PrevCertSerial, unixNanos(a.PrevCertNotAfter), serial, now)
 }
 

@@ -8,6 +8,7 @@ import (
 	"unsafe"
 
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 	"github.com/prometheus/prometheus/model/labels"
 )
 
@@ -15,7 +16,7 @@ import (
 // stored, but for LastSeen and Status, which the entry holds.
 func TestRecord_RoundTrip(t *testing.T) {
 	at := time.Date(2026, 11, 25, 12, 0, 0, 123456789, time.FixedZone("CET", 3600))
-	full := Agent{
+	full := store.Agent{
 		ID: "a1", Hostname: "h1.example.com", Address: "2001:db8::1", Port: 65535,
 		Labels:           labels.FromStrings("role", "db", "empty", ""),
 		PinnedLabels:     labels.FromStrings("role", "db"),
@@ -30,7 +31,7 @@ func TestRecord_RoundTrip(t *testing.T) {
 		RevokedAt:        at.Add(2 * time.Hour),
 		Deregistered:     true,
 	}
-	for _, a := range []Agent{full, {ID: "bare", Hostname: "h", Address: "10.0.0.1", Port: 1}} {
+	for _, a := range []store.Agent{full, {ID: "bare", Hostname: "h", Address: "10.0.0.1", Port: 1}} {
 		t.Run(a.ID, func(t *testing.T) {
 			got := newRecord(&a).agent()
 			for _, tm := range []struct {
@@ -61,11 +62,11 @@ func TestRecord_RoundTrip(t *testing.T) {
 // TestRecord_CheckSerial matches checkSerial on the Agent it came from.
 func TestRecord_CheckSerial(t *testing.T) {
 	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
-	a := &Agent{ID: "a", CertSerial: "new", PrevCertSerial: "old", PrevCertNotAfter: now.Add(time.Minute)}
+	a := &store.Agent{ID: "a", CertSerial: "new", PrevCertSerial: "old", PrevCertNotAfter: now.Add(time.Minute)}
 	revoked := *a
 	revoked.RevokedAt = now
 	for _, tt := range []struct {
-		agent  *Agent
+		agent  *store.Agent
 		serial string
 		at     time.Time
 		want   error

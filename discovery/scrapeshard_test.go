@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
 	"github.com/prometheus/prometheus/model/labels"
 )
 
@@ -139,7 +141,7 @@ func shardAgents(t *testing.T, b Body) []string {
 // by ScrapeShardOf, come from one view, and only the shard of a changed
 // agent changes.
 func TestSDCache_Shards(t *testing.T) {
-	r := newTestRegistry(t, NewMemoryStore(), newFakeClock())
+	r := newTestRegistry(t, memory.New(), newFakeClock())
 	for i := range 300 {
 		a := testAgent(fmt.Sprintf("agent-%03d", i))
 		if i%2 == 1 {
@@ -199,7 +201,7 @@ func TestSDCache_Shards(t *testing.T) {
 			tags[i] = c.Get(Filter{Shard: ScrapeShard{i, n}}).ETag(false)
 		}
 		id := "agent-007"
-		if _, err := r.Update(context.Background(), id, func(a *Agent) error {
+		if _, err := r.Update(context.Background(), id, func(a *store.Agent) error {
 			a.Maintenance = true
 			return nil
 		}); err != nil {
@@ -221,7 +223,7 @@ func TestSDCache_Shards(t *testing.T) {
 // TestSDCache_ETag: an ETag changes exactly when the content does, and
 // differs between filters, shards and encodings.
 func TestSDCache_ETag(t *testing.T) {
-	r := newTestRegistry(t, NewMemoryStore(), newFakeClock())
+	r := newTestRegistry(t, memory.New(), newFakeClock())
 	for i := range 50 {
 		mustPut(t, r, testAgent(fmt.Sprintf("agent-%02d", i)))
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/discovery/client"
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
 )
 
 // legacyHarness is an API harness whose CA key the test can read, to sign
@@ -30,7 +31,7 @@ import (
 func legacyHarness(t *testing.T) (*apiHarness, crypto.Signer) {
 	t.Helper()
 	dir := t.TempDir()
-	h := newReplicaHarness(t, dir, NewMemoryStore())
+	h := newReplicaHarness(t, dir, memory.New())
 	data, err := os.ReadFile(filepath.Join(dir, ca.KeyFile))
 	if err != nil {
 		t.Fatal(err)
@@ -181,7 +182,7 @@ func TestAPI_LegacyAgentCertificate(t *testing.T) {
 // refused with 403, not let into the admin API.
 func TestAPI_RoleOnlyFromItsIssuer(t *testing.T) {
 	dir := t.TempDir()
-	h := newReplicaHarness(t, dir, NewMemoryStore())
+	h := newReplicaHarness(t, dir, memory.New())
 	data, err := os.ReadFile(filepath.Join(dir, ca.AgentCAKeyFile))
 	if err != nil {
 		t.Fatal(err)

@@ -7,13 +7,16 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
 )
 
 // TestRegistry_Summarize checks the counts and that the first agents come
 // out exactly as the first of List's order, for every limit and filter.
 func TestRegistry_Summarize(t *testing.T) {
 	clock := &fakeClock{now: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
-	r := newTestRegistry(t, NewMemoryStore(), clock)
+	r := newTestRegistry(t, memory.New(), clock)
 	ids := rand.Perm(60)
 	for _, n := range ids {
 		a := testAgent(fmt.Sprintf("a%02d", n))
@@ -21,10 +24,10 @@ func TestRegistry_Summarize(t *testing.T) {
 		a.Hostname = fmt.Sprintf("host%d.example.com", n%7)
 		mustPut(t, r, a)
 	}
-	if _, err := r.Update(context.Background(), "a03", func(a *Agent) error { a.RevokedAt = clock.Now(); return nil }); err != nil {
+	if _, err := r.Update(context.Background(), "a03", func(a *store.Agent) error { a.RevokedAt = clock.Now(); return nil }); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.Update(context.Background(), "a05", func(a *Agent) error { a.Maintenance = true; return nil }); err != nil {
+	if _, err := r.Update(context.Background(), "a05", func(a *store.Agent) error { a.Maintenance = true; return nil }); err != nil {
 		t.Fatal(err)
 	}
 	all := r.List()

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 )
 
 // Deregister is an agent's own deregistration, by the certificate with
@@ -21,9 +23,9 @@ import (
 // certificate that another replica revoked a moment ago must not deregister.
 func (r *Registry) Deregister(ctx context.Context, id, serial string) error {
 	now := r.cfg.Now()
-	_, err := r.Modify(ctx, id, nil, func(cur *Agent) (*Agent, error) {
+	_, err := r.Modify(ctx, id, nil, func(cur *store.Agent) (*store.Agent, error) {
 		if cur == nil {
-			return nil, ErrNotFound
+			return nil, store.ErrNotFound
 		}
 		if err := checkActive(cur, serial, now); err != nil {
 			return nil, err
@@ -44,7 +46,7 @@ func (r *Registry) Deregister(ctx context.Context, id, serial string) error {
 // window), a tombstone. Purging it would let a host shed its pinned labels,
 // maintenance and a revocation to come by going silent for a day instead of
 // deregistering.
-func (r *Registry) retire(cur *Agent, now time.Time) *Agent {
+func (r *Registry) retire(cur *store.Agent, now time.Time) *store.Agent {
 	if cur.Deregistered || cur.Revoked() {
 		return nil
 	}

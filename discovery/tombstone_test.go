@@ -11,6 +11,7 @@ import (
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
 )
 
 // TestAPI_DeregisterKeepsWhatTheAgentMayNotChange is the attack of a host
@@ -102,7 +103,7 @@ func TestAPI_DeregisterKeepsWhatTheAgentMayNotChange(t *testing.T) {
 // its key after expiry, and no longer.
 func TestRegistry_TombstonePurgedAfterRenewGrace(t *testing.T) {
 	clock := newFakeClock()
-	store := NewMemoryStore()
+	store := memory.New()
 	r := NewRegistry(RegistryConfig{Store: store, TTL: time.Minute, Retention: time.Hour, RenewGrace: 48 * time.Hour, Now: clock.Now})
 	if err := r.Load(context.Background()); err != nil {
 		t.Fatal(err)
@@ -173,7 +174,7 @@ func TestRegistry_ExpiredAgentRetiredAsTombstone(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			clock := newFakeClock()
-			store := NewMemoryStore()
+			store := memory.New()
 			r := NewRegistry(RegistryConfig{Store: store, TTL: time.Minute, Retention: time.Hour, RenewGrace: 48 * time.Hour, Now: clock.Now})
 			ctx := context.Background()
 			if err := r.Load(ctx); err != nil {

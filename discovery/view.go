@@ -1,5 +1,9 @@
 package discovery
 
+import (
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
+)
+
 // AgentState is how the registry currently sees an agent.
 type AgentState string
 
@@ -23,6 +27,6 @@ func AgentStates() []AgentState {
 
 // AgentView is one agent in GET /api/v1/agents.
 type AgentView struct {
-	Agent
+	store.Agent
 	State AgentState `json:"state"`
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/internal/fileutil"
 )
 
 // CreateToken signs a token with the token key in dataDir. It runs on the
@@ -74,7 +75,7 @@ func IssueClientCert(dataDir, name string, role ca.Role, ttl time.Duration, outD
 		{ca.AgentCACertFile, authority.AgentCACertificatePEM(), 0o644},
 	}
 	for _, f := range files {
-		if err := ca.WriteFileAtomic(filepath.Join(outDir, f.name), f.data, f.perm); err != nil {
+		if err := fileutil.WriteAtomic(filepath.Join(outDir, f.name), f.data, f.perm); err != nil {
 			return fmt.Errorf("write %s: %w", f.name, err)
 		}
 	}

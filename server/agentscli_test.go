@@ -11,6 +11,7 @@ import (
 
 	"github.com/baremetal-sd/baremetal_sd/discovery"
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 )
 
 func TestPrintable(t *testing.T) {
@@ -54,7 +55,7 @@ func TestAgentsCLI_PrintHostile(t *testing.T) {
 	now := time.Now()
 	agents := []discovery.AgentView{
 		{
-			Agent: discovery.Agent{
+			Agent: store.Agent{
 				ID:        "a1",
 				Hostname:  "evil\x1b[2J\x1b[H",
 				Address:   "10.0.0.1\r",
@@ -66,7 +67,7 @@ func TestAgentsCLI_PrintHostile(t *testing.T) {
 			State: discovery.StateHealthy,
 		},
 		{
-			Agent: discovery.Agent{ID: "a2", Hostname: "zürich", Address: "10.0.0.2", Port: 9956, LastSeen: now},
+			Agent: store.Agent{ID: "a2", Hostname: "zürich", Address: "10.0.0.2", Port: 9956, LastSeen: now},
 			State: discovery.StateMaintenance,
 		},
 	}

@@ -9,12 +9,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/etcd"
 	"github.com/baremetal-sd/baremetal_sd/internal/etcdtest"
 )
 
 // openTestEtcd checks cfg like Run does and opens the store it names.
-func openTestEtcd(t *testing.T, e EtcdConfig) (*discovery.EtcdStore, error) {
+func openTestEtcd(t *testing.T, e EtcdConfig) (*etcd.Store, error) {
 	t.Helper()
 	if e.Timeout == 0 {
 		e.Timeout = 3 * time.Second
@@ -34,17 +35,17 @@ func openTestEtcd(t *testing.T, e EtcdConfig) (*discovery.EtcdStore, error) {
 
 // useStore registers, claims, flushes, lists and checks health: every kind
 // of request the server makes.
-func useStore(ctx context.Context, s *discovery.EtcdStore) error {
-	a := &discovery.Agent{ID: "agent-1", Hostname: "h.example.com", Address: "192.0.2.1", Port: 9956, LastSeen: time.Now()}
+func useStore(ctx context.Context, s *etcd.Store) error {
+	a := &store.Agent{ID: "agent-1", Hostname: "h.example.com", Address: "192.0.2.1", Port: 9956, LastSeen: time.Now()}
 	if _, err := s.List(ctx); err != nil {
 		return err
 	}
-	if _, err := s.Update(ctx, a.ID, &discovery.TokenClaim{ID: "jti", Expires: time.Now().Add(time.Hour)}, func(*discovery.Agent) (*discovery.Agent, error) {
+	if _, err := s.Update(ctx, a.ID, &store.TokenClaim{ID: "jti", Expires: time.Now().Add(time.Hour)}, func(*store.Agent) (*store.Agent, error) {
 		return a, nil
 	}); err != nil {
 		return err
 	}
-	if err := s.Touch(ctx, []discovery.Touch{{ID: a.ID, LastSeen: time.Now()}}); err != nil {
+	if err := s.Touch(ctx, []store.Touch{{ID: a.ID, LastSeen: time.Now()}}); err != nil {
 		return err
 	}
 	if _, err := s.List(ctx); err != nil {

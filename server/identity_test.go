@@ -11,7 +11,7 @@ import (
 	"testing"
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/etcd"
 	"github.com/baremetal-sd/baremetal_sd/internal/etcdtest"
 )
 
@@ -39,8 +39,8 @@ func TestLoadCredentials_SharedStore(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), etcdtest.Wait)
 	defer cancel()
 	logger := slog.New(slog.DiscardHandler)
-	open := func(prefix string) *discovery.EtcdStore {
-		s, err := discovery.OpenEtcdStore(ctx, discovery.EtcdOptions{Endpoints: c.Endpoints(), Prefix: prefix, ReplicaID: "r"})
+	open := func(prefix string) *etcd.Store {
+		s, err := etcd.Open(ctx, etcd.Options{Endpoints: c.Endpoints(), Prefix: prefix, ReplicaID: "r"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -168,7 +168,7 @@ func TestLoadCredentials_UpgradeFrom010(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), etcdtest.Wait)
 	defer cancel()
 	logger := slog.New(slog.DiscardHandler)
-	store, err := discovery.OpenEtcdStore(ctx, discovery.EtcdOptions{Endpoints: c.Endpoints(), Prefix: "/upgrade/", ReplicaID: "r"})
+	store, err := etcd.Open(ctx, etcd.Options{Endpoints: c.Endpoints(), Prefix: "/upgrade/", ReplicaID: "r"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -24,6 +24,11 @@ import (
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/collector"
 	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/bolt"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/etcd"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
+	"github.com/baremetal-sd/baremetal_sd/internal/fileutil"
 	"github.com/baremetal-sd/baremetal_sd/web"
 )
 
@@ -120,7 +125,7 @@ func Run(ctx context.Context, cfg Config) error {
 	)
 	metrics := collector.NewServer(reg)
 	collector.RegisterCertificateExpiry(reg, certificateExpiries(authority, *webFlags.WebConfigFile))
-	if s, ok := store.(*discovery.EtcdStore); ok {
+	if s, ok := store.(*etcd.Store); ok {
 		collector.RegisterEtcdStore(reg, func() collector.EtcdStoreStats {
 			st := s.Stats()
 			return collector.EtcdStoreStats{
@@ -259,7 +264,7 @@ func Run(ctx context.Context, cfg Config) error {
 	return err
 }
 
-func openStore(ctx context.Context, cfg Config) (discovery.Store, error) {
+func openStore(ctx context.Context, cfg Config) (store.Store, error) {
 	switch cfg.StorageBackend {
 	case "etcd":
 		s, err := openEtcd(ctx, cfg)
@@ -268,14 +273,14 @@ func openStore(ctx context.Context, cfg Config) (discovery.Store, error) {
 		}
 		return s, nil
 	case "", "bolt":
-		s, err := discovery.OpenBoltStore(filepath.Join(cfg.DataDir, RegistryFile), discovery.BoltOptions{Logger: cfg.Logger})
+		s, err := bolt.Open(filepath.Join(cfg.DataDir, RegistryFile), bolt.Options{Logger: cfg.Logger})
 		if err != nil {
 			return nil, fmt.Errorf("open registry: %w", err)
 		}
 		return s, nil
 	case "memory":
 		cfg.Logger.Warn("Using the in-memory store: registrations are lost on restart")
-		return discovery.NewMemoryStore(), nil
+		return memory.New(), nil
 	}
 	return nil, fmt.Errorf("unknown storage backend %q", cfg.StorageBackend)
 }
@@ -343,13 +348,13 @@ func checkEtcdConfig(e *EtcdConfig) error {
 		return errors.New("--etcd.username and --etcd.password-file go together")
 	}
 	if e.ReplicaID == "" {
-		id, err := discovery.DefaultReplicaID()
+		id, err := etcd.DefaultReplicaID()
 		if err != nil {
 			return fmt.Errorf("%w: set --etcd.replica-id", err)
 		}
 		e.ReplicaID = id
 	}
-	if err := discovery.ValidateReplicaID(e.ReplicaID); err != nil {
+	if err := etcd.ValidateReplicaID(e.ReplicaID); err != nil {
 		return fmt.Errorf("--etcd.replica-id: %w", err)
 	}
 	return nil
@@ -357,8 +362,8 @@ func checkEtcdConfig(e *EtcdConfig) error {
 
 // etcdOptions turns checked flags into store options, reading the files
 // they name.
-func etcdOptions(e EtcdConfig, logger *slog.Logger) (discovery.EtcdOptions, error) {
-	opts := discovery.EtcdOptions{
+func etcdOptions(e EtcdConfig, logger *slog.Logger) (etcd.Options, error) {
+	opts := etcd.Options{
 		Endpoints:      e.Endpoints,
 		Prefix:         e.Prefix,
 		ReplicaID:      e.ReplicaID,
@@ -386,12 +391,12 @@ func etcdOptions(e EtcdConfig, logger *slog.Logger) (discovery.EtcdOptions, erro
 	return opts, nil
 }
 
-func openEtcd(ctx context.Context, cfg Config) (*discovery.EtcdStore, error) {
+func openEtcd(ctx context.Context, cfg Config) (*etcd.Store, error) {
 	opts, err := etcdOptions(cfg.Etcd, cfg.Logger)
 	if err != nil {
 		return nil, err
 	}
-	s, err := discovery.OpenEtcdStore(ctx, opts)
+	s, err := etcd.Open(ctx, opts)
 	if err != nil {
 		return nil, fmt.Errorf("open etcd registry: %w", err)
 	}
@@ -436,7 +441,7 @@ func prepareWebConfig(cfg Config, authority *ca.Authority) (*toolkitweb.FlagConf
 		"",
 	}, "\n")
 	if old, err := os.ReadFile(path); err != nil || string(old) != content {
-		if err := ca.WriteFileAtomic(path, []byte(content), 0o600); err != nil {
+		if err := fileutil.WriteAtomic(path, []byte(content), 0o600); err != nil {
 			return nil, nil, fmt.Errorf("write web config: %w", err)
 		}
 	}

@@ -21,6 +21,8 @@ import (
 	"github.com/baremetal-sd/baremetal_sd/collector"
 	"github.com/baremetal-sd/baremetal_sd/discovery"
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
 )
 
 // statusNow is the fixed clock of the status page tests.
@@ -39,7 +41,7 @@ type fleetAgent struct {
 func newFleet(t *testing.T, agents []fleetAgent) *discovery.Registry {
 	t.Helper()
 	r := discovery.NewRegistry(discovery.RegistryConfig{
-		Store: discovery.NewMemoryStore(),
+		Store: memory.New(),
 		TTL:   5 * time.Minute,
 		Now:   func() time.Time { return statusNow },
 	})
@@ -48,7 +50,7 @@ func newFleet(t *testing.T, agents []fleetAgent) *discovery.Registry {
 		t.Fatal(err)
 	}
 	for _, a := range agents {
-		agent := &discovery.Agent{
+		agent := &store.Agent{
 			ID: a.id, Hostname: a.host, Address: "10.0.0.1", Port: 9956, Labels: labels.FromMap(a.labels),
 			Exporters:    []protocol.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
 			CertSerial:   "serial-" + a.id,

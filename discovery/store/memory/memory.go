@@ -1,47 +1,49 @@
-package discovery
+package memory
 
 import (
 	"context"
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 )
 
-// MemoryStore keeps the registry in memory only: for tests and throwaway
+// Store keeps the registry in memory only: for tests and throwaway
 // servers. Records are copied in and out so callers never share state with
 // the store.
-type MemoryStore struct {
+type Store struct {
 	mu     sync.Mutex
-	agents map[string]*Agent
+	agents map[string]*store.Agent
 	claims map[string]time.Time
 }
 
-// NewMemoryStore returns an empty MemoryStore.
-func NewMemoryStore() *MemoryStore {
-	return &MemoryStore{agents: make(map[string]*Agent), claims: make(map[string]time.Time)}
+// New returns an empty Store.
+func New() *Store {
+	return &Store{agents: make(map[string]*store.Agent), claims: make(map[string]time.Time)}
 }
 
 // List implements Store.
-func (s *MemoryStore) List(context.Context) ([]Agent, error) {
+func (s *Store) List(context.Context) ([]store.Agent, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]Agent, 0, len(s.agents))
+	out := make([]store.Agent, 0, len(s.agents))
 	for _, a := range s.agents {
-		out = append(out, *a.clone())
+		out = append(out, *a.Clone())
 	}
 	return out, nil
 }
 
 // Put implements Store.
-func (s *MemoryStore) Put(_ context.Context, a *Agent) error {
+func (s *Store) Put(_ context.Context, a *store.Agent) error {
 	s.mu.Lock()
-	s.agents[a.ID] = a.clone()
+	s.agents[a.ID] = a.Clone()
 	s.mu.Unlock()
 	return nil
 }
 
 // Delete implements Store.
-func (s *MemoryStore) Delete(_ context.Context, id string) error {
+func (s *Store) Delete(_ context.Context, id string) error {
 	s.mu.Lock()
 	delete(s.agents, id)
 	s.mu.Unlock()
@@ -49,7 +51,7 @@ func (s *MemoryStore) Delete(_ context.Context, id string) error {
 }
 
 // Touch implements Store.
-func (s *MemoryStore) Touch(_ context.Context, touches []Touch) error {
+func (s *Store) Touch(_ context.Context, touches []store.Touch) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, t := range touches {
@@ -62,18 +64,18 @@ func (s *MemoryStore) Touch(_ context.Context, touches []Touch) error {
 
 // Update implements Store. One lock covers the read, the claim and the
 // write.
-func (s *MemoryStore) Update(_ context.Context, id string, claim *TokenClaim, fn UpdateFunc) (*Agent, error) {
+func (s *Store) Update(_ context.Context, id string, claim *store.TokenClaim, fn store.UpdateFunc) (*store.Agent, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := time.Now()
 	if claim != nil {
 		if exp, ok := s.claims[claim.ID]; ok && now.Before(exp) {
-			return nil, ErrTokenUsed
+			return nil, store.ErrTokenUsed
 		}
 	}
-	var cur *Agent
+	var cur *store.Agent
 	if a, ok := s.agents[id]; ok {
-		cur = a.clone()
+		cur = a.Clone()
 	}
 	next, err := fn(cur)
 	if err != nil {
@@ -96,15 +98,15 @@ func (s *MemoryStore) Update(_ context.Context, id string, claim *TokenClaim, fn
 		delete(s.agents, id)
 		return nil, nil
 	}
-	s.agents[id] = next.clone()
-	return next.clone(), nil
+	s.agents[id] = next.Clone()
+	return next.Clone(), nil
 }
 
 // LiveSince implements Store: a memory store is never shared.
-func (s *MemoryStore) LiveSince() time.Time { return time.Time{} }
+func (s *Store) LiveSince() time.Time { return time.Time{} }
 
 // Watch implements Store: a memory store is never shared.
-func (s *MemoryStore) Watch(context.Context) <-chan Event { return nil }
+func (s *Store) Watch(context.Context) <-chan store.Event { return nil }
 
 // Close implements Store.
-func (s *MemoryStore) Close() error { return nil }
+func (s *Store) Close() error { return nil }

@@ -1,4 +1,4 @@
-package discovery
+package store
 
 import (
 	"context"
@@ -64,6 +64,15 @@ type Agent struct {
 
 // Revoked reports whether an operator revoked the agent.
 func (a *Agent) Revoked() bool { return !a.RevokedAt.IsZero() }
+
+// Clone deep-copies an agent record.
+func (a *Agent) Clone() *Agent {
+	cp := *a // labels.Labels are immutable values
+	if a.Exporters != nil {
+		cp.Exporters = append([]protocol.Exporter(nil), a.Exporters...)
+	}
+	return &cp
+}
 
 // TokenClaim uses up a single-use enrollment token together with the
 // registration it admits.

@@ -1,0 +1,3 @@
+// Package memory is a store.Store that keeps everything in memory: for tests
+// and throwaway servers.
+package memory
