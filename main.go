@@ -43,7 +43,7 @@ func run(args []string) int {
 	srv := server.Config{
 		Web: kingpinflag.AddFlags(serverCmd, ":9955"),
 	}
-	serverCmd.Flag("data.dir", "Directory for the CA, token key, serving certificate and registry; created on first start.").Default("data").StringVar(&srv.DataDir)
+	serverCmd.Flag("data.dir", "Directory for the server CA, the issuing CAs for agents and clients, token key, serving certificate and registry; created on first start.").Default("data").StringVar(&srv.DataDir)
 	serverCmd.Flag("tls.server-name", "DNS name or IP of the auto-created serving certificate (repeatable; default: the hostname, localhost, 127.0.0.1, ::1).").StringsVar(&srv.ServerNames)
 	serverCmd.Flag("storage.backend", "Registry store: bolt (embedded file in --data.dir), etcd (shared by several server replicas) or memory (lost on restart).").Default("bolt").EnumVar(&srv.StorageBackend, "bolt", "etcd", "memory")
 	serverCmd.Flag("etcd.endpoints", "etcd client URL, for --storage.backend=etcd (repeatable or comma-separated).").StringsVar(&srv.Etcd.Endpoints)
@@ -56,7 +56,7 @@ func run(args []string) int {
 	serverCmd.Flag("etcd.password-file", "File holding the etcd password of --etcd.username.").StringVar(&srv.Etcd.PasswordFile)
 	serverCmd.Flag("etcd.timeout", "Bound on every etcd operation; past it a registration is answered 503.").Default("5s").DurationVar(&srv.Etcd.Timeout)
 	serverCmd.Flag("agent.ttl", "How long an agent stays in http_sd without a heartbeat.").Default("5m").DurationVar(&srv.AgentTTL)
-	serverCmd.Flag("agent.retention", "How long an expired agent stays listed for operators before it is purged.").Default("24h").DurationVar(&srv.Retention)
+	serverCmd.Flag("agent.retention", "How long an expired agent stays listed for operators before it is purged (kept as a deregistered tombstone instead while one of its certificates could still register).").Default("24h").DurationVar(&srv.Retention)
 	serverCmd.Flag("cert.ttl", "Lifetime of agent certificates; agents renew at 2/3 of it.").Default("24h").DurationVar(&srv.CertTTL)
 	serverCmd.Flag("cert.renew-grace", "How long after expiry an agent may still renew by proving possession of its key.").Default("720h").DurationVar(&srv.RenewGrace)
 	serverCmd.Flag("registry.flush-interval", "How often batched heartbeats are written to the store, at most a quarter of --agent.ttl (default: 5s with bolt, 30s with etcd, capped at that quarter).").DurationVar(&srv.FlushInterval)

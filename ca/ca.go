@@ -150,20 +150,13 @@ func (a *Authority) loadIssuers(dir string, create bool, created *[]string) erro
 
 func loadOrCreateRoot(dir string) (*Authority, bool, error) {
 	certPath, keyPath := filepath.Join(dir, CertFile), filepath.Join(dir, KeyFile)
-	certExists, err := exists(certPath)
+	found, err := keyPairFound(certPath, keyPath, "CA")
 	if err != nil {
 		return nil, false, err
 	}
-	keyExists, err := exists(keyPath)
-	if err != nil {
-		return nil, false, err
-	}
-	switch {
-	case certExists && keyExists:
+	if found {
 		a, err := loadRoot(dir)
 		return a, false, err
-	case certExists != keyExists:
-		return nil, false, fmt.Errorf("found only one of %s and %s: restore the other or remove both to create a new CA", certPath, keyPath)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, false, fmt.Errorf("create data directory: %w", err)
@@ -596,6 +589,25 @@ func readKey(path string) (crypto.Signer, error) {
 func publicKeysEqual(a, b crypto.PublicKey) bool {
 	ea, ok := a.(interface{ Equal(crypto.PublicKey) bool })
 	return ok && ea.Equal(b)
+}
+
+// keyPairFound tells whether both a certificate and its key exist. One
+// without the other is an error rather than a reason to make new ones,
+// which would orphan every certificate the old pair issued; what names the
+// pair in that error.
+func keyPairFound(certPath, keyPath, what string) (bool, error) {
+	certExists, err := exists(certPath)
+	if err != nil {
+		return false, err
+	}
+	keyExists, err := exists(keyPath)
+	if err != nil {
+		return false, err
+	}
+	if certExists != keyExists {
+		return false, fmt.Errorf("found only one of %s and %s: restore the other or remove both to create a new %s", certPath, keyPath, what)
+	}
+	return certExists, nil
 }
 
 func exists(path string) (bool, error) {

@@ -87,20 +87,13 @@ var (
 // also on a 0.1.0 data directory).
 func loadOrCreateIssuer(dir string, root *issuer, spec issuerSpec, create bool) (*issuer, bool, error) {
 	certPath, keyPath := filepath.Join(dir, spec.certFile), filepath.Join(dir, spec.keyFile)
-	certExists, err := exists(certPath)
-	if err != nil {
-		return nil, false, err
-	}
-	keyExists, err := exists(keyPath)
-	if err != nil {
-		return nil, false, err
-	}
+	found, err := keyPairFound(certPath, keyPath, spec.name)
 	switch {
-	case certExists && keyExists:
+	case err != nil:
+		return nil, false, err
+	case found:
 		iss, err := loadIssuer(certPath, keyPath, root, spec)
 		return iss, false, err
-	case certExists != keyExists:
-		return nil, false, fmt.Errorf("found only one of %s and %s: restore the other or remove both to create a new %s", certPath, keyPath, spec.name)
 	case !create:
 		return nil, false, fmt.Errorf("%s missing: start the server of this version once on %s to create it", spec.certFile, dir)
 	}

@@ -28,6 +28,7 @@ import (
 
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/baremetal-sd/baremetal_sd/internal/freeport"
+	"github.com/baremetal-sd/baremetal_sd/internal/poll"
 )
 
 // Bounds of every wait in this package. They are generous because the tests
@@ -164,25 +165,10 @@ func freePort(t testing.TB) int {
 	return freeport.Port(t)
 }
 
-// waitFor calls cond until it returns nil, pausing between calls, and fails
-// the test with cond's last error once timeout has passed. It must be called
-// from the test's goroutine; cond runs there too and may itself call
-// t.Fatal for errors that no amount of waiting can fix.
+// waitFor is poll.Until, under the name the end-to-end tests use.
 func waitFor(t testing.TB, timeout time.Duration, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	pause := 20 * time.Millisecond
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up after %s: %v", timeout, err)
-		}
-		time.Sleep(pause)
-		pause = min(2*pause, 500*time.Millisecond)
-	}
+	poll.Until(t, timeout, cond)
 }
 
 // logBuffer collects a daemon's stdout and stderr. It is safe for the

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/baremetal-sd/baremetal_sd/internal/freeport"
+	"github.com/baremetal-sd/baremetal_sd/internal/poll"
 )
 
 // Bounds of the waits in this file; a healthy run needs a fraction.
@@ -622,23 +623,10 @@ func httpsClient(caFile string) (*http.Client, error) {
 	}, nil
 }
 
-// waitFor calls cond until it returns nil, failing the test with its last
-// error after timeout.
+// waitFor is poll.Until, under the name the end-to-end tests use.
 func waitFor(t *testing.T, timeout time.Duration, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	pause := 20 * time.Millisecond
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up after %s: %v", timeout, err)
-		}
-		time.Sleep(pause)
-		pause = min(2*pause, 500*time.Millisecond)
-	}
+	poll.Until(t, timeout, cond)
 }
 
 func readFile(t *testing.T, path string) []byte {

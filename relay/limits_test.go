@@ -67,7 +67,9 @@ func pair(name, value string) *dto.LabelPair {
 func TestRelay_ProtobufManyTinyMetrics(t *testing.T) {
 	const n = 200_000
 	up := upstreamServer(t, ContentTypeProtobuf, tinyGaugesFrame(n))
-	r, m := newRelay(t, "exporters:\n  - name: e\n    url: "+up.URL+"\n")
+	// The timeout only stops a hung test: under the race detector on a
+	// loaded machine this relay can take longer than the 10 s default.
+	r, m := newRelay(t, "exporters:\n  - name: e\n    url: "+up.URL+"\n    timeout: 5m\n")
 	rec := scrape(t, r, "/exporters/e/metrics", acceptProto)
 	if rec.Code != 200 {
 		t.Fatalf("status %d: %s", rec.Code, rec.Body)
