@@ -60,7 +60,7 @@ func Run(ctx context.Context, cfg Config) error {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
-	metrics := collector.NewAgent(reg)
+	metrics := collector.NewAgent(reg, registrationStates())
 
 	var (
 		relayHandler http.Handler

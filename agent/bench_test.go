@@ -206,7 +206,7 @@ func startBenchAgent(b *testing.B, upstream string) (string, *http.Client) {
 		b.Fatal(err)
 	}
 	exporters := []protocol.Exporter{{Name: "node", Path: relay.ExporterPath("node")}}
-	srv, err := newServer(reg, r, exporters, collector.NewAgent(reg), true, logger)
+	srv, err := newServer(reg, r, exporters, collector.NewAgent(reg, registrationStates()), true, logger)
 	if err != nil {
 		b.Fatal(err)
 	}

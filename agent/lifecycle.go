@@ -161,11 +161,11 @@ func (l *lifecycle) load() {
 	l.nextHeartbeat = now
 	l.retryAt = now
 	if cert != nil && now.Before(cert.Leaf.NotAfter) {
-		l.metrics.SetState(collector.AgentStateRegistered)
-		l.state = collector.AgentStateRegistered
+		l.metrics.SetState(stateRegistered)
+		l.state = stateRegistered
 	} else {
-		l.metrics.SetState(collector.AgentStateEnrolling)
-		l.state = collector.AgentStateEnrolling
+		l.metrics.SetState(stateEnrolling)
+		l.state = stateEnrolling
 	}
 }
 
@@ -328,11 +328,11 @@ func (l *lifecycle) enroll(ctx context.Context) {
 			// reached the expiry the agent's clock passed (not_expired),
 			// which settles itself, or it refuses what the agent
 			// registers, which a token would not change. Retry.
-			l.fail(actEnroll, collector.AgentStateRefused, "refused: "+messageOf(err),
+			l.fail(actEnroll, stateRefused, "refused: "+messageOf(err),
 				fmt.Errorf("with the expired certificate: %w (a server whose clock is behind this host's accepts it once its clock passes the expiry)", err))
 			return
 		default:
-			l.fail(actEnroll, collector.AgentStateUnreachable, "unreachable", err)
+			l.fail(actEnroll, stateUnreachable, "unreachable", err)
 			return
 		}
 	}
@@ -340,14 +340,14 @@ func (l *lifecycle) enroll(ctx context.Context) {
 	tok, err := readToken(l.cfg.TokenFile)
 	switch {
 	case err != nil:
-		l.fail(actEnroll, collector.AgentStateTokenNeeded, "token file unreadable", err)
+		l.fail(actEnroll, stateTokenNeeded, "token file unreadable", err)
 		return
 	case tok == "":
-		l.fail(actEnroll, collector.AgentStateTokenNeeded, "no token",
+		l.fail(actEnroll, stateTokenNeeded, "no token",
 			fmt.Errorf("no valid certificate and no enrollment token in %q", l.cfg.TokenFile))
 		return
 	case l.tokenRefused(tok):
-		l.fail(actEnroll, collector.AgentStateTokenNeeded, "token refused", l.refusedTokenErr)
+		l.fail(actEnroll, stateTokenNeeded, "token refused", l.refusedTokenErr)
 		return
 	}
 	l.enrollWithToken(ctx, actEnroll, tok)
@@ -397,14 +397,14 @@ func (l *lifecycle) enrollWithToken(ctx context.Context, act action, tok string)
 		// The same token will be refused again; wait for a new one.
 		l.refusedToken, l.hasRefusedToken, l.refusedTokenErr = tokenDigest(tok), true, err
 		if act == actRecover {
-			l.fail(act, collector.AgentStateRevoked, "revoked", err)
+			l.fail(act, stateRevoked, "revoked", err)
 			return
 		}
-		l.fail(act, collector.AgentStateTokenNeeded, "token refused", err)
+		l.fail(act, stateTokenNeeded, "token refused", err)
 	case client.IsBadRequest(err):
-		l.fail(act, collector.AgentStateRefused, "refused: "+messageOf(err), err)
+		l.fail(act, stateRefused, "refused: "+messageOf(err), err)
 	default:
-		l.fail(act, collector.AgentStateUnreachable, "unreachable", err)
+		l.fail(act, stateUnreachable, "unreachable", err)
 	}
 }
 
@@ -425,9 +425,9 @@ func (l *lifecycle) register(ctx context.Context) {
 	case client.IsRevoked(err):
 		l.revoked(err)
 	case client.IsBadRequest(err):
-		l.fail(actRegister, collector.AgentStateRefused, "refused: "+messageOf(err), err)
+		l.fail(actRegister, stateRefused, "refused: "+messageOf(err), err)
 	default:
-		l.fail(actRegister, collector.AgentStateUnreachable, "unreachable", err)
+		l.fail(actRegister, stateUnreachable, "unreachable", err)
 	}
 }
 
@@ -440,7 +440,7 @@ func (l *lifecycle) revoked(err error) {
 	if tok, _ := readToken(l.cfg.TokenFile); tok != "" {
 		l.refusedToken, l.hasRefusedToken, l.refusedTokenErr = tokenDigest(tok), true, err
 	}
-	l.fail(actRecover, collector.AgentStateRevoked, "revoked", err)
+	l.fail(actRecover, stateRevoked, "revoked", err)
 }
 
 // recover runs while the server refuses the certificate: a new token in the
@@ -466,9 +466,9 @@ func (l *lifecycle) recover(ctx context.Context) {
 		l.needRegister = true
 		l.retryAt = time.Now()
 	case client.IsRevoked(err):
-		l.fail(actRecover, collector.AgentStateRevoked, "revoked", err)
+		l.fail(actRecover, stateRevoked, "revoked", err)
 	default:
-		l.fail(actRecover, collector.AgentStateUnreachable, "unreachable", err)
+		l.fail(actRecover, stateUnreachable, "unreachable", err)
 	}
 }
 
@@ -494,7 +494,7 @@ func (l *lifecycle) renew(ctx context.Context) {
 	case client.IsRevoked(err):
 		l.revoked(err)
 	default:
-		l.fail(actRenew, collector.AgentStateUnreachable, "unreachable", err)
+		l.fail(actRenew, stateUnreachable, "unreachable", err)
 	}
 }
 
@@ -514,7 +514,7 @@ func (l *lifecycle) heartbeat(ctx context.Context) {
 	case client.IsRevoked(err):
 		l.revoked(err)
 	default:
-		l.fail(actHeartbeat, collector.AgentStateUnreachable, "unreachable", err)
+		l.fail(actHeartbeat, stateUnreachable, "unreachable", err)
 	}
 }
 
@@ -532,7 +532,7 @@ func (l *lifecycle) heartbeatOK(resp *protocol.HeartbeatResponse) {
 	l.failures[actHeartbeat] = 0
 	l.failures[actRecover] = 0
 	l.nextHeartbeat = now.Add(jitter(l.interval))
-	l.setState(collector.AgentStateRegistered, "", nil)
+	l.setState(stateRegistered, "", nil)
 }
 
 // apply takes a certificate from the server into use: files first, then
@@ -578,7 +578,7 @@ func (l *lifecycle) apply(act action, resp *protocol.CertificateResponse, from *
 	l.server = from.URL()
 	l.logger.Info(what, "agent_id", resp.AgentID, "server", l.server,
 		"expires", c.Leaf.NotAfter.UTC().Format(time.RFC3339), "renew_after", l.renewAt().UTC().Format(time.RFC3339))
-	l.setState(collector.AgentStateRegistered, "", nil)
+	l.setState(stateRegistered, "", nil)
 }
 
 // checkResponse verifies a certificate response: the leaf certifies our key
@@ -667,15 +667,15 @@ func (l *lifecycle) setState(state, reason string, err error) {
 	l.metrics.SetState(state)
 	key := state + "\x00" + reason
 	switch state {
-	case collector.AgentStateRegistered:
+	case stateRegistered:
 		l.logOnce(key, slog.LevelInfo, "Agent is registered with the discovery server", "server", l.server, "agent_id", l.persisted.AgentID)
-	case collector.AgentStateUnreachable:
+	case stateUnreachable:
 		l.logOnce(key, slog.LevelWarn, "Discovery server unreachable or failing; retrying with backoff and serving with the current certificate meanwhile", "err", err)
-	case collector.AgentStateRevoked:
+	case stateRevoked:
 		l.logOnce(key, slog.LevelError, "Discovery server refuses this agent's certificate (revoked or superseded); still serving with it until it expires. Put a new enrollment token into the token file to re-admit the agent", "token_file", l.cfg.TokenFile, "err", err)
-	case collector.AgentStateTokenNeeded:
+	case stateTokenNeeded:
 		l.logOnce(key, slog.LevelError, "A new enrollment token is needed: put it into the token file; the agent keeps retrying", "token_file", l.cfg.TokenFile, "err", err)
-	case collector.AgentStateRefused:
+	case stateRefused:
 		l.logOnce(key, slog.LevelError, "Discovery server refused the registration; check --agent.hostname, --agent.address, --agent.label and the relay config", "err", err)
 	default:
 		l.logOnce(key, slog.LevelWarn, "Agent state changed", "state", state, "err", err)

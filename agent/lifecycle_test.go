@@ -39,7 +39,7 @@ func newTestLifecycle(t *testing.T) (*lifecycle, *ecdsa.PrivateKey) {
 	}
 	cfg := Config{StateDir: t.TempDir()}
 	cfg.normalizeTunables()
-	l := newLifecycle(cfg, key, protocol.RegisterRequest{Hostname: "h"}, collector.NewAgent(prometheus.NewRegistry()))
+	l := newLifecycle(cfg, key, protocol.RegisterRequest{Hostname: "h"}, collector.NewAgent(prometheus.NewRegistry(), registrationStates()))
 	return l, key
 }
 

@@ -184,7 +184,7 @@ func (a *agentProc) metric(ctx context.Context, c *http.Client, series string) (
 }
 
 // waitState waits until the agent serves and reports state (see
-// collector.AgentStates) in baremetal_sd_agent_registration_state.
+// the agent's registrationStates) in baremetal_sd_agent_registration_state.
 func (a *agentProc) waitState(t *testing.T, c *http.Client, state string) {
 	t.Helper()
 	series := `baremetal_sd_agent_registration_state{state="` + state + `"}`
