@@ -689,15 +689,10 @@ func (r *Registry) Flush(ctx context.Context) {
 	}
 }
 
-// HealthChecker is a store that can say whether its backend answers.
-type HealthChecker interface {
-	Healthy(ctx context.Context) error
-}
-
 // probeStore asks a store that can be unreachable whether it answers, so
 // that baremetal_sd_store_up tells the truth while nothing is written.
 func (r *Registry) probeStore(ctx context.Context) {
-	h, ok := r.cfg.Store.(HealthChecker)
+	h, ok := r.cfg.Store.(store.HealthChecker)
 	if !ok {
 		return
 	}

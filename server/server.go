@@ -112,13 +112,13 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("create data directory: %w", err)
 	}
-	store, err := openStore(ctx, cfg)
+	st, err := openStore(ctx, cfg)
 	if err != nil {
 		return err
 	}
-	defer store.Close()
+	defer st.Close()
 	var shared identityStore
-	if s, ok := store.(identityStore); ok {
+	if s, ok := st.(identityStore); ok {
 		shared = s
 	}
 	authority, key, err := loadCredentials(ctx, cfg.DataDir, shared, logger)
@@ -138,7 +138,7 @@ func Run(ctx context.Context, cfg Config) error {
 	)
 	metrics := collector.NewServer(reg)
 	collector.RegisterCertificateExpiry(reg, certificateExpiries(authority, *webFlags.WebConfigFile))
-	if s, ok := store.(*etcd.Store); ok {
+	if s, ok := st.(*etcd.Store); ok {
 		collector.RegisterEtcdStore(reg, func() collector.EtcdStoreStats {
 			st := s.Stats()
 			return collector.EtcdStoreStats{
@@ -149,7 +149,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	registry := discovery.NewRegistry(discovery.RegistryConfig{
-		Store:         store,
+		Store:         st,
 		TTL:           cfg.AgentTTL,
 		Retention:     cfg.Retention,
 		FlushInterval: cfg.FlushInterval,
@@ -172,7 +172,7 @@ func Run(ctx context.Context, cfg Config) error {
 	// applies it so every replica serves the same http_sd.
 	watchCtx, stopWatch := context.WithCancel(context.Background())
 	defer stopWatch()
-	if events := store.Watch(watchCtx); events != nil {
+	if events := st.Watch(watchCtx); events != nil {
 		go func() {
 			for ev := range events {
 				registry.ApplyEvent(ev)
@@ -185,7 +185,7 @@ func Run(ctx context.Context, cfg Config) error {
 		Consumers:   consumers,
 		Registry:    registry,
 		Cache:       cache,
-		Store:       store,
+		Store:       st,
 		CA:          authority,
 		Tokens:      ca.NewTokens(key),
 		CertTTL:     cfg.CertTTL,
@@ -211,7 +211,7 @@ func Run(ctx context.Context, cfg Config) error {
 			http.Error(w, "Registry not loaded.", http.StatusServiceUnavailable)
 			return
 		}
-		if h, ok := store.(interface{ Healthy(context.Context) error }); ok {
+		if h, ok := st.(store.HealthChecker); ok {
 			hctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 			err := h.Healthy(hctx)
 			cancel()

@@ -167,3 +167,10 @@ type Store interface {
 	// Close releases the store.
 	Close() error
 }
+
+// HealthChecker is a Store whose backend can be unreachable and that can
+// say whether it answers (etcd). Readiness and baremetal_sd_store_up ask it
+// rather than waiting for a write to fail.
+type HealthChecker interface {
+	Healthy(ctx context.Context) error
+}

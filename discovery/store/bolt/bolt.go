@@ -378,3 +378,5 @@ func (s *Store) Close() error {
 func nanos(t time.Time) []byte {
 	return binary.BigEndian.AppendUint64(nil, uint64(t.UnixNano()))
 }
+
+var _ store.Store = (*Store)(nil)

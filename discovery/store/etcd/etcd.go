@@ -507,3 +507,8 @@ func (s *Store) Close() error {
 	}
 	return nil
 }
+
+var (
+	_ store.Store         = (*Store)(nil)
+	_ store.HealthChecker = (*Store)(nil)
+)

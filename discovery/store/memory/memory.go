@@ -123,3 +123,5 @@ func (s *Store) Watch(context.Context) <-chan store.Event { return nil }
 
 // Close implements Store.
 func (s *Store) Close() error { return nil }
+
+var _ store.Store = (*Store)(nil)
