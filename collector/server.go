@@ -141,48 +141,6 @@ func NewServer(reg prometheus.Registerer) *Server {
 	return m
 }
 
-// EtcdStoreStats are the etcd store's own counters, read at every scrape.
-type EtcdStoreStats struct {
-	WriteRequests, KeysWritten, LastSeenKeysWritten, BytesWritten uint64
-	WatchEvents, Resyncs, UpdateConflicts                         uint64
-}
-
-// etcdStoreCollector exposes EtcdStoreStats as counters.
-type etcdStoreCollector struct {
-	stats func() EtcdStoreStats
-	descs [7]*prometheus.Desc
-}
-
-// RegisterEtcdStore registers the baremetal_sd_store_etcd_* counters, which
-// read stats when scraped.
-func RegisterEtcdStore(reg prometheus.Registerer, stats func() EtcdStoreStats) {
-	desc := func(name, help string) *prometheus.Desc {
-		return prometheus.NewDesc(prometheus.BuildFQName("baremetal_sd", "store_etcd", name), help, nil, nil)
-	}
-	reg.MustRegister(&etcdStoreCollector{stats: stats, descs: [...]*prometheus.Desc{
-		desc("write_requests_total", "Write requests sent to etcd (puts, deletes, transactions, lease grants), retries included: each is one Raft proposal."),
-		desc("keys_written_total", "Keys put or deleted by acknowledged etcd writes."),
-		desc("lastseen_keys_written_total", "Last-seen blobs written by heartbeat flushes (part of keys_written_total)."),
-		desc("written_bytes_total", "Bytes of keys and values in acknowledged etcd writes."),
-		desc("watch_events_total", "Changes made by other replicas, delivered by the etcd watch."),
-		desc("resyncs_total", "Full reads of the registry because the etcd watch fell behind compaction."),
-		desc("update_conflicts_total", "Record updates retried because another replica changed the record first."),
-	}})
-}
-
-func (c *etcdStoreCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range c.descs {
-		ch <- d
-	}
-}
-
-func (c *etcdStoreCollector) Collect(ch chan<- prometheus.Metric) {
-	s := c.stats()
-	for i, v := range [...]uint64{s.WriteRequests, s.KeysWritten, s.LastSeenKeysWritten, s.BytesWritten, s.WatchEvents, s.Resyncs, s.UpdateConflicts} {
-		ch <- prometheus.MustNewConstMetric(c.descs[i], prometheus.CounterValue, float64(v))
-	}
-}
-
 // certificateExpiryCollector exposes when the server's own certificates
 // expire. They are read when scraped, so a certificate the operator replaced
 // on disk shows at once.

@@ -139,13 +139,7 @@ func Run(ctx context.Context, cfg Config) error {
 	metrics := collector.NewServer(reg)
 	collector.RegisterCertificateExpiry(reg, certificateExpiries(authority, *webFlags.WebConfigFile))
 	if s, ok := st.(*etcd.Store); ok {
-		collector.RegisterEtcdStore(reg, func() collector.EtcdStoreStats {
-			st := s.Stats()
-			return collector.EtcdStoreStats{
-				WriteRequests: st.WriteRequests, KeysWritten: st.KeysWritten, LastSeenKeysWritten: st.LastSeenKeysWritten,
-				BytesWritten: st.BytesWritten, WatchEvents: st.Events, Resyncs: st.Resyncs, UpdateConflicts: st.UpdateConflicts,
-			}
-		})
+		reg.MustRegister(etcd.NewCollector(s))
 	}
 
 	registry := discovery.NewRegistry(discovery.RegistryConfig{

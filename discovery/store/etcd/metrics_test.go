@@ -11,7 +11,7 @@
 // See the License for the specific language governing permissions and
 // limitations under the License.
 
-package collector
+package etcd
 
 import (
 	"strings"
@@ -21,10 +21,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
-func TestRegisterEtcdStore(t *testing.T) {
+func TestCollector_Counters(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
-	stats := EtcdStoreStats{WriteRequests: 7, KeysWritten: 300, LastSeenKeysWritten: 256, BytesWritten: 900000, WatchEvents: 12, Resyncs: 1, UpdateConflicts: 2}
-	RegisterEtcdStore(reg, func() EtcdStoreStats { return stats })
+	stats := Stats{WriteRequests: 7, KeysWritten: 300, LastSeenKeysWritten: 256, BytesWritten: 900000, Events: 12, Resyncs: 1, UpdateConflicts: 2}
+	reg.MustRegister(newCollector(func() Stats { return stats }))
 	want := `
 # HELP baremetal_sd_store_etcd_keys_written_total Keys put or deleted by acknowledged etcd writes.
 # TYPE baremetal_sd_store_etcd_keys_written_total counter
