@@ -110,7 +110,7 @@ func Run(ctx context.Context, cfg Config) error {
 	lc := newLifecycle(cfg, key, req, metrics)
 	lc.pinned = pinned
 	userAgent := "baremetal_sd-agent/" + version.Version
-	if lc.client, err = client.NewClient(client.ClientConfig{
+	if lc.client, err = client.NewClient(client.Config{
 		URLs:                 cfg.DiscoveryURLs,
 		RootCAs:              roots,
 		GetClientCertificate: lc.clientCertificate,
@@ -119,7 +119,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}); err != nil {
 		return err
 	}
-	if lc.anon, err = client.NewClient(client.ClientConfig{
+	if lc.anon, err = client.NewClient(client.Config{
 		URLs:      cfg.DiscoveryURLs,
 		RootCAs:   roots,
 		Timeout:   cfg.RequestTimeout,

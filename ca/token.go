@@ -23,8 +23,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/baremetal-sd/baremetal_sd/internal/fileutil"
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/baremetal-sd/baremetal_sd/internal/fileutil"
 )
 
 // Scope says what a token allows.

@@ -29,9 +29,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/prometheus/model/labels"
+
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store"
-	"github.com/prometheus/prometheus/model/labels"
 )
 
 // The benchmarks in this file back the http_sd and registry numbers of

@@ -17,11 +17,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
 )
 
 // startFileSD runs a FileSDWriter over a registry until the test ends.

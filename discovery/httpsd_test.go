@@ -29,9 +29,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/prometheus/model/labels"
+
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
-	"github.com/prometheus/prometheus/model/labels"
 )
 
 // targetGroup is Prometheus' http_sd group, decoded strictly: any key other

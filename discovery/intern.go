@@ -16,9 +16,10 @@ package discovery
 import (
 	"strings"
 
+	"github.com/prometheus/prometheus/model/labels"
+
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store"
-	"github.com/prometheus/prometheus/model/labels"
 )
 
 // maxInterned bounds each table of an interner. Fleets have a handful of

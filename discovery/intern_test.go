@@ -18,9 +18,10 @@ import (
 	"testing"
 	"unsafe"
 
+	"github.com/prometheus/prometheus/model/labels"
+
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store"
-	"github.com/prometheus/prometheus/model/labels"
 )
 
 func TestInterner_SharesEqualValues(t *testing.T) {

@@ -16,9 +16,10 @@ package discovery
 import (
 	"time"
 
+	"github.com/prometheus/prometheus/model/labels"
+
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store"
-	"github.com/prometheus/prometheus/model/labels"
 )
 
 // record is an agent as the registry keeps it in memory: the stored Agent

@@ -20,9 +20,10 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/prometheus/prometheus/model/labels"
+
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store"
-	"github.com/prometheus/prometheus/model/labels"
 )
 
 // TestRecord_RoundTrip: an agent kept as a record comes back as it was

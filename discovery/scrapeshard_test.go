@@ -23,10 +23,11 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/prometheus/model/labels"
+
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
-	"github.com/prometheus/prometheus/model/labels"
 )
 
 // TestScrapeShardOf_Stable pins the assignment: operators rely on a target

@@ -124,7 +124,7 @@ func TestClient_RefusesAnImpostorServer(t *testing.T) {
 			impostor.Config.ErrorLog = nil
 			impostor.StartTLS()
 			defer impostor.Close()
-			c, err := client.NewClient(client.ClientConfig{URLs: []string{impostor.URL}, RootCAs: tt.roots, Timeout: 5 * time.Second})
+			c, err := client.NewClient(client.Config{URLs: []string{impostor.URL}, RootCAs: tt.roots, Timeout: 5 * time.Second})
 			if err != nil {
 				t.Fatal(err)
 			}

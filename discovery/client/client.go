@@ -47,8 +47,8 @@ const maxErrorMessage = 512
 // DefaultClientTimeout bounds one request to one server.
 const DefaultClientTimeout = 30 * time.Second
 
-// ClientConfig configures a Client.
-type ClientConfig struct {
+// Config configures a Client.
+type Config struct {
 	// URLs are the base URLs of the discovery servers, for example
 	// https://sd.example.com:9955. Only https is accepted. Requests go to the
 	// server that answered last and fail over to the others, in order, when
@@ -126,7 +126,7 @@ func IsBadRequest(err error) bool {
 }
 
 // NewClient validates the configuration and builds a client.
-func NewClient(cfg ClientConfig) (*Client, error) {
+func NewClient(cfg Config) (*Client, error) {
 	if len(cfg.URLs) == 0 {
 		return nil, errors.New("no discovery server URL given")
 	}

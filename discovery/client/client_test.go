@@ -133,7 +133,7 @@ func deadURL(t *testing.T) string {
 
 func newTestClient(t *testing.T, ca *clientTestCA, urls ...string) *Client {
 	t.Helper()
-	c, err := NewClient(ClientConfig{URLs: urls, RootCAs: ca.pool, Timeout: 5 * time.Second})
+	c, err := NewClient(Config{URLs: urls, RootCAs: ca.pool, Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +157,7 @@ func TestNewClient_Validation(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := NewClient(ClientConfig{URLs: tt.urls})
+			_, err := NewClient(Config{URLs: tt.urls})
 			if tt.want == "" {
 				if err != nil {
 					t.Fatalf("NewClient: %v", err)
@@ -430,7 +430,7 @@ func TestClient_Timeout(t *testing.T) {
 		}
 	}))
 	t.Cleanup(func() { close(release) })
-	c, err := NewClient(ClientConfig{URLs: []string{srv.URL}, RootCAs: ca.pool, Timeout: 50 * time.Millisecond})
+	c, err := NewClient(Config{URLs: []string{srv.URL}, RootCAs: ca.pool, Timeout: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -453,7 +453,7 @@ func TestClient_ClientCertificateCallback(t *testing.T) {
 	}))
 	var current atomic.Pointer[tls.Certificate]
 	current.Store(&tls.Certificate{}) // none yet
-	c, err := NewClient(ClientConfig{
+	c, err := NewClient(Config{
 		URLs:    []string{srv.URL},
 		RootCAs: ca.pool,
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
@@ -553,7 +553,7 @@ func TestClient_ResumesSessionsPerCertificate(t *testing.T) {
 		_, _ = io.WriteString(w, `{}`)
 	}))
 	var current atomic.Pointer[tls.Certificate]
-	c, err := NewClient(ClientConfig{
+	c, err := NewClient(Config{
 		URLs: []string{srv.URL}, RootCAs: ca.pool, Timeout: 5 * time.Second,
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			if cert := current.Load(); cert != nil {

@@ -18,8 +18,9 @@ import (
 	"errors"
 	"time"
 
-	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/prometheus/prometheus/model/labels"
+
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // ErrNotFound is returned by a Store when an agent does not exist.

@@ -24,9 +24,10 @@ import (
 	"sync"
 	"time"
 
-	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 	bbolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 )
 
 // Buckets of the bolt registry file.

@@ -24,9 +24,10 @@ import (
 	"slices"
 	"time"
 
-	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 )
 
 // Touch implements Store: the times move in this replica's blobs, and

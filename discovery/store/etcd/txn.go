@@ -22,11 +22,12 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
-	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 )
 
 // Put implements Store: the record is acknowledged once etcd committed it.

@@ -21,10 +21,11 @@ import (
 	"sync"
 	"time"
 
-	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
-	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 )
 
 // Watch implements Store; see Store for what it delivers. One Watch
