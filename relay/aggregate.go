@@ -33,21 +33,45 @@ var errAggregateUnlabeled = errors.New("aggregate endpoint disabled: exporter_la
 // source is one exporter on the aggregate endpoint.
 type source struct {
 	exporter *exporter
-	ch       chan *dto.MetricFamily
-	head     *dto.MetricFamily
+	// fetched carries the format the exporter answered in, or false when
+	// the fetch failed; decided carries the format of the response.
+	fetched chan fetched
+	decided chan negotiated
+	ch      chan *dto.MetricFamily // protobuf responses
+	parts   chan *segmentBatch     // text and OpenMetrics responses
+	head    *dto.MetricFamily
+	seg     []segment // the rest of the batch at hand
+	segBuf  []byte
+	// dropping is set while the parts of a dropped family come in.
+	dropping bool
+}
+
+type fetched struct {
+	format Format
+	ok     bool
 }
 
 // serveAggregate merges all exporters into one exposition. Exporters are
-// scraped concurrently and their families merged by name as they stream
-// in: client libraries sort families by name, so a k-way merge joins
-// same-named families from different exporters into one valid family while
-// holding about one family per exporter in memory. A family whose name
-// comes again after other families were written (an unsorted upstream) is
-// dropped and counted, since a text exposition may not repeat a family
-// (bare samples without metadata may come again, see nameSet for the
-// bound); so is a family whose type differs from the one already merged
-// under its name. Exporters that fail are left out and reported in the relay
-// metrics; one that fails halfway leaves the families it sent before.
+// scraped concurrently. Once every exporter answered (or failed), the
+// response format is chosen as for one exporter: when all of them answered
+// in one format the scraper takes, the response is in that format and each
+// exporter's body is relayed as its own endpoint relays it, without
+// conversion; otherwise it is the scraper's best format.
+//
+// The families are merged by name as they stream in: client libraries sort
+// families by name, so a k-way merge joins same-named families from
+// different exporters into one valid family while holding about one chunk
+// per exporter in memory. In text and OpenMetrics, each exporter's relayed
+// output is cut into families by their lines (segment.go) and written as
+// it is; only a name that several exporters send costs more than a copy:
+// its metadata is written once. In protobuf the families are decoded and
+// merged as metric families. A family whose name comes again after other
+// families were written (an unsorted upstream) is dropped and counted,
+// since a text exposition may not repeat a family (bare samples without
+// metadata may come again, see nameSet for the bound); so is a family
+// whose type differs from the one already merged under its name. Exporters
+// that fail are left out and reported in the relay metrics; one that fails
+// halfway leaves the families it sent before.
 //
 // Without an exporter label the series of two exporters could be the same
 // series, which Prometheus would count as duplicates and partly drop, so
@@ -58,24 +82,35 @@ func (r *Relay) serveAggregate(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, errAggregateUnlabeled.Error(), http.StatusNotFound)
 		return
 	}
-	neg := negotiate(req.Header.Get("Accept"))
-	out := neg.format
+	accepted := parseAccept(req.Header.Get("Accept"))
 	ctx, cancel := context.WithCancel(req.Context())
 	defer cancel()
 
 	sources := make([]*source, 0, len(r.names))
 	var wg sync.WaitGroup
 	for _, name := range r.names {
-		s := &source{exporter: r.exporters[name], ch: make(chan *dto.MetricFamily, 2)}
+		s := &source{
+			exporter: r.exporters[name], fetched: make(chan fetched, 1), decided: make(chan negotiated, 1),
+			ch: make(chan *dto.MetricFamily, 2), parts: make(chan *segmentBatch, 2),
+		}
 		sources = append(sources, s)
-		wg.Go(func() { s.run(ctx, req, out) })
+		wg.Go(func() { s.run(ctx, req, accepted) })
 	}
 	defer wg.Wait()
 
-	fw := &familyWriter{}
+	neg := decideAggregate(accepted, sources)
+	for _, s := range sources {
+		s.decided <- neg
+	}
 	resp := r.newResponse(w, req, neg)
-	fw.reset(resp.sink, out, neg.esc)
-	err := r.merge(sources, fw)
+	var err error
+	if neg.format == FormatProtobuf {
+		fw := &familyWriter{}
+		fw.reset(resp.sink, neg.format, neg.esc)
+		err = r.merge(sources, fw)
+	} else {
+		err = r.mergeSegments(sources, resp.sink, neg.format == FormatOpenMetrics)
+	}
 	if ferr := r.finish(resp, err == nil); err == nil {
 		err = ferr
 	}
@@ -86,6 +121,8 @@ func (r *Relay) serveAggregate(w http.ResponseWriter, req *http.Request) {
 		for _, s := range sources {
 			for range s.ch {
 			}
+			for range s.parts {
+			}
 		}
 		if resp.dst.wrote {
 			panic(http.ErrAbortHandler)
@@ -93,9 +130,32 @@ func (r *Relay) serveAggregate(w http.ResponseWriter, req *http.Request) {
 	}
 }
 
-// run streams one exporter's families into its channel.
-func (s *source) run(ctx context.Context, req *http.Request, out Format) {
+// decideAggregate waits for every source's upstream answer and picks the
+// response format: the exporters' own when they all answered in one that
+// the scraper takes, the scraper's best otherwise.
+func decideAggregate(accepted acceptable, sources []*source) negotiated {
+	var format Format
+	same, ok := true, false
+	for _, s := range sources {
+		f := <-s.fetched
+		if !f.ok {
+			continue
+		}
+		if ok && f.format != format {
+			same = false
+		}
+		format, ok = f.format, true
+	}
+	if ok && same {
+		return accepted.answer(format)
+	}
+	return accepted.best()
+}
+
+// run relays one exporter into its channels.
+func (s *source) run(ctx context.Context, req *http.Request, accepted acceptable) {
 	defer close(s.ch)
+	defer close(s.parts)
 	e := s.exporter
 	m := e.relay.metrics
 	start := time.Now()
@@ -104,18 +164,43 @@ func (s *source) run(ctx context.Context, req *http.Request, out Format) {
 	defer cancel()
 	p := e.pipeline()
 	p.setLabel(e.relay.cfg.Label())
-	up, err := e.fetch(fctx, p, upstreamAccept(out), timeout)
-	if err == nil {
-		p.samples = 0
-		err = p.families(up.body, up.format, up.ct, out, func(mf *dto.MetricFamily) error {
-			select {
-			case s.ch <- mf:
-				return nil
-			case <-fctx.Done():
-				return fctx.Err()
+	up, err := e.fetch(fctx, p, accepted.upstreamAccept(), timeout)
+	if err != nil {
+		s.fetched <- fetched{}
+	} else {
+		defer up.closer.Close()
+		s.fetched <- fetched{format: up.format, ok: true}
+		var neg negotiated
+		select {
+		case neg = <-s.decided:
+		case <-fctx.Done():
+			err = fctx.Err()
+		}
+		if err == nil && neg.format == FormatProtobuf {
+			p.samples = 0
+			p.escaping = neg.esc
+			err = p.families(up.body, up.format, up.ct, neg.format, func(mf *dto.MetricFamily) error {
+				select {
+				case s.ch <- mf:
+					return nil
+				case <-fctx.Done():
+					return fctx.Err()
+				}
+			})
+		} else if err == nil {
+			sg := newSegmenter(func(b *segmentBatch) error {
+				select {
+				case s.parts <- b:
+					return nil
+				case <-fctx.Done():
+					return fctx.Err()
+				}
+			})
+			err = p.relay(up.body, up.format, up.ct, neg.format, neg.esc, sg)
+			if err == nil {
+				err = sg.close()
 			}
-		})
-		up.closer.Close()
+		}
 	}
 	if m != nil {
 		m.ScrapeDuration.WithLabelValues(e.cfg.Name).Observe(time.Since(start).Seconds())

@@ -217,10 +217,12 @@ func expectAcross(in exposition, from, to Format) exposition {
 
 // expectAggregate is expectAcross for the aggregate endpoint of one
 // exporter: every series gets the exporter label (an upstream label of that
-// name moves to exported_exporter), and families always go through
-// client_model, which has no info and stateset types.
+// name moves to exported_exporter). OpenMetrics relayed to OpenMetrics
+// keeps its info and stateset types there too, as the exporter's own
+// endpoint does; every other pair goes through client_model, which has
+// neither.
 func expectAggregate(in exposition, from, to Format) exposition {
-	out := expect(in, from, to, true)
+	out := expect(in, from, to, from != to || to != FormatOpenMetrics)
 	series := map[string]point{}
 	for _, p := range out.series {
 		b := labels.NewBuilder(p.lset)

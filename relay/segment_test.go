@@ -1,0 +1,177 @@
+package relay
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"testing"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/model"
+)
+
+// aggregateBoth merges bodies as the aggregate endpoint does, once through
+// the segments of each exporter's relayed output (the fast path) and once
+// through metric families (the path the aggregate endpoint took before,
+// and still takes for protobuf).
+func aggregateBoth(t *testing.T, bodies []string, out Format, partBytes int) (fast, slow []byte) {
+	t.Helper()
+	r := &Relay{maxNames: maxWrittenNames}
+	run := func(segments bool) []byte {
+		sources := make([]*source, len(bodies))
+		errs := make(chan error, len(bodies))
+		for i, body := range bodies {
+			s := &source{exporter: &exporter{cfg: ExporterConfig{Name: fmt.Sprint("e", i)}}, ch: make(chan *dto.MetricFamily, 2), parts: make(chan *segmentBatch, 2)}
+			sources[i] = s
+			go func() {
+				defer close(s.ch)
+				defer close(s.parts)
+				p := newPipeline(s.exporter.cfg.Name, "exporter", nil, defaultLimits)
+				var err error
+				if segments {
+					sg := newSegmenter(func(b *segmentBatch) error { s.parts <- b; return nil })
+					sg.partBytes = partBytes
+					if err = p.relay(bytes.NewReader([]byte(body)), FormatText, "text/plain", out, model.UnderscoreEscaping, sg); err == nil {
+						err = sg.close()
+					}
+				} else {
+					err = p.families(bytes.NewReader([]byte(body)), FormatText, "text/plain", out, func(mf *dto.MetricFamily) error { s.ch <- mf; return nil })
+				}
+				errs <- err
+			}()
+		}
+		var buf bytes.Buffer
+		var err error
+		if segments {
+			err = r.mergeSegments(sources, &buf, out == FormatOpenMetrics)
+		} else {
+			fw := &familyWriter{}
+			fw.reset(&buf, out, model.UnderscoreEscaping)
+			err = r.merge(sources, fw)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range bodies {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+		return buf.Bytes()
+	}
+	return run(true), run(false)
+}
+
+// TestAggregate_SegmentsMergeAsFamilies: the aggregate endpoint's segment
+// merge gives the series that merging metric families gives, for exporters
+// that share families, repeat them, send bare samples and families larger
+// than a part, and its output parses.
+func TestAggregate_SegmentsMergeAsFamilies(t *testing.T) {
+	node, err := os.ReadFile("testdata/node_exporter_e2e.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := &bytes.Buffer{}
+	big.WriteString("# HELP big_total Big.\n# TYPE big_total counter\n")
+	for i := range 5000 {
+		fmt.Fprintf(big, "big_total{i=\"%d\"} %d\n", i, i)
+	}
+	tests := []struct {
+		name   string
+		bodies []string
+	}{
+		{"node twice", []string{string(node), string(node)}},
+		{"node and rich", []string{string(node), richText, relabelText}},
+		{"shared families", []string{
+			"# HELP shared_total Shared.\n# TYPE shared_total counter\nshared_total 1\n# TYPE only_a gauge\nonly_a 1\n",
+			"# TYPE shared_total counter\nshared_total 2\n# TYPE zz_b gauge\nzz_b 3\n",
+		}},
+		{"type conflict", []string{"# TYPE x gauge\nx 1\n", "# TYPE x counter\nx 2\n# TYPE y gauge\ny 1\n"}},
+		{"repeated and bare", []string{
+			"# TYPE z gauge\nz 1\n# TYPE b gauge\nb 1\nbare 1\n# TYPE a gauge\na 1\n# TYPE b gauge\nb{again=\"1\"} 2\nbare{again=\"1\"} 2\n",
+			"bare 3\n# TYPE b gauge\nb 4\n",
+		}},
+		{"histograms", []string{
+			"# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 3\nh_count 2\n# TYPE s summary\ns{quantile=\"0.5\"} 1\ns_sum 1\ns_count 1\n",
+			"# TYPE h histogram\nh_bucket{le=\"1\"} 0\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 1\n",
+		}},
+		{"large family", []string{big.String(), big.String(), "# TYPE a gauge\na 1\n# TYPE zz gauge\nzz 1\n"}},
+	}
+	for _, tt := range tests {
+		for _, out := range []Format{FormatText, FormatOpenMetrics} {
+			for _, part := range []int{segmentPartBytes, 64} {
+				t.Run(fmt.Sprintf("%s/%v/part=%d", tt.name, out, part), func(t *testing.T) {
+					fast, slow := aggregateBoth(t, tt.bodies, out, part)
+					ct := out.ContentType()
+					if err := parses(fast, ct); err != nil {
+						t.Fatalf("segment merge does not parse: %v\n%s", err, fast)
+					}
+					want, got := series(t, slow, ct), series(t, fast, ct)
+					if len(want) == 0 {
+						t.Fatal("no series")
+					}
+					if len(got) != len(want) {
+						t.Errorf("%d series, want %d", len(got), len(want))
+					}
+					sameSeries(t, want, got)
+					// Each family's metadata comes once. (Families with
+					// metadata and no samples are kept, as an exporter's
+					// own endpoint keeps them; the slow path drops them.)
+					seen := map[string]bool{}
+					for _, line := range bytes.Split(fast, []byte("\n")) {
+						if bytes.HasPrefix(line, []byte("# TYPE ")) || bytes.HasPrefix(line, []byte("# HELP ")) {
+							key, _, _ := bytes.Cut(line[7:], []byte(" "))
+							key = append(line[:7:7], key...)
+							if seen[string(key)] {
+								t.Errorf("%q comes twice:\n%s", key, fast)
+								break
+							}
+							seen[string(key)] = true
+						}
+					}
+				})
+			}
+		}
+	}
+}
+
+// TestRelay_AggregateAnswersInExportersFormat: the aggregate endpoint
+// answers in the exporters' format when they all answered in one the
+// scraper takes, and in the scraper's best format when they differ.
+func TestRelay_AggregateAnswersInExportersFormat(t *testing.T) {
+	const prom3 = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+	text := upstreamServer(t, "text/plain; version=0.0.4", []byte("# TYPE a gauge\na 1\n"))
+	text2 := upstreamServer(t, "text/plain; version=0.0.4", []byte("# TYPE a gauge\na 2\n"))
+	om := upstreamServer(t, ContentTypeOpenMetrics, []byte("# TYPE a gauge\na 3\n# EOF\n"))
+	tests := []struct {
+		name   string
+		urls   []string
+		accept string
+		ct     string
+	}{
+		{"all text, Prometheus 3", []string{text.URL, text2.URL}, prom3, "text/plain; version=1.0.0; charset=utf-8; escaping=allow-utf-8"},
+		{"text and OpenMetrics, Prometheus 3", []string{text.URL, om.URL}, prom3, ContentTypeOpenMetrics + "; escaping=allow-utf-8"},
+		{"all text, protobuf only", []string{text.URL, text2.URL}, acceptProto, ContentTypeProtobuf + "; escaping=underscores"},
+		{"all OpenMetrics, text only", []string{om.URL}, acceptText, "text/plain; version=0.0.4; charset=utf-8; escaping=underscores"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := "exporters:\n"
+			for i, u := range tt.urls {
+				cfg += fmt.Sprintf("  - name: e%d\n    url: %s\n", i, u)
+			}
+			r, _ := newRelay(t, cfg)
+			rec := scrape(t, r, "/exporters/metrics", tt.accept)
+			if rec.Code != 200 {
+				t.Fatalf("status %d: %s", rec.Code, rec.Body)
+			}
+			ct := rec.Header().Get("Content-Type")
+			if ct != tt.ct {
+				t.Errorf("Content-Type %q, want %q", ct, tt.ct)
+			}
+			if got := series(t, rec.Body.Bytes(), ct); len(got) != len(tt.urls) {
+				t.Errorf("%d series, want %d: %v", len(got), len(tt.urls), got)
+			}
+		})
+	}
+}
