@@ -824,7 +824,10 @@ func TestExamples_PrometheusShardedConfig(t *testing.T) {
 // TestExamples_PrometheusTrustsOneCAPerRole: http_sd and the server are
 // verified by the server CA only, agents by the agent CA only. A scrape
 // job trusting ca.crt could not verify agents, and http_sd trusting the
-// agent CA would accept any enrolled host as the discovery server.
+// agent CA would accept any enrolled host as the discovery server. Jobs
+// through tunnels (proxy_url) verify the server as the proxy and the agent
+// as the target with one tls_config: they trust the bundle of both, with
+// HTTP/2 off (docs/tunnels.md).
 func TestExamples_PrometheusTrustsOneCAPerRole(t *testing.T) {
 	for _, name := range []string{"prometheus.yml", "prometheus-sharded.yml"} {
 		t.Run(name, func(t *testing.T) { checkOneCAPerRole(t, name) })
@@ -839,6 +842,8 @@ func checkOneCAPerRole(t *testing.T, name string) {
 	var cfg struct {
 		ScrapeConfigs []struct {
 			JobName       string `yaml:"job_name"`
+			ProxyURL      string `yaml:"proxy_url"`
+			EnableHTTP2   *bool  `yaml:"enable_http2"`
 			HTTPSDConfigs []struct {
 				TLSConfig struct {
 					CAFile string `yaml:"ca_file"`
@@ -861,6 +866,13 @@ func checkOneCAPerRole(t *testing.T, name string) {
 			checked++
 		}
 		switch {
+		case len(job.HTTPSDConfigs) > 0 && job.ProxyURL != "":
+			if job.TLSConfig.CAFile != "certs/"+server.TunnelCAFile {
+				t.Errorf("job %s scrapes agents through tunnels trusting %q, want certs/%s", job.JobName, job.TLSConfig.CAFile, server.TunnelCAFile)
+			}
+			if job.EnableHTTP2 == nil || *job.EnableHTTP2 {
+				t.Errorf("job %s scrapes through tunnels without enable_http2: false", job.JobName)
+			}
 		case len(job.HTTPSDConfigs) > 0 && job.TLSConfig.CAFile != "certs/"+ca.AgentCACertFile:
 			t.Errorf("job %s scrapes agents trusting %q, want certs/%s", job.JobName, job.TLSConfig.CAFile, ca.AgentCACertFile)
 		case job.JobName == "baremetal_sd_server" && job.TLSConfig.CAFile != "certs/"+ca.CertFile:

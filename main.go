@@ -57,7 +57,7 @@ func run(args []string) int {
 		Web: kingpinflag.AddFlags(serverCmd, ":9955"),
 	}
 	serverCmd.Flag("data.dir", "Directory for the server CA, the issuing CAs for agents and clients, token key, serving certificate and registry; created on first start.").Default("data").StringVar(&srv.DataDir)
-	serverCmd.Flag("tls.server-name", "DNS name or IP of the auto-created serving certificate (repeatable; default: the hostname, localhost, 127.0.0.1, ::1).").StringsVar(&srv.ServerNames)
+	serverCmd.Flag("tls.server-name", "DNS name or IP of the auto-created serving certificate (repeatable; default: the hostname, localhost, 127.0.0.1, ::1). Agents may not register these names, loopback ones aside: use one in Prometheus' proxy_url for tunnels.").StringsVar(&srv.ServerNames)
 	serverCmd.Flag("storage.backend", "Registry store: bolt (embedded file in --data.dir), etcd (shared by several server replicas) or memory (lost on restart).").Default("bolt").EnumVar(&srv.StorageBackend, "bolt", "etcd", "memory")
 	serverCmd.Flag("etcd.endpoints", "etcd client URL, for --storage.backend=etcd (repeatable or comma-separated).").StringsVar(&srv.Etcd.Endpoints)
 	serverCmd.Flag("etcd.prefix", "Key prefix of the registry in etcd; replicas of one fleet share it.").Default(etcd.DefaultPrefix).StringVar(&srv.Etcd.Prefix)
@@ -99,7 +99,7 @@ func run(args []string) int {
 	)
 	certIssue.Flag("data.dir", "The server's data directory.").Default("data").StringVar(&certDataDir)
 	certIssue.Flag("name", "Name of the client, used as the certificate's common name and file names.").Required().StringVar(&certName)
-	certIssue.Flag("out.dir", "Directory for NAME.crt, NAME.key, ca.crt (verifies the server) and agent-ca.crt (verifies agents).").Required().StringVar(&certOutDir)
+	certIssue.Flag("out.dir", "Directory for NAME.crt, NAME.key, ca.crt (verifies the server), agent-ca.crt (verifies agents) and tunnel-ca.crt (both, for scrapes through tunnels).").Required().StringVar(&certOutDir)
 	certIssue.Flag("role", "discovery (read http_sd, scrape agents) or admin (also manage agents).").Default("discovery").EnumVar(&certRole, "discovery", "admin")
 	certIssue.Flag("ttl", "Lifetime of the certificate.").Default("8760h").DurationVar(&certTTL)
 
@@ -116,6 +116,7 @@ func run(args []string) int {
 	agentCmd.Flag("agent.hostname", "Hostname to register and certify (default: the system hostname).").StringVar(&agt.Hostname)
 	agentCmd.Flag("agent.address", "Host or IP Prometheus scrapes (default: the address the server sees the agent's requests come from).").StringVar(&agt.Address)
 	agentCmd.Flag("agent.label", "Label KEY=VALUE, exposed as __meta_baremetal_sd_label_KEY (repeatable).").StringMapVar(&agt.Labels)
+	agentCmd.Flag("tunnel", "on: Prometheus cannot reach this host; keep a tunnel to every discovery server and be scraped through them (docs/tunnels.md). off: scraped directly.").Default("off").EnumVar(&agt.Tunnel, "off", "on")
 	agentCmd.Flag("agent.deregister-on-shutdown", "Remove the agent from discovery when it stops (--no-agent.deregister-on-shutdown keeps it listed until its TTL runs out).").Default("true").BoolVar(&agt.DeregisterOnShutdown)
 
 	agentsCmd := app.Command("agents", "List and manage agents through the server's admin API.")
@@ -145,6 +146,11 @@ func run(args []string) int {
 	case serverCmd.FullCommand():
 		if len(srv.ServerNames) == 0 {
 			srv.ServerNames = defaultServerNames()
+		} else {
+			// Names an operator chose for the server are its own; the
+			// defaults include the hostname, which an agent on the server
+			// host registers.
+			srv.ReservedNames = srv.ServerNames
 		}
 		srv.Logger = logger
 		logger.Info("Starting baremetal_sd server", "version", version.Info())
@@ -210,7 +216,7 @@ func run(args []string) int {
 			fmt.Fprintf(os.Stderr, "baremetal_sd: issue certificate: %v\n", err)
 			return 1
 		}
-		fmt.Printf("Wrote %s/%s.crt, %s/%s.key, %s/ca.crt (the server CA, for http_sd) and %s/agent-ca.crt (the agent CA, for scrape jobs)\n", certOutDir, certName, certOutDir, certName, certOutDir, certOutDir)
+		fmt.Printf("Wrote %s/%s.crt, %s/%s.key, %s/ca.crt (the server CA, for http_sd), %s/agent-ca.crt (the agent CA, for scrape jobs) and %s/tunnel-ca.crt (both, for scrape jobs through tunnels)\n", certOutDir, certName, certOutDir, certName, certOutDir, certOutDir, certOutDir)
 		return 0
 	}
 	return 0

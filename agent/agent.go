@@ -106,6 +106,7 @@ func Run(ctx context.Context, cfg Config) error {
 		Port:      cfg.Port,
 		Labels:    cfg.Labels,
 		Exporters: exporters,
+		Tunnel:    cfg.Tunnel == TunnelOn,
 	}
 	lc := newLifecycle(cfg, key, req, metrics)
 	lc.pinned = pinned
@@ -173,6 +174,20 @@ func Run(ctx context.Context, cfg Config) error {
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- web.ListenAndServe(srv, &webFlags, logger) }()
+	if cfg.Tunnel == TunnelOn {
+		tc, err := newTunnelClient(cfg, roots, lc, reg)
+		if err != nil {
+			stopLoop()
+			<-loopDone
+			return err
+		}
+		tunnelDone := make(chan struct{})
+		go func() {
+			defer close(tunnelDone)
+			tc.Run(loopCtx)
+		}()
+		defer func() { <-tunnelDone }()
+	}
 	select {
 	case err := <-serveErr:
 		stopLoop()

@@ -67,7 +67,11 @@ type Config struct {
 	Labels map[string]string
 	// DeregisterOnShutdown removes the agent from discovery when it stops.
 	DeregisterOnShutdown bool
-	Logger               *slog.Logger
+	// Tunnel is "on" for a host Prometheus cannot reach: the agent keeps a
+	// tunnel to every discovery server and registers to be scraped through
+	// them (docs/tunnels.md). "off" or empty scrapes it directly.
+	Tunnel string
+	Logger *slog.Logger
 
 	// BackoffBase and BackoffMax bound the exponential backoff (with full
 	// jitter) between failed attempts.
@@ -122,8 +126,42 @@ func (c Config) normalize() (Config, error) {
 	if c.Port < 1 || c.Port > 65535 {
 		return c, fmt.Errorf("port %d is out of range 1-65535", c.Port)
 	}
+	switch c.Tunnel {
+	case "":
+		c.Tunnel = TunnelOff
+	case TunnelOff, TunnelOn:
+	default:
+		return c, fmt.Errorf("--tunnel=%q: use on or off", c.Tunnel)
+	}
 	c.normalizeTunables()
 	return c, nil
+}
+
+// Values of Config.Tunnel.
+const (
+	TunnelOff = "off"
+	TunnelOn  = "on"
+)
+
+// localAddress is where the agent's tunnel hands streams to its own TLS
+// listener: the first listen address, on loopback when it listens on all
+// addresses.
+func localAddress(w *toolkitweb.FlagConfig) (string, error) {
+	if w.WebListenAddresses == nil || len(*w.WebListenAddresses) == 0 {
+		return "", errors.New("no --web.listen-address for the tunnel to reach")
+	}
+	addr := (*w.WebListenAddresses)[0]
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", fmt.Errorf("--tunnel needs a TCP --web.listen-address, not %q: %w", addr, err)
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+		if ip != nil && ip.To4() == nil {
+			host = "::1"
+		}
+	}
+	return net.JoinHostPort(host, port), nil
 }
 
 // normalizeTunables fills the defaults of the timing knobs.

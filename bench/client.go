@@ -272,6 +272,8 @@ type agentIdentity struct {
 	sessions tls.ClientSessionCache
 	// labels replace the default role="bench" when set.
 	labels map[string]string
+	// tunnel registers the agent for tunnels.
+	tunnel bool
 }
 
 // newIdentity generates an agent key and CSR, as the agent does on its host.
@@ -314,6 +316,7 @@ func (id *agentIdentity) registerBody() ([]byte, error) {
 		Labels:    labels,
 		Exporters: []protocol.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
 		CSR:       id.csr,
+		Tunnel:    id.tunnel,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("encode register request: %w", err)

@@ -34,6 +34,7 @@ type Commands struct {
 	converge  *kingpin.CmdClause
 	lastseen  *kingpin.CmdClause
 	conns     *kingpin.CmdClause
+	tunnels   *kingpin.CmdClause
 
 	reg RegisterConfig
 	hb  HeartbeatConfig
@@ -42,6 +43,7 @@ type Commands struct {
 	cv  ConvergeConfig
 	ls  LastSeenConfig
 	cn  ConnsConfig
+	tn  TunnelsConfig
 }
 
 // defaultServerURL is where `baremetal_sd server` listens by default.
@@ -119,6 +121,13 @@ func AddCommands(app *kingpin.Application) *Commands {
 	target(c.conns, &c.cn.ServerURL, &c.cn.DataDir, &c.cn.ServerPID)
 	c.conns.Flag("count", "Connections to open and hold.").Default("2000").IntVar(&c.cn.Count)
 	c.conns.Flag("hold", "How long they idle before the server's memory is read.").Default("5s").DurationVar(&c.cn.Hold)
+
+	c.tunnels = app.Command("tunnels", "Measure the server memory that idle agent tunnels hold and, with --restart, how long agents take to reconnect after a server restart.")
+	target(c.tunnels, &c.tn.ServerURL, &c.tn.DataDir, &c.tn.ServerPID)
+	c.tunnels.Flag("count", "Agents to register for tunnels, each keeping one.").Default("10000").IntVar(&c.tn.Count)
+	c.tunnels.Flag("hold", "How long the tunnels idle before the server's memory is read.").Default("5s").DurationVar(&c.tn.Hold)
+	c.tunnels.Flag("restart", "Then wait for the server to be restarted (by the operator or a script) and measure until every tunnel is back.").BoolVar(&c.tn.Restart)
+	c.tunnels.Flag("timeout", "Upper bound on each phase.").Default("5m").DurationVar(&c.tn.Timeout)
 	return c
 }
 
@@ -134,6 +143,8 @@ func (c *Commands) Run(ctx context.Context, selected string, logger *slog.Logger
 		return true, RunHTTPSD(ctx, c.sd, c.Out)
 	case c.conns.FullCommand():
 		return true, RunConns(ctx, c.cn, c.Out)
+	case c.tunnels.FullCommand():
+		return true, RunTunnels(ctx, c.tn, c.Out)
 	case c.converge.FullCommand():
 		return true, RunConverge(ctx, c.cv, c.Out)
 	case c.lastseen.FullCommand():

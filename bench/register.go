@@ -49,6 +49,8 @@ type RegisterConfig struct {
 	// SaveFile, when set, receives the enrolled agents' ids, keys and
 	// certificates for `bench heartbeat --agents.file`.
 	SaveFile string
+	// Tunnel registers the agents for tunnels (`bench tunnels`).
+	Tunnel bool
 }
 
 // registerResult is the outcome of a registration run.
@@ -79,6 +81,7 @@ func registerMany(ctx context.Context, t *target, cfg RegisterConfig, keep bool)
 			if err != nil {
 				return nil, err
 			}
+			id.tunnel = cfg.Tunnel
 			pre[i] = id
 		}
 	}
@@ -137,6 +140,7 @@ func registerMany(ctx context.Context, t *target, cfg RegisterConfig, keep bool)
 						errs["keygen"]++
 						continue
 					}
+					id.tunnel = cfg.Tunnel
 				}
 				token := shared
 				if cfg.SingleUse {

@@ -57,6 +57,12 @@ type APIConfig struct {
 
 	// Consumers, if set, records who fetches http_sd.
 	Consumers *ConsumerLog
+
+	// ReservedNames are host names and addresses no agent may register:
+	// the server's own serving names. Prometheus verifies the tunnel proxy
+	// with a CA file that also holds the agent CA (docs/tunnels.md), so an
+	// agent certificate for one of these names could pose as the proxy.
+	ReservedNames []string
 }
 
 // API serves the registration protocol, http_sd and the admin endpoints.
@@ -241,6 +247,12 @@ func (a *API) register(w http.ResponseWriter, r *http.Request) string {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return "bad_request"
 	}
+	for _, name := range a.cfg.ReservedNames {
+		if strings.EqualFold(req.Hostname, name) || strings.EqualFold(req.Address, name) {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("%q is a name of the discovery server itself: register the host under another name (--agent.hostname, --agent.address)", name))
+			return "reserved_name"
+		}
+	}
 	csr, err := ca.ParseCSR([]byte(req.CSR))
 	if err != nil {
 		writeError(w, http.StatusBadRequest, "csr: "+err.Error())
@@ -259,6 +271,7 @@ func (a *API) register(w http.ResponseWriter, r *http.Request) string {
 		Port:         req.Port,
 		Labels:       labels.FromMap(req.Labels),
 		Exporters:    req.Exporters,
+		Tunnel:       req.Tunnel,
 		RegisteredAt: now,
 		LastSeen:     now,
 	}

@@ -69,6 +69,7 @@ func newReplicaHarness(t *testing.T, dir string, st store.Store) *apiHarness {
 	api := NewAPI(APIConfig{
 		Registry: reg, Cache: NewSDCache(reg, metrics), Store: st, CA: authority, Tokens: tokens,
 		CertTTL: time.Hour, Metrics: metrics, Consumers: consumers, Logger: logger,
+		ReservedNames: []string{"sd.example.org", "192.0.2.53"},
 	})
 	mux := http.NewServeMux()
 	api.Routes(mux)

@@ -419,6 +419,10 @@ func TestAPI_RegisterRefusesBadInput(t *testing.T) {
 		{"hostname too long", func(r *protocol.RegisterRequest) { r.Hostname = strings.Repeat("a.", 130) + "com" }, nil, 400},
 		{"hostname leading dash", func(r *protocol.RegisterRequest) { r.Hostname = "-host" }, nil, 400},
 		{"address garbage", func(r *protocol.RegisterRequest) { r.Address = "http://x" }, nil, 400},
+		// An agent certificate for the server's name could pose as the
+		// tunnel proxy to Prometheus.
+		{"hostname of the server", func(r *protocol.RegisterRequest) { r.Hostname = "SD.example.org" }, nil, 400},
+		{"address of the server", func(r *protocol.RegisterRequest) { r.Address = "192.0.2.53" }, nil, 400},
 		{"port zero", func(r *protocol.RegisterRequest) { r.Port = 0 }, nil, 400},
 		{"port too large", func(r *protocol.RegisterRequest) { r.Port = 65536 }, nil, 400},
 		{"exporter name reserved", func(r *protocol.RegisterRequest) { r.Exporters = []protocol.Exporter{{Name: "agent", Path: "/x"}} }, nil, 400},

@@ -41,15 +41,17 @@ import (
 
 // Filter selects the target groups of one http_sd response. Exporters are
 // alternatives (any may match); labels must all match; Shard keeps the
-// agents of one scrape shard.
+// agents of one scrape shard; Tunnel, when set, keeps the agents that are
+// (or are not) scraped through tunnels.
 type Filter struct {
 	Exporters []string
 	Labels    [][2]string
 	Shard     ScrapeShard
+	Tunnel    *bool
 }
 
 // ParseFilter reads ?exporter=NAME and ?label=KEY=VALUE query parameters,
-// both repeatable, and ?shard=I&shards=N. Unknown parameters are an error so
+// both repeatable, ?shard=I&shards=N and ?tunnel=true|false. Unknown parameters are an error so
 // that a typo in prometheus.yml does not silently select everything.
 func ParseFilter(q url.Values) (Filter, error) {
 	var f Filter
@@ -61,6 +63,12 @@ func ParseFilter(q url.Values) (Filter, error) {
 	for key, vals := range q {
 		switch key {
 		case "shard", "shards":
+		case "tunnel":
+			if len(vals) != 1 || (vals[0] != "true" && vals[0] != "false") {
+				return Filter{}, errors.New("tunnel filter must be given once, as true or false")
+			}
+			on := vals[0] == "true"
+			f.Tunnel = &on
 		case "exporter":
 			for _, v := range vals {
 				if v == "" {
@@ -77,7 +85,7 @@ func ParseFilter(q url.Values) (Filter, error) {
 				f.Labels = append(f.Labels, [2]string{k, val})
 			}
 		default:
-			return Filter{}, fmt.Errorf("unknown query parameter %q (use exporter, label, shard and shards)", key)
+			return Filter{}, fmt.Errorf("unknown query parameter %q (use exporter, label, shard, shards and tunnel)", key)
 		}
 	}
 	sort.Strings(f.Exporters)
@@ -100,6 +108,10 @@ func (f Filter) key() string {
 		b.WriteString("s=")
 		b.WriteString(strconv.Itoa(f.Shard.Count))
 	}
+	if f.Tunnel != nil {
+		b.WriteString("t=")
+		b.WriteString(strconv.FormatBool(*f.Tunnel))
+	}
 	for _, e := range f.Exporters {
 		b.WriteString("e=")
 		b.WriteString(strconv.Quote(e))
@@ -113,6 +125,9 @@ func (f Filter) key() string {
 }
 
 func (f Filter) matchAgent(a *record) bool {
+	if f.Tunnel != nil && *f.Tunnel != a.Tunnel {
+		return false
+	}
 	for _, l := range f.Labels {
 		if !a.Labels.Has(l[0]) || a.Labels.Get(l[0]) != l[1] {
 			return false
@@ -393,7 +408,14 @@ func (c *SDCache) buildFragments(v *sdView, shardIdx int) {
 // appendAgentGroups appends the target groups of one agent (its own metrics,
 // then one per exporter), comma separated, to buf.
 func appendAgentGroups(buf []byte, a *record, f Filter) []byte {
-	target := net.JoinHostPort(a.Address, strconv.Itoa(int(a.Port)))
+	host := a.Address
+	if a.Tunnel {
+		// The server routes CONNECT by hostname, which the agent's
+		// certificate carries; a tunneled host's address is often a private
+		// one that is not unique across sites.
+		host = a.Hostname
+	}
+	target := net.JoinHostPort(host, strconv.Itoa(int(a.Port)))
 	if f.matchExporter(protocol.AgentExporterName) {
 		buf = appendGroup(buf, a, target, protocol.AgentExporterName, protocol.AgentMetricsPath)
 	}
@@ -426,6 +448,9 @@ func appendGroup(buf []byte, a *record, target, exporter, path string) []byte {
 		buf = appendJSONString(buf, l.Value)
 	})
 	buf = appendLabel(buf, protocol.MetaMaintenance, strconv.FormatBool(a.Maintenance), true)
+	if a.Tunnel {
+		buf = appendLabel(buf, protocol.MetaTunnel, "true", true)
+	}
 	buf = appendLabel(buf, "__metrics_path__", path, true)
 	buf = appendLabel(buf, "__scheme__", "https", true)
 	return append(buf, "}}"...)

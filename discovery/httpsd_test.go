@@ -185,8 +185,46 @@ func TestSDCache_Filters(t *testing.T) {
 	}
 }
 
+// TestSDCache_Tunnel checks that tunneled agents are listed by hostname,
+// which their certificate covers and the server routes CONNECT by, with
+// the tunnel meta label, and that ?tunnel= keeps them apart.
+func TestSDCache_Tunnel(t *testing.T) {
+	r := newTestRegistry(t, memory.New(), newFakeClock())
+	direct := testAgent("direct")
+	tunneled := testAgent("nat")
+	tunneled.Address = "10.0.0.5"
+	tunneled.Tunnel = true
+	mustPut(t, r, direct)
+	mustPut(t, r, tunneled)
+	c := NewSDCache(r, nil)
+	for _, tc := range []struct {
+		query string
+		want  []string // agent_id target tunnel-label
+	}{
+		{"exporter=node", []string{"direct " + direct.Address + ":9956 ", "nat nat.example.com:9956 true"}},
+		{"exporter=node&tunnel=true", []string{"nat nat.example.com:9956 true"}},
+		{"exporter=node&tunnel=false", []string{"direct " + direct.Address + ":9956 "}},
+	} {
+		t.Run(tc.query, func(t *testing.T) {
+			q, _ := url.ParseQuery(tc.query)
+			f, err := ParseFilter(q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, g := range decodeGroups(t, joinBody(c.Get(f))) {
+				got = append(got, g.Labels[protocol.MetaAgentID]+" "+strings.Join(g.Targets, ",")+" "+g.Labels[protocol.MetaTunnel])
+			}
+			sort.Strings(got)
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("got %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
 func TestParseFilter_Errors(t *testing.T) {
-	for _, q := range []string{"exporter=", "label=nokey", "label==v", "job=node"} {
+	for _, q := range []string{"exporter=", "label=nokey", "label==v", "job=node", "tunnel=yes", "tunnel=true&tunnel=false", "tunnel="} {
 		v, _ := url.ParseQuery(q)
 		if _, err := ParseFilter(v); err == nil {
 			t.Errorf("ParseFilter(%q) accepted", q)

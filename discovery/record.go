@@ -36,7 +36,7 @@ type record struct {
 	// Unix nanoseconds; 0 stands for the zero time.
 	certNotAfter, prevCertNotAfter, registeredAt, revokedAt int64
 	Port                                                    uint16
-	Maintenance, Deregistered                               bool
+	Maintenance, Deregistered, Tunnel                       bool
 }
 
 // newRecord makes the in-memory record of a stored agent. It shares a's
@@ -60,6 +60,7 @@ func newRecord(a *store.Agent) *record {
 		Port:         uint16(a.Port),
 		Maintenance:  a.Maintenance,
 		Deregistered: a.Deregistered,
+		Tunnel:       a.Tunnel,
 	}
 }
 
@@ -82,6 +83,7 @@ func (r *record) agent() *store.Agent {
 		Maintenance:      r.Maintenance,
 		RevokedAt:        fromUnixNanos(r.revokedAt),
 		Deregistered:     r.Deregistered,
+		Tunnel:           r.Tunnel,
 	}
 	if r.Exporters != nil {
 		a.Exporters = append([]protocol.Exporter(nil), r.Exporters...)

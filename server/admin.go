@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
@@ -53,12 +54,17 @@ func CreateToken(dataDir string, spec ca.TokenSpec) (string, error) {
 	return ca.NewTokens(key).Create(spec, time.Now())
 }
 
+// TunnelCAFile is the bundle of the server CA and the agent CA that
+// IssueClientCert writes for scrape jobs through tunnels.
+const TunnelCAFile = "tunnel-ca.crt"
+
 // IssueClientCert writes into outDir what Prometheus or an operator needs:
 // NAME.crt (the certificate and the client CA that issued it), NAME.key
 // (0600), ca.crt (the server CA: the tls_config ca_file of http_sd and of
 // the `agents` command) and agent-ca.crt (the agent CA: the tls_config
 // ca_file of scrape jobs). Neither CA file verifies any other kind of
-// certificate the server issues.
+// certificate the server issues. It also writes tunnel-ca.crt, both CAs,
+// for the one tls_config of scrape jobs through tunnels.
 func IssueClientCert(dataDir, name string, role ca.Role, ttl time.Duration, outDir string) error {
 	if err := protocol.ValidateAgentID(name); err != nil {
 		return fmt.Errorf("certificate name: %w", err)
@@ -86,6 +92,9 @@ func IssueClientCert(dataDir, name string, role ca.Role, ttl time.Duration, outD
 		{name + ".crt", certPEM, 0o644},
 		{ca.CertFile, authority.CertificatePEM(), 0o644},
 		{ca.AgentCACertFile, authority.AgentCACertificatePEM(), 0o644},
+		// The proxied job's one tls_config verifies the server as the
+		// proxy and the agent as the target (docs/tunnels.md).
+		{TunnelCAFile, slices.Concat(authority.CertificatePEM(), authority.AgentCACertificatePEM()), 0o644},
 	}
 	for _, f := range files {
 		if err := fileutil.WriteAtomic(filepath.Join(outDir, f.name), f.data, f.perm); err != nil {

@@ -42,6 +42,7 @@ import (
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/etcd"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
 	"github.com/baremetal-sd/baremetal_sd/internal/fileutil"
+	"github.com/baremetal-sd/baremetal_sd/tunnel"
 	"github.com/baremetal-sd/baremetal_sd/web"
 )
 
@@ -60,6 +61,10 @@ type Config struct {
 	Web *toolkitweb.FlagConfig
 	// ServerNames are the DNS names and IPs of the serving certificate.
 	ServerNames []string
+	// ReservedNames are names no agent may register (loopback names
+	// aside): the --tls.server-name names an operator gave, one of which
+	// Prometheus' proxy_url names for tunnels (docs/tunnels.md).
+	ReservedNames []string
 	// StorageBackend is "bolt" (default), "etcd" or "memory".
 	StorageBackend string
 	// Etcd configures the etcd backend: several server replicas sharing
@@ -187,10 +192,22 @@ func Run(ctx context.Context, cfg Config) error {
 		AnonymousSD: cfg.AnonymousSD,
 		Metrics:     metrics,
 		Logger:      logger,
+		// Loopback names stay free: only a process on the Prometheus host
+		// could answer for them, and agents on test and single-host setups
+		// register them.
+		ReservedNames: reservedNames(cfg.ReservedNames),
+	})
+
+	tunnels := tunnel.NewServer(tunnel.ServerConfig{
+		Authority: authority,
+		Directory: tunnelDirectory{registry},
+		Metrics:   tunnel.NewServerMetrics(reg),
+		Logger:    logger,
 	})
 
 	mux := http.NewServeMux()
 	api.Routes(mux)
+	mux.HandleFunc("GET "+tunnel.Path, tunnels.ServeTunnel)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 		ErrorLog:            slog.NewLogLogger(logger.Handler(), slog.LevelError),
 		ErrorHandling:       promhttp.ContinueOnError,
@@ -229,6 +246,7 @@ func Run(ctx context.Context, cfg Config) error {
 	runCtx, stopLoops := context.WithCancel(context.Background())
 	var loops sync.WaitGroup
 	loops.Go(func() { registry.Run(runCtx) })
+	loops.Go(func() { tunnels.Run(runCtx) })
 	if cfg.SDFilePath != "" {
 		fw := &discovery.FileSDWriter{Path: cfg.SDFilePath, Cache: cache, Registry: registry, Metrics: metrics, Logger: logger}
 		loops.Go(func() { fw.Run(runCtx) })
@@ -240,10 +258,11 @@ func Run(ctx context.Context, cfg Config) error {
 	srv := &http.Server{
 		// basic_auth_users in the web config guard the status page only:
 		// agents and Prometheus authenticate with certificates and tokens.
-		Handler: &web.BasicAuthScope{
+		// CONNECT goes to the tunnels' proxy, which authenticates itself.
+		Handler: tunnels.Wrap(&web.BasicAuthScope{
 			Handler: mux,
 			Protect: func(r *http.Request) bool { return r.URL.Path == "/" },
-		},
+		}),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       2 * time.Minute,

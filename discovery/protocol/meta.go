@@ -21,6 +21,9 @@ const (
 	MetaAddress     = MetaPrefix + "address"
 	MetaExporter    = MetaPrefix + "exporter"
 	MetaMaintenance = MetaPrefix + "maintenance"
+	// MetaTunnel is "true" on targets that Prometheus reaches through the
+	// server's tunnels (proxy_url), and absent on the others.
+	MetaTunnel      = MetaPrefix + "tunnel"
 	MetaLabelPrefix = MetaPrefix + "label_"
 )
 

@@ -38,6 +38,10 @@ type RegisterRequest struct {
 	Port      int               `json:"port"`
 	Labels    map[string]string `json:"labels,omitempty"`
 	Exporters []Exporter        `json:"exporters,omitempty"`
+	// Tunnel says that Prometheus cannot reach the agent directly: it keeps
+	// tunnels to the servers, and http_sd lists it for scraping through
+	// them (docs/tunnels.md).
+	Tunnel bool `json:"tunnel,omitempty"`
 	// CSR is a PEM encoded PKCS#10 certificate request made with the agent's
 	// own key.
 	CSR string `json:"csr"`

@@ -74,6 +74,9 @@ type Agent struct {
 	// be renewed, so that registering again with that certificate brings
 	// all of it back and an operator can still revoke it.
 	Deregistered bool `json:"deregistered,omitempty"`
+	// Tunnel marks an agent that Prometheus scrapes through the servers'
+	// tunnels (RegisterRequest.Tunnel).
+	Tunnel bool `json:"tunnel,omitempty"`
 }
 
 // Revoked reports whether an operator revoked the agent.

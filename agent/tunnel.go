@@ -1,0 +1,51 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
+package agent
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/baremetal-sd/baremetal_sd/discovery/client"
+	"github.com/baremetal-sd/baremetal_sd/tunnel"
+)
+
+// newTunnelClient builds the tunnels to every discovery server. They
+// verify the server exactly as the registration client does (the pinned
+// CA and the server role) and present the agent's current certificate.
+func newTunnelClient(cfg Config, roots *x509.CertPool, lc *lifecycle, reg prometheus.Registerer) (*tunnel.Client, error) {
+	local, err := localAddress(cfg.Web)
+	if err != nil {
+		return nil, err
+	}
+	c, err := tunnel.NewClient(tunnel.ClientConfig{
+		Servers: cfg.DiscoveryURLs,
+		TLS: &tls.Config{
+			MinVersion:           tls.VersionTLS12,
+			RootCAs:              roots,
+			VerifyConnection:     client.VerifyServerRole,
+			GetClientCertificate: lc.clientCertificate,
+		},
+		Local:   local,
+		Metrics: tunnel.NewClientMetrics(reg),
+		Logger:  cfg.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: %w", err)
+	}
+	return c, nil
+}

@@ -1,0 +1,181 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
+package bench
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/baremetal-sd/baremetal_sd/tunnel"
+)
+
+// TunnelsConfig configures `bench tunnels`.
+type TunnelsConfig struct {
+	ServerURL string
+	DataDir   string
+	ServerPID int
+	// Count agents register for tunnels and each keeps one tunnel to the
+	// server, idle, for Hold before the server's memory is read.
+	Count int
+	Hold  time.Duration
+	// Restart waits, after the memory is read, for the server to lose
+	// every tunnel (an operator restarts it) and measures until they are
+	// all back.
+	Restart bool
+	Timeout time.Duration
+}
+
+// RunTunnels measures what idle tunnels cost the server, and with Restart
+// how long agents take to reconnect after a server restart.
+func RunTunnels(ctx context.Context, cfg TunnelsConfig, out io.Writer) error {
+	if cfg.Count <= 0 || cfg.ServerPID <= 0 || cfg.Timeout <= 0 {
+		return fmt.Errorf("count, server.pid and timeout must be positive")
+	}
+	t, err := newTarget(cfg.ServerURL, cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	reg, err := registerMany(ctx, t, RegisterConfig{
+		ServerURL: cfg.ServerURL, DataDir: cfg.DataDir, Count: cfg.Count, Concurrency: 32,
+		Duration: cfg.Timeout, Pregenerate: true, KeepAlive: true, First: 5000000, Tunnel: true,
+	}, true)
+	if err != nil {
+		return err
+	}
+	if len(reg.ids) != cfg.Count {
+		return fmt.Errorf("registered %d of %d agents: %s", len(reg.ids), cfg.Count, formatErrors(reg.errors))
+	}
+	before, err := procMemory(cfg.ServerPID)
+	if err != nil {
+		return err
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer stop()
+	metrics := tunnel.NewClientMetrics(nil)
+	start := time.Now()
+	for _, id := range reg.ids {
+		c, err := tunnel.NewClient(tunnel.ClientConfig{
+			Servers: []string{cfg.ServerURL},
+			TLS:     t.agentTLS(id, true),
+			// Nothing is scraped: the tunnels idle.
+			Local:   "127.0.0.1:9",
+			Metrics: metrics,
+		})
+		if err != nil {
+			return err
+		}
+		wg.Go(func() { c.Run(runCtx) })
+	}
+	count := func() (float64, error) { return serverTunnels(ctx, t, cfg.ServerURL) }
+	if err := waitTunnelCount(ctx, count, cfg.Timeout, func(n float64) bool { return n == float64(cfg.Count) }); err != nil {
+		return err
+	}
+	connected := time.Since(start)
+	sleep(ctx, cfg.Hold)
+	after, err := procMemory(cfg.ServerPID)
+	if err != nil {
+		return err
+	}
+	tb := &table{title: "bench tunnels"}
+	tb.add("agents with an idle tunnel", "%d, held %s", cfg.Count, cfg.Hold)
+	tb.add("all tunnels up after the start", "%s", connected.Round(time.Millisecond))
+	tb.add("server RSS before", "%s", before)
+	tb.add("server RSS with the tunnels", "%s", after)
+	tb.add("added", "%.1f MiB, %.1f KiB per tunnel", float64(after.rss-before.rss)/(1<<20), float64(after.rss-before.rss)/1024/float64(cfg.Count))
+	if cfg.Restart {
+		fmt.Fprintln(out, "restart the server now")
+		if err := waitTunnelCount(ctx, count, cfg.Timeout, func(n float64) bool { return n < float64(cfg.Count) }); err != nil {
+			return err
+		}
+		lost := time.Now()
+		if err := waitTunnelCount(ctx, count, cfg.Timeout, func(n float64) bool { return n == float64(cfg.Count) }); err != nil {
+			return err
+		}
+		tb.add("all tunnels back after the restart", "%s (from the first one lost)", time.Since(lost).Round(time.Millisecond))
+		tb.add("failed connection attempts", "%.0f", failures(metrics, cfg.ServerURL))
+	}
+	return tb.write(out)
+}
+
+// failures is the agents' failed tunnel attempts to the server.
+func failures(m *tunnel.ClientMetrics, serverURL string) float64 {
+	u, err := url.Parse(serverURL)
+	if err != nil {
+		return 0
+	}
+	var out dto.Metric
+	if err := m.Failures.WithLabelValues(u.Host).Write(&out); err != nil {
+		return 0
+	}
+	return out.GetCounter().GetValue()
+}
+
+// serverTunnels reads baremetal_sd_tunnel_tunnels from the server's
+// /metrics; 0 while it does not answer.
+func serverTunnels(ctx context.Context, t *target, serverURL string) (float64, error) {
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(rctx, http.MethodGet, serverURL+"/metrics", nil)
+	if err != nil {
+		return 0, err
+	}
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: t.tlsConfig(nil)}}
+	defer c.CloseIdleConnections()
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, nil
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "baremetal_sd_tunnel_tunnels "); ok {
+			return strconv.ParseFloat(v, 64)
+		}
+	}
+	return 0, nil
+}
+
+func waitTunnelCount(ctx context.Context, count func() (float64, error), timeout time.Duration, ok func(float64) bool) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		n, err := count()
+		if err != nil {
+			return err
+		}
+		if ok(n) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("gave up after %s: the server holds %v tunnels", timeout, n)
+		}
+		sleep(ctx, 200*time.Millisecond)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+}

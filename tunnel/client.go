@@ -1,0 +1,292 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
+package tunnel
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/yamux"
+)
+
+// Defaults of ClientConfig.
+const (
+	DefaultMinBackoff = time.Second
+	DefaultMaxBackoff = 30 * time.Second
+	// stableAfter is how long a tunnel must have lived for the next
+	// reconnection to start again at the shortest backoff.
+	stableAfter = time.Minute
+)
+
+// ClientConfig configures the agent half.
+type ClientConfig struct {
+	// Servers are the base URLs of the discovery servers (https://host:port);
+	// the agent keeps one tunnel to each.
+	Servers []string
+	// TLS verifies the servers and presents the agent's certificate. The
+	// client uses a copy that speaks HTTP/1.1 only.
+	TLS *tls.Config
+	// Local is host:port of the agent's own TLS listener: every stream is
+	// handed to it, so that the scraper's TLS session ends there.
+	Local string
+	// MaxStreams bounds the streams open at once per tunnel.
+	MaxStreams int
+	// MinBackoff and MaxBackoff bound the wait between reconnections,
+	// which doubles and is jittered.
+	MinBackoff, MaxBackoff time.Duration
+	// Dialer dials the servers and the local listener; nil takes a
+	// net.Dialer with a 10 s timeout.
+	Dialer  *net.Dialer
+	Metrics *ClientMetrics
+	Logger  *slog.Logger
+}
+
+// Client keeps the agent's tunnels.
+type Client struct {
+	cfg     ClientConfig
+	servers []*url.URL
+}
+
+// NewClient checks the configuration.
+func NewClient(cfg ClientConfig) (*Client, error) {
+	if len(cfg.Servers) == 0 {
+		return nil, errors.New("tunnel: no server given")
+	}
+	if cfg.Local == "" {
+		return nil, errors.New("tunnel: no local listener given")
+	}
+	servers := make([]*url.URL, 0, len(cfg.Servers))
+	for _, raw := range cfg.Servers {
+		u, err := url.Parse(raw)
+		if err != nil || u.Scheme != "https" || u.Host == "" {
+			return nil, fmt.Errorf("tunnel: server %q is not an https:// URL", raw)
+		}
+		servers = append(servers, u)
+	}
+	if cfg.MaxStreams <= 0 {
+		cfg.MaxStreams = DefaultMaxStreamsPerAgent
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = DefaultMinBackoff
+	}
+	if cfg.MaxBackoff < cfg.MinBackoff {
+		cfg.MaxBackoff = max(DefaultMaxBackoff, cfg.MinBackoff)
+	}
+	if cfg.Dialer == nil {
+		cfg.Dialer = &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewClientMetrics(nil)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	tc := cfg.TLS.Clone()
+	if tc == nil {
+		tc = &tls.Config{}
+	}
+	tc.NextProtos = []string{"http/1.1"}
+	cfg.TLS = tc
+	return &Client{cfg: cfg, servers: servers}, nil
+}
+
+// Run keeps a tunnel to every server until ctx ends.
+func (c *Client) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, u := range c.servers {
+		wg.Go(func() { c.keep(ctx, u) })
+	}
+	wg.Wait()
+}
+
+// keep keeps one server's tunnel, reconnecting with backoff and jitter.
+func (c *Client) keep(ctx context.Context, u *url.URL) {
+	server := u.Host
+	up := c.cfg.Metrics.Up.WithLabelValues(server)
+	failures := c.cfg.Metrics.Failures.WithLabelValues(server)
+	attempt := 0
+	for ctx.Err() == nil {
+		start := time.Now()
+		mux, err := c.open(ctx, u)
+		if err != nil {
+			failures.Inc()
+			if attempt == 0 {
+				c.cfg.Logger.Warn("Cannot open the tunnel to the discovery server; retrying", "server", server, "err", err)
+			} else {
+				c.cfg.Logger.Debug("Cannot open the tunnel to the discovery server", "server", server, "err", err)
+			}
+		} else {
+			up.Set(1)
+			c.cfg.Logger.Info("Tunnel to the discovery server is up", "server", server)
+			c.serve(ctx, mux)
+			up.Set(0)
+			if ctx.Err() != nil {
+				return
+			}
+			c.cfg.Logger.Warn("Tunnel to the discovery server closed; reconnecting", "server", server)
+			if time.Since(start) > stableAfter {
+				attempt = 0
+			}
+		}
+		wait := backoff(attempt, c.cfg.MinBackoff, c.cfg.MaxBackoff)
+		attempt++
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// backoff is full jitter over an exponentially growing window: after a
+// server restart, thousands of agents must not come back in lockstep.
+func backoff(attempt int, lo, hi time.Duration) time.Duration {
+	window := lo << min(attempt, 30)
+	if window <= 0 || window > hi {
+		window = hi
+	}
+	return lo/2 + rand.N(window)
+}
+
+// open dials the server and upgrades to a tunnel.
+func (c *Client) open(ctx context.Context, u *url.URL) (*yamux.Session, error) {
+	addr := u.Host
+	if u.Port() == "" {
+		addr = net.JoinHostPort(u.Hostname(), "443")
+	}
+	td := &tls.Dialer{NetDialer: c.cfg.Dialer, Config: c.cfg.TLS}
+	dctx, cancel := context.WithTimeout(ctx, c.cfg.Dialer.Timeout)
+	defer cancel()
+	conn, err := td.DialContext(dctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("dial: %w", err)
+	}
+	if d, ok := dctx.Deadline(); ok {
+		_ = conn.SetDeadline(d)
+	}
+	req, err := http.NewRequestWithContext(dctx, http.MethodGet, u.JoinPath(Path).String(), nil)
+	if err != nil {
+		_ = conn.Close()
+		return nil, err
+	}
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", Protocol)
+	if err := req.Write(conn); err != nil {
+		_ = conn.Close()
+		return nil, fmt.Errorf("send upgrade: %w", err)
+	}
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, req)
+	if err != nil {
+		_ = conn.Close()
+		return nil, fmt.Errorf("read upgrade reply: %w", err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		_ = conn.Close()
+		return nil, fmt.Errorf("server refused the tunnel: %s: %s", resp.Status, trimBody(body))
+	}
+	if br.Buffered() > 0 {
+		// The server speaks yamux only after the agent; nothing may follow
+		// the 101 yet.
+		_ = conn.Close()
+		return nil, errors.New("server sent data before the tunnel started")
+	}
+	_ = conn.SetDeadline(time.Time{})
+	cfg := yamux.DefaultConfig()
+	cfg.AcceptBacklog = c.cfg.MaxStreams
+	cfg.MaxStreamWindowSize = streamWindow
+	cfg.LogOutput = nil
+	cfg.Logger = slog.NewLogLogger(c.cfg.Logger.Handler(), slog.LevelDebug)
+	mux, err := yamux.Server(conn, cfg)
+	if err != nil {
+		_ = conn.Close()
+		return nil, fmt.Errorf("start tunnel: %w", err)
+	}
+	return mux, nil
+}
+
+func trimBody(b []byte) string {
+	s := string(b)
+	for len(s) > 0 && (s[len(s)-1] == '\n' || s[len(s)-1] == '\r') {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+// serve accepts the server's streams until the tunnel or ctx ends.
+func (c *Client) serve(ctx context.Context, mux *yamux.Session) {
+	stop := context.AfterFunc(ctx, func() { _ = mux.Close() })
+	defer stop()
+	defer mux.Close()
+	sem := make(chan struct{}, c.cfg.MaxStreams)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		stream, err := mux.Accept()
+		if err != nil {
+			return
+		}
+		select {
+		case sem <- struct{}{}:
+		default:
+			c.cfg.Metrics.Refused.Inc()
+			_ = stream.Close()
+			continue
+		}
+		c.cfg.Metrics.Streams.Inc()
+		wg.Go(func() {
+			defer func() { <-sem }()
+			c.forward(ctx, stream)
+		})
+	}
+}
+
+// forward hands one stream to the agent's own TLS listener.
+func (c *Client) forward(ctx context.Context, stream net.Conn) {
+	defer stream.Close()
+	local, err := c.cfg.Dialer.DialContext(ctx, "tcp", c.cfg.Local)
+	if err != nil {
+		c.cfg.Metrics.Refused.Inc()
+		c.cfg.Logger.Warn("Cannot reach the agent's own listener for a tunneled scrape", "addr", c.cfg.Local, "err", err)
+		return
+	}
+	defer local.Close()
+	done := make(chan struct{}, 2)
+	go func() { _, _ = io.Copy(local, stream); closeWrite(local); done <- struct{}{} }()
+	go func() { _, _ = io.Copy(stream, local); done <- struct{}{} }()
+	<-done
+	_ = local.Close()
+	_ = stream.Close()
+	<-done
+}
+
+func closeWrite(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+}

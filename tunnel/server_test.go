@@ -1,0 +1,503 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
+package tunnel
+
+import (
+	"bufio"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/baremetal-sd/baremetal_sd/ca"
+)
+
+// directory is the registry as the tunnel server sees it, for tests that
+// change agents' state directly.
+type directory struct {
+	mu     sync.Mutex
+	agents map[string]Agent
+	gen    uint64
+}
+
+func (d *directory) Agent(id string) (Agent, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	a, ok := d.agents[id]
+	return a, ok
+}
+
+func (d *directory) CheckCertificate(id, _ string) error {
+	if a, ok := d.Agent(id); !ok || !a.Listed {
+		return errors.New("revoked or unknown")
+	}
+	return nil
+}
+
+func (d *directory) Generation() uint64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.gen
+}
+
+func (d *directory) set(a Agent) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.agents[a.ID] = a
+	d.gen++
+}
+
+// fleet is a CA, a tunnel server on TLS, and the certificates of the
+// parties that talk to it.
+type fleet struct {
+	authority *ca.Authority
+	dir       *directory
+	tunnels   *Server
+	metrics   *ServerMetrics
+	url       string
+	// scraperRoots is what the proxied job's ca_file holds: the server CA
+	// and the agent CA.
+	scraperRoots *x509.CertPool
+	serverRoots  *x509.CertPool
+	scraper      tls.Certificate
+}
+
+func newFleet(t testing.TB, cfg ServerConfig) *fleet {
+	t.Helper()
+	dataDir := t.TempDir()
+	authority, _, err := ca.LoadOrCreate(dataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := authority.EnsureServingCert(dataDir, []string{"localhost", "127.0.0.1"}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	serving, err := tls.LoadX509KeyPair(filepath.Join(dataDir, ca.ServerCertFile), filepath.Join(dataDir, ca.ServerKeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientCAs := x509.NewCertPool()
+	clientCAs.AppendCertsFromPEM(authority.ClientCAsPEM())
+
+	f := &fleet{authority: authority, dir: &directory{agents: map[string]Agent{}}}
+	f.metrics = NewServerMetrics(prometheus.NewRegistry())
+	cfg.Authority, cfg.Directory, cfg.Metrics = authority, f.dir, f.metrics
+	f.tunnels = NewServer(cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan struct{})
+	go func() { defer close(runDone); f.tunnels.Run(ctx) }()
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+Path, f.tunnels.ServeTunnel)
+	srv := &http.Server{Handler: f.tunnels.Wrap(mux), ReadHeaderTimeout: 2 * time.Second}
+	srv.TLSConfig = &tls.Config{
+		Certificates: []tls.Certificate{serving},
+		ClientAuth:   tls.VerifyClientCertIfGiven,
+		ClientCAs:    clientCAs,
+		NextProtos:   []string{"h2", "http/1.1"},
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.ServeTLS(l, "", "") }()
+	t.Cleanup(func() {
+		_ = srv.Close()
+		cancel()
+		<-runDone
+	})
+	f.url = "https://" + l.Addr().String()
+
+	f.serverRoots = x509.NewCertPool()
+	f.serverRoots.AddCert(authority.Certificate())
+	f.scraperRoots = x509.NewCertPool()
+	f.scraperRoots.AddCert(authority.Certificate())
+	f.scraperRoots.AddCert(authority.AgentCACertificate())
+	certPEM, keyPEM, err := authority.IssueClient("prometheus", ca.RoleDiscovery, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.scraper, err = tls.X509KeyPair(certPEM, keyPEM); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// agentCert issues an agent certificate for id and hostname.
+func (f *fleet) agentCert(t testing.TB, id, hostname string) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, chain, err := f.authority.SignAgent(ca.AgentCertRequest{AgentID: id, Hostname: hostname, Address: "192.0.2.7", PublicKey: &key.PublicKey, TTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := tls.X509KeyPair(chain, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// startAgent runs an agent's relay listener (TLS with its certificate,
+// scrapers' certificates only) and its tunnel client; it returns the
+// relay's port.
+func (f *fleet) startAgent(t testing.TB, id, hostname string, body func(w http.ResponseWriter)) int {
+	t.Helper()
+	cert := f.agentCert(t, id, hostname)
+	clientCA := x509.NewCertPool()
+	clientCA.AddCert(f.authority.ClientCACertificate())
+	relay := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if role, _, err := ca.Identify(r.TLS.PeerCertificates[0]); err != nil || role != ca.RoleDiscovery {
+				http.Error(w, "scrapers only", http.StatusForbidden)
+				return
+			}
+			body(w)
+		}),
+		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: clientCA},
+		ReadHeaderTimeout: 2 * time.Second,
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = relay.ServeTLS(l, "", "") }()
+	port := l.Addr().(*net.TCPAddr).Port
+	f.dir.set(Agent{ID: id, Hostname: hostname, Port: port, Listed: true, Tunnel: true})
+
+	c, err := NewClient(ClientConfig{
+		Servers:    []string{f.url},
+		TLS:        &tls.Config{RootCAs: f.serverRoots, Certificates: []tls.Certificate{cert}},
+		Local:      l.Addr().String(),
+		MinBackoff: 10 * time.Millisecond,
+		MaxBackoff: 100 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); c.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		_ = relay.Close()
+	})
+	f.waitTunnels(t, func(n int) bool { return f.hasTunnel(hostname) })
+	return port
+}
+
+func (f *fleet) hasTunnel(hostname string) bool {
+	f.tunnels.mu.Lock()
+	defer f.tunnels.mu.Unlock()
+	return len(f.tunnels.byHost[hostname]) > 0
+}
+
+// waitTunnels polls the number of tunnels until ok or a deadline.
+func (f *fleet) waitTunnels(t testing.TB, ok func(int) bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !ok(f.tunnels.Tunnels()) {
+		if time.Now().After(deadline) {
+			t.Fatalf("tunnels: %d, not what the test waits for", f.tunnels.Tunnels())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// scrapeClient is Prometheus' setup: proxy_url to the server, one TLS
+// config for both hops, and enable_http2: false. Go's transport offers the
+// job's ALPN list to the proxy too, and then writes an HTTP/1.1 CONNECT
+// whatever the proxy chose: with h2 offered and a server that speaks h2 the
+// CONNECT fails (TestServer_HTTP2JobFails).
+func (f *fleet) scrapeClient(cert tls.Certificate, roots *x509.CertPool) *http.Client {
+	proxy, _ := url.Parse(f.url)
+	return &http.Client{
+		Timeout: 10 * time.Second,
+		Transport: &http.Transport{
+			Proxy:           http.ProxyURL(proxy),
+			TLSClientConfig: &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{cert}},
+		},
+	}
+}
+
+func TestServer_ScrapeThroughTunnel(t *testing.T) {
+	f := newFleet(t, ServerConfig{})
+	port := f.startAgent(t, "a1", "host-a", func(w http.ResponseWriter) { _, _ = io.WriteString(w, "up 1\n") })
+	c := f.scrapeClient(f.scraper, f.scraperRoots)
+	for range 3 { // several requests on one proxied connection and after
+		resp, err := c.Get("https://host-a:" + strconv.Itoa(port) + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || string(body) != "up 1\n" {
+			t.Fatalf("scrape: %d %q", resp.StatusCode, body)
+		}
+		c.CloseIdleConnections()
+	}
+	if got := testutil.ToFloat64(f.metrics.Opened); got != 3 {
+		t.Errorf("streams opened: %v, want 3", got)
+	}
+	if got := testutil.ToFloat64(f.metrics.Bytes.WithLabelValues("from_agent")); got == 0 {
+		t.Error("no bytes counted from the agent")
+	}
+}
+
+// connect sends one CONNECT with cert (nil: none) and returns the status
+// line's code.
+func (f *fleet) connect(t *testing.T, cert *tls.Certificate, target string) int {
+	t.Helper()
+	cfg := &tls.Config{RootCAs: f.serverRoots, ServerName: "localhost"}
+	if cert != nil {
+		cfg.Certificates = []tls.Certificate{*cert}
+	}
+	conn, err := tls.Dial("tcp", strings.TrimPrefix(f.url, "https://"), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(conn, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), &http.Request{Method: http.MethodConnect})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode
+}
+
+func TestServer_ConnectRefusals(t *testing.T) {
+	f := newFleet(t, ServerConfig{})
+	port := f.startAgent(t, "a1", "host-a", func(w http.ResponseWriter) { _, _ = io.WriteString(w, "up 1\n") })
+	f.dir.set(Agent{ID: "a2", Hostname: "host-b", Port: 9100, Listed: true, Tunnel: false})
+	agentCert := f.agentCert(t, "a1", "host-a")
+	admin := func() tls.Certificate {
+		c, k, err := f.authority.IssueClient("ops", ca.RoleAdmin, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cert, err := tls.X509KeyPair(c, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cert
+	}()
+	good := "host-a:" + strconv.Itoa(port)
+	for _, tc := range []struct {
+		name   string
+		cert   *tls.Certificate
+		target string
+		want   int
+		reason string
+	}{
+		{"no certificate", nil, good, http.StatusUnauthorized, "no_certificate"},
+		{"agent certificate", &agentCert, good, http.StatusForbidden, "not_scraper"},
+		{"unknown host", &f.scraper, "host-zz:" + strconv.Itoa(port), http.StatusNotFound, "unknown_target"},
+		{"agent without tunnel", &f.scraper, "host-b:9100", http.StatusNotFound, "unknown_target"},
+		{"another port", &f.scraper, "host-a:22", http.StatusForbidden, "port_refused"},
+		{"the server itself", &f.scraper, strings.TrimPrefix(f.url, "https://"), http.StatusNotFound, "unknown_target"},
+		{"not host:port", &f.scraper, "host-a", http.StatusBadRequest, "bad_target"},
+		{"port zero", &f.scraper, "host-a:0", http.StatusBadRequest, "bad_target"},
+		{"admin may", &admin, good, http.StatusOK, ""},
+		{"scraper may", &f.scraper, good, http.StatusOK, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var before float64
+			if tc.reason != "" {
+				before = testutil.ToFloat64(f.metrics.Refusals.WithLabelValues(tc.reason))
+			}
+			if got := f.connect(t, tc.cert, tc.target); got != tc.want {
+				t.Fatalf("CONNECT %s: %d, want %d", tc.target, got, tc.want)
+			}
+			if tc.reason != "" {
+				if got := testutil.ToFloat64(f.metrics.Refusals.WithLabelValues(tc.reason)); got != before+1 {
+					t.Errorf("refusals{reason=%q}: %v, want %v", tc.reason, got, before+1)
+				}
+			}
+		})
+	}
+}
+
+func TestServer_TunnelRefusals(t *testing.T) {
+	f := newFleet(t, ServerConfig{})
+	f.dir.set(Agent{ID: "off", Hostname: "host-off", Port: 9100, Listed: true})
+	f.dir.set(Agent{ID: "gone", Hostname: "host-gone", Port: 9100, Listed: false, Tunnel: true})
+	f.dir.set(Agent{ID: "ok", Hostname: "host-ok", Port: 9100, Listed: true, Tunnel: true})
+	for _, tc := range []struct {
+		name string
+		cert func() tls.Certificate
+		want int
+	}{
+		{"scraper certificate", func() tls.Certificate { return f.scraper }, http.StatusForbidden},
+		{"agent that did not ask for tunnels", func() tls.Certificate { return f.agentCert(t, "off", "host-off") }, http.StatusForbidden},
+		{"revoked agent", func() tls.Certificate { return f.agentCert(t, "gone", "host-gone") }, http.StatusForbidden},
+		{"tunneled agent", func() tls.Certificate { return f.agentCert(t, "ok", "host-ok") }, http.StatusSwitchingProtocols},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			conn, err := tls.Dial("tcp", strings.TrimPrefix(f.url, "https://"), &tls.Config{RootCAs: f.serverRoots, ServerName: "localhost", Certificates: []tls.Certificate{tc.cert()}, NextProtos: []string{"http/1.1"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+			fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\n", Path, Protocol)
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.StatusCode != tc.want {
+				t.Fatalf("upgrade: %d, want %d", resp.StatusCode, tc.want)
+			}
+		})
+	}
+}
+
+func TestServer_RevocationClosesTunnel(t *testing.T) {
+	f := newFleet(t, ServerConfig{})
+	port := f.startAgent(t, "a1", "host-a", func(w http.ResponseWriter) { _, _ = io.WriteString(w, "up 1\n") })
+	f.dir.set(Agent{ID: "a1", Hostname: "host-a", Port: port, Listed: false, Tunnel: true})
+	f.waitTunnels(t, func(n int) bool { return n == 0 })
+	if got := f.connect(t, &f.scraper, "host-a:"+strconv.Itoa(port)); got != http.StatusNotFound {
+		t.Fatalf("CONNECT after revocation: %d, want 404", got)
+	}
+	// The agent keeps trying, and is refused every time.
+	deadline := time.Now().Add(5 * time.Second)
+	for testutil.ToFloat64(f.metrics.Refusals.WithLabelValues("agent_refused")) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the revoked agent's reconnections were not refused")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := f.tunnels.Tunnels(); n != 0 {
+		t.Fatalf("a revoked agent holds %d tunnels", n)
+	}
+}
+
+func TestServer_StreamLimitAndFlood(t *testing.T) {
+	f := newFleet(t, ServerConfig{MaxStreamsPerAgent: 2})
+	release := make(chan struct{})
+	held := make(chan struct{}, 3)
+	port := f.startAgent(t, "a1", "host-a", func(w http.ResponseWriter) {
+		held <- struct{}{}
+		<-release
+		_, _ = io.WriteString(w, "up 1\n")
+	})
+	target := "https://host-a:" + strconv.Itoa(port) + "/metrics"
+	// Two scrapes hold both streams.
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() {
+			c := f.scrapeClient(f.scraper, f.scraperRoots)
+			resp, err := c.Get(target)
+			if err == nil {
+				resp.Body.Close()
+			}
+			errs <- err
+		}()
+	}
+	for range 2 {
+		select {
+		case <-held:
+		case err := <-errs:
+			t.Fatalf("a scrape ended before the agent held it: %v", err)
+		case <-time.After(10 * time.Second):
+			t.Fatal("the scrapes did not reach the agent")
+		}
+	}
+	// A flood of CONNECTs beyond the limit: every one refused at once.
+	const flood = 200
+	for i := range flood {
+		if got := f.connect(t, &f.scraper, "host-a:"+strconv.Itoa(port)); got != http.StatusTooManyRequests {
+			t.Fatalf("CONNECT %d over the limit: %d, want 429", i, got)
+		}
+	}
+	close(release)
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	// And the agent still serves.
+	resp, err := f.scrapeClient(f.scraper, f.scraperRoots).Get(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("scrape after the flood: %d", resp.StatusCode)
+	}
+}
+
+func TestServer_IdleStreamClosed(t *testing.T) {
+	f := newFleet(t, ServerConfig{IdleTimeout: 200 * time.Millisecond})
+	port := f.startAgent(t, "a1", "host-a", func(w http.ResponseWriter) { _, _ = io.WriteString(w, "up 1\n") })
+	conn, err := tls.Dial("tcp", strings.TrimPrefix(f.url, "https://"), &tls.Config{RootCAs: f.serverRoots, ServerName: "localhost", Certificates: []tls.Certificate{f.scraper}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(conn, "CONNECT host-a:%d HTTP/1.1\r\nHost: host-a\r\n\r\n", port)
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("CONNECT: %v %v", resp, err)
+	}
+	// A slow client that never starts its TLS handshake: the server drops
+	// the stream after the idle timeout instead of holding it forever.
+	if _, err := io.Copy(io.Discard, br); err != nil {
+		t.Fatalf("the idle stream was not closed by the server: %v", err)
+	}
+}
+
+// TestServer_HTTP2JobFails documents why the proxied job needs
+// enable_http2: false: with h2 in the job's ALPN list the proxy hop
+// negotiates h2 and Go's transport still sends an HTTP/1.1 CONNECT.
+func TestServer_HTTP2JobFails(t *testing.T) {
+	f := newFleet(t, ServerConfig{})
+	port := f.startAgent(t, "a1", "host-a", func(w http.ResponseWriter) { _, _ = io.WriteString(w, "up 1\n") })
+	c := f.scrapeClient(f.scraper, f.scraperRoots)
+	c.Transport.(*http.Transport).ForceAttemptHTTP2 = true
+	resp, err := c.Get("https://host-a:" + strconv.Itoa(port) + "/metrics")
+	if err == nil {
+		resp.Body.Close()
+		t.Error("a job with HTTP/2 scraped through the tunnel: this Go release no longer breaks CONNECT over an h2 proxy connection, so docs/tunnels.md and the examples may drop enable_http2: false")
+	}
+}
