@@ -35,6 +35,7 @@ import (
 	"github.com/baremetal-sd/baremetal_sd/agent"
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/etcd"
+	"github.com/baremetal-sd/baremetal_sd/internal/fileutil"
 	"github.com/baremetal-sd/baremetal_sd/server"
 )
 
@@ -56,6 +57,8 @@ func run(args []string) int {
 	srv := server.Config{
 		Web: kingpinflag.AddFlags(serverCmd, ":9955"),
 	}
+	// The toolkit's help offers http and vsock; these roles speak TLS only.
+	serverCmd.GetFlag("web.listen-address").Help("Address to serve the API, http_sd and the status page on, over TLS only (repeatable). Example: `:9955` or `[::1]:9955`.")
 	serverCmd.Flag("data.dir", "Directory for the server CA, the issuing CAs for agents and clients, token key, serving certificate and registry; created on first start.").Default("data").StringVar(&srv.DataDir)
 	serverCmd.Flag("tls.server-name", "DNS name or IP of the auto-created serving certificate (repeatable; default: the hostname, localhost, 127.0.0.1, ::1). Agents may not register these names, loopback ones aside: use one in Prometheus' proxy_url for tunnels.").StringsVar(&srv.ServerNames)
 	serverCmd.Flag("storage.backend", "Registry store: bolt (embedded file in --data.dir), etcd (shared by several server replicas) or memory (lost on restart).").Default("bolt").EnumVar(&srv.StorageBackend, "bolt", "etcd", "memory")
@@ -89,6 +92,8 @@ func run(args []string) int {
 	tokenCreate.Flag("agent.id", "Fix the id of the agent that enrolls with this token.").StringVar(&spec.AgentID)
 	tokenCreate.Flag("ttl", "How long the token is valid.").Default("1h").DurationVar(&spec.TTL)
 	tokenCreate.Flag("single-use", "The token can enroll one agent only.").BoolVar(&spec.SingleUse)
+	var tokenOutput string
+	tokenCreate.Flag("output", "Write the token to this file, created with mode 0600, instead of printing it.").StringVar(&tokenOutput)
 	tokenCreate.Flag("label", "Label KEY=VALUE the agent must carry (repeatable).").StringMapVar(&tokenLabels)
 
 	certCmd := app.Command("cert", "Manage client certificates.")
@@ -108,6 +113,7 @@ func run(args []string) int {
 		Web:    kingpinflag.AddFlags(agentCmd, ":9956"),
 		Labels: map[string]string{}, // kingpin's StringMapVar fills, never allocates, the map
 	}
+	agentCmd.GetFlag("web.listen-address").Help("Address to relay the exporters and serve the agent's metrics on, over TLS only (repeatable; the first one's port is registered). Example: `:9956`.")
 	agentCmd.Flag("discovery.url", "Base URL of a discovery server, https://HOST:PORT (repeatable: replicas, tried in turn).").Required().StringsVar(&agt.DiscoveryURLs)
 	agentCmd.Flag("discovery.token-file", "File holding the enrollment token; read whenever the agent needs to enroll.").StringVar(&agt.TokenFile)
 	agentCmd.Flag("discovery.ca-file", "CA certificate that verifies the discovery servers (default: the system roots).").StringVar(&agt.CAFile)
@@ -117,7 +123,12 @@ func run(args []string) int {
 	agentCmd.Flag("agent.address", "Host or IP Prometheus scrapes (default: the address the server sees the agent's requests come from).").StringVar(&agt.Address)
 	agentCmd.Flag("agent.label", "Label KEY=VALUE, exposed as __meta_baremetal_sd_label_KEY (repeatable).").StringMapVar(&agt.Labels)
 	agentCmd.Flag("tunnel", "on: Prometheus cannot reach this host; keep a tunnel to every discovery server and be scraped through them (docs/tunnels.md). off: scraped directly.").Default("off").EnumVar(&agt.Tunnel, "off", "on")
-	agentCmd.Flag("agent.deregister-on-shutdown", "Remove the agent from discovery when it stops (--no-agent.deregister-on-shutdown keeps it listed until its TTL runs out).").Default("true").BoolVar(&agt.DeregisterOnShutdown)
+	agentCmd.Flag("web.enable-lifecycle", "Enable POST /-/reload, which re-reads the relay config and the web config as SIGHUP does (with the agent's own web config, an admin client certificate is required).").Default("false").BoolVar(&agt.EnableLifecycle)
+	agentCmd.Flag("agent.deregister-on-shutdown", "Remove the agent from discovery when it stops (default: on; --no-agent.deregister-on-shutdown keeps it listed until its TTL runs out).").Default("true").BoolVar(&agt.DeregisterOnShutdown)
+
+	statusCmd := app.Command("agent-status", "Show the local agent's registration state, with the reason, from its state directory; exits 0 when it is registered. Works before enrollment and while the agent is stopped.")
+	var statusDir string
+	statusCmd.Flag("agent.state-dir", "The agent's state directory.").Default("agent").StringVar(&statusDir)
 
 	agentsCmd := app.Command("agents", "List and manage agents through the server's admin API.")
 	var cli server.AgentsCLI
@@ -127,13 +138,19 @@ func run(args []string) int {
 	agentsCmd.Flag("tls.cert-file", "Admin client certificate (cert issue --role=admin).").StringVar(&cli.CertFile)
 	agentsCmd.Flag("tls.key-file", "Key of the admin client certificate.").StringVar(&cli.KeyFile)
 	agentsCmd.Flag("token-file", "File holding an admin token (token create --scope=admin).").StringVar(&cli.TokenFile)
-	agentsCmd.Flag("output", "Output format.").Short('o').Default("table").EnumVar(&cli.Output, "table", "json")
+	agentsCmd.Flag("output", "Output format: table or json.").Short('o').Default("table").EnumVar(&cli.Output, "table", "json")
 	agentsList := agentsCmd.Command("list", "List agents with their state.")
 	agentsRevoke := agentsCmd.Command("revoke", "Revoke an agent: its certificates are refused and it leaves http_sd.")
-	revokeID := agentsRevoke.Arg("id", "Agent id.").Required().String()
+	revokeID := agentsRevoke.Arg("agent", "Agent id or hostname (a hostname several agents share lists their ids).").Required().String()
 	agentsMaint := agentsCmd.Command("maintenance", "Turn an agent's maintenance flag on or off.")
-	maintID := agentsMaint.Arg("id", "Agent id.").Required().String()
+	maintID := agentsMaint.Arg("agent", "Agent id or hostname (a hostname several agents share lists their ids).").Required().String()
 	maintOn := agentsMaint.Arg("state", "on or off.").Required().Enum("on", "off")
+
+	// SIGHUP reloads the server and the agent. Catch it before anything
+	// else: its default action would kill the process.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 
 	cmd, err := app.Parse(args)
 	if err != nil {
@@ -153,6 +170,7 @@ func run(args []string) int {
 			srv.ReservedNames = srv.ServerNames
 		}
 		srv.Logger = logger
+		srv.Reload = hup
 		logger.Info("Starting baremetal_sd server", "version", version.Info())
 		logger.Info("Build context", "build_context", version.BuildContext())
 		// Most of the server's heap is the registry, which lives as long as
@@ -178,17 +196,36 @@ func run(args []string) int {
 			fmt.Fprintf(os.Stderr, "baremetal_sd: create token: %v\n", err)
 			return 1
 		}
+		if tokenOutput != "" {
+			if err := fileutil.WriteAtomic(tokenOutput, []byte(tok+"\n"), 0o600); err != nil {
+				fmt.Fprintf(os.Stderr, "baremetal_sd: write token: %v\n", err)
+				return 1
+			}
+			return 0
+		}
 		fmt.Println(tok)
 		return 0
 
 	case agentCmd.FullCommand():
 		agt.Logger = logger
+		agt.Reload = hup
 		logger.Info("Starting baremetal_sd agent", "version", version.Info())
 		logger.Info("Build context", "build_context", version.BuildContext())
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
 		if err := agent.Run(ctx, agt); err != nil {
 			logger.Error("Agent failed", "err", err)
+			return 1
+		}
+		return 0
+
+	case statusCmd.FullCommand():
+		registered, err := agent.PrintStatus(statusDir, os.Stdout)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "baremetal_sd: %v\n", err)
+			return 1
+		}
+		if !registered {
 			return 1
 		}
 		return 0

@@ -34,7 +34,6 @@ import (
 	"github.com/baremetal-sd/baremetal_sd/collector"
 	"github.com/baremetal-sd/baremetal_sd/discovery/client"
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
-	"github.com/baremetal-sd/baremetal_sd/relay"
 	"github.com/baremetal-sd/baremetal_sd/web"
 )
 
@@ -62,31 +61,28 @@ func Run(ctx context.Context, cfg Config) error {
 	)
 	metrics := collector.NewAgent(reg, registrationStates())
 
-	var (
-		relayHandler http.Handler
-		exporters    []protocol.Exporter
-	)
-	if cfg.RelayConfigFile != "" {
-		rc, err := relay.LoadConfig(cfg.RelayConfigFile)
-		if err != nil {
-			return fmt.Errorf("relay config: %w", err)
-		}
-		r, err := relay.New(rc, logger, collector.NewRelay(reg))
-		if err != nil {
-			return fmt.Errorf("relay: %w", err)
-		}
-		for _, name := range r.ExporterNames() {
-			exporters = append(exporters, protocol.Exporter{Name: name, Path: relay.ExporterPath(name)})
-		}
-		relayHandler = r
-	} else {
+	webFlags := *cfg.Web
+	ownWebConfig := *webFlags.WebConfigFile == ""
+	operatorWebConfig := *webFlags.WebConfigFile
+	rl := newReloader(cfg, reg, metrics, ownWebConfig, operatorWebConfig)
+	initial, err := rl.load()
+	if err != nil {
+		return err
+	}
+	if cfg.RelayConfigFile == "" {
 		logger.Warn("No --relay.config.file given: relaying no exporters, serving the agent's own metrics only")
 	}
-	// The server refuses what it cannot list; say so at start, not in a
-	// registration error later. This also refuses the reserved name "agent".
-	if err := protocol.ValidateExporters(exporters); err != nil {
-		return fmt.Errorf("relay config: %w", err)
+	reloadCtx, stopReloads := context.WithCancel(context.Background())
+	defer stopReloads()
+	go rl.watch(reloadCtx, cfg.Reload)
+
+	// Bind before talking to the server: an agent that cannot serve must
+	// not enroll and leave a target that points at whatever holds its port.
+	listeners, err := web.Listen(&webFlags)
+	if err != nil {
+		return err
 	}
+	defer web.CloseAll(listeners)
 
 	roots, pinned, err := loadRootCAs(cfg.CAFile)
 	if err != nil {
@@ -104,12 +100,13 @@ func Run(ctx context.Context, cfg Config) error {
 		Hostname:  cfg.Hostname,
 		Address:   cfg.Address,
 		Port:      cfg.Port,
-		Labels:    cfg.Labels,
-		Exporters: exporters,
+		Labels:    initial.labels,
+		Exporters: initial.exporters,
 		Tunnel:    cfg.Tunnel == TunnelOn,
 	}
 	lc := newLifecycle(cfg, key, req, metrics)
 	lc.pinned = pinned
+	lc.updates = rl.updates
 	userAgent := "baremetal_sd-agent/" + version.Version
 	if lc.client, err = client.NewClient(client.Config{
 		URLs:                 cfg.DiscoveryURLs,
@@ -131,9 +128,10 @@ func Run(ctx context.Context, cfg Config) error {
 	defer lc.client.CloseIdleConnections()
 	defer lc.anon.CloseIdleConnections()
 	lc.load()
+	if lc.cert.Load() == nil && cfg.TokenFile == "" {
+		return fmt.Errorf("no certificate in --agent.state-dir %s and no --discovery.token-file to enroll with: create a token on the server (baremetal_sd token create --scope=enroll) and pass its file", cfg.StateDir)
+	}
 
-	webFlags := *cfg.Web
-	ownWebConfig := *webFlags.WebConfigFile == ""
 	waitForCert := ownWebConfig
 	if ownWebConfig {
 		path, err := writeWebConfig(cfg.StateDir)
@@ -145,10 +143,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 
-	srv, err := newServer(reg, relayHandler, exporters, metrics, ownWebConfig, logger)
-	if err != nil {
-		return err
-	}
+	srv := newHTTPServer(rl.handler(cfg.EnableLifecycle), logger)
 
 	loopCtx, stopLoop := context.WithCancel(context.Background())
 	defer stopLoop()
@@ -173,7 +168,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- web.ListenAndServe(srv, &webFlags, logger) }()
+	go func() { serveErr <- web.ServeListeners(listeners, srv, &webFlags, logger) }()
 	if cfg.Tunnel == TunnelOn {
 		tc, err := newTunnelClient(cfg, roots, lc, reg)
 		if err != nil {
@@ -224,24 +219,15 @@ func Run(ctx context.Context, cfg Config) error {
 	return nil
 }
 
-// newServer builds the HTTP server the agent serves its endpoints with;
-// web.ListenAndServe adds TLS and basic auth from the web config.
-// scrapers says whether only scraper certificates may use it, as with the
-// agent's own web config.
-func newServer(reg *prometheus.Registry, relayHandler http.Handler, exporters []protocol.Exporter, metrics *collector.Agent, scrapers bool, logger *slog.Logger) (*http.Server, error) {
-	handler, err := newHandler(reg, relayHandler, exporters, logger)
-	if err != nil {
-		return nil, err
-	}
-	if scrapers {
-		handler = scrapersOnly(handler, metrics)
-	}
+// newHTTPServer builds the HTTP server the agent serves handler with;
+// web.Serve adds TLS and basic auth from the web config.
+func newHTTPServer(handler http.Handler, logger *slog.Logger) *http.Server {
 	return &http.Server{
 		Handler:           handler,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
-	}, nil
+	}
 }
 
 // scrapersOnly refuses requests whose client certificate is not a
@@ -251,12 +237,7 @@ func newServer(reg *prometheus.Registry, relayHandler http.Handler, exporters []
 // `cert issue --role=discovery` certificate; admin certificates may too.
 func scrapersOnly(next http.Handler, metrics *collector.Agent) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		role := ca.Role("none")
-		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
-			if got, _, err := ca.Identify(r.TLS.PeerCertificates[0]); err == nil {
-				role = got
-			}
-		}
+		role := roleOf(r)
 		if role != ca.RoleDiscovery && role != ca.RoleAdmin {
 			metrics.RefusedRequests.WithLabelValues(string(role)).Inc()
 			http.Error(w, "forbidden: a client certificate of role discovery or admin is required to scrape this agent", http.StatusForbidden)

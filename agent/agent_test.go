@@ -821,6 +821,28 @@ func TestRun_ExpiredCertificateWhileServerClockBehind(t *testing.T) {
 	}
 }
 
+// TestRun_CertificateExpiresDuringHeldRenewal: found by the chaos harness
+// (e2e/chaos_test.go). A renewal held up by a stalled network reaches the
+// server after the certificate expired, and the server refuses it for want
+// of a valid certificate (401). That is no revocation: the agent renews
+// with the expired certificate next, without reporting itself revoked or
+// asking an operator for a token.
+func TestRun_CertificateExpiresDuringHeldRenewal(t *testing.T) {
+	h := newHarness(t)
+	h.fake.certTTL.Store(int64(3 * time.Second))
+	h.fake.heldRenewals.Store(1)
+	h.enrolled(h.config())
+	h.waitFor("a renewal with the expired certificate", func() bool {
+		return h.fake.count("renew:expired") >= 1 && h.metric(stateSeries("registered")) == 1
+	})
+	if n := h.fake.count("renew:held"); n != 1 {
+		t.Errorf("held renewals = %d, want 1 (calls %q)", n, h.fake.callLog())
+	}
+	if strings.Contains(h.logs.String(), "refuses this agent's certificate") {
+		t.Errorf("the agent took the late renewal's 401 for a revocation:\n%s", h.logs.String())
+	}
+}
+
 func mustKey(t *testing.T, dir string) *ecdsa.PrivateKey {
 	t.Helper()
 	k, _, err := loadOrCreateKey(filepath.Join(dir, KeyFile))

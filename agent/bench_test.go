@@ -206,10 +206,11 @@ func startBenchAgent(b *testing.B, upstream string) (string, *http.Client) {
 		b.Fatal(err)
 	}
 	exporters := []protocol.Exporter{{Name: "node", Path: relay.ExporterPath("node")}}
-	srv, err := newServer(reg, r, exporters, collector.NewAgent(reg, registrationStates()), true, logger)
+	h, err := newHandler(reg, r, exporters, logger)
 	if err != nil {
 		b.Fatal(err)
 	}
+	srv := newHTTPServer(scrapersOnly(h, collector.NewAgent(reg, registrationStates())), logger)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)

@@ -65,6 +65,11 @@ type Config struct {
 	Port int
 	// Labels become __meta_baremetal_sd_label_<key> in http_sd.
 	Labels map[string]string
+	// Reload asks for the configuration to be re-read (SIGHUP); nil when
+	// only /-/reload may.
+	Reload <-chan os.Signal
+	// EnableLifecycle serves POST /-/reload.
+	EnableLifecycle bool
 	// DeregisterOnShutdown removes the agent from discovery when it stops.
 	DeregisterOnShutdown bool
 	// Tunnel is "on" for a host Prometheus cannot reach: the agent keeps a

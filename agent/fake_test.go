@@ -134,6 +134,11 @@ type fakeServer struct {
 	// stillValid answers this many requests with an expired certificate as
 	// a server whose clock has not reached the expiry yet does.
 	stillValid atomic.Int32
+	// heldRenewals holds this many renewals over mTLS until the agent's
+	// certificate has expired and then refuses them as the discovery
+	// server refuses a request whose certificate is no longer valid (401),
+	// as when a stalled network delivers a renewal late.
+	heldRenewals atomic.Int32
 
 	mu     sync.Mutex
 	agents map[string]*fakeAgent
@@ -394,6 +399,17 @@ func (f *fakeServer) renew(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id, serial, ok := mtlsIdentity(r)
+	if ok && f.heldRenewals.Add(-1) >= 0 {
+		f.record("renew:held")
+		leaf := r.TLS.VerifiedChains[0][0]
+		select {
+		case <-time.After(time.Until(leaf.NotAfter) + 100*time.Millisecond):
+		case <-r.Context().Done():
+			return
+		}
+		fail(w, http.StatusUnauthorized, "a client certificate is required, or the expired certificate in the body")
+		return
+	}
 	if ok {
 		f.record("renew:mtls")
 	} else {

@@ -89,6 +89,8 @@ type lifecycle struct {
 	certPEM   []byte
 	ready     chan struct{}
 	readyOnce sync.Once
+	// updates brings registrations changed by a reload (see reloader).
+	updates <-chan registration
 
 	persisted persistedState
 	// receivedAt is when the current certificate came from the server; zero
@@ -108,19 +110,25 @@ type lifecycle struct {
 	renewRetry      time.Time
 	retryAt         time.Time
 	failures        map[action]int
+	// statusKey is the state last written to StatusFile.
+	statusKey         string
+	statusWriteFailed bool
+	// trustHints bounds how often a verification failure is explained.
+	trustHints every
 }
 
 func newLifecycle(cfg Config, key *ecdsa.PrivateKey, req protocol.RegisterRequest, metrics *collector.Agent) *lifecycle {
 	l := &lifecycle{
-		cfg:      cfg,
-		logger:   cfg.Logger,
-		metrics:  metrics,
-		key:      key,
-		req:      req,
-		digest:   registrationDigest(&req),
-		ready:    make(chan struct{}),
-		interval: defaultHeartbeatInterval,
-		failures: make(map[action]int),
+		cfg:        cfg,
+		logger:     cfg.Logger,
+		metrics:    metrics,
+		key:        key,
+		req:        req,
+		digest:     registrationDigest(&req),
+		ready:      make(chan struct{}),
+		interval:   defaultHeartbeatInterval,
+		failures:   make(map[action]int),
+		trustHints: every{interval: trustHintInterval},
 	}
 	return l
 }
@@ -167,6 +175,8 @@ func (l *lifecycle) load() {
 		l.metrics.SetState(stateEnrolling)
 		l.state = stateEnrolling
 	}
+	l.statusKey = l.state + "\x00"
+	l.writeStatus(l.state, "starting", nil)
 }
 
 // clientCertificate hands the current certificate to TLS handshakes with the
@@ -252,12 +262,19 @@ func (l *lifecycle) run(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
+		select {
+		case reg := <-l.updates:
+			l.update(reg)
+		default:
+		}
 		act, at := l.next(time.Now())
 		if d := time.Until(at); d > 0 {
 			timer.Reset(d)
 			select {
 			case <-ctx.Done():
 				return
+			case reg := <-l.updates:
+				l.update(reg)
 			case <-timer.C:
 			}
 			// Decide again: the certificate may have expired meanwhile.
@@ -422,6 +439,7 @@ func (l *lifecycle) register(ctx context.Context) {
 	switch {
 	case err == nil:
 		l.apply(actRegister, resp, l.client, "Registered with the discovery server")
+	case client.IsRevoked(err) && l.expiredMeanwhile():
 	case client.IsRevoked(err):
 		l.revoked(err)
 	case client.IsBadRequest(err):
@@ -429,6 +447,21 @@ func (l *lifecycle) register(ctx context.Context) {
 	default:
 		l.fail(actRegister, stateUnreachable, "unreachable", err)
 	}
+}
+
+// expiredMeanwhile reports whether the certificate a refused mTLS request
+// was sent with has expired since, and if so makes the agent enroll with
+// the expired certificate next. A request held up by a slow or stalled
+// network can reach the server after the certificate's expiry; the server
+// then sees no valid client certificate (401), which says nothing about a
+// revocation. Found by the chaos harness: the agent reported itself
+// revoked and asked for a new token, then renewed a second later.
+func (l *lifecycle) expiredMeanwhile() bool {
+	if l.valid(time.Now()) {
+		return false
+	}
+	l.retryAt = time.Now()
+	return true
 }
 
 // revoked handles the server refusing the valid certificate. The token in
@@ -491,6 +524,7 @@ func (l *lifecycle) renew(ctx context.Context) {
 		l.logger.Warn("Registry lost this agent; registering again")
 		l.needRegister = true
 		l.retryAt = time.Now()
+	case client.IsRevoked(err) && l.expiredMeanwhile():
 	case client.IsRevoked(err):
 		l.revoked(err)
 	default:
@@ -511,6 +545,7 @@ func (l *lifecycle) heartbeat(ctx context.Context) {
 		l.logger.Warn("Registry lost this agent; registering again")
 		l.needRegister = true
 		l.retryAt = time.Now()
+	case client.IsRevoked(err) && l.expiredMeanwhile():
 	case client.IsRevoked(err):
 		l.revoked(err)
 	default:
@@ -666,10 +701,15 @@ func (l *lifecycle) setState(state, reason string, err error) {
 	l.state = state
 	l.metrics.SetState(state)
 	key := state + "\x00" + reason
+	if key != l.statusKey {
+		l.statusKey = key
+		l.writeStatus(state, reason, err)
+	}
 	switch state {
 	case stateRegistered:
 		l.logOnce(key, slog.LevelInfo, "Agent is registered with the discovery server", "server", l.server, "agent_id", l.persisted.AgentID)
 	case stateUnreachable:
+		l.explainTrust(err)
 		l.logOnce(key, slog.LevelWarn, "Discovery server unreachable or failing; retrying with backoff and serving with the current certificate meanwhile", "err", err)
 	case stateRevoked:
 		l.logOnce(key, slog.LevelError, "Discovery server refuses this agent's certificate (revoked or superseded); still serving with it until it expires. Put a new enrollment token into the token file to re-admit the agent", "token_file", l.cfg.TokenFile, "err", err)

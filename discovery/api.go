@@ -26,6 +26,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -67,8 +68,9 @@ type APIConfig struct {
 
 // API serves the registration protocol, http_sd and the admin endpoints.
 type API struct {
-	cfg  APIConfig
-	auth *authenticator
+	cfg    APIConfig
+	auth   *authenticator
+	regLog *registrationLog
 }
 
 // NewAPI creates the API handlers.
@@ -86,8 +88,9 @@ func NewAPI(cfg APIConfig) *API {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &API{
-		cfg:  cfg,
-		auth: &authenticator{ca: cfg.CA, tokens: cfg.Tokens, metrics: cfg.Metrics, now: cfg.Now},
+		cfg:    cfg,
+		auth:   &authenticator{ca: cfg.CA, tokens: cfg.Tokens, metrics: cfg.Metrics, now: cfg.Now},
+		regLog: &registrationLog{logger: cfg.Logger, now: cfg.Now},
 	}
 }
 
@@ -96,7 +99,7 @@ func (a *API) Routes(mux *http.ServeMux) {
 	// Every handler that changes state is guarded against cross-site
 	// requests; the GET handlers change nothing.
 	guard := newStateChanging(a).wrap
-	mux.HandleFunc("POST "+protocol.PathRegister, guard(a.counted(func(m *collector.Server) *prometheus.CounterVec { return m.Registrations }, a.register)))
+	mux.HandleFunc("POST "+protocol.PathRegister, guard(a.counted(func(m *collector.Server) *prometheus.CounterVec { return m.Registrations }, a.logRefusals(a.register))))
 	mux.HandleFunc("POST "+protocol.PathHeartbeat, guard(a.counted(func(m *collector.Server) *prometheus.CounterVec { return m.Heartbeats }, a.heartbeat)))
 	mux.HandleFunc("POST "+protocol.PathRenew, guard(a.counted(func(m *collector.Server) *prometheus.CounterVec { return m.Renewals }, a.renew)))
 	mux.HandleFunc("DELETE "+protocol.PathSelf, guard(a.handleDeregister))
@@ -149,6 +152,15 @@ func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) string {
 		}
 		writeError(w, ae.status, ae.msg)
 		return ae.reason
+	}
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		// A full disk under the registry passes once an operator frees
+		// space: the write was refused, not half done (bolt rolls the
+		// transaction back), and the client's retry will succeed, so it is
+		// a 503 that says why, not a 500.
+		a.cfg.Logger.Error("Registry store out of disk space", "path", r.URL.Path, "err", err)
+		writeError(w, http.StatusServiceUnavailable, "registry store out of disk space, retry later")
+		return "no_space"
 	}
 	if errors.Is(err, store.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
 		a.cfg.Logger.Warn("Store unavailable", "path", r.URL.Path, "err", err)
@@ -347,7 +359,12 @@ func (a *API) register(w http.ResponseWriter, r *http.Request) string {
 		return a.fail(w, r, err)
 	}
 	a.issued("register")
-	a.cfg.Logger.Debug("Agent registered", "agent_id", agent.ID, "hostname", agent.Hostname)
+	if who.claims != nil {
+		a.regLog.log(slog.LevelInfo, "Agent enrolled", "agent_id", agent.ID, "hostname", agent.Hostname,
+			"remote_addr", sourceIP(r), "token_id", who.claims.ID)
+	} else {
+		a.cfg.Logger.Debug("Agent registered", "agent_id", agent.ID, "hostname", agent.Hostname)
+	}
 	writeJSON(w, http.StatusOK, a.certificateResponse(agent.ID, signed.leaf, signed.chain))
 	return "success"
 }

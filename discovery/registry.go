@@ -497,7 +497,9 @@ func (r *Registry) CheckCertificate(id, serial string) error {
 }
 
 // state computes an agent's state at now. An agent restored at start-up is
-// not expired before one TTL after the start.
+// not expired before one TTL after the start, but the grace does not make
+// it healthy: without a heartbeat since, it is stale, so that no page shows
+// a host as healthy whose last heartbeat is older than the stale bound.
 func (r *Registry) state(e *entry, now time.Time) AgentState {
 	a := e.rec
 	if a.revoked() {
@@ -507,16 +509,16 @@ func (r *Registry) state(e *entry, now time.Time) AgentState {
 		return StateDeregistered
 	}
 	last := time.Unix(0, e.lastSeen.Load())
-	if last.Before(r.started) {
-		last = r.started
+	graced := last
+	if graced.Before(r.started) {
+		graced = r.started
 	}
-	age := now.Sub(last)
 	switch {
-	case age > r.cfg.TTL:
+	case now.Sub(graced) > r.cfg.TTL:
 		return StateExpired
 	case a.Maintenance:
 		return StateMaintenance
-	case age > 2*r.cfg.HeartbeatInterval:
+	case now.Sub(last) > 2*r.cfg.HeartbeatInterval:
 		return StateStale
 	default:
 		return StateHealthy

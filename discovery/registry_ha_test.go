@@ -68,8 +68,9 @@ func TestRegistryHA_RestartGrace(t *testing.T) {
 	}
 	clock.Advance(time.Hour)
 	rc := newTestRegistry(t, open(prefix, "a"), clock)
-	if v, _ := rc.Get("alive"); v.State != StateHealthy {
-		t.Errorf("after a full outage: alive is %s, want healthy (grace)", v.State)
+	// Listed (the grace), but stale: its last heartbeat is an hour old.
+	if v, _ := rc.Get("alive"); v.State != StateStale {
+		t.Errorf("after a full outage: alive is %s, want stale (listed by the grace, not healthy)", v.State)
 	}
 	clock.Advance(61 * time.Second)
 	if v, _ := rc.Get("alive"); v.State != StateExpired {

@@ -169,9 +169,18 @@ func TestRegistry_RestartGrace(t *testing.T) {
 	clock.Advance(time.Hour)
 	r2 := newTestRegistry(t, st, clock)
 	r2.Sweep(context.Background())
-	if v, _ := r2.Get("a"); v.State == StateExpired {
-		t.Fatalf("agent expired right after a restart; want one TTL of grace")
+	if v, _ := r2.Get("a"); v.State != StateStale {
+		t.Fatalf("state %s right after a restart, an hour after the last heartbeat: want stale, listed for one TTL of grace but not shown healthy", v.State)
 	}
+	if err := r2.Heartbeat("a", "s-a", ""); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := r2.Get("a"); v.State != StateHealthy {
+		t.Fatalf("state %s after a heartbeat, want healthy", v.State)
+	}
+	clock.Advance(time.Hour)
+	r2 = newTestRegistry(t, st, clock)
+	r2.Sweep(context.Background())
 	clock.Advance(61 * time.Second)
 	r2.Sweep(context.Background())
 	if v, _ := r2.Get("a"); v.State != StateExpired {

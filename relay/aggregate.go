@@ -208,6 +208,7 @@ func (s *source) run(ctx context.Context, req *http.Request, accepted acceptable
 	if err != nil {
 		fe := classify(fctx, err)
 		e.relay.logger.Debug("Relaying exporter failed", "exporter", e.cfg.Name, "err", fe.err)
+		e.failed(fe)
 		if m != nil {
 			m.Up.WithLabelValues(e.cfg.Name).Set(0)
 			m.UpstreamErrors.WithLabelValues(e.cfg.Name, fe.reason).Inc()
@@ -217,6 +218,7 @@ func (s *source) run(ctx context.Context, req *http.Request, accepted acceptable
 		}
 		return
 	}
+	e.succeeded()
 	if m != nil {
 		m.Up.WithLabelValues(e.cfg.Name).Set(1)
 		m.Samples.WithLabelValues(e.cfg.Name).Add(float64(p.samples))

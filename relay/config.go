@@ -90,6 +90,9 @@ type Config struct {
 	// negative value turns the cache off.
 	SeriesCacheBytes int              `yaml:"series_cache_bytes,omitempty"`
 	Exporters        []ExporterConfig `yaml:"exporters"`
+	// Labels are the agent's labels, beside its --agent.label flags, so
+	// that a reload can change them. The relay itself does not use them.
+	Labels map[string]string `yaml:"labels,omitempty"`
 }
 
 // ExporterConfig is one upstream exporter.
@@ -100,9 +103,17 @@ type ExporterConfig struct {
 	// EnableCompression asks the exporter for gzip. Off by default: the
 	// exporters are local, and compressing on loopback costs CPU on both
 	// ends for nothing. A gzip answer is decoded either way.
-	EnableCompression    bool                    `yaml:"enable_compression,omitempty"`
-	MetricRelabelConfigs []*relabel.Config       `yaml:"metric_relabel_configs,omitempty"`
-	HTTPClientConfig     config.HTTPClientConfig `yaml:",inline"`
+	EnableCompression bool `yaml:"enable_compression,omitempty"`
+	// FallbackScrapeProtocol is the format to read a body in when the
+	// exporter's Content-Type is missing or not one the relay knows (a
+	// file behind a generic web server is application/octet-stream), as
+	// Prometheus 3's scrape config option of the same name: one of
+	// PrometheusText0.0.4, PrometheusText1.0.0, OpenMetricsText0.0.1,
+	// OpenMetricsText1.0.0, PrometheusProto. Empty refuses such a body
+	// (and reads a missing Content-Type as text, as Prometheus 2 did).
+	FallbackScrapeProtocol string                  `yaml:"fallback_scrape_protocol,omitempty"`
+	MetricRelabelConfigs   []*relabel.Config       `yaml:"metric_relabel_configs,omitempty"`
+	HTTPClientConfig       config.HTTPClientConfig `yaml:",inline"`
 }
 
 // UnmarshalYAML starts from prometheus/common's HTTP client defaults
@@ -214,6 +225,9 @@ func ParseConfig(data []byte) (*Config, error) {
 			if err := rc.Validate(scheme); err != nil {
 				return nil, fmt.Errorf("exporter %q: metric_relabel_configs[%d]: %w", e.Name, j, err)
 			}
+		}
+		if _, ok := fallbackContentType(e.FallbackScrapeProtocol); e.FallbackScrapeProtocol != "" && !ok {
+			return nil, fmt.Errorf("exporter %q: fallback_scrape_protocol %q must be one of PrometheusText0.0.4, PrometheusText1.0.0, OpenMetricsText0.0.1, OpenMetricsText1.0.0, PrometheusProto", e.Name, e.FallbackScrapeProtocol)
 		}
 		if err := e.HTTPClientConfig.Validate(); err != nil {
 			return nil, fmt.Errorf("exporter %q: %w", e.Name, err)

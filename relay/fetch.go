@@ -116,7 +116,7 @@ func (e *exporter) fetch(ctx context.Context, p *pipeline, accept string, timeou
 		resp.Body.Close()
 		return nil, &fetchError{http.StatusBadGateway, "status", fmt.Errorf("upstream answered %s", resp.Status)}
 	}
-	format, ct, ok := parseContentType(resp.Header.Get("Content-Type"))
+	format, ct, ok := upstreamFormat(resp.Header.Get("Content-Type"), e.cfg.FallbackScrapeProtocol)
 	if !ok {
 		resp.Body.Close()
 		return nil, &fetchError{http.StatusBadGateway, "content_type", fmt.Errorf("upstream sent unsupported Content-Type %q", truncate(resp.Header.Get("Content-Type")))}

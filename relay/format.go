@@ -240,3 +240,34 @@ func parseContentType(ct string) (Format, string, bool) {
 	}
 	return 0, "", false
 }
+
+// fallbackContentType maps a value of fallback_scrape_protocol, named as
+// in Prometheus' scrape config, to the Content-Type it stands for.
+func fallbackContentType(name string) (string, bool) {
+	switch name {
+	case "PrometheusText0.0.4":
+		return "text/plain; version=0.0.4", true
+	case "PrometheusText1.0.0":
+		return "text/plain; version=1.0.0", true
+	case "OpenMetricsText0.0.1":
+		return "application/openmetrics-text; version=0.0.1", true
+	case "OpenMetricsText1.0.0":
+		return "application/openmetrics-text; version=1.0.0", true
+	case "PrometheusProto":
+		return ContentTypeProtobuf, true
+	}
+	return "", false
+}
+
+// upstreamFormat is parseContentType with the exporter's
+// fallback_scrape_protocol for a Content-Type that is missing or unknown.
+func upstreamFormat(ct, fallback string) (Format, string, bool) {
+	if fallback != "" {
+		if f, c, ok := parseContentType(ct); ok && ct != "" {
+			return f, c, true
+		}
+		fct, _ := fallbackContentType(fallback) // validated by ParseConfig
+		return parseContentType(fct)
+	}
+	return parseContentType(ct)
+}

@@ -51,6 +51,7 @@ type exporter struct {
 	timeout time.Duration
 	mu      sync.Mutex
 	idle    []*pipeline // reused between scrapes: buffers keep their size
+	health  health
 	// cache is the exporter's series cache while no scrape holds it, nil
 	// without relabel rules. One scrape at a time uses it; a concurrent
 	// scrape of the same exporter relays without.
@@ -89,6 +90,14 @@ func New(cfg *Config, logger *slog.Logger, metrics *collector.Relay) (*Relay, er
 		logger.Info("Aggregate endpoint disabled", "path", aggregatePath, "err", errAggregateUnlabeled)
 	}
 	return r, nil
+}
+
+// CloseIdleConnections closes the idle connections to the exporters, for a
+// relay a reload replaced.
+func (r *Relay) CloseIdleConnections() {
+	for _, e := range r.exporters {
+		e.client.CloseIdleConnections()
+	}
 }
 
 // ExporterNames lists the configured exporters in configuration order.
@@ -229,6 +238,7 @@ func (e *exporter) serve(w http.ResponseWriter, req *http.Request) {
 	fail := func(err error) *fetchError {
 		fe := classify(ctx, err)
 		e.relay.logger.Debug("Relaying exporter failed", "exporter", name, "err", fe.err)
+		e.failed(fe)
 		if m != nil {
 			m.Up.WithLabelValues(name).Set(0)
 			m.UpstreamErrors.WithLabelValues(name, fe.reason).Inc()
@@ -266,6 +276,7 @@ func (e *exporter) serve(w http.ResponseWriter, req *http.Request) {
 	}
 	samples := p.samples
 	e.release(p)
+	e.succeeded()
 	if m != nil {
 		m.Up.WithLabelValues(name).Set(1)
 		m.Samples.WithLabelValues(name).Add(float64(samples))

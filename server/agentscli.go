@@ -26,6 +26,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 	"unicode/utf8"
@@ -106,35 +107,83 @@ func (c AgentsCLI) List(ctx context.Context, w io.Writer) error {
 	}
 	agents, err := ac.ListAgents(ctx)
 	if err != nil {
-		return err
+		return c.explain(err)
 	}
 	return c.print(w, agents)
 }
 
-// Revoke revokes an agent and prints it.
-func (c AgentsCLI) Revoke(ctx context.Context, id string, w io.Writer) error {
+// Revoke revokes an agent, named by id or hostname, and prints it.
+func (c AgentsCLI) Revoke(ctx context.Context, idOrHostname string, w io.Writer) error {
 	ac, err := c.client()
+	if err != nil {
+		return err
+	}
+	id, err := c.resolve(ctx, ac, idOrHostname)
 	if err != nil {
 		return err
 	}
 	v, err := ac.Revoke(ctx, id)
 	if err != nil {
-		return err
+		return c.explain(err)
 	}
 	return c.print(w, []discovery.AgentView{*v})
 }
 
-// Maintenance switches an agent's maintenance flag and prints it.
-func (c AgentsCLI) Maintenance(ctx context.Context, id string, on bool, w io.Writer) error {
+// Maintenance switches the maintenance flag of an agent, named by id or
+// hostname, and prints it.
+func (c AgentsCLI) Maintenance(ctx context.Context, idOrHostname string, on bool, w io.Writer) error {
 	ac, err := c.client()
+	if err != nil {
+		return err
+	}
+	id, err := c.resolve(ctx, ac, idOrHostname)
 	if err != nil {
 		return err
 	}
 	v, err := ac.SetMaintenance(ctx, id, on)
 	if err != nil {
-		return err
+		return c.explain(err)
 	}
 	return c.print(w, []discovery.AgentView{*v})
+}
+
+// resolve turns a hostname into the agent id the admin API takes: an
+// operator knows the host, not the random id. An id wins over a hostname;
+// a hostname that several agents share is an error listing them.
+func (c AgentsCLI) resolve(ctx context.Context, ac *discovery.AdminClient, arg string) (string, error) {
+	agents, err := ac.ListAgents(ctx)
+	if err != nil {
+		return "", c.explain(err)
+	}
+	var matches []discovery.AgentView
+	for _, a := range agents {
+		if a.ID == arg {
+			return arg, nil
+		}
+		if strings.EqualFold(a.Hostname, arg) {
+			matches = append(matches, a)
+		}
+	}
+	switch len(matches) {
+	case 0:
+		return arg, nil // the server answers for an unknown id
+	case 1:
+		return matches[0].ID, nil
+	}
+	var b strings.Builder
+	for _, m := range matches {
+		fmt.Fprintf(&b, "\n  %s  %s  %s", m.ID, m.State, m.Address)
+	}
+	return "", fmt.Errorf("%d agents have hostname %q; give one of their ids:%s", len(matches), arg, b.String())
+}
+
+// explain adds what to check to an error that an operator can fix from
+// the command line.
+func (c AgentsCLI) explain(err error) error {
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		return fmt.Errorf("%w: is the server running at %s? Set --server.url to its address", err, c.ServerURL)
+	}
+	return err
 }
 
 func (c AgentsCLI) print(w io.Writer, agents []discovery.AgentView) error {

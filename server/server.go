@@ -79,7 +79,9 @@ type Config struct {
 	FlushInterval time.Duration
 	SDFilePath    string
 	AnonymousSD   bool
-	Logger        *slog.Logger
+	// Reload asks for the reloadable configuration to be re-read (SIGHUP).
+	Reload <-chan os.Signal
+	Logger *slog.Logger
 }
 
 // Default flush intervals, each capped at a quarter of the agent TTL. With
@@ -114,6 +116,13 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	logger := cfg.Logger
+	// Bind first: a server that cannot serve must fail before it creates
+	// a CA, a token key or a registry nobody asked for.
+	listeners, err := web.Listen(cfg.Web)
+	if err != nil {
+		return err
+	}
+	defer web.CloseAll(listeners)
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("create data directory: %w", err)
 	}
@@ -268,8 +277,10 @@ func Run(ctx context.Context, cfg Config) error {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
 	}
+	rl := newReloads(*webFlags.WebConfigFile, reg, logger)
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- web.ListenAndServe(srv, webFlags, logger) }()
+	go func() { serveErr <- web.ServeListeners(listeners, srv, webFlags, logger) }()
+	loops.Go(func() { rl.watch(runCtx, cfg.Reload) })
 
 	select {
 	case err = <-serveErr:

@@ -1,0 +1,85 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
+package relay
+
+import (
+	"bytes"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/baremetal-sd/baremetal_sd/collector"
+)
+
+func TestRelay_LogsFirstFailureAndRecovery(t *testing.T) {
+	var failing atomic.Bool
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		if failing.Load() {
+			http.Error(w, "broken", http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		_, _ = w.Write([]byte("up_metric 1\n"))
+	}))
+	t.Cleanup(upstream.Close)
+	u := strings.Replace(upstream.URL, "http://", "http://user:secret@", 1)
+	cfg, err := ParseConfig([]byte("exporters:\n  - name: app\n    url: " + u + "/metrics\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	r, err := New(cfg, slog.New(slog.NewTextHandler(&logs, nil)), collector.NewRelay(prometheus.NewRegistry()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []struct {
+		name                 string
+		fail                 bool
+		wantStatus           int
+		wantFailing, wantRec int
+	}{
+		{"healthy", false, http.StatusOK, 0, 0},
+		{"first failure", true, http.StatusBadGateway, 1, 0},
+		{"still failing", true, http.StatusBadGateway, 1, 0},
+		{"recovered", false, http.StatusOK, 1, 1},
+		{"failing again", true, http.StatusBadGateway, 2, 1},
+	} {
+		t.Run(step.name, func(t *testing.T) {
+			failing.Store(step.fail)
+			for _, path := range []string{ExporterPath("app"), aggregatePath} {
+				if rec := scrape(t, r, path, acceptText); rec.Code != step.wantStatus && path != aggregatePath {
+					t.Errorf("%s: status %d, want %d", path, rec.Code, step.wantStatus)
+				}
+			}
+			out := logs.String()
+			if got := strings.Count(out, "Exporter is failing"); got != step.wantFailing {
+				t.Errorf("%d failure lines, want %d:\n%s", got, step.wantFailing, out)
+			}
+			if got := strings.Count(out, "Exporter recovered"); got != step.wantRec {
+				t.Errorf("%d recovery lines, want %d:\n%s", got, step.wantRec, out)
+			}
+			if strings.Contains(out, "secret") {
+				t.Errorf("the log shows the URL's password:\n%s", out)
+			}
+		})
+	}
+	if !strings.Contains(logs.String(), "reason=status") {
+		t.Errorf("the failure line has no reason:\n%s", logs.String())
+	}
+}
