@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package main
 
 import (
@@ -24,6 +37,7 @@ import (
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/baremetal-sd/baremetal_sd/relay"
 	"github.com/baremetal-sd/baremetal_sd/server"
 	"github.com/baremetal-sd/baremetal_sd/web"
@@ -128,25 +142,25 @@ func fleetJobs(t *testing.T, name string, data []byte) []scrapeJob {
 // too.
 func discoveredTarget(job scrapeJob, exporter string, maintenance, hostile bool) map[string]string {
 	path := "/exporters/" + exporter + "/metrics"
-	if exporter == discovery.AgentExporterName {
-		path = discovery.AgentMetricsPath
+	if exporter == protocol.AgentExporterName {
+		path = protocol.AgentMetricsPath
 	}
 	target := map[string]string{
-		model.AddressLabel:                 "10.0.0.1:9956",
-		model.MetricsPathLabel:             path,
-		model.SchemeLabel:                  "https",
-		model.JobLabel:                     job.JobName,
-		discovery.MetaAgentID:              "a1",
-		discovery.MetaHostname:             "web1",
-		discovery.MetaAddress:              "10.0.0.1",
-		discovery.MetaExporter:             exporter,
-		discovery.MetaMaintenance:          strconv.FormatBool(maintenance),
-		discovery.MetaLabelPrefix + "role": "web",
-		"__meta_url":                       job.HTTPSDConfigs[0].URL,
+		model.AddressLabel:                "10.0.0.1:9956",
+		model.MetricsPathLabel:            path,
+		model.SchemeLabel:                 "https",
+		model.JobLabel:                    job.JobName,
+		protocol.MetaAgentID:              "a1",
+		protocol.MetaHostname:             "web1",
+		protocol.MetaAddress:              "10.0.0.1",
+		protocol.MetaExporter:             exporter,
+		protocol.MetaMaintenance:          strconv.FormatBool(maintenance),
+		protocol.MetaLabelPrefix + "role": "web",
+		"__meta_url":                      job.HTTPSDConfigs[0].URL,
 	}
 	if hostile {
 		for _, l := range []string{"instance", "job", "exporter", "maintenance"} {
-			target[discovery.MetaLabelPrefix+l] = "forged"
+			target[protocol.MetaLabelPrefix+l] = "forged"
 		}
 	}
 	return target
@@ -200,7 +214,7 @@ func checkFleetRelabeling(t *testing.T, name string, jobs []scrapeJob, full bool
 		// aggregate endpoint, is the agents' own job.
 		first := targetLabels(job, discoveredTarget(job, exporter, false, false))
 		aggregate := first != nil && first[model.MetricsPathLabel] == "/exporters/metrics"
-		agentsJob := exporter == discovery.AgentExporterName && !aggregate
+		agentsJob := exporter == protocol.AgentExporterName && !aggregate
 		for _, maintenance := range []bool{false, true} {
 			if maintenance && !full {
 				continue
@@ -221,7 +235,7 @@ func checkFleetRelabeling(t *testing.T, name string, jobs []scrapeJob, full bool
 			switch {
 			case agentsJob && maintenance:
 				want["maintenance"] = "true"
-			case exporter != discovery.AgentExporterName:
+			case exporter != protocol.AgentExporterName:
 				want["exporter"] = exporter
 			}
 			for _, l := range []string{"instance", "job", "role", "exporter", "maintenance"} {

@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 // Command baremetal_sd is the discovery server and the host agent of
 // baremetal_sd: Prometheus service discovery, certificates and relaying for
 // bare-metal fleets.
@@ -21,7 +34,8 @@ import (
 
 	"github.com/baremetal-sd/baremetal_sd/agent"
 	"github.com/baremetal-sd/baremetal_sd/ca"
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/etcd"
+	"github.com/baremetal-sd/baremetal_sd/internal/fileutil"
 	"github.com/baremetal-sd/baremetal_sd/server"
 )
 
@@ -49,7 +63,7 @@ func run(args []string) int {
 	serverCmd.Flag("tls.server-name", "DNS name or IP of the auto-created serving certificate (repeatable; default: the hostname, localhost, 127.0.0.1, ::1). Agents may not register these names, loopback ones aside: use one in Prometheus' proxy_url for tunnels.").StringsVar(&srv.ServerNames)
 	serverCmd.Flag("storage.backend", "Registry store: bolt (embedded file in --data.dir), etcd (shared by several server replicas) or memory (lost on restart).").Default("bolt").EnumVar(&srv.StorageBackend, "bolt", "etcd", "memory")
 	serverCmd.Flag("etcd.endpoints", "etcd client URL, for --storage.backend=etcd (repeatable or comma-separated).").StringsVar(&srv.Etcd.Endpoints)
-	serverCmd.Flag("etcd.prefix", "Key prefix of the registry in etcd; replicas of one fleet share it.").Default(discovery.DefaultEtcdPrefix).StringVar(&srv.Etcd.Prefix)
+	serverCmd.Flag("etcd.prefix", "Key prefix of the registry in etcd; replicas of one fleet share it.").Default(etcd.DefaultPrefix).StringVar(&srv.Etcd.Prefix)
 	serverCmd.Flag("etcd.replica-id", "Name of this replica among those sharing the prefix ([a-zA-Z0-9._-]; default: the hostname). Keep it across restarts; two running replicas must not share it.").StringVar(&srv.Etcd.ReplicaID)
 	serverCmd.Flag("etcd.ca-file", "CA certificate that verifies the etcd servers (https:// endpoints; default: the system roots).").StringVar(&srv.Etcd.CAFile)
 	serverCmd.Flag("etcd.cert-file", "Client certificate for etcd, with --etcd.key-file.").StringVar(&srv.Etcd.CertFile)
@@ -183,7 +197,7 @@ func run(args []string) int {
 			return 1
 		}
 		if tokenOutput != "" {
-			if err := ca.WriteFileAtomic(tokenOutput, []byte(tok+"\n"), 0o600); err != nil {
+			if err := fileutil.WriteAtomic(tokenOutput, []byte(tok+"\n"), 0o600); err != nil {
 				fmt.Fprintf(os.Stderr, "baremetal_sd: write token: %v\n", err)
 				return 1
 			}

@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package agent
 
 import (
@@ -19,7 +32,8 @@ import (
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/collector"
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/client"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/baremetal-sd/baremetal_sd/web"
 )
 
@@ -45,7 +59,7 @@ func Run(ctx context.Context, cfg Config) error {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
-	metrics := collector.NewAgent(reg)
+	metrics := collector.NewAgent(reg, registrationStates())
 
 	webFlags := *cfg.Web
 	ownWebConfig := *webFlags.WebConfigFile == ""
@@ -82,7 +96,7 @@ func Run(ctx context.Context, cfg Config) error {
 		logger.Info("Created a new private key", "path", filepath.Join(cfg.StateDir, KeyFile))
 	}
 
-	req := discovery.RegisterRequest{
+	req := protocol.RegisterRequest{
 		Hostname:  cfg.Hostname,
 		Address:   cfg.Address,
 		Port:      cfg.Port,
@@ -94,7 +108,7 @@ func Run(ctx context.Context, cfg Config) error {
 	lc.pinned = pinned
 	lc.updates = rl.updates
 	userAgent := "baremetal_sd-agent/" + version.Version
-	if lc.client, err = discovery.NewClient(discovery.ClientConfig{
+	if lc.client, err = client.NewClient(client.Config{
 		URLs:                 cfg.DiscoveryURLs,
 		RootCAs:              roots,
 		GetClientCertificate: lc.clientCertificate,
@@ -103,7 +117,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}); err != nil {
 		return err
 	}
-	if lc.anon, err = discovery.NewClient(discovery.ClientConfig{
+	if lc.anon, err = client.NewClient(client.Config{
 		URLs:      cfg.DiscoveryURLs,
 		RootCAs:   roots,
 		Timeout:   cfg.RequestTimeout,
@@ -234,12 +248,12 @@ func scrapersOnly(next http.Handler, metrics *collector.Agent) http.Handler {
 }
 
 // newHandler routes the relay, the agent's metrics and the landing page.
-func newHandler(reg *prometheus.Registry, relayHandler http.Handler, exporters []discovery.Exporter, logger *slog.Logger) (http.Handler, error) {
+func newHandler(reg *prometheus.Registry, relayHandler http.Handler, exporters []protocol.Exporter, logger *slog.Logger) (http.Handler, error) {
 	mux := http.NewServeMux()
 	if relayHandler != nil {
 		mux.Handle("/exporters/", relayHandler)
 	}
-	mux.Handle("GET "+discovery.AgentMetricsPath, promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+	mux.Handle("GET "+protocol.AgentMetricsPath, promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 		ErrorLog:            slog.NewLogLogger(logger.Handler(), slog.LevelError),
 		ErrorHandling:       promhttp.ContinueOnError,
 		MaxRequestsInFlight: 10,
@@ -255,7 +269,7 @@ func newHandler(reg *prometheus.Registry, relayHandler http.Handler, exporters [
 	if len(exporters) > 0 {
 		links = append(links, toolkitweb.LandingLinks{Address: "/exporters/metrics", Text: "All exporters", Description: "every relayed exporter in one scrape"})
 	}
-	links = append(links, toolkitweb.LandingLinks{Address: discovery.AgentMetricsPath, Text: "Metrics", Description: "the agent's own telemetry"})
+	links = append(links, toolkitweb.LandingLinks{Address: protocol.AgentMetricsPath, Text: "Metrics", Description: "the agent's own telemetry"})
 	landing, err := toolkitweb.NewLandingPage(toolkitweb.LandingConfig{
 		Name:        "baremetal_sd agent",
 		Description: "Relays this host's exporters to Prometheus over TLS and keeps it registered with baremetal_sd",

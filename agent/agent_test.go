@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package agent
 
 import (
@@ -27,7 +40,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	certauth "github.com/baremetal-sd/baremetal_sd/ca"
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/baremetal-sd/baremetal_sd/internal/freeport"
 	"github.com/baremetal-sd/baremetal_sd/internal/heldexporter"
 )
@@ -407,17 +420,17 @@ func TestRun_RefusesLooseKey(t *testing.T) {
 }
 
 func TestRegistrationDigest_ChangesWithContent(t *testing.T) {
-	base := discovery.RegisterRequest{Hostname: "h", Port: 1, Labels: map[string]string{"a": "1", "b": "2"}}
-	same := discovery.RegisterRequest{Hostname: "h", Port: 1, Labels: map[string]string{"b": "2", "a": "1"}, CSR: "ignored"}
+	base := protocol.RegisterRequest{Hostname: "h", Port: 1, Labels: map[string]string{"a": "1", "b": "2"}}
+	same := protocol.RegisterRequest{Hostname: "h", Port: 1, Labels: map[string]string{"b": "2", "a": "1"}, CSR: "ignored"}
 	if registrationDigest(&base) != registrationDigest(&same) {
 		t.Error("digest depends on map order or the CSR")
 	}
-	changes := []discovery.RegisterRequest{
+	changes := []protocol.RegisterRequest{
 		{Hostname: "h2", Port: 1, Labels: base.Labels},
 		{Hostname: "h", Port: 2, Labels: base.Labels},
 		{Hostname: "h", Port: 1, Address: "10.0.0.1", Labels: base.Labels},
 		{Hostname: "h", Port: 1, Labels: map[string]string{"a": "1"}},
-		{Hostname: "h", Port: 1, Labels: base.Labels, Exporters: []discovery.Exporter{{Name: "node", Path: "/x"}}},
+		{Hostname: "h", Port: 1, Labels: base.Labels, Exporters: []protocol.Exporter{{Name: "node", Path: "/x"}}},
 	}
 	for i, c := range changes {
 		if registrationDigest(&c) == registrationDigest(&base) {
@@ -495,7 +508,7 @@ func TestRun_EnrollsAndServes(t *testing.T) {
 		t.Errorf("successful registrations = %v, want 1", v)
 	}
 	resp, body, err := h.get("/")
-	if err != nil || resp.StatusCode != http.StatusOK || !strings.Contains(body, discovery.AgentMetricsPath) {
+	if err != nil || resp.StatusCode != http.StatusOK || !strings.Contains(body, protocol.AgentMetricsPath) {
 		t.Errorf("landing page: %v, %v, %.200q", resp, err, body)
 	}
 
@@ -733,7 +746,7 @@ func (h *harness) expiredState(cfg Config, withState bool) string {
 		if err != nil {
 			h.t.Fatal(err)
 		}
-		digest := registrationDigest(&discovery.RegisterRequest{Hostname: n.Hostname, Port: n.Port})
+		digest := registrationDigest(&protocol.RegisterRequest{Hostname: n.Hostname, Port: n.Port})
 		if err := savePersisted(filepath.Join(h.dir, StateFile), persistedState{
 			AgentID: id, Registration: digest, CertSerial: leaf.SerialNumber.Text(16),
 		}); err != nil {
@@ -1158,12 +1171,12 @@ func TestRun_RelaysExporters(t *testing.T) {
 func TestRun_RefusesReservedExporterName(t *testing.T) {
 	h := newHarness(t)
 	cfg := h.config()
-	cfg.RelayConfigFile = writeRelayConfig(t, discovery.AgentExporterName, "http://127.0.0.1:1/metrics")
+	cfg.RelayConfigFile = writeRelayConfig(t, protocol.AgentExporterName, "http://127.0.0.1:1/metrics")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	err := Run(ctx, cfg)
-	if err == nil || !strings.Contains(err.Error(), discovery.AgentExporterName) {
-		t.Fatalf("Run error = %v, want the reserved name %q refused", err, discovery.AgentExporterName)
+	if err == nil || !strings.Contains(err.Error(), protocol.AgentExporterName) {
+		t.Fatalf("Run error = %v, want the reserved name %q refused", err, protocol.AgentExporterName)
 	}
 }
 

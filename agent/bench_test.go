@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package agent
 
 import (
@@ -20,7 +33,7 @@ import (
 
 	certauth "github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/collector"
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/baremetal-sd/baremetal_sd/relay"
 	"github.com/baremetal-sd/baremetal_sd/web"
 )
@@ -192,12 +205,12 @@ func startBenchAgent(b *testing.B, upstream string) (string, *http.Client) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	exporters := []discovery.Exporter{{Name: "node", Path: relay.ExporterPath("node")}}
+	exporters := []protocol.Exporter{{Name: "node", Path: relay.ExporterPath("node")}}
 	h, err := newHandler(reg, r, exporters, logger)
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv := newHTTPServer(scrapersOnly(h, collector.NewAgent(reg)), logger)
+	srv := newHTTPServer(scrapersOnly(h, collector.NewAgent(reg, registrationStates())), logger)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)

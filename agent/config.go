@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package agent
 
 import (
@@ -13,7 +26,7 @@ import (
 
 	toolkitweb "github.com/prometheus/exporter-toolkit/web"
 
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // Defaults of the tunables in Config.
@@ -97,15 +110,15 @@ func (c Config) normalize() (Config, error) {
 		}
 		c.Hostname = h
 	}
-	if err := discovery.ValidateHostname(c.Hostname); err != nil {
+	if err := protocol.ValidateHostname(c.Hostname); err != nil {
 		return c, fmt.Errorf("%w (set --agent.hostname)", err)
 	}
 	if c.Address != "" {
-		if err := discovery.ValidateAddress(c.Address); err != nil {
+		if err := protocol.ValidateAddress(c.Address); err != nil {
 			return c, fmt.Errorf("--agent.address: %w", err)
 		}
 	}
-	if err := discovery.ValidateLabels(c.Labels); err != nil {
+	if err := protocol.ValidateLabels(c.Labels); err != nil {
 		return c, fmt.Errorf("--agent.label: %w", err)
 	}
 	if c.Port == 0 {

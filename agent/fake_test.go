@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package agent
 
 import (
@@ -22,7 +35,7 @@ import (
 	"time"
 
 	certauth "github.com/baremetal-sd/baremetal_sd/ca"
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // testCA signs the fake server's certificate, the agents' certificates and
@@ -102,7 +115,7 @@ func (c *testCA) tlsCert(t testing.TB, cn string, role certauth.Role) tls.Certif
 // fakeAgent is the fake registry's record of one agent.
 type fakeAgent struct {
 	serial, prevSerial string
-	req                discovery.RegisterRequest
+	req                protocol.RegisterRequest
 	revoked            bool
 }
 
@@ -139,13 +152,13 @@ func newFakeServer(t *testing.T, ca *testCA) *fakeServer {
 	f := &fakeServer{t: t, ca: ca, agents: map[string]*fakeAgent{}, tokens: map[string]bool{}}
 	f.certTTL.Store(int64(time.Hour))
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST "+discovery.PathRegister, f.register)
-	mux.HandleFunc("POST "+discovery.PathRenew, f.renew)
-	mux.HandleFunc("POST "+discovery.PathHeartbeat, f.heartbeat)
-	mux.HandleFunc("DELETE "+discovery.PathSelf, f.deregister)
+	mux.HandleFunc("POST "+protocol.PathRegister, f.register)
+	mux.HandleFunc("POST "+protocol.PathRenew, f.renew)
+	mux.HandleFunc("POST "+protocol.PathHeartbeat, f.heartbeat)
+	mux.HandleFunc("DELETE "+protocol.PathSelf, f.deregister)
 	f.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if f.down.Load() {
-			writeTestJSON(w, http.StatusServiceUnavailable, discovery.ErrorResponse{Error: "down for the test"})
+			writeTestJSON(w, http.StatusServiceUnavailable, protocol.ErrorResponse{Error: "down for the test"})
 			return
 		}
 		mux.ServeHTTP(w, r)
@@ -167,7 +180,7 @@ func writeTestJSON(w http.ResponseWriter, status int, v any) {
 }
 
 func fail(w http.ResponseWriter, status int, msg string) {
-	writeTestJSON(w, status, discovery.ErrorResponse{Error: msg})
+	writeTestJSON(w, status, protocol.ErrorResponse{Error: msg})
 }
 
 func (f *fakeServer) record(call string) {
@@ -291,7 +304,7 @@ func parseCSR(s string) (*x509.CertificateRequest, error) {
 }
 
 // issue signs a certificate for id and records it.
-func (f *fakeServer) issue(w http.ResponseWriter, id string, csr *x509.CertificateRequest, req *discovery.RegisterRequest, renew bool) {
+func (f *fakeServer) issue(w http.ResponseWriter, id string, csr *x509.CertificateRequest, req *protocol.RegisterRequest, renew bool) {
 	now := time.Now()
 	ttl := time.Duration(f.certTTL.Load())
 	leaf, chain := f.ca.sign(f.t, id, csr.PublicKey, now.Add(-time.Second), now.Add(ttl))
@@ -311,7 +324,7 @@ func (f *fakeServer) issue(w http.ResponseWriter, id string, csr *x509.Certifica
 	a.revoked = false
 	f.mu.Unlock()
 	life := leaf.NotAfter.Sub(leaf.NotBefore)
-	writeTestJSON(w, http.StatusOK, discovery.CertificateResponse{
+	writeTestJSON(w, http.StatusOK, protocol.CertificateResponse{
 		AgentID:                  id,
 		Certificate:              string(chain),
 		CACertificate:            string(f.ca.pem),
@@ -322,7 +335,7 @@ func (f *fakeServer) issue(w http.ResponseWriter, id string, csr *x509.Certifica
 }
 
 func (f *fakeServer) register(w http.ResponseWriter, r *http.Request) {
-	var req discovery.RegisterRequest
+	var req protocol.RegisterRequest
 	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 		fail(w, http.StatusBadRequest, err.Error())
 		return
@@ -375,7 +388,7 @@ func (f *fakeServer) register(w http.ResponseWriter, r *http.Request) {
 }
 
 func (f *fakeServer) renew(w http.ResponseWriter, r *http.Request) {
-	var req discovery.RenewRequest
+	var req protocol.RenewRequest
 	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 		fail(w, http.StatusBadRequest, err.Error())
 		return
@@ -443,7 +456,7 @@ func (f *fakeServer) heartbeat(w http.ResponseWriter, r *http.Request) {
 		fail(w, status, msg)
 		return
 	}
-	writeTestJSON(w, http.StatusOK, discovery.HeartbeatResponse{TTLSeconds: 300, HeartbeatIntervalSeconds: 1})
+	writeTestJSON(w, http.StatusOK, protocol.HeartbeatResponse{TTLSeconds: 300, HeartbeatIntervalSeconds: 1})
 }
 
 func (f *fakeServer) deregister(w http.ResponseWriter, r *http.Request) {

@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package agent
 
 import (
@@ -15,9 +28,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/collector"
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/client"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/internal/fileutil"
 )
 
 // Bounds on the heartbeat interval a server may ask for.
@@ -57,13 +71,13 @@ type lifecycle struct {
 	// client authenticates with the agent's certificate; anon never sends
 	// one. The server prefers a client certificate over a token, so a token
 	// that re-admits a revoked agent must come without the revoked one.
-	client  *discovery.Client
-	anon    *discovery.Client
+	client  *client.Client
+	anon    *client.Client
 	metrics *collector.Agent
 	key     *ecdsa.PrivateKey
 	// req is what the agent registers; CSR and Certificate are filled per
 	// request.
-	req    discovery.RegisterRequest
+	req    protocol.RegisterRequest
 	digest string
 	// pinned are the certificates of --discovery.ca-file: the CAs a
 	// reply's CAs must come from. Nil means the system roots.
@@ -103,7 +117,7 @@ type lifecycle struct {
 	trustHints every
 }
 
-func newLifecycle(cfg Config, key *ecdsa.PrivateKey, req discovery.RegisterRequest, metrics *collector.Agent) *lifecycle {
+func newLifecycle(cfg Config, key *ecdsa.PrivateKey, req protocol.RegisterRequest, metrics *collector.Agent) *lifecycle {
 	l := &lifecycle{
 		cfg:        cfg,
 		logger:     cfg.Logger,
@@ -155,11 +169,11 @@ func (l *lifecycle) load() {
 	l.nextHeartbeat = now
 	l.retryAt = now
 	if cert != nil && now.Before(cert.Leaf.NotAfter) {
-		l.metrics.SetState(collector.AgentStateRegistered)
-		l.state = collector.AgentStateRegistered
+		l.metrics.SetState(stateRegistered)
+		l.state = stateRegistered
 	} else {
-		l.metrics.SetState(collector.AgentStateEnrolling)
-		l.state = collector.AgentStateEnrolling
+		l.metrics.SetState(stateEnrolling)
+		l.state = stateEnrolling
 	}
 	l.statusKey = l.state + "\x00"
 	l.writeStatus(l.state, "starting", nil)
@@ -285,7 +299,7 @@ func (l *lifecycle) run(ctx context.Context) {
 }
 
 // request builds a registration with a fresh CSR.
-func (l *lifecycle) request(expired []byte) (*discovery.RegisterRequest, error) {
+func (l *lifecycle) request(expired []byte) (*protocol.RegisterRequest, error) {
 	req := l.req
 	csr, err := newCSR(l.key, req.Hostname)
 	if err != nil {
@@ -298,7 +312,7 @@ func (l *lifecycle) request(expired []byte) (*discovery.RegisterRequest, error) 
 
 // requestOrRetry builds a registration with a fresh CSR; when it cannot, it
 // schedules act again and says why once.
-func (l *lifecycle) requestOrRetry(act action) (*discovery.RegisterRequest, bool) {
+func (l *lifecycle) requestOrRetry(act action) (*protocol.RegisterRequest, bool) {
 	req, err := l.request(nil)
 	if err != nil {
 		l.retry(act, err)
@@ -321,21 +335,21 @@ func (l *lifecycle) enroll(ctx context.Context) {
 		case err == nil:
 			l.apply(actEnroll, resp, l.anon, "Renewed the expired certificate")
 			return
-		case discovery.IsRevoked(err):
+		case client.IsRevoked(err):
 			// Past the grace window, revoked, or unknown to the server:
 			// only a token helps now.
 			l.expiredRefused = serialOf(c)
 			l.logger.Warn("Discovery server refused the expired certificate; enrolling with a token", "err", err)
-		case discovery.IsBadRequest(err):
+		case client.IsBadRequest(err):
 			// The server could not use the request: its clock has not
 			// reached the expiry the agent's clock passed (not_expired),
 			// which settles itself, or it refuses what the agent
 			// registers, which a token would not change. Retry.
-			l.fail(actEnroll, collector.AgentStateRefused, "refused: "+messageOf(err),
+			l.fail(actEnroll, stateRefused, "refused: "+messageOf(err),
 				fmt.Errorf("with the expired certificate: %w (a server whose clock is behind this host's accepts it once its clock passes the expiry)", err))
 			return
 		default:
-			l.fail(actEnroll, collector.AgentStateUnreachable, "unreachable", err)
+			l.fail(actEnroll, stateUnreachable, "unreachable", err)
 			return
 		}
 	}
@@ -343,14 +357,14 @@ func (l *lifecycle) enroll(ctx context.Context) {
 	tok, err := readToken(l.cfg.TokenFile)
 	switch {
 	case err != nil:
-		l.fail(actEnroll, collector.AgentStateTokenNeeded, "token file unreadable", err)
+		l.fail(actEnroll, stateTokenNeeded, "token file unreadable", err)
 		return
 	case tok == "":
-		l.fail(actEnroll, collector.AgentStateTokenNeeded, "no token",
+		l.fail(actEnroll, stateTokenNeeded, "no token",
 			fmt.Errorf("no valid certificate and no enrollment token in %q", l.cfg.TokenFile))
 		return
 	case l.tokenRefused(tok):
-		l.fail(actEnroll, collector.AgentStateTokenNeeded, "token refused", l.refusedTokenErr)
+		l.fail(actEnroll, stateTokenNeeded, "token refused", l.refusedTokenErr)
 		return
 	}
 	l.enrollWithToken(ctx, actEnroll, tok)
@@ -363,15 +377,15 @@ func (l *lifecycle) tokenRefused(tok string) bool {
 
 // withExpiredCertificate renews an expired certificate, or registers with it
 // when the registry forgot the agent or the registration changed.
-func (l *lifecycle) withExpiredCertificate(ctx context.Context) (*discovery.CertificateResponse, error) {
+func (l *lifecycle) withExpiredCertificate(ctx context.Context) (*protocol.CertificateResponse, error) {
 	req, err := l.request(l.certPEM)
 	if err != nil {
 		return nil, err
 	}
 	if !l.needRegister {
-		resp, err := l.anon.Renew(ctx, &discovery.RenewRequest{CSR: req.CSR, Certificate: req.Certificate})
+		resp, err := l.anon.Renew(ctx, &protocol.RenewRequest{CSR: req.CSR, Certificate: req.Certificate})
 		l.metrics.Renewals.WithLabelValues(resultOf(err)).Inc()
-		if !discovery.IsNotFound(err) {
+		if !client.IsNotFound(err) {
 			return resp, err
 		}
 		l.logger.Info("Registry lost this agent; registering again with the expired certificate")
@@ -396,18 +410,18 @@ func (l *lifecycle) enrollWithToken(ctx context.Context, act action, tok string)
 	case err == nil:
 		l.hasRefusedToken = false
 		l.apply(act, resp, l.anon, "Enrolled with the enrollment token")
-	case discovery.IsRevoked(err):
+	case client.IsRevoked(err):
 		// The same token will be refused again; wait for a new one.
 		l.refusedToken, l.hasRefusedToken, l.refusedTokenErr = tokenDigest(tok), true, err
 		if act == actRecover {
-			l.fail(act, collector.AgentStateRevoked, "revoked", err)
+			l.fail(act, stateRevoked, "revoked", err)
 			return
 		}
-		l.fail(act, collector.AgentStateTokenNeeded, "token refused", err)
-	case discovery.IsBadRequest(err):
-		l.fail(act, collector.AgentStateRefused, "refused: "+messageOf(err), err)
+		l.fail(act, stateTokenNeeded, "token refused", err)
+	case client.IsBadRequest(err):
+		l.fail(act, stateRefused, "refused: "+messageOf(err), err)
 	default:
-		l.fail(act, collector.AgentStateUnreachable, "unreachable", err)
+		l.fail(act, stateUnreachable, "unreachable", err)
 	}
 }
 
@@ -425,13 +439,13 @@ func (l *lifecycle) register(ctx context.Context) {
 	switch {
 	case err == nil:
 		l.apply(actRegister, resp, l.client, "Registered with the discovery server")
-	case discovery.IsRevoked(err) && l.expiredMeanwhile():
-	case discovery.IsRevoked(err):
+	case client.IsRevoked(err) && l.expiredMeanwhile():
+	case client.IsRevoked(err):
 		l.revoked(err)
-	case discovery.IsBadRequest(err):
-		l.fail(actRegister, collector.AgentStateRefused, "refused: "+messageOf(err), err)
+	case client.IsBadRequest(err):
+		l.fail(actRegister, stateRefused, "refused: "+messageOf(err), err)
 	default:
-		l.fail(actRegister, collector.AgentStateUnreachable, "unreachable", err)
+		l.fail(actRegister, stateUnreachable, "unreachable", err)
 	}
 }
 
@@ -459,7 +473,7 @@ func (l *lifecycle) revoked(err error) {
 	if tok, _ := readToken(l.cfg.TokenFile); tok != "" {
 		l.refusedToken, l.hasRefusedToken, l.refusedTokenErr = tokenDigest(tok), true, err
 	}
-	l.fail(actRecover, collector.AgentStateRevoked, "revoked", err)
+	l.fail(actRecover, stateRevoked, "revoked", err)
 }
 
 // recover runs while the server refuses the certificate: a new token in the
@@ -480,14 +494,14 @@ func (l *lifecycle) recover(ctx context.Context) {
 	case err == nil:
 		l.rejected = false
 		l.heartbeatOK(nil)
-	case discovery.IsNotFound(err):
+	case client.IsNotFound(err):
 		l.rejected = false
 		l.needRegister = true
 		l.retryAt = time.Now()
-	case discovery.IsRevoked(err):
-		l.fail(actRecover, collector.AgentStateRevoked, "revoked", err)
+	case client.IsRevoked(err):
+		l.fail(actRecover, stateRevoked, "revoked", err)
 	default:
-		l.fail(actRecover, collector.AgentStateUnreachable, "unreachable", err)
+		l.fail(actRecover, stateUnreachable, "unreachable", err)
 	}
 }
 
@@ -497,7 +511,7 @@ func (l *lifecycle) renew(ctx context.Context) {
 	if !ok {
 		return
 	}
-	resp, err := l.client.Renew(ctx, &discovery.RenewRequest{CSR: req.CSR})
+	resp, err := l.client.Renew(ctx, &protocol.RenewRequest{CSR: req.CSR})
 	if ctx.Err() != nil {
 		return
 	}
@@ -505,16 +519,16 @@ func (l *lifecycle) renew(ctx context.Context) {
 	switch {
 	case err == nil:
 		l.apply(actRenew, resp, l.client, "Renewed the certificate")
-	case discovery.IsNotFound(err):
+	case client.IsNotFound(err):
 		// Registering again issues a new certificate as well.
 		l.logger.Warn("Registry lost this agent; registering again")
 		l.needRegister = true
 		l.retryAt = time.Now()
-	case discovery.IsRevoked(err) && l.expiredMeanwhile():
-	case discovery.IsRevoked(err):
+	case client.IsRevoked(err) && l.expiredMeanwhile():
+	case client.IsRevoked(err):
 		l.revoked(err)
 	default:
-		l.fail(actRenew, collector.AgentStateUnreachable, "unreachable", err)
+		l.fail(actRenew, stateUnreachable, "unreachable", err)
 	}
 }
 
@@ -527,19 +541,19 @@ func (l *lifecycle) heartbeat(ctx context.Context) {
 	switch {
 	case err == nil:
 		l.heartbeatOK(resp)
-	case discovery.IsNotFound(err):
+	case client.IsNotFound(err):
 		l.logger.Warn("Registry lost this agent; registering again")
 		l.needRegister = true
 		l.retryAt = time.Now()
-	case discovery.IsRevoked(err) && l.expiredMeanwhile():
-	case discovery.IsRevoked(err):
+	case client.IsRevoked(err) && l.expiredMeanwhile():
+	case client.IsRevoked(err):
 		l.revoked(err)
 	default:
-		l.fail(actHeartbeat, collector.AgentStateUnreachable, "unreachable", err)
+		l.fail(actHeartbeat, stateUnreachable, "unreachable", err)
 	}
 }
 
-func (l *lifecycle) heartbeatOK(resp *discovery.HeartbeatResponse) {
+func (l *lifecycle) heartbeatOK(resp *protocol.HeartbeatResponse) {
 	now := time.Now()
 	l.metrics.LastHeartbeatSuccess.Set(float64(now.UnixNano()) / 1e9)
 	if resp != nil && resp.HeartbeatIntervalSeconds > 0 {
@@ -553,12 +567,12 @@ func (l *lifecycle) heartbeatOK(resp *discovery.HeartbeatResponse) {
 	l.failures[actHeartbeat] = 0
 	l.failures[actRecover] = 0
 	l.nextHeartbeat = now.Add(jitter(l.interval))
-	l.setState(collector.AgentStateRegistered, "", nil)
+	l.setState(stateRegistered, "", nil)
 }
 
 // apply takes a certificate from the server into use: files first, then
 // memory, so that the listener and the client switch together.
-func (l *lifecycle) apply(act action, resp *discovery.CertificateResponse, from *discovery.Client, what string) {
+func (l *lifecycle) apply(act action, resp *protocol.CertificateResponse, from *client.Client, what string) {
 	c, clientCA, err := l.checkResponse(resp)
 	if err != nil {
 		l.retry(act, err)
@@ -599,13 +613,13 @@ func (l *lifecycle) apply(act action, resp *discovery.CertificateResponse, from 
 	l.server = from.URL()
 	l.logger.Info(what, "agent_id", resp.AgentID, "server", l.server,
 		"expires", c.Leaf.NotAfter.UTC().Format(time.RFC3339), "renew_after", l.renewAt().UTC().Format(time.RFC3339))
-	l.setState(collector.AgentStateRegistered, "", nil)
+	l.setState(stateRegistered, "", nil)
 }
 
 // checkResponse verifies a certificate response: the leaf certifies our key
 // and chains to the agent CA the server sent, which the pinned CA vouches
 // for. It returns the certificate and the relay's client CA.
-func (l *lifecycle) checkResponse(resp *discovery.CertificateResponse) (*tls.Certificate, []byte, error) {
+func (l *lifecycle) checkResponse(resp *protocol.CertificateResponse) (*tls.Certificate, []byte, error) {
 	chain, err := parseChain([]byte(resp.Certificate))
 	if err != nil {
 		return nil, nil, err
@@ -643,11 +657,11 @@ func (l *lifecycle) checkResponse(resp *discovery.CertificateResponse) (*tls.Cer
 // writeFiles writes the CA, the certificate and the state, each atomically.
 // The key never changes, so the listener, which reads certificate and key on
 // a handshake, always sees a matching pair: the old certificate or the new.
-func (l *lifecycle) writeFiles(resp *discovery.CertificateResponse, clientCA []byte, p persistedState) error {
-	if err := ca.WriteFileAtomic(l.path(CAFile), clientCA, 0o644); err != nil {
+func (l *lifecycle) writeFiles(resp *protocol.CertificateResponse, clientCA []byte, p persistedState) error {
+	if err := fileutil.WriteAtomic(l.path(CAFile), clientCA, 0o644); err != nil {
 		return fmt.Errorf("write CA certificate: %w", err)
 	}
-	if err := ca.WriteFileAtomic(l.path(CertFile), []byte(resp.Certificate), 0o644); err != nil {
+	if err := fileutil.WriteAtomic(l.path(CertFile), []byte(resp.Certificate), 0o644); err != nil {
 		return fmt.Errorf("write certificate: %w", err)
 	}
 	if err := savePersisted(l.path(StateFile), p); err != nil {
@@ -692,16 +706,16 @@ func (l *lifecycle) setState(state, reason string, err error) {
 		l.writeStatus(state, reason, err)
 	}
 	switch state {
-	case collector.AgentStateRegistered:
+	case stateRegistered:
 		l.logOnce(key, slog.LevelInfo, "Agent is registered with the discovery server", "server", l.server, "agent_id", l.persisted.AgentID)
-	case collector.AgentStateUnreachable:
+	case stateUnreachable:
 		l.explainTrust(err)
 		l.logOnce(key, slog.LevelWarn, "Discovery server unreachable or failing; retrying with backoff and serving with the current certificate meanwhile", "err", err)
-	case collector.AgentStateRevoked:
+	case stateRevoked:
 		l.logOnce(key, slog.LevelError, "Discovery server refuses this agent's certificate (revoked or superseded); still serving with it until it expires. Put a new enrollment token into the token file to re-admit the agent", "token_file", l.cfg.TokenFile, "err", err)
-	case collector.AgentStateTokenNeeded:
+	case stateTokenNeeded:
 		l.logOnce(key, slog.LevelError, "A new enrollment token is needed: put it into the token file; the agent keeps retrying", "token_file", l.cfg.TokenFile, "err", err)
-	case collector.AgentStateRefused:
+	case stateRefused:
 		l.logOnce(key, slog.LevelError, "Discovery server refused the registration; check --agent.hostname, --agent.address, --agent.label and the relay config", "err", err)
 	default:
 		l.logOnce(key, slog.LevelWarn, "Agent state changed", "state", state, "err", err)
@@ -746,11 +760,11 @@ func resultOf(err error) string {
 	switch {
 	case err == nil:
 		return "success"
-	case discovery.IsNotFound(err):
+	case client.IsNotFound(err):
 		return "not_found"
-	case discovery.IsRevoked(err):
+	case client.IsRevoked(err):
 		return "rejected"
-	case discovery.IsBadRequest(err):
+	case client.IsBadRequest(err):
 		return "bad_request"
 	}
 	return "error"
@@ -758,7 +772,7 @@ func resultOf(err error) string {
 
 // messageOf is the server's error text, stable across attempts.
 func messageOf(err error) string {
-	var ae *discovery.APIError
+	var ae *client.APIError
 	if errors.As(err, &ae) {
 		return ae.Message
 	}

@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package agent
 
 import (
@@ -15,7 +28,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/baremetal-sd/baremetal_sd/collector"
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 func newTestLifecycle(t *testing.T) (*lifecycle, *ecdsa.PrivateKey) {
@@ -26,7 +39,7 @@ func newTestLifecycle(t *testing.T) (*lifecycle, *ecdsa.PrivateKey) {
 	}
 	cfg := Config{StateDir: t.TempDir()}
 	cfg.normalizeTunables()
-	l := newLifecycle(cfg, key, discovery.RegisterRequest{Hostname: "h"}, collector.NewAgent(prometheus.NewRegistry()))
+	l := newLifecycle(cfg, key, protocol.RegisterRequest{Hostname: "h"}, collector.NewAgent(prometheus.NewRegistry(), registrationStates()))
 	return l, key
 }
 
@@ -127,15 +140,15 @@ func TestLifecycle_CheckResponse(t *testing.T) {
 	_, foreignCA := other.sign(t, "a", &key.PublicKey, now, now.Add(time.Hour))
 	tests := []struct {
 		name string
-		resp discovery.CertificateResponse
+		resp protocol.CertificateResponse
 		want string
 	}{
-		{"good", discovery.CertificateResponse{Certificate: string(good), CACertificate: string(ca.pem)}, ""},
-		{"another key", discovery.CertificateResponse{Certificate: string(foreignKey), CACertificate: string(ca.pem)}, "does not match"},
-		{"another CA", discovery.CertificateResponse{Certificate: string(foreignCA), CACertificate: string(ca.pem)}, "does not chain"},
-		{"no CA", discovery.CertificateResponse{Certificate: string(good)}, "no CA"},
-		{"no certificate", discovery.CertificateResponse{CACertificate: string(ca.pem)}, "no PEM certificate"},
-		{"garbage", discovery.CertificateResponse{Certificate: "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", CACertificate: string(ca.pem)}, "parse certificate"},
+		{"good", protocol.CertificateResponse{Certificate: string(good), CACertificate: string(ca.pem)}, ""},
+		{"another key", protocol.CertificateResponse{Certificate: string(foreignKey), CACertificate: string(ca.pem)}, "does not match"},
+		{"another CA", protocol.CertificateResponse{Certificate: string(foreignCA), CACertificate: string(ca.pem)}, "does not chain"},
+		{"no CA", protocol.CertificateResponse{Certificate: string(good)}, "no CA"},
+		{"no certificate", protocol.CertificateResponse{CACertificate: string(ca.pem)}, "no PEM certificate"},
+		{"garbage", protocol.CertificateResponse{Certificate: "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", CACertificate: string(ca.pem)}, "parse certificate"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

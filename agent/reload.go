@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package agent
 
 import (
@@ -16,7 +29,7 @@ import (
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/collector"
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/baremetal-sd/baremetal_sd/relay"
 	"github.com/baremetal-sd/baremetal_sd/web"
 )
@@ -28,7 +41,7 @@ const ReloadPath = "/-/reload"
 // registration is the part of a registration a reload can change.
 type registration struct {
 	labels    map[string]string
-	exporters []discovery.Exporter
+	exporters []protocol.Exporter
 }
 
 // generation is everything built from one version of the configuration
@@ -200,14 +213,14 @@ func (r *reloader) build() (*generation, error) {
 		g.exporters = rl.ExporterNames()
 	}
 	for _, name := range g.exporters {
-		g.reg.exporters = append(g.reg.exporters, discovery.Exporter{Name: name, Path: relay.ExporterPath(name)})
+		g.reg.exporters = append(g.reg.exporters, protocol.Exporter{Name: name, Path: relay.ExporterPath(name)})
 	}
 	// The server refuses what it cannot list; say so now, not in a
 	// registration error later. This also refuses the reserved name "agent".
-	if err := discovery.ValidateExporters(g.reg.exporters); err != nil {
+	if err := protocol.ValidateExporters(g.reg.exporters); err != nil {
 		return nil, fmt.Errorf("relay config: %w", err)
 	}
-	if err := discovery.ValidateLabels(g.reg.labels); err != nil {
+	if err := protocol.ValidateLabels(g.reg.labels); err != nil {
 		return nil, fmt.Errorf("agent labels: %w", err)
 	}
 	h, err := newHandler(r.reg, relayHandler, g.reg.exporters, r.logger)

@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package agent
 
 import (
@@ -38,7 +51,7 @@ func TestReloader_KeepsConfigOnBadFile(t *testing.T) {
 			reg := prometheus.NewRegistry()
 			cfg := Config{RelayConfigFile: relayFile, Labels: map[string]string{"role": "db"}}
 			cfg.normalizeTunables()
-			r := newReloader(cfg, reg, collector.NewAgent(reg), false, webFile)
+			r := newReloader(cfg, reg, collector.NewAgent(reg, registrationStates()), false, webFile)
 			first, err := r.load()
 			if err != nil {
 				t.Fatal(err)
@@ -101,7 +114,7 @@ func TestInfoCollector_FollowsReload(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	cfg := Config{RelayConfigFile: relayFile, Hostname: "db1", Labels: map[string]string{"role": "db"}}
 	cfg.normalizeTunables()
-	r := newReloader(cfg, reg, collector.NewAgent(reg), false, "")
+	r := newReloader(cfg, reg, collector.NewAgent(reg, registrationStates()), false, "")
 	if _, err := r.load(); err != nil {
 		t.Fatal(err)
 	}

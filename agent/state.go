@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package agent
 
 import (
@@ -20,8 +33,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/baremetal-sd/baremetal_sd/ca"
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/internal/fileutil"
 	"github.com/baremetal-sd/baremetal_sd/web"
 )
 
@@ -111,7 +124,7 @@ func loadOrCreateKey(path string) (key *ecdsa.PrivateKey, created bool, err erro
 		if err != nil {
 			return nil, false, fmt.Errorf("encode key: %w", err)
 		}
-		if err := ca.WriteFileAtomic(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		if err := fileutil.WriteAtomic(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
 			return nil, false, fmt.Errorf("write key: %w", err)
 		}
 		return key, true, nil
@@ -265,18 +278,18 @@ func savePersisted(path string, p persistedState) error {
 	if err != nil {
 		return fmt.Errorf("encode state: %w", err)
 	}
-	return ca.WriteFileAtomic(path, append(data, '\n'), 0o600)
+	return fileutil.WriteAtomic(path, append(data, '\n'), 0o600)
 }
 
 // registrationDigest identifies what a registration tells the server, so
 // that a restart with the same flags and relay config does not re-register.
-func registrationDigest(req *discovery.RegisterRequest) string {
+func registrationDigest(req *protocol.RegisterRequest) string {
 	data, _ := json.Marshal(struct {
-		Hostname  string               `json:"hostname"`
-		Address   string               `json:"address"`
-		Port      int                  `json:"port"`
-		Labels    map[string]string    `json:"labels"`
-		Exporters []discovery.Exporter `json:"exporters"`
+		Hostname  string              `json:"hostname"`
+		Address   string              `json:"address"`
+		Port      int                 `json:"port"`
+		Labels    map[string]string   `json:"labels"`
+		Exporters []protocol.Exporter `json:"exporters"`
 	}{req.Hostname, req.Address, req.Port, req.Labels, req.Exporters})
 	sum := sha256.Sum256(data)
 	return hex.EncodeToString(sum[:])
@@ -301,7 +314,7 @@ func writeWebConfig(dir string) (string, error) {
 	if old, err := readBounded(path, maxStateFile); err == nil && string(old) == webConfig {
 		return path, nil
 	}
-	if err := ca.WriteFileAtomic(path, []byte(webConfig), 0o600); err != nil {
+	if err := fileutil.WriteAtomic(path, []byte(webConfig), 0o600); err != nil {
 		return "", fmt.Errorf("write web config: %w", err)
 	}
 	return path, nil

@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package agent
 
 import (
@@ -11,8 +24,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/baremetal-sd/baremetal_sd/ca"
-	"github.com/baremetal-sd/baremetal_sd/collector"
+	"github.com/baremetal-sd/baremetal_sd/internal/fileutil"
 )
 
 // StatusFile is the agent's registration state as it last changed. The
@@ -41,7 +53,7 @@ func (l *lifecycle) writeStatus(state, reason string, err error) {
 		s.Error = err.Error()
 	}
 	data, _ := json.MarshalIndent(s, "", "  ") // plain strings and a time: cannot fail
-	if werr := ca.WriteFileAtomic(l.path(StatusFile), append(data, '\n'), 0o600); werr != nil && !l.statusWriteFailed {
+	if werr := fileutil.WriteAtomic(l.path(StatusFile), append(data, '\n'), 0o600); werr != nil && !l.statusWriteFailed {
 		l.statusWriteFailed = true
 		l.logger.Warn("Could not write the status file", "path", l.path(StatusFile), "err", werr)
 	}
@@ -82,7 +94,7 @@ func PrintStatus(stateDir string, w io.Writer) (bool, error) {
 	if err := tw.Flush(); err != nil {
 		return false, err
 	}
-	return s.State == collector.AgentStateRegistered, nil
+	return s.State == stateRegistered, nil
 }
 
 // describeCertificate says whether the certificate file exists and until

@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package agent
 
 import (
@@ -8,7 +21,7 @@ import (
 	"fmt"
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // replyCAs are the CAs a register or renew reply tells the agent about,
@@ -27,7 +40,7 @@ type replyCAs struct {
 // server must be a pinned certificate itself. A reply never changes which
 // CA verifies the server. Without a pinned CA the server was verified by
 // the system roots, and its reply is taken as it is.
-func checkReplyCAs(resp *discovery.CertificateResponse, pinned []*x509.Certificate) (*replyCAs, error) {
+func checkReplyCAs(resp *protocol.CertificateResponse, pinned []*x509.Certificate) (*replyCAs, error) {
 	if resp.AgentCACertificate == "" && resp.ClientCACertificate == "" {
 		return legacyReplyCAs(resp, pinned)
 	}
@@ -63,7 +76,7 @@ func issuerOf(pemData string, pinned []*x509.Certificate, role ca.IssuerRole) (*
 
 // legacyReplyCAs takes the ca_certificate of a 0.1.0 server, which signed
 // everything with the one CA the agent pins.
-func legacyReplyCAs(resp *discovery.CertificateResponse, pinned []*x509.Certificate) (*replyCAs, error) {
+func legacyReplyCAs(resp *protocol.CertificateResponse, pinned []*x509.Certificate) (*replyCAs, error) {
 	if resp.CACertificate == "" {
 		return nil, errors.New("no CA certificate in the response")
 	}

@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package agent
 
 import (
@@ -7,7 +20,7 @@ import (
 	"testing"
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // TestCheckReplyCAs_PinnedCAOnly: a reply, from an impostor or a server of
@@ -23,35 +36,35 @@ func TestCheckReplyCAs_PinnedCAOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	pinned := []*x509.Certificate{fleetCA.Certificate()}
-	good := discovery.CertificateResponse{
+	good := protocol.CertificateResponse{
 		CACertificate:       "ignored by this version",
 		AgentCACertificate:  string(fleetCA.AgentCACertificatePEM()),
 		ClientCACertificate: string(fleetCA.ClientCACertificatePEM()),
 	}
 	tests := []struct {
 		name   string
-		mutate func(*discovery.CertificateResponse)
+		mutate func(*protocol.CertificateResponse)
 		pinned []*x509.Certificate
 		want   string
 	}{
-		{"real server", func(*discovery.CertificateResponse) {}, pinned, ""},
-		{"impostor's client CA", func(r *discovery.CertificateResponse) {
+		{"real server", func(*protocol.CertificateResponse) {}, pinned, ""},
+		{"impostor's client CA", func(r *protocol.CertificateResponse) {
 			r.ClientCACertificate = string(impostor.ClientCACertificatePEM())
 		}, pinned, "not signed by the pinned CA"},
-		{"impostor's agent CA", func(r *discovery.CertificateResponse) {
+		{"impostor's agent CA", func(r *protocol.CertificateResponse) {
 			r.AgentCACertificate = string(impostor.AgentCACertificatePEM())
 		}, pinned, "not signed by the pinned CA"},
-		{"agent CA offered as the client CA", func(r *discovery.CertificateResponse) {
+		{"agent CA offered as the client CA", func(r *protocol.CertificateResponse) {
 			r.ClientCACertificate = string(fleetCA.AgentCACertificatePEM())
 		}, pinned, "not a baremetal_sd client-ca"},
-		{"two client CAs", func(r *discovery.CertificateResponse) {
+		{"two client CAs", func(r *protocol.CertificateResponse) {
 			r.ClientCACertificate += string(impostor.ClientCACertificatePEM())
 		}, pinned, "want 1"},
-		{"0.1.0 server, the pinned CA", func(r *discovery.CertificateResponse) {
-			*r = discovery.CertificateResponse{CACertificate: string(fleetCA.CertificatePEM())}
+		{"0.1.0 server, the pinned CA", func(r *protocol.CertificateResponse) {
+			*r = protocol.CertificateResponse{CACertificate: string(fleetCA.CertificatePEM())}
 		}, pinned, ""},
-		{"0.1.0-style reply with the impostor's CA", func(r *discovery.CertificateResponse) {
-			*r = discovery.CertificateResponse{CACertificate: string(impostor.CertificatePEM())}
+		{"0.1.0-style reply with the impostor's CA", func(r *protocol.CertificateResponse) {
+			*r = protocol.CertificateResponse{CACertificate: string(impostor.CertificatePEM())}
 		}, pinned, "not the CA in --discovery.ca-file"},
 	}
 	for _, tt := range tests {
@@ -94,7 +107,7 @@ func FuzzCheckReplyCAs(f *testing.F) {
 	f.Add("", "", string(other.CertificatePEM()))
 	f.Add("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "", "")
 	f.Fuzz(func(t *testing.T, agentCA, clientCA, legacy string) {
-		resp := discovery.CertificateResponse{AgentCACertificate: agentCA, ClientCACertificate: clientCA, CACertificate: legacy}
+		resp := protocol.CertificateResponse{AgentCACertificate: agentCA, ClientCACertificate: clientCA, CACertificate: legacy}
 		cas, err := checkReplyCAs(&resp, pinned)
 		if err != nil {
 			return

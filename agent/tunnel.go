@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package agent
 
 import (
@@ -7,7 +20,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/client"
 	"github.com/baremetal-sd/baremetal_sd/tunnel"
 )
 
@@ -24,7 +37,7 @@ func newTunnelClient(cfg Config, roots *x509.CertPool, lc *lifecycle, reg promet
 		TLS: &tls.Config{
 			MinVersion:           tls.VersionTLS12,
 			RootCAs:              roots,
-			VerifyConnection:     discovery.VerifyServerRole,
+			VerifyConnection:     client.VerifyServerRole,
 			GetClientCertificate: lc.clientCertificate,
 		},
 		Local:   local,

@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package bench
 
 import (
@@ -23,7 +36,8 @@ import (
 	"time"
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/client"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // maxReplyBody bounds what the load generator reads from a reply other than
@@ -92,7 +106,7 @@ func newTarget(serverURL, dataDir string) (*target, error) {
 // resumption is off: an enrolling agent has never talked to the server, so
 // every new connection pays a full handshake.
 func (t *target) tlsConfig(cert *tls.Certificate) *tls.Config {
-	cfg := &tls.Config{RootCAs: t.roots, ServerName: t.host, MinVersion: tls.VersionTLS12, VerifyConnection: discovery.VerifyServerRole}
+	cfg := &tls.Config{RootCAs: t.roots, ServerName: t.host, MinVersion: tls.VersionTLS12, VerifyConnection: client.VerifyServerRole}
 	if cert != nil {
 		cfg.Certificates = []tls.Certificate{*cert}
 	}
@@ -295,12 +309,12 @@ func (id *agentIdentity) registerBody() ([]byte, error) {
 	if labels == nil {
 		labels = map[string]string{"role": "bench"}
 	}
-	b, err := json.Marshal(discovery.RegisterRequest{
+	b, err := json.Marshal(protocol.RegisterRequest{
 		Hostname:  id.hostname,
 		Address:   id.address,
 		Port:      9956,
 		Labels:    labels,
-		Exporters: []discovery.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
+		Exporters: []protocol.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
 		CSR:       id.csr,
 		Tunnel:    id.tunnel,
 	})
@@ -339,7 +353,7 @@ func (t *target) register(c *conn, id *agentIdentity, token string, deadline tim
 	if err != nil {
 		return 0, err
 	}
-	req := request(http.MethodPost, t.host, discovery.PathRegister, map[string]string{
+	req := request(http.MethodPost, t.host, protocol.PathRegister, map[string]string{
 		"Authorization": "Bearer " + token,
 		"Content-Type":  "application/json",
 	}, body)
@@ -350,7 +364,7 @@ func (t *target) register(c *conn, id *agentIdentity, token string, deadline tim
 	if r.status != http.StatusOK {
 		return 0, &statusError{r.status, truncate(r.body)}
 	}
-	var resp discovery.CertificateResponse
+	var resp protocol.CertificateResponse
 	if err := json.Unmarshal(r.body, &resp); err != nil {
 		return 0, fmt.Errorf("decode register reply: %w", err)
 	}

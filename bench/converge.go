@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package bench
 
 import (
@@ -10,7 +23,7 @@ import (
 	"time"
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // ConvergeConfig configures `bench converge`.
@@ -57,7 +70,7 @@ func RunConverge(ctx context.Context, cfg ConvergeConfig, out io.Writer) error {
 		return fmt.Errorf("peer: %w", err)
 	}
 	defer rc.Close()
-	path := discovery.PathDiscovery + "?" + url.Values{"label": {probeLabel + "=1"}}.Encode()
+	path := protocol.PathDiscovery + "?" + url.Values{"label": {probeLabel + "=1"}}.Encode()
 	poll := request(http.MethodGet, reader.host, path, nil, nil)
 
 	var lags durations
@@ -71,7 +84,7 @@ func RunConverge(ctx context.Context, cfg ConvergeConfig, out io.Writer) error {
 			return fmt.Errorf("register through %s: %w", cfg.ServerURL, err)
 		}
 		acked := time.Now()
-		want := []byte(`"` + discovery.MetaAgentID + `":"` + id.id + `"`)
+		want := []byte(`"` + protocol.MetaAgentID + `":"` + id.id + `"`)
 		for {
 			r, err := rc.roundTrip(poll, maxSDBody, true, deadline)
 			if err != nil {

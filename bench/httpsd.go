@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package bench
 
 import (
@@ -13,7 +26,7 @@ import (
 	"time"
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // HTTPSDConfig configures `bench httpsd`.
@@ -61,8 +74,8 @@ func RunHTTPSD(ctx context.Context, cfg HTTPSDConfig, out io.Writer) error {
 	}
 	defer c.Close()
 
-	plainReq := request(http.MethodGet, t.host, discovery.PathDiscovery, nil, nil)
-	gzipReq := request(http.MethodGet, t.host, discovery.PathDiscovery, map[string]string{"Accept-Encoding": "gzip"}, nil)
+	plainReq := request(http.MethodGet, t.host, protocol.PathDiscovery, nil, nil)
+	gzipReq := request(http.MethodGet, t.host, protocol.PathDiscovery, map[string]string{"Accept-Encoding": "gzip"}, nil)
 	fetch := func(req []byte, keep bool) (reply, error) {
 		r, err := c.roundTrip(req, maxSDBody, keep, deadline)
 		if err == nil && r.status != http.StatusOK {

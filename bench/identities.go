@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package bench
 
 import (
@@ -11,7 +24,7 @@ import (
 	"os"
 	"strings"
 
-	"github.com/baremetal-sd/baremetal_sd/ca"
+	"github.com/baremetal-sd/baremetal_sd/internal/fileutil"
 )
 
 // saveIdentities writes enrolled agents to path (0600: it holds their
@@ -20,7 +33,7 @@ import (
 // it back, so that heartbeats come from the agents `bench register`
 // enrolled, each with its own certificate.
 func saveIdentities(path string, ids []*agentIdentity) error {
-	return ca.WriteFileAtomicFunc(path, 0o600, func(w0 io.Writer) error {
+	return fileutil.WriteAtomicFunc(path, 0o600, func(w0 io.Writer) error {
 		w := bufio.NewWriterSize(w0, 1<<20)
 		for _, id := range ids {
 			if id.cert == nil {

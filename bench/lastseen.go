@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package bench
 
 import (
@@ -14,6 +27,7 @@ import (
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // LastSeenConfig configures `bench lastseen`.
@@ -81,7 +95,7 @@ func RunLastSeen(ctx context.Context, cfg LastSeenConfig, out io.Writer) error {
 	}
 	metricsReq := request(http.MethodGet, writer.host, "/metrics", nil, nil)
 	heartbeat := heartbeatRequest(writer, "", true)
-	listReq := request(http.MethodGet, reader.host, discovery.PathAgents, map[string]string{"Connection": "close"}, nil)
+	listReq := request(http.MethodGet, reader.host, protocol.PathAgents, map[string]string{"Connection": "close"}, nil)
 
 	counter := func() (float64, error) {
 		r, err := wc.roundTrip(metricsReq, maxSDBody, true, deadline)

@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package bench
 
 import (
@@ -15,7 +28,9 @@ import (
 
 	"github.com/prometheus/prometheus/model/labels"
 
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/bolt"
 )
 
 // registryFile is the bolt file in the data dir (server.RegistryFile; the
@@ -36,15 +51,15 @@ type PopulateConfig struct {
 // registration (26-character id like the server's, hostname, address, two
 // labels, one exporter, certificate serial and key fingerprint), so that
 // http_sd and memory numbers match what 100,000 real agents would produce.
-func syntheticAgent(n int, now time.Time) *discovery.Agent {
+func syntheticAgent(n int, now time.Time) *store.Agent {
 	sum := sha256.Sum256([]byte("bench-agent-" + strconv.Itoa(n)))
-	return &discovery.Agent{
+	return &store.Agent{
 		ID:             fmt.Sprintf("bench%021d", n),
 		Hostname:       "bench-" + strconv.Itoa(n) + ".example.com",
 		Address:        benchAddress(n),
 		Port:           9956,
 		Labels:         labels.FromMap(map[string]string{"role": [...]string{"web", "db", "cache", "batch"}[n%4], "rack": "r" + strconv.Itoa(n%64)}),
-		Exporters:      []discovery.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
+		Exporters:      []protocol.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
 		CertSerial:     hex.EncodeToString(sum[:16]),
 		CertNotAfter:   now.Add(24 * time.Hour),
 		KeyFingerprint: hex.EncodeToString(sum[:]),
@@ -63,7 +78,7 @@ func RunPopulate(ctx context.Context, cfg PopulateConfig, out io.Writer) error {
 	path := filepath.Join(cfg.DataDir, registryFile)
 	// Bolt locks the file: a running server makes this fail after the
 	// store's lock timeout instead of writing behind its back.
-	store, err := discovery.OpenBoltStore(path, discovery.BoltOptions{Logger: cfg.Logger})
+	store, err := bolt.Open(path, bolt.Options{Logger: cfg.Logger})
 	if err != nil {
 		return fmt.Errorf("open registry (stop the server first): %w", err)
 	}

@@ -1,7 +1,19 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package ca
 
 import (
-	"bufio"
 	"bytes"
 	"crypto"
 	"crypto/ecdsa"
@@ -16,7 +28,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"math/big"
 	"net"
@@ -24,6 +35,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/baremetal-sd/baremetal_sd/internal/fileutil"
 )
 
 // Role says what a certificate's holder may do. It is written into the
@@ -108,7 +121,7 @@ func writeClientCAs(dir string, a *Authority) error {
 	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, want) {
 		return nil
 	}
-	if err := WriteFileAtomic(path, want, 0o644); err != nil {
+	if err := fileutil.WriteAtomic(path, want, 0o644); err != nil {
 		return fmt.Errorf("write %s: %w", ClientCAsFile, err)
 	}
 	return nil
@@ -189,10 +202,10 @@ func loadOrCreateRoot(dir string) (*Authority, bool, error) {
 	}
 	// Key first: a crash between the two writes leaves a key without a
 	// certificate, which LoadOrCreate reports instead of overwriting.
-	if err := WriteFileAtomic(keyPath, keyPEM, 0o600); err != nil {
+	if err := fileutil.WriteAtomic(keyPath, keyPEM, 0o600); err != nil {
 		return nil, false, fmt.Errorf("write CA key: %w", err)
 	}
-	if err := WriteFileAtomic(certPath, encodeCert(der), 0o644); err != nil {
+	if err := fileutil.WriteAtomic(certPath, encodeCert(der), 0o644); err != nil {
 		return nil, false, fmt.Errorf("write CA certificate: %w", err)
 	}
 	a, err := loadRoot(dir)
@@ -396,10 +409,10 @@ func (a *Authority) EnsureServingCert(dir string, names []string, ttl time.Durat
 	if err != nil {
 		return nil, err
 	}
-	if err := WriteFileAtomic(keyPath, keyPEM, 0o600); err != nil {
+	if err := fileutil.WriteAtomic(keyPath, keyPEM, 0o600); err != nil {
 		return nil, fmt.Errorf("write serving key: %w", err)
 	}
-	if err := WriteFileAtomic(certPath, chain, 0o644); err != nil {
+	if err := fileutil.WriteAtomic(certPath, chain, 0o644); err != nil {
 		return nil, fmt.Errorf("write serving certificate: %w", err)
 	}
 	return cert, nil
@@ -506,60 +519,6 @@ func ParseCertificatePEM(pemData []byte) (*x509.Certificate, error) {
 		return nil, errors.New("malformed certificate")
 	}
 	return cert, nil
-}
-
-// WriteFileAtomic replaces path with data so that readers see either the old
-// or the new content: it writes a temporary file in the same directory,
-// syncs it, renames it over path and syncs the directory.
-func WriteFileAtomic(path string, data []byte, perm fs.FileMode) error {
-	return WriteFileAtomicFunc(path, perm, func(w io.Writer) error {
-		_, err := w.Write(data)
-		return err
-	})
-}
-
-// WriteFileAtomicFunc is WriteFileAtomic for content that write streams,
-// so that a large file is never held in memory whole.
-func WriteFileAtomicFunc(path string, perm fs.FileMode, write func(io.Writer) error) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("create temporary file: %w", err)
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after a successful rename
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return fmt.Errorf("chmod %s: %w", tmp, err)
-	}
-	bw := bufio.NewWriterSize(f, 64<<10)
-	if err := write(bw); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", tmp, err)
-	}
-	if err := bw.Flush(); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", tmp, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("sync %s: %w", tmp, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("close %s: %w", tmp, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("rename to %s: %w", path, err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("open directory %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
-	}
-	return nil
 }
 
 func (a *Authority) root() *issuer { return &issuer{cert: a.cert, certPEM: a.certPEM, key: a.key} }

@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package ca
 
 import (
@@ -13,6 +26,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/baremetal-sd/baremetal_sd/internal/fileutil"
 )
 
 // The trust model separates certificates by issuer, not only by the role OU:
@@ -119,10 +134,10 @@ func loadOrCreateIssuer(dir string, root *issuer, spec issuerSpec, create bool) 
 	if err != nil {
 		return nil, false, err
 	}
-	if err := WriteFileAtomic(keyPath, keyPEM, 0o600); err != nil {
+	if err := fileutil.WriteAtomic(keyPath, keyPEM, 0o600); err != nil {
 		return nil, false, fmt.Errorf("write %s key: %w", spec.name, err)
 	}
-	if err := WriteFileAtomic(certPath, encodeCert(der), 0o644); err != nil {
+	if err := fileutil.WriteAtomic(certPath, encodeCert(der), 0o644); err != nil {
 		return nil, false, fmt.Errorf("write %s certificate: %w", spec.name, err)
 	}
 	iss, err := loadIssuer(certPath, keyPath, root, spec)

@@ -1,36 +1,21 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package collector
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
 )
-
-// Registration states of an agent, the values of the state label of
-// baremetal_sd_agent_registration_state.
-const (
-	// AgentStateEnrolling: no certificate yet; the agent is enrolling and
-	// does not serve.
-	AgentStateEnrolling = "enrolling"
-	// AgentStateRegistered: the last call to the server succeeded.
-	AgentStateRegistered = "registered"
-	// AgentStateUnreachable: no server could be reached or every server
-	// failed; the agent keeps serving with its certificate.
-	AgentStateUnreachable = "unreachable"
-	// AgentStateRevoked: the server refused the agent's certificate (revoked,
-	// superseded or unknown); the agent keeps serving until it expires.
-	AgentStateRevoked = "revoked"
-	// AgentStateTokenNeeded: the agent has no usable certificate and no
-	// usable enrollment token; an operator must provide a new token.
-	AgentStateTokenNeeded = "token_needed"
-	// AgentStateRefused: the server refused the registration's content (a
-	// bad hostname, label or exporter); the agent's flags need fixing.
-	AgentStateRefused = "refused"
-)
-
-// AgentStates lists every registration state.
-func AgentStates() []string {
-	return []string{AgentStateEnrolling, AgentStateRegistered, AgentStateUnreachable,
-		AgentStateRevoked, AgentStateTokenNeeded, AgentStateRefused}
-}
 
 // Agent holds the self-metrics of the agent's lifecycle: registration,
 // heartbeats and certificate renewal. The relay's metrics live in Relay.
@@ -46,12 +31,19 @@ type Agent struct {
 	// RefusedRequests counts requests the agent refused because the client
 	// certificate, though from the fleet's CA, is not a scraper's.
 	RefusedRequests *prometheus.CounterVec
+
+	// states are the values of RegistrationState's state label; the agent
+	// owns them.
+	states []string
 }
 
-// NewAgent creates the agent metrics and registers them with reg.
-func NewAgent(reg prometheus.Registerer) *Agent {
+// NewAgent creates the agent metrics and registers them with reg. states
+// lists every registration state the agent can be in: each gets a series
+// from the start, and SetState sets exactly one of them to 1.
+func NewAgent(reg prometheus.Registerer, states []string) *Agent {
 	const ns, sub = "baremetal_sd", "agent"
 	m := &Agent{
+		states: states,
 		RegistrationState: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: ns, Subsystem: sub, Name: "registration_state",
 			Help: "1 for the agent's current registration state (enrolling, registered, unreachable, revoked, token_needed, refused), 0 for the others.",
@@ -89,7 +81,7 @@ func NewAgent(reg prometheus.Registerer) *Agent {
 			Help: "Requests refused because the client certificate is not a scraper's (discovery or admin role), by the certificate's role.",
 		}, []string{"role"}),
 	}
-	for _, s := range AgentStates() {
+	for _, s := range m.states {
 		m.RegistrationState.WithLabelValues(s)
 	}
 	for _, r := range []string{"success", "not_found", "rejected", "bad_request", "error"} {
@@ -103,9 +95,10 @@ func NewAgent(reg prometheus.Registerer) *Agent {
 	return m
 }
 
-// SetState marks state as the current registration state.
+// SetState marks state, one of the states NewAgent was given, as the
+// current registration state.
 func (m *Agent) SetState(state string) {
-	for _, s := range AgentStates() {
+	for _, s := range m.states {
 		v := 0.0
 		if s == state {
 			v = 1

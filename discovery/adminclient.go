@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package discovery
 
 import (
@@ -9,6 +22,8 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // maxAdminResponse bounds what the admin client reads: the agent list of a
@@ -27,7 +42,7 @@ type AdminClient struct {
 // ListAgents returns every agent the server knows, with its state.
 func (c *AdminClient) ListAgents(ctx context.Context) ([]AgentView, error) {
 	var out []AgentView
-	if err := c.call(ctx, http.MethodGet, PathAgents, nil, &out); err != nil {
+	if err := c.call(ctx, http.MethodGet, protocol.PathAgents, nil, &out); err != nil {
 		return nil, fmt.Errorf("list agents: %w", err)
 	}
 	return out, nil
@@ -37,7 +52,7 @@ func (c *AdminClient) ListAgents(ctx context.Context) ([]AgentView, error) {
 // leaves http_sd.
 func (c *AdminClient) Revoke(ctx context.Context, id string) (*AgentView, error) {
 	var out AgentView
-	if err := c.call(ctx, http.MethodDelete, PathAgents+"/"+url.PathEscape(id), nil, &out); err != nil {
+	if err := c.call(ctx, http.MethodDelete, protocol.PathAgents+"/"+url.PathEscape(id), nil, &out); err != nil {
 		return nil, fmt.Errorf("revoke agent %q: %w", id, err)
 	}
 	return &out, nil
@@ -46,8 +61,8 @@ func (c *AdminClient) Revoke(ctx context.Context, id string) (*AgentView, error)
 // SetMaintenance turns an agent's maintenance flag on or off.
 func (c *AdminClient) SetMaintenance(ctx context.Context, id string, on bool) (*AgentView, error) {
 	var out AgentView
-	body := MaintenanceRequest{Maintenance: on}
-	if err := c.call(ctx, http.MethodPost, PathAgents+"/"+url.PathEscape(id)+"/maintenance", body, &out); err != nil {
+	body := protocol.MaintenanceRequest{Maintenance: on}
+	if err := c.call(ctx, http.MethodPost, protocol.PathAgents+"/"+url.PathEscape(id)+"/maintenance", body, &out); err != nil {
 		return nil, fmt.Errorf("set maintenance of agent %q: %w", id, err)
 	}
 	return &out, nil
@@ -82,7 +97,7 @@ func (c *AdminClient) call(ctx context.Context, method, path string, in, out any
 		return fmt.Errorf("read response: %w", err)
 	}
 	if resp.StatusCode/100 != 2 {
-		var e ErrorResponse
+		var e protocol.ErrorResponse
 		if json.Unmarshal(data, &e) == nil && e.Error != "" {
 			return fmt.Errorf("server answered %d: %s", resp.StatusCode, e.Error)
 		}

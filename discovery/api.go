@@ -1,7 +1,19 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package discovery
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/x509"
@@ -12,7 +24,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"syscall"
@@ -23,13 +34,15 @@ import (
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/collector"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 )
 
 // APIConfig wires the HTTP API to the registry, the CA and the tokens.
 type APIConfig struct {
 	Registry *Registry
 	Cache    *SDCache
-	Store    Store
+	Store    store.Store
 	CA       *ca.Authority
 	Tokens   *ca.Tokens
 	// CertTTL is the lifetime of agent certificates (24h).
@@ -86,26 +99,26 @@ func (a *API) Routes(mux *http.ServeMux) {
 	// Every handler that changes state is guarded against cross-site
 	// requests; the GET handlers change nothing.
 	guard := newStateChanging(a).wrap
-	mux.HandleFunc("POST "+PathRegister, guard(a.counted(func(m *collector.Server) *prometheus.CounterVec { return m.Registrations }, a.logRefusals(a.register))))
-	mux.HandleFunc("POST "+PathHeartbeat, guard(a.counted(func(m *collector.Server) *prometheus.CounterVec { return m.Heartbeats }, a.heartbeat)))
-	mux.HandleFunc("POST "+PathRenew, guard(a.counted(func(m *collector.Server) *prometheus.CounterVec { return m.Renewals }, a.renew)))
-	mux.HandleFunc("DELETE "+PathSelf, guard(a.handleDeregister))
-	mux.HandleFunc("GET "+PathDiscovery, a.handleDiscovery)
-	mux.HandleFunc("GET "+PathAgents, a.handleListAgents)
-	mux.HandleFunc("DELETE "+PathAgents+"/{id}", guard(a.handleRevoke))
-	mux.HandleFunc("POST "+PathAgents+"/{id}/maintenance", guard(a.handleMaintenance))
-	mux.HandleFunc("GET "+PathCA, a.handleCA)
+	mux.HandleFunc("POST "+protocol.PathRegister, guard(a.counted(func(m *collector.Server) *prometheus.CounterVec { return m.Registrations }, a.logRefusals(a.register))))
+	mux.HandleFunc("POST "+protocol.PathHeartbeat, guard(a.counted(func(m *collector.Server) *prometheus.CounterVec { return m.Heartbeats }, a.heartbeat)))
+	mux.HandleFunc("POST "+protocol.PathRenew, guard(a.counted(func(m *collector.Server) *prometheus.CounterVec { return m.Renewals }, a.renew)))
+	mux.HandleFunc("DELETE "+protocol.PathSelf, guard(a.handleDeregister))
+	mux.HandleFunc("GET "+protocol.PathDiscovery, a.handleDiscovery)
+	mux.HandleFunc("GET "+protocol.PathAgents, a.handleListAgents)
+	mux.HandleFunc("DELETE "+protocol.PathAgents+"/{id}", guard(a.handleRevoke))
+	mux.HandleFunc("POST "+protocol.PathAgents+"/{id}/maintenance", guard(a.handleMaintenance))
+	mux.HandleFunc("GET "+protocol.PathCA, a.handleCA)
 
 	// Without these, ServeMux answers unknown API paths and wrong methods
 	// in plain text; API clients get JSON errors everywhere.
 	for path, allow := range map[string]string{
-		PathRegister:                     "POST",
-		PathHeartbeat:                    "POST",
-		PathRenew:                        "POST",
-		PathDiscovery:                    "GET, HEAD",
-		PathAgents:                       "GET",
-		PathAgents + "/{id}":             "DELETE",
-		PathAgents + "/{id}/maintenance": "POST",
+		protocol.PathRegister:                     "POST",
+		protocol.PathHeartbeat:                    "POST",
+		protocol.PathRenew:                        "POST",
+		protocol.PathDiscovery:                    "GET, HEAD",
+		protocol.PathAgents:                       "GET",
+		protocol.PathAgents + "/{id}":             "DELETE",
+		protocol.PathAgents + "/{id}/maintenance": "POST",
 	} {
 		mux.HandleFunc(path, func(w http.ResponseWriter, _ *http.Request) {
 			w.Header().Set("Allow", allow)
@@ -126,7 +139,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 func writeError(w http.ResponseWriter, status int, msg string) {
-	writeJSON(w, status, ErrorResponse{Error: msg})
+	writeJSON(w, status, protocol.ErrorResponse{Error: msg})
 }
 
 // fail answers with the status of an authError or a store error.
@@ -149,7 +162,7 @@ func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) string {
 		writeError(w, http.StatusServiceUnavailable, "registry store out of disk space, retry later")
 		return "no_space"
 	}
-	if errors.Is(err, ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
+	if errors.Is(err, store.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
 		a.cfg.Logger.Warn("Store unavailable", "path", r.URL.Path, "err", err)
 		writeError(w, http.StatusServiceUnavailable, "registry store unavailable, retry later")
 		return "unavailable"
@@ -161,14 +174,14 @@ func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) string {
 
 // decode reads a bounded, strict JSON body into v.
 func decode(w http.ResponseWriter, r *http.Request, v any, optional bool) (int, error) {
-	r.Body = http.MaxBytesReader(w, r.Body, MaxRequestBody)
+	r.Body = http.MaxBytesReader(w, r.Body, protocol.MaxRequestBody)
 	dec := json.NewDecoder(r.Body)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		var mbe *http.MaxBytesError
 		switch {
 		case errors.As(err, &mbe):
-			return http.StatusRequestEntityTooLarge, fmt.Errorf("request body larger than %d bytes", MaxRequestBody)
+			return http.StatusRequestEntityTooLarge, fmt.Errorf("request body larger than %d bytes", protocol.MaxRequestBody)
 		case optional && errors.Is(err, io.EOF):
 			return 0, nil
 		default:
@@ -178,7 +191,7 @@ func decode(w http.ResponseWriter, r *http.Request, v any, optional bool) (int, 
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return http.StatusRequestEntityTooLarge, fmt.Errorf("request body larger than %d bytes", MaxRequestBody)
+			return http.StatusRequestEntityTooLarge, fmt.Errorf("request body larger than %d bytes", protocol.MaxRequestBody)
 		}
 		return http.StatusBadRequest, errors.New("invalid JSON body: trailing data after the object")
 	}
@@ -231,7 +244,7 @@ func (a *API) register(w http.ResponseWriter, r *http.Request) string {
 		return a.fail(w, r, a.auth.rejectToken("missing", "a bearer token is required"))
 	}
 
-	var req RegisterRequest
+	var req protocol.RegisterRequest
 	if status, err := decode(w, r, &req, false); err != nil {
 		writeError(w, status, err.Error())
 		return "bad_request"
@@ -242,7 +255,7 @@ func (a *API) register(w http.ResponseWriter, r *http.Request) string {
 	if req.Address == "" {
 		req.Address = sourceIP(r)
 	}
-	if err := ValidateRegistration(&req); err != nil {
+	if err := protocol.ValidateRegistration(&req); err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return "bad_request"
 	}
@@ -264,7 +277,7 @@ func (a *API) register(w http.ResponseWriter, r *http.Request) string {
 	}
 
 	now := a.cfg.Now()
-	agent := &Agent{
+	agent := &store.Agent{
 		Hostname:     req.Hostname,
 		Address:      req.Address,
 		Port:         req.Port,
@@ -274,14 +287,14 @@ func (a *API) register(w http.ResponseWriter, r *http.Request) string {
 		RegisteredAt: now,
 		LastSeen:     now,
 	}
-	var claim *TokenClaim
+	var claim *store.TokenClaim
 	if who.claims != nil {
 		agent.ID = who.claims.AgentID
 		if err := pinLabels(agent, labels.FromMap(who.claims.Labels)); err != nil {
 			return a.fail(w, r, err)
 		}
 		if who.claims.SingleUse {
-			claim = &TokenClaim{ID: who.claims.ID, Expires: now.Add(time.Hour)}
+			claim = &store.TokenClaim{ID: who.claims.ID, Expires: now.Add(time.Hour)}
 			if who.claims.ExpiresAt != nil {
 				claim.Expires = who.claims.ExpiresAt.Time
 			}
@@ -310,8 +323,8 @@ func (a *API) register(w http.ResponseWriter, r *http.Request) string {
 	if err != nil {
 		return a.fail(w, r, err)
 	}
-	_, err = a.cfg.Registry.Modify(r.Context(), agent.ID, claim, func(cur *Agent) (*Agent, error) {
-		next := agent.clone()
+	_, err = a.cfg.Registry.Modify(r.Context(), agent.ID, claim, func(cur *store.Agent) (*store.Agent, error) {
+		next := agent.Clone()
 		if cur == nil {
 			return next, nil
 		}
@@ -336,7 +349,7 @@ func (a *API) register(w http.ResponseWriter, r *http.Request) string {
 		return next, nil
 	})
 	switch {
-	case errors.Is(err, ErrTokenUsed):
+	case errors.Is(err, store.ErrTokenUsed):
 		return a.fail(w, r, a.auth.rejectToken("reused", "token refused: single-use token was already used"))
 	case errors.Is(err, errTokenBeforeRevocation):
 		return a.fail(w, r, a.auth.rejectToken("revoked", "token refused: the agent was revoked after this token was issued"))
@@ -363,7 +376,7 @@ var errTokenBeforeRevocation = errors.New("token issued before the agent was rev
 // pinLabels sets the labels an enrollment token fixed, refusing a request
 // that asks for other values, and records them so that later
 // re-registrations by certificate keep them.
-func pinLabels(agent *Agent, pinned labels.Labels) error {
+func pinLabels(agent *store.Agent, pinned labels.Labels) error {
 	if pinned.IsEmpty() {
 		return nil
 	}
@@ -396,7 +409,7 @@ type signedCert struct {
 // records it in agent (serial, expiry, key fingerprint). Signing comes
 // before the store write, which may have to be repeated, and costs nothing
 // but CPU if the write then refuses.
-func (a *API) sign(agent *Agent, pub any) (*signedCert, error) {
+func (a *API) sign(agent *store.Agent, pub any) (*signedCert, error) {
 	fp, err := ca.KeyFingerprint(pub)
 	if err != nil {
 		return nil, &authError{http.StatusBadRequest, "bad_key", "csr: " + err.Error()}
@@ -425,10 +438,10 @@ func (a *API) issued(reason string) {
 	}
 }
 
-func (a *API) certificateResponse(id string, leaf *x509.Certificate, chain []byte) *CertificateResponse {
+func (a *API) certificateResponse(id string, leaf *x509.Certificate, chain []byte) *protocol.CertificateResponse {
 	cfg := a.cfg.Registry.Config()
 	life := leaf.NotAfter.Sub(leaf.NotBefore)
-	return &CertificateResponse{
+	return &protocol.CertificateResponse{
 		AgentID:                  id,
 		Certificate:              string(chain),
 		CACertificate:            string(legacyCABundle(a.cfg.CA)),
@@ -468,20 +481,20 @@ func (a *API) heartbeat(w http.ResponseWriter, r *http.Request) string {
 	if err != nil {
 		return a.fail(w, r, err)
 	}
-	var req HeartbeatRequest
+	var req protocol.HeartbeatRequest
 	if status, err := decode(w, r, &req, true); err != nil {
 		writeError(w, status, err.Error())
 		return "bad_request"
 	}
-	if len(req.Status) > MaxStatusLen {
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("status is longer than %d bytes", MaxStatusLen))
+	if len(req.Status) > protocol.MaxStatusLen {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("status is longer than %d bytes", protocol.MaxStatusLen))
 		return "bad_request"
 	}
 	if err := a.cfg.Registry.Heartbeat(who.id, who.serial, req.Status); err != nil {
 		return a.certStateError(w, r, err)
 	}
 	cfg := a.cfg.Registry.Config()
-	writeJSON(w, http.StatusOK, HeartbeatResponse{
+	writeJSON(w, http.StatusOK, protocol.HeartbeatResponse{
 		TTLSeconds:               int(cfg.TTL / time.Second),
 		HeartbeatIntervalSeconds: int(cfg.HeartbeatInterval / time.Second),
 		RenewNow:                 who.legacy,
@@ -492,7 +505,7 @@ func (a *API) heartbeat(w http.ResponseWriter, r *http.Request) string {
 // certStateError answers a registry refusal of an agent certificate.
 func (a *API) certStateError(w http.ResponseWriter, r *http.Request, err error) string {
 	switch {
-	case errors.Is(err, ErrNotFound), errors.Is(err, ErrDeregistered):
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, ErrDeregistered):
 		writeError(w, http.StatusNotFound, "agent not registered: register again")
 		return "not_found"
 	case errors.Is(err, ErrRevoked):
@@ -511,7 +524,7 @@ func (a *API) renew(w http.ResponseWriter, r *http.Request) string {
 	if err != nil {
 		return a.fail(w, r, err)
 	}
-	var req RenewRequest
+	var req protocol.RenewRequest
 	if status, err := decode(w, r, &req, false); err != nil {
 		writeError(w, status, err.Error())
 		return "bad_request"
@@ -542,19 +555,19 @@ func (a *API) renew(w http.ResponseWriter, r *http.Request) string {
 	}
 	now := a.cfg.Now()
 	view, _ := a.cfg.Registry.Get(who.id)
-	signFor := view.clone()
+	signFor := view.Clone()
 	// The certificate names the hostname and address of the record; the
 	// rare re-registration that changes them between the read and the write
 	// makes us sign again.
 	for attempt := 1; ; attempt++ {
-		template := &Agent{ID: who.id, Hostname: signFor.Hostname, Address: signFor.Address}
+		template := &store.Agent{ID: who.id, Hostname: signFor.Hostname, Address: signFor.Address}
 		signed, err := a.sign(template, csr.PublicKey)
 		if err != nil {
 			return a.fail(w, r, err)
 		}
-		_, err = a.cfg.Registry.Modify(r.Context(), who.id, nil, func(cur *Agent) (*Agent, error) {
+		_, err = a.cfg.Registry.Modify(r.Context(), who.id, nil, func(cur *store.Agent) (*store.Agent, error) {
 			if cur == nil {
-				return nil, ErrNotFound
+				return nil, store.ErrNotFound
 			}
 			if err := checkActive(cur, who.serial, now); err != nil {
 				return nil, err
@@ -563,9 +576,9 @@ func (a *API) renew(w http.ResponseWriter, r *http.Request) string {
 				return nil, errKeyMismatch
 			}
 			if cur.Hostname != template.Hostname || cur.Address != template.Address {
-				return nil, &recordChanged{cur: cur.clone()}
+				return nil, &recordChanged{cur: cur.Clone()}
 			}
-			next := cur.clone()
+			next := cur.Clone()
 			next.PrevCertSerial, next.PrevCertNotAfter = cur.CertSerial, cur.CertNotAfter
 			next.CertSerial, next.CertNotAfter, next.KeyFingerprint = template.CertSerial, template.CertNotAfter, template.KeyFingerprint
 			return next, nil
@@ -577,7 +590,7 @@ func (a *API) renew(w http.ResponseWriter, r *http.Request) string {
 			continue
 		case errors.Is(err, errKeyMismatch):
 			return a.fail(w, r, a.auth.reject(&authError{http.StatusForbidden, "key_mismatch", "csr key is not the key the agent enrolled with"}))
-		case errors.Is(err, ErrNotFound), errors.Is(err, ErrRevoked), errors.Is(err, ErrSuperseded), errors.Is(err, ErrDeregistered):
+		case errors.Is(err, store.ErrNotFound), errors.Is(err, ErrRevoked), errors.Is(err, ErrSuperseded), errors.Is(err, ErrDeregistered):
 			return a.certStateError(w, r, err)
 		case err != nil:
 			return a.fail(w, r, err)
@@ -594,7 +607,7 @@ var errKeyMismatch = errors.New("csr key is not the key the agent enrolled with"
 
 // recordChanged says that a record changed in a way that needs a new
 // certificate; cur is the record as stored now.
-type recordChanged struct{ cur *Agent }
+type recordChanged struct{ cur *store.Agent }
 
 func (e *recordChanged) Error() string { return "agent record changed during the renewal" }
 
@@ -646,231 +659,4 @@ func (a *API) handleDeregister(w http.ResponseWriter, r *http.Request) {
 	}
 	a.cfg.Logger.Info("Agent deregistered", "agent_id", who.id)
 	w.WriteHeader(http.StatusNoContent)
-}
-
-func (a *API) handleDiscovery(w http.ResponseWriter, r *http.Request) {
-	consumer, shard, code := a.discovery(w, r)
-	if a.cfg.Metrics != nil {
-		a.cfg.Metrics.HTTPSDRequests.WithLabelValues(strconv.Itoa(code)).Inc()
-	}
-	if consumer != "" && a.cfg.Consumers != nil {
-		a.cfg.Consumers.Record(consumer, shard, r.URL.RawQuery, code)
-	}
-}
-
-// discovery serves http_sd. It returns who asked (empty when the request did
-// not authenticate), for which scrape shard, and the response code.
-func (a *API) discovery(w http.ResponseWriter, r *http.Request) (consumer, shard string, code int) {
-	consumer, err := a.consumer(r)
-	if err != nil {
-		a.fail(w, r, err)
-		return "", "", statusOf(err)
-	}
-	// r.URL.Query would drop what it cannot parse (a ';' separator, a bad
-	// escape), and with it a shard parameter: the whole list would go to
-	// one shard's Prometheus.
-	q, err := url.ParseQuery(r.URL.RawQuery)
-	if err != nil {
-		writeError(w, http.StatusBadRequest, "invalid query string: "+err.Error())
-		return consumer, "invalid", http.StatusBadRequest
-	}
-	f, err := ParseFilter(q)
-	if err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
-		return consumer, "invalid", http.StatusBadRequest
-	}
-	shard = f.Shard.String()
-	gz := acceptsGzip(r)
-	body := a.cfg.Cache.Get(f)
-	size := body.Size
-	if gz {
-		size = body.GzipSize
-	}
-	etag := body.ETag(gz)
-	h := w.Header()
-	// no-cache, not no-store: a client may keep the list and revalidate it
-	// with If-None-Match; private keeps it out of shared caches.
-	h.Set("Cache-Control", "private, no-cache")
-	h.Set("Vary", "Accept-Encoding")
-	h.Set("ETag", etag)
-	if etagMatches(r.Header.Get("If-None-Match"), etag) {
-		w.WriteHeader(http.StatusNotModified)
-		return consumer, shard, http.StatusNotModified
-	}
-	h.Set("Content-Type", "application/json")
-	if gz {
-		h.Set("Content-Encoding", "gzip")
-	}
-	h.Set("Content-Length", strconv.Itoa(size))
-	w.WriteHeader(http.StatusOK)
-	if a.cfg.Metrics != nil {
-		a.cfg.Metrics.HTTPSDResponseBytes.Observe(float64(size))
-	}
-	if r.Method == http.MethodHead {
-		return consumer, shard, http.StatusOK
-	}
-	write := body.WriteJSON
-	if gz {
-		write = body.WriteGzip
-	}
-	// An error here is the client going away (or, for the JSON, a cache
-	// bug that the length check in WriteJSON reports): the status line is
-	// out, so all that is left is to cut the response short.
-	if err := write(w); err != nil {
-		a.cfg.Logger.Debug("Writing http_sd response failed", "err", err)
-	}
-	return consumer, shard, http.StatusOK
-}
-
-// consumer authenticates an http_sd reader and names it for the consumer
-// log: "cert:<name>" or "token:<id>". With anonymous http_sd, a request
-// without credentials, or with credentials that do not verify, is
-// "anonymous" and served all the same.
-func (a *API) consumer(r *http.Request) (string, error) {
-	if a.cfg.AnonymousSD && r.Header.Get("Authorization") == "" && (r.TLS == nil || len(r.TLS.PeerCertificates) == 0) {
-		return ConsumerAnonymous, nil
-	}
-	id, err := a.auth.reader(r, ca.ScopeDiscovery, ca.RoleDiscovery, ca.RoleAdmin)
-	switch {
-	case err != nil && a.cfg.AnonymousSD:
-		return ConsumerAnonymous, nil
-	case err != nil:
-		return "", err
-	case id.claims != nil:
-		return "token:" + id.id, nil
-	default:
-		return "cert:" + id.id, nil
-	}
-}
-
-// etagMatches evaluates If-None-Match against the current entity tag with
-// the weak comparison RFC 9110 prescribes for it.
-func etagMatches(ifNoneMatch, etag string) bool {
-	if ifNoneMatch == "" {
-		return false
-	}
-	etag = strings.TrimPrefix(etag, "W/")
-	for _, t := range strings.Split(ifNoneMatch, ",") {
-		t = strings.TrimSpace(t)
-		if t == "*" || strings.TrimPrefix(t, "W/") == etag {
-			return true
-		}
-	}
-	return false
-}
-
-func statusOf(err error) int {
-	var ae *authError
-	if errors.As(err, &ae) {
-		return ae.status
-	}
-	return http.StatusInternalServerError
-}
-
-// acceptsGzip reports whether the client listed gzip with a non-zero q.
-func acceptsGzip(r *http.Request) bool {
-	for _, part := range strings.Split(r.Header.Get("Accept-Encoding"), ",") {
-		enc, params, _ := strings.Cut(strings.TrimSpace(part), ";")
-		if !strings.EqualFold(strings.TrimSpace(enc), "gzip") {
-			continue
-		}
-		params = strings.ReplaceAll(params, " ", "")
-		return params != "q=0" && params != "q=0.0" && params != "q=0.00" && params != "q=0.000"
-	}
-	return false
-}
-
-func (a *API) admin(w http.ResponseWriter, r *http.Request) bool {
-	if _, err := a.auth.reader(r, ca.ScopeAdmin, ca.RoleAdmin); err != nil {
-		a.fail(w, r, err)
-		return false
-	}
-	return true
-}
-
-func (a *API) handleListAgents(w http.ResponseWriter, r *http.Request) {
-	if !a.admin(w, r) {
-		return
-	}
-	writeJSONList(w, a.cfg.Registry.List())
-}
-
-// writeJSONList replies with a JSON array written element by element:
-// json.Encoder buffers a whole value before it writes, which for the agent
-// list of 100,000 agents is an 80 MB buffer beside the list itself.
-func writeJSONList[T any](w http.ResponseWriter, items []T) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(http.StatusOK)
-	bw := bufio.NewWriterSize(w, 64<<10)
-	enc := json.NewEncoder(bw)
-	sep := byte('[')
-	for i := range items {
-		if err := bw.WriteByte(sep); err != nil {
-			return
-		}
-		sep = ','
-		if err := enc.Encode(&items[i]); err != nil {
-			return // the client went away, or a value cannot encode: cut it short
-		}
-	}
-	if sep == '[' {
-		_ = bw.WriteByte('[')
-	}
-	_, _ = bw.WriteString("]\n")
-	_ = bw.Flush()
-}
-
-func (a *API) handleRevoke(w http.ResponseWriter, r *http.Request) {
-	if !a.admin(w, r) {
-		return
-	}
-	now := a.cfg.Now()
-	a.updateAgent(w, r, func(ag *Agent) error {
-		if !ag.Revoked() {
-			ag.RevokedAt = now
-		}
-		return nil
-	}, "Agent revoked")
-}
-
-func (a *API) handleMaintenance(w http.ResponseWriter, r *http.Request) {
-	if !a.admin(w, r) {
-		return
-	}
-	var req MaintenanceRequest
-	if status, err := decode(w, r, &req, false); err != nil {
-		writeError(w, status, err.Error())
-		return
-	}
-	a.updateAgent(w, r, func(ag *Agent) error {
-		if ag.Revoked() {
-			return &authError{http.StatusConflict, "revoked", "agent is revoked"}
-		}
-		ag.Maintenance = req.Maintenance
-		return nil
-	}, "Agent maintenance changed", "maintenance", req.Maintenance)
-}
-
-// updateAgent applies an operator's change to the agent named in the path,
-// logs it and replies with the agent's new view.
-func (a *API) updateAgent(w http.ResponseWriter, r *http.Request, mutate func(*Agent) error, logMsg string, logArgs ...any) {
-	id := r.PathValue("id")
-	agent, err := a.cfg.Registry.Update(r.Context(), id, mutate)
-	if errors.Is(err, ErrNotFound) {
-		writeError(w, http.StatusNotFound, "no such agent")
-		return
-	}
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	a.cfg.Logger.Info(logMsg, append([]any{"agent_id", id, "hostname", agent.Hostname}, logArgs...)...)
-	v, _ := a.cfg.Registry.Get(id)
-	writeJSON(w, http.StatusOK, v)
-}
-
-func (a *API) handleCA(w http.ResponseWriter, _ *http.Request) {
-	w.Header().Set("Content-Type", "application/x-pem-file")
-	_, _ = w.Write(a.cfg.CA.CertificatePEM())
 }

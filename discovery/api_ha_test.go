@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package discovery
 
 import (
@@ -17,13 +30,16 @@ import (
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/collector"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/etcd"
 )
 
 // newReplicaHarness runs the API like newAPIHarness, but on the given store
 // and with the CA and token key of dir, so that several harnesses act as
 // server replicas sharing one store. No watch runs: a test decides what a
 // replica has heard of.
-func newReplicaHarness(t *testing.T, dir string, store Store) *apiHarness {
+func newReplicaHarness(t *testing.T, dir string, st store.Store) *apiHarness {
 	t.Helper()
 	authority, _, err := ca.LoadOrCreate(dir)
 	if err != nil {
@@ -44,14 +60,14 @@ func newReplicaHarness(t *testing.T, dir string, store Store) *apiHarness {
 	logs := &lockedBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	metrics := collector.NewServer(prometheus.NewRegistry())
-	reg := NewRegistry(RegistryConfig{Store: store, TTL: time.Minute, Metrics: metrics, Logger: logger})
+	reg := NewRegistry(RegistryConfig{Store: st, TTL: time.Minute, Metrics: metrics, Logger: logger})
 	if err := reg.Load(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	tokens := ca.NewTokens(key)
 	consumers := NewConsumerLog(metrics, nil)
 	api := NewAPI(APIConfig{
-		Registry: reg, Cache: NewSDCache(reg, metrics), Store: store, CA: authority, Tokens: tokens,
+		Registry: reg, Cache: NewSDCache(reg, metrics), Store: st, CA: authority, Tokens: tokens,
 		CertTTL: time.Hour, Metrics: metrics, Consumers: consumers, Logger: logger,
 		ReservedNames: []string{"sd.example.org", "192.0.2.53"},
 	})
@@ -65,11 +81,11 @@ func newReplicaHarness(t *testing.T, dir string, store Store) *apiHarness {
 	}
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
-	return &apiHarness{t: t, ca: authority, key: key, tokens: tokens, reg: reg, store: store, metrics: metrics, consumers: consumers, srv: srv, logs: logs}
+	return &apiHarness{t: t, ca: authority, key: key, tokens: tokens, reg: reg, store: st, metrics: metrics, consumers: consumers, srv: srv, logs: logs}
 }
 
 // storedAgent reads an agent's record as a freshly started replica would.
-func storedAgent(t *testing.T, s Store, id string) (Agent, bool) {
+func storedAgent(t *testing.T, s store.Store, id string) (store.Agent, bool) {
 	t.Helper()
 	agents, err := s.List(context.Background())
 	if err != nil {
@@ -80,18 +96,18 @@ func storedAgent(t *testing.T, s Store, id string) (Agent, bool) {
 			return a, true
 		}
 	}
-	return Agent{}, false
+	return store.Agent{}, false
 }
 
 func (h *apiHarness) renew(cert tls.Certificate) (reply, tls.Certificate) {
 	h.t.Helper()
 	key := newKey(h.t)
-	body, _ := json.Marshal(RenewRequest{CSR: csrPEM(h.t, key)})
-	rep := h.do(h.client(&cert), "POST", PathRenew, "", body)
+	body, _ := json.Marshal(protocol.RenewRequest{CSR: csrPEM(h.t, key)})
+	rep := h.do(h.client(&cert), "POST", protocol.PathRenew, "", body)
 	if rep.status != http.StatusOK {
 		return rep, tls.Certificate{}
 	}
-	var resp CertificateResponse
+	var resp protocol.CertificateResponse
 	if err := json.Unmarshal(rep.body, &resp); err != nil {
 		h.t.Fatal(err)
 	}
@@ -104,12 +120,12 @@ func (h *apiHarness) renew(cert tls.Certificate) (reply, tls.Certificate) {
 func TestAPIHA_ConcurrentChangesThroughTwoReplicas(t *testing.T) {
 	c := startEtcdCluster(t, 1)
 	revoke := func(t *testing.T, a *apiHarness, id string) {
-		if rep := a.do(a.client(nil), "DELETE", PathAgents+"/"+id, a.token(ca.TokenSpec{Scope: ca.ScopeAdmin}), nil); rep.status != http.StatusOK {
+		if rep := a.do(a.client(nil), "DELETE", protocol.PathAgents+"/"+id, a.token(ca.TokenSpec{Scope: ca.ScopeAdmin}), nil); rep.status != http.StatusOK {
 			t.Fatalf("revoke through a: %d %s", rep.status, rep.body)
 		}
 	}
 	maintenance := func(t *testing.T, a *apiHarness, id string) {
-		if rep := a.do(a.client(nil), "POST", PathAgents+"/"+id+"/maintenance", a.token(ca.TokenSpec{Scope: ca.ScopeAdmin}), []byte(`{"maintenance":true}`)); rep.status != http.StatusOK {
+		if rep := a.do(a.client(nil), "POST", protocol.PathAgents+"/"+id+"/maintenance", a.token(ca.TokenSpec{Scope: ca.ScopeAdmin}), []byte(`{"maintenance":true}`)); rep.status != http.StatusOK {
 			t.Fatalf("maintenance through a: %d %s", rep.status, rep.body)
 		}
 	}
@@ -122,18 +138,18 @@ func TestAPIHA_ConcurrentChangesThroughTwoReplicas(t *testing.T) {
 	}
 	reregister := func(t *testing.T, b *apiHarness, cert tls.Certificate) (int, string) {
 		key := newKey(t)
-		rep := b.do(b.client(&cert), "POST", PathRegister, "", registerBody(t, func(r *RegisterRequest) { r.CSR = csrPEM(t, key) }))
+		rep := b.do(b.client(&cert), "POST", protocol.PathRegister, "", registerBody(t, func(r *protocol.RegisterRequest) { r.CSR = csrPEM(t, key) }))
 		if rep.status != http.StatusOK {
 			return rep.status, ""
 		}
-		var resp CertificateResponse
+		var resp protocol.CertificateResponse
 		if err := json.Unmarshal(rep.body, &resp); err != nil {
 			t.Fatal(err)
 		}
 		return rep.status, serialOf(t, tlsCert(t, resp.Certificate, key))
 	}
 	deregister := func(_ *testing.T, b *apiHarness, cert tls.Certificate) (int, string) {
-		return b.do(b.client(&cert), "DELETE", PathSelf, "", nil).status, ""
+		return b.do(b.client(&cert), "DELETE", protocol.PathSelf, "", nil).status, ""
 	}
 	tests := []struct {
 		name string
@@ -155,10 +171,10 @@ func TestAPIHA_ConcurrentChangesThroughTwoReplicas(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			prefix := fmt.Sprintf("/api-ha-%d/", i)
-			a := newReplicaHarness(t, dir, openTestEtcdStore(t, c, prefix, EtcdOptions{ReplicaID: "a"}))
+			a := newReplicaHarness(t, dir, openTestEtcdStore(t, c, prefix, etcd.Options{ReplicaID: "a"}))
 			resp, cert := a.enroll(ca.TokenSpec{}, nil)
 			// b starts after the enrollment, so it knows the agent.
-			b := newReplicaHarness(t, dir, openTestEtcdStore(t, c, prefix, EtcdOptions{ReplicaID: "b"}))
+			b := newReplicaHarness(t, dir, openTestEtcdStore(t, c, prefix, etcd.Options{ReplicaID: "b"}))
 			if _, ok := b.reg.Get(resp.AgentID); !ok {
 				t.Fatal("b does not know the agent")
 			}

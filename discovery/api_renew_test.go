@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package discovery
 
 import (
@@ -14,6 +27,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // renewGrace is the grace window of the API that renewal tests talk to. It
@@ -85,7 +99,7 @@ func TestAPI_RenewExpiredCertificate(t *testing.T) {
 		name string
 		// prepare may change the registry before the renewal (revoke,
 		// renew over mTLS) and returns the request body.
-		prepare func(t *testing.T, s expiredHost) RenewRequest
+		prepare func(t *testing.T, s expiredHost) protocol.RenewRequest
 		// after is the API's clock relative to the certificate's expiry.
 		after  time.Duration
 		status int
@@ -119,15 +133,15 @@ func TestAPI_RenewExpiredCertificate(t *testing.T) {
 		},
 		{
 			name: "CSR signed by another key",
-			prepare: func(t *testing.T, s expiredHost) RenewRequest {
-				return RenewRequest{CSR: csrPEM(t, newKey(t)), Certificate: chainPEM(t, s.cert)}
+			prepare: func(t *testing.T, s expiredHost) protocol.RenewRequest {
+				return protocol.RenewRequest{CSR: csrPEM(t, newKey(t)), Certificate: chainPEM(t, s.cert)}
 			},
 			after: time.Hour, status: http.StatusForbidden,
 			reason: "key_mismatch", rejection: true, msg: "not signed by the certificate's key",
 		},
 		{
 			name: "revoked agent within the grace window",
-			prepare: func(t *testing.T, s expiredHost) RenewRequest {
+			prepare: func(t *testing.T, s expiredHost) protocol.RenewRequest {
 				revoke(t, h, admin, s.cert)
 				return sameKey(t, s)
 			},
@@ -136,7 +150,7 @@ func TestAPI_RenewExpiredCertificate(t *testing.T) {
 		},
 		{
 			name: "revoked agent past the grace window",
-			prepare: func(t *testing.T, s expiredHost) RenewRequest {
+			prepare: func(t *testing.T, s expiredHost) protocol.RenewRequest {
 				revoke(t, h, admin, s.cert)
 				return sameKey(t, s)
 			},
@@ -145,7 +159,7 @@ func TestAPI_RenewExpiredCertificate(t *testing.T) {
 		},
 		{
 			name: "superseded by two renewals since",
-			prepare: func(t *testing.T, s expiredHost) RenewRequest {
+			prepare: func(t *testing.T, s expiredHost) protocol.RenewRequest {
 				c := s.cert
 				for range 2 {
 					c = renewOverMTLS(t, h, c, s.key)
@@ -163,39 +177,39 @@ func TestAPI_RenewExpiredCertificate(t *testing.T) {
 		},
 		{
 			name: "no certificate in the body",
-			prepare: func(t *testing.T, s expiredHost) RenewRequest {
-				return RenewRequest{CSR: csrPEM(t, s.key)}
+			prepare: func(t *testing.T, s expiredHost) protocol.RenewRequest {
+				return protocol.RenewRequest{CSR: csrPEM(t, s.key)}
 			},
 			after: time.Hour, status: http.StatusUnauthorized,
 			reason: "no_certificate", rejection: true, msg: "client certificate is required",
 		},
 		{
 			name: "certificate from another CA",
-			prepare: func(t *testing.T, s expiredHost) RenewRequest {
+			prepare: func(t *testing.T, s expiredHost) protocol.RenewRequest {
 				_, chain, err := otherCA.SignAgent(ca.AgentCertRequest{
 					AgentID: agentID(t, s.cert), Hostname: "host1.example.com", PublicKey: &s.key.PublicKey, TTL: time.Hour,
 				})
 				if err != nil {
 					t.Fatal(err)
 				}
-				return RenewRequest{CSR: csrPEM(t, s.key), Certificate: string(chain)}
+				return protocol.RenewRequest{CSR: csrPEM(t, s.key), Certificate: string(chain)}
 			},
 			after: time.Hour, status: http.StatusUnauthorized,
 			reason: "bad_certificate", rejection: true, msg: "not issued to an agent by this CA",
 		},
 		{
 			name: "expired Prometheus certificate",
-			prepare: func(t *testing.T, _ expiredHost) RenewRequest {
+			prepare: func(t *testing.T, _ expiredHost) protocol.RenewRequest {
 				prom := h.clientCert(ca.RoleDiscovery)
-				return RenewRequest{CSR: csrPEM(t, prom.PrivateKey.(*ecdsa.PrivateKey)), Certificate: chainPEM(t, prom)}
+				return protocol.RenewRequest{CSR: csrPEM(t, prom.PrivateKey.(*ecdsa.PrivateKey)), Certificate: chainPEM(t, prom)}
 			},
 			after: time.Hour, status: http.StatusUnauthorized,
 			reason: "bad_certificate", rejection: true, msg: "not issued to an agent",
 		},
 		{
 			name: "deregistered agent",
-			prepare: func(t *testing.T, s expiredHost) RenewRequest {
-				if rep := h.do(h.client(&s.cert), "DELETE", PathSelf, "", nil); rep.status != http.StatusNoContent {
+			prepare: func(t *testing.T, s expiredHost) protocol.RenewRequest {
+				if rep := h.do(h.client(&s.cert), "DELETE", protocol.PathSelf, "", nil); rep.status != http.StatusNoContent {
 					t.Fatalf("deregister: %d %s", rep.status, rep.body)
 				}
 				return sameKey(t, s)
@@ -222,7 +236,7 @@ func TestAPI_RenewExpiredCertificate(t *testing.T) {
 			}
 			// No client certificate: the expired one could not pass the TLS
 			// handshake, so it travels in the body.
-			rep := later.do(later.client(nil), "POST", PathRenew, "", data)
+			rep := later.do(later.client(nil), "POST", protocol.PathRenew, "", data)
 			if rep.status != tt.status {
 				t.Fatalf("status %d (%s), want %d", rep.status, rep.body, tt.status)
 			}
@@ -238,7 +252,7 @@ func TestAPI_RenewExpiredCertificate(t *testing.T) {
 			}
 
 			if tt.status != http.StatusOK {
-				var e ErrorResponse
+				var e protocol.ErrorResponse
 				if err := json.Unmarshal(rep.body, &e); err != nil || !strings.Contains(e.Error, tt.msg) {
 					t.Fatalf("error body %s (%v), want a JSON error mentioning %q", rep.body, err, tt.msg)
 				}
@@ -254,7 +268,7 @@ func TestAPI_RenewExpiredCertificate(t *testing.T) {
 				return
 			}
 
-			var resp CertificateResponse
+			var resp protocol.CertificateResponse
 			if err := json.Unmarshal(rep.body, &resp); err != nil {
 				t.Fatal(err)
 			}
@@ -277,7 +291,7 @@ func TestAPI_RenewExpiredCertificate(t *testing.T) {
 					v.CertSerial, v.PrevCertSerial, serialHex(renewed.Leaf), serialHex(cert.Leaf))
 			}
 			// The new certificate is the agent's mTLS identity again.
-			if rep := h.do(h.client(&renewed), "POST", PathHeartbeat, "", nil); rep.status != http.StatusOK {
+			if rep := h.do(h.client(&renewed), "POST", protocol.PathHeartbeat, "", nil); rep.status != http.StatusOK {
 				t.Fatalf("heartbeat with the renewed certificate: %d %s", rep.status, rep.body)
 			}
 		})
@@ -293,13 +307,13 @@ type expiredHost struct {
 
 // sameKey is the renewal of a host that kept its key: the expired
 // certificate and a CSR signed by the key it certifies.
-func sameKey(t *testing.T, s expiredHost) RenewRequest {
-	return RenewRequest{CSR: csrPEM(t, s.key), Certificate: chainPEM(t, s.cert)}
+func sameKey(t *testing.T, s expiredHost) protocol.RenewRequest {
+	return protocol.RenewRequest{CSR: csrPEM(t, s.key), Certificate: chainPEM(t, s.cert)}
 }
 
 func revoke(t *testing.T, h *apiHarness, admin, agent tls.Certificate) {
 	t.Helper()
-	if rep := h.do(h.client(&admin), "DELETE", PathAgents+"/"+agentID(t, agent), "", nil); rep.status != http.StatusOK {
+	if rep := h.do(h.client(&admin), "DELETE", protocol.PathAgents+"/"+agentID(t, agent), "", nil); rep.status != http.StatusOK {
 		t.Fatalf("revoke: %d %s", rep.status, rep.body)
 	}
 }
@@ -307,12 +321,12 @@ func revoke(t *testing.T, h *apiHarness, admin, agent tls.Certificate) {
 // renewOverMTLS renews a valid certificate the ordinary way.
 func renewOverMTLS(t *testing.T, h *apiHarness, cert tls.Certificate, key *ecdsa.PrivateKey) tls.Certificate {
 	t.Helper()
-	body, _ := json.Marshal(RenewRequest{CSR: csrPEM(t, key)})
-	rep := h.do(h.client(&cert), "POST", PathRenew, "", body)
+	body, _ := json.Marshal(protocol.RenewRequest{CSR: csrPEM(t, key)})
+	rep := h.do(h.client(&cert), "POST", protocol.PathRenew, "", body)
 	if rep.status != http.StatusOK {
 		t.Fatalf("renew over mTLS: %d %s", rep.status, rep.body)
 	}
-	var resp CertificateResponse
+	var resp protocol.CertificateResponse
 	if err := json.Unmarshal(rep.body, &resp); err != nil {
 		t.Fatal(err)
 	}
@@ -336,15 +350,15 @@ func TestAPI_RegisterWithExpiredCertificate(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			cert, key := h.enrolledKey()
 			id := agentID(t, cert)
-			if rep := h.do(h.client(&cert), "DELETE", PathSelf, "", nil); rep.status != http.StatusNoContent {
+			if rep := h.do(h.client(&cert), "DELETE", protocol.PathSelf, "", nil); rep.status != http.StatusNoContent {
 				t.Fatalf("deregister: %d %s", rep.status, rep.body)
 			}
 			later := h.at(cert.Leaf.NotAfter.Add(tt.after))
-			body := registerBody(t, func(r *RegisterRequest) {
+			body := registerBody(t, func(r *protocol.RegisterRequest) {
 				r.CSR = csrPEM(t, key)
 				r.Certificate = chainPEM(t, cert)
 			})
-			rep := later.do(later.client(nil), "POST", PathRegister, "", body)
+			rep := later.do(later.client(nil), "POST", protocol.PathRegister, "", body)
 			if rep.status != tt.status {
 				t.Fatalf("status %d (%s), want %d", rep.status, rep.body, tt.status)
 			}
@@ -357,7 +371,7 @@ func TestAPI_RegisterWithExpiredCertificate(t *testing.T) {
 				}
 				return
 			}
-			var resp CertificateResponse
+			var resp protocol.CertificateResponse
 			if err := json.Unmarshal(rep.body, &resp); err != nil {
 				t.Fatal(err)
 			}

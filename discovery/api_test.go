@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package discovery
 
 import (
@@ -28,6 +41,9 @@ import (
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/collector"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
 )
 
 // apiHarness runs the API on a real TLS listener with a CA, tokens and a
@@ -38,7 +54,7 @@ type apiHarness struct {
 	key     []byte
 	tokens  *ca.Tokens
 	reg     *Registry
-	store   Store
+	store   store.Store
 	metrics *collector.Server
 	// consumers is the API's http_sd consumer log.
 	consumers *ConsumerLog
@@ -67,7 +83,7 @@ func (b *lockedBuffer) String() string {
 // token key of its own.
 func newAPIHarness(t *testing.T) *apiHarness {
 	t.Helper()
-	return newReplicaHarness(t, t.TempDir(), NewMemoryStore())
+	return newReplicaHarness(t, t.TempDir(), memory.New())
 }
 
 // client returns an HTTPS client trusting the CA, presenting cert if given.
@@ -144,14 +160,14 @@ func csrPEM(t *testing.T, key crypto.Signer, dnsNames ...string) string {
 	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
 }
 
-func registerBody(t *testing.T, mutate func(*RegisterRequest)) []byte {
+func registerBody(t *testing.T, mutate func(*protocol.RegisterRequest)) []byte {
 	t.Helper()
-	req := RegisterRequest{
+	req := protocol.RegisterRequest{
 		Hostname:  "host1.example.com",
 		Address:   "127.0.0.1",
 		Port:      9956,
 		Labels:    map[string]string{"role": "web"},
-		Exporters: []Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
+		Exporters: []protocol.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
 		CSR:       csrPEM(t, newKey(t)),
 	}
 	if mutate != nil {
@@ -165,20 +181,20 @@ func registerBody(t *testing.T, mutate func(*RegisterRequest)) []byte {
 }
 
 // enroll registers an agent and returns its TLS client certificate.
-func (h *apiHarness) enroll(spec ca.TokenSpec, mutate func(*RegisterRequest)) (*CertificateResponse, tls.Certificate) {
+func (h *apiHarness) enroll(spec ca.TokenSpec, mutate func(*protocol.RegisterRequest)) (*protocol.CertificateResponse, tls.Certificate) {
 	h.t.Helper()
 	key := newKey(h.t)
-	body := registerBody(h.t, func(r *RegisterRequest) {
+	body := registerBody(h.t, func(r *protocol.RegisterRequest) {
 		r.CSR = csrPEM(h.t, key)
 		if mutate != nil {
 			mutate(r)
 		}
 	})
-	rep := h.do(h.client(nil), "POST", PathRegister, h.token(spec), body)
+	rep := h.do(h.client(nil), "POST", protocol.PathRegister, h.token(spec), body)
 	if rep.status != http.StatusOK {
 		h.t.Fatalf("register: %d %s", rep.status, rep.body)
 	}
-	var resp CertificateResponse
+	var resp protocol.CertificateResponse
 	if err := json.Unmarshal(rep.body, &resp); err != nil {
 		h.t.Fatal(err)
 	}
@@ -229,38 +245,38 @@ func TestAPI_EnrollHeartbeatRenewDeregister(t *testing.T) {
 	}
 
 	agentClient := h.client(&cert)
-	if rep := h.do(agentClient, "POST", PathHeartbeat, "", []byte(`{"status":"ok"}`)); rep.status != http.StatusOK {
+	if rep := h.do(agentClient, "POST", protocol.PathHeartbeat, "", []byte(`{"status":"ok"}`)); rep.status != http.StatusOK {
 		t.Fatalf("heartbeat: %d %s", rep.status, rep.body)
 	}
 
 	// Renew with a new key; the old certificate keeps working until it expires.
 	newK := newKey(t)
-	body, _ := json.Marshal(RenewRequest{CSR: csrPEM(t, newK)})
-	rep := h.do(agentClient, "POST", PathRenew, "", body)
+	body, _ := json.Marshal(protocol.RenewRequest{CSR: csrPEM(t, newK)})
+	rep := h.do(agentClient, "POST", protocol.PathRenew, "", body)
 	if rep.status != http.StatusOK {
 		t.Fatalf("renew: %d %s", rep.status, rep.body)
 	}
-	var renewed CertificateResponse
+	var renewed protocol.CertificateResponse
 	_ = json.Unmarshal(rep.body, &renewed)
 	if renewed.AgentID != resp.AgentID {
 		t.Fatalf("renew changed the agent id: %s -> %s", resp.AgentID, renewed.AgentID)
 	}
 	newCert := tlsCert(t, renewed.Certificate, newK)
-	if rep := h.do(h.client(&newCert), "POST", PathHeartbeat, "", nil); rep.status != http.StatusOK {
+	if rep := h.do(h.client(&newCert), "POST", protocol.PathHeartbeat, "", nil); rep.status != http.StatusOK {
 		t.Fatalf("heartbeat with renewed certificate: %d %s", rep.status, rep.body)
 	}
-	if rep := h.do(h.client(&cert), "POST", PathHeartbeat, "", nil); rep.status != http.StatusOK {
+	if rep := h.do(h.client(&cert), "POST", protocol.PathHeartbeat, "", nil); rep.status != http.StatusOK {
 		t.Fatalf("heartbeat with previous certificate: %d %s", rep.status, rep.body)
 	}
 
-	if rep := h.do(h.client(&newCert), "DELETE", PathSelf, "", nil); rep.status != http.StatusNoContent {
+	if rep := h.do(h.client(&newCert), "DELETE", protocol.PathSelf, "", nil); rep.status != http.StatusNoContent {
 		t.Fatalf("deregister: %d %s", rep.status, rep.body)
 	}
-	if rep := h.do(h.client(&newCert), "POST", PathHeartbeat, "", nil); rep.status != http.StatusNotFound {
+	if rep := h.do(h.client(&newCert), "POST", protocol.PathHeartbeat, "", nil); rep.status != http.StatusNotFound {
 		t.Fatalf("heartbeat after deregister: %d, want 404", rep.status)
 	}
 	// 404 means "register again": the still valid certificate is enough.
-	rep = h.do(h.client(&newCert), "POST", PathRegister, "", registerBody(t, func(r *RegisterRequest) { r.CSR = csrPEM(t, newK) }))
+	rep = h.do(h.client(&newCert), "POST", protocol.PathRegister, "", registerBody(t, func(r *protocol.RegisterRequest) { r.CSR = csrPEM(t, newK) }))
 	if rep.status != http.StatusOK {
 		t.Fatalf("re-register by certificate: %d %s", rep.status, rep.body)
 	}
@@ -288,7 +304,7 @@ func TestAPI_RegisterRefusesBadTokens(t *testing.T) {
 		t.Fatal(err)
 	}
 	single := h.token(ca.TokenSpec{SingleUse: true})
-	if rep := h.do(h.client(nil), "POST", PathRegister, single, registerBody(t, nil)); rep.status != http.StatusOK {
+	if rep := h.do(h.client(nil), "POST", protocol.PathRegister, single, registerBody(t, nil)); rep.status != http.StatusOK {
 		t.Fatalf("first use of a single-use token: %d %s", rep.status, rep.body)
 	}
 
@@ -315,11 +331,11 @@ func TestAPI_RegisterRefusesBadTokens(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			before := len(h.reg.List())
 			rejected := testutil.ToFloat64(h.metrics.TokenRejections.WithLabelValues(tt.reason))
-			rep := h.do(h.client(nil), "POST", PathRegister, tt.token, registerBody(t, nil))
+			rep := h.do(h.client(nil), "POST", protocol.PathRegister, tt.token, registerBody(t, nil))
 			if rep.status != tt.status {
 				t.Fatalf("status %d (%s), want %d", rep.status, rep.body, tt.status)
 			}
-			var e ErrorResponse
+			var e protocol.ErrorResponse
 			if err := json.Unmarshal(rep.body, &e); err != nil || e.Error == "" {
 				t.Fatalf("error body %q is not a JSON error", rep.body)
 			}
@@ -387,34 +403,36 @@ func TestAPI_RegisterRefusesBadInput(t *testing.T) {
 	}()
 	tests := []struct {
 		name   string
-		mutate func(*RegisterRequest)
+		mutate func(*protocol.RegisterRequest)
 		raw    []byte
 		status int
 	}{
-		{"label name with dash", func(r *RegisterRequest) { r.Labels = map[string]string{"bad-name": "x"} }, nil, 400},
-		{"label name reserved", func(r *RegisterRequest) { r.Labels = map[string]string{"__name__": "x"} }, nil, 400},
-		{"label name leading digit", func(r *RegisterRequest) { r.Labels = map[string]string{"1a": "x"} }, nil, 400},
-		{"label value too long", func(r *RegisterRequest) { r.Labels = map[string]string{"a": strings.Repeat("x", MaxLabelValueLen+1)} }, nil, 400},
-		{"hostname with space", func(r *RegisterRequest) { r.Hostname = "host one" }, nil, 400},
-		{"hostname with slash", func(r *RegisterRequest) { r.Hostname = "a/b" }, nil, 400},
-		{"hostname empty", func(r *RegisterRequest) { r.Hostname = "" }, nil, 400},
-		{"hostname too long", func(r *RegisterRequest) { r.Hostname = strings.Repeat("a.", 130) + "com" }, nil, 400},
-		{"hostname leading dash", func(r *RegisterRequest) { r.Hostname = "-host" }, nil, 400},
-		{"address garbage", func(r *RegisterRequest) { r.Address = "http://x" }, nil, 400},
+		{"label name with dash", func(r *protocol.RegisterRequest) { r.Labels = map[string]string{"bad-name": "x"} }, nil, 400},
+		{"label name reserved", func(r *protocol.RegisterRequest) { r.Labels = map[string]string{"__name__": "x"} }, nil, 400},
+		{"label name leading digit", func(r *protocol.RegisterRequest) { r.Labels = map[string]string{"1a": "x"} }, nil, 400},
+		{"label value too long", func(r *protocol.RegisterRequest) {
+			r.Labels = map[string]string{"a": strings.Repeat("x", protocol.MaxLabelValueLen+1)}
+		}, nil, 400},
+		{"hostname with space", func(r *protocol.RegisterRequest) { r.Hostname = "host one" }, nil, 400},
+		{"hostname with slash", func(r *protocol.RegisterRequest) { r.Hostname = "a/b" }, nil, 400},
+		{"hostname empty", func(r *protocol.RegisterRequest) { r.Hostname = "" }, nil, 400},
+		{"hostname too long", func(r *protocol.RegisterRequest) { r.Hostname = strings.Repeat("a.", 130) + "com" }, nil, 400},
+		{"hostname leading dash", func(r *protocol.RegisterRequest) { r.Hostname = "-host" }, nil, 400},
+		{"address garbage", func(r *protocol.RegisterRequest) { r.Address = "http://x" }, nil, 400},
 		// An agent certificate for the server's name could pose as the
 		// tunnel proxy to Prometheus.
-		{"hostname of the server", func(r *RegisterRequest) { r.Hostname = "SD.example.org" }, nil, 400},
-		{"address of the server", func(r *RegisterRequest) { r.Address = "192.0.2.53" }, nil, 400},
-		{"port zero", func(r *RegisterRequest) { r.Port = 0 }, nil, 400},
-		{"port too large", func(r *RegisterRequest) { r.Port = 65536 }, nil, 400},
-		{"exporter name reserved", func(r *RegisterRequest) { r.Exporters = []Exporter{{Name: "agent", Path: "/x"}} }, nil, 400},
-		{"exporter path relative", func(r *RegisterRequest) { r.Exporters = []Exporter{{Name: "node", Path: "metrics"}} }, nil, 400},
-		{"csr garbage", func(r *RegisterRequest) { r.CSR = "garbage" }, nil, 400},
-		{"csr bad signature", func(r *RegisterRequest) { r.CSR = badSig }, nil, 400},
-		{"csr weak key", func(r *RegisterRequest) { r.CSR = csrPEM(t, weak) }, nil, 400},
+		{"hostname of the server", func(r *protocol.RegisterRequest) { r.Hostname = "SD.example.org" }, nil, 400},
+		{"address of the server", func(r *protocol.RegisterRequest) { r.Address = "192.0.2.53" }, nil, 400},
+		{"port zero", func(r *protocol.RegisterRequest) { r.Port = 0 }, nil, 400},
+		{"port too large", func(r *protocol.RegisterRequest) { r.Port = 65536 }, nil, 400},
+		{"exporter name reserved", func(r *protocol.RegisterRequest) { r.Exporters = []protocol.Exporter{{Name: "agent", Path: "/x"}} }, nil, 400},
+		{"exporter path relative", func(r *protocol.RegisterRequest) { r.Exporters = []protocol.Exporter{{Name: "node", Path: "metrics"}} }, nil, 400},
+		{"csr garbage", func(r *protocol.RegisterRequest) { r.CSR = "garbage" }, nil, 400},
+		{"csr bad signature", func(r *protocol.RegisterRequest) { r.CSR = badSig }, nil, 400},
+		{"csr weak key", func(r *protocol.RegisterRequest) { r.CSR = csrPEM(t, weak) }, nil, 400},
 		{"unknown field", nil, []byte(`{"hostname":"h","port":1,"csr":"x","evil":true}`), 400},
 		{"not json", nil, []byte(`hello`), 400},
-		{"body over 1 MiB", nil, append([]byte(`{"hostname":"`), bytes.Repeat([]byte("a"), MaxRequestBody+1)...), 413},
+		{"body over 1 MiB", nil, append([]byte(`{"hostname":"`), bytes.Repeat([]byte("a"), protocol.MaxRequestBody+1)...), 413},
 	}
 	tok := h.token(ca.TokenSpec{})
 	for _, tt := range tests {
@@ -423,11 +441,11 @@ func TestAPI_RegisterRefusesBadInput(t *testing.T) {
 			if body == nil {
 				body = registerBody(t, tt.mutate)
 			}
-			rep := h.do(h.client(nil), "POST", PathRegister, tok, body)
+			rep := h.do(h.client(nil), "POST", protocol.PathRegister, tok, body)
 			if rep.status != tt.status {
 				t.Fatalf("status %d (%s), want %d", rep.status, rep.body, tt.status)
 			}
-			var e ErrorResponse
+			var e protocol.ErrorResponse
 			if err := json.Unmarshal(rep.body, &e); err != nil || e.Error == "" {
 				t.Fatalf("error body %q is not a JSON error", rep.body)
 			}
@@ -441,19 +459,19 @@ func TestAPI_RegisterRefusesBadInput(t *testing.T) {
 func TestAPI_RefusesWrongCertificates(t *testing.T) {
 	h := newAPIHarness(t)
 	resp, agentCert := h.enroll(ca.TokenSpec{}, nil)
-	_, otherAgent := h.enroll(ca.TokenSpec{}, func(r *RegisterRequest) { r.Hostname = "host2.example.com" })
+	_, otherAgent := h.enroll(ca.TokenSpec{}, func(r *protocol.RegisterRequest) { r.Hostname = "host2.example.com" })
 	discoveryCert := h.clientCert(ca.RoleDiscovery)
 	adminCert := h.clientCert(ca.RoleAdmin)
 
 	// Revoke the other agent.
-	if rep := h.do(h.client(&adminCert), "DELETE", PathAgents+"/"+agentID(t, otherAgent), "", nil); rep.status != http.StatusOK {
+	if rep := h.do(h.client(&adminCert), "DELETE", protocol.PathAgents+"/"+agentID(t, otherAgent), "", nil); rep.status != http.StatusOK {
 		t.Fatalf("revoke: %d %s", rep.status, rep.body)
 	}
 	// A new enrollment for the same id supersedes the first certificate.
-	fixed, _ := h.enroll(ca.TokenSpec{AgentID: "fixed-1"}, func(r *RegisterRequest) { r.Hostname = "host3.example.com" })
-	_, fixedAgain := h.enroll(ca.TokenSpec{AgentID: "fixed-1"}, func(r *RegisterRequest) { r.Hostname = "host3.example.com" })
+	fixed, _ := h.enroll(ca.TokenSpec{AgentID: "fixed-1"}, func(r *protocol.RegisterRequest) { r.Hostname = "host3.example.com" })
+	_, fixedAgain := h.enroll(ca.TokenSpec{AgentID: "fixed-1"}, func(r *protocol.RegisterRequest) { r.Hostname = "host3.example.com" })
 	_ = fixed
-	_, superseded := func() (*CertificateResponse, tls.Certificate) {
+	_, superseded := func() (*protocol.CertificateResponse, tls.Certificate) {
 		return h.enroll(ca.TokenSpec{AgentID: "fixed-2"}, nil)
 	}()
 	h.enroll(ca.TokenSpec{AgentID: "fixed-2"}, nil)
@@ -468,29 +486,29 @@ func TestAPI_RefusesWrongCertificates(t *testing.T) {
 		// hostname of a registration; the certificate's own unless set
 		hostname string
 	}{
-		{"client certificate heartbeats", discoveryCert, "POST", PathHeartbeat, 403, "not_agent", ""},
-		{"admin certificate heartbeats", adminCert, "POST", PathHeartbeat, 403, "not_agent", ""},
-		{"client certificate registers as an agent", discoveryCert, "POST", PathRegister, 403, "not_agent", ""},
-		{"admin certificate registers as an agent", adminCert, "POST", PathRegister, 403, "not_agent", ""},
-		{"agent certificate reads http_sd", agentCert, "GET", PathDiscovery, 403, "wrong_role", ""},
-		{"agent certificate lists agents", agentCert, "GET", PathAgents, 403, "wrong_role", ""},
-		{"agent certificate revokes another agent", agentCert, "DELETE", PathAgents + "/" + resp.AgentID, 403, "wrong_role", ""},
-		{"discovery certificate revokes", discoveryCert, "DELETE", PathAgents + "/" + resp.AgentID, 403, "wrong_role", ""},
-		{"revoked agent heartbeats", otherAgent, "POST", PathHeartbeat, 403, "revoked", ""},
-		{"revoked agent renews", otherAgent, "POST", PathRenew, 403, "revoked", ""},
-		{"revoked agent registers again", otherAgent, "POST", PathRegister, 403, "revoked", "host2.example.com"},
-		{"agent certificate registers another hostname", agentCert, "POST", PathRegister, 403, "hostname_mismatch", "intruder.example.com"},
-		{"superseded certificate heartbeats", superseded, "POST", PathHeartbeat, 403, "superseded", ""},
-		{"superseded certificate registers again", superseded, "POST", PathRegister, 403, "superseded", "host1.example.com"},
+		{"client certificate heartbeats", discoveryCert, "POST", protocol.PathHeartbeat, 403, "not_agent", ""},
+		{"admin certificate heartbeats", adminCert, "POST", protocol.PathHeartbeat, 403, "not_agent", ""},
+		{"client certificate registers as an agent", discoveryCert, "POST", protocol.PathRegister, 403, "not_agent", ""},
+		{"admin certificate registers as an agent", adminCert, "POST", protocol.PathRegister, 403, "not_agent", ""},
+		{"agent certificate reads http_sd", agentCert, "GET", protocol.PathDiscovery, 403, "wrong_role", ""},
+		{"agent certificate lists agents", agentCert, "GET", protocol.PathAgents, 403, "wrong_role", ""},
+		{"agent certificate revokes another agent", agentCert, "DELETE", protocol.PathAgents + "/" + resp.AgentID, 403, "wrong_role", ""},
+		{"discovery certificate revokes", discoveryCert, "DELETE", protocol.PathAgents + "/" + resp.AgentID, 403, "wrong_role", ""},
+		{"revoked agent heartbeats", otherAgent, "POST", protocol.PathHeartbeat, 403, "revoked", ""},
+		{"revoked agent renews", otherAgent, "POST", protocol.PathRenew, 403, "revoked", ""},
+		{"revoked agent registers again", otherAgent, "POST", protocol.PathRegister, 403, "revoked", "host2.example.com"},
+		{"agent certificate registers another hostname", agentCert, "POST", protocol.PathRegister, 403, "hostname_mismatch", "intruder.example.com"},
+		{"superseded certificate heartbeats", superseded, "POST", protocol.PathHeartbeat, 403, "superseded", ""},
+		{"superseded certificate registers again", superseded, "POST", protocol.PathRegister, 403, "superseded", "host1.example.com"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var body []byte
 			switch tt.path {
-			case PathRenew:
-				body, _ = json.Marshal(RenewRequest{CSR: csrPEM(t, newKey(t))})
-			case PathRegister:
-				body = registerBody(t, func(r *RegisterRequest) {
+			case protocol.PathRenew:
+				body, _ = json.Marshal(protocol.RenewRequest{CSR: csrPEM(t, newKey(t))})
+			case protocol.PathRegister:
+				body = registerBody(t, func(r *protocol.RegisterRequest) {
 					if tt.hostname != "" {
 						r.Hostname = tt.hostname
 					}
@@ -502,7 +520,7 @@ func TestAPI_RefusesWrongCertificates(t *testing.T) {
 			if rep.status != tt.status {
 				t.Fatalf("status %d (%s), want %d", rep.status, rep.body, tt.status)
 			}
-			var e ErrorResponse
+			var e protocol.ErrorResponse
 			if err := json.Unmarshal(rep.body, &e); err != nil || e.Error == "" {
 				t.Fatalf("error body %q is not a JSON error", rep.body)
 			}
@@ -523,22 +541,22 @@ func TestAPI_RefusesWrongCertificates(t *testing.T) {
 			}
 		})
 	}
-	if rep := h.do(h.client(&fixedAgain), "POST", PathHeartbeat, "", nil); rep.status != http.StatusOK {
+	if rep := h.do(h.client(&fixedAgain), "POST", protocol.PathHeartbeat, "", nil); rep.status != http.StatusOK {
 		t.Fatalf("current certificate of re-enrolled agent: %d %s", rep.status, rep.body)
 	}
-	if rep := h.do(h.client(&discoveryCert), "GET", PathDiscovery, "", nil); rep.status != http.StatusOK {
+	if rep := h.do(h.client(&discoveryCert), "GET", protocol.PathDiscovery, "", nil); rep.status != http.StatusOK {
 		t.Fatalf("discovery certificate reads http_sd: %d %s", rep.status, rep.body)
 	}
-	groups := decodeGroups(t, h.do(h.client(&discoveryCert), "GET", PathDiscovery, "", nil).body)
+	groups := decodeGroups(t, h.do(h.client(&discoveryCert), "GET", protocol.PathDiscovery, "", nil).body)
 	for _, g := range groups {
-		if g.Labels[MetaAgentID] == agentID(t, otherAgent) {
+		if g.Labels[protocol.MetaAgentID] == agentID(t, otherAgent) {
 			t.Fatal("revoked agent still in http_sd")
 		}
 	}
-	if rep := h.do(h.client(nil), "GET", PathDiscovery, h.token(ca.TokenSpec{Scope: ca.ScopeDiscovery}), nil); rep.status != http.StatusOK {
+	if rep := h.do(h.client(nil), "GET", protocol.PathDiscovery, h.token(ca.TokenSpec{Scope: ca.ScopeDiscovery}), nil); rep.status != http.StatusOK {
 		t.Fatalf("discovery token reads http_sd: %d %s", rep.status, rep.body)
 	}
-	if rep := h.do(h.client(nil), "GET", PathDiscovery, "", nil); rep.status != http.StatusUnauthorized {
+	if rep := h.do(h.client(nil), "GET", protocol.PathDiscovery, "", nil); rep.status != http.StatusUnauthorized {
 		t.Fatalf("anonymous http_sd: %d, want 401", rep.status)
 	}
 }
@@ -559,7 +577,7 @@ func TestAPI_DiscoveryContentTypeAndGzip(t *testing.T) {
 	c := h.client(&cert)
 	c.Transport.(*http.Transport).DisableCompression = true
 	for _, gz := range []bool{false, true} {
-		req, _ := http.NewRequest("GET", h.srv.URL+PathDiscovery, nil)
+		req, _ := http.NewRequest("GET", h.srv.URL+protocol.PathDiscovery, nil)
 		if gz {
 			req.Header.Set("Accept-Encoding", "gzip")
 		}
@@ -588,22 +606,22 @@ func TestAPI_AdminMaintenance(t *testing.T) {
 	h := newAPIHarness(t)
 	resp, _ := h.enroll(ca.TokenSpec{}, nil)
 	adminTok := h.token(ca.TokenSpec{Scope: ca.ScopeAdmin})
-	rep := h.do(h.client(nil), "POST", fmt.Sprintf("%s/%s/maintenance", PathAgents, resp.AgentID), adminTok, []byte(`{"maintenance":true}`))
+	rep := h.do(h.client(nil), "POST", fmt.Sprintf("%s/%s/maintenance", protocol.PathAgents, resp.AgentID), adminTok, []byte(`{"maintenance":true}`))
 	if rep.status != http.StatusOK {
 		t.Fatalf("maintenance: %d %s", rep.status, rep.body)
 	}
 	if v, _ := h.reg.Get(resp.AgentID); !v.Maintenance {
 		t.Fatal("maintenance not set")
 	}
-	rep = h.do(h.client(nil), "GET", PathAgents, adminTok, nil)
+	rep = h.do(h.client(nil), "GET", protocol.PathAgents, adminTok, nil)
 	var agents []AgentView
 	if err := json.Unmarshal(rep.body, &agents); err != nil || len(agents) != 1 || agents[0].State != StateMaintenance {
 		t.Fatalf("list: %v %s", err, rep.body)
 	}
-	if rep := h.do(h.client(nil), "GET", PathAgents, h.token(ca.TokenSpec{Scope: ca.ScopeDiscovery}), nil); rep.status != http.StatusForbidden {
+	if rep := h.do(h.client(nil), "GET", protocol.PathAgents, h.token(ca.TokenSpec{Scope: ca.ScopeDiscovery}), nil); rep.status != http.StatusForbidden {
 		t.Fatalf("discovery token lists agents: %d, want 403", rep.status)
 	}
-	if rep := h.do(h.client(nil), "POST", PathAgents+"/nope/maintenance", adminTok, []byte(`{"maintenance":true}`)); rep.status != http.StatusNotFound {
+	if rep := h.do(h.client(nil), "POST", protocol.PathAgents+"/nope/maintenance", adminTok, []byte(`{"maintenance":true}`)); rep.status != http.StatusNotFound {
 		t.Fatalf("unknown agent: %d, want 404", rep.status)
 	}
 }
@@ -611,15 +629,15 @@ func TestAPI_AdminMaintenance(t *testing.T) {
 func TestAPI_TokenLabelConstraints(t *testing.T) {
 	h := newAPIHarness(t)
 	tok := h.token(ca.TokenSpec{Labels: map[string]string{"role": "db"}})
-	rep := h.do(h.client(nil), "POST", PathRegister, tok, registerBody(t, nil)) // asks role=web
+	rep := h.do(h.client(nil), "POST", protocol.PathRegister, tok, registerBody(t, nil)) // asks role=web
 	if rep.status != http.StatusForbidden {
 		t.Fatalf("conflicting label: %d %s, want 403", rep.status, rep.body)
 	}
-	rep = h.do(h.client(nil), "POST", PathRegister, tok, registerBody(t, func(r *RegisterRequest) { r.Labels = nil }))
+	rep = h.do(h.client(nil), "POST", protocol.PathRegister, tok, registerBody(t, func(r *protocol.RegisterRequest) { r.Labels = nil }))
 	if rep.status != http.StatusOK {
 		t.Fatalf("register: %d %s", rep.status, rep.body)
 	}
-	var resp CertificateResponse
+	var resp protocol.CertificateResponse
 	_ = json.Unmarshal(rep.body, &resp)
 	if v, _ := h.reg.Get(resp.AgentID); v.Labels.Get("role") != "db" {
 		t.Fatalf("token label not applied: %v", v.Labels)
@@ -631,32 +649,32 @@ func TestAPI_TokenLabelConstraints(t *testing.T) {
 // but not as another host or outside the labels its token pinned.
 func TestAPI_ReregisterByCertificateKeepsEnrollment(t *testing.T) {
 	h := newAPIHarness(t)
-	_, cert := h.enroll(ca.TokenSpec{Labels: map[string]string{"role": "db"}}, func(r *RegisterRequest) {
+	_, cert := h.enroll(ca.TokenSpec{Labels: map[string]string{"role": "db"}}, func(r *protocol.RegisterRequest) {
 		r.Labels = map[string]string{"rack": "r1"}
 	})
 	id := agentID(t, cert)
 	tests := []struct {
 		name   string
-		mutate func(*RegisterRequest)
+		mutate func(*protocol.RegisterRequest)
 		status int
 		errMsg string
 	}{
-		{"other hostname", func(r *RegisterRequest) { r.Hostname = "victim.example.com"; r.Labels = nil }, http.StatusForbidden, "differs from the certificate"},
-		{"other value of a pinned label", func(r *RegisterRequest) { r.Labels = map[string]string{"role": "web"} }, http.StatusForbidden, "must be"},
-		{"pinned label left out", func(r *RegisterRequest) { r.Labels = map[string]string{"rack": "r2"} }, http.StatusOK, ""},
-		{"new exporter, same labels", func(r *RegisterRequest) {
+		{"other hostname", func(r *protocol.RegisterRequest) { r.Hostname = "victim.example.com"; r.Labels = nil }, http.StatusForbidden, "differs from the certificate"},
+		{"other value of a pinned label", func(r *protocol.RegisterRequest) { r.Labels = map[string]string{"role": "web"} }, http.StatusForbidden, "must be"},
+		{"pinned label left out", func(r *protocol.RegisterRequest) { r.Labels = map[string]string{"rack": "r2"} }, http.StatusOK, ""},
+		{"new exporter, same labels", func(r *protocol.RegisterRequest) {
 			r.Labels = map[string]string{"role": "db", "rack": "r3"}
-			r.Exporters = append(r.Exporters, Exporter{Name: "mysqld", Path: "/exporters/mysqld/metrics"})
+			r.Exporters = append(r.Exporters, protocol.Exporter{Name: "mysqld", Path: "/exporters/mysqld/metrics"})
 		}, http.StatusOK, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			key := newKey(t)
-			body := registerBody(t, func(r *RegisterRequest) {
+			body := registerBody(t, func(r *protocol.RegisterRequest) {
 				r.CSR = csrPEM(t, key)
 				tc.mutate(r)
 			})
-			rep := h.do(h.client(&cert), "POST", PathRegister, "", body)
+			rep := h.do(h.client(&cert), "POST", protocol.PathRegister, "", body)
 			if rep.status != tc.status {
 				t.Fatalf("status %d (%s), want %d", rep.status, rep.body, tc.status)
 			}
@@ -664,7 +682,7 @@ func TestAPI_ReregisterByCertificateKeepsEnrollment(t *testing.T) {
 				t.Fatalf("reply %s lacks %q", rep.body, tc.errMsg)
 			}
 			if rep.status == http.StatusOK {
-				var resp CertificateResponse
+				var resp protocol.CertificateResponse
 				if err := json.Unmarshal(rep.body, &resp); err != nil {
 					t.Fatal(err)
 				}
@@ -692,12 +710,12 @@ func TestAPI_UnknownPathsAndMethods(t *testing.T) {
 	}{
 		{"GET", "/api/v1/nope", 404, ""},
 		{"GET", "/api/v2/discovery", 404, ""},
-		{"GET", PathRegister, 405, "POST"},
-		{"PUT", PathHeartbeat, 405, "POST"},
-		{"POST", PathDiscovery, 405, "GET, HEAD"},
-		{"GET", PathSelf, 405, "DELETE"},
-		{"POST", PathAgents + "/some-id", 405, "DELETE"},
-		{"GET", PathAgents + "/some-id/maintenance", 405, "POST"},
+		{"GET", protocol.PathRegister, 405, "POST"},
+		{"PUT", protocol.PathHeartbeat, 405, "POST"},
+		{"POST", protocol.PathDiscovery, 405, "GET, HEAD"},
+		{"GET", protocol.PathSelf, 405, "DELETE"},
+		{"POST", protocol.PathAgents + "/some-id", 405, "DELETE"},
+		{"GET", protocol.PathAgents + "/some-id/maintenance", 405, "POST"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.method+" "+tt.path, func(t *testing.T) {
@@ -708,7 +726,7 @@ func TestAPI_UnknownPathsAndMethods(t *testing.T) {
 			if ct := rep.header.Get("Content-Type"); ct != "application/json" {
 				t.Errorf("Content-Type %q, want application/json", ct)
 			}
-			var e ErrorResponse
+			var e protocol.ErrorResponse
 			if err := json.Unmarshal(rep.body, &e); err != nil || e.Error == "" {
 				t.Errorf("error body %q is not a JSON error", rep.body)
 			}
@@ -724,8 +742,8 @@ func TestAPI_UnknownPathsAndMethods(t *testing.T) {
 func TestWriteJSONList(t *testing.T) {
 	for _, items := range [][]AgentView{
 		nil,
-		{{Agent: Agent{ID: "a"}, State: StateHealthy}},
-		{{Agent: Agent{ID: "a"}}, {Agent: Agent{ID: "b", Labels: labels.FromStrings("k", "v\"\n")}}, {Agent: Agent{ID: "c"}}},
+		{{Agent: store.Agent{ID: "a"}, State: StateHealthy}},
+		{{Agent: store.Agent{ID: "a"}}, {Agent: store.Agent{ID: "b", Labels: labels.FromStrings("k", "v\"\n")}}, {Agent: store.Agent{ID: "c"}}},
 	} {
 		rec := httptest.NewRecorder()
 		writeJSONList(rec, items)

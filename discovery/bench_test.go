@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package discovery
 
 import (
@@ -17,6 +30,9 @@ import (
 	"time"
 
 	"github.com/prometheus/prometheus/model/labels"
+
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 )
 
 // The benchmarks in this file back the http_sd and registry numbers of
@@ -34,42 +50,42 @@ type benchStore struct {
 	now time.Time
 }
 
-func (s benchStore) List(context.Context) ([]Agent, error) {
-	out := make([]Agent, s.n)
+func (s benchStore) List(context.Context) ([]store.Agent, error) {
+	out := make([]store.Agent, s.n)
 	for i := range out {
 		out[i] = *benchAgent(i, s.now)
 	}
 	return out, nil
 }
-func (benchStore) Put(context.Context, *Agent) error    { return nil }
-func (benchStore) Delete(context.Context, string) error { return nil }
-func (benchStore) Touch(context.Context, []Touch) error { return nil }
+func (benchStore) Put(context.Context, *store.Agent) error    { return nil }
+func (benchStore) Delete(context.Context, string) error       { return nil }
+func (benchStore) Touch(context.Context, []store.Touch) error { return nil }
 
 // Update hands fn the synthetic agent with that id as the stored record.
-func (s benchStore) Update(_ context.Context, id string, _ *TokenClaim, fn UpdateFunc) (*Agent, error) {
+func (s benchStore) Update(_ context.Context, id string, _ *store.TokenClaim, fn store.UpdateFunc) (*store.Agent, error) {
 	n, err := strconv.Atoi(strings.TrimPrefix(id, "bench"))
 	if err != nil || n < 0 || n >= s.n {
-		return nil, ErrNotFound
+		return nil, store.ErrNotFound
 	}
 	return fn(benchAgent(n, s.now))
 }
-func (benchStore) LiveSince() time.Time               { return time.Time{} }
-func (benchStore) Watch(context.Context) <-chan Event { return nil }
-func (benchStore) Close() error                       { return nil }
+func (benchStore) LiveSince() time.Time                     { return time.Time{} }
+func (benchStore) Watch(context.Context) <-chan store.Event { return nil }
+func (benchStore) Close() error                             { return nil }
 
 // benchAgent is the n-th synthetic agent, shaped like a real registration
 // (and like `bench populate` writes): 26-character id, two labels, one
 // exporter, certificate serial and key fingerprint.
-func benchAgent(n int, now time.Time) *Agent {
+func benchAgent(n int, now time.Time) *store.Agent {
 	sum := sha256.Sum256([]byte("bench-agent-" + strconv.Itoa(n)))
 	m := n + 1
-	return &Agent{
+	return &store.Agent{
 		ID:             fmt.Sprintf("bench%021d", n),
 		Hostname:       "bench-" + strconv.Itoa(n) + ".example.com",
 		Address:        fmt.Sprintf("10.%d.%d.%d", (m>>16)&0xff, (m>>8)&0xff, m&0xff),
 		Port:           9956,
 		Labels:         labels.FromStrings("rack", "r"+strconv.Itoa(n%64), "role", [...]string{"web", "db", "cache", "batch"}[n%4]),
-		Exporters:      []Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
+		Exporters:      []protocol.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
 		CertSerial:     hex.EncodeToString(sum[:16]),
 		CertNotAfter:   now.Add(24 * time.Hour),
 		KeyFingerprint: hex.EncodeToString(sum[:]),
@@ -139,7 +155,7 @@ func BenchmarkSDCache_RebuildAfterChange(b *testing.B) {
 			for i := 0; b.Loop(); i++ {
 				b.StopTimer()
 				id := fmt.Sprintf("bench%021d", (i*7919)%benchAgents)
-				if _, err := r.Update(ctx, id, func(a *Agent) error {
+				if _, err := r.Update(ctx, id, func(a *store.Agent) error {
 					a.Maintenance = !a.Maintenance
 					return nil
 				}); err != nil {
@@ -194,7 +210,7 @@ func benchShardFilters() []struct {
 func benchToggle(b *testing.B, r *Registry, i int) {
 	b.Helper()
 	id := fmt.Sprintf("bench%021d", (i*7919)%benchAgents)
-	if _, err := r.Update(context.Background(), id, func(a *Agent) error {
+	if _, err := r.Update(context.Background(), id, func(a *store.Agent) error {
 		a.Maintenance = !a.Maintenance
 		return nil
 	}); err != nil {

@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package discovery
 
 import (
@@ -15,6 +28,7 @@ import (
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/collector"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // TestAPI_DiscoveryShards: the handler serves a scrape shard, refuses bad
@@ -35,12 +49,12 @@ func TestAPI_DiscoveryShards(t *testing.T) {
 	t.Run("shards partition the agents", func(t *testing.T) {
 		seen := map[string]int{}
 		for i := range 3 {
-			rep := h.do(c, "GET", fmt.Sprintf("%s?shard=%d&shards=3", PathDiscovery, i), "", nil)
+			rep := h.do(c, "GET", fmt.Sprintf("%s?shard=%d&shards=3", protocol.PathDiscovery, i), "", nil)
 			if rep.status != http.StatusOK {
 				t.Fatalf("shard %d: status %d: %s", i, rep.status, rep.body)
 			}
 			for _, g := range decodeGroups(t, rep.body) {
-				id := g.Labels[MetaAgentID]
+				id := g.Labels[protocol.MetaAgentID]
 				if want := ScrapeShardOf(id, 3); want != i {
 					t.Errorf("agent %s in shard %d, want %d", id, i, want)
 				}
@@ -59,8 +73,8 @@ func TestAPI_DiscoveryShards(t *testing.T) {
 			"shard=3&shards=3", "shard=0&shards=0", "shard=0&shards=100000", "shard=x&shards=3",
 			"shard=1", "shard=0;shards=2", "shard=%zz&shards=2", "shards=2&shard=0&shard=1",
 		} {
-			rep := h.do(c, "GET", PathDiscovery+"?"+q, "", nil)
-			var e ErrorResponse
+			rep := h.do(c, "GET", protocol.PathDiscovery+"?"+q, "", nil)
+			var e protocol.ErrorResponse
 			if rep.status != http.StatusBadRequest || json.Unmarshal(rep.body, &e) != nil || e.Error == "" {
 				t.Errorf("?%s: status %d body %s, want 400 with a JSON error", q, rep.status, rep.body)
 			}
@@ -88,7 +102,7 @@ func TestAPI_DiscoveryShards(t *testing.T) {
 			resp.Body.Close()
 			return resp
 		}
-		path := PathDiscovery + "?shard=1&shards=3"
+		path := protocol.PathDiscovery + "?shard=1&shards=3"
 		first := get(path, "", false)
 		tag := first.Header.Get("ETag")
 		if tag == "" {
@@ -107,9 +121,9 @@ func TestAPI_DiscoveryShards(t *testing.T) {
 		}{
 			{"gzip with the identity ETag", path, tag, true},
 			{"identity with the gzip ETag", path, gzTag, false},
-			{"other shard", PathDiscovery + "?shard=0&shards=3", tag, false},
-			{"unsharded", PathDiscovery, tag, false},
-			{"other shard count", PathDiscovery + "?shard=1&shards=2", tag, false},
+			{"other shard", protocol.PathDiscovery + "?shard=0&shards=3", tag, false},
+			{"unsharded", protocol.PathDiscovery, tag, false},
+			{"other shard count", protocol.PathDiscovery + "?shard=1&shards=2", tag, false},
 		} {
 			if r := get(tc.path, tc.tag, tc.gz); r.StatusCode != http.StatusOK {
 				t.Errorf("%s: status %d, want 200", tc.name, r.StatusCode)
@@ -126,7 +140,7 @@ func TestAPI_DiscoveryShards(t *testing.T) {
 			t.Skip("no agent in shard 1")
 		}
 		admin := h.clientCert(ca.RoleAdmin)
-		if rep := h.do(h.client(&admin), "POST", PathAgents+"/"+target+"/maintenance", "", []byte(`{"maintenance":true}`)); rep.status != http.StatusOK {
+		if rep := h.do(h.client(&admin), "POST", protocol.PathAgents+"/"+target+"/maintenance", "", []byte(`{"maintenance":true}`)); rep.status != http.StatusOK {
 			t.Fatalf("maintenance: %d %s", rep.status, rep.body)
 		}
 		if r := get(path, tag, false); r.StatusCode != http.StatusOK || r.Header.Get("ETag") == tag {
@@ -135,20 +149,20 @@ func TestAPI_DiscoveryShards(t *testing.T) {
 	})
 
 	t.Run("consumers", func(t *testing.T) {
-		if rep := h.do(h.client(nil), "GET", PathDiscovery+"?shard=0&shards=2", tok, nil); rep.status != http.StatusOK {
+		if rep := h.do(h.client(nil), "GET", protocol.PathDiscovery+"?shard=0&shards=2", tok, nil); rep.status != http.StatusOK {
 			t.Fatalf("token: %d", rep.status)
 		}
 		// Requests that do not authenticate as a reader are nobody's: no
 		// name they carry reaches the log or the metric.
-		if rep := h.do(h.client(nil), "GET", PathDiscovery+"?shard=0&shards=2", "", nil); rep.status != http.StatusUnauthorized {
+		if rep := h.do(h.client(nil), "GET", protocol.PathDiscovery+"?shard=0&shards=2", "", nil); rep.status != http.StatusUnauthorized {
 			t.Fatalf("anonymous: %d", rep.status)
 		}
 		enrollTok := h.token(ca.TokenSpec{Scope: ca.ScopeEnroll})
-		if rep := h.do(h.client(nil), "GET", PathDiscovery+"?shard=0&shards=2", enrollTok, nil); rep.status != http.StatusForbidden {
+		if rep := h.do(h.client(nil), "GET", protocol.PathDiscovery+"?shard=0&shards=2", enrollTok, nil); rep.status != http.StatusForbidden {
 			t.Fatalf("enroll token: %d", rep.status)
 		}
 		agentResp, agentCert := h.enroll(ca.TokenSpec{}, nil)
-		if rep := h.do(h.client(&agentCert), "GET", PathDiscovery+"?shard=0&shards=2", "", nil); rep.status != http.StatusForbidden {
+		if rep := h.do(h.client(&agentCert), "GET", protocol.PathDiscovery+"?shard=0&shards=2", "", nil); rep.status != http.StatusForbidden {
 			t.Fatalf("agent certificate: %d", rep.status)
 		}
 		for _, f := range h.consumers.Fetches() {
@@ -190,7 +204,7 @@ func TestAPI_DiscoveryGzipNotModified(t *testing.T) {
 	cert := h.clientCert(ca.RoleDiscovery)
 	c := h.client(&cert)
 	c.Transport.(*http.Transport).DisableCompression = true
-	req, _ := http.NewRequest("GET", h.srv.URL+PathDiscovery, nil)
+	req, _ := http.NewRequest("GET", h.srv.URL+protocol.PathDiscovery, nil)
 	req.Header.Set("Accept-Encoding", "gzip")
 	resp, err := c.Do(req)
 	if err != nil {
@@ -206,7 +220,7 @@ func TestAPI_DiscoveryGzipNotModified(t *testing.T) {
 	resp.Body.Close()
 	tag := resp.Header.Get("ETag")
 	for _, method := range []string{"GET", "HEAD"} {
-		req, _ := http.NewRequest(method, h.srv.URL+PathDiscovery, nil)
+		req, _ := http.NewRequest(method, h.srv.URL+protocol.PathDiscovery, nil)
 		req.Header.Set("Accept-Encoding", "gzip")
 		req.Header.Set("If-None-Match", `"other", `+tag)
 		resp, err := c.Do(req)

@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package discovery
 
 import (
@@ -13,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // TestAPI_RefusesCrossSiteRequests is the attack of a web page that makes
@@ -24,18 +38,18 @@ func TestAPI_RefusesCrossSiteRequests(t *testing.T) {
 	h := newAPIHarness(t)
 	resp, agentCert := h.enroll(ca.TokenSpec{}, nil)
 	admin := h.clientCert(ca.RoleAdmin)
-	maintenance := PathAgents + "/" + resp.AgentID + "/maintenance"
+	maintenance := protocol.PathAgents + "/" + resp.AgentID + "/maintenance"
 	endpoints := []struct {
 		method, path string
 		cert         *tls.Certificate
 		body         string
 	}{
 		{"POST", maintenance, &admin, `{"maintenance":true}`},
-		{"DELETE", PathAgents + "/" + resp.AgentID, &admin, ""},
-		{"POST", PathRegister, &agentCert, string(registerBody(t, nil))},
-		{"POST", PathHeartbeat, &agentCert, `{"status":"ok"}`},
-		{"POST", PathRenew, &agentCert, `{"csr":""}`},
-		{"DELETE", PathSelf, &agentCert, ""},
+		{"DELETE", protocol.PathAgents + "/" + resp.AgentID, &admin, ""},
+		{"POST", protocol.PathRegister, &agentCert, string(registerBody(t, nil))},
+		{"POST", protocol.PathHeartbeat, &agentCert, `{"status":"ok"}`},
+		{"POST", protocol.PathRenew, &agentCert, `{"csr":""}`},
+		{"DELETE", protocol.PathSelf, &agentCert, ""},
 	}
 	self := h.srv.URL // https://127.0.0.1:port, the request's own origin
 	attacks := []struct {
@@ -133,7 +147,7 @@ func FuzzStateChanging(f *testing.F) {
 	f.Add("multipart/form-data; boundary=\"", "http://[::1", "same-site", "")
 	guard := newStateChanging(NewAPI(APIConfig{}))
 	f.Fuzz(func(t *testing.T, contentType, origin, fetchSite, body string) {
-		r := httptest.NewRequest(http.MethodPost, "https://127.0.0.1:9955"+PathHeartbeat, strings.NewReader(body))
+		r := httptest.NewRequest(http.MethodPost, "https://127.0.0.1:9955"+protocol.PathHeartbeat, strings.NewReader(body))
 		for k, v := range map[string]string{"Content-Type": contentType, "Origin": origin, "Sec-Fetch-Site": fetchSite} {
 			if v != "" {
 				r.Header.Set(k, v)

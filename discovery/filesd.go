@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package discovery
 
 import (
@@ -6,8 +19,8 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/collector"
+	"github.com/baremetal-sd/baremetal_sd/internal/fileutil"
 )
 
 // FileSDWriter writes the unfiltered http_sd target groups to a file for
@@ -71,7 +84,7 @@ func (f *FileSDWriter) Run(ctx context.Context) {
 // write writes the current groups.
 func (f *FileSDWriter) write() error {
 	body := f.Cache.Get(Filter{})
-	if err := ca.WriteFileAtomicFunc(f.Path, 0o644, body.WriteJSON); err != nil {
+	if err := fileutil.WriteAtomicFunc(f.Path, 0o644, body.WriteJSON); err != nil {
 		f.count("error")
 		return fmt.Errorf("write file_sd file: %w", err)
 	}

@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package discovery
 
 import (
@@ -8,6 +21,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
 )
 
 // startFileSD runs a FileSDWriter over a registry until the test ends.
@@ -61,7 +76,7 @@ func waitGroups(t *testing.T, path string, want int, timeout time.Duration) {
 }
 
 func TestFileSDWriter_WritesAtStartAndOnChange(t *testing.T) {
-	r := newTestRegistry(t, NewMemoryStore(), newFakeClock())
+	r := newTestRegistry(t, memory.New(), newFakeClock())
 	path := startFileSD(t, r, 20*time.Millisecond, 0)
 	waitGroups(t, path, 0, 5*time.Second)
 	mustPut(t, r, testAgent("a"))
@@ -76,7 +91,7 @@ func TestFileSDWriter_WritesAtStartAndOnChange(t *testing.T) {
 // the debounce still reach the file within MaxDelay instead of waiting for
 // a quiet moment that never comes.
 func TestFileSDWriter_ChurnDoesNotStarveWrites(t *testing.T) {
-	r := newTestRegistry(t, NewMemoryStore(), newFakeClock())
+	r := newTestRegistry(t, memory.New(), newFakeClock())
 	const debounce = 200 * time.Millisecond
 	path := startFileSD(t, r, debounce, 4*debounce)
 	waitGroups(t, path, 0, 5*time.Second)

@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package discovery
 
 import (
@@ -23,28 +36,8 @@ import (
 	"github.com/prometheus/prometheus/model/labels"
 
 	"github.com/baremetal-sd/baremetal_sd/collector"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
-
-// Meta label names of the http_sd target groups.
-const (
-	MetaPrefix      = "__meta_baremetal_sd_"
-	MetaAgentID     = MetaPrefix + "agent_id"
-	MetaHostname    = MetaPrefix + "hostname"
-	MetaAddress     = MetaPrefix + "address"
-	MetaExporter    = MetaPrefix + "exporter"
-	MetaMaintenance = MetaPrefix + "maintenance"
-	// MetaTunnel is "true" on targets that Prometheus reaches through the
-	// server's tunnels (proxy_url), and absent on the others.
-	MetaTunnel      = MetaPrefix + "tunnel"
-	MetaLabelPrefix = MetaPrefix + "label_"
-)
-
-// AgentExporterName names the target group of an agent's own /metrics.
-// Relay configurations may not use it for an exporter.
-const AgentExporterName = "agent"
-
-// AgentMetricsPath is where an agent serves its own telemetry.
-const AgentMetricsPath = "/metrics"
 
 // Filter selects the target groups of one http_sd response. Exporters are
 // alternatives (any may match); labels must all match; Shard keeps the
@@ -423,8 +416,8 @@ func appendAgentGroups(buf []byte, a *record, f Filter) []byte {
 		host = a.Hostname
 	}
 	target := net.JoinHostPort(host, strconv.Itoa(int(a.Port)))
-	if f.matchExporter(AgentExporterName) {
-		buf = appendGroup(buf, a, target, AgentExporterName, AgentMetricsPath)
+	if f.matchExporter(protocol.AgentExporterName) {
+		buf = appendGroup(buf, a, target, protocol.AgentExporterName, protocol.AgentMetricsPath)
 	}
 	for _, e := range a.Exporters {
 		if f.matchExporter(e.Name) {
@@ -443,20 +436,20 @@ func appendGroup(buf []byte, a *record, target, exporter, path string) []byte {
 	buf = append(buf, `],"labels":{`...)
 	// Keys in byte order, so the output is stable and diffable:
 	// __meta_baremetal_sd_* < __metrics_path__ < __scheme__.
-	buf = appendLabel(buf, MetaAddress, a.Address, false)
-	buf = appendLabel(buf, MetaAgentID, a.ID, true)
-	buf = appendLabel(buf, MetaExporter, exporter, true)
-	buf = appendLabel(buf, MetaHostname, a.Hostname, true)
+	buf = appendLabel(buf, protocol.MetaAddress, a.Address, false)
+	buf = appendLabel(buf, protocol.MetaAgentID, a.ID, true)
+	buf = appendLabel(buf, protocol.MetaExporter, exporter, true)
+	buf = appendLabel(buf, protocol.MetaHostname, a.Hostname, true)
 	// Labels are sorted by name already.
 	a.Labels.Range(func(l labels.Label) {
-		buf = append(buf, `,"`+MetaLabelPrefix...)
+		buf = append(buf, `,"`+protocol.MetaLabelPrefix...)
 		buf = appendJSONStringBody(buf, l.Name)
 		buf = append(buf, `":`...)
 		buf = appendJSONString(buf, l.Value)
 	})
-	buf = appendLabel(buf, MetaMaintenance, strconv.FormatBool(a.Maintenance), true)
+	buf = appendLabel(buf, protocol.MetaMaintenance, strconv.FormatBool(a.Maintenance), true)
 	if a.Tunnel {
-		buf = appendLabel(buf, MetaTunnel, "true", true)
+		buf = appendLabel(buf, protocol.MetaTunnel, "true", true)
 	}
 	buf = appendLabel(buf, "__metrics_path__", path, true)
 	buf = appendLabel(buf, "__scheme__", "https", true)

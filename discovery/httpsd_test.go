@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package discovery
 
 import (
@@ -17,6 +30,9 @@ import (
 	"time"
 
 	"github.com/prometheus/prometheus/model/labels"
+
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
 )
 
 // targetGroup is Prometheus' http_sd group, decoded strictly: any key other
@@ -32,7 +48,7 @@ func decodeGroups(t *testing.T, data []byte) []targetGroup {
 	dec.DisallowUnknownFields()
 	var groups []targetGroup
 	if err := dec.Decode(&groups); err != nil {
-		t.Fatalf("invalid http_sd body %q: %v", truncate(string(data)), err)
+		t.Fatalf("invalid http_sd body %q: %v", protocol.Truncate(string(data)), err)
 	}
 	if groups == nil {
 		t.Fatalf("body %q decodes to null, want []", data)
@@ -77,7 +93,7 @@ func gunzip(t *testing.T, data []byte) []byte {
 }
 
 func TestSDCache_Empty(t *testing.T) {
-	r := newTestRegistry(t, NewMemoryStore(), newFakeClock())
+	r := newTestRegistry(t, memory.New(), newFakeClock())
 	c := NewSDCache(r, nil)
 	if got := joinBody(c.Get(Filter{})); string(got) != "[]" {
 		t.Fatalf("empty registry body %q, want []", got)
@@ -89,7 +105,7 @@ func TestSDCache_Empty(t *testing.T) {
 
 func TestSDCache_Groups(t *testing.T) {
 	clock := newFakeClock()
-	r := newTestRegistry(t, NewMemoryStore(), clock)
+	r := newTestRegistry(t, memory.New(), clock)
 	a := testAgent("a")
 	a.Address = "2001:db8::1"
 	a.Labels = labels.FromStrings("role", "db", "quote", "say \"hi\"\n\u2028é")
@@ -99,17 +115,17 @@ func TestSDCache_Groups(t *testing.T) {
 
 	got := decodeGroups(t, joinBody(c.Get(Filter{})))
 	base := map[string]string{
-		MetaAddress:               "2001:db8::1",
-		MetaAgentID:               "a",
-		MetaHostname:              "a.example.com",
-		MetaMaintenance:           "true",
-		MetaLabelPrefix + "role":  "db",
-		MetaLabelPrefix + "quote": "say \"hi\"\n\u2028é",
-		"__scheme__":              "https",
+		protocol.MetaAddress:               "2001:db8::1",
+		protocol.MetaAgentID:               "a",
+		protocol.MetaHostname:              "a.example.com",
+		protocol.MetaMaintenance:           "true",
+		protocol.MetaLabelPrefix + "role":  "db",
+		protocol.MetaLabelPrefix + "quote": "say \"hi\"\n\u2028é",
+		"__scheme__":                       "https",
 	}
 	want := []targetGroup{
-		{Targets: []string{"[2001:db8::1]:9956"}, Labels: with(base, MetaExporter, "agent", "__metrics_path__", "/metrics")},
-		{Targets: []string{"[2001:db8::1]:9956"}, Labels: with(base, MetaExporter, "node", "__metrics_path__", "/exporters/node/metrics")},
+		{Targets: []string{"[2001:db8::1]:9956"}, Labels: with(base, protocol.MetaExporter, "agent", "__metrics_path__", "/metrics")},
+		{Targets: []string{"[2001:db8::1]:9956"}, Labels: with(base, protocol.MetaExporter, "node", "__metrics_path__", "/exporters/node/metrics")},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("groups\n got %+v\nwant %+v", got, want)
@@ -129,11 +145,11 @@ func with(base map[string]string, kv ...string) map[string]string {
 
 func TestSDCache_Filters(t *testing.T) {
 	clock := newFakeClock()
-	r := newTestRegistry(t, NewMemoryStore(), clock)
+	r := newTestRegistry(t, memory.New(), clock)
 	web := testAgent("web1")
 	db := testAgent("db1")
 	db.Labels = labels.FromStrings("role", "database")
-	db.Exporters = append(db.Exporters, Exporter{Name: "postgres", Path: "/exporters/postgres/metrics"})
+	db.Exporters = append(db.Exporters, protocol.Exporter{Name: "postgres", Path: "/exporters/postgres/metrics"})
 	mustPut(t, r, web)
 	mustPut(t, r, db)
 	c := NewSDCache(r, nil)
@@ -158,7 +174,7 @@ func TestSDCache_Filters(t *testing.T) {
 			}
 			var got []string
 			for _, g := range decodeGroups(t, joinBody(c.Get(f))) {
-				got = append(got, g.Labels[MetaAgentID]+"/"+g.Labels[MetaExporter])
+				got = append(got, g.Labels[protocol.MetaAgentID]+"/"+g.Labels[protocol.MetaExporter])
 			}
 			// Order is stable but follows the registry's shards, not names.
 			sort.Strings(got)
@@ -173,7 +189,7 @@ func TestSDCache_Filters(t *testing.T) {
 // which their certificate covers and the server routes CONNECT by, with
 // the tunnel meta label, and that ?tunnel= keeps them apart.
 func TestSDCache_Tunnel(t *testing.T) {
-	r := newTestRegistry(t, NewMemoryStore(), newFakeClock())
+	r := newTestRegistry(t, memory.New(), newFakeClock())
 	direct := testAgent("direct")
 	tunneled := testAgent("nat")
 	tunneled.Address = "10.0.0.5"
@@ -197,7 +213,7 @@ func TestSDCache_Tunnel(t *testing.T) {
 			}
 			var got []string
 			for _, g := range decodeGroups(t, joinBody(c.Get(f))) {
-				got = append(got, g.Labels[MetaAgentID]+" "+strings.Join(g.Targets, ",")+" "+g.Labels[MetaTunnel])
+				got = append(got, g.Labels[protocol.MetaAgentID]+" "+strings.Join(g.Targets, ",")+" "+g.Labels[protocol.MetaTunnel])
 			}
 			sort.Strings(got)
 			if !reflect.DeepEqual(got, tc.want) {
@@ -220,7 +236,7 @@ func TestParseFilter_Errors(t *testing.T) {
 // identity and the gzip body and that only what changed is rebuilt.
 func TestSDCache_IncrementalRebuild(t *testing.T) {
 	clock := newFakeClock()
-	r := newTestRegistry(t, NewMemoryStore(), clock)
+	r := newTestRegistry(t, memory.New(), clock)
 	for i := 0; i < 500; i++ {
 		mustPut(t, r, testAgent(fmt.Sprintf("agent-%03d", i)))
 	}
@@ -264,7 +280,7 @@ func TestSDCache_IncrementalRebuild(t *testing.T) {
 
 func TestSDCache_ExpiredLeavesAtOnce(t *testing.T) {
 	clock := newFakeClock()
-	r := newTestRegistry(t, NewMemoryStore(), clock)
+	r := newTestRegistry(t, memory.New(), clock)
 	mustPut(t, r, testAgent("a"))
 	mustPut(t, r, testAgent("b"))
 	c := NewSDCache(r, nil)
@@ -278,7 +294,7 @@ func TestSDCache_ExpiredLeavesAtOnce(t *testing.T) {
 	clock.Advance(11 * time.Second)
 	r.Sweep(context.Background())
 	groups := decodeGroups(t, joinBody(c.Get(Filter{})))
-	if len(groups) != 2 || groups[0].Labels[MetaAgentID] != "b" || groups[1].Labels[MetaAgentID] != "b" {
+	if len(groups) != 2 || groups[0].Labels[protocol.MetaAgentID] != "b" || groups[1].Labels[protocol.MetaAgentID] != "b" {
 		t.Fatalf("after a's TTL: %+v, want only b's groups", groups)
 	}
 	if err := r.Heartbeat("a", "s-a", ""); err != nil {
@@ -370,7 +386,7 @@ func TestCRC32Combine(t *testing.T) {
 // TestSDCache_EvictsBeyondBounds: distinct filters beyond maxViews do not
 // pile up cached views, and the view being served survives eviction.
 func TestSDCache_EvictsBeyondBounds(t *testing.T) {
-	r := newTestRegistry(t, NewMemoryStore(), newFakeClock())
+	r := newTestRegistry(t, memory.New(), newFakeClock())
 	mustPut(t, r, testAgent("a"))
 	c := NewSDCache(r, nil)
 	for i := range 3 * maxViews {

@@ -1,9 +1,25 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package discovery
 
 import (
 	"strings"
 
 	"github.com/prometheus/prometheus/model/labels"
+
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 )
 
 // maxInterned bounds each table of an interner. Fleets have a handful of
@@ -19,23 +35,23 @@ const maxInterned = 4096
 // the exporter list for anyone who may change it. An interner is not safe
 // for concurrent use; the registry calls it under its write lock.
 type interner struct {
-	exporters map[string][]Exporter
+	exporters map[string][]protocol.Exporter
 	labelSets map[uint64]labels.Labels
 	key       strings.Builder
 }
 
 func newInterner() *interner {
-	return &interner{exporters: make(map[string][]Exporter), labelSets: make(map[uint64]labels.Labels)}
+	return &interner{exporters: make(map[string][]protocol.Exporter), labelSets: make(map[uint64]labels.Labels)}
 }
 
 // agent replaces a's exporter list and label sets by shared equal ones.
-func (in *interner) agent(a *Agent) {
+func (in *interner) agent(a *store.Agent) {
 	a.Exporters = in.exporterList(a.Exporters)
 	a.Labels = in.labelSet(a.Labels)
 	a.PinnedLabels = in.labelSet(a.PinnedLabels)
 }
 
-func (in *interner) exporterList(list []Exporter) []Exporter {
+func (in *interner) exporterList(list []protocol.Exporter) []protocol.Exporter {
 	if len(list) == 0 {
 		return list
 	}

@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package discovery
 
 import (
@@ -12,6 +25,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // TestAPI_MetricsMove walks an agent through enrollment, a heartbeat, a
@@ -34,15 +48,15 @@ func TestAPI_MetricsMove(t *testing.T) {
 		t.Errorf("store_operation_duration_seconds{operation=update} has %d observations, want at least 1", got)
 	}
 
-	if rep := h.do(h.client(&cert), "POST", PathHeartbeat, "", nil); rep.status != http.StatusOK {
+	if rep := h.do(h.client(&cert), "POST", protocol.PathHeartbeat, "", nil); rep.status != http.StatusOK {
 		t.Fatalf("heartbeat: %d %s", rep.status, rep.body)
 	}
 	if got := counter(m.Heartbeats, "success"); got != 1 {
 		t.Errorf("heartbeats_total{result=success} = %v, want 1", got)
 	}
 
-	renew, _ := json.Marshal(RenewRequest{CSR: csrPEM(t, cert.PrivateKey.(crypto.Signer))})
-	if rep := h.do(h.client(&cert), "POST", PathRenew, "", renew); rep.status != http.StatusOK {
+	renew, _ := json.Marshal(protocol.RenewRequest{CSR: csrPEM(t, cert.PrivateKey.(crypto.Signer))})
+	if rep := h.do(h.client(&cert), "POST", protocol.PathRenew, "", renew); rep.status != http.StatusOK {
 		t.Fatalf("renew: %d %s", rep.status, rep.body)
 	}
 	if got := counter(m.Renewals, "success"); got != 1 {
@@ -53,7 +67,7 @@ func TestAPI_MetricsMove(t *testing.T) {
 	}
 
 	discoveryCert := h.clientCert(ca.RoleDiscovery)
-	if rep := h.do(h.client(&discoveryCert), "GET", PathDiscovery, "", nil); rep.status != http.StatusOK {
+	if rep := h.do(h.client(&discoveryCert), "GET", protocol.PathDiscovery, "", nil); rep.status != http.StatusOK {
 		t.Fatalf("http_sd: %d %s", rep.status, rep.body)
 	}
 	if got := counter(m.HTTPSDRequests, "200"); got != 1 {
@@ -62,7 +76,7 @@ func TestAPI_MetricsMove(t *testing.T) {
 	if got := histogramCount(t, m.HTTPSDResponseBytes); got != 1 {
 		t.Errorf("httpsd_response_size_bytes has %d observations, want 1", got)
 	}
-	if rep := h.do(h.client(nil), "GET", PathDiscovery, "", nil); rep.status != http.StatusUnauthorized {
+	if rep := h.do(h.client(nil), "GET", protocol.PathDiscovery, "", nil); rep.status != http.StatusUnauthorized {
 		t.Fatalf("anonymous http_sd: %d", rep.status)
 	}
 	if got := counter(m.HTTPSDRequests, "401"); got != 1 {

@@ -1,9 +1,25 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package discovery
 
 import (
 	"time"
 
 	"github.com/prometheus/prometheus/model/labels"
+
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 )
 
 // record is an agent as the registry keeps it in memory: the stored Agent
@@ -16,7 +32,7 @@ type record struct {
 	CertSerial, PrevCertSerial string
 	KeyFingerprint             string
 	Labels, PinnedLabels       labels.Labels
-	Exporters                  []Exporter
+	Exporters                  []protocol.Exporter
 	// Unix nanoseconds; 0 stands for the zero time.
 	certNotAfter, prevCertNotAfter, registeredAt, revokedAt int64
 	Port                                                    uint16
@@ -25,7 +41,7 @@ type record struct {
 
 // newRecord makes the in-memory record of a stored agent. It shares a's
 // labels and exporter list, which are never modified.
-func newRecord(a *Agent) *record {
+func newRecord(a *store.Agent) *record {
 	return &record{
 		ID:               a.ID,
 		Hostname:         a.Hostname,
@@ -50,8 +66,8 @@ func newRecord(a *Agent) *record {
 
 // agent returns the record as an Agent of its own (LastSeen and Status are
 // the entry's to fill in).
-func (r *record) agent() *Agent {
-	a := &Agent{
+func (r *record) agent() *store.Agent {
+	a := &store.Agent{
 		ID:               r.ID,
 		Hostname:         r.Hostname,
 		Address:          r.Address,
@@ -70,7 +86,7 @@ func (r *record) agent() *Agent {
 		Tunnel:           r.Tunnel,
 	}
 	if r.Exporters != nil {
-		a.Exporters = append([]Exporter(nil), r.Exporters...)
+		a.Exporters = append([]protocol.Exporter(nil), r.Exporters...)
 	}
 	return a
 }
@@ -92,7 +108,7 @@ func (r *record) checkActive(serial string, now time.Time) error {
 // checkActive decides whether a certificate may act for a registered agent
 // (heartbeat, renew, deregister): checkSerial, and the agent has not
 // deregistered itself. Registering again only needs checkSerial.
-func checkActive(a *Agent, serial string, now time.Time) error {
+func checkActive(a *store.Agent, serial string, now time.Time) error {
 	if err := checkSerial(a, serial, now); err != nil {
 		return err
 	}
@@ -108,7 +124,7 @@ func (r *record) checkSerial(serial string, now time.Time) error {
 }
 
 // checkSerial decides whether a certificate may still speak for an agent.
-func checkSerial(a *Agent, serial string, now time.Time) error {
+func checkSerial(a *store.Agent, serial string, now time.Time) error {
 	return serialAllowed(a.Revoked(), a.CertSerial, a.PrevCertSerial, unixNanos(a.PrevCertNotAfter), serial, now)
 }
 

@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package discovery
 
 import (
@@ -8,17 +21,20 @@ import (
 	"unsafe"
 
 	"github.com/prometheus/prometheus/model/labels"
+
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 )
 
 // TestRecord_RoundTrip: an agent kept as a record comes back as it was
 // stored, but for LastSeen and Status, which the entry holds.
 func TestRecord_RoundTrip(t *testing.T) {
 	at := time.Date(2026, 11, 25, 12, 0, 0, 123456789, time.FixedZone("CET", 3600))
-	full := Agent{
+	full := store.Agent{
 		ID: "a1", Hostname: "h1.example.com", Address: "2001:db8::1", Port: 65535,
 		Labels:           labels.FromStrings("role", "db", "empty", ""),
 		PinnedLabels:     labels.FromStrings("role", "db"),
-		Exporters:        []Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
+		Exporters:        []protocol.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
 		CertSerial:       "abc",
 		CertNotAfter:     at.Add(24 * time.Hour),
 		PrevCertSerial:   "abb",
@@ -29,7 +45,7 @@ func TestRecord_RoundTrip(t *testing.T) {
 		RevokedAt:        at.Add(2 * time.Hour),
 		Deregistered:     true,
 	}
-	for _, a := range []Agent{full, {ID: "bare", Hostname: "h", Address: "10.0.0.1", Port: 1}} {
+	for _, a := range []store.Agent{full, {ID: "bare", Hostname: "h", Address: "10.0.0.1", Port: 1}} {
 		t.Run(a.ID, func(t *testing.T) {
 			got := newRecord(&a).agent()
 			for _, tm := range []struct {
@@ -60,11 +76,11 @@ func TestRecord_RoundTrip(t *testing.T) {
 // TestRecord_CheckSerial matches checkSerial on the Agent it came from.
 func TestRecord_CheckSerial(t *testing.T) {
 	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
-	a := &Agent{ID: "a", CertSerial: "new", PrevCertSerial: "old", PrevCertNotAfter: now.Add(time.Minute)}
+	a := &store.Agent{ID: "a", CertSerial: "new", PrevCertSerial: "old", PrevCertNotAfter: now.Add(time.Minute)}
 	revoked := *a
 	revoked.RevokedAt = now
 	for _, tt := range []struct {
-		agent  *Agent
+		agent  *store.Agent
 		serial string
 		at     time.Time
 		want   error

@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package discovery
 
 import (
@@ -12,6 +25,7 @@ import (
 	"time"
 
 	"github.com/baremetal-sd/baremetal_sd/collector"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 )
 
 // Errors returned by Registry operations.
@@ -29,7 +43,7 @@ var (
 // RegistryConfig configures a Registry. Zero durations take the defaults
 // documented on each field.
 type RegistryConfig struct {
-	Store Store
+	Store store.Store
 	// TTL is how long an agent stays in http_sd without a heartbeat (5m).
 	TTL time.Duration
 	// HeartbeatInterval is what agents are told to use (TTL/4).
@@ -199,7 +213,7 @@ func (r *Registry) Load(ctx context.Context) error {
 // Ready reports whether the registry has been loaded.
 func (r *Registry) Ready() bool { return r.ready.Load() }
 
-func newEntry(a *Agent) *entry {
+func newEntry(a *store.Agent) *entry {
 	e := &entry{rec: newRecord(a)}
 	e.lastSeen.Store(a.LastSeen.UnixNano())
 	e.flushed.Store(a.LastSeen.UnixNano())
@@ -218,7 +232,7 @@ func (r *Registry) observeStore(op string, start time.Time, err error) {
 	m.StoreSeconds.WithLabelValues(op).Observe(time.Since(start).Seconds())
 	// A token already claimed or a record not there is the store's answer,
 	// not its failure: it must not mark the store down or fire alerts.
-	if err != nil && !errors.Is(err, ErrTokenUsed) && !errors.Is(err, ErrNotFound) {
+	if err != nil && !errors.Is(err, store.ErrTokenUsed) && !errors.Is(err, store.ErrNotFound) {
 		m.StoreErrors.WithLabelValues(op).Inc()
 		m.StoreUp.Set(0)
 		return
@@ -255,7 +269,7 @@ func (r *Registry) bumpAll() {
 
 // Put durably stores a registration and then makes it visible. The returned
 // error wraps the store's; nothing is visible when it fails.
-func (r *Registry) Put(ctx context.Context, a *Agent) error {
+func (r *Registry) Put(ctx context.Context, a *store.Agent) error {
 	defer r.lockID(a.ID)()
 	start := time.Now()
 	err := r.cfg.Store.Put(ctx, a)
@@ -268,8 +282,8 @@ func (r *Registry) Put(ctx context.Context, a *Agent) error {
 }
 
 // apply installs a stored record in memory.
-func (r *Registry) apply(a *Agent) {
-	cp := a.clone()
+func (r *Registry) apply(a *store.Agent) {
+	cp := a.Clone()
 	idx := shardOf(a.ID)
 	now := r.cfg.Now()
 	r.mu.Lock()
@@ -294,10 +308,10 @@ func (r *Registry) apply(a *Agent) {
 // makes it visible; see Modify. It returns ErrNotFound if the store has no
 // record. fn may refuse by returning an error, and may be called more than
 // once.
-func (r *Registry) Update(ctx context.Context, id string, fn func(a *Agent) error) (*Agent, error) {
-	return r.Modify(ctx, id, nil, func(cur *Agent) (*Agent, error) {
+func (r *Registry) Update(ctx context.Context, id string, fn func(a *store.Agent) error) (*store.Agent, error) {
+	return r.Modify(ctx, id, nil, func(cur *store.Agent) (*store.Agent, error) {
 		if cur == nil {
-			return nil, ErrNotFound
+			return nil, store.ErrNotFound
 		}
 		if err := fn(cur); err != nil {
 			return nil, err
@@ -312,20 +326,20 @@ func (r *Registry) Update(ctx context.Context, id string, fn func(a *Agent) erro
 // newest LastSeen this replica knows. Memory then follows the store: the
 // record written, or, when fn refused, the record fn was shown. With claim,
 // the write also uses up a single-use token.
-func (r *Registry) Modify(ctx context.Context, id string, claim *TokenClaim, fn UpdateFunc) (*Agent, error) {
+func (r *Registry) Modify(ctx context.Context, id string, claim *store.TokenClaim, fn store.UpdateFunc) (*store.Agent, error) {
 	defer r.lockID(id)()
 	var (
-		shown *Agent
+		shown *store.Agent
 		fnErr error
 	)
 	start := time.Now()
-	out, err := r.cfg.Store.Update(ctx, id, claim, func(cur *Agent) (*Agent, error) {
+	out, err := r.cfg.Store.Update(ctx, id, claim, func(cur *store.Agent) (*store.Agent, error) {
 		shown, fnErr = nil, nil
 		if cur != nil {
 			if ls := r.lastSeen(id); ls > cur.LastSeen.UnixNano() {
 				cur.LastSeen = time.Unix(0, ls)
 			}
-			shown = cur.clone()
+			shown = cur.Clone()
 		}
 		next, err := fn(cur)
 		fnErr = err
@@ -344,7 +358,7 @@ func (r *Registry) Modify(ctx context.Context, id string, claim *TokenClaim, fn 
 		return nil, nil
 	case err == nil:
 		r.apply(out)
-		return out.clone(), nil
+		return out.Clone(), nil
 	case refused:
 		if shown == nil {
 			r.remove(id)
@@ -452,7 +466,7 @@ func (r *Registry) Heartbeat(id, serial, status string) error {
 	defer r.mu.RUnlock()
 	e, ok := r.shards[idx].agents[id]
 	if !ok {
-		return ErrNotFound
+		return store.ErrNotFound
 	}
 	if err := e.rec.checkActive(serial, now); err != nil {
 		return err
@@ -477,7 +491,7 @@ func (r *Registry) CheckCertificate(id, serial string) error {
 	defer r.mu.RUnlock()
 	e, ok := r.shards[shardOf(id)].agents[id]
 	if !ok {
-		return ErrNotFound
+		return store.ErrNotFound
 	}
 	return e.rec.checkActive(serial, r.cfg.Now())
 }
@@ -614,7 +628,7 @@ var errNotPurgeable = errors.New("agent changed since the sweep")
 // becomes a tombstone instead while a certificate of it can still register
 // (see retire).
 func (r *Registry) purge(ctx context.Context, id string, now time.Time) error {
-	kept, err := r.Modify(ctx, id, nil, func(cur *Agent) (*Agent, error) {
+	kept, err := r.Modify(ctx, id, nil, func(cur *store.Agent) (*store.Agent, error) {
 		if cur == nil {
 			return nil, nil
 		}
@@ -645,14 +659,14 @@ func (r *Registry) purge(ctx context.Context, id string, now time.Time) error {
 // store operation. A failed flush is retried with the next one. With
 // nothing to write, it checks that a store that can be unreachable answers.
 func (r *Registry) Flush(ctx context.Context) {
-	var touches []Touch
+	var touches []store.Touch
 	var entries []*entry
 	r.mu.RLock()
 	for i := range r.shards {
 		for id, e := range r.shards[i].agents {
 			ls := e.lastSeen.Load()
 			if ls != e.flushed.Load() {
-				touches = append(touches, Touch{ID: id, LastSeen: time.Unix(0, ls)})
+				touches = append(touches, store.Touch{ID: id, LastSeen: time.Unix(0, ls)})
 				entries = append(entries, e)
 			}
 		}
@@ -677,15 +691,10 @@ func (r *Registry) Flush(ctx context.Context) {
 	}
 }
 
-// HealthChecker is a store that can say whether its backend answers.
-type HealthChecker interface {
-	Healthy(ctx context.Context) error
-}
-
 // probeStore asks a store that can be unreachable whether it answers, so
 // that baremetal_sd_store_up tells the truth while nothing is written.
 func (r *Registry) probeStore(ctx context.Context) {
-	h, ok := r.cfg.Store.(HealthChecker)
+	h, ok := r.cfg.Store.(store.HealthChecker)
 	if !ok {
 		return
 	}
@@ -700,17 +709,17 @@ func (r *Registry) probeStore(ctx context.Context) {
 // Puts and deletes take the agent's write lock, like local writes, so a
 // local write in flight for the same agent is not undone by an older
 // remote one arriving in between.
-func (r *Registry) ApplyEvent(ev Event) {
+func (r *Registry) ApplyEvent(ev store.Event) {
 	switch ev.Type {
-	case EventPut:
+	case store.EventPut:
 		unlock := r.lockID(ev.Agent.ID)
 		r.apply(&ev.Agent)
 		unlock()
-	case EventDelete:
+	case store.EventDelete:
 		unlock := r.lockID(ev.Agent.ID)
 		r.remove(ev.Agent.ID)
 		unlock()
-	case EventTouch:
+	case store.EventTouch:
 		idx := shardOf(ev.Agent.ID)
 		// Held throughout, as in Heartbeat.
 		r.mu.RLock()
@@ -754,12 +763,3 @@ func (r *Registry) eachListed(shardIdx int, fn func(a *record)) uint64 {
 }
 
 func (r *Registry) shardGen(i int) uint64 { return r.shards[i].gen.Load() }
-
-// clone deep-copies an agent record.
-func (a *Agent) clone() *Agent {
-	cp := *a // labels.Labels are immutable values
-	if a.Exporters != nil {
-		cp.Exporters = append([]Exporter(nil), a.Exporters...)
-	}
-	return &cp
-}

@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package discovery
 
 import (
@@ -9,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/baremetal-sd/baremetal_sd/collector"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/etcd"
 )
 
 // TestRegistryHA_RestartGrace: a replica that starts while another one is
@@ -18,10 +32,11 @@ func TestRegistryHA_RestartGrace(t *testing.T) {
 	c := startEtcdCluster(t, 1)
 	ctx := context.Background()
 	clock := newFakeClock()
-	open := func(prefix, replica string) *EtcdStore {
-		return openTestEtcdStore(t, c, prefix, EtcdOptions{ReplicaID: replica, Now: clock.Now})
+	open := func(prefix, replica string) *etcd.Store {
+		return openTestEtcdStore(t, c, prefix, etcd.Options{ReplicaID: replica, Now: clock.Now})
 	}
-	a := open("", "a")
+	prefix := newEtcdPrefix()
+	a := open(prefix, "a")
 	ra := newTestRegistry(t, a, clock)
 	for _, id := range []string{"dead", "alive"} {
 		mustPut(t, ra, testAgent(id))
@@ -35,7 +50,7 @@ func TestRegistryHA_RestartGrace(t *testing.T) {
 		t.Fatal(err)
 	}
 	ra.Flush(ctx)
-	b := open(a.opts.Prefix, "b")
+	b := open(prefix, "b")
 	rb := newTestRegistry(t, b, clock)
 	for id, want := range map[string]AgentState{"dead": StateExpired, "alive": StateHealthy} {
 		if v, _ := rb.Get(id); v.State != want {
@@ -52,7 +67,7 @@ func TestRegistryHA_RestartGrace(t *testing.T) {
 		t.Fatal(err)
 	}
 	clock.Advance(time.Hour)
-	rc := newTestRegistry(t, open(a.opts.Prefix, "a"), clock)
+	rc := newTestRegistry(t, open(prefix, "a"), clock)
 	// Listed (the grace), but stale: its last heartbeat is an hour old.
 	if v, _ := rc.Get("alive"); v.State != StateStale {
 		t.Errorf("after a full outage: alive is %s, want stale (listed by the grace, not healthy)", v.State)
@@ -70,7 +85,7 @@ func TestRegistryHA_StoreUpWithoutRequests(t *testing.T) {
 	c := startEtcdCluster(t, 1)
 	ctx := context.Background()
 	metrics := collector.NewServer(prometheus.NewRegistry())
-	store := openTestEtcdStore(t, c, "", EtcdOptions{ReplicaID: "a", RequestTimeout: time.Second})
+	store := openTestEtcdStore(t, c, "", etcd.Options{ReplicaID: "a", RequestTimeout: time.Second})
 	r := NewRegistry(RegistryConfig{Store: store, TTL: time.Minute, Metrics: metrics})
 	if err := r.Load(ctx); err != nil {
 		t.Fatal(err)

@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package discovery
 
 import (
@@ -8,6 +21,10 @@ import (
 	"time"
 
 	"github.com/prometheus/prometheus/model/labels"
+
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
 )
 
 // fakeClock is a settable clock for registry tests.
@@ -32,22 +49,22 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
-func testAgent(id string) *Agent {
-	return &Agent{
+func testAgent(id string) *store.Agent {
+	return &store.Agent{
 		ID:         id,
 		Hostname:   id + ".example.com",
 		Address:    "192.0.2.10",
 		Port:       9956,
 		Labels:     labels.FromStrings("role", "web"),
-		Exporters:  []Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
+		Exporters:  []protocol.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
 		CertSerial: "s-" + id,
 	}
 }
 
-func newTestRegistry(t *testing.T, store Store, clock *fakeClock) *Registry {
+func newTestRegistry(t *testing.T, st store.Store, clock *fakeClock) *Registry {
 	t.Helper()
 	r := NewRegistry(RegistryConfig{
-		Store:             store,
+		Store:             st,
 		TTL:               time.Minute,
 		HeartbeatInterval: 15 * time.Second,
 		Retention:         time.Hour,
@@ -59,7 +76,7 @@ func newTestRegistry(t *testing.T, store Store, clock *fakeClock) *Registry {
 	return r
 }
 
-func mustPut(t *testing.T, r *Registry, a *Agent) {
+func mustPut(t *testing.T, r *Registry, a *store.Agent) {
 	t.Helper()
 	a.LastSeen = r.cfg.Now()
 	if err := r.Put(context.Background(), a); err != nil {
@@ -69,7 +86,7 @@ func mustPut(t *testing.T, r *Registry, a *Agent) {
 
 func TestRegistry_States(t *testing.T) {
 	clock := newFakeClock()
-	r := newTestRegistry(t, NewMemoryStore(), clock)
+	r := newTestRegistry(t, memory.New(), clock)
 	mustPut(t, r, testAgent("a"))
 	ctx := context.Background()
 
@@ -88,12 +105,12 @@ func TestRegistry_States(t *testing.T) {
 			}
 		}, want: StateHealthy},
 		{name: "maintenance", before: func() {
-			if _, err := r.Update(ctx, "a", func(a *Agent) error { a.Maintenance = true; return nil }); err != nil {
+			if _, err := r.Update(ctx, "a", func(a *store.Agent) error { a.Maintenance = true; return nil }); err != nil {
 				t.Fatal(err)
 			}
 		}, want: StateMaintenance},
 		{name: "revoked", before: func() {
-			if _, err := r.Update(ctx, "a", func(a *Agent) error { a.RevokedAt = clock.Now(); return nil }); err != nil {
+			if _, err := r.Update(ctx, "a", func(a *store.Agent) error { a.RevokedAt = clock.Now(); return nil }); err != nil {
 				t.Fatal(err)
 			}
 		}, want: StateRevoked},
@@ -116,7 +133,7 @@ func TestRegistry_States(t *testing.T) {
 
 func TestRegistry_HeartbeatChecksCertificate(t *testing.T) {
 	clock := newFakeClock()
-	r := newTestRegistry(t, NewMemoryStore(), clock)
+	r := newTestRegistry(t, memory.New(), clock)
 	a := testAgent("a")
 	a.PrevCertSerial = "old"
 	a.PrevCertNotAfter = clock.Now().Add(time.Hour)
@@ -129,7 +146,7 @@ func TestRegistry_HeartbeatChecksCertificate(t *testing.T) {
 		{"a", "s-a", nil},
 		{"a", "old", nil},
 		{"a", "other", ErrSuperseded},
-		{"missing", "s-a", ErrNotFound},
+		{"missing", "s-a", store.ErrNotFound},
 	}
 	for _, tt := range tests {
 		if err := r.Heartbeat(tt.id, tt.serial, ""); !errors.Is(err, tt.want) {
@@ -144,13 +161,13 @@ func TestRegistry_HeartbeatChecksCertificate(t *testing.T) {
 
 func TestRegistry_RestartGrace(t *testing.T) {
 	clock := newFakeClock()
-	store := NewMemoryStore()
-	r := newTestRegistry(t, store, clock)
+	st := memory.New()
+	r := newTestRegistry(t, st, clock)
 	mustPut(t, r, testAgent("a"))
 
 	// The server was down for an hour: far past the TTL.
 	clock.Advance(time.Hour)
-	r2 := newTestRegistry(t, store, clock)
+	r2 := newTestRegistry(t, st, clock)
 	r2.Sweep(context.Background())
 	if v, _ := r2.Get("a"); v.State != StateStale {
 		t.Fatalf("state %s right after a restart, an hour after the last heartbeat: want stale, listed for one TTL of grace but not shown healthy", v.State)
@@ -162,7 +179,7 @@ func TestRegistry_RestartGrace(t *testing.T) {
 		t.Fatalf("state %s after a heartbeat, want healthy", v.State)
 	}
 	clock.Advance(time.Hour)
-	r2 = newTestRegistry(t, store, clock)
+	r2 = newTestRegistry(t, st, clock)
 	r2.Sweep(context.Background())
 	clock.Advance(61 * time.Second)
 	r2.Sweep(context.Background())
@@ -173,8 +190,8 @@ func TestRegistry_RestartGrace(t *testing.T) {
 
 func TestRegistry_FlushBatchesHeartbeats(t *testing.T) {
 	clock := newFakeClock()
-	store := &countingStore{Store: NewMemoryStore()}
-	r := newTestRegistry(t, store, clock)
+	st := &countingStore{Store: memory.New()}
+	r := newTestRegistry(t, st, clock)
 	for _, id := range []string{"a", "b", "c"} {
 		mustPut(t, r, testAgent(id))
 	}
@@ -188,10 +205,10 @@ func TestRegistry_FlushBatchesHeartbeats(t *testing.T) {
 	}
 	r.Flush(context.Background())
 	r.Flush(context.Background()) // nothing moved: no write
-	if store.touchCalls != 1 || store.touched != 2 {
-		t.Fatalf("touch calls %d with %d agents, want 1 call with 2", store.touchCalls, store.touched)
+	if st.touchCalls != 1 || st.touched != 2 {
+		t.Fatalf("touch calls %d with %d agents, want 1 call with 2", st.touchCalls, st.touched)
 	}
-	agents, err := store.List(context.Background())
+	agents, err := st.List(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,8 +225,8 @@ func TestRegistry_FlushBatchesHeartbeats(t *testing.T) {
 
 func TestRegistry_PurgeAfterRetention(t *testing.T) {
 	clock := newFakeClock()
-	store := NewMemoryStore()
-	r := newTestRegistry(t, store, clock)
+	st := memory.New()
+	r := newTestRegistry(t, st, clock)
 	mustPut(t, r, testAgent("a"))
 	ctx := context.Background()
 
@@ -223,16 +240,16 @@ func TestRegistry_PurgeAfterRetention(t *testing.T) {
 	if _, ok := r.Get("a"); ok {
 		t.Fatal("agent still listed after retention")
 	}
-	if agents, _ := store.List(ctx); len(agents) != 0 {
+	if agents, _ := st.List(ctx); len(agents) != 0 {
 		t.Fatalf("agent still stored after purge: %v", agents)
 	}
 }
 
 func TestRegistry_FailedPutIsNotVisible(t *testing.T) {
 	clock := newFakeClock()
-	store := &countingStore{Store: NewMemoryStore(), failPut: true}
-	r := newTestRegistry(t, store, clock)
-	if err := r.Put(context.Background(), testAgent("a")); !errors.Is(err, ErrUnavailable) {
+	st := &countingStore{Store: memory.New(), failPut: true}
+	r := newTestRegistry(t, st, clock)
+	if err := r.Put(context.Background(), testAgent("a")); !errors.Is(err, store.ErrUnavailable) {
 		t.Fatalf("Put error %v, want ErrUnavailable", err)
 	}
 	if _, ok := r.Get("a"); ok {
@@ -242,14 +259,14 @@ func TestRegistry_FailedPutIsNotVisible(t *testing.T) {
 
 // countingStore counts Touch calls and can fail Puts.
 type countingStore struct {
-	Store
+	store.Store
 	mu         sync.Mutex
 	touchCalls int
 	touched    int
 	failPut    bool
 }
 
-func (s *countingStore) Touch(ctx context.Context, t []Touch) error {
+func (s *countingStore) Touch(ctx context.Context, t []store.Touch) error {
 	s.mu.Lock()
 	s.touchCalls++
 	s.touched += len(t)
@@ -257,9 +274,9 @@ func (s *countingStore) Touch(ctx context.Context, t []Touch) error {
 	return s.Store.Touch(ctx, t)
 }
 
-func (s *countingStore) Put(ctx context.Context, a *Agent) error {
+func (s *countingStore) Put(ctx context.Context, a *store.Agent) error {
 	if s.failPut {
-		return ErrUnavailable
+		return store.ErrUnavailable
 	}
 	return s.Store.Put(ctx, a)
 }
@@ -272,7 +289,7 @@ func TestRegistry_HeartbeatsRaceWithUpdates(t *testing.T) {
 	ctx := context.Background()
 	for round := range 50 {
 		clock := newFakeClock()
-		r := newTestRegistry(t, NewMemoryStore(), clock)
+		r := newTestRegistry(t, memory.New(), clock)
 		mustPut(t, r, testAgent("a"))
 		clock.Advance(2 * time.Minute)
 		r.Sweep(ctx)
@@ -292,12 +309,12 @@ func TestRegistry_HeartbeatsRaceWithUpdates(t *testing.T) {
 		})
 		wg.Go(func() {
 			for i := range 20 {
-				if _, err := r.Update(ctx, "a", func(a *Agent) error { a.Maintenance = i%2 == 0; return nil }); err != nil {
+				if _, err := r.Update(ctx, "a", func(a *store.Agent) error { a.Maintenance = i%2 == 0; return nil }); err != nil {
 					t.Errorf("maintenance: %v", err)
 					return
 				}
 			}
-			if _, err := r.Update(ctx, "a", func(a *Agent) error { a.RevokedAt = clock.Now(); return nil }); err != nil {
+			if _, err := r.Update(ctx, "a", func(a *store.Agent) error { a.RevokedAt = clock.Now(); return nil }); err != nil {
 				t.Errorf("revoke: %v", err)
 			}
 		})

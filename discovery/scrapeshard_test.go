@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package discovery
 
 import (
@@ -11,6 +24,10 @@ import (
 	"testing"
 
 	"github.com/prometheus/prometheus/model/labels"
+
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
 )
 
 // TestScrapeShardOf_Stable pins the assignment: operators rely on a target
@@ -129,7 +146,7 @@ func shardAgents(t *testing.T, b Body) []string {
 	t.Helper()
 	var ids []string
 	for _, g := range decodeGroups(t, joinBody(b)) {
-		ids = append(ids, g.Labels[MetaAgentID])
+		ids = append(ids, g.Labels[protocol.MetaAgentID])
 	}
 	return slices.Compact(ids)
 }
@@ -138,7 +155,7 @@ func shardAgents(t *testing.T, b Body) []string {
 // by ScrapeShardOf, come from one view, and only the shard of a changed
 // agent changes.
 func TestSDCache_Shards(t *testing.T) {
-	r := newTestRegistry(t, NewMemoryStore(), newFakeClock())
+	r := newTestRegistry(t, memory.New(), newFakeClock())
 	for i := range 300 {
 		a := testAgent(fmt.Sprintf("agent-%03d", i))
 		if i%2 == 1 {
@@ -198,7 +215,7 @@ func TestSDCache_Shards(t *testing.T) {
 			tags[i] = c.Get(Filter{Shard: ScrapeShard{i, n}}).ETag(false)
 		}
 		id := "agent-007"
-		if _, err := r.Update(context.Background(), id, func(a *Agent) error {
+		if _, err := r.Update(context.Background(), id, func(a *store.Agent) error {
 			a.Maintenance = true
 			return nil
 		}); err != nil {
@@ -210,7 +227,7 @@ func TestSDCache_Shards(t *testing.T) {
 			if changed := b.ETag(false) != tags[i]; changed != (i == owner) {
 				t.Errorf("shard %d: ETag changed=%v, want %v (agent in shard %d)", i, changed, i == owner, owner)
 			}
-			if i == owner && !bytes.Contains(joinBody(b), []byte(`"`+MetaMaintenance+`":"true"`)) {
+			if i == owner && !bytes.Contains(joinBody(b), []byte(`"`+protocol.MetaMaintenance+`":"true"`)) {
 				t.Errorf("shard %d does not show the maintenance change", i)
 			}
 		}
@@ -220,7 +237,7 @@ func TestSDCache_Shards(t *testing.T) {
 // TestSDCache_ETag: an ETag changes exactly when the content does, and
 // differs between filters, shards and encodings.
 func TestSDCache_ETag(t *testing.T) {
-	r := newTestRegistry(t, NewMemoryStore(), newFakeClock())
+	r := newTestRegistry(t, memory.New(), newFakeClock())
 	for i := range 50 {
 		mustPut(t, r, testAgent(fmt.Sprintf("agent-%02d", i)))
 	}

@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package discovery
 
 import (
@@ -21,6 +34,9 @@ import (
 	"time"
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
+	"github.com/baremetal-sd/baremetal_sd/discovery/client"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
 )
 
 // legacyHarness is an API harness whose CA key the test can read, to sign
@@ -28,7 +44,7 @@ import (
 func legacyHarness(t *testing.T) (*apiHarness, crypto.Signer) {
 	t.Helper()
 	dir := t.TempDir()
-	h := newReplicaHarness(t, dir, NewMemoryStore())
+	h := newReplicaHarness(t, dir, memory.New())
 	data, err := os.ReadFile(filepath.Join(dir, ca.KeyFile))
 	if err != nil {
 		t.Fatal(err)
@@ -86,7 +102,7 @@ func (r *recorder) requests() []string {
 // token, whatever CA file it trusts.
 func TestClient_RefusesAnImpostorServer(t *testing.T) {
 	h, rootKey := legacyHarness(t)
-	_, agentCert := h.enroll(ca.TokenSpec{}, func(r *RegisterRequest) { r.Hostname = "localhost"; r.Address = "127.0.0.1" })
+	_, agentCert := h.enroll(ca.TokenSpec{}, func(r *protocol.RegisterRequest) { r.Hostname = "localhost"; r.Address = "127.0.0.1" })
 	legacy := signLegacy(t, h, rootKey, agentCert)
 	withAgentCA := h.ca.Pool().Clone()
 	withAgentCA.AddCert(h.ca.AgentCACertificate())
@@ -108,13 +124,13 @@ func TestClient_RefusesAnImpostorServer(t *testing.T) {
 			impostor.Config.ErrorLog = nil
 			impostor.StartTLS()
 			defer impostor.Close()
-			c, err := NewClient(ClientConfig{URLs: []string{impostor.URL}, RootCAs: tt.roots, Timeout: 5 * time.Second})
+			c, err := client.NewClient(client.Config{URLs: []string{impostor.URL}, RootCAs: tt.roots, Timeout: 5 * time.Second})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer c.CloseIdleConnections()
 			token := h.token(ca.TokenSpec{})
-			_, err = c.Register(context.Background(), &RegisterRequest{Hostname: "victim", Port: 9956, CSR: csrPEM(t, newKey(t))}, token)
+			_, err = c.Register(context.Background(), &protocol.RegisterRequest{Hostname: "victim", Port: 9956, CSR: csrPEM(t, newKey(t))}, token)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("register with the impostor: %v, want an error containing %q", err, tt.want)
 			}
@@ -133,13 +149,13 @@ func TestAPI_LegacyAgentCertificate(t *testing.T) {
 	_, current := h.enroll(ca.TokenSpec{}, nil)
 	legacy := signLegacy(t, h, rootKey, current)
 
-	heartbeat := func(c tls.Certificate) HeartbeatResponse {
+	heartbeat := func(c tls.Certificate) protocol.HeartbeatResponse {
 		t.Helper()
-		rep := h.do(h.client(&c), "POST", PathHeartbeat, "", nil)
+		rep := h.do(h.client(&c), "POST", protocol.PathHeartbeat, "", nil)
 		if rep.status != http.StatusOK {
 			t.Fatalf("heartbeat: %d %s", rep.status, rep.body)
 		}
-		var hb HeartbeatResponse
+		var hb protocol.HeartbeatResponse
 		if err := json.Unmarshal(rep.body, &hb); err != nil {
 			t.Fatal(err)
 		}
@@ -152,12 +168,12 @@ func TestAPI_LegacyAgentCertificate(t *testing.T) {
 		t.Error("a 0.1.0 certificate is not asked to renew at once")
 	}
 	key := newKey(t)
-	body, _ := json.Marshal(RenewRequest{CSR: csrPEM(t, key)})
-	rep := h.do(h.client(&legacy), "POST", PathRenew, "", body)
+	body, _ := json.Marshal(protocol.RenewRequest{CSR: csrPEM(t, key)})
+	rep := h.do(h.client(&legacy), "POST", protocol.PathRenew, "", body)
 	if rep.status != http.StatusOK {
 		t.Fatalf("renew with the 0.1.0 certificate: %d %s", rep.status, rep.body)
 	}
-	var renewed CertificateResponse
+	var renewed protocol.CertificateResponse
 	if err := json.Unmarshal(rep.body, &renewed); err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +195,7 @@ func TestAPI_LegacyAgentCertificate(t *testing.T) {
 // refused with 403, not let into the admin API.
 func TestAPI_RoleOnlyFromItsIssuer(t *testing.T) {
 	dir := t.TempDir()
-	h := newReplicaHarness(t, dir, NewMemoryStore())
+	h := newReplicaHarness(t, dir, memory.New())
 	data, err := os.ReadFile(filepath.Join(dir, ca.AgentCAKeyFile))
 	if err != nil {
 		t.Fatal(err)
@@ -201,12 +217,12 @@ func TestAPI_RoleOnlyFromItsIssuer(t *testing.T) {
 		t.Fatal(err)
 	}
 	forged := tls.Certificate{Certificate: [][]byte{der, h.ca.AgentCACertificate().Raw}, PrivateKey: key}
-	rep := h.do(h.client(&forged), "GET", PathAgents, "", nil)
+	rep := h.do(h.client(&forged), "GET", protocol.PathAgents, "", nil)
 	if rep.status != http.StatusForbidden || !strings.Contains(string(rep.body), "not accepted") {
 		t.Fatalf("admin API with an admin certificate from the agent CA: %d %s, want 403", rep.status, rep.body)
 	}
 	admin := h.clientCert(ca.RoleAdmin)
-	if rep := h.do(h.client(&admin), "GET", PathAgents, "", nil); rep.status != http.StatusOK {
+	if rep := h.do(h.client(&admin), "GET", protocol.PathAgents, "", nil); rep.status != http.StatusOK {
 		t.Fatalf("admin API with a real admin certificate: %d %s", rep.status, rep.body)
 	}
 }

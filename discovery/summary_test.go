@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package discovery
 
 import (
@@ -7,13 +20,16 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
 )
 
 // TestRegistry_Summarize checks the counts and that the first agents come
 // out exactly as the first of List's order, for every limit and filter.
 func TestRegistry_Summarize(t *testing.T) {
 	clock := &fakeClock{now: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
-	r := newTestRegistry(t, NewMemoryStore(), clock)
+	r := newTestRegistry(t, memory.New(), clock)
 	ids := rand.Perm(60)
 	for _, n := range ids {
 		a := testAgent(fmt.Sprintf("a%02d", n))
@@ -21,10 +37,10 @@ func TestRegistry_Summarize(t *testing.T) {
 		a.Hostname = fmt.Sprintf("host%d.example.com", n%7)
 		mustPut(t, r, a)
 	}
-	if _, err := r.Update(context.Background(), "a03", func(a *Agent) error { a.RevokedAt = clock.Now(); return nil }); err != nil {
+	if _, err := r.Update(context.Background(), "a03", func(a *store.Agent) error { a.RevokedAt = clock.Now(); return nil }); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.Update(context.Background(), "a05", func(a *Agent) error { a.Maintenance = true; return nil }); err != nil {
+	if _, err := r.Update(context.Background(), "a05", func(a *store.Agent) error { a.Maintenance = true; return nil }); err != nil {
 		t.Fatal(err)
 	}
 	all := r.List()

@@ -1,9 +1,24 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package discovery
 
 import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 )
 
 // Deregister is an agent's own deregistration, by the certificate with
@@ -21,9 +36,9 @@ import (
 // certificate that another replica revoked a moment ago must not deregister.
 func (r *Registry) Deregister(ctx context.Context, id, serial string) error {
 	now := r.cfg.Now()
-	_, err := r.Modify(ctx, id, nil, func(cur *Agent) (*Agent, error) {
+	_, err := r.Modify(ctx, id, nil, func(cur *store.Agent) (*store.Agent, error) {
 		if cur == nil {
-			return nil, ErrNotFound
+			return nil, store.ErrNotFound
 		}
 		if err := checkActive(cur, serial, now); err != nil {
 			return nil, err
@@ -44,7 +59,7 @@ func (r *Registry) Deregister(ctx context.Context, id, serial string) error {
 // window), a tombstone. Purging it would let a host shed its pinned labels,
 // maintenance and a revocation to come by going silent for a day instead of
 // deregistering.
-func (r *Registry) retire(cur *Agent, now time.Time) *Agent {
+func (r *Registry) retire(cur *store.Agent, now time.Time) *store.Agent {
 	if cur.Deregistered || cur.Revoked() {
 		return nil
 	}

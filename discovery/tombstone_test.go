@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package discovery
 
 import (
@@ -10,6 +23,8 @@ import (
 	"time"
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
 )
 
 // TestAPI_DeregisterKeepsWhatTheAgentMayNotChange is the attack of a host
@@ -34,49 +49,49 @@ func TestAPI_DeregisterKeepsWhatTheAgentMayNotChange(t *testing.T) {
 			h := newAPIHarness(t)
 			admin := h.clientCert(ca.RoleAdmin)
 			adminClient := h.client(&admin)
-			_, cert := h.enroll(ca.TokenSpec{Labels: map[string]string{"role": "db"}}, func(r *RegisterRequest) {
+			_, cert := h.enroll(ca.TokenSpec{Labels: map[string]string{"role": "db"}}, func(r *protocol.RegisterRequest) {
 				r.Labels = map[string]string{"rack": "r1"}
 			})
 			id := agentID(t, cert)
 			agent := h.client(&cert)
-			if rep := h.do(adminClient, "POST", PathAgents+"/"+id+"/maintenance", "", []byte(`{"maintenance":true}`)); rep.status != http.StatusOK {
+			if rep := h.do(adminClient, "POST", protocol.PathAgents+"/"+id+"/maintenance", "", []byte(`{"maintenance":true}`)); rep.status != http.StatusOK {
 				t.Fatalf("maintenance: %d %s", rep.status, rep.body)
 			}
 
-			if rep := h.do(agent, "DELETE", PathSelf, "", nil); rep.status != http.StatusNoContent {
+			if rep := h.do(agent, "DELETE", protocol.PathSelf, "", nil); rep.status != http.StatusNoContent {
 				t.Fatalf("deregister: %d %s", rep.status, rep.body)
 			}
 			// Gone for everything but the operator's list.
 			for _, c := range []struct{ method, path string }{
-				{"POST", PathHeartbeat}, {"DELETE", PathSelf},
+				{"POST", protocol.PathHeartbeat}, {"DELETE", protocol.PathSelf},
 			} {
 				if rep := h.do(agent, c.method, c.path, "", nil); rep.status != http.StatusNotFound {
 					t.Errorf("%s %s after deregistering: %d %s, want 404", c.method, c.path, rep.status, rep.body)
 				}
 			}
-			body, _ := json.Marshal(RenewRequest{CSR: csrPEM(t, newKey(t))})
-			if rep := h.do(agent, "POST", PathRenew, "", body); rep.status != http.StatusNotFound {
+			body, _ := json.Marshal(protocol.RenewRequest{CSR: csrPEM(t, newKey(t))})
+			if rep := h.do(agent, "POST", protocol.PathRenew, "", body); rep.status != http.StatusNotFound {
 				t.Errorf("renew after deregistering: %d %s, want 404", rep.status, rep.body)
 			}
 			discoveryCert := h.clientCert(ca.RoleDiscovery)
-			if rep := h.do(h.client(&discoveryCert), "GET", PathDiscovery, "", nil); rep.status != http.StatusOK || strings.Contains(string(rep.body), "host1.example.com") {
+			if rep := h.do(h.client(&discoveryCert), "GET", protocol.PathDiscovery, "", nil); rep.status != http.StatusOK || strings.Contains(string(rep.body), "host1.example.com") {
 				t.Errorf("http_sd after deregistering: %d %s, want no target", rep.status, rep.body)
 			}
 			if s := h.reg.Summarize("", 10); s.Total != 0 {
 				t.Errorf("the tombstone counts as an agent: %+v", s)
 			}
-			rep := h.do(adminClient, "GET", PathAgents, "", nil)
+			rep := h.do(adminClient, "GET", protocol.PathAgents, "", nil)
 			var listed []AgentView
 			if err := json.Unmarshal(rep.body, &listed); err != nil || len(listed) != 1 || listed[0].State != StateDeregistered || !listed[0].Deregistered {
 				t.Fatalf("admin list after deregistering: %d %s, want the agent as %q", rep.status, rep.body, StateDeregistered)
 			}
 
 			if tt.revoke {
-				if rep := h.do(adminClient, "DELETE", PathAgents+"/"+id, "", nil); rep.status != http.StatusOK {
+				if rep := h.do(adminClient, "DELETE", protocol.PathAgents+"/"+id, "", nil); rep.status != http.StatusOK {
 					t.Fatalf("revoke the deregistered agent: %d %s, want 200", rep.status, rep.body)
 				}
 			}
-			rep = h.do(agent, "POST", PathRegister, "", registerBody(t, func(r *RegisterRequest) {
+			rep = h.do(agent, "POST", protocol.PathRegister, "", registerBody(t, func(r *protocol.RegisterRequest) {
 				r.Labels = map[string]string{"rack": "r2"} // the pinned role left out
 			}))
 			if rep.status != tt.wantStatus {
@@ -101,7 +116,7 @@ func TestAPI_DeregisterKeepsWhatTheAgentMayNotChange(t *testing.T) {
 // its key after expiry, and no longer.
 func TestRegistry_TombstonePurgedAfterRenewGrace(t *testing.T) {
 	clock := newFakeClock()
-	store := NewMemoryStore()
+	store := memory.New()
 	r := NewRegistry(RegistryConfig{Store: store, TTL: time.Minute, Retention: time.Hour, RenewGrace: 48 * time.Hour, Now: clock.Now})
 	if err := r.Load(context.Background()); err != nil {
 		t.Fatal(err)
@@ -172,7 +187,7 @@ func TestRegistry_ExpiredAgentRetiredAsTombstone(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			clock := newFakeClock()
-			store := NewMemoryStore()
+			store := memory.New()
 			r := NewRegistry(RegistryConfig{Store: store, TTL: time.Minute, Retention: time.Hour, RenewGrace: 48 * time.Hour, Now: clock.Now})
 			ctx := context.Background()
 			if err := r.Load(ctx); err != nil {

@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package e2e
 
 import (
@@ -19,7 +32,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // nodeExporterBinary is where Debian's prometheus-node-exporter package
@@ -171,7 +184,7 @@ func (a *agentProc) metric(ctx context.Context, c *http.Client, series string) (
 }
 
 // waitState waits until the agent serves and reports state (see
-// collector.AgentStates) in baremetal_sd_agent_registration_state.
+// the agent's registrationStates) in baremetal_sd_agent_registration_state.
 func (a *agentProc) waitState(t *testing.T, c *http.Client, state string) {
 	t.Helper()
 	series := `baremetal_sd_agent_registration_state{state="` + state + `"}`
@@ -194,7 +207,7 @@ func (a *agentProc) waitState(t *testing.T, c *http.Client, state string) {
 func sdTargetsOf(groups []sdGroup, id string) []sdGroup {
 	var out []sdGroup
 	for _, g := range groups {
-		if g.Labels[discovery.MetaAgentID] == id {
+		if g.Labels[protocol.MetaAgentID] == id {
 			out = append(out, g)
 		}
 	}
@@ -227,7 +240,7 @@ func (h *agentHarness) enrollToken(t *testing.T) string {
 // sd reads http_sd as Prometheus does.
 func (h *agentHarness) sd(t *testing.T) []sdGroup {
 	t.Helper()
-	groups, _ := getSD(t, h.sdClient, h.s.URL+discovery.PathDiscovery, "")
+	groups, _ := getSD(t, h.sdClient, h.s.URL+protocol.PathDiscovery, "")
 	return groups
 }
 
@@ -252,9 +265,9 @@ func TestAgent_EnrollsHeartbeatsAndDeregisters(t *testing.T) {
 		t.Fatalf("http_sd groups of agent %s: %+v, want one (the agent's own metrics)", id, groups)
 	}
 	g := groups[0]
-	if len(g.Targets) != 1 || g.Targets[0] != a.Addr || g.Labels["__metrics_path__"] != discovery.AgentMetricsPath ||
-		g.Labels[discovery.MetaExporter] != discovery.AgentExporterName || g.Labels[discovery.MetaHostname] != a.Hostname ||
-		g.Labels[discovery.MetaLabelPrefix+"role"] != "db" {
+	if len(g.Targets) != 1 || g.Targets[0] != a.Addr || g.Labels["__metrics_path__"] != protocol.AgentMetricsPath ||
+		g.Labels[protocol.MetaExporter] != protocol.AgentExporterName || g.Labels[protocol.MetaHostname] != a.Hostname ||
+		g.Labels[protocol.MetaLabelPrefix+"role"] != "db" {
 		t.Errorf("http_sd group %+v", g)
 	}
 
@@ -407,7 +420,7 @@ func TestAgent_RevokedKeepsServing(t *testing.T) {
 	id := a.id(t)
 
 	admin := issueCert(t, h.s.DataDir, "operator", "admin")
-	mustRequest(t, h.s.client(t, admin.KeyPair), http.MethodDelete, h.s.URL+discovery.PathAgents+"/"+id, "", nil, http.StatusOK)
+	mustRequest(t, h.s.client(t, admin.KeyPair), http.MethodDelete, h.s.URL+protocol.PathAgents+"/"+id, "", nil, http.StatusOK)
 
 	// The agent learns it at its next heartbeat, says so in its metrics and
 	// keeps serving (the metric is read from it).
@@ -515,7 +528,7 @@ scrape_configs:
         target_label: hostname
       - source_labels: [__meta_baremetal_sd_label_role]
         target_label: role
-`, h.prom.CAFile, h.prom.CertFile, h.prom.KeyFile, h.s.URL+discovery.PathDiscovery, h.prom.AgentCAFile))
+`, h.prom.CAFile, h.prom.CertFile, h.prom.KeyFile, h.s.URL+protocol.PathDiscovery, h.prom.AgentCAFile))
 
 	expect := func(expr string, check func([]promSample) error) {
 		t.Helper()
@@ -581,7 +594,7 @@ scrape_configs:
 			return err
 		}
 		for _, tg := range ts.Active {
-			if tg.DiscoveredLabels[discovery.MetaAgentID] == id {
+			if tg.DiscoveredLabels[protocol.MetaAgentID] == id {
 				return fmt.Errorf("Prometheus still scrapes %s after the agent stopped", tg.ScrapeURL)
 			}
 		}

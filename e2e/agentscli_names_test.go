@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package e2e
 
 import (
@@ -8,7 +21,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // TestAgentsCLI_HostnamesAndHints: the agents command takes a hostname
@@ -20,7 +33,7 @@ func TestAgentsCLI_HostnamesAndHints(t *testing.T) {
 	enrollTok := createToken(t, s.DataDir, "--scope=enroll", "--ttl=10m")
 	ids := map[string][]string{}
 	for _, host := range []string{"web1", "dup", "dup"} {
-		a := enroll(t, s, enrollTok, discovery.RegisterRequest{Hostname: host, Address: "127.0.0.1", Port: 9956})
+		a := enroll(t, s, enrollTok, protocol.RegisterRequest{Hostname: host, Address: "127.0.0.1", Port: 9956})
 		ids[host] = append(ids[host], a.ID)
 	}
 	run := func(args ...string) (string, error) {

@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package e2e
 
 import (
@@ -9,6 +22,7 @@ import (
 	"testing"
 
 	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // TestAgentsCLI drives `baremetal_sd agents list|revoke|maintenance`
@@ -21,9 +35,9 @@ func TestAgentsCLI(t *testing.T) {
 	enrollTok := createToken(t, s.DataDir, "--scope=enroll", "--ttl=10m")
 	var ids []string
 	for _, host := range []string{"cli-a.example.com", "cli-b.example.com"} {
-		a := enroll(t, s, enrollTok, discovery.RegisterRequest{
+		a := enroll(t, s, enrollTok, protocol.RegisterRequest{
 			Hostname: host, Address: "127.0.0.1", Port: 9956, Labels: map[string]string{"role": "cli"},
-			Exporters: []discovery.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
+			Exporters: []protocol.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
 		})
 		ids = append(ids, a.ID)
 	}

@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package e2e
 
 import (
@@ -13,6 +26,7 @@ import (
 	"time"
 
 	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // The faults of the chaos harness. Each injects, undoes and measures its
@@ -130,14 +144,14 @@ func (c *chaos) faultDiskFull(ctx context.Context, _ int) faultEvent {
 			break
 		}
 		rctx, cancel := context.WithTimeout(ctx, requestTimeout)
-		sd, err := doRequest(rctx, c.sd, http.MethodGet, s.URL+discovery.PathDiscovery, "", nil)
+		sd, err := doRequest(rctx, c.sd, http.MethodGet, s.URL+protocol.PathDiscovery, "", nil)
 		if s.available() && (err != nil || sd.Status != http.StatusOK) {
 			c.violate("disk full: http_sd failed: %v %s", err, statusOf(sd))
 		} else if err == nil {
 			sdOK++
 		}
 		if a := c.knownProbe(); a != nil {
-			hb, err := doRequest(rctx, a.Client, http.MethodPost, s.URL+discovery.PathHeartbeat, "", map[string]string{"status": "ok"})
+			hb, err := doRequest(rctx, a.Client, http.MethodPost, s.URL+protocol.PathHeartbeat, "", map[string]string{"status": "ok"})
 			if s.available() && (err != nil || hb.Status != http.StatusOK) {
 				c.violate("disk full: heartbeat of known agent %s failed: %v %s", a.ID, err, statusOf(hb))
 			} else if err == nil {
@@ -204,7 +218,7 @@ func (c *chaos) waitUp(ctx context.Context, a *chaosAgent, since time.Time, node
 func (c *chaos) lastSeen(ctx context.Context, s *chaosServer, id string) (time.Time, error) {
 	rctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
-	resp, err := doRequest(rctx, s.anon, http.MethodGet, s.URL+discovery.PathAgents, c.adminTok, nil)
+	resp, err := doRequest(rctx, s.anon, http.MethodGet, s.URL+protocol.PathAgents, c.adminTok, nil)
 	if err != nil {
 		return time.Time{}, err
 	}

@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package e2e
 
 import (
@@ -20,6 +33,7 @@ import (
 	"time"
 
 	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // The chaos harness: a small realistic fleet under a schedule of
@@ -392,7 +406,7 @@ scrape_configs:
         target_label: exporter
       - source_labels: [__meta_baremetal_sd_hostname]
         target_label: hostname
-`, prom.CAFile, prom.CertFile, prom.KeyFile, s.URL+discovery.PathDiscovery, promDuration(cfg.Scrape), prom.AgentCAFile))
+`, prom.CAFile, prom.CertFile, prom.KeyFile, s.URL+protocol.PathDiscovery, promDuration(cfg.Scrape), prom.AgentCAFile))
 	// Heartbeat interval: a quarter of --agent.ttl.
 	ttl := 5 * time.Minute
 	for _, a := range serverArgs {
@@ -565,7 +579,7 @@ func (c *chaos) probeRegister(ctx context.Context, s *chaosServer) error {
 	req.CSR = csr
 	rctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
-	resp, err := doRequest(rctx, s.anon, http.MethodPost, s.URL+discovery.PathRegister, c.enrollTok, req)
+	resp, err := doRequest(rctx, s.anon, http.MethodPost, s.URL+protocol.PathRegister, c.enrollTok, req)
 	status := -1
 	if err == nil {
 		status = resp.Status
@@ -588,7 +602,7 @@ func (c *chaos) probeRegister(ctx context.Context, s *chaosServer) error {
 		}
 		return fmt.Errorf("registration: status %d: %s", resp.Status, truncate(resp.Body))
 	}
-	var cr discovery.CertificateResponse
+	var cr protocol.CertificateResponse
 	if err := json.Unmarshal(resp.Body, &cr); err != nil || cr.AgentID == "" {
 		c.violate("registration acknowledged without an agent id: %s", truncate(resp.Body))
 		return fmt.Errorf("no agent id")
@@ -615,7 +629,7 @@ func (c *chaos) probeRegister(ctx context.Context, s *chaosServer) error {
 func (c *chaos) revokeAndHeartbeat(ctx context.Context, s *chaosServer, a *testAgent) {
 	rctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
-	resp, err := doRequest(rctx, s.anon, http.MethodDelete, s.URL+discovery.PathAgents+"/"+a.ID, c.adminTok, nil)
+	resp, err := doRequest(rctx, s.anon, http.MethodDelete, s.URL+protocol.PathAgents+"/"+a.ID, c.adminTok, nil)
 	if err != nil || resp.Status != http.StatusOK && resp.Status != http.StatusNoContent {
 		return // not acknowledged: not revoked
 	}
@@ -631,7 +645,7 @@ func (c *chaos) revokeAndHeartbeat(ctx context.Context, s *chaosServer, a *testA
 		began := time.Now()
 		for {
 			hctx, cancel := context.WithTimeout(ctx, requestTimeout)
-			hb, err := doRequest(hctx, a.Client, http.MethodPost, srv.URL+discovery.PathHeartbeat, "", map[string]string{"status": "ok"})
+			hb, err := doRequest(hctx, a.Client, http.MethodPost, srv.URL+protocol.PathHeartbeat, "", map[string]string{"status": "ok"})
 			cancel()
 			if err != nil || hb.Status != http.StatusOK {
 				if srv != s {
@@ -678,8 +692,8 @@ func (c *chaos) checkInvariants(ctx context.Context) {
 			continue
 		}
 		rctx, cancel := context.WithTimeout(ctx, requestTimeout)
-		list, err := doRequest(rctx, s.anon, http.MethodGet, s.URL+discovery.PathAgents, c.adminTok, nil)
-		sd, err2 := doRequest(rctx, c.sd, http.MethodGet, s.URL+discovery.PathDiscovery, "", nil)
+		list, err := doRequest(rctx, s.anon, http.MethodGet, s.URL+protocol.PathAgents, c.adminTok, nil)
+		sd, err2 := doRequest(rctx, c.sd, http.MethodGet, s.URL+protocol.PathDiscovery, "", nil)
 		cancel()
 		if !s.available() {
 			continue // a fault began meanwhile
@@ -713,7 +727,7 @@ func (c *chaos) checkInvariants(ctx context.Context) {
 		}
 		inSD := map[string]bool{}
 		for _, g := range groups {
-			inSD[g.Labels[discovery.MetaAgentID]] = true
+			inSD[g.Labels[protocol.MetaAgentID]] = true
 		}
 		for id := range revoked {
 			if inSD[id] {

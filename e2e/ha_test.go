@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package e2e
 
 import (
@@ -17,6 +30,7 @@ import (
 	"time"
 
 	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/baremetal-sd/baremetal_sd/internal/etcdtest"
 )
 
@@ -76,7 +90,7 @@ func startHA(t *testing.T, args ...string) *haSetup {
 // sdIDs reads http_sd of s and returns the agent ids in it, sorted. It does
 // not touch t, so it suits waitFor conditions.
 func (h *haSetup) sdIDs(ctx context.Context, s *testServer) ([]string, error) {
-	resp, err := doRequest(ctx, h.sdClient, http.MethodGet, s.URL+discovery.PathDiscovery, "", nil)
+	resp, err := doRequest(ctx, h.sdClient, http.MethodGet, s.URL+protocol.PathDiscovery, "", nil)
 	if err != nil {
 		return nil, err
 	}
@@ -89,7 +103,7 @@ func (h *haSetup) sdIDs(ctx context.Context, s *testServer) ([]string, error) {
 	}
 	seen := map[string]bool{}
 	for _, g := range groups {
-		seen[g.Labels[discovery.MetaAgentID]] = true
+		seen[g.Labels[protocol.MetaAgentID]] = true
 	}
 	ids := make([]string, 0, len(seen))
 	for id := range seen {
@@ -101,7 +115,7 @@ func (h *haSetup) sdIDs(ctx context.Context, s *testServer) ([]string, error) {
 
 // agents reads the admin list of s.
 func (h *haSetup) agents(ctx context.Context, t testing.TB, s *testServer) (map[string]discovery.AgentView, error) {
-	resp, err := doRequest(ctx, s.client(t), http.MethodGet, s.URL+discovery.PathAgents, h.adminTok, nil)
+	resp, err := doRequest(ctx, s.client(t), http.MethodGet, s.URL+protocol.PathAgents, h.adminTok, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -137,9 +151,9 @@ func (h *haSetup) waitSD(t *testing.T, want []string, servers ...*testServer) {
 	}
 }
 
-func registerRequest(hostname string) discovery.RegisterRequest {
-	return discovery.RegisterRequest{Hostname: hostname, Address: "192.0.2.20", Port: 9956,
-		Exporters: []discovery.Exporter{{Name: "node", Path: "/exporters/node/metrics"}}}
+func registerRequest(hostname string) protocol.RegisterRequest {
+	return protocol.RegisterRequest{Hostname: hostname, Address: "192.0.2.20", Port: 9956,
+		Exporters: []protocol.Exporter{{Name: "node", Path: "/exporters/node/metrics"}}}
 }
 
 // tryRegister attempts one registration through s and returns its status
@@ -151,14 +165,14 @@ func tryRegister(ctx context.Context, t testing.TB, s *testServer, token, hostna
 		return 0, "", err
 	}
 	req.CSR = csr
-	resp, err := doRequest(ctx, s.client(t), http.MethodPost, s.URL+discovery.PathRegister, token, req)
+	resp, err := doRequest(ctx, s.client(t), http.MethodPost, s.URL+protocol.PathRegister, token, req)
 	if err != nil {
 		return 0, "", err
 	}
 	if resp.Status != http.StatusOK {
 		return resp.Status, "", nil
 	}
-	var cr discovery.CertificateResponse
+	var cr protocol.CertificateResponse
 	if err := json.Unmarshal(resp.Body, &cr); err != nil {
 		return resp.Status, "", err
 	}
@@ -181,7 +195,7 @@ func TestHA_ReplicasShareRegistry(t *testing.T) {
 
 	// An agent enrolled through a may heartbeat through b.
 	first := enrolled[ids[0]]
-	mustRequest(t, h.b.client(t, first.Cert), http.MethodPost, h.b.URL+discovery.PathHeartbeat, "", nil, http.StatusOK)
+	mustRequest(t, h.b.client(t, first.Cert), http.MethodPost, h.b.URL+protocol.PathHeartbeat, "", nil, http.StatusOK)
 
 	// A single-use token is used up on every replica.
 	single := createToken(t, h.a.DataDir, "--scope=enroll", "--single-use", "--ttl=10m")
@@ -198,12 +212,12 @@ func TestHA_ReplicasShareRegistry(t *testing.T) {
 	// A revocation through b reaches a: the agent leaves a's http_sd and its
 	// certificate is refused there.
 	revoked := ids[0]
-	if resp := mustRequest(t, h.b.client(t), http.MethodDelete, h.b.URL+discovery.PathAgents+"/"+revoked, h.adminTok, nil, 0); resp.Status/100 != 2 {
+	if resp := mustRequest(t, h.b.client(t), http.MethodDelete, h.b.URL+protocol.PathAgents+"/"+revoked, h.adminTok, nil, 0); resp.Status/100 != 2 {
 		t.Fatalf("revoke through b: status %d: %s", resp.Status, resp.Body)
 	}
 	h.waitSD(t, ids[1:], h.a, h.b)
 	waitFor(t, startTimeout, func() error {
-		resp, err := doRequest(t.Context(), h.a.client(t, first.Cert), http.MethodPost, h.a.URL+discovery.PathHeartbeat, "", nil)
+		resp, err := doRequest(t.Context(), h.a.client(t, first.Cert), http.MethodPost, h.a.URL+protocol.PathHeartbeat, "", nil)
 		if err != nil {
 			return err
 		}
@@ -401,7 +415,7 @@ func TestHA_RestartedReplicaKeepsExpiry(t *testing.T) {
 	dead := enroll(t, h.a, h.enrollTok, registerRequest("ha-dead"))
 	alive := enroll(t, h.a, h.enrollTok, registerRequest("ha-alive"))
 	beat := func() error {
-		_, err := doRequest(t.Context(), h.b.client(t, alive.Cert), http.MethodPost, h.b.URL+discovery.PathHeartbeat, "", nil)
+		_, err := doRequest(t.Context(), h.b.client(t, alive.Cert), http.MethodPost, h.b.URL+protocol.PathHeartbeat, "", nil)
 		return err
 	}
 	// Both replicas see dead expire while alive heartbeats through b.

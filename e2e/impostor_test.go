@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package e2e
 
 import (
@@ -27,7 +40,7 @@ import (
 	"time"
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // recordedRequest is what an impostor saw of one request.
@@ -189,7 +202,7 @@ func bundle(t *testing.T, files ...string) string {
 func TestImpostor_EnrolledHostCannotPoseAsServer(t *testing.T) {
 	t.Parallel()
 	s := startServer(t)
-	evil := enroll(t, s, createToken(t, s.DataDir, "--scope=enroll", "--ttl=10m"), discovery.RegisterRequest{
+	evil := enroll(t, s, createToken(t, s.DataDir, "--scope=enroll", "--ttl=10m"), protocol.RegisterRequest{
 		Hostname: "localhost", Address: "127.0.0.1", Port: 9956,
 	})
 	// Each client gets an impostor of its own, so that what one sends is
@@ -241,7 +254,7 @@ func TestImpostor_EnrolledHostCannotPoseAsServer(t *testing.T) {
 			t.Fatalf("the agent does not say why it refused the impostor")
 		}
 		// The token was never spent: the real server still takes it.
-		enroll(t, s, tok, discovery.RegisterRequest{Hostname: "victim", Address: "127.0.0.1", Port: 9956})
+		enroll(t, s, tok, protocol.RegisterRequest{Hostname: "victim", Address: "127.0.0.1", Port: 9956})
 	})
 
 	t.Run("agents list", func(t *testing.T) {
@@ -310,26 +323,26 @@ func TestImpostor_ReplyCannotReplaceThePinnedCA(t *testing.T) {
 	serving, corporatePEM := foreignServing(t)
 	tests := []struct {
 		name  string
-		reply func(resp *discovery.CertificateResponse)
+		reply func(resp *protocol.CertificateResponse)
 		want  string
 	}{
-		{"issuing CAs of another fleet", func(resp *discovery.CertificateResponse) {
+		{"issuing CAs of another fleet", func(resp *protocol.CertificateResponse) {
 			resp.CACertificate = string(other.ClientCACertificatePEM()) + string(other.AgentCACertificatePEM())
 			resp.AgentCACertificate = string(other.AgentCACertificatePEM())
 			resp.ClientCACertificate = string(other.ClientCACertificatePEM())
 		}, "not signed by the pinned CA"},
-		{"a 0.1.0 reply with another CA", func(resp *discovery.CertificateResponse) {
+		{"a 0.1.0 reply with another CA", func(resp *protocol.CertificateResponse) {
 			resp.CACertificate = string(other.ClientCACertificatePEM()) + string(other.AgentCACertificatePEM())
 		}, "not the CA in --discovery.ca-file"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			imp := startImpostor(t, serving, func(w http.ResponseWriter, r *http.Request, body []byte) {
-				if r.URL.Path != discovery.PathRegister {
+				if r.URL.Path != protocol.PathRegister {
 					http.Error(w, `{"error":"not found"}`, http.StatusNotFound)
 					return
 				}
-				var req discovery.RegisterRequest
+				var req protocol.RegisterRequest
 				if err := json.Unmarshal(body, &req); err != nil {
 					http.Error(w, `{"error":"bad request"}`, http.StatusBadRequest)
 					return
@@ -344,7 +357,7 @@ func TestImpostor_ReplyCannotReplaceThePinnedCA(t *testing.T) {
 					http.Error(w, `{"error":"sign"}`, http.StatusInternalServerError)
 					return
 				}
-				resp := discovery.CertificateResponse{AgentID: "captured", Certificate: string(chain), TTLSeconds: 300,
+				resp := protocol.CertificateResponse{AgentID: "captured", Certificate: string(chain), TTLSeconds: 300,
 					HeartbeatIntervalSeconds: 60, RenewAfter: time.Now().Add(40 * time.Minute)}
 				tt.reply(&resp)
 				w.Header().Set("Content-Type", "application/json")

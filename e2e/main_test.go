@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package e2e
 
 import (
@@ -27,7 +40,7 @@ import (
 	"time"
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/baremetal-sd/baremetal_sd/internal/freeport"
 	"github.com/baremetal-sd/baremetal_sd/internal/poll"
 )
@@ -709,7 +722,7 @@ func keyPairFromPEM(chainPEM string, key crypto.PrivateKey) (tls.Certificate, er
 type testAgent struct {
 	ID   string
 	Key  *ecdsa.PrivateKey
-	Resp discovery.CertificateResponse
+	Resp protocol.CertificateResponse
 	// Cert is the issued certificate with Key: the agent's mTLS identity and
 	// the certificate it serves its endpoints with.
 	Cert tls.Certificate
@@ -719,7 +732,7 @@ type testAgent struct {
 
 // enroll registers an agent with an enrollment token. A new key and CSR
 // are made unless req.CSR is set; the registration must succeed.
-func enroll(t testing.TB, s *testServer, token string, req discovery.RegisterRequest) *testAgent {
+func enroll(t testing.TB, s *testServer, token string, req protocol.RegisterRequest) *testAgent {
 	t.Helper()
 	a := &testAgent{}
 	if req.CSR == "" {
@@ -730,7 +743,7 @@ func enroll(t testing.TB, s *testServer, token string, req discovery.RegisterReq
 		}
 		req.CSR = csr
 	}
-	resp := mustRequest(t, s.client(t), http.MethodPost, s.URL+discovery.PathRegister, token, req, http.StatusOK)
+	resp := mustRequest(t, s.client(t), http.MethodPost, s.URL+protocol.PathRegister, token, req, http.StatusOK)
 	if err := decodeStrict(resp.Body, &a.Resp); err != nil {
 		t.Fatalf("register: %v", err)
 	}

@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package e2e
 
 import (
@@ -16,7 +29,7 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // relayConfigPath is the agent's --relay.config.file.
@@ -46,9 +59,9 @@ func (h *agentHarness) exportersInSD(t *testing.T, id, key string) ([]string, st
 	var names []string
 	label := ""
 	for _, g := range sdTargetsOf(h.sd(t), id) {
-		names = append(names, g.Labels[discovery.MetaExporter])
-		if g.Labels[discovery.MetaExporter] == discovery.AgentExporterName {
-			label = g.Labels[discovery.MetaLabelPrefix+key]
+		names = append(names, g.Labels[protocol.MetaExporter])
+		if g.Labels[protocol.MetaExporter] == protocol.AgentExporterName {
+			label = g.Labels[protocol.MetaLabelPrefix+key]
 		}
 	}
 	slices.Sort(names)

@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package e2e
 
 import (
@@ -30,6 +43,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // sdGroup is one http_sd / file_sd target group as Prometheus reads it:
@@ -88,7 +102,7 @@ func checkJSONError(t testing.TB, what string, resp *response) {
 	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
 		t.Errorf("%s: Content-Type %q, want application/json", what, ct)
 	}
-	var e discovery.ErrorResponse
+	var e protocol.ErrorResponse
 	if err := decodeStrict(resp.Body, &e); err != nil || e.Error == "" {
 		t.Errorf("%s: body %q is not a JSON error (%v)", what, resp.Body, err)
 	}
@@ -129,7 +143,7 @@ func TestServer_FirstStartCreatesDataDir(t *testing.T) {
 
 	anon := s.client(t)
 	caFile := s.caPEM(t)
-	resp := mustRequest(t, anon, http.MethodGet, s.URL+discovery.PathCA, "", nil, http.StatusOK)
+	resp := mustRequest(t, anon, http.MethodGet, s.URL+protocol.PathCA, "", nil, http.StatusOK)
 	if !bytes.Equal(resp.Body, caFile) {
 		t.Errorf("GET /ca.crt differs from the data dir's ca.crt:\n%s\nwant:\n%s", resp.Body, caFile)
 	}
@@ -186,12 +200,12 @@ func TestServer_FirstStartCreatesDataDir(t *testing.T) {
 		}
 	}
 	mustRequest(t, anon, http.MethodGet, s.URL+"/-/ready", "", nil, http.StatusOK)
-	resp = mustRequest(t, anon, http.MethodGet, s.URL+discovery.PathCA, "", nil, http.StatusOK)
+	resp = mustRequest(t, anon, http.MethodGet, s.URL+protocol.PathCA, "", nil, http.StatusOK)
 	if !bytes.Equal(resp.Body, before["ca.crt"]) {
 		t.Errorf("GET /ca.crt after restart is not the first CA")
 	}
 
-	a := enroll(t, s, tok, discovery.RegisterRequest{Hostname: "after-restart", Address: "192.0.2.1", Port: 9955})
+	a := enroll(t, s, tok, protocol.RegisterRequest{Hostname: "after-restart", Address: "192.0.2.1", Port: 9955})
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(before["agent-ca.crt"])
 	if _, err := a.Cert.Leaf.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
@@ -217,7 +231,7 @@ func textMetrics(body string) http.HandlerFunc {
 func agentTargets(ts []promTarget, job, id string) []promTarget {
 	var out []promTarget
 	for _, tg := range ts {
-		if tg.ScrapePool == job && tg.DiscoveredLabels[discovery.MetaAgentID] == id {
+		if tg.ScrapePool == job && tg.DiscoveredLabels[protocol.MetaAgentID] == id {
 			out = append(out, tg)
 		}
 	}
@@ -250,16 +264,16 @@ func testPrometheusDiscoversAgent(t *testing.T, rel prometheusRelease) {
 	port := agentSrv.Listener.Addr().(*net.TCPAddr).Port
 
 	const hostname = "e2e-host-1"
-	agent := enroll(t, s, enrollTok, discovery.RegisterRequest{
+	agent := enroll(t, s, enrollTok, protocol.RegisterRequest{
 		Hostname:  hostname,
 		Address:   "127.0.0.1",
 		Port:      port,
 		Labels:    map[string]string{"role": "db"},
-		Exporters: []discovery.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
+		Exporters: []protocol.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
 	})
-	hb := mustRequest(t, agent.Client, http.MethodPost, s.URL+discovery.PathHeartbeat, "",
-		discovery.HeartbeatRequest{Status: "ok"}, http.StatusOK)
-	var hbResp discovery.HeartbeatResponse
+	hb := mustRequest(t, agent.Client, http.MethodPost, s.URL+protocol.PathHeartbeat, "",
+		protocol.HeartbeatRequest{Status: "ok"}, http.StatusOK)
+	var hbResp protocol.HeartbeatResponse
 	if err := decodeStrict(hb.Body, &hbResp); err != nil {
 		t.Fatalf("heartbeat: %v", err)
 	}
@@ -285,7 +299,7 @@ func testPrometheusDiscoversAgent(t *testing.T, rel prometheusRelease) {
 	if err := os.WriteFile(tokenFile, []byte(createToken(t, s.DataDir, "--scope=discovery", "--ttl=10m")), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	sdURL := s.URL + discovery.PathDiscovery
+	sdURL := s.URL + protocol.PathDiscovery
 	prom := startPrometheusBinary(t, rel.Binary, fmt.Sprintf(`
 global:
   scrape_interval: 1s
@@ -337,12 +351,12 @@ scrape_configs:
 			}
 			for _, tg := range got {
 				dl := tg.DiscoveredLabels
-				exp := dl[discovery.MetaExporter]
+				exp := dl[protocol.MetaExporter]
 				path, ok := wantPaths[exp]
 				if !ok {
 					t.Fatalf("job %s: unexpected exporter %q in %v", job, exp, dl)
 				}
-				if dl[discovery.MetaHostname] != hostname || dl[discovery.MetaLabelPrefix+"role"] != "db" {
+				if dl[protocol.MetaHostname] != hostname || dl[protocol.MetaLabelPrefix+"role"] != "db" {
 					t.Fatalf("job %s: discovered labels %v, want hostname %s and label role=db", job, dl, hostname)
 				}
 				if wantURL := fmt.Sprintf("https://127.0.0.1:%d%s", port, path); tg.ScrapeURL != wantURL {
@@ -388,26 +402,26 @@ scrape_configs:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := agentTargets(ts.Active, "baremetal-token", agent.ID); got[0].DiscoveredLabels[discovery.MetaExporter] != "node" {
+	if got := agentTargets(ts.Active, "baremetal-token", agent.ID); got[0].DiscoveredLabels[protocol.MetaExporter] != "node" {
 		t.Errorf("?exporter=node gave Prometheus %v", got[0].DiscoveredLabels)
 	}
 
 	// Graceful deregistration drops the targets from every job.
-	mustRequest(t, agent.Client, http.MethodDelete, s.URL+discovery.PathSelf, "", nil, http.StatusNoContent)
+	mustRequest(t, agent.Client, http.MethodDelete, s.URL+protocol.PathSelf, "", nil, http.StatusNoContent)
 	waitFor(t, 60*time.Second, func() error {
 		ts, err := prom.targets(ctx)
 		if err != nil {
 			return err
 		}
 		for _, tg := range ts.Active {
-			if tg.DiscoveredLabels[discovery.MetaAgentID] == agent.ID {
+			if tg.DiscoveredLabels[protocol.MetaAgentID] == agent.ID {
 				return fmt.Errorf("job %s still scrapes %s after deregistration", tg.ScrapePool, tg.ScrapeURL)
 			}
 		}
 		return nil
 	})
 	// A deregistered agent's heartbeat is told to register again.
-	hb = mustRequest(t, agent.Client, http.MethodPost, s.URL+discovery.PathHeartbeat, "", nil, 0)
+	hb = mustRequest(t, agent.Client, http.MethodPost, s.URL+protocol.PathHeartbeat, "", nil, 0)
 	if hb.Status != http.StatusNotFound {
 		t.Errorf("heartbeat after deregistration: status %d, want 404; body %s", hb.Status, hb.Body)
 	}
@@ -461,14 +475,14 @@ func registrationBurst(t *testing.T, s *testServer, token string, round, killAt 
 				if n > maxAttempts {
 					return
 				}
-				req := discovery.RegisterRequest{
+				req := protocol.RegisterRequest{
 					Hostname: fmt.Sprintf("burst-%d-%d", round, n),
 					Address:  "192.0.2.1",
 					Port:     9955,
 					Labels:   map[string]string{"round": fmt.Sprint(round)},
 					CSR:      csrs[w],
 				}
-				resp, err := doRequest(ctx, client, http.MethodPost, s.URL+discovery.PathRegister, token, req)
+				resp, err := doRequest(ctx, client, http.MethodPost, s.URL+protocol.PathRegister, token, req)
 				if killed.Load() && (err != nil || resp.Status != http.StatusOK) {
 					return // the kill cut this request off: not acknowledged
 				}
@@ -479,7 +493,7 @@ func registrationBurst(t *testing.T, s *testServer, token string, round, killAt 
 				case resp.Status != http.StatusOK:
 					res.errs = append(res.errs, fmt.Sprintf("status %d: %s", resp.Status, resp.Body))
 				default:
-					var cr discovery.CertificateResponse
+					var cr protocol.CertificateResponse
 					if err := json.Unmarshal(resp.Body, &cr); err != nil || cr.AgentID == "" {
 						res.errs = append(res.errs, fmt.Sprintf("200 without agent_id: %q", truncate(resp.Body)))
 						break
@@ -535,7 +549,7 @@ func TestServer_SIGKILLLosesNoAcknowledgedRegistration(t *testing.T) {
 
 		s.restart(t)
 
-		resp := mustRequest(t, s.client(t), http.MethodGet, s.URL+discovery.PathAgents, adminTok, nil, http.StatusOK)
+		resp := mustRequest(t, s.client(t), http.MethodGet, s.URL+protocol.PathAgents, adminTok, nil, http.StatusOK)
 		var agents []discovery.AgentView
 		if err := json.Unmarshal(resp.Body, &agents); err != nil {
 			t.Fatalf("list agents: %v", err)
@@ -598,11 +612,11 @@ func TestServer_FileSD(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			hasAgent := slices.ContainsFunc(groups, func(g sdGroup) bool { return g.Labels[discovery.MetaAgentID] == id })
+			hasAgent := slices.ContainsFunc(groups, func(g sdGroup) bool { return g.Labels[protocol.MetaAgentID] == id })
 			if id != "" && !hasAgent || id == "" && len(groups) > 0 {
 				return fmt.Errorf("file_sd file has %d groups, waiting for agent %q", len(groups), id)
 			}
-			want, _ := getSD(t, client, s.URL+discovery.PathDiscovery, discoveryTok)
+			want, _ := getSD(t, client, s.URL+protocol.PathDiscovery, discoveryTok)
 			if !reflect.DeepEqual(groups, want) {
 				return fmt.Errorf("file_sd file differs from http_sd:\n%+v\nhttp_sd:\n%+v", groups, want)
 			}
@@ -611,19 +625,19 @@ func TestServer_FileSD(t *testing.T) {
 	}
 
 	enrollTok := createToken(t, s.DataDir, "--scope=enroll", "--ttl=10m")
-	a := enroll(t, s, enrollTok, discovery.RegisterRequest{
+	a := enroll(t, s, enrollTok, protocol.RegisterRequest{
 		Hostname:  "filesd-1",
 		Address:   "192.0.2.7",
 		Port:      9955,
 		Labels:    map[string]string{"dc": "east"},
-		Exporters: []discovery.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
+		Exporters: []protocol.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
 	})
 	matches(a.ID)
-	b := enroll(t, s, enrollTok, discovery.RegisterRequest{Hostname: "filesd-2", Address: "192.0.2.8", Port: 9955})
+	b := enroll(t, s, enrollTok, protocol.RegisterRequest{Hostname: "filesd-2", Address: "192.0.2.8", Port: 9955})
 	matches(b.ID)
 
-	mustRequest(t, a.Client, http.MethodDelete, s.URL+discovery.PathSelf, "", nil, http.StatusNoContent)
-	mustRequest(t, b.Client, http.MethodDelete, s.URL+discovery.PathSelf, "", nil, http.StatusNoContent)
+	mustRequest(t, a.Client, http.MethodDelete, s.URL+protocol.PathSelf, "", nil, http.StatusNoContent)
+	mustRequest(t, b.Client, http.MethodDelete, s.URL+protocol.PathSelf, "", nil, http.StatusNoContent)
 	matches("")
 
 	// Atomic replacement leaves no temporary files behind.
@@ -641,7 +655,7 @@ func TestServer_FileSD(t *testing.T) {
 func TestServer_HTTPSDContract(t *testing.T) {
 	t.Parallel()
 	s := startServer(t, "--storage.backend=memory")
-	sdURL := s.URL + discovery.PathDiscovery
+	sdURL := s.URL + protocol.PathDiscovery
 	promCert := issueCert(t, s.DataDir, "prometheus", "discovery")
 	adminCert := issueCert(t, s.DataDir, "operator", "admin")
 	discoveryTok := createToken(t, s.DataDir, "--scope=discovery", "--ttl=10m")
@@ -656,28 +670,28 @@ func TestServer_HTTPSDContract(t *testing.T) {
 		}
 	})
 
-	db := enroll(t, s, enrollTok, discovery.RegisterRequest{
+	db := enroll(t, s, enrollTok, protocol.RegisterRequest{
 		Hostname: "db-1", Address: "192.0.2.10", Port: 9955,
 		Labels: map[string]string{"role": "db"},
-		Exporters: []discovery.Exporter{
+		Exporters: []protocol.Exporter{
 			{Name: "node", Path: "/exporters/node/metrics"},
 			{Name: "mysqld", Path: "/exporters/mysqld/metrics"},
 		},
 	})
-	web := enroll(t, s, enrollTok, discovery.RegisterRequest{
+	web := enroll(t, s, enrollTok, protocol.RegisterRequest{
 		Hostname: "web-1", Address: "192.0.2.11", Port: 9955,
 		Labels:    map[string]string{"role": "web"},
-		Exporters: []discovery.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
+		Exporters: []protocol.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
 	})
 	byID := map[string]*testAgent{db.ID: db, web.ID: web}
 
 	// groupKey names a group by agent hostname and exporter.
 	groupKey := func(t *testing.T, g sdGroup) string {
 		t.Helper()
-		if _, ok := byID[g.Labels[discovery.MetaAgentID]]; !ok {
+		if _, ok := byID[g.Labels[protocol.MetaAgentID]]; !ok {
 			t.Fatalf("group of unknown agent: %+v", g)
 		}
-		return g.Labels[discovery.MetaHostname] + "/" + g.Labels[discovery.MetaExporter]
+		return g.Labels[protocol.MetaHostname] + "/" + g.Labels[protocol.MetaExporter]
 	}
 	filters := []struct {
 		name  string
@@ -697,18 +711,18 @@ func TestServer_HTTPSDContract(t *testing.T) {
 			var got []string
 			for _, g := range groups {
 				got = append(got, groupKey(t, g))
-				wantTarget := fmt.Sprintf("%s:9955", map[string]string{"db-1": "192.0.2.10", "web-1": "192.0.2.11"}[g.Labels[discovery.MetaHostname]])
+				wantTarget := fmt.Sprintf("%s:9955", map[string]string{"db-1": "192.0.2.10", "web-1": "192.0.2.11"}[g.Labels[protocol.MetaHostname]])
 				if len(g.Targets) != 1 || g.Targets[0] != wantTarget {
 					t.Errorf("group %s: targets %v, want [%s]", groupKey(t, g), g.Targets, wantTarget)
 				}
 				wantPath := "/metrics"
-				if e := g.Labels[discovery.MetaExporter]; e != "agent" {
+				if e := g.Labels[protocol.MetaExporter]; e != "agent" {
 					wantPath = "/exporters/" + e + "/metrics"
 				}
 				if g.Labels["__metrics_path__"] != wantPath || g.Labels["__scheme__"] != "https" {
 					t.Errorf("group %s: labels %v, want __metrics_path__ %s and __scheme__ https", groupKey(t, g), g.Labels, wantPath)
 				}
-				if g.Labels[discovery.MetaLabelPrefix+"role"] == "" {
+				if g.Labels[protocol.MetaLabelPrefix+"role"] == "" {
 					t.Errorf("group %s: no agent label role in %v", groupKey(t, g), g.Labels)
 				}
 			}
@@ -794,12 +808,12 @@ func TestServer_HTTPSDContract(t *testing.T) {
 
 	t.Run("anonymous allowed by flag", func(t *testing.T) {
 		open := startServer(t, "--storage.backend=memory", "--sd.allow-anonymous")
-		groups, _ := getSD(t, open.client(t), open.URL+discovery.PathDiscovery, "")
+		groups, _ := getSD(t, open.client(t), open.URL+protocol.PathDiscovery, "")
 		if len(groups) != 0 {
 			t.Errorf("new server with --sd.allow-anonymous: %d groups, want none", len(groups))
 		}
 		// The flag opens http_sd only, never the admin API.
-		resp := mustRequest(t, open.client(t), http.MethodGet, open.URL+discovery.PathAgents, "", nil, 0)
+		resp := mustRequest(t, open.client(t), http.MethodGet, open.URL+protocol.PathAgents, "", nil, 0)
 		if resp.Status != http.StatusUnauthorized && resp.Status != http.StatusForbidden {
 			t.Errorf("admin list with --sd.allow-anonymous, anonymous: status %d, want 401 or 403", resp.Status)
 		}

@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package e2e
 
 import (
@@ -12,6 +25,7 @@ import (
 	"time"
 
 	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // shardAgent is an agent registered by the test and serving its endpoints
@@ -44,11 +58,11 @@ func TestServer_ShardedPrometheus(t *testing.T) {
 		mux.HandleFunc("GET /metrics", textMetrics("# TYPE e2e_agent_info gauge\ne2e_agent_info 1\n"))
 		mux.HandleFunc("GET /exporters/node/metrics", textMetrics("# TYPE node_load1 gauge\nnode_load1 0.5\n"))
 		srv := httptest.NewUnstartedServer(mux)
-		a := enroll(t, s, enrollTok, discovery.RegisterRequest{
+		a := enroll(t, s, enrollTok, protocol.RegisterRequest{
 			Hostname:  fmt.Sprintf("shard-host-%02d", len(agents)),
 			Address:   "127.0.0.1",
 			Port:      srv.Listener.Addr().(*net.TCPAddr).Port,
-			Exporters: []discovery.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
+			Exporters: []protocol.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
 		})
 		// Like the real agent: serve only to certificates of the client CA.
 		pool := x509.NewCertPool()
@@ -68,7 +82,7 @@ func TestServer_ShardedPrometheus(t *testing.T) {
 		t.Fatalf("agents per shard %v after %d registrations", perShard, len(agents))
 	}
 
-	sdURL := s.URL + discovery.PathDiscovery
+	sdURL := s.URL + protocol.PathDiscovery
 	proms := make([]*testPrometheus, shards)
 	// A fleet mid-upgrade: the shards alternate between Prometheus 2.42
 	// and 3, whose http_sd clients differ.
@@ -159,7 +173,7 @@ scrape_configs:
 				t.Fatal(err)
 			}
 			for _, g := range groups {
-				id := g.Labels[discovery.MetaAgentID]
+				id := g.Labels[protocol.MetaAgentID]
 				if want := discovery.ScrapeShardOf(id, 4); want != i {
 					t.Errorf("shards=4: agent %s served to shard %d, want %d", id, i, want)
 				}

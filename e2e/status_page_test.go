@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package e2e
 
 import (
@@ -13,7 +26,7 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // chromiumBinary is where Debian's chromium package installs the browser.
@@ -52,9 +65,9 @@ basic_auth_users:
 	first := startServer(t, "--data.dir="+filepath.Join(dir, "data"))
 	// Without basic auth in a web config, an anonymous visitor sees the
 	// counts but not the agents; a discovery certificate sees them.
-	enroll(t, first, createToken(t, first.DataDir, "--scope=enroll", "--ttl=10m"), discovery.RegisterRequest{
+	enroll(t, first, createToken(t, first.DataDir, "--scope=enroll", "--ttl=10m"), protocol.RegisterRequest{
 		Hostname: "db0.status.test", Address: "127.0.0.1", Port: 9956,
-		Exporters: []discovery.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
+		Exporters: []protocol.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
 	})
 	anonymous := mustRequest(t, first.client(t), http.MethodGet, first.URL+"/", "", nil, http.StatusOK).Body
 	if strings.Contains(string(anonymous), "db0.status.test") || !strings.Contains(string(anonymous), "needs credentials") {
@@ -79,15 +92,15 @@ basic_auth_users:
 		{"web1.status.test", map[string]string{"role": "web"}},
 		{"web2.status.test", map[string]string{"role": "web", "note": hostile}},
 	} {
-		agents[a.host] = enroll(t, s, enrollTok, discovery.RegisterRequest{
+		agents[a.host] = enroll(t, s, enrollTok, protocol.RegisterRequest{
 			Hostname: a.host, Address: "127.0.0.1", Port: 9956, Labels: a.labels,
-			Exporters: []discovery.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
+			Exporters: []protocol.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
 		})
 	}
 	admin := s.client(t)
-	mustRequest(t, admin, http.MethodDelete, s.URL+discovery.PathAgents+"/"+agents["web1.status.test"].ID, adminTok, nil, http.StatusOK)
-	mustRequest(t, admin, http.MethodPost, s.URL+discovery.PathAgents+"/"+agents["web2.status.test"].ID+"/maintenance",
-		adminTok, discovery.MaintenanceRequest{Maintenance: true}, http.StatusOK)
+	mustRequest(t, admin, http.MethodDelete, s.URL+protocol.PathAgents+"/"+agents["web1.status.test"].ID, adminTok, nil, http.StatusOK)
+	mustRequest(t, admin, http.MethodPost, s.URL+protocol.PathAgents+"/"+agents["web2.status.test"].ID+"/maintenance",
+		adminTok, protocol.MaintenanceRequest{Maintenance: true}, http.StatusOK)
 
 	// Basic auth guards the page, and only the page.
 	get := func(path, user, pass string) (int, string) {
@@ -117,7 +130,7 @@ basic_auth_users:
 	if code != http.StatusOK || !strings.Contains(page, "db1.status.test") {
 		t.Fatalf("status page with credentials: %d\n%.500s", code, page)
 	}
-	for _, path := range []string{"/metrics", discovery.PathCA, "/-/healthy"} {
+	for _, path := range []string{"/metrics", protocol.PathCA, "/-/healthy"} {
 		if code, _ := get(path, "", ""); code != http.StatusOK {
 			t.Errorf("%s without basic auth: %d, want 200", path, code)
 		}

@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package e2e
 
 import (
@@ -21,7 +34,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // natHost is a network namespace with nothing but loopback: a host behind
@@ -299,7 +312,7 @@ scrape_configs:
         target_label: __address__
       - source_labels: [__meta_baremetal_sd_exporter]
         target_label: exporter
-`, promCert.CAFile, promCert.CertFile, promCert.KeyFile, sd+discovery.PathDiscovery, proxy, bundle, promCert.AgentCAFile)
+`, promCert.CAFile, promCert.CertFile, promCert.KeyFile, sd+protocol.PathDiscovery, proxy, bundle, promCert.AgentCAFile)
 }
 
 // waitUp waits until the query returns one series with value want.
@@ -409,7 +422,7 @@ func testTunnelScrapesNATHost(t *testing.T, rel prometheusRelease) {
 	t.Run("revoke", func(t *testing.T) {
 		admin := issueCert(t, s.DataDir, "ops", "admin")
 		id := agentID(t, a.stateDir)
-		mustRequest(t, s.client(t, admin.KeyPair), http.MethodDelete, s.URL+discovery.PathAgents+"/"+id, "", nil, http.StatusOK)
+		mustRequest(t, s.client(t, admin.KeyPair), http.MethodDelete, s.URL+protocol.PathAgents+"/"+id, "", nil, http.StatusOK)
 		waitTunnels(t, s, 0)
 		if got := connectStatus(t, s, promCert.KeyPair, relay); got != http.StatusNotFound {
 			t.Fatalf("CONNECT to the revoked agent: %d, want 404", got)

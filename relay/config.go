@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package relay
 
 import (
@@ -12,6 +25,8 @@ import (
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/relabel"
 	"go.yaml.in/yaml/v2"
+
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // Defaults of the relay configuration.
@@ -38,9 +53,6 @@ const (
 	// in parts, so memory stays bounded anyway.
 	maxChunkBytes = 1 << 20
 )
-
-// reservedName is the server's name for the agent's own metrics target.
-const reservedName = "agent"
 
 // Upper bounds of the size limits: each is held in memory at once.
 const (
@@ -187,7 +199,9 @@ func ParseConfig(data []byte) (*Config, error) {
 	seen := make(map[string]bool, len(cfg.Exporters))
 	for i := range cfg.Exporters {
 		e := &cfg.Exporters[i]
-		if err := validateName(e.Name); err != nil {
+		// The server applies the same rule to a registration, so a config
+		// that loads here is one the server accepts.
+		if err := protocol.ValidateExporterName(e.Name); err != nil {
 			return nil, fmt.Errorf("exporter %d: %w", i+1, err)
 		}
 		if seen[e.Name] {
@@ -222,26 +236,5 @@ func ParseConfig(data []byte) (*Config, error) {
 	return cfg, nil
 }
 
-func validateName(n string) error {
-	if n == "" || len(n) > 64 {
-		return errors.New("name must have 1 to 64 characters")
-	}
-	if n == reservedName {
-		return fmt.Errorf("name %q is reserved for the agent's own metrics", n)
-	}
-	for i := 0; i < len(n); i++ {
-		c := n[i]
-		if !isNameChar(c) {
-			return fmt.Errorf("name %q may only contain [a-zA-Z0-9_-]", n)
-		}
-	}
-	return nil
-}
-
 // ExporterPath is the relay path of an exporter.
 func ExporterPath(name string) string { return "/exporters/" + name + "/metrics" }
-
-// isNameChar reports whether c may appear in an exporter name.
-func isNameChar(c byte) bool {
-	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-'
-}

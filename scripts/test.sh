@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # `make test`: everything a change has to pass, in one command.
 #   1. scripts/install-test-deps.sh (Debian packages for the e2e tests)
-#   2. go vet ./...
-#   3. go test -race -count=1 ./... (unit and end-to-end tests; ./e2e builds
+#   2. make check_license (a license header on every Go file)
+#   3. go vet ./...
+#   4. go test -race -count=1 ./... (unit and end-to-end tests; ./e2e builds
 #      the binary itself)
-#   4. scripts/fuzz.sh (each fuzz target for FUZZTIME)
+#   5. scripts/fuzz.sh (each fuzz target for FUZZTIME)
 # Every step after 1 runs even when an earlier one failed, so one run reports
 # all problems; the exit code is non-zero if any step failed.
 set -euo pipefail
@@ -20,6 +21,9 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
 scripts/install-test-deps.sh
+
+license=ok
+make --no-print-directory check_license || license=FAIL
 
 echo ">> go vet"
 vet=ok
@@ -50,13 +54,16 @@ fi
 
 vet_fail=0
 [[ $vet == ok ]] || vet_fail=1
+license_fail=0
+[[ $license == ok ]] || license_fail=1
 
 echo
 echo ">> summary ($((SECONDS - start))s)"
+echo "   license:        $license"
 echo "   go vet:         $vet"
 echo "   go test -race:  $gotest ($pkg_ok packages passed, $pkg_fail failed, $pkg_none without tests)"
 echo "   fuzz:           $fuzz ($fuzz_ok targets passed, $fuzz_fail failed, ${FUZZTIME} each)"
-echo "   (counted below: each tested package and each fuzz target; a go vet failure counts as one failure)"
-echo "tests: $((pkg_ok + fuzz_ok)) passed, $((vet_fail + pkg_fail + fuzz_fail)) failed"
+echo "   (counted below: each tested package and each fuzz target; a go vet or license failure counts as one failure)"
+echo "tests: $((pkg_ok + fuzz_ok)) passed, $((license_fail + vet_fail + pkg_fail + fuzz_fail)) failed"
 
-[[ $vet == ok && $gotest == ok && $fuzz == ok ]]
+[[ $license == ok && $vet == ok && $gotest == ok && $fuzz == ok ]]

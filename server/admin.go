@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package server
 
 import (
@@ -8,7 +21,8 @@ import (
 	"time"
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/internal/fileutil"
 )
 
 // CreateToken signs a token with the token key in dataDir. It runs on the
@@ -23,11 +37,11 @@ func CreateToken(dataDir string, spec ca.TokenSpec) (string, error) {
 		return "", fmt.Errorf("--agent.id, --label and --single-use only apply to enroll tokens")
 	}
 	if spec.AgentID != "" {
-		if err := discovery.ValidateAgentID(spec.AgentID); err != nil {
+		if err := protocol.ValidateAgentID(spec.AgentID); err != nil {
 			return "", err
 		}
 	}
-	if err := discovery.ValidateLabels(spec.Labels); err != nil {
+	if err := protocol.ValidateLabels(spec.Labels); err != nil {
 		return "", err
 	}
 	if spec.TTL <= 0 {
@@ -52,7 +66,7 @@ const TunnelCAFile = "tunnel-ca.crt"
 // certificate the server issues. It also writes tunnel-ca.crt, both CAs,
 // for the one tls_config of scrape jobs through tunnels.
 func IssueClientCert(dataDir, name string, role ca.Role, ttl time.Duration, outDir string) error {
-	if err := discovery.ValidateAgentID(name); err != nil {
+	if err := protocol.ValidateAgentID(name); err != nil {
 		return fmt.Errorf("certificate name: %w", err)
 	}
 	if role != ca.RoleDiscovery && role != ca.RoleAdmin {
@@ -83,7 +97,7 @@ func IssueClientCert(dataDir, name string, role ca.Role, ttl time.Duration, outD
 		{TunnelCAFile, slices.Concat(authority.CertificatePEM(), authority.AgentCACertificatePEM()), 0o644},
 	}
 	for _, f := range files {
-		if err := ca.WriteFileAtomic(filepath.Join(outDir, f.name), f.data, f.perm); err != nil {
+		if err := fileutil.WriteAtomic(filepath.Join(outDir, f.name), f.data, f.perm); err != nil {
 			return fmt.Errorf("write %s: %w", f.name, err)
 		}
 	}

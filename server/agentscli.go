@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package server
 
 import (
@@ -22,6 +35,7 @@ import (
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/client"
 )
 
 // AgentsCLI is the `agents` admin command: it talks to the server's admin
@@ -46,7 +60,7 @@ func (c AgentsCLI) client() (*discovery.AdminClient, error) {
 	}
 	// The admin token and certificate go only to a peer with a serving
 	// certificate: never to an enrolled host posing as the server.
-	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, VerifyConnection: discovery.VerifyServerRole}
+	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, VerifyConnection: client.VerifyServerRole}
 	if caFile != "" {
 		pem, err := os.ReadFile(caFile)
 		if err != nil {

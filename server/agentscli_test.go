@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package server
 
 import (
@@ -10,6 +23,8 @@ import (
 	"github.com/prometheus/prometheus/model/labels"
 
 	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 )
 
 func TestPrintable(t *testing.T) {
@@ -53,19 +68,19 @@ func TestAgentsCLI_PrintHostile(t *testing.T) {
 	now := time.Now()
 	agents := []discovery.AgentView{
 		{
-			Agent: discovery.Agent{
+			Agent: store.Agent{
 				ID:        "a1",
 				Hostname:  "evil\x1b[2J\x1b[H",
 				Address:   "10.0.0.1\r",
 				Port:      9956,
 				Labels:    labels.FromStrings("role", "web\nb2\tfake\thealthy", "note", "\x1b]0;pwned\a\u202e"),
-				Exporters: []discovery.Exporter{{Name: "node\x1b[8m", Path: "/exporters/node/metrics"}},
+				Exporters: []protocol.Exporter{{Name: "node\x1b[8m", Path: "/exporters/node/metrics"}},
 				LastSeen:  now,
 			},
 			State: discovery.StateHealthy,
 		},
 		{
-			Agent: discovery.Agent{ID: "a2", Hostname: "zürich", Address: "10.0.0.2", Port: 9956, LastSeen: now},
+			Agent: store.Agent{ID: "a2", Hostname: "zürich", Address: "10.0.0.2", Port: 9956, LastSeen: now},
 			State: discovery.StateMaintenance,
 		},
 	}

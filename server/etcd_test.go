@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package server
 
 import (
@@ -9,12 +22,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/etcd"
 	"github.com/baremetal-sd/baremetal_sd/internal/etcdtest"
 )
 
 // openTestEtcd checks cfg like Run does and opens the store it names.
-func openTestEtcd(t *testing.T, e EtcdConfig) (*discovery.EtcdStore, error) {
+func openTestEtcd(t *testing.T, e EtcdConfig) (*etcd.Store, error) {
 	t.Helper()
 	if e.Timeout == 0 {
 		e.Timeout = 3 * time.Second
@@ -34,17 +48,17 @@ func openTestEtcd(t *testing.T, e EtcdConfig) (*discovery.EtcdStore, error) {
 
 // useStore registers, claims, flushes, lists and checks health: every kind
 // of request the server makes.
-func useStore(ctx context.Context, s *discovery.EtcdStore) error {
-	a := &discovery.Agent{ID: "agent-1", Hostname: "h.example.com", Address: "192.0.2.1", Port: 9956, LastSeen: time.Now()}
+func useStore(ctx context.Context, s *etcd.Store) error {
+	a := &store.Agent{ID: "agent-1", Hostname: "h.example.com", Address: "192.0.2.1", Port: 9956, LastSeen: time.Now()}
 	if _, err := s.List(ctx); err != nil {
 		return err
 	}
-	if _, err := s.Update(ctx, a.ID, &discovery.TokenClaim{ID: "jti", Expires: time.Now().Add(time.Hour)}, func(*discovery.Agent) (*discovery.Agent, error) {
+	if _, err := s.Update(ctx, a.ID, &store.TokenClaim{ID: "jti", Expires: time.Now().Add(time.Hour)}, func(*store.Agent) (*store.Agent, error) {
 		return a, nil
 	}); err != nil {
 		return err
 	}
-	if err := s.Touch(ctx, []discovery.Touch{{ID: a.ID, LastSeen: time.Now()}}); err != nil {
+	if err := s.Touch(ctx, []store.Touch{{ID: a.ID, LastSeen: time.Now()}}); err != nil {
 		return err
 	}
 	if _, err := s.List(ctx); err != nil {

@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package server
 
 import (
@@ -13,15 +26,15 @@ import (
 	"strings"
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/etcd"
 )
 
 // identityStore is where replicas sharing a registry agree on their CA and
 // token key: the etcd store.
 type identityStore interface {
-	Identity(ctx context.Context) (*discovery.ClusterIdentity, error)
-	PublishIdentity(ctx context.Context, id discovery.ClusterIdentity) (discovery.ClusterIdentity, error)
-	UpgradeIdentity(ctx context.Context, old, id discovery.ClusterIdentity) (discovery.ClusterIdentity, error)
+	Identity(ctx context.Context) (*etcd.ClusterIdentity, error)
+	PublishIdentity(ctx context.Context, id etcd.ClusterIdentity) (etcd.ClusterIdentity, error)
+	UpgradeIdentity(ctx context.Context, old, id etcd.ClusterIdentity) (etcd.ClusterIdentity, error)
 }
 
 // sharedFiles are the data directory files every replica must share.
@@ -39,7 +52,7 @@ const copyHint = "copy ca.crt, ca.key, agent-ca.crt, agent-ca.key, client-ca.crt
 // one whose files differ from the published fingerprints refuses to start,
 // rather than issue certificates and tokens the other replicas reject.
 func loadCredentials(ctx context.Context, dataDir string, shared identityStore, logger *slog.Logger) (*ca.Authority, []byte, error) {
-	var published *discovery.ClusterIdentity
+	var published *etcd.ClusterIdentity
 	if shared != nil {
 		var err error
 		if published, err = shared.Identity(ctx); err != nil {
@@ -125,7 +138,7 @@ func loadCredentials(ctx context.Context, dataDir string, shared identityStore, 
 // identityOf fingerprints a CA and a token key. The key's hash is domain
 // separated, so it is useless for anything but this comparison; the key is
 // 256 random bits, so the hash does not help guessing it.
-func identityOf(authority *ca.Authority, key []byte) discovery.ClusterIdentity {
+func identityOf(authority *ca.Authority, key []byte) etcd.ClusterIdentity {
 	caSum := sha256.Sum256(authority.Certificate().Raw)
 	issuers := sha256.New()
 	issuers.Write(authority.AgentCACertificate().Raw)
@@ -133,7 +146,7 @@ func identityOf(authority *ca.Authority, key []byte) discovery.ClusterIdentity {
 	h := sha256.New()
 	h.Write([]byte("baremetal_sd token key fingerprint\x00"))
 	h.Write(key)
-	return discovery.ClusterIdentity{
+	return etcd.ClusterIdentity{
 		CACertSHA256:   hex.EncodeToString(caSum[:]),
 		TokenKeySHA256: hex.EncodeToString(h.Sum(nil)),
 		IssuersSHA256:  hex.EncodeToString(issuers.Sum(nil)),

@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package server
 
 import (
@@ -11,7 +24,7 @@ import (
 	"testing"
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/etcd"
 	"github.com/baremetal-sd/baremetal_sd/internal/etcdtest"
 )
 
@@ -39,8 +52,8 @@ func TestLoadCredentials_SharedStore(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), etcdtest.Wait)
 	defer cancel()
 	logger := slog.New(slog.DiscardHandler)
-	open := func(prefix string) *discovery.EtcdStore {
-		s, err := discovery.OpenEtcdStore(ctx, discovery.EtcdOptions{Endpoints: c.Endpoints(), Prefix: prefix, ReplicaID: "r"})
+	open := func(prefix string) *etcd.Store {
+		s, err := etcd.Open(ctx, etcd.Options{Endpoints: c.Endpoints(), Prefix: prefix, ReplicaID: "r"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -168,7 +181,7 @@ func TestLoadCredentials_UpgradeFrom010(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), etcdtest.Wait)
 	defer cancel()
 	logger := slog.New(slog.DiscardHandler)
-	store, err := discovery.OpenEtcdStore(ctx, discovery.EtcdOptions{Endpoints: c.Endpoints(), Prefix: "/upgrade/", ReplicaID: "r"})
+	store, err := etcd.Open(ctx, etcd.Options{Endpoints: c.Endpoints(), Prefix: "/upgrade/", ReplicaID: "r"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package server
 
 import (
@@ -24,6 +37,11 @@ import (
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/collector"
 	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/bolt"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/etcd"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
+	"github.com/baremetal-sd/baremetal_sd/internal/fileutil"
 	"github.com/baremetal-sd/baremetal_sd/tunnel"
 	"github.com/baremetal-sd/baremetal_sd/web"
 )
@@ -108,13 +126,13 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("create data directory: %w", err)
 	}
-	store, err := openStore(ctx, cfg)
+	st, err := openStore(ctx, cfg)
 	if err != nil {
 		return err
 	}
-	defer store.Close()
+	defer st.Close()
 	var shared identityStore
-	if s, ok := store.(identityStore); ok {
+	if s, ok := st.(identityStore); ok {
 		shared = s
 	}
 	authority, key, err := loadCredentials(ctx, cfg.DataDir, shared, logger)
@@ -134,18 +152,12 @@ func Run(ctx context.Context, cfg Config) error {
 	)
 	metrics := collector.NewServer(reg)
 	collector.RegisterCertificateExpiry(reg, certificateExpiries(authority, *webFlags.WebConfigFile))
-	if s, ok := store.(*discovery.EtcdStore); ok {
-		collector.RegisterEtcdStore(reg, func() collector.EtcdStoreStats {
-			st := s.Stats()
-			return collector.EtcdStoreStats{
-				WriteRequests: st.WriteRequests, KeysWritten: st.KeysWritten, LastSeenKeysWritten: st.LastSeenKeysWritten,
-				BytesWritten: st.BytesWritten, WatchEvents: st.Events, Resyncs: st.Resyncs, UpdateConflicts: st.UpdateConflicts,
-			}
-		})
+	if s, ok := st.(*etcd.Store); ok {
+		reg.MustRegister(etcd.NewCollector(s))
 	}
 
 	registry := discovery.NewRegistry(discovery.RegistryConfig{
-		Store:         store,
+		Store:         st,
 		TTL:           cfg.AgentTTL,
 		Retention:     cfg.Retention,
 		FlushInterval: cfg.FlushInterval,
@@ -168,7 +180,7 @@ func Run(ctx context.Context, cfg Config) error {
 	// applies it so every replica serves the same http_sd.
 	watchCtx, stopWatch := context.WithCancel(context.Background())
 	defer stopWatch()
-	if events := store.Watch(watchCtx); events != nil {
+	if events := st.Watch(watchCtx); events != nil {
 		go func() {
 			for ev := range events {
 				registry.ApplyEvent(ev)
@@ -181,7 +193,7 @@ func Run(ctx context.Context, cfg Config) error {
 		Consumers:   consumers,
 		Registry:    registry,
 		Cache:       cache,
-		Store:       store,
+		Store:       st,
 		CA:          authority,
 		Tokens:      ca.NewTokens(key),
 		CertTTL:     cfg.CertTTL,
@@ -219,7 +231,7 @@ func Run(ctx context.Context, cfg Config) error {
 			http.Error(w, "Registry not loaded.", http.StatusServiceUnavailable)
 			return
 		}
-		if h, ok := store.(interface{ Healthy(context.Context) error }); ok {
+		if h, ok := st.(store.HealthChecker); ok {
 			hctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 			err := h.Healthy(hctx)
 			cancel()
@@ -291,7 +303,7 @@ func Run(ctx context.Context, cfg Config) error {
 	return err
 }
 
-func openStore(ctx context.Context, cfg Config) (discovery.Store, error) {
+func openStore(ctx context.Context, cfg Config) (store.Store, error) {
 	switch cfg.StorageBackend {
 	case "etcd":
 		s, err := openEtcd(ctx, cfg)
@@ -300,14 +312,14 @@ func openStore(ctx context.Context, cfg Config) (discovery.Store, error) {
 		}
 		return s, nil
 	case "", "bolt":
-		s, err := discovery.OpenBoltStore(filepath.Join(cfg.DataDir, RegistryFile), discovery.BoltOptions{Logger: cfg.Logger})
+		s, err := bolt.Open(filepath.Join(cfg.DataDir, RegistryFile), bolt.Options{Logger: cfg.Logger})
 		if err != nil {
 			return nil, fmt.Errorf("open registry: %w", err)
 		}
 		return s, nil
 	case "memory":
 		cfg.Logger.Warn("Using the in-memory store: registrations are lost on restart")
-		return discovery.NewMemoryStore(), nil
+		return memory.New(), nil
 	}
 	return nil, fmt.Errorf("unknown storage backend %q", cfg.StorageBackend)
 }
@@ -375,13 +387,13 @@ func checkEtcdConfig(e *EtcdConfig) error {
 		return errors.New("--etcd.username and --etcd.password-file go together")
 	}
 	if e.ReplicaID == "" {
-		id, err := discovery.DefaultReplicaID()
+		id, err := etcd.DefaultReplicaID()
 		if err != nil {
 			return fmt.Errorf("%w: set --etcd.replica-id", err)
 		}
 		e.ReplicaID = id
 	}
-	if err := discovery.ValidateReplicaID(e.ReplicaID); err != nil {
+	if err := etcd.ValidateReplicaID(e.ReplicaID); err != nil {
 		return fmt.Errorf("--etcd.replica-id: %w", err)
 	}
 	return nil
@@ -389,8 +401,8 @@ func checkEtcdConfig(e *EtcdConfig) error {
 
 // etcdOptions turns checked flags into store options, reading the files
 // they name.
-func etcdOptions(e EtcdConfig, logger *slog.Logger) (discovery.EtcdOptions, error) {
-	opts := discovery.EtcdOptions{
+func etcdOptions(e EtcdConfig, logger *slog.Logger) (etcd.Options, error) {
+	opts := etcd.Options{
 		Endpoints:      e.Endpoints,
 		Prefix:         e.Prefix,
 		ReplicaID:      e.ReplicaID,
@@ -418,12 +430,12 @@ func etcdOptions(e EtcdConfig, logger *slog.Logger) (discovery.EtcdOptions, erro
 	return opts, nil
 }
 
-func openEtcd(ctx context.Context, cfg Config) (*discovery.EtcdStore, error) {
+func openEtcd(ctx context.Context, cfg Config) (*etcd.Store, error) {
 	opts, err := etcdOptions(cfg.Etcd, cfg.Logger)
 	if err != nil {
 		return nil, err
 	}
-	s, err := discovery.OpenEtcdStore(ctx, opts)
+	s, err := etcd.Open(ctx, opts)
 	if err != nil {
 		return nil, fmt.Errorf("open etcd registry: %w", err)
 	}
@@ -468,7 +480,7 @@ func prepareWebConfig(cfg Config, authority *ca.Authority) (*toolkitweb.FlagConf
 		"",
 	}, "\n")
 	if old, err := os.ReadFile(path); err != nil || string(old) != content {
-		if err := ca.WriteFileAtomic(path, []byte(content), 0o600); err != nil {
+		if err := fileutil.WriteAtomic(path, []byte(content), 0o600); err != nil {
 			return nil, nil, fmt.Errorf("write web config: %w", err)
 		}
 	}

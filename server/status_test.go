@@ -1,3 +1,16 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
 package server
 
 import (
@@ -20,6 +33,9 @@ import (
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/collector"
 	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
 )
 
 // statusNow is the fixed clock of the status page tests.
@@ -38,7 +54,7 @@ type fleetAgent struct {
 func newFleet(t *testing.T, agents []fleetAgent) *discovery.Registry {
 	t.Helper()
 	r := discovery.NewRegistry(discovery.RegistryConfig{
-		Store: discovery.NewMemoryStore(),
+		Store: memory.New(),
 		TTL:   5 * time.Minute,
 		Now:   func() time.Time { return statusNow },
 	})
@@ -47,9 +63,9 @@ func newFleet(t *testing.T, agents []fleetAgent) *discovery.Registry {
 		t.Fatal(err)
 	}
 	for _, a := range agents {
-		agent := &discovery.Agent{
+		agent := &store.Agent{
 			ID: a.id, Hostname: a.host, Address: "10.0.0.1", Port: 9956, Labels: labels.FromMap(a.labels),
-			Exporters:    []discovery.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
+			Exporters:    []protocol.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
 			CertSerial:   "serial-" + a.id,
 			CertNotAfter: statusNow.Add(16 * time.Hour),
 			LastSeen:     statusNow.Add(-20 * time.Second),

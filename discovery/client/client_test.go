@@ -1,4 +1,17 @@
-package discovery
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
+package client
 
 import (
 	"bytes"
@@ -21,6 +34,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // clientTestCA is a throw-away CA for client tests; it signs the servers'
@@ -118,7 +133,7 @@ func deadURL(t *testing.T) string {
 
 func newTestClient(t *testing.T, ca *clientTestCA, urls ...string) *Client {
 	t.Helper()
-	c, err := NewClient(ClientConfig{URLs: urls, RootCAs: ca.pool, Timeout: 5 * time.Second})
+	c, err := NewClient(Config{URLs: urls, RootCAs: ca.pool, Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +157,7 @@ func TestNewClient_Validation(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := NewClient(ClientConfig{URLs: tt.urls})
+			_, err := NewClient(Config{URLs: tt.urls})
 			if tt.want == "" {
 				if err != nil {
 					t.Fatalf("NewClient: %v", err)
@@ -160,7 +175,7 @@ func TestClient_Register(t *testing.T) {
 	ca := newClientTestCA(t)
 	var (
 		gotAuth string
-		gotReq  RegisterRequest
+		gotReq  protocol.RegisterRequest
 		gotPath string
 	)
 	srv := startTLS(t, ca, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -174,7 +189,7 @@ func TestClient_Register(t *testing.T) {
 		_, _ = io.WriteString(w, `{"agent_id":"a1","certificate":"CERT","heartbeat_interval_seconds":30,"added_later":true}`)
 	}))
 	c := newTestClient(t, ca, srv.URL+"/prefix/")
-	resp, err := c.Register(context.Background(), &RegisterRequest{Hostname: "h1", Port: 9956, CSR: "CSR"}, "tok")
+	resp, err := c.Register(context.Background(), &protocol.RegisterRequest{Hostname: "h1", Port: 9956, CSR: "CSR"}, "tok")
 	if err != nil {
 		t.Fatalf("Register: %v", err)
 	}
@@ -184,7 +199,7 @@ func TestClient_Register(t *testing.T) {
 	if gotAuth != "Bearer tok" {
 		t.Errorf("Authorization = %q", gotAuth)
 	}
-	if gotPath != "/prefix"+PathRegister {
+	if gotPath != "/prefix"+protocol.PathRegister {
 		t.Errorf("path = %q", gotPath)
 	}
 	if gotReq.Hostname != "h1" || gotReq.Port != 9956 || gotReq.CSR != "CSR" {
@@ -192,7 +207,7 @@ func TestClient_Register(t *testing.T) {
 	}
 
 	// Without a token no Authorization header is sent.
-	if _, err := c.Register(context.Background(), &RegisterRequest{Hostname: "h1"}, ""); err != nil {
+	if _, err := c.Register(context.Background(), &protocol.RegisterRequest{Hostname: "h1"}, ""); err != nil {
 		t.Fatalf("Register: %v", err)
 	}
 	if gotAuth != "" {
@@ -212,11 +227,11 @@ func TestClient_Methods(t *testing.T) {
 		calls = append(calls, call{r.Method, r.URL.Path})
 		mu.Unlock()
 		switch r.URL.Path {
-		case PathHeartbeat:
-			writeJSON(w, http.StatusOK, HeartbeatResponse{TTLSeconds: 300, HeartbeatIntervalSeconds: 60})
-		case PathRenew:
-			writeJSON(w, http.StatusOK, CertificateResponse{AgentID: "a1"})
-		case PathSelf:
+		case protocol.PathHeartbeat:
+			writeJSON(w, http.StatusOK, protocol.HeartbeatResponse{TTLSeconds: 300, HeartbeatIntervalSeconds: 60})
+		case protocol.PathRenew:
+			writeJSON(w, http.StatusOK, protocol.CertificateResponse{AgentID: "a1"})
+		case protocol.PathSelf:
 			w.WriteHeader(http.StatusNoContent)
 		default:
 			writeError(w, http.StatusNotFound, "no route")
@@ -228,14 +243,14 @@ func TestClient_Methods(t *testing.T) {
 	if err != nil || hb.HeartbeatIntervalSeconds != 60 || hb.TTLSeconds != 300 {
 		t.Fatalf("Heartbeat = %+v, %v", hb, err)
 	}
-	rn, err := c.Renew(ctx, &RenewRequest{CSR: "x"})
+	rn, err := c.Renew(ctx, &protocol.RenewRequest{CSR: "x"})
 	if err != nil || rn.AgentID != "a1" {
 		t.Fatalf("Renew = %+v, %v", rn, err)
 	}
 	if err := c.Deregister(ctx); err != nil {
 		t.Fatalf("Deregister: %v", err)
 	}
-	want := []call{{"POST", PathHeartbeat}, {"POST", PathRenew}, {"DELETE", PathSelf}}
+	want := []call{{"POST", protocol.PathHeartbeat}, {"POST", protocol.PathRenew}, {"DELETE", protocol.PathSelf}}
 	mu.Lock()
 	defer mu.Unlock()
 	if len(calls) != len(want) {
@@ -315,7 +330,7 @@ func (h *countingHandler) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 		writeError(w, h.status, "status "+http.StatusText(h.status))
 		return
 	}
-	writeJSON(w, http.StatusOK, HeartbeatResponse{HeartbeatIntervalSeconds: 1})
+	writeJSON(w, http.StatusOK, protocol.HeartbeatResponse{HeartbeatIntervalSeconds: 1})
 }
 
 func TestClient_Failover(t *testing.T) {
@@ -387,7 +402,7 @@ func TestClient_ResponseBodyLimit(t *testing.T) {
 		_, _ = w.Write([]byte(`"}`))
 	}))
 	c := newTestClient(t, ca, srv.URL)
-	_, err := c.Renew(context.Background(), &RenewRequest{CSR: "x"})
+	_, err := c.Renew(context.Background(), &protocol.RenewRequest{CSR: "x"})
 	if err == nil || !strings.Contains(err.Error(), "larger than") {
 		t.Fatalf("Renew error = %v, want a body size error", err)
 	}
@@ -415,7 +430,7 @@ func TestClient_Timeout(t *testing.T) {
 		}
 	}))
 	t.Cleanup(func() { close(release) })
-	c, err := NewClient(ClientConfig{URLs: []string{srv.URL}, RootCAs: ca.pool, Timeout: 50 * time.Millisecond})
+	c, err := NewClient(Config{URLs: []string{srv.URL}, RootCAs: ca.pool, Timeout: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -438,7 +453,7 @@ func TestClient_ClientCertificateCallback(t *testing.T) {
 	}))
 	var current atomic.Pointer[tls.Certificate]
 	current.Store(&tls.Certificate{}) // none yet
-	c, err := NewClient(ClientConfig{
+	c, err := NewClient(Config{
 		URLs:    []string{srv.URL},
 		RootCAs: ca.pool,
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
@@ -496,7 +511,7 @@ func FuzzReadResponse(f *testing.F) {
 			return
 		}
 		resp := &http.Response{StatusCode: status, Body: io.NopCloser(bytes.NewReader(body))}
-		var out CertificateResponse
+		var out protocol.CertificateResponse
 		err := readResponse(resp, "https://sd.example", &out)
 		var ae *APIError
 		if errors.As(err, &ae) {
@@ -538,7 +553,7 @@ func TestClient_ResumesSessionsPerCertificate(t *testing.T) {
 		_, _ = io.WriteString(w, `{}`)
 	}))
 	var current atomic.Pointer[tls.Certificate]
-	c, err := NewClient(ClientConfig{
+	c, err := NewClient(Config{
 		URLs: []string{srv.URL}, RootCAs: ca.pool, Timeout: 5 * time.Second,
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			if cert := current.Load(); cert != nil {
@@ -571,7 +586,7 @@ func TestClient_ResumesSessionsPerCertificate(t *testing.T) {
 		current.Store(s.cert)
 		// A new connection each time, as agents make between heartbeats.
 		c.CloseIdleConnections()
-		if _, err := c.Heartbeat(context.Background(), &HeartbeatRequest{}); err != nil {
+		if _, err := c.Heartbeat(context.Background(), &protocol.HeartbeatRequest{}); err != nil {
 			t.Fatalf("%s: %v", s.name, err)
 		}
 		mu.Lock()
@@ -581,4 +596,16 @@ func TestClient_ResumesSessionsPerCertificate(t *testing.T) {
 			t.Errorf("%s: server saw %+v, want %+v", s.name, g, s.want)
 		}
 	}
+}
+
+// writeJSON answers as the discovery server does.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// writeError answers with the discovery server's error body.
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, protocol.ErrorResponse{Error: msg})
 }

@@ -1,4 +1,17 @@
-package discovery
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
+package bolt
 
 import (
 	"bytes"
@@ -11,8 +24,10 @@ import (
 	"sync"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	bbolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 )
 
 // Buckets of the bolt registry file.
@@ -32,8 +47,8 @@ const boltSchemaVersion = 1
 // claims, so the purge's cost is spread thin.
 const claimPurgeEvery = 256
 
-// BoltOptions tunes a BoltStore.
-type BoltOptions struct {
+// Options tunes a Store.
+type Options struct {
 	// LockTimeout bounds the wait for the file lock held by another process
 	// (1s).
 	LockTimeout time.Duration
@@ -41,14 +56,14 @@ type BoltOptions struct {
 	Logger *slog.Logger
 }
 
-// BoltStore keeps the registry in one bbolt file. Agent records and their
+// Store keeps the registry in one bbolt file. Agent records and their
 // last-seen times live in separate buckets so a heartbeat flush writes 8
 // bytes per agent instead of rewriting records. Writes that must be durable
 // go through bolt's Batch, which commits concurrent callers together: one
 // fsync acknowledges many registrations.
-type BoltStore struct {
+type Store struct {
 	path   string
-	opts   BoltOptions
+	opts   Options
 	logger *slog.Logger
 	claims uint64 // claims since the last purge; guarded by Batch's serial execution
 	// listBatchSize is listBatch; tests make it small.
@@ -57,11 +72,11 @@ type BoltStore struct {
 	// mu guards db, which List replaces (see there); every other method
 	// holds it shared.
 	mu sync.RWMutex
-	db *bolt.DB
+	db *bbolt.DB
 }
 
-// OpenBoltStore opens or creates the registry file at path.
-func OpenBoltStore(path string, opts BoltOptions) (*BoltStore, error) {
+// Open opens or creates the registry file at path.
+func Open(path string, opts Options) (*Store, error) {
 	if opts.LockTimeout <= 0 {
 		opts.LockTimeout = time.Second
 	}
@@ -72,7 +87,7 @@ func OpenBoltStore(path string, opts BoltOptions) (*BoltStore, error) {
 	if err != nil {
 		return nil, err
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
+	err = db.Update(func(tx *bbolt.Tx) error {
 		for _, b := range [][]byte{bucketAgents, bucketLastSeen, bucketClaims, bucketMeta} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
@@ -92,11 +107,11 @@ func OpenBoltStore(path string, opts BoltOptions) (*BoltStore, error) {
 		db.Close()
 		return nil, fmt.Errorf("initialize registry %s: %w", path, err)
 	}
-	return &BoltStore{path: path, opts: opts, db: db, logger: opts.Logger, listBatchSize: listBatch}, nil
+	return &Store{path: path, opts: opts, db: db, logger: opts.Logger, listBatchSize: listBatch}, nil
 }
 
-func openBolt(path string, opts BoltOptions) (*bolt.DB, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout})
+func openBolt(path string, opts Options) (*bbolt.DB, error) {
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: opts.LockTimeout})
 	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("registry %s is locked by another process (is another server running on this data directory?)", path)
 	}
@@ -121,10 +136,10 @@ const listBatch = 10_000
 // is released for those moments; a second server that takes it makes the
 // reopen fail, and this one exits with the lock error before it has written
 // anything.
-func (s *BoltStore) List(context.Context) ([]Agent, error) {
+func (s *Store) List(context.Context) ([]store.Agent, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var out []Agent
+	var out []store.Agent
 	var from []byte
 	for {
 		next, err := s.listBatch(from, &out)
@@ -146,9 +161,9 @@ func (s *BoltStore) List(context.Context) ([]Agent, error) {
 
 // listBatch appends up to s.listBatchSize records, starting at key from (the first
 // when nil), to out. It returns the key to continue from, nil at the end.
-func (s *BoltStore) listBatch(from []byte, out *[]Agent) ([]byte, error) {
+func (s *Store) listBatch(from []byte, out *[]store.Agent) ([]byte, error) {
 	var next []byte
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx *bbolt.Tx) error {
 		seen := tx.Bucket(bucketLastSeen)
 		c := tx.Bucket(bucketAgents).Cursor()
 		k, v := c.First()
@@ -161,7 +176,7 @@ func (s *BoltStore) listBatch(from []byte, out *[]Agent) ([]byte, error) {
 				return nil
 			}
 			n++
-			var a Agent
+			var a store.Agent
 			if err := json.Unmarshal(v, &a); err != nil || a.ID != string(k) {
 				s.logger.Error("Skipping corrupt registry record", "agent_id", string(k), "err", err)
 				continue
@@ -182,7 +197,7 @@ func (s *BoltStore) listBatch(from []byte, out *[]Agent) ([]byte, error) {
 }
 
 // Put implements Store.
-func (s *BoltStore) Put(_ context.Context, a *Agent) error {
+func (s *Store) Put(_ context.Context, a *store.Agent) error {
 	data, err := json.Marshal(a)
 	if err != nil {
 		return fmt.Errorf("encode agent %q: %w", a.ID, err)
@@ -190,7 +205,7 @@ func (s *BoltStore) Put(_ context.Context, a *Agent) error {
 	key := []byte(a.ID)
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	err = s.db.Batch(func(tx *bolt.Tx) error {
+	err = s.db.Batch(func(tx *bbolt.Tx) error {
 		if err := tx.Bucket(bucketAgents).Put(key, data); err != nil {
 			return err
 		}
@@ -203,10 +218,10 @@ func (s *BoltStore) Put(_ context.Context, a *Agent) error {
 }
 
 // Delete implements Store.
-func (s *BoltStore) Delete(_ context.Context, id string) error {
+func (s *Store) Delete(_ context.Context, id string) error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	err := s.db.Batch(func(tx *bolt.Tx) error {
+	err := s.db.Batch(func(tx *bbolt.Tx) error {
 		if err := tx.Bucket(bucketAgents).Delete([]byte(id)); err != nil {
 			return err
 		}
@@ -221,10 +236,10 @@ func (s *BoltStore) Delete(_ context.Context, id string) error {
 // Touch implements Store: one transaction for the whole batch. It reads and
 // writes only the last_seen bucket, which Put and Delete keep in step with
 // the records, so that a flush does not page in the whole file.
-func (s *BoltStore) Touch(_ context.Context, touches []Touch) error {
+func (s *Store) Touch(_ context.Context, touches []store.Touch) error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx *bbolt.Tx) error {
 		seen := tx.Bucket(bucketLastSeen)
 		for _, t := range touches {
 			key := []byte(t.ID)
@@ -253,22 +268,22 @@ func (s *BoltStore) Touch(_ context.Context, touches []Touch) error {
 // which UpdateFunc allows. Expired claims are purged every claimPurgeEvery
 // claims; a claim for an expired token is harmless because the token itself
 // no longer verifies.
-func (s *BoltStore) Update(_ context.Context, id string, claim *TokenClaim, fn UpdateFunc) (*Agent, error) {
+func (s *Store) Update(_ context.Context, id string, claim *store.TokenClaim, fn store.UpdateFunc) (*store.Agent, error) {
 	key := []byte(id)
-	var out *Agent
+	var out *store.Agent
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	var fnErr error
-	err := s.db.Batch(func(tx *bolt.Tx) error {
+	err := s.db.Batch(func(tx *bbolt.Tx) error {
 		out, fnErr = nil, nil
 		claims := tx.Bucket(bucketClaims)
 		if claim != nil && claims.Get([]byte(claim.ID)) != nil {
-			return ErrTokenUsed
+			return store.ErrTokenUsed
 		}
 		agents, seen := tx.Bucket(bucketAgents), tx.Bucket(bucketLastSeen)
-		var cur *Agent
+		var cur *store.Agent
 		if v := agents.Get(key); v != nil {
-			cur = &Agent{}
+			cur = &store.Agent{}
 			if err := json.Unmarshal(v, cur); err != nil {
 				return fmt.Errorf("decode stored agent: %w", err)
 			}
@@ -304,7 +319,7 @@ func (s *BoltStore) Update(_ context.Context, id string, claim *TokenClaim, fn U
 			if err := seen.Put(key, nanos(next.LastSeen)); err != nil {
 				return err
 			}
-			out = next.clone()
+			out = next.Clone()
 		}
 		if claim == nil {
 			return nil
@@ -321,15 +336,15 @@ func (s *BoltStore) Update(_ context.Context, id string, claim *TokenClaim, fn U
 	switch {
 	case err == nil:
 		return out, nil
-	case errors.Is(err, ErrTokenUsed):
-		return nil, ErrTokenUsed
+	case errors.Is(err, store.ErrTokenUsed):
+		return nil, store.ErrTokenUsed
 	case fnErr != nil && errors.Is(err, fnErr):
 		return nil, fnErr
 	}
 	return nil, fmt.Errorf("update agent %q: %w", id, err)
 }
 
-func purgeClaims(b *bolt.Bucket, now time.Time) error {
+func purgeClaims(b *bbolt.Bucket, now time.Time) error {
 	var expired [][]byte
 	err := b.ForEach(func(k, v []byte) error {
 		if len(v) == 8 && int64(binary.BigEndian.Uint64(v)) < now.UnixNano() {
@@ -349,13 +364,13 @@ func purgeClaims(b *bolt.Bucket, now time.Time) error {
 }
 
 // LiveSince implements Store: a bolt file belongs to one process.
-func (s *BoltStore) LiveSince() time.Time { return time.Time{} }
+func (s *Store) LiveSince() time.Time { return time.Time{} }
 
 // Watch implements Store: a bolt file belongs to one process.
-func (s *BoltStore) Watch(context.Context) <-chan Event { return nil }
+func (s *Store) Watch(context.Context) <-chan store.Event { return nil }
 
 // Close implements Store.
-func (s *BoltStore) Close() error {
+func (s *Store) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.db.Close()
@@ -364,3 +379,5 @@ func (s *BoltStore) Close() error {
 func nanos(t time.Time) []byte {
 	return binary.BigEndian.AppendUint64(nil, uint64(t.UnixNano()))
 }
+
+var _ store.Store = (*Store)(nil)

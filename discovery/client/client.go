@@ -1,4 +1,17 @@
-package discovery
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
+package client
 
 import (
 	"bytes"
@@ -19,6 +32,8 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // MaxResponseBody bounds every response body the client reads. The largest
@@ -32,8 +47,8 @@ const maxErrorMessage = 512
 // DefaultClientTimeout bounds one request to one server.
 const DefaultClientTimeout = 30 * time.Second
 
-// ClientConfig configures a Client.
-type ClientConfig struct {
+// Config configures a Client.
+type Config struct {
 	// URLs are the base URLs of the discovery servers, for example
 	// https://sd.example.com:9955. Only https is accepted. Requests go to the
 	// server that answered last and fail over to the others, in order, when
@@ -111,7 +126,7 @@ func IsBadRequest(err error) bool {
 }
 
 // NewClient validates the configuration and builds a client.
-func NewClient(cfg ClientConfig) (*Client, error) {
+func NewClient(cfg Config) (*Client, error) {
 	if len(cfg.URLs) == 0 {
 		return nil, errors.New("no discovery server URL given")
 	}
@@ -211,21 +226,21 @@ func (c *Client) CloseIdleConnections() {
 // to authenticate with the client certificate instead (re-registration after
 // the registry lost the agent) or with an expired certificate in
 // req.Certificate.
-func (c *Client) Register(ctx context.Context, req *RegisterRequest, token string) (*CertificateResponse, error) {
-	var resp CertificateResponse
-	if err := c.do(ctx, http.MethodPost, PathRegister, req, token, &resp); err != nil {
+func (c *Client) Register(ctx context.Context, req *protocol.RegisterRequest, token string) (*protocol.CertificateResponse, error) {
+	var resp protocol.CertificateResponse
+	if err := c.do(ctx, http.MethodPost, protocol.PathRegister, req, token, &resp); err != nil {
 		return nil, fmt.Errorf("register: %w", err)
 	}
 	return &resp, nil
 }
 
 // Heartbeat tells the registry the agent is alive. req may be nil.
-func (c *Client) Heartbeat(ctx context.Context, req *HeartbeatRequest) (*HeartbeatResponse, error) {
+func (c *Client) Heartbeat(ctx context.Context, req *protocol.HeartbeatRequest) (*protocol.HeartbeatResponse, error) {
 	if req == nil {
-		req = &HeartbeatRequest{}
+		req = &protocol.HeartbeatRequest{}
 	}
-	var resp HeartbeatResponse
-	if err := c.do(ctx, http.MethodPost, PathHeartbeat, req, "", &resp); err != nil {
+	var resp protocol.HeartbeatResponse
+	if err := c.do(ctx, http.MethodPost, protocol.PathHeartbeat, req, "", &resp); err != nil {
 		return nil, fmt.Errorf("heartbeat: %w", err)
 	}
 	return &resp, nil
@@ -233,9 +248,9 @@ func (c *Client) Heartbeat(ctx context.Context, req *HeartbeatRequest) (*Heartbe
 
 // Renew asks for a new certificate for the key that signed req.CSR, over
 // mTLS, or with the expired certificate in req.Certificate.
-func (c *Client) Renew(ctx context.Context, req *RenewRequest) (*CertificateResponse, error) {
-	var resp CertificateResponse
-	if err := c.do(ctx, http.MethodPost, PathRenew, req, "", &resp); err != nil {
+func (c *Client) Renew(ctx context.Context, req *protocol.RenewRequest) (*protocol.CertificateResponse, error) {
+	var resp protocol.CertificateResponse
+	if err := c.do(ctx, http.MethodPost, protocol.PathRenew, req, "", &resp); err != nil {
 		return nil, fmt.Errorf("renew: %w", err)
 	}
 	return &resp, nil
@@ -243,7 +258,7 @@ func (c *Client) Renew(ctx context.Context, req *RenewRequest) (*CertificateResp
 
 // Deregister removes the agent from the registry, over mTLS.
 func (c *Client) Deregister(ctx context.Context) error {
-	if err := c.do(ctx, http.MethodDelete, PathSelf, nil, "", nil); err != nil {
+	if err := c.do(ctx, http.MethodDelete, protocol.PathSelf, nil, "", nil); err != nil {
 		return fmt.Errorf("deregister: %w", err)
 	}
 	return nil
@@ -343,7 +358,7 @@ func readResponse(resp *http.Response, server string, out any) error {
 
 // errorMessage extracts a printable error text from an error body.
 func errorMessage(status int, body []byte) string {
-	var er ErrorResponse
+	var er protocol.ErrorResponse
 	msg := ""
 	if json.Unmarshal(body, &er) == nil {
 		msg = er.Error

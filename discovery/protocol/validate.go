@@ -1,4 +1,17 @@
-package discovery
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
+package protocol
 
 import (
 	"errors"
@@ -31,15 +44,15 @@ func ValidateHostname(h string) error {
 	}
 	for _, label := range strings.Split(h, ".") {
 		if label == "" || len(label) > 63 {
-			return fmt.Errorf("hostname %q: each dot-separated part must have 1 to 63 characters", truncate(h))
+			return fmt.Errorf("hostname %q: each dot-separated part must have 1 to 63 characters", Truncate(h))
 		}
 		if label[0] == '-' || label[len(label)-1] == '-' {
-			return fmt.Errorf("hostname %q: a part may not start or end with '-'", truncate(h))
+			return fmt.Errorf("hostname %q: a part may not start or end with '-'", Truncate(h))
 		}
 		for i := 0; i < len(label); i++ {
 			c := label[i]
 			if !isHostnameChar(c) {
-				return fmt.Errorf("hostname %q: invalid character %q", truncate(h), c)
+				return fmt.Errorf("hostname %q: invalid character %q", Truncate(h), c)
 			}
 		}
 	}
@@ -50,7 +63,7 @@ func ValidateHostname(h string) error {
 func ValidateAddress(a string) error {
 	if ip, err := netip.ParseAddr(a); err == nil {
 		if ip.Zone() != "" {
-			return fmt.Errorf("address %q: zones are not supported", truncate(a))
+			return fmt.Errorf("address %q: zones are not supported", Truncate(a))
 		}
 		if ip.IsUnspecified() || ip.IsMulticast() {
 			return fmt.Errorf("address %q is not a unicast address", a)
@@ -79,7 +92,7 @@ func ValidateLabelName(n string) error {
 	for i := 0; i < len(n); i++ {
 		c := n[i]
 		if !isLetter(c) && c != '_' && (i == 0 || !isDigit(c)) {
-			return fmt.Errorf("label name %q is invalid: use [a-zA-Z_][a-zA-Z0-9_]*", truncate(n))
+			return fmt.Errorf("label name %q is invalid: use [a-zA-Z_][a-zA-Z0-9_]*", Truncate(n))
 		}
 	}
 	return nil
@@ -116,7 +129,7 @@ func ValidateExporterName(n string) error {
 	for i := 0; i < len(n); i++ {
 		c := n[i]
 		if !isHostnameChar(c) && c != '_' {
-			return fmt.Errorf("exporter name %q is invalid: use [a-zA-Z0-9_-]", truncate(n))
+			return fmt.Errorf("exporter name %q is invalid: use [a-zA-Z0-9_-]", Truncate(n))
 		}
 	}
 	return nil
@@ -161,7 +174,7 @@ func ValidateAgentID(id string) error {
 	for i := 0; i < len(id); i++ {
 		c := id[i]
 		if !isHostnameChar(c) && c != '_' && c != '.' {
-			return fmt.Errorf("agent id %q is invalid: use [a-zA-Z0-9._-]", truncate(id))
+			return fmt.Errorf("agent id %q is invalid: use [a-zA-Z0-9._-]", Truncate(id))
 		}
 	}
 	return nil
@@ -186,8 +199,8 @@ func ValidateRegistration(req *RegisterRequest) error {
 	return ValidateExporters(req.Exporters)
 }
 
-// truncate shortens untrusted input quoted in error messages.
-func truncate(s string) string {
+// Truncate shortens untrusted input quoted in error messages and logs.
+func Truncate(s string) string {
 	const limit = 64
 	if len(s) <= limit {
 		return s

@@ -1,4 +1,17 @@
-package discovery
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
+package etcd
 
 import (
 	"context"
@@ -9,7 +22,6 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"reflect"
 	"runtime"
 	"slices"
 	"strconv"
@@ -21,6 +33,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/storetest"
 	"github.com/baremetal-sd/baremetal_sd/internal/etcdtest"
 )
 
@@ -34,7 +48,7 @@ func startEtcdCluster(t testing.TB, n int) *etcdCluster { return etcdtest.Start(
 
 // openTestEtcdStore opens a store on the cluster under prefix; an empty
 // prefix gets a fresh one.
-func openTestEtcdStore(t testing.TB, c *etcdCluster, prefix string, opts EtcdOptions) *EtcdStore {
+func openTestEtcdStore(t testing.TB, c *etcdCluster, prefix string, opts Options) *Store {
 	t.Helper()
 	if prefix == "" {
 		prefix = "/test-" + strings.ToLower(rand.Text()) + "/"
@@ -46,7 +60,7 @@ func openTestEtcdStore(t testing.TB, c *etcdCluster, prefix string, opts EtcdOpt
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), etcdWait)
 	defer cancel()
-	s, err := OpenEtcdStore(ctx, opts)
+	s, err := Open(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,7 +70,7 @@ func openTestEtcdStore(t testing.TB, c *etcdCluster, prefix string, opts EtcdOpt
 
 // nextEvent returns the next event from ch, failing the test if none comes
 // within etcdWait.
-func nextEvent(t *testing.T, ch <-chan Event) Event {
+func nextEvent(t *testing.T, ch <-chan store.Event) store.Event {
 	t.Helper()
 	select {
 	case ev, ok := <-ch:
@@ -67,19 +81,7 @@ func nextEvent(t *testing.T, ch <-chan Event) Event {
 	case <-time.After(etcdWait):
 		t.Fatalf("no event within %v", etcdWait)
 	}
-	return Event{}
-}
-
-// sameAgent compares records whose times went through JSON.
-func sameAgent(a, b Agent) bool {
-	for _, p := range []*Agent{&a, &b} {
-		p.LastSeen = p.LastSeen.UTC()
-		p.RegisteredAt = p.RegisteredAt.UTC()
-		p.CertNotAfter = p.CertNotAfter.UTC()
-		p.PrevCertNotAfter = p.PrevCertNotAfter.UTC()
-		p.RevokedAt = p.RevokedAt.UTC()
-	}
-	return reflect.DeepEqual(a, b)
+	return store.Event{}
 }
 
 // TestEtcdStore_Conformance runs the expectations every Store meets
@@ -87,14 +89,14 @@ func sameAgent(a, b Agent) bool {
 func TestEtcdStore_Conformance(t *testing.T) {
 	c := startEtcdCluster(t, 3)
 	ctx := context.Background()
-	newStore := func(t *testing.T) Store { return openTestEtcdStore(t, c, "", EtcdOptions{}) }
+	newStore := func(t *testing.T) store.Store { return openTestEtcdStore(t, c, "", Options{}) }
 
-	testStoreConformance(t, newStore, func(t *testing.T, s Store) Store {
-		return openTestEtcdStore(t, c, s.(*EtcdStore).opts.Prefix, EtcdOptions{ReplicaID: "reopened"})
+	storetest.Run(t, newStore, func(t *testing.T, s store.Store) store.Store {
+		return openTestEtcdStore(t, c, s.(*Store).opts.Prefix, Options{ReplicaID: "reopened"})
 	})
 	t.Run("corrupt records and blobs are skipped", func(t *testing.T) {
-		s := newStore(t).(*EtcdStore)
-		_ = s.Put(ctx, testAgent("good"))
+		s := newStore(t).(*Store)
+		_ = s.Put(ctx, storetest.NewAgent("good"))
 		cli := c.Client()
 		for k, v := range map[string]string{
 			s.agentsPrefix + "bad":            "{not json",
@@ -106,7 +108,7 @@ func TestEtcdStore_Conformance(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if got := sortedList(t, s); len(got) != 1 || got[0].ID != "good" {
+		if got := storetest.SortedList(t, s); len(got) != 1 || got[0].ID != "good" {
 			t.Fatalf("list with corrupt entries: %+v", got)
 		}
 	})
@@ -119,47 +121,47 @@ func TestEtcdStore_Replicas(t *testing.T) {
 	c := startEtcdCluster(t, 3)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	a := openTestEtcdStore(t, c, "", EtcdOptions{ReplicaID: "replica-a"})
-	b := openTestEtcdStore(t, c, a.opts.Prefix, EtcdOptions{ReplicaID: "replica-b"})
-	for _, s := range []*EtcdStore{a, b} {
+	a := openTestEtcdStore(t, c, "", Options{ReplicaID: "replica-a"})
+	b := openTestEtcdStore(t, c, a.opts.Prefix, Options{ReplicaID: "replica-b"})
+	for _, s := range []*Store{a, b} {
 		if _, err := s.List(ctx); err != nil {
 			t.Fatal(err)
 		}
 	}
 	evA, evB := a.Watch(ctx), b.Watch(ctx)
 
-	x := testAgent("x")
+	x := storetest.NewAgent("x")
 	x.RegisteredAt = time.Unix(1700000000, 0)
 	x.LastSeen = x.RegisteredAt
 	if err := a.Put(ctx, x); err != nil {
 		t.Fatal(err)
 	}
-	if ev := nextEvent(t, evB); ev.Type != EventPut || !sameAgent(ev.Agent, *x) {
+	if ev := nextEvent(t, evB); ev.Type != store.EventPut || !storetest.SameAgent(ev.Agent, *x) {
 		t.Fatalf("b got %+v, want the put of x", ev)
 	}
 
-	if err := b.Put(ctx, testAgent("y")); err != nil {
+	if err := b.Put(ctx, storetest.NewAgent("y")); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Put(ctx, testAgent("z")); err != nil {
+	if err := a.Put(ctx, storetest.NewAgent("z")); err != nil {
 		t.Fatal(err)
 	}
 	// b's own put of y came first in etcd but is not delivered to b.
-	if ev := nextEvent(t, evB); ev.Type != EventPut || ev.Agent.ID != "z" {
+	if ev := nextEvent(t, evB); ev.Type != store.EventPut || ev.Agent.ID != "z" {
 		t.Fatalf("b got %+v, want the put of z", ev)
 	}
-	if ev := nextEvent(t, evA); ev.Type != EventPut || ev.Agent.ID != "y" {
+	if ev := nextEvent(t, evA); ev.Type != store.EventPut || ev.Agent.ID != "y" {
 		t.Fatalf("a got %+v, want the put of y", ev)
 	}
 
 	seen := x.LastSeen.Add(time.Minute)
-	if err := a.Touch(ctx, []Touch{{ID: "x", LastSeen: seen}}); err != nil {
+	if err := a.Touch(ctx, []store.Touch{{ID: "x", LastSeen: seen}}); err != nil {
 		t.Fatal(err)
 	}
-	if ev := nextEvent(t, evB); ev.Type != EventTouch || ev.Agent.ID != "x" || !ev.Agent.LastSeen.Equal(seen) {
+	if ev := nextEvent(t, evB); ev.Type != store.EventTouch || ev.Agent.ID != "x" || !ev.Agent.LastSeen.Equal(seen) {
 		t.Fatalf("b got %+v, want the touch of x", ev)
 	}
-	got := sortedList(t, b)
+	got := storetest.SortedList(t, b)
 	if len(got) != 3 || got[0].ID != "x" || !got[0].LastSeen.Equal(seen) {
 		t.Fatalf("b lists %+v", got)
 	}
@@ -167,38 +169,38 @@ func TestEtcdStore_Replicas(t *testing.T) {
 	// A heartbeat through b moves the time further; List takes the newest
 	// over both replicas' blobs.
 	later := seen.Add(time.Minute)
-	if err := b.Touch(ctx, []Touch{{ID: "x", LastSeen: later}}); err != nil {
+	if err := b.Touch(ctx, []store.Touch{{ID: "x", LastSeen: later}}); err != nil {
 		t.Fatal(err)
 	}
-	if ev := nextEvent(t, evA); ev.Type != EventTouch || !ev.Agent.LastSeen.Equal(later) {
+	if ev := nextEvent(t, evA); ev.Type != store.EventTouch || !ev.Agent.LastSeen.Equal(later) {
 		t.Fatalf("a got %+v, want the touch of x through b", ev)
 	}
-	if got := sortedList(t, a); !got[0].LastSeen.Equal(later) {
+	if got := storetest.SortedList(t, a); !got[0].LastSeen.Equal(later) {
 		t.Fatalf("a lists x last seen %v, want %v", got[0].LastSeen, later)
 	}
 
 	if err := a.Delete(ctx, "x"); err != nil {
 		t.Fatal(err)
 	}
-	if ev := nextEvent(t, evB); ev.Type != EventDelete || ev.Agent.ID != "x" {
+	if ev := nextEvent(t, evB); ev.Type != store.EventDelete || ev.Agent.ID != "x" {
 		t.Fatalf("b got %+v, want the delete of x", ev)
 	}
 	// a saw none of its own writes: its next event is b's next change.
-	if err := b.Put(ctx, testAgent("w")); err != nil {
+	if err := b.Put(ctx, storetest.NewAgent("w")); err != nil {
 		t.Fatal(err)
 	}
-	if ev := nextEvent(t, evA); ev.Type != EventPut || ev.Agent.ID != "w" {
+	if ev := nextEvent(t, evA); ev.Type != store.EventPut || ev.Agent.ID != "w" {
 		t.Fatalf("a got %+v, want the put of w", ev)
 	}
 
 	// A replica started later (a fresh process) lists everything, and a
 	// Watch without a List starts with everything.
-	c3 := openTestEtcdStore(t, c, a.opts.Prefix, EtcdOptions{ReplicaID: "replica-c"})
+	c3 := openTestEtcdStore(t, c, a.opts.Prefix, Options{ReplicaID: "replica-c"})
 	ev3 := c3.Watch(ctx)
 	ids := map[string]bool{}
 	for len(ids) < 3 {
 		ev := nextEvent(t, ev3)
-		if ev.Type == EventPut {
+		if ev.Type == store.EventPut {
 			ids[ev.Agent.ID] = true
 		}
 	}
@@ -219,8 +221,8 @@ func TestEtcdStore_OwnWriteOrdering(t *testing.T) {
 	c := startEtcdCluster(t, 3)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	a := openTestEtcdStore(t, c, "", EtcdOptions{ReplicaID: "replica-a"})
-	b := openTestEtcdStore(t, c, a.opts.Prefix, EtcdOptions{ReplicaID: "replica-b"})
+	a := openTestEtcdStore(t, c, "", Options{ReplicaID: "replica-a"})
+	b := openTestEtcdStore(t, c, a.opts.Prefix, Options{ReplicaID: "replica-b"})
 	if _, err := a.List(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -230,14 +232,14 @@ func TestEtcdStore_OwnWriteOrdering(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range 20 {
 		wg.Go(func() {
-			ag := testAgent("same")
+			ag := storetest.NewAgent("same")
 			ag.Port = 1000 + i
 			if err := a.Put(ctx, ag); err != nil {
 				t.Error(err)
 			}
 		})
 		wg.Go(func() {
-			ag := testAgent("same")
+			ag := storetest.NewAgent("same")
 			ag.Port = 2000 + i
 			if err := b.Put(ctx, ag); err != nil {
 				t.Error(err)
@@ -247,7 +249,7 @@ func TestEtcdStore_OwnWriteOrdering(t *testing.T) {
 	wg.Wait()
 	// A final marker write through b: once a sees it, every earlier event
 	// has been delivered.
-	if err := b.Put(ctx, testAgent("marker")); err != nil {
+	if err := b.Put(ctx, storetest.NewAgent("marker")); err != nil {
 		t.Fatal(err)
 	}
 	last := map[string]int{}
@@ -256,7 +258,7 @@ func TestEtcdStore_OwnWriteOrdering(t *testing.T) {
 		if ev.Agent.ID == "marker" {
 			break
 		}
-		if ev.Type == EventPut {
+		if ev.Type == store.EventPut {
 			if ev.Agent.Port < 2000 {
 				t.Fatalf("a was delivered its own write (port %d)", ev.Agent.Port)
 			}
@@ -281,7 +283,7 @@ func TestEtcdStore_OwnWriteOrdering(t *testing.T) {
 func TestEtcdStore_TouchWritesOneKeyPerChangedShard(t *testing.T) {
 	c := startEtcdCluster(t, 3)
 	ctx := context.Background()
-	s := openTestEtcdStore(t, c, "", EtcdOptions{ReplicaID: "replica-a"})
+	s := openTestEtcdStore(t, c, "", Options{ReplicaID: "replica-a"})
 	cli := c.Client()
 
 	// Register 3000 agents directly, many per request, then List so the
@@ -291,7 +293,7 @@ func TestEtcdStore_TouchWritesOneKeyPerChangedShard(t *testing.T) {
 	var ops []clientv3.Op
 	for i := range ids {
 		ids[i] = fmt.Sprintf("agent-%05d", i)
-		a := testAgent(ids[i])
+		a := storetest.NewAgent(ids[i])
 		a.LastSeen = time.Unix(1700000000, 0)
 		data, _ := json.Marshal(a)
 		ops = append(ops, clientv3.OpPut(s.agentsPrefix+ids[i], string(data)))
@@ -331,9 +333,9 @@ func TestEtcdStore_TouchWritesOneKeyPerChangedShard(t *testing.T) {
 	}
 	touchAll := func(at time.Time, which []string) {
 		t.Helper()
-		touches := make([]Touch, len(which))
+		touches := make([]store.Touch, len(which))
 		for i, id := range which {
-			touches[i] = Touch{ID: id, LastSeen: at}
+			touches[i] = store.Touch{ID: id, LastSeen: at}
 		}
 		if err := s.Touch(ctx, touches); err != nil {
 			t.Fatal(err)
@@ -382,8 +384,8 @@ func TestEtcdStore_TouchWritesOneKeyPerChangedShard(t *testing.T) {
 	}
 
 	// Another replica reads every time.
-	other := openTestEtcdStore(t, c, s.opts.Prefix, EtcdOptions{ReplicaID: "replica-b"})
-	got := sortedList(t, other)
+	other := openTestEtcdStore(t, c, s.opts.Prefix, Options{ReplicaID: "replica-b"})
+	got := storetest.SortedList(t, other)
 	if len(got) != n {
 		t.Fatalf("%d agents listed", len(got))
 	}
@@ -430,9 +432,9 @@ func TestEtcdStore_TouchWritesOneKeyPerChangedShard(t *testing.T) {
 func TestEtcdStore_UpdateAcrossReplicas(t *testing.T) {
 	c := startEtcdCluster(t, 3)
 	ctx := context.Background()
-	a := openTestEtcdStore(t, c, "", EtcdOptions{ReplicaID: "replica-a"})
-	b := openTestEtcdStore(t, c, a.opts.Prefix, EtcdOptions{ReplicaID: "replica-b"})
-	if err := a.Put(ctx, testAgent("x")); err != nil {
+	a := openTestEtcdStore(t, c, "", Options{ReplicaID: "replica-a"})
+	b := openTestEtcdStore(t, c, a.opts.Prefix, Options{ReplicaID: "replica-b"})
+	if err := a.Put(ctx, storetest.NewAgent("x")); err != nil {
 		t.Fatal(err)
 	}
 	// Every conflict means another writer's update went in, so with n
@@ -441,9 +443,9 @@ func TestEtcdStore_UpdateAcrossReplicas(t *testing.T) {
 	const n = maxUpdateAttempts / 2
 	var wg sync.WaitGroup
 	for i := range n {
-		s := []*EtcdStore{a, b}[i%2]
+		s := []*Store{a, b}[i%2]
 		wg.Go(func() {
-			if _, err := s.Update(ctx, "x", nil, func(cur *Agent) (*Agent, error) {
+			if _, err := s.Update(ctx, "x", nil, func(cur *store.Agent) (*store.Agent, error) {
 				cur.Port++
 				return cur, nil
 			}); err != nil {
@@ -452,27 +454,58 @@ func TestEtcdStore_UpdateAcrossReplicas(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if got := sortedList(t, b); got[0].Port != 9956+n {
+	if got := storetest.SortedList(t, b); got[0].Port != 9956+n {
 		t.Fatalf("port %d after %d increments through two replicas, want %d", got[0].Port, n, 9956+n)
 	}
-	if a.Stats().UpdateConflicts+b.Stats().UpdateConflicts == 0 {
-		t.Log("no conflict happened; the increments did not overlap")
+
+	// The race above may or may not overlap. Force the conflict path: b
+	// writes the record while a's fn runs, between a's read and its
+	// transaction, so a's compare fails and fn must run again on b's record.
+	conflictsBefore := a.Stats().UpdateConflicts
+	calls := 0
+	got, err := a.Update(ctx, "x", nil, func(cur *store.Agent) (*store.Agent, error) {
+		calls++
+		if calls == 1 {
+			if _, err := b.Update(ctx, "x", nil, func(cur *store.Agent) (*store.Agent, error) {
+				cur.Status = "written by b"
+				return cur, nil
+			}); err != nil {
+				t.Errorf("b's write in between: %v", err)
+			}
+		}
+		cur.Maintenance = true
+		return cur, nil
+	})
+	if err != nil {
+		t.Fatalf("update that met a conflict: %v", err)
+	}
+	if calls != 2 {
+		t.Errorf("fn ran %d times, want 2 (once more after the conflict)", calls)
+	}
+	if c := a.Stats().UpdateConflicts - conflictsBefore; c != 1 {
+		t.Errorf("%d conflicts counted, want 1", c)
+	}
+	if got == nil || got.Status != "written by b" || !got.Maintenance {
+		t.Errorf("after the conflict: %+v, want b's status and a's maintenance", got)
+	}
+	if stored := storetest.SortedList(t, b); stored[0].Status != "written by b" || !stored[0].Maintenance {
+		t.Errorf("stored after the conflict: status %q maintenance %v, want both writes", stored[0].Status, stored[0].Maintenance)
 	}
 
 	exp := time.Now().Add(time.Hour)
 	for round := range 5 {
-		claim := &TokenClaim{ID: "jti-" + strconv.Itoa(round), Expires: exp}
+		claim := &store.TokenClaim{ID: "jti-" + strconv.Itoa(round), Expires: exp}
 		var wins atomic.Int32
 		var wg sync.WaitGroup
 		for i := range 20 {
-			s := []*EtcdStore{a, b}[i%2]
+			s := []*Store{a, b}[i%2]
 			id := fmt.Sprintf("r%d-%d", round, i)
 			wg.Go(func() {
-				_, err := s.Update(ctx, id, claim, func(*Agent) (*Agent, error) { return testAgent(id), nil })
+				_, err := s.Update(ctx, id, claim, func(*store.Agent) (*store.Agent, error) { return storetest.NewAgent(id), nil })
 				switch {
 				case err == nil:
 					wins.Add(1)
-				case !errors.Is(err, ErrTokenUsed):
+				case !errors.Is(err, store.ErrTokenUsed):
 					t.Error(err)
 				}
 			})
@@ -482,7 +515,7 @@ func TestEtcdStore_UpdateAcrossReplicas(t *testing.T) {
 			t.Fatalf("%s: %d claims succeeded, want 1", claim.ID, wins.Load())
 		}
 	}
-	if got := sortedList(t, a); len(got) != 1+5 {
+	if got := storetest.SortedList(t, a); len(got) != 1+5 {
 		t.Fatalf("%d records, want x and one per claimed token", len(got))
 	}
 
@@ -507,11 +540,11 @@ func TestEtcdStore_UpdateAcrossReplicas(t *testing.T) {
 	// Two claims through each replica in one window: each replica grants
 	// at most one lease for it (which replica won the rounds above is
 	// chance, so they are not compared with these).
-	for _, s := range []*EtcdStore{a, b} {
+	for _, s := range []*Store{a, b} {
 		for i := range 2 {
 			id := fmt.Sprintf("y%d-%s", i, s.ReplicaID())
-			if _, err := s.Update(ctx, id, &TokenClaim{ID: "same-window-" + id, Expires: exp.Add(time.Duration(i) * time.Second)}, func(*Agent) (*Agent, error) {
-				return testAgent(id), nil
+			if _, err := s.Update(ctx, id, &store.TokenClaim{ID: "same-window-" + id, Expires: exp.Add(time.Duration(i) * time.Second)}, func(*store.Agent) (*store.Agent, error) {
+				return storetest.NewAgent(id), nil
 			}); err != nil {
 				t.Fatal(err)
 			}
@@ -521,7 +554,7 @@ func TestEtcdStore_UpdateAcrossReplicas(t *testing.T) {
 			t.Errorf("%s: two claims in one expiry window took two leases", s.ReplicaID())
 		}
 	}
-	if _, err := a.Update(ctx, "z", &TokenClaim{ID: "", Expires: exp}, func(*Agent) (*Agent, error) { return testAgent("z"), nil }); err == nil {
+	if _, err := a.Update(ctx, "z", &store.TokenClaim{ID: "", Expires: exp}, func(*store.Agent) (*store.Agent, error) { return storetest.NewAgent("z"), nil }); err == nil {
 		t.Fatal("empty token id accepted")
 	}
 }
@@ -532,9 +565,9 @@ func TestEtcdStore_SurvivesMemberLoss(t *testing.T) {
 	c := startEtcdCluster(t, 3)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	a := openTestEtcdStore(t, c, "", EtcdOptions{ReplicaID: "replica-a"})
-	b := openTestEtcdStore(t, c, a.opts.Prefix, EtcdOptions{ReplicaID: "replica-b"})
-	if err := a.Put(ctx, testAgent("before")); err != nil {
+	a := openTestEtcdStore(t, c, "", Options{ReplicaID: "replica-a"})
+	b := openTestEtcdStore(t, c, a.opts.Prefix, Options{ReplicaID: "replica-b"})
+	if err := a.Put(ctx, storetest.NewAgent("before")); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := b.List(ctx); err != nil {
@@ -545,14 +578,14 @@ func TestEtcdStore_SurvivesMemberLoss(t *testing.T) {
 	c.Kill(c.Leader())
 
 	// Each operation retries through the election within its timeout.
-	if err := a.Put(ctx, testAgent("after")); err != nil {
+	if err := a.Put(ctx, storetest.NewAgent("after")); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Touch(ctx, []Touch{{ID: "before", LastSeen: time.Now()}}); err != nil {
+	if err := a.Touch(ctx, []store.Touch{{ID: "before", LastSeen: time.Now()}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.Update(ctx, "claimed", &TokenClaim{ID: "j", Expires: time.Now().Add(time.Hour)}, func(*Agent) (*Agent, error) {
-		return testAgent("claimed"), nil
+	if _, err := a.Update(ctx, "claimed", &store.TokenClaim{ID: "j", Expires: time.Now().Add(time.Hour)}, func(*store.Agent) (*store.Agent, error) {
+		return storetest.NewAgent("claimed"), nil
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -562,13 +595,13 @@ func TestEtcdStore_SurvivesMemberLoss(t *testing.T) {
 	if err := a.Healthy(ctx); err != nil {
 		t.Fatal(err)
 	}
-	want := []EventType{EventPut, EventTouch, EventPut, EventDelete}
+	want := []store.EventType{store.EventPut, store.EventTouch, store.EventPut, store.EventDelete}
 	for _, typ := range want {
 		if ev := nextEvent(t, evB); ev.Type != typ {
 			t.Fatalf("b got %+v, want type %d", ev, typ)
 		}
 	}
-	if got := sortedList(t, b); len(got) != 2 || got[0].ID != "after" || got[1].ID != "claimed" {
+	if got := storetest.SortedList(t, b); len(got) != 2 || got[0].ID != "after" || got[1].ID != "claimed" {
 		t.Fatalf("b lists %+v", got)
 	}
 }
@@ -580,9 +613,9 @@ func TestEtcdStore_OutageAndRecovery(t *testing.T) {
 	c := startEtcdCluster(t, 3)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	a := openTestEtcdStore(t, c, "", EtcdOptions{ReplicaID: "replica-a", RequestTimeout: time.Second})
-	b := openTestEtcdStore(t, c, a.opts.Prefix, EtcdOptions{ReplicaID: "replica-b"})
-	if err := a.Put(ctx, testAgent("x")); err != nil {
+	a := openTestEtcdStore(t, c, "", Options{ReplicaID: "replica-a", RequestTimeout: time.Second})
+	b := openTestEtcdStore(t, c, a.opts.Prefix, Options{ReplicaID: "replica-b"})
+	if err := a.Put(ctx, storetest.NewAgent("x")); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := b.List(ctx); err != nil {
@@ -592,11 +625,11 @@ func TestEtcdStore_OutageAndRecovery(t *testing.T) {
 
 	c.KillAll()
 	ops := map[string]func() error{
-		"put":    func() error { return a.Put(ctx, testAgent("y")) },
+		"put":    func() error { return a.Put(ctx, storetest.NewAgent("y")) },
 		"delete": func() error { return a.Delete(ctx, "x") },
-		"touch":  func() error { return a.Touch(ctx, []Touch{{ID: "x", LastSeen: time.Now()}}) },
+		"touch":  func() error { return a.Touch(ctx, []store.Touch{{ID: "x", LastSeen: time.Now()}}) },
 		"update": func() error {
-			_, err := a.Update(ctx, "x", &TokenClaim{ID: "j", Expires: time.Now().Add(time.Hour)}, func(cur *Agent) (*Agent, error) { return cur, nil })
+			_, err := a.Update(ctx, "x", &store.TokenClaim{ID: "j", Expires: time.Now().Add(time.Hour)}, func(cur *store.Agent) (*store.Agent, error) { return cur, nil })
 			return err
 		},
 		"healthy": func() error { return a.Healthy(ctx) },
@@ -610,7 +643,7 @@ func TestEtcdStore_OutageAndRecovery(t *testing.T) {
 	var wg sync.WaitGroup
 	for name, op := range ops {
 		wg.Go(func() {
-			if err := op(); !errors.Is(err, ErrUnavailable) {
+			if err := op(); !errors.Is(err, store.ErrUnavailable) {
 				t.Errorf("%s with etcd down: %v, want ErrUnavailable", name, err)
 			}
 		})
@@ -620,7 +653,7 @@ func TestEtcdStore_OutageAndRecovery(t *testing.T) {
 	c.StartAll()
 	deadline := time.Now().Add(etcdWait)
 	for {
-		err := a.Put(ctx, testAgent("y"))
+		err := a.Put(ctx, storetest.NewAgent("y"))
 		if err == nil {
 			break
 		}
@@ -635,11 +668,11 @@ func TestEtcdStore_OutageAndRecovery(t *testing.T) {
 	// effects, had any been committed, before it).
 	for {
 		ev := nextEvent(t, evB)
-		if ev.Type == EventPut && ev.Agent.ID == "y" {
+		if ev.Type == store.EventPut && ev.Agent.ID == "y" {
 			break
 		}
 	}
-	if err := a.Touch(ctx, []Touch{{ID: "x", LastSeen: time.Now()}}); err != nil {
+	if err := a.Touch(ctx, []store.Touch{{ID: "x", LastSeen: time.Now()}}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -649,10 +682,10 @@ func TestEtcdStore_OutageAndRecovery(t *testing.T) {
 func TestEtcdStore_ResyncAfterCompaction(t *testing.T) {
 	c := startEtcdCluster(t, 3)
 	ctx := context.Background()
-	a := openTestEtcdStore(t, c, "", EtcdOptions{ReplicaID: "replica-a"})
-	b := openTestEtcdStore(t, c, a.opts.Prefix, EtcdOptions{ReplicaID: "replica-b"})
+	a := openTestEtcdStore(t, c, "", Options{ReplicaID: "replica-a"})
+	b := openTestEtcdStore(t, c, a.opts.Prefix, Options{ReplicaID: "replica-b"})
 	for _, id := range []string{"keep", "change", "drop"} {
-		if err := a.Put(ctx, testAgent(id)); err != nil {
+		if err := a.Put(ctx, storetest.NewAgent(id)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -665,7 +698,7 @@ func TestEtcdStore_ResyncAfterCompaction(t *testing.T) {
 	for range ch {
 	}
 	// While b does not watch: changes, then compaction of their history.
-	changed := testAgent("change")
+	changed := storetest.NewAgent("change")
 	changed.Port = 4242
 	if err := a.Put(ctx, changed); err != nil {
 		t.Fatal(err)
@@ -673,10 +706,10 @@ func TestEtcdStore_ResyncAfterCompaction(t *testing.T) {
 	if err := a.Delete(ctx, "drop"); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Put(ctx, testAgent("new")); err != nil {
+	if err := a.Put(ctx, storetest.NewAgent("new")); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Touch(ctx, []Touch{{ID: "keep", LastSeen: time.Unix(1800000000, 0)}}); err != nil {
+	if err := a.Touch(ctx, []store.Touch{{ID: "keep", LastSeen: time.Unix(1800000000, 0)}}); err != nil {
 		t.Fatal(err)
 	}
 	cli := c.Client()
@@ -691,24 +724,24 @@ func TestEtcdStore_ResyncAfterCompaction(t *testing.T) {
 	wctx, stop = context.WithCancel(ctx)
 	defer stop()
 	ch = b.Watch(wctx)
-	got := map[string]Event{}
+	got := map[string]store.Event{}
 	for len(got) < 4 {
 		ev := nextEvent(t, ch)
 		got[fmt.Sprintf("%d/%s", ev.Type, ev.Agent.ID)] = ev
 	}
-	if ev, ok := got[fmt.Sprintf("%d/change", EventPut)]; !ok || ev.Agent.Port != 4242 {
+	if ev, ok := got[fmt.Sprintf("%d/change", store.EventPut)]; !ok || ev.Agent.Port != 4242 {
 		t.Errorf("no put of the changed agent: %v", got)
 	}
-	if _, ok := got[fmt.Sprintf("%d/new", EventPut)]; !ok {
+	if _, ok := got[fmt.Sprintf("%d/new", store.EventPut)]; !ok {
 		t.Errorf("no put of the new agent: %v", got)
 	}
-	if _, ok := got[fmt.Sprintf("%d/drop", EventDelete)]; !ok {
+	if _, ok := got[fmt.Sprintf("%d/drop", store.EventDelete)]; !ok {
 		t.Errorf("no delete of the dropped agent: %v", got)
 	}
-	if _, ok := got[fmt.Sprintf("%d/keep", EventTouch)]; !ok {
+	if _, ok := got[fmt.Sprintf("%d/keep", store.EventTouch)]; !ok {
 		t.Errorf("no touch of the kept agent: %v", got)
 	}
-	if _, ok := got[fmt.Sprintf("%d/keep", EventPut)]; ok {
+	if _, ok := got[fmt.Sprintf("%d/keep", store.EventPut)]; ok {
 		t.Errorf("unchanged agent delivered again: %v", got)
 	}
 	if b.Stats().Resyncs != 1 {
@@ -720,16 +753,16 @@ func TestEtcdStore_Options(t *testing.T) {
 	ctx := context.Background()
 	tests := []struct {
 		name string
-		opts EtcdOptions
+		opts Options
 		want string
 	}{
-		{"no endpoints", EtcdOptions{}, "no endpoints"},
-		{"bad replica id", EtcdOptions{Endpoints: []string{"http://127.0.0.1:1"}, ReplicaID: "a/b"}, "replica id"},
-		{"long replica id", EtcdOptions{Endpoints: []string{"http://127.0.0.1:1"}, ReplicaID: strings.Repeat("r", maxReplicaIDLen+1)}, "replica id"},
+		{"no endpoints", Options{}, "no endpoints"},
+		{"bad replica id", Options{Endpoints: []string{"http://127.0.0.1:1"}, ReplicaID: "a/b"}, "replica id"},
+		{"long replica id", Options{Endpoints: []string{"http://127.0.0.1:1"}, ReplicaID: strings.Repeat("r", maxReplicaIDLen+1)}, "replica id"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if _, err := OpenEtcdStore(ctx, tc.opts); err == nil || !strings.Contains(err.Error(), tc.want) {
+			if _, err := Open(ctx, tc.opts); err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error %v, want one about %q", err, tc.want)
 			}
 		})
@@ -850,9 +883,9 @@ func FuzzDecodeLastSeen(f *testing.F) {
 // TestEtcdStore_EventQueue pushes from several goroutines while a slow
 // consumer reads: every event arrives once and intact.
 func TestEtcdStore_EventQueue(t *testing.T) {
-	s := &EtcdStore{}
+	s := &Store{}
 	q := &eventQueue{wake: make(chan struct{}, 1)}
-	out := make(chan Event) // unbuffered: the pump waits on every send
+	out := make(chan store.Event) // unbuffered: the pump waits on every send
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan struct{})
@@ -865,7 +898,7 @@ func TestEtcdStore_EventQueue(t *testing.T) {
 	for p := range pushers {
 		wg.Go(func() {
 			for i := range each {
-				q.push(Event{Type: EventPut, Agent: Agent{ID: fmt.Sprintf("%d-%d", p, i), Port: i}})
+				q.push(store.Event{Type: store.EventPut, Agent: store.Agent{ID: fmt.Sprintf("%d-%d", p, i), Port: i}})
 				if i%7 == 0 {
 					// Let the pump run dry now and then: it then swaps
 					// buffers while pushers are between bursts.
@@ -898,7 +931,7 @@ func TestEtcdStore_EventQueue(t *testing.T) {
 
 // populateEtcd writes n agent records straight into etcd, many per request,
 // and returns their ids.
-func populateEtcd(tb testing.TB, c *etcdCluster, s *EtcdStore, n int) []string {
+func populateEtcd(tb testing.TB, c *etcdCluster, s *Store, n int) []string {
 	tb.Helper()
 	cli := c.Client()
 	ctx := context.Background()
@@ -906,7 +939,7 @@ func populateEtcd(tb testing.TB, c *etcdCluster, s *EtcdStore, n int) []string {
 	var ops []clientv3.Op
 	for i := range ids {
 		ids[i] = strings.ToLower(rand.Text()) // the shape of real agent ids
-		a := testAgent(ids[i])
+		a := storetest.NewAgent(ids[i])
 		a.LastSeen = time.Unix(1700000000, 0)
 		data, err := json.Marshal(a)
 		if err != nil {
@@ -928,12 +961,12 @@ func populateEtcd(tb testing.TB, c *etcdCluster, s *EtcdStore, n int) []string {
 // registry flush only carries the agents that heartbeated since the last.
 func BenchmarkEtcdStore_Flush100k(b *testing.B) {
 	c := startEtcdCluster(b, 3)
-	s := openTestEtcdStore(b, c, "", EtcdOptions{ReplicaID: "bench"})
+	s := openTestEtcdStore(b, c, "", Options{ReplicaID: "bench"})
 	ids := populateEtcd(b, c, s, 100000)
 	if _, err := s.List(context.Background()); err != nil {
 		b.Fatal(err)
 	}
-	touches := make([]Touch, len(ids))
+	touches := make([]store.Touch, len(ids))
 	for i, id := range ids {
 		touches[i].ID = id
 	}
@@ -963,8 +996,8 @@ func BenchmarkEtcdStore_Convergence(b *testing.B) {
 	c := startEtcdCluster(b, 3)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	a := openTestEtcdStore(b, c, "", EtcdOptions{ReplicaID: "a"})
-	other := openTestEtcdStore(b, c, a.opts.Prefix, EtcdOptions{ReplicaID: "b"})
+	a := openTestEtcdStore(b, c, "", Options{ReplicaID: "a"})
+	other := openTestEtcdStore(b, c, a.opts.Prefix, Options{ReplicaID: "b"})
 	if _, err := other.List(ctx); err != nil {
 		b.Fatal(err)
 	}
@@ -973,7 +1006,7 @@ func BenchmarkEtcdStore_Convergence(b *testing.B) {
 	for b.Loop() {
 		i++
 		id := fmt.Sprintf("agent-%d", i)
-		if err := a.Put(ctx, testAgent(id)); err != nil {
+		if err := a.Put(ctx, storetest.NewAgent(id)); err != nil {
 			b.Fatal(err)
 		}
 		for ev := range events {
@@ -990,7 +1023,7 @@ func BenchmarkEtcdStore_Convergence(b *testing.B) {
 func TestEtcdStore_ReplicaID(t *testing.T) {
 	c := startEtcdCluster(t, 1)
 	ctx := context.Background()
-	short := EtcdOptions{ReplicaID: "r", LivenessTTL: 2 * time.Second}
+	short := Options{ReplicaID: "r", LivenessTTL: 2 * time.Second}
 	a := openTestEtcdStore(t, c, "", short)
 	if _, err := a.List(ctx); err != nil {
 		t.Fatal(err)
@@ -1012,7 +1045,7 @@ func TestEtcdStore_ReplicaID(t *testing.T) {
 	}
 
 	// Another id starts and learns since when a has been running.
-	b := openTestEtcdStore(t, c, a.opts.Prefix, EtcdOptions{ReplicaID: "b"})
+	b := openTestEtcdStore(t, c, a.opts.Prefix, Options{ReplicaID: "b"})
 	if _, err := b.List(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -1044,7 +1077,7 @@ func TestEtcdStore_ReplicaID(t *testing.T) {
 		t.Fatal(err)
 	}
 	started = time.Now()
-	after := openTestEtcdStore(t, c, a.opts.Prefix, EtcdOptions{ReplicaID: "crashed"})
+	after := openTestEtcdStore(t, c, a.opts.Prefix, Options{ReplicaID: "crashed"})
 	if _, err := after.List(ctx); err != nil {
 		t.Fatalf("restart after a crash: %v", err)
 	}

@@ -1,4 +1,17 @@
-package discovery
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
+package protocol
 
 import "time"
 
@@ -81,33 +94,6 @@ type HeartbeatResponse struct {
 	RenewNow bool `json:"renew_now,omitempty"`
 }
 
-// AgentState is how the registry currently sees an agent.
-type AgentState string
-
-// Agent states, as reported by the admin API, the status page and metrics.
-const (
-	StateHealthy     AgentState = "healthy"
-	StateStale       AgentState = "stale"
-	StateExpired     AgentState = "expired"
-	StateRevoked     AgentState = "revoked"
-	StateMaintenance AgentState = "maintenance"
-	// StateDeregistered is the tombstone of an agent that deregistered
-	// itself. It is listed to admins but is not one of AgentStates: it is
-	// not part of the fleet, its counts or its metrics.
-	StateDeregistered AgentState = "deregistered"
-)
-
-// AgentStates lists every state of an agent of the fleet, in display order.
-func AgentStates() []AgentState {
-	return []AgentState{StateHealthy, StateStale, StateMaintenance, StateExpired, StateRevoked}
-}
-
-// AgentView is one agent in GET /api/v1/agents.
-type AgentView struct {
-	Agent
-	State AgentState `json:"state"`
-}
-
 // MaintenanceRequest is the body of POST /api/v1/agents/{id}/maintenance.
 type MaintenanceRequest struct {
 	Maintenance bool `json:"maintenance"`
@@ -116,4 +102,11 @@ type MaintenanceRequest struct {
 // ErrorResponse is the body of every error reply.
 type ErrorResponse struct {
 	Error string `json:"error"`
+}
+
+// Exporter is one exporter an agent relays, addressed by name.
+type Exporter struct {
+	Name string `json:"name"`
+	// Path is the relay path on the agent, for example /exporters/node/metrics.
+	Path string `json:"path"`
 }

@@ -1,4 +1,17 @@
-package discovery
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
+package store
 
 import (
 	"context"
@@ -6,6 +19,8 @@ import (
 	"time"
 
 	"github.com/prometheus/prometheus/model/labels"
+
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // ErrNotFound is returned by a Store when an agent does not exist.
@@ -19,13 +34,6 @@ var ErrTokenUsed = errors.New("token already used")
 // Callers answer such requests with 503 instead of acknowledging them.
 var ErrUnavailable = errors.New("store unavailable")
 
-// Exporter is one exporter an agent relays, addressed by name.
-type Exporter struct {
-	Name string `json:"name"`
-	// Path is the relay path on the agent, for example /exporters/node/metrics.
-	Path string `json:"path"`
-}
-
 // Agent is one registration as it is stored. Everything but LastSeen changes
 // only on register, renew, revoke, maintenance and deregister; LastSeen moves
 // with every heartbeat and is persisted separately (Store.Touch) so that
@@ -38,8 +46,8 @@ type Agent struct {
 	// Labels are kept as Prometheus' own label set: sorted, immutable and,
 	// with the default stringlabels build, one string per agent instead of a
 	// map (about 300 bytes less per agent). It encodes as a JSON object.
-	Labels    labels.Labels `json:"labels,omitzero"`
-	Exporters []Exporter    `json:"exporters,omitempty"`
+	Labels    labels.Labels       `json:"labels,omitzero"`
+	Exporters []protocol.Exporter `json:"exporters,omitempty"`
 	// PinnedLabels are the labels the enrollment token fixed; a
 	// re-registration by certificate must keep them.
 	PinnedLabels labels.Labels `json:"pinned_labels,omitzero"`
@@ -73,6 +81,15 @@ type Agent struct {
 
 // Revoked reports whether an operator revoked the agent.
 func (a *Agent) Revoked() bool { return !a.RevokedAt.IsZero() }
+
+// Clone deep-copies an agent record.
+func (a *Agent) Clone() *Agent {
+	cp := *a // labels.Labels are immutable values
+	if a.Exporters != nil {
+		cp.Exporters = append([]protocol.Exporter(nil), a.Exporters...)
+	}
+	return &cp
+}
 
 // TokenClaim uses up a single-use enrollment token together with the
 // registration it admits.
@@ -153,4 +170,11 @@ type Store interface {
 	Watch(ctx context.Context) <-chan Event
 	// Close releases the store.
 	Close() error
+}
+
+// HealthChecker is a Store whose backend can be unreachable and that can
+// say whether it answers (etcd). Readiness and baremetal_sd_store_up ask it
+// rather than waiting for a write to fail.
+type HealthChecker interface {
+	Healthy(ctx context.Context) error
 }

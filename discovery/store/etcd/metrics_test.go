@@ -1,4 +1,17 @@
-package collector
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
+package etcd
 
 import (
 	"strings"
@@ -8,10 +21,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
-func TestRegisterEtcdStore(t *testing.T) {
+func TestCollector_Counters(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
-	stats := EtcdStoreStats{WriteRequests: 7, KeysWritten: 300, LastSeenKeysWritten: 256, BytesWritten: 900000, WatchEvents: 12, Resyncs: 1, UpdateConflicts: 2}
-	RegisterEtcdStore(reg, func() EtcdStoreStats { return stats })
+	stats := Stats{WriteRequests: 7, KeysWritten: 300, LastSeenKeysWritten: 256, BytesWritten: 900000, Events: 12, Resyncs: 1, UpdateConflicts: 2}
+	reg.MustRegister(newCollector(func() Stats { return stats }))
 	want := `
 # HELP baremetal_sd_store_etcd_keys_written_total Keys put or deleted by acknowledged etcd writes.
 # TYPE baremetal_sd_store_etcd_keys_written_total counter

@@ -1,4 +1,17 @@
-package discovery
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
+package etcd
 
 import (
 	"context"
@@ -55,7 +68,7 @@ func newReplicaRecord(now time.Time) string {
 // LiveSince implements Store: since when the other replicas that were
 // running at the last List (their presence keys existed) have been
 // recording heartbeats, the zero time if none was running.
-func (s *EtcdStore) LiveSince() time.Time {
+func (s *Store) LiveSince() time.Time {
 	s.replicaMu.Lock()
 	defer s.replicaMu.Unlock()
 	return s.replica.liveSince
@@ -63,7 +76,7 @@ func (s *EtcdStore) LiveSince() time.Time {
 
 // liveSince is the earliest start among the presence keys of other
 // replicas in a snapshot.
-func (s *EtcdStore) liveSinceOf(kvs []*mvccpb.KeyValue) time.Time {
+func (s *Store) liveSinceOf(kvs []*mvccpb.KeyValue) time.Time {
 	var since time.Time
 	for _, kv := range kvs {
 		if string(kv.Key) == s.replicaKey {
@@ -86,7 +99,7 @@ func (s *EtcdStore) liveSinceOf(kvs []*mvccpb.KeyValue) time.Time {
 // the id, claimReplica waits as long as that process's lease could still
 // run after a crash; a key that outlives that wait is kept alive by a
 // running server, and the claim fails with errReplicaIDInUse.
-func (s *EtcdStore) claimReplica(ctx context.Context) error {
+func (s *Store) claimReplica(ctx context.Context) error {
 	s.replicaMu.Lock()
 	defer s.replicaMu.Unlock()
 	if s.replica.lease != 0 {
@@ -130,7 +143,7 @@ func (s *EtcdStore) claimReplica(ctx context.Context) error {
 
 // tryClaimReplicaLocked makes one attempt to create the presence key. It
 // returns the key of the process holding the id instead, if any.
-func (s *EtcdStore) tryClaimReplicaLocked(ctx context.Context) (*mvccpb.KeyValue, error) {
+func (s *Store) tryClaimReplicaLocked(ctx context.Context) (*mvccpb.KeyValue, error) {
 	ctx, cancel := s.requestCtx(ctx)
 	defer cancel()
 	var lease, adopt clientv3.LeaseID
@@ -202,7 +215,7 @@ func (s *EtcdStore) tryClaimReplicaLocked(ctx context.Context) (*mvccpb.KeyValue
 // lease that ended anyway (etcd unreachable for longer than its TTL) is
 // replaced; if another process took the id meanwhile, the store reports
 // itself unhealthy until it gets the id back.
-func (s *EtcdStore) keepReplica(lease clientv3.LeaseID) {
+func (s *Store) keepReplica(lease clientv3.LeaseID) {
 	defer s.wg.Done()
 	ch, err := s.cli.KeepAlive(s.bg, lease)
 	if err == nil {
@@ -239,7 +252,7 @@ func (s *EtcdStore) keepReplica(lease clientv3.LeaseID) {
 
 // releaseReplica ends the presence lease, so that a restart of this replica
 // need not wait for it.
-func (s *EtcdStore) releaseReplica() {
+func (s *Store) releaseReplica() {
 	s.replicaMu.Lock()
 	lease := s.replica.lease
 	s.replica.lease = 0
@@ -255,7 +268,7 @@ func (s *EtcdStore) releaseReplica() {
 	}
 }
 
-func (s *EtcdStore) isClosed() bool {
+func (s *Store) isClosed() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.closed

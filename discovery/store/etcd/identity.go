@@ -1,4 +1,17 @@
-package discovery
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
+package etcd
 
 import (
 	"context"
@@ -26,7 +39,7 @@ type ClusterIdentity struct {
 
 // Identity returns the identity the first replica published, nil if there
 // is none yet. Like List, it waits for etcd until ctx ends.
-func (s *EtcdStore) Identity(ctx context.Context) (*ClusterIdentity, error) {
+func (s *Store) Identity(ctx context.Context) (*ClusterIdentity, error) {
 	var out *ClusterIdentity
 	err := s.retryUntil(ctx, "read the replicas' identity", func(ctx context.Context) error {
 		resp, err := s.cli.Get(ctx, s.identityKey)
@@ -47,7 +60,7 @@ func (s *EtcdStore) Identity(ctx context.Context) (*ClusterIdentity, error) {
 // PublishIdentity stores id unless an identity is stored already, and
 // returns the stored one: id itself, or the one another replica published
 // first.
-func (s *EtcdStore) PublishIdentity(ctx context.Context, id ClusterIdentity) (ClusterIdentity, error) {
+func (s *Store) PublishIdentity(ctx context.Context, id ClusterIdentity) (ClusterIdentity, error) {
 	data, err := json.Marshal(id)
 	if err != nil {
 		return id, fmt.Errorf("encode identity: %w", err)
@@ -83,7 +96,7 @@ func (s *EtcdStore) PublishIdentity(ctx context.Context, id ClusterIdentity) (Cl
 // UpgradeIdentity replaces the identity old, as a replica of an older
 // version published it, with id, unless another replica replaced it
 // first; it returns the stored identity.
-func (s *EtcdStore) UpgradeIdentity(ctx context.Context, old, id ClusterIdentity) (ClusterIdentity, error) {
+func (s *Store) UpgradeIdentity(ctx context.Context, old, id ClusterIdentity) (ClusterIdentity, error) {
 	data, err := json.Marshal(id)
 	if err != nil {
 		return id, fmt.Errorf("encode identity: %w", err)
@@ -140,7 +153,7 @@ func (e *permanentError) Unwrap() error { return e.err }
 
 // retryUntil runs op like do, and while etcd cannot be reached retries with
 // backoff until ctx ends, as List does at start-up.
-func (s *EtcdStore) retryUntil(ctx context.Context, what string, op func(ctx context.Context) error) error {
+func (s *Store) retryUntil(ctx context.Context, what string, op func(ctx context.Context) error) error {
 	bo := newEtcdBackoff(100*time.Millisecond, 5*time.Second)
 	for {
 		var permanent *permanentError

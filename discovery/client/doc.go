@@ -1,0 +1,19 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
+// Package client is the agent's side of the discovery API: register,
+// heartbeat, renew and deregister over HTTPS with failover between server
+// replicas, and the check that the peer holds a serving certificate. It
+// imports neither the registry nor its stores, so the agent's binary
+// dependencies stay free of etcd, grpc and bbolt.
+package client
