@@ -128,7 +128,7 @@ func (s *chaosServer) waitReadyCtx(ctx context.Context, timeout time.Duration) e
 	for {
 		p := s.current()
 		if p.exited() {
-			return fmt.Errorf("server %s exited: %v", s.name, p.err)
+			return fmt.Errorf("server %s exited: %w", s.name, p.err)
 		}
 		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		resp, err := doRequest(rctx, s.anon, http.MethodGet, s.URL+"/-/ready", "", nil)
@@ -137,7 +137,7 @@ func (s *chaosServer) waitReadyCtx(ctx context.Context, timeout time.Duration) e
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("server %s not ready after %s: %v", s.name, timeout, err)
+			return fmt.Errorf("server %s not ready after %s: %w", s.name, timeout, err)
 		}
 		select {
 		case <-ctx.Done():

@@ -434,7 +434,7 @@ func TestAgentStatus_BeforeEnrollment(t *testing.T) {
 	waitFor(t, startTimeout, func() error {
 		out, err := status()
 		if err != nil {
-			return fmt.Errorf("agent-status: %v\n%s", err, out)
+			return fmt.Errorf("agent-status: %w\n%s", err, out)
 		}
 		if !strings.Contains(out, "state:        registered") || !strings.Contains(out, "valid until") {
 			return fmt.Errorf("agent-status of a registered agent:\n%s", out)

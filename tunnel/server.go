@@ -458,7 +458,7 @@ func (s *Server) ServeConnect(w http.ResponseWriter, r *http.Request) {
 	// Bytes the client sent after the request line belong to the stream.
 	var in io.Reader = conn
 	if n := rw.Reader.Buffered(); n > 0 {
-		buffered, _ := rw.Reader.Peek(n)
+		buffered, _ := rw.Peek(n)
 		in = io.MultiReader(bytes.NewReader(bytes.Clone(buffered)), conn)
 	}
 	s.pipe(conn, in, conn, stream, conn)

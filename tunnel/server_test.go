@@ -219,7 +219,7 @@ func (f *fleet) startAgent(t testing.TB, id, hostname string, body func(w http.R
 		<-done
 		_ = relay.Close()
 	})
-	f.waitTunnels(t, func(n int) bool { return f.hasTunnel(hostname) })
+	f.waitTunnels(t, func(int) bool { return f.hasTunnel(hostname) })
 	return port
 }
 
