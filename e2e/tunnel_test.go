@@ -107,7 +107,16 @@ func (n *natHost) listen(t *testing.T) net.Listener {
 // address to dial inside the namespace.
 func (n *natHost) gateway(t *testing.T, to string) string {
 	t.Helper()
-	l := n.listen(t)
+	return forward(t, n.listen(t), func() (net.Conn, error) {
+		return net.DialTimeout("tcp", to, 5*time.Second)
+	})
+}
+
+// forward copies every connection accepted on l both ways to one that dial
+// makes, until either side closes; it returns l's address. Listener and
+// connections are closed when the test ends.
+func forward(t *testing.T, l net.Listener, dial func() (net.Conn, error)) string {
+	t.Helper()
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	open := map[net.Conn]struct{}{}
@@ -128,7 +137,7 @@ func (n *natHost) gateway(t *testing.T, to string) string {
 			}
 			wg.Go(func() {
 				defer in.Close()
-				out, err := net.DialTimeout("tcp", to, 5*time.Second)
+				out, err := dial()
 				if err != nil {
 					return
 				}
@@ -455,57 +464,16 @@ func failover(t *testing.T, to ...string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	open := map[net.Conn]struct{}{}
-	track := func(c net.Conn, on bool) {
-		mu.Lock()
-		defer mu.Unlock()
-		if on {
-			open[c] = struct{}{}
-		} else {
-			delete(open, c)
-		}
-	}
-	wg.Go(func() {
-		for {
-			in, err := l.Accept()
-			if err != nil {
-				return
+	return forward(t, l, func() (net.Conn, error) {
+		var err error
+		for _, addr := range to {
+			var out net.Conn
+			if out, err = net.DialTimeout("tcp", addr, time.Second); err == nil {
+				return out, nil
 			}
-			wg.Go(func() {
-				defer in.Close()
-				var out net.Conn
-				for _, addr := range to {
-					if out, err = net.DialTimeout("tcp", addr, time.Second); err == nil {
-						break
-					}
-				}
-				if out == nil {
-					return
-				}
-				defer out.Close()
-				track(in, true)
-				track(out, true)
-				defer track(in, false)
-				defer track(out, false)
-				done := make(chan struct{}, 2)
-				go func() { _, _ = io.Copy(out, in); done <- struct{}{} }()
-				go func() { _, _ = io.Copy(in, out); done <- struct{}{} }()
-				<-done
-			})
 		}
+		return nil, err
 	})
-	t.Cleanup(func() {
-		_ = l.Close()
-		mu.Lock()
-		for c := range open {
-			_ = c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	return l.Addr().String()
 }
 
 // TestTunnel_ReplicaLost: the agent keeps a tunnel to each of two replicas
