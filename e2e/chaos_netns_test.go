@@ -78,10 +78,10 @@ func ipCmd(args ...string) error {
 	return nil
 }
 
-// removeStaleNamespaces deletes namespaces left by chaos runs whose process
-// no longer exists (killed before their cleanup ran). Deleting a namespace
-// removes its veth links too.
-func removeStaleNamespaces(t *testing.T) {
+// removeStaleNamespaces deletes the namespaces named prefix+PID-... that
+// test runs left when their process was killed before its cleanup ran
+// (PID no longer exists). Deleting a namespace removes its veth links too.
+func removeStaleNamespaces(t *testing.T, prefix string) {
 	t.Helper()
 	out, err := exec.Command("ip", "netns", "list").Output()
 	if err != nil {
@@ -89,7 +89,7 @@ func removeStaleNamespaces(t *testing.T) {
 	}
 	for _, line := range strings.Split(string(out), "\n") {
 		name, _, _ := strings.Cut(strings.TrimSpace(line), " ")
-		rest, ok := strings.CutPrefix(name, netnsPrefix)
+		rest, ok := strings.CutPrefix(name, prefix)
 		if !ok {
 			continue
 		}
@@ -99,7 +99,7 @@ func removeStaleNamespaces(t *testing.T) {
 			continue
 		}
 		if err := unix.Kill(pid, 0); errors.Is(err, unix.ESRCH) {
-			t.Logf("removing namespace %s left by chaos run %d", name, pid)
+			t.Logf("removing namespace %s left by test run %d", name, pid)
 			killNamespacePids(name)
 			_ = ipCmd("netns", "del", name)
 		}
@@ -107,8 +107,8 @@ func removeStaleNamespaces(t *testing.T) {
 }
 
 // killNamespacePids SIGKILLs the processes still inside namespace name.
-// Only the harness creates these namespaces, so everything in one was
-// started by a chaos run.
+// Only the tests create these namespaces, so everything in one was started
+// by a test run.
 func killNamespacePids(name string) {
 	out, err := exec.Command("ip", "netns", "pids", name).Output()
 	if err != nil {
@@ -125,7 +125,7 @@ func killNamespacePids(name string) {
 func newNetLab(t *testing.T) *netLab {
 	t.Helper()
 	requireNetns(t)
-	removeStaleNamespaces(t)
+	removeStaleNamespaces(t, netnsPrefix)
 	// Two scenarios of one process may run at once: a random suffix keeps
 	// their names apart.
 	l := &netLab{prefix: fmt.Sprintf("%s%d-%04x", netnsPrefix, os.Getpid(), rand.IntN(1<<16))}

@@ -52,7 +52,9 @@ func newNATHost(t *testing.T) *natHost {
 	if os.Geteuid() != 0 {
 		t.Skip("network namespaces need root")
 	}
-	n := &natHost{name: fmt.Sprintf("bsd-tunnel-%d-%d", os.Getpid(), time.Now().UnixNano()%1e6)}
+	const prefix = "bsd-tunnel-"
+	removeStaleNamespaces(t, prefix)
+	n := &natHost{name: fmt.Sprintf("%s%d-%d", prefix, os.Getpid(), time.Now().UnixNano()%1e6)}
 	if out, err := exec.Command("ip", "netns", "add", n.name).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add: %v: %s", err, out)
 	}
