@@ -14,14 +14,11 @@
 package bench
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -74,7 +71,6 @@ func RunTunnels(ctx context.Context, cfg TunnelsConfig, out io.Writer) error {
 	defer stop()
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	defer stop()
 	metrics := tunnel.NewClientMetrics(nil)
 	start := time.Now()
 	for _, id := range reg.ids {
@@ -135,7 +131,7 @@ func failures(m *tunnel.ClientMetrics, serverURL string) float64 {
 }
 
 // serverTunnels reads baremetal_sd_tunnel_tunnels from the server's
-// /metrics; 0 while it does not answer.
+// /metrics; 0 while it does not answer (a restart in progress).
 func serverTunnels(ctx context.Context, t *target, serverURL string) (float64, error) {
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -150,14 +146,15 @@ func serverTunnels(ctx context.Context, t *target, serverURL string) (float64, e
 		return 0, nil
 	}
 	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "baremetal_sd_tunnel_tunnels "); ok {
-			return strconv.ParseFloat(v, 64)
-		}
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("server /metrics answered %s", resp.Status)
 	}
-	return 0, nil
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return 0, nil
+	}
+	const name = "baremetal_sd_tunnel_tunnels"
+	return scrapeValues(body, []string{name})[name], nil
 }
 
 func waitTunnelCount(ctx context.Context, count func() (float64, error), timeout time.Duration, ok func(float64) bool) error {

@@ -25,6 +25,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -208,7 +209,7 @@ func (c *Client) open(ctx context.Context, u *url.URL) (*yamux.Session, error) {
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		_ = conn.Close()
-		return nil, fmt.Errorf("server refused the tunnel: %s: %s", resp.Status, trimBody(body))
+		return nil, fmt.Errorf("server refused the tunnel: %s: %s", resp.Status, strings.TrimRight(string(body), "\r\n"))
 	}
 	if br.Buffered() > 0 {
 		// The server speaks yamux only after the agent; nothing may follow
@@ -228,14 +229,6 @@ func (c *Client) open(ctx context.Context, u *url.URL) (*yamux.Session, error) {
 		return nil, fmt.Errorf("start tunnel: %w", err)
 	}
 	return mux, nil
-}
-
-func trimBody(b []byte) string {
-	s := string(b)
-	for len(s) > 0 && (s[len(s)-1] == '\n' || s[len(s)-1] == '\r') {
-		s = s[:len(s)-1]
-	}
-	return s
 }
 
 // serve accepts the server's streams until the tunnel or ctx ends.

@@ -389,6 +389,12 @@ func (s *Server) Tunnels() int {
 // ServeConnect proxies one CONNECT request of a scraper to the relay of a
 // tunneled agent, and refuses every other.
 func (s *Server) ServeConnect(w http.ResponseWriter, r *http.Request) {
+	if r.ProtoMajor != 1 {
+		// Prometheus sends CONNECT as HTTP/1.1 only; its jobs need
+		// enable_http2: false (docs/tunnels.md).
+		s.refuse(w, http.StatusHTTPVersionNotSupported, "bad_request", "CONNECT over HTTP/2 is not supported: set enable_http2: false on the job")
+		return
+	}
 	p, no := s.identify(r)
 	if no != nil {
 		s.refuse(w, no.status, no.reason, no.msg)
@@ -442,10 +448,6 @@ func (s *Server) ServeConnect(w http.ResponseWriter, r *http.Request) {
 	s.cfg.Metrics.Streams.Inc()
 	defer s.cfg.Metrics.Streams.Dec()
 
-	if r.ProtoMajor == 2 {
-		s.connectH2(w, r, stream)
-		return
-	}
 	conn, rw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		return
@@ -462,32 +464,6 @@ func (s *Server) ServeConnect(w http.ResponseWriter, r *http.Request) {
 		in = io.MultiReader(bytes.NewReader(bytes.Clone(buffered)), conn)
 	}
 	s.pipe(conn, in, conn, stream, conn)
-}
-
-// connectH2 serves CONNECT over HTTP/2: the request body and the response
-// are the two directions of the stream.
-func (s *Server) connectH2(w http.ResponseWriter, r *http.Request, stream net.Conn) {
-	rc := http.NewResponseController(w)
-	_ = rc.SetReadDeadline(time.Time{})
-	_ = rc.SetWriteDeadline(time.Time{})
-	w.WriteHeader(http.StatusOK)
-	if err := rc.Flush(); err != nil {
-		return
-	}
-	s.pipe(nil, r.Body, flushWriter{w, rc}, stream, r.Body)
-}
-
-type flushWriter struct {
-	w  io.Writer
-	rc *http.ResponseController
-}
-
-func (f flushWriter) Write(p []byte) (int, error) {
-	n, err := f.w.Write(p)
-	if err == nil {
-		err = f.rc.Flush()
-	}
-	return n, err
 }
 
 // pipe copies client to stream and stream to client until both ends are

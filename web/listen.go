@@ -20,7 +20,6 @@ import (
 	"net/http"
 
 	toolkitweb "github.com/prometheus/exporter-toolkit/web"
-	"golang.org/x/sync/errgroup"
 )
 
 // Listen binds every --web.listen-address of flags, or nothing with systemd
@@ -52,11 +51,7 @@ func ServeListeners(listeners []net.Listener, server *http.Server, flags *toolki
 	if len(listeners) == 0 {
 		return ListenAndServe(server, flags, logger)
 	}
-	var g errgroup.Group
-	for _, l := range listeners {
-		g.Go(func() error { return Serve(l, server, flags, logger) })
-	}
-	return g.Wait()
+	return serveAll(listeners, server, flags, logger)
 }
 
 // CloseAll closes listeners; closing one that is served is harmless.

@@ -239,19 +239,9 @@ func ListenAndServe(server *http.Server, flags *toolkitweb.FlagConfig, logger *s
 		}
 		return serveAll(listeners, server, flags, logger)
 	}
-	if flags.WebListenAddresses == nil || len(*flags.WebListenAddresses) == 0 {
-		return toolkitweb.ErrNoListeners
-	}
-	var listeners []net.Listener
-	for _, addr := range *flags.WebListenAddresses {
-		l, err := net.Listen("tcp", addr)
-		if err != nil {
-			for _, o := range listeners {
-				o.Close()
-			}
-			return fmt.Errorf("listen on %s: %w", addr, err)
-		}
-		listeners = append(listeners, l)
+	listeners, err := Listen(flags)
+	if err != nil {
+		return err
 	}
 	return serveAll(listeners, server, flags, logger)
 }
