@@ -14,11 +14,11 @@
 package agent
 
 import (
-	"bytes"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
@@ -86,19 +86,10 @@ func legacyReplyCAs(resp *protocol.CertificateResponse, pinned []*x509.Certifica
 	}
 	if pinned != nil {
 		for _, c := range certs {
-			if !isPinned(c, pinned) {
+			if !slices.ContainsFunc(pinned, c.Equal) {
 				return nil, fmt.Errorf("refusing the reply's CA %q: it is not the CA in --discovery.ca-file", c.Subject.CommonName)
 			}
 		}
 	}
 	return &replyCAs{agent: certs, clientPEM: []byte(resp.CACertificate)}, nil
-}
-
-func isPinned(c *x509.Certificate, pinned []*x509.Certificate) bool {
-	for _, p := range pinned {
-		if bytes.Equal(c.Raw, p.Raw) {
-			return true
-		}
-	}
-	return false
 }

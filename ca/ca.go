@@ -140,7 +140,7 @@ func Load(dir string) (*Authority, error) {
 }
 
 func (a *Authority) loadIssuers(dir string, create bool, created *[]string) error {
-	root := &issuer{cert: a.cert, certPEM: a.certPEM, key: a.key}
+	root := a.root()
 	for _, it := range []struct {
 		spec issuerSpec
 		dst  **issuer
