@@ -391,7 +391,7 @@ func TestExamples_AlertingRules(t *testing.T) {
 func TestExamples_SystemdUnits(t *testing.T) {
 	analyze, err := exec.LookPath("systemd-analyze")
 	if err != nil {
-		t.Skip("systemd-analyze not found: not a systemd system")
+		t.Fatal("systemd-analyze not found: run scripts/install-test-deps.sh (make test does)")
 	}
 	bin, err := filepath.Abs("baremetal_sd")
 	if err != nil {
@@ -440,7 +440,7 @@ func TestExamples_SystemdUnits(t *testing.T) {
 func TestExamples_SystemdUsers(t *testing.T) {
 	sysusersBin, err := exec.LookPath("systemd-sysusers")
 	if err != nil {
-		t.Skip("systemd-sysusers not found: not a systemd system")
+		t.Fatal("systemd-sysusers not found: run scripts/install-test-deps.sh (make test does)")
 	}
 	conf, err := filepath.Abs(filepath.Join("examples", "systemd", "baremetal_sd.sysusers"))
 	if err != nil {

@@ -20,11 +20,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/prometheus/model/labels"
-
-	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/storetest"
 )
 
 // fakeClock is a settable clock for registry tests.
@@ -49,17 +47,8 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
-func testAgent(id string) *store.Agent {
-	return &store.Agent{
-		ID:         id,
-		Hostname:   id + ".example.com",
-		Address:    "192.0.2.10",
-		Port:       9956,
-		Labels:     labels.FromStrings("role", "web"),
-		Exporters:  []protocol.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
-		CertSerial: "s-" + id,
-	}
-}
+// testAgent is the conformance suite's complete, valid record.
+func testAgent(id string) *store.Agent { return storetest.NewAgent(id) }
 
 func newTestRegistry(t *testing.T, st store.Store, clock *fakeClock) *Registry {
 	t.Helper()
