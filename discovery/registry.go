@@ -608,8 +608,7 @@ func (r *Registry) purgeable(e *entry, st AgentState, now time.Time) bool {
 	case StateDeregistered:
 		// Until then a certificate of the agent can register again, over
 		// mTLS or by proof of its key, and must find what it left behind.
-		last := max(e.rec.certNotAfter, e.rec.prevCertNotAfter)
-		return now.Sub(time.Unix(0, last)) > r.cfg.RenewGrace
+		return r.pastRenewGrace(e.rec.certNotAfter, e.rec.prevCertNotAfter, now)
 	case StateExpired:
 		last := time.Unix(0, e.lastSeen.Load())
 		if last.Before(r.started) {

@@ -63,10 +63,17 @@ func (r *Registry) retire(cur *store.Agent, now time.Time) *store.Agent {
 	if cur.Deregistered || cur.Revoked() {
 		return nil
 	}
-	last := max(unixNanos(cur.CertNotAfter), unixNanos(cur.PrevCertNotAfter))
-	if now.Sub(time.Unix(0, last)) > r.cfg.RenewGrace {
+	if r.pastRenewGrace(unixNanos(cur.CertNotAfter), unixNanos(cur.PrevCertNotAfter), now) {
 		return nil
 	}
 	cur.Deregistered = true
 	return cur
+}
+
+// pastRenewGrace reports whether neither of an agent's certificates (their
+// expiries in Unix nanoseconds) can register any more, over mTLS or by
+// proof of its key within the renewal grace window.
+func (r *Registry) pastRenewGrace(certNotAfter, prevCertNotAfter int64, now time.Time) bool {
+	last := max(certNotAfter, prevCertNotAfter)
+	return now.Sub(time.Unix(0, last)) > r.cfg.RenewGrace
 }

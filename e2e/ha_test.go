@@ -480,7 +480,7 @@ func TestHA_ReplicaRefusesOwnCredentials(t *testing.T) {
 		_ = p.kill()
 		t.Fatal("a replica with an empty data directory started")
 	}
-	if p.err == nil || !strings.Contains(log.String(), "copy ca.crt, ca.key, agent-ca.crt, agent-ca.key, client-ca.crt, client-ca.key and token.key") {
+	if p.err == nil || !strings.Contains(log.String(), "copy ca.crt, ca.key, token.key, agent-ca.crt, agent-ca.key, client-ca.crt, client-ca.key from a running replica") {
 		t.Fatalf("exit %v; want a failure that says to copy the files", p.err)
 	}
 	if _, err := os.Stat(filepath.Join(args[4][len("--data.dir="):], "ca.crt")); err == nil {

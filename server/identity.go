@@ -23,6 +23,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
@@ -37,12 +38,15 @@ type identityStore interface {
 	UpgradeIdentity(ctx context.Context, old, id etcd.ClusterIdentity) (etcd.ClusterIdentity, error)
 }
 
-// sharedFiles are the data directory files every replica must share.
-var sharedFiles = []string{ca.CertFile, ca.KeyFile, ca.TokenKeyFile,
-	ca.AgentCACertFile, ca.AgentCAKeyFile, ca.ClientCACertFile, ca.ClientCAKeyFile}
+// rootFiles are the data directory files a 0.1.0 replica shared; sharedFiles
+// are those every replica of this version shares: the issuing CAs too.
+var (
+	rootFiles   = []string{ca.CertFile, ca.KeyFile, ca.TokenKeyFile}
+	sharedFiles = append(slices.Clone(rootFiles), ca.AgentCACertFile, ca.AgentCAKeyFile, ca.ClientCACertFile, ca.ClientCAKeyFile)
+)
 
 // copyHint tells an operator how to fix a replica's data directory.
-const copyHint = "copy ca.crt, ca.key, agent-ca.crt, agent-ca.key, client-ca.crt, client-ca.key and token.key from a running replica's data directory"
+var copyHint = "copy " + strings.Join(sharedFiles, ", ") + " from a running replica's data directory"
 
 // loadCredentials loads the CA and the token key from the data directory.
 // A server of its own (shared == nil) creates what is missing on first
@@ -65,7 +69,7 @@ func loadCredentials(ctx context.Context, dataDir string, shared identityStore, 
 				// Published by a 0.1.0 replica: the issuing CAs do not
 				// exist yet, and the first replica of this version
 				// creates them.
-				files = sharedFiles[:3]
+				files = rootFiles
 			}
 			for _, name := range files {
 				if _, err := os.Stat(filepath.Join(dataDir, name)); errors.Is(err, fs.ErrNotExist) {
