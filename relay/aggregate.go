@@ -206,16 +206,8 @@ func (s *source) run(ctx context.Context, req *http.Request, accepted acceptable
 		m.ScrapeDuration.WithLabelValues(e.cfg.Name).Observe(time.Since(start).Seconds())
 	}
 	if err != nil {
-		fe := classify(fctx, err)
-		e.relay.logger.Debug("Relaying exporter failed", "exporter", e.cfg.Name, "err", fe.err)
-		e.failed(fe)
-		if m != nil {
-			m.Up.WithLabelValues(e.cfg.Name).Set(0)
-			m.UpstreamErrors.WithLabelValues(e.cfg.Name, fe.reason).Inc()
-			if fe.reason == "parse" {
-				m.ParseErrors.WithLabelValues(e.cfg.Name).Inc()
-			}
-		}
+		e.recordFailure(fctx, err)
+		e.release(p)
 		return
 	}
 	e.succeeded()

@@ -51,20 +51,6 @@ func (f Format) ContentType() string {
 	return ContentTypeText
 }
 
-// upstreamAccept is what the aggregate endpoint asks an exporter for when
-// the scraper wants f: the same format first, then the others. Names are
-// asked for unescaped: the relay reads UTF-8 names and escapes them itself
-// for a scraper that takes none.
-func upstreamAccept(f Format) string {
-	switch f {
-	case FormatProtobuf:
-		return upstreamMediaType(FormatProtobuf) + ";q=1," + upstreamMediaType(FormatOpenMetrics) + ";q=0.8," + upstreamMediaType(FormatText) + ";q=0.5,*/*;q=0.1"
-	case FormatOpenMetrics:
-		return upstreamMediaType(FormatOpenMetrics) + ";q=1," + upstreamMediaType(FormatText) + ";q=0.5,*/*;q=0.1"
-	}
-	return upstreamMediaType(FormatText) + ";q=1,*/*;q=0.1"
-}
-
 // upstreamMediaType is the media range that asks an exporter for f with
 // unescaped names.
 func upstreamMediaType(f Format) string {
@@ -92,14 +78,9 @@ var defaultNegotiated = negotiated{format: FormatText, esc: model.UnderscoreEsca
 // acceptable is the formats a scraper's Accept header takes, best first.
 type acceptable []negotiated
 
-// negotiate picks the output format from a scraper's Accept header, as
-// prometheus/common/expfmt negotiates: the clause with the highest q among
-// the formats we write (the first of equals), text when nothing matches.
-func negotiate(accept string) negotiated {
-	return parseAccept(accept).best()
-}
-
-// best is the scraper's preferred format.
+// best is the scraper's preferred format, as prometheus/common/expfmt
+// negotiates: the clause with the highest q among the formats we write
+// (the first of equals), text when nothing matches.
 func (a acceptable) best() negotiated {
 	if len(a) == 0 {
 		return defaultNegotiated
@@ -128,7 +109,7 @@ func (a acceptable) answer(in Format) negotiated {
 // them. Names are asked for unescaped (see upstreamMediaType).
 func (a acceptable) upstreamAccept() string {
 	if len(a) == 0 {
-		return upstreamAccept(FormatText)
+		return upstreamMediaType(FormatText) + ";q=1,*/*;q=0.1"
 	}
 	var b strings.Builder
 	var seen [FormatProtobuf + 1]bool

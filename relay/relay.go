@@ -92,6 +92,22 @@ func New(cfg *Config, logger *slog.Logger, metrics *collector.Relay) (*Relay, er
 	return r, nil
 }
 
+// recordFailure classifies a failed relay of the exporter and records it:
+// the debug log, the exporter's health, up and the failure counters.
+func (e *exporter) recordFailure(ctx context.Context, err error) *fetchError {
+	fe := classify(ctx, err)
+	e.relay.logger.Debug("Relaying exporter failed", "exporter", e.cfg.Name, "err", fe.err)
+	e.failed(fe)
+	if m := e.relay.metrics; m != nil {
+		m.Up.WithLabelValues(e.cfg.Name).Set(0)
+		m.UpstreamErrors.WithLabelValues(e.cfg.Name, fe.reason).Inc()
+		if fe.reason == "parse" {
+			m.ParseErrors.WithLabelValues(e.cfg.Name).Inc()
+		}
+	}
+	return fe
+}
+
 // CloseIdleConnections closes the idle connections to the exporters, for a
 // relay a reload replaced.
 func (r *Relay) CloseIdleConnections() {
@@ -236,15 +252,8 @@ func (e *exporter) serve(w http.ResponseWriter, req *http.Request) {
 	defer e.returnCache(cache)
 
 	fail := func(err error) *fetchError {
-		fe := classify(ctx, err)
-		e.relay.logger.Debug("Relaying exporter failed", "exporter", name, "err", fe.err)
-		e.failed(fe)
+		fe := e.recordFailure(ctx, err)
 		if m != nil {
-			m.Up.WithLabelValues(name).Set(0)
-			m.UpstreamErrors.WithLabelValues(name, fe.reason).Inc()
-			if fe.reason == "parse" {
-				m.ParseErrors.WithLabelValues(name).Inc()
-			}
 			m.ScrapeDuration.WithLabelValues(name).Observe(time.Since(start).Seconds())
 		}
 		return fe

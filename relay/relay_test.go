@@ -709,7 +709,7 @@ func TestNegotiate(t *testing.T) {
 		{"*/*;escaping=allow-utf-8", FormatText, model.NoEscaping, "text/plain; version=0.0.4; charset=utf-8; escaping=allow-utf-8"},
 	}
 	for _, tt := range tests {
-		got := negotiate(tt.accept)
+		got := parseAccept(tt.accept).best()
 		if got.format != tt.format || got.esc != tt.esc || got.contentType != tt.ct {
 			t.Errorf("negotiate(%q) = %v, %v, %q; want %v, %v, %q", tt.accept, got.format, got.esc, got.contentType, tt.format, tt.esc, tt.ct)
 		}
