@@ -158,6 +158,19 @@ func TestRelay_SeriesCacheAcrossScrapes(t *testing.T) {
 			if tt.cached != (c != nil && c.len() > 0) {
 				t.Fatalf("cache %v, want cached=%v", c, tt.cached)
 			}
+			if !tt.cached {
+				return
+			}
+			// A warm scrape writes what the cache holds, not what relabeling
+			// would make again: poison every kept series and look for it.
+			for i := range c.slots {
+				if e := &c.slots[i]; !e.dropped && e.text != "" {
+					e.text = e.text[:e.keyLen] + "poisoned_series"
+				}
+			}
+			if hit := scrape(t, r, "/exporters/e/metrics", acceptText); !bytes.Contains(hit.Body.Bytes(), []byte("poisoned_series")) {
+				t.Fatal("a warm scrape did not use the series cache")
+			}
 		})
 	}
 }
