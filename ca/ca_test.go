@@ -24,6 +24,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
@@ -257,6 +258,19 @@ func TestVerifyIgnoringExpiry(t *testing.T) {
 	foreign, _, _ := other.SignAgent(AgentCertRequest{AgentID: "id", Hostname: "h", Address: "192.0.2.1", PublicKey: &key.PublicKey, TTL: time.Hour})
 	if err := a.VerifyIgnoringExpiry(foreign); err == nil {
 		t.Error("certificate of another CA accepted")
+	}
+	// The renewal of an expired certificate needs no mTLS: an agent-role
+	// certificate from the client CA, which only issues to Prometheus and
+	// operators, must not speak for an agent there either.
+	forged, _, err := a.clientCA.sign(&x509.Certificate{SerialNumber: newSerial(),
+		Subject:   pkix.Name{CommonName: "id", OrganizationalUnit: []string{RoleOU(RoleAgent)}},
+		NotBefore: time.Now(), NotAfter: time.Now().Add(time.Minute), ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, &key.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wrong *WrongIssuerError
+	if err := a.VerifyIgnoringExpiry(forged); !errors.As(err, &wrong) {
+		t.Errorf("agent certificate from the client CA: %v, want a WrongIssuerError", err)
 	}
 }
 
