@@ -34,12 +34,7 @@ func newTunnelClient(cfg Config, roots *x509.CertPool, lc *lifecycle, reg promet
 	}
 	c, err := tunnel.NewClient(tunnel.ClientConfig{
 		Servers: cfg.DiscoveryURLs,
-		TLS: &tls.Config{
-			MinVersion:           tls.VersionTLS12,
-			RootCAs:              roots,
-			VerifyConnection:     client.VerifyServerRole,
-			GetClientCertificate: lc.clientCertificate,
-		},
+		TLS:     tunnelTLS(roots, lc.clientCertificate),
 		Local:   local,
 		Metrics: tunnel.NewClientMetrics(reg),
 		Logger:  cfg.Logger,
@@ -48,4 +43,16 @@ func newTunnelClient(cfg Config, roots *x509.CertPool, lc *lifecycle, reg promet
 		return nil, fmt.Errorf("tunnel: %w", err)
 	}
 	return c, nil
+}
+
+// tunnelTLS is the TLS configuration of the tunnels: only a peer that roots
+// verify and that holds the server role gets the agent's tunnel, so an
+// enrolled host whose certificate chains to the same CA cannot take it.
+func tunnelTLS(roots *x509.CertPool, cert func(*tls.CertificateRequestInfo) (*tls.Certificate, error)) *tls.Config {
+	return &tls.Config{
+		MinVersion:           tls.VersionTLS12,
+		RootCAs:              roots,
+		VerifyConnection:     client.VerifyServerRole,
+		GetClientCertificate: cert,
+	}
 }
