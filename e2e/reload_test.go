@@ -297,10 +297,21 @@ func TestServer_SIGHUPChecksWebConfig(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+			// The gauge starts at 1: a good reload shows in the log.
+			const reloaded = "Reloaded the configuration"
+			before := strings.Count(s.log.String(), reloaded)
 			if err := s.proc.signal(syscall.SIGHUP); err != nil {
 				t.Fatal(err)
 			}
 			wait(tc.want)
+			if tc.want == 1 {
+				waitFor(t, startTimeout, func() error {
+					if strings.Count(s.log.String(), reloaded) == before {
+						return fmt.Errorf("no %q logged after SIGHUP", reloaded)
+					}
+					return nil
+				})
+			}
 		})
 	}
 	// The last good web config stays in force.
