@@ -220,6 +220,12 @@ func (c *chaos) runLane(ctx context.Context, faults []fault) {
 		// context of their own, bounded by their own timeouts.
 		e := f.run(context.WithoutCancel(ctx), k/len(faults))
 		e.Name = f.name
+		if e.Err != "" {
+			// A fault that could not be injected or undone, or whose
+			// target never came back, breaks the run however the
+			// periodic checks fared.
+			c.violate("%s on %s: not recovered: %s", e.Name, e.Target, e.Err)
+		}
 		c.record(e)
 		sleepCtx(ctx, c.cfg.Pause)
 	}
