@@ -206,7 +206,7 @@ func (s *source) run(ctx context.Context, req *http.Request, accepted acceptable
 		m.ScrapeDuration.WithLabelValues(e.cfg.Name).Observe(time.Since(start).Seconds())
 	}
 	if err != nil {
-		e.recordFailure(fctx, err)
+		_ = e.recordFailure(fctx, err) // the aggregate leaves a failed exporter out
 		e.release(p)
 		return
 	}
