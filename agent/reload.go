@@ -75,8 +75,7 @@ type reloader struct {
 	// own, which the agent writes and never needs validating.
 	webConfigFile string
 
-	lastSuccessful prometheus.Gauge
-	lastSuccess    prometheus.Gauge
+	reloads *collector.Reload
 
 	// current is what the listener serves; updates takes changed
 	// registrations to the lifecycle, newest only.
@@ -94,17 +93,10 @@ func newReloader(cfg Config, reg *prometheus.Registry, agentMetrics *collector.A
 		relayMetrics:  collector.NewRelay(reg),
 		scrapers:      scrapers,
 		webConfigFile: webConfigFile,
-		lastSuccessful: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: "baremetal_sd", Subsystem: "agent", Name: "config_last_reload_successful",
-			Help: "1 if the last configuration load or reload succeeded, 0 if it failed and the previous configuration is still in force.",
-		}),
-		lastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: "baremetal_sd", Subsystem: "agent", Name: "config_last_reload_success_timestamp_seconds",
-			Help: "Time of the last successful configuration load or reload.",
-		}),
-		updates: make(chan registration, 1),
+		reloads:       collector.NewReload(reg, "agent"),
+		updates:       make(chan registration, 1),
 	}
-	reg.MustRegister(r.lastSuccessful, r.lastSuccess, &infoCollector{
+	reg.MustRegister(&infoCollector{
 		hostname: cfg.Hostname,
 		labels: func() map[string]string {
 			if g := r.current.Load(); g != nil {
@@ -135,7 +127,7 @@ func (r *reloader) reload() error {
 	defer r.mu.Unlock()
 	g, err := r.build()
 	if err != nil {
-		r.lastSuccessful.Set(0)
+		r.reloads.Failed()
 		r.logger.Error("Failed to reload the configuration, keeping the previous one", "err", err)
 		return err
 	}
@@ -163,8 +155,7 @@ func (r *reloader) reload() error {
 }
 
 func (r *reloader) succeeded() {
-	r.lastSuccessful.Set(1)
-	r.lastSuccess.SetToCurrentTime()
+	r.reloads.Succeeded()
 }
 
 // forgetExporter drops the relay series of an exporter that is no longer

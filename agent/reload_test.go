@@ -69,7 +69,7 @@ func TestReloader_KeepsConfigOnBadFile(t *testing.T) {
 			if r.current.Load() != before {
 				t.Error("a failed reload replaced the running configuration")
 			}
-			if got := testutil.ToFloat64(r.lastSuccessful); got != 0 {
+			if got := lastReloadSuccessful(t, r); got != 0 {
 				t.Errorf("config_last_reload_successful = %v, want 0", got)
 			}
 			select {
@@ -86,7 +86,7 @@ func TestReloader_KeepsConfigOnBadFile(t *testing.T) {
 			if err := r.reload(); err != nil {
 				t.Fatalf("reload of a good file: %v", err)
 			}
-			if got := testutil.ToFloat64(r.lastSuccessful); got != 1 {
+			if got := lastReloadSuccessful(t, r); got != 1 {
 				t.Errorf("config_last_reload_successful = %v, want 1", got)
 			}
 			select {
@@ -137,4 +137,20 @@ func TestInfoCollector_FollowsReload(t *testing.T) {
 			}
 		})
 	}
+}
+
+// lastReloadSuccessful reads the reload gauge as a scrape would see it.
+func lastReloadSuccessful(t *testing.T, r *reloader) float64 {
+	t.Helper()
+	families, err := r.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() == "baremetal_sd_agent_config_last_reload_successful" {
+			return f.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatal("baremetal_sd_agent_config_last_reload_successful is not registered")
+	return 0
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/baremetal-sd/baremetal_sd/collector"
 	"github.com/baremetal-sd/baremetal_sd/web"
 )
 
@@ -32,27 +33,15 @@ import (
 type reloads struct {
 	webConfigFile string
 	logger        *slog.Logger
-	successful    prometheus.Gauge
-	success       prometheus.Gauge
+	metrics       *collector.Reload
 }
 
 func newReloads(webConfigFile string, reg prometheus.Registerer, logger *slog.Logger) *reloads {
-	r := &reloads{
+	return &reloads{
 		webConfigFile: webConfigFile,
 		logger:        logger,
-		successful: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: "baremetal_sd", Subsystem: "server", Name: "config_last_reload_successful",
-			Help: "1 if the last configuration load or reload succeeded, 0 if it failed and the previous configuration is still in force.",
-		}),
-		success: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: "baremetal_sd", Subsystem: "server", Name: "config_last_reload_success_timestamp_seconds",
-			Help: "Time of the last successful configuration load or reload.",
-		}),
+		metrics:       collector.NewReload(reg, "server"),
 	}
-	reg.MustRegister(r.successful, r.success)
-	r.successful.Set(1) // the start loaded it
-	r.success.SetToCurrentTime()
-	return r
 }
 
 // watch reloads on every receive from requests until ctx ends.
@@ -64,12 +53,11 @@ func (r *reloads) watch(ctx context.Context, requests <-chan os.Signal) {
 		case <-requests:
 		}
 		if _, err := web.LoadConfig(r.webConfigFile); err != nil {
-			r.successful.Set(0)
+			r.metrics.Failed()
 			r.logger.Error("Failed to reload the configuration, keeping the previous one", "err", err)
 			continue
 		}
-		r.successful.Set(1)
-		r.success.SetToCurrentTime()
+		r.metrics.Succeeded()
 		r.logger.Info("Reloaded the configuration", "web_config", r.webConfigFile)
 	}
 }
