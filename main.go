@@ -154,7 +154,7 @@ func run(args []string) int {
 
 	cmd, err := app.Parse(args)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "baremetal_sd: %v, try --help\n", err)
+		fmt.Fprintf(os.Stderr, "baremetal_sd: %v, try --help\n", explainParseError(app, args, err))
 		return 2
 	}
 	logger := promslog.New(logConfig)
@@ -267,4 +267,35 @@ func defaultServerNames() []string {
 		names = append([]string{h}, names...)
 	}
 	return names
+}
+
+// explainParseError names the flag or argument whose value kingpin
+// refused: kingpin reports the value's own error alone ("time: invalid
+// duration \"x\""), which does not say where the value was given. The
+// value is set again to find it; the process exits after this anyway.
+func explainParseError(app *kingpin.Application, args []string, err error) error {
+	pc, perr := app.ParseContext(args)
+	if perr != nil || pc == nil {
+		return err
+	}
+	for _, el := range pc.Elements {
+		var name string
+		var value kingpin.Value
+		switch c := el.Clause.(type) {
+		case *kingpin.FlagClause:
+			name, value = "--"+c.Model().Name, c.Model().Value
+		case *kingpin.ArgClause:
+			name, value = "<"+c.Model().Name+">", c.Model().Value
+		default:
+			continue
+		}
+		if el.Value == nil || value == nil {
+			continue
+		}
+		if verr := value.Set(*el.Value); verr != nil && verr.Error() == err.Error() {
+			// The time package prefixes its errors with its name.
+			return fmt.Errorf("%s: %s", name, strings.TrimPrefix(verr.Error(), "time: "))
+		}
+	}
+	return err
 }
