@@ -133,7 +133,8 @@ func run(args []string) int {
 	agentsCmd := app.Command("agents", "List and manage agents through the server's admin API.")
 	var cli server.AgentsCLI
 	agentsCmd.Flag("server.url", "Base URL of the discovery server.").Default("https://localhost:9955").StringVar(&cli.ServerURL)
-	agentsCmd.Flag("data.dir", "On the server host: trust its CA and mint a short-lived admin token from its token key.").StringVar(&cli.DataDir)
+	var agentsDataDirSet bool
+	agentsCmd.Flag("data.dir", "The server's data directory, on the server host: trust its CA and mint a short-lived admin token from its token key. The default is used only if it holds a ca.crt, so that a certificate or token works from elsewhere.").Default("data").IsSetByUser(&agentsDataDirSet).StringVar(&cli.DataDir)
 	agentsCmd.Flag("tls.ca-file", "CA certificate that verifies the server (default: the data dir's ca.crt).").StringVar(&cli.CAFile)
 	agentsCmd.Flag("tls.cert-file", "Admin client certificate (cert issue --role=admin).").StringVar(&cli.CertFile)
 	agentsCmd.Flag("tls.key-file", "Key of the admin client certificate.").StringVar(&cli.KeyFile)
@@ -231,6 +232,7 @@ func run(args []string) int {
 		return 0
 
 	case agentsList.FullCommand(), agentsRevoke.FullCommand(), agentsMaint.FullCommand():
+		cli.DataDirIsDefault = !agentsDataDirSet
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
 		var err error
