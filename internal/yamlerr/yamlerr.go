@@ -77,7 +77,7 @@ var (
 
 // Problem rewords one problem of a yaml.TypeError ("line 4: field timout
 // not found in type relay.plain" becomes `line 4: unknown field "timout"`).
-// A problem it does not recognise is returned unchanged.
+// A problem it does not recognize is returned unchanged.
 func Problem(p string) string {
 	if m := notFound.FindStringSubmatch(p); m != nil {
 		return fmt.Sprintf("line %s: unknown field %q", m[1], m[2])

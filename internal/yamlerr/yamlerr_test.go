@@ -39,7 +39,7 @@ func TestUnmarshalStrict_SaysWhatIsWrongWithoutGoTypes(t *testing.T) {
 	for _, tc := range []struct {
 		name, in, want string
 	}{
-		{"unknown field", "nmae: x\n", `line 1: unknown field "nmae"`},
+		{"unknown field", "flavor: x\n", `line 1: unknown field "flavor"`},
 		{"unknown nested field", "auth:\n  usr: x\n", `line 2: unknown field "usr"`},
 		{"field set twice", "name: a\nname: b\n", `line 2: field "name" is set twice`},
 		{"map key set twice", "labels:\n  a: x\n  a: y\n", `line 3: key "a" is set twice`},
@@ -51,7 +51,7 @@ func TestUnmarshalStrict_SaysWhatIsWrongWithoutGoTypes(t *testing.T) {
 		{"list for a mapping", "labels: [a]\n", "line 1: expected a mapping, got a list"},
 		{"list for a struct", "auth: [a]\n", "line 1: a list is not valid here"},
 		{"list for a struct pointer", "auth_ptr: [a]\n", "line 1: a list is not valid here"},
-		{"several problems", "nmae: x\nport: [1]\n", `line 1: unknown field "nmae"; line 2: expected a number, got a list`},
+		{"several problems", "flavor: x\nport: [1]\n", `line 1: unknown field "flavor"; line 2: expected a number, got a list`},
 		{"syntax error", "name: a\n  b: c\n", "line 2: mapping values are not allowed in this context"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -78,7 +78,7 @@ func TestUnmarshalStrict_SaysWhatIsWrongWithoutGoTypes(t *testing.T) {
 
 func TestDescribe_KeepsOtherErrors(t *testing.T) {
 	err := errors.New(`not a valid duration string: "abc"`)
-	if got := Describe(err); got != err {
+	if got := Describe(err); !errors.Is(got, err) || got.Error() != err.Error() {
 		t.Errorf("Describe(%v) = %v, want it unchanged", err, got)
 	}
 }
