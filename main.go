@@ -133,7 +133,8 @@ func run(args []string) int {
 	agentsCmd := app.Command("agents", "List and manage agents through the server's admin API.")
 	var cli server.AgentsCLI
 	agentsCmd.Flag("server.url", "Base URL of the discovery server.").Default("https://localhost:9955").StringVar(&cli.ServerURL)
-	agentsCmd.Flag("data.dir", "On the server host: trust its CA and mint a short-lived admin token from its token key.").StringVar(&cli.DataDir)
+	var agentsDataDirSet bool
+	agentsCmd.Flag("data.dir", "The server's data directory, on the server host: trust its CA and mint a short-lived admin token from its token key. The default is used only if it holds a ca.crt, so that a certificate or token works from elsewhere.").Default("data").IsSetByUser(&agentsDataDirSet).StringVar(&cli.DataDir)
 	agentsCmd.Flag("tls.ca-file", "CA certificate that verifies the server (default: the data dir's ca.crt).").StringVar(&cli.CAFile)
 	agentsCmd.Flag("tls.cert-file", "Admin client certificate (cert issue --role=admin).").StringVar(&cli.CertFile)
 	agentsCmd.Flag("tls.key-file", "Key of the admin client certificate.").StringVar(&cli.KeyFile)
@@ -154,7 +155,7 @@ func run(args []string) int {
 
 	cmd, err := app.Parse(args)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "baremetal_sd: %v, try --help\n", err)
+		fmt.Fprintf(os.Stderr, "baremetal_sd: %v, try --help\n", explainParseError(app, args, err))
 		return 2
 	}
 	logger := promslog.New(logConfig)
@@ -231,6 +232,7 @@ func run(args []string) int {
 		return 0
 
 	case agentsList.FullCommand(), agentsRevoke.FullCommand(), agentsMaint.FullCommand():
+		cli.DataDirIsDefault = !agentsDataDirSet
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
 		var err error
@@ -267,4 +269,35 @@ func defaultServerNames() []string {
 		names = append([]string{h}, names...)
 	}
 	return names
+}
+
+// explainParseError names the flag or argument whose value kingpin
+// refused: kingpin reports the value's own error alone ("time: invalid
+// duration \"x\""), which does not say where the value was given. The
+// value is set again to find it; the process exits after this anyway.
+func explainParseError(app *kingpin.Application, args []string, err error) error {
+	pc, perr := app.ParseContext(args)
+	if perr != nil || pc == nil {
+		return err
+	}
+	for _, el := range pc.Elements {
+		var name string
+		var value kingpin.Value
+		switch c := el.Clause.(type) {
+		case *kingpin.FlagClause:
+			name, value = "--"+c.Model().Name, c.Model().Value
+		case *kingpin.ArgClause:
+			name, value = "<"+c.Model().Name+">", c.Model().Value
+		default:
+			continue
+		}
+		if el.Value == nil || value == nil {
+			continue
+		}
+		if verr := value.Set(*el.Value); verr != nil && verr.Error() == err.Error() {
+			// The time package prefixes its errors with its name.
+			return fmt.Errorf("%s: %s", name, strings.TrimPrefix(verr.Error(), "time: "))
+		}
+	}
+	return err
 }

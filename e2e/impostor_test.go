@@ -137,12 +137,18 @@ func promConfigFromExamples(t *testing.T, serverAddr, certsDir string) string {
 func prometheusCerts(t *testing.T, dataDir string) string {
 	t.Helper()
 	certs := t.TempDir()
+	writePrometheusCerts(t, dataDir, certs)
+	return certs
+}
+
+// writePrometheusCerts is prometheusCerts into the directory certs.
+func writePrometheusCerts(t *testing.T, dataDir, certs string) {
+	t.Helper()
 	runCLI(t, "cert", "issue", "--data.dir="+dataDir, "--name=prometheus", "--out.dir="+certs)
 	tok := createToken(t, dataDir, "--scope=discovery", "--ttl=1h")
 	if err := os.WriteFile(filepath.Join(certs, "discovery.token"), []byte(tok+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return certs
 }
 
 var sdFailuresRE = regexp.MustCompile(`(?m)^prometheus_sd_http_failures_total(?:\{[^}]*\})? (\S+)$`)

@@ -783,21 +783,30 @@ func startPrometheus(t testing.TB, configYAML string) *testPrometheus {
 // run, one of prometheusReleases.
 func startPrometheusBinary(t testing.TB, binary, configYAML string) *testPrometheus {
 	t.Helper()
+	return startPrometheusIn(t, binary, t.TempDir(), func(string) string { return configYAML })
+}
+
+// startPrometheusIn is startPrometheusBinary with the configuration
+// written to dir/prometheus.yml, so that relative paths in it resolve
+// against dir as they do for an operator, and made by config from the
+// address Prometheus will listen on.
+func startPrometheusIn(t testing.TB, binary, dir string, config func(addr string) string) *testPrometheus {
+	t.Helper()
 	if _, err := os.Stat(binary); err != nil {
 		t.Fatalf("%s is missing (%v): run scripts/install-test-deps.sh (make test does)", binary, err)
 	}
-	dir := t.TempDir()
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	configYAML := config(addr)
 	cfg := filepath.Join(dir, "prometheus.yml")
 	if err := os.WriteFile(cfg, []byte(configYAML), 0o600); err != nil {
 		t.Fatalf("write prometheus.yml: %v", err)
 	}
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	p := &testPrometheus{URL: "http://" + addr, log: &logBuffer{}}
 	fmt.Fprintf(p.log, "=== prometheus.yml:\n%s\n", configYAML)
 	dumpOnFailure(t, "prometheus "+addr, p.log)
 	p.proc = startProcess(t, "prometheus", p.log, binary,
 		"--config.file="+cfg,
-		"--storage.tsdb.path="+filepath.Join(dir, "tsdb"),
+		"--storage.tsdb.path="+filepath.Join(t.TempDir(), "tsdb"),
 		"--web.listen-address="+addr,
 		"--log.level=debug",
 	)

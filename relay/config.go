@@ -27,6 +27,7 @@ import (
 	"go.yaml.in/yaml/v2"
 
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/internal/yamlerr"
 )
 
 // Defaults of the relay configuration.
@@ -129,7 +130,20 @@ func (e *ExporterConfig) UnmarshalYAML(unmarshal func(any) error) error {
 	*e = ExporterConfig{HTTPClientConfig: config.DefaultHTTPClientConfig}
 	e.HTTPClientConfig.FollowRedirects = false
 	type plain ExporterConfig
-	return unmarshal((*plain)(e))
+	err := unmarshal((*plain)(e))
+	// Say which exporter a problem is in. A *yaml.TypeError must be
+	// returned as such for the decoder to go on and report the rest.
+	var te *yaml.TypeError
+	switch {
+	case err == nil || e.Name == "":
+	case errors.As(err, &te):
+		for i, p := range te.Errors {
+			te.Errors[i] = fmt.Sprintf("%s in exporter %q", yamlerr.Problem(p), e.Name)
+		}
+	default:
+		err = fmt.Errorf("exporter %q: %w", e.Name, err)
+	}
+	return err
 }
 
 // Label returns the exporter label name, "" when disabled.
@@ -157,8 +171,8 @@ func LoadConfig(path string) (*Config, error) {
 // reported here, at start, never as a panic at scrape time.
 func ParseConfig(data []byte) (*Config, error) {
 	cfg := &Config{}
-	if err := yaml.UnmarshalStrict(data, cfg); err != nil {
-		return nil, fmt.Errorf("parse: %w", err)
+	if err := yamlerr.UnmarshalStrict(data, cfg); err != nil {
+		return nil, err
 	}
 	if cfg.MaxBodyBytes == 0 {
 		cfg.MaxBodyBytes = DefaultMaxBodyBytes

@@ -44,19 +44,36 @@ import (
 // admin token is minted with its token key.
 type AgentsCLI struct {
 	ServerURL string
-	DataDir   string
-	CAFile    string
-	CertFile  string
-	KeyFile   string
-	TokenFile string
+	// DataDir is the server's data directory.
+	DataDir string
+	// DataDirIsDefault says DataDir is the default, not given by the
+	// operator. It is then used only where it holds a server CA, as on the
+	// server host: elsewhere the command runs with a certificate or token
+	// and the system roots, as without a default.
+	DataDirIsDefault bool
+	CAFile           string
+	CertFile         string
+	KeyFile          string
+	TokenFile        string
 	// Output is "table" or "json".
 	Output string
 }
 
+// dataDir returns the server data directory to use, "" for none.
+func (c AgentsCLI) dataDir() string {
+	if c.DataDirIsDefault {
+		if _, err := os.Stat(filepath.Join(c.DataDir, ca.CertFile)); err != nil {
+			return ""
+		}
+	}
+	return c.DataDir
+}
+
 func (c AgentsCLI) client() (*discovery.AdminClient, error) {
+	dataDir := c.dataDir()
 	caFile := c.CAFile
-	if caFile == "" && c.DataDir != "" {
-		caFile = filepath.Join(c.DataDir, ca.CertFile)
+	if caFile == "" && dataDir != "" {
+		caFile = filepath.Join(dataDir, ca.CertFile)
 	}
 	// The admin token and certificate go only to a peer with a serving
 	// certificate: never to an enrolled host posing as the server.
@@ -86,12 +103,14 @@ func (c AgentsCLI) client() (*discovery.AdminClient, error) {
 			return nil, fmt.Errorf("read token: %w", err)
 		}
 		ac.Token = strings.TrimSpace(string(tok))
-	case c.DataDir != "":
-		tok, err := CreateToken(c.DataDir, ca.TokenSpec{Scope: ca.ScopeAdmin, TTL: 5 * time.Minute})
+	case dataDir != "":
+		tok, err := CreateToken(dataDir, ca.TokenSpec{Scope: ca.ScopeAdmin, TTL: 5 * time.Minute})
 		if err != nil {
 			return nil, err
 		}
 		ac.Token = tok
+	case c.DataDirIsDefault:
+		return nil, fmt.Errorf("no server data directory at --data.dir=%s (the default): on the server host give its --data.dir, elsewhere --tls.cert-file/--tls.key-file or --token-file", c.DataDir)
 	default:
 		return nil, errors.New("give --tls.cert-file/--tls.key-file, --token-file, or --data.dir on the server host")
 	}

@@ -452,7 +452,7 @@ func prepareWebConfig(cfg Config, authority *ca.Authority) (*toolkitweb.FlagConf
 	if flags.WebConfigFile != nil && *flags.WebConfigFile != "" {
 		c, err := web.LoadConfig(*flags.WebConfigFile)
 		if err != nil {
-			return nil, nil, fmt.Errorf("web config: %w", err)
+			return nil, nil, err // it names the file
 		}
 		if c.TLSConfig.TLSCertPath == "" && c.TLSConfig.TLSCert == "" {
 			return nil, nil, fmt.Errorf("web config %s has no tls_server_config: the server serves TLS only", *flags.WebConfigFile)

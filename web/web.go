@@ -29,8 +29,9 @@ import (
 
 	"github.com/coreos/go-systemd/v22/activation"
 	toolkitweb "github.com/prometheus/exporter-toolkit/web"
-	"go.yaml.in/yaml/v2"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/baremetal-sd/baremetal_sd/internal/yamlerr"
 )
 
 // allowedHeaders are the response headers a web config may set, with their
@@ -61,8 +62,8 @@ func LoadConfig(path string) (*toolkitweb.Config, error) {
 		},
 		HTTPConfig: toolkitweb.HTTPConfig{HTTP2: true},
 	}
-	if err := yaml.UnmarshalStrict(content, c); err != nil {
-		return nil, fmt.Errorf("parse web config %s: %w", path, err)
+	if err := yamlerr.UnmarshalStrict(content, c); err != nil {
+		return nil, fmt.Errorf("web config %s: %w", path, err)
 	}
 	allowed := allowedHeaders()
 	for k, v := range c.HTTPConfig.Header {
