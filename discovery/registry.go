@@ -116,6 +116,10 @@ type entry struct {
 	lastSeen atomic.Int64 // unix nanoseconds
 	flushed  atomic.Int64 // lastSeen value last written to the store
 	status   atomic.Pointer[string]
+	// health is what the heartbeats last said of the exporters (nil: never
+	// reported); healthFlushed is the version (agentHealth.at) the store has.
+	health        atomic.Pointer[agentHealth]
+	healthFlushed atomic.Int64
 	// listed says whether the agent is in http_sd; it changes under the
 	// registry's write lock or, when a heartbeat revives an expired agent,
 	// through revive (compare-and-swap).
@@ -221,6 +225,7 @@ func newEntry(a *store.Agent) *entry {
 		s := a.Status
 		e.status.Store(&s)
 	}
+	e.takeHealth(a)
 	return e
 }
 
@@ -294,6 +299,7 @@ func (r *Registry) apply(a *store.Agent) {
 		r.shards[idx].agents[a.ID] = e
 	} else {
 		e.rec = newRecord(cp)
+		e.takeHealth(cp)
 		// A remote record may carry an older LastSeen than we saw locally.
 		if ls := cp.LastSeen.UnixNano(); ls > e.lastSeen.Load() {
 			e.lastSeen.Store(ls)
@@ -449,6 +455,11 @@ func (r *Registry) view(e *entry, now time.Time) AgentView {
 	a.LastSeen = time.Unix(0, e.lastSeen.Load()).UTC()
 	if s := e.status.Load(); s != nil {
 		a.Status = *s
+	}
+	h := e.health.Load()
+	a.ExporterHealth = h.report(e.rec)
+	if h != nil {
+		a.HealthReportedAt = fromUnixNanos(h.at)
 	}
 	return AgentView{Agent: *a, State: r.state(e, now)}
 }
@@ -658,6 +669,7 @@ func (r *Registry) purge(ctx context.Context, id string, now time.Time) error {
 // store operation. A failed flush is retried with the next one. With
 // nothing to write, it checks that a store that can be unreachable answers.
 func (r *Registry) Flush(ctx context.Context) {
+	r.flushHealth(ctx)
 	var touches []store.Touch
 	var entries []*entry
 	r.mu.RLock()

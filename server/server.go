@@ -171,6 +171,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := registry.Load(ctx); err != nil {
 		return err
 	}
+	reg.MustRegister(discovery.NewExporterHealthCollector(registry))
 	// Loading decoded every record once. Hand that garbage back to the
 	// kernel now rather than have it count as resident memory until the
 	// scavenger gets to it: with 100,000 agents it is more than the
