@@ -113,6 +113,10 @@ type lifecycle struct {
 	statusWriteFailed bool
 	// trustHints bounds how often a verification failure is explained.
 	trustHints every
+	// health reports the exporters' health for heartbeats (nil: none);
+	// healthRefusedUntil is set when a server refused it (see sendHeartbeat).
+	health             func() []protocol.ExporterHealth
+	healthRefusedUntil time.Time
 }
 
 func newLifecycle(cfg Config, key *ecdsa.PrivateKey, req protocol.RegisterRequest, metrics *collector.Agent) *lifecycle {
@@ -297,7 +301,7 @@ func (l *lifecycle) run(ctx context.Context) {
 }
 
 func (l *lifecycle) heartbeat(ctx context.Context) {
-	resp, err := l.client.Heartbeat(ctx, nil)
+	resp, err := l.sendHeartbeat(ctx)
 	if ctx.Err() != nil {
 		return
 	}
