@@ -461,7 +461,8 @@ func (r *Registry) view(e *entry, now time.Time) AgentView {
 	if h != nil {
 		a.HealthReportedAt = fromUnixNanos(h.at)
 	}
-	return AgentView{Agent: *a, State: r.state(e, now)}
+	st := r.state(e, now)
+	return AgentView{Agent: *a, State: st, GraceUntil: r.graceUntil(e, st, now)}
 }
 
 // Heartbeat records that the agent holding a certificate with the given
