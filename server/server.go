@@ -248,10 +248,12 @@ func Run(ctx context.Context, cfg Config) error {
 		_, _ = w.Write([]byte("Ready.\n"))
 	})
 	showFleet := fleetReader(api.CanReadFleet)
+	sdReadable := api.CanReadFleet
 	if cfg.AnonymousSD {
 		showFleet = func(*http.Request) bool { return true }
+		sdReadable = showFleet
 	}
-	mux.Handle("/", &statusPage{registry: registry, now: time.Now, logger: logger, showFleet: showFleet, consumers: consumers})
+	mux.Handle("/", &statusPage{registry: registry, now: time.Now, logger: logger, showFleet: showFleet, sdReadable: sdReadable, consumers: consumers})
 
 	runCtx, stopLoops := context.WithCancel(context.Background())
 	var loops sync.WaitGroup
