@@ -16,6 +16,8 @@ package discovery
 import (
 	"context"
 	"errors"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
@@ -36,7 +38,7 @@ const (
 	healthDown
 )
 
-// exporterHealth is one exporter's health as the registry keeps it: 48
+// exporterHealth is one exporter's health as the registry keeps it: 56
 // bytes, the name shared with the agent's record.
 type exporterHealth struct {
 	name, reason      string
@@ -188,12 +190,62 @@ func (r *Registry) ReportHealth(id string, hs []protocol.ExporterHealth) {
 	for {
 		cur := e.health.Load()
 		next := newAgentHealth(e.rec, now, hs)
+		r.upSets.share(next)
 		if cur != nil && cur.sameStates(next) {
 			next.at = cur.at
 		}
 		if e.health.CompareAndSwap(cur, next) {
 			return
 		}
+	}
+}
+
+// upSets shares one exporter list among the agents whose exporters are all
+// up, the common case: such an agent's health is then its 32 bytes alone,
+// instead of 96 with one exporter of its own. The times of up exporters are
+// not kept for that: the state of a healthy exporter is what matters, and
+// when it last changed is in the store's record of the last change. Like
+// the interner, it holds at most maxInterned lists; past that, lists are
+// kept per agent.
+type upSets struct {
+	mu    sync.Mutex
+	lists map[string][]exporterHealth
+	key   strings.Builder
+}
+
+// share replaces h's exporters by a shared list when they are all up
+// without a reason.
+func (u *upSets) share(h *agentHealth) {
+	if len(h.exps) == 0 {
+		return
+	}
+	for i := range h.exps {
+		if h.exps[i].state != healthUp || h.exps[i].reason != "" {
+			return
+		}
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.key.Reset()
+	for i := range h.exps {
+		u.key.WriteString(h.exps[i].name)
+		u.key.WriteByte(0)
+	}
+	k := u.key.String()
+	if shared, ok := u.lists[k]; ok {
+		h.exps = shared
+		return
+	}
+	list := make([]exporterHealth, len(h.exps))
+	for i := range h.exps {
+		list[i] = exporterHealth{name: h.exps[i].name, state: healthUp}
+	}
+	h.exps = list
+	if u.lists == nil {
+		u.lists = make(map[string][]exporterHealth)
+	}
+	if len(u.lists) < maxInterned {
+		u.lists[k] = list
 	}
 }
 

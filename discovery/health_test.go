@@ -101,10 +101,8 @@ func TestRegistry_ExporterHealth(t *testing.T) {
 				{Name: "mysqld", State: protocol.ExporterUp, Since: t0, LastResult: t0},
 				{Name: "node", State: protocol.ExporterUp, Since: t0.Add(2 * time.Minute), LastResult: t0.Add(2 * time.Minute)},
 			},
-			want: []protocol.ExporterHealth{
-				{Name: "node", State: protocol.ExporterUp, Since: t0.Add(2 * time.Minute), LastResult: t0.Add(2 * time.Minute)},
-				{Name: "mysqld", State: protocol.ExporterUp, Since: t0, LastResult: t0},
-			},
+			// Exporters that are all up share one list, without times.
+			want: []protocol.ExporterHealth{{Name: "node", State: protocol.ExporterUp}, {Name: "mysqld", State: protocol.ExporterUp}},
 			writes: 1,
 		},
 	}
@@ -247,4 +245,27 @@ baremetal_sd_exporters{exporter="node",state="up"} 1
 			t.Fatalf("other=%v e00=%v e03=%v, want 6, absent, 4", counts[OtherExporters], counts["e00"], counts["e03"])
 		}
 	})
+}
+
+// TestRegistry_ExporterHealthSharesAllUp: agents whose exporters are all up
+// share one list; one with an exporter down has its own.
+func TestRegistry_ExporterHealthSharesAllUp(t *testing.T) {
+	r := newTestRegistry(t, memory.New(), newFakeClock())
+	now := time.Now()
+	for _, id := range []string{"a", "b", "c"} {
+		mustPut(t, r, testAgent(id))
+	}
+	up := []protocol.ExporterHealth{{Name: "node", State: protocol.ExporterUp, Since: now, LastResult: now}}
+	r.ReportHealth("a", up)
+	r.ReportHealth("b", up)
+	r.ReportHealth("c", []protocol.ExporterHealth{{Name: "node", State: protocol.ExporterDown, Reason: "timeout", Since: now}})
+	exps := func(id string) *exporterHealth {
+		return &r.shards[shardOf(id)].agents[id].health.Load().exps[0]
+	}
+	if exps("a") != exps("b") {
+		t.Error("two agents with all exporters up do not share their list")
+	}
+	if exps("c") == exps("a") || exps("c").state != healthDown {
+		t.Error("an agent with an exporter down shares the list of the healthy ones")
+	}
 }
