@@ -102,7 +102,7 @@ func TestRegistry_ExporterHealth(t *testing.T) {
 				{Name: "node", State: protocol.ExporterUp, Since: t0.Add(2 * time.Minute), LastResult: t0.Add(2 * time.Minute)},
 			},
 			// Exporters that are all up share one list, without times.
-			want: []protocol.ExporterHealth{{Name: "node", State: protocol.ExporterUp}, {Name: "mysqld", State: protocol.ExporterUp}},
+			want:   []protocol.ExporterHealth{{Name: "node", State: protocol.ExporterUp}, {Name: "mysqld", State: protocol.ExporterUp}},
 			writes: 1,
 		},
 	}

@@ -145,8 +145,7 @@ type Registry struct {
 	locks  [idLocks]sync.Mutex
 	// intern is guarded by mu (written under the write lock).
 	intern *interner
-	// upSets shares the health of exporters that are all up (see
-	// sharedUp).
+	// upSets shares the health lists of agents whose exporters are all up.
 	upSets upSets
 
 	// gen is the sum of all changes: http_sd caches compare it first.

@@ -13,10 +13,7 @@
 
 package discovery
 
-import (
-	"strings"
-	"time"
-)
+import "strings"
 
 // SummaryFilter selects the agents of a Summary. The zero value selects
 // every agent.
@@ -63,18 +60,4 @@ func (f *SummaryFilter) match(e *entry, st AgentState) bool {
 // containsFold reports whether sub is in s, ignoring ASCII and Unicode case.
 func containsFold(s, sub string) bool {
 	return strings.Contains(strings.ToLower(s), strings.ToLower(sub))
-}
-
-// graceUntil returns, for an agent in state st that only the restart grace
-// keeps in http_sd (its last heartbeat is older than the TTL), when the
-// grace ends; the zero time for every other agent.
-func (r *Registry) graceUntil(e *entry, st AgentState, now time.Time) time.Time {
-	if !listedState(st) {
-		return time.Time{}
-	}
-	last := time.Unix(0, e.lastSeen.Load())
-	if now.Sub(last) <= r.cfg.TTL || !last.Before(r.started) {
-		return time.Time{}
-	}
-	return r.started.Add(r.cfg.TTL).UTC()
 }
