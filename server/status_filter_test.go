@@ -60,6 +60,9 @@ func TestStatusPage_Filters(t *testing.T) {
 		{id: "a4", host: "web2.example.com", maint: true},
 	})
 	fleet.ReportHealth("a3", []protocol.ExporterHealth{{Name: "node", State: protocol.ExporterDown, Reason: "connect: upstream unreachable: connection refused"}})
+	// A hostile agent's reason passes validation (no control characters)
+	// and must stay text.
+	fleet.ReportHealth("a4", []protocol.ExporterHealth{{Name: "node", State: protocol.ExporterUnknown, Reason: `<img src=x onerror=alert(1)>`}})
 	tests := []struct {
 		name, target string
 		anonymous    bool
@@ -86,6 +89,11 @@ func TestStatusPage_Filters(t *testing.T) {
 			name: "state links keep the other filters", target: "/?host=web&state=maintenance", status: http.StatusOK,
 			contains: []string{"web2.example.com", `href="/?host=web&amp;state=healthy"`, `class="count" href="/?host=web"`},
 			absent:   []string{"web1.example.com"},
+		},
+		{
+			name: "a hostile reason is text", target: "/?host=web2", status: http.StatusOK,
+			contains: []string{"node: &lt;img src=x onerror=alert(1)&gt;"},
+			absent:   []string{"<img"},
 		},
 		{
 			name: "nothing matches", target: "/?host=nosuch", status: http.StatusOK,
