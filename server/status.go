@@ -356,7 +356,11 @@ func (p *statusPage) data(q statusQuery, showFleet bool) statusData {
 	for _, n := range refreshChoices() {
 		rq := q
 		rq.Refresh = n
-		d.Refreshes = append(d.Refreshes, refreshChoice{Text: humanDuration(time.Duration(n) * time.Second), Href: rq.href(), Selected: q.Refresh == n})
+		text := strconv.Itoa(n) + "s"
+		if n%60 == 0 {
+			text = strconv.Itoa(n/60) + "m"
+		}
+		d.Refreshes = append(d.Refreshes, refreshChoice{Text: text, Href: rq.href(), Selected: q.Refresh == n})
 	}
 	return d
 }

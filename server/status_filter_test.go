@@ -135,7 +135,7 @@ func TestStatusPage_Refresh(t *testing.T) {
 	}{
 		{
 			name: "off by default", target: "/", status: http.StatusOK,
-			contains: []string{`<a href="/" class="selected" aria-current="true">off</a>`, `<a href="/?refresh=30">30s</a>`},
+			contains: []string{`<a href="/" class="selected" aria-current="true">off</a>`, `<a href="/?refresh=30">30s</a>`, `<a href="/?refresh=300">5m</a>`},
 			absent:   []string{"http-equiv", `name="refresh"`},
 		},
 		{
