@@ -730,6 +730,7 @@ func TestExamples_TarballFiles(t *testing.T) {
 // fleet, so summing them over instances multiplies the fleet.
 var fleetWide = map[string]bool{
 	"baremetal_sd_registry_agents": true,
+	"baremetal_sd_exporters":       true,
 }
 
 // checkFleetWide fails when a fleet-wide gauge is aggregated across

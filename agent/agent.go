@@ -107,6 +107,7 @@ func Run(ctx context.Context, cfg Config) error {
 	lc := newLifecycle(cfg, key, req, metrics)
 	lc.pinned = pinned
 	lc.updates = rl.updates
+	lc.health = rl.exporterHealth
 	userAgent := "baremetal_sd-agent/" + version.Version
 	if lc.client, err = client.NewClient(client.Config{
 		URLs:                 cfg.DiscoveryURLs,

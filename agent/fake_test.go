@@ -24,6 +24,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"net/http"
@@ -139,6 +140,11 @@ type fakeServer struct {
 	// server refuses a request whose certificate is no longer valid (401),
 	// as when a stalled network delivers a renewal late.
 	heldRenewals atomic.Int32
+	// legacyHeartbeat decodes heartbeats as a server of 0.1.0 does: a
+	// body with fields it does not know is refused with 400.
+	legacyHeartbeat atomic.Bool
+	// health is the exporter health of the last heartbeat that had one.
+	health atomic.Pointer[[]protocol.ExporterHealth]
 
 	mu     sync.Mutex
 	agents map[string]*fakeAgent
@@ -455,6 +461,23 @@ func (f *fakeServer) heartbeat(w http.ResponseWriter, r *http.Request) {
 	if status, msg := f.check(id, serial); status != 0 {
 		fail(w, status, msg)
 		return
+	}
+	body, _ := io.ReadAll(io.LimitReader(r.Body, protocol.MaxRequestBody))
+	if f.legacyHeartbeat.Load() {
+		dec := json.NewDecoder(bytes.NewReader(body))
+		dec.DisallowUnknownFields()
+		var old struct {
+			Status string `json:"status,omitempty"`
+		}
+		if err := dec.Decode(&old); err != nil {
+			f.record("heartbeat refused")
+			fail(w, http.StatusBadRequest, "invalid JSON body: "+err.Error())
+			return
+		}
+	}
+	var req protocol.HeartbeatRequest
+	if err := json.Unmarshal(body, &req); err == nil && req.Exporters != nil {
+		f.health.Store(&req.Exporters)
 	}
 	writeTestJSON(w, http.StatusOK, protocol.HeartbeatResponse{TTLSeconds: 300, HeartbeatIntervalSeconds: 1})
 }

@@ -131,6 +131,9 @@ func (r *reloader) reload() error {
 		r.logger.Error("Failed to reload the configuration, keeping the previous one", "err", err)
 		return err
 	}
+	if cur := r.current.Load(); cur.relay != nil && g.relay != nil {
+		g.relay.InheritHealth(cur.relay)
+	}
 	old := r.current.Swap(g)
 	for _, name := range old.exporters {
 		if !slices.Contains(g.exporters, name) {

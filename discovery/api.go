@@ -490,9 +490,14 @@ func (a *API) heartbeat(w http.ResponseWriter, r *http.Request) string {
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("status is longer than %d bytes", protocol.MaxStatusLen))
 		return "bad_request"
 	}
+	if err := protocol.ValidateExporterHealth(req.Exporters); err != nil {
+		writeError(w, http.StatusBadRequest, "exporters: "+err.Error())
+		return "bad_request"
+	}
 	if err := a.cfg.Registry.Heartbeat(who.id, who.serial, req.Status); err != nil {
 		return a.certStateError(w, r, err)
 	}
+	a.cfg.Registry.ReportHealth(who.id, req.Exporters)
 	cfg := a.cfg.Registry.Config()
 	writeJSON(w, http.StatusOK, protocol.HeartbeatResponse{
 		TTLSeconds:               int(cfg.TTL / time.Second),

@@ -116,6 +116,10 @@ type entry struct {
 	lastSeen atomic.Int64 // unix nanoseconds
 	flushed  atomic.Int64 // lastSeen value last written to the store
 	status   atomic.Pointer[string]
+	// health is what the heartbeats last said of the exporters (nil: never
+	// reported); healthFlushed is the version (agentHealth.at) the store has.
+	health        atomic.Pointer[agentHealth]
+	healthFlushed atomic.Int64
 	// listed says whether the agent is in http_sd; it changes under the
 	// registry's write lock or, when a heartbeat revives an expired agent,
 	// through revive (compare-and-swap).
@@ -141,6 +145,8 @@ type Registry struct {
 	locks  [idLocks]sync.Mutex
 	// intern is guarded by mu (written under the write lock).
 	intern *interner
+	// upSets shares the health lists of agents whose exporters are all up.
+	upSets upSets
 
 	// gen is the sum of all changes: http_sd caches compare it first.
 	gen     atomic.Uint64
@@ -221,6 +227,7 @@ func newEntry(a *store.Agent) *entry {
 		s := a.Status
 		e.status.Store(&s)
 	}
+	e.takeHealth(a)
 	return e
 }
 
@@ -294,6 +301,7 @@ func (r *Registry) apply(a *store.Agent) {
 		r.shards[idx].agents[a.ID] = e
 	} else {
 		e.rec = newRecord(cp)
+		e.takeHealth(cp)
 		// A remote record may carry an older LastSeen than we saw locally.
 		if ls := cp.LastSeen.UnixNano(); ls > e.lastSeen.Load() {
 			e.lastSeen.Store(ls)
@@ -450,7 +458,13 @@ func (r *Registry) view(e *entry, now time.Time) AgentView {
 	if s := e.status.Load(); s != nil {
 		a.Status = *s
 	}
-	return AgentView{Agent: *a, State: r.state(e, now)}
+	h := e.health.Load()
+	a.ExporterHealth = h.report(e.rec)
+	if h != nil {
+		a.HealthReportedAt = fromUnixNanos(h.at)
+	}
+	st := r.state(e, now)
+	return AgentView{Agent: *a, State: st, GraceUntil: r.graceUntil(e, st, now)}
 }
 
 // Heartbeat records that the agent holding a certificate with the given
@@ -658,6 +672,7 @@ func (r *Registry) purge(ctx context.Context, id string, now time.Time) error {
 // store operation. A failed flush is retried with the next one. With
 // nothing to write, it checks that a store that can be unreachable answers.
 func (r *Registry) Flush(ctx context.Context) {
+	r.flushHealth(ctx)
 	var touches []store.Touch
 	var entries []*entry
 	r.mu.RLock()

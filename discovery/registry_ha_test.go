@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/baremetal-sd/baremetal_sd/collector"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/etcd"
 )
 
@@ -108,5 +109,50 @@ func TestRegistryHA_StoreUpWithoutRequests(t *testing.T) {
 			t.Fatalf("store_up %v after etcd came back", up())
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestRegistryHA_ExporterHealthReachesOtherReplicas: the exporter health an
+// agent reports through one replica is written to etcd and shown by the
+// other, and by a replica started later.
+func TestRegistryHA_ExporterHealthReachesOtherReplicas(t *testing.T) {
+	c := startEtcdCluster(t, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	clock := newFakeClock()
+	prefix := newEtcdPrefix()
+	open := func(replica string) *Registry {
+		return newTestRegistry(t, openTestEtcdStore(t, c, prefix, etcd.Options{ReplicaID: replica, Now: clock.Now}), clock)
+	}
+	ra := open("a")
+	mustPut(t, ra, testAgent("x"))
+	bStore := openTestEtcdStore(t, c, prefix, etcd.Options{ReplicaID: "b", Now: clock.Now})
+	rb := newTestRegistry(t, bStore, clock)
+	events := bStore.Watch(ctx)
+	go func() {
+		for ev := range events {
+			rb.ApplyEvent(ev)
+		}
+	}()
+
+	down := []protocol.ExporterHealth{{Name: "node", State: protocol.ExporterDown, Reason: "connect: connection refused", Since: clock.Now()}}
+	ra.ReportHealth("x", down)
+	ra.Flush(ctx)
+	deadline := time.Now().Add(etcdWait)
+	for {
+		v, ok := rb.Get("x")
+		if ok && len(v.ExporterHealth) == 1 && v.ExporterHealth[0].State == protocol.ExporterDown {
+			if v.ExporterHealth[0].Reason != down[0].Reason {
+				t.Fatalf("other replica: reason %q, want %q", v.ExporterHealth[0].Reason, down[0].Reason)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("other replica still shows %+v", v.ExporterHealth)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if v, _ := open("c").Get("x"); len(v.ExporterHealth) != 1 || v.ExporterHealth[0].State != protocol.ExporterDown {
+		t.Fatalf("replica started later: %+v", v.ExporterHealth)
 	}
 }

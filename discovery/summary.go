@@ -36,6 +36,13 @@ type Summary struct {
 // are copied: a page over 100,000 agents costs a pass over the registry, not
 // a copy and a sort of it.
 func (r *Registry) Summarize(state AgentState, limit int) Summary {
+	return r.SummarizeMatching(SummaryFilter{State: state}, limit)
+}
+
+// SummarizeMatching is Summarize with a filter beyond the state: Matching
+// and Agents are about the agents f selects, Total and Counts about the
+// fleet.
+func (r *Registry) SummarizeMatching(f SummaryFilter, limit int) Summary {
 	now := r.cfg.Now()
 	s := Summary{Counts: make(map[AgentState]int)}
 	var first firstAgents
@@ -48,7 +55,7 @@ func (r *Registry) Summarize(state AgentState, limit int) Summary {
 			}
 			s.Total++
 			s.Counts[st]++
-			if state != "" && st != state {
+			if !f.match(e, st) {
 				continue
 			}
 			s.Matching++

@@ -14,6 +14,8 @@
 package discovery
 
 import (
+	"time"
+
 	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 )
 
@@ -42,4 +44,8 @@ func AgentStates() []AgentState {
 type AgentView struct {
 	store.Agent
 	State AgentState `json:"state"`
+	// GraceUntil is set while only the restart grace keeps the agent in
+	// http_sd: its last heartbeat is older than the TTL, and it is listed
+	// until then unless it heartbeats again.
+	GraceUntil time.Time `json:"grace_until,omitzero"`
 }

@@ -161,6 +161,22 @@ basic_auth_users:
 	if strings.Contains(dom, "<title>owned") {
 		t.Error("a script from a label ran in the page")
 	}
+	// The page under its own Content-Security-Policy: nothing blocked (the
+	// browser logs every violation), filters and auto-refresh through the
+	// query, and no http_sd link for a reader with a password, who cannot
+	// fetch it.
+	filtered, console := chromiumWithConsole(t, "--dump-dom", pageURL+"?host=web&refresh=30")
+	if strings.Contains(console, "Content Security Policy") {
+		t.Errorf("the browser blocked part of the page:\n%s", console)
+	}
+	for _, want := range []string{"web1.status.test", "web2.status.test", `http-equiv="refresh" content="30"`} {
+		if !strings.Contains(filtered, want) {
+			t.Errorf("page filtered by host=web lacks %q", want)
+		}
+	}
+	if strings.Contains(filtered, "db1.status.test") || strings.Contains(filtered, `href="/api/v1/discovery"`) {
+		t.Errorf("page filtered by host=web shows db1 or an http_sd link a password cannot open:\n%s", filtered)
+	}
 	shot := filepath.Join(artifacts, "status-page.png")
 	chromium(t, "--screenshot="+shot, pageURL)
 	fi, err := os.Stat(shot)
@@ -175,6 +191,15 @@ basic_auth_users:
 // accepting the server's own CA, and returns what it printed.
 func chromium(t *testing.T, args ...string) string {
 	t.Helper()
+	out, _ := chromiumWithConsole(t, args...)
+	return out
+}
+
+// chromiumWithConsole is chromium that also returns the browser's log,
+// which holds the page's console messages (Content-Security-Policy
+// violations among them).
+func chromiumWithConsole(t *testing.T, args ...string) (string, string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
 	defer cancel()
 	full := append([]string{
@@ -182,6 +207,7 @@ func chromium(t *testing.T, args ...string) string {
 		"--disable-background-networking", "--disable-component-update", "--disable-sync",
 		"--disable-dev-shm-usage", "--ignore-certificate-errors", "--hide-scrollbars",
 		"--window-size=1280,900", "--user-data-dir=" + t.TempDir(),
+		"--enable-logging=stderr", "--v=0",
 	}, args...)
 	cmd := exec.CommandContext(ctx, chromiumBinary, full...)
 	var stderr strings.Builder
@@ -191,5 +217,5 @@ func chromium(t *testing.T, args ...string) string {
 	if err != nil {
 		t.Fatalf("chromium %s: %v\n%s", strings.Join(args, " "), err, truncate([]byte(stderr.String())))
 	}
-	return string(out)
+	return string(out), stderr.String()
 }

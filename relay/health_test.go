@@ -15,16 +15,20 @@ package relay
 
 import (
 	"bytes"
+	"cmp"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/baremetal-sd/baremetal_sd/collector"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 func TestRelay_LogsFirstFailureAndRecovery(t *testing.T) {
@@ -82,4 +86,90 @@ func TestRelay_LogsFirstFailureAndRecovery(t *testing.T) {
 	if !strings.Contains(logs.String(), "reason=status") {
 		t.Errorf("the failure line has no reason:\n%s", logs.String())
 	}
+}
+
+func TestRelay_HealthReportsLastResult(t *testing.T) {
+	var failing atomic.Bool
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		if failing.Load() {
+			http.Error(w, "broken", http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		_, _ = w.Write([]byte("up_metric 1\n"))
+	}))
+	t.Cleanup(upstream.Close)
+	u := strings.Replace(upstream.URL, "http://", "http://user:secret@", 1)
+	cfgText := "exporters:\n  - name: app\n    url: " + u + "/metrics\n  - name: idle\n    url: " + u + "/metrics\n"
+	newRelay := func() *Relay {
+		cfg, err := ParseConfig([]byte(cfgText))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := New(cfg, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	r := newRelay()
+	var since time.Time
+	for _, step := range []struct {
+		name       string
+		fail       bool
+		want       string
+		sinceMoves bool
+	}{
+		{"never scraped", false, "", false},
+		{"up", false, protocol.ExporterUp, true},
+		{"down", true, protocol.ExporterDown, true},
+		{"still down", true, protocol.ExporterDown, false},
+		{"recovered", false, protocol.ExporterUp, true},
+		{"still up", false, protocol.ExporterUp, false},
+	} {
+		t.Run(step.name, func(t *testing.T) {
+			failing.Store(step.fail)
+			if step.want != "" {
+				scrape(t, r, ExporterPath("app"), acceptText)
+			}
+			hs := r.Health()
+			if err := protocol.ValidateExporterHealth(hs); err != nil {
+				t.Fatalf("invalid report %+v: %v", hs, err)
+			}
+			if len(hs) != 2 || hs[0].Name != "app" || hs[1].Name != "idle" || hs[1].State != protocol.ExporterUnknown {
+				t.Fatalf("report %+v, want app, then idle unknown", hs)
+			}
+			h := hs[0]
+			want := cmp.Or(step.want, protocol.ExporterUnknown)
+			if h.State != want {
+				t.Fatalf("state %s, want %s", h.State, want)
+			}
+			if step.want != "" && h.LastResult.IsZero() {
+				t.Fatal("no last result time")
+			}
+			if moved := !h.Since.Equal(since); moved != step.sinceMoves {
+				t.Fatalf("since moved %v (%v -> %v), want %v", moved, since, h.Since, step.sinceMoves)
+			}
+			since = h.Since
+			switch {
+			case h.State == protocol.ExporterDown && !strings.Contains(h.Reason, "status: upstream answered 500"):
+				t.Fatalf("reason %q, want the class and the error", h.Reason)
+			case h.State != protocol.ExporterDown && h.Reason != "":
+				t.Fatalf("reason %q on a healthy exporter", h.Reason)
+			case strings.Contains(h.Reason, "secret"):
+				t.Fatalf("the reason shows the URL's password: %q", h.Reason)
+			}
+		})
+	}
+
+	t.Run("a reload keeps the health of exporters that stay", func(t *testing.T) {
+		failing.Store(true)
+		scrape(t, r, ExporterPath("app"), acceptText)
+		next := newRelay()
+		next.InheritHealth(r)
+		got, want := next.Health(), r.Health()
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("after the reload\n got %+v\nwant %+v", got, want)
+		}
+	})
 }

@@ -36,6 +36,7 @@ import (
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/discovery"
 	"github.com/baremetal-sd/baremetal_sd/discovery/client"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
 // AgentsCLI is the `agents` admin command: it talks to the server's admin
@@ -212,21 +213,44 @@ func (c AgentsCLI) print(w io.Writer, agents []discovery.AgentView) error {
 		return enc.Encode(agents)
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tHOSTNAME\tADDRESS\tSTATE\tLAST SEEN\tCERT EXPIRES\tEXPORTERS\tLABELS")
+	fmt.Fprintln(tw, "ID\tHOSTNAME\tADDRESS\tSTATE\tLAST SEEN\tCERT EXPIRES\tEXPORTERS\tLABELS\tEXPORTER ERRORS")
 	now := time.Now()
 	for _, a := range agents {
-		exporters := make([]string, 0, len(a.Exporters))
-		for _, e := range a.Exporters {
-			exporters = append(exporters, printable(e.Name))
-		}
+		exporters, failures := exporterColumns(a, now)
 		labels := make([]string, 0, a.Labels.Len())
 		a.Labels.Range(func(l promlabels.Label) { labels = append(labels, printable(l.Name)+"="+printable(l.Value)) })
-		fmt.Fprintf(tw, "%s\t%s\t%s:%d\t%s\t%s ago\t%s\t%s\t%s\n",
+		fmt.Fprintf(tw, "%s\t%s\t%s:%d\t%s\t%s ago\t%s\t%s\t%s\t%s\n",
 			printable(a.ID), printable(a.Hostname), printable(a.Address), a.Port, printable(string(a.State)),
 			now.Sub(a.LastSeen).Round(time.Second), a.CertNotAfter.UTC().Format(time.RFC3339),
-			orDash(strings.Join(exporters, ",")), orDash(strings.Join(labels, ",")))
+			orDash(exporters), orDash(strings.Join(labels, ",")), orDash(failures))
 	}
 	return tw.Flush()
+}
+
+// exporterColumns gives an agent's exporters as name:state and, for those
+// that are down, why and since when. An exporter the agent reports nothing
+// of (an agent of 0.1.0, or a server of 0.1.0 that keeps no health) is
+// unknown.
+func exporterColumns(a discovery.AgentView, now time.Time) (exporters, failures string) {
+	var names, errs []string
+	for _, e := range a.Exporters {
+		h := protocol.ExporterHealth{State: protocol.ExporterUnknown}
+		for _, x := range a.ExporterHealth {
+			if x.Name == e.Name {
+				h = x
+				break
+			}
+		}
+		names = append(names, printable(e.Name)+":"+printable(h.State))
+		if h.State == protocol.ExporterDown {
+			msg := printable(e.Name) + ": " + printable(h.Reason)
+			if !h.Since.IsZero() {
+				msg += " (for " + now.Sub(h.Since).Round(time.Second).String() + ")"
+			}
+			errs = append(errs, msg)
+		}
+	}
+	return strings.Join(names, ","), strings.Join(errs, "; ")
 }
 
 // printable makes a value from the registry safe for a terminal table.

@@ -76,6 +76,8 @@ func TestAgentsCLI_PrintHostile(t *testing.T) {
 				Labels:    labels.FromStrings("role", "web\nb2\tfake\thealthy", "note", "\x1b]0;pwned\a\u202e"),
 				Exporters: []protocol.Exporter{{Name: "node\x1b[8m", Path: "/exporters/node/metrics"}},
 				LastSeen:  now,
+				// A server validates reasons; the table must not rely on it.
+				ExporterHealth: []protocol.ExporterHealth{{Name: "node\x1b[8m", State: protocol.ExporterDown, Reason: "boom\x1b[2J\nforged row"}},
 			},
 			State: discovery.StateHealthy,
 		},
@@ -103,7 +105,7 @@ func TestAgentsCLI_PrintHostile(t *testing.T) {
 	}
 	for _, want := range []string{
 		`evil\x1b[2J\x1b[H`, `10.0.0.1\r:9956`, `role=web\nb2\tfake\thealthy`,
-		`note=\x1b]0;pwned\a\u202e`, `node\x1b[8m`, "zürich", "maintenance",
+		`note=\x1b]0;pwned\a\u202e`, `node\x1b[8m:down`, `node\x1b[8m: boom\x1b[2J\nforged row`, "zürich", "maintenance",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
@@ -120,5 +122,45 @@ func TestAgentsCLI_PrintHostile(t *testing.T) {
 	}
 	if len(back) != 2 || back[0].Hostname != agents[0].Hostname || back[0].Labels.Get("role") != agents[0].Labels.Get("role") {
 		t.Errorf("JSON output changed the values: %+v", back)
+	}
+}
+
+// TestAgentsCLI_ShowsExporterHealth: each exporter with its state, and why
+// and since when the failing ones fail; an agent that reports no health has
+// its exporters unknown.
+func TestAgentsCLI_ShowsExporterHealth(t *testing.T) {
+	now := time.Now()
+	exps := []protocol.Exporter{{Name: "node", Path: "/exporters/node/metrics"}, {Name: "mysqld", Path: "/exporters/mysqld/metrics"}}
+	agents := []discovery.AgentView{
+		{Agent: store.Agent{ID: "a1", Hostname: "db1", Address: "10.0.0.1", Port: 9956, LastSeen: now, Exporters: exps,
+			ExporterHealth: []protocol.ExporterHealth{
+				{Name: "node", State: protocol.ExporterUp},
+				{Name: "mysqld", State: protocol.ExporterDown, Reason: "connect: upstream unreachable: connection refused", Since: now.Add(-5 * time.Minute)},
+			}}, State: discovery.StateHealthy},
+		{Agent: store.Agent{ID: "a2", Hostname: "db2", Address: "10.0.0.2", Port: 9956, LastSeen: now, Exporters: exps}, State: discovery.StateHealthy},
+	}
+	var out bytes.Buffer
+	if err := (AgentsCLI{Output: "table"}).print(&out, agents); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(out.String(), "\n")
+	if !strings.Contains(lines[0], "EXPORTER ERRORS") {
+		t.Fatalf("header %q", lines[0])
+	}
+	for _, tc := range []struct {
+		line int
+		want []string
+	}{
+		{1, []string{"node:up,mysqld:down", "mysqld: connect: upstream unreachable: connection refused (for 5m0s)"}},
+		{2, []string{"node:unknown,mysqld:unknown"}},
+	} {
+		for _, w := range tc.want {
+			if !strings.Contains(lines[tc.line], w) {
+				t.Errorf("row %d lacks %q:\n%s", tc.line, w, out.String())
+			}
+		}
+	}
+	if !strings.HasSuffix(strings.TrimSpace(lines[2]), "-") {
+		t.Errorf("an agent without failures shows errors:\n%s", out.String())
 	}
 }

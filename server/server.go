@@ -171,6 +171,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := registry.Load(ctx); err != nil {
 		return err
 	}
+	reg.MustRegister(discovery.NewExporterHealthCollector(registry))
 	// Loading decoded every record once. Hand that garbage back to the
 	// kernel now rather than have it count as resident memory until the
 	// scavenger gets to it: with 100,000 agents it is more than the
@@ -247,10 +248,12 @@ func Run(ctx context.Context, cfg Config) error {
 		_, _ = w.Write([]byte("Ready.\n"))
 	})
 	showFleet := fleetReader(api.CanReadFleet)
+	sdReadable := api.CanReadFleet
 	if cfg.AnonymousSD {
 		showFleet = func(*http.Request) bool { return true }
+		sdReadable = showFleet
 	}
-	mux.Handle("/", &statusPage{registry: registry, now: time.Now, logger: logger, showFleet: showFleet, consumers: consumers})
+	mux.Handle("/", &statusPage{registry: registry, now: time.Now, logger: logger, showFleet: showFleet, sdReadable: sdReadable, consumers: consumers})
 
 	runCtx, stopLoops := context.WithCancel(context.Background())
 	var loops sync.WaitGroup

@@ -120,7 +120,7 @@ func TestStatusPage(t *testing.T) {
 			contains: []string{
 				"db1.example.com", "web1.example.com", "web2.example.com", "10.0.0.1:9956",
 				"<b>3</b>all agents", `state-healthy">healthy`, `state-revoked">revoked`,
-				"role=db", "<span>node</span>", "20s ago", "in 16h0m0s", "<code>a1</code>",
+				"role=db", `class="exp-unknown"`, ">node unknown</span>", "20s ago", "in 16h0m", "<code>a1</code>",
 			},
 		},
 		{
@@ -130,7 +130,7 @@ func TestStatusPage(t *testing.T) {
 		},
 		{
 			name: "state filter", target: "/?state=revoked", status: http.StatusOK,
-			contains: []string{"web1.example.com", `class="count selected" href="/?state=revoked"`},
+			contains: []string{"web1.example.com", `class="count selected" href="/?state=revoked"`, `<option value="revoked" selected>`},
 			absent:   []string{"db1.example.com", "web2.example.com"},
 		},
 		{
@@ -184,7 +184,7 @@ func TestStatusPage_BoundedRows(t *testing.T) {
 	if strings.Contains(body, "h0500.example.com") {
 		t.Error("a row past the limit is shown")
 	}
-	if !strings.Contains(body, fmt.Sprintf("Showing the first %d of %d agents", maxStatusRows, maxStatusRows+100)) {
+	if !strings.Contains(body, fmt.Sprintf("Showing the first %d of %d matching agents", maxStatusRows, maxStatusRows+100)) {
 		t.Error("no note about the rows left out")
 	}
 }

@@ -62,6 +62,10 @@ type RenewRequest struct {
 // HeartbeatRequest is the optional body of POST /api/v1/heartbeat.
 type HeartbeatRequest struct {
 	Status string `json:"status,omitempty"`
+	// Exporters is the health of the agent's exporters, in the order of
+	// its registration. Agents of 0.1.0 send none; servers of 0.1.0 refuse
+	// the field with 400, and the agent then leaves it out for a while.
+	Exporters []ExporterHealth `json:"exporters,omitempty"`
 }
 
 // CertificateResponse answers register and renew.

@@ -77,6 +77,12 @@ type Agent struct {
 	// Tunnel marks an agent that Prometheus scrapes through the servers'
 	// tunnels (RegisterRequest.Tunnel).
 	Tunnel bool `json:"tunnel,omitempty"`
+	// ExporterHealth is the health of the agent's exporters as its
+	// heartbeats last reported a change of it; nil for agents that report
+	// none. HealthReportedAt is when that heartbeat arrived (server time):
+	// of two versions, the one reported later wins.
+	ExporterHealth   []protocol.ExporterHealth `json:"exporter_health,omitempty"`
+	HealthReportedAt time.Time                 `json:"health_reported_at,omitzero"`
 }
 
 // Revoked reports whether an operator revoked the agent.
@@ -87,6 +93,9 @@ func (a *Agent) Clone() *Agent {
 	cp := *a // labels.Labels are immutable values
 	if a.Exporters != nil {
 		cp.Exporters = append([]protocol.Exporter(nil), a.Exporters...)
+	}
+	if a.ExporterHealth != nil {
+		cp.ExporterHealth = append([]protocol.ExporterHealth(nil), a.ExporterHealth...)
 	}
 	return &cp
 }

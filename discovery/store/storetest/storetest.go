@@ -54,6 +54,14 @@ func SameAgent(a, b store.Agent) bool {
 		p.CertNotAfter = p.CertNotAfter.UTC()
 		p.PrevCertNotAfter = p.PrevCertNotAfter.UTC()
 		p.RevokedAt = p.RevokedAt.UTC()
+		p.HealthReportedAt = p.HealthReportedAt.UTC()
+		if p.ExporterHealth != nil {
+			hs := append([]protocol.ExporterHealth(nil), p.ExporterHealth...)
+			for i := range hs {
+				hs[i].Since, hs[i].LastResult = hs[i].Since.UTC(), hs[i].LastResult.UTC()
+			}
+			p.ExporterHealth = hs
+		}
 	}
 	return reflect.DeepEqual(a, b)
 }
@@ -143,6 +151,49 @@ func Run(t *testing.T, newStore func(*testing.T) store.Store, reopen func(*testi
 		// reads the same.
 		if got := SortedList(t, reopen(t, s)); len(got) != 1 || !got[0].LastSeen.Equal(base.Add(time.Minute)) {
 			t.Fatalf("fresh store after touch: %+v", got)
+		}
+	})
+	t.Run("exporter health", func(t *testing.T) {
+		s := newStore(t)
+		a := NewAgent("a")
+		a.LastSeen = base
+		a.ExporterHealth = []protocol.ExporterHealth{
+			{Name: "node", State: protocol.ExporterDown, Reason: "connect: connection refused", Since: base.Add(-time.Minute), LastResult: base},
+			{Name: "mysqld", State: protocol.ExporterUnknown},
+		}
+		a.HealthReportedAt = base
+		if err := s.Put(ctx, a); err != nil {
+			t.Fatal(err)
+		}
+		want := a.Clone()
+		a.ExporterHealth[0].State = "mutated after put"
+		if got := SortedList(t, s); len(got) != 1 || !SameAgent(got[0], *want) {
+			t.Fatalf("round trip\n got %+v\nwant %+v", got, *want)
+		}
+		// A change of something else keeps the health; a change of the
+		// health is stored like any other.
+		got, err := s.Update(ctx, "a", nil, func(cur *store.Agent) (*store.Agent, error) {
+			if len(cur.ExporterHealth) != 2 || cur.ExporterHealth[0].Reason != "connect: connection refused" {
+				return nil, fmt.Errorf("update sees health %+v", cur.ExporterHealth)
+			}
+			cur.Maintenance = true
+			cur.ExporterHealth[0].State, cur.ExporterHealth[0].Reason = protocol.ExporterUp, ""
+			cur.HealthReportedAt = base.Add(time.Minute)
+			return cur, nil
+		})
+		if err != nil || got.ExporterHealth[0].State != protocol.ExporterUp {
+			t.Fatalf("update: %+v, %v", got, err)
+		}
+		check := func(t *testing.T, s store.Store) {
+			t.Helper()
+			list := SortedList(t, s)
+			if len(list) != 1 || !SameAgent(list[0], *got) {
+				t.Fatalf("after update\n got %+v\nwant %+v", list, *got)
+			}
+		}
+		check(t, s)
+		if reopen != nil {
+			check(t, reopen(t, s))
 		}
 	})
 	t.Run("update", func(t *testing.T) {
