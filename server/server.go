@@ -265,15 +265,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	srv := &http.Server{
-		// basic_auth_users in the web config guard the status page only:
-		// agents and Prometheus authenticate with certificates and tokens.
-		// CONNECT goes to the tunnels' proxy, which authenticates itself.
-		// The scope must be the outermost handler: the web package finds
-		// it by its type, and guards every request when it does not.
-		Handler: &web.BasicAuthScope{
-			Handler: tunnels.Wrap(mux),
-			Protect: func(r *http.Request) bool { return r.Method != http.MethodConnect && r.URL.Path == "/" },
-		},
+		Handler:           tunnels.Wrap(mux),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
@@ -281,7 +273,11 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	rl := newReloads(*webFlags.WebConfigFile, reg, logger)
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- web.ServeListeners(listeners, srv, webFlags, logger) }()
+	// basic_auth_users in the web config guard the status page only:
+	// agents and Prometheus authenticate with certificates and tokens.
+	// CONNECT goes to the tunnels' proxy, which authenticates itself.
+	statusOnly := web.WithBasicAuthScope(func(r *http.Request) bool { return r.Method != http.MethodConnect && r.URL.Path == "/" })
+	go func() { serveErr <- web.ServeListeners(listeners, srv, webFlags, logger, statusOnly) }()
 	loops.Go(func() { rl.watch(runCtx, cfg.Reload) })
 
 	select {
