@@ -622,7 +622,8 @@ func (a *API) expiredIdentity(certPEM string, csr *x509.CertificateRequest) (*id
 	if err != nil {
 		return nil, &authError{http.StatusBadRequest, "bad_certificate", "certificate: " + err.Error()}
 	}
-	if err := a.cfg.CA.VerifyIgnoringExpiry(old); err != nil {
+	client, err := a.cfg.CA.VerifyIgnoringExpiry(old)
+	if err != nil {
 		return nil, a.auth.reject(&authError{http.StatusUnauthorized, "bad_certificate", "certificate not issued to an agent by this CA"})
 	}
 	now := a.cfg.Now()
@@ -640,11 +641,7 @@ func (a *API) expiredIdentity(certPEM string, csr *x509.CertificateRequest) (*id
 	if fp, _ := ca.KeyFingerprint(csr.PublicKey); fp != oldFP {
 		return nil, a.auth.reject(&authError{http.StatusForbidden, "key_mismatch", "csr is not signed by the certificate's key"})
 	}
-	_, id, err := ca.Identify(old)
-	if err != nil {
-		return nil, a.auth.reject(&authError{http.StatusForbidden, "unknown_role", "certificate has no baremetal_sd role"})
-	}
-	return &identity{role: ca.RoleAgent, id: id, serial: serialHex(old), hostname: certHostname(old)}, nil
+	return &identity{role: ca.RoleAgent, id: client.ID, serial: serialHex(old), hostname: certHostname(old)}, nil
 }
 
 func (a *API) handleDeregister(w http.ResponseWriter, r *http.Request) {

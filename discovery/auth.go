@@ -69,19 +69,19 @@ type authenticator struct {
 // is an error, not "no certificate": it means the web config does not
 // verify client certificates against our CAs, and silently ignoring it
 // would be confusing.
-func (a *authenticator) certificate(r *http.Request) (*x509.Certificate, error) {
+func (a *authenticator) certificate(r *http.Request) (*ca.Client, error) {
 	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
 		return nil, nil
 	}
-	leaf, err := a.ca.VerifiedClient(r.TLS.VerifiedChains)
-	var wrong *ca.WrongIssuerError
-	switch {
-	case err == nil:
-		return leaf, nil
-	case errors.As(err, &wrong):
-		return nil, a.reject(&authError{http.StatusForbidden, "wrong_issuer", err.Error()})
+	c, err := a.ca.VerifiedClient(r.TLS.VerifiedChains)
+	if err == nil {
+		return c, nil
 	}
-	return nil, a.reject(&authError{http.StatusUnauthorized, "unverified_certificate",
+	status := ca.ClientRefusalStatus(err)
+	if status == http.StatusForbidden {
+		return nil, a.reject(&authError{status, "wrong_issuer", err.Error()})
+	}
+	return nil, a.reject(&authError{status, "unverified_certificate",
 		"client certificate not verified against the baremetal_sd CAs (web config needs client_auth_type VerifyClientCertIfGiven and client_ca_file pointing at the data directory's " + ca.ClientCAsFile + ")"})
 }
 
@@ -101,14 +101,10 @@ func (a *authenticator) agent(r *http.Request) (*identity, error) {
 	if cert == nil {
 		return nil, a.reject(&authError{http.StatusUnauthorized, "no_certificate", "an agent client certificate is required"})
 	}
-	role, id, err := ca.Identify(cert)
-	if err != nil {
-		return nil, a.reject(&authError{http.StatusForbidden, "unknown_role", "certificate has no baremetal_sd role"})
+	if cert.Role != ca.RoleAgent {
+		return nil, a.reject(&authError{http.StatusForbidden, "not_agent", fmt.Sprintf("a certificate of role %q cannot act as an agent", cert.Role)})
 	}
-	if role != ca.RoleAgent {
-		return nil, a.reject(&authError{http.StatusForbidden, "not_agent", fmt.Sprintf("a certificate of role %q cannot act as an agent", role)})
-	}
-	return &identity{role: role, id: id, serial: serialHex(cert), hostname: certHostname(cert), legacy: a.ca.IsLegacy(cert)}, nil
+	return &identity{role: cert.Role, id: cert.ID, serial: serialHex(cert.Leaf), hostname: certHostname(cert.Leaf), legacy: a.ca.IsLegacy(cert.Leaf)}, nil
 }
 
 // certHostname is the hostname an agent certificate was issued to: the
@@ -159,16 +155,12 @@ func (a *authenticator) reader(r *http.Request, want ca.Scope, roles ...ca.Role)
 		return nil, err
 	}
 	if cert != nil {
-		role, id, err := ca.Identify(cert)
-		if err != nil {
-			return nil, a.reject(&authError{http.StatusForbidden, "unknown_role", "certificate has no baremetal_sd role"})
-		}
 		for _, ok := range roles {
-			if role == ok {
-				return &identity{role: role, id: id, serial: serialHex(cert)}, nil
+			if cert.Role == ok {
+				return &identity{role: cert.Role, id: cert.ID, serial: serialHex(cert.Leaf)}, nil
 			}
 		}
-		return nil, a.reject(&authError{http.StatusForbidden, "wrong_role", fmt.Sprintf("a certificate of role %q may not use this endpoint", role)})
+		return nil, a.reject(&authError{http.StatusForbidden, "wrong_role", fmt.Sprintf("a certificate of role %q may not use this endpoint", cert.Role)})
 	}
 	return a.token(r, want)
 }
