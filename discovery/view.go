@@ -14,6 +14,8 @@
 package discovery
 
 import (
+	"time"
+
 	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 )
 
@@ -42,4 +44,32 @@ func AgentStates() []AgentState {
 type AgentView struct {
 	store.Agent
 	State AgentState `json:"state"`
+}
+
+// Summary is the fleet at a glance: agents per state and the first of them
+// in display order. It is what a status page needs, without copying the
+// whole registry.
+type Summary struct {
+	Total  int
+	Counts map[AgentState]int
+	// Matching is how many agents the filter selected; Agents holds the
+	// first of them by hostname, then id.
+	Matching int
+	Agents   []AgentView
+}
+
+// ConsumerFetch is what the consumer log knows of one consumer's fetches of
+// one scrape shard.
+type ConsumerFetch struct {
+	// Consumer is "cert:<name>" for a client certificate, "token:<id>" for
+	// a bearer token, "anonymous", or "other" past the bounds.
+	Consumer string
+	// Shard is "I/N", "all" for the whole list, "invalid" for a query that
+	// could not be parsed, or "other" past the bounds.
+	Shard string
+	// Query is the raw query string of the last request, truncated.
+	Query      string
+	Requests   uint64
+	LastFetch  time.Time
+	LastStatus int
 }

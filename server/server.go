@@ -36,7 +36,9 @@ import (
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/collector"
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/api"
+	"github.com/baremetal-sd/baremetal_sd/discovery/httpsd"
+	"github.com/baremetal-sd/baremetal_sd/discovery/registry"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/bolt"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/etcd"
@@ -156,7 +158,7 @@ func Run(ctx context.Context, cfg Config) error {
 		reg.MustRegister(etcd.NewCollector(s))
 	}
 
-	registry := discovery.NewRegistry(discovery.RegistryConfig{
+	registry := registry.New(registry.Config{
 		Store:         st,
 		TTL:           cfg.AgentTTL,
 		Retention:     cfg.Retention,
@@ -187,9 +189,9 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 		}()
 	}
-	cache := discovery.NewSDCache(registry, metrics)
-	consumers := discovery.NewConsumerLog(metrics, time.Now)
-	api := discovery.NewAPI(discovery.APIConfig{
+	cache := httpsd.NewCache(registry, metrics)
+	consumers := httpsd.NewConsumerLog(metrics, time.Now)
+	api := api.New(api.Config{
 		Consumers:   consumers,
 		Registry:    registry,
 		Cache:       cache,
@@ -257,7 +259,7 @@ func Run(ctx context.Context, cfg Config) error {
 	loops.Go(func() { registry.Run(runCtx) })
 	loops.Go(func() { tunnels.Run(runCtx) })
 	if cfg.SDFilePath != "" {
-		fw := &discovery.FileSDWriter{Path: cfg.SDFilePath, Cache: cache, Registry: registry, Metrics: metrics, Logger: logger}
+		fw := &httpsd.FileSDWriter{Path: cfg.SDFilePath, Cache: cache, Registry: registry, Metrics: metrics, Logger: logger}
 		loops.Go(func() { fw.Run(runCtx) })
 	}
 	if autoCert != nil {

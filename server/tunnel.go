@@ -18,11 +18,12 @@ import (
 	"strings"
 
 	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/registry"
 	"github.com/baremetal-sd/baremetal_sd/tunnel"
 )
 
 // tunnelDirectory shows the registry to the tunnel server.
-type tunnelDirectory struct{ reg *discovery.Registry }
+type tunnelDirectory struct{ reg *registry.Registry }
 
 func (d tunnelDirectory) Agent(id string) (tunnel.Agent, bool) {
 	v, ok := d.reg.Get(id)
