@@ -749,7 +749,9 @@ func (r *Registry) ApplyEvent(ev store.Event) {
 }
 
 // EachListed calls fn for every agent of one shard that is in http_sd, and
-// returns the shard generation the output corresponds to.
+// returns the shard generation the output corresponds to. Records are
+// immutable, so fn may read a without copying it; fn runs under the
+// registry's read lock and must not call back into the registry.
 func (r *Registry) EachListed(shardIdx int, fn func(a *Record)) uint64 {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
@@ -762,4 +764,6 @@ func (r *Registry) EachListed(shardIdx int, fn func(a *Record)) uint64 {
 	return gen
 }
 
+// ShardGeneration changes whenever the http_sd output of shard i may have
+// changed; a cached rendering of the shard is current while it stays.
 func (r *Registry) ShardGeneration(i int) uint64 { return r.shards[i].gen.Load() }
