@@ -40,6 +40,12 @@ func AgentStates() []AgentState {
 	return []AgentState{StateHealthy, StateStale, StateMaintenance, StateExpired, StateRevoked}
 }
 
+// Listed reports whether agents in state s are in http_sd and may be
+// reached through a tunnel.
+func (s AgentState) Listed() bool {
+	return s != StateExpired && s != StateRevoked && s != StateDeregistered
+}
+
 // AgentView is one agent in GET /api/v1/agents.
 type AgentView struct {
 	store.Agent

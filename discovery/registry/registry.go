@@ -527,13 +527,9 @@ func (r *Registry) state(e *entry, now time.Time) discovery.AgentState {
 }
 
 func (r *Registry) inDiscovery(e *entry, now time.Time) bool {
-	return listedState(r.state(e, now))
+	return r.state(e, now).Listed()
 }
 
-// listedState says whether agents in state st are in http_sd.
-func listedState(st discovery.AgentState) bool {
-	return st != discovery.StateExpired && st != discovery.StateRevoked && st != discovery.StateDeregistered
-}
 
 // Run expires, purges and flushes until ctx ends, then flushes once more.
 func (r *Registry) Run(ctx context.Context) {
@@ -570,7 +566,7 @@ func (r *Registry) Sweep(ctx context.Context) {
 		for id, e := range r.shards[i].agents {
 			st := r.state(e, now)
 			counts[st]++
-			listed := listedState(st)
+			listed := st.Listed()
 			if e.listed.Load() != listed {
 				e.listed.Store(listed)
 				changed = true
