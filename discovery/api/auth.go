@@ -76,10 +76,15 @@ func (a *authenticator) certificate(r *http.Request) (*ca.Client, error) {
 }
 
 func (a *authenticator) reject(e *apiError) *apiError {
-	if a.metrics != nil {
-		a.metrics.CertRejections.WithLabelValues(e.reason).Inc()
-	}
+	a.countCert(e.reason)
 	return e
+}
+
+// countCert counts a refused client certificate.
+func (a *authenticator) countCert(reason string) {
+	if a.metrics != nil {
+		a.metrics.CertRejections.WithLabelValues(reason).Inc()
+	}
 }
 
 // agent authenticates an agent by its certificate.
@@ -131,10 +136,15 @@ func (a *authenticator) token(r *http.Request, want ca.Scope) (*identity, error)
 }
 
 func (a *authenticator) rejectToken(reason, msg string) *apiError {
+	a.countToken(reason)
+	return &apiError{http.StatusUnauthorized, reason, msg}
+}
+
+// countToken counts a refused bearer token.
+func (a *authenticator) countToken(reason string) {
 	if a.metrics != nil {
 		a.metrics.TokenRejections.WithLabelValues(reason).Inc()
 	}
-	return &apiError{http.StatusUnauthorized, reason, msg}
 }
 
 // reader authenticates a client of http_sd or admin endpoints: a client

@@ -44,7 +44,8 @@ func badRequest(msg string) *apiError {
 type rejection int
 
 const (
-	notRejected rejection = iota
+	// The zero value counts a refusal in its endpoint's counter only.
+	_ rejection = iota
 	// certRejected counts in baremetal_sd_cert_rejections_total.
 	certRejected
 	// tokenRejected counts in baremetal_sd_token_rejections_total.
@@ -121,9 +122,9 @@ func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) (int, stri
 	rule := classify(err)
 	switch rule.counted {
 	case certRejected:
-		a.auth.reject(&apiError{rule.status, rule.reason, rule.msg})
+		a.auth.countCert(rule.reason)
 	case tokenRejected:
-		a.auth.rejectToken(rule.reason, rule.msg)
+		a.auth.countToken(rule.reason)
 	}
 	if rule.log != "" {
 		a.cfg.Logger.Log(r.Context(), rule.level, rule.log, "path", r.URL.Path, "err", err)

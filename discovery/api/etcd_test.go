@@ -24,9 +24,6 @@ import (
 	"github.com/baremetal-sd/baremetal_sd/internal/etcdtest"
 )
 
-// etcdWait bounds every wait for the test cluster.
-const etcdWait = etcdtest.Wait
-
 // newEtcdPrefix returns a key prefix no other test uses.
 func newEtcdPrefix() string { return "/test-" + strings.ToLower(rand.Text()) + "/" }
 

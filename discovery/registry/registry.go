@@ -530,7 +530,6 @@ func (r *Registry) inDiscovery(e *entry, now time.Time) bool {
 	return r.state(e, now).Listed()
 }
 
-
 // Run expires, purges and flushes until ctx ends, then flushes once more.
 func (r *Registry) Run(ctx context.Context) {
 	sweep := time.NewTicker(r.cfg.SweepInterval)
