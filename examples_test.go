@@ -36,7 +36,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/httpsd"
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/baremetal-sd/baremetal_sd/relay"
 	"github.com/baremetal-sd/baremetal_sd/server"
@@ -809,12 +809,12 @@ func TestExamples_PrometheusShardedConfig(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				f, err := discovery.ParseFilter(u.Query())
+				f, err := httpsd.ParseFilter(u.Query())
 				if err != nil {
 					t.Errorf("server %d, job %s: %s: %v", server, job.JobName, sd.URL, err)
 					continue
 				}
-				if want := (discovery.ScrapeShard{Index: server, Count: 3}); f.Shard != want {
+				if want := (httpsd.ScrapeShard{Index: server, Count: 3}); f.Shard != want {
 					t.Errorf("server %d, job %s: shard %+v, want %+v", server, job.JobName, f.Shard, want)
 				}
 			}

@@ -53,7 +53,14 @@ func TestAgentPackages_DoNotLinkServerStorage(t *testing.T) {
 	}
 	// go.etcd.io/ covers the etcd client and bbolt.
 	forbidden := []string{"go.etcd.io/", "google.golang.org/grpc"}
-	const registry = "github.com/baremetal-sd/baremetal_sd/discovery"
+	// The server's side of discovery: the registry, http_sd and the API,
+	// and what they share.
+	serverPkgs := []string{
+		"github.com/baremetal-sd/baremetal_sd/discovery",
+		"github.com/baremetal-sd/baremetal_sd/discovery/registry",
+		"github.com/baremetal-sd/baremetal_sd/discovery/httpsd",
+		"github.com/baremetal-sd/baremetal_sd/discovery/api",
+	}
 	tests := []struct {
 		name string
 		pkgs []string
@@ -73,8 +80,10 @@ func TestAgentPackages_DoNotLinkServerStorage(t *testing.T) {
 			if len(deps) == 0 {
 				t.Fatal("go list -deps listed nothing")
 			}
-			if slices.Contains(deps, registry) {
-				t.Errorf("%s depends on the registry package %s", strings.Join(tt.pkgs, " "), registry)
+			for _, server := range serverPkgs {
+				if slices.Contains(deps, server) {
+					t.Errorf("%s depends on the server package %s", strings.Join(tt.pkgs, " "), server)
+				}
 			}
 			for _, dep := range deps {
 				for _, bad := range forbidden {

@@ -471,28 +471,26 @@ func Identify(cert *x509.Certificate) (Role, string, error) {
 }
 
 // VerifyIgnoringExpiry checks that cert is an agent certificate signed by
-// this CA, as if it were checked at the end of its lifetime. It lets a host
-// whose certificate expired while it was off prove who it was.
-func (a *Authority) VerifyIgnoringExpiry(cert *x509.Certificate) error {
+// this CA, as if it were checked at the end of its lifetime, and returns it
+// with its id. It lets a host whose certificate expired while it was off
+// prove who it was.
+func (a *Authority) VerifyIgnoringExpiry(cert *x509.Certificate) (*Client, error) {
 	chains, err := cert.Verify(x509.VerifyOptions{
 		Roots:       a.clientPool,
 		CurrentTime: cert.NotAfter.Add(-time.Second),
 		KeyUsages:   []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	})
 	if err != nil {
-		return fmt.Errorf("verify certificate: %w", err)
+		return nil, fmt.Errorf("verify certificate: %w", err)
 	}
-	if _, err := a.VerifiedClient(chains); err != nil {
-		return err
-	}
-	role, _, err := Identify(cert)
+	c, err := a.VerifiedClient(chains)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if role != RoleAgent {
-		return fmt.Errorf("a %s certificate is not an agent certificate", role)
+	if c.Role != RoleAgent {
+		return nil, fmt.Errorf("a %s certificate is not an agent certificate", c.Role)
 	}
-	return nil
+	return c, nil
 }
 
 // KeyFingerprint is the hex SHA-256 of a public key's SPKI DER.

@@ -185,7 +185,7 @@ func TestIssueClient_Roles(t *testing.T) {
 		if !bytes.Contains(keyPEM, []byte("PRIVATE KEY")) {
 			t.Error("no key returned")
 		}
-		if err := a.VerifyIgnoringExpiry(cert); err == nil {
+		if _, err := a.VerifyIgnoringExpiry(cert); err == nil {
 			t.Errorf("%s certificate accepted as an agent certificate", role)
 		}
 	}
@@ -252,11 +252,13 @@ func TestVerifyIgnoringExpiry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := a.VerifyIgnoringExpiry(expired); err != nil {
+	if c, err := a.VerifyIgnoringExpiry(expired); err != nil {
 		t.Errorf("expired agent certificate of this CA refused: %v", err)
+	} else if c.Role != RoleAgent || c.ID != "id" {
+		t.Errorf("expired agent certificate identified as %s %q, want agent \"id\"", c.Role, c.ID)
 	}
 	foreign, _, _ := other.SignAgent(AgentCertRequest{AgentID: "id", Hostname: "h", Address: "192.0.2.1", PublicKey: &key.PublicKey, TTL: time.Hour})
-	if err := a.VerifyIgnoringExpiry(foreign); err == nil {
+	if _, err := a.VerifyIgnoringExpiry(foreign); err == nil {
 		t.Error("certificate of another CA accepted")
 	}
 	// The renewal of an expired certificate needs no mTLS: an agent-role
@@ -269,7 +271,7 @@ func TestVerifyIgnoringExpiry(t *testing.T) {
 		t.Fatal(err)
 	}
 	var wrong *WrongIssuerError
-	if err := a.VerifyIgnoringExpiry(forged); !errors.As(err, &wrong) {
+	if _, err := a.VerifyIgnoringExpiry(forged); !errors.As(err, &wrong) {
 		t.Errorf("agent certificate from the client CA: %v, want a WrongIssuerError", err)
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"crypto/x509/pkix"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"time"
@@ -220,18 +221,28 @@ func (a *Authority) ClientCAsPEM() []byte {
 // VerifiedClient.
 func (a *Authority) ClientCAPool() *x509.CertPool { return a.clientPool }
 
+// Client is a verified client certificate with the role and id (common
+// name) its subject carries.
+type Client struct {
+	Leaf *x509.Certificate
+	Role Role
+	ID   string
+}
+
 // VerifiedClient picks, from the chains the TLS layer verified, one that
 // ends in our CAs with an issuer that may issue the leaf's role: agent
 // certificates from the agent CA, discovery and admin certificates from the
 // client CA. Certificates that a 0.1.0 server signed directly with ca.key
 // are accepted in their role until they expire, so that agents and
 // Prometheus keep working across the upgrade; ca.key signs no such
-// certificate any more.
-func (a *Authority) VerifiedClient(chains [][]*x509.Certificate) (*x509.Certificate, error) {
+// certificate any more. A certificate it accepts has a known role, so its
+// callers need no check of their own for one.
+func (a *Authority) VerifiedClient(chains [][]*x509.Certificate) (*Client, error) {
 	var err error
 	for _, chain := range chains {
-		if err = a.checkClientChain(chain); err == nil {
-			return chain[0], nil
+		var c *Client
+		if c, err = a.checkClientChain(chain); err == nil {
+			return c, nil
 		}
 	}
 	if err == nil {
@@ -240,12 +251,24 @@ func (a *Authority) VerifiedClient(chains [][]*x509.Certificate) (*x509.Certific
 	return nil, err
 }
 
+// ClientRefusalStatus is the HTTP status that answers a client certificate
+// VerifiedClient refused: 403 when the certificate is ours but its issuer
+// may not issue its role (the client is known, and not allowed), 401
+// otherwise. The API and the tunnel server answer alike through it.
+func ClientRefusalStatus(err error) int {
+	var wrong *WrongIssuerError
+	if errors.As(err, &wrong) {
+		return http.StatusForbidden
+	}
+	return http.StatusUnauthorized
+}
+
 // ErrNotOurs says that a certificate does not chain to this server's CAs.
 var ErrNotOurs = errors.New("certificate not issued by the baremetal_sd CAs")
 
-func (a *Authority) checkClientChain(chain []*x509.Certificate) error {
+func (a *Authority) checkClientChain(chain []*x509.Certificate) (*Client, error) {
 	if len(chain) < 2 {
-		return ErrNotOurs
+		return nil, ErrNotOurs
 	}
 	anchor := chain[len(chain)-1]
 	var allowed []Role
@@ -257,18 +280,18 @@ func (a *Authority) checkClientChain(chain []*x509.Certificate) error {
 	case bytes.Equal(anchor.Raw, a.cert.Raw) && len(chain) == 2:
 		allowed = []Role{RoleAgent, RoleDiscovery, RoleAdmin}
 	default:
-		return ErrNotOurs
+		return nil, ErrNotOurs
 	}
-	role, _, err := Identify(chain[0])
+	role, id, err := Identify(chain[0])
 	if err != nil {
-		return err
+		return nil, err
 	}
 	for _, r := range allowed {
 		if role == r {
-			return nil
+			return &Client{Leaf: chain[0], Role: role, ID: id}, nil
 		}
 	}
-	return &WrongIssuerError{Role: role, Issuer: anchor.Subject.CommonName}
+	return nil, &WrongIssuerError{Role: role, Issuer: anchor.Subject.CommonName}
 }
 
 // WrongIssuerError is a certificate whose role its issuer may not issue.

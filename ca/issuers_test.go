@@ -21,7 +21,9 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -232,9 +234,13 @@ func TestVerifiedClient_RoleFromItsIssuerOnly(t *testing.T) {
 				// already. Check the chain as it is.
 				chains = [][]*x509.Certificate{tt.chain}
 			}
-			_, err := f.a.VerifiedClient(chains)
+			c, err := f.a.VerifiedClient(chains)
 			var wrong *WrongIssuerError
 			switch {
+			case err == nil:
+				if role, id, _ := Identify(tt.chain[0]); c.Leaf != tt.chain[0] || c.Role != role || c.ID != id {
+					t.Fatalf("VerifiedClient = %s %q, want the leaf's %s %q", c.Role, c.ID, role, id)
+				}
 			case tt.wantErr == nil && err != nil:
 				t.Fatalf("VerifiedClient: %v", err)
 			case errors.As(tt.wantErr, &wrong) && !errors.As(err, &wrong):
@@ -335,5 +341,24 @@ func TestLoad_RefusesACAThatAllowsIntermediates(t *testing.T) {
 	}
 	if _, _, err := LoadOrCreate(dir); err == nil || !strings.Contains(err.Error(), "path length") {
 		t.Fatalf("LoadOrCreate with a CA of path length 1: %v", err)
+	}
+}
+
+func TestClientRefusalStatus(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		want int
+	}{
+		{"wrong issuer", fmt.Errorf("wrapped: %w", &WrongIssuerError{Role: RoleAdmin, Issuer: "agent CA"}), http.StatusForbidden},
+		{"not ours", ErrNotOurs, http.StatusUnauthorized},
+		{"no role", errors.New("certificate has no baremetal_sd role"), http.StatusUnauthorized},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := ClientRefusalStatus(tt.err); got != tt.want {
+				t.Errorf("ClientRefusalStatus(%v) = %d, want %d", tt.err, got, tt.want)
+			}
+		})
 	}
 }

@@ -11,9 +11,12 @@
 // See the License for the specific language governing permissions and
 // limitations under the License.
 
-// Package discovery owns the agent registry of baremetal_sd: the registry
-// that keeps agents in memory with TTL expiry on top of a store.Store, the
-// HTTP API agents and operators talk to, the Prometheus http_sd endpoint
-// and the file_sd writer. The wire types live in discovery/protocol, the
-// agent's client in discovery/client and the stores in discovery/store.
+// Package discovery is the agent registry side of baremetal_sd. Its
+// subpackages hold one concern each: registry (agents in memory with TTL
+// expiry on top of a store, and the enrollment, renewal and deregistration
+// rules), httpsd (the Prometheus http_sd and file_sd output), api (the HTTP
+// API agents, operators and Prometheus talk to), protocol (the wire types),
+// client (the agent's client) and store (the stores). This package holds
+// what they and the status page share: the agent states and views, the
+// fleet summary, the http_sd consumer records, and the admin API's client.
 package discovery

@@ -40,6 +40,12 @@ func AgentStates() []AgentState {
 	return []AgentState{StateHealthy, StateStale, StateMaintenance, StateExpired, StateRevoked}
 }
 
+// Listed reports whether agents in state s are in http_sd and may be
+// reached through a tunnel.
+func (s AgentState) Listed() bool {
+	return s != StateExpired && s != StateRevoked && s != StateDeregistered
+}
+
 // AgentView is one agent in GET /api/v1/agents.
 type AgentView struct {
 	store.Agent
@@ -48,4 +54,46 @@ type AgentView struct {
 	// http_sd: its last heartbeat is older than the TTL, and it is listed
 	// until then unless it heartbeats again.
 	GraceUntil time.Time `json:"grace_until,omitzero"`
+}
+
+// Summary is the fleet at a glance: agents per state and the first of them
+// in display order. It is what a status page needs, without copying the
+// whole registry.
+type Summary struct {
+	Total  int
+	Counts map[AgentState]int
+	// Matching is how many agents the filter selected; Agents holds the
+	// first of them by hostname, then id.
+	Matching int
+	Agents   []AgentView
+}
+
+// ConsumerFetch is what the consumer log knows of one consumer's fetches of
+// one scrape shard.
+type ConsumerFetch struct {
+	// Consumer is "cert:<name>" for a client certificate, "token:<id>" for
+	// a bearer token, "anonymous", or "other" past the bounds.
+	Consumer string
+	// Shard is "I/N", "all" for the whole list, "invalid" for a query that
+	// could not be parsed, or "other" past the bounds.
+	Shard string
+	// Query is the raw query string of the last request, truncated.
+	Query      string
+	Requests   uint64
+	LastFetch  time.Time
+	LastStatus int
+}
+
+// SummaryFilter selects the agents of a Summary. The zero value selects
+// every agent.
+type SummaryFilter struct {
+	// State, when set, is the only state selected.
+	State AgentState
+	// Hostname, when set, must be part of the agent's hostname, in any case.
+	Hostname string
+	// LabelName, when set, is a label the agent must have, with the value
+	// LabelValue.
+	LabelName, LabelValue string
+	// ExporterDown selects agents with at least one exporter reported down.
+	ExporterDown bool
 }

@@ -24,7 +24,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/httpsd"
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
@@ -76,7 +76,7 @@ func TestServer_ShardedPrometheus(t *testing.T) {
 		srv.StartTLS()
 		t.Cleanup(srv.Close)
 		agents = append(agents, shardAgent{id: a.ID, srv: srv})
-		perShard[discovery.ScrapeShardOf(a.ID, shards)]++
+		perShard[httpsd.ScrapeShardOf(a.ID, shards)]++
 	}
 	if m := min(perShard[0], perShard[1], perShard[2]); m < 2 {
 		t.Fatalf("agents per shard %v after %d registrations", perShard, len(agents))
@@ -122,7 +122,7 @@ scrape_configs:
 			}
 			for _, a := range agents {
 				got := agentTargets(ts.Active, "baremetal", a.id)
-				owner := discovery.ScrapeShardOf(a.id, shards)
+				owner := httpsd.ScrapeShardOf(a.id, shards)
 				if owner != i {
 					if len(got) != 0 {
 						t.Fatalf("prometheus %d discovered agent %s of shard %d: %+v", i, a.id, owner, got)
@@ -174,7 +174,7 @@ scrape_configs:
 			}
 			for _, g := range groups {
 				id := g.Labels[protocol.MetaAgentID]
-				if want := discovery.ScrapeShardOf(id, 4); want != i {
+				if want := httpsd.ScrapeShardOf(id, 4); want != i {
 					t.Errorf("shards=4: agent %s served to shard %d, want %d", id, i, want)
 				}
 				seen[id]++
@@ -191,7 +191,7 @@ scrape_configs:
 		moved := 0
 		for n := range ids {
 			id := fmt.Sprintf("agent-%05d", n)
-			if from, to := discovery.ScrapeShardOf(id, 3), discovery.ScrapeShardOf(id, 4); from != to {
+			if from, to := httpsd.ScrapeShardOf(id, 3), httpsd.ScrapeShardOf(id, 4); from != to {
 				moved++
 				if to != 3 {
 					t.Fatalf("%s moved from shard %d to %d, not to the new shard", id, from, to)

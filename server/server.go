@@ -36,7 +36,9 @@ import (
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/collector"
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/api"
+	"github.com/baremetal-sd/baremetal_sd/discovery/httpsd"
+	"github.com/baremetal-sd/baremetal_sd/discovery/registry"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/bolt"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/etcd"
@@ -156,7 +158,7 @@ func Run(ctx context.Context, cfg Config) error {
 		reg.MustRegister(etcd.NewCollector(s))
 	}
 
-	registry := discovery.NewRegistry(discovery.RegistryConfig{
+	fleet := registry.New(registry.Config{
 		Store:         st,
 		TTL:           cfg.AgentTTL,
 		Retention:     cfg.Retention,
@@ -168,10 +170,10 @@ func Run(ctx context.Context, cfg Config) error {
 		Metrics:             metrics,
 		Logger:              logger,
 	})
-	if err := registry.Load(ctx); err != nil {
+	if err := fleet.Load(ctx); err != nil {
 		return err
 	}
-	reg.MustRegister(discovery.NewExporterHealthCollector(registry))
+	reg.MustRegister(registry.NewExporterHealthCollector(fleet))
 	// Loading decoded every record once. Hand that garbage back to the
 	// kernel now rather than have it count as resident memory until the
 	// scavenger gets to it: with 100,000 agents it is more than the
@@ -184,15 +186,15 @@ func Run(ctx context.Context, cfg Config) error {
 	if events := st.Watch(watchCtx); events != nil {
 		go func() {
 			for ev := range events {
-				registry.ApplyEvent(ev)
+				fleet.ApplyEvent(ev)
 			}
 		}()
 	}
-	cache := discovery.NewSDCache(registry, metrics)
-	consumers := discovery.NewConsumerLog(metrics, time.Now)
-	api := discovery.NewAPI(discovery.APIConfig{
+	cache := httpsd.NewCache(fleet, metrics)
+	consumers := httpsd.NewConsumerLog(metrics, time.Now)
+	api := api.New(api.Config{
 		Consumers:   consumers,
-		Registry:    registry,
+		Registry:    fleet,
 		Cache:       cache,
 		Store:       st,
 		CA:          authority,
@@ -210,7 +212,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	tunnels := tunnel.NewServer(tunnel.ServerConfig{
 		Authority: authority,
-		Directory: tunnelDirectory{registry},
+		Directory: tunnelDirectory{fleet},
 		Metrics:   tunnel.NewServerMetrics(reg),
 		Logger:    logger,
 	})
@@ -228,7 +230,7 @@ func Run(ctx context.Context, cfg Config) error {
 		_, _ = w.Write([]byte("Healthy.\n"))
 	})
 	mux.HandleFunc("GET /-/ready", func(w http.ResponseWriter, r *http.Request) {
-		if !registry.Ready() {
+		if !fleet.Ready() {
 			http.Error(w, "Registry not loaded.", http.StatusServiceUnavailable)
 			return
 		}
@@ -253,14 +255,14 @@ func Run(ctx context.Context, cfg Config) error {
 		showFleet = func(*http.Request) bool { return true }
 		sdReadable = showFleet
 	}
-	mux.Handle("/", &statusPage{registry: registry, now: time.Now, logger: logger, showFleet: showFleet, sdReadable: sdReadable, consumers: consumers})
+	mux.Handle("/", &statusPage{registry: fleet, now: time.Now, logger: logger, showFleet: showFleet, sdReadable: sdReadable, consumers: consumers})
 
 	runCtx, stopLoops := context.WithCancel(context.Background())
 	var loops sync.WaitGroup
-	loops.Go(func() { registry.Run(runCtx) })
+	loops.Go(func() { fleet.Run(runCtx) })
 	loops.Go(func() { tunnels.Run(runCtx) })
 	if cfg.SDFilePath != "" {
-		fw := &discovery.FileSDWriter{Path: cfg.SDFilePath, Cache: cache, Registry: registry, Metrics: metrics, Logger: logger}
+		fw := &httpsd.FileSDWriter{Path: cfg.SDFilePath, Cache: cache, Registry: fleet, Metrics: metrics, Logger: logger}
 		loops.Go(func() { fw.Run(runCtx) })
 	}
 	if autoCert != nil {
@@ -268,15 +270,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	srv := &http.Server{
-		// basic_auth_users in the web config guard the status page only:
-		// agents and Prometheus authenticate with certificates and tokens.
-		// CONNECT goes to the tunnels' proxy, which authenticates itself.
-		// The scope must be the outermost handler: the web package finds
-		// it by its type, and guards every request when it does not.
-		Handler: &web.BasicAuthScope{
-			Handler: tunnels.Wrap(mux),
-			Protect: func(r *http.Request) bool { return r.Method != http.MethodConnect && r.URL.Path == "/" },
-		},
+		Handler:           tunnels.Wrap(mux),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
@@ -284,7 +278,11 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	rl := newReloads(*webFlags.WebConfigFile, reg, logger)
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- web.ServeListeners(listeners, srv, webFlags, logger) }()
+	// basic_auth_users in the web config guard the status page only:
+	// agents and Prometheus authenticate with certificates and tokens.
+	// CONNECT goes to the tunnels' proxy, which authenticates itself.
+	statusOnly := web.WithBasicAuthScope(func(r *http.Request) bool { return r.Method != http.MethodConnect && r.URL.Path == "/" })
+	go func() { serveErr <- web.ServeListeners(listeners, srv, webFlags, logger, statusOnly) }()
 	loops.Go(func() { rl.watch(runCtx, cfg.Reload) })
 
 	select {

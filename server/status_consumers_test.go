@@ -21,7 +21,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/httpsd"
 )
 
 // TestStatusPage_Consumers: the page lists who fetched which scrape shard
@@ -29,7 +29,7 @@ import (
 // see the fleet.
 func TestStatusPage_Consumers(t *testing.T) {
 	fetched := statusNow.Add(-90 * time.Second)
-	log := discovery.NewConsumerLog(nil, func() time.Time { return fetched })
+	log := httpsd.NewConsumerLog(nil, func() time.Time { return fetched })
 	log.Record("cert:prometheus-1", "1/3", "shard=1&shards=3", http.StatusOK)
 	log.Record("cert:prometheus-1", "1/3", "shard=1&shards=3", http.StatusNotModified)
 	// A query string is whatever the client sent (the certificate name
@@ -83,7 +83,7 @@ func TestStatusPage_Consumers(t *testing.T) {
 	t.Run("nobody fetched", func(t *testing.T) {
 		p := &statusPage{
 			registry: reg, now: func() time.Time { return statusNow }, logger: slog.New(slog.DiscardHandler),
-			showFleet: func(*http.Request) bool { return true }, consumers: discovery.NewConsumerLog(nil, nil),
+			showFleet: func(*http.Request) bool { return true }, consumers: httpsd.NewConsumerLog(nil, nil),
 		}
 		rec := httptest.NewRecorder()
 		p.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/", nil))

@@ -27,8 +27,8 @@ import (
 
 	"github.com/prometheus/prometheus/model/labels"
 
-	"github.com/baremetal-sd/baremetal_sd/discovery"
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/registry"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
 )
@@ -234,7 +234,7 @@ func TestStatusPage_RestartGraceMark(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	r := discovery.NewRegistry(discovery.RegistryConfig{Store: st, TTL: 5 * time.Minute, Now: func() time.Time { return statusNow }})
+	r := registry.New(registry.Config{Store: st, TTL: 5 * time.Minute, Now: func() time.Time { return statusNow }})
 	if err := r.Load(ctx); err != nil {
 		t.Fatal(err)
 	}

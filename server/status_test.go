@@ -32,8 +32,9 @@ import (
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/collector"
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/api"
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/registry"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
 )
@@ -51,9 +52,9 @@ type fleetAgent struct {
 
 // newFleet loads agents into a real registry (on the memory store) whose
 // clock stands at statusNow; every agent was last seen 20 s before.
-func newFleet(t *testing.T, agents []fleetAgent) *discovery.Registry {
+func newFleet(t *testing.T, agents []fleetAgent) *registry.Registry {
 	t.Helper()
-	r := discovery.NewRegistry(discovery.RegistryConfig{
+	r := registry.New(registry.Config{
 		Store: memory.New(),
 		TTL:   5 * time.Minute,
 		Now:   func() time.Time { return statusNow },
@@ -82,12 +83,12 @@ func newFleet(t *testing.T, agents []fleetAgent) *discovery.Registry {
 }
 
 // serveStatus renders the page for a request that may see the fleet.
-func serveStatus(t *testing.T, r *discovery.Registry, target string) *httptest.ResponseRecorder {
+func serveStatus(t *testing.T, r *registry.Registry, target string) *httptest.ResponseRecorder {
 	t.Helper()
 	return serveStatusAs(t, r, target, true)
 }
 
-func serveStatusAs(t *testing.T, r *discovery.Registry, target string, showFleet bool) *httptest.ResponseRecorder {
+func serveStatusAs(t *testing.T, r *registry.Registry, target string, showFleet bool) *httptest.ResponseRecorder {
 	t.Helper()
 	p := &statusPage{
 		registry: r, now: func() time.Time { return statusNow }, logger: slog.New(slog.DiscardHandler),
@@ -210,7 +211,7 @@ func TestFleetReader(t *testing.T) {
 	}
 	fleet := newFleet(t, []fleetAgent{{id: "a1", host: "db1.example.com"}})
 	metrics := collector.NewServer(prometheus.NewRegistry())
-	api := discovery.NewAPI(discovery.APIConfig{Registry: fleet, CA: authority, Tokens: ca.NewTokens(tokenKey), Metrics: metrics})
+	api := api.New(api.Config{Registry: fleet, CA: authority, Tokens: ca.NewTokens(tokenKey), Metrics: metrics})
 	page := &statusPage{
 		registry: fleet, now: func() time.Time { return statusNow }, logger: slog.New(slog.DiscardHandler),
 		showFleet: fleetReader(api.CanReadFleet),

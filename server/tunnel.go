@@ -17,20 +17,19 @@ import (
 	"net"
 	"strings"
 
-	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/registry"
 	"github.com/baremetal-sd/baremetal_sd/tunnel"
 )
 
 // tunnelDirectory shows the registry to the tunnel server.
-type tunnelDirectory struct{ reg *discovery.Registry }
+type tunnelDirectory struct{ reg *registry.Registry }
 
 func (d tunnelDirectory) Agent(id string) (tunnel.Agent, bool) {
 	v, ok := d.reg.Get(id)
 	if !ok {
 		return tunnel.Agent{}, false
 	}
-	listed := v.State != discovery.StateExpired && v.State != discovery.StateRevoked && v.State != discovery.StateDeregistered
-	return tunnel.Agent{ID: v.ID, Hostname: v.Hostname, Port: v.Port, Listed: listed, Tunnel: v.Tunnel}, true
+	return tunnel.Agent{ID: v.ID, Hostname: v.Hostname, Port: v.Port, Listed: v.State.Listed(), Tunnel: v.Tunnel}, true
 }
 
 func (d tunnelDirectory) CheckCertificate(id, serial string) error {

@@ -256,19 +256,14 @@ func (s *Server) identify(r *http.Request) (peer, *refusal) {
 	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
 		return peer{}, &refusal{http.StatusUnauthorized, "no_certificate", "a client certificate is required"}
 	}
-	leaf, err := s.cfg.Authority.VerifiedClient(r.TLS.VerifiedChains)
+	c, err := s.cfg.Authority.VerifiedClient(r.TLS.VerifiedChains)
 	if err != nil {
-		var wrong *ca.WrongIssuerError
-		if errors.As(err, &wrong) {
-			return peer{}, &refusal{http.StatusForbidden, "wrong_issuer", err.Error()}
+		if status := ca.ClientRefusalStatus(err); status == http.StatusForbidden {
+			return peer{}, &refusal{status, "wrong_issuer", err.Error()}
 		}
 		return peer{}, &refusal{http.StatusUnauthorized, "no_certificate", "client certificate not verified against the baremetal_sd CAs"}
 	}
-	role, id, err := ca.Identify(leaf)
-	if err != nil {
-		return peer{}, &refusal{http.StatusForbidden, "wrong_issuer", "certificate has no baremetal_sd role"}
-	}
-	return peer{leaf: leaf, role: role, id: id}, nil
+	return peer{leaf: c.Leaf, role: c.Role, id: c.ID}, nil
 }
 
 // ServeTunnel takes an agent's tunnel: GET Path with Upgrade: Protocol,

@@ -59,11 +59,8 @@ type authHandler struct {
 	results  map[[32]byte]bool
 }
 
-func newAuthHandler(cache *configCache, next http.Handler, cfg *toolkitweb.Config, logger *slog.Logger) *authHandler {
-	h := &authHandler{cache: cache, next: next, logger: logger, results: make(map[[32]byte]bool)}
-	if s, ok := next.(*BasicAuthScope); ok {
-		h.protect = s.Protect
-	}
+func newAuthHandler(cache *configCache, next http.Handler, cfg *toolkitweb.Config, logger *slog.Logger, protect func(*http.Request) bool) *authHandler {
+	h := &authHandler{cache: cache, next: next, logger: logger, protect: protect, results: make(map[[32]byte]bool)}
 	if rl := cfg.RateLimiterConfig; rl.Interval != 0 {
 		h.limits = newClientLimits(rl.Interval, rl.Burst)
 		logger.Info("Rate limiter is enabled, per client", "burst", rl.Burst, "interval", rl.Interval)
@@ -106,15 +103,30 @@ func BasicAuthUser(r *http.Request) (string, bool) {
 	return user, ok
 }
 
-// BasicAuthScope is a server handler that limits the web config's
-// basic_auth_users to the requests Protect selects; the others pass without
-// basic auth. exporter-toolkit guards every request, which would lock out
-// clients that authenticate otherwise: the discovery server's agents and
-// Prometheus use client certificates and bearer tokens, and a bearer token
-// travels in the same Authorization header as basic auth.
-type BasicAuthScope struct {
-	http.Handler
-	Protect func(*http.Request) bool
+// ServeOption changes how Serve, ServeListeners and ListenAndServe apply the
+// web config.
+type ServeOption func(*serveOptions)
+
+type serveOptions struct {
+	protect func(*http.Request) bool
+}
+
+func newServeOptions(opts []ServeOption) serveOptions {
+	var o serveOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return o
+}
+
+// WithBasicAuthScope limits the web config's basic_auth_users to the
+// requests protect selects; the others pass without basic auth.
+// exporter-toolkit guards every request, which would lock out clients that
+// authenticate otherwise: the discovery server's agents and Prometheus use
+// client certificates and bearer tokens, and a bearer token travels in the
+// same Authorization header as basic auth.
+func WithBasicAuthScope(protect func(*http.Request) bool) ServeOption {
+	return func(o *serveOptions) { o.protect = protect }
 }
 
 func (h *authHandler) authorized(cfg *toolkitweb.Config, user, pass string) bool {

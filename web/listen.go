@@ -47,11 +47,11 @@ func Listen(flags *toolkitweb.FlagConfig) ([]net.Listener, error) {
 
 // ServeListeners serves server on listeners from Listen with the web config
 // of flags, or on the systemd sockets when listeners is empty.
-func ServeListeners(listeners []net.Listener, server *http.Server, flags *toolkitweb.FlagConfig, logger *slog.Logger) error {
+func ServeListeners(listeners []net.Listener, server *http.Server, flags *toolkitweb.FlagConfig, logger *slog.Logger, opts ...ServeOption) error {
 	if len(listeners) == 0 {
-		return ListenAndServe(server, flags, logger)
+		return ListenAndServe(server, flags, logger, opts...)
 	}
-	return serveAll(listeners, server, flags, logger)
+	return serveAll(listeners, server, flags, logger, opts...)
 }
 
 // CloseAll closes listeners; closing one that is served is harmless.

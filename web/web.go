@@ -225,7 +225,7 @@ func (c *configCache) tlsConfig() (*tls.Config, error) {
 // the listen addresses or systemd sockets of flags, and TLS and basic auth
 // from the web config file, which is re-read when it or a file it names
 // changes.
-func ListenAndServe(server *http.Server, flags *toolkitweb.FlagConfig, logger *slog.Logger) error {
+func ListenAndServe(server *http.Server, flags *toolkitweb.FlagConfig, logger *slog.Logger, opts ...ServeOption) error {
 	if flags == nil || flags.WebConfigFile == nil {
 		return toolkitweb.ErrMissingFlag
 	}
@@ -238,29 +238,29 @@ func ListenAndServe(server *http.Server, flags *toolkitweb.FlagConfig, logger *s
 		if len(listeners) == 0 {
 			return errors.New("no socket activation file descriptors found")
 		}
-		return serveAll(listeners, server, flags, logger)
+		return serveAll(listeners, server, flags, logger, opts...)
 	}
 	listeners, err := Listen(flags)
 	if err != nil {
 		return err
 	}
-	return serveAll(listeners, server, flags, logger)
+	return serveAll(listeners, server, flags, logger, opts...)
 }
 
-func serveAll(listeners []net.Listener, server *http.Server, flags *toolkitweb.FlagConfig, logger *slog.Logger) error {
+func serveAll(listeners []net.Listener, server *http.Server, flags *toolkitweb.FlagConfig, logger *slog.Logger, opts ...ServeOption) error {
 	if len(listeners) == 1 {
-		return Serve(listeners[0], server, flags, logger)
+		return Serve(listeners[0], server, flags, logger, opts...)
 	}
 	var g errgroup.Group
 	for _, l := range listeners {
-		g.Go(func() error { return Serve(l, server, flags, logger) })
+		g.Go(func() error { return Serve(l, server, flags, logger, opts...) })
 	}
 	return g.Wait()
 }
 
 // Serve serves on one listener with the web config of flags. It must not be
 // called concurrently for the same server with different flags.
-func Serve(l net.Listener, server *http.Server, flags *toolkitweb.FlagConfig, logger *slog.Logger) error {
+func Serve(l net.Listener, server *http.Server, flags *toolkitweb.FlagConfig, logger *slog.Logger, opts ...ServeOption) error {
 	path := ""
 	if flags.WebConfigFile != nil {
 		path = *flags.WebConfigFile
@@ -280,7 +280,7 @@ func Serve(l net.Listener, server *http.Server, flags *toolkitweb.FlagConfig, lo
 		wrapped = http.DefaultServeMux
 	}
 	if _, ok := wrapped.(*authHandler); !ok {
-		server.Handler = newAuthHandler(cache, wrapped, cfg, logger)
+		server.Handler = newAuthHandler(cache, wrapped, cfg, logger, newServeOptions(opts).protect)
 	}
 	if !cfg.TLSConfig.IsEnabled() {
 		logger.Info("TLS is disabled", "http2", false, "addr", l.Addr().String())

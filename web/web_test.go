@@ -108,7 +108,7 @@ func (p *testPKI) clientCert(name string) tls.Certificate {
 }
 
 // serve starts Serve on a loopback listener and returns its URL and cache.
-func serve(t testing.TB, configPath string, h http.Handler) (string, *http.Server) {
+func serve(t testing.TB, configPath string, h http.Handler, opts ...ServeOption) (string, *http.Server) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -117,7 +117,7 @@ func serve(t testing.TB, configPath string, h http.Handler) (string, *http.Serve
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	flags := &toolkitweb.FlagConfig{WebConfigFile: &configPath}
 	done := make(chan error, 1)
-	go func() { done <- Serve(l, srv, flags, slog.New(slog.DiscardHandler)) }()
+	go func() { done <- Serve(l, srv, flags, slog.New(slog.DiscardHandler), opts...) }()
 	t.Cleanup(func() {
 		_ = srv.Close()
 		if err := <-done; err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -251,7 +251,7 @@ func TestServe_BasicAuthAndHeaders(t *testing.T) {
 	}
 }
 
-// TestServe_BasicAuthScope: with a BasicAuthScope handler, basic auth guards
+// TestServe_BasicAuthScope: with WithBasicAuthScope, basic auth guards
 // only the requests it selects; the others pass, Authorization header and
 // all (a bearer token is not mistaken for failed basic auth).
 func TestServe_BasicAuthScope(t *testing.T) {
@@ -265,10 +265,7 @@ func TestServe_BasicAuthScope(t *testing.T) {
 			w.Header().Set("X-User", user)
 		}
 	})
-	url, _ := serve(t, path, &BasicAuthScope{
-		Handler: whoami,
-		Protect: func(r *http.Request) bool { return r.URL.Path == "/" },
-	})
+	url, _ := serve(t, path, whoami, WithBasicAuthScope(func(r *http.Request) bool { return r.URL.Path == "/" }))
 	tests := []struct {
 		path, user, pass, bearer string
 		status                   int

@@ -1,0 +1,20 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
+// Package api serves the discovery server's HTTP API: registration,
+// heartbeats, renewal and deregistration for agents, http_sd for
+// Prometheus and the admin endpoints for operators. Each handler
+// authenticates, decodes, makes one registry call and encodes the answer;
+// errors become statuses, metric reasons and JSON bodies through the one
+// table in errors.go.
+package api

@@ -1,0 +1,198 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
+package registry
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/prometheus/prometheus/model/labels"
+
+	"github.com/baremetal-sd/baremetal_sd/discovery/store"
+	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
+)
+
+// TestRegistry_RegisterRules: what a registration may replace, decided on
+// the stored record. Each case is a hostile or stale credential except the
+// first two, which show the rule lets the legitimate one through.
+func TestRegistry_RegisterRules(t *testing.T) {
+	tests := []struct {
+		name string
+		// prepare changes the stored agent "a" before the registration.
+		prepare func(a *store.Agent, now time.Time)
+		reg     func(now time.Time) Registration
+		want    error
+		wantAs  any
+	}{
+		{"token after the revocation re-admits", func(a *store.Agent, now time.Time) { a.RevokedAt = now.Add(-time.Hour) },
+			func(now time.Time) Registration { return Registration{Token: &TokenGrant{IssuedAt: now}} }, nil, nil},
+		{"current certificate", nil,
+			func(time.Time) Registration { return Registration{Serial: "s-a"} }, nil, nil},
+		{"token before the revocation", func(a *store.Agent, now time.Time) { a.RevokedAt = now },
+			func(now time.Time) Registration {
+				return Registration{Token: &TokenGrant{IssuedAt: now.Add(-time.Hour)}}
+			}, ErrTokenBeforeRevocation, nil},
+		{"token without issue time on a revoked agent", func(a *store.Agent, now time.Time) { a.RevokedAt = now },
+			func(time.Time) Registration { return Registration{Token: &TokenGrant{}} }, ErrTokenBeforeRevocation, nil},
+		{"certificate of a revoked agent", func(a *store.Agent, now time.Time) { a.RevokedAt = now },
+			func(time.Time) Registration { return Registration{Serial: "s-a"} }, ErrRevoked, nil},
+		{"superseded certificate", nil,
+			func(time.Time) Registration { return Registration{Serial: "s-stolen"} }, ErrSuperseded, nil},
+		{"certificate changing a pinned label", func(a *store.Agent, _ time.Time) { a.PinnedLabels = labels.FromStrings("role", "db") },
+			func(time.Time) Registration { return Registration{Serial: "s-a"} }, nil, new(*LabelConflictError)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clock := newFakeClock()
+			r := newTestRegistry(t, memory.New(), clock)
+			now := clock.Now()
+			stored := testAgent("a")
+			stored.RegisteredAt = now.Add(-24 * time.Hour)
+			stored.Maintenance = true
+			if tt.prepare != nil {
+				tt.prepare(stored, now)
+			}
+			mustPut(t, r, stored)
+
+			reg := tt.reg(now)
+			reg.Agent = testAgent("a") // labels role=web
+			reg.Agent.CertSerial, reg.Agent.RegisteredAt = "s-new", now
+			err := r.Register(context.Background(), reg)
+			switch {
+			case tt.wantAs != nil:
+				var lc *LabelConflictError
+				if !errors.As(err, &lc) {
+					t.Fatalf("Register = %v, want a *LabelConflictError", err)
+				}
+			case !errorIs(err, tt.want):
+				t.Fatalf("Register = %v, want %v", err, tt.want)
+			}
+			v, _ := r.Get("a")
+			if err != nil {
+				if v.CertSerial != stored.CertSerial {
+					t.Errorf("refused registration stored serial %q", v.CertSerial)
+				}
+				return
+			}
+			if v.CertSerial != "s-new" || v.Revoked() || !v.Maintenance || !v.RegisteredAt.Equal(stored.RegisteredAt) {
+				t.Errorf("registered: serial %q revoked %v maintenance %v registered %v; want the new serial, not revoked, maintenance and first registration kept",
+					v.CertSerial, v.Revoked(), v.Maintenance, v.RegisteredAt)
+			}
+		})
+	}
+}
+
+// TestRegistry_RenewRules: a renewal stores the new certificate and keeps
+// the previous one, refuses a certificate that is not the agent's and a
+// proof of possession with another key, and signs again when the hostname
+// changed between the read and the write.
+func TestRegistry_RenewRules(t *testing.T) {
+	tests := []struct {
+		name    string
+		prepare func(a *store.Agent)
+		req     Renewal
+		want    error
+	}{
+		{"over mTLS", nil, Renewal{ID: "a", Serial: "s-a", KeyFingerprint: "other"}, nil},
+		{"proof with the enrolled key", nil, Renewal{ID: "a", Serial: "s-a", KeyFingerprint: "fp", ProofOfPossession: true}, nil},
+		{"proof with another key", nil, Renewal{ID: "a", Serial: "s-a", KeyFingerprint: "other", ProofOfPossession: true}, ErrKeyMismatch},
+		{"superseded certificate", nil, Renewal{ID: "a", Serial: "s-stolen", KeyFingerprint: "fp"}, ErrSuperseded},
+		{"revoked", func(a *store.Agent) { a.RevokedAt = time.Now() }, Renewal{ID: "a", Serial: "s-a", KeyFingerprint: "fp"}, ErrRevoked},
+		{"deregistered", func(a *store.Agent) { a.Deregistered = true }, Renewal{ID: "a", Serial: "s-a", KeyFingerprint: "fp"}, ErrDeregistered},
+		{"unknown", nil, Renewal{ID: "b", Serial: "s-b", KeyFingerprint: "fp"}, store.ErrNotFound},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newTestRegistry(t, memory.New(), newFakeClock())
+			a := testAgent("a")
+			a.KeyFingerprint = "fp"
+			if tt.prepare != nil {
+				tt.prepare(a)
+			}
+			mustPut(t, r, a)
+			signed := 0
+			err := r.Renew(context.Background(), tt.req, func(template *store.Agent) error {
+				signed++
+				template.CertSerial, template.KeyFingerprint = "s-renewed", tt.req.KeyFingerprint
+				return nil
+			})
+			if !errorIs(err, tt.want) {
+				t.Fatalf("Renew = %v, want %v", err, tt.want)
+			}
+			v, _ := r.Get("a")
+			if err != nil {
+				if v.CertSerial != "s-a" {
+					t.Errorf("refused renewal stored serial %q", v.CertSerial)
+				}
+				return
+			}
+			if signed != 1 || v.CertSerial != "s-renewed" || v.PrevCertSerial != "s-a" || v.KeyFingerprint != tt.req.KeyFingerprint {
+				t.Errorf("renewed: signed %d times, serial %q, previous %q, key %q", signed, v.CertSerial, v.PrevCertSerial, v.KeyFingerprint)
+			}
+		})
+	}
+
+	t.Run("hostname changed while signing", func(t *testing.T) {
+		r := newTestRegistry(t, memory.New(), newFakeClock())
+		mustPut(t, r, testAgent("a"))
+		var signedFor []string
+		err := r.Renew(context.Background(), Renewal{ID: "a", Serial: "s-a"}, func(template *store.Agent) error {
+			signedFor = append(signedFor, template.Hostname)
+			if len(signedFor) == 1 {
+				renamed := testAgent("a")
+				renamed.Hostname = "renamed.example.com"
+				mustPut(t, r, renamed)
+			}
+			template.CertSerial = "s-renewed"
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(signedFor) != 2 || signedFor[1] != "renamed.example.com" {
+			t.Errorf("signed for %q, want the old hostname, then the new one", signedFor)
+		}
+	})
+}
+
+// TestRegistry_OperatorChanges: revocation and maintenance name an agent
+// the registry must have, and a revoked agent cannot be put in maintenance.
+func TestRegistry_OperatorChanges(t *testing.T) {
+	ctx := context.Background()
+	r := newTestRegistry(t, memory.New(), newFakeClock())
+	mustPut(t, r, testAgent("a"))
+	if _, err := r.Revoke(ctx, "nobody"); !errors.Is(err, ErrUnknownAgent) {
+		t.Errorf("Revoke(unknown) = %v, want ErrUnknownAgent", err)
+	}
+	if _, err := r.SetMaintenance(ctx, "nobody", true); !errors.Is(err, ErrUnknownAgent) {
+		t.Errorf("SetMaintenance(unknown) = %v, want ErrUnknownAgent", err)
+	}
+	if v, err := r.SetMaintenance(ctx, "a", true); err != nil || !v.Maintenance {
+		t.Fatalf("SetMaintenance = %+v, %v", v, err)
+	}
+	v, err := r.Revoke(ctx, "a")
+	if err != nil || !v.Revoked() {
+		t.Fatalf("Revoke = %+v, %v", v, err)
+	}
+	again, err := r.Revoke(ctx, "a")
+	if err != nil || !again.RevokedAt.Equal(v.RevokedAt) {
+		t.Errorf("second Revoke moved the revocation time: %v, %v", again.RevokedAt, err)
+	}
+	var conflict *ConflictError
+	if _, err := r.SetMaintenance(ctx, "a", false); !errors.As(err, &conflict) || err.Error() != "agent is revoked" {
+		t.Errorf("SetMaintenance(revoked) = %v, want a *ConflictError", err)
+	}
+}

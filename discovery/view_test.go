@@ -1,0 +1,37 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
+package discovery
+
+import "testing"
+
+func TestAgentState_Listed(t *testing.T) {
+	tests := []struct {
+		state AgentState
+		want  bool
+	}{
+		{StateHealthy, true},
+		{StateStale, true},
+		{StateMaintenance, true},
+		{StateExpired, false},
+		{StateRevoked, false},
+		{StateDeregistered, false},
+	}
+	for _, tt := range tests {
+		t.Run(string(tt.state), func(t *testing.T) {
+			if got := tt.state.Listed(); got != tt.want {
+				t.Errorf("%s.Listed() = %v, want %v", tt.state, got, tt.want)
+			}
+		})
+	}
+}
