@@ -34,6 +34,7 @@ import (
 	"github.com/baremetal-sd/baremetal_sd/collector"
 	"github.com/baremetal-sd/baremetal_sd/discovery/client"
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/internal/fileutil"
 	"github.com/baremetal-sd/baremetal_sd/web"
 )
 
@@ -49,9 +50,6 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	logger := cfg.Logger
-	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-		return fmt.Errorf("state directory: %w", err)
-	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
@@ -76,6 +74,32 @@ func Run(ctx context.Context, cfg Config) error {
 	defer stopReloads()
 	go rl.watch(reloadCtx, cfg.Reload)
 
+	waitForCert := ownWebConfig
+	if !ownWebConfig {
+		if waitForCert, err = checkWebConfig(operatorWebConfig, cfg.StateDir); err != nil {
+			return err
+		}
+	}
+	roots, pinned, err := loadRootCAs(cfg.CAFile)
+	if err != nil {
+		return err
+	}
+	userAgent := "baremetal_sd-agent/" + version.Version
+	anon, err := client.NewClient(client.Config{
+		URLs:      cfg.DiscoveryURLs,
+		RootCAs:   roots,
+		Timeout:   cfg.RequestTimeout,
+		UserAgent: userAgent,
+	})
+	if err != nil {
+		return fmt.Errorf("--discovery.url: %w", err)
+	}
+	if err := checkEnrollment(cfg); err != nil {
+		return err
+	}
+	if err := fileutil.CheckDir(cfg.StateDir); err != nil {
+		return fmt.Errorf("--agent.state-dir: %w", err)
+	}
 	// Bind before talking to the server: an agent that cannot serve must
 	// not enroll and leave a target that points at whatever holds its port.
 	listeners, err := web.Listen(&webFlags)
@@ -84,9 +108,9 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer web.CloseAll(listeners)
 
-	roots, pinned, err := loadRootCAs(cfg.CAFile)
-	if err != nil {
-		return err
+	// Every input is checked: only now does the agent write its state.
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("--agent.state-dir: %w", err)
 	}
 	key, created, err := loadOrCreateKey(filepath.Join(cfg.StateDir, KeyFile))
 	if err != nil {
@@ -108,7 +132,6 @@ func Run(ctx context.Context, cfg Config) error {
 	lc.pinned = pinned
 	lc.updates = rl.updates
 	lc.health = rl.exporterHealth
-	userAgent := "baremetal_sd-agent/" + version.Version
 	if lc.client, err = client.NewClient(client.Config{
 		URLs:                 cfg.DiscoveryURLs,
 		RootCAs:              roots,
@@ -118,14 +141,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}); err != nil {
 		return err
 	}
-	if lc.anon, err = client.NewClient(client.Config{
-		URLs:      cfg.DiscoveryURLs,
-		RootCAs:   roots,
-		Timeout:   cfg.RequestTimeout,
-		UserAgent: userAgent,
-	}); err != nil {
-		return err
-	}
+	lc.anon = anon
 	defer lc.client.CloseIdleConnections()
 	defer lc.anon.CloseIdleConnections()
 	lc.load()
@@ -133,15 +149,12 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("no certificate in --agent.state-dir %s and no --discovery.token-file to enroll with: create a token on the server (baremetal_sd token create --scope=enroll) and pass its file", cfg.StateDir)
 	}
 
-	waitForCert := ownWebConfig
 	if ownWebConfig {
 		path, err := writeWebConfig(cfg.StateDir)
 		if err != nil {
 			return err
 		}
 		webFlags.WebConfigFile = &path
-	} else if waitForCert, err = usesStateCertificates(*webFlags.WebConfigFile, cfg.StateDir); err != nil {
-		return err
 	}
 
 	srv := newHTTPServer(rl.handler(cfg.EnableLifecycle), logger)

@@ -65,20 +65,20 @@ func eachMap(t *testing.T, what string, v any, fn func(m *yaml.MapSlice)) {
 	}
 	list, ok := v.([]any)
 	if !ok {
-		t.Fatalf("examples/prometheus.yml: %s is not a list", what)
+		t.Fatalf("example config: %s is not a list", what)
 	}
 	for i, it := range list {
 		m, ok := it.(yaml.MapSlice)
 		if !ok {
-			t.Fatalf("examples/prometheus.yml: an element of %s is not a mapping", what)
+			t.Fatalf("example config: an element of %s is not a mapping", what)
 		}
 		fn(&m)
 		list[i] = m
 	}
 }
 
-// deployExampleConfig is examples/prometheus.yml as an operator deploys
-// it, changed through its parsed structure and nowhere else: the discovery
+// deployExampleConfig is an example Prometheus configuration (name, such
+// as examples/prometheus.yml) as an operator deploys it, changed through its parsed structure and nowhere else: the discovery
 // server's address (in http_sd URLs, proxy_url and static targets) becomes
 // serverAddr, Prometheus' own (the prometheus job's target) promAddr, and
 // the scrape and http_sd refresh intervals become 1s so that the test does
@@ -87,11 +87,11 @@ func eachMap(t *testing.T, what string, v any, fn func(m *yaml.MapSlice)) {
 // the test does not know fails it, so that a new one is not scraped
 // somewhere else by accident. It returns the configuration and the names
 // of its jobs.
-func deployExampleConfig(t *testing.T, data []byte, serverAddr, promAddr string) (string, []string) {
+func deployExampleConfig(t *testing.T, name string, data []byte, serverAddr, promAddr string) (string, []string) {
 	t.Helper()
 	var cfg yaml.MapSlice
 	if err := yaml.UnmarshalStrict(data, &cfg); err != nil {
-		t.Fatalf("examples/prometheus.yml: %v", err)
+		t.Fatalf("%s: %v", name, err)
 	}
 	global, _ := yamlGet(cfg, "global").(yaml.MapSlice)
 	yamlSet(&global, "scrape_interval", "1s")
@@ -101,20 +101,20 @@ func deployExampleConfig(t *testing.T, data []byte, serverAddr, promAddr string)
 		s, _ := v.(string)
 		u, err := url.Parse(s)
 		if err != nil || u.Host != exampleServerAddr {
-			t.Fatalf("examples/prometheus.yml: job %s: %s %q does not point at %s", job, field, s, exampleServerAddr)
+			t.Fatalf("%s: job %s: %s %q does not point at %s", name, job, field, s, exampleServerAddr)
 		}
 		u.Host = serverAddr
 		return u.String()
 	}
 	var jobs []string
 	eachMap(t, "scrape_configs", yamlGet(cfg, "scrape_configs"), func(job *yaml.MapSlice) {
-		name, _ := yamlGet(*job, "job_name").(string)
-		jobs = append(jobs, name)
+		jobName, _ := yamlGet(*job, "job_name").(string)
+		jobs = append(jobs, jobName)
 		if v := yamlGet(*job, "proxy_url"); v != nil {
-			yamlSet(job, "proxy_url", rewriteURL(name, "proxy_url", v))
+			yamlSet(job, "proxy_url", rewriteURL(jobName, "proxy_url", v))
 		}
 		eachMap(t, "http_sd_configs", yamlGet(*job, "http_sd_configs"), func(sd *yaml.MapSlice) {
-			yamlSet(sd, "url", rewriteURL(name, "http_sd_configs url", yamlGet(*sd, "url")))
+			yamlSet(sd, "url", rewriteURL(jobName, "http_sd_configs url", yamlGet(*sd, "url")))
 			yamlSet(sd, "refresh_interval", "1s")
 		})
 		eachMap(t, "static_configs", yamlGet(*job, "static_configs"), func(sc *yaml.MapSlice) {
@@ -126,7 +126,7 @@ func deployExampleConfig(t *testing.T, data []byte, serverAddr, promAddr string)
 				case examplePrometheusAddr:
 					targets[i] = promAddr
 				default:
-					t.Fatalf("examples/prometheus.yml: job %s: static target %v is neither the server nor Prometheus", name, target)
+					t.Fatalf("%s: job %s: static target %v is neither the server nor Prometheus", name, jobName, target)
 				}
 			}
 		})
@@ -207,7 +207,7 @@ func TestExamples_EveryPrometheusJobScrapes(t *testing.T) {
 			}
 			var jobs []string
 			prom := startPrometheusIn(t, rel.Binary, dir, func(addr string) string {
-				cfg, names := deployExampleConfig(t, example, s.Addr, addr)
+				cfg, names := deployExampleConfig(t, "examples/prometheus.yml", example, s.Addr, addr)
 				jobs = names
 				return cfg
 			})

@@ -20,6 +20,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -28,6 +31,76 @@ import (
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
+// shardedExample is the example for a Prometheus server of a sharded
+// fleet, in examples/.
+const shardedExample = "prometheus-sharded.yml"
+
+// shardedFleetJobs are the jobs of shardedExample that scrape agents, one
+// target per agent of the shard each.
+var shardedFleetJobs = []string{"node", "baremetal_sd_agent"}
+
+// shardSedCommand is the sed command the example's header documents for
+// the other servers, as written (for server 1), its continuation lines
+// joined as the shell joins them.
+func shardSedCommand(t *testing.T, example []byte) string {
+	t.Helper()
+	var cmd []string
+	for line := range strings.Lines(string(example)) {
+		text, ok := strings.CutPrefix(line, "#")
+		if !ok {
+			break // the header ends at the first line that is no comment
+		}
+		text = strings.TrimSpace(text)
+		if len(cmd) == 0 && !strings.HasPrefix(text, "sed ") {
+			continue
+		}
+		more := strings.HasSuffix(text, "\\")
+		cmd = append(cmd, strings.TrimSuffix(text, "\\"))
+		if !more {
+			break
+		}
+	}
+	if len(cmd) == 0 {
+		t.Fatalf("examples/%s: its header has no sed line for the other servers", shardedExample)
+	}
+	return strings.Join(cmd, " ")
+}
+
+// shardConfig is the configuration of server i: the shipped file for
+// server 0; for the others, what the documented sed line writes, run in
+// dir next to a copy of the file, for server 1 as written and for the
+// others with 1 replaced by their number, as the header says.
+func shardConfig(t *testing.T, dir string, example []byte, sed string, i int) []byte {
+	t.Helper()
+	if i == 0 {
+		return example
+	}
+	if err := os.WriteFile(filepath.Join(dir, shardedExample), example, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if i > 1 {
+		r := strings.NewReplacer(
+			`shard=1\&`, fmt.Sprintf(`shard=%d\&`, i),
+			"prometheus-1/", fmt.Sprintf("prometheus-%d/", i),
+			`prometheus_shard: "1"`, fmt.Sprintf(`prometheus_shard: "%d"`, i))
+		if sed = r.Replace(sed); !strings.Contains(sed, fmt.Sprintf("prometheus-%d/", i)) {
+			t.Fatalf("examples/%s: its sed line %q does not name prometheus-1", shardedExample, sed)
+		}
+	}
+	cmd := exec.CommandContext(t.Context(), "sh", "-c", sed)
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("examples/%s: its sed line %q: %v\n%s", shardedExample, sed, err, out)
+	}
+	// It writes prometheus.yml, which startPrometheusIn replaces with
+	// the deployed version.
+	data, err := os.ReadFile(filepath.Join(dir, "prometheus.yml"))
+	if err != nil {
+		t.Fatalf("examples/%s: its sed line %q: %v", shardedExample, sed, err)
+	}
+	return data
+}
+
 // shardAgent is an agent registered by the test and serving its endpoints
 // over TLS with its issued certificate, as the real agent does.
 type shardAgent struct {
@@ -35,10 +108,13 @@ type shardAgent struct {
 	srv *httptest.Server
 }
 
-// TestServer_ShardedPrometheus runs three real Prometheus servers, each
-// discovering its scrape shard (?shard=I&shards=3): every agent's targets
-// are discovered and scraped by exactly one of them, the one the assignment
-// function names. It then checks what growing to four shards would move,
+// TestServer_ShardedPrometheus runs three real Prometheus servers with
+// the shipped examples/prometheus-sharded.yml, as its header says to deploy
+// it: server 0 with the file, the others with what its documented sed line
+// makes of it, each changed only where the header says (the server's and
+// Prometheus' addresses; intervals shortened). Every job of each file has
+// all its targets up, and each agent's targets are discovered and scraped
+// by exactly one of them, the one the assignment function names. It then checks what growing to four shards would move,
 // conditional requests against the real binary, and that the operator sees
 // each Prometheus as a consumer.
 func TestServer_ShardedPrometheus(t *testing.T) {
@@ -83,76 +159,72 @@ func TestServer_ShardedPrometheus(t *testing.T) {
 	}
 
 	sdURL := s.URL + protocol.PathDiscovery
+	// The shipped examples/prometheus-sharded.yml runs server 0, and the
+	// sed line its header documents makes the files of the others.
+	root, err := repoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	example, err := os.ReadFile(filepath.Join(root, "examples", shardedExample))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sed := shardSedCommand(t, example)
 	proms := make([]*testPrometheus, shards)
+	jobs := make([][]string, shards)
 	// A fleet mid-upgrade: the shards alternate between Prometheus 2.42
 	// and 3, whose http_sd clients differ.
 	releases := prometheusReleases()
 	for i := range proms {
-		cert := issueCert(t, s.DataDir, fmt.Sprintf("prometheus-%d", i), "discovery")
-		proms[i] = startPrometheusBinary(t, releases[i%len(releases)].Binary, fmt.Sprintf(`
-global:
-  scrape_interval: 1s
-  scrape_timeout: 1s
-scrape_configs:
-  - job_name: baremetal
-    tls_config:
-      ca_file: %[7]s
-      cert_file: %[2]s
-      key_file: %[3]s
-    http_sd_configs:
-      - url: %[4]s?shard=%[5]d&shards=%[6]d
-        refresh_interval: 1s
-        tls_config:
-          ca_file: %[1]s
-          cert_file: %[2]s
-          key_file: %[3]s
-    relabel_configs:
-      - source_labels: [__meta_baremetal_sd_exporter]
-        target_label: exporter
-`, cert.CAFile, cert.CertFile, cert.KeyFile, sdURL, i, shards, cert.AgentCAFile))
+		// The layout of the example's header: the file with certs/
+		// beside it, one certificate per Prometheus server.
+		dir := t.TempDir()
+		runCLI(t, "cert", "issue", "--data.dir="+s.DataDir, fmt.Sprintf("--name=prometheus-%d", i), "--out.dir="+filepath.Join(dir, "certs"))
+		data := shardConfig(t, dir, example, sed, i)
+		proms[i] = startPrometheusIn(t, releases[i%len(releases)].Binary, dir, func(addr string) string {
+			cfg, names := deployExampleConfig(t, "examples/"+shardedExample+fmt.Sprintf(" (server %d)", i), data, s.Addr, addr)
+			jobs[i] = names
+			return cfg
+		})
 	}
 
-	// Every agent's two targets (its own metrics and node) are up in the
-	// Prometheus of its shard and absent from the others.
+	// Every job of each server's file has all its targets up, the fleet
+	// jobs one per agent of its shard; the agents of other shards are
+	// neither discovered nor scraped there.
 	waitFor(t, 90*time.Second, func() error {
 		for i, p := range proms {
+			want := map[string]int{"prometheus": 1, "baremetal_sd_server": 1}
+			for _, job := range shardedFleetJobs {
+				want[job] = perShard[i]
+			}
+			if err := checkEveryJobUp(t, p, jobs[i], want); err != nil {
+				return fmt.Errorf("prometheus %d: %w", i, err)
+			}
 			ts, err := p.targets(ctx)
 			if err != nil {
 				return err
 			}
 			for _, a := range agents {
-				got := agentTargets(ts.Active, "baremetal", a.id)
 				owner := httpsd.ScrapeShardOf(a.id, shards)
-				if owner != i {
-					if len(got) != 0 {
-						t.Fatalf("prometheus %d discovered agent %s of shard %d: %+v", i, a.id, owner, got)
-					}
-					continue
-				}
-				if len(got) != 2 {
-					return fmt.Errorf("prometheus %d: %d targets of agent %s, want 2", i, len(got), a.id)
-				}
-				for _, tg := range got {
-					if tg.Health != "up" {
-						return fmt.Errorf("prometheus %d: target %s is %q (%s)", i, tg.ScrapeURL, tg.Health, tg.LastError)
+				for _, job := range shardedFleetJobs {
+					got := agentTargets(ts.Active, job, a.id)
+					switch {
+					case owner != i && len(got) != 0:
+						t.Fatalf("prometheus %d discovered agent %s of shard %d in job %s: %+v", i, a.id, owner, job, got)
+					case owner == i && len(got) != 1:
+						return fmt.Errorf("prometheus %d: job %s has %d targets of agent %s, want 1", i, job, len(got), a.id)
 					}
 				}
 			}
-			if len(ts.Active) != 2*perShard[i] {
-				t.Fatalf("prometheus %d has %d active targets, want %d", i, len(ts.Active), 2*perShard[i])
-			}
-		}
-		return nil
-	})
-	// And the samples are there: each Prometheus scraped its own agents.
-	waitFor(t, 30*time.Second, func() error {
-		for i, p := range proms {
-			samples, err := p.query(ctx, `up{job="baremetal"} == 1`)
+			// And the samples are its own agents'.
+			samples, err := p.query(ctx, `up{job=~"node|baremetal_sd_agent"} == 1`)
 			if err != nil {
 				return err
 			}
-			if len(samples) != 2*perShard[i] {
-				return fmt.Errorf("prometheus %d: %d targets up, want %d", i, len(samples), 2*perShard[i])
+			for _, smp := range samples {
+				if owner := httpsd.ScrapeShardOf(smp.Metric["agent_id"], shards); owner != i {
+					t.Fatalf("prometheus %d scraped agent %q of shard %d: %v", i, smp.Metric["agent_id"], owner, smp.Metric)
+				}
 			}
 		}
 		return nil

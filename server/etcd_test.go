@@ -39,11 +39,16 @@ func openTestEtcd(t *testing.T, e EtcdConfig) (*etcd.Store, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), etcdtest.Wait)
 	defer cancel()
-	s, err := openEtcd(ctx, cfg)
-	if err == nil {
-		t.Cleanup(func() { s.Close() })
+	opts, err := etcdOptions(cfg.Etcd, cfg.Logger)
+	if err != nil {
+		return nil, err
 	}
-	return s, err
+	st, err := openStore(ctx, cfg, opts)
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { st.Close() })
+	return st.(*etcd.Store), nil
 }
 
 // useStore registers, claims, flushes, lists and checks health: every kind
@@ -97,7 +102,7 @@ func TestEtcd_ClientTLS(t *testing.T) {
 			checkErr(t, err, tc.wantErr)
 		})
 	}
-	if _, err := etcdOptions(EtcdConfig{Endpoints: c.Endpoints(), CertFile: files.CertFile, KeyFile: filepath.Join(t.TempDir(), "missing.key")}, nil); err == nil || !strings.Contains(err.Error(), "etcd TLS") {
+	if _, err := etcdOptions(EtcdConfig{Endpoints: c.Endpoints(), CertFile: files.CertFile, KeyFile: filepath.Join(t.TempDir(), "missing.key")}, nil); err == nil || !strings.Contains(err.Error(), "--etcd.key-file") {
 		t.Errorf("missing key file: %v", err)
 	}
 }

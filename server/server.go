@@ -18,7 +18,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -39,6 +41,7 @@ import (
 	"github.com/baremetal-sd/baremetal_sd/discovery/api"
 	"github.com/baremetal-sd/baremetal_sd/discovery/httpsd"
 	"github.com/baremetal-sd/baremetal_sd/discovery/registry"
+	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/bolt"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/etcd"
@@ -118,21 +121,36 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	logger := cfg.Logger
-	// Bind first: a server that cannot serve must fail before it creates
-	// a CA, a token key or a registry nobody asked for.
+	// Read every input and bind first: a server that cannot start must
+	// fail before it creates a CA, a token key or a registry nobody asked
+	// for, and leave the data directory as it found it.
+	if _, err := loadWebConfig(cfg); err != nil {
+		return err
+	}
+	var etcdOpts etcd.Options
+	if cfg.StorageBackend == "etcd" {
+		var err error
+		if etcdOpts, err = etcdOptions(cfg.Etcd, logger); err != nil {
+			return err
+		}
+	}
+	if err := checkPaths(cfg); err != nil {
+		return err
+	}
 	listeners, err := web.Listen(cfg.Web)
 	if err != nil {
 		return err
 	}
 	defer web.CloseAll(listeners)
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return fmt.Errorf("create data directory: %w", err)
-	}
-	st, err := openStore(ctx, cfg)
+	st, err := openStore(ctx, cfg, etcdOpts)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
+	// Only now: a store that cannot be opened leaves nothing behind.
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("--data.dir: %w", err)
+	}
 	var shared identityStore
 	if s, ok := st.(identityStore); ok {
 		shared = s
@@ -304,15 +322,18 @@ func Run(ctx context.Context, cfg Config) error {
 	return err
 }
 
-func openStore(ctx context.Context, cfg Config) (store.Store, error) {
+func openStore(ctx context.Context, cfg Config, etcdOpts etcd.Options) (store.Store, error) {
 	switch cfg.StorageBackend {
 	case "etcd":
-		s, err := openEtcd(ctx, cfg)
+		s, err := etcd.Open(ctx, etcdOpts)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("open etcd registry: %w", err)
 		}
 		return s, nil
 	case "", "bolt":
+		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+			return nil, fmt.Errorf("--data.dir: %w", err)
+		}
 		s, err := bolt.Open(filepath.Join(cfg.DataDir, RegistryFile), bolt.Options{Logger: cfg.Logger})
 		if err != nil {
 			return nil, fmt.Errorf("open registry: %w", err)
@@ -330,6 +351,16 @@ func openStore(ctx context.Context, cfg Config) (store.Store, error) {
 func checkConfig(cfg *Config) error {
 	if cfg.AgentTTL <= 0 {
 		return fmt.Errorf("--agent.ttl must be positive, not %s", cfg.AgentTTL)
+	}
+	// The names an operator gave go into the serving certificate; the
+	// default hostname is the system's business.
+	for _, n := range cfg.ReservedNames {
+		if net.ParseIP(n) != nil {
+			continue
+		}
+		if err := protocol.ValidateHostname(strings.TrimPrefix(n, "*.")); err != nil {
+			return fmt.Errorf("--tls.server-name: %w", err)
+		}
 	}
 	// Heartbeats reach the store, and other replicas, one flush late: that
 	// must stay well within the TTL or agents expire although they
@@ -411,36 +442,32 @@ func etcdOptions(e EtcdConfig, logger *slog.Logger) (etcd.Options, error) {
 		Username:       e.Username,
 		Logger:         logger,
 	}
+	for _, f := range []struct{ flag, path string }{{"--etcd.ca-file", e.CAFile}, {"--etcd.cert-file", e.CertFile}, {"--etcd.key-file", e.KeyFile}} {
+		if f.path == "" {
+			continue
+		}
+		if _, err := os.Stat(f.path); err != nil {
+			return opts, fmt.Errorf("%s: %w", f.flag, err)
+		}
+	}
 	if strings.HasPrefix(e.Endpoints[0], "https://") {
 		// Without --etcd.ca-file the system roots verify etcd.
 		tlsCfg, err := promconfig.NewTLSConfig(&promconfig.TLSConfig{CAFile: e.CAFile, CertFile: e.CertFile, KeyFile: e.KeyFile})
 		if err != nil {
-			return opts, fmt.Errorf("etcd TLS: %w", err)
+			return opts, fmt.Errorf("--etcd.ca-file, --etcd.cert-file or --etcd.key-file: %w", err)
 		}
 		opts.TLS = tlsCfg
 	}
 	if e.PasswordFile != "" {
 		pw, err := os.ReadFile(e.PasswordFile)
 		if err != nil {
-			return opts, fmt.Errorf("etcd password: %w", err)
+			return opts, fmt.Errorf("--etcd.password-file: %w", err)
 		}
 		if opts.Password = strings.TrimSpace(string(pw)); opts.Password == "" {
-			return opts, fmt.Errorf("etcd password: %s is empty", e.PasswordFile)
+			return opts, fmt.Errorf("--etcd.password-file: %s is empty", e.PasswordFile)
 		}
 	}
 	return opts, nil
-}
-
-func openEtcd(ctx context.Context, cfg Config) (*etcd.Store, error) {
-	opts, err := etcdOptions(cfg.Etcd, cfg.Logger)
-	if err != nil {
-		return nil, err
-	}
-	s, err := etcd.Open(ctx, opts)
-	if err != nil {
-		return nil, fmt.Errorf("open etcd registry: %w", err)
-	}
-	return s, nil
 }
 
 // prepareWebConfig returns the web flags to serve with. Without an operator
@@ -450,14 +477,11 @@ func openEtcd(ctx context.Context, cfg Config) (*etcd.Store, error) {
 // because the server never speaks plain HTTP.
 func prepareWebConfig(cfg Config, authority *ca.Authority) (*toolkitweb.FlagConfig, *servingCert, error) {
 	flags := *cfg.Web
-	if flags.WebConfigFile != nil && *flags.WebConfigFile != "" {
-		c, err := web.LoadConfig(*flags.WebConfigFile)
-		if err != nil {
-			return nil, nil, err // it names the file
-		}
-		if c.TLSConfig.TLSCertPath == "" && c.TLSConfig.TLSCert == "" {
-			return nil, nil, fmt.Errorf("web config %s has no tls_server_config: the server serves TLS only", *flags.WebConfigFile)
-		}
+	c, err := loadWebConfig(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	if c != nil {
 		if c.TLSConfig.ClientAuth != "VerifyClientCertIfGiven" && c.TLSConfig.ClientAuth != "RequireAndVerifyClientCert" {
 			cfg.Logger.Warn("Web config does not verify client certificates: agents cannot heartbeat or renew, and Prometheus needs a token", "client_auth_type", c.TLSConfig.ClientAuth)
 		} else if !trustsIssuers(c.TLSConfig.ClientCAs, authority) {
@@ -487,6 +511,63 @@ func prepareWebConfig(cfg Config, authority *ca.Authority) (*toolkitweb.FlagConf
 	}
 	flags.WebConfigFile = &path
 	return &flags, auto, nil
+}
+
+// loadWebConfig loads and checks the operator's web config and the TLS
+// files it names; nil without one. The data directory's client CA bundle
+// may be missing: the server writes it at every start, before it serves.
+func loadWebConfig(cfg Config) (*toolkitweb.Config, error) {
+	if cfg.Web.WebConfigFile == nil || *cfg.Web.WebConfigFile == "" {
+		return nil, nil
+	}
+	path := *cfg.Web.WebConfigFile
+	c, err := web.LoadConfig(path)
+	if err != nil {
+		return nil, fmt.Errorf("--web.config.file: %w", err)
+	}
+	if c.TLSConfig.TLSCertPath == "" && c.TLSConfig.TLSCert == "" {
+		return nil, fmt.Errorf("--web.config.file: web config %s has no tls_server_config: the server serves TLS only", path)
+	}
+	bundle := absPath(filepath.Join(cfg.DataDir, ca.ClientCAsFile))
+	err = web.CheckTLSFiles(path, c.TLSConfig, func(file string) bool { return absPath(file) == bundle })
+	if errors.Is(err, fs.ErrNotExist) && strings.HasPrefix(absPath(c.TLSConfig.TLSCertPath), absPath(cfg.DataDir)+string(filepath.Separator)) {
+		// The documented web config names the certificate the server
+		// creates, which it does only without a web config.
+		return nil, fmt.Errorf("--web.config.file: %w; the server creates %s and %s in --data.dir only when no operator file is given: start it once without this flag", err, ca.ServerCertFile, ca.ServerKeyFile)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("--web.config.file: %w", err)
+	}
+	return c, nil
+}
+
+// absPath is path made absolute, for comparing paths; path itself when
+// that fails, which only a missing working directory makes it do.
+func absPath(path string) string {
+	if abs, err := filepath.Abs(path); err == nil {
+		return abs
+	}
+	return path
+}
+
+// checkPaths refuses directories the server would fail to create or write
+// in, before it creates anything.
+func checkPaths(cfg Config) error {
+	if err := fileutil.CheckDir(cfg.DataDir); err != nil {
+		return fmt.Errorf("--data.dir: %w", err)
+	}
+	if cfg.SDFilePath != "" {
+		// The file is replaced by renaming a new one over it, in a
+		// directory that must exist.
+		dir := filepath.Dir(cfg.SDFilePath)
+		if _, err := os.Stat(dir); err != nil {
+			return fmt.Errorf("--sd.file.path: %w", err)
+		}
+		if err := fileutil.CheckDir(dir); err != nil {
+			return fmt.Errorf("--sd.file.path: %w", err)
+		}
+	}
+	return nil
 }
 
 // trustsIssuers reports whether the CA file at path holds both issuing

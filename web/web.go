@@ -303,3 +303,44 @@ func Serve(l net.Listener, server *http.Server, flags *toolkitweb.FlagConfig, lo
 	logger.Info("TLS is enabled", "http2", cfg.HTTPConfig.HTTP2, "addr", l.Addr().String())
 	return server.ServeTLS(l, "", "")
 }
+
+// CheckTLSFiles checks the files of a web config's TLS settings, read from
+// path, the way serving loads them: they exist, the certificate matches its
+// key, and the client CAs, client auth type and the rest are valid. A role
+// calls it at start so that a wrong file stops it before it creates or
+// announces anything, rather than at its first handshake. Files for which
+// later returns true are created by the role itself before it serves; they
+// are not read.
+func CheckTLSFiles(path string, t toolkitweb.TLSConfig, later func(file string) bool) error {
+	if !t.IsEnabled() {
+		return nil
+	}
+	pending := false
+	for _, f := range []struct{ key, file string }{
+		{"cert_file", t.TLSCertPath}, {"key_file", t.TLSKeyPath}, {"client_ca_file", t.ClientCAs},
+	} {
+		if f.file == "" {
+			continue
+		}
+		if later(f.file) {
+			pending = pending || f.key != "client_ca_file"
+			continue
+		}
+		if _, err := os.Stat(f.file); err != nil {
+			return fmt.Errorf("web config %s: %s: %w", path, f.key, err)
+		}
+	}
+	if pending {
+		// The toolkit loads certificate and key together.
+		return nil
+	}
+	if t.ClientCAs != "" && later(t.ClientCAs) {
+		// Still configured, so that the client auth type is checked
+		// against it; the text is no certificate, and ignored.
+		t.ClientCAs, t.ClientCAsText = "", "written at start"
+	}
+	if _, err := toolkitweb.ConfigToTLSConfig(&t); err != nil {
+		return fmt.Errorf("web config %s: %w", path, err)
+	}
+	return nil
+}

@@ -452,3 +452,45 @@ func BenchmarkParseConfig(b *testing.B) {
 		}
 	})
 }
+
+func TestCheckTLSFiles_LaterFiles(t *testing.T) {
+	p := newPKI(t)
+	p.issue("server", 1, true)
+	p.issue("other", 2, true)
+	never := func(string) bool { return false }
+	tests := []struct {
+		name    string
+		body    string
+		later   func(string) bool
+		wantErr string
+	}{
+		{name: "valid", body: tlsConfig + "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n", later: never},
+		{name: "certificate missing", body: "tls_server_config:\n  cert_file: nope.crt\n  key_file: server.key\n", later: never, wantErr: "cert_file: stat"},
+		{name: "key of another certificate", body: "tls_server_config:\n  cert_file: server.crt\n  key_file: other.key\n", later: never, wantErr: "private key does not match"},
+		{name: "client CA missing", body: tlsConfig + "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: nope.crt\n", later: never, wantErr: "client_ca_file: stat"},
+		{name: "client CA written later", body: tlsConfig + "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: nope.crt\n",
+			later: func(f string) bool { return filepath.Base(f) == "nope.crt" }},
+		// Still configured while it is not there: the policy is checked.
+		{name: "client CA written later without a policy", body: tlsConfig + "  client_ca_file: nope.crt\n",
+			later: func(f string) bool { return filepath.Base(f) == "nope.crt" }, wantErr: "without a Client Auth Policy"},
+		{name: "certificate written later", body: "tls_server_config:\n  cert_file: nope.crt\n  key_file: nope.key\n",
+			later: func(f string) bool { return strings.HasPrefix(filepath.Base(f), "nope.") }},
+		{name: "unknown client auth type", body: tlsConfig + "  client_auth_type: Sometimes\n", later: never, wantErr: "Sometimes"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := writeConfig(t, p.dir, tt.body)
+			c, err := LoadConfig(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = CheckTLSFiles(path, c.TLSConfig, tt.later)
+			switch {
+			case tt.wantErr == "" && err != nil:
+				t.Fatalf("CheckTLSFiles: %v", err)
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr) || !strings.Contains(err.Error(), path)):
+				t.Fatalf("error %v, want one naming %s and saying %q", err, path, tt.wantErr)
+			}
+		})
+	}
+}

@@ -18,11 +18,14 @@ package fileutil
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"golang.org/x/sys/unix"
 )
 
 // WriteAtomic replaces path with data so that readers see either the old
@@ -77,4 +80,29 @@ func WriteAtomicFunc(path string, perm fs.FileMode, write func(io.Writer) error)
 		return fmt.Errorf("sync directory %s: %w", dir, err)
 	}
 	return nil
+}
+
+// CheckDir reports why dir cannot serve as a directory the process creates
+// and writes files in: it, or the nearest ancestor that exists when it does
+// not, must be a directory the process may read, write and search. It
+// creates nothing, so that a role can check its directory with its other
+// inputs before it writes the first file.
+func CheckDir(dir string) error {
+	path := dir
+	for {
+		fi, err := os.Stat(path)
+		switch {
+		case errors.Is(err, fs.ErrNotExist) && filepath.Dir(path) != path:
+			path = filepath.Dir(path)
+			continue
+		case err != nil:
+			return err
+		case !fi.IsDir():
+			return fmt.Errorf("%s is not a directory", path)
+		}
+		if err := unix.Access(path, unix.R_OK|unix.W_OK|unix.X_OK); err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		return nil
+	}
 }

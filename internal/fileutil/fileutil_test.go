@@ -16,6 +16,7 @@ package fileutil
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -35,5 +36,32 @@ func TestWriteFileAtomic_Perm(t *testing.T) {
 	entries, _ := os.ReadDir(filepath.Dir(path))
 	if len(entries) != 1 {
 		t.Fatalf("temporary files left: %v", entries)
+	}
+}
+
+func TestCheckDir_CreatesNothing(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, dir, wantErr string
+	}{
+		{name: "existing directory", dir: dir},
+		{name: "missing below an existing one", dir: filepath.Join(dir, "a", "b")},
+		{name: "a file", dir: file, wantErr: "not a directory"},
+		{name: "below a file", dir: filepath.Join(file, "data"), wantErr: "not a directory"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := CheckDir(tt.dir)
+			if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
+				t.Fatalf("CheckDir(%s) = %v, want %q", tt.dir, err, tt.wantErr)
+			}
+		})
+	}
+	if entries, err := os.ReadDir(dir); err != nil || len(entries) != 1 {
+		t.Errorf("CheckDir changed %s: %v (%v)", dir, entries, err)
 	}
 }
