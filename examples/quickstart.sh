@@ -51,15 +51,22 @@ free_port() {
   USED_PORTS="${USED_PORTS:-} ${port}"
   echo "${port}"
 }
-# wait_until DESCRIPTION COMMAND...: retries for up to 60 s.
+# wait_until DESCRIPTION COMMAND...: retries until COMMAND succeeds, for up
+# to QUICKSTART_WAIT seconds (120 by default: a loaded machine starts
+# Prometheus slowly), and gives up at once if the daemon started last died.
 wait_until() {
   local what=$1
   shift
-  for _ in $(seq 1 600); do
+  local deadline=$((SECONDS + ${QUICKSTART_WAIT:-120}))
+  while ((SECONDS < deadline)); do
     if "$@" >/dev/null 2>&1; then return 0; fi
+    if ! kill -0 "${PIDS[-1]}" 2>/dev/null; then
+      echo "quickstart: ${what} exited; logs are in ${DIR}" >&2
+      exit 1
+    fi
     sleep 0.1
   done
-  echo "quickstart: ${what} did not come up; logs are in ${DIR}" >&2
+  echo "quickstart: ${what} did not come up in ${QUICKSTART_WAIT:-120} s; logs are in ${DIR}" >&2
   exit 1
 }
 start() { # NAME COMMAND...: runs a daemon with its output in DIR/NAME.log
