@@ -65,7 +65,7 @@ func (d directHandler) wantLabels(raw []byte) bool {
 		return false
 	}
 	if p.cache != nil {
-		p.cached = p.cache.get(p.cache.cacheKey(raw, p.escaping, d.om))
+		p.cached = p.cache.lookup(raw, p.escaping, d.om)
 		return p.cached == nil
 	}
 	return true
@@ -107,7 +107,7 @@ func (d directHandler) series(raw []byte, lset labels.Labels, v float64, ts *int
 	}
 	if !keep {
 		if p.cache != nil {
-			p.cache.put(p.cache.cacheKey(raw, p.escaping, d.om), true, nil)
+			p.cache.remember(true, nil)
 		}
 		return nil
 	}
@@ -115,7 +115,7 @@ func (d directHandler) series(raw []byte, lset labels.Labels, v float64, ts *int
 	start := len(p.directBuf)
 	p.directBuf = appendSeries(p.directBuf, out, p.escaping)
 	if p.cache != nil {
-		p.cache.put(p.cache.cacheKey(raw, p.escaping, d.om), false, p.directBuf[start:])
+		p.cache.remember(false, p.directBuf[start:])
 	}
 	p.directBuf = appendValueSuffix(p.directBuf, v, ts, ex, d.om, p.escaping)
 	return nil

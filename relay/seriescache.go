@@ -51,7 +51,8 @@ type seriesCache struct {
 	// scrape counts the scrapes that used the cache; entries remember the
 	// last one that saw them.
 	scrape uint32
-	key    []byte
+	// key is the key of the last look-up, which remember files under.
+	key []byte
 }
 
 type seriesEntry struct {
@@ -82,10 +83,11 @@ func (c *seriesCache) cacheKey(raw []byte, esc model.EscapingScheme, om bool) []
 	return c.key
 }
 
-// get returns the remembered outcome of a series, nil if there is none.
-// The entry is valid until the next put.
-func (c *seriesCache) get(key []byte) *seriesEntry {
-	i, ok := c.index[string(key)]
+// lookup returns the remembered outcome of a series, nil if there is none;
+// after a miss, remember files the outcome under the same key, built once.
+// The entry is valid until the next remember.
+func (c *seriesCache) lookup(raw []byte, esc model.EscapingScheme, om bool) *seriesEntry {
+	i, ok := c.index[string(c.cacheKey(raw, esc, om))]
 	if !ok {
 		return nil
 	}
@@ -94,8 +96,10 @@ func (c *seriesCache) get(key []byte) *seriesEntry {
 	return e
 }
 
-// put remembers the outcome of a series.
-func (c *seriesCache) put(key []byte, dropped bool, series []byte) {
+// remember files the outcome of the series of the last lookup, which
+// missed.
+func (c *seriesCache) remember(dropped bool, series []byte) {
+	key := c.key
 	size := len(key) + len(series) + seriesEntryOverhead
 	if c.bytes+size > c.maxBytes {
 		return
