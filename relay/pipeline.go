@@ -50,7 +50,7 @@ type pipeline struct {
 	// Relabeling (relabel.go).
 	relabelBuilder *labels.Builder // the labels a series' rules work on
 	// classicBuilder builds the series of a protobuf summary or histogram
-	// one by one (protobuf.go).
+	// one by one (pbmetric.go).
 	classicBuilder *labels.Builder
 	metricScratch  labels.ScratchBuilder // a protobuf metric's labels
 	classicParts   []part                // the series of a protobuf summary or histogram
@@ -75,7 +75,7 @@ type pipeline struct {
 	escaping         model.EscapingScheme
 
 	// The families path: conversions and the aggregate endpoint
-	// (families.go, dto.go, protobuf.go).
+	// (families.go, dto.go, protobuf.go, pbmetric.go).
 	familyFormat Format // the output format
 	assembler    assembler
 	familyWriter familyWriter
