@@ -87,6 +87,15 @@ func (p *pipeline) protobufFamilies(body io.Reader, emit func(*dto.MetricFamily)
 		if err != nil {
 			return fmt.Errorf("%w: %w", errParse, err)
 		}
+		if p.pbStream.to != nil {
+			ok, err := p.streamFamily(frame, &h)
+			if err != nil {
+				return err
+			}
+			if ok {
+				continue
+			}
+		}
 		if err := p.protobufFamily(frame, &h, emit); err != nil {
 			p.protobufPart.reset(nil)
 			return err

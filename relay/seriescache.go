@@ -13,7 +13,12 @@
 
 package relay
 
-import "github.com/prometheus/common/model"
+import (
+	"encoding/binary"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/model"
+)
 
 // DefaultSeriesCacheBytes bounds an exporter's series cache.
 const DefaultSeriesCacheBytes = 8 << 20
@@ -73,7 +78,8 @@ func newSeriesCache(maxBytes int) *seriesCache {
 func (c *seriesCache) len() int { return len(c.index) }
 
 // cacheKey is the key of a series' text for a scraper: the spelling of
-// names and the format are part of what is remembered.
+// names and the format are part of what is remembered. Its first byte is
+// below 0x80, which lookupProtobuf's keys start with.
 func (c *seriesCache) cacheKey(raw []byte, esc model.EscapingScheme, om bool) []byte {
 	mode := byte(esc) << 1
 	if om {
@@ -83,11 +89,27 @@ func (c *seriesCache) cacheKey(raw []byte, esc model.EscapingScheme, om bool) []
 	return c.key
 }
 
+// lookupProtobuf is lookup for a metric of a protobuf family, by its
+// label fields as they came (see streamFamily): the family's name and type
+// are part of the key, as is the spelling of names for the scraper.
+func (c *seriesCache) lookupProtobuf(name string, typ dto.MetricType, esc model.EscapingScheme, labelFields []byte) *seriesEntry {
+	c.key = append(c.key[:0], 0x80|byte(esc), byte(typ))
+	c.key = binary.AppendUvarint(c.key, uint64(len(name)))
+	c.key = append(append(c.key, name...), labelFields...)
+	return c.find()
+}
+
 // lookup returns the remembered outcome of a series, nil if there is none;
 // after a miss, remember files the outcome under the same key, built once.
 // The entry is valid until the next remember.
 func (c *seriesCache) lookup(raw []byte, esc model.EscapingScheme, om bool) *seriesEntry {
-	i, ok := c.index[string(c.cacheKey(raw, esc, om))]
+	c.cacheKey(raw, esc, om)
+	return c.find()
+}
+
+// find looks up the key built by lookup or lookupProtobuf.
+func (c *seriesCache) find() *seriesEntry {
+	i, ok := c.index[string(c.key)]
 	if !ok {
 		return nil
 	}

@@ -1,0 +1,396 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
+package relay
+
+import (
+	"unicode/utf8"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/model"
+	"google.golang.org/protobuf/encoding/protowire"
+)
+
+// Protobuf to protobuf without client_model messages. Most families are
+// counters, gauges and untyped metrics whose metrics are a few labels, a
+// value and maybe a timestamp. Such a family is relayed from its wire
+// bytes: each metric's label fields are looked up in the series cache (or
+// relabeled on a miss, through protobufMetric, and remembered), and the
+// metric is written as the rewritten label fields followed by its value
+// and timestamp fields as they came. Decoding the metric, relabeling it and
+// marshaling it again, which every other family still does, would write the
+// same bytes: the stream path takes a family only when that holds, and
+// hands it to protobufFamily otherwise, from its first metric.
+//
+// That is the case when every metric is in the form proto.Marshal writes
+// (fields in order, each once, minimal varints), has only fields the
+// stream path knows, and passes validateMetric's checks; when relabeling
+// keeps every metric under the family's name; and when no name needs
+// escaping for the scraper. The first metric that is not so sends the
+// family to protobufFamily, which relays it, or reports what is wrong.
+
+// pbStream holds the buffers of the stream path, reused across families.
+type pbStream struct {
+	// off sends every family through protobufFamily: the tests compare
+	// the two paths.
+	off bool
+	// to is the writer of the relay's output while the stream path is on
+	// (protobuf to protobuf), nil otherwise.
+	to     *familyWriter
+	out    []byte   // the frames of the family at hand
+	body   []byte   // the MetricFamily message of the part at hand
+	labels []byte   // the label fields of the metric at hand
+	names  [][]byte // its label names, for the duplicate check
+	// streamed counts the families relayed from their wire bytes.
+	streamed int
+	// missPart is protobufPart set up for the family at hand, for
+	// relabeling a metric on a cache miss.
+	missPart bool
+}
+
+// pbMetricShape is what scanMetric learns of a metric's fields.
+type pbMetricShape struct {
+	labelsEnd int // the label fields are the metric's first labelsEnd bytes
+	size      int // decodedSize of the metric
+}
+
+// valueField is the Metric field that carries a value of a family of
+// type typ, 0 for the types the stream path does not take.
+func valueField(typ dto.MetricType) protowire.Number {
+	switch typ {
+	case dto.MetricType_GAUGE:
+		return 2
+	case dto.MetricType_COUNTER:
+		return 3
+	case dto.MetricType_UNTYPED:
+		return 5
+	}
+	return 0
+}
+
+// streamFamily relays one family from its wire bytes into the output, and
+// reports false, having written and counted nothing, when protobufFamily
+// must relay it instead.
+func (p *pipeline) streamFamily(frame []byte, h *pbHeader) (bool, error) {
+	s := &p.pbStream
+	value := valueField(h.typ)
+	if value == 0 || p.escaping != model.NoEscaping && !isLegacyName(h.name, true) {
+		return false, nil
+	}
+	samples := p.samples
+	s.out, s.missPart = s.out[:0], false
+	s.startPart(h)
+	partSize, metrics := 0, 0
+	for b := frame; len(b) > 0; {
+		// scanFamily walked these fields already: they are well-formed.
+		num, typ, n := protowire.ConsumeTag(b)
+		b = b[n:]
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		field := b[:n]
+		b = b[n:]
+		if num != fieldFamilyMetric || typ != protowire.BytesType {
+			continue
+		}
+		mb, _ := protowire.ConsumeBytes(field)
+		shape, ok := s.scanMetric(mb, value, p.escaping != model.NoEscaping)
+		if !ok || shape.size > p.maxMetric {
+			p.samples = samples
+			return false, nil
+		}
+		partSize += shape.size
+		keep, ok, err := p.streamLabels(h, mb[:shape.labelsEnd])
+		if err != nil {
+			return false, err
+		}
+		if !ok {
+			p.samples = samples
+			return false, nil
+		}
+		if keep {
+			rest := mb[shape.labelsEnd:]
+			s.body = protowire.AppendTag(s.body, fieldFamilyMetric, protowire.BytesType)
+			s.body = protowire.AppendVarint(s.body, uint64(len(s.labels)+len(rest)))
+			s.body = append(append(s.body, s.labels...), rest...)
+			metrics++
+		}
+		// Parts end where protobufFamily ends them, so the frames are
+		// the same.
+		if partSize >= partBytes {
+			s.endPart(h, metrics)
+			s.startPart(h)
+			partSize, metrics = 0, 0
+		}
+	}
+	s.endPart(h, metrics)
+	s.streamed++
+	fw := s.to
+	fw.buf = append(fw.buf, s.out...)
+	if len(fw.buf) >= flushBytes {
+		return true, fw.flush()
+	}
+	return true, nil
+}
+
+// startPart begins a part's MetricFamily with the fields before the
+// metrics, in proto.Marshal's order.
+func (s *pbStream) startPart(h *pbHeader) {
+	b := protowire.AppendTag(s.body[:0], fieldFamilyName, protowire.BytesType)
+	b = protowire.AppendString(b, h.name)
+	if h.help != nil {
+		b = protowire.AppendTag(b, fieldFamilyHelp, protowire.BytesType)
+		b = protowire.AppendString(b, *h.help)
+	}
+	b = protowire.AppendTag(b, fieldFamilyType, protowire.VarintType)
+	s.body = protowire.AppendVarint(b, uint64(h.typ))
+}
+
+// endPart writes the part as a frame, unless relabeling left it without
+// metrics (familyWriter writes no empty family either).
+func (s *pbStream) endPart(h *pbHeader, metrics int) {
+	if metrics == 0 {
+		return
+	}
+	if h.unit != nil {
+		s.body = protowire.AppendTag(s.body, fieldFamilyUnit, protowire.BytesType)
+		s.body = protowire.AppendString(s.body, *h.unit)
+	}
+	s.out = protowire.AppendVarint(s.out, uint64(len(s.body)))
+	s.out = append(s.out, s.body...)
+}
+
+// scanMetric checks that metric mb is in the form the stream path takes:
+// label pairs of a name and a value, then the value field of the family's
+// type holding only a value, then perhaps a timestamp, each as
+// proto.Marshal writes it; and that it passes validateMetric's checks
+// (names set, unique, UTF-8, not __name__; values UTF-8), with names in
+// the legacy form when legacy is set. It also works out decodedSize.
+func (s *pbStream) scanMetric(mb []byte, value protowire.Number, legacy bool) (pbMetricShape, bool) {
+	shape := pbMetricShape{size: sizeMessage + len(mb)}
+	s.names = s.names[:0]
+	seenValue, seenTimestamp := false, false
+	for b := mb; len(b) > 0; {
+		// Every field the stream path takes has a one-byte tag.
+		num, typ := protowire.DecodeTag(uint64(b[0]))
+		if b[0] >= 0x80 {
+			return shape, false
+		}
+		b = b[1:]
+		switch {
+		case num == 1 && typ == protowire.BytesType && !seenValue:
+			v, n := consumeMinimalBytes(b)
+			if n < 0 {
+				return shape, false
+			}
+			name, val, ok := scanLabelPair(v)
+			if !ok || !s.validLabel(name, val, legacy) {
+				return shape, false
+			}
+			s.names = append(s.names, name)
+			shape.size += sizeField + sizeMessage + len(v) + 2*sizeString + sizePacked*(len(name)+len(val))
+			b = b[n:]
+			shape.labelsEnd = len(mb) - len(b)
+		case num == value && typ == protowire.BytesType && !seenValue:
+			v, n := consumeMinimalBytes(b)
+			// Only field 1, the value, as a double.
+			if n < 0 || len(v) != 9 || v[0] != 0x09 {
+				return shape, false
+			}
+			shape.size += sizeField + sizeMessage + len(v) + sizeField
+			b = b[n:]
+			seenValue = true
+		case num == 6 && typ == protowire.VarintType && seenValue && !seenTimestamp:
+			v, n := protowire.ConsumeVarint(b)
+			if n < 0 || n != protowire.SizeVarint(v) {
+				return shape, false
+			}
+			shape.size += sizeField
+			b = b[n:]
+			seenTimestamp = true
+		default:
+			return shape, false
+		}
+	}
+	return shape, seenValue
+}
+
+// validLabel checks a label of a metric as validateMetric does, and that
+// its name was not seen before in the metric; names must be in the legacy
+// form when legacy is set.
+func (s *pbStream) validLabel(name, value []byte, legacy bool) bool {
+	if len(name) == 0 || !utf8.Valid(name) || !utf8.Valid(value) || string(name) == model.MetricNameLabel {
+		return false
+	}
+	if legacy && !isLegacyName(name, false) {
+		return false
+	}
+	if len(s.names) >= 16 {
+		return false // rare; protobufFamily checks with a map
+	}
+	for _, n := range s.names {
+		if string(n) == string(name) {
+			return false
+		}
+	}
+	return true
+}
+
+// scanLabelPair reads a LabelPair written by proto.Marshal with both its
+// fields set.
+func scanLabelPair(b []byte) (name, value []byte, ok bool) {
+	if len(b) == 0 || b[0] != 0x0a {
+		return nil, nil, false
+	}
+	name, n := consumeMinimalBytes(b[1:])
+	if n < 0 {
+		return nil, nil, false
+	}
+	b = b[1+n:]
+	if len(b) == 0 || b[0] != 0x12 {
+		return nil, nil, false
+	}
+	value, n = consumeMinimalBytes(b[1:])
+	if n < 0 || 1+n != len(b) {
+		return nil, nil, false
+	}
+	return name, value, true
+}
+
+// consumeMinimalBytes is protowire.ConsumeBytes for a length that
+// proto.Marshal would have written the same way.
+func consumeMinimalBytes(b []byte) ([]byte, int) {
+	v, n := protowire.ConsumeBytes(b)
+	if n < 0 || n != protowire.SizeBytes(len(v)) {
+		return nil, -1
+	}
+	return v, n
+}
+
+// appendLabelPair appends a Metric's label field.
+func appendLabelPair(b []byte, name, value string) []byte {
+	b = protowire.AppendTag(b, 1, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(protowire.SizeTag(1)+protowire.SizeBytes(len(name))+protowire.SizeTag(2)+protowire.SizeBytes(len(value))))
+	b = protowire.AppendTag(b, 1, protowire.BytesType)
+	b = protowire.AppendString(b, name)
+	b = protowire.AppendTag(b, 2, protowire.BytesType)
+	return protowire.AppendString(b, value)
+}
+
+// streamLabels sets s.labels to the label fields that metric label fields
+// raw of family h become, and reports whether the metric is kept, and
+// false for ok when protobufFamily must relay the family. It counts the
+// metric's sample when it is kept.
+func (p *pipeline) streamLabels(h *pbHeader, raw []byte) (keep, ok bool, err error) {
+	s := &p.pbStream
+	if len(p.relabels) == 0 {
+		if p.label == "" {
+			s.labels = append(s.labels[:0], raw...)
+			p.samples++
+			return true, true, nil
+		}
+		if at, ok := exporterLabelAt(raw, p.label); ok {
+			// As addLabelPair: the exporter label among the others, in
+			// name order.
+			s.labels = append(s.labels[:0], raw[:at]...)
+			s.labels = appendLabelPair(s.labels, p.label, p.exporter)
+			s.labels = append(s.labels, raw[at:]...)
+			p.samples++
+			return true, true, nil
+		}
+	}
+	if p.cache != nil {
+		if e := p.cache.lookupProtobuf(h.name, h.typ, p.escaping, raw); e != nil {
+			if e.dropped {
+				return false, true, nil
+			}
+			s.labels = append(s.labels[:0], e.series()...)
+			p.samples++
+			return true, true, nil
+		}
+	}
+	return p.streamMiss(h, raw)
+}
+
+// exporterLabelAt is where addLabelPair puts the exporter label among
+// label fields raw: before the first name not less than label. It reports
+// false when a label has that name already, which addLabelPair relabels.
+func exporterLabelAt(raw []byte, label string) (int, bool) {
+	at := -1
+	for b := raw; len(b) > 0; {
+		// scanMetric checked the fields.
+		v, n := protowire.ConsumeBytes(b[1:])
+		name, _, _ := scanLabelPair(v)
+		if string(name) == label {
+			return 0, false
+		}
+		if at < 0 && string(name) >= label {
+			at = len(raw) - len(b)
+		}
+		b = b[1+n:]
+	}
+	if at < 0 {
+		at = len(raw)
+	}
+	return at, true
+}
+
+// streamMiss relabels a metric that the cache does not know, as
+// protobufFamily does, and remembers the outcome.
+func (p *pipeline) streamMiss(h *pbHeader, raw []byte) (keep, ok bool, err error) {
+	s := &p.pbStream
+	pt := &p.protobufPart
+	if !s.missPart {
+		pt.reset(h)
+		s.missPart = true
+	}
+	m := &dto.Metric{}
+	for b := raw; len(b) > 0; {
+		v, n := protowire.ConsumeBytes(b[1:])
+		name, value, _ := scanLabelPair(v)
+		m.Label = append(m.Label, &dto.LabelPair{Name: ptr(string(name)), Value: ptr(string(value))})
+		b = b[1+n:]
+	}
+	// The metric's value does not matter to relabeling, and protobufMetric
+	// takes a counter, gauge or untyped metric without looking at it.
+	if err := p.protobufMetric(h, m); err != nil {
+		return false, false, err
+	}
+	defer func() { pt.fam.Metric = pt.fam.Metric[:0] }()
+	if len(pt.moved.list) > 0 || len(pt.loose.list) > 0 {
+		pt.moved.reset()
+		pt.loose.reset()
+		return false, false, nil // renamed: a family of its own
+	}
+	if len(pt.fam.Metric) == 0 {
+		if p.cache != nil {
+			p.cache.remember(true, nil)
+		}
+		return false, true, nil
+	}
+	out := pt.fam.Metric[0]
+	if p.escaping != model.NoEscaping && pairsNeedEscaping(out.Label) {
+		return false, false, nil
+	}
+	s.labels = s.labels[:0]
+	for _, lp := range out.Label {
+		if lp.Name == nil || lp.Value == nil {
+			return false, false, nil // marshaled otherwise
+		}
+		s.labels = appendLabelPair(s.labels, *lp.Name, *lp.Value)
+	}
+	if p.cache != nil {
+		p.cache.remember(false, s.labels)
+	}
+	return true, true, nil
+}
+
+func ptr[T any](v T) *T { return &v }
