@@ -95,7 +95,7 @@ func (p *pipeline) protobufMetric(h *pbHeader, m *dto.Metric) error {
 	if classic(h.typ, m) {
 		return p.protobufClassic(h, m, false)
 	}
-	out, keep, err := p.relabel(p.metricLabels(h.name, m))
+	out, keep, err := p.relabelMetric(h.name, m, "", "")
 	if !keep {
 		return err
 	}
@@ -172,7 +172,7 @@ func (p *pipeline) protobufFast(h *pbHeader, m *dto.Metric) bool {
 func (p *pipeline) addLabelPair(name string, m *dto.Metric) {
 	for _, l := range m.Label {
 		if l.GetName() == p.label {
-			out, _, _ := p.relabel(p.metricLabels(name, m))
+			out, _, _ := p.relabelMetric(name, m, "", "")
 			m.Label = labelPairs(out, "")
 			return
 		}
@@ -238,7 +238,6 @@ type part struct {
 // split relays the series on their own in any case.
 func (p *pipeline) protobufClassic(h *pbHeader, m *dto.Metric, split bool) error {
 	name := h.name
-	base := p.metricLabels(name, m)
 	magicName := model.BucketLabel
 	parts := p.classicParts[:0]
 	if s := m.Summary; s != nil {
@@ -269,12 +268,7 @@ func (p *pipeline) protobufClassic(h *pbHeader, m *dto.Metric, split bool) error
 	var group labels.Labels
 	for i := range parts {
 		c := &parts[i]
-		p.classicBuilder.Reset(base)
-		p.classicBuilder.Set(model.MetricNameLabel, name+c.suffix)
-		if c.magic != "" {
-			p.classicBuilder.Set(magicName, c.magic)
-		}
-		out, keep, err := p.relabel(p.classicBuilder.Labels())
+		out, keep, err := p.relabelMetric(name+c.suffix, m, magicName, c.magic)
 		if err != nil {
 			return err
 		}
@@ -303,7 +297,7 @@ func (p *pipeline) protobufClassic(h *pbHeader, m *dto.Metric, split bool) error
 	var nativeOut labels.Labels
 	nativeKeep := false
 	if native {
-		out, keep, err := p.relabel(base)
+		out, keep, err := p.relabelMetric(name, m, "", "")
 		if err != nil {
 			return err
 		}
@@ -346,15 +340,21 @@ func clearNative(h *dto.Histogram) {
 	h.Exemplars = nil
 }
 
-// metricLabels is the label set of a protobuf metric under name.
-func (p *pipeline) metricLabels(name string, m *dto.Metric) labels.Labels {
+// relabelMetric relabels protobuf metric m as the series name, with the
+// label magicName=magic when magic is set (the le or quantile of a series
+// of a histogram or summary): protobuf metrics and their series are
+// relabeled here, the series of the text formats in parse.
+func (p *pipeline) relabelMetric(name string, m *dto.Metric, magicName, magic string) (labels.Labels, bool, error) {
 	p.metricScratch.Reset()
 	p.metricScratch.Add(model.MetricNameLabel, name)
 	for _, l := range m.Label {
 		p.metricScratch.Add(l.GetName(), l.GetValue())
 	}
+	if magic != "" {
+		p.metricScratch.Add(magicName, magic)
+	}
 	p.metricScratch.Sort()
-	return p.metricScratch.Labels()
+	return p.relabel(p.metricScratch.Labels())
 }
 
 // sampleCount is how many series a metric stands for, for the samples
