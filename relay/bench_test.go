@@ -96,6 +96,8 @@ func BenchmarkRelay(b *testing.B) {
 	payloads := map[string][]byte{
 		"node_exporter": nodeExporterFixture(b),
 		"large":         syntheticText(1000, 100),
+		// relaycompare's 30k payload, which the default series cache holds.
+		"30k": syntheticText(300, 100),
 	}
 	cases := []struct {
 		name    string
@@ -108,11 +110,12 @@ func BenchmarkRelay(b *testing.B) {
 		{"text_to_text_label_rules", FormatText, FormatText, labelRules, false},
 		{"text_to_text_label_rules_warm_cache", FormatText, FormatText, labelRules, true},
 		{"text_to_protobuf", FormatText, FormatProtobuf, oneLabel, false},
+		{"protobuf_to_protobuf_no_rules", FormatProtobuf, FormatProtobuf, "", false},
 		{"protobuf_to_protobuf", FormatProtobuf, FormatProtobuf, oneLabel, false},
 		{"protobuf_to_protobuf_label_rules", FormatProtobuf, FormatProtobuf, labelRules, false},
 		{"protobuf_to_protobuf_label_rules_warm_cache", FormatProtobuf, FormatProtobuf, labelRules, true},
 	}
-	for _, pname := range []string{"node_exporter", "large"} {
+	for _, pname := range []string{"node_exporter", "30k", "large"} {
 		text := payloads[pname]
 		samples := countSamples(b, text, "text/plain")
 		proto := toProtoB(b, text)

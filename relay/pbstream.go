@@ -47,10 +47,14 @@ type pbStream struct {
 	// to is the writer of the relay's output while the stream path is on
 	// (protobuf to protobuf), nil otherwise.
 	to     *familyWriter
-	out    []byte   // the frames of the family at hand
-	body   []byte   // the MetricFamily message of the part at hand
-	labels []byte   // the label fields of the metric at hand
-	names  [][]byte // its label names, for the duplicate check
+	out    []byte // the frames of the family at hand
+	body   []byte // the MetricFamily message of the part at hand
+	labels []byte // scratch for the label fields of the metric at hand
+	// The metric's label fields as written, one of the two: labelBytes
+	// the input's, or labels rewritten; labelText a cached outcome.
+	labelBytes []byte
+	labelText  string
+	names      [][]byte // its label names, for the duplicate check
 	// streamed counts the families relayed from their wire bytes.
 	streamed int
 	// missPart is protobufPart set up for the family at hand, for
@@ -119,8 +123,8 @@ func (p *pipeline) streamFamily(frame []byte, h *pbHeader) (bool, error) {
 		if keep {
 			rest := mb[shape.labelsEnd:]
 			s.body = protowire.AppendTag(s.body, fieldFamilyMetric, protowire.BytesType)
-			s.body = protowire.AppendVarint(s.body, uint64(len(s.labels)+len(rest)))
-			s.body = append(append(s.body, s.labels...), rest...)
+			s.body = protowire.AppendVarint(s.body, uint64(len(s.labelBytes)+len(s.labelText)+len(rest)))
+			s.body = append(append(append(s.body, s.labelBytes...), s.labelText...), rest...)
 			metrics++
 		}
 		// Parts end where protobufFamily ends them, so the frames are
@@ -285,15 +289,16 @@ func appendLabelPair(b []byte, name, value string) []byte {
 	return protowire.AppendString(b, value)
 }
 
-// streamLabels sets s.labels to the label fields that metric label fields
-// raw of family h become, and reports whether the metric is kept, and
+// streamLabels sets s.labelBytes or s.labelText to the label fields that
+// metric label fields raw of family h become, and reports whether the metric is kept, and
 // false for ok when protobufFamily must relay the family. It counts the
 // metric's sample when it is kept.
 func (p *pipeline) streamLabels(h *pbHeader, raw []byte) (keep, ok bool, err error) {
 	s := &p.pbStream
+	s.labelBytes, s.labelText = nil, ""
 	if len(p.relabels) == 0 {
 		if p.label == "" {
-			s.labels = append(s.labels[:0], raw...)
+			s.labelBytes = raw
 			p.samples++
 			return true, true, nil
 		}
@@ -303,6 +308,7 @@ func (p *pipeline) streamLabels(h *pbHeader, raw []byte) (keep, ok bool, err err
 			s.labels = append(s.labels[:0], raw[:at]...)
 			s.labels = appendLabelPair(s.labels, p.label, p.exporter)
 			s.labels = append(s.labels, raw[at:]...)
+			s.labelBytes = s.labels
 			p.samples++
 			return true, true, nil
 		}
@@ -312,7 +318,7 @@ func (p *pipeline) streamLabels(h *pbHeader, raw []byte) (keep, ok bool, err err
 			if e.dropped {
 				return false, true, nil
 			}
-			s.labels = append(s.labels[:0], e.series()...)
+			s.labelText = e.series()
 			p.samples++
 			return true, true, nil
 		}
@@ -390,6 +396,7 @@ func (p *pipeline) streamMiss(h *pbHeader, raw []byte) (keep, ok bool, err error
 	if p.cache != nil {
 		p.cache.remember(false, s.labels)
 	}
+	s.labelBytes = s.labels
 	return true, true, nil
 }
 

@@ -46,7 +46,10 @@ const seriesEntryOverhead = 64
 //
 // A look-up touches little memory, since it is made for every series: the
 // map holds indexes into one table of entries, and an entry's key and
-// series text are one string, the key a prefix of it.
+// series text are one string, the key a prefix of it. Exporters write their
+// series in the same order scrape after scrape, so each entry also links to
+// the one that came after it last time: a look-up first compares the key
+// with that entry's, and goes to the map only when the order changed.
 type seriesCache struct {
 	index    map[string]int32
 	slots    []seriesEntry
@@ -58,6 +61,10 @@ type seriesCache struct {
 	scrape uint32
 	// key is the key of the last look-up, which remember files under.
 	key []byte
+	// prev is the entry of the series before the one at hand in this
+	// scrape, first the scrape's first one, -1 for none; next is the entry
+	// expected next, the one that followed prev in an earlier scrape.
+	prev, first, next int32
 }
 
 type seriesEntry struct {
@@ -65,13 +72,16 @@ type seriesEntry struct {
 	keyLen  int32
 	seen    uint32
 	dropped bool
+	// next is the entry that followed this one when it was last seen, -1
+	// for none.
+	next int32
 }
 
 // series is the series text, name{labels}, when not dropped.
 func (e *seriesEntry) series() string { return e.text[e.keyLen:] }
 
 func newSeriesCache(maxBytes int) *seriesCache {
-	return &seriesCache{index: make(map[string]int32), maxBytes: maxBytes}
+	return &seriesCache{index: make(map[string]int32), maxBytes: maxBytes, prev: -1, first: -1, next: -1}
 }
 
 // len is the number of series remembered.
@@ -107,15 +117,31 @@ func (c *seriesCache) lookup(raw []byte, esc model.EscapingScheme, om bool) *ser
 	return c.find()
 }
 
-// find looks up the key built by lookup or lookupProtobuf.
+// find looks up the key built by lookup or lookupProtobuf: in the entry
+// expected next, else in the map.
 func (c *seriesCache) find() *seriesEntry {
-	i, ok := c.index[string(c.key)]
-	if !ok {
-		return nil
+	i := c.next
+	if i < 0 || c.slots[i].text == "" || c.slots[i].text[:c.slots[i].keyLen] != string(c.key) {
+		var ok bool
+		if i, ok = c.index[string(c.key)]; !ok {
+			return nil
+		}
 	}
+	c.follow(i)
 	e := &c.slots[i]
 	e.seen = c.scrape
 	return e
+}
+
+// follow records that entry i came after the previous one in this scrape.
+func (c *seriesCache) follow(i int32) {
+	if c.prev >= 0 {
+		c.slots[c.prev].next = i
+	} else {
+		c.first = i
+	}
+	c.prev = i
+	c.next = c.slots[i].next
 }
 
 // remember files the outcome of the series of the last lookup, which
@@ -127,7 +153,7 @@ func (c *seriesCache) remember(dropped bool, series []byte) {
 		return
 	}
 	text := string(key) + string(series)
-	e := seriesEntry{text: text, keyLen: int32(len(key)), seen: c.scrape, dropped: dropped}
+	e := seriesEntry{text: text, keyLen: int32(len(key)), seen: c.scrape, dropped: dropped, next: -1}
 	var i int32
 	if n := len(c.free); n > 0 {
 		i = c.free[n-1]
@@ -139,11 +165,14 @@ func (c *seriesCache) remember(dropped bool, series []byte) {
 	}
 	c.index[text[:len(key)]] = i
 	c.bytes += size
+	c.follow(i)
 }
 
 // endScrape ages the cache after a scrape: every few scrapes, entries not
 // seen for seriesCacheMaxAge scrapes are dropped.
 func (c *seriesCache) endScrape() {
+	// The next scrape is expected to begin as this one did.
+	c.next, c.prev, c.first = c.first, -1, -1
 	c.scrape++
 	if c.scrape%(seriesCacheMaxAge/2) != 0 {
 		return
