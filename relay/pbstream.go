@@ -14,11 +14,14 @@
 package relay
 
 import (
+	"errors"
+	"fmt"
 	"unicode/utf8"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/model"
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 )
 
 // Protobuf to protobuf without client_model messages. Most families are
@@ -60,6 +63,9 @@ type pbStream struct {
 	// missPart is protobufPart set up for the family at hand, for
 	// relabeling a metric on a cache miss.
 	missPart bool
+	// direct is set while a family is written as it goes (see
+	// streamBufferBytes): it can no longer go to protobufFamily.
+	direct bool
 }
 
 // pbMetricShape is what scanMetric learns of a metric's fields.
@@ -82,13 +88,24 @@ func valueField(typ dto.MetricType) protowire.Number {
 	return 0
 }
 
+// streamBufferBytes is the largest frame whose output the stream path
+// holds until the family is done, so that it can still hand the family to
+// protobufFamily. A larger frame is checked whole first and written part by
+// part, so that memory stays bounded by about a part, as protobufFamily's.
+const streamBufferBytes = 256 << 10
+
 // streamFamily relays one family from its wire bytes into the output, and
 // reports false, having written and counted nothing, when protobufFamily
 // must relay it instead.
 func (p *pipeline) streamFamily(frame []byte, h *pbHeader) (bool, error) {
 	s := &p.pbStream
 	value := valueField(h.typ)
-	if value == 0 || p.escaping != model.NoEscaping && !isLegacyName(h.name, true) {
+	legacy := p.escaping != model.NoEscaping
+	if value == 0 || legacy && !isLegacyName(h.name, true) {
+		return false, nil
+	}
+	s.direct = len(frame) > streamBufferBytes
+	if s.direct && !s.streamable(frame, value, legacy, p.maxMetric) {
 		return false, nil
 	}
 	samples := p.samples
@@ -106,13 +123,14 @@ func (p *pipeline) streamFamily(frame []byte, h *pbHeader) (bool, error) {
 			continue
 		}
 		mb, _ := protowire.ConsumeBytes(field)
-		shape, ok := s.scanMetric(mb, value, p.escaping != model.NoEscaping)
+		// A direct family passed these checks in streamable.
+		shape, ok := s.scanMetric(mb, value, legacy)
 		if !ok || shape.size > p.maxMetric {
 			p.samples = samples
 			return false, nil
 		}
 		partSize += shape.size
-		keep, ok, err := p.streamLabels(h, mb[:shape.labelsEnd])
+		keep, ok, err := p.streamLabels(h, mb, shape.labelsEnd)
 		if err != nil {
 			return false, err
 		}
@@ -130,19 +148,78 @@ func (p *pipeline) streamFamily(frame []byte, h *pbHeader) (bool, error) {
 		// Parts end where protobufFamily ends them, so the frames are
 		// the same.
 		if partSize >= partBytes {
-			s.endPart(h, metrics)
+			if err := p.endStreamPart(h, metrics); err != nil {
+				return false, err
+			}
 			s.startPart(h)
 			partSize, metrics = 0, 0
 		}
 	}
-	s.endPart(h, metrics)
+	if err := p.endStreamPart(h, metrics); err != nil {
+		return false, err
+	}
 	s.streamed++
-	fw := s.to
-	fw.buf = append(fw.buf, s.out...)
-	if len(fw.buf) >= flushBytes {
-		return true, fw.flush()
+	if !s.direct {
+		return true, s.write(s.out)
 	}
 	return true, nil
+}
+
+// streamable reports whether every metric of a frame passes scanMetric
+// and max_metric_bytes, for a family written before it is done.
+func (s *pbStream) streamable(frame []byte, value protowire.Number, legacy bool, maxMetric int) bool {
+	for b := frame; len(b) > 0; {
+		num, typ, n := protowire.ConsumeTag(b)
+		b = b[n:]
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		field := b[:n]
+		b = b[n:]
+		if num != fieldFamilyMetric || typ != protowire.BytesType {
+			continue
+		}
+		mb, _ := protowire.ConsumeBytes(field)
+		if shape, ok := s.scanMetric(mb, value, legacy); !ok || shape.size > maxMetric {
+			return false
+		}
+	}
+	return true
+}
+
+// endStreamPart ends a part: its frame, and when the family is written as
+// it goes, the families relabeling moved metrics of the part into, as
+// protobufFamily writes them after the part.
+func (p *pipeline) endStreamPart(h *pbHeader, metrics int) error {
+	s := &p.pbStream
+	s.endPart(h, metrics)
+	if !s.direct {
+		return nil
+	}
+	if err := s.write(s.out); err != nil {
+		return err
+	}
+	s.out = s.out[:0]
+	if !s.missPart {
+		return nil
+	}
+	pt := &p.protobufPart
+	for _, f := range append(pt.moved.list, pt.loose.list...) {
+		if err := s.to.write(f); err != nil {
+			return err
+		}
+	}
+	pt.moved.reset()
+	pt.loose.reset()
+	return nil
+}
+
+// write adds frames to the output.
+func (s *pbStream) write(b []byte) error {
+	fw := s.to
+	fw.buf = append(fw.buf, b...)
+	if len(fw.buf) >= flushBytes {
+		return fw.flush()
+	}
+	return nil
 }
 
 // startPart begins a part's MetricFamily with the fields before the
@@ -290,11 +367,13 @@ func appendLabelPair(b []byte, name, value string) []byte {
 }
 
 // streamLabels sets s.labelBytes or s.labelText to the label fields that
-// metric label fields raw of family h become, and reports whether the metric is kept, and
+// the label fields of metric mb of family h (its first labelsEnd bytes)
+// become, and reports whether the metric is kept, and
 // false for ok when protobufFamily must relay the family. It counts the
 // metric's sample when it is kept.
-func (p *pipeline) streamLabels(h *pbHeader, raw []byte) (keep, ok bool, err error) {
+func (p *pipeline) streamLabels(h *pbHeader, mb []byte, labelsEnd int) (keep, ok bool, err error) {
 	s := &p.pbStream
+	raw := mb[:labelsEnd]
 	s.labelBytes, s.labelText = nil, ""
 	if len(p.relabels) == 0 {
 		if p.label == "" {
@@ -302,7 +381,7 @@ func (p *pipeline) streamLabels(h *pbHeader, raw []byte) (keep, ok bool, err err
 			p.samples++
 			return true, true, nil
 		}
-		if at, ok := exporterLabelAt(raw, p.label); ok {
+		if at, ok := exporterLabelAt(raw, p.label); ok && (p.escaping == model.NoEscaping || isLegacyName(p.label, false)) {
 			// As addLabelPair: the exporter label among the others, in
 			// name order.
 			s.labels = append(s.labels[:0], raw[:at]...)
@@ -323,7 +402,7 @@ func (p *pipeline) streamLabels(h *pbHeader, raw []byte) (keep, ok bool, err err
 			return true, true, nil
 		}
 	}
-	return p.streamMiss(h, raw)
+	return p.streamMiss(h, mb)
 }
 
 // exporterLabelAt is where addLabelPair puts the exporter label among
@@ -349,32 +428,35 @@ func exporterLabelAt(raw []byte, label string) (int, bool) {
 	return at, true
 }
 
-// streamMiss relabels a metric that the cache does not know, as
+// streamMiss relabels metric mb, which the cache does not know, as
 // protobufFamily does, and remembers the outcome.
-func (p *pipeline) streamMiss(h *pbHeader, raw []byte) (keep, ok bool, err error) {
+func (p *pipeline) streamMiss(h *pbHeader, mb []byte) (keep, ok bool, err error) {
 	s := &p.pbStream
 	pt := &p.protobufPart
 	if !s.missPart {
 		pt.reset(h)
 		s.missPart = true
 	}
+	// A metric a rule renames is written as a metric family of its own,
+	// value and all.
 	m := &dto.Metric{}
-	for b := raw; len(b) > 0; {
-		v, n := protowire.ConsumeBytes(b[1:])
-		name, value, _ := scanLabelPair(v)
-		m.Label = append(m.Label, &dto.LabelPair{Name: ptr(string(name)), Value: ptr(string(value))})
-		b = b[1+n:]
+	if err := proto.Unmarshal(mb, m); err != nil {
+		return false, false, fmt.Errorf("%w: family %q: %w", errParse, truncate(h.name), err) // scanMetric checked it
 	}
-	// The metric's value does not matter to relabeling, and protobufMetric
-	// takes a counter, gauge or untyped metric without looking at it.
+	moved := pt.movedMetrics()
 	if err := p.protobufMetric(h, m); err != nil {
 		return false, false, err
 	}
 	defer func() { pt.fam.Metric = pt.fam.Metric[:0] }()
-	if len(pt.moved.list) > 0 || len(pt.loose.list) > 0 {
+	if pt.movedMetrics() != moved {
+		// Renamed: a family of its own, written after the part
+		// (endStreamPart), and not remembered.
+		if s.direct {
+			return false, true, nil
+		}
 		pt.moved.reset()
 		pt.loose.reset()
-		return false, false, nil // renamed: a family of its own
+		return false, false, nil
 	}
 	if len(pt.fam.Metric) == 0 {
 		if p.cache != nil {
@@ -382,16 +464,20 @@ func (p *pipeline) streamMiss(h *pbHeader, raw []byte) (keep, ok bool, err error
 		}
 		return false, true, nil
 	}
-	out := pt.fam.Metric[0]
-	if p.escaping != model.NoEscaping && pairsNeedEscaping(out.Label) {
-		return false, false, nil
-	}
+	// As familyWriter writes the label pairs: names escaped as
+	// escapeFamily escapes them.
 	s.labels = s.labels[:0]
-	for _, lp := range out.Label {
+	for _, lp := range pt.fam.Metric[0].Label {
 		if lp.Name == nil || lp.Value == nil {
-			return false, false, nil // marshaled otherwise
+			// Never so: every pair the relay makes has both. Were it
+			// so, proto.Marshal would leave the field out.
+			return false, false, errors.New("label pair without a name or value")
 		}
-		s.labels = appendLabelPair(s.labels, *lp.Name, *lp.Value)
+		name := *lp.Name
+		if p.escaping != model.NoEscaping && !isLegacyName(name, false) {
+			name = escapeLabelName(name, p.escaping)
+		}
+		s.labels = appendLabelPair(s.labels, name, *lp.Value)
 	}
 	if p.cache != nil {
 		p.cache.remember(false, s.labels)
@@ -400,4 +486,14 @@ func (p *pipeline) streamMiss(h *pbHeader, raw []byte) (keep, ok bool, err error
 	return true, true, nil
 }
 
-func ptr[T any](v T) *T { return &v }
+// movedMetrics counts the metrics of a part's moved and loose families.
+func (pt *pbPart) movedMetrics() int {
+	n := 0
+	for _, f := range pt.moved.list {
+		n += len(f.Metric)
+	}
+	for _, f := range pt.loose.list {
+		n += len(f.Metric)
+	}
+	return n
+}

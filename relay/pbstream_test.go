@@ -92,7 +92,18 @@ func TestProtobufStream_SameOutputAsFamilies(t *testing.T) {
 		{"fixture", protobufFixtureBytes(t), 2},
 		{"large_family_in_parts", large.Bytes(), 1},
 	}
-	ruleSets := map[string]string{"none": "", "one_label": oneLabel, "realistic": realisticRules, "label_rules": labelRules, "cache_rules": cacheRules}
+	// renameSome moves some metrics of a family into a family of another
+	// name, and gives others a label that needs escaping.
+	const renameSome = `
+- source_labels: [fstype]
+  regex: tmpfs
+  target_label: __name__
+  replacement: renamed_total
+- source_labels: [path]
+  regex: '/p/1.*'
+  target_label: "utf8.label"
+  replacement: x`
+	ruleSets := map[string]string{"none": "", "one_label": oneLabel, "realistic": realisticRules, "label_rules": labelRules, "cache_rules": cacheRules, "rename_some": renameSome}
 	for i, r := range fuzzRules {
 		ruleSets[fmt.Sprintf("fuzz_%d", i)] = r
 	}
