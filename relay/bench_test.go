@@ -23,6 +23,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os/exec"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -428,4 +429,44 @@ type byteCounter struct{ n int }
 func (c *byteCounter) Write(p []byte) (int, error) {
 	c.n += len(p)
 	return len(p), nil
+}
+
+// BenchmarkSeriesCacheFootprint fills a series cache from one scrape with
+// labelRules and reports what a series takes: the bytes the cache counts
+// against series_cache_bytes, and the heap it really holds (HeapAlloc
+// after a collection, cache and all). Run it with -benchtime=1x.
+func BenchmarkSeriesCacheFootprint(b *testing.B) {
+	text := map[string][]byte{"node_exporter": nodeExporterFixture(b), "30k": syntheticText(300, 100)}
+	for _, pname := range []string{"node_exporter", "30k"} {
+		for _, in := range []Format{FormatText, FormatProtobuf} {
+			b.Run(pname+"/"+map[Format]string{FormatText: "text", FormatProtobuf: "protobuf"}[in], func(b *testing.B) {
+				body, ct := text[pname], "text/plain; version=0.0.4"
+				if in == FormatProtobuf {
+					body, ct = toProtoB(b, body), ContentTypeProtobuf
+				}
+				p := newPipeline("e", "", parseRules(b, labelRules), defaultLimits)
+				relay := func() {
+					if err := p.relay(bytes.NewReader(body), in, ct, in, model.NoEscaping, io.Discard); err != nil {
+						b.Fatal(err)
+					}
+				}
+				relay() // the pipeline's buffers, which are not the cache's
+				var accounted, held, series int
+				for b.Loop() {
+					var before, after runtime.MemStats
+					runtime.GC()
+					runtime.ReadMemStats(&before)
+					p.cache = newSeriesCache(64 << 20)
+					relay()
+					runtime.GC()
+					runtime.ReadMemStats(&after)
+					series, accounted = p.cache.len(), p.cache.bytes
+					held = int(after.HeapAlloc) - int(before.HeapAlloc)
+				}
+				b.ReportMetric(float64(series), "series")
+				b.ReportMetric(float64(accounted)/float64(series), "accounted-B/series")
+				b.ReportMetric(float64(held)/float64(series), "heap-B/series")
+			})
+		}
+	}
 }
