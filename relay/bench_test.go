@@ -24,6 +24,7 @@ import (
 	"net/http/httptest"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -268,6 +269,7 @@ type repeatReader struct {
 	remaining int
 	family    int
 	buf       []byte
+	store     []byte // buf's storage, reused: the reader makes no garbage
 }
 
 func (r *repeatReader) Read(p []byte) (int, error) {
@@ -275,13 +277,26 @@ func (r *repeatReader) Read(p []byte) (int, error) {
 		if r.remaining <= 0 {
 			return 0, io.EOF
 		}
-		var b strings.Builder
-		fmt.Fprintf(&b, "# HELP big_%d_total Synthetic.\n# TYPE big_%d_total counter\n", r.family, r.family)
+		b := append(r.store[:0], "# HELP "...)
+		from := len(b)
+		b = strconv.AppendInt(append(b, "big_"...), int64(r.family), 10)
+		b = append(b, "_total"...)
+		to := len(b)
+		b = append(b, " Synthetic.\n# TYPE "...)
+		b = append(b, b[from:to]...)
+		b = append(b, " counter\n"...)
 		for s := 0; s < 200; s++ {
-			fmt.Fprintf(&b, "big_%d_total{instance=\"host-%d\",path=\"/api/v1/items/%d\"} %d\n", r.family, s%7, s, s)
+			b = append(b, b[from:to]...)
+			b = append(b, "{instance=\"host-"...)
+			b = strconv.AppendInt(b, int64(s%7), 10)
+			b = append(b, "\",path=\"/api/v1/items/"...)
+			b = strconv.AppendInt(b, int64(s), 10)
+			b = append(b, "\"} "...)
+			b = strconv.AppendInt(b, int64(s), 10)
+			b = append(b, '\n')
 		}
 		r.family++
-		r.buf = []byte(b.String())
+		r.store, r.buf = b, b
 		r.remaining -= len(r.buf)
 	}
 	n := copy(p, r.buf)
