@@ -37,10 +37,14 @@ import (
 //
 // That is the case when every metric is in the form proto.Marshal writes
 // (fields in order, each once, minimal varints), has only fields the
-// stream path knows, and passes validateMetric's checks; when relabeling
-// keeps every metric under the family's name; and when no name needs
-// escaping for the scraper. The first metric that is not so sends the
-// family to protobufFamily, which relays it, or reports what is wrong.
+// stream path knows, and passes validateMetric's checks, and when the
+// family's name needs no escaping for the scraper. A family of up to
+// streamBufferBytes is held until it is done, and its first metric that is
+// not so, or that a rule renames, sends it to protobufFamily, which relays
+// it or reports what is wrong. A larger family is checked whole first, and
+// metrics that rules rename are written after each part, as protobufFamily
+// writes them. Label names that relabeling gives and the scraper cannot
+// read are escaped as familyWriter escapes them.
 
 // pbStream holds the buffers of the stream path, reused across families.
 type pbStream struct {
