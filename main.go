@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/alecthomas/kingpin/v2"
+	"github.com/alecthomas/units"
 	"github.com/prometheus/common/promslog"
 	promslogflag "github.com/prometheus/common/promslog/flag"
 	"github.com/prometheus/common/version"
@@ -124,6 +125,8 @@ func run(args []string) int {
 	agentCmd.Flag("agent.label", "Label KEY=VALUE, exposed as __meta_baremetal_sd_label_KEY (repeatable).").StringMapVar(&agt.Labels)
 	agentCmd.Flag("tunnel", "on: Prometheus cannot reach this host; keep a tunnel to every discovery server and be scraped through them (docs/tunnels.md). off: scraped directly.").Default("off").EnumVar(&agt.Tunnel, "off", "on")
 	agentCmd.Flag("web.enable-lifecycle", "Enable POST /-/reload, which re-reads the relay config and the web config as SIGHUP does (with the agent's own web config, an admin client certificate is required).").Default("false").BoolVar(&agt.EnableLifecycle)
+	var agentMemoryLimit units.Base2Bytes
+	agentCmd.Flag("agent.memory-limit", "Soft limit on the agent's Go memory (heap and runtime, not the binary's pages), as GOMEMLIMIT, which takes precedence when set. The relay's series caches (series_cache_bytes per exporter with metric_relabel_configs) are added to it. Past it the garbage collector runs more often; 0 turns the limit off.").Default("13MiB").BytesVar(&agentMemoryLimit)
 	agentCmd.Flag("agent.deregister-on-shutdown", "Remove the agent from discovery when it stops (default: on; --no-agent.deregister-on-shutdown keeps it listed until its TTL runs out).").Default("true").BoolVar(&agt.DeregisterOnShutdown)
 
 	statusCmd := app.Command("agent-status", "Show the local agent's registration state, with the reason, from its state directory; exits 0 when it is registered. Works before enrollment and while the agent is stopped.")
@@ -210,6 +213,13 @@ func run(args []string) int {
 	case agentCmd.FullCommand():
 		agt.Logger = logger
 		agt.Reload = hup
+		// Relaying makes garbage in proportion to the bytes relayed, and
+		// Go's default GOGC=100 lets the heap double before collecting: a
+		// soft limit keeps an agent's footprint small on hosts it shares
+		// with the workloads it watches.
+		if _, set := os.LookupEnv("GOMEMLIMIT"); !set {
+			agt.MemoryLimit = int64(agentMemoryLimit)
+		}
 		logger.Info("Starting baremetal_sd agent", "version", version.Info())
 		logger.Info("Build context", "build_context", version.BuildContext())
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

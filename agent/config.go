@@ -72,6 +72,10 @@ type Config struct {
 	EnableLifecycle bool
 	// DeregisterOnShutdown removes the agent from discovery when it stops.
 	DeregisterOnShutdown bool
+	// MemoryLimit is the agent's soft memory limit (debug.SetMemoryLimit)
+	// in bytes, before the relay's series caches, which are added to it;
+	// 0 leaves the runtime's limit (GOMEMLIMIT) alone.
+	MemoryLimit int64
 	// Tunnel is "on" for a host Prometheus cannot reach: the agent keeps a
 	// tunnel to every discovery server and registers to be scraped through
 	// them (docs/tunnels.md). "off" or empty scrapes it directly.

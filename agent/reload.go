@@ -20,6 +20,7 @@ import (
 	"maps"
 	"net/http"
 	"os"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -115,6 +116,7 @@ func (r *reloader) load() (registration, error) {
 		return registration{}, err
 	}
 	r.current.Store(g)
+	r.setMemoryLimit(g)
 	r.succeeded()
 	return g.reg, nil
 }
@@ -152,9 +154,24 @@ func (r *reloader) reload() error {
 		}
 		r.updates <- g.reg
 	}
+	r.setMemoryLimit(g)
 	r.succeeded()
 	r.logger.Info("Reloaded the configuration", "exporters", len(g.exporters), "labels", len(g.reg.labels))
 	return nil
+}
+
+// setMemoryLimit sets the soft memory limit for generation g: the
+// configured one plus what the relay's series caches may hold, which is
+// live data: a limit below it would keep the collector running.
+func (r *reloader) setMemoryLimit(g *generation) {
+	if r.cfg.MemoryLimit <= 0 {
+		return
+	}
+	limit := r.cfg.MemoryLimit
+	if g.relay != nil {
+		limit += int64(g.relay.SeriesCacheBytes())
+	}
+	debug.SetMemoryLimit(limit)
 }
 
 func (r *reloader) succeeded() {

@@ -16,6 +16,7 @@ package agent
 import (
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"testing"
 
@@ -153,4 +154,40 @@ func lastReloadSuccessful(t *testing.T, r *reloader) float64 {
 	}
 	t.Fatal("baremetal_sd_agent_config_last_reload_successful is not registered")
 	return 0
+}
+
+// TestReloader_MemoryLimitCoversSeriesCaches: the soft memory limit is the
+// configured one plus the series caches of the exporters with rules, and
+// follows a reload that adds rules.
+func TestReloader_MemoryLimitCoversSeriesCaches(t *testing.T) {
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(-1))
+	const (
+		plain     = "exporters:\n  - name: node\n    url: http://127.0.0.1:9100/metrics\n  - name: app\n    url: http://127.0.0.1:9101/metrics\n"
+		withRules = plain + "    metric_relabel_configs:\n      - target_label: env\n        replacement: prod\nseries_cache_bytes: 1048576\n"
+	)
+	relayFile := filepath.Join(t.TempDir(), "relay.yml")
+	write := func(content string) {
+		t.Helper()
+		if err := os.WriteFile(relayFile, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(plain)
+	reg := prometheus.NewRegistry()
+	cfg := Config{RelayConfigFile: relayFile, MemoryLimit: 12 << 20}
+	cfg.normalizeTunables()
+	r := newReloader(cfg, reg, collector.NewAgent(reg, registrationStates()), false, "")
+	if _, err := r.load(); err != nil {
+		t.Fatal(err)
+	}
+	if got := debug.SetMemoryLimit(-1); got != 12<<20 {
+		t.Errorf("memory limit without rules %d, want %d", got, 12<<20)
+	}
+	write(withRules)
+	if err := r.reload(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := debug.SetMemoryLimit(-1), int64(12<<20+1<<20); got != want {
+		t.Errorf("memory limit with one exporter's rules %d, want %d", got, want)
+	}
 }

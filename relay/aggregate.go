@@ -20,8 +20,6 @@ import (
 	"net/http"
 	"sync"
 	"time"
-
-	dto "github.com/prometheus/client_model/go"
 )
 
 // aggregatePath serves every exporter merged into one exposition.
@@ -37,11 +35,14 @@ type source struct {
 	// the fetch failed; decided carries the format of the response.
 	fetched chan fetched
 	decided chan negotiated
-	ch      chan *dto.MetricFamily // protobuf responses
-	parts   chan *segmentBatch     // text and OpenMetrics responses
-	head    *dto.MetricFamily
-	seg     []segment // the rest of the batch at hand
-	segBuf  []byte
+	framed  chan *frameBatch   // protobuf responses
+	parts   chan *segmentBatch // text and OpenMetrics responses
+	// frames and seg are the rest of the batch at hand, in frameBuf and
+	// segBuf.
+	frames   []frame
+	frameBuf []byte
+	seg      []segment
+	segBuf   []byte
 	// dropping is set while the parts of a dropped family come in.
 	dropping bool
 }
@@ -64,8 +65,9 @@ type fetched struct {
 // per exporter in memory. In text and OpenMetrics, each exporter's relayed
 // output is cut into families by their lines (segment.go) and written as
 // it is; only a name that several exporters send costs more than a copy:
-// its metadata is written once. In protobuf the families are decoded and
-// merged as metric families. A family whose name comes again after other
+// its metadata is written once. In protobuf the output is cut into frames
+// (pbsegment.go), and only frames of a name several exporters send are
+// written anew, their metrics joined. A family whose name comes again after other
 // families were written (an unsorted upstream) is dropped and counted,
 // since a text exposition may not repeat a family (bare samples without
 // metadata may come again, see nameSet for the bound); so is a family
@@ -91,7 +93,7 @@ func (r *Relay) serveAggregate(w http.ResponseWriter, req *http.Request) {
 	for _, name := range r.names {
 		s := &source{
 			exporter: r.exporters[name], fetched: make(chan fetched, 1), decided: make(chan negotiated, 1),
-			ch: make(chan *dto.MetricFamily, 2), parts: make(chan *segmentBatch, 2),
+			framed: make(chan *frameBatch, 2), parts: make(chan *segmentBatch, 2),
 		}
 		sources = append(sources, s)
 		wg.Go(func() { s.run(ctx, req, accepted) })
@@ -105,9 +107,7 @@ func (r *Relay) serveAggregate(w http.ResponseWriter, req *http.Request) {
 	resp := r.newResponse(w, req, neg)
 	var err error
 	if neg.format == FormatProtobuf {
-		fw := &familyWriter{}
-		fw.reset(resp.sink, neg.format, neg.esc)
-		err = r.merge(sources, fw)
+		err = r.mergeFrames(sources, resp.sink)
 	} else {
 		err = r.mergeSegments(sources, resp.sink, neg.format == FormatOpenMetrics)
 	}
@@ -119,7 +119,7 @@ func (r *Relay) serveAggregate(w http.ResponseWriter, req *http.Request) {
 		r.logger.Debug("Writing the aggregate response failed", "err", err)
 		// Drain, so every source sees the cancellation and ends.
 		for _, s := range sources {
-			for range s.ch {
+			for range s.framed {
 			}
 			for range s.parts {
 			}
@@ -154,7 +154,7 @@ func decideAggregate(accepted acceptable, sources []*source) negotiated {
 
 // run relays one exporter into its channels.
 func (s *source) run(ctx context.Context, req *http.Request, accepted acceptable) {
-	defer close(s.ch)
+	defer close(s.framed)
 	defer close(s.parts)
 	e := s.exporter
 	m := e.relay.metrics
@@ -177,16 +177,18 @@ func (s *source) run(ctx context.Context, req *http.Request, accepted acceptable
 			err = fctx.Err()
 		}
 		if err == nil && neg.format == FormatProtobuf {
-			p.samples = 0
-			p.escaping = neg.esc
-			err = p.families(up.body, up.format, up.ct, neg.format, func(mf *dto.MetricFamily) error {
+			fr := newFramer(func(b *frameBatch) error {
 				select {
-				case s.ch <- mf:
+				case s.framed <- b:
 					return nil
 				case <-fctx.Done():
 					return fctx.Err()
 				}
 			})
+			err = p.relay(up.body, up.format, up.ct, neg.format, neg.esc, fr)
+			if err == nil {
+				err = fr.close()
+			}
 		} else if err == nil {
 			sg := newSegmenter(func(b *segmentBatch) error {
 				select {
@@ -216,63 +218,6 @@ func (s *source) run(ctx context.Context, req *http.Request, accepted acceptable
 		m.Samples.WithLabelValues(e.cfg.Name).Add(float64(p.samples))
 	}
 	e.release(p)
-}
-
-// merge writes the families of all sources in name order, joining
-// same-named ones.
-func (r *Relay) merge(sources []*source, fw *familyWriter) error {
-	advance := func(s *source) {
-		s.head = nil
-		if mf, ok := <-s.ch; ok {
-			s.head = mf
-		}
-	}
-	for _, s := range sources {
-		advance(s)
-	}
-	written := newNameSet(r.maxNames)
-	for {
-		var name string
-		found := false
-		for _, s := range sources {
-			if s.head != nil && (!found || s.head.GetName() < name) {
-				name, found = s.head.GetName(), true
-			}
-		}
-		if !found {
-			return fw.finish()
-		}
-		var merged *dto.MetricFamily
-		for _, s := range sources {
-			if s.head == nil || s.head.GetName() != name {
-				continue
-			}
-			switch {
-			case !isBare(s.head) && fw.last != name && written.has(name):
-				// Bare families (samples without metadata) may come again.
-				r.drop(s)
-			case merged == nil:
-				merged = s.head
-			case merged.GetType() != s.head.GetType():
-				r.drop(s)
-			default:
-				merged.Metric = append(merged.Metric, s.head.Metric...)
-				if merged.Help == nil {
-					merged.Help = s.head.Help
-				}
-			}
-			advance(s)
-		}
-		if merged == nil {
-			continue
-		}
-		if !isBare(merged) {
-			written.add(name)
-		}
-		if err := fw.write(merged); err != nil {
-			return err
-		}
-	}
 }
 
 // maxWrittenNames bounds how many family names the aggregate endpoint

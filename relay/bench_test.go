@@ -23,6 +23,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os/exec"
+	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -79,6 +81,13 @@ const (
 - source_labels: [__name__]
   regex: (node_schedstat|app_metric_9)_.+
   action: drop`
+	// labelRules need the labels of every series (a drop on a name and a
+	// label, as in relaycompare), so a warm scrape is served by the series
+	// cache.
+	labelRules = oneLabel + `
+- source_labels: [__name__, fstype]
+  regex: node_filesystem_.+;tmpfs
+  action: drop`
 )
 
 // BenchmarkRelay measures the pipeline alone (no network) for each pair
@@ -89,18 +98,26 @@ func BenchmarkRelay(b *testing.B) {
 	payloads := map[string][]byte{
 		"node_exporter": nodeExporterFixture(b),
 		"large":         syntheticText(1000, 100),
+		// relaycompare's 30k payload, which the default series cache holds.
+		"30k": syntheticText(300, 100),
 	}
 	cases := []struct {
 		name    string
 		in, out Format
 		rules   string
+		cache   bool // relay through a series cache, warmed before timing
 	}{
-		{"text_to_text", FormatText, FormatText, oneLabel},
-		{"text_to_text_relabel", FormatText, FormatText, realisticRules},
-		{"text_to_protobuf", FormatText, FormatProtobuf, oneLabel},
-		{"protobuf_to_protobuf", FormatProtobuf, FormatProtobuf, oneLabel},
+		{"text_to_text", FormatText, FormatText, oneLabel, false},
+		{"text_to_text_relabel", FormatText, FormatText, realisticRules, false},
+		{"text_to_text_label_rules", FormatText, FormatText, labelRules, false},
+		{"text_to_text_label_rules_warm_cache", FormatText, FormatText, labelRules, true},
+		{"text_to_protobuf", FormatText, FormatProtobuf, oneLabel, false},
+		{"protobuf_to_protobuf_no_rules", FormatProtobuf, FormatProtobuf, "", false},
+		{"protobuf_to_protobuf", FormatProtobuf, FormatProtobuf, oneLabel, false},
+		{"protobuf_to_protobuf_label_rules", FormatProtobuf, FormatProtobuf, labelRules, false},
+		{"protobuf_to_protobuf_label_rules_warm_cache", FormatProtobuf, FormatProtobuf, labelRules, true},
 	}
-	for _, pname := range []string{"node_exporter", "large"} {
+	for _, pname := range []string{"node_exporter", "30k", "large"} {
 		text := payloads[pname]
 		samples := countSamples(b, text, "text/plain")
 		proto := toProtoB(b, text)
@@ -111,12 +128,22 @@ func BenchmarkRelay(b *testing.B) {
 					input, ct = proto, ContentTypeProtobuf
 				}
 				p := newPipeline("node", "", parseRules(b, c.rules), defaultLimits)
-				b.SetBytes(int64(len(input)))
-				b.ReportAllocs()
-				for b.Loop() {
+				relay := func() {
 					if err := p.relay(bytes.NewReader(input), c.in, ct, c.out, model.NoEscaping, io.Discard); err != nil {
 						b.Fatal(err)
 					}
+					if p.cache != nil {
+						p.cache.endScrape()
+					}
+				}
+				if c.cache {
+					p.cache = newSeriesCache(DefaultSeriesCacheBytes)
+					relay() // the first scrape fills the cache
+				}
+				b.SetBytes(int64(len(input)))
+				b.ReportAllocs()
+				for b.Loop() {
+					relay()
 				}
 				b.ReportMetric(float64(samples)*float64(b.N)/b.Elapsed().Seconds(), "samples/s")
 			})
@@ -242,6 +269,7 @@ type repeatReader struct {
 	remaining int
 	family    int
 	buf       []byte
+	store     []byte // buf's storage, reused: the reader makes no garbage
 }
 
 func (r *repeatReader) Read(p []byte) (int, error) {
@@ -249,13 +277,26 @@ func (r *repeatReader) Read(p []byte) (int, error) {
 		if r.remaining <= 0 {
 			return 0, io.EOF
 		}
-		var b strings.Builder
-		fmt.Fprintf(&b, "# HELP big_%d_total Synthetic.\n# TYPE big_%d_total counter\n", r.family, r.family)
+		b := append(r.store[:0], "# HELP "...)
+		from := len(b)
+		b = strconv.AppendInt(append(b, "big_"...), int64(r.family), 10)
+		b = append(b, "_total"...)
+		to := len(b)
+		b = append(b, " Synthetic.\n# TYPE "...)
+		b = append(b, b[from:to]...)
+		b = append(b, " counter\n"...)
 		for s := 0; s < 200; s++ {
-			fmt.Fprintf(&b, "big_%d_total{instance=\"host-%d\",path=\"/api/v1/items/%d\"} %d\n", r.family, s%7, s, s)
+			b = append(b, b[from:to]...)
+			b = append(b, "{instance=\"host-"...)
+			b = strconv.AppendInt(b, int64(s%7), 10)
+			b = append(b, "\",path=\"/api/v1/items/"...)
+			b = strconv.AppendInt(b, int64(s), 10)
+			b = append(b, "\"} "...)
+			b = strconv.AppendInt(b, int64(s), 10)
+			b = append(b, '\n')
 		}
 		r.family++
-		r.buf = []byte(b.String())
+		r.store, r.buf = b, b
 		r.remaining -= len(r.buf)
 	}
 	n := copy(p, r.buf)
@@ -403,4 +444,44 @@ type byteCounter struct{ n int }
 func (c *byteCounter) Write(p []byte) (int, error) {
 	c.n += len(p)
 	return len(p), nil
+}
+
+// BenchmarkSeriesCacheFootprint fills a series cache from one scrape with
+// labelRules and reports what a series takes: the bytes the cache counts
+// against series_cache_bytes, and the heap it really holds (HeapAlloc
+// after a collection, cache and all). Run it with -benchtime=1x.
+func BenchmarkSeriesCacheFootprint(b *testing.B) {
+	text := map[string][]byte{"node_exporter": nodeExporterFixture(b), "30k": syntheticText(300, 100)}
+	for _, pname := range []string{"node_exporter", "30k"} {
+		for _, in := range []Format{FormatText, FormatProtobuf} {
+			b.Run(pname+"/"+map[Format]string{FormatText: "text", FormatProtobuf: "protobuf"}[in], func(b *testing.B) {
+				body, ct := text[pname], "text/plain; version=0.0.4"
+				if in == FormatProtobuf {
+					body, ct = toProtoB(b, body), ContentTypeProtobuf
+				}
+				p := newPipeline("e", "", parseRules(b, labelRules), defaultLimits)
+				relay := func() {
+					if err := p.relay(bytes.NewReader(body), in, ct, in, model.NoEscaping, io.Discard); err != nil {
+						b.Fatal(err)
+					}
+				}
+				relay() // the pipeline's buffers, which are not the cache's
+				var accounted, held, series int
+				for b.Loop() {
+					var before, after runtime.MemStats
+					runtime.GC()
+					runtime.ReadMemStats(&before)
+					p.cache = newSeriesCache(64 << 20)
+					relay()
+					runtime.GC()
+					runtime.ReadMemStats(&after)
+					series, accounted = p.cache.len(), p.cache.bytes
+					held = int(after.HeapAlloc) - int(before.HeapAlloc)
+				}
+				b.ReportMetric(float64(series), "series")
+				b.ReportMetric(float64(accounted)/float64(series), "accounted-B/series")
+				b.ReportMetric(float64(held)/float64(series), "heap-B/series")
+			})
+		}
+	}
 }

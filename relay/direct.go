@@ -20,7 +20,6 @@ import (
 
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/exemplar"
-	"github.com/prometheus/prometheus/model/labels"
 )
 
 // directHandler writes each sample straight from the parser: text to text
@@ -65,7 +64,7 @@ func (d directHandler) wantLabels(raw []byte) bool {
 		return false
 	}
 	if p.cache != nil {
-		p.cached = p.cache.get(p.cache.cacheKey(raw, p.escaping, d.om))
+		p.cached = p.cache.lookup(raw, p.escaping, d.om)
 		return p.cached == nil
 	}
 	return true
@@ -82,7 +81,7 @@ func (d directHandler) needsLabels(raw []byte) bool {
 	return p.label != "" && bytes.Contains(raw, []byte(p.label))
 }
 
-func (d directHandler) series(raw []byte, lset labels.Labels, v float64, ts *int64, ex *exemplar.Exemplar) error {
+func (d directHandler) series(raw []byte, r relabeled, v float64, ts *int64, ex *exemplar.Exemplar) error {
 	p := d.p
 	if c := p.cached; c != nil {
 		p.cached = nil
@@ -93,7 +92,7 @@ func (d directHandler) series(raw []byte, lset labels.Labels, v float64, ts *int
 		p.directBuf = appendValueSuffix(append(p.directBuf, c.series()...), v, ts, ex, d.om, p.escaping)
 		return nil
 	}
-	if lset.IsEmpty() {
+	if !r.built {
 		if p.fastRules != nil && !p.fastRules.keep(raw) {
 			return nil
 		}
@@ -101,21 +100,17 @@ func (d directHandler) series(raw []byte, lset labels.Labels, v float64, ts *int
 		p.directBuf = appendRawSample(p.directBuf, raw, p.splice, v, ts, ex, d.om, p.escaping)
 		return nil
 	}
-	out, keep, err := p.relabel(lset)
-	if err != nil {
-		return err
-	}
-	if !keep {
+	if !r.keep {
 		if p.cache != nil {
-			p.cache.put(p.cache.cacheKey(raw, p.escaping, d.om), true, nil)
+			p.cache.remember(true, nil)
 		}
 		return nil
 	}
 	p.samples++
 	start := len(p.directBuf)
-	p.directBuf = appendSeries(p.directBuf, out, p.escaping)
+	p.directBuf = appendSeries(p.directBuf, r.lset, p.escaping)
 	if p.cache != nil {
-		p.cache.put(p.cache.cacheKey(raw, p.escaping, d.om), false, p.directBuf[start:])
+		p.cache.remember(false, p.directBuf[start:])
 	}
 	p.directBuf = appendValueSuffix(p.directBuf, v, ts, ex, d.om, p.escaping)
 	return nil

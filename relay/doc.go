@@ -28,11 +28,15 @@
 //   - direct.go: text to text and OpenMetrics to OpenMetrics, writing
 //     series from the parser's text; seriescache.go remembers relabel
 //     outcomes for it across scrapes; textenc.go writes the lines.
-//   - families.go, dto.go, protobuf.go, encode.go: conversions and protobuf
-//     input, through metric families.
+//   - families.go, dto.go, encode.go: conversions, through metric
+//     families; protobuf.go reads protobuf frames, pbcheck.go validates
+//     their metrics and bounds their decoded size, pbmetric.go relabels
+//     them; pbstream.go relays most families protobuf to protobuf from
+//     their wire bytes instead, through seriescache.go.
 //   - relabel.go: the one place that applies metric_relabel_configs to a
 //     series' labels; fastpath.go applies the rule sets that need no labels
 //     to a series' text.
 //   - response.go: gzip and the writer that commits the status with the
-//     first byte; aggregate.go: the aggregate endpoint.
+//     first byte; aggregate.go: the aggregate endpoint, which merges text
+//     by families (segment.go) and protobuf by frames (pbsegment.go).
 package relay

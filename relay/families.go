@@ -20,7 +20,6 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/exemplar"
-	"github.com/prometheus/prometheus/model/labels"
 )
 
 // familyHandler feeds relabeled series to the assembler.
@@ -32,14 +31,12 @@ func (f familyHandler) meta(kind metaKind, name, value []byte, typ model.MetricT
 
 func (familyHandler) wantLabels([]byte) bool { return true }
 
-func (f familyHandler) series(_ []byte, lset labels.Labels, v float64, ts *int64, ex *exemplar.Exemplar) error {
-	p := f.p
-	out, keep, err := p.relabel(lset)
-	if !keep {
-		return err
+func (f familyHandler) series(_ []byte, r relabeled, v float64, ts *int64, ex *exemplar.Exemplar) error {
+	if !r.keep {
+		return nil
 	}
-	p.samples++
-	return p.assembler.sample(out, v, ts, ex)
+	f.p.samples++
+	return f.p.assembler.sample(r.lset, v, ts, ex)
 }
 
 // families reads body and calls emit with each relabeled family, in the

@@ -62,7 +62,11 @@ func fuzzRelay(t *testing.T, data []byte, in Format, ct string) {
 					p := newPipeline("fuzz", label, rs, lim)
 					body := &capReader{r: bytes.NewReader(data), max: 1 << 20}
 					var buf bytes.Buffer
-					if err := p.relay(body, in, ct, out, esc, &buf); err != nil {
+					err := p.relay(body, in, ct, out, esc, &buf)
+					if in == FormatProtobuf && out == FormatProtobuf {
+						compareStream(t, data, rs, label, esc, lim, buf.Bytes(), err)
+					}
+					if err != nil {
 						continue
 					}
 					outCT := out.ContentType()

@@ -46,9 +46,16 @@ type handler interface {
 	// the most expensive part of relaying, and the direct path can do
 	// without them for most series.
 	wantLabels(raw []byte) bool
-	// series gets the parser's text of a series and, when wanted, its
-	// labels (before relabeling).
-	series(raw []byte, lset labels.Labels, v float64, ts *int64, ex *exemplar.Exemplar) error
+	// series gets the parser's text of a series and, when its labels
+	// were wanted, what relabeling made of them.
+	series(raw []byte, r relabeled, v float64, ts *int64, ex *exemplar.Exemplar) error
+}
+
+// relabeled is what relabeling made of a series whose labels were built.
+type relabeled struct {
+	built bool          // the labels were built and relabeled
+	keep  bool          // the rules kept the series
+	lset  labels.Labels // its labels after relabeling, when kept
 }
 
 // parse runs a parser over one chunk.
@@ -94,10 +101,14 @@ func (p *pipeline) parse(chunk []byte, ct string, om bool, h handler) error {
 			if !utf8.Valid(raw) {
 				return fmt.Errorf("%w: series %q is not UTF-8", errParse, truncate(string(raw)))
 			}
-			lset := labels.EmptyLabels()
+			var r relabeled
 			if h.wantLabels(raw) {
 				parser.Labels(&p.parsedLabels)
-				lset = p.parsedLabels
+				// Both paths of the text formats relabel here.
+				r.built = true
+				if r.lset, r.keep, err = p.relabel(p.parsedLabels); err != nil {
+					return err
+				}
 			}
 			var ex *exemplar.Exemplar
 			if om {
@@ -106,7 +117,7 @@ func (p *pipeline) parse(chunk []byte, ct string, om bool, h handler) error {
 					ex = &p.parsedExemplar
 				}
 			}
-			err = h.series(raw, lset, v, ts, ex)
+			err = h.series(raw, r, v, ts, ex)
 		case textparse.EntryHistogram:
 			// Only the protobuf parser yields these, and protobuf input
 			// does not come this way.

@@ -50,7 +50,7 @@ type pipeline struct {
 	// Relabeling (relabel.go).
 	relabelBuilder *labels.Builder // the labels a series' rules work on
 	// classicBuilder builds the series of a protobuf summary or histogram
-	// one by one (protobuf.go).
+	// one by one (pbmetric.go).
 	classicBuilder *labels.Builder
 	metricScratch  labels.ScratchBuilder // a protobuf metric's labels
 	classicParts   []part                // the series of a protobuf summary or histogram
@@ -75,13 +75,14 @@ type pipeline struct {
 	escaping         model.EscapingScheme
 
 	// The families path: conversions and the aggregate endpoint
-	// (families.go, dto.go, protobuf.go).
+	// (families.go, dto.go, protobuf.go, pbmetric.go).
 	familyFormat Format // the output format
 	assembler    assembler
 	familyWriter familyWriter
 	frameReader  *bufio.Reader // protobuf input
 	frameBuf     []byte        // one protobuf frame
 	protobufPart pbPart        // the part of a protobuf family being relayed
+	pbStream     pbStream      // protobuf to protobuf from the wire bytes (pbstream.go)
 
 	gunzip  *gzip.Reader // upstream decompression, reused
 	samples int          // relayed by the current scrape
@@ -105,7 +106,8 @@ var defaultLimits = limits{maxLine: DefaultMaxLineBytes, maxFrame: DefaultMaxFra
 
 // size is about how much memory the pipeline's buffers hold.
 func (p *pipeline) size() int {
-	return cap(p.chunks.buf) + cap(p.chunks.scratch) + cap(p.frameBuf) + cap(p.omChunkBuf) + cap(p.directBuf) + cap(p.familyWriter.buf) + 64*cap(p.classicParts)
+	return cap(p.chunks.buf) + cap(p.chunks.scratch) + cap(p.frameBuf) + cap(p.omChunkBuf) + cap(p.directBuf) + cap(p.familyWriter.buf) + 64*cap(p.classicParts) +
+		cap(p.pbStream.out) + cap(p.pbStream.body)
 }
 
 func newPipeline(exporter, label string, relabels []*relabel.Config, lim limits) *pipeline {
@@ -162,6 +164,10 @@ func (p *pipeline) relay(body io.Reader, in Format, ct string, out Format, esc m
 		return p.direct(body, ct, out == FormatOpenMetrics, w)
 	}
 	p.familyWriter.reset(w, out, esc)
+	if in == FormatProtobuf && out == FormatProtobuf && !p.pbStream.off {
+		p.pbStream.to = &p.familyWriter
+		defer func() { p.pbStream.to = nil }()
+	}
 	if err := p.families(body, in, ct, out, p.familyWriter.write); err != nil {
 		return err
 	}

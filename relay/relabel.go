@@ -22,8 +22,12 @@ import (
 )
 
 // relabel is the one place where the relay applies metric_relabel_configs
-// to the labels of a series; every path calls it (fastpath.go applies rules
-// that need no labels to the text of a series instead). It adds the
+// to the labels of a series. It has one caller per input format: parse for
+// the series of text and OpenMetrics (the direct and the families path get
+// its outcome), relabelMetric for protobuf metrics and their series; the
+// protobuf stream path and the series cache reuse outcomes from them
+// (fastpath.go applies rules that need no labels to the text of a series
+// instead). It adds the
 // exporter label (aggregate endpoint only) and applies the rules in
 // Prometheus' order: target labels first (an upstream label of the same
 // name is kept as exported_<name>, as with honor_labels: false), then the

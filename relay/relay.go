@@ -116,6 +116,18 @@ func (r *Relay) CloseIdleConnections() {
 	}
 }
 
+// SeriesCacheBytes is how much the exporters' series caches may hold
+// together: the relay's memory that lives from one scrape to the next.
+func (r *Relay) SeriesCacheBytes() int {
+	n := 0
+	for _, e := range r.exporters {
+		if len(e.cfg.MetricRelabelConfigs) > 0 && r.cfg.SeriesCacheBytes > 0 {
+			n += r.cfg.SeriesCacheBytes
+		}
+	}
+	return n
+}
+
 // ExporterNames lists the configured exporters in configuration order.
 func (r *Relay) ExporterNames() []string { return append([]string(nil), r.names...) }
 

@@ -214,7 +214,7 @@ func member(family string, name []byte) bool {
 
 // mergeSegments writes the families of all sources in name order, joining
 // same-named ones: the first is written whole, the others without their
-// metadata lines. It follows the rules of merge.
+// metadata lines. It follows the rules given at serveAggregate.
 func (r *Relay) mergeSegments(sources []*source, w io.Writer, om bool) error {
 	advance := func(s *source) bool {
 		for len(s.seg) == 0 {

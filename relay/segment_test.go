@@ -25,19 +25,21 @@ import (
 
 // aggregateBoth merges bodies as the aggregate endpoint does, once through
 // the segments of each exporter's relayed output (the fast path) and once
-// through metric families (the path the aggregate endpoint took before,
-// and still takes for protobuf).
+// through metric families (mergeFamilies, the path the aggregate endpoint
+// took before).
 func aggregateBoth(t *testing.T, bodies []string, out Format, partBytes int) (fast, slow []byte) {
 	t.Helper()
 	r := &Relay{maxNames: maxWrittenNames}
 	run := func(segments bool) []byte {
 		sources := make([]*source, len(bodies))
+		refs := make([]*familySource, len(bodies))
 		errs := make(chan error, len(bodies))
 		for i, body := range bodies {
-			s := &source{exporter: &exporter{cfg: ExporterConfig{Name: fmt.Sprint("e", i)}}, ch: make(chan *dto.MetricFamily, 2), parts: make(chan *segmentBatch, 2)}
-			sources[i] = s
+			s := &source{exporter: &exporter{cfg: ExporterConfig{Name: fmt.Sprint("e", i)}}, parts: make(chan *segmentBatch, 2)}
+			ref := &familySource{s: s, ch: make(chan *dto.MetricFamily, 2)}
+			sources[i], refs[i] = s, ref
 			go func() {
-				defer close(s.ch)
+				defer close(ref.ch)
 				defer close(s.parts)
 				p := newPipeline(s.exporter.cfg.Name, "exporter", nil, defaultLimits)
 				var err error
@@ -48,7 +50,7 @@ func aggregateBoth(t *testing.T, bodies []string, out Format, partBytes int) (fa
 						err = sg.close()
 					}
 				} else {
-					err = p.families(bytes.NewReader([]byte(body)), FormatText, "text/plain", out, func(mf *dto.MetricFamily) error { s.ch <- mf; return nil })
+					err = p.families(bytes.NewReader([]byte(body)), FormatText, "text/plain", out, func(mf *dto.MetricFamily) error { ref.ch <- mf; return nil })
 				}
 				errs <- err
 			}()
@@ -60,7 +62,7 @@ func aggregateBoth(t *testing.T, bodies []string, out Format, partBytes int) (fa
 		} else {
 			fw := &familyWriter{}
 			fw.reset(&buf, out, model.UnderscoreEscaping)
-			err = r.merge(sources, fw)
+			err = r.mergeFamilies(refs, fw)
 		}
 		if err != nil {
 			t.Fatal(err)

@@ -13,7 +13,12 @@
 
 package relay
 
-import "github.com/prometheus/common/model"
+import (
+	"encoding/binary"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/model"
+)
 
 // DefaultSeriesCacheBytes bounds an exporter's series cache.
 const DefaultSeriesCacheBytes = 8 << 20
@@ -23,8 +28,10 @@ const DefaultSeriesCacheBytes = 8 << 20
 const seriesCacheMaxAge = 10
 
 // seriesEntryOverhead is about what an entry costs beyond its key and
-// series text: its map slot and its slot in the entry table.
-const seriesEntryOverhead = 64
+// series text: its map slot, its slot in the entry table and the rounding
+// of its string's allocation. With it the bytes counted are within a few
+// percent of the heap a full cache holds (BenchmarkSeriesCacheFootprint).
+const seriesEntryOverhead = 96
 
 // seriesCache remembers, across scrapes, what relabeling made of a series,
 // as Prometheus' scrape cache does: keyed by the parser's text of the series
@@ -41,7 +48,10 @@ const seriesEntryOverhead = 64
 //
 // A look-up touches little memory, since it is made for every series: the
 // map holds indexes into one table of entries, and an entry's key and
-// series text are one string, the key a prefix of it.
+// series text are one string, the key a prefix of it. Exporters write their
+// series in the same order scrape after scrape, so each entry also links to
+// the one that came after it last time: a look-up first compares the key
+// with that entry's, and goes to the map only when the order changed.
 type seriesCache struct {
 	index    map[string]int32
 	slots    []seriesEntry
@@ -51,7 +61,12 @@ type seriesCache struct {
 	// scrape counts the scrapes that used the cache; entries remember the
 	// last one that saw them.
 	scrape uint32
-	key    []byte
+	// key is the key of the last look-up, which remember files under.
+	key []byte
+	// prev is the entry of the series before the one at hand in this
+	// scrape, first the scrape's first one, -1 for none; next is the entry
+	// expected next, the one that followed prev in an earlier scrape.
+	prev, first, next int32
 }
 
 type seriesEntry struct {
@@ -59,20 +74,24 @@ type seriesEntry struct {
 	keyLen  int32
 	seen    uint32
 	dropped bool
+	// next is the entry that followed this one when it was last seen, -1
+	// for none.
+	next int32
 }
 
 // series is the series text, name{labels}, when not dropped.
 func (e *seriesEntry) series() string { return e.text[e.keyLen:] }
 
 func newSeriesCache(maxBytes int) *seriesCache {
-	return &seriesCache{index: make(map[string]int32), maxBytes: maxBytes}
+	return &seriesCache{index: make(map[string]int32), maxBytes: maxBytes, prev: -1, first: -1, next: -1}
 }
 
 // len is the number of series remembered.
 func (c *seriesCache) len() int { return len(c.index) }
 
 // cacheKey is the key of a series' text for a scraper: the spelling of
-// names and the format are part of what is remembered.
+// names and the format are part of what is remembered. Its first byte is
+// below 0x80, which lookupProtobuf's keys start with.
 func (c *seriesCache) cacheKey(raw []byte, esc model.EscapingScheme, om bool) []byte {
 	mode := byte(esc) << 1
 	if om {
@@ -82,26 +101,61 @@ func (c *seriesCache) cacheKey(raw []byte, esc model.EscapingScheme, om bool) []
 	return c.key
 }
 
-// get returns the remembered outcome of a series, nil if there is none.
-// The entry is valid until the next put.
-func (c *seriesCache) get(key []byte) *seriesEntry {
-	i, ok := c.index[string(key)]
-	if !ok {
-		return nil
+// lookupProtobuf is lookup for a metric of a protobuf family, by its
+// label fields as they came (see streamFamily): the family's name and type
+// are part of the key, as is the spelling of names for the scraper.
+func (c *seriesCache) lookupProtobuf(name string, typ dto.MetricType, esc model.EscapingScheme, labelFields []byte) *seriesEntry {
+	c.key = append(c.key[:0], 0x80|byte(esc), byte(typ))
+	c.key = binary.AppendUvarint(c.key, uint64(len(name)))
+	c.key = append(append(c.key, name...), labelFields...)
+	return c.find()
+}
+
+// lookup returns the remembered outcome of a series, nil if there is none;
+// after a miss, remember files the outcome under the same key, built once.
+// The entry is valid until the next remember.
+func (c *seriesCache) lookup(raw []byte, esc model.EscapingScheme, om bool) *seriesEntry {
+	c.cacheKey(raw, esc, om)
+	return c.find()
+}
+
+// find looks up the key built by lookup or lookupProtobuf: in the entry
+// expected next, else in the map.
+func (c *seriesCache) find() *seriesEntry {
+	i := c.next
+	if i < 0 || c.slots[i].text == "" || c.slots[i].text[:c.slots[i].keyLen] != string(c.key) {
+		var ok bool
+		if i, ok = c.index[string(c.key)]; !ok {
+			return nil
+		}
 	}
+	c.follow(i)
 	e := &c.slots[i]
 	e.seen = c.scrape
 	return e
 }
 
-// put remembers the outcome of a series.
-func (c *seriesCache) put(key []byte, dropped bool, series []byte) {
+// follow records that entry i came after the previous one in this scrape.
+func (c *seriesCache) follow(i int32) {
+	if c.prev >= 0 {
+		c.slots[c.prev].next = i
+	} else {
+		c.first = i
+	}
+	c.prev = i
+	c.next = c.slots[i].next
+}
+
+// remember files the outcome of the series of the last lookup, which
+// missed.
+func (c *seriesCache) remember(dropped bool, series []byte) {
+	key := c.key
 	size := len(key) + len(series) + seriesEntryOverhead
 	if c.bytes+size > c.maxBytes {
 		return
 	}
 	text := string(key) + string(series)
-	e := seriesEntry{text: text, keyLen: int32(len(key)), seen: c.scrape, dropped: dropped}
+	e := seriesEntry{text: text, keyLen: int32(len(key)), seen: c.scrape, dropped: dropped, next: -1}
 	var i int32
 	if n := len(c.free); n > 0 {
 		i = c.free[n-1]
@@ -113,11 +167,14 @@ func (c *seriesCache) put(key []byte, dropped bool, series []byte) {
 	}
 	c.index[text[:len(key)]] = i
 	c.bytes += size
+	c.follow(i)
 }
 
 // endScrape ages the cache after a scrape: every few scrapes, entries not
 // seen for seriesCacheMaxAge scrapes are dropped.
 func (c *seriesCache) endScrape() {
+	// The next scrape is expected to begin as this one did.
+	c.next, c.prev, c.first = c.first, -1, -1
 	c.scrape++
 	if c.scrape%(seriesCacheMaxAge/2) != 0 {
 		return

@@ -78,6 +78,7 @@ func TestSeriesCache_SameOutputAsUncached(t *testing.T) {
 		{"text", FormatText, "text/plain; version=0.0.4", [][]byte{[]byte(richText), []byte(relabelText), []byte(escapingText)}},
 		{"node_exporter", FormatText, "text/plain; version=0.0.4", [][]byte{nodeExporterFixture(t)}},
 		{"openmetrics", FormatOpenMetrics, ContentTypeOpenMetrics, [][]byte{[]byte(richOM), []byte(relabelOM)}},
+		{"protobuf", FormatProtobuf, ContentTypeProtobuf, [][]byte{toProtoB(t, nodeExporterFixture(t)), protobufFixtureBytes(t)}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -195,6 +196,24 @@ func FuzzSeriesCache(f *testing.F) {
 		half := data[:len(data)/2]
 		for _, rs := range rules {
 			compareCached(t, rs, in, ct, data, half)
+		}
+	})
+}
+
+// FuzzSeriesCacheProtobuf: for any protobuf input, relaying through a warm
+// series cache writes exactly what relaying without one writes.
+func FuzzSeriesCacheProtobuf(f *testing.F) {
+	f.Add(protobufFixtureBytes(f))
+	f.Add(toProtoB(f, []byte(relabelText)))
+	f.Add(toProtoB(f, []byte(escapingText)))
+	rules := [][]*relabel.Config{parseRules(f, cacheRules)}
+	for _, r := range fuzzRules {
+		rules = append(rules, parseRules(f, r))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		half := data[:len(data)/2]
+		for _, rs := range rules {
+			compareCached(t, rs, FormatProtobuf, ContentTypeProtobuf, data, half)
 		}
 	})
 }

@@ -27,7 +27,9 @@
 // decompressing it. The process' CPU time (user plus system, from
 // getrusage) per scrape is reported as is and net of the direct scrape's,
 // which is the exporter's and the scraper's share: the net figure is what
-// the proxy in between costs. Cases are measured in rounds, every variant
+// the proxy in between costs. The aggregate endpoint asks each of its
+// exporters, so its net figure takes off one direct scrape per exporter.
+// Cases are measured in rounds, every variant
 // once per round in turn, and the medians over rounds are reported, so
 // that the machine's load changes all of them alike.
 //
@@ -374,7 +376,7 @@ func (c *comparison) run(payloads []*payload) error {
 		fmt.Fprintf(os.Stderr, "round %d done\n", round+1)
 	}
 
-	fmt.Println("CPU and latency per scrape, medians over rounds; net = CPU minus the direct scrape's (the exporter's and scraper's share).")
+	fmt.Println("CPU and latency per scrape, medians over rounds; net = CPU minus the direct scrape's (the exporter's and scraper's share), once per exporter asked.")
 	fmt.Println()
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "case\tvariant\tcpu ms\tnet cpu ms\tlatency ms\tbytes\tnet M samples/s/core\t")
@@ -386,7 +388,10 @@ func (c *comparison) run(payloads []*payload) error {
 		for i, v := range g.variants {
 			cpu := median(g.results[i], func(s sample) time.Duration { return s.cpu })
 			wall := median(g.results[i], func(s sample) time.Duration { return s.wall })
-			net := cpu - direct
+			// The aggregate endpoint's exporters each serve the payload
+			// and its scraper reads them all: that is as many direct
+			// scrapes, not one.
+			net := cpu - time.Duration(v.exporters())*direct
 			rate := "-"
 			if samples := g.payload.samples * v.exporters(); i > 0 && net > 0 {
 				rate = fmt.Sprintf("%.2f", float64(samples)/net.Seconds()/1e6)

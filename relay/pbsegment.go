@@ -1,0 +1,277 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
+package relay
+
+import (
+	"encoding/binary"
+	"errors"
+	"io"
+	"slices"
+
+	dto "github.com/prometheus/client_model/go"
+	"google.golang.org/protobuf/encoding/protowire"
+)
+
+// The aggregate endpoint's protobuf responses, as segment.go does for
+// text: each exporter is relayed to protobuf as its own endpoint relays it,
+// its output is cut into frames, and the frames are merged by family name;
+// only a name that several exporters send is written as a new frame, its
+// metrics joined under the first one's metadata.
+
+// frame is one MetricFamily of relayed protobuf output, its metadata read.
+type frame struct {
+	name       string
+	typ        dto.MetricType
+	help, unit []byte // nil when absent
+	// start and end delimit the frame in its batch's buffer, its length
+	// prefix included; body is where the message starts.
+	start, body, end int
+}
+
+// bare is isBare for a frame: an untyped family without help or unit,
+// which may come again.
+func (f *frame) bare() bool {
+	return f.typ == dto.MetricType_UNTYPED && f.help == nil && f.unit == nil
+}
+
+// frameBatch is consecutive frames of one exporter's output.
+type frameBatch struct {
+	buf    []byte
+	frames []frame
+}
+
+// framer is the writer a relay of one exporter writes its protobuf output
+// to on the aggregate endpoint: it passes on each write's complete frames
+// in one batch and holds a frame cut by the end of a write.
+type framer struct {
+	emit func(*frameBatch) error
+	buf  []byte
+}
+
+func newFramer(emit func(*frameBatch) error) *framer { return &framer{emit: emit} }
+
+func (fr *framer) Write(b []byte) (int, error) {
+	fr.buf = append(fr.buf, b...)
+	batch := &frameBatch{}
+	off := 0
+	for off < len(fr.buf) {
+		size, n := binary.Uvarint(fr.buf[off:])
+		if n <= 0 || uint64(len(fr.buf)-off-n) < size {
+			break // the frame goes on in the next write
+		}
+		batch.frames = append(batch.frames, frame{start: off, body: off + n, end: off + n + int(size)})
+		off += n + int(size)
+	}
+	if len(batch.frames) == 0 {
+		return len(b), nil
+	}
+	batch.buf = append([]byte(nil), fr.buf[:off]...)
+	fr.buf = fr.buf[:copy(fr.buf, fr.buf[off:])]
+	for i := range batch.frames {
+		f := &batch.frames[i]
+		if err := f.scan(batch.buf[f.body:f.end]); err != nil {
+			return 0, err
+		}
+	}
+	return len(b), fr.emit(batch)
+}
+
+// close reports a frame left incomplete, which the relay never writes.
+func (fr *framer) close() error {
+	if len(fr.buf) > 0 {
+		return errors.New("relayed protobuf output ends within a frame")
+	}
+	return nil
+}
+
+// scan reads the metadata of a MetricFamily the relay wrote.
+func (f *frame) scan(b []byte) error {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		b = b[n:]
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		field := b[:n]
+		b = b[n:]
+		switch {
+		case num == fieldFamilyName && typ == protowire.BytesType:
+			v, _ := protowire.ConsumeBytes(field)
+			f.name = string(v)
+		case num == fieldFamilyHelp && typ == protowire.BytesType:
+			f.help, _ = protowire.ConsumeBytes(field)
+		case num == fieldFamilyUnit && typ == protowire.BytesType:
+			f.unit, _ = protowire.ConsumeBytes(field)
+		case num == fieldFamilyType && typ == protowire.VarintType:
+			v, _ := protowire.ConsumeVarint(field)
+			f.typ = dto.MetricType(int32(v))
+		}
+	}
+	return nil
+}
+
+// frameRef is a frame and the buffer it is in.
+type frameRef struct {
+	f   *frame
+	buf []byte
+}
+
+// mergeFrames writes the families of all sources in name order, joining
+// same-named ones, by the rules given at serveAggregate: a joined frame is
+// what merging the families as metric families wrote (mergeFamilies in the
+// tests).
+func (r *Relay) mergeFrames(sources []*source, w io.Writer) error {
+	advance := func(s *source) bool {
+		for len(s.frames) == 0 {
+			b, ok := <-s.framed
+			if !ok {
+				return false
+			}
+			s.frames, s.frameBuf = b.frames, b.buf
+		}
+		return true
+	}
+	live := make([]*source, 0, len(sources))
+	for _, s := range sources {
+		if advance(s) {
+			live = append(live, s)
+		}
+	}
+	written := newNameSet(r.maxNames)
+	var out []byte
+	var merged []frameRef
+	last := ""
+	for len(live) > 0 {
+		name := live[0].frames[0].name
+		for _, s := range live[1:] {
+			name = min(name, s.frames[0].name)
+		}
+		merged = merged[:0]
+		for _, s := range live {
+			f := &s.frames[0]
+			if f.name != name {
+				continue
+			}
+			switch {
+			case !f.bare() && last != name && written.has(name):
+				r.drop(s)
+			case len(merged) > 0 && merged[0].f.typ != f.typ:
+				r.drop(s)
+			default:
+				merged = append(merged, frameRef{f, s.frameBuf})
+			}
+			s.frames = s.frames[1:]
+		}
+		switch len(merged) {
+		case 0:
+		case 1:
+			out = append(out, merged[0].buf[merged[0].f.start:merged[0].f.end]...)
+		default:
+			out = appendJoined(out, merged)
+		}
+		if len(merged) > 0 && !merged[0].f.bare() {
+			written.add(name)
+			last = name
+		}
+		if len(out) >= flushBytes {
+			if _, err := w.Write(out); err != nil {
+				return err
+			}
+			out = out[:0]
+		}
+		live = slices.DeleteFunc(live, func(s *source) bool { return !advance(s) })
+	}
+	if len(out) > 0 {
+		_, err := w.Write(out)
+		return err
+	}
+	return nil
+}
+
+// appendJoined appends one frame of the metrics of several same-named
+// frames, as proto.Marshal writes the family that merge builds: the first
+// one's name, type and unit, the first help there is, all metrics in order.
+func appendJoined(b []byte, frames []frameRef) []byte {
+	first := frames[0].f
+	var help []byte
+	size := 0
+	for _, r := range frames {
+		if help == nil && r.f.help != nil {
+			help = r.f.help
+		}
+		size += metricFieldsSize(r.buf[r.f.body:r.f.end])
+	}
+	size += protowire.SizeTag(fieldFamilyName) + protowire.SizeBytes(len(first.name))
+	if help != nil {
+		size += protowire.SizeTag(fieldFamilyHelp) + protowire.SizeBytes(len(help))
+	}
+	size += protowire.SizeTag(fieldFamilyType) + protowire.SizeVarint(uint64(first.typ))
+	if first.unit != nil {
+		size += protowire.SizeTag(fieldFamilyUnit) + protowire.SizeBytes(len(first.unit))
+	}
+	b = protowire.AppendVarint(b, uint64(size))
+	b = protowire.AppendTag(b, fieldFamilyName, protowire.BytesType)
+	b = protowire.AppendString(b, first.name)
+	if help != nil {
+		b = protowire.AppendTag(b, fieldFamilyHelp, protowire.BytesType)
+		b = protowire.AppendBytes(b, help)
+	}
+	b = protowire.AppendTag(b, fieldFamilyType, protowire.VarintType)
+	b = protowire.AppendVarint(b, uint64(first.typ))
+	for _, r := range frames {
+		b = appendMetricFields(b, r.buf[r.f.body:r.f.end])
+	}
+	if first.unit != nil {
+		b = protowire.AppendTag(b, fieldFamilyUnit, protowire.BytesType)
+		b = protowire.AppendBytes(b, first.unit)
+	}
+	return b
+}
+
+// appendMetricFields appends the metric fields of MetricFamily message
+// msg, which frame.scan read, to b.
+func appendMetricFields(b, msg []byte) []byte {
+	forMetricFields(msg, func(field []byte) { b = append(b, field...) })
+	return b
+}
+
+// metricFieldsSize is how many bytes appendMetricFields appends.
+func metricFieldsSize(msg []byte) int {
+	n := 0
+	forMetricFields(msg, func(field []byte) { n += len(field) })
+	return n
+}
+
+// forMetricFields calls f with each metric field of message msg, its tag
+// included.
+func forMetricFields(msg []byte, f func(field []byte)) {
+	for len(msg) > 0 {
+		num, typ, tn := protowire.ConsumeTag(msg)
+		if tn < 0 {
+			return
+		}
+		vn := protowire.ConsumeFieldValue(num, typ, msg[tn:])
+		if vn < 0 {
+			return
+		}
+		if num == fieldFamilyMetric && typ == protowire.BytesType {
+			f(msg[:tn+vn])
+		}
+		msg = msg[tn+vn:]
+	}
+}

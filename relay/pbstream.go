@@ -1,0 +1,503 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
+package relay
+
+import (
+	"errors"
+	"fmt"
+	"unicode/utf8"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/model"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+)
+
+// Protobuf to protobuf without client_model messages. Most families are
+// counters, gauges and untyped metrics whose metrics are a few labels, a
+// value and maybe a timestamp. Such a family is relayed from its wire
+// bytes: each metric's label fields are looked up in the series cache (or
+// relabeled on a miss, through protobufMetric, and remembered), and the
+// metric is written as the rewritten label fields followed by its value
+// and timestamp fields as they came. Decoding the metric, relabeling it and
+// marshaling it again, which every other family still does, would write the
+// same bytes: the stream path takes a family only when that holds, and
+// hands it to protobufFamily otherwise, from its first metric.
+//
+// That is the case when every metric is in the form proto.Marshal writes
+// (fields in order, each once, minimal varints), has only fields the
+// stream path knows, and passes validateMetric's checks, and when the
+// family's name needs no escaping for the scraper. A family of up to
+// streamBufferBytes is held until it is done, and its first metric that is
+// not so, or that a rule renames, sends it to protobufFamily, which relays
+// it or reports what is wrong. A larger family is checked whole first, and
+// metrics that rules rename are written after each part, as protobufFamily
+// writes them. Label names that relabeling gives and the scraper cannot
+// read are escaped as familyWriter escapes them.
+
+// pbStream holds the buffers of the stream path, reused across families.
+type pbStream struct {
+	// off sends every family through protobufFamily: the tests compare
+	// the two paths.
+	off bool
+	// to is the writer of the relay's output while the stream path is on
+	// (protobuf to protobuf), nil otherwise.
+	to     *familyWriter
+	out    []byte // the frames of the family at hand
+	body   []byte // the MetricFamily message of the part at hand
+	labels []byte // scratch for the label fields of the metric at hand
+	// The metric's label fields as written, one of the two: labelBytes
+	// the input's, or labels rewritten; labelText a cached outcome.
+	labelBytes []byte
+	labelText  string
+	names      [][]byte // its label names, for the duplicate check
+	// streamed counts the families relayed from their wire bytes.
+	streamed int
+	// missPart is protobufPart set up for the family at hand, for
+	// relabeling a metric on a cache miss.
+	missPart bool
+	// direct is set while a family is written as it goes (see
+	// streamBufferBytes): it can no longer go to protobufFamily.
+	direct bool
+}
+
+// pbMetricShape is what scanMetric learns of a metric's fields.
+type pbMetricShape struct {
+	labelsEnd int // the label fields are the metric's first labelsEnd bytes
+	size      int // decodedSize of the metric
+}
+
+// valueField is the Metric field that carries a value of a family of
+// type typ, 0 for the types the stream path does not take.
+func valueField(typ dto.MetricType) protowire.Number {
+	switch typ {
+	case dto.MetricType_GAUGE:
+		return 2
+	case dto.MetricType_COUNTER:
+		return 3
+	case dto.MetricType_UNTYPED:
+		return 5
+	}
+	return 0
+}
+
+// streamBufferBytes is the largest frame whose output the stream path
+// holds until the family is done, so that it can still hand the family to
+// protobufFamily. A larger frame is checked whole first and written part by
+// part, so that memory stays bounded by about a part, as protobufFamily's.
+const streamBufferBytes = 256 << 10
+
+// streamFamily relays one family from its wire bytes into the output, and
+// reports false, having written and counted nothing, when protobufFamily
+// must relay it instead.
+func (p *pipeline) streamFamily(frame []byte, h *pbHeader) (bool, error) {
+	s := &p.pbStream
+	value := valueField(h.typ)
+	legacy := p.escaping != model.NoEscaping
+	if value == 0 || legacy && !isLegacyName(h.name, true) {
+		return false, nil
+	}
+	s.direct = len(frame) > streamBufferBytes
+	if s.direct && !s.streamable(frame, value, legacy, p.maxMetric) {
+		return false, nil
+	}
+	samples := p.samples
+	s.out, s.missPart = s.out[:0], false
+	s.startPart(h)
+	partSize, metrics := 0, 0
+	for b := frame; len(b) > 0; {
+		// scanFamily walked these fields already: they are well-formed.
+		num, typ, n := protowire.ConsumeTag(b)
+		b = b[n:]
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		field := b[:n]
+		b = b[n:]
+		if num != fieldFamilyMetric || typ != protowire.BytesType {
+			continue
+		}
+		mb, _ := protowire.ConsumeBytes(field)
+		// A direct family passed these checks in streamable.
+		shape, ok := s.scanMetric(mb, value, legacy)
+		if !ok || shape.size > p.maxMetric {
+			p.samples = samples
+			return false, nil
+		}
+		partSize += shape.size
+		keep, ok, err := p.streamLabels(h, mb, shape.labelsEnd)
+		if err != nil {
+			return false, err
+		}
+		if !ok {
+			p.samples = samples
+			return false, nil
+		}
+		if keep {
+			rest := mb[shape.labelsEnd:]
+			s.body = protowire.AppendTag(s.body, fieldFamilyMetric, protowire.BytesType)
+			s.body = protowire.AppendVarint(s.body, uint64(len(s.labelBytes)+len(s.labelText)+len(rest)))
+			s.body = append(append(append(s.body, s.labelBytes...), s.labelText...), rest...)
+			metrics++
+		}
+		// Parts end where protobufFamily ends them, so the frames are
+		// the same.
+		if partSize >= partBytes {
+			if err := p.endStreamPart(h, metrics); err != nil {
+				return false, err
+			}
+			s.startPart(h)
+			partSize, metrics = 0, 0
+		}
+	}
+	if err := p.endStreamPart(h, metrics); err != nil {
+		return false, err
+	}
+	s.streamed++
+	if !s.direct {
+		return true, s.write(s.out)
+	}
+	return true, nil
+}
+
+// streamable reports whether every metric of a frame passes scanMetric
+// and max_metric_bytes, for a family written before it is done.
+func (s *pbStream) streamable(frame []byte, value protowire.Number, legacy bool, maxMetric int) bool {
+	for b := frame; len(b) > 0; {
+		num, typ, n := protowire.ConsumeTag(b)
+		b = b[n:]
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		field := b[:n]
+		b = b[n:]
+		if num != fieldFamilyMetric || typ != protowire.BytesType {
+			continue
+		}
+		mb, _ := protowire.ConsumeBytes(field)
+		if shape, ok := s.scanMetric(mb, value, legacy); !ok || shape.size > maxMetric {
+			return false
+		}
+	}
+	return true
+}
+
+// endStreamPart ends a part: its frame, and when the family is written as
+// it goes, the families relabeling moved metrics of the part into, as
+// protobufFamily writes them after the part.
+func (p *pipeline) endStreamPart(h *pbHeader, metrics int) error {
+	s := &p.pbStream
+	s.endPart(h, metrics)
+	if !s.direct {
+		return nil
+	}
+	if err := s.write(s.out); err != nil {
+		return err
+	}
+	s.out = s.out[:0]
+	if !s.missPart {
+		return nil
+	}
+	pt := &p.protobufPart
+	for _, f := range append(pt.moved.list, pt.loose.list...) {
+		if err := s.to.write(f); err != nil {
+			return err
+		}
+	}
+	pt.moved.reset()
+	pt.loose.reset()
+	return nil
+}
+
+// write adds frames to the output.
+func (s *pbStream) write(b []byte) error {
+	fw := s.to
+	fw.buf = append(fw.buf, b...)
+	if len(fw.buf) >= flushBytes {
+		return fw.flush()
+	}
+	return nil
+}
+
+// startPart begins a part's MetricFamily with the fields before the
+// metrics, in proto.Marshal's order.
+func (s *pbStream) startPart(h *pbHeader) {
+	b := protowire.AppendTag(s.body[:0], fieldFamilyName, protowire.BytesType)
+	b = protowire.AppendString(b, h.name)
+	if h.help != nil {
+		b = protowire.AppendTag(b, fieldFamilyHelp, protowire.BytesType)
+		b = protowire.AppendString(b, *h.help)
+	}
+	b = protowire.AppendTag(b, fieldFamilyType, protowire.VarintType)
+	s.body = protowire.AppendVarint(b, uint64(h.typ))
+}
+
+// endPart writes the part as a frame, unless relabeling left it without
+// metrics (familyWriter writes no empty family either).
+func (s *pbStream) endPart(h *pbHeader, metrics int) {
+	if metrics == 0 {
+		return
+	}
+	if h.unit != nil {
+		s.body = protowire.AppendTag(s.body, fieldFamilyUnit, protowire.BytesType)
+		s.body = protowire.AppendString(s.body, *h.unit)
+	}
+	s.out = protowire.AppendVarint(s.out, uint64(len(s.body)))
+	s.out = append(s.out, s.body...)
+}
+
+// scanMetric checks that metric mb is in the form the stream path takes:
+// label pairs of a name and a value, then the value field of the family's
+// type holding only a value, then perhaps a timestamp, each as
+// proto.Marshal writes it; and that it passes validateMetric's checks
+// (names set, unique, UTF-8, not __name__; values UTF-8), with names in
+// the legacy form when legacy is set. It also works out decodedSize.
+func (s *pbStream) scanMetric(mb []byte, value protowire.Number, legacy bool) (pbMetricShape, bool) {
+	shape := pbMetricShape{size: sizeMessage + len(mb)}
+	s.names = s.names[:0]
+	seenValue, seenTimestamp := false, false
+	for b := mb; len(b) > 0; {
+		// Every field the stream path takes has a one-byte tag.
+		num, typ := protowire.DecodeTag(uint64(b[0]))
+		if b[0] >= 0x80 {
+			return shape, false
+		}
+		b = b[1:]
+		switch {
+		case num == 1 && typ == protowire.BytesType && !seenValue:
+			v, n := consumeMinimalBytes(b)
+			if n < 0 {
+				return shape, false
+			}
+			name, val, ok := scanLabelPair(v)
+			if !ok || !s.validLabel(name, val, legacy) {
+				return shape, false
+			}
+			s.names = append(s.names, name)
+			shape.size += sizeField + sizeMessage + len(v) + 2*sizeString + sizePacked*(len(name)+len(val))
+			b = b[n:]
+			shape.labelsEnd = len(mb) - len(b)
+		case num == value && typ == protowire.BytesType && !seenValue:
+			v, n := consumeMinimalBytes(b)
+			// Only field 1, the value, as a double.
+			if n < 0 || len(v) != 9 || v[0] != 0x09 {
+				return shape, false
+			}
+			shape.size += sizeField + sizeMessage + len(v) + sizeField
+			b = b[n:]
+			seenValue = true
+		case num == 6 && typ == protowire.VarintType && seenValue && !seenTimestamp:
+			v, n := protowire.ConsumeVarint(b)
+			if n < 0 || n != protowire.SizeVarint(v) {
+				return shape, false
+			}
+			shape.size += sizeField
+			b = b[n:]
+			seenTimestamp = true
+		default:
+			return shape, false
+		}
+	}
+	return shape, seenValue
+}
+
+// validLabel checks a label of a metric as validateMetric does, and that
+// its name was not seen before in the metric; names must be in the legacy
+// form when legacy is set.
+func (s *pbStream) validLabel(name, value []byte, legacy bool) bool {
+	if len(name) == 0 || !utf8.Valid(name) || !utf8.Valid(value) || string(name) == model.MetricNameLabel {
+		return false
+	}
+	if legacy && !isLegacyName(name, false) {
+		return false
+	}
+	if len(s.names) >= 16 {
+		return false // rare; protobufFamily checks with a map
+	}
+	for _, n := range s.names {
+		if string(n) == string(name) {
+			return false
+		}
+	}
+	return true
+}
+
+// scanLabelPair reads a LabelPair written by proto.Marshal with both its
+// fields set.
+func scanLabelPair(b []byte) (name, value []byte, ok bool) {
+	if len(b) == 0 || b[0] != 0x0a {
+		return nil, nil, false
+	}
+	name, n := consumeMinimalBytes(b[1:])
+	if n < 0 {
+		return nil, nil, false
+	}
+	b = b[1+n:]
+	if len(b) == 0 || b[0] != 0x12 {
+		return nil, nil, false
+	}
+	value, n = consumeMinimalBytes(b[1:])
+	if n < 0 || 1+n != len(b) {
+		return nil, nil, false
+	}
+	return name, value, true
+}
+
+// consumeMinimalBytes is protowire.ConsumeBytes for a length that
+// proto.Marshal would have written the same way.
+func consumeMinimalBytes(b []byte) ([]byte, int) {
+	v, n := protowire.ConsumeBytes(b)
+	if n < 0 || n != protowire.SizeBytes(len(v)) {
+		return nil, -1
+	}
+	return v, n
+}
+
+// appendLabelPair appends a Metric's label field.
+func appendLabelPair(b []byte, name, value string) []byte {
+	b = protowire.AppendTag(b, 1, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(protowire.SizeTag(1)+protowire.SizeBytes(len(name))+protowire.SizeTag(2)+protowire.SizeBytes(len(value))))
+	b = protowire.AppendTag(b, 1, protowire.BytesType)
+	b = protowire.AppendString(b, name)
+	b = protowire.AppendTag(b, 2, protowire.BytesType)
+	return protowire.AppendString(b, value)
+}
+
+// streamLabels sets s.labelBytes or s.labelText to the label fields that
+// the label fields of metric mb of family h (its first labelsEnd bytes)
+// become, and reports whether the metric is kept, and
+// false for ok when protobufFamily must relay the family. It counts the
+// metric's sample when it is kept.
+func (p *pipeline) streamLabels(h *pbHeader, mb []byte, labelsEnd int) (keep, ok bool, err error) {
+	s := &p.pbStream
+	raw := mb[:labelsEnd]
+	s.labelBytes, s.labelText = nil, ""
+	if len(p.relabels) == 0 {
+		if p.label == "" {
+			s.labelBytes = raw
+			p.samples++
+			return true, true, nil
+		}
+		if at, ok := exporterLabelAt(raw, p.label); ok && (p.escaping == model.NoEscaping || isLegacyName(p.label, false)) {
+			// As addLabelPair: the exporter label among the others, in
+			// name order.
+			s.labels = append(s.labels[:0], raw[:at]...)
+			s.labels = appendLabelPair(s.labels, p.label, p.exporter)
+			s.labels = append(s.labels, raw[at:]...)
+			s.labelBytes = s.labels
+			p.samples++
+			return true, true, nil
+		}
+	}
+	if p.cache != nil {
+		if e := p.cache.lookupProtobuf(h.name, h.typ, p.escaping, raw); e != nil {
+			if e.dropped {
+				return false, true, nil
+			}
+			s.labelText = e.series()
+			p.samples++
+			return true, true, nil
+		}
+	}
+	return p.streamMiss(h, mb)
+}
+
+// exporterLabelAt is where addLabelPair puts the exporter label among
+// label fields raw: before the first name not less than label. It reports
+// false when a label has that name already, which addLabelPair relabels.
+func exporterLabelAt(raw []byte, label string) (int, bool) {
+	at := -1
+	for b := raw; len(b) > 0; {
+		// scanMetric checked the fields.
+		v, n := protowire.ConsumeBytes(b[1:])
+		name, _, _ := scanLabelPair(v)
+		if string(name) == label {
+			return 0, false
+		}
+		if at < 0 && string(name) >= label {
+			at = len(raw) - len(b)
+		}
+		b = b[1+n:]
+	}
+	if at < 0 {
+		at = len(raw)
+	}
+	return at, true
+}
+
+// streamMiss relabels metric mb, which the cache does not know, as
+// protobufFamily does, and remembers the outcome.
+func (p *pipeline) streamMiss(h *pbHeader, mb []byte) (keep, ok bool, err error) {
+	s := &p.pbStream
+	pt := &p.protobufPart
+	if !s.missPart {
+		pt.reset(h)
+		s.missPart = true
+	}
+	// A metric a rule renames is written as a metric family of its own,
+	// value and all.
+	m := &dto.Metric{}
+	if err := proto.Unmarshal(mb, m); err != nil {
+		return false, false, fmt.Errorf("%w: family %q: %w", errParse, truncate(h.name), err) // scanMetric checked it
+	}
+	moved := pt.movedMetrics()
+	if err := p.protobufMetric(h, m); err != nil {
+		return false, false, err
+	}
+	defer func() { pt.fam.Metric = pt.fam.Metric[:0] }()
+	if pt.movedMetrics() != moved {
+		// Renamed: a family of its own, written after the part
+		// (endStreamPart), and not remembered.
+		if s.direct {
+			return false, true, nil
+		}
+		pt.moved.reset()
+		pt.loose.reset()
+		return false, false, nil
+	}
+	if len(pt.fam.Metric) == 0 {
+		if p.cache != nil {
+			p.cache.remember(true, nil)
+		}
+		return false, true, nil
+	}
+	// As familyWriter writes the label pairs: names escaped as
+	// escapeFamily escapes them.
+	s.labels = s.labels[:0]
+	for _, lp := range pt.fam.Metric[0].Label {
+		if lp.Name == nil || lp.Value == nil {
+			// Never so: every pair the relay makes has both. Were it
+			// so, proto.Marshal would leave the field out.
+			return false, false, errors.New("label pair without a name or value")
+		}
+		name := *lp.Name
+		if p.escaping != model.NoEscaping && !isLegacyName(name, false) {
+			name = escapeLabelName(name, p.escaping)
+		}
+		s.labels = appendLabelPair(s.labels, name, *lp.Value)
+	}
+	if p.cache != nil {
+		p.cache.remember(false, s.labels)
+	}
+	s.labelBytes = s.labels
+	return true, true, nil
+}
+
+// movedMetrics counts the metrics of a part's moved and loose families.
+func (pt *pbPart) movedMetrics() int {
+	n := 0
+	for _, f := range pt.moved.list {
+		n += len(f.Metric)
+	}
+	for _, f := range pt.loose.list {
+		n += len(f.Metric)
+	}
+	return n
+}

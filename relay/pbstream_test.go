@@ -1,0 +1,134 @@
+// Copyright The baremetal_sd Authors
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
+package relay
+
+import (
+	"bytes"
+	"fmt"
+	"testing"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/relabel"
+	"google.golang.org/protobuf/encoding/protodelim"
+	"google.golang.org/protobuf/proto"
+)
+
+// compareStream relays protobuf data to protobuf through client_model
+// families (the stream path off) and fails unless that writes want, what
+// the stream path wrote, or fails alike (streamErr).
+func compareStream(t testing.TB, data []byte, rules []*relabel.Config, label string, esc model.EscapingScheme, lim limits, want []byte, streamErr error) {
+	t.Helper()
+	p := newPipeline("fuzz", label, rules, lim)
+	p.pbStream.off = true
+	var old bytes.Buffer
+	err := p.relay(bytes.NewReader(data), FormatProtobuf, ContentTypeProtobuf, FormatProtobuf, esc, &old)
+	if (err == nil) != (streamErr == nil) {
+		t.Fatalf("rules %d, label %q, %v: families path error %v, stream path error %v\ninput %q", len(rules), label, esc, err, streamErr, clip(data))
+	}
+	if got := old.Bytes(); err == nil && !bytes.Equal(got, want) {
+		i := 0
+		for i < len(got) && i < len(want) && got[i] == want[i] {
+			i++
+		}
+		from := max(0, i-64)
+		t.Fatalf("rules %d, label %q, %v: stream path output differs at byte %d of %d (families %d)\ninput %q\nfamilies ...%q\nstream   ...%q",
+			len(rules), label, esc, i, len(want), len(got), clip(data), clip(got[from:]), clip(want[from:]))
+	}
+}
+
+// protobufFixtureBytes is protobufFixture and a native histogram, framed.
+func protobufFixtureBytes(t testing.TB) []byte {
+	var b bytes.Buffer
+	for _, mf := range append(protobufFixture(), nativeHistogramFamily()) {
+		if _, err := protodelim.MarshalTo(&b, mf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return b.Bytes()
+}
+
+// largeFamily is one counter family of n metrics, whose decoded size
+// exceeds partBytes when n is large: the families path emits it in parts.
+func largeFamily(n int) *dto.MetricFamily {
+	mf := &dto.MetricFamily{Name: proto.String("big_total"), Help: proto.String("Many."), Type: dto.MetricType_COUNTER.Enum(), Unit: proto.String("bytes")}
+	for i := range n {
+		mf.Metric = append(mf.Metric, &dto.Metric{
+			Label:   []*dto.LabelPair{pair("fstype", []string{"ext4", "tmpfs"}[i%2]), pair("path", fmt.Sprintf("/p/%d", i))},
+			Counter: &dto.Counter{Value: proto.Float64(float64(i))},
+		})
+	}
+	return mf
+}
+
+// TestProtobufStream_SameOutputAsFamilies: relaying protobuf to protobuf
+// from the wire bytes writes exactly what decoding every family into
+// client_model, relabeling and marshaling it writes, on the corpus, with
+// every rule set, with and without the exporter label and escaping; and
+// the stream path takes the families it is meant for.
+func TestProtobufStream_SameOutputAsFamilies(t *testing.T) {
+	var large bytes.Buffer
+	if _, err := protodelim.MarshalTo(&large, largeFamily(20000)); err != nil {
+		t.Fatal(err)
+	}
+	inputs := []struct {
+		name     string
+		data     []byte
+		streamed int // families the stream path takes without rules or label
+	}{
+		{"node_exporter", toProtoB(t, nodeExporterFixture(t)), 200},
+		{"synthetic", toProtoB(t, syntheticText(20, 50)), 20},
+		{"fixture", protobufFixtureBytes(t), 2},
+		{"large_family_in_parts", large.Bytes(), 1},
+	}
+	// renameSome moves some metrics of a family into a family of another
+	// name, and gives others a label that needs escaping.
+	const renameSome = `
+- source_labels: [fstype]
+  regex: tmpfs
+  target_label: __name__
+  replacement: renamed_total
+- source_labels: [path]
+  regex: '/p/1.*'
+  target_label: "utf8.label"
+  replacement: x`
+	ruleSets := map[string]string{"none": "", "one_label": oneLabel, "realistic": realisticRules, "label_rules": labelRules, "cache_rules": cacheRules, "rename_some": renameSome}
+	for i, r := range fuzzRules {
+		ruleSets[fmt.Sprintf("fuzz_%d", i)] = r
+	}
+	lim := limits{maxLine: 4096, maxFrame: 16 << 20, maxMetric: 1 << 20}
+	for _, in := range inputs {
+		for rname, r := range ruleSets {
+			rules := parseRules(t, r)
+			for _, label := range []string{"", "exporter"} {
+				for _, esc := range []model.EscapingScheme{model.NoEscaping, model.UnderscoreEscaping} {
+					t.Run(fmt.Sprintf("%s/%s/%q/%v", in.name, rname, label, esc), func(t *testing.T) {
+						p := newPipeline("fuzz", label, rules, lim)
+						var got bytes.Buffer
+						if err := p.relay(bytes.NewReader(in.data), FormatProtobuf, ContentTypeProtobuf, FormatProtobuf, esc, &got); err != nil {
+							t.Fatal(err)
+						}
+						if r == "" && label == "" && esc == model.NoEscaping && p.pbStream.streamed < in.streamed {
+							t.Errorf("the stream path took %d families, want at least %d", p.pbStream.streamed, in.streamed)
+						}
+						compareStream(t, in.data, rules, label, esc, lim, got.Bytes(), nil)
+					})
+				}
+			}
+		}
+	}
+}
+
+// clip shortens what a failure prints.
+func clip(b []byte) []byte { return b[:min(len(b), 400)] }
