@@ -204,6 +204,12 @@ func (f *fleet) agentCert(t testing.TB, id, hostname string) tls.Certificate {
 // relay's port.
 func (f *fleet) startAgent(t testing.TB, id, hostname string, body func(w http.ResponseWriter)) int {
 	t.Helper()
+	return f.startAgentHandler(t, id, hostname, func(w http.ResponseWriter, _ *http.Request) { body(w) })
+}
+
+// startAgentHandler is startAgent with a handler that sees the request.
+func (f *fleet) startAgentHandler(t testing.TB, id, hostname string, body func(w http.ResponseWriter, r *http.Request)) int {
+	t.Helper()
 	cert := f.agentCert(t, id, hostname)
 	clientCA := x509.NewCertPool()
 	clientCA.AddCert(f.authority.ClientCACertificate())
@@ -213,7 +219,7 @@ func (f *fleet) startAgent(t testing.TB, id, hostname string, body func(w http.R
 				http.Error(w, "scrapers only", http.StatusForbidden)
 				return
 			}
-			body(w)
+			body(w, r)
 		}),
 		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: clientCA},
 		ReadHeaderTimeout: 2 * time.Second,
