@@ -72,10 +72,12 @@ func RunTunnels(ctx context.Context, cfg TunnelsConfig, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	runCtx, stop := context.WithCancel(ctx)
-	defer stop()
+	// The clients stop before they are waited for: deferred calls run in
+	// reverse order.
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
 	metrics := tunnel.NewClientMetrics(nil)
 	start := time.Now()
 	for _, id := range reg.ids {
