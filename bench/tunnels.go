@@ -186,10 +186,8 @@ func serverMetrics(ctx context.Context, t *target, serverURL string) ([]byte, er
 	return body, nil
 }
 
-// runtimeMetrics are the server's Go runtime gauges the bench reports.
-var runtimeMetrics = []string{"go_goroutines", "go_memstats_heap_inuse_bytes", "go_memstats_stack_inuse_bytes", "go_memstats_next_gc_bytes"}
-
-// serverRuntime reads runtimeMetrics from the server's /metrics.
+// serverRuntime reads the server's Go runtime gauges that the bench
+// reports from its /metrics.
 func serverRuntime(ctx context.Context, t *target, serverURL string) (map[string]float64, error) {
 	body, err := serverMetrics(ctx, t, serverURL)
 	if err != nil {
@@ -198,7 +196,7 @@ func serverRuntime(ctx context.Context, t *target, serverURL string) (map[string
 	if body == nil {
 		return nil, errors.New("the server's /metrics did not answer")
 	}
-	return scrapeValues(body, runtimeMetrics), nil
+	return scrapeValues(body, []string{"go_goroutines", "go_memstats_heap_inuse_bytes", "go_memstats_stack_inuse_bytes", "go_memstats_next_gc_bytes"}), nil
 }
 
 func waitTunnelCount(ctx context.Context, count func() (float64, error), timeout time.Duration, ok func(float64) bool) error {
