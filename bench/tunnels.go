@@ -15,6 +15,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -67,10 +68,16 @@ func RunTunnels(ctx context.Context, cfg TunnelsConfig, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	runCtx, stop := context.WithCancel(ctx)
-	defer stop()
+	goBefore, err := serverRuntime(ctx, t, cfg.ServerURL)
+	if err != nil {
+		return err
+	}
+	// The clients stop before they are waited for: deferred calls run in
+	// reverse order.
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
 	metrics := tunnel.NewClientMetrics(nil)
 	start := time.Now()
 	for _, id := range reg.ids {
@@ -96,12 +103,24 @@ func RunTunnels(ctx context.Context, cfg TunnelsConfig, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	goAfter, err := serverRuntime(ctx, t, cfg.ServerURL)
+	if err != nil {
+		return err
+	}
 	tb := &table{title: "bench tunnels"}
 	tb.add("agents with an idle tunnel", "%d, held %s", cfg.Count, cfg.Hold)
 	tb.add("all tunnels up after the start", "%s", connected.Round(time.Millisecond))
 	tb.add("server RSS before", "%s", before)
 	tb.add("server RSS with the tunnels", "%s", after)
 	tb.add("added", "%.1f MiB, %.1f KiB per tunnel", float64(after.rss-before.rss)/(1<<20), float64(after.rss-before.rss)/1024/float64(cfg.Count))
+	// Where the RSS goes: live heap and goroutine stacks per tunnel, and
+	// the heap the garbage collector lets grow before its next cycle
+	// (with GOGC=100 twice the live heap: most of the rest of the RSS).
+	per := func(name string) float64 { return (goAfter[name] - goBefore[name]) / float64(cfg.Count) }
+	tb.add("per tunnel: goroutines", "%.2f", per("go_goroutines"))
+	tb.add("per tunnel: heap in use", "%.1f KiB", per("go_memstats_heap_inuse_bytes")/1024)
+	tb.add("per tunnel: stacks in use", "%.1f KiB", per("go_memstats_stack_inuse_bytes")/1024)
+	tb.add("per tunnel: next GC target", "%.1f KiB", per("go_memstats_next_gc_bytes")/1024)
 	if cfg.Restart {
 		fmt.Fprintln(out, "restart the server now")
 		if err := waitTunnelCount(ctx, count, cfg.Timeout, func(n float64) bool { return n < float64(cfg.Count) }); err != nil {
@@ -133,28 +152,51 @@ func failures(m *tunnel.ClientMetrics, serverURL string) float64 {
 // serverTunnels reads baremetal_sd_tunnel_tunnels from the server's
 // /metrics; 0 while it does not answer (a restart in progress).
 func serverTunnels(ctx context.Context, t *target, serverURL string) (float64, error) {
+	body, err := serverMetrics(ctx, t, serverURL)
+	if err != nil || body == nil {
+		return 0, err
+	}
+	const name = "baremetal_sd_tunnel_tunnels"
+	return scrapeValues(body, []string{name})[name], nil
+}
+
+// serverMetrics returns the body of the server's /metrics; nil while it
+// does not answer.
+func serverMetrics(ctx context.Context, t *target, serverURL string) ([]byte, error) {
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(rctx, http.MethodGet, serverURL+"/metrics", nil)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	c := &http.Client{Transport: &http.Transport{TLSClientConfig: t.tlsConfig(nil)}}
 	defer c.CloseIdleConnections()
 	resp, err := c.Do(req)
 	if err != nil {
-		return 0, nil
+		return nil, nil
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("server /metrics answered %s", resp.Status)
+		return nil, fmt.Errorf("server /metrics answered %s", resp.Status)
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
-		return 0, nil
+		return nil, nil
 	}
-	const name = "baremetal_sd_tunnel_tunnels"
-	return scrapeValues(body, []string{name})[name], nil
+	return body, nil
+}
+
+// serverRuntime reads the server's Go runtime gauges that the bench
+// reports from its /metrics.
+func serverRuntime(ctx context.Context, t *target, serverURL string) (map[string]float64, error) {
+	body, err := serverMetrics(ctx, t, serverURL)
+	if err != nil {
+		return nil, err
+	}
+	if body == nil {
+		return nil, errors.New("the server's /metrics did not answer")
+	}
+	return scrapeValues(body, []string{"go_goroutines", "go_memstats_heap_inuse_bytes", "go_memstats_stack_inuse_bytes", "go_memstats_next_gc_bytes"}), nil
 }
 
 func waitTunnelCount(ctx context.Context, count func() (float64, error), timeout time.Duration, ok func(float64) bool) error {

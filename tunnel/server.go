@@ -101,6 +101,10 @@ type ServerConfig struct {
 type Server struct {
 	cfg ServerConfig
 
+	// mux configures every tunnel's session; one for all, as yamux only
+	// reads it.
+	mux *yamux.Config
+
 	mu       sync.Mutex
 	sessions map[string]*session   // by agent id
 	byHost   map[string][]*session // by lower-case hostname
@@ -135,7 +139,9 @@ func NewServer(cfg ServerConfig) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Server{cfg: cfg, sessions: map[string]*session{}, byHost: map[string][]*session{}}
+	s := &Server{cfg: cfg, sessions: map[string]*session{}, byHost: map[string][]*session{}}
+	s.mux = s.muxConfig()
+	return s
 }
 
 // Wrap sends CONNECT requests to the proxy and everything else to next.
@@ -317,7 +323,7 @@ func (s *Server) ServeTunnel(w http.ResponseWriter, r *http.Request) {
 		_ = conn.Close()
 		return
 	}
-	mux, err := yamux.Client(conn, s.muxConfig())
+	mux, err := yamux.Client(conn, s.mux)
 	if err != nil {
 		_ = conn.Close()
 		return

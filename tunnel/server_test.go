@@ -16,18 +16,22 @@ package tunnel
 import (
 	"bufio"
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -35,6 +39,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/yamux"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -76,9 +81,18 @@ func (d *directory) set(a Agent) {
 	d.gen++
 }
 
+// setUnannounced changes an agent without changing the generation: the
+// registry has the change, the server's sweep has not seen it yet.
+func (d *directory) setUnannounced(a Agent) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.agents[a.ID] = a
+}
+
 // fleet is a CA, a tunnel server on TLS, and the certificates of the
 // parties that talk to it.
 type fleet struct {
+	dataDir   string
 	authority *ca.Authority
 	dir       *directory
 	tunnels   *Server
@@ -92,6 +106,14 @@ type fleet struct {
 }
 
 func newFleet(t testing.TB, cfg ServerConfig) *fleet {
+	t.Helper()
+	return newFleetTrusting(t, cfg)
+}
+
+// newFleetTrusting is newFleet with extra CAs in the TLS layer's client
+// CA list, as an operator's web config may hold (a company CA besides the
+// baremetal_sd ones).
+func newFleetTrusting(t testing.TB, cfg ServerConfig, extra ...*x509.Certificate) *fleet {
 	t.Helper()
 	dataDir := t.TempDir()
 	authority, _, err := ca.LoadOrCreate(dataDir)
@@ -107,8 +129,11 @@ func newFleet(t testing.TB, cfg ServerConfig) *fleet {
 	}
 	clientCAs := x509.NewCertPool()
 	clientCAs.AppendCertsFromPEM(authority.ClientCAsPEM())
+	for _, c := range extra {
+		clientCAs.AddCert(c)
+	}
 
-	f := &fleet{authority: authority, dir: &directory{agents: map[string]Agent{}}}
+	f := &fleet{dataDir: dataDir, authority: authority, dir: &directory{agents: map[string]Agent{}}}
 	f.metrics = NewServerMetrics(prometheus.NewRegistry())
 	cfg.Authority, cfg.Directory, cfg.Metrics = authority, f.dir, f.metrics
 	f.tunnels = NewServer(cfg)
@@ -179,6 +204,12 @@ func (f *fleet) agentCert(t testing.TB, id, hostname string) tls.Certificate {
 // relay's port.
 func (f *fleet) startAgent(t testing.TB, id, hostname string, body func(w http.ResponseWriter)) int {
 	t.Helper()
+	return f.startAgentHandler(t, id, hostname, func(w http.ResponseWriter, _ *http.Request) { body(w) })
+}
+
+// startAgentHandler is startAgent with a handler that sees the request.
+func (f *fleet) startAgentHandler(t testing.TB, id, hostname string, body func(w http.ResponseWriter, r *http.Request)) int {
+	t.Helper()
 	cert := f.agentCert(t, id, hostname)
 	clientCA := x509.NewCertPool()
 	clientCA.AddCert(f.authority.ClientCACertificate())
@@ -188,7 +219,7 @@ func (f *fleet) startAgent(t testing.TB, id, hostname string, body func(w http.R
 				http.Error(w, "scrapers only", http.StatusForbidden)
 				return
 			}
-			body(w)
+			body(w, r)
 		}),
 		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: clientCA},
 		ReadHeaderTimeout: 2 * time.Second,
@@ -226,7 +257,7 @@ func (f *fleet) startAgent(t testing.TB, id, hostname string, body func(w http.R
 func (f *fleet) hasTunnel(hostname string) bool {
 	f.tunnels.mu.Lock()
 	defer f.tunnels.mu.Unlock()
-	return len(f.tunnels.byHost[hostname]) > 0
+	return len(f.tunnels.byHost[strings.ToLower(hostname)]) > 0
 }
 
 // waitTunnels polls the number of tunnels until ok or a deadline.
@@ -319,6 +350,10 @@ func TestServer_ConnectRefusals(t *testing.T) {
 		}
 		return cert
 	}()
+	// Whoever holds the agent CA's key (it signs every enrollment) must
+	// still not be able to scrape.
+	discoveryFromAgentCA := f.signWith(t, ca.AgentCACertFile, ca.AgentCAKeyFile, "prometheus", ca.RoleDiscovery)
+	noRole := f.signWith(t, ca.ClientCACertFile, ca.ClientCAKeyFile, "prometheus", "")
 	good := "host-a:" + strconv.Itoa(port)
 	for _, tc := range []struct {
 		name   string
@@ -329,6 +364,8 @@ func TestServer_ConnectRefusals(t *testing.T) {
 	}{
 		{"no certificate", nil, good, http.StatusUnauthorized, "no_certificate"},
 		{"agent certificate", &agentCert, good, http.StatusForbidden, "not_scraper"},
+		{"discovery role from the agent CA", &discoveryFromAgentCA, good, http.StatusForbidden, "wrong_issuer"},
+		{"certificate without a role", &noRole, good, http.StatusUnauthorized, "no_certificate"},
 		{"unknown host", &f.scraper, "host-zz:" + strconv.Itoa(port), http.StatusNotFound, "unknown_target"},
 		{"agent without tunnel", &f.scraper, "host-b:9100", http.StatusNotFound, "unknown_target"},
 		{"another port", &f.scraper, "host-a:22", http.StatusForbidden, "port_refused"},
@@ -360,30 +397,35 @@ func TestServer_TunnelRefusals(t *testing.T) {
 	f.dir.set(Agent{ID: "off", Hostname: "host-off", Port: 9100, Listed: true})
 	f.dir.set(Agent{ID: "gone", Hostname: "host-gone", Port: 9100, Listed: false, Tunnel: true})
 	f.dir.set(Agent{ID: "ok", Hostname: "host-ok", Port: 9100, Listed: true, Tunnel: true})
+	upgrade := "Connection: Upgrade\r\nUpgrade: " + Protocol + "\r\n"
 	for _, tc := range []struct {
-		name string
-		cert func() tls.Certificate
-		want int
+		name   string
+		cert   func() tls.Certificate
+		want   int
+		reason string
 	}{
-		{"scraper certificate", func() tls.Certificate { return f.scraper }, http.StatusForbidden},
-		{"agent that did not ask for tunnels", func() tls.Certificate { return f.agentCert(t, "off", "host-off") }, http.StatusForbidden},
-		{"revoked agent", func() tls.Certificate { return f.agentCert(t, "gone", "host-gone") }, http.StatusForbidden},
-		{"tunneled agent", func() tls.Certificate { return f.agentCert(t, "ok", "host-ok") }, http.StatusSwitchingProtocols},
+		{"scraper certificate", func() tls.Certificate { return f.scraper }, http.StatusForbidden, "not_agent"},
+		// The client CA issues Prometheus' and operators' certificates;
+		// its key must not be enough to act as an agent.
+		{"agent role from the client CA", func() tls.Certificate {
+			return f.signWith(t, ca.ClientCACertFile, ca.ClientCAKeyFile, "ok", ca.RoleAgent)
+		}, http.StatusForbidden, "wrong_issuer"},
+		{"agent that did not ask for tunnels", func() tls.Certificate { return f.agentCert(t, "off", "host-off") }, http.StatusForbidden, "not_tunneled"},
+		{"revoked agent", func() tls.Certificate { return f.agentCert(t, "gone", "host-gone") }, http.StatusForbidden, "agent_refused"},
+		{"tunneled agent", func() tls.Certificate { return f.agentCert(t, "ok", "host-ok") }, http.StatusSwitchingProtocols, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			conn, err := tls.Dial("tcp", strings.TrimPrefix(f.url, "https://"), &tls.Config{RootCAs: f.serverRoots, ServerName: "localhost", Certificates: []tls.Certificate{tc.cert()}, NextProtos: []string{"http/1.1"}})
-			if err != nil {
-				t.Fatal(err)
+			var before float64
+			if tc.reason != "" {
+				before = testutil.ToFloat64(f.metrics.Refusals.WithLabelValues(tc.reason))
 			}
-			defer conn.Close()
-			_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-			fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\n", Path, Protocol)
-			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if resp.StatusCode != tc.want {
+			if resp := f.upgrade(t, tc.cert(), upgrade, nil); resp.StatusCode != tc.want {
 				t.Fatalf("upgrade: %d, want %d", resp.StatusCode, tc.want)
+			}
+			if tc.reason != "" {
+				if got := testutil.ToFloat64(f.metrics.Refusals.WithLabelValues(tc.reason)); got != before+1 {
+					t.Errorf("refusals{reason=%q}: %v, want %v", tc.reason, got, before+1)
+				}
 			}
 		})
 	}
@@ -429,6 +471,7 @@ func TestServer_StreamLimitAndFlood(t *testing.T) {
 			if err == nil {
 				resp.Body.Close()
 			}
+			c.CloseIdleConnections()
 			errs <- err
 		}()
 	}
@@ -448,13 +491,23 @@ func TestServer_StreamLimitAndFlood(t *testing.T) {
 			t.Fatalf("CONNECT %d over the limit: %d, want 429", i, got)
 		}
 	}
+	if got := testutil.ToFloat64(f.metrics.Refusals.WithLabelValues("too_many_streams")); got != flood {
+		t.Errorf("refusals{reason=\"too_many_streams\"}: %v, want %d", got, flood)
+	}
 	close(release)
 	for range 2 {
 		if err := <-errs; err != nil {
 			t.Fatal(err)
 		}
 	}
-	// And the agent still serves.
+	// Once those connections are closed, the agent serves again.
+	deadline := time.Now().Add(10 * time.Second)
+	for testutil.ToFloat64(f.metrics.Streams) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the held streams were not released")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	resp, err := f.scrapeClient(f.scraper, f.scraperRoots).Get(target)
 	if err != nil {
 		t.Fatal(err)
@@ -499,5 +552,345 @@ func TestServer_HTTP2JobFails(t *testing.T) {
 	if err == nil {
 		resp.Body.Close()
 		t.Error("a job with HTTP/2 scraped through the tunnel: this Go release no longer breaks CONNECT over an h2 proxy connection, so docs/tunnels.md and the examples may drop enable_http2: false")
+	}
+}
+
+// signWith issues a client certificate with role (none if empty) from the
+// issuer whose files are in the fleet's data directory, bypassing the
+// checks of the ca package: what a thief of that key could do.
+func (f *fleet) signWith(t testing.TB, certFile, keyFile, name string, role ca.Role) tls.Certificate {
+	t.Helper()
+	certPEM, err := os.ReadFile(filepath.Join(f.dataDir, certFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	issuer, err := ca.ParseCertificatePEM(certPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM, err := os.ReadFile(filepath.Join(f.dataDir, keyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(keyPEM)
+	if block == nil {
+		t.Fatalf("%s: no PEM block", keyFile)
+	}
+	key, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return issueClient(t, issuer, key.(crypto.Signer), name, role)
+}
+
+// foreignCA is a CA of nobody we know.
+func foreignCA(t testing.TB) (*x509.Certificate, crypto.Signer) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "corporate CA"},
+		NotBefore:             time.Now().Add(-time.Minute),
+		NotAfter:              time.Now().Add(time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert, key
+}
+
+// issueClient issues a client certificate in the layout of ours (role in
+// the OU, id in the CN) from any issuer.
+func issueClient(t testing.TB, issuer *x509.Certificate, issuerKey crypto.Signer, name string, role ca.Role) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subject := pkix.Name{CommonName: name}
+	if role != "" {
+		subject.OrganizationalUnit = []string{ca.RoleOU(role)}
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      subject,
+		NotBefore:    time.Now().Add(-time.Minute),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		DNSNames:     []string{name},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, issuer, &key.PublicKey, issuerKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der, issuer.Raw}, PrivateKey: key}
+}
+
+// TestServer_ForeignCA: an operator's web config may trust another CA for
+// client certificates (a company CA for its own tools). A certificate of
+// that CA written to look like ours — role in the OU — passes the TLS
+// layer, and the server must still refuse it on both endpoints.
+func TestServer_ForeignCA(t *testing.T) {
+	foreign, foreignKey := foreignCA(t)
+	f := newFleetTrusting(t, ServerConfig{}, foreign)
+	port := f.startAgent(t, "a1", "host-a", func(w http.ResponseWriter) { _, _ = io.WriteString(w, "up 1\n") })
+	good := "host-a:" + strconv.Itoa(port)
+
+	t.Run("CONNECT", func(t *testing.T) {
+		for _, role := range []ca.Role{ca.RoleDiscovery, ca.RoleAdmin} {
+			cert := issueClient(t, foreign, foreignKey, "prometheus", role)
+			before := testutil.ToFloat64(f.metrics.Refusals.WithLabelValues("no_certificate"))
+			if got := f.connect(t, &cert, good); got != http.StatusUnauthorized {
+				t.Fatalf("CONNECT with a %s certificate of a foreign CA: %d, want 401", role, got)
+			}
+			if got := testutil.ToFloat64(f.metrics.Refusals.WithLabelValues("no_certificate")); got != before+1 {
+				t.Errorf("refusals{reason=\"no_certificate\"}: %v, want %v", got, before+1)
+			}
+		}
+	})
+	t.Run("tunnel", func(t *testing.T) {
+		// A foreign certificate naming a registered, tunneled agent must
+		// not take over its tunnel.
+		cert := issueClient(t, foreign, foreignKey, "a1", ca.RoleAgent)
+		resp := f.upgrade(t, cert, "Connection: Upgrade\r\nUpgrade: "+Protocol+"\r\n", nil)
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("tunnel with an agent certificate of a foreign CA: %d, want 401", resp.StatusCode)
+		}
+		// The real agent's tunnel is still the one in place.
+		if got := f.connect(t, &f.scraper, good); got != http.StatusOK {
+			t.Fatalf("CONNECT to the real agent: %d, want 200", got)
+		}
+	})
+}
+
+// upgrade sends a tunnel upgrade request with cert, the given header lines
+// and then extra bytes, and returns the server's answer.
+func (f *fleet) upgrade(t *testing.T, cert tls.Certificate, headers string, extra []byte) *http.Response {
+	t.Helper()
+	conn, err := tls.Dial("tcp", strings.TrimPrefix(f.url, "https://"), &tls.Config{RootCAs: f.serverRoots, ServerName: "localhost", Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: localhost\r\n%s\r\n%s", Path, headers, extra)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp
+}
+
+// TestServer_AmbiguousHostname: two agents registered under one hostname
+// both hold a certificate for it, so whichever the server picked, the
+// scraper's TLS check would pass. The server must refuse to choose, even
+// when the port names one of them, until only one is left.
+func TestServer_AmbiguousHostname(t *testing.T) {
+	f := newFleet(t, ServerConfig{})
+	ok := func(w http.ResponseWriter) { _, _ = io.WriteString(w, "up 1\n") }
+	port1 := f.startAgent(t, "a1", "host-a", ok)
+	port2 := f.startAgent(t, "a2", "HOST-A", ok)
+	deadline := time.Now().Add(10 * time.Second)
+	for f.tunnels.Tunnels() < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the second agent's tunnel did not come up")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	for _, target := range []string{"host-a:" + strconv.Itoa(port1), "Host-A:" + strconv.Itoa(port2)} {
+		before := testutil.ToFloat64(f.metrics.Refusals.WithLabelValues("ambiguous_target"))
+		if got := f.connect(t, &f.scraper, target); got != http.StatusConflict {
+			t.Fatalf("CONNECT %s with two agents of that name: %d, want 409", target, got)
+		}
+		if got := testutil.ToFloat64(f.metrics.Refusals.WithLabelValues("ambiguous_target")); got != before+1 {
+			t.Errorf("refusals{reason=\"ambiguous_target\"}: %v, want %v", got, before+1)
+		}
+	}
+	// Revoking one leaves the name to the other.
+	f.dir.set(Agent{ID: "a2", Hostname: "HOST-A", Port: port2, Listed: false, Tunnel: true})
+	f.waitTunnels(t, func(n int) bool { return n == 1 })
+	if got := f.connect(t, &f.scraper, "host-a:"+strconv.Itoa(port1)); got != http.StatusOK {
+		t.Fatalf("CONNECT once the other agent is revoked: %d, want 200", got)
+	}
+}
+
+// TestServer_ConnectRechecksAgent: the registry may know of a revocation
+// before the server's sweep closes the tunnel (on another replica, or
+// within the sweep interval); CONNECT asks the registry itself.
+func TestServer_ConnectRechecksAgent(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		agent func(port int) Agent
+	}{
+		{"revoked", func(port int) Agent { return Agent{ID: "a1", Hostname: "host-a", Port: port, Tunnel: true} }},
+		{"no longer tunneled", func(port int) Agent { return Agent{ID: "a1", Hostname: "host-a", Port: port, Listed: true} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFleet(t, ServerConfig{})
+			port := f.startAgent(t, "a1", "host-a", func(w http.ResponseWriter) { _, _ = io.WriteString(w, "up 1\n") })
+			f.dir.setUnannounced(tc.agent(port))
+			if got := f.connect(t, &f.scraper, "host-a:"+strconv.Itoa(port)); got != http.StatusNotFound {
+				t.Fatalf("CONNECT: %d, want 404", got)
+			}
+			if got := testutil.ToFloat64(f.metrics.Refusals.WithLabelValues("revoked")); got != 1 {
+				t.Errorf("refusals{reason=\"revoked\"}: %v, want 1", got)
+			}
+			// And the tunnel is closed then and there.
+			f.waitTunnels(t, func(n int) bool { return n == 0 })
+		})
+	}
+}
+
+// TestServer_TunnelLimit: a server at MaxTunnels refuses the next agent.
+func TestServer_TunnelLimit(t *testing.T) {
+	f := newFleet(t, ServerConfig{MaxTunnels: 1})
+	f.startAgent(t, "a1", "host-a", func(w http.ResponseWriter) { _, _ = io.WriteString(w, "up 1\n") })
+	f.dir.set(Agent{ID: "a2", Hostname: "host-b", Port: 9100, Listed: true, Tunnel: true})
+	resp := f.upgrade(t, f.agentCert(t, "a2", "host-b"), "Connection: Upgrade\r\nUpgrade: "+Protocol+"\r\n", nil)
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("tunnel beyond the limit: %d, want 503", resp.StatusCode)
+	}
+	if got := testutil.ToFloat64(f.metrics.Refusals.WithLabelValues("too_many_tunnels")); got != 1 {
+		t.Errorf("refusals{reason=\"too_many_tunnels\"}: %v, want 1", got)
+	}
+	if n := f.tunnels.Tunnels(); n != 1 {
+		t.Errorf("tunnels: %d, want 1", n)
+	}
+}
+
+// TestServer_BadUpgrade: a tunnel request that is not a clean HTTP/1.1
+// upgrade is refused and counted, and takes no tunnel.
+func TestServer_BadUpgrade(t *testing.T) {
+	f := newFleet(t, ServerConfig{})
+	f.dir.set(Agent{ID: "a1", Hostname: "host-a", Port: 9100, Listed: true, Tunnel: true})
+	cert := f.agentCert(t, "a1", "host-a")
+	for _, tc := range []struct {
+		name    string
+		headers string
+		extra   []byte
+		want    int
+	}{
+		{"no upgrade", "", nil, http.StatusUpgradeRequired},
+		{"another protocol", "Connection: Upgrade\r\nUpgrade: websocket\r\n", nil, http.StatusUpgradeRequired},
+		{"upgrade without Connection", "Upgrade: " + Protocol + "\r\n", nil, http.StatusUpgradeRequired},
+		// yamux bytes before the 101: the server must not hand a
+		// half-read stream to the multiplexer.
+		{"data before the switch", "Connection: Upgrade\r\nUpgrade: " + Protocol + "\r\n", []byte("\x00\x01\x00\x01\x00\x00\x00\x01\x00\x00\x00\x00"), http.StatusSwitchingProtocols},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := testutil.ToFloat64(f.metrics.Refusals.WithLabelValues("bad_request"))
+			conn, err := tls.Dial("tcp", strings.TrimPrefix(f.url, "https://"), &tls.Config{RootCAs: f.serverRoots, ServerName: "localhost", Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+			fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: localhost\r\n%s\r\n%s", Path, tc.headers, tc.extra)
+			br := bufio.NewReader(conn)
+			resp, err := http.ReadResponse(br, nil)
+			if tc.want == http.StatusSwitchingProtocols {
+				// Refused by closing the connection, not with a status:
+				// the request itself was well formed.
+				if err == nil {
+					t.Fatalf("the server answered %d to a tunnel request followed by data", resp.StatusCode)
+				}
+			} else {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if resp.StatusCode != tc.want {
+					t.Fatalf("upgrade: %d, want %d", resp.StatusCode, tc.want)
+				}
+			}
+			if got := testutil.ToFloat64(f.metrics.Refusals.WithLabelValues("bad_request")); got != before+1 {
+				t.Errorf("refusals{reason=\"bad_request\"}: %v, want %v", got, before+1)
+			}
+			if n := f.tunnels.Tunnels(); n != 0 {
+				t.Errorf("tunnels: %d, want 0", n)
+			}
+		})
+	}
+	t.Run("CONNECT over HTTP/2", func(t *testing.T) {
+		before := testutil.ToFloat64(f.metrics.Refusals.WithLabelValues("bad_request"))
+		c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+			TLSClientConfig:   &tls.Config{RootCAs: f.serverRoots, ServerName: "localhost", Certificates: []tls.Certificate{f.scraper}},
+			ForceAttemptHTTP2: true,
+		}}
+		req, err := http.NewRequest(http.MethodConnect, f.url, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Host = "host-a:9100"
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.ProtoMajor != 2 || resp.StatusCode != http.StatusHTTPVersionNotSupported {
+			t.Fatalf("CONNECT over %s: %d, want 505 over HTTP/2", resp.Proto, resp.StatusCode)
+		}
+		if got := testutil.ToFloat64(f.metrics.Refusals.WithLabelValues("bad_request")); got != before+1 {
+			t.Errorf("refusals{reason=\"bad_request\"}: %v, want %v", got, before+1)
+		}
+	})
+}
+
+// TestServer_AgentRefusesStreams: an agent (hostile or shutting down) that
+// holds its tunnel but sends GoAway gets no stream; CONNECT says so.
+func TestServer_AgentRefusesStreams(t *testing.T) {
+	f := newFleet(t, ServerConfig{})
+	f.dir.set(Agent{ID: "a1", Hostname: "host-a", Port: 9100, Listed: true, Tunnel: true})
+	conn, err := tls.Dial("tcp", strings.TrimPrefix(f.url, "https://"), &tls.Config{RootCAs: f.serverRoots, ServerName: "localhost", Certificates: []tls.Certificate{f.agentCert(t, "a1", "host-a")}, NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\n", Path, Protocol)
+	// Read the 101 byte by byte: the yamux frames that follow are not
+	// the HTTP reader's.
+	var head []byte
+	one := make([]byte, 1)
+	for !strings.HasSuffix(string(head), "\r\n\r\n") {
+		if _, err := conn.Read(one); err != nil {
+			t.Fatalf("upgrade: %v after %q", err, head)
+		}
+		head = append(head, one[0])
+	}
+	if !strings.HasPrefix(string(head), "HTTP/1.1 101 ") {
+		t.Fatalf("upgrade: %q", head)
+	}
+	cfg := yamux.DefaultConfig()
+	cfg.LogOutput = io.Discard
+	mux, err := yamux.Server(conn, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mux.Close()
+	if err := mux.GoAway(); err != nil {
+		t.Fatal(err)
+	}
+	// The server answers a ping after it read the GoAway before it.
+	if _, err := mux.Ping(); err != nil {
+		t.Fatal(err)
+	}
+	f.waitTunnels(t, func(n int) bool { return n == 1 })
+	if got := f.connect(t, &f.scraper, "host-a:9100"); got != http.StatusBadGateway {
+		t.Fatalf("CONNECT to an agent that refuses streams: %d, want 502", got)
+	}
+	if got := testutil.ToFloat64(f.metrics.Refusals.WithLabelValues("agent_unreachable")); got != 1 {
+		t.Errorf("refusals{reason=\"agent_unreachable\"}: %v, want 1", got)
 	}
 }
