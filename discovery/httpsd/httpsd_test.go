@@ -31,6 +31,7 @@ import (
 
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/baremetal-sd/baremetal_sd/discovery/registry"
+	"github.com/baremetal-sd/baremetal_sd/discovery/registry/registrytest"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
 )
 
@@ -92,7 +93,7 @@ func gunzip(t *testing.T, data []byte) []byte {
 }
 
 func TestSDCache_Empty(t *testing.T) {
-	r := newTestRegistry(t, memory.New(), newFakeClock())
+	r := newTestRegistry(t, memory.New(), registrytest.NewClock())
 	c := NewCache(r, nil)
 	if got := joinBody(c.Get(Filter{})); string(got) != "[]" {
 		t.Fatalf("empty registry body %q, want []", got)
@@ -103,7 +104,7 @@ func TestSDCache_Empty(t *testing.T) {
 }
 
 func TestSDCache_Groups(t *testing.T) {
-	clock := newFakeClock()
+	clock := registrytest.NewClock()
 	r := newTestRegistry(t, memory.New(), clock)
 	a := testAgent("a")
 	a.Address = "2001:db8::1"
@@ -143,7 +144,7 @@ func with(base map[string]string, kv ...string) map[string]string {
 }
 
 func TestSDCache_Filters(t *testing.T) {
-	clock := newFakeClock()
+	clock := registrytest.NewClock()
 	r := newTestRegistry(t, memory.New(), clock)
 	web := testAgent("web1")
 	db := testAgent("db1")
@@ -188,7 +189,7 @@ func TestSDCache_Filters(t *testing.T) {
 // which their certificate covers and the server routes CONNECT by, with
 // the tunnel meta label, and that ?tunnel= keeps them apart.
 func TestSDCache_Tunnel(t *testing.T) {
-	r := newTestRegistry(t, memory.New(), newFakeClock())
+	r := newTestRegistry(t, memory.New(), registrytest.NewClock())
 	direct := testAgent("direct")
 	tunneled := testAgent("nat")
 	tunneled.Address = "10.0.0.5"
@@ -234,7 +235,7 @@ func TestParseFilter_Errors(t *testing.T) {
 // TestSDCache_IncrementalRebuild checks that a change shows up in both the
 // identity and the gzip body and that only what changed is rebuilt.
 func TestSDCache_IncrementalRebuild(t *testing.T) {
-	clock := newFakeClock()
+	clock := registrytest.NewClock()
 	r := newTestRegistry(t, memory.New(), clock)
 	for i := 0; i < 500; i++ {
 		mustPut(t, r, testAgent(fmt.Sprintf("agent-%03d", i)))
@@ -278,7 +279,7 @@ func TestSDCache_IncrementalRebuild(t *testing.T) {
 }
 
 func TestSDCache_ExpiredLeavesAtOnce(t *testing.T) {
-	clock := newFakeClock()
+	clock := registrytest.NewClock()
 	r := newTestRegistry(t, memory.New(), clock)
 	mustPut(t, r, testAgent("a"))
 	mustPut(t, r, testAgent("b"))
@@ -366,7 +367,7 @@ func FuzzETagMatches(f *testing.F) {
 // TestSDCache_EvictsBeyondBounds: distinct filters beyond maxViews do not
 // pile up cached views, and the view being served survives eviction.
 func TestSDCache_EvictsBeyondBounds(t *testing.T) {
-	r := newTestRegistry(t, memory.New(), newFakeClock())
+	r := newTestRegistry(t, memory.New(), registrytest.NewClock())
 	mustPut(t, r, testAgent("a"))
 	c := NewCache(r, nil)
 	for i := range 3 * maxViews {

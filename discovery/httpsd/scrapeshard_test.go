@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/prometheus/model/labels"
 
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/registry/registrytest"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
 )
@@ -155,7 +156,7 @@ func shardAgents(t *testing.T, b Body) []string {
 // by ScrapeShardOf, come from one view, and only the shard of a changed
 // agent changes.
 func TestSDCache_Shards(t *testing.T) {
-	r := newTestRegistry(t, memory.New(), newFakeClock())
+	r := newTestRegistry(t, memory.New(), registrytest.NewClock())
 	for i := range 300 {
 		a := testAgent(fmt.Sprintf("agent-%03d", i))
 		if i%2 == 1 {
@@ -237,7 +238,7 @@ func TestSDCache_Shards(t *testing.T) {
 // TestSDCache_ETag: an ETag changes exactly when the content does, and
 // differs between filters, shards and encodings.
 func TestSDCache_ETag(t *testing.T) {
-	r := newTestRegistry(t, memory.New(), newFakeClock())
+	r := newTestRegistry(t, memory.New(), registrytest.NewClock())
 	for i := range 50 {
 		mustPut(t, r, testAgent(fmt.Sprintf("agent-%02d", i)))
 	}
