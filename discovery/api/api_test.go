@@ -43,6 +43,7 @@ import (
 	"github.com/baremetal-sd/baremetal_sd/collector"
 	"github.com/baremetal-sd/baremetal_sd/discovery"
 	"github.com/baremetal-sd/baremetal_sd/discovery/httpsd"
+	"github.com/baremetal-sd/baremetal_sd/discovery/httpsd/httpsdtest"
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/baremetal-sd/baremetal_sd/discovery/registry"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store"
@@ -550,7 +551,7 @@ func TestAPI_RefusesWrongCertificates(t *testing.T) {
 	if rep := h.do(h.client(&discoveryCert), "GET", protocol.PathDiscovery, "", nil); rep.status != http.StatusOK {
 		t.Fatalf("discovery certificate reads http_sd: %d %s", rep.status, rep.body)
 	}
-	groups := decodeGroups(t, h.do(h.client(&discoveryCert), "GET", protocol.PathDiscovery, "", nil).body)
+	groups := httpsdtest.DecodeGroups(t, h.do(h.client(&discoveryCert), "GET", protocol.PathDiscovery, "", nil).body)
 	for _, g := range groups {
 		if g.Labels[protocol.MetaAgentID] == agentID(t, otherAgent) {
 			t.Fatal("revoked agent still in http_sd")
@@ -597,9 +598,9 @@ func TestAPI_DiscoveryContentTypeAndGzip(t *testing.T) {
 			if resp.Header.Get("Content-Encoding") != "gzip" {
 				t.Fatal("gzip not used although accepted")
 			}
-			body = gunzip(t, body)
+			body = httpsdtest.Gunzip(t, body)
 		}
-		if n := len(decodeGroups(t, body)); n != 2 {
+		if n := len(httpsdtest.DecodeGroups(t, body)); n != 2 {
 			t.Fatalf("gzip=%v: %d groups, want 2", gz, n)
 		}
 	}

@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/baremetal-sd/baremetal_sd/discovery/httpsd/httpsdtest"
 	"github.com/baremetal-sd/baremetal_sd/discovery/registry"
 	"github.com/baremetal-sd/baremetal_sd/discovery/registry/registrytest"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
@@ -55,7 +56,7 @@ func fileGroups(t *testing.T, path string) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var groups []targetGroup
+	var groups []httpsdtest.TargetGroup
 	if err := json.Unmarshal(data, &groups); err != nil {
 		t.Fatalf("file_sd file is not a complete JSON array: %v", err)
 	}

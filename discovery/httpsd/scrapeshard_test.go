@@ -25,6 +25,7 @@ import (
 
 	"github.com/prometheus/prometheus/model/labels"
 
+	"github.com/baremetal-sd/baremetal_sd/discovery/httpsd/httpsdtest"
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/baremetal-sd/baremetal_sd/discovery/registry/registrytest"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store"
@@ -146,7 +147,7 @@ func TestParseFilter_Shards(t *testing.T) {
 func shardAgents(t *testing.T, b Body) []string {
 	t.Helper()
 	var ids []string
-	for _, g := range decodeGroups(t, joinBody(b)) {
+	for _, g := range httpsdtest.DecodeGroups(t, joinBody(b)) {
 		ids = append(ids, g.Labels[protocol.MetaAgentID])
 	}
 	return slices.Compact(ids)
@@ -184,14 +185,14 @@ func TestSDCache_Shards(t *testing.T) {
 				f := tc.base
 				f.Shard = ScrapeShard{Index: i, Count: n}
 				b := c.Get(f)
-				groups += len(decodeGroups(t, joinBody(b)))
+				groups += len(httpsdtest.DecodeGroups(t, joinBody(b)))
 				for _, id := range shardAgents(t, b) {
 					if got := ScrapeShardOf(id, n); got != i {
 						t.Errorf("agent %s served to shard %d, belongs to %d", id, i, got)
 					}
 					union = append(union, id)
 				}
-				if gz := gunzip(t, gzipBody(b)); !bytes.Equal(gz, joinBody(b)) {
+				if gz := httpsdtest.Gunzip(t, gzipBody(b)); !bytes.Equal(gz, joinBody(b)) {
 					t.Errorf("shard %d: gzip body differs from identity body", i)
 				}
 			}
@@ -199,7 +200,7 @@ func TestSDCache_Shards(t *testing.T) {
 			if !slices.Equal(union, wantIDs) {
 				t.Errorf("shards hold %d agents, the whole list %d", len(union), len(wantIDs))
 			}
-			if want := len(decodeGroups(t, joinBody(whole))); groups != want {
+			if want := len(httpsdtest.DecodeGroups(t, joinBody(whole))); groups != want {
 				t.Errorf("shards hold %d groups, the whole list %d", groups, want)
 			}
 			if len(c.views) != 2 {
