@@ -37,6 +37,7 @@ import (
 	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/etcd"
 	"github.com/baremetal-sd/baremetal_sd/internal/etcdtest"
+	"github.com/baremetal-sd/baremetal_sd/internal/syncbuf"
 )
 
 // newReplicaHarness runs the API like newAPIHarness, but on the given store
@@ -61,7 +62,7 @@ func newReplicaHarness(t *testing.T, dir string, st store.Store) *apiHarness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &lockedBuffer{}
+	logs := &syncbuf.Buffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	metrics := collector.NewServer(prometheus.NewRegistry())
 	reg := registry.New(registry.Config{Store: st, TTL: time.Minute, Metrics: metrics, Logger: logger})

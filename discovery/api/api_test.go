@@ -31,7 +31,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -48,6 +47,7 @@ import (
 	"github.com/baremetal-sd/baremetal_sd/discovery/registry"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
+	"github.com/baremetal-sd/baremetal_sd/internal/syncbuf"
 )
 
 // apiHarness runs the API on a real TLS listener with a CA, tokens and a
@@ -63,24 +63,7 @@ type apiHarness struct {
 	// consumers is the API's http_sd consumer log.
 	consumers *httpsd.ConsumerLog
 	srv       *httptest.Server
-	logs      *lockedBuffer
-}
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
+	logs      *syncbuf.Buffer
 }
 
 // newAPIHarness serves the API over TLS on the memory store, with a CA and
