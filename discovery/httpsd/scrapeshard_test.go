@@ -30,6 +30,7 @@ import (
 	"github.com/baremetal-sd/baremetal_sd/discovery/registry/registrytest"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
+	"github.com/baremetal-sd/baremetal_sd/internal/errtest"
 )
 
 // TestScrapeShardOf_Stable pins the assignment: operators rely on a target
@@ -127,14 +128,8 @@ func TestParseFilter_Shards(t *testing.T) {
 				t.Fatal(err)
 			}
 			f, err := ParseFilter(q)
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("error %v, want one containing %q", err, tc.wantErr)
-				}
+			if errtest.Want(t, err, tc.wantErr) {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			if f.Shard != tc.want {
 				t.Errorf("shard %+v, want %+v", f.Shard, tc.want)
