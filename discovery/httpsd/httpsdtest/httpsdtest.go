@@ -13,8 +13,8 @@
 
 // Package httpsdtest reads http_sd response bodies in tests the way
 // Prometheus reads them: strict JSON target groups, gzip decompressed. The
-// tests of httpsd and of the API that serves it share it; production code
-// does not import it.
+// tests of httpsd, of the API that serves it and the end-to-end tests share
+// it; production code does not import it.
 package httpsdtest
 
 import (
