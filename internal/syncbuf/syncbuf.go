@@ -12,8 +12,9 @@
 // limitations under the License.
 
 // Package syncbuf is a bytes.Buffer that goroutines may write to while a
-// test reads it: the output of a logger shared by a server's handlers, read
-// by the test that checks what was logged. Only tests use it.
+// test reads it: the output of a logger shared by a server's handlers, or
+// of a daemon an end-to-end test started, read by the test that checks what
+// was logged. Only tests use it.
 package syncbuf
 
 import (
