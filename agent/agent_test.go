@@ -43,6 +43,7 @@ import (
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/baremetal-sd/baremetal_sd/internal/freeport"
 	"github.com/baremetal-sd/baremetal_sd/internal/heldexporter"
+	"github.com/baremetal-sd/baremetal_sd/internal/syncbuf"
 )
 
 // harness runs the agent against a fake discovery server and scrapes it like
@@ -56,7 +57,7 @@ type harness struct {
 	caFile    string
 	addr      string
 	port      int
-	logs      *lockedBuffer
+	logs      *syncbuf.Buffer
 	scraper   *http.Client
 	runs      []*running
 }
@@ -69,7 +70,7 @@ func newHarness(t *testing.T) *harness {
 		ca:   ca,
 		fake: newFakeServer(t, ca),
 		dir:  filepath.Join(t.TempDir(), "state"),
-		logs: &lockedBuffer{},
+		logs: &syncbuf.Buffer{},
 	}
 	tmp := t.TempDir()
 	h.tokenFile = filepath.Join(tmp, "token")

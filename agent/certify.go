@@ -244,11 +244,23 @@ func (l *lifecycle) renew(ctx context.Context) {
 		return
 	}
 	l.metrics.Renewals.WithLabelValues(resultOf(err)).Inc()
+	if err != nil {
+		// A registry that lost the agent makes it register again, which
+		// issues a new certificate as well.
+		l.mtlsFailed(actRenew, err)
+		return
+	}
+	l.apply(actRenew, resp, l.client, "Renewed the certificate")
+}
+
+// mtlsFailed handles the error of a renewal or heartbeat, both sent with the
+// agent's certificate: a registry that lost the agent gets a new
+// registration, a refusal of a certificate that expired meanwhile is no
+// revocation (see expiredMeanwhile), any other error leaves the server
+// unreachable for this attempt.
+func (l *lifecycle) mtlsFailed(act action, err error) {
 	switch {
-	case err == nil:
-		l.apply(actRenew, resp, l.client, "Renewed the certificate")
 	case client.IsNotFound(err):
-		// Registering again issues a new certificate as well.
 		l.logger.Warn("Registry lost this agent; registering again")
 		l.needRegister = true
 		l.retryAt = time.Now()
@@ -256,7 +268,7 @@ func (l *lifecycle) renew(ctx context.Context) {
 	case client.IsRevoked(err):
 		l.revoked(err)
 	default:
-		l.fail(actRenew, stateUnreachable, "unreachable", err)
+		l.fail(act, stateUnreachable, "unreachable", err)
 	}
 }
 

@@ -306,19 +306,11 @@ func (l *lifecycle) heartbeat(ctx context.Context) {
 		return
 	}
 	l.metrics.Heartbeats.WithLabelValues(resultOf(err)).Inc()
-	switch {
-	case err == nil:
-		l.heartbeatOK(resp)
-	case client.IsNotFound(err):
-		l.logger.Warn("Registry lost this agent; registering again")
-		l.needRegister = true
-		l.retryAt = time.Now()
-	case client.IsRevoked(err) && l.expiredMeanwhile():
-	case client.IsRevoked(err):
-		l.revoked(err)
-	default:
-		l.fail(actHeartbeat, stateUnreachable, "unreachable", err)
+	if err != nil {
+		l.mtlsFailed(actHeartbeat, err)
+		return
 	}
+	l.heartbeatOK(resp)
 }
 
 func (l *lifecycle) heartbeatOK(resp *protocol.HeartbeatResponse) {

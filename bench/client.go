@@ -35,6 +35,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/baremetal-sd/baremetal_sd/bench/synthetic"
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/discovery/client"
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
@@ -292,16 +293,10 @@ func newIdentity(n int) (*agentIdentity, error) {
 	}
 	return &agentIdentity{
 		hostname: host,
-		address:  benchAddress(n),
+		address:  synthetic.Address(n),
 		key:      key,
 		csr:      string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})),
 	}, nil
-}
-
-// benchAddress spreads simulated hosts over 10.0.0.0/8.
-func benchAddress(n int) string {
-	n++
-	return fmt.Sprintf("10.%d.%d.%d", (n>>16)&0xff, (n>>8)&0xff, n&0xff)
 }
 
 func (id *agentIdentity) registerBody() ([]byte, error) {

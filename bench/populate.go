@@ -15,21 +15,15 @@ package bench
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/prometheus/model/labels"
-
-	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
-	"github.com/baremetal-sd/baremetal_sd/discovery/store"
+	"github.com/baremetal-sd/baremetal_sd/bench/synthetic"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/bolt"
 )
 
@@ -45,27 +39,6 @@ type PopulateConfig struct {
 	Duration    time.Duration
 	First       int
 	Logger      *slog.Logger
-}
-
-// syntheticAgent returns the n-th synthetic agent record: the shape of a real
-// registration (26-character id like the server's, hostname, address, two
-// labels, one exporter, certificate serial and key fingerprint), so that
-// http_sd and memory numbers match what 100,000 real agents would produce.
-func syntheticAgent(n int, now time.Time) *store.Agent {
-	sum := sha256.Sum256([]byte("bench-agent-" + strconv.Itoa(n)))
-	return &store.Agent{
-		ID:             fmt.Sprintf("bench%021d", n),
-		Hostname:       "bench-" + strconv.Itoa(n) + ".example.com",
-		Address:        benchAddress(n),
-		Port:           9956,
-		Labels:         labels.FromMap(map[string]string{"role": [...]string{"web", "db", "cache", "batch"}[n%4], "rack": "r" + strconv.Itoa(n%64)}),
-		Exporters:      []protocol.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
-		CertSerial:     hex.EncodeToString(sum[:16]),
-		CertNotAfter:   now.Add(24 * time.Hour),
-		KeyFingerprint: hex.EncodeToString(sum[:]),
-		RegisteredAt:   now,
-		LastSeen:       now,
-	}
 }
 
 // RunPopulate writes synthetic agents straight into the server's bolt
@@ -104,7 +77,7 @@ func RunPopulate(ctx context.Context, cfg PopulateConfig, out io.Writer) error {
 				if n >= cfg.Count {
 					return
 				}
-				if err := store.Put(ctx, syntheticAgent(cfg.First+n, now)); err != nil {
+				if err := store.Put(ctx, synthetic.Agent(cfg.First+n, now)); err != nil {
 					errMu.Lock()
 					if putErr == nil {
 						putErr = err

@@ -32,6 +32,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/baremetal-sd/baremetal_sd/discovery/httpsd/httpsdtest"
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
@@ -204,8 +205,8 @@ func (a *agentProc) waitState(t *testing.T, c *http.Client, state string) {
 }
 
 // sdTargetsOf returns the http_sd groups of agent id.
-func sdTargetsOf(groups []sdGroup, id string) []sdGroup {
-	var out []sdGroup
+func sdTargetsOf(groups []httpsdtest.TargetGroup, id string) []httpsdtest.TargetGroup {
+	var out []httpsdtest.TargetGroup
 	for _, g := range groups {
 		if g.Labels[protocol.MetaAgentID] == id {
 			out = append(out, g)
@@ -238,7 +239,7 @@ func (h *agentHarness) enrollToken(t *testing.T) string {
 }
 
 // sd reads http_sd as Prometheus does.
-func (h *agentHarness) sd(t *testing.T) []sdGroup {
+func (h *agentHarness) sd(t *testing.T) []httpsdtest.TargetGroup {
 	t.Helper()
 	groups, _ := getSD(t, h.sdClient, h.s.URL+protocol.PathDiscovery, "")
 	return groups

@@ -34,7 +34,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -43,6 +42,7 @@ import (
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/baremetal-sd/baremetal_sd/internal/freeport"
 	"github.com/baremetal-sd/baremetal_sd/internal/poll"
+	"github.com/baremetal-sd/baremetal_sd/internal/syncbuf"
 )
 
 // Bounds of every wait in this package. They are generous because the tests
@@ -185,25 +185,9 @@ func waitFor(t testing.TB, timeout time.Duration, cond func() error) {
 	poll.Until(t, timeout, cond)
 }
 
-// logBuffer collects a daemon's stdout and stderr. It is safe for the
-// concurrent writes of exec's copying goroutines and reads by the test.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-// String returns everything written so far.
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+// logBuffer collects a daemon's stdout and stderr, written by exec's
+// copying goroutines while the test reads it.
+type logBuffer struct{ syncbuf.Buffer }
 
 // tail returns at most the last n bytes written.
 func (b *logBuffer) tail(n int) string {

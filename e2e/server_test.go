@@ -43,20 +43,14 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/httpsd/httpsdtest"
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
-
-// sdGroup is one http_sd / file_sd target group as Prometheus reads it:
-// nothing but targets and labels.
-type sdGroup struct {
-	Targets []string          `json:"targets"`
-	Labels  map[string]string `json:"labels"`
-}
 
 // checkSDBody checks an http_sd or file_sd body the way Prometheus'
 // parser would and returns its groups: a JSON list (never null), no null
 // groups, no keys besides targets and labels, at least one target each.
-func checkSDBody(body []byte) ([]sdGroup, error) {
+func checkSDBody(body []byte) ([]httpsdtest.TargetGroup, error) {
 	var raw []json.RawMessage
 	if err := json.Unmarshal(body, &raw); err != nil {
 		return nil, fmt.Errorf("target groups %q: %w", truncate(body), err)
@@ -69,7 +63,7 @@ func checkSDBody(body []byte) ([]sdGroup, error) {
 			return nil, fmt.Errorf("target group %d is null", i)
 		}
 	}
-	var groups []sdGroup
+	var groups []httpsdtest.TargetGroup
 	if err := decodeStrict(body, &groups); err != nil {
 		return nil, err
 	}
@@ -83,7 +77,7 @@ func checkSDBody(body []byte) ([]sdGroup, error) {
 
 // getSD reads http_sd and checks the response the way Prometheus does:
 // status 200 and Content-Type application/json, then checkSDBody.
-func getSD(t testing.TB, c *http.Client, url, token string) ([]sdGroup, []byte) {
+func getSD(t testing.TB, c *http.Client, url, token string) ([]httpsdtest.TargetGroup, []byte) {
 	t.Helper()
 	resp := mustRequest(t, c, http.MethodGet, url, token, nil, http.StatusOK)
 	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
@@ -589,7 +583,7 @@ func TestServer_FileSD(t *testing.T) {
 	// readFile returns the file's groups. A file that exists but does not
 	// parse is fatal: Prometheus may read it at any moment, so it must be
 	// replaced atomically, never written in place.
-	readFile := func() ([]sdGroup, error) {
+	readFile := func() ([]httpsdtest.TargetGroup, error) {
 		data, err := os.ReadFile(sdFile)
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, err
@@ -612,7 +606,7 @@ func TestServer_FileSD(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			hasAgent := slices.ContainsFunc(groups, func(g sdGroup) bool { return g.Labels[protocol.MetaAgentID] == id })
+			hasAgent := slices.ContainsFunc(groups, func(g httpsdtest.TargetGroup) bool { return g.Labels[protocol.MetaAgentID] == id })
 			if id != "" && !hasAgent || id == "" && len(groups) > 0 {
 				return fmt.Errorf("file_sd file has %d groups, waiting for agent %q", len(groups), id)
 			}
@@ -686,7 +680,7 @@ func TestServer_HTTPSDContract(t *testing.T) {
 	byID := map[string]*testAgent{db.ID: db, web.ID: web}
 
 	// groupKey names a group by agent hostname and exporter.
-	groupKey := func(t *testing.T, g sdGroup) string {
+	groupKey := func(t *testing.T, g httpsdtest.TargetGroup) string {
 		t.Helper()
 		if _, ok := byID[g.Labels[protocol.MetaAgentID]]; !ok {
 			t.Fatalf("group of unknown agent: %+v", g)

@@ -31,8 +31,11 @@ import (
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
-func TestRelay_LogsFirstFailureAndRecovery(t *testing.T) {
-	var failing atomic.Bool
+// failingUpstream serves one sample, or a 500 while failing is set. Its URL
+// carries a password, which neither logs nor health reports may show.
+func failingUpstream(t *testing.T) (url string, failing *atomic.Bool) {
+	t.Helper()
+	failing = new(atomic.Bool)
 	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		if failing.Load() {
 			http.Error(w, "broken", http.StatusInternalServerError)
@@ -42,7 +45,11 @@ func TestRelay_LogsFirstFailureAndRecovery(t *testing.T) {
 		_, _ = w.Write([]byte("up_metric 1\n"))
 	}))
 	t.Cleanup(upstream.Close)
-	u := strings.Replace(upstream.URL, "http://", "http://user:secret@", 1)
+	return strings.Replace(upstream.URL, "http://", "http://user:secret@", 1), failing
+}
+
+func TestRelay_LogsFirstFailureAndRecovery(t *testing.T) {
+	u, failing := failingUpstream(t)
 	cfg, err := ParseConfig([]byte("exporters:\n  - name: app\n    url: " + u + "/metrics\n"))
 	if err != nil {
 		t.Fatal(err)
@@ -89,17 +96,7 @@ func TestRelay_LogsFirstFailureAndRecovery(t *testing.T) {
 }
 
 func TestRelay_HealthReportsLastResult(t *testing.T) {
-	var failing atomic.Bool
-	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		if failing.Load() {
-			http.Error(w, "broken", http.StatusInternalServerError)
-			return
-		}
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-		_, _ = w.Write([]byte("up_metric 1\n"))
-	}))
-	t.Cleanup(upstream.Close)
-	u := strings.Replace(upstream.URL, "http://", "http://user:secret@", 1)
+	u, failing := failingUpstream(t)
 	cfgText := "exporters:\n  - name: app\n    url: " + u + "/metrics\n  - name: idle\n    url: " + u + "/metrics\n"
 	newRelay := func() *Relay {
 		cfg, err := ParseConfig([]byte(cfgText))

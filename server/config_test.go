@@ -17,6 +17,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/baremetal-sd/baremetal_sd/internal/errtest"
 )
 
 func TestCheckConfig(t *testing.T) {
@@ -60,14 +62,8 @@ func TestCheckConfig(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := tc.cfg
 			err := checkConfig(&cfg)
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("error %v, want one containing %q", err, tc.wantErr)
-				}
+			if errtest.Want(t, err, tc.wantErr) {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			if cfg.FlushInterval != tc.wantFlush {
 				t.Errorf("flush interval %s, want %s", cfg.FlushInterval, tc.wantFlush)

@@ -25,10 +25,12 @@ import (
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/registry/registrytest"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/bolt"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/etcd"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
+	"github.com/baremetal-sd/baremetal_sd/internal/etcdtest"
 )
 
 // flakyStore fails the next n registration writes with ErrUnavailable, as
@@ -69,7 +71,7 @@ func (s *flakyStore) Update(ctx context.Context, id string, claim *store.TokenCl
 // (503) leaves it usable, so the agent's retry succeeds; once used, it is
 // refused as reused and nothing more is stored.
 func TestAPIClaim_FailedRegistrationKeepsToken(t *testing.T) {
-	c := startEtcdCluster(t, 1)
+	c := etcdtest.Start(t, 1)
 	stores := map[string]func(t *testing.T) store.Store{
 		"memory": func(*testing.T) store.Store { return memory.New() },
 		"bolt": func(t *testing.T) store.Store {
@@ -80,7 +82,7 @@ func TestAPIClaim_FailedRegistrationKeepsToken(t *testing.T) {
 			t.Cleanup(func() { s.Close() })
 			return s
 		},
-		"etcd": func(t *testing.T) store.Store { return openTestEtcdStore(t, c, "", etcd.Options{}) },
+		"etcd": func(t *testing.T) store.Store { return registrytest.OpenEtcdStore(t, c, "", etcd.Options{}) },
 	}
 	for name, open := range stores {
 		t.Run(name, func(t *testing.T) {

@@ -33,8 +33,11 @@ import (
 	"github.com/baremetal-sd/baremetal_sd/discovery/httpsd"
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/baremetal-sd/baremetal_sd/discovery/registry"
+	"github.com/baremetal-sd/baremetal_sd/discovery/registry/registrytest"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/etcd"
+	"github.com/baremetal-sd/baremetal_sd/internal/etcdtest"
+	"github.com/baremetal-sd/baremetal_sd/internal/syncbuf"
 )
 
 // newReplicaHarness runs the API like newAPIHarness, but on the given store
@@ -59,7 +62,7 @@ func newReplicaHarness(t *testing.T, dir string, st store.Store) *apiHarness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &lockedBuffer{}
+	logs := &syncbuf.Buffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	metrics := collector.NewServer(prometheus.NewRegistry())
 	reg := registry.New(registry.Config{Store: st, TTL: time.Minute, Metrics: metrics, Logger: logger})
@@ -120,7 +123,7 @@ func (h *apiHarness) renew(cert tls.Certificate) (reply, tls.Certificate) {
 // two replicas, the second not having heard of the first's change yet:
 // neither change may silently undo the other.
 func TestAPIHA_ConcurrentChangesThroughTwoReplicas(t *testing.T) {
-	c := startEtcdCluster(t, 1)
+	c := etcdtest.Start(t, 1)
 	revoke := func(t *testing.T, a *apiHarness, id string) {
 		if rep := a.do(a.client(nil), "DELETE", protocol.PathAgents+"/"+id, a.token(ca.TokenSpec{Scope: ca.ScopeAdmin}), nil); rep.status != http.StatusOK {
 			t.Fatalf("revoke through a: %d %s", rep.status, rep.body)
@@ -173,10 +176,10 @@ func TestAPIHA_ConcurrentChangesThroughTwoReplicas(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			prefix := fmt.Sprintf("/api-ha-%d/", i)
-			a := newReplicaHarness(t, dir, openTestEtcdStore(t, c, prefix, etcd.Options{ReplicaID: "a"}))
+			a := newReplicaHarness(t, dir, registrytest.OpenEtcdStore(t, c, prefix, etcd.Options{ReplicaID: "a"}))
 			resp, cert := a.enroll(ca.TokenSpec{}, nil)
 			// b starts after the enrollment, so it knows the agent.
-			b := newReplicaHarness(t, dir, openTestEtcdStore(t, c, prefix, etcd.Options{ReplicaID: "b"}))
+			b := newReplicaHarness(t, dir, registrytest.OpenEtcdStore(t, c, prefix, etcd.Options{ReplicaID: "b"}))
 			if _, ok := b.reg.Get(resp.AgentID); !ok {
 				t.Fatal("b does not know the agent")
 			}

@@ -31,7 +31,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -43,10 +42,12 @@ import (
 	"github.com/baremetal-sd/baremetal_sd/collector"
 	"github.com/baremetal-sd/baremetal_sd/discovery"
 	"github.com/baremetal-sd/baremetal_sd/discovery/httpsd"
+	"github.com/baremetal-sd/baremetal_sd/discovery/httpsd/httpsdtest"
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/baremetal-sd/baremetal_sd/discovery/registry"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
+	"github.com/baremetal-sd/baremetal_sd/internal/syncbuf"
 )
 
 // apiHarness runs the API on a real TLS listener with a CA, tokens and a
@@ -62,24 +63,7 @@ type apiHarness struct {
 	// consumers is the API's http_sd consumer log.
 	consumers *httpsd.ConsumerLog
 	srv       *httptest.Server
-	logs      *lockedBuffer
-}
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
+	logs      *syncbuf.Buffer
 }
 
 // newAPIHarness serves the API over TLS on the memory store, with a CA and
@@ -550,7 +534,7 @@ func TestAPI_RefusesWrongCertificates(t *testing.T) {
 	if rep := h.do(h.client(&discoveryCert), "GET", protocol.PathDiscovery, "", nil); rep.status != http.StatusOK {
 		t.Fatalf("discovery certificate reads http_sd: %d %s", rep.status, rep.body)
 	}
-	groups := decodeGroups(t, h.do(h.client(&discoveryCert), "GET", protocol.PathDiscovery, "", nil).body)
+	groups := httpsdtest.DecodeGroups(t, h.do(h.client(&discoveryCert), "GET", protocol.PathDiscovery, "", nil).body)
 	for _, g := range groups {
 		if g.Labels[protocol.MetaAgentID] == agentID(t, otherAgent) {
 			t.Fatal("revoked agent still in http_sd")
@@ -597,9 +581,9 @@ func TestAPI_DiscoveryContentTypeAndGzip(t *testing.T) {
 			if resp.Header.Get("Content-Encoding") != "gzip" {
 				t.Fatal("gzip not used although accepted")
 			}
-			body = gunzip(t, body)
+			body = httpsdtest.Gunzip(t, body)
 		}
-		if n := len(decodeGroups(t, body)); n != 2 {
+		if n := len(httpsdtest.DecodeGroups(t, body)); n != 2 {
 			t.Fatalf("gzip=%v: %d groups, want 2", gz, n)
 		}
 	}

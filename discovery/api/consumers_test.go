@@ -27,6 +27,7 @@ import (
 	"github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/discovery"
 	"github.com/baremetal-sd/baremetal_sd/discovery/httpsd"
+	"github.com/baremetal-sd/baremetal_sd/discovery/httpsd/httpsdtest"
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
@@ -52,7 +53,7 @@ func TestAPI_DiscoveryShards(t *testing.T) {
 			if rep.status != http.StatusOK {
 				t.Fatalf("shard %d: status %d: %s", i, rep.status, rep.body)
 			}
-			for _, g := range decodeGroups(t, rep.body) {
+			for _, g := range httpsdtest.DecodeGroups(t, rep.body) {
 				id := g.Labels[protocol.MetaAgentID]
 				if want := httpsd.ScrapeShardOf(id, 3); want != i {
 					t.Errorf("agent %s in shard %d, want %d", id, i, want)

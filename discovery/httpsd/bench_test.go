@@ -17,20 +17,15 @@ import (
 	"bytes"
 	"compress/flate"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"runtime"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/prometheus/prometheus/model/labels"
-
-	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/bench/synthetic"
 	"github.com/baremetal-sd/baremetal_sd/discovery/registry"
+	"github.com/baremetal-sd/baremetal_sd/discovery/registry/registrytest"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 	"github.com/baremetal-sd/baremetal_sd/internal/heap"
 )
@@ -40,65 +35,11 @@ import (
 //
 //	go test -run '^$' -bench 'SDCache|Registry' -benchtime 20x -count 5 ./discovery/registry ./discovery/httpsd
 
-// benchAgents is the fleet size of the scale goals.
-const benchAgents = 100_000
-
-// benchStore is a Store that only lists synthetic agents, generated on each
-// call, so that the registry's memory is measured without a store's copy.
-type benchStore struct {
-	n   int
-	now time.Time
-}
-
-func (s benchStore) List(context.Context) ([]store.Agent, error) {
-	out := make([]store.Agent, s.n)
-	for i := range out {
-		out[i] = *benchAgent(i, s.now)
-	}
-	return out, nil
-}
-func (benchStore) Put(context.Context, *store.Agent) error    { return nil }
-func (benchStore) Delete(context.Context, string) error       { return nil }
-func (benchStore) Touch(context.Context, []store.Touch) error { return nil }
-
-// Update hands fn the synthetic agent with that id as the stored record.
-func (s benchStore) Update(_ context.Context, id string, _ *store.TokenClaim, fn store.UpdateFunc) (*store.Agent, error) {
-	n, err := strconv.Atoi(strings.TrimPrefix(id, "bench"))
-	if err != nil || n < 0 || n >= s.n {
-		return nil, store.ErrNotFound
-	}
-	return fn(benchAgent(n, s.now))
-}
-func (benchStore) LiveSince() time.Time                     { return time.Time{} }
-func (benchStore) Watch(context.Context) <-chan store.Event { return nil }
-func (benchStore) Close() error                             { return nil }
-
-// benchAgent is the n-th synthetic agent, shaped like a real registration
-// (and like `bench populate` writes): 26-character id, two labels, one
-// exporter, certificate serial and key fingerprint.
-func benchAgent(n int, now time.Time) *store.Agent {
-	sum := sha256.Sum256([]byte("bench-agent-" + strconv.Itoa(n)))
-	m := n + 1
-	return &store.Agent{
-		ID:             fmt.Sprintf("bench%021d", n),
-		Hostname:       "bench-" + strconv.Itoa(n) + ".example.com",
-		Address:        fmt.Sprintf("10.%d.%d.%d", (m>>16)&0xff, (m>>8)&0xff, m&0xff),
-		Port:           9956,
-		Labels:         labels.FromStrings("rack", "r"+strconv.Itoa(n%64), "role", [...]string{"web", "db", "cache", "batch"}[n%4]),
-		Exporters:      []protocol.Exporter{{Name: "node", Path: "/exporters/node/metrics"}},
-		CertSerial:     hex.EncodeToString(sum[:16]),
-		CertNotAfter:   now.Add(24 * time.Hour),
-		KeyFingerprint: hex.EncodeToString(sum[:]),
-		RegisteredAt:   now,
-		LastSeen:       now,
-	}
-}
-
 // benchRegistry loads n synthetic agents the way the server loads its store
 // at start-up.
 func benchRegistry(b *testing.B, n int) *registry.Registry {
 	b.Helper()
-	r := registry.New(registry.Config{Store: benchStore{n: n, now: time.Now()}})
+	r := registry.New(registry.Config{Store: registrytest.BenchStore{N: n, Now: time.Now()}})
 	if err := r.Load(context.Background()); err != nil {
 		b.Fatal(err)
 	}
@@ -129,7 +70,7 @@ var benchEncodings = []struct {
 // BenchmarkSDCache_Cached is a Prometheus refresh when nothing changed: the
 // goal is < 5 ms with 100,000 agents.
 func BenchmarkSDCache_Cached(b *testing.B) {
-	r := benchRegistry(b, benchAgents)
+	r := benchRegistry(b, registrytest.BenchAgents)
 	c := NewCache(r, nil)
 	for _, enc := range benchEncodings {
 		b.Run(enc.name, func(b *testing.B) {
@@ -146,7 +87,7 @@ func BenchmarkSDCache_Cached(b *testing.B) {
 // (maintenance toggled): the goal is < 150 ms with 100,000 agents. The change
 // itself is not timed.
 func BenchmarkSDCache_RebuildAfterChange(b *testing.B) {
-	r := benchRegistry(b, benchAgents)
+	r := benchRegistry(b, registrytest.BenchAgents)
 	c := NewCache(r, nil)
 	ctx := context.Background()
 	for _, enc := range benchEncodings {
@@ -154,7 +95,7 @@ func BenchmarkSDCache_RebuildAfterChange(b *testing.B) {
 			c.Get(Filter{})
 			for i := 0; b.Loop(); i++ {
 				b.StopTimer()
-				id := fmt.Sprintf("bench%021d", (i*7919)%benchAgents)
+				id := synthetic.ID((i * 7919) % registrytest.BenchAgents)
 				if _, err := r.Update(ctx, id, func(a *store.Agent) error {
 					a.Maintenance = !a.Maintenance
 					return nil
@@ -171,7 +112,7 @@ func BenchmarkSDCache_RebuildAfterChange(b *testing.B) {
 // BenchmarkSDCache_Cold builds the whole response from scratch, as the first
 // request after a start does.
 func BenchmarkSDCache_Cold(b *testing.B) {
-	r := benchRegistry(b, benchAgents)
+	r := benchRegistry(b, registrytest.BenchAgents)
 	for _, enc := range benchEncodings {
 		b.Run(enc.name, func(b *testing.B) {
 			for b.Loop() {
@@ -209,7 +150,7 @@ func benchShardFilters() []struct {
 // i-th call changes a different agent of the 100,000.
 func benchToggle(b *testing.B, r *registry.Registry, i int) {
 	b.Helper()
-	id := fmt.Sprintf("bench%021d", (i*7919)%benchAgents)
+	id := synthetic.ID((i * 7919) % registrytest.BenchAgents)
 	if _, err := r.Update(context.Background(), id, func(a *store.Agent) error {
 		a.Maintenance = !a.Maintenance
 		return nil
@@ -225,7 +166,7 @@ func benchToggle(b *testing.B, r *registry.Registry, i int) {
 // after the same change do; the first of them rebuilds the changed registry
 // shard for all four.
 func BenchmarkSDCache_Shards(b *testing.B) {
-	r := benchRegistry(b, benchAgents)
+	r := benchRegistry(b, registrytest.BenchAgents)
 	c := NewCache(r, nil)
 	filters := benchShardFilters()
 	b.Run("cached", func(b *testing.B) {
@@ -292,7 +233,7 @@ func BenchmarkSDCache_Shards(b *testing.B) {
 // levels worth considering, and reports the compressed size.
 func BenchmarkSegmentDeflateLevels(b *testing.B) {
 	var raw bytes.Buffer
-	benchServe(&raw, NewCache(benchRegistry(b, benchAgents), nil).Get(Filter{}), false)
+	benchServe(&raw, NewCache(benchRegistry(b, registrytest.BenchAgents), nil).Get(Filter{}), false)
 	body := raw.Bytes()
 	const pieces = 256
 	for _, level := range []int{flate.BestSpeed, 2, 3, 5, flate.DefaultCompression} {
@@ -325,7 +266,7 @@ func BenchmarkRegistry_Load100k(b *testing.B) {
 		b.StopTimer()
 		base := heap.InUse()
 		b.StartTimer()
-		r := benchRegistry(b, benchAgents)
+		r := benchRegistry(b, registrytest.BenchAgents)
 		b.StopTimer()
 		afterLoad := heap.InUse()
 		c := NewCache(r, nil)
@@ -337,7 +278,7 @@ func BenchmarkRegistry_Load100k(b *testing.B) {
 		regBytes, cacheBytes = afterLoad-base, afterCache-afterLoad
 		b.StartTimer()
 	}
-	b.ReportMetric(float64(regBytes)/benchAgents, "registry-B/agent")
+	b.ReportMetric(float64(regBytes)/registrytest.BenchAgents, "registry-B/agent")
 	b.ReportMetric(float64(regBytes)/(1<<20), "registry-MiB")
 	b.ReportMetric(float64(cacheBytes)/(1<<20), "sdcache-MiB")
 }

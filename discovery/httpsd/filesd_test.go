@@ -22,7 +22,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/baremetal-sd/baremetal_sd/discovery/httpsd/httpsdtest"
 	"github.com/baremetal-sd/baremetal_sd/discovery/registry"
+	"github.com/baremetal-sd/baremetal_sd/discovery/registry/registrytest"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
 )
 
@@ -54,7 +56,7 @@ func fileGroups(t *testing.T, path string) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var groups []targetGroup
+	var groups []httpsdtest.TargetGroup
 	if err := json.Unmarshal(data, &groups); err != nil {
 		t.Fatalf("file_sd file is not a complete JSON array: %v", err)
 	}
@@ -77,7 +79,7 @@ func waitGroups(t *testing.T, path string, want int, timeout time.Duration) {
 }
 
 func TestFileSDWriter_WritesAtStartAndOnChange(t *testing.T) {
-	r := newTestRegistry(t, memory.New(), newFakeClock())
+	r := newTestRegistry(t, memory.New(), registrytest.NewClock())
 	path := startFileSD(t, r, 20*time.Millisecond, 0)
 	waitGroups(t, path, 0, 5*time.Second)
 	mustPut(t, r, testAgent("a"))
@@ -92,7 +94,7 @@ func TestFileSDWriter_WritesAtStartAndOnChange(t *testing.T) {
 // the debounce still reach the file within MaxDelay instead of waiting for
 // a quiet moment that never comes.
 func TestFileSDWriter_ChurnDoesNotStarveWrites(t *testing.T) {
-	r := newTestRegistry(t, memory.New(), newFakeClock())
+	r := newTestRegistry(t, memory.New(), registrytest.NewClock())
 	const debounce = 200 * time.Millisecond
 	path := startFileSD(t, r, debounce, 4*debounce)
 	waitGroups(t, path, 0, 5*time.Second)

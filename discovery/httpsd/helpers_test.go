@@ -15,41 +15,19 @@ package httpsd
 
 import (
 	"context"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/baremetal-sd/baremetal_sd/discovery/registry"
+	"github.com/baremetal-sd/baremetal_sd/discovery/registry/registrytest"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/storetest"
 )
 
-// fakeClock is a settable clock for the registry under test.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
-
 // testAgent is the conformance suite's complete, valid record.
 func testAgent(id string) *store.Agent { return storetest.NewAgent(id) }
 
-func newTestRegistry(t *testing.T, st store.Store, clock *fakeClock) *registry.Registry {
+func newTestRegistry(t *testing.T, st store.Store, clock *registrytest.Clock) *registry.Registry {
 	t.Helper()
 	r := registry.New(registry.Config{
 		Store:             st,

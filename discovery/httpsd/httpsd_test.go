@@ -15,11 +15,9 @@ package httpsd
 
 import (
 	"bytes"
-	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/url"
 	"reflect"
 	"sort"
@@ -29,31 +27,12 @@ import (
 
 	"github.com/prometheus/prometheus/model/labels"
 
+	"github.com/baremetal-sd/baremetal_sd/discovery/httpsd/httpsdtest"
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/baremetal-sd/baremetal_sd/discovery/registry"
+	"github.com/baremetal-sd/baremetal_sd/discovery/registry/registrytest"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
 )
-
-// targetGroup is Prometheus' http_sd group, decoded strictly: any key other
-// than targets and labels fails, as it fails Prometheus' refresh.
-type targetGroup struct {
-	Targets []string          `json:"targets"`
-	Labels  map[string]string `json:"labels"`
-}
-
-func decodeGroups(t *testing.T, data []byte) []targetGroup {
-	t.Helper()
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	var groups []targetGroup
-	if err := dec.Decode(&groups); err != nil {
-		t.Fatalf("invalid http_sd body %q: %v", protocol.Truncate(string(data)), err)
-	}
-	if groups == nil {
-		t.Fatalf("body %q decodes to null, want []", data)
-	}
-	return groups
-}
 
 // joinBody is the identity response: the JSON, inflated from the cache.
 func joinBody(b Body) []byte { return bodyBytes(b, false) }
@@ -78,32 +57,19 @@ func bodyBytes(b Body, gzip bool) []byte {
 	return buf.Bytes()
 }
 
-func gunzip(t *testing.T, data []byte) []byte {
-	t.Helper()
-	zr, err := gzip.NewReader(bytes.NewReader(data))
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := io.ReadAll(zr)
-	if err != nil {
-		t.Fatalf("gzip body does not decompress: %v", err)
-	}
-	return out
-}
-
 func TestSDCache_Empty(t *testing.T) {
-	r := newTestRegistry(t, memory.New(), newFakeClock())
+	r := newTestRegistry(t, memory.New(), registrytest.NewClock())
 	c := NewCache(r, nil)
 	if got := joinBody(c.Get(Filter{})); string(got) != "[]" {
 		t.Fatalf("empty registry body %q, want []", got)
 	}
-	if got := gunzip(t, gzipBody(c.Get(Filter{}))); string(got) != "[]" {
+	if got := httpsdtest.Gunzip(t, gzipBody(c.Get(Filter{}))); string(got) != "[]" {
 		t.Fatalf("empty registry gzip body %q, want []", got)
 	}
 }
 
 func TestSDCache_Groups(t *testing.T) {
-	clock := newFakeClock()
+	clock := registrytest.NewClock()
 	r := newTestRegistry(t, memory.New(), clock)
 	a := testAgent("a")
 	a.Address = "2001:db8::1"
@@ -112,7 +78,7 @@ func TestSDCache_Groups(t *testing.T) {
 	mustPut(t, r, a)
 	c := NewCache(r, nil)
 
-	got := decodeGroups(t, joinBody(c.Get(Filter{})))
+	got := httpsdtest.DecodeGroups(t, joinBody(c.Get(Filter{})))
 	base := map[string]string{
 		protocol.MetaAddress:               "2001:db8::1",
 		protocol.MetaAgentID:               "a",
@@ -122,7 +88,7 @@ func TestSDCache_Groups(t *testing.T) {
 		protocol.MetaLabelPrefix + "quote": "say \"hi\"\n\u2028é",
 		"__scheme__":                       "https",
 	}
-	want := []targetGroup{
+	want := []httpsdtest.TargetGroup{
 		{Targets: []string{"[2001:db8::1]:9956"}, Labels: with(base, protocol.MetaExporter, "agent", "__metrics_path__", "/metrics")},
 		{Targets: []string{"[2001:db8::1]:9956"}, Labels: with(base, protocol.MetaExporter, "node", "__metrics_path__", "/exporters/node/metrics")},
 	}
@@ -143,7 +109,7 @@ func with(base map[string]string, kv ...string) map[string]string {
 }
 
 func TestSDCache_Filters(t *testing.T) {
-	clock := newFakeClock()
+	clock := registrytest.NewClock()
 	r := newTestRegistry(t, memory.New(), clock)
 	web := testAgent("web1")
 	db := testAgent("db1")
@@ -172,7 +138,7 @@ func TestSDCache_Filters(t *testing.T) {
 				t.Fatal(err)
 			}
 			var got []string
-			for _, g := range decodeGroups(t, joinBody(c.Get(f))) {
+			for _, g := range httpsdtest.DecodeGroups(t, joinBody(c.Get(f))) {
 				got = append(got, g.Labels[protocol.MetaAgentID]+"/"+g.Labels[protocol.MetaExporter])
 			}
 			// Order is stable but follows the registry's shards, not names.
@@ -188,7 +154,7 @@ func TestSDCache_Filters(t *testing.T) {
 // which their certificate covers and the server routes CONNECT by, with
 // the tunnel meta label, and that ?tunnel= keeps them apart.
 func TestSDCache_Tunnel(t *testing.T) {
-	r := newTestRegistry(t, memory.New(), newFakeClock())
+	r := newTestRegistry(t, memory.New(), registrytest.NewClock())
 	direct := testAgent("direct")
 	tunneled := testAgent("nat")
 	tunneled.Address = "10.0.0.5"
@@ -211,7 +177,7 @@ func TestSDCache_Tunnel(t *testing.T) {
 				t.Fatal(err)
 			}
 			var got []string
-			for _, g := range decodeGroups(t, joinBody(c.Get(f))) {
+			for _, g := range httpsdtest.DecodeGroups(t, joinBody(c.Get(f))) {
 				got = append(got, g.Labels[protocol.MetaAgentID]+" "+strings.Join(g.Targets, ",")+" "+g.Labels[protocol.MetaTunnel])
 			}
 			sort.Strings(got)
@@ -234,14 +200,14 @@ func TestParseFilter_Errors(t *testing.T) {
 // TestSDCache_IncrementalRebuild checks that a change shows up in both the
 // identity and the gzip body and that only what changed is rebuilt.
 func TestSDCache_IncrementalRebuild(t *testing.T) {
-	clock := newFakeClock()
+	clock := registrytest.NewClock()
 	r := newTestRegistry(t, memory.New(), clock)
 	for i := 0; i < 500; i++ {
 		mustPut(t, r, testAgent(fmt.Sprintf("agent-%03d", i)))
 	}
 	c := NewCache(r, nil)
 	first := joinBody(c.Get(Filter{}))
-	if n := len(decodeGroups(t, first)); n != 1000 {
+	if n := len(httpsdtest.DecodeGroups(t, first)); n != 1000 {
 		t.Fatalf("%d groups, want 1000", n)
 	}
 	if again := joinBody(c.Get(Filter{})); !bytes.Equal(first, again) {
@@ -259,7 +225,7 @@ func TestSDCache_IncrementalRebuild(t *testing.T) {
 		t.Fatal(err)
 	}
 	after := joinBody(c.Get(Filter{}))
-	groups := decodeGroups(t, after)
+	groups := httpsdtest.DecodeGroups(t, after)
 	if len(groups) != 998 {
 		t.Fatalf("%d groups after delete, want 998", len(groups))
 	}
@@ -272,18 +238,18 @@ func TestSDCache_IncrementalRebuild(t *testing.T) {
 	if rebuilt != 1 {
 		t.Errorf("%d fragments rebuilt for one deleted agent, want 1", rebuilt)
 	}
-	if gz := gunzip(t, gzipBody(c.Get(Filter{}))); !bytes.Equal(gz, after) {
+	if gz := httpsdtest.Gunzip(t, gzipBody(c.Get(Filter{}))); !bytes.Equal(gz, after) {
 		t.Fatal("gzip body differs from identity body")
 	}
 }
 
 func TestSDCache_ExpiredLeavesAtOnce(t *testing.T) {
-	clock := newFakeClock()
+	clock := registrytest.NewClock()
 	r := newTestRegistry(t, memory.New(), clock)
 	mustPut(t, r, testAgent("a"))
 	mustPut(t, r, testAgent("b"))
 	c := NewCache(r, nil)
-	if n := len(decodeGroups(t, joinBody(c.Get(Filter{})))); n != 4 {
+	if n := len(httpsdtest.DecodeGroups(t, joinBody(c.Get(Filter{})))); n != 4 {
 		t.Fatalf("%d groups, want 4", n)
 	}
 	clock.Advance(50 * time.Second)
@@ -292,14 +258,14 @@ func TestSDCache_ExpiredLeavesAtOnce(t *testing.T) {
 	}
 	clock.Advance(11 * time.Second)
 	r.Sweep(context.Background())
-	groups := decodeGroups(t, joinBody(c.Get(Filter{})))
+	groups := httpsdtest.DecodeGroups(t, joinBody(c.Get(Filter{})))
 	if len(groups) != 2 || groups[0].Labels[protocol.MetaAgentID] != "b" || groups[1].Labels[protocol.MetaAgentID] != "b" {
 		t.Fatalf("after a's TTL: %+v, want only b's groups", groups)
 	}
 	if err := r.Heartbeat("a", "s-a", "", nil); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(decodeGroups(t, joinBody(c.Get(Filter{})))); n != 4 {
+	if n := len(httpsdtest.DecodeGroups(t, joinBody(c.Get(Filter{})))); n != 4 {
 		t.Fatalf("%d groups after a came back, want 4", n)
 	}
 }
@@ -366,7 +332,7 @@ func FuzzETagMatches(f *testing.F) {
 // TestSDCache_EvictsBeyondBounds: distinct filters beyond maxViews do not
 // pile up cached views, and the view being served survives eviction.
 func TestSDCache_EvictsBeyondBounds(t *testing.T) {
-	r := newTestRegistry(t, memory.New(), newFakeClock())
+	r := newTestRegistry(t, memory.New(), registrytest.NewClock())
 	mustPut(t, r, testAgent("a"))
 	c := NewCache(r, nil)
 	for i := range 3 * maxViews {

@@ -25,9 +25,12 @@ import (
 
 	"github.com/prometheus/prometheus/model/labels"
 
+	"github.com/baremetal-sd/baremetal_sd/discovery/httpsd/httpsdtest"
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/registry/registrytest"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
+	"github.com/baremetal-sd/baremetal_sd/internal/errtest"
 )
 
 // TestScrapeShardOf_Stable pins the assignment: operators rely on a target
@@ -125,14 +128,8 @@ func TestParseFilter_Shards(t *testing.T) {
 				t.Fatal(err)
 			}
 			f, err := ParseFilter(q)
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("error %v, want one containing %q", err, tc.wantErr)
-				}
+			if errtest.Want(t, err, tc.wantErr) {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			if f.Shard != tc.want {
 				t.Errorf("shard %+v, want %+v", f.Shard, tc.want)
@@ -145,7 +142,7 @@ func TestParseFilter_Shards(t *testing.T) {
 func shardAgents(t *testing.T, b Body) []string {
 	t.Helper()
 	var ids []string
-	for _, g := range decodeGroups(t, joinBody(b)) {
+	for _, g := range httpsdtest.DecodeGroups(t, joinBody(b)) {
 		ids = append(ids, g.Labels[protocol.MetaAgentID])
 	}
 	return slices.Compact(ids)
@@ -155,7 +152,7 @@ func shardAgents(t *testing.T, b Body) []string {
 // by ScrapeShardOf, come from one view, and only the shard of a changed
 // agent changes.
 func TestSDCache_Shards(t *testing.T) {
-	r := newTestRegistry(t, memory.New(), newFakeClock())
+	r := newTestRegistry(t, memory.New(), registrytest.NewClock())
 	for i := range 300 {
 		a := testAgent(fmt.Sprintf("agent-%03d", i))
 		if i%2 == 1 {
@@ -183,14 +180,14 @@ func TestSDCache_Shards(t *testing.T) {
 				f := tc.base
 				f.Shard = ScrapeShard{Index: i, Count: n}
 				b := c.Get(f)
-				groups += len(decodeGroups(t, joinBody(b)))
+				groups += len(httpsdtest.DecodeGroups(t, joinBody(b)))
 				for _, id := range shardAgents(t, b) {
 					if got := ScrapeShardOf(id, n); got != i {
 						t.Errorf("agent %s served to shard %d, belongs to %d", id, i, got)
 					}
 					union = append(union, id)
 				}
-				if gz := gunzip(t, gzipBody(b)); !bytes.Equal(gz, joinBody(b)) {
+				if gz := httpsdtest.Gunzip(t, gzipBody(b)); !bytes.Equal(gz, joinBody(b)) {
 					t.Errorf("shard %d: gzip body differs from identity body", i)
 				}
 			}
@@ -198,7 +195,7 @@ func TestSDCache_Shards(t *testing.T) {
 			if !slices.Equal(union, wantIDs) {
 				t.Errorf("shards hold %d agents, the whole list %d", len(union), len(wantIDs))
 			}
-			if want := len(decodeGroups(t, joinBody(whole))); groups != want {
+			if want := len(httpsdtest.DecodeGroups(t, joinBody(whole))); groups != want {
 				t.Errorf("shards hold %d groups, the whole list %d", groups, want)
 			}
 			if len(c.views) != 2 {
@@ -237,7 +234,7 @@ func TestSDCache_Shards(t *testing.T) {
 // TestSDCache_ETag: an ETag changes exactly when the content does, and
 // differs between filters, shards and encodings.
 func TestSDCache_ETag(t *testing.T) {
-	r := newTestRegistry(t, memory.New(), newFakeClock())
+	r := newTestRegistry(t, memory.New(), registrytest.NewClock())
 	for i := range 50 {
 		mustPut(t, r, testAgent(fmt.Sprintf("agent-%02d", i)))
 	}

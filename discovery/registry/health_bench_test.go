@@ -20,8 +20,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/baremetal-sd/baremetal_sd/bench/synthetic"
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
-
+	"github.com/baremetal-sd/baremetal_sd/discovery/registry/registrytest"
 	"github.com/baremetal-sd/baremetal_sd/internal/heap"
 )
 
@@ -34,9 +35,9 @@ func BenchmarkRegistry_ExporterHealth100k(b *testing.B) {
 	now := time.Now()
 	up := []protocol.ExporterHealth{{Name: "node", State: protocol.ExporterUp, Since: now, LastResult: now}}
 	down := []protocol.ExporterHealth{{Name: "node", State: protocol.ExporterDown, Reason: "connect: upstream unreachable: connection refused", Since: now, LastResult: now}}
-	ids := make([]string, benchAgents)
+	ids := make([]string, registrytest.BenchAgents)
 	for i := range ids {
-		ids[i] = benchAgent(i, now).ID
+		ids[i] = synthetic.ID(i)
 	}
 	for _, tc := range []struct {
 		name   string
@@ -46,21 +47,21 @@ func BenchmarkRegistry_ExporterHealth100k(b *testing.B) {
 			var perAgent float64
 			for b.Loop() {
 				b.StopTimer()
-				r := benchRegistry(b, benchAgents)
+				r := benchRegistry(b, registrytest.BenchAgents)
 				base := heap.InUse()
 				b.StartTimer()
 				for _, id := range ids {
 					r.ReportHealth(id, tc.report)
 				}
 				b.StopTimer()
-				perAgent = float64(heap.InUse()-base) / benchAgents
+				perAgent = float64(heap.InUse()-base) / registrytest.BenchAgents
 				runtime.KeepAlive(r)
 				b.StartTimer()
 			}
 			b.ReportMetric(perAgent, "health-B/agent")
 		})
 	}
-	r := benchRegistry(b, benchAgents)
+	r := benchRegistry(b, registrytest.BenchAgents)
 	for _, id := range ids {
 		r.ReportHealth(id, up)
 	}
@@ -69,7 +70,7 @@ func BenchmarkRegistry_ExporterHealth100k(b *testing.B) {
 		i := 0
 		for b.Loop() {
 			r.ReportHealth(ids[i], up)
-			if i++; i == benchAgents {
+			if i++; i == registrytest.BenchAgents {
 				i = 0
 			}
 		}

@@ -26,6 +26,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/registry/registrytest"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
 )
@@ -61,7 +62,7 @@ func healthOf(t *testing.T, r *Registry, id string) []protocol.ExporterHealth {
 }
 
 func TestRegistry_ExporterHealth(t *testing.T) {
-	clock := newFakeClock()
+	clock := registrytest.NewClock()
 	st := &updateCountingStore{Store: memory.New()}
 	r := newTestRegistry(t, st, clock)
 	a := testAgent("a")
@@ -151,7 +152,7 @@ func TestRegistry_ExporterHealth(t *testing.T) {
 // TestRegistry_ExporterHealthWritesAreBounded: a fleet-wide outage is
 // written a bounded number of records per flush, and all of it in the end.
 func TestRegistry_ExporterHealthWritesAreBounded(t *testing.T) {
-	clock := newFakeClock()
+	clock := registrytest.NewClock()
 	st := &updateCountingStore{Store: memory.New()}
 	r := newTestRegistry(t, st, clock)
 	n := maxHealthWritesPerFlush + maxHealthWritesPerFlush/2
@@ -172,7 +173,7 @@ func TestRegistry_ExporterHealthWritesAreBounded(t *testing.T) {
 }
 
 func TestExporterHealthCollector_CountsByState(t *testing.T) {
-	clock := newFakeClock()
+	clock := registrytest.NewClock()
 	r := newTestRegistry(t, memory.New(), clock)
 	ctx := context.Background()
 	withExporters := func(id string, names ...string) *store.Agent {
@@ -250,7 +251,7 @@ baremetal_sd_exporters{exporter="node",state="up"} 1
 // TestRegistry_ExporterHealthSharesAllUp: agents whose exporters are all up
 // share one list; one with an exporter down has its own.
 func TestRegistry_ExporterHealthSharesAllUp(t *testing.T) {
-	r := newTestRegistry(t, memory.New(), newFakeClock())
+	r := newTestRegistry(t, memory.New(), registrytest.NewClock())
 	now := time.Now()
 	for _, id := range []string{"a", "b", "c"} {
 		mustPut(t, r, testAgent(id))

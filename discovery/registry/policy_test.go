@@ -21,6 +21,7 @@ import (
 
 	"github.com/prometheus/prometheus/model/labels"
 
+	"github.com/baremetal-sd/baremetal_sd/discovery/registry/registrytest"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
 )
@@ -56,7 +57,7 @@ func TestRegistry_RegisterRules(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			clock := newFakeClock()
+			clock := registrytest.NewClock()
 			r := newTestRegistry(t, memory.New(), clock)
 			now := clock.Now()
 			stored := testAgent("a")
@@ -116,7 +117,7 @@ func TestRegistry_RenewRules(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := newTestRegistry(t, memory.New(), newFakeClock())
+			r := newTestRegistry(t, memory.New(), registrytest.NewClock())
 			a := testAgent("a")
 			a.KeyFingerprint = "fp"
 			if tt.prepare != nil {
@@ -146,7 +147,7 @@ func TestRegistry_RenewRules(t *testing.T) {
 	}
 
 	t.Run("hostname changed while signing", func(t *testing.T) {
-		r := newTestRegistry(t, memory.New(), newFakeClock())
+		r := newTestRegistry(t, memory.New(), registrytest.NewClock())
 		mustPut(t, r, testAgent("a"))
 		var signedFor []string
 		err := r.Renew(context.Background(), Renewal{ID: "a", Serial: "s-a"}, func(template *store.Agent) error {
@@ -172,7 +173,7 @@ func TestRegistry_RenewRules(t *testing.T) {
 // the registry must have, and a revoked agent cannot be put in maintenance.
 func TestRegistry_OperatorChanges(t *testing.T) {
 	ctx := context.Background()
-	r := newTestRegistry(t, memory.New(), newFakeClock())
+	r := newTestRegistry(t, memory.New(), registrytest.NewClock())
 	mustPut(t, r, testAgent("a"))
 	if _, err := r.Revoke(ctx, "nobody"); !errors.Is(err, ErrUnknownAgent) {
 		t.Errorf("Revoke(unknown) = %v, want ErrUnknownAgent", err)

@@ -24,20 +24,22 @@ import (
 	"github.com/baremetal-sd/baremetal_sd/collector"
 	"github.com/baremetal-sd/baremetal_sd/discovery"
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/registry/registrytest"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/etcd"
+	"github.com/baremetal-sd/baremetal_sd/internal/etcdtest"
 )
 
 // TestRegistryHA_RestartGrace: a replica that starts while another one is
 // running gives no restart grace (agents could heartbeat through the other
 // one all along), while one that starts after every replica was down does.
 func TestRegistryHA_RestartGrace(t *testing.T) {
-	c := startEtcdCluster(t, 1)
+	c := etcdtest.Start(t, 1)
 	ctx := context.Background()
-	clock := newFakeClock()
+	clock := registrytest.NewClock()
 	open := func(prefix, replica string) *etcd.Store {
-		return openTestEtcdStore(t, c, prefix, etcd.Options{ReplicaID: replica, Now: clock.Now})
+		return registrytest.OpenEtcdStore(t, c, prefix, etcd.Options{ReplicaID: replica, Now: clock.Now})
 	}
-	prefix := newEtcdPrefix()
+	prefix := registrytest.NewEtcdPrefix()
 	a := open(prefix, "a")
 	ra := newTestRegistry(t, a, clock)
 	for _, id := range []string{"dead", "alive"} {
@@ -84,10 +86,10 @@ func TestRegistryHA_RestartGrace(t *testing.T) {
 // etcd's reachability from the flush loop alone, with no request coming in
 // and nothing to flush.
 func TestRegistryHA_StoreUpWithoutRequests(t *testing.T) {
-	c := startEtcdCluster(t, 1)
+	c := etcdtest.Start(t, 1)
 	ctx := context.Background()
 	metrics := collector.NewServer(prometheus.NewRegistry())
-	store := openTestEtcdStore(t, c, "", etcd.Options{ReplicaID: "a", RequestTimeout: time.Second})
+	store := registrytest.OpenEtcdStore(t, c, "", etcd.Options{ReplicaID: "a", RequestTimeout: time.Second})
 	r := New(Config{Store: store, TTL: time.Minute, Metrics: metrics})
 	if err := r.Load(ctx); err != nil {
 		t.Fatal(err)
@@ -104,7 +106,7 @@ func TestRegistryHA_StoreUpWithoutRequests(t *testing.T) {
 		t.Fatalf("store_up %v with etcd down, want 0", up())
 	}
 	c.StartAll()
-	deadline := time.Now().Add(etcdWait)
+	deadline := time.Now().Add(etcdtest.Wait)
 	for r.Flush(ctx); up() != 1; r.Flush(ctx) {
 		if time.Now().After(deadline) {
 			t.Fatalf("store_up %v after etcd came back", up())
@@ -117,17 +119,17 @@ func TestRegistryHA_StoreUpWithoutRequests(t *testing.T) {
 // agent reports through one replica is written to etcd and shown by the
 // other, and by a replica started later.
 func TestRegistryHA_ExporterHealthReachesOtherReplicas(t *testing.T) {
-	c := startEtcdCluster(t, 1)
+	c := etcdtest.Start(t, 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	clock := newFakeClock()
-	prefix := newEtcdPrefix()
+	clock := registrytest.NewClock()
+	prefix := registrytest.NewEtcdPrefix()
 	open := func(replica string) *Registry {
-		return newTestRegistry(t, openTestEtcdStore(t, c, prefix, etcd.Options{ReplicaID: replica, Now: clock.Now}), clock)
+		return newTestRegistry(t, registrytest.OpenEtcdStore(t, c, prefix, etcd.Options{ReplicaID: replica, Now: clock.Now}), clock)
 	}
 	ra := open("a")
 	mustPut(t, ra, testAgent("x"))
-	bStore := openTestEtcdStore(t, c, prefix, etcd.Options{ReplicaID: "b", Now: clock.Now})
+	bStore := registrytest.OpenEtcdStore(t, c, prefix, etcd.Options{ReplicaID: "b", Now: clock.Now})
 	rb := newTestRegistry(t, bStore, clock)
 	events := bStore.Watch(ctx)
 	go func() {
@@ -139,7 +141,7 @@ func TestRegistryHA_ExporterHealthReachesOtherReplicas(t *testing.T) {
 	down := []protocol.ExporterHealth{{Name: "node", State: protocol.ExporterDown, Reason: "connect: connection refused", Since: clock.Now()}}
 	ra.ReportHealth("x", down)
 	ra.Flush(ctx)
-	deadline := time.Now().Add(etcdWait)
+	deadline := time.Now().Add(etcdtest.Wait)
 	for {
 		v, ok := rb.Get("x")
 		if ok && len(v.ExporterHealth) == 1 && v.ExporterHealth[0].State == protocol.ExporterDown {

@@ -21,37 +21,16 @@ import (
 	"time"
 
 	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/registry/registrytest"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/storetest"
 )
 
-// fakeClock is a settable clock for registry tests.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
-
 // testAgent is the conformance suite's complete, valid record.
 func testAgent(id string) *store.Agent { return storetest.NewAgent(id) }
 
-func newTestRegistry(t *testing.T, st store.Store, clock *fakeClock) *Registry {
+func newTestRegistry(t *testing.T, st store.Store, clock *registrytest.Clock) *Registry {
 	t.Helper()
 	r := New(Config{
 		Store:             st,
@@ -75,7 +54,7 @@ func mustPut(t *testing.T, r *Registry, a *store.Agent) {
 }
 
 func TestRegistry_States(t *testing.T) {
-	clock := newFakeClock()
+	clock := registrytest.NewClock()
 	r := newTestRegistry(t, memory.New(), clock)
 	mustPut(t, r, testAgent("a"))
 	ctx := context.Background()
@@ -122,7 +101,7 @@ func TestRegistry_States(t *testing.T) {
 }
 
 func TestRegistry_HeartbeatChecksCertificate(t *testing.T) {
-	clock := newFakeClock()
+	clock := registrytest.NewClock()
 	r := newTestRegistry(t, memory.New(), clock)
 	a := testAgent("a")
 	a.PrevCertSerial = "old"
@@ -150,7 +129,7 @@ func TestRegistry_HeartbeatChecksCertificate(t *testing.T) {
 }
 
 func TestRegistry_RestartGrace(t *testing.T) {
-	clock := newFakeClock()
+	clock := registrytest.NewClock()
 	st := memory.New()
 	r := newTestRegistry(t, st, clock)
 	mustPut(t, r, testAgent("a"))
@@ -179,7 +158,7 @@ func TestRegistry_RestartGrace(t *testing.T) {
 }
 
 func TestRegistry_FlushBatchesHeartbeats(t *testing.T) {
-	clock := newFakeClock()
+	clock := registrytest.NewClock()
 	st := &countingStore{Store: memory.New()}
 	r := newTestRegistry(t, st, clock)
 	for _, id := range []string{"a", "b", "c"} {
@@ -214,7 +193,7 @@ func TestRegistry_FlushBatchesHeartbeats(t *testing.T) {
 }
 
 func TestRegistry_PurgeAfterRetention(t *testing.T) {
-	clock := newFakeClock()
+	clock := registrytest.NewClock()
 	st := memory.New()
 	r := newTestRegistry(t, st, clock)
 	mustPut(t, r, testAgent("a"))
@@ -236,7 +215,7 @@ func TestRegistry_PurgeAfterRetention(t *testing.T) {
 }
 
 func TestRegistry_FailedPutIsNotVisible(t *testing.T) {
-	clock := newFakeClock()
+	clock := registrytest.NewClock()
 	st := &countingStore{Store: memory.New(), failPut: true}
 	r := newTestRegistry(t, st, clock)
 	if err := r.Put(context.Background(), testAgent("a")); !errors.Is(err, store.ErrUnavailable) {
@@ -278,7 +257,7 @@ func (s *countingStore) Put(ctx context.Context, a *store.Agent) error {
 func TestRegistry_HeartbeatsRaceWithUpdates(t *testing.T) {
 	ctx := context.Background()
 	for round := range 50 {
-		clock := newFakeClock()
+		clock := registrytest.NewClock()
 		r := newTestRegistry(t, memory.New(), clock)
 		mustPut(t, r, testAgent("a"))
 		clock.Advance(2 * time.Minute)

@@ -22,11 +22,12 @@ import (
 
 	"github.com/baremetal-sd/baremetal_sd/discovery"
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
+	"github.com/baremetal-sd/baremetal_sd/discovery/registry/registrytest"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
 )
 
 func TestRegistry_SummarizeMatching(t *testing.T) {
-	clock := newFakeClock()
+	clock := registrytest.NewClock()
 	r := newTestRegistry(t, memory.New(), clock)
 	for _, a := range []struct{ id, host, role string }{
 		{"1", "DB1.example.com", "database"},
@@ -75,7 +76,7 @@ func TestRegistry_SummarizeMatching(t *testing.T) {
 // the restart grace says until when; one that heartbeated since, or whose
 // last heartbeat is recent, does not.
 func TestRegistry_GraceUntilMarksGracedAgents(t *testing.T) {
-	clock := newFakeClock()
+	clock := registrytest.NewClock()
 	st := memory.New()
 	r := newTestRegistry(t, st, clock)
 	mustPut(t, r, testAgent("old"))

@@ -19,9 +19,9 @@ import (
 	"math/rand/v2"
 	"slices"
 	"testing"
-	"time"
 
 	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/registry/registrytest"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
 )
@@ -29,7 +29,7 @@ import (
 // TestRegistry_Summarize checks the counts and that the first agents come
 // out exactly as the first of List's order, for every limit and filter.
 func TestRegistry_Summarize(t *testing.T) {
-	clock := &fakeClock{now: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
+	clock := registrytest.NewClock()
 	r := newTestRegistry(t, memory.New(), clock)
 	ids := rand.Perm(60)
 	for _, n := range ids {

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/baremetal-sd/baremetal_sd/discovery"
+	"github.com/baremetal-sd/baremetal_sd/discovery/registry/registrytest"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
 )
 
@@ -27,7 +28,7 @@ import (
 // a certificate of the agent can register again, over mTLS or by proof of
 // its key after expiry, and no longer.
 func TestRegistry_TombstonePurgedAfterRenewGrace(t *testing.T) {
-	clock := newFakeClock()
+	clock := registrytest.NewClock()
 	store := memory.New()
 	r := New(Config{Store: store, TTL: time.Minute, Retention: time.Hour, RenewGrace: 48 * time.Hour, Now: clock.Now})
 	if err := r.Load(context.Background()); err != nil {
@@ -98,7 +99,7 @@ func TestRegistry_ExpiredAgentRetiredAsTombstone(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			clock := newFakeClock()
+			clock := registrytest.NewClock()
 			store := memory.New()
 			r := New(Config{Store: store, TTL: time.Minute, Retention: time.Hour, RenewGrace: 48 * time.Hour, Now: clock.Now})
 			ctx := context.Background()

@@ -11,7 +11,11 @@
 // See the License for the specific language governing permissions and
 // limitations under the License.
 
-package api
+// Package httpsdtest reads http_sd response bodies in tests the way
+// Prometheus reads them: strict JSON target groups, gzip decompressed. The
+// tests of httpsd, of the API that serves it and the end-to-end tests share
+// it; production code does not import it.
+package httpsdtest
 
 import (
 	"bytes"
@@ -23,18 +27,20 @@ import (
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 )
 
-// targetGroup is Prometheus' http_sd group, decoded strictly: any key other
+// TargetGroup is Prometheus' http_sd group, decoded strictly: any key other
 // than targets and labels fails, as it fails Prometheus' refresh.
-type targetGroup struct {
+type TargetGroup struct {
 	Targets []string          `json:"targets"`
 	Labels  map[string]string `json:"labels"`
 }
 
-func decodeGroups(t *testing.T, data []byte) []targetGroup {
+// DecodeGroups decodes an http_sd body and fails the test unless it is a
+// JSON list (never null) of strict target groups.
+func DecodeGroups(t *testing.T, data []byte) []TargetGroup {
 	t.Helper()
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
-	var groups []targetGroup
+	var groups []TargetGroup
 	if err := dec.Decode(&groups); err != nil {
 		t.Fatalf("invalid http_sd body %q: %v", protocol.Truncate(string(data)), err)
 	}
@@ -44,7 +50,8 @@ func decodeGroups(t *testing.T, data []byte) []targetGroup {
 	return groups
 }
 
-func gunzip(t *testing.T, data []byte) []byte {
+// Gunzip decompresses a gzip body and fails the test if it is not one.
+func Gunzip(t *testing.T, data []byte) []byte {
 	t.Helper()
 	zr, err := gzip.NewReader(bytes.NewReader(data))
 	if err != nil {

@@ -11,7 +11,7 @@
 // See the License for the specific language governing permissions and
 // limitations under the License.
 
-package registry
+package registrytest
 
 import (
 	"context"
@@ -24,21 +24,16 @@ import (
 	"github.com/baremetal-sd/baremetal_sd/internal/etcdtest"
 )
 
-// etcdWait bounds every wait for the test cluster.
-const etcdWait = etcdtest.Wait
+// NewEtcdPrefix returns a key prefix no other test uses.
+func NewEtcdPrefix() string { return "/test-" + strings.ToLower(rand.Text()) + "/" }
 
-// newEtcdPrefix returns a key prefix no other test uses.
-func newEtcdPrefix() string { return "/test-" + strings.ToLower(rand.Text()) + "/" }
-
-// startEtcdCluster starts a real n-member etcd cluster for the test.
-func startEtcdCluster(t testing.TB, n int) *etcdtest.Cluster { return etcdtest.Start(t, n) }
-
-// openTestEtcdStore opens an etcd store on the cluster under prefix; an
-// empty prefix gets a fresh one.
-func openTestEtcdStore(t testing.TB, c *etcdtest.Cluster, prefix string, opts etcd.Options) *etcd.Store {
+// OpenEtcdStore opens an etcd store on the cluster under prefix, closed when
+// the test ends; an empty prefix gets a fresh one. Without a request timeout
+// in opts it waits 10 s per request.
+func OpenEtcdStore(t testing.TB, c *etcdtest.Cluster, prefix string, opts etcd.Options) *etcd.Store {
 	t.Helper()
 	if prefix == "" {
-		prefix = newEtcdPrefix()
+		prefix = NewEtcdPrefix()
 	}
 	opts.Endpoints = c.Endpoints()
 	opts.Prefix = prefix
