@@ -45,6 +45,35 @@ type source struct {
 	segBuf   []byte
 	// dropping is set while the parts of a dropped family come in.
 	dropping bool
+	// free holds buffers of batches the merge is done with, for the
+	// segmenter or framer to fill again: a response then allocates a few
+	// buffers per exporter rather than one per batch.
+	free chan []byte
+}
+
+// sourceFreeBuffers is how many spare batch buffers a source keeps: one
+// per batch its channels hold, and one for the segmenter or framer.
+const sourceFreeBuffers = 3
+
+// giveBack offers a batch's buffer for another batch.
+func (s *source) giveBack(b []byte) {
+	if b == nil {
+		return
+	}
+	select {
+	case s.free <- b[:0]:
+	default:
+	}
+}
+
+// reuse hands out a buffer that giveBack offered, or nil.
+func (s *source) reuse() []byte {
+	select {
+	case b := <-s.free:
+		return b
+	default:
+		return nil
+	}
 }
 
 type fetched struct {
@@ -94,6 +123,7 @@ func (r *Relay) serveAggregate(w http.ResponseWriter, req *http.Request) {
 		s := &source{
 			exporter: r.exporters[name], fetched: make(chan fetched, 1), decided: make(chan negotiated, 1),
 			framed: make(chan *frameBatch, 2), parts: make(chan *segmentBatch, 2),
+			free: make(chan []byte, sourceFreeBuffers),
 		}
 		sources = append(sources, s)
 		wg.Go(func() { s.run(ctx, req, accepted) })
@@ -185,6 +215,7 @@ func (s *source) run(ctx context.Context, req *http.Request, accepted acceptable
 					return fctx.Err()
 				}
 			})
+			fr.recycle = s.reuse
 			err = p.relay(up.body, up.format, up.ct, neg.format, neg.esc, fr)
 			if err == nil {
 				err = fr.close()
@@ -198,6 +229,7 @@ func (s *source) run(ctx context.Context, req *http.Request, accepted acceptable
 					return fctx.Err()
 				}
 			})
+			sg.recycle = s.reuse
 			err = p.relay(up.body, up.format, up.ct, neg.format, neg.esc, sg)
 			if err == nil {
 				err = sg.close()

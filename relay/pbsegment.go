@@ -53,10 +53,15 @@ type frameBatch struct {
 
 // framer is the writer a relay of one exporter writes its protobuf output
 // to on the aggregate endpoint: it passes on each write's complete frames
-// in one batch and holds a frame cut by the end of a write.
+// in one batch and holds a frame cut by the end of a write. As the
+// segmenter does, it hands buf itself to the batch and moves what it
+// holds to a buffer the merge gave back.
 type framer struct {
 	emit func(*frameBatch) error
-	buf  []byte
+	// recycle, when set, hands out buffers of batches the merge is done
+	// with, or nil.
+	recycle func() []byte
+	buf     []byte
 }
 
 func newFramer(emit func(*frameBatch) error) *framer { return &framer{emit: emit} }
@@ -76,8 +81,12 @@ func (fr *framer) Write(b []byte) (int, error) {
 	if len(batch.frames) == 0 {
 		return len(b), nil
 	}
-	batch.buf = append([]byte(nil), fr.buf[:off]...)
-	fr.buf = fr.buf[:copy(fr.buf, fr.buf[off:])]
+	var next []byte
+	if fr.recycle != nil {
+		next = fr.recycle()
+	}
+	batch.buf = fr.buf[:off:off]
+	fr.buf = append(next[:0], fr.buf[off:]...)
 	for i := range batch.frames {
 		f := &batch.frames[i]
 		if err := f.scan(batch.buf[f.body:f.end]); err != nil {
@@ -142,6 +151,7 @@ func (r *Relay) mergeFrames(sources []*source, w io.Writer) error {
 			if !ok {
 				return false
 			}
+			s.giveBack(s.frameBuf)
 			s.frames, s.frameBuf = b.frames, b.buf
 		}
 		return true

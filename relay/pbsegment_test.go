@@ -100,7 +100,7 @@ func aggregateFrames(t *testing.T, bodies [][]byte, in Format, ct string, esc mo
 		refs := make([]*familySource, len(bodies))
 		errs := make(chan error, len(bodies))
 		for i, body := range bodies {
-			s := &source{exporter: &exporter{cfg: ExporterConfig{Name: fmt.Sprint("e", i)}}, framed: make(chan *frameBatch, 2)}
+			s := &source{exporter: &exporter{cfg: ExporterConfig{Name: fmt.Sprint("e", i)}}, framed: make(chan *frameBatch, 2), free: make(chan []byte, sourceFreeBuffers)}
 			ref := &familySource{s: s, ch: make(chan *dto.MetricFamily, 2)}
 			sources[i], refs[i] = s, ref
 			go func() {
@@ -110,6 +110,7 @@ func aggregateFrames(t *testing.T, bodies [][]byte, in Format, ct string, esc mo
 				var err error
 				if frames {
 					fr := newFramer(func(b *frameBatch) error { s.framed <- b; return nil })
+					fr.recycle = s.reuse
 					if err = p.relay(bytes.NewReader(body), in, ct, FormatProtobuf, esc, fr); err == nil {
 						err = fr.close()
 					}

@@ -53,16 +53,24 @@ const segmentPartBytes = 64 << 10
 // none of the current family's series. It passes on each write's complete
 // families in one batch; the family at the end is held until it ends or
 // grows past segmentPartBytes.
+//
+// Each write is appended to buf whole and its lines are only looked at:
+// a batch takes buf itself, and what is held over moves to a buffer the
+// merge gave back (recycle), so that the output is copied once on its way
+// to the batch.
 type segmenter struct {
 	emit func(*segmentBatch) error
+	// recycle, when set, hands out buffers of batches the merge is done
+	// with, or nil.
+	recycle func() []byte
 	// partBytes is segmentPartBytes, smaller in tests.
 	partBytes int
 	buf       []byte    // output not passed on yet, the current family last
+	scanned   int       // buf up to here is complete lines, cut into segments
 	segs      []segment // complete segments in buf
 	cur       segment   // the current family, from cur.start in buf
 	open      bool      // there is a current family
 	samples   bool      // the current family has samples
-	partial   []byte    // a line cut by the end of a write
 }
 
 func newSegmenter(emit func(*segmentBatch) error) *segmenter {
@@ -70,44 +78,43 @@ func newSegmenter(emit func(*segmentBatch) error) *segmenter {
 }
 
 func (s *segmenter) Write(b []byte) (int, error) {
-	n := len(b)
-	if len(s.partial) > 0 {
-		nl := bytes.IndexByte(b, '\n')
+	s.buf = append(s.buf, b...)
+	s.lines()
+	return len(b), s.pass(false)
+}
+
+// lines cuts the complete lines after scanned.
+func (s *segmenter) lines() {
+	for {
+		nl := bytes.IndexByte(s.buf[s.scanned:], '\n')
 		if nl < 0 {
-			s.partial = append(s.partial, b...)
-			return n, nil
+			return
 		}
-		s.partial = append(s.partial, b[:nl+1]...)
-		s.line(s.partial)
-		s.partial = s.partial[:0]
-		b = b[nl+1:]
-	}
-	for len(b) > 0 {
-		nl := bytes.IndexByte(b, '\n')
-		if nl < 0 {
-			s.partial = append(s.partial, b...)
-			break
+		end := s.scanned + nl + 1
+		if s.line(s.buf[s.scanned:end]) {
+			s.scanned = end
+			continue
 		}
-		s.line(b[:nl+1])
-		b = b[nl+1:]
+		// The line is left out.
+		s.buf = append(s.buf[:s.scanned], s.buf[end:]...)
 	}
-	return n, s.pass(false)
 }
 
 // close passes on the rest.
 func (s *segmenter) close() error {
-	if len(s.partial) > 0 {
-		s.line(append(s.partial, '\n'))
-		s.partial = s.partial[:0]
+	if s.scanned < len(s.buf) {
+		s.buf = append(s.buf, '\n')
+		s.lines()
 	}
 	return s.pass(true)
 }
 
-// line adds one output line.
-func (s *segmenter) line(l []byte) {
+// line takes the output line l, which starts at scanned, and reports
+// whether it is kept.
+func (s *segmenter) line(l []byte) bool {
 	if rest, ok := bytes.CutPrefix(l, []byte("# ")); ok {
 		if bytes.HasPrefix(rest, []byte("EOF")) && len(bytes.TrimSpace(rest)) == 3 {
-			return // the aggregate writes its own
+			return false // the aggregate writes its own
 		}
 		kind, rest, _ := bytes.Cut(rest, []byte(" "))
 		switch string(kind) {
@@ -119,16 +126,14 @@ func (s *segmenter) line(l []byte) {
 			if string(kind) == "TYPE" {
 				s.cur.typ = string(bytes.TrimSpace(typ))
 			}
-			s.buf = append(s.buf, l...)
-			s.cur.metaEnd = len(s.buf)
-			return
+			s.cur.metaEnd = s.scanned + len(l)
+			return true
 		}
 		// Another comment belongs to the family at hand.
 		if !s.open {
 			s.startFamily("", false)
 		}
-		s.buf = append(s.buf, l...)
-		return
+		return true
 	} else if !s.continues(l) {
 		if name := sampleName(l); name != nil && (!s.open || !member(s.cur.name, name)) {
 			s.startFamily(string(name), false)
@@ -138,7 +143,7 @@ func (s *segmenter) line(l []byte) {
 		s.startFamily("", false)
 	}
 	s.samples = true
-	s.buf = append(s.buf, l...)
+	return true
 }
 
 // continues reports cheaply whether a sample line is a series of the
@@ -154,13 +159,13 @@ func (s *segmenter) continues(l []byte) bool {
 
 func (s *segmenter) startFamily(name string, meta bool) {
 	s.closeFamily()
-	s.cur = segment{name: name, meta: meta, start: len(s.buf), metaEnd: len(s.buf)}
+	s.cur = segment{name: name, meta: meta, start: s.scanned, metaEnd: s.scanned}
 	s.open, s.samples = true, false
 }
 
 func (s *segmenter) closeFamily() {
-	if s.open && len(s.buf) > s.cur.start {
-		s.cur.end = len(s.buf)
+	if s.open && s.scanned > s.cur.start {
+		s.cur.end = s.scanned
 		s.segs = append(s.segs, s.cur)
 	}
 	s.open = false
@@ -171,20 +176,24 @@ func (s *segmenter) closeFamily() {
 func (s *segmenter) pass(final bool) error {
 	var rest segment
 	restOpen := s.open
-	if final || (s.open && s.samples && len(s.buf)-s.cur.start >= s.partBytes) {
+	if final || (s.open && s.samples && s.scanned-s.cur.start >= s.partBytes) {
 		rest = s.cur
 		s.closeFamily()
 	}
 	if len(s.segs) == 0 {
 		return nil
 	}
-	cut := len(s.buf)
+	cut := s.scanned
 	if s.open {
 		cut = s.cur.start
 	}
-	batch := &segmentBatch{buf: append([]byte(nil), s.buf[:cut]...), segs: append([]segment(nil), s.segs...)}
-	n := copy(s.buf, s.buf[cut:])
-	s.buf = s.buf[:n]
+	var next []byte
+	if s.recycle != nil {
+		next = s.recycle()
+	}
+	batch := &segmentBatch{buf: s.buf[:cut:cut], segs: append([]segment(nil), s.segs...)}
+	s.buf = append(next[:0], s.buf[cut:]...)
+	s.scanned -= cut
 	s.segs = s.segs[:0]
 	if s.open {
 		s.cur.start -= cut
@@ -222,6 +231,7 @@ func (r *Relay) mergeSegments(sources []*source, w io.Writer, om bool) error {
 			if !ok {
 				return false
 			}
+			s.giveBack(s.segBuf)
 			s.seg, s.segBuf = b.segs, b.buf
 		}
 		return true

@@ -35,7 +35,7 @@ func aggregateBoth(t *testing.T, bodies []string, out Format, partBytes int) (fa
 		refs := make([]*familySource, len(bodies))
 		errs := make(chan error, len(bodies))
 		for i, body := range bodies {
-			s := &source{exporter: &exporter{cfg: ExporterConfig{Name: fmt.Sprint("e", i)}}, parts: make(chan *segmentBatch, 2)}
+			s := &source{exporter: &exporter{cfg: ExporterConfig{Name: fmt.Sprint("e", i)}}, parts: make(chan *segmentBatch, 2), free: make(chan []byte, sourceFreeBuffers)}
 			ref := &familySource{s: s, ch: make(chan *dto.MetricFamily, 2)}
 			sources[i], refs[i] = s, ref
 			go func() {
@@ -46,6 +46,7 @@ func aggregateBoth(t *testing.T, bodies []string, out Format, partBytes int) (fa
 				if segments {
 					sg := newSegmenter(func(b *segmentBatch) error { s.parts <- b; return nil })
 					sg.partBytes = partBytes
+					sg.recycle = s.reuse
 					if err = p.relay(bytes.NewReader([]byte(body)), FormatText, "text/plain", out, model.UnderscoreEscaping, sg); err == nil {
 						err = sg.close()
 					}
