@@ -37,6 +37,11 @@ type frame struct {
 	// start and end delimit the frame in its batch's buffer, its length
 	// prefix included; body is where the message starts.
 	start, body, end int
+	// metrics delimits the metric fields in the message, which the relay
+	// writes one after the other; split says other fields come between
+	// them, so they are taken one by one.
+	metrics [2]int
+	split   bool
 }
 
 // bare is isBare for a frame: an untyped family without help or unit,
@@ -106,7 +111,11 @@ func (fr *framer) close() error {
 
 // scan reads the metadata of a MetricFamily the relay wrote.
 func (f *frame) scan(b []byte) error {
+	msg := b
+	f.metrics = [2]int{}
+	seen := false
 	for len(b) > 0 {
+		at := len(msg) - len(b)
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
 			return protowire.ParseError(n)
@@ -129,6 +138,13 @@ func (f *frame) scan(b []byte) error {
 		case num == fieldFamilyType && typ == protowire.VarintType:
 			v, _ := protowire.ConsumeVarint(field)
 			f.typ = dto.MetricType(int32(v))
+		case num == fieldFamilyMetric && typ == protowire.BytesType:
+			if !seen {
+				f.metrics[0], seen = at, true
+			} else if f.metrics[1] != at {
+				f.split = true
+			}
+			f.metrics[1] = len(msg) - len(b)
 		}
 	}
 	return nil
@@ -224,7 +240,7 @@ func appendJoined(b []byte, frames []frameRef) []byte {
 		if help == nil && r.f.help != nil {
 			help = r.f.help
 		}
-		size += metricFieldsSize(r.buf[r.f.body:r.f.end])
+		size += r.f.metricsSize(r.buf)
 	}
 	size += protowire.SizeTag(fieldFamilyName) + protowire.SizeBytes(len(first.name))
 	if help != nil {
@@ -244,13 +260,29 @@ func appendJoined(b []byte, frames []frameRef) []byte {
 	b = protowire.AppendTag(b, fieldFamilyType, protowire.VarintType)
 	b = protowire.AppendVarint(b, uint64(first.typ))
 	for _, r := range frames {
-		b = appendMetricFields(b, r.buf[r.f.body:r.f.end])
+		b = r.f.appendMetrics(b, r.buf)
 	}
 	if first.unit != nil {
 		b = protowire.AppendTag(b, fieldFamilyUnit, protowire.BytesType)
 		b = protowire.AppendBytes(b, first.unit)
 	}
 	return b
+}
+
+// metricsSize is how many bytes appendMetrics appends.
+func (f *frame) metricsSize(buf []byte) int {
+	if f.split {
+		return metricFieldsSize(buf[f.body:f.end])
+	}
+	return f.metrics[1] - f.metrics[0]
+}
+
+// appendMetrics appends the frame's metric fields, which are in buf, to b.
+func (f *frame) appendMetrics(b, buf []byte) []byte {
+	if f.split {
+		return appendMetricFields(b, buf[f.body:f.end])
+	}
+	return append(b, buf[f.body+f.metrics[0]:f.body+f.metrics[1]]...)
 }
 
 // appendMetricFields appends the metric fields of MetricFamily message
