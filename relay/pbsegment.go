@@ -90,7 +90,7 @@ func (fr *framer) Write(b []byte) (int, error) {
 	if fr.recycle != nil {
 		next = fr.recycle()
 	}
-	batch.buf = fr.buf[:off:off]
+	batch.buf = fr.buf[:off]
 	fr.buf = append(next[:0], fr.buf[off:]...)
 	for i := range batch.frames {
 		f := &batch.frames[i]

@@ -191,7 +191,7 @@ func (s *segmenter) pass(final bool) error {
 	if s.recycle != nil {
 		next = s.recycle()
 	}
-	batch := &segmentBatch{buf: s.buf[:cut:cut], segs: append([]segment(nil), s.segs...)}
+	batch := &segmentBatch{buf: s.buf[:cut], segs: append([]segment(nil), s.segs...)}
 	s.buf = append(next[:0], s.buf[cut:]...)
 	s.scanned -= cut
 	s.segs = s.segs[:0]
