@@ -38,7 +38,10 @@ func (d *discardResponse) WriteHeader(int)             {}
 // exporters with two scrapes of one exporter's own endpoint, for the
 // scrapers' formats of relaycompare, without compression: the goal is that
 // the first costs at most 1.2x the second. The upstream serves text, or
-// protobuf when asked for it first, as node_exporter does.
+// protobuf when asked for it first, as node_exporter does. The aggregate
+// endpoint over one exporter, with and without the exporter label, shows
+// what the merge costs apart from the label (compare it with one
+// exporter's scrape, half of two_exporter_scrapes).
 func BenchmarkAggregate(b *testing.B) {
 	text := syntheticText(300, 100)
 	proto := toProtoB(b, text)
@@ -52,28 +55,38 @@ func BenchmarkAggregate(b *testing.B) {
 		_, _ = w.Write(text)
 	}))
 	defer up.Close()
-	r, _ := newRelay(b, "exporters:\n  - name: a\n    url: "+up.URL+"/metrics\n  - name: b\n    url: "+up.URL+"/metrics\n")
+	two := "exporters:\n  - name: a\n    url: " + up.URL + "/metrics\n  - name: b\n    url: " + up.URL + "/metrics\n"
+	r, _ := newRelay(b, two)
+	// The aggregate of one exporter, without the exporter label and with
+	// it, tells the merge's share from the label's.
+	one, _ := newRelay(b, "exporter_label: ''\n"+two[:strings.Index(two, "  - name: b")])
+	oneLabeled, _ := newRelay(b, two[:strings.Index(two, "  - name: b")])
 	for _, a := range []struct{ name, accept string }{{"text", acceptText}, {"openmetrics", acceptOM}, {"protobuf", acceptProto}} {
-		get := func(path string) {
+		get := func(r http.Handler, path string) {
 			req := httptest.NewRequest("GET", path, nil)
 			req.Header.Set("Accept", a.accept)
 			r.ServeHTTP(&discardResponse{h: http.Header{}}, req)
 		}
-		b.Run(a.name+"/two_exporter_scrapes", func(b *testing.B) {
-			cpu := processCPU(b)
-			for b.Loop() {
-				get(ExporterPath("a"))
-				get(ExporterPath("b"))
-			}
-			reportCPU(b, cpu)
-		})
-		b.Run(a.name+"/aggregate", func(b *testing.B) {
-			cpu := processCPU(b)
-			for b.Loop() {
-				get(aggregatePath)
-			}
-			reportCPU(b, cpu)
-		})
+		for _, c := range []struct {
+			name  string
+			r     http.Handler
+			paths []string
+		}{
+			{"two_exporter_scrapes", r, []string{ExporterPath("a"), ExporterPath("b")}},
+			{"aggregate", r, []string{aggregatePath}},
+			{"aggregate_of_one_unlabeled", one, []string{aggregatePath}},
+			{"aggregate_of_one", oneLabeled, []string{aggregatePath}},
+		} {
+			b.Run(a.name+"/"+c.name, func(b *testing.B) {
+				cpu := processCPU(b)
+				for b.Loop() {
+					for _, path := range c.paths {
+						get(c.r, path)
+					}
+				}
+				reportCPU(b, cpu)
+			})
+		}
 	}
 }
 
