@@ -144,3 +144,76 @@ func TestFrame_MetricsSpanIsTheMetricFields(t *testing.T) {
 		}
 	}
 }
+
+// TestSegmenter_WritesCutAnywhere: the segmenter cuts the same families
+// out of an output whether it comes in one write or in writes cut
+// anywhere, within lines too, and keeps every byte but # EOF.
+func TestSegmenter_WritesCutAnywhere(t *testing.T) {
+	node := nodeExporterFixture(t)
+	bodies := map[string][]byte{
+		"node":      node,
+		"rich":      []byte(richText),
+		"bare":      []byte("# TYPE z gauge\nz 1\nbare 1\n# HELP b B.\n# TYPE b gauge\nb{x=\"1\"} 2\nbare{again=\"1\"} 2\n# a comment\nb 3"),
+		"eof in om": []byte("# TYPE a gauge\na 1\n# EOF\n"),
+	}
+	type cut struct {
+		seg   segment
+		bytes string
+	}
+	segments := func(out []byte, sizes func() int) ([]cut, string) {
+		var got []cut
+		var all strings.Builder
+		sg := newSegmenter(func(b *segmentBatch) error {
+			for _, sgm := range b.segs {
+				c := cut{seg: sgm, bytes: string(b.buf[sgm.start:sgm.end])}
+				c.seg.start, c.seg.metaEnd, c.seg.end = 0, sgm.metaEnd-sgm.start, 0
+				got = append(got, c)
+				all.WriteString(c.bytes)
+			}
+			return nil
+		})
+		sg.partBytes = 1 << 30
+		sg.recycle = func() []byte { return make([]byte, 0, 7) }
+		for len(out) > 0 {
+			n := min(sizes(), len(out))
+			if _, err := sg.Write(out[:n]); err != nil {
+				t.Fatal(err)
+			}
+			out = out[n:]
+		}
+		if err := sg.close(); err != nil {
+			t.Fatal(err)
+		}
+		return got, all.String()
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for name, body := range bodies {
+		t.Run(name, func(t *testing.T) {
+			whole, all := segments(body, func() int { return len(body) })
+			if len(whole) == 0 {
+				t.Fatal("no segments")
+			}
+			want := string(body)
+			if i := strings.Index(want, "# EOF\n"); i >= 0 {
+				want = want[:i] + want[i+len("# EOF\n"):]
+			}
+			if !strings.HasSuffix(want, "\n") {
+				want += "\n"
+			}
+			if all != want {
+				t.Fatalf("segments hold %q, want %q", all, want)
+			}
+			for _, max := range []int{1, 2, 7, 100, 4096} {
+				got, _ := segments(body, func() int { return 1 + rng.IntN(max) })
+				if len(got) != len(whole) {
+					t.Fatalf("writes of up to %d bytes: %d segments, want %d", max, len(got), len(whole))
+				}
+				for i := range got {
+					if got[i] != whole[i] {
+						t.Fatalf("writes of up to %d bytes: segment %d is %+v, want %+v", max, i, got[i], whole[i])
+					}
+				}
+			}
+		})
+	}
+}
