@@ -164,7 +164,7 @@ func (p *pipeline) relay(body io.Reader, in Format, ct string, out Format, esc m
 		return p.direct(body, ct, out == FormatOpenMetrics, w)
 	}
 	p.familyWriter.reset(w, out, esc)
-	if in == FormatProtobuf && out == FormatProtobuf && !p.pbStream.off {
+	if in == FormatProtobuf && !p.pbStream.off {
 		p.pbStream.to = &p.familyWriter
 		defer func() { p.pbStream.to = nil }()
 	}
