@@ -54,8 +54,9 @@ import (
 
 // pbStream holds the buffers of the stream path, reused across families.
 type pbStream struct {
-	// off sends every family through protobufFamily: the tests compare
-	// the two paths.
+	// off sends every family through protobufFamily, and the metrics of
+	// text input written as protobuf through client_model messages (see
+	// assembler.wire): the tests compare the two paths.
 	off bool
 	// to is the writer of the relay's output while the stream path is on
 	// (protobuf input), nil otherwise.

@@ -28,12 +28,12 @@ import (
 // compareStream relays protobuf data to out through client_model
 // families (the stream path off) and fails unless that writes want, what
 // the stream path wrote, or fails alike (streamErr).
-func compareStream(t testing.TB, data []byte, out Format, rules []*relabel.Config, label string, esc model.EscapingScheme, lim limits, want []byte, streamErr error) {
+func compareStream(t testing.TB, data []byte, in Format, ct string, out Format, rules []*relabel.Config, label string, esc model.EscapingScheme, lim limits, want []byte, streamErr error) {
 	t.Helper()
 	p := newPipeline("fuzz", label, rules, lim)
 	p.pbStream.off = true
 	var old bytes.Buffer
-	err := p.relay(bytes.NewReader(data), FormatProtobuf, ContentTypeProtobuf, out, esc, &old)
+	err := p.relay(bytes.NewReader(data), in, ct, out, esc, &old)
 	if (err == nil) != (streamErr == nil) {
 		t.Fatalf("%v, rules %d, label %q, %v: families path error %v, stream path error %v\ninput %q", out, len(rules), label, esc, err, streamErr, clip(data))
 	}
@@ -125,7 +125,7 @@ func TestProtobufStream_SameOutputAsFamilies(t *testing.T) {
 							if r == "" && label == "" && esc == model.NoEscaping && p.pbStream.streamed < in.streamed {
 								t.Errorf("the stream path took %d families, want at least %d", p.pbStream.streamed, in.streamed)
 							}
-							compareStream(t, in.data, out, rules, label, esc, lim, got.Bytes(), nil)
+							compareStream(t, in.data, FormatProtobuf, ContentTypeProtobuf, out, rules, label, esc, lim, got.Bytes(), nil)
 						})
 					}
 				}
@@ -136,3 +136,57 @@ func TestProtobufStream_SameOutputAsFamilies(t *testing.T) {
 
 // clip shortens what a failure prints.
 func clip(b []byte) []byte { return b[:min(len(b), 400)] }
+
+// TestTextToProtobufWire_SameOutputAsFamilies: relaying text to protobuf
+// with the metrics of counters, gauges and untyped families written as
+// wire bytes writes exactly what building client_model families and
+// marshaling them writes, on the corpus, with every rule set, with and
+// without the exporter label and escaping; and the wire path takes the
+// families it is meant for.
+func TestTextToProtobufWire_SameOutputAsFamilies(t *testing.T) {
+	var large bytes.Buffer
+	large.WriteString("# HELP big_total Many.\n# TYPE big_total counter\n")
+	for i := range 20000 {
+		fmt.Fprintf(&large, "big_total{fstype=%q,path=\"/p/%d\"} %d\n", []string{"ext4", "tmpfs"}[i%2], i, i)
+	}
+	inputs := []struct {
+		name  string
+		data  []byte
+		wired int // families the wire path takes without rules or label
+	}{
+		{"node_exporter", nodeExporterFixture(t), 200},
+		{"synthetic", syntheticText(20, 50), 20},
+		{"rich", []byte(richText), 1},
+		{"relabel", []byte(relabelText), 1},
+		{"escaping", []byte(escapingText), 1},
+		{"large_family", large.Bytes(), 1},
+		{"type_changes", []byte("# TYPE a counter\na 1\n# TYPE a gauge\na 2\n# HELP a Again.\na 3\n"), 2},
+		{"timestamps_and_escapes", []byte("# HELP g A \\\\ gauge.\n# TYPE g gauge\ng{x=\"q\\\"\\\\\\n\",y=\"1\"} 1.5 1700000000123\ng{x=\"2\"} -3 5\n# TYPE c_total counter\nc_total NaN 1\nu +Inf\nu{\"a.b\"=\"1\"} -1\n{\"utf8.name\",a=\"b\"} 1\n"), 3},
+	}
+	ruleSets := map[string]string{"none": "", "one_label": oneLabel, "realistic": realisticRules, "label_rules": labelRules, "cache_rules": cacheRules}
+	for i, r := range fuzzRules {
+		ruleSets[fmt.Sprintf("fuzz_%d", i)] = r
+	}
+	lim := limits{maxLine: 4096, maxFrame: 16 << 20, maxMetric: 1 << 20}
+	const ct = "text/plain; version=0.0.4"
+	for _, in := range inputs {
+		for rname, r := range ruleSets {
+			rules := parseRules(t, r)
+			for _, label := range []string{"", "exporter"} {
+				for _, esc := range []model.EscapingScheme{model.NoEscaping, model.UnderscoreEscaping} {
+					t.Run(fmt.Sprintf("%s/%s/%q/%v", in.name, rname, label, esc), func(t *testing.T) {
+						p := newPipeline("fuzz", label, rules, lim)
+						var got bytes.Buffer
+						if err := p.relay(bytes.NewReader(in.data), FormatText, ct, FormatProtobuf, esc, &got); err != nil {
+							t.Fatal(err)
+						}
+						if r == "" && label == "" && p.assembler.wired < in.wired {
+							t.Errorf("the wire path wrote %d families, want at least %d", p.assembler.wired, in.wired)
+						}
+						compareStream(t, in.data, FormatText, ct, FormatProtobuf, rules, label, esc, lim, got.Bytes(), nil)
+					})
+				}
+			}
+		}
+	}
+}

@@ -164,9 +164,14 @@ func (p *pipeline) relay(body io.Reader, in Format, ct string, out Format, esc m
 		return p.direct(body, ct, out == FormatOpenMetrics, w)
 	}
 	p.familyWriter.reset(w, out, esc)
-	if in == FormatProtobuf && !p.pbStream.off {
+	switch {
+	case p.pbStream.off:
+	case in == FormatProtobuf:
 		p.pbStream.to = &p.familyWriter
 		defer func() { p.pbStream.to = nil }()
+	case out == FormatProtobuf:
+		p.assembler.wire = &p.familyWriter
+		defer func() { p.assembler.wire = nil }()
 	}
 	if err := p.families(body, in, ct, out, p.familyWriter.write); err != nil {
 		return err
