@@ -107,7 +107,7 @@ var defaultLimits = limits{maxLine: DefaultMaxLineBytes, maxFrame: DefaultMaxFra
 // size is about how much memory the pipeline's buffers hold.
 func (p *pipeline) size() int {
 	return cap(p.chunks.buf) + cap(p.chunks.scratch) + cap(p.frameBuf) + cap(p.omChunkBuf) + cap(p.directBuf) + cap(p.familyWriter.buf) + 64*cap(p.classicParts) +
-		cap(p.pbStream.out) + cap(p.pbStream.body)
+		cap(p.pbStream.out) + cap(p.pbStream.body) + cap(p.assembler.wireBody) + cap(p.assembler.frame)
 }
 
 func newPipeline(exporter, label string, relabels []*relabel.Config, lim limits) *pipeline {
