@@ -31,8 +31,9 @@
 //   - families.go, dto.go, encode.go: conversions, through metric
 //     families; protobuf.go reads protobuf frames, pbcheck.go validates
 //     their metrics and bounds their decoded size, pbmetric.go relabels
-//     them; pbstream.go relays most families protobuf to protobuf from
-//     their wire bytes instead, through seriescache.go.
+//     them; pbstream.go relays most families of protobuf input from
+//     their wire bytes instead, through seriescache.go, into protobuf,
+//     text or OpenMetrics.
 //   - relabel.go: the one place that applies metric_relabel_configs to a
 //     series' labels; fastpath.go applies the rule sets that need no labels
 //     to a series' text.

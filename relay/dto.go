@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/exemplar"
 	"github.com/prometheus/prometheus/model/labels"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -65,6 +66,19 @@ type assembler struct {
 	order  []*group
 	loose  familySet
 	key    []byte
+
+	// wire, when set, is the writer of protobuf output that the metrics
+	// of counter, gauge and untyped families of text input are written to
+	// as wire bytes, without client_model messages (appendWireMetric):
+	// wireBody holds the family's metrics, wireMetrics counts them, frame
+	// is scratch for its frame. The aggregate endpoint and the tests that
+	// compare both paths leave it nil.
+	wire        *familyWriter
+	wireBody    []byte
+	wireMetrics int
+	frame       []byte
+	// wired counts the frames written so, for the tests.
+	wired int
 }
 
 // group is one summary or classic histogram metric being assembled, with
@@ -97,6 +111,7 @@ func (a *assembler) reset(om, splitGauge bool, emit func(*dto.MetricFamily) erro
 
 func (a *assembler) clear() {
 	a.name, a.fname, a.help, a.unit, a.typ, a.fam = "", "", nil, nil, model.MetricTypeUnknown, nil
+	a.wireBody, a.wireMetrics = a.wireBody[:0], 0
 	clear(a.counters)
 	clear(a.groups)
 	clear(a.order)
@@ -132,7 +147,7 @@ func (a *assembler) setType(typ model.MetricType) {
 }
 
 func (a *assembler) meta(kind metaKind, name, value []byte, typ model.MetricType) error {
-	if string(name) != a.name || a.fam != nil {
+	if string(name) != a.name || a.fam != nil || a.wireMetrics > 0 {
 		if err := a.flush(); err != nil {
 			return err
 		}
@@ -174,8 +189,18 @@ func (a *assembler) flush() error {
 			}
 		}
 	}
+	if a.wireMetrics > 0 {
+		a.frame = a.appendWireFamily(a.frame[:0])
+	}
+	wired := a.wireMetrics > 0
 	loose := a.loose.list
 	a.clear()
+	if wired {
+		a.wired++
+		if err := a.wire.writeFrame(a.frame); err != nil {
+			return err
+		}
+	}
 	if fam != nil && len(fam.Metric) > 0 {
 		if err := a.emit(fam); err != nil {
 			return err
@@ -326,6 +351,12 @@ func (a *assembler) sample(lset labels.Labels, v float64, ts *int64, ex *exempla
 
 // simple adds a metric of a single-sample type.
 func (a *assembler) simple(lset labels.Labels, v float64, ts *int64, ex *exemplar.Exemplar) *dto.Metric {
+	if a.wire != nil && !a.om {
+		// Text has no exemplars, and OpenMetrics counters are found
+		// again by their _created series: those stay messages.
+		a.appendWireMetric(lset, v, ts)
+		return nil
+	}
 	m := &dto.Metric{Label: labelPairs(lset, "")}
 	if ts != nil {
 		m.TimestampMs = proto.Int64(*ts)
@@ -341,6 +372,72 @@ func (a *assembler) simple(lset labels.Labels, v float64, ts *int64, ex *exempla
 	f := a.family()
 	f.Metric = append(f.Metric, m)
 	return m
+}
+
+// appendWireMetric adds a metric of a counter, gauge or untyped family as
+// proto.Marshal writes the message simple builds, with label names escaped
+// as escapeFamily escapes them.
+func (a *assembler) appendWireMetric(lset labels.Labels, v float64, ts *int64) {
+	start := len(a.wireBody)
+	// The field's tag and a length of at most 5 bytes, set below.
+	b := append(a.wireBody, 0, 0, 0, 0, 0, 0)
+	esc := a.wire.esc
+	lset.Range(func(l labels.Label) {
+		if l.Name != model.MetricNameLabel {
+			b = appendLabelPair(b, escapeLabelName(l.Name, esc), l.Value)
+		}
+	})
+	field := protowire.Number(5)
+	switch dtoType(a.typ) {
+	case dto.MetricType_GAUGE:
+		field = 2
+	case dto.MetricType_COUNTER:
+		field = 3
+	}
+	b = protowire.AppendTag(b, field, protowire.BytesType)
+	b = protowire.AppendVarint(b, 9)
+	b = protowire.AppendTag(b, 1, protowire.Fixed64Type)
+	b = protowire.AppendFixed64(b, math.Float64bits(v))
+	if ts != nil {
+		b = protowire.AppendTag(b, 6, protowire.VarintType)
+		b = protowire.AppendVarint(b, uint64(*ts))
+	}
+	// Move the metric back to right after its tag and minimal length.
+	size := len(b) - start - 6
+	head := protowire.AppendTag(b[start:start], fieldFamilyMetric, protowire.BytesType)
+	head = protowire.AppendVarint(head, uint64(size))
+	n := copy(b[start+len(head):], b[start+6:])
+	a.wireBody = b[:start+len(head)+n]
+	a.wireMetrics++
+}
+
+// appendWireFamily appends the frame of the family held, its metrics in
+// wireBody, as familyWriter writes the MetricFamily flush would emit.
+func (a *assembler) appendWireFamily(b []byte) []byte {
+	esc := a.wire.esc
+	body := protowire.SizeTag(fieldFamilyName) + protowire.SizeBytes(len(escapeMetricName(a.fname, esc))) +
+		protowire.SizeTag(fieldFamilyType) + protowire.SizeVarint(uint64(dtoType(a.typ))) + len(a.wireBody)
+	if a.help != nil {
+		body += protowire.SizeTag(fieldFamilyHelp) + protowire.SizeBytes(len(*a.help))
+	}
+	if a.unit != nil {
+		body += protowire.SizeTag(fieldFamilyUnit) + protowire.SizeBytes(len(*a.unit))
+	}
+	b = protowire.AppendVarint(b, uint64(body))
+	b = protowire.AppendTag(b, fieldFamilyName, protowire.BytesType)
+	b = protowire.AppendString(b, escapeMetricName(a.fname, esc))
+	if a.help != nil {
+		b = protowire.AppendTag(b, fieldFamilyHelp, protowire.BytesType)
+		b = protowire.AppendString(b, *a.help)
+	}
+	b = protowire.AppendTag(b, fieldFamilyType, protowire.VarintType)
+	b = protowire.AppendVarint(b, uint64(dtoType(a.typ)))
+	b = append(b, a.wireBody...)
+	if a.unit != nil {
+		b = protowire.AppendTag(b, fieldFamilyUnit, protowire.BytesType)
+		b = protowire.AppendString(b, *a.unit)
+	}
+	return b
 }
 
 // addComplex adds a series of a summary or histogram to its metric, and
@@ -579,6 +676,15 @@ func (fw *familyWriter) write(mf *dto.MetricFamily) error {
 	if !isBare(mf) {
 		fw.last = mf.GetName()
 	}
+	if len(fw.buf) >= flushBytes {
+		return fw.flush()
+	}
+	return nil
+}
+
+// writeFrame adds a protobuf frame to the output.
+func (fw *familyWriter) writeFrame(frame []byte) error {
+	fw.buf = append(fw.buf, frame...)
 	if len(fw.buf) >= flushBytes {
 		return fw.flush()
 	}

@@ -51,39 +51,9 @@ import (
 func appendFamily(b []byte, mf *dto.MetricFamily, om, meta bool, esc model.EscapingScheme) []byte {
 	name := mf.GetName()
 	typ := mf.GetType()
-	metaName, typeName := name, ""
-	switch typ {
-	case dto.MetricType_COUNTER:
-		typeName = "counter"
-		if om {
-			if trimmed, ok := strings.CutSuffix(name, "_total"); ok {
-				metaName = trimmed
-			} else {
-				typeName = "unknown"
-			}
-		}
-	case dto.MetricType_GAUGE:
-		typeName = "gauge"
-	case dto.MetricType_SUMMARY:
-		typeName = "summary"
-	case dto.MetricType_HISTOGRAM:
-		typeName = "histogram"
-	case dto.MetricType_GAUGE_HISTOGRAM:
-		typeName = "untyped"
-		if om {
-			typeName = "gaugehistogram"
-		}
-	default:
-		typeName = typeNameUnknown(om)
-	}
+	metaName := familyMetaName(name, typ, om)
 	if meta && !isBare(mf) {
-		if mf.Help != nil {
-			b = appendHelp(b, metaName, mf.GetHelp(), om, esc)
-		}
-		b = appendMetaLine(b, "TYPE", metaName, typeName, esc)
-		if unit := mf.GetUnit(); om && unit != "" && strings.HasSuffix(metaName, "_"+unit) {
-			b = appendMetaLine(b, "UNIT", metaName, unit, esc)
-		}
+		b = appendFamilyMeta(b, name, typ, mf.Help, mf.Unit, om, esc)
 	}
 	createdName := metaName
 	for _, m := range mf.Metric {
@@ -138,6 +108,59 @@ func appendFamily(b []byte, mf *dto.MetricFamily, om, meta bool, esc model.Escap
 		}
 	}
 	return b
+}
+
+// familyMetaName is the name a family's metadata lines carry: an
+// OpenMetrics counter's without _total.
+func familyMetaName(name string, typ dto.MetricType, om bool) string {
+	if typ == dto.MetricType_COUNTER && om {
+		if trimmed, ok := strings.CutSuffix(name, "_total"); ok {
+			return trimmed
+		}
+	}
+	return name
+}
+
+// appendFamilyMeta writes the HELP, TYPE and UNIT lines of a family of
+// name name and type typ.
+func appendFamilyMeta(b []byte, name string, typ dto.MetricType, help, unit *string, om bool, esc model.EscapingScheme) []byte {
+	metaName := familyMetaName(name, typ, om)
+	typeName := ""
+	switch typ {
+	case dto.MetricType_COUNTER:
+		typeName = "counter"
+		if om && metaName == name {
+			typeName = "unknown"
+		}
+	case dto.MetricType_GAUGE:
+		typeName = "gauge"
+	case dto.MetricType_SUMMARY:
+		typeName = "summary"
+	case dto.MetricType_HISTOGRAM:
+		typeName = "histogram"
+	case dto.MetricType_GAUGE_HISTOGRAM:
+		typeName = "untyped"
+		if om {
+			typeName = "gaugehistogram"
+		}
+	default:
+		typeName = typeNameUnknown(om)
+	}
+	if help != nil {
+		b = appendHelp(b, metaName, *help, om, esc)
+	}
+	b = appendMetaLine(b, "TYPE", metaName, typeName, esc)
+	if u := ptrValue(unit); om && u != "" && strings.HasSuffix(metaName, "_"+u) {
+		b = appendMetaLine(b, "UNIT", metaName, u, esc)
+	}
+	return b
+}
+
+func ptrValue(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
 }
 
 func typeNameUnknown(om bool) string {
@@ -248,7 +271,7 @@ func appendSeriesName(b []byte, name, suffix string, esc model.EscapingScheme) (
 }
 
 // appendLabel writes name="value" after a { or a comma.
-func appendLabel(b []byte, open bool, name, value string, esc model.EscapingScheme) ([]byte, bool) {
+func appendLabel[S string | []byte](b []byte, open bool, name, value S, esc model.EscapingScheme) ([]byte, bool) {
 	if open {
 		b = append(b, ',')
 	} else {
@@ -259,12 +282,12 @@ func appendLabel(b []byte, open bool, name, value string, esc model.EscapingSche
 	return appendQuoted(b, value), true
 }
 
-func appendLabelName(b []byte, name string, esc model.EscapingScheme) []byte {
+func appendLabelName[S string | []byte](b []byte, name S, esc model.EscapingScheme) []byte {
 	if isLegacyName(name, false) {
 		return append(b, name...)
 	}
-	if esc != model.NoEscaping && name != "" {
-		return append(b, escapeLabelName(name, esc)...)
+	if esc != model.NoEscaping && len(name) > 0 {
+		return append(b, escapeLabelName(string(name), esc)...)
 	}
 	return appendQuoted(b, name)
 }

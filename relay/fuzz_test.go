@@ -63,8 +63,8 @@ func fuzzRelay(t *testing.T, data []byte, in Format, ct string) {
 					body := &capReader{r: bytes.NewReader(data), max: 1 << 20}
 					var buf bytes.Buffer
 					err := p.relay(body, in, ct, out, esc, &buf)
-					if in == FormatProtobuf && out == FormatProtobuf {
-						compareStream(t, data, rs, label, esc, lim, buf.Bytes(), err)
+					if in == FormatProtobuf || out == FormatProtobuf {
+						compareStream(t, data, in, ct, out, rs, label, esc, lim, buf.Bytes(), err)
 					}
 					if err != nil {
 						continue

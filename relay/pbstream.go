@@ -14,8 +14,11 @@
 package relay
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"unicode/utf8"
 
 	dto "github.com/prometheus/client_model/go"
@@ -24,16 +27,19 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// Protobuf to protobuf without client_model messages. Most families are
+// Protobuf input without client_model messages. Most families are
 // counters, gauges and untyped metrics whose metrics are a few labels, a
 // value and maybe a timestamp. Such a family is relayed from its wire
 // bytes: each metric's label fields are looked up in the series cache (or
 // relabeled on a miss, through protobufMetric, and remembered), and the
 // metric is written as the rewritten label fields followed by its value
-// and timestamp fields as they came. Decoding the metric, relabeling it and
-// marshaling it again, which every other family still does, would write the
-// same bytes: the stream path takes a family only when that holds, and
-// hands it to protobufFamily otherwise, from its first metric.
+// and timestamp fields as they came, or, for a scraper of text or
+// OpenMetrics, as a sample line of those labels, value and timestamp
+// (appendSample), after metadata lines where familyWriter would write them.
+// Decoding the metric, relabeling it and encoding it again, which every
+// other family still does, would write the same bytes: the stream path
+// takes a family only when that holds, and hands it to protobufFamily
+// otherwise, from its first metric.
 //
 // That is the case when every metric is in the form proto.Marshal writes
 // (fields in order, each once, minimal varints), has only fields the
@@ -48,11 +54,12 @@ import (
 
 // pbStream holds the buffers of the stream path, reused across families.
 type pbStream struct {
-	// off sends every family through protobufFamily: the tests compare
-	// the two paths.
+	// off sends every family through protobufFamily, and the metrics of
+	// text input written as protobuf through client_model messages (see
+	// assembler.wire): the tests compare the two paths.
 	off bool
 	// to is the writer of the relay's output while the stream path is on
-	// (protobuf to protobuf), nil otherwise.
+	// (protobuf input), nil otherwise.
 	to     *familyWriter
 	out    []byte // the frames of the family at hand
 	body   []byte // the MetricFamily message of the part at hand
@@ -70,6 +77,12 @@ type pbStream struct {
 	// direct is set while a family is written as it goes (see
 	// streamBufferBytes): it can no longer go to protobufFamily.
 	direct bool
+	// text is set when the output is text or OpenMetrics (om): the
+	// metrics are written as sample lines instead of frames. last is the
+	// family the output's last metadata lines were written for, as
+	// familyWriter.last, while a family is relayed.
+	text, om bool
+	last     string
 }
 
 // pbMetricShape is what scanMetric learns of a metric's fields.
@@ -103,6 +116,7 @@ const streamBufferBytes = 256 << 10
 // must relay it instead.
 func (p *pipeline) streamFamily(frame []byte, h *pbHeader) (bool, error) {
 	s := &p.pbStream
+	s.text, s.om, s.last = s.to.out != FormatProtobuf, s.to.out == FormatOpenMetrics, s.to.last
 	value := valueField(h.typ)
 	legacy := p.escaping != model.NoEscaping
 	if value == 0 || legacy && !isLegacyName(h.name, true) {
@@ -142,7 +156,10 @@ func (p *pipeline) streamFamily(frame []byte, h *pbHeader) (bool, error) {
 			p.samples = samples
 			return false, nil
 		}
-		if keep {
+		if keep && s.text {
+			s.body = s.appendSample(s.body, h.name, mb[shape.labelsEnd:], p.escaping)
+			metrics++
+		} else if keep {
 			rest := mb[shape.labelsEnd:]
 			s.body = protowire.AppendTag(s.body, fieldFamilyMetric, protowire.BytesType)
 			s.body = protowire.AppendVarint(s.body, uint64(len(s.labelBytes)+len(s.labelText)+len(rest)))
@@ -164,6 +181,7 @@ func (p *pipeline) streamFamily(frame []byte, h *pbHeader) (bool, error) {
 	}
 	s.streamed++
 	if !s.direct {
+		s.to.last = s.last
 		return true, s.write(s.out)
 	}
 	return true, nil
@@ -194,10 +212,11 @@ func (s *pbStream) streamable(frame []byte, value protowire.Number, legacy bool,
 // protobufFamily writes them after the part.
 func (p *pipeline) endStreamPart(h *pbHeader, metrics int) error {
 	s := &p.pbStream
-	s.endPart(h, metrics)
+	s.endPart(h, metrics, p.escaping)
 	if !s.direct {
 		return nil
 	}
+	s.to.last = s.last
 	if err := s.write(s.out); err != nil {
 		return err
 	}
@@ -211,6 +230,7 @@ func (p *pipeline) endStreamPart(h *pbHeader, metrics int) error {
 			return err
 		}
 	}
+	s.last = s.to.last
 	pt.moved.reset()
 	pt.loose.reset()
 	return nil
@@ -227,8 +247,12 @@ func (s *pbStream) write(b []byte) error {
 }
 
 // startPart begins a part's MetricFamily with the fields before the
-// metrics, in proto.Marshal's order.
+// metrics, in proto.Marshal's order; in the text formats, its sample lines.
 func (s *pbStream) startPart(h *pbHeader) {
+	if s.text {
+		s.body = s.body[:0]
+		return
+	}
 	b := protowire.AppendTag(s.body[:0], fieldFamilyName, protowire.BytesType)
 	b = protowire.AppendString(b, h.name)
 	if h.help != nil {
@@ -240,9 +264,22 @@ func (s *pbStream) startPart(h *pbHeader) {
 }
 
 // endPart writes the part as a frame, unless relabeling left it without
-// metrics (familyWriter writes no empty family either).
-func (s *pbStream) endPart(h *pbHeader, metrics int) {
+// metrics (familyWriter writes no empty family either). In the text
+// formats it writes the part's sample lines, after the family's metadata
+// lines when they are due, as familyWriter.write does.
+func (s *pbStream) endPart(h *pbHeader, metrics int, esc model.EscapingScheme) {
 	if metrics == 0 {
+		return
+	}
+	if s.text {
+		bare := h.typ == dto.MetricType_UNTYPED && h.help == nil && h.unit == nil
+		if !bare && h.name != s.last {
+			s.out = appendFamilyMeta(s.out, h.name, h.typ, h.help, h.unit, s.om, esc)
+		}
+		s.out = append(s.out, s.body...)
+		if !bare {
+			s.last = h.name
+		}
 		return
 	}
 	if h.unit != nil {
@@ -251,6 +288,60 @@ func (s *pbStream) endPart(h *pbHeader, metrics int) {
 	}
 	s.out = protowire.AppendVarint(s.out, uint64(len(s.body)))
 	s.out = append(s.out, s.body...)
+}
+
+// appendSample writes the sample line of a metric of family name as
+// appendFamily does: the metric's label fields, from s.labelBytes and
+// s.labelText, and rest, its value field and perhaps its timestamp, which
+// scanMetric checked.
+func (s *pbStream) appendSample(b []byte, name string, rest []byte, esc model.EscapingScheme) []byte {
+	b, open := appendSeriesName(b, name, "", esc)
+	b, open = appendLabelFields(b, open, s.labelBytes, esc)
+	b, open = appendLabelFields(b, open, s.labelText, esc)
+	if open {
+		b = append(b, '}')
+	}
+	// The value field: tag, length 9, tag of the double, the double.
+	v := math.Float64frombits(binary.LittleEndian.Uint64(rest[3:11]))
+	var ts *int64
+	if len(rest) > 11 {
+		t, _ := protowire.ConsumeVarint(rest[12:])
+		ms := int64(t)
+		ts = &ms
+	}
+	b = appendValueTimestamp(b, v, ts, s.om)
+	return append(b, '\n')
+}
+
+// appendLabelFields writes the label pairs of a metric's label fields,
+// which scanMetric checked or the relay wrote, as appendLabel does.
+func appendLabelFields[S string | []byte](b []byte, open bool, fields S, esc model.EscapingScheme) ([]byte, bool) {
+	for len(fields) > 0 {
+		// The field's tag and length; in the pair, the name's tag,
+		// length and bytes, then the value's.
+		size, n := uvarintPrefix(fields[1:])
+		pair := fields[1+n : 1+n+size]
+		fields = fields[1+n+size:]
+		size, n = uvarintPrefix(pair[1:])
+		name := pair[1+n : 1+n+size]
+		pair = pair[1+n+size:]
+		size, n = uvarintPrefix(pair[1:])
+		b, open = appendLabel(b, open, name, pair[1+n:1+n+size], esc)
+	}
+	return b, open
+}
+
+// uvarintPrefix decodes the length at the start of b, which the relay
+// checked or wrote, and returns it and its size.
+func uvarintPrefix[S string | []byte](b S) (int, int) {
+	v := 0
+	for i := 0; i < len(b); i++ {
+		v |= int(b[i]&0x7f) << (7 * i)
+		if b[i] < 0x80 {
+			return v, i + 1
+		}
+	}
+	return v, len(b)
 }
 
 // scanMetric checks that metric mb is in the form the stream path takes:
@@ -316,6 +407,10 @@ func (s *pbStream) validLabel(name, value []byte, legacy bool) bool {
 		return false
 	}
 	if legacy && !isLegacyName(name, false) {
+		return false
+	}
+	// The text formats cannot carry NUL bytes (validString).
+	if s.text && (bytes.IndexByte(name, 0) >= 0 || bytes.IndexByte(value, 0) >= 0) {
 		return false
 	}
 	if len(s.names) >= 16 {

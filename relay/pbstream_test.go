@@ -25,17 +25,17 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// compareStream relays protobuf data to protobuf through client_model
+// compareStream relays protobuf data to out through client_model
 // families (the stream path off) and fails unless that writes want, what
 // the stream path wrote, or fails alike (streamErr).
-func compareStream(t testing.TB, data []byte, rules []*relabel.Config, label string, esc model.EscapingScheme, lim limits, want []byte, streamErr error) {
+func compareStream(t testing.TB, data []byte, in Format, ct string, out Format, rules []*relabel.Config, label string, esc model.EscapingScheme, lim limits, want []byte, streamErr error) {
 	t.Helper()
 	p := newPipeline("fuzz", label, rules, lim)
 	p.pbStream.off = true
 	var old bytes.Buffer
-	err := p.relay(bytes.NewReader(data), FormatProtobuf, ContentTypeProtobuf, FormatProtobuf, esc, &old)
+	err := p.relay(bytes.NewReader(data), in, ct, out, esc, &old)
 	if (err == nil) != (streamErr == nil) {
-		t.Fatalf("rules %d, label %q, %v: families path error %v, stream path error %v\ninput %q", len(rules), label, esc, err, streamErr, clip(data))
+		t.Fatalf("%v, rules %d, label %q, %v: families path error %v, stream path error %v\ninput %q", out, len(rules), label, esc, err, streamErr, clip(data))
 	}
 	if got := old.Bytes(); err == nil && !bytes.Equal(got, want) {
 		i := 0
@@ -43,8 +43,8 @@ func compareStream(t testing.TB, data []byte, rules []*relabel.Config, label str
 			i++
 		}
 		from := max(0, i-64)
-		t.Fatalf("rules %d, label %q, %v: stream path output differs at byte %d of %d (families %d)\ninput %q\nfamilies ...%q\nstream   ...%q",
-			len(rules), label, esc, i, len(want), len(got), clip(data), clip(got[from:]), clip(want[from:]))
+		t.Fatalf("%v, rules %d, label %q, %v: stream path output differs at byte %d of %d (families %d)\ninput %q\nfamilies ...%q\nstream   ...%q",
+			out, len(rules), label, esc, i, len(want), len(got), clip(data), clip(got[from:]), clip(want[from:]))
 	}
 }
 
@@ -72,11 +72,11 @@ func largeFamily(n int) *dto.MetricFamily {
 	return mf
 }
 
-// TestProtobufStream_SameOutputAsFamilies: relaying protobuf to protobuf
-// from the wire bytes writes exactly what decoding every family into
-// client_model, relabeling and marshaling it writes, on the corpus, with
-// every rule set, with and without the exporter label and escaping; and
-// the stream path takes the families it is meant for.
+// TestProtobufStream_SameOutputAsFamilies: relaying protobuf to protobuf,
+// text and OpenMetrics from the wire bytes writes exactly what decoding
+// every family into client_model, relabeling and encoding it writes, on
+// the corpus, with every rule set, with and without the exporter label and
+// escaping; and the stream path takes the families it is meant for.
 func TestProtobufStream_SameOutputAsFamilies(t *testing.T) {
 	var large bytes.Buffer
 	if _, err := protodelim.MarshalTo(&large, largeFamily(20000)); err != nil {
@@ -91,6 +91,8 @@ func TestProtobufStream_SameOutputAsFamilies(t *testing.T) {
 		{"synthetic", toProtoB(t, syntheticText(20, 50)), 20},
 		{"fixture", protobufFixtureBytes(t), 2},
 		{"large_family_in_parts", large.Bytes(), 1},
+		// Timestamps, negative ones too, and values that need escapes.
+		{"timestamps_and_escapes", toProtoB(t, []byte("# HELP g A \\ gauge.\n# TYPE g gauge\ng{x=\"q\\\"\\\\\\n\",y=\"1\"} 1.5 1700000000123\ng{x=\"2\"} -3 5\n# TYPE c_total counter\nc_total NaN 1\nu +Inf\n")), 3},
 	}
 	// renameSome moves some metrics of a family into a family of another
 	// name, and gives others a label that needs escaping.
@@ -111,19 +113,21 @@ func TestProtobufStream_SameOutputAsFamilies(t *testing.T) {
 	for _, in := range inputs {
 		for rname, r := range ruleSets {
 			rules := parseRules(t, r)
-			for _, label := range []string{"", "exporter"} {
-				for _, esc := range []model.EscapingScheme{model.NoEscaping, model.UnderscoreEscaping} {
-					t.Run(fmt.Sprintf("%s/%s/%q/%v", in.name, rname, label, esc), func(t *testing.T) {
-						p := newPipeline("fuzz", label, rules, lim)
-						var got bytes.Buffer
-						if err := p.relay(bytes.NewReader(in.data), FormatProtobuf, ContentTypeProtobuf, FormatProtobuf, esc, &got); err != nil {
-							t.Fatal(err)
-						}
-						if r == "" && label == "" && esc == model.NoEscaping && p.pbStream.streamed < in.streamed {
-							t.Errorf("the stream path took %d families, want at least %d", p.pbStream.streamed, in.streamed)
-						}
-						compareStream(t, in.data, rules, label, esc, lim, got.Bytes(), nil)
-					})
+			for _, out := range []Format{FormatProtobuf, FormatText, FormatOpenMetrics} {
+				for _, label := range []string{"", "exporter"} {
+					for _, esc := range []model.EscapingScheme{model.NoEscaping, model.UnderscoreEscaping} {
+						t.Run(fmt.Sprintf("%s/%s/%v/%q/%v", in.name, rname, out, label, esc), func(t *testing.T) {
+							p := newPipeline("fuzz", label, rules, lim)
+							var got bytes.Buffer
+							if err := p.relay(bytes.NewReader(in.data), FormatProtobuf, ContentTypeProtobuf, out, esc, &got); err != nil {
+								t.Fatal(err)
+							}
+							if r == "" && label == "" && esc == model.NoEscaping && p.pbStream.streamed < in.streamed {
+								t.Errorf("the stream path took %d families, want at least %d", p.pbStream.streamed, in.streamed)
+							}
+							compareStream(t, in.data, FormatProtobuf, ContentTypeProtobuf, out, rules, label, esc, lim, got.Bytes(), nil)
+						})
+					}
 				}
 			}
 		}
@@ -132,3 +136,57 @@ func TestProtobufStream_SameOutputAsFamilies(t *testing.T) {
 
 // clip shortens what a failure prints.
 func clip(b []byte) []byte { return b[:min(len(b), 400)] }
+
+// TestTextToProtobufWire_SameOutputAsFamilies: relaying text to protobuf
+// with the metrics of counters, gauges and untyped families written as
+// wire bytes writes exactly what building client_model families and
+// marshaling them writes, on the corpus, with every rule set, with and
+// without the exporter label and escaping; and the wire path takes the
+// families it is meant for.
+func TestTextToProtobufWire_SameOutputAsFamilies(t *testing.T) {
+	var large bytes.Buffer
+	large.WriteString("# HELP big_total Many.\n# TYPE big_total counter\n")
+	for i := range 20000 {
+		fmt.Fprintf(&large, "big_total{fstype=%q,path=\"/p/%d\"} %d\n", []string{"ext4", "tmpfs"}[i%2], i, i)
+	}
+	inputs := []struct {
+		name  string
+		data  []byte
+		wired int // families the wire path takes without rules or label
+	}{
+		{"node_exporter", nodeExporterFixture(t), 200},
+		{"synthetic", syntheticText(20, 50), 20},
+		{"rich", []byte(richText), 1},
+		{"relabel", []byte(relabelText), 1},
+		{"escaping", []byte(escapingText), 1},
+		{"large_family", large.Bytes(), 1},
+		{"type_changes", []byte("# TYPE a counter\na 1\n# TYPE a gauge\na 2\n# HELP a Again.\na 3\n"), 2},
+		{"timestamps_and_escapes", []byte("# HELP g A \\\\ gauge.\n# TYPE g gauge\ng{x=\"q\\\"\\\\\\n\",y=\"1\"} 1.5 1700000000123\ng{x=\"2\"} -3 5\n# TYPE c_total counter\nc_total NaN 1\nu +Inf\nu{\"a.b\"=\"1\"} -1\n{\"utf8.name\",a=\"b\"} 1\n"), 3},
+	}
+	ruleSets := map[string]string{"none": "", "one_label": oneLabel, "realistic": realisticRules, "label_rules": labelRules, "cache_rules": cacheRules}
+	for i, r := range fuzzRules {
+		ruleSets[fmt.Sprintf("fuzz_%d", i)] = r
+	}
+	lim := limits{maxLine: 4096, maxFrame: 16 << 20, maxMetric: 1 << 20}
+	const ct = "text/plain; version=0.0.4"
+	for _, in := range inputs {
+		for rname, r := range ruleSets {
+			rules := parseRules(t, r)
+			for _, label := range []string{"", "exporter"} {
+				for _, esc := range []model.EscapingScheme{model.NoEscaping, model.UnderscoreEscaping} {
+					t.Run(fmt.Sprintf("%s/%s/%q/%v", in.name, rname, label, esc), func(t *testing.T) {
+						p := newPipeline("fuzz", label, rules, lim)
+						var got bytes.Buffer
+						if err := p.relay(bytes.NewReader(in.data), FormatText, ct, FormatProtobuf, esc, &got); err != nil {
+							t.Fatal(err)
+						}
+						if r == "" && label == "" && p.assembler.wired < in.wired {
+							t.Errorf("the wire path wrote %d families, want at least %d", p.assembler.wired, in.wired)
+						}
+						compareStream(t, in.data, FormatText, ct, FormatProtobuf, rules, label, esc, lim, got.Bytes(), nil)
+					})
+				}
+			}
+		}
+	}
+}

@@ -107,7 +107,7 @@ var defaultLimits = limits{maxLine: DefaultMaxLineBytes, maxFrame: DefaultMaxFra
 // size is about how much memory the pipeline's buffers hold.
 func (p *pipeline) size() int {
 	return cap(p.chunks.buf) + cap(p.chunks.scratch) + cap(p.frameBuf) + cap(p.omChunkBuf) + cap(p.directBuf) + cap(p.familyWriter.buf) + 64*cap(p.classicParts) +
-		cap(p.pbStream.out) + cap(p.pbStream.body)
+		cap(p.pbStream.out) + cap(p.pbStream.body) + cap(p.assembler.wireBody) + cap(p.assembler.frame)
 }
 
 func newPipeline(exporter, label string, relabels []*relabel.Config, lim limits) *pipeline {
@@ -164,9 +164,14 @@ func (p *pipeline) relay(body io.Reader, in Format, ct string, out Format, esc m
 		return p.direct(body, ct, out == FormatOpenMetrics, w)
 	}
 	p.familyWriter.reset(w, out, esc)
-	if in == FormatProtobuf && out == FormatProtobuf && !p.pbStream.off {
+	switch {
+	case p.pbStream.off:
+	case in == FormatProtobuf:
 		p.pbStream.to = &p.familyWriter
 		defer func() { p.pbStream.to = nil }()
+	case out == FormatProtobuf:
+		p.assembler.wire = &p.familyWriter
+		defer func() { p.assembler.wire = nil }()
 	}
 	if err := p.families(body, in, ct, out, p.familyWriter.write); err != nil {
 		return err

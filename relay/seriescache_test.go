@@ -46,20 +46,28 @@ func compareCached(t testing.TB, rules []*relabel.Config, in Format, ct string, 
 	lim := limits{maxLine: 4096, maxFrame: 1 << 20, maxMetric: 1 << 20}
 	cache := newSeriesCache(4 << 20)
 	cached := newPipeline("e", "", rules, lim)
+	// Protobuf input is relayed into every format, the formats taking
+	// turns with one cache, as scrapers of different formats would.
+	outs := []Format{in}
+	if in == FormatProtobuf {
+		outs = []Format{FormatProtobuf, FormatText, FormatOpenMetrics}
+	}
 	for pass := range 2 {
 		for i, data := range inputs {
-			for _, esc := range []model.EscapingScheme{model.NoEscaping, model.UnderscoreEscaping} {
-				var want, got bytes.Buffer
-				errWant := newPipeline("e", "", rules, lim).relay(bytes.NewReader(data), in, ct, in, esc, &want)
-				cached.cache = cache
-				errGot := cached.relay(bytes.NewReader(data), in, ct, in, esc, &got)
-				cached.cache = nil
-				cache.endScrape()
-				if (errWant == nil) != (errGot == nil) {
-					t.Fatalf("pass %d input %d %v: error %v uncached, %v cached\ninput %q", pass, i, esc, errWant, errGot, data)
-				}
-				if errWant == nil && !bytes.Equal(want.Bytes(), got.Bytes()) {
-					t.Fatalf("pass %d input %d %v: cached output differs\ninput %q\nuncached %q\ncached   %q", pass, i, esc, data, want.Bytes(), got.Bytes())
+			for _, out := range outs {
+				for _, esc := range []model.EscapingScheme{model.NoEscaping, model.UnderscoreEscaping} {
+					var want, got bytes.Buffer
+					errWant := newPipeline("e", "", rules, lim).relay(bytes.NewReader(data), in, ct, out, esc, &want)
+					cached.cache = cache
+					errGot := cached.relay(bytes.NewReader(data), in, ct, out, esc, &got)
+					cached.cache = nil
+					cache.endScrape()
+					if (errWant == nil) != (errGot == nil) {
+						t.Fatalf("pass %d input %d %v %v: error %v uncached, %v cached\ninput %q", pass, i, out, esc, errWant, errGot, data)
+					}
+					if errWant == nil && !bytes.Equal(want.Bytes(), got.Bytes()) {
+						t.Fatalf("pass %d input %d %v %v: cached output differs\ninput %q\nuncached %q\ncached   %q", pass, i, out, esc, data, want.Bytes(), got.Bytes())
+					}
 				}
 			}
 		}

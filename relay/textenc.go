@@ -111,7 +111,7 @@ func appendSeries(b []byte, lset labels.Labels, esc model.EscapingScheme) []byte
 
 // appendQuoted writes a double-quoted label value with the exposition
 // formats' escapes: backslash, double quote and newline.
-func appendQuoted(b []byte, s string) []byte {
+func appendQuoted[S string | []byte](b []byte, s S) []byte {
 	b = append(b, '"')
 	start := 0
 	for i := 0; i < len(s); i++ {

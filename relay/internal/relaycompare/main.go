@@ -75,6 +75,32 @@ var accepts = []struct{ name, header string }{
 	{"protobuf", "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.6,application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"},
 }
 
+// serves is what the static exporter answers in.
+type serves int
+
+const (
+	servesBoth     serves = iota // protobuf when the scraper prefers it, text otherwise
+	servesText                   // text only, as most exporters
+	servesProtobuf               // protobuf only, whatever the Accept header
+)
+
+// scrapeCase is a scraper's Accept header and what the exporter serves.
+type scrapeCase struct {
+	name, accept string
+	serves       serves
+}
+
+// conversions are the cases in which the scraper does not take what the
+// exporter answers, so that the relay converts: a scraper that takes only
+// protobuf in front of a text exporter, and Prometheus 2.42 (OpenMetrics
+// first, then text) or a text-only scraper in front of a protobuf-only
+// exporter. Each is compared with the same payload relayed text to text.
+var conversions = []scrapeCase{
+	{"text_to_protobuf", "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited", servesText},
+	{"protobuf_to_openmetrics", accepts[0].header, servesProtobuf},
+	{"protobuf_to_text", accepts[2].header, servesProtobuf},
+}
+
 // twoRules are the relabel rules of the "2 rules" cases: a drop that needs
 // two labels of every series, and a constant label.
 const twoRules = `
@@ -183,13 +209,16 @@ func synthetic(families, series int) []byte {
 	return b.Bytes()
 }
 
-// exporter serves a payload as node_exporter does: protobuf when the
-// scraper prefers it, text otherwise, gzip when asked.
-func exporter(p *payload) http.Handler {
+// exporter serves a payload as node_exporter does, protobuf when the
+// scraper prefers it and text otherwise, or in the one format it serves;
+// gzip when asked.
+func exporter(p *payload, serves serves) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, ct := p.text, string(expfmt.NewFormat(expfmt.TypeTextPlain))
 		gzipped := strings.Contains(r.Header.Get("Accept-Encoding"), "gzip")
-		if expfmt.NegotiateAccept(r.Header, expfmt.DefaultAcceptedFormats()...).FormatType() == expfmt.TypeProtoDelim {
+		protobuf := serves == servesProtobuf ||
+			serves == servesBoth && expfmt.NegotiateAccept(r.Header, expfmt.DefaultAcceptedFormats()...).FormatType() == expfmt.TypeProtoDelim
+		if protobuf {
 			body, ct = p.protobuf, string(expfmt.NewFormat(expfmt.TypeProtoDelim))
 			if gzipped {
 				body = p.protobufGz
@@ -288,8 +317,8 @@ type comparison struct {
 // variants are the ways of scraping one payload, each behind its own
 // server; the relay variants with and without rules scrape the same
 // exporter.
-func (c *comparison) variants(p *payload, closers *[]func()) ([]variant, error) {
-	up := httptest.NewServer(exporter(p))
+func (c *comparison) variants(p *payload, serves serves, closers *[]func()) ([]variant, error) {
+	up := httptest.NewServer(exporter(p, serves))
 	target, _ := url.Parse(up.URL)
 	byteProxy := httptest.NewServer(httputil.NewSingleHostReverseProxy(target))
 	decode := httptest.NewServer(decodeProxy(up.URL))
@@ -345,8 +374,13 @@ func (c *comparison) run(payloads []*payload) error {
 		results  [][]sample // per variant, per round
 	}
 	var groups []*group
+	var cases []scrapeCase
+	for _, a := range accepts {
+		cases = append(cases, scrapeCase{a.name, a.header, servesBoth})
+	}
+	cases = append(cases, conversions...)
 	for _, p := range payloads {
-		for _, a := range accepts {
+		for _, a := range cases {
 			for _, enc := range []string{"identity", "gzip"} {
 				name := p.name + "/" + a.name + "/" + enc
 				if !c.only.MatchString(name) {
@@ -354,11 +388,11 @@ func (c *comparison) run(payloads []*payload) error {
 				}
 				// Servers of their own per case: a relay's series cache then
 				// sees one scraper, as it does in production.
-				vs, err := c.variants(p, &closers)
+				vs, err := c.variants(p, a.serves, &closers)
 				if err != nil {
 					return err
 				}
-				groups = append(groups, &group{name: name, payload: p, accept: a.header, gzip: enc == "gzip", variants: vs, results: make([][]sample, len(vs))})
+				groups = append(groups, &group{name: name, payload: p, accept: a.accept, gzip: enc == "gzip", variants: vs, results: make([][]sample, len(vs))})
 			}
 		}
 	}
@@ -417,12 +451,25 @@ func (c *comparison) run(payloads []*payload) error {
 	fmt.Println("Ratios of net CPU per scrape (relay with 2 rules unless said):")
 	fmt.Println()
 	tw = tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "case\trelay / byte proxy\tbuffer-decode / relay\t2 rules / 0 rules\taggregate / 2 x 0 rules\t")
+	fmt.Fprintln(tw, "case\trelay / byte proxy\tbuffer-decode / relay\t2 rules / 0 rules\taggregate / 2 x 0 rules\tvs text to text, 0 rules\tvs text to text, 2 rules\t")
 	for _, g := range groups {
 		s := sums[g.name]
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t\n", g.name, ratio(s.relay2, s.byteProxy), ratio(s.decode, s.relay2), ratio(s.relay2, s.relay0), ratio(s.aggregate, 2*s.relay0))
+		// A conversion is compared with its payload and encoding
+		// relayed text to text, when that case was measured too.
+		vsText0, vsText2 := "-", "-"
+		if parts := strings.Split(g.name, "/"); isConversion(parts[1]) {
+			if t, ok := sums[parts[0]+"/text/"+parts[2]]; ok {
+				vsText0, vsText2 = ratio(s.relay0, t.relay0), ratio(s.relay2, t.relay2)
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", g.name, ratio(s.relay2, s.byteProxy), ratio(s.decode, s.relay2), ratio(s.relay2, s.relay0), ratio(s.aggregate, 2*s.relay0), vsText0, vsText2)
 	}
 	return tw.Flush()
+}
+
+// isConversion reports whether a case is one of the conversions.
+func isConversion(name string) bool {
+	return slices.ContainsFunc(conversions, func(c scrapeCase) bool { return c.name == name })
 }
 
 func ratio(a, b float64) string {
