@@ -545,8 +545,9 @@ func (c *chaos) run(serverLane, agentLane []fault) {
 		}
 	}
 	// Every fault is undone: the whole fleet must be back, and the checks
-	// must pass once more.
-	waitFor(t, 2*c.heartbeatGrace+startTimeout, func() error {
+	// must pass once more. An agent that is not is a violation; the report
+	// is written either way.
+	if _, err := recoverWithin(ctx, time.Now(), 2*c.heartbeatGrace+startTimeout, func() error {
 		up, err := c.upByAgent(ctx)
 		if err != nil {
 			return err
@@ -557,7 +558,9 @@ func (c *chaos) run(serverLane, agentLane []fault) {
 			}
 		}
 		return nil
-	})
+	}); err != nil {
+		c.violate("the fleet did not come back after the faults: %v", err)
+	}
 	c.checkInvariants(ctx)
 	c.sampleResources(ctx)
 	c.collectServerTimings(ctx)
