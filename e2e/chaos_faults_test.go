@@ -15,6 +15,7 @@ package e2e
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -109,11 +110,16 @@ func (c *chaos) faultRestart(i int) func(context.Context, int) faultEvent {
 }
 
 // faultDiskFull fills the filesystem under the bolt data directory for
-// the freeze time. Meanwhile registrations must answer 503 with a reason
-// (or succeed, where bolt still has free pages), http_sd and heartbeats of
-// known agents must work; once the space is back, a registration must
-// succeed without a restart. The recovery is from freeing the space until
-// that registration.
+// the freeze time. bolt reuses the pages it has written, so a full
+// filesystem alone refuses nothing while bolt has free pages: ballast
+// registrations of the largest size the API takes (64 labels of 1 KiB,
+// which bolt stores in runs of contiguous pages) eat them until one needs
+// new space, which must be refused with 503 and a reason. Meanwhile http_sd
+// and heartbeats of known agents must work; once the space is back, a
+// registration must succeed without a restart. The recovery is from
+// freeing the space until that registration. The ballast is revoked
+// afterwards, so that it leaves http_sd; its records stay, as every
+// acknowledged registration must.
 func (c *chaos) faultDiskFull(ctx context.Context, _ int) faultEvent {
 	s := c.servers[0]
 	e := faultEvent{Target: "server a", Start: time.Now()}
@@ -125,23 +131,37 @@ func (c *chaos) faultDiskFull(ctx context.Context, _ int) faultEvent {
 		_ = os.Remove(filler)
 		return e
 	}
-	var refused, accepted, sdOK, hbOK int
-	for end := time.Now().Add(c.cfg.Freeze); time.Now().Before(end); sleepCtx(ctx, time.Second) {
+	end := time.Now().Add(c.cfg.Freeze)
+	var (
+		ballast                       []*testAgent
+		refused, accepted, sdOK, hbOK int
+		refusedAt                     time.Duration
+	)
+	for refused == 0 && len(ballast) < maxBallast && time.Now().Before(end) {
+		if !s.available() {
+			sleepCtx(ctx, time.Second)
+			continue
+		}
+		a, err := c.probeRegisterLabels(ctx, s, ballastLabels())
+		switch {
+		case err == nil:
+			ballast = append(ballast, a)
+		case strings.Contains(err.Error(), "status 503"):
+			refused++
+			refusedAt = time.Since(e.Start)
+		default:
+			sleepCtx(ctx, time.Second)
+		}
+	}
+	for ; time.Now().Before(end); sleepCtx(ctx, time.Second) {
 		if !s.available() {
 			continue // the other lane's fault
 		}
-		// bolt reuses the pages it already wrote: a burst of writes is
-		// what makes it need new ones, which the full disk refuses.
-		for range 50 {
-			err := c.probeRegister(ctx, s)
-			if err == nil {
-				accepted++
-				continue
-			}
-			if strings.Contains(err.Error(), "status 503") {
-				refused++
-			}
-			break
+		switch err := c.probeRegister(ctx, s); {
+		case err == nil:
+			accepted++
+		case strings.Contains(err.Error(), "status 503"):
+			refused++
 		}
 		rctx, cancel := context.WithTimeout(ctx, requestTimeout)
 		sd, err := doRequest(rctx, c.sd, http.MethodGet, s.URL+protocol.PathDiscovery, "", nil)
@@ -176,21 +196,65 @@ func (c *chaos) faultDiskFull(ctx context.Context, _ int) faultEvent {
 		e.Err = err.Error()
 		c.violate("no registration succeeded after the disk had space again: %v", err)
 	}
+	unrevoked := 0
+	for _, a := range ballast {
+		c.mu.Lock()
+		done := c.revoked[a.ID]
+		c.mu.Unlock()
+		if done {
+			continue
+		}
+		if _, err := recoverWithin(ctx, time.Now(), startTimeout, func() error {
+			if !s.available() || !c.revokeAndHeartbeat(ctx, s, a) {
+				return fmt.Errorf("revocation of ballast agent %s not acknowledged", a.ID)
+			}
+			return nil
+		}); err != nil {
+			unrevoked++
+		}
+	}
 	restarted := ""
 	if s.pid() != pid {
 		restarted = " (the server was restarted meanwhile by the other lane)"
 	}
-	e.Note = fmt.Sprintf("filled %d MiB; registrations while full: %d refused 503, %d accepted; http_sd ok %d, heartbeats ok %d%s",
-		n>>20, refused, accepted, sdOK, hbOK, restarted)
+	reached := "first 503 after " + refusedAt.Round(100*time.Millisecond).String()
+	if refused == 0 {
+		reached = "NO 503"
+		if e.Err == "" {
+			// The fault was not injected: the disk was never full for
+			// bolt.
+			e.Err = fmt.Sprintf("disk full never reached: %d ballast registrations accepted within %s", len(ballast), c.cfg.Freeze)
+		}
+	}
+	e.Note = fmt.Sprintf("filled %d MiB; %d ballast registrations (%d KiB each) accepted, %s; then registrations %d refused 503 in all, %d accepted; http_sd ok %d, heartbeats ok %d; ballast not revoked %d%s",
+		n>>20, len(ballast), ballastBytes>>10, reached, refused, accepted, sdOK, hbOK, unrevoked, restarted)
 	return e
 }
 
-// knownProbe returns an acknowledged probe agent that was not revoked.
+// maxBallast bounds the ballast registrations of one disk-full fault.
+const maxBallast = 200
+
+// ballastBytes is about the size of one ballast registration's labels.
+const ballastBytes = protocol.MaxLabels * (16 + protocol.MaxLabelValueLen)
+
+// ballastLabels returns the largest label set a registration may carry,
+// with random values so that nothing compresses or deduplicates it.
+func ballastLabels() map[string]string {
+	labels := make(map[string]string, protocol.MaxLabels)
+	for i := range protocol.MaxLabels {
+		labels[fmt.Sprintf("ballast_%02d", i)] = strings.Repeat(rand.Text(), protocol.MaxLabelValueLen/26+1)[:protocol.MaxLabelValueLen]
+	}
+	return labels
+}
+
+// knownProbe returns an acknowledged probe agent that was not revoked and
+// is not about to be: every fifth is revoked right after its registration,
+// by another goroutine, and may be refused before it is marked revoked.
 func (c *chaos) knownProbe() *testAgent {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for i := len(c.acked) - 1; i >= 0; i-- {
-		if id := c.acked[i]; !c.revoked[id] {
+		if id := c.acked[i]; !c.revoked[id] && (i+1)%5 != 0 {
 			return c.probes[id]
 		}
 	}
@@ -356,6 +420,8 @@ func (c *chaos) agentLane(certExpiry bool) []fault {
 	}
 	faults := []fault{
 		{"agent network cut (veth down, up)", cut},
+		// Early in the lane, so that the short form has it too.
+		{"relay configuration reloads under scrape load (SIGHUP: changed label, bad file, good file)", c.faultReload},
 		{"agent to server: 300 ms delay per chunk", degrade(proxyFaults{Delay: 300 * time.Millisecond}, 1)},
 		{"exporter flapping (killed, restarted 3 times)", flap},
 		{"agent to server: 30 % of chunks reset the connection", degrade(proxyFaults{ResetProb: 0.3}, 2)},

@@ -159,6 +159,11 @@ type chaosAgent struct {
 	Addr     string
 	StateDir string
 	ID       string
+	// RelayConfig is the agent's relay configuration file, which the
+	// reload fault rewrites; NodeAddr is its node_exporter's address
+	// inside the namespace.
+	RelayConfig string
+	NodeAddr    string
 
 	args     []string
 	log      *logBuffer
@@ -244,7 +249,8 @@ func startChaosAgent(t *testing.T, idx int, n *agentNet, servers []*chaosServer,
 		t.Fatal(err)
 	}
 	relayCfg := filepath.Join(dir, "relay.yml")
-	if err := os.WriteFile(relayCfg, []byte("exporters:\n  - name: node\n    url: http://"+nodeAddr+"/metrics\n"), 0o600); err != nil {
+	a.RelayConfig, a.NodeAddr = relayCfg, nodeAddr
+	if err := a.writeRelayConfig(""); err != nil {
 		t.Fatal(err)
 	}
 	a.args = []string{"netns", "exec", n.NS, binary, "agent",
@@ -283,6 +289,16 @@ func startChaosAgent(t *testing.T, idx int, n *agentNet, servers []*chaosServer,
 	return a
 }
 
+// writeRelayConfig writes the agent's relay configuration, relaying its
+// node_exporter, with the agent label reload=gen unless gen is empty.
+func (a *chaosAgent) writeRelayConfig(gen string) error {
+	cfg := "exporters:\n  - name: node\n    url: http://" + a.NodeAddr + "/metrics\n"
+	if gen != "" {
+		cfg = "labels:\n  reload: \"" + gen + "\"\n" + cfg
+	}
+	return os.WriteFile(a.RelayConfig, []byte(cfg), 0o600)
+}
+
 // startNode starts (or restarts) the agent's node_exporter.
 func (a *chaosAgent) startNode() error {
 	p, err := spawn("node_exporter of "+a.Hostname, a.nodeLog, "ip", a.nodeArgs...)
@@ -293,6 +309,13 @@ func (a *chaosAgent) startNode() error {
 	a.node = p
 	a.mu.Unlock()
 	return nil
+}
+
+// agentProc returns the agent process.
+func (a *chaosAgent) agentProc() *process {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.proc
 }
 
 // nodeProc returns the node_exporter process.

@@ -23,6 +23,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sort"
 	"strconv"
@@ -132,6 +133,7 @@ type chaos struct {
 	// Credentials: discovery certificate (reads http_sd, scrapes agents),
 	// admin and enrollment tokens.
 	sd        *http.Client
+	scraper   *http.Client // scrapes the agents as Prometheus does
 	adminTok  string
 	enrollTok string
 	// heartbeatGrace is how long after a fault an agent may take to be
@@ -157,6 +159,14 @@ type chaos struct {
 	// one is awaited (only the checking goroutine uses it).
 	upFailedAt          map[string]time.Time
 	singleFailedScrapes int
+	// checkLatency: how long the checks' requests took, by server; slow:
+	// what the server's threads did during the slow ones.
+	checkLatency map[string][]time.Duration
+	slow         []string
+	// serverTimings: the servers' own latency histograms at the end.
+	serverTimings []string
+	// loads: the machine's 1-minute load average at each resource sample.
+	loads []float64
 }
 
 // violate records an invariant violation.
@@ -352,6 +362,8 @@ func newChaos(t *testing.T, cfg chaosConfig, lab *netLab, serverArgs []string, h
 		samples:    map[string][]resSample{},
 		regStatus:  map[string]map[int]int{},
 		upFailedAt: map[string]time.Time{},
+
+		checkLatency: map[string][]time.Duration{},
 	}
 	firstArgs := append(slices.Clone(serverArgs), names...)
 	if ha {
@@ -369,6 +381,14 @@ func newChaos(t *testing.T, cfg chaosConfig, lab *netLab, serverArgs []string, h
 	s := c.servers[0]
 	prom := issueCert(t, s.DataDir, "prometheus", "discovery")
 	c.sd = s.client(t, prom.KeyPair)
+	// Agents serve certificates of the agent CA, which Prometheus' scrape
+	// jobs trust on their own (the server CA's path length forbids
+	// verifying them through it).
+	agentCA, err := os.ReadFile(prom.AgentCAFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.scraper = newClient(t, agentCA, prom.KeyPair)
 	c.adminTok = createToken(t, s.DataDir, "--scope=admin", "--ttl=24h")
 	c.enrollTok = createToken(t, s.DataDir, "--scope=enroll", "--ttl=24h")
 
@@ -525,8 +545,9 @@ func (c *chaos) run(serverLane, agentLane []fault) {
 		}
 	}
 	// Every fault is undone: the whole fleet must be back, and the checks
-	// must pass once more.
-	waitFor(t, 2*c.heartbeatGrace+startTimeout, func() error {
+	// must pass once more. An agent that is not is a violation; the report
+	// is written either way.
+	if _, err := recoverWithin(ctx, time.Now(), 2*c.heartbeatGrace+startTimeout, func() error {
 		up, err := c.upByAgent(ctx)
 		if err != nil {
 			return err
@@ -537,9 +558,12 @@ func (c *chaos) run(serverLane, agentLane []fault) {
 			}
 		}
 		return nil
-	})
+	}); err != nil {
+		c.violate("the fleet did not come back after the faults: %v", err)
+	}
 	c.checkInvariants(ctx)
 	c.sampleResources(ctx)
+	c.collectServerTimings(ctx)
 	c.report()
 }
 
@@ -574,6 +598,13 @@ func (c *chaos) phase(_ *chaosServer) string {
 // probeRegister makes one registration through s; acknowledged ones are
 // remembered, and every fifth is revoked right away.
 func (c *chaos) probeRegister(ctx context.Context, s *chaosServer) error {
+	_, err := c.probeRegisterLabels(ctx, s, nil)
+	return err
+}
+
+// probeRegisterLabels is probeRegister with agent labels; it returns the
+// acknowledged probe agent.
+func (c *chaos) probeRegisterLabels(ctx context.Context, s *chaosServer, labels map[string]string) (*testAgent, error) {
 	phase := c.phase(s)
 	c.mu.Lock()
 	n := len(c.acked)
@@ -581,9 +612,10 @@ func (c *chaos) probeRegister(ctx context.Context, s *chaosServer) error {
 	host := fmt.Sprintf("chaos-probe-%d", n)
 	key := newKey(c.t)
 	req := registerRequest(host)
+	req.Labels = labels
 	csr, err := makeCSR(key, host)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	req.CSR = csr
 	rctx, cancel := context.WithTimeout(ctx, requestTimeout)
@@ -600,7 +632,7 @@ func (c *chaos) probeRegister(ctx context.Context, s *chaosServer) error {
 	c.regStatus[phase][status]++
 	c.mu.Unlock()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if resp.Status != http.StatusOK {
 		if resp.Status >= 500 && resp.Status != http.StatusServiceUnavailable {
@@ -609,17 +641,17 @@ func (c *chaos) probeRegister(ctx context.Context, s *chaosServer) error {
 		if resp.Status == http.StatusServiceUnavailable && !strings.Contains(string(resp.Body), `"error"`) {
 			c.violate("503 without a reason: %s", truncate(resp.Body))
 		}
-		return fmt.Errorf("registration: status %d: %s", resp.Status, truncate(resp.Body))
+		return nil, fmt.Errorf("registration: status %d: %s", resp.Status, truncate(resp.Body))
 	}
 	var cr protocol.CertificateResponse
 	if err := json.Unmarshal(resp.Body, &cr); err != nil || cr.AgentID == "" {
 		c.violate("registration acknowledged without an agent id: %s", truncate(resp.Body))
-		return fmt.Errorf("no agent id")
+		return nil, fmt.Errorf("no agent id")
 	}
 	cert, err := keyPairFromPEM(cr.Certificate, key)
 	if err != nil {
 		c.violate("registration acknowledged with a bad certificate: %v", err)
-		return err
+		return nil, err
 	}
 	a := &testAgent{ID: cr.AgentID, Key: key, Resp: cr, Cert: cert, Client: newClient(c.t, s.caPEM(c.t), cert)}
 	c.mu.Lock()
@@ -630,17 +662,18 @@ func (c *chaos) probeRegister(ctx context.Context, s *chaosServer) error {
 	if revoke {
 		c.revokeAndHeartbeat(ctx, s, a)
 	}
-	return nil
+	return a, nil
 }
 
 // revokeAndHeartbeat revokes a through s and then tries a heartbeat with
-// its certificate, which must be refused.
-func (c *chaos) revokeAndHeartbeat(ctx context.Context, s *chaosServer, a *testAgent) {
+// its certificate, which must be refused. It reports whether the
+// revocation was acknowledged.
+func (c *chaos) revokeAndHeartbeat(ctx context.Context, s *chaosServer, a *testAgent) bool {
 	rctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
 	resp, err := doRequest(rctx, s.anon, http.MethodDelete, s.URL+protocol.PathAgents+"/"+a.ID, c.adminTok, nil)
 	if err != nil || resp.Status != http.StatusOK && resp.Status != http.StatusNoContent {
-		return // not acknowledged: not revoked
+		return false // not acknowledged: not revoked
 	}
 	c.mu.Lock()
 	c.revoked[a.ID] = true
@@ -675,6 +708,7 @@ func (c *chaos) revokeAndHeartbeat(ctx context.Context, s *chaosServer, a *testA
 			sleepCtx(ctx, 100*time.Millisecond)
 		}
 	}
+	return true
 }
 
 // maxRevocationLag bounds how long another replica may accept a revoked
@@ -700,10 +734,20 @@ func (c *chaos) checkInvariants(ctx context.Context) {
 		if !s.available() {
 			continue
 		}
-		rctx, cancel := context.WithTimeout(ctx, requestTimeout)
-		list, err := doRequest(rctx, s.anon, http.MethodGet, s.URL+protocol.PathAgents, c.adminTok, nil)
-		sd, err2 := doRequest(rctx, c.sd, http.MethodGet, s.URL+protocol.PathDiscovery, "", nil)
-		cancel()
+		var (
+			list, sd  *response
+			err, err2 error
+		)
+		c.timedCheck(s, "agent list", func() {
+			rctx, cancel := context.WithTimeout(ctx, requestTimeout)
+			defer cancel()
+			list, err = doRequest(rctx, s.anon, http.MethodGet, s.URL+protocol.PathAgents, c.adminTok, nil)
+		})
+		c.timedCheck(s, "http_sd", func() {
+			rctx, cancel := context.WithTimeout(ctx, requestTimeout)
+			defer cancel()
+			sd, err2 = doRequest(rctx, c.sd, http.MethodGet, s.URL+protocol.PathDiscovery, "", nil)
+		})
 		if !s.available() {
 			continue // a fault began meanwhile
 		}
@@ -819,10 +863,38 @@ func statusOf(r *response) string {
 	return fmt.Sprintf("status %d: %s", r.Status, truncate(r.Body))
 }
 
+// collectServerTimings keeps the servers' own latency histograms.
+func (c *chaos) collectServerTimings(ctx context.Context) {
+	for _, s := range c.servers {
+		rctx, cancel := context.WithTimeout(ctx, requestTimeout)
+		resp, err := doRequest(rctx, s.anon, http.MethodGet, s.URL+"/metrics", "", nil)
+		cancel()
+		if err != nil || resp.Status != http.StatusOK {
+			continue
+		}
+		started := ""
+		if v, ok := metricValue(resp.Body, "process_start_time_seconds"); ok {
+			started = fmt.Sprintf(", started %s before the end", time.Since(time.Unix(int64(v), 0)).Round(time.Second))
+		}
+		c.mu.Lock()
+		c.serverTimings = append(c.serverTimings, "server "+s.name+started+":")
+		for _, l := range serverTimings(resp.Body) {
+			c.serverTimings = append(c.serverTimings, "  "+l)
+		}
+		c.mu.Unlock()
+	}
+}
+
 // sampleResources records RSS, open fds and goroutines of servers and
 // agents.
 func (c *chaos) sampleResources(ctx context.Context) {
 	now := time.Now()
+	var load float64
+	if _, err := fmt.Sscan(loadAvg(), &load); err == nil {
+		c.mu.Lock()
+		c.loads = append(c.loads, load)
+		c.mu.Unlock()
+	}
 	add := func(name string, pid int, url string, client *http.Client) {
 		rss, fds, err := procStats(pid)
 		if err != nil {
@@ -853,7 +925,7 @@ func (c *chaos) sampleResources(ctx context.Context) {
 		if netEx, _ := a.exempt(now, 0); netEx {
 			continue
 		}
-		add("agent "+a.Hostname, p.cmd.Process.Pid, "https://"+a.Addr+"/metrics", c.sd)
+		add("agent "+a.Hostname, p.cmd.Process.Pid, "https://"+a.Addr+"/metrics", c.scraper)
 	}
 }
 
@@ -914,6 +986,27 @@ func (c *chaos) report() {
 		lags := slices.Sorted(slices.Values(c.revocationLag))
 		fmt.Fprintf(&b, "\nrevocation through one replica until the other refuses the agent's heartbeats: %d revocations, median %s, max %s\n",
 			len(lags), lags[len(lags)/2].Round(time.Millisecond), lags[len(lags)-1].Round(time.Millisecond))
+	}
+	if len(c.loads) > 0 {
+		ls := slices.Sorted(slices.Values(c.loads))
+		fmt.Fprintf(&b, "\nmachine load average (1 min) at the %d resource samples: min %.1f, median %.1f, max %.1f (%d cores)\n",
+			len(ls), ls[0], ls[len(ls)/2], ls[len(ls)-1], runtime.NumCPU())
+	}
+	fmt.Fprintf(&b, "\ncheck requests (agent list, http_sd) to servers not under a fault:\n")
+	for _, name := range slices.Sorted(maps.Keys(c.checkLatency)) {
+		fmt.Fprintf(&b, "  server %s: %s\n", name, latencySummary(c.checkLatency[name]))
+	}
+	if len(c.serverTimings) > 0 {
+		fmt.Fprintf(&b, "\nthe servers' own timings at the end of the run (since their last start):\n")
+		for _, l := range c.serverTimings {
+			fmt.Fprintf(&b, "  %s\n", l)
+		}
+	}
+	if len(c.slow) > 0 {
+		fmt.Fprintf(&b, "\nanswers slower than %s, with what the server's threads did meanwhile:\n", slowAnswer)
+		for _, l := range c.slow {
+			fmt.Fprintf(&b, "  %s\n", l)
+		}
 	}
 	fmt.Fprintf(&b, "\nregistration replies by phase (status: count; -1 = no answer):\n")
 	for _, p := range slices.Sorted(maps.Keys(c.regStatus)) {

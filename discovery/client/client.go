@@ -47,6 +47,10 @@ const maxErrorMessage = 512
 // DefaultClientTimeout bounds one request to one server.
 const DefaultClientTimeout = 30 * time.Second
 
+// minAttemptTimeout is the least time one request to one server gets when
+// the servers' TTL bounds it (see Client.attemptTimeout).
+const minAttemptTimeout = time.Second
+
 // Config configures a Client.
 type Config struct {
 	// URLs are the base URLs of the discovery servers, for example
@@ -64,7 +68,10 @@ type Config struct {
 	// empty certificate to send none. Nil means never send a certificate.
 	GetClientCertificate func(*tls.CertificateRequestInfo) (*tls.Certificate, error)
 	// Timeout bounds one request to one server, including reading the
-	// response; DefaultClientTimeout when zero.
+	// response; DefaultClientTimeout when zero. Once a server has told the
+	// agent its TTL and heartbeat interval, a request to one server is
+	// also bounded so that trying every server fits in the time the TTL
+	// leaves after a heartbeat interval (see attemptTimeout).
 	Timeout time.Duration
 	// UserAgent is sent with every request.
 	UserAgent string
@@ -81,6 +88,9 @@ type Client struct {
 
 	mu      sync.Mutex
 	current int // index of the server that answered last
+	// ttlBound is the bound on one attempt that the servers' TTL and
+	// heartbeat interval impose; zero until a server has told them.
+	ttlBound time.Duration
 }
 
 // APIError is a reply from a server with a status other than 2xx.
@@ -231,6 +241,7 @@ func (c *Client) Register(ctx context.Context, req *protocol.RegisterRequest, to
 	if err := c.do(ctx, http.MethodPost, protocol.PathRegister, req, token, &resp); err != nil {
 		return nil, fmt.Errorf("register: %w", err)
 	}
+	c.observe(resp.TTLSeconds, resp.HeartbeatIntervalSeconds)
 	return &resp, nil
 }
 
@@ -243,6 +254,7 @@ func (c *Client) Heartbeat(ctx context.Context, req *protocol.HeartbeatRequest) 
 	if err := c.do(ctx, http.MethodPost, protocol.PathHeartbeat, req, "", &resp); err != nil {
 		return nil, fmt.Errorf("heartbeat: %w", err)
 	}
+	c.observe(resp.TTLSeconds, resp.HeartbeatIntervalSeconds)
 	return &resp, nil
 }
 
@@ -253,6 +265,7 @@ func (c *Client) Renew(ctx context.Context, req *protocol.RenewRequest) (*protoc
 	if err := c.do(ctx, http.MethodPost, protocol.PathRenew, req, "", &resp); err != nil {
 		return nil, fmt.Errorf("renew: %w", err)
 	}
+	c.observe(resp.TTLSeconds, resp.HeartbeatIntervalSeconds)
 	return &resp, nil
 }
 
@@ -303,9 +316,40 @@ func (c *Client) do(ctx context.Context, method, path string, body any, token st
 	return errors.Join(errs...)
 }
 
+// observe takes the TTL and heartbeat interval a server answered with
+// into the bound on one attempt. An agent whose heartbeat is stuck on an
+// unresponsive server (frozen, or a network that holds the bytes) must
+// still reach another one before its TTL runs out: the heartbeat goes out
+// one interval after the last one that arrived, which leaves TTL minus an
+// interval for trying every server in turn. With a fixed 30 s timeout, a
+// 40 s TTL and a 10 s interval, the failover came just as the agent
+// expired (RELIABILITY.md). Zero values (an older server) change nothing.
+func (c *Client) observe(ttlSeconds, intervalSeconds int) {
+	if ttlSeconds <= 0 || intervalSeconds <= 0 {
+		return
+	}
+	ttl := time.Duration(ttlSeconds) * time.Second
+	interval := time.Duration(intervalSeconds) * time.Second
+	bound := max((ttl-interval)/time.Duration(len(c.urls)), minAttemptTimeout)
+	c.mu.Lock()
+	c.ttlBound = bound
+	c.mu.Unlock()
+}
+
+// attemptTimeout bounds one request to one server: the configured timeout,
+// or less where the servers' TTL demands it.
+func (c *Client) attemptTimeout() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ttlBound > 0 {
+		return min(c.timeout, c.ttlBound)
+	}
+	return c.timeout
+}
+
 // once sends a request to one server.
 func (c *Client) once(ctx context.Context, base *url.URL, method, path string, payload []byte, token string, out any) error {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	ctx, cancel := context.WithTimeout(ctx, c.attemptTimeout())
 	defer cancel()
 	target := base.JoinPath(path)
 	var body io.Reader

@@ -24,6 +24,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"math/big"
 	"net"
@@ -608,4 +609,113 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // writeError answers with the discovery server's error body.
 func writeError(w http.ResponseWriter, status int, msg string) {
 	writeJSON(w, status, protocol.ErrorResponse{Error: msg})
+}
+
+// freezableHandler answers heartbeats with a short TTL until frozen; then it
+// holds every request unanswered, as a SIGSTOPped server does.
+type freezableHandler struct {
+	ttl, interval int
+	frozen        atomic.Bool
+	release       chan struct{}
+	hits          atomic.Int64
+}
+
+func (h *freezableHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h.hits.Add(1)
+	if h.frozen.Load() {
+		select {
+		case <-h.release:
+		case <-r.Context().Done():
+		}
+		return
+	}
+	writeJSON(w, http.StatusOK, protocol.HeartbeatResponse{TTLSeconds: h.ttl, HeartbeatIntervalSeconds: h.interval})
+}
+
+// TestClient_FailsOverWithinTTL: a heartbeat stuck on a frozen server must
+// reach the other one while the agent is still within its TTL, however
+// long the configured request timeout (here the 30 s default against a
+// 6 s TTL). The chaos harness saw an agent drop out of http_sd this way.
+func TestClient_FailsOverWithinTTL(t *testing.T) {
+	const ttl, interval = 6, 1
+	for _, tc := range []struct {
+		name string
+		// fresh makes the stuck heartbeat open a new connection to the
+		// frozen server instead of reusing the kept-alive one.
+		fresh bool
+	}{
+		{name: "kept-alive connection", fresh: false},
+		{name: "new connection", fresh: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ca := newClientTestCA(t)
+			frozen := &freezableHandler{ttl: ttl, interval: interval, release: make(chan struct{})}
+			good := &freezableHandler{ttl: ttl, interval: interval, release: make(chan struct{})}
+			frozenSrv := startTLS(t, ca, frozen)
+			goodSrv := startTLS(t, ca, good)
+			t.Cleanup(func() { close(frozen.release); close(good.release) })
+			c, err := NewClient(Config{URLs: []string{frozenSrv.URL, goodSrv.URL}, RootCAs: ca.pool})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(c.CloseIdleConnections)
+
+			if _, err := c.Heartbeat(t.Context(), nil); err != nil {
+				t.Fatalf("first heartbeat: %v", err)
+			}
+			if frozen.hits.Load() != 1 || good.hits.Load() != 0 {
+				t.Fatalf("hits: first server %d, second %d, want 1 and 0", frozen.hits.Load(), good.hits.Load())
+			}
+			frozen.frozen.Store(true)
+			if tc.fresh {
+				c.CloseIdleConnections()
+			}
+			// The next heartbeat goes out an interval after the last one;
+			// it must arrive before the TTL since the last one runs out.
+			ctx, cancel := context.WithTimeout(t.Context(), (ttl-interval)*time.Second)
+			defer cancel()
+			if _, err := c.Heartbeat(ctx, nil); err != nil {
+				t.Fatalf("heartbeat with the first server frozen did not reach the second within the TTL: %v", err)
+			}
+			if good.hits.Load() != 1 {
+				t.Errorf("second server hits = %d, want 1", good.hits.Load())
+			}
+			if c.URL() != goodSrv.URL {
+				t.Errorf("URL() = %s, want the server that answered, %s", c.URL(), goodSrv.URL)
+			}
+		})
+	}
+}
+
+func TestClient_AttemptTimeout(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		timeout       time.Duration
+		urls          int
+		ttl, interval int
+		want          time.Duration
+	}{
+		{name: "no TTL told yet", timeout: 30 * time.Second, urls: 2, want: 30 * time.Second},
+		{name: "older server without TTL", timeout: 30 * time.Second, urls: 2, ttl: 0, interval: 10, want: 30 * time.Second},
+		{name: "defaults: the timeout is shorter", timeout: 30 * time.Second, urls: 2, ttl: 300, interval: 75, want: 30 * time.Second},
+		{name: "short TTL, two servers", timeout: 30 * time.Second, urls: 2, ttl: 40, interval: 10, want: 15 * time.Second},
+		{name: "short TTL, one server", timeout: 30 * time.Second, urls: 1, ttl: 40, interval: 10, want: 30 * time.Second},
+		{name: "short TTL, three servers", timeout: 30 * time.Second, urls: 3, ttl: 40, interval: 10, want: 10 * time.Second},
+		{name: "TTL not above the interval", timeout: 30 * time.Second, urls: 2, ttl: 10, interval: 10, want: minAttemptTimeout},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			urls := make([]string, tc.urls)
+			for i := range urls {
+				urls[i] = fmt.Sprintf("https://sd-%d.example.com", i)
+			}
+			c, err := NewClient(Config{URLs: urls, Timeout: tc.timeout})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.observe(tc.ttl, tc.interval)
+			if got := c.attemptTimeout(); got != tc.want {
+				t.Errorf("attemptTimeout() = %s, want %s", got, tc.want)
+			}
+		})
+	}
 }
