@@ -203,7 +203,16 @@ func (r *Registry) Renew(ctx context.Context, req Renewal, sign Sign) error {
 				return nil, &recordChanged{cur: cur.Clone()}
 			}
 			next := cur.Clone()
-			next.PrevCertSerial, next.PrevCertNotAfter = cur.CertSerial, cur.CertNotAfter
+			// The certificate that asks stays valid as the previous one.
+			// When that is already the previous one, the answer to an
+			// earlier renewal was lost (a reset connection, a failover
+			// that carried the request to a second replica): the current
+			// certificate never reached the agent and is dropped. Keeping
+			// it as the previous one instead would, after a second lost
+			// answer, leave the agent holding a superseded certificate.
+			if req.Serial != cur.PrevCertSerial {
+				next.PrevCertSerial, next.PrevCertNotAfter = cur.CertSerial, cur.CertNotAfter
+			}
 			next.CertSerial, next.CertNotAfter, next.KeyFingerprint = template.CertSerial, template.CertNotAfter, template.KeyFingerprint
 			return next, nil
 		})

@@ -16,6 +16,7 @@ package registry
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -195,5 +196,57 @@ func TestRegistry_OperatorChanges(t *testing.T) {
 	var conflict *ConflictError
 	if _, err := r.SetMaintenance(ctx, "a", false); !errors.As(err, &conflict) || err.Error() != "agent is revoked" {
 		t.Errorf("SetMaintenance(revoked) = %v, want a *ConflictError", err)
+	}
+}
+
+// TestRegistry_RenewalsWithLostAnswers: an agent whose renewal answers are
+// lost asks again with the certificate it holds. However often that
+// happens, that certificate keeps speaking for the agent until it expires,
+// and the certificate of the last answer it does receive replaces it. (The
+// one-hour chaos run locked an agent out: each renewal had made the
+// certificate of the lost answer the previous one.)
+func TestRegistry_RenewalsWithLostAnswers(t *testing.T) {
+	clock := registrytest.NewClock()
+	r := newTestRegistry(t, memory.New(), clock)
+	a := testAgent("a")
+	a.CertNotAfter = clock.Now().Add(time.Hour)
+	mustPut(t, r, a)
+	held := a.CertSerial
+	renew := func(serial, issued string) error {
+		return r.Renew(context.Background(), Renewal{ID: "a", Serial: serial}, func(template *store.Agent) error {
+			template.CertSerial, template.CertNotAfter = issued, clock.Now().Add(time.Hour)
+			return nil
+		})
+	}
+	for i := range 3 {
+		if err := renew(held, fmt.Sprintf("s-lost-%d", i)); err != nil {
+			t.Fatalf("renewal %d with the held certificate: %v", i, err)
+		}
+		if err := r.Heartbeat("a", held, "", nil); err != nil {
+			t.Fatalf("after %d lost answers the held certificate is refused: %v", i+1, err)
+		}
+	}
+	// A certificate that was signed but never delivered, and is not the
+	// newest, speaks for nobody.
+	if err := r.Heartbeat("a", "s-lost-0", "", nil); !errorIs(err, ErrSuperseded) {
+		t.Errorf("heartbeat with an undelivered older certificate = %v, want ErrSuperseded", err)
+	}
+	// The answer that does arrive: its certificate works, and the held
+	// one stays valid as the previous one until it expires.
+	if err := renew(held, "s-delivered"); err != nil {
+		t.Fatal(err)
+	}
+	for _, serial := range []string{"s-delivered", held} {
+		if err := r.Heartbeat("a", serial, "", nil); err != nil {
+			t.Errorf("heartbeat with %s: %v", serial, err)
+		}
+	}
+	// Once the agent renews with the delivered certificate, the one it held
+	// before becomes the previous-but-one and is refused.
+	if err := renew("s-delivered", "s-next"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Heartbeat("a", held, "", nil); !errorIs(err, ErrSuperseded) {
+		t.Errorf("heartbeat with the certificate before the delivered one = %v, want ErrSuperseded", err)
 	}
 }
