@@ -14,7 +14,6 @@
 package relay
 
 import (
-	"bytes"
 	"errors"
 	"io"
 
@@ -72,13 +71,19 @@ func (d directHandler) wantLabels(raw []byte) bool {
 
 func (d directHandler) needsLabels(raw []byte) bool {
 	p := d.p
-	if p.escaping != model.NoEscaping && hasQuotedName(raw) {
-		return true
-	}
+	escape := p.escaping != model.NoEscaping
 	if len(p.relabels) > 0 {
+		if escape && hasQuotedName(raw) {
+			return true
+		}
 		return p.fastRules == nil || !p.fastRules.handles(raw)
 	}
-	return p.label != "" && bytes.Contains(raw, []byte(p.label))
+	if !escape && p.label == "" {
+		return false
+	}
+	// One walk over the label names for both questions.
+	quoted, named := scanNames(raw, p.label)
+	return escape && quoted || named
 }
 
 func (d directHandler) series(raw []byte, r relabeled, v float64, ts *int64, ex *exemplar.Exemplar) error {

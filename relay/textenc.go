@@ -14,6 +14,7 @@
 package relay
 
 import (
+	"bytes"
 	"math"
 	"strconv"
 
@@ -194,12 +195,23 @@ func appendRawSample(b, raw, extra []byte, v float64, ts *int64, ex *exemplar.Ex
 
 // hasQuotedName reports whether the parser's text of a series spells its
 // metric name or a label name quoted, which a scraper that takes no UTF-8
-// names must get escaped. Only the starts of names are looked at: after {
-// or a comma, past spaces; label values are skipped with their escapes.
+// names must get escaped.
 func hasQuotedName(raw []byte) bool {
-	i := 0
-	for i < len(raw) && raw[i] != '{' {
-		i++
+	quoted, _ := scanNames(raw, "")
+	return quoted
+}
+
+// scanNames walks the label names in the parser's text of a series, once
+// for both questions the fast path asks of it: whether a name is quoted
+// (see hasQuotedName), and whether a label is named label, which must then
+// be relabeled (named). A quoted name reports named for any label, since
+// its escapes would have to be undone to compare it. Only the starts of
+// names are looked at: after { or a comma, past spaces; label values are
+// skipped with their escapes.
+func scanNames(raw []byte, label string) (quoted, named bool) {
+	i := bytes.IndexByte(raw, '{')
+	if i < 0 {
+		return false, false
 	}
 	for i < len(raw) {
 		// raw[i] is { or a comma: a label name follows.
@@ -208,29 +220,48 @@ func hasQuotedName(raw []byte) bool {
 			i++
 		}
 		if i < len(raw) && raw[i] == '"' {
-			return true
+			return true, label != ""
 		}
-		// Skip the name and = to the value's opening quote, then the value.
+		start := i
+		for i < len(raw) && raw[i] != '=' && raw[i] != ' ' && raw[i] != '\t' && raw[i] != '}' {
+			i++
+		}
+		if label != "" && string(raw[start:i]) == label {
+			named = true
+		}
+		// Skip to the value's opening quote, then the value.
 		for i < len(raw) && raw[i] != '"' && raw[i] != '}' {
 			i++
 		}
 		if i >= len(raw) || raw[i] == '}' {
-			return false
-		}
-		for i++; i < len(raw) && raw[i] != '"'; i++ {
-			if raw[i] == '\\' {
-				i++
-			}
+			return false, named
 		}
 		i++
+		for {
+			k := bytes.IndexByte(raw[i:], '"')
+			if k < 0 {
+				return false, named
+			}
+			i += k
+			// The quote ends the value unless an odd number of
+			// backslashes escapes it.
+			escaped := false
+			for j := i - 1; raw[j] == '\\'; j-- {
+				escaped = !escaped
+			}
+			i++
+			if !escaped {
+				break
+			}
+		}
 		for i < len(raw) && raw[i] != ',' && raw[i] != '}' {
 			i++
 		}
 		if i >= len(raw) || raw[i] == '}' {
-			return false
+			return false, named
 		}
 	}
-	return false
+	return false, named
 }
 
 func trimSpaceRight(b []byte) []byte {
