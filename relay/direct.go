@@ -14,6 +14,7 @@
 package relay
 
 import (
+	"bytes"
 	"errors"
 	"io"
 
@@ -78,12 +79,18 @@ func (d directHandler) needsLabels(raw []byte) bool {
 		}
 		return p.fastRules == nil || !p.fastRules.handles(raw)
 	}
-	if !escape && p.label == "" {
-		return false
+	if !escape {
+		// Most series do not mention the label at all, which a search
+		// tells faster than a walk over the names.
+		if p.label == "" || !bytes.Contains(raw, []byte(p.label)) {
+			return false
+		}
+		_, named := scanNames(raw, p.label)
+		return named
 	}
 	// One walk over the label names for both questions.
 	quoted, named := scanNames(raw, p.label)
-	return escape && quoted || named
+	return quoted || named
 }
 
 func (d directHandler) series(raw []byte, r relabeled, v float64, ts *int64, ex *exemplar.Exemplar) error {
