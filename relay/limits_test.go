@@ -447,7 +447,7 @@ func TestScanNames_FindsTheLabelAmongNamesOnly(t *testing.T) {
 		{`up{a="\",exporter=\"",b="c"}`, false, false},
 		{`up{a="x\\",exporter="y"}`, false, true},
 		{`up{a="b",}`, false, false},
-		{`up{a=""exporter="y"}`, false, true}, // the parser takes labels without commas
+		{`up{a=""exporter="y"}`, false, true},       // the parser takes labels without commas
 		{"up{a=\"\"\x00exporter=\"\"}", true, true}, // unsure: the labels are built
 		{`up{"a.b"="c"}`, true, true},
 		{`{"my.metric",a="b"}`, true, true},

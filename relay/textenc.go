@@ -242,7 +242,9 @@ func scanNames(raw []byte, label string) (quoted, named bool) {
 		if i >= len(raw) || raw[i] != '=' {
 			return true, label != ""
 		}
-		for i++; i < len(raw) && (raw[i] == ' ' || raw[i] == '\t'); i++ {
+		i++
+		for i < len(raw) && (raw[i] == ' ' || raw[i] == '\t') {
+			i++
 		}
 		if i >= len(raw) || raw[i] != '"' {
 			return true, label != ""
