@@ -72,13 +72,25 @@ func (d directHandler) wantLabels(raw []byte) bool {
 
 func (d directHandler) needsLabels(raw []byte) bool {
 	p := d.p
-	if p.escaping != model.NoEscaping && hasQuotedName(raw) {
-		return true
-	}
+	escape := p.escaping != model.NoEscaping
 	if len(p.relabels) > 0 {
+		if escape && hasQuotedName(raw) {
+			return true
+		}
 		return p.fastRules == nil || !p.fastRules.handles(raw)
 	}
-	return p.label != "" && bytes.Contains(raw, []byte(p.label))
+	if !escape {
+		// Most series do not mention the label at all, which a search
+		// tells faster than a walk over the names.
+		if p.label == "" || !bytes.Contains(raw, []byte(p.label)) {
+			return false
+		}
+		_, named := scanNames(raw, p.label)
+		return named
+	}
+	// One walk over the label names for both questions.
+	quoted, named := scanNames(raw, p.label)
+	return quoted || named
 }
 
 func (d directHandler) series(raw []byte, r relabeled, v float64, ts *int64, ex *exemplar.Exemplar) error {

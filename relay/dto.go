@@ -383,7 +383,9 @@ func (a *assembler) appendWireMetric(lset labels.Labels, v float64, ts *int64) {
 	b := append(a.wireBody, 0, 0, 0, 0, 0, 0)
 	esc := a.wire.esc
 	lset.Range(func(l labels.Label) {
-		if l.Name != model.MetricNameLabel {
+		// An empty name (the text parser takes `""="v"`) is left out,
+		// as labelPairs leaves it out of the message.
+		if l.Name != model.MetricNameLabel && l.Name != "" {
 			b = appendLabelPair(b, escapeLabelName(l.Name, esc), l.Value)
 		}
 	})

@@ -21,6 +21,7 @@ import (
 	"testing"
 
 	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/model/relabel"
 	"github.com/prometheus/prometheus/model/textparse"
 	"google.golang.org/protobuf/encoding/protodelim"
@@ -130,5 +131,40 @@ func FuzzRelayProtobuf(f *testing.F) {
 	f.Add([]byte{0x05, 0x0a, 0x01, 'a', 0x18, 0x09})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fuzzRelay(t, data, FormatProtobuf, ContentTypeProtobuf)
+	})
+}
+
+// FuzzScanNames checks scanNames against Prometheus' text parser: a series
+// with a label named like the exporter label must be reported named, and
+// one reported named without a quoted name must have that label.
+func FuzzScanNames(f *testing.F) {
+	for _, s := range []string{
+		`up`, `up{exporter="a"}`, `up{a="exporter"}`, `up{a="\"",exporter="b"}`, `up{ a = "x" , exporter = "y" }`,
+		`up{exporters="a",b="exporter"}`, `{"up",exporter="a"}`, `up{"exporter"="a"}`, `up{a="x\\",exporter="y"}`,
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, series string) {
+		body := []byte(series + " 1\n")
+		p, err := textparse.New(body, "text/plain", nil, textparse.ParserOptions{})
+		if err != nil {
+			return
+		}
+		for {
+			entry, err := p.Next()
+			if err != nil {
+				return
+			}
+			if entry != textparse.EntrySeries {
+				continue
+			}
+			raw, _, _ := p.Series()
+			var lset labels.Labels
+			p.Labels(&lset)
+			quoted, named := scanNames(raw, "exporter")
+			if has := lset.Has("exporter"); has && !named || named && !quoted && !has {
+				t.Fatalf("scanNames(%q) = %v, %v; labels %v", raw, quoted, named, lset)
+			}
+		}
 	})
 }

@@ -429,3 +429,38 @@ func TestHasQuotedName(t *testing.T) {
 		}
 	}
 }
+
+func TestScanNames_FindsTheLabelAmongNamesOnly(t *testing.T) {
+	tests := []struct {
+		raw           string
+		quoted, named bool
+	}{
+		{`up`, false, false},
+		{`exporter`, false, false},
+		{`up{a="b"}`, false, false},
+		{`up{exporter="b"}`, false, true},
+		{`up{a="exporter"}`, false, false},
+		{`up{a="x",exporter="y"}`, false, true},
+		{`up{a = "x", exporter = "y"}`, false, true},
+		{`up{	exporter	="y"}`, false, true},
+		{`up{exporters="y"}`, false, false},
+		{`up{a="\",exporter=\"",b="c"}`, false, false},
+		{`up{a="x\\",exporter="y"}`, false, true},
+		{`up{a="b",}`, false, false},
+		{`up{a=""exporter="y"}`, false, true},       // the parser takes labels without commas
+		{"up{a=\"\"\x00exporter=\"\"}", true, true}, // unsure: the labels are built
+		{`up{"a.b"="c"}`, true, true},
+		{`{"my.metric",a="b"}`, true, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.raw, func(t *testing.T) {
+			quoted, named := scanNames([]byte(tt.raw), "exporter")
+			if quoted != tt.quoted || named != tt.named {
+				t.Errorf("scanNames(%s) = %v, %v, want %v, %v", tt.raw, quoted, named, tt.quoted, tt.named)
+			}
+			if q, n := scanNames([]byte(tt.raw), ""); q != tt.quoted || n {
+				t.Errorf("scanNames(%s, \"\") = %v, %v, want %v, false", tt.raw, q, n, tt.quoted)
+			}
+		})
+	}
+}

@@ -69,6 +69,9 @@ type pbStream struct {
 	labelBytes []byte
 	labelText  string
 	names      [][]byte // its label names, for the duplicate check
+	// label is the exporter label's name, "" for none: scanMetric finds
+	// where it goes among a metric's labels (pbMetricShape.labelAt).
+	label string
 	// streamed counts the families relayed from their wire bytes.
 	streamed int
 	// missPart is protobufPart set up for the family at hand, for
@@ -89,6 +92,10 @@ type pbStream struct {
 type pbMetricShape struct {
 	labelsEnd int // the label fields are the metric's first labelsEnd bytes
 	size      int // decodedSize of the metric
+	// labelAt is where addLabelPair puts the exporter label (pbStream.label)
+	// among the label fields: before the first name not less than it, -1
+	// when a label has that name already, which addLabelPair relabels.
+	labelAt int
 }
 
 // valueField is the Metric field that carries a value of a family of
@@ -123,6 +130,7 @@ func (p *pipeline) streamFamily(frame []byte, h *pbHeader) (bool, error) {
 		return false, nil
 	}
 	s.direct = len(frame) > streamBufferBytes
+	s.label = p.label
 	if s.direct && !s.streamable(frame, value, legacy, p.maxMetric) {
 		return false, nil
 	}
@@ -148,7 +156,7 @@ func (p *pipeline) streamFamily(frame []byte, h *pbHeader) (bool, error) {
 			return false, nil
 		}
 		partSize += shape.size
-		keep, ok, err := p.streamLabels(h, mb, shape.labelsEnd)
+		keep, ok, err := p.streamLabels(h, mb, shape)
 		if err != nil {
 			return false, err
 		}
@@ -351,10 +359,11 @@ func uvarintPrefix[S string | []byte](b S) (int, int) {
 // (names set, unique, UTF-8, not __name__; values UTF-8), with names in
 // the legacy form when legacy is set. It also works out decodedSize.
 func (s *pbStream) scanMetric(mb []byte, value protowire.Number, legacy bool) (pbMetricShape, bool) {
-	shape := pbMetricShape{size: sizeMessage + len(mb)}
+	shape := pbMetricShape{size: sizeMessage + len(mb), labelAt: -1}
 	s.names = s.names[:0]
-	seenValue, seenTimestamp := false, false
+	seenValue, seenTimestamp, taken := false, false, false
 	for b := mb; len(b) > 0; {
+		start := len(mb) - len(b)
 		// Every field the stream path takes has a one-byte tag.
 		num, typ := protowire.DecodeTag(uint64(b[0]))
 		if b[0] >= 0x80 {
@@ -372,6 +381,13 @@ func (s *pbStream) scanMetric(mb []byte, value protowire.Number, legacy bool) (p
 				return shape, false
 			}
 			s.names = append(s.names, name)
+			if s.label != "" && !taken {
+				if string(name) == s.label {
+					taken, shape.labelAt = true, -1
+				} else if shape.labelAt < 0 && string(name) >= s.label {
+					shape.labelAt = start
+				}
+			}
 			shape.size += sizeField + sizeMessage + len(v) + 2*sizeString + sizePacked*(len(name)+len(val))
 			b = b[n:]
 			shape.labelsEnd = len(mb) - len(b)
@@ -395,6 +411,9 @@ func (s *pbStream) scanMetric(mb []byte, value protowire.Number, legacy bool) (p
 		default:
 			return shape, false
 		}
+	}
+	if s.label != "" && !taken && shape.labelAt < 0 {
+		shape.labelAt = shape.labelsEnd
 	}
 	return shape, seenValue
 }
@@ -470,9 +489,9 @@ func appendLabelPair(b []byte, name, value string) []byte {
 // become, and reports whether the metric is kept, and
 // false for ok when protobufFamily must relay the family. It counts the
 // metric's sample when it is kept.
-func (p *pipeline) streamLabels(h *pbHeader, mb []byte, labelsEnd int) (keep, ok bool, err error) {
+func (p *pipeline) streamLabels(h *pbHeader, mb []byte, shape pbMetricShape) (keep, ok bool, err error) {
 	s := &p.pbStream
-	raw := mb[:labelsEnd]
+	raw := mb[:shape.labelsEnd]
 	s.labelBytes, s.labelText = nil, ""
 	if len(p.relabels) == 0 {
 		if p.label == "" {
@@ -480,7 +499,7 @@ func (p *pipeline) streamLabels(h *pbHeader, mb []byte, labelsEnd int) (keep, ok
 			p.samples++
 			return true, true, nil
 		}
-		if at, ok := exporterLabelAt(raw, p.label); ok && (p.escaping == model.NoEscaping || isLegacyName(p.label, false)) {
+		if at := shape.labelAt; at >= 0 && (p.escaping == model.NoEscaping || isLegacyName(p.label, false)) {
 			// As addLabelPair: the exporter label among the others, in
 			// name order.
 			s.labels = append(s.labels[:0], raw[:at]...)
@@ -502,29 +521,6 @@ func (p *pipeline) streamLabels(h *pbHeader, mb []byte, labelsEnd int) (keep, ok
 		}
 	}
 	return p.streamMiss(h, mb)
-}
-
-// exporterLabelAt is where addLabelPair puts the exporter label among
-// label fields raw: before the first name not less than label. It reports
-// false when a label has that name already, which addLabelPair relabels.
-func exporterLabelAt(raw []byte, label string) (int, bool) {
-	at := -1
-	for b := raw; len(b) > 0; {
-		// scanMetric checked the fields.
-		v, n := protowire.ConsumeBytes(b[1:])
-		name, _, _ := scanLabelPair(v)
-		if string(name) == label {
-			return 0, false
-		}
-		if at < 0 && string(name) >= label {
-			at = len(raw) - len(b)
-		}
-		b = b[1+n:]
-	}
-	if at < 0 {
-		at = len(raw)
-	}
-	return at, true
 }
 
 // streamMiss relabels metric mb, which the cache does not know, as

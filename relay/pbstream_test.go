@@ -16,12 +16,14 @@ package relay
 import (
 	"bytes"
 	"fmt"
+	"math"
 	"testing"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/relabel"
 	"google.golang.org/protobuf/encoding/protodelim"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -188,5 +190,40 @@ func TestTextToProtobufWire_SameOutputAsFamilies(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+func TestScanMetric_ExporterLabelAt(t *testing.T) {
+	var mb []byte
+	mb = appendLabelPair(mb, "b", "1")
+	afterB := len(mb)
+	mb = appendLabelPair(mb, "d", "exporter")
+	labelsEnd := len(mb)
+	mb = protowire.AppendTag(mb, 2, protowire.BytesType)
+	mb = protowire.AppendVarint(mb, 9)
+	mb = protowire.AppendTag(mb, 1, protowire.Fixed64Type)
+	mb = protowire.AppendFixed64(mb, math.Float64bits(1))
+	tests := []struct {
+		label string
+		want  int
+	}{
+		{"a", 0},         // before every name
+		{"c", afterB},    // between b and d
+		{"z", labelsEnd}, // after every name
+		{"b", -1},        // taken: relabeled instead
+		{"d", -1},        // taken, the last one
+		{"exporter", labelsEnd},
+	}
+	for _, tt := range tests {
+		t.Run(tt.label, func(t *testing.T) {
+			s := &pbStream{label: tt.label}
+			shape, ok := s.scanMetric(mb, 2, false)
+			if !ok {
+				t.Fatal("scanMetric refused a well-formed gauge")
+			}
+			if shape.labelsEnd != labelsEnd || shape.labelAt != tt.want {
+				t.Errorf("labelsEnd %d, labelAt %d, want %d, %d", shape.labelsEnd, shape.labelAt, labelsEnd, tt.want)
+			}
+		})
 	}
 }

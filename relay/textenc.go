@@ -14,6 +14,7 @@
 package relay
 
 import (
+	"bytes"
 	"math"
 	"strconv"
 
@@ -194,43 +195,84 @@ func appendRawSample(b, raw, extra []byte, v float64, ts *int64, ex *exemplar.Ex
 
 // hasQuotedName reports whether the parser's text of a series spells its
 // metric name or a label name quoted, which a scraper that takes no UTF-8
-// names must get escaped. Only the starts of names are looked at: after {
-// or a comma, past spaces; label values are skipped with their escapes.
+// names must get escaped.
 func hasQuotedName(raw []byte) bool {
-	i := 0
-	for i < len(raw) && raw[i] != '{' {
-		i++
+	quoted, _ := scanNames(raw, "")
+	return quoted
+}
+
+// scanNames walks the label names in the parser's text of a series, once
+// for both questions the fast path asks of it: whether a name is quoted
+// (see hasQuotedName), and whether a label is named label, which must then
+// be relabeled (named). Label values are skipped with their escapes. The
+// parser takes labels without commas between them (a{a=""b=""}), so a
+// name may start right after a value. Where the walk is unsure, at a
+// quoted name (whose escapes would have to be undone to compare it), a NUL
+// byte (which the parser's lexer takes for the end) or a byte no name or
+// separator starts with, it reports both, and the labels are built:
+// always right, only slower.
+func scanNames(raw []byte, label string) (quoted, named bool) {
+	i := bytes.IndexByte(raw, '{')
+	if i < 0 {
+		return false, false
 	}
-	for i < len(raw) {
-		// raw[i] is { or a comma: a label name follows.
+	if bytes.IndexByte(raw, 0) >= 0 {
+		return true, label != ""
+	}
+	for i++; i < len(raw); {
+		switch c := raw[i]; {
+		case c == ' ' || c == '\t' || c == ',':
+			i++
+			continue
+		case c == '}':
+			return false, named
+		case !isNameStart(c):
+			return true, label != ""
+		}
+		start := i
+		for i < len(raw) && (isNameStart(raw[i]) || raw[i] >= '0' && raw[i] <= '9') {
+			i++
+		}
+		if label != "" && string(raw[start:i]) == label {
+			named = true
+		}
+		for i < len(raw) && (raw[i] == ' ' || raw[i] == '\t') {
+			i++
+		}
+		if i >= len(raw) || raw[i] != '=' {
+			return true, label != ""
+		}
 		i++
 		for i < len(raw) && (raw[i] == ' ' || raw[i] == '\t') {
 			i++
 		}
-		if i < len(raw) && raw[i] == '"' {
-			return true
+		if i >= len(raw) || raw[i] != '"' {
+			return true, label != ""
 		}
-		// Skip the name and = to the value's opening quote, then the value.
-		for i < len(raw) && raw[i] != '"' && raw[i] != '}' {
+		// Skip the value: the quote that ends it is the first one not
+		// escaped by an odd number of backslashes.
+		for i++; ; {
+			k := bytes.IndexByte(raw[i:], '"')
+			if k < 0 {
+				return true, label != ""
+			}
+			i += k
+			escaped := false
+			for j := i - 1; raw[j] == '\\'; j-- {
+				escaped = !escaped
+			}
 			i++
-		}
-		if i >= len(raw) || raw[i] == '}' {
-			return false
-		}
-		for i++; i < len(raw) && raw[i] != '"'; i++ {
-			if raw[i] == '\\' {
-				i++
+			if !escaped {
+				break
 			}
 		}
-		i++
-		for i < len(raw) && raw[i] != ',' && raw[i] != '}' {
-			i++
-		}
-		if i >= len(raw) || raw[i] == '}' {
-			return false
-		}
 	}
-	return false
+	return false, named
+}
+
+// isNameStart reports whether c may start an unquoted label name.
+func isNameStart(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '_' || c == ':'
 }
 
 func trimSpaceRight(b []byte) []byte {
