@@ -108,13 +108,33 @@ func TestPackage_Lintian(t *testing.T) {
 	out, err := exec.CommandContext(ctx, lintian, "--pedantic", "--display-info", "--fail-on", "error,warning,info,pedantic", deb).CombinedOutput()
 	var tags []string
 	for _, line := range strings.Split(string(out), "\n") {
-		if len(line) > 2 && line[1] == ':' && strings.ContainsRune("EWIPX", rune(line[0])) {
+		if len(line) > 2 && line[1] == ':' && strings.ContainsRune("EWIPX", rune(line[0])) && !buildDependentUnusedOverride(line) {
 			tags = append(tags, line)
 		}
 	}
-	if err != nil || len(tags) > 0 {
+	if len(tags) == 0 && err != nil && !strings.Contains(string(out), ": unused-override ") {
+		t.Fatalf("lintian: %v\n%s", err, out)
+	}
+	if len(tags) > 0 {
 		t.Fatalf("lintian: %v; fix these or justify an override in packaging/lintian-overrides:\n%s", err, strings.Join(tags, "\n"))
 	}
+}
+
+// buildDependentOverrides are overrides of tags that lintian finds in
+// some builds of the binary and not in others: the "misspelled words" it
+// finds in compressed tables and certificates change with every build, so
+// the override may or may not be used, and its being unused says nothing.
+var buildDependentOverrides = []string{"spelling-error-in-binary"}
+
+// buildDependentUnusedOverride reports whether a lintian line only says
+// that one of the buildDependentOverrides went unused in this build.
+func buildDependentUnusedOverride(line string) bool {
+	for _, tag := range buildDependentOverrides {
+		if strings.Contains(line, ": unused-override "+tag+" ") {
+			return true
+		}
+	}
+	return false
 }
 
 func testInstall(t *testing.T) {
