@@ -138,17 +138,7 @@ func (p *pipeline) streamFamily(frame []byte, h *pbHeader) (bool, error) {
 	s.out, s.missPart = s.out[:0], false
 	s.startPart(h)
 	partSize, metrics := 0, 0
-	for b := frame; len(b) > 0; {
-		// scanFamily walked these fields already: they are well-formed.
-		num, typ, n := protowire.ConsumeTag(b)
-		b = b[n:]
-		n = protowire.ConsumeFieldValue(num, typ, b)
-		field := b[:n]
-		b = b[n:]
-		if num != fieldFamilyMetric || typ != protowire.BytesType {
-			continue
-		}
-		mb, _ := protowire.ConsumeBytes(field)
+	for mb := range familyMetrics(frame) {
 		// A direct family passed these checks in streamable.
 		shape, ok := s.scanMetric(mb, value, legacy)
 		if !ok || shape.size > p.maxMetric {
@@ -198,16 +188,7 @@ func (p *pipeline) streamFamily(frame []byte, h *pbHeader) (bool, error) {
 // streamable reports whether every metric of a frame passes scanMetric
 // and max_metric_bytes, for a family written before it is done.
 func (s *pbStream) streamable(frame []byte, value protowire.Number, legacy bool, maxMetric int) bool {
-	for b := frame; len(b) > 0; {
-		num, typ, n := protowire.ConsumeTag(b)
-		b = b[n:]
-		n = protowire.ConsumeFieldValue(num, typ, b)
-		field := b[:n]
-		b = b[n:]
-		if num != fieldFamilyMetric || typ != protowire.BytesType {
-			continue
-		}
-		mb, _ := protowire.ConsumeBytes(field)
+	for mb := range familyMetrics(frame) {
 		if shape, ok := s.scanMetric(mb, value, legacy); !ok || shape.size > maxMetric {
 			return false
 		}

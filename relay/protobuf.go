@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 
 	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -158,21 +159,32 @@ func scanFamily(frame []byte, text bool) (pbHeader, error) {
 	return h, nil
 }
 
+// familyMetrics yields the metric fields of a MetricFamily frame that
+// scanFamily has walked already, so its fields are well-formed.
+func familyMetrics(frame []byte) iter.Seq[[]byte] {
+	return func(yield func([]byte) bool) {
+		for b := frame; len(b) > 0; {
+			num, typ, n := protowire.ConsumeTag(b)
+			b = b[n:]
+			n = protowire.ConsumeFieldValue(num, typ, b)
+			field := b[:n]
+			b = b[n:]
+			if num != fieldFamilyMetric || typ != protowire.BytesType {
+				continue
+			}
+			mb, _ := protowire.ConsumeBytes(field)
+			if !yield(mb) {
+				return
+			}
+		}
+	}
+}
+
 // protobufFamily decodes, validates and relabels the metrics of one frame,
 // emitting them in parts.
 func (p *pipeline) protobufFamily(frame []byte, h *pbHeader, emit func(*dto.MetricFamily) error) error {
 	p.protobufPart.reset(h)
-	for b := frame; len(b) > 0; {
-		// scanFamily walked these fields already: they are well-formed.
-		num, typ, n := protowire.ConsumeTag(b)
-		b = b[n:]
-		n = protowire.ConsumeFieldValue(num, typ, b)
-		field := b[:n]
-		b = b[n:]
-		if num != fieldFamilyMetric || typ != protowire.BytesType {
-			continue
-		}
-		mb, _ := protowire.ConsumeBytes(field)
+	for mb := range familyMetrics(frame) {
 		size, err := decodedSize(mb, msgMetric)
 		if err != nil {
 			return fmt.Errorf("%w: family %q: %w", errParse, truncate(h.name), err)
