@@ -250,3 +250,45 @@ func TestRegistry_RenewalsWithLostAnswers(t *testing.T) {
 		t.Errorf("heartbeat with the certificate before the delivered one = %v, want ErrSuperseded", err)
 	}
 }
+
+// TestRegistry_RenewalWithAStolenPreviousCertificate plays a thief holding
+// the agent's previous certificate (and its key), still within its
+// validity. Its renewal is taken for a retry after a lost answer: the
+// thief gets the current certificate and the agent's own one is dropped,
+// so the agent is refused (superseded) and the theft shows, instead of two
+// holders running side by side. Revoking the agent then shuts out every
+// certificate involved.
+func TestRegistry_RenewalWithAStolenPreviousCertificate(t *testing.T) {
+	clock := registrytest.NewClock()
+	r := newTestRegistry(t, memory.New(), clock)
+	a := testAgent("a")
+	a.CertNotAfter = clock.Now().Add(time.Hour)
+	mustPut(t, r, a)
+	stolen := a.CertSerial
+	renew := func(serial, issued string) error {
+		return r.Renew(context.Background(), Renewal{ID: "a", Serial: serial}, func(template *store.Agent) error {
+			template.CertSerial, template.CertNotAfter = issued, clock.Now().Add(time.Hour)
+			return nil
+		})
+	}
+	if err := renew(stolen, "s-agent"); err != nil { // the agent's own renewal, delivered
+		t.Fatal(err)
+	}
+	if err := renew(stolen, "s-thief"); err != nil {
+		t.Fatalf("renewal with the previous certificate: %v", err)
+	}
+	if err := r.Heartbeat("a", "s-agent", "", nil); !errorIs(err, ErrSuperseded) {
+		t.Errorf("the agent's own certificate after the thief's renewal: %v, want ErrSuperseded", err)
+	}
+	if _, err := r.Revoke(context.Background(), "a"); err != nil {
+		t.Fatal(err)
+	}
+	for _, serial := range []string{stolen, "s-thief", "s-agent"} {
+		if err := r.Heartbeat("a", serial, "", nil); !errorIs(err, ErrRevoked) {
+			t.Errorf("heartbeat with %s after revocation: %v, want ErrRevoked", serial, err)
+		}
+		if err := renew(serial, "s-more"); !errorIs(err, ErrRevoked) {
+			t.Errorf("renewal with %s after revocation: %v, want ErrRevoked", serial, err)
+		}
+	}
+}
