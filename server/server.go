@@ -24,6 +24,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -56,6 +57,12 @@ const (
 	RegistryFile  = "registry.db"
 	WebConfigFile = "web-config.yml"
 )
+
+// handshakesPerCPU bounds the TLS handshakes the server computes at once
+// (web.WithHandshakeLimit), per CPU: a handshake is mostly CPU on the
+// server, with one round trip to the client in the middle, during which
+// the others of the CPU run.
+const handshakesPerCPU = 64
 
 // Config is everything the server role needs; main fills it from flags.
 type Config struct {
@@ -300,7 +307,11 @@ func Run(ctx context.Context, cfg Config) error {
 	// agents and Prometheus authenticate with certificates and tokens.
 	// CONNECT goes to the tunnels' proxy, which authenticates itself.
 	statusOnly := web.WithBasicAuthScope(func(r *http.Request) bool { return r.Method != http.MethodConnect && r.URL.Path == "/" })
-	go func() { serveErr <- web.ServeListeners(listeners, srv, webFlags, logger, statusOnly) }()
+	// After a restart every agent reconnects at once, most with a tunnel:
+	// bounded, the handshakes finish one after another instead of all
+	// timing out together.
+	handshakes := web.WithHandshakeLimit(handshakesPerCPU * runtime.GOMAXPROCS(0))
+	go func() { serveErr <- web.ServeListeners(listeners, srv, webFlags, logger, statusOnly, handshakes) }()
 	loops.Go(func() { rl.watch(runCtx, cfg.Reload) })
 
 	select {

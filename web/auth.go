@@ -108,7 +108,8 @@ func BasicAuthUser(r *http.Request) (string, bool) {
 type ServeOption func(*serveOptions)
 
 type serveOptions struct {
-	protect func(*http.Request) bool
+	protect    func(*http.Request) bool
+	handshakes int
 }
 
 func newServeOptions(opts []ServeOption) serveOptions {

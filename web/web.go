@@ -279,8 +279,9 @@ func Serve(l net.Listener, server *http.Server, flags *toolkitweb.FlagConfig, lo
 	if wrapped == nil {
 		wrapped = http.DefaultServeMux
 	}
+	o := newServeOptions(opts)
 	if _, ok := wrapped.(*authHandler); !ok {
-		server.Handler = newAuthHandler(cache, wrapped, cfg, logger, newServeOptions(opts).protect)
+		server.Handler = newAuthHandler(cache, wrapped, cfg, logger, o.protect)
 	}
 	if !cfg.TLSConfig.IsEnabled() {
 		logger.Info("TLS is disabled", "http2", false, "addr", l.Addr().String())
@@ -301,6 +302,9 @@ func Serve(l net.Listener, server *http.Server, flags *toolkitweb.FlagConfig, lo
 		return cache.tlsConfig()
 	}
 	logger.Info("TLS is enabled", "http2", cfg.HTTPConfig.HTTP2, "addr", l.Addr().String())
+	if o.handshakes > 0 {
+		return server.Serve(newHandshakeListener(l, server.TLSConfig, o.handshakes, handshakeTimeout(server), logger))
+	}
 	return server.ServeTLS(l, "", "")
 }
 
