@@ -20,9 +20,12 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"sort"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/baremetal-sd/baremetal_sd/tunnel"
@@ -68,7 +71,12 @@ func RunTunnels(ctx context.Context, cfg TunnelsConfig, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	goBefore, err := serverRuntime(ctx, t, cfg.ServerURL)
+	// One kept-alive connection reads the server's metrics: a poll that
+	// needed a handshake of its own would wait behind the agents' while
+	// they reconnect, and see their tunnels late.
+	mc := &http.Client{Transport: &http.Transport{TLSClientConfig: t.tlsConfig(nil), MaxIdleConnsPerHost: 1}}
+	defer mc.CloseIdleConnections()
+	goBefore, err := serverRuntime(ctx, mc, cfg.ServerURL)
 	if err != nil {
 		return err
 	}
@@ -93,23 +101,25 @@ func RunTunnels(ctx context.Context, cfg TunnelsConfig, out io.Writer) error {
 		}
 		wg.Go(func() { c.Run(runCtx) })
 	}
-	count := func() (float64, error) { return serverTunnels(ctx, t, cfg.ServerURL) }
+	count := func() (float64, error) { return serverTunnels(ctx, mc, cfg.ServerURL) }
 	if err := waitTunnelCount(ctx, count, cfg.Timeout, func(n float64) bool { return n == float64(cfg.Count) }); err != nil {
 		return err
 	}
 	connected := time.Since(start)
+	startFailures, startSum := failures(metrics, cfg.ServerURL)
 	sleep(ctx, cfg.Hold)
 	after, err := procMemory(cfg.ServerPID)
 	if err != nil {
 		return err
 	}
-	goAfter, err := serverRuntime(ctx, t, cfg.ServerURL)
+	goAfter, err := serverRuntime(ctx, mc, cfg.ServerURL)
 	if err != nil {
 		return err
 	}
 	tb := &table{title: "bench tunnels"}
 	tb.add("agents with an idle tunnel", "%d, held %s", cfg.Count, cfg.Hold)
 	tb.add("all tunnels up after the start", "%s", connected.Round(time.Millisecond))
+	tb.add("failed attempts during the start", "%.0f: %s", startSum, formatFailures(startFailures))
 	tb.add("server RSS before", "%s", before)
 	tb.add("server RSS with the tunnels", "%s", after)
 	tb.add("added", "%.1f MiB, %.1f KiB per tunnel", float64(after.rss-before.rss)/(1<<20), float64(after.rss-before.rss)/1024/float64(cfg.Count))
@@ -127,32 +137,94 @@ func RunTunnels(ctx context.Context, cfg TunnelsConfig, out io.Writer) error {
 			return err
 		}
 		lost := time.Now()
-		if err := waitTunnelCount(ctx, count, cfg.Timeout, func(n float64) bool { return n == float64(cfg.Count) }); err != nil {
+		// When the first tunnel (the server is back), a half, nine tenths
+		// and 99 % of them were back: the tail is the agents' backoff.
+		marks := []float64{1 / float64(cfg.Count), 0.5, 0.9, 0.99}
+		reached := make([]time.Duration, len(marks))
+		if err := waitTunnelCount(ctx, count, cfg.Timeout, func(n float64) bool {
+			for i, m := range marks {
+				if reached[i] == 0 && n >= m*float64(cfg.Count) {
+					reached[i] = time.Since(lost)
+				}
+			}
+			return n == float64(cfg.Count)
+		}); err != nil {
 			return err
 		}
-		tb.add("all tunnels back after the restart", "%s (from the first one lost)", time.Since(lost).Round(time.Millisecond))
-		tb.add("failed connection attempts", "%.0f", failures(metrics, cfg.ServerURL))
+		r := func(i int) time.Duration { return reached[i].Round(100 * time.Millisecond) }
+		tb.add("all tunnels back after the restart", "%s (from the first one lost; first back %s, half %s, 90 %% %s, 99 %% %s)",
+			time.Since(lost).Round(time.Millisecond), r(0), r(1), r(2), r(3))
+		// Refused attempts find the server down, which a restart is;
+		// every other failure is an error the agents hit once it was
+		// back (or, for connect timeouts, a network that drops packets).
+		byReason, sum := failures(metrics, cfg.ServerURL)
+		for r, n := range startFailures {
+			byReason[r] -= n
+		}
+		sum -= startSum
+		tb.add("failed connection attempts", "%.0f: %s", sum, formatFailures(byReason))
+		tb.add("failed after the server was back", "%.0f (all but refused)", sum-byReason["refused"])
 	}
 	return tb.write(out)
 }
 
-// failures is the agents' failed tunnel attempts to the server.
-func failures(m *tunnel.ClientMetrics, serverURL string) float64 {
+// failures is the agents' failed tunnel attempts to the server, by
+// reason, and their sum.
+func failures(m *tunnel.ClientMetrics, serverURL string) (map[string]float64, float64) {
 	u, err := url.Parse(serverURL)
 	if err != nil {
-		return 0
+		return nil, 0
 	}
-	var out dto.Metric
-	if err := m.Failures.WithLabelValues(u.Host).Write(&out); err != nil {
-		return 0
+	ch := make(chan prometheus.Metric)
+	go func() { m.Failures.Collect(ch); close(ch) }()
+	byReason := map[string]float64{}
+	var sum float64
+	for metric := range ch {
+		var out dto.Metric
+		if err := metric.Write(&out); err != nil {
+			continue
+		}
+		labels := map[string]string{}
+		for _, l := range out.GetLabel() {
+			labels[l.GetName()] = l.GetValue()
+		}
+		if labels["server"] != u.Host {
+			continue
+		}
+		byReason[labels["reason"]] += out.GetCounter().GetValue()
+		sum += out.GetCounter().GetValue()
 	}
-	return out.GetCounter().GetValue()
+	return byReason, sum
+}
+
+// formatFailures lists the reasons with failures, most first.
+func formatFailures(byReason map[string]float64) string {
+	reasons := make([]string, 0, len(byReason))
+	for r, n := range byReason {
+		if n > 0 {
+			reasons = append(reasons, r)
+		}
+	}
+	if len(reasons) == 0 {
+		return "none"
+	}
+	sort.Slice(reasons, func(i, j int) bool {
+		if byReason[reasons[i]] != byReason[reasons[j]] {
+			return byReason[reasons[i]] > byReason[reasons[j]]
+		}
+		return reasons[i] < reasons[j]
+	})
+	parts := make([]string, len(reasons))
+	for i, r := range reasons {
+		parts[i] = fmt.Sprintf("%s %.0f", r, byReason[r])
+	}
+	return strings.Join(parts, ", ")
 }
 
 // serverTunnels reads baremetal_sd_tunnel_tunnels from the server's
 // /metrics; 0 while it does not answer (a restart in progress).
-func serverTunnels(ctx context.Context, t *target, serverURL string) (float64, error) {
-	body, err := serverMetrics(ctx, t, serverURL)
+func serverTunnels(ctx context.Context, c *http.Client, serverURL string) (float64, error) {
+	body, err := serverMetrics(ctx, c, serverURL)
 	if err != nil || body == nil {
 		return 0, err
 	}
@@ -162,15 +234,13 @@ func serverTunnels(ctx context.Context, t *target, serverURL string) (float64, e
 
 // serverMetrics returns the body of the server's /metrics; nil while it
 // does not answer.
-func serverMetrics(ctx context.Context, t *target, serverURL string) ([]byte, error) {
+func serverMetrics(ctx context.Context, c *http.Client, serverURL string) ([]byte, error) {
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(rctx, http.MethodGet, serverURL+"/metrics", nil)
 	if err != nil {
 		return nil, err
 	}
-	c := &http.Client{Transport: &http.Transport{TLSClientConfig: t.tlsConfig(nil)}}
-	defer c.CloseIdleConnections()
 	resp, err := c.Do(req)
 	if err != nil {
 		return nil, nil
@@ -188,8 +258,8 @@ func serverMetrics(ctx context.Context, t *target, serverURL string) ([]byte, er
 
 // serverRuntime reads the server's Go runtime gauges that the bench
 // reports from its /metrics.
-func serverRuntime(ctx context.Context, t *target, serverURL string) (map[string]float64, error) {
-	body, err := serverMetrics(ctx, t, serverURL)
+func serverRuntime(ctx context.Context, c *http.Client, serverURL string) (map[string]float64, error) {
+	body, err := serverMetrics(ctx, c, serverURL)
 	if err != nil {
 		return nil, err
 	}

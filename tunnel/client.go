@@ -28,6 +28,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -40,6 +41,16 @@ const (
 	// stableAfter is how long a tunnel must have lived for the next
 	// reconnection to start again at the shortest backoff.
 	stableAfter = time.Minute
+	// DefaultHandshakeTimeout is longer than a busy server lets a
+	// handshake wait for its turn (web.WithHandshakeLimit): the server
+	// turns away what it cannot serve, and an agent that gave up first
+	// would have cost it a handshake for nothing.
+	DefaultHandshakeTimeout = 45 * time.Second
+	// reconnectSpread is the window, in MinBackoffs, over which an agent
+	// spreads its first attempt after losing a tunnel that was up: when a
+	// server restarts, all its agents lose their tunnels in the same
+	// instant.
+	reconnectSpread = 5
 )
 
 // ClientConfig configures the agent half.
@@ -60,9 +71,12 @@ type ClientConfig struct {
 	MinBackoff, MaxBackoff time.Duration
 	// Dialer dials the servers and the local listener; nil takes a
 	// net.Dialer with a 10 s timeout.
-	Dialer  *net.Dialer
-	Metrics *ClientMetrics
-	Logger  *slog.Logger
+	Dialer *net.Dialer
+	// HandshakeTimeout bounds the TLS handshake and the upgrade once
+	// connected; 0 takes DefaultHandshakeTimeout.
+	HandshakeTimeout time.Duration
+	Metrics          *ClientMetrics
+	Logger           *slog.Logger
 }
 
 // Client keeps the agent's tunnels.
@@ -98,6 +112,9 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	}
 	if cfg.Dialer == nil {
 		cfg.Dialer = &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = DefaultHandshakeTimeout
 	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewClientMetrics(nil)
@@ -166,13 +183,20 @@ func (c *Client) Run(ctx context.Context) {
 func (c *Client) keep(ctx context.Context, u *url.URL) {
 	server := u.Host
 	up := c.cfg.Metrics.Up.WithLabelValues(server)
-	failures := c.cfg.Metrics.Failures.WithLabelValues(server)
+	for _, r := range failureReasons {
+		c.cfg.Metrics.Failures.WithLabelValues(server, r)
+	}
+	tc := c.cfg.TLS
+	if tc.ServerName == "" {
+		tc = tc.Clone()
+		tc.ServerName = u.Hostname()
+	}
 	attempt := 0
 	for ctx.Err() == nil {
 		start := time.Now()
-		mux, err := c.open(ctx, u)
+		mux, err := c.open(ctx, u, tc)
 		if err != nil {
-			failures.Inc()
+			c.cfg.Metrics.Failures.WithLabelValues(server, failureReason(err)).Inc()
 			if attempt == 0 {
 				c.cfg.Logger.Warn("Cannot open the tunnel to the discovery server; retrying", "server", server, "err", err)
 			} else {
@@ -192,6 +216,9 @@ func (c *Client) keep(ctx context.Context, u *url.URL) {
 			}
 		}
 		wait := backoff(attempt, c.cfg.MinBackoff, c.cfg.MaxBackoff)
+		if err == nil && attempt == 0 {
+			wait = rand.N(reconnectSpread * c.cfg.MinBackoff)
+		}
 		attempt++
 		t := time.NewTimer(wait)
 		select {
@@ -213,49 +240,60 @@ func backoff(attempt int, lo, hi time.Duration) time.Duration {
 	return lo/2 + rand.N(window)
 }
 
-// open dials the server and upgrades to a tunnel.
-func (c *Client) open(ctx context.Context, u *url.URL) (*yamux.Session, error) {
+// open dials the server and upgrades to a tunnel. Its errors are
+// *openError, which say at which step it failed.
+func (c *Client) open(ctx context.Context, u *url.URL, tc *tls.Config) (*yamux.Session, error) {
 	addr := u.Host
 	if u.Port() == "" {
 		addr = net.JoinHostPort(u.Hostname(), "443")
 	}
-	td := &tls.Dialer{NetDialer: c.cfg.Dialer, Config: c.cfg.TLS}
-	dctx, cancel := context.WithTimeout(ctx, c.cfg.Dialer.Timeout)
-	defer cancel()
-	conn, err := td.DialContext(dctx, "tcp", addr)
+	raw, err := c.cfg.Dialer.DialContext(ctx, "tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("dial: %w", err)
+		return nil, &openError{step: stepConnect, err: err}
 	}
-	if d, ok := dctx.Deadline(); ok {
-		_ = conn.SetDeadline(d)
+	hctx, cancel := context.WithTimeout(ctx, c.cfg.HandshakeTimeout)
+	defer cancel()
+	conn := tls.Client(raw, tc)
+	if err := conn.HandshakeContext(hctx); err != nil {
+		_ = raw.Close()
+		return nil, &openError{step: stepHandshake, err: err}
 	}
-	req, err := http.NewRequestWithContext(dctx, http.MethodGet, u.JoinPath(Path).String(), nil)
+	mux, err := c.upgrade(hctx, conn, u)
 	if err != nil {
 		_ = conn.Close()
 		return nil, err
 	}
+	return mux, nil
+}
+
+// upgrade asks for the tunnel on an established connection and starts the
+// session on it.
+func (c *Client) upgrade(ctx context.Context, conn *tls.Conn, u *url.URL) (*yamux.Session, error) {
+	if d, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(d)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.JoinPath(Path).String(), nil)
+	if err != nil {
+		return nil, &openError{step: stepUpgrade, err: err}
+	}
 	req.Header.Set("Connection", "Upgrade")
 	req.Header.Set("Upgrade", Protocol)
 	if err := req.Write(conn); err != nil {
-		_ = conn.Close()
-		return nil, fmt.Errorf("send upgrade: %w", err)
+		return nil, &openError{step: stepUpgrade, err: fmt.Errorf("send upgrade: %w", err)}
 	}
 	br := bufio.NewReader(conn)
 	resp, err := http.ReadResponse(br, req)
 	if err != nil {
-		_ = conn.Close()
-		return nil, fmt.Errorf("read upgrade reply: %w", err)
+		return nil, &openError{step: stepUpgrade, err: fmt.Errorf("read upgrade reply: %w", err)}
 	}
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		_ = conn.Close()
-		return nil, fmt.Errorf("server refused the tunnel: %s: %s", resp.Status, strings.TrimRight(string(body), "\r\n"))
+		return nil, &openError{step: stepRejected, err: fmt.Errorf("server refused the tunnel: %s: %s", resp.Status, strings.TrimRight(string(body), "\r\n"))}
 	}
 	if br.Buffered() > 0 {
 		// The server speaks yamux only after the agent; nothing may follow
 		// the 101 yet.
-		_ = conn.Close()
-		return nil, errors.New("server sent data before the tunnel started")
+		return nil, &openError{step: stepUpgrade, err: errors.New("server sent data before the tunnel started")}
 	}
 	_ = conn.SetDeadline(time.Time{})
 	cfg := yamux.DefaultConfig()
@@ -265,10 +303,59 @@ func (c *Client) open(ctx context.Context, u *url.URL) (*yamux.Session, error) {
 	cfg.Logger = slog.NewLogLogger(c.cfg.Logger.Handler(), slog.LevelDebug)
 	mux, err := yamux.Server(conn, cfg)
 	if err != nil {
-		_ = conn.Close()
-		return nil, fmt.Errorf("start tunnel: %w", err)
+		return nil, &openError{step: stepUpgrade, err: fmt.Errorf("start tunnel: %w", err)}
 	}
 	return mux, nil
+}
+
+// Steps of opening a tunnel, as openError names them.
+const (
+	stepConnect   = "connect"
+	stepHandshake = "handshake"
+	stepUpgrade   = "upgrade"
+	stepRejected  = "rejected"
+)
+
+// failureReasons label baremetal_sd_agent_tunnel_connect_failures_total:
+// refused (nothing listens: the server is down or restarting), the step
+// that timed out or failed otherwise, or rejected (the server answered
+// with a refusal).
+var failureReasons = []string{
+	"refused", "connect_timeout", "connect_error", "handshake_timeout", "handshake_error",
+	"upgrade_timeout", "upgrade_error", "rejected",
+}
+
+// openError is a failed attempt to open a tunnel and the step it failed at.
+type openError struct {
+	step string
+	err  error
+}
+
+func (e *openError) Error() string { return e.step + ": " + e.err.Error() }
+
+func (e *openError) Unwrap() error { return e.err }
+
+// reason is the failure's label in the failures metric.
+func (e *openError) reason() string {
+	var ne net.Error
+	switch {
+	case e.step == stepRejected:
+		return stepRejected
+	case e.step == stepConnect && errors.Is(e.err, syscall.ECONNREFUSED):
+		return "refused"
+	case errors.Is(e.err, context.DeadlineExceeded) || errors.As(e.err, &ne) && ne.Timeout():
+		return e.step + "_timeout"
+	}
+	return e.step + "_error"
+}
+
+// failureReason is the label of a failed attempt's error.
+func failureReason(err error) string {
+	var oe *openError
+	if errors.As(err, &oe) {
+		return oe.reason()
+	}
+	return stepUpgrade + "_error"
 }
 
 // serve accepts the server's streams until the tunnel or ctx ends.

@@ -14,9 +14,21 @@
 package tunnel
 
 import (
+	"bufio"
+	"context"
 	"crypto/tls"
+	"io"
+	"net"
+	"net/url"
+	"path/filepath"
 	"slices"
+	"strconv"
+	"sync"
 	"testing"
+	"time"
+
+	"github.com/baremetal-sd/baremetal_sd/ca"
+	"github.com/baremetal-sd/baremetal_sd/internal/freeport"
 )
 
 // TestClient_TLSForIdleTunnels: what the server keeps per tunnel depends on
@@ -57,6 +69,104 @@ func TestClient_TLSForIdleTunnels(t *testing.T) {
 			// The caller's own configuration is left as it was.
 			if len(tc.tls.Certificates) > 0 && len(tc.tls.Certificates[0].Certificate) != 2 {
 				t.Fatal("the caller's certificate lost its chain")
+			}
+		})
+	}
+}
+
+// TestClient_FailureReasons: every failed attempt is counted under what
+// went wrong, so that an operator (and the reconnection benchmark) can tell
+// a server that is down, which a restart is, from one that is up and
+// failing, and an impostor from an overloaded server.
+func TestClient_FailureReasons(t *testing.T) {
+	f := newFleet(t, ServerConfig{})
+	serving, err := tls.LoadX509KeyPair(filepath.Join(f.dataDir, ca.ServerCertFile), filepath.Join(f.dataDir, ca.ServerKeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// listen serves every connection with handle, on a loopback port.
+	listen := func(t *testing.T, handle func(net.Conn)) string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		t.Cleanup(func() { _ = l.Close(); wg.Wait() })
+		wg.Go(func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				wg.Go(func() { defer c.Close(); handle(c) })
+			}
+		})
+		return "https://" + l.Addr().String()
+	}
+	// silent reads until the client gives up.
+	silent := func(c net.Conn) { _, _ = io.Copy(io.Discard, c) }
+	// handshaken completes the TLS handshake with the real server
+	// certificate, then does what next says.
+	handshaken := func(next func(net.Conn)) func(net.Conn) {
+		return func(c net.Conn) {
+			tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{serving}})
+			if tc.Handshake() != nil {
+				return
+			}
+			next(tc)
+		}
+	}
+	impostorCA, impostorKey := foreignCA(t)
+	impostor := issueClient(t, impostorCA, impostorKey, "127.0.0.1", ca.RoleDiscovery)
+
+	agent := f.agentCert(t, "a1", "host-a")
+	f.dir.set(Agent{ID: "a1", Hostname: "host-a", Port: 9100, Listed: true, Tunnel: true})
+	stranger := f.agentCert(t, "a2", "host-b")
+	for _, tc := range []struct {
+		name   string
+		server string
+		cert   tls.Certificate
+		want   string
+	}{
+		{"nothing listens", "https://127.0.0.1:" + strconv.Itoa(freeport.Port(t)), agent, "refused"},
+		{"server never answers the handshake", listen(t, silent), agent, "handshake_timeout"},
+		{"impostor server", listen(t, func(c net.Conn) {
+			_ = tls.Server(c, &tls.Config{Certificates: []tls.Certificate{impostor}}).Handshake()
+		}), agent, "handshake_error"},
+		{"server never answers the upgrade", listen(t, handshaken(silent)), agent, "upgrade_timeout"},
+		{"server closes after the handshake", listen(t, handshaken(func(c net.Conn) {
+			_, _ = bufio.NewReader(c).ReadString('\n')
+		})), agent, "upgrade_error"},
+		{"server refuses the tunnel", f.url, stranger, "rejected"},
+		{"tunnel opens", f.url, agent, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := NewClient(ClientConfig{
+				Servers:          []string{tc.server},
+				TLS:              &tls.Config{RootCAs: f.serverRoots, Certificates: []tls.Certificate{tc.cert}},
+				Local:            "127.0.0.1:9",
+				HandshakeTimeout: 500 * time.Millisecond,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			u, _ := url.Parse(tc.server)
+			tlsConfig := c.cfg.TLS.Clone()
+			tlsConfig.ServerName = u.Hostname()
+			mux, err := c.open(context.Background(), u, tlsConfig)
+			if tc.want == "" {
+				if err != nil {
+					t.Fatalf("open: %v", err)
+				}
+				_ = mux.Close()
+				return
+			}
+			if err == nil {
+				_ = mux.Close()
+				t.Fatalf("open succeeded, want a failure counted as %s", tc.want)
+			}
+			if got := failureReason(err); got != tc.want {
+				t.Errorf("failure %q counted as %s, want %s", err, got, tc.want)
 			}
 		})
 	}

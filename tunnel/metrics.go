@@ -74,8 +74,8 @@ func NewClientMetrics(reg prometheus.Registerer) *ClientMetrics {
 		}, []string{"server"}),
 		Failures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "baremetal_sd_agent_tunnel_connect_failures_total",
-			Help: "Failed attempts to open a tunnel to a discovery server.",
-		}, []string{"server"}),
+			Help: "Failed attempts to open a tunnel to a discovery server, by reason: refused (nothing listens: the server is down or restarting), connect_, handshake_ or upgrade_ timeout or error, rejected (the server refused the tunnel).",
+		}, []string{"server", "reason"}),
 		Streams: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "baremetal_sd_agent_tunnel_streams_total",
 			Help: "Streams the servers opened through the agent's tunnels.",
