@@ -144,6 +144,9 @@ func (l *handshakeListener) handshake(c net.Conn) {
 		l.logger.Debug("TLS handshake failed", "remote", c.RemoteAddr().String(), "err", err)
 		return
 	}
+	// The server sets its own deadlines per request, and net/http clears
+	// those of its handshake only when it has timeouts.
+	_ = c.SetDeadline(time.Time{})
 	select {
 	case l.conns <- tc:
 	case <-l.closed:

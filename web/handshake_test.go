@@ -156,3 +156,44 @@ func TestServe_HandshakeLimitStalledHandshake(t *testing.T) {
 		t.Errorf("the stalled connection is still open when the next client is served: %v", err)
 	}
 }
+
+// TestHandshakeListener_NoDeadlineAfterHandshake: the handshake's deadline
+// ends with it; a connection that lives longer (a tunnel, a kept-alive
+// scrape connection) is not cut off when it passes.
+func TestHandshakeListener_NoDeadlineAfterHandshake(t *testing.T) {
+	p := newPKI(t)
+	p.issue("server", 1, true)
+	cert, err := tls.LoadX509KeyPair(p.dir+"/server.crt", p.dir+"/server.key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const timeout = 100 * time.Millisecond
+	l := newHandshakeListener(raw, &tls.Config{Certificates: []tls.Certificate{cert}}, 1, timeout, slog.New(slog.DiscardHandler))
+	defer l.Close()
+	go func() {
+		c, err := tls.Dial("tcp", raw.Addr().String(), &tls.Config{RootCAs: p.pool})
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_, _ = io.Copy(c, c) // echo
+	}()
+	c, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Past the handshake's deadline, the connection still works both ways.
+	time.Sleep(3 * timeout)
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatalf("write after the handshake deadline: %v", err)
+	}
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("read after the handshake deadline: %q, %v", buf, err)
+	}
+}
