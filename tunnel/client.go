@@ -215,10 +215,7 @@ func (c *Client) keep(ctx context.Context, u *url.URL) {
 				attempt = 0
 			}
 		}
-		wait := backoff(attempt, c.cfg.MinBackoff, c.cfg.MaxBackoff)
-		if err == nil && attempt == 0 {
-			wait = rand.N(reconnectSpread * c.cfg.MinBackoff)
-		}
+		wait := c.retryWait(attempt, err == nil)
 		attempt++
 		t := time.NewTimer(wait)
 		select {
@@ -228,6 +225,15 @@ func (c *Client) keep(ctx context.Context, u *url.URL) {
 		case <-t.C:
 		}
 	}
+}
+
+// retryWait is the wait before the next attempt after attempt failed or,
+// with lost, after a tunnel closed.
+func (c *Client) retryWait(attempt int, lost bool) time.Duration {
+	if lost && attempt == 0 {
+		return rand.N(reconnectSpread * c.cfg.MinBackoff)
+	}
+	return backoff(attempt, c.cfg.MinBackoff, c.cfg.MaxBackoff)
 }
 
 // backoff is full jitter over an exponentially growing window: after a

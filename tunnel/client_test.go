@@ -171,3 +171,42 @@ func TestClient_FailureReasons(t *testing.T) {
 		})
 	}
 }
+
+// TestClient_RetryWait: after a tunnel that was up closes (all of a
+// server's agents at once, when it restarts), the first attempt is spread
+// over five minimum backoffs; failed attempts back off exponentially with
+// full jitter up to the maximum.
+func TestClient_RetryWait(t *testing.T) {
+	c, err := NewClient(ClientConfig{Servers: []string{"https://127.0.0.1:1"}, Local: "127.0.0.1:2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name     string
+		attempt  int
+		lost     bool
+		min, max time.Duration
+	}{
+		{"first attempt after losing the tunnel", 0, true, 0, 5 * time.Second},
+		{"after the first failure", 0, false, 500 * time.Millisecond, 1500 * time.Millisecond},
+		{"after the third failure", 2, false, 500 * time.Millisecond, 4500 * time.Millisecond},
+		{"after many failures", 20, false, 500 * time.Millisecond, 30500 * time.Millisecond},
+		{"a lost tunnel after failures", 3, true, 500 * time.Millisecond, 8500 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			lo, hi := time.Duration(1<<62), time.Duration(0)
+			for range 2000 {
+				w := c.retryWait(tc.attempt, tc.lost)
+				lo, hi = min(lo, w), max(hi, w)
+			}
+			if lo < tc.min || hi >= tc.max {
+				t.Fatalf("waits from %s to %s, want within [%s, %s)", lo, hi, tc.min, tc.max)
+			}
+			// Spread over the window, not bunched: 2,000 uniform draws
+			// leave neither tenth of it empty but by a chance of 0.9^2000.
+			if span := tc.max - tc.min; lo > tc.min+span/10 || hi < tc.max-span/10 {
+				t.Fatalf("waits from %s to %s do not cover [%s, %s)", lo, hi, tc.min, tc.max)
+			}
+		})
+	}
+}
