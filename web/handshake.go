@@ -71,11 +71,16 @@ func newHandshakeListener(l net.Listener, config *tls.Config, limit int, timeout
 	next := config.GetConfigForClient
 	hl.config.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 		if held, ok := hello.Context().Value(heldKey{}).(*bool); ok && !*held {
+			wait := time.NewTimer(handshakeQueueTimeout)
 			select {
 			case hl.permits <- struct{}{}:
+				wait.Stop()
 				*held = true
+			case <-wait.C:
+				return nil, errors.New("server busy: no handshake slot within " + handshakeQueueTimeout.String())
 			case <-hello.Context().Done():
-				return nil, errors.New("server busy: no handshake slot before the deadline")
+				wait.Stop()
+				return nil, hello.Context().Err()
 			}
 			// The wait is over; the handshake itself has timeout.
 			_ = hello.Conn.SetDeadline(time.Now().Add(hl.timeout))
