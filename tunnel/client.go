@@ -41,8 +41,9 @@ const (
 	// stableAfter is how long a tunnel must have lived for the next
 	// reconnection to start again at the shortest backoff.
 	stableAfter = time.Minute
-	// DefaultHandshakeTimeout is longer than a busy server lets a
-	// handshake wait for its turn (web.WithHandshakeLimit): the server
+	// DefaultHandshakeTimeout bounds the TLS handshake and the upgrade,
+	// once connected. It is longer than a busy server lets a handshake
+	// wait for its turn (web.WithHandshakeLimit): the server
 	// turns away what it cannot serve, and an agent that gave up first
 	// would have cost it a handshake for nothing.
 	DefaultHandshakeTimeout = 45 * time.Second
