@@ -661,12 +661,12 @@ func TestRun_RevokedKeepsServing(t *testing.T) {
 	h := newHarness(t)
 	_, id := h.enrolled(h.config())
 	h.fake.revoke(id)
-	h.waitFor("the revoked state in the agent's metrics", func() bool {
-		return h.metric(stateSeries("revoked")) == 1
+	// The state metric is set just before the state is logged: wait for
+	// both, or the log check races the lifecycle goroutine.
+	h.waitFor("the revoked state in the agent's metrics and its log", func() bool {
+		return h.metric(stateSeries("revoked")) == 1 &&
+			strings.Contains(h.logs.String(), "refuses this agent's certificate")
 	})
-	if !strings.Contains(h.logs.String(), "refuses this agent's certificate") {
-		t.Error("revocation not logged")
-	}
 	// A new token re-admits the agent.
 	h.writeToken("readmit-token", true)
 	h.waitFor("re-admission with the new token", func() bool {
