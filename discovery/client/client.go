@@ -321,7 +321,7 @@ func (c *Client) do(ctx context.Context, method, path string, body any, token st
 	return errors.Join(errs...)
 }
 
-// Observe takes a TTL and heartbeat interval the servers told into the
+// Observe takes the TTL and heartbeat interval the servers said into the
 // bound on one attempt. An agent whose heartbeat is stuck on an
 // unresponsive server (frozen, or a network that holds the bytes) must
 // still reach another one before its TTL runs out: the heartbeat goes out
@@ -339,8 +339,10 @@ func (c *Client) Observe(ttlSeconds, intervalSeconds int) {
 	if ttlSeconds <= 0 || intervalSeconds <= 0 {
 		return
 	}
-	// A larger value could only come from a broken server or state file;
-	// capped, it cannot overflow a Duration and bounds nothing.
+	// A value above the cap can only come from a broken server or state
+	// file. Capped, it cannot overflow a Duration (MaxInt seconds wrapped
+	// to -1 s): such a TTL leaves the timeout as it is, such an interval
+	// gives the least bound.
 	ttl := time.Duration(min(ttlSeconds, maxObservedSeconds)) * time.Second
 	interval := time.Duration(min(intervalSeconds, maxObservedSeconds)) * time.Second
 	bound := max((ttl-interval)/time.Duration(len(c.urls)), minAttemptTimeout)
