@@ -282,12 +282,14 @@ func (l *lifecycle) apply(act action, resp *protocol.CertificateResponse, from *
 		return
 	}
 	now := time.Now()
+	ttl, interval := l.serverTiming(resp.TTLSeconds, resp.HeartbeatIntervalSeconds)
 	p := persistedState{
 		AgentID:                  resp.AgentID,
 		Registration:             l.digest,
 		CertSerial:               serialOf(c),
 		RenewAfter:               resp.RenewAfter,
-		HeartbeatIntervalSeconds: resp.HeartbeatIntervalSeconds,
+		TTLSeconds:               ttl,
+		HeartbeatIntervalSeconds: interval,
 		UpdatedAt:                now.UTC(),
 	}
 	if err := l.writeFiles(resp, clientCA, p); err != nil {
@@ -296,8 +298,13 @@ func (l *lifecycle) apply(act action, resp *protocol.CertificateResponse, from *
 		return
 	}
 	l.persisted = p
+	l.timingWriteFailed = false
 	l.receivedAt = now
 	l.setCertificate(c, []byte(resp.Certificate))
+	// The reply came to one of the two clients; the other, the heartbeat
+	// client after an enrollment with a token, is bounded by it as well.
+	l.client.Observe(ttl, interval)
+	l.anon.Observe(ttl, interval)
 	// Connections to the server made with the old certificate would keep
 	// speaking for it; the next request makes a new handshake.
 	l.client.CloseIdleConnections()

@@ -129,7 +129,10 @@ type fakeServer struct {
 	srv *httptest.Server
 
 	certTTL atomic.Int64 // nanoseconds
-	down    atomic.Bool  // answer 503 to everything
+	// agentTTL and interval are the TTL and heartbeat interval, in
+	// seconds, that every reply tells the agent.
+	agentTTL, interval atomic.Int64
+	down               atomic.Bool // answer 503 to everything
 	// refuseExpired refuses expired certificates as if past the grace window.
 	refuseExpired atomic.Bool
 	// stillValid answers this many requests with an expired certificate as
@@ -157,6 +160,8 @@ func newFakeServer(t *testing.T, ca *testCA) *fakeServer {
 	t.Helper()
 	f := &fakeServer{t: t, ca: ca, agents: map[string]*fakeAgent{}, tokens: map[string]bool{}}
 	f.certTTL.Store(int64(time.Hour))
+	f.agentTTL.Store(300)
+	f.interval.Store(1)
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST "+protocol.PathRegister, f.register)
 	mux.HandleFunc("POST "+protocol.PathRenew, f.renew)
@@ -334,8 +339,8 @@ func (f *fakeServer) issue(w http.ResponseWriter, id string, csr *x509.Certifica
 		AgentID:                  id,
 		Certificate:              string(chain),
 		CACertificate:            string(f.ca.pem),
-		TTLSeconds:               300,
-		HeartbeatIntervalSeconds: 1,
+		TTLSeconds:               int(f.agentTTL.Load()),
+		HeartbeatIntervalSeconds: int(f.interval.Load()),
 		RenewAfter:               leaf.NotBefore.Add(life * 2 / 3).UTC(),
 	})
 }
@@ -479,7 +484,10 @@ func (f *fakeServer) heartbeat(w http.ResponseWriter, r *http.Request) {
 	if err := json.Unmarshal(body, &req); err == nil && req.Exporters != nil {
 		f.health.Store(&req.Exporters)
 	}
-	writeTestJSON(w, http.StatusOK, protocol.HeartbeatResponse{TTLSeconds: 300, HeartbeatIntervalSeconds: 1})
+	writeTestJSON(w, http.StatusOK, protocol.HeartbeatResponse{
+		TTLSeconds:               int(f.agentTTL.Load()),
+		HeartbeatIntervalSeconds: int(f.interval.Load()),
+	})
 }
 
 func (f *fakeServer) deregister(w http.ResponseWriter, r *http.Request) {

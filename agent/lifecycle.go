@@ -111,6 +111,9 @@ type lifecycle struct {
 	// statusKey is the state last written to StatusFile.
 	statusKey         string
 	statusWriteFailed bool
+	// timingWriteFailed is set while the servers' TTL and heartbeat
+	// interval could not be written (see noteServerTiming).
+	timingWriteFailed bool
 	// trustHints bounds how often a verification failure is explained.
 	trustHints every
 	// health reports the exporters' health for heartbeats (nil: none);
@@ -147,6 +150,10 @@ func (l *lifecycle) load() {
 	if p.HeartbeatIntervalSeconds > 0 {
 		l.interval = clampInterval(time.Duration(p.HeartbeatIntervalSeconds) * time.Second)
 	}
+	// Bounded from the first request on: a server frozen at the agent's
+	// restart must not hold it beyond its TTL (see noteServerTiming).
+	l.client.Observe(p.TTLSeconds, p.HeartbeatIntervalSeconds)
+	l.anon.Observe(p.TTLSeconds, p.HeartbeatIntervalSeconds)
 	cert, certPEM, err := loadCertificate(l.path(CertFile), l.key)
 	if err != nil {
 		// A certificate for another key is useless; enrolling replaces it.
@@ -318,6 +325,9 @@ func (l *lifecycle) heartbeatOK(resp *protocol.HeartbeatResponse) {
 	l.metrics.LastHeartbeatSuccess.Set(float64(now.UnixNano()) / 1e9)
 	if resp != nil && resp.HeartbeatIntervalSeconds > 0 {
 		l.interval = clampInterval(time.Duration(resp.HeartbeatIntervalSeconds) * time.Second)
+	}
+	if resp != nil {
+		l.noteServerTiming(resp.TTLSeconds, resp.HeartbeatIntervalSeconds)
 	}
 	if resp != nil && resp.RenewNow && !l.renewNow {
 		l.renewNow = true

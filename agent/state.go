@@ -251,13 +251,20 @@ type persistedState struct {
 	// Registration is a digest of the last registered hostname, address,
 	// port, labels and exporters; a change means registering again.
 	Registration string `json:"registration"`
-	// CertSerial is the certificate the remaining fields belong to.
-	CertSerial               string    `json:"cert_serial"`
-	RenewAfter               time.Time `json:"renew_after"`
+	// CertSerial is the certificate RenewAfter belongs to.
+	CertSerial string    `json:"cert_serial"`
+	RenewAfter time.Time `json:"renew_after"`
+	// TTLSeconds and HeartbeatIntervalSeconds are what the servers said
+	// last, in any reply: a restarted agent bounds its first requests by
+	// them (see client.Client.Observe) and heartbeats at that interval.
+	// Zero when no server has said them.
+	TTLSeconds               int       `json:"ttl_seconds,omitempty"`
 	HeartbeatIntervalSeconds int       `json:"heartbeat_interval_seconds"`
 	UpdatedAt                time.Time `json:"updated_at"`
 }
 
+// loadPersisted reads agent.json: the zero state when there is none, an
+// error and the zero state when it cannot be read or is garbled.
 func loadPersisted(path string) (persistedState, error) {
 	var p persistedState
 	data, err := readBounded(path, maxStateFile)
@@ -270,9 +277,15 @@ func loadPersisted(path string) (persistedState, error) {
 	if err := json.Unmarshal(data, &p); err != nil {
 		return persistedState{}, fmt.Errorf("%s: %w", path, err)
 	}
+	// The agent never writes a negative value: the file is not its own.
+	if p.TTLSeconds < 0 || p.HeartbeatIntervalSeconds < 0 {
+		return persistedState{}, fmt.Errorf("%s: negative ttl_seconds %d or heartbeat_interval_seconds %d", path, p.TTLSeconds, p.HeartbeatIntervalSeconds)
+	}
 	return p, nil
 }
 
+// savePersisted replaces agent.json atomically, 0600 as the other state
+// files that only the agent reads.
 func savePersisted(path string, p persistedState) error {
 	data, err := json.MarshalIndent(p, "", "  ")
 	if err != nil {

@@ -51,6 +51,10 @@ const DefaultClientTimeout = 30 * time.Second
 // the servers' TTL bounds it (see Client.attemptTimeout).
 const minAttemptTimeout = time.Second
 
+// maxObservedSeconds caps a TTL or heartbeat interval taken by Observe: ten
+// years, far above any TTL that bounds a request, far below an overflow.
+const maxObservedSeconds = 10 * 366 * 24 * 3600
+
 // Config configures a Client.
 type Config struct {
 	// URLs are the base URLs of the discovery servers, for example
@@ -69,9 +73,10 @@ type Config struct {
 	GetClientCertificate func(*tls.CertificateRequestInfo) (*tls.Certificate, error)
 	// Timeout bounds one request to one server, including reading the
 	// response; DefaultClientTimeout when zero. Once a server has told the
-	// agent its TTL and heartbeat interval, a request to one server is
-	// also bounded so that trying every server fits in the time the TTL
-	// leaves after a heartbeat interval (see attemptTimeout).
+	// agent its TTL and heartbeat interval, or the agent passed what they
+	// said before (see Observe), a request to one server is also bounded
+	// so that trying every server fits in the time the TTL leaves after a
+	// heartbeat interval (see attemptTimeout).
 	Timeout time.Duration
 	// UserAgent is sent with every request.
 	UserAgent string
@@ -89,7 +94,7 @@ type Client struct {
 	mu      sync.Mutex
 	current int // index of the server that answered last
 	// ttlBound is the bound on one attempt that the servers' TTL and
-	// heartbeat interval impose; zero until a server has told them.
+	// heartbeat interval impose; zero until Observe has been told them.
 	ttlBound time.Duration
 }
 
@@ -241,7 +246,7 @@ func (c *Client) Register(ctx context.Context, req *protocol.RegisterRequest, to
 	if err := c.do(ctx, http.MethodPost, protocol.PathRegister, req, token, &resp); err != nil {
 		return nil, fmt.Errorf("register: %w", err)
 	}
-	c.observe(resp.TTLSeconds, resp.HeartbeatIntervalSeconds)
+	c.Observe(resp.TTLSeconds, resp.HeartbeatIntervalSeconds)
 	return &resp, nil
 }
 
@@ -254,7 +259,7 @@ func (c *Client) Heartbeat(ctx context.Context, req *protocol.HeartbeatRequest) 
 	if err := c.do(ctx, http.MethodPost, protocol.PathHeartbeat, req, "", &resp); err != nil {
 		return nil, fmt.Errorf("heartbeat: %w", err)
 	}
-	c.observe(resp.TTLSeconds, resp.HeartbeatIntervalSeconds)
+	c.Observe(resp.TTLSeconds, resp.HeartbeatIntervalSeconds)
 	return &resp, nil
 }
 
@@ -265,7 +270,7 @@ func (c *Client) Renew(ctx context.Context, req *protocol.RenewRequest) (*protoc
 	if err := c.do(ctx, http.MethodPost, protocol.PathRenew, req, "", &resp); err != nil {
 		return nil, fmt.Errorf("renew: %w", err)
 	}
-	c.observe(resp.TTLSeconds, resp.HeartbeatIntervalSeconds)
+	c.Observe(resp.TTLSeconds, resp.HeartbeatIntervalSeconds)
 	return &resp, nil
 }
 
@@ -316,20 +321,30 @@ func (c *Client) do(ctx context.Context, method, path string, body any, token st
 	return errors.Join(errs...)
 }
 
-// observe takes the TTL and heartbeat interval a server answered with
-// into the bound on one attempt. An agent whose heartbeat is stuck on an
+// Observe takes the TTL and heartbeat interval the servers said into the
+// bound on one attempt. An agent whose heartbeat is stuck on an
 // unresponsive server (frozen, or a network that holds the bytes) must
 // still reach another one before its TTL runs out: the heartbeat goes out
 // one interval after the last one that arrived, which leaves TTL minus an
 // interval for trying every server in turn. With a fixed 30 s timeout, a
 // 40 s TTL and a 10 s interval, the failover came just as the agent
-// expired (RELIABILITY.md). Zero values (an older server) change nothing.
-func (c *Client) observe(ttlSeconds, intervalSeconds int) {
+// expired (RELIABILITY.md).
+//
+// The client observes the replies it gets itself. The agent also passes
+// what it persisted from an earlier run, so that the first request after
+// a restart is bounded already, and the replies of its other client (the
+// anonymous one that enrolls with a token). Zero or negative values (an
+// older server, nothing persisted) change nothing.
+func (c *Client) Observe(ttlSeconds, intervalSeconds int) {
 	if ttlSeconds <= 0 || intervalSeconds <= 0 {
 		return
 	}
-	ttl := time.Duration(ttlSeconds) * time.Second
-	interval := time.Duration(intervalSeconds) * time.Second
+	// A value above the cap can only come from a broken server or state
+	// file. Capped, it cannot overflow a Duration (MaxInt seconds wrapped
+	// to -1 s): such a TTL leaves the timeout as it is, such an interval
+	// gives the least bound.
+	ttl := time.Duration(min(ttlSeconds, maxObservedSeconds)) * time.Second
+	interval := time.Duration(min(intervalSeconds, maxObservedSeconds)) * time.Second
 	bound := max((ttl-interval)/time.Duration(len(c.urls)), minAttemptTimeout)
 	c.mu.Lock()
 	c.ttlBound = bound

@@ -26,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/big"
 	"net"
 	"net/http"
@@ -683,6 +684,11 @@ func TestClient_AttemptTimeout(t *testing.T) {
 		{name: "short TTL, one server", timeout: 30 * time.Second, urls: 1, ttl: 40, interval: 10, want: 30 * time.Second},
 		{name: "short TTL, three servers", timeout: 30 * time.Second, urls: 3, ttl: 40, interval: 10, want: 10 * time.Second},
 		{name: "TTL not above the interval", timeout: 30 * time.Second, urls: 2, ttl: 10, interval: 10, want: minAttemptTimeout},
+		{name: "negative TTL", timeout: 30 * time.Second, urls: 2, ttl: -40, interval: 10, want: 30 * time.Second},
+		{name: "negative interval", timeout: 30 * time.Second, urls: 2, ttl: 40, interval: -10, want: 30 * time.Second},
+		// Without a cap, MaxInt seconds overflowed into a 1 s bound.
+		{name: "TTL that would overflow", timeout: 30 * time.Second, urls: 2, ttl: math.MaxInt, interval: 10, want: 30 * time.Second},
+		{name: "interval that would overflow", timeout: 30 * time.Second, urls: 2, ttl: 40, interval: math.MaxInt, want: minAttemptTimeout},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			urls := make([]string, tc.urls)
@@ -693,7 +699,7 @@ func TestClient_AttemptTimeout(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			c.observe(tc.ttl, tc.interval)
+			c.Observe(tc.ttl, tc.interval)
 			if got := c.attemptTimeout(); got != tc.want {
 				t.Errorf("attemptTimeout() = %s, want %s", got, tc.want)
 			}
