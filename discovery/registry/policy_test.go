@@ -251,6 +251,90 @@ func TestRegistry_RenewalsWithLostAnswers(t *testing.T) {
 	}
 }
 
+// TestRegistry_ExpiredRenewalAfterALostAnswer: the answer to a renewal is
+// lost and the certificate that asked expires before the agent can ask
+// again (a one-hour chaos run: a cut network and 45 s certificates). The
+// agent then renews with its expired certificate, which the record holds
+// as the previous one. Refusing it sent the agent to its token, under a
+// new id. Only that case is let through: no certificate that could not
+// renew before the fix can renew now.
+func TestRegistry_ExpiredRenewalAfterALostAnswer(t *testing.T) {
+	tests := []struct {
+		name string
+		// lost is how many renewals had their answer lost.
+		lost int
+		// asking is the certificate that asks: "held" (the one the agent
+		// has), or "older" (the one before it).
+		asking  string
+		pop     bool
+		key     string
+		revoke  bool
+		wantErr error
+	}{
+		{name: "expired previous certificate with proof of possession", lost: 1, asking: "held", pop: true, key: "fp"},
+		{name: "after two lost answers", lost: 2, asking: "held", pop: true, key: "fp"},
+		{name: "expired previous certificate over mTLS", lost: 1, asking: "held", key: "fp", wantErr: ErrSuperseded},
+		{name: "expired previous certificate, another key", lost: 1, asking: "held", pop: true, key: "other", wantErr: ErrKeyMismatch},
+		{name: "the certificate before the previous one", lost: 1, asking: "older", pop: true, key: "fp", wantErr: ErrSuperseded},
+		{name: "revoked agent", lost: 1, asking: "held", pop: true, key: "fp", revoke: true, wantErr: ErrRevoked},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := context.Background()
+			clock := registrytest.NewClock()
+			r := newTestRegistry(t, memory.New(), clock)
+			a := testAgent("a")
+			a.KeyFingerprint = "fp"
+			a.CertSerial, a.CertNotAfter = "s-older", clock.Now().Add(45*time.Second)
+			mustPut(t, r, a)
+			renew := func(req Renewal, issued string) error {
+				return r.Renew(ctx, req, func(template *store.Agent) error {
+					template.CertSerial, template.CertNotAfter, template.KeyFingerprint = issued, clock.Now().Add(45*time.Second), "fp"
+					return nil
+				})
+			}
+			// The agent's last delivered renewal: it holds s-held, and
+			// s-older is the previous certificate.
+			if err := renew(Renewal{ID: "a", Serial: "s-older", KeyFingerprint: "fp"}, "s-held"); err != nil {
+				t.Fatal(err)
+			}
+			for i := range tt.lost {
+				if err := renew(Renewal{ID: "a", Serial: "s-held", KeyFingerprint: "fp"}, fmt.Sprintf("s-lost-%d", i)); err != nil {
+					t.Fatalf("renewal %d whose answer is lost: %v", i, err)
+				}
+			}
+			if tt.revoke {
+				if _, err := r.Revoke(ctx, "a"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			clock.Advance(time.Minute) // s-held has expired
+			err := renew(Renewal{ID: "a", Serial: "s-" + tt.asking, KeyFingerprint: tt.key, ProofOfPossession: tt.pop}, "s-renewed")
+			if tt.wantErr != nil {
+				if !errorIs(err, tt.wantErr) {
+					t.Fatalf("renewal = %v, want %v", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("renewal with the expired held certificate: %v", err)
+			}
+			if err := r.Heartbeat("a", "s-renewed", "", nil); err != nil {
+				t.Errorf("heartbeat with the renewed certificate: %v", err)
+			}
+			for i := range tt.lost {
+				if err := r.Heartbeat("a", fmt.Sprintf("s-lost-%d", i), "", nil); !errorIs(err, ErrSuperseded) {
+					t.Errorf("heartbeat with undelivered s-lost-%d = %v, want ErrSuperseded", i, err)
+				}
+			}
+			v, _ := r.Get("a")
+			if got := v.ID; got != "a" {
+				t.Errorf("agent id %q after the renewal, want it kept", got)
+			}
+		})
+	}
+}
+
 // TestRegistry_RenewalWithAStolenPreviousCertificate plays a thief holding
 // the agent's previous certificate (and its key), still within its
 // validity. Its renewal is taken for a retry after a lost answer: the
