@@ -43,7 +43,15 @@ func (d *discardResponse) WriteHeader(int)             {}
 // what the merge costs apart from the label (compare it with one
 // exporter's scrape, half of two_exporter_scrapes).
 func BenchmarkAggregate(b *testing.B) {
-	text := syntheticText(300, 100)
+	for _, p := range []struct {
+		name string
+		text []byte
+	}{{"30k", syntheticText(300, 100)}, {"node", nodeExporterFixture(b)}} {
+		b.Run(p.name, func(b *testing.B) { benchmarkAggregate(b, p.text) })
+	}
+}
+
+func benchmarkAggregate(b *testing.B, text []byte) {
 	proto := toProtoB(b, text)
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasPrefix(r.Header.Get("Accept"), "application/vnd.google.protobuf") {
@@ -164,7 +172,7 @@ func TestSegmenter_WritesCutAnywhere(t *testing.T) {
 		var got []cut
 		var all strings.Builder
 		sg := newSegmenter(func(b *segmentBatch) error {
-			for _, sgm := range b.segs {
+			for _, sgm := range b.parts {
 				c := cut{seg: sgm, bytes: string(b.buf[sgm.start:sgm.end])}
 				c.seg.start, c.seg.metaEnd, c.seg.end = 0, sgm.metaEnd-sgm.start, 0
 				got = append(got, c)
@@ -173,7 +181,7 @@ func TestSegmenter_WritesCutAnywhere(t *testing.T) {
 			return nil
 		})
 		sg.partBytes = 1 << 30
-		sg.recycle = func() []byte { return make([]byte, 0, 7) }
+		sg.recycle = func() *segmentBatch { return &segmentBatch{buf: make([]byte, 0, 7)} }
 		for len(out) > 0 {
 			n := min(sizes(), len(out))
 			if _, err := sg.Write(out[:n]); err != nil {
