@@ -180,7 +180,7 @@ func (s *source) run(ctx context.Context, req *http.Request, accepted acceptable
 		}
 		if err == nil && neg.format == FormatProtobuf {
 			fr := newFramer(func(b *frameBatch) error { return s.frames.send(fctx, b) })
-			fr.recycle = s.frames.reuse
+			fr.recycle, fr.release = s.frames.reuse, s.frames.put
 			err = p.relay(up.body, up.format, up.ct, neg.format, neg.esc, fr)
 			if err == nil {
 				err = fr.close()

@@ -164,8 +164,15 @@ func mergeFeeds[P any](r *Relay, sources []*source, feed func(*source) *feed[P],
 			live = append(live, s)
 		}
 	}
-	written := newNameSet(r.maxNames)
-	out := make([]byte, 0, 2*flushBytes)
+	scratch := r.mergeScratch()
+	defer r.mergeScratches.Put(scratch)
+	written := scratch.written
+	out := scratch.out[:0]
+	defer func() {
+		if cap(out) <= maxPooledBatch {
+			scratch.out = out[:0]
+		}
+	}()
 	last := ""
 	for len(live) > 0 {
 		name := j.name(&feed(live[0]).rest[0])
@@ -200,4 +207,26 @@ func mergeFeeds[P any](r *Relay, sources []*source, feed func(*source) *feed[P],
 		return err
 	}
 	return nil
+}
+
+// mergeScratch is what a merge allocates per response: the names it
+// wrote and its output buffer. Relay.mergeScratches keeps them between
+// responses.
+type mergeScratch struct {
+	written *nameSet
+	out     []byte
+}
+
+// maxPooledNames is the most names a pooled nameSet may have held: its map
+// keeps its size when cleared.
+const maxPooledNames = 1 << 14
+
+// mergeScratch hands out the scratch of a merge, emptied.
+func (r *Relay) mergeScratch() *mergeScratch {
+	if m, ok := r.mergeScratches.Get().(*mergeScratch); ok && len(m.written.m) <= maxPooledNames {
+		clear(m.written.m)
+		m.written.limit = r.maxNames
+		return m
+	}
+	return &mergeScratch{written: newNameSet(r.maxNames), out: make([]byte, 0, 2*flushBytes)}
 }

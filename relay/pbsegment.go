@@ -30,7 +30,9 @@ import (
 
 // frame is one MetricFamily of relayed protobuf output, its metadata read.
 type frame struct {
-	name       string
+	name string
+	// rawName is the name in the frame, until the framer sets name.
+	rawName    []byte
 	typ        dto.MetricType
 	help, unit []byte // nil when absent
 	// start and end delimit the frame in its batch's buffer, its length
@@ -62,8 +64,11 @@ type framer struct {
 	// recycle hands out an empty batch, one the merge is done with when
 	// there is one.
 	recycle func() *frameBatch
+	// release, when set, takes the framer's buffers at close.
+	release func(*frameBatch)
 	buf     []byte
 	frames  []frame
+	started bool // buf and frames were taken from a recycled batch
 }
 
 func newFramer(emit func(*frameBatch) error) *framer {
@@ -71,9 +76,10 @@ func newFramer(emit func(*frameBatch) error) *framer {
 }
 
 func (fr *framer) Write(b []byte) (int, error) {
-	if fr.buf == nil {
+	if !fr.started {
 		first := fr.recycle()
 		fr.buf, fr.frames = first.buf, first.parts
+		fr.started = true
 	}
 	fr.buf = append(fr.buf, b...)
 	frames := fr.frames[:0]
@@ -90,23 +96,28 @@ func (fr *framer) Write(b []byte) (int, error) {
 	if len(frames) == 0 {
 		return len(b), nil
 	}
-	// The batch takes buf and frames. A frame cut by the end of the write
-	// moves to a batch the merge gave back; without one (the relay writes
-	// whole frames) the next write takes that batch, so that the last
-	// batch leaves the framer nothing the pool would miss.
+	// The batch takes buf and frames, and the next ones go on in a batch
+	// the merge gave back.
 	batch := fr.recycle()
-	if off == len(fr.buf) {
-		batch.buf, batch.parts = fr.buf, frames
-		fr.buf, fr.frames = nil, nil
-	} else {
-		batch.buf, fr.buf = fr.buf[:off], append(batch.buf[:0], fr.buf[off:]...)
-		batch.parts, fr.frames = frames, batch.parts[:0]
-	}
+	batch.buf, fr.buf = fr.buf[:off], append(batch.buf[:0], fr.buf[off:]...)
+	batch.parts, fr.frames = frames, batch.parts[:0]
 	for i := range batch.parts {
 		f := &batch.parts[i]
 		if err := f.scan(batch.buf[f.body:f.end]); err != nil {
 			return 0, err
 		}
+	}
+	// One string of the batch's names rather than one per family.
+	names := batch.aux[:0]
+	for i := range batch.parts {
+		names = append(names, batch.parts[i].rawName...)
+	}
+	all := string(names)
+	batch.aux = names
+	at := 0
+	for i := range batch.parts {
+		f := &batch.parts[i]
+		f.name, at = all[at:at+len(f.rawName)], at+len(f.rawName)
 	}
 	return len(b), fr.emit(batch)
 }
@@ -115,6 +126,10 @@ func (fr *framer) Write(b []byte) (int, error) {
 func (fr *framer) close() error {
 	if len(fr.buf) > 0 {
 		return errors.New("relayed protobuf output ends within a frame")
+	}
+	if fr.release != nil && fr.started {
+		fr.release(&frameBatch{buf: fr.buf, parts: fr.frames})
+		fr.buf, fr.frames, fr.started = nil, nil, false
 	}
 	return nil
 }
@@ -139,8 +154,7 @@ func (f *frame) scan(b []byte) error {
 		b = b[n:]
 		switch {
 		case num == fieldFamilyName && typ == protowire.BytesType:
-			v, _ := protowire.ConsumeBytes(field)
-			f.name = string(v)
+			f.rawName, _ = protowire.ConsumeBytes(field)
 		case num == fieldFamilyHelp && typ == protowire.BytesType:
 			f.help, _ = protowire.ConsumeBytes(field)
 		case num == fieldFamilyUnit && typ == protowire.BytesType:

@@ -43,8 +43,9 @@ type Relay struct {
 	// megabyte of compressor state that is worth not allocating per scrape.
 	gzips sync.Pool
 	// segmentBatches and frameBatches hold the aggregate endpoint's
-	// batches between responses (see feed).
-	segmentBatches, frameBatches sync.Pool
+	// batches between responses (see feed), mergeScratches what else its
+	// merge allocates (see mergeScratch).
+	segmentBatches, frameBatches, mergeScratches sync.Pool
 }
 
 type exporter struct {
