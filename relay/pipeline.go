@@ -90,6 +90,11 @@ type pipeline struct {
 	// nil when off; cached is the entry found for the series at hand.
 	cache  *seriesCache
 	cached *seriesEntry
+	// cacheMissed says the series at hand was looked up in the cache in
+	// vain, so its outcome is to be remembered (families path);
+	// cacheValue is scratch for what is remembered.
+	cacheMissed bool
+	cacheValue  []byte
 	// stripCreated drops created timestamps of protobuf input written as
 	// OpenMetrics: the exporter would not have sent _created lines there.
 	stripCreated bool
