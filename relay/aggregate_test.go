@@ -26,6 +26,10 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 )
 
+// acceptProm3 is Prometheus 3's default Accept header: text is answered
+// as text 1.0.0, which escapes no names.
+const acceptProm3 = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+
 // discardResponse is a ResponseWriter that keeps nothing, so that a
 // benchmark measures the relay rather than a recorder.
 type discardResponse struct{ h http.Header }
@@ -69,7 +73,7 @@ func benchmarkAggregate(b *testing.B, text []byte) {
 	// it, tells the merge's share from the label's.
 	one, _ := newRelay(b, "exporter_label: ''\n"+two[:strings.Index(two, "  - name: b")])
 	oneLabeled, _ := newRelay(b, two[:strings.Index(two, "  - name: b")])
-	for _, a := range []struct{ name, accept string }{{"text", acceptText}, {"openmetrics", acceptOM}, {"protobuf", acceptProto}} {
+	for _, a := range []struct{ name, accept string }{{"text", acceptText}, {"prom3", acceptProm3}, {"openmetrics", acceptOM}, {"protobuf", acceptProto}} {
 		get := func(r http.Handler, path string) {
 			req := httptest.NewRequest("GET", path, nil)
 			req.Header.Set("Accept", a.accept)
