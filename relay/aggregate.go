@@ -216,26 +216,57 @@ const maxWrittenNames = 1 << 17
 
 // nameSet remembers the names of the families an aggregate response wrote,
 // by 64-bit hash, so that memory does not grow with the names' lengths, and
-// at most max of them: past that a family that comes again is written
+// at most limit of them: past that a family that comes again is written
 // again (Prometheus reads it; strict parsers would refuse the repeated
 // metadata) rather than memory grown without bound.
+//
+// Exporters sort their families by name, so the names usually come in
+// ascending order: a name above the greatest so far (max) was not written,
+// without a look-up, and the hashes wait in a list until a name comes that
+// is not above it. Only then are they put into a map.
 type nameSet struct {
-	seed  maphash.Seed
-	m     map[uint64]struct{}
-	limit int
+	seed   maphash.Seed
+	hashes []uint64            // the names' hashes, until m is built
+	m      map[uint64]struct{} // nil until a look-up needs it
+	n      int                 // names added
+	max    string
+	limit  int
 }
 
 func newNameSet(limit int) *nameSet {
-	return &nameSet{seed: maphash.MakeSeed(), m: make(map[uint64]struct{}), limit: limit}
+	return &nameSet{seed: maphash.MakeSeed(), limit: limit}
+}
+
+// reset forgets all names, keeping the list's memory.
+func (s *nameSet) reset(limit int) {
+	s.hashes, s.m, s.n, s.max, s.limit = s.hashes[:0], nil, 0, "", limit
 }
 
 func (s *nameSet) add(name string) {
-	if len(s.m) < s.limit {
-		s.m[maphash.String(s.seed, name)] = struct{}{}
+	if s.n >= s.limit {
+		return
 	}
+	s.n++
+	s.max = max(s.max, name)
+	h := maphash.String(s.seed, name)
+	if s.m == nil {
+		s.hashes = append(s.hashes, h)
+		return
+	}
+	s.m[h] = struct{}{}
 }
 
 func (s *nameSet) has(name string) bool {
+	if s.n == 0 || name > s.max {
+		return false
+	}
+	if s.m == nil {
+		s.m = make(map[uint64]struct{}, len(s.hashes))
+		for _, h := range s.hashes {
+			s.m[h] = struct{}{}
+		}
+		s.hashes = nil
+	}
 	_, ok := s.m[maphash.String(s.seed, name)]
 	return ok
 }

@@ -229,3 +229,45 @@ func TestSegmenter_WritesCutAnywhere(t *testing.T) {
 		})
 	}
 }
+
+// TestNameSet_AsASetOfNames: a nameSet answers as a set of the names added
+// (the first limit additions), whatever their order: ascending, as sorted exporters
+// send them, or not, and after a reset.
+func TestNameSet_AsASetOfNames(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	names := []string{"", "a", "a_total", "b", "node_cpu", "node_cpu_seconds_total", "z"}
+	set := newNameSet(maxWrittenNames)
+	for i := range 500 {
+		limit := maxWrittenNames
+		if i%5 == 0 {
+			limit = rng.IntN(4)
+		}
+		set.reset(limit)
+		want := map[string]bool{}
+		added := 0
+		sorted := i%2 == 0
+		for j := range rng.IntN(12) {
+			name := names[rng.IntN(len(names))]
+			if sorted {
+				name = names[min(j, len(names)-1)]
+			}
+			if rng.IntN(2) == 0 {
+				if got := set.has(name); got != want[name] {
+					t.Fatalf("case %d: has(%q) = %v, want %v (added %v)", i, name, got, want[name], want)
+				}
+				continue
+			}
+			// Past the limit, adding does nothing.
+			if added < limit {
+				want[name] = true
+				added++
+			}
+			set.add(name)
+		}
+		for _, name := range names {
+			if got := set.has(name); got != want[name] {
+				t.Fatalf("case %d: has(%q) = %v, want %v (added %v)", i, name, got, want[name], want)
+			}
+		}
+	}
+}

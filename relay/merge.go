@@ -217,15 +217,14 @@ type mergeScratch struct {
 	out     []byte
 }
 
-// maxPooledNames is the most names a pooled nameSet may have held: its map
-// keeps its size when cleared.
+// maxPooledNames is the most names a pooled nameSet may have held: its
+// list or map keeps its size when emptied.
 const maxPooledNames = 1 << 14
 
 // mergeScratch hands out the scratch of a merge, emptied.
 func (r *Relay) mergeScratch() *mergeScratch {
-	if m, ok := r.mergeScratches.Get().(*mergeScratch); ok && len(m.written.m) <= maxPooledNames {
-		clear(m.written.m)
-		m.written.limit = r.maxNames
+	if m, ok := r.mergeScratches.Get().(*mergeScratch); ok && m.written.n <= maxPooledNames {
+		m.written.reset(r.maxNames)
 		return m
 	}
 	return &mergeScratch{written: newNameSet(r.maxNames), out: make([]byte, 0, 2*flushBytes)}

@@ -125,7 +125,12 @@ func (s *segmenter) line(l []byte) bool {
 		if bytes.HasPrefix(rest, []byte("EOF")) && len(bytes.TrimSpace(rest)) == 3 {
 			return false // the aggregate writes its own
 		}
-		kind, rest, _ := bytes.Cut(rest, []byte(" "))
+		// The kinds of metadata are four letters and a space: no search
+		// for the space.
+		var kind []byte
+		if len(rest) > 4 && rest[4] == ' ' {
+			kind, rest = rest[:4], rest[5:]
+		}
 		switch string(kind) {
 		case "HELP", "TYPE", "UNIT":
 			name, typ := nameToken(rest)
