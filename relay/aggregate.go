@@ -35,44 +35,16 @@ type source struct {
 	// the fetch failed; decided carries the format of the response.
 	fetched chan fetched
 	decided chan negotiated
-	framed  chan *frameBatch   // protobuf responses
-	parts   chan *segmentBatch // text and OpenMetrics responses
-	// frames and seg are the rest of the batch at hand, in frameBuf and
-	// segBuf.
-	frames   []frame
-	frameBuf []byte
-	seg      []segment
-	segBuf   []byte
+	frames  *feed[frame]   // protobuf responses
+	segs    *feed[segment] // text and OpenMetrics responses
 	// dropping is set while the parts of a dropped family come in.
 	dropping bool
-	// free holds buffers of batches the merge is done with, for the
-	// segmenter or framer to fill again: a response then allocates a few
-	// buffers per exporter rather than one per batch.
-	free chan []byte
 }
 
-// sourceFreeBuffers is how many spare batch buffers a source keeps: one
-// per batch its channels hold, and one for the segmenter or framer.
-const sourceFreeBuffers = 3
-
-// giveBack offers a batch's buffer for another batch.
-func (s *source) giveBack(b []byte) {
-	if b == nil {
-		return
-	}
-	select {
-	case s.free <- b[:0]:
-	default:
-	}
-}
-
-// reuse hands out a buffer that giveBack offered, or nil.
-func (s *source) reuse() []byte {
-	select {
-	case b := <-s.free:
-		return b
-	default:
-		return nil
+func newSource(r *Relay, e *exporter) *source {
+	return &source{
+		exporter: e, fetched: make(chan fetched, 1), decided: make(chan negotiated, 1),
+		frames: newFeed[frame](&r.frameBatches), segs: newFeed[segment](&r.segmentBatches),
 	}
 }
 
@@ -120,15 +92,17 @@ func (r *Relay) serveAggregate(w http.ResponseWriter, req *http.Request) {
 	sources := make([]*source, 0, len(r.names))
 	var wg sync.WaitGroup
 	for _, name := range r.names {
-		s := &source{
-			exporter: r.exporters[name], fetched: make(chan fetched, 1), decided: make(chan negotiated, 1),
-			framed: make(chan *frameBatch, 2), parts: make(chan *segmentBatch, 2),
-			free: make(chan []byte, sourceFreeBuffers),
-		}
+		s := newSource(r, r.exporters[name])
 		sources = append(sources, s)
 		wg.Go(func() { s.run(ctx, req, accepted) })
 	}
-	defer wg.Wait()
+	defer func() {
+		wg.Wait()
+		for _, s := range sources {
+			s.frames.release()
+			s.segs.release()
+		}
+	}()
 
 	neg := decideAggregate(accepted, sources)
 	for _, s := range sources {
@@ -149,10 +123,8 @@ func (r *Relay) serveAggregate(w http.ResponseWriter, req *http.Request) {
 		r.logger.Debug("Writing the aggregate response failed", "err", err)
 		// Drain, so every source sees the cancellation and ends.
 		for _, s := range sources {
-			for range s.framed {
-			}
-			for range s.parts {
-			}
+			s.frames.drain()
+			s.segs.drain()
 		}
 		if resp.dst.wrote {
 			panic(http.ErrAbortHandler)
@@ -184,8 +156,8 @@ func decideAggregate(accepted acceptable, sources []*source) negotiated {
 
 // run relays one exporter into its channels.
 func (s *source) run(ctx context.Context, req *http.Request, accepted acceptable) {
-	defer close(s.framed)
-	defer close(s.parts)
+	defer close(s.frames.ch)
+	defer close(s.segs.ch)
 	e := s.exporter
 	m := e.relay.metrics
 	start := time.Now()
@@ -207,29 +179,15 @@ func (s *source) run(ctx context.Context, req *http.Request, accepted acceptable
 			err = fctx.Err()
 		}
 		if err == nil && neg.format == FormatProtobuf {
-			fr := newFramer(func(b *frameBatch) error {
-				select {
-				case s.framed <- b:
-					return nil
-				case <-fctx.Done():
-					return fctx.Err()
-				}
-			})
-			fr.recycle = s.reuse
+			fr := newFramer(func(b *frameBatch) error { return s.frames.send(fctx, b) })
+			fr.recycle, fr.release = s.frames.reuse, s.frames.put
 			err = p.relay(up.body, up.format, up.ct, neg.format, neg.esc, fr)
 			if err == nil {
 				err = fr.close()
 			}
 		} else if err == nil {
-			sg := newSegmenter(func(b *segmentBatch) error {
-				select {
-				case s.parts <- b:
-					return nil
-				case <-fctx.Done():
-					return fctx.Err()
-				}
-			})
-			sg.recycle = s.reuse
+			sg := newSegmenter(func(b *segmentBatch) error { return s.segs.send(fctx, b) })
+			sg.recycle = s.segs.reuse
 			err = p.relay(up.body, up.format, up.ct, neg.format, neg.esc, sg)
 			if err == nil {
 				err = sg.close()
@@ -258,26 +216,57 @@ const maxWrittenNames = 1 << 17
 
 // nameSet remembers the names of the families an aggregate response wrote,
 // by 64-bit hash, so that memory does not grow with the names' lengths, and
-// at most max of them: past that a family that comes again is written
+// at most limit of them: past that a family that comes again is written
 // again (Prometheus reads it; strict parsers would refuse the repeated
 // metadata) rather than memory grown without bound.
+//
+// Exporters sort their families by name, so the names usually come in
+// ascending order: a name above the greatest so far (max) was not written,
+// without a look-up, and the hashes wait in a list until a name comes that
+// is not above it. Only then are they put into a map.
 type nameSet struct {
-	seed  maphash.Seed
-	m     map[uint64]struct{}
-	limit int
+	seed   maphash.Seed
+	hashes []uint64            // the names' hashes, until m is built
+	m      map[uint64]struct{} // nil until a look-up needs it
+	n      int                 // names added
+	max    string
+	limit  int
 }
 
 func newNameSet(limit int) *nameSet {
-	return &nameSet{seed: maphash.MakeSeed(), m: make(map[uint64]struct{}), limit: limit}
+	return &nameSet{seed: maphash.MakeSeed(), limit: limit}
+}
+
+// reset forgets all names, keeping the list's memory.
+func (s *nameSet) reset(limit int) {
+	s.hashes, s.m, s.n, s.max, s.limit = s.hashes[:0], nil, 0, "", limit
 }
 
 func (s *nameSet) add(name string) {
-	if len(s.m) < s.limit {
-		s.m[maphash.String(s.seed, name)] = struct{}{}
+	if s.n >= s.limit {
+		return
 	}
+	s.n++
+	s.max = max(s.max, name)
+	h := maphash.String(s.seed, name)
+	if s.m == nil {
+		s.hashes = append(s.hashes, h)
+		return
+	}
+	s.m[h] = struct{}{}
 }
 
 func (s *nameSet) has(name string) bool {
+	if s.n == 0 || name > s.max {
+		return false
+	}
+	if s.m == nil {
+		s.m = make(map[uint64]struct{}, len(s.hashes))
+		for _, h := range s.hashes {
+			s.m[h] = struct{}{}
+		}
+		s.hashes = nil
+	}
 	_, ok := s.m[maphash.String(s.seed, name)]
 	return ok
 }

@@ -26,6 +26,10 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 )
 
+// acceptProm3 is Prometheus 3's default Accept header: text is answered
+// as text 1.0.0, which escapes no names.
+const acceptProm3 = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+
 // discardResponse is a ResponseWriter that keeps nothing, so that a
 // benchmark measures the relay rather than a recorder.
 type discardResponse struct{ h http.Header }
@@ -43,7 +47,15 @@ func (d *discardResponse) WriteHeader(int)             {}
 // what the merge costs apart from the label (compare it with one
 // exporter's scrape, half of two_exporter_scrapes).
 func BenchmarkAggregate(b *testing.B) {
-	text := syntheticText(300, 100)
+	for _, p := range []struct {
+		name string
+		text []byte
+	}{{"30k", syntheticText(300, 100)}, {"node", nodeExporterFixture(b)}} {
+		b.Run(p.name, func(b *testing.B) { benchmarkAggregate(b, p.text) })
+	}
+}
+
+func benchmarkAggregate(b *testing.B, text []byte) {
 	proto := toProtoB(b, text)
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasPrefix(r.Header.Get("Accept"), "application/vnd.google.protobuf") {
@@ -61,7 +73,7 @@ func BenchmarkAggregate(b *testing.B) {
 	// it, tells the merge's share from the label's.
 	one, _ := newRelay(b, "exporter_label: ''\n"+two[:strings.Index(two, "  - name: b")])
 	oneLabeled, _ := newRelay(b, two[:strings.Index(two, "  - name: b")])
-	for _, a := range []struct{ name, accept string }{{"text", acceptText}, {"openmetrics", acceptOM}, {"protobuf", acceptProto}} {
+	for _, a := range []struct{ name, accept string }{{"text", acceptText}, {"prom3", acceptProm3}, {"openmetrics", acceptOM}, {"protobuf", acceptProto}} {
 		get := func(r http.Handler, path string) {
 			req := httptest.NewRequest("GET", path, nil)
 			req.Header.Set("Accept", a.accept)
@@ -164,7 +176,7 @@ func TestSegmenter_WritesCutAnywhere(t *testing.T) {
 		var got []cut
 		var all strings.Builder
 		sg := newSegmenter(func(b *segmentBatch) error {
-			for _, sgm := range b.segs {
+			for _, sgm := range b.parts {
 				c := cut{seg: sgm, bytes: string(b.buf[sgm.start:sgm.end])}
 				c.seg.start, c.seg.metaEnd, c.seg.end = 0, sgm.metaEnd-sgm.start, 0
 				got = append(got, c)
@@ -173,7 +185,7 @@ func TestSegmenter_WritesCutAnywhere(t *testing.T) {
 			return nil
 		})
 		sg.partBytes = 1 << 30
-		sg.recycle = func() []byte { return make([]byte, 0, 7) }
+		sg.recycle = func() *segmentBatch { return &segmentBatch{buf: make([]byte, 0, 7)} }
 		for len(out) > 0 {
 			n := min(sizes(), len(out))
 			if _, err := sg.Write(out[:n]); err != nil {
@@ -215,5 +227,47 @@ func TestSegmenter_WritesCutAnywhere(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestNameSet_AsASetOfNames: a nameSet answers as a set of the names added
+// (the first limit additions), whatever their order: ascending, as sorted exporters
+// send them, or not, and after a reset.
+func TestNameSet_AsASetOfNames(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	names := []string{"", "a", "a_total", "b", "node_cpu", "node_cpu_seconds_total", "z"}
+	set := newNameSet(maxWrittenNames)
+	for i := range 500 {
+		limit := maxWrittenNames
+		if i%5 == 0 {
+			limit = rng.IntN(4)
+		}
+		set.reset(limit)
+		want := map[string]bool{}
+		added := 0
+		sorted := i%2 == 0
+		for j := range rng.IntN(12) {
+			name := names[rng.IntN(len(names))]
+			if sorted {
+				name = names[min(j, len(names)-1)]
+			}
+			if rng.IntN(2) == 0 {
+				if got := set.has(name); got != want[name] {
+					t.Fatalf("case %d: has(%q) = %v, want %v (added %v)", i, name, got, want[name], want)
+				}
+				continue
+			}
+			// Past the limit, adding does nothing.
+			if added < limit {
+				want[name] = true
+				added++
+			}
+			set.add(name)
+		}
+		for _, name := range names {
+			if got := set.has(name); got != want[name] {
+				t.Fatalf("case %d: has(%q) = %v, want %v (added %v)", i, name, got, want[name], want)
+			}
+		}
 	}
 }

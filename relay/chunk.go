@@ -304,8 +304,12 @@ func nameToken(b []byte) (name, rest []byte) {
 		}
 		return b[1:], nil
 	}
-	if i := bytes.IndexAny(b, " \t"); i >= 0 {
-		return b[:i], b[i:]
+	// A loop, not bytes.IndexAny: names are short, and IndexAny builds
+	// its set of bytes on every call.
+	for i, c := range b {
+		if c == ' ' || c == '\t' {
+			return b[:i], b[i:]
+		}
 	}
 	return b, nil
 }
@@ -434,11 +438,13 @@ func sampleName(line []byte) []byte {
 		}
 		return nil
 	}
-	end := bytes.IndexAny(line, "{ \t\n")
-	if end < 0 {
-		return line
+	for i, c := range line {
+		switch c {
+		case '{', ' ', '\t', '\n':
+			return line[:i]
+		}
 	}
-	return line[:end]
+	return line
 }
 
 // metricBoundary finds, scanning back from the end of lines to stop, the

@@ -81,8 +81,10 @@ func (d directHandler) needsLabels(raw []byte) bool {
 	}
 	if !escape {
 		// Most series do not mention the label at all, which a search
-		// tells faster than a walk over the names.
-		if p.label == "" || !bytes.Contains(raw, []byte(p.label)) {
+		// tells faster than a walk over the names, and a search for the
+		// label's rarest byte faster still: bytes.Contains stops at
+		// every byte the label starts with.
+		if p.label == "" || bytes.IndexByte(raw, p.labelRare) < 0 || !bytes.Contains(raw, []byte(p.label)) {
 			return false
 		}
 		_, named := scanNames(raw, p.label)

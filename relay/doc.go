@@ -39,5 +39,6 @@
 //     to a series' text.
 //   - response.go: gzip and the writer that commits the status with the
 //     first byte; aggregate.go: the aggregate endpoint, which merges text
-//     by families (segment.go) and protobuf by frames (pbsegment.go).
+//     by families (segment.go) and protobuf by frames (pbsegment.go) with
+//     one k-way merge over pooled batches (merge.go).
 package relay

@@ -77,6 +77,9 @@ type assembler struct {
 	wireBody    []byte
 	wireMetrics int
 	frame       []byte
+	// wireLabels is the label fields of the metric sample wrote last as
+	// wire bytes, nil when it wrote none: the series cache keeps them.
+	wireLabels []byte
 	// wired counts the frames written so, for the tests.
 	wired int
 }
@@ -389,6 +392,22 @@ func (a *assembler) appendWireMetric(lset labels.Labels, v float64, ts *int64) {
 			b = appendLabelPair(b, escapeLabelName(l.Name, esc), l.Value)
 		}
 	})
+	a.endWireMetric(b, start, v, ts)
+}
+
+// appendWireLabeled is appendWireMetric for a metric whose label fields
+// are known already (from the series cache).
+func (a *assembler) appendWireLabeled(labelFields string, v float64, ts *int64) {
+	start := len(a.wireBody)
+	b := append(append(a.wireBody, 0, 0, 0, 0, 0, 0), labelFields...)
+	a.endWireMetric(b, start, v, ts)
+}
+
+// endWireMetric ends the metric that starts at start in b, six bytes of
+// room for its tag and length and then its label fields, with its value
+// and timestamp, and makes b the wireBody.
+func (a *assembler) endWireMetric(b []byte, start int, v float64, ts *int64) {
+	labelsLen := len(b) - start - 6
 	field := protowire.Number(5)
 	switch dtoType(a.typ) {
 	case dto.MetricType_GAUGE:
@@ -411,6 +430,45 @@ func (a *assembler) appendWireMetric(lset labels.Labels, v float64, ts *int64) {
 	n := copy(b[start+len(head):], b[start+6:])
 	a.wireBody = b[:start+len(head)+n]
 	a.wireMetrics++
+	a.wireLabels = a.wireBody[start+len(head) : start+len(head)+labelsLen]
+}
+
+// wiring reports whether metrics go out as wire bytes at all: protobuf
+// output of text input.
+func (a *assembler) wiring() bool { return a.wire != nil && !a.om }
+
+// wires reports whether a series named name, which relabeling left as it
+// came, goes out as wire bytes (appendWireMetric) after the series before
+// it: then what it writes depends only on its label fields, value and
+// timestamp, and sampleWire can write it from the series cache.
+func (a *assembler) wires(name string) bool {
+	if !a.wiring() {
+		return false
+	}
+	suffix, ok := a.suffix(name)
+	if !ok {
+		return true // an untyped family of its own, see sample
+	}
+	switch a.typ {
+	case model.MetricTypeSummary, model.MetricTypeHistogram, model.MetricTypeGaugeHistogram:
+		return false
+	case model.MetricTypeInfo:
+		return suffix != "_created"
+	}
+	return true
+}
+
+// sampleWire is sample for a series that wires, from its name and label
+// fields.
+func (a *assembler) sampleWire(name, labelFields string, v float64, ts *int64) error {
+	if _, ok := a.suffix(name); !ok {
+		if err := a.flush(); err != nil {
+			return err
+		}
+		a.start(name, model.MetricTypeUnknown)
+	}
+	a.appendWireLabeled(labelFields, v, ts)
+	return nil
 }
 
 // appendWireFamily appends the frame of the family held, its metrics in

@@ -29,14 +29,62 @@ func (f familyHandler) meta(kind metaKind, name, value []byte, typ model.MetricT
 	return f.p.assembler.meta(kind, name, value, typ)
 }
 
-func (familyHandler) wantLabels([]byte) bool { return true }
+// wantLabels builds every series' labels, except where the series cache
+// serves text written as protobuf: there a series whose outcome is
+// remembered is written from its label fields (see series), when the
+// rules dropped it or when it goes out as wire bytes (assembler.wires).
+func (f familyHandler) wantLabels(raw []byte) bool {
+	p := f.p
+	p.cached, p.cacheMissed = nil, false
+	if p.cache == nil || !p.assembler.wiring() {
+		return true
+	}
+	e := p.cache.lookupWire(raw, p.escaping)
+	if e == nil {
+		p.cacheMissed = true
+		return true
+	}
+	if !e.dropped {
+		if name, _ := e.wireValue(); !p.assembler.wires(name) {
+			return true
+		}
+	}
+	p.cached = e
+	return false
+}
 
 func (f familyHandler) series(_ []byte, r relabeled, v float64, ts *int64, ex *exemplar.Exemplar) error {
+	p := f.p
+	if e := p.cached; e != nil {
+		p.cached = nil
+		if e.dropped {
+			return nil
+		}
+		p.samples++
+		name, labelFields := e.wireValue()
+		return p.assembler.sampleWire(name, labelFields, v, ts)
+	}
 	if !r.keep {
+		if p.cacheMissed {
+			p.cache.remember(true, nil)
+		}
 		return nil
 	}
-	f.p.samples++
-	return f.p.assembler.sample(r.lset, v, ts, ex)
+	p.samples++
+	a := &p.assembler
+	a.wireLabels = nil
+	if err := a.sample(r.lset, v, ts, ex); err != nil {
+		return err
+	}
+	// An outcome is remembered only when the rules kept the metric name:
+	// the name decides the family, which the input's metadata gives.
+	if p.cacheMissed && a.wireLabels != nil {
+		if name := r.lset.Get(model.MetricNameLabel); name == p.parsedLabels.Get(model.MetricNameLabel) {
+			p.cacheValue = appendWireValue(p.cacheValue[:0], name, a.wireLabels)
+			p.cache.remember(false, p.cacheValue)
+		}
+	}
+	return nil
 }
 
 // families reads body and calls emit with each relabeled family, in the

@@ -138,3 +138,31 @@ func TestFastRules_DecidedBounded(t *testing.T) {
 		t.Errorf("%d series (%d counted), want %d", got, p.samples, kept)
 	}
 }
+
+// TestRarestByte_IsAByteOfTheName: the byte the direct path searches for
+// before it searches for the exporter label is one of the label's, so that
+// its absence proves the label's; and the rarest one.
+func TestRarestByte_IsAByteOfTheName(t *testing.T) {
+	tests := []struct {
+		name string
+		want byte
+	}{
+		{"exporter", 'x'},
+		{"job", 'j'},
+		{"e", 'e'},
+		{"Exporter", 'E'}, // not listed: rarer than any listed byte
+		{"a.b", 'b'},
+		{"", 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := rarestByte(tt.name)
+			if got != tt.want {
+				t.Errorf("rarestByte(%q) = %q, want %q", tt.name, got, tt.want)
+			}
+			if tt.name != "" && !strings.Contains(tt.name, string(got)) {
+				t.Errorf("rarestByte(%q) = %q, not a byte of it", tt.name, got)
+			}
+		})
+	}
+}

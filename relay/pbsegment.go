@@ -17,7 +17,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
-	"slices"
 
 	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -31,7 +30,9 @@ import (
 
 // frame is one MetricFamily of relayed protobuf output, its metadata read.
 type frame struct {
-	name       string
+	name string
+	// rawName is the name in the frame, until the framer sets name.
+	rawName    []byte
 	typ        dto.MetricType
 	help, unit []byte // nil when absent
 	// start and end delimit the frame in its batch's buffer, its length
@@ -51,52 +52,72 @@ func (f *frame) bare() bool {
 }
 
 // frameBatch is consecutive frames of one exporter's output.
-type frameBatch struct {
-	buf    []byte
-	frames []frame
-}
+type frameBatch = batch[frame]
 
 // framer is the writer a relay of one exporter writes its protobuf output
 // to on the aggregate endpoint: it passes on each write's complete frames
 // in one batch and holds a frame cut by the end of a write. As the
 // segmenter does, it hands buf itself to the batch and moves what it
-// holds to a buffer the merge gave back.
+// holds to the buffer of a batch the merge gave back.
 type framer struct {
 	emit func(*frameBatch) error
-	// recycle, when set, hands out buffers of batches the merge is done
-	// with, or nil.
-	recycle func() []byte
+	// recycle hands out an empty batch, one the merge is done with when
+	// there is one.
+	recycle func() *frameBatch
+	// release, when set, takes the framer's buffers at close.
+	release func(*frameBatch)
 	buf     []byte
+	frames  []frame
+	started bool // buf and frames were taken from a recycled batch
 }
 
-func newFramer(emit func(*frameBatch) error) *framer { return &framer{emit: emit} }
+func newFramer(emit func(*frameBatch) error) *framer {
+	return &framer{emit: emit, recycle: func() *frameBatch { return &frameBatch{} }}
+}
 
 func (fr *framer) Write(b []byte) (int, error) {
+	if !fr.started {
+		first := fr.recycle()
+		fr.buf, fr.frames = first.buf, first.parts
+		fr.started = true
+	}
 	fr.buf = append(fr.buf, b...)
-	batch := &frameBatch{}
+	frames := fr.frames[:0]
 	off := 0
 	for off < len(fr.buf) {
 		size, n := binary.Uvarint(fr.buf[off:])
 		if n <= 0 || uint64(len(fr.buf)-off-n) < size {
 			break // the frame goes on in the next write
 		}
-		batch.frames = append(batch.frames, frame{start: off, body: off + n, end: off + n + int(size)})
+		frames = append(frames, frame{start: off, body: off + n, end: off + n + int(size)})
 		off += n + int(size)
 	}
-	if len(batch.frames) == 0 {
+	fr.frames = frames
+	if len(frames) == 0 {
 		return len(b), nil
 	}
-	var next []byte
-	if fr.recycle != nil {
-		next = fr.recycle()
-	}
-	batch.buf = fr.buf[:off]
-	fr.buf = append(next[:0], fr.buf[off:]...)
-	for i := range batch.frames {
-		f := &batch.frames[i]
+	// The batch takes buf and frames, and the next ones go on in a batch
+	// the merge gave back.
+	batch := fr.recycle()
+	batch.buf, fr.buf = fr.buf[:off], append(batch.buf[:0], fr.buf[off:]...)
+	batch.parts, fr.frames = frames, batch.parts[:0]
+	for i := range batch.parts {
+		f := &batch.parts[i]
 		if err := f.scan(batch.buf[f.body:f.end]); err != nil {
 			return 0, err
 		}
+	}
+	// One string of the batch's names rather than one per family.
+	names := batch.aux[:0]
+	for i := range batch.parts {
+		names = append(names, batch.parts[i].rawName...)
+	}
+	all := string(names)
+	batch.aux = names
+	at := 0
+	for i := range batch.parts {
+		f := &batch.parts[i]
+		f.name, at = all[at:at+len(f.rawName)], at+len(f.rawName)
 	}
 	return len(b), fr.emit(batch)
 }
@@ -105,6 +126,10 @@ func (fr *framer) Write(b []byte) (int, error) {
 func (fr *framer) close() error {
 	if len(fr.buf) > 0 {
 		return errors.New("relayed protobuf output ends within a frame")
+	}
+	if fr.release != nil && fr.started {
+		fr.release(&frameBatch{buf: fr.buf, parts: fr.frames})
+		fr.buf, fr.frames, fr.started = nil, nil, false
 	}
 	return nil
 }
@@ -129,8 +154,7 @@ func (f *frame) scan(b []byte) error {
 		b = b[n:]
 		switch {
 		case num == fieldFamilyName && typ == protowire.BytesType:
-			v, _ := protowire.ConsumeBytes(field)
-			f.name = string(v)
+			f.rawName, _ = protowire.ConsumeBytes(field)
 		case num == fieldFamilyHelp && typ == protowire.BytesType:
 			f.help, _ = protowire.ConsumeBytes(field)
 		case num == fieldFamilyUnit && typ == protowire.BytesType:
@@ -156,77 +180,45 @@ type frameRef struct {
 	buf []byte
 }
 
+// frameJoiner joins same-named frames for mergeFeeds, by the rules given
+// at serveAggregate: a joined frame is what merging the families as metric
+// families wrote (mergeFamilies in the tests).
+type frameJoiner struct {
+	r      *Relay
+	merged []frameRef
+}
+
+func (j *frameJoiner) name(f *frame) string { return f.name }
+
+func (j *frameJoiner) add(s *source, f *frame, buf []byte, _, repeated bool) {
+	switch {
+	case !f.bare() && repeated:
+		j.r.drop(s)
+	case len(j.merged) > 0 && j.merged[0].f.typ != f.typ:
+		j.r.drop(s)
+	default:
+		j.merged = append(j.merged, frameRef{f, buf})
+	}
+}
+
+func (j *frameJoiner) appendGroup(out []byte) ([]byte, bool) {
+	switch len(j.merged) {
+	case 0:
+		return out, false
+	case 1:
+		out = append(out, j.merged[0].buf[j.merged[0].f.start:j.merged[0].f.end]...)
+	default:
+		out = appendJoined(out, j.merged)
+	}
+	meta := !j.merged[0].f.bare()
+	j.merged = j.merged[:0]
+	return out, meta
+}
+
 // mergeFrames writes the families of all sources in name order, joining
-// same-named ones, by the rules given at serveAggregate: a joined frame is
-// what merging the families as metric families wrote (mergeFamilies in the
-// tests).
+// same-named ones (frameJoiner).
 func (r *Relay) mergeFrames(sources []*source, w io.Writer) error {
-	advance := func(s *source) bool {
-		for len(s.frames) == 0 {
-			b, ok := <-s.framed
-			if !ok {
-				return false
-			}
-			s.giveBack(s.frameBuf)
-			s.frames, s.frameBuf = b.frames, b.buf
-		}
-		return true
-	}
-	live := make([]*source, 0, len(sources))
-	for _, s := range sources {
-		if advance(s) {
-			live = append(live, s)
-		}
-	}
-	written := newNameSet(r.maxNames)
-	var out []byte
-	var merged []frameRef
-	last := ""
-	for len(live) > 0 {
-		name := live[0].frames[0].name
-		for _, s := range live[1:] {
-			name = min(name, s.frames[0].name)
-		}
-		merged = merged[:0]
-		for _, s := range live {
-			f := &s.frames[0]
-			if f.name != name {
-				continue
-			}
-			switch {
-			case !f.bare() && last != name && written.has(name):
-				r.drop(s)
-			case len(merged) > 0 && merged[0].f.typ != f.typ:
-				r.drop(s)
-			default:
-				merged = append(merged, frameRef{f, s.frameBuf})
-			}
-			s.frames = s.frames[1:]
-		}
-		switch len(merged) {
-		case 0:
-		case 1:
-			out = append(out, merged[0].buf[merged[0].f.start:merged[0].f.end]...)
-		default:
-			out = appendJoined(out, merged)
-		}
-		if len(merged) > 0 && !merged[0].f.bare() {
-			written.add(name)
-			last = name
-		}
-		if len(out) >= flushBytes {
-			if _, err := w.Write(out); err != nil {
-				return err
-			}
-			out = out[:0]
-		}
-		live = slices.DeleteFunc(live, func(s *source) bool { return !advance(s) })
-	}
-	if len(out) > 0 {
-		_, err := w.Write(out)
-		return err
-	}
-	return nil
+	return mergeFeeds(r, sources, func(s *source) *feed[frame] { return s.frames }, &frameJoiner{r: r}, w, "")
 }
 
 // appendJoined appends one frame of the metrics of several same-named

@@ -100,17 +100,17 @@ func aggregateFrames(t *testing.T, bodies [][]byte, in Format, ct string, esc mo
 		refs := make([]*familySource, len(bodies))
 		errs := make(chan error, len(bodies))
 		for i, body := range bodies {
-			s := &source{exporter: &exporter{cfg: ExporterConfig{Name: fmt.Sprint("e", i)}}, framed: make(chan *frameBatch, 2), free: make(chan []byte, sourceFreeBuffers)}
+			s := newSource(r, &exporter{cfg: ExporterConfig{Name: fmt.Sprint("e", i)}})
 			ref := &familySource{s: s, ch: make(chan *dto.MetricFamily, 2)}
 			sources[i], refs[i] = s, ref
 			go func() {
-				defer close(s.framed)
+				defer close(s.frames.ch)
 				defer close(ref.ch)
 				p := newPipeline(s.exporter.cfg.Name, "exporter", nil, defaultLimits)
 				var err error
 				if frames {
-					fr := newFramer(func(b *frameBatch) error { s.framed <- b; return nil })
-					fr.recycle = s.reuse
+					fr := newFramer(func(b *frameBatch) error { s.frames.ch <- b; return nil })
+					fr.recycle = s.frames.reuse
 					if err = p.relay(bytes.NewReader(body), in, ct, FormatProtobuf, esc, fr); err == nil {
 						err = fr.close()
 					}

@@ -17,6 +17,7 @@ import (
 	"bufio"
 	"errors"
 	"io"
+	"strings"
 
 	"github.com/klauspost/compress/gzip"
 	dto "github.com/prometheus/client_model/go"
@@ -43,8 +44,11 @@ var (
 type pipeline struct {
 	exporter string
 	label    string
-	relabels []*relabel.Config
-	scheme   model.ValidationScheme
+	// labelRare is the byte of label least likely in series text (see
+	// rarestByte).
+	labelRare byte
+	relabels  []*relabel.Config
+	scheme    model.ValidationScheme
 	limits
 
 	// Relabeling (relabel.go).
@@ -90,6 +94,11 @@ type pipeline struct {
 	// nil when off; cached is the entry found for the series at hand.
 	cache  *seriesCache
 	cached *seriesEntry
+	// cacheMissed says the series at hand was looked up in the cache in
+	// vain, so its outcome is to be remembered (families path);
+	// cacheValue is scratch for what is remembered.
+	cacheMissed bool
+	cacheValue  []byte
 	// stripCreated drops created timestamps of protobuf input written as
 	// OpenMetrics: the exporter would not have sent _created lines there.
 	stripCreated bool
@@ -139,6 +148,7 @@ func (p *pipeline) setLabel(label string) {
 // initLabel prepares what depends on the exporter label.
 func (p *pipeline) initLabel(label string) {
 	p.label, p.exporterPair, p.splice = label, nil, nil
+	p.labelRare = rarestByte(label)
 	if label != "" {
 		p.exporterPair = &dto.LabelPair{Name: proto.String(label), Value: proto.String(p.exporter)}
 		p.splice = appendQuoted(append([]byte(label), '='), p.exporter)
@@ -177,4 +187,25 @@ func (p *pipeline) relay(body io.Reader, in Format, ct string, out Format, esc m
 		return err
 	}
 	return p.familyWriter.finish()
+}
+
+// byteFrequency lists the bytes of label names and series text from the
+// most to the least common, by a rough count over exporters' output.
+const byteFrequency = "e_\",=taoinsrlcmd{}hupg.bfywk0123456789v/-xjqz"
+
+// rarestByte is the byte of s that is least common in series text, so that
+// a search for it says quickly that s is not there; 0 for "".
+func rarestByte(s string) byte {
+	var rare byte
+	rank := -1
+	for i := 0; i < len(s); i++ {
+		r := strings.IndexByte(byteFrequency, s[i])
+		if r < 0 {
+			return s[i] // rarer than any listed
+		}
+		if r > rank {
+			rare, rank = s[i], r
+		}
+	}
+	return rare
 }

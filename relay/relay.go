@@ -42,6 +42,10 @@ type Relay struct {
 	// gzips holds gzip writers between responses: each has about a
 	// megabyte of compressor state that is worth not allocating per scrape.
 	gzips sync.Pool
+	// segmentBatches and frameBatches hold the aggregate endpoint's
+	// batches between responses (see feed), mergeScratches what else its
+	// merge allocates (see mergeScratch).
+	segmentBatches, frameBatches, mergeScratches sync.Pool
 }
 
 type exporter struct {

@@ -16,7 +16,6 @@ package relay
 import (
 	"bytes"
 	"io"
-	"slices"
 )
 
 // segment is one family, or a part of one, in a batch of relayed text or
@@ -25,6 +24,9 @@ import (
 type segment struct {
 	name string // the family's name as its lines spell it, unquoted
 	typ  string // the type of its # TYPE line, "" for none
+	// nameStart and nameEnd place the name in the segmenter's names until
+	// the segment is passed on with its name.
+	nameStart, nameEnd int
 	// meta says the segment starts the family with its metadata lines,
 	// which end at metaEnd; a segment without is bare samples, or the
 	// continuation of the family before it (cont).
@@ -36,10 +38,7 @@ type segment struct {
 }
 
 // segmentBatch is consecutive segments of one exporter's output.
-type segmentBatch struct {
-	buf  []byte
-	segs []segment
-}
+type segmentBatch = batch[segment]
 
 // segmentPartBytes is how large a family grows before the segmenter passes
 // on what it has of it, so that memory stays bounded by about a chunk per
@@ -55,14 +54,14 @@ const segmentPartBytes = 64 << 10
 // grows past segmentPartBytes.
 //
 // Each write is appended to buf whole and its lines are only looked at:
-// a batch takes buf itself, and what is held over moves to a buffer the
-// merge gave back (recycle), so that the output is copied once on its way
-// to the batch.
+// a batch takes buf and segs themselves, and what is held over moves to a
+// batch the merge gave back (recycle), so that the output is copied once
+// on its way to the batch.
 type segmenter struct {
 	emit func(*segmentBatch) error
-	// recycle, when set, hands out buffers of batches the merge is done
-	// with, or nil.
-	recycle func() []byte
+	// recycle hands out an empty batch, one the merge is done with when
+	// there is one.
+	recycle func() *segmentBatch
 	// partBytes is segmentPartBytes, smaller in tests.
 	partBytes int
 	buf       []byte    // output not passed on yet, the current family last
@@ -71,13 +70,23 @@ type segmenter struct {
 	cur       segment   // the current family, from cur.start in buf
 	open      bool      // there is a current family
 	samples   bool      // the current family has samples
+	// names holds the names of segs and cur one after the other: a batch
+	// makes one string of them rather than one per family.
+	names []byte
+	// started says the buffers were taken from a recycled batch.
+	started bool
 }
 
 func newSegmenter(emit func(*segmentBatch) error) *segmenter {
-	return &segmenter{emit: emit, partBytes: segmentPartBytes}
+	return &segmenter{emit: emit, partBytes: segmentPartBytes, recycle: func() *segmentBatch { return &segmentBatch{} }}
 }
 
 func (s *segmenter) Write(b []byte) (int, error) {
+	if !s.started {
+		first := s.recycle()
+		s.buf, s.segs, s.names = first.buf, first.parts, first.aux
+		s.started = true
+	}
 	s.buf = append(s.buf, b...)
 	s.lines()
 	return len(b), s.pass(false)
@@ -116,31 +125,36 @@ func (s *segmenter) line(l []byte) bool {
 		if bytes.HasPrefix(rest, []byte("EOF")) && len(bytes.TrimSpace(rest)) == 3 {
 			return false // the aggregate writes its own
 		}
-		kind, rest, _ := bytes.Cut(rest, []byte(" "))
+		// The kinds of metadata are four letters and a space: no search
+		// for the space.
+		var kind []byte
+		if len(rest) > 4 && rest[4] == ' ' {
+			kind, rest = rest[:4], rest[5:]
+		}
 		switch string(kind) {
 		case "HELP", "TYPE", "UNIT":
 			name, typ := nameToken(rest)
-			if !s.open || s.samples || s.cur.name != string(name) {
-				s.startFamily(string(name), true)
+			if !s.open || s.samples || string(s.curName()) != string(name) {
+				s.startFamily(name, true)
 			}
 			if string(kind) == "TYPE" {
-				s.cur.typ = string(bytes.TrimSpace(typ))
+				s.cur.typ = typeString(bytes.TrimSpace(typ))
 			}
 			s.cur.metaEnd = s.scanned + len(l)
 			return true
 		}
 		// Another comment belongs to the family at hand.
 		if !s.open {
-			s.startFamily("", false)
+			s.startFamily(nil, false)
 		}
 		return true
 	} else if !s.continues(l) {
-		if name := sampleName(l); name != nil && (!s.open || !member(s.cur.name, name)) {
-			s.startFamily(string(name), false)
+		if name := sampleName(l); name != nil && (!s.open || !member(s.curName(), name)) {
+			s.startFamily(name, false)
 		}
 	}
 	if !s.open {
-		s.startFamily("", false)
+		s.startFamily(nil, false)
 	}
 	s.samples = true
 	return true
@@ -150,17 +164,54 @@ func (s *segmenter) line(l []byte) bool {
 // current family by its very name: it starts with the family's name and a
 // label set or the value. Other lines take sampleName and member.
 func (s *segmenter) continues(l []byte) bool {
-	n := len(s.cur.name)
-	if !s.open || n == 0 || len(l) <= n || string(l[:n]) != s.cur.name {
+	if !s.open {
+		return false
+	}
+	name := s.curName()
+	n := len(name)
+	if n == 0 || len(l) <= n || string(l[:n]) != string(name) {
 		return false
 	}
 	return l[n] == '{' || l[n] == ' '
 }
 
-func (s *segmenter) startFamily(name string, meta bool) {
+// curName is the current family's name, while there is one (open).
+func (s *segmenter) curName() []byte {
+	return s.names[s.cur.nameStart:s.cur.nameEnd]
+}
+
+func (s *segmenter) startFamily(name []byte, meta bool) {
 	s.closeFamily()
-	s.cur = segment{name: name, meta: meta, start: s.scanned, metaEnd: s.scanned}
+	start := len(s.names)
+	s.names = append(s.names, name...)
+	s.cur = segment{nameStart: start, nameEnd: len(s.names), meta: meta, start: s.scanned, metaEnd: s.scanned}
 	s.open, s.samples = true, false
+}
+
+// typeString is a # TYPE line's type as a string, without allocating for
+// the types the formats define.
+func typeString(b []byte) string {
+	switch string(b) {
+	case "counter":
+		return "counter"
+	case "gauge":
+		return "gauge"
+	case "histogram":
+		return "histogram"
+	case "summary":
+		return "summary"
+	case "untyped":
+		return "untyped"
+	case "unknown":
+		return "unknown"
+	case "gaugehistogram":
+		return "gaugehistogram"
+	case "info":
+		return "info"
+	case "stateset":
+		return "stateset"
+	}
+	return string(b)
 }
 
 func (s *segmenter) closeFamily() {
@@ -187,21 +238,37 @@ func (s *segmenter) pass(final bool) error {
 	if s.open {
 		cut = s.cur.start
 	}
-	var next []byte
-	if s.recycle != nil {
-		next = s.recycle()
+	// The batch takes buf and segs, and the next one's go on in a batch
+	// the merge gave back; the last takes the names' buffer too, so that
+	// all three go back to the pool.
+	var batch *segmentBatch
+	if final {
+		batch = &segmentBatch{buf: s.buf[:cut], parts: s.segs, aux: s.names[:0]}
+		s.buf, s.segs = nil, nil
+	} else {
+		batch = s.recycle()
+		batch.buf, s.buf = s.buf[:cut], append(batch.buf[:0], s.buf[cut:]...)
+		batch.parts, s.segs = s.segs, batch.parts[:0]
 	}
-	batch := &segmentBatch{buf: s.buf[:cut], segs: append([]segment(nil), s.segs...)}
-	s.buf = append(next[:0], s.buf[cut:]...)
+	names := string(s.names)
+	for i := range batch.parts {
+		g := &batch.parts[i]
+		g.name = names[g.nameStart:g.nameEnd]
+		g.nameStart, g.nameEnd = 0, 0
+	}
 	s.scanned -= cut
-	s.segs = s.segs[:0]
 	if s.open {
 		s.cur.start -= cut
 		s.cur.metaEnd -= cut
+		s.names = append(s.names[:0], s.curName()...)
+		s.cur.nameStart, s.cur.nameEnd = 0, len(s.names)
 	} else if restOpen && !final {
 		// The family goes on in the next part.
-		s.cur = segment{name: rest.name, typ: rest.typ, cont: true}
+		s.names = append(s.names[:0], s.names[rest.nameStart:rest.nameEnd]...)
+		s.cur = segment{nameEnd: len(s.names), typ: rest.typ, cont: true}
 		s.open, s.samples = true, true
+	} else {
+		s.names = s.names[:0]
 	}
 	return s.emit(batch)
 }
@@ -209,8 +276,8 @@ func (s *segmenter) pass(final bool) error {
 // member reports whether a sample of this name is a series of the family:
 // its name, or its name with the suffix of a counter, summary, histogram,
 // gauge histogram or info series.
-func member(family string, name []byte) bool {
-	rest, ok := bytes.CutPrefix(name, []byte(family))
+func member(family, name []byte) bool {
+	rest, ok := bytes.CutPrefix(name, family)
 	if !ok {
 		return false
 	}
@@ -221,84 +288,61 @@ func member(family string, name []byte) bool {
 	return false
 }
 
+// segmentJoiner joins same-named segments for mergeFeeds: the first is
+// written whole, the others without their metadata lines. It follows the
+// rules given at serveAggregate.
+type segmentJoiner struct {
+	r      *Relay
+	pieces [][]byte // the group's output
+	// started says the group has its first family; typ and meta are that
+	// family's.
+	started, meta bool
+	typ           string
+}
+
+func (j *segmentJoiner) name(seg *segment) string { return seg.name }
+
+func (j *segmentJoiner) add(s *source, seg *segment, buf []byte, cont, repeated bool) {
+	body := buf[seg.start:seg.end]
+	samples := buf[seg.metaEnd:seg.end]
+	switch {
+	case seg.cont && s.dropping:
+	case seg.cont:
+		j.pieces = append(j.pieces, samples)
+	case seg.meta && repeated:
+		s.dropping = true
+		j.r.drop(s)
+	case !j.started:
+		s.dropping = false
+		if cont {
+			body = samples
+		}
+		j.pieces = append(j.pieces, body)
+		j.started, j.typ, j.meta = true, seg.typ, seg.meta
+	case seg.typ != j.typ:
+		s.dropping = true
+		j.r.drop(s)
+	default:
+		s.dropping = false
+		j.pieces = append(j.pieces, samples)
+	}
+}
+
+func (j *segmentJoiner) appendGroup(out []byte) ([]byte, bool) {
+	for _, p := range j.pieces {
+		out = append(out, p...)
+	}
+	meta := j.meta
+	j.pieces, j.started, j.meta, j.typ = j.pieces[:0], false, false, ""
+	return out, meta
+}
+
 // mergeSegments writes the families of all sources in name order, joining
-// same-named ones: the first is written whole, the others without their
-// metadata lines. It follows the rules given at serveAggregate.
+// same-named ones (segmentJoiner).
 func (r *Relay) mergeSegments(sources []*source, w io.Writer, om bool) error {
-	advance := func(s *source) bool {
-		for len(s.seg) == 0 {
-			b, ok := <-s.parts
-			if !ok {
-				return false
-			}
-			s.giveBack(s.segBuf)
-			s.seg, s.segBuf = b.segs, b.buf
-		}
-		return true
-	}
-	live := make([]*source, 0, len(sources))
-	for _, s := range sources {
-		if advance(s) {
-			live = append(live, s)
-		}
-	}
-	written := newNameSet(r.maxNames)
-	var out []byte
-	last := ""
-	for len(live) > 0 {
-		name := live[0].seg[0].name
-		for _, s := range live[1:] {
-			name = min(name, s.seg[0].name)
-		}
-		first, typ, meta := true, "", false
-		for _, s := range live {
-			seg := s.seg[0]
-			if seg.name != name {
-				continue
-			}
-			body := s.segBuf[seg.start:seg.end]
-			samples := s.segBuf[seg.metaEnd:seg.end]
-			switch {
-			case seg.cont && s.dropping:
-			case seg.cont:
-				out = append(out, samples...)
-			case seg.meta && last != name && written.has(name):
-				s.dropping = true
-				r.drop(s)
-			case first:
-				s.dropping = false
-				if last == name {
-					body = samples
-				}
-				out = append(out, body...)
-				first, typ, meta = false, seg.typ, seg.meta
-			case seg.typ != typ:
-				s.dropping = true
-				r.drop(s)
-			default:
-				s.dropping = false
-				out = append(out, samples...)
-			}
-			s.seg = s.seg[1:]
-		}
-		if meta {
-			written.add(name)
-			last = name
-		}
-		if len(out) >= flushBytes {
-			if _, err := w.Write(out); err != nil {
-				return err
-			}
-			out = out[:0]
-		}
-		live = slices.DeleteFunc(live, func(s *source) bool { return !advance(s) })
-	}
+	tail := ""
 	if om {
-		out = append(out, "# EOF\n"...)
+		tail = "# EOF\n"
 	}
-	if len(out) > 0 {
-		_, err := w.Write(out)
-		return err
-	}
-	return nil
+	return mergeFeeds(r, sources, func(s *source) *feed[segment] { return s.segs }, &segmentJoiner{r: r}, w, tail)
 }

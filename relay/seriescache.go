@@ -96,7 +96,7 @@ func (c *seriesCache) len() int { return len(c.index) }
 
 // cacheKey is the key of a series' text for a scraper: the spelling of
 // names and the format are part of what is remembered. Its first byte is
-// below 0x80, which lookupProtobuf's keys start with.
+// below 0x40, which lookupWire's and lookupProtobuf's keys start with.
 func (c *seriesCache) cacheKey(raw []byte, esc model.EscapingScheme, om bool) []byte {
 	mode := byte(esc) << 1
 	if om {
@@ -104,6 +104,38 @@ func (c *seriesCache) cacheKey(raw []byte, esc model.EscapingScheme, om bool) []
 	}
 	c.key = append(append(c.key[:0], mode), raw...)
 	return c.key
+}
+
+// lookupWire is lookup for a series of text written as protobuf: its key
+// starts with 0x40 and the spelling of names, and the entry's series text
+// is what appendWireValue wrote.
+func (c *seriesCache) lookupWire(raw []byte, esc model.EscapingScheme) *seriesEntry {
+	c.key = append(append(c.key[:0], 0x40|byte(esc)), raw...)
+	return c.find()
+}
+
+// appendWireValue appends what the cache remembers of a series of text
+// written as protobuf: its name, which relabeling kept, and its label
+// fields as wire bytes.
+func appendWireValue(b []byte, name string, labelFields []byte) []byte {
+	b = binary.AppendUvarint(b, uint64(len(name)))
+	return append(append(b, name...), labelFields...)
+}
+
+// wireValue reads what appendWireValue wrote.
+func (e *seriesEntry) wireValue() (name, labelFields string) {
+	v := e.series()
+	var n uint64
+	for k := 0; k < len(v) && k < binary.MaxVarintLen64; k++ {
+		n |= uint64(v[k]&0x7f) << (7 * k)
+		if v[k] < 0x80 {
+			if v = v[k+1:]; uint64(len(v)) < n {
+				break
+			}
+			return v[:n], v[n:]
+		}
+	}
+	return "", "" // not written by appendWireValue, which never happens
 }
 
 // lookupProtobuf is lookup for a metric of a protobuf family, by its

@@ -48,7 +48,9 @@ func compareCached(t testing.TB, rules []*relabel.Config, in Format, ct string, 
 	cached := newPipeline("e", "", rules, lim)
 	// Protobuf input is relayed into every format, the formats taking
 	// turns with one cache, as scrapers of different formats would.
-	outs := []Format{in}
+	// Text is relayed as it came and written as protobuf, which the
+	// cache serves from the label fields it remembers.
+	outs := []Format{in, FormatProtobuf}
 	if in == FormatProtobuf {
 		outs = []Format{FormatProtobuf, FormatText, FormatOpenMetrics}
 	}
@@ -94,14 +96,28 @@ func TestSeriesCache_SameOutputAsUncached(t *testing.T) {
 			if cache.len() == 0 {
 				t.Fatal("nothing was cached: the test compares nothing")
 			}
-			dropped := 0
+			dropped, wired, wiredDrops := 0, 0, 0
 			for _, e := range cache.slots {
-				if e.text != "" && e.dropped {
+				if e.text == "" {
+					continue
+				}
+				if e.dropped {
 					dropped++
+				}
+				// Text written as protobuf (lookupWire).
+				if e.text[0]&0xc0 == 0x40 {
+					if e.dropped {
+						wiredDrops++
+					} else {
+						wired++
+					}
 				}
 			}
 			if tt.name != "openmetrics" && dropped == 0 {
 				t.Error("no drop was cached")
+			}
+			if tt.in == FormatText && (wired == 0 || wiredDrops == 0) {
+				t.Errorf("text written as protobuf: %d series and %d drops cached, want some of both", wired, wiredDrops)
 			}
 		})
 	}
