@@ -178,9 +178,7 @@ const renewAttempts = 3
 // final word. Signing comes before the write, which may have to be
 // repeated, and costs nothing but CPU if the write then refuses.
 func (r *Registry) Renew(ctx context.Context, req Renewal, sign Sign) error {
-	// The stored record decides the one case memory refuses and the record
-	// may allow: an expired previous certificate (checkRenewal).
-	if err := r.CheckCertificate(req.ID, req.Serial); err != nil && !(req.ProofOfPossession && errors.Is(err, ErrSuperseded)) {
+	if err := r.CheckCertificate(req.ID, req.Serial); err != nil {
 		return err
 	}
 	now := r.cfg.Now()
@@ -195,7 +193,7 @@ func (r *Registry) Renew(ctx context.Context, req Renewal, sign Sign) error {
 			if cur == nil {
 				return nil, store.ErrNotFound
 			}
-			if err := checkRenewal(cur, req.Serial, req.ProofOfPossession, now); err != nil {
+			if err := checkActive(cur, req.Serial, now); err != nil {
 				return nil, err
 			}
 			if req.ProofOfPossession && cur.KeyFingerprint != "" && req.KeyFingerprint != cur.KeyFingerprint {

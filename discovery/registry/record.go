@@ -14,7 +14,6 @@
 package registry
 
 import (
-	"errors"
 	"time"
 
 	"github.com/prometheus/prometheus/model/labels"
@@ -117,23 +116,6 @@ func checkActive(a *store.Agent, serial string, now time.Time) error {
 		return ErrDeregistered
 	}
 	return nil
-}
-
-// checkRenewal is checkActive for a renewal. A renewal by an expired
-// certificate (proof of possession: the CSR is signed by the certificate's
-// key, and the API allows it only within the renewal grace after expiry)
-// may also come from the previous certificate after it expired. That is an
-// agent whose answer to its last renewal was lost, and whose certificate
-// then ran out before it could ask again; refusing it would send the agent
-// back to its enrollment token, under a new id. The previous certificate
-// could renew until it expired anyway, so this lengthens that by the grace
-// and admits no certificate that could not renew before.
-func checkRenewal(a *store.Agent, serial string, expiredCert bool, now time.Time) error {
-	err := checkActive(a, serial, now)
-	if expiredCert && errors.Is(err, ErrSuperseded) && serial != "" && serial == a.PrevCertSerial {
-		return nil
-	}
-	return err
 }
 
 // checkSerial is checkSerial on a record.
