@@ -177,6 +177,13 @@ const renewAttempts = 3
 // common refusals before anything is signed; the stored record has the
 // final word. Signing comes before the write, which may have to be
 // repeated, and costs nothing but CPU if the write then refuses.
+//
+// A renewal is the agent speaking for itself, so it counts as a heartbeat:
+// the agent schedules its next heartbeat one interval after it. An agent
+// whose heartbeats a degraded network had held up, and whose first request
+// to get through is a renewal, would otherwise expire between the renewal
+// and that heartbeat and leave http_sd on every replica. The time goes into
+// the stored record, which carries it to the other replicas.
 func (r *Registry) Renew(ctx context.Context, req Renewal, sign Sign) error {
 	if err := r.CheckCertificate(req.ID, req.Serial); err != nil {
 		return err
@@ -214,6 +221,9 @@ func (r *Registry) Renew(ctx context.Context, req Renewal, sign Sign) error {
 				next.PrevCertSerial, next.PrevCertNotAfter = cur.CertSerial, cur.CertNotAfter
 			}
 			next.CertSerial, next.CertNotAfter, next.KeyFingerprint = template.CertSerial, template.CertNotAfter, template.KeyFingerprint
+			if now.After(next.LastSeen) {
+				next.LastSeen = now
+			}
 			return next, nil
 		})
 		var changed *recordChanged
