@@ -154,7 +154,7 @@ func (c *chaos) registryView(ctx context.Context, s *chaosServer, id string, now
 		if v.GraceUntil.After(expires) {
 			expires = v.GraceUntil
 		}
-		return fmt.Sprintf("state %s, last heartbeat %s ago, expires %s, certificate valid for %s",
+		return fmt.Sprintf("state %s, last heartbeat %s ago, expires %s, certificate expires %s",
 			v.State, now.Sub(v.LastSeen).Round(100*time.Millisecond), relTime(now, expires), relTime(now, v.CertNotAfter))
 	}
 	return fmt.Sprintf("not listed (%d agents)", len(views))
