@@ -14,6 +14,7 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -25,7 +26,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -154,9 +154,12 @@ type chaos struct {
 	faultStart     time.Time
 	diskDir        string // the tmpfs under the bolt data directory, or ""
 
-	mu         sync.Mutex
-	events     []faultEvent
-	violations []string
+	mu     sync.Mutex
+	events []faultEvent
+	// violations by message: a violation the checks find again and again
+	// (an agent missing at every check) is one entry with its count, so
+	// that it does not crowd out the others.
+	violations map[string]*violation
 	acked      []string              // acknowledged registrations
 	revoked    map[string]bool       // revoked agents
 	probes     map[string]*testAgent // acked agents with their keys
@@ -184,14 +187,55 @@ type chaos struct {
 	diagnostics []string
 }
 
+// violation is one kind of invariant violation: when the checks found it
+// first and last (since the run began), and how often.
+type violation struct {
+	first, last time.Duration
+	count       int
+}
+
+// maxViolationKinds bounds the distinct violations a run keeps.
+const maxViolationKinds = 200
+
 // violate records an invariant violation.
 func (c *chaos) violate(format string, args ...any) {
-	msg := fmt.Sprintf("%s: ", time.Since(c.faultStart).Round(time.Second)) + fmt.Sprintf(format, args...)
+	at := time.Since(c.faultStart).Round(time.Second)
+	msg := fmt.Sprintf(format, args...)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.violations) < 200 {
-		c.violations = append(c.violations, msg)
+	if v, ok := c.violations[msg]; ok {
+		v.last = at
+		v.count++
+		return
 	}
+	if len(c.violations) >= maxViolationKinds {
+		msg = "more kinds of violations than the report keeps"
+		if v, ok := c.violations[msg]; ok {
+			v.last = at
+			v.count++
+			return
+		}
+	}
+	c.violations[msg] = &violation{first: at, last: at, count: 1}
+}
+
+// violationLines describes the violations in the order they were first
+// found, each once, with how often and until when it was found again. The
+// caller holds mu.
+func (c *chaos) violationLines() []string {
+	msgs := slices.SortedFunc(maps.Keys(c.violations), func(x, y string) int {
+		return cmp.Or(cmp.Compare(c.violations[x].first, c.violations[y].first), strings.Compare(x, y))
+	})
+	lines := make([]string, 0, len(msgs))
+	for _, m := range msgs {
+		v := c.violations[m]
+		line := fmt.Sprintf("%s: %s", v.first, m)
+		if v.count > 1 {
+			line += fmt.Sprintf(" (found %d times, last at %s)", v.count, v.last)
+		}
+		lines = append(lines, line)
+	}
+	return lines
 }
 
 // record adds a fault event.
@@ -396,6 +440,7 @@ func newChaos(t *testing.T, cfg chaosConfig, lab *netLab, serverArgs []string, h
 		regStatus:  map[string]map[int]int{},
 		upFailedAt: map[string]time.Time{},
 		diagnosed:  map[string]time.Time{},
+		violations: map[string]*violation{},
 
 		checkLatency: map[string][]time.Duration{},
 	}
@@ -1157,12 +1202,16 @@ func (c *chaos) report() {
 		}
 		fmt.Fprintf(&b, "  %6s  %-50s %-20s %s %s\n", e.Start.Sub(c.faultStart).Round(time.Second), e.Name, e.Target, status, e.Note)
 	}
+	viol := c.violationLines()
+	fmt.Fprintf(&b, "\n%d kinds of invariant violations\n", len(viol))
+	for _, l := range viol {
+		fmt.Fprintf(&b, "  %s\n", l)
+	}
 	t.Logf("%s\n%s", t.Name(), b.String())
 	if path := os.Getenv("CHAOS_REPORT_DIR"); path != "" {
 		_ = os.WriteFile(filepath.Join(path, strings.ReplaceAll(t.Name(), "/", "_")+".md"), []byte(b.String()), 0o644)
 	}
-	sort.Strings(c.violations)
-	for _, v := range c.violations {
-		t.Errorf("invariant violated: %s", v)
+	for _, l := range viol {
+		t.Errorf("invariant violated: %s", l)
 	}
 }
