@@ -270,11 +270,7 @@ func (c *chaos) waitUp(ctx context.Context, a *chaosAgent, since time.Time, node
 			return err
 		}
 		// A scrape after the fault, not one from before it.
-		ag, nd := up[a.Addr]["agent"], up[a.Addr]["node"]
-		if ag.Value != "1" || !ag.At.After(since) || node && (nd.Value != "1" || !nd.At.After(since)) {
-			return fmt.Errorf("agent %s: up %v", a.Hostname, up[a.Addr])
-		}
-		return nil
+		return c.agentUp(up, a, since, node)
 	})
 }
 

@@ -14,6 +14,7 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -25,7 +26,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,9 +50,11 @@ type chaosConfig struct {
 	// Duration is how long faults are injected; Warmup runs the fleet
 	// without faults first, and resource slopes start after it.
 	Duration, Warmup time.Duration
-	// SimAgents heartbeat from the load generator every SimInterval (the
-	// bolt scenario only: they cannot renew certificates, which the etcd
-	// scenario's short --cert.ttl would need).
+	// SimAgents heartbeat from the load generator every SimInterval in the
+	// bolt scenario. The etcd scenario runs a tenth of them at its agents'
+	// pace through the replica no fault touches, which signs them
+	// certificates for a day: they cannot renew, which the faulted
+	// replicas' short --cert.ttl would need.
 	SimAgents   int
 	SimInterval time.Duration
 	// Freeze is how long SIGSTOP, disk full and a hung exporter last; Cut
@@ -130,6 +132,14 @@ type chaos struct {
 	servers []*chaosServer
 	agents  []*chaosAgent
 	prom    *testPrometheus
+	// faulted is how many of servers the fault lanes act on (the first
+	// ones); the others are never faulted: their resource slopes run over
+	// the whole run.
+	faulted int
+	// jobs are Prometheus' scrape jobs of the real agents, each
+	// discovering through one server: "chaos" through server a and, in the
+	// etcd scenario, "chaos-c" through the replica no fault touches.
+	jobs []string
 	// Credentials: discovery certificate (reads http_sd, scrapes agents),
 	// admin and enrollment tokens.
 	sd        *http.Client
@@ -138,14 +148,18 @@ type chaos struct {
 	enrollTok string
 	// heartbeatGrace is how long after a fault an agent may take to be
 	// scraped again: one heartbeat interval, one http_sd refresh and one
-	// scrape interval.
+	// scrape interval (and, with replicas, one heartbeat flush).
 	heartbeatGrace time.Duration
+	ttl            time.Duration // the servers' --agent.ttl
 	faultStart     time.Time
 	diskDir        string // the tmpfs under the bolt data directory, or ""
 
-	mu         sync.Mutex
-	events     []faultEvent
-	violations []string
+	mu     sync.Mutex
+	events []faultEvent
+	// violations by message: a violation the checks find again and again
+	// (an agent missing at every check) is one entry with its count, so
+	// that it does not crowd out the others.
+	violations map[string]*violation
 	acked      []string              // acknowledged registrations
 	revoked    map[string]bool       // revoked agents
 	probes     map[string]*testAgent // acked agents with their keys
@@ -167,16 +181,61 @@ type chaos struct {
 	serverTimings []string
 	// loads: the machine's 1-minute load average at each resource sample.
 	loads []float64
+	// diagnosed: when an agent's gap was last diagnosed; diagnostics: what
+	// the servers and Prometheus said then (see diagnose).
+	diagnosed   map[string]time.Time
+	diagnostics []string
 }
+
+// violation is one kind of invariant violation: when the checks found it
+// first and last (since the run began), and how often.
+type violation struct {
+	first, last time.Duration
+	count       int
+}
+
+// maxViolationKinds bounds the distinct violations a run keeps.
+const maxViolationKinds = 200
 
 // violate records an invariant violation.
 func (c *chaos) violate(format string, args ...any) {
-	msg := fmt.Sprintf("%s: ", time.Since(c.faultStart).Round(time.Second)) + fmt.Sprintf(format, args...)
+	at := time.Since(c.faultStart).Round(time.Second)
+	msg := fmt.Sprintf(format, args...)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.violations) < 200 {
-		c.violations = append(c.violations, msg)
+	if v, ok := c.violations[msg]; ok {
+		v.last = at
+		v.count++
+		return
 	}
+	if len(c.violations) >= maxViolationKinds {
+		msg = "more kinds of violations than the report keeps"
+		if v, ok := c.violations[msg]; ok {
+			v.last = at
+			v.count++
+			return
+		}
+	}
+	c.violations[msg] = &violation{first: at, last: at, count: 1}
+}
+
+// violationLines describes the violations in the order they were first
+// found, each once, with how often and until when it was found again. The
+// caller holds mu.
+func (c *chaos) violationLines() []string {
+	msgs := slices.SortedFunc(maps.Keys(c.violations), func(x, y string) int {
+		return cmp.Or(cmp.Compare(c.violations[x].first, c.violations[y].first), strings.Compare(x, y))
+	})
+	lines := make([]string, 0, len(msgs))
+	for _, m := range msgs {
+		v := c.violations[m]
+		line := fmt.Sprintf("%s: %s", v.first, m)
+		if v.count > 1 {
+			line += fmt.Sprintf(" (found %d times, last at %s)", v.count, v.last)
+		}
+		lines = append(lines, line)
+	}
+	return lines
 }
 
 // record adds a fault event.
@@ -250,32 +309,7 @@ func TestChaos_Bolt(t *testing.T) {
 	mountTmpfs(t, dataDir, 64<<20)
 	c := newChaos(t, cfg, lab, []string{"--data.dir=" + dataDir, "--agent.ttl=5m"}, false)
 	c.diskDir = dataDir
-
-	bench := buildBench(t, t.TempDir())
-	s := c.servers[0]
-	saved := filepath.Join(t.TempDir(), "sim-agents.txt")
-	t.Logf("enrolling %d simulated agents", cfg.SimAgents)
-	runCLIBinary(t, bench, "register", "--server.url="+s.URL, "--data.dir="+s.DataDir,
-		fmt.Sprintf("--count=%d", cfg.SimAgents), "--concurrency=8", "--keep-alive", "--duration=10m",
-		"--first=5000000", "--save="+saved)
-	total := cfg.Warmup + cfg.Duration + 2*time.Minute
-	simLog := &logBuffer{}
-	dumpOnFailure(t, "simulated fleet", simLog)
-	sim, err := spawn("simulated fleet", simLog, bench, "heartbeat", "--server.url="+s.URL, "--data.dir="+s.DataDir,
-		"--agents.file="+saved, "--interval="+cfg.SimInterval.String(), "--warmup=0s",
-		"--duration="+total.String(), "--concurrency=32")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if !sim.exited() {
-			_ = sim.signal(syscall.SIGTERM)
-			if !sim.wait(stopTimeout) {
-				_ = sim.kill()
-			}
-		}
-		t.Logf("simulated fleet:\n%s", simLog.tail(4096))
-	})
+	c.startSimFleet(c.servers[0], cfg.SimAgents, cfg.SimInterval)
 
 	serverLane := []fault{
 		{"server SIGKILL", c.faultKill(0)},
@@ -303,6 +337,12 @@ func TestChaos_Etcd(t *testing.T) {
 		args = append(args, "--etcd.endpoints="+ep)
 	}
 	c := newChaos(t, cfg, lab, args, true)
+	// The simulated fleet heartbeats through the replica no fault touches,
+	// at the real agents' pace (a tenth of the bolt scenario's fleet, which
+	// heartbeats 7.5 times less often): the faulted replicas learn its
+	// heartbeats from that replica's flushes, and load them at every
+	// restart.
+	c.startSimFleet(c.servers[2], cfg.SimAgents/10, c.ttl/4)
 
 	serverLane := []fault{
 		{"replica SIGKILL", func(ctx context.Context, k int) faultEvent { return c.faultKill(k%2)(ctx, k) }},
@@ -327,6 +367,40 @@ func TestChaos_Etcd(t *testing.T) {
 	c.run(serverLane, c.agentLane(true))
 }
 
+// startSimFleet enrolls n simulated agents through server s and has them
+// heartbeat through it every interval, each heartbeat a new mTLS
+// connection with the agent's own certificate, until the run is over.
+func (c *chaos) startSimFleet(s *chaosServer, n int, interval time.Duration) {
+	t := c.t
+	if n <= 0 {
+		return
+	}
+	bench := buildBench(t, t.TempDir())
+	saved := filepath.Join(t.TempDir(), "sim-agents.txt")
+	t.Logf("enrolling %d simulated agents through server %s", n, s.name)
+	runCLIBinary(t, bench, "register", "--server.url="+s.URL, "--data.dir="+s.DataDir,
+		fmt.Sprintf("--count=%d", n), "--concurrency=8", "--keep-alive", "--duration=10m",
+		"--first=5000000", "--save="+saved)
+	total := c.cfg.Warmup + c.cfg.Duration + 2*time.Minute
+	simLog := &logBuffer{}
+	dumpOnFailure(t, "simulated fleet", simLog)
+	sim, err := spawn("simulated fleet", simLog, bench, "heartbeat", "--server.url="+s.URL, "--data.dir="+s.DataDir,
+		"--agents.file="+saved, "--interval="+interval.String(), "--warmup=0s",
+		"--duration="+total.String(), "--concurrency=32")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if !sim.exited() {
+			_ = sim.signal(syscall.SIGTERM)
+			if !sim.wait(stopTimeout) {
+				_ = sim.kill()
+			}
+		}
+		t.Logf("simulated fleet:\n%s", simLog.tail(4096))
+	})
+}
+
 // runCLIBinary runs bin with args, failing the test unless it exits 0.
 func runCLIBinary(t *testing.T, bin string, args ...string) string {
 	t.Helper()
@@ -339,9 +413,12 @@ func runCLIBinary(t *testing.T, bin string, args ...string) string {
 	return out
 }
 
-// newChaos starts the servers (two replicas when ha), Prometheus and five
-// real agents in their namespaces, and waits until all are registered and
-// scraped.
+// newChaos starts the servers, Prometheus and five real agents in their
+// namespaces, and waits until all are registered and scraped. With ha the
+// servers are three replicas: a and b, which the faults kill and freeze and
+// which the real agents know, and c, which no fault touches: it serves the
+// simulated fleet, the probes and Prometheus' second job, and its resource
+// slopes run over the whole run.
 func newChaos(t *testing.T, cfg chaosConfig, lab *netLab, serverArgs []string, ha bool) *chaos {
 	t.Helper()
 	const realAgents = 5
@@ -362,6 +439,8 @@ func newChaos(t *testing.T, cfg chaosConfig, lab *netLab, serverArgs []string, h
 		samples:    map[string][]resSample{},
 		regStatus:  map[string]map[int]int{},
 		upFailedAt: map[string]time.Time{},
+		diagnosed:  map[string]time.Time{},
+		violations: map[string]*violation{},
 
 		checkLatency: map[string][]time.Duration{},
 	}
@@ -373,10 +452,19 @@ func newChaos(t *testing.T, cfg chaosConfig, lab *netLab, serverArgs []string, h
 	}
 	first := startServer(t, firstArgs...)
 	c.servers = []*chaosServer{wrapServer(t, "a", first)}
+	c.faulted = 1
 	if ha {
 		dirB := replicaDataDir(t, first.DataDir)
 		b := startServer(t, append(slices.Clone(serverArgs), append(names, "--data.dir="+dirB, "--etcd.replica-id=b")...)...)
 		c.servers = append(c.servers, wrapServer(t, "b", b))
+		c.faulted = 2
+		// Replica c signs certificates for a day: the simulated agents
+		// enroll through it and cannot renew. The real agents, whose
+		// certificates must expire during a partition, do not know it.
+		argsC := slices.DeleteFunc(slices.Clone(serverArgs), func(a string) bool { return strings.HasPrefix(a, "--cert.ttl=") })
+		dirC := replicaDataDir(t, first.DataDir)
+		quiet := startServer(t, append(argsC, append(names, "--cert.ttl=24h", "--data.dir="+dirC, "--etcd.replica-id=c")...)...)
+		c.servers = append(c.servers, wrapServer(t, "c", quiet))
 	}
 	s := c.servers[0]
 	prom := issueCert(t, s.DataDir, "prometheus", "discovery")
@@ -393,7 +481,7 @@ func newChaos(t *testing.T, cfg chaosConfig, lab *netLab, serverArgs []string, h
 	c.enrollTok = createToken(t, s.DataDir, "--scope=enroll", "--ttl=24h")
 
 	for i, n := range nets {
-		c.agents = append(c.agents, startChaosAgent(t, i, n, c.servers, c.enrollTok))
+		c.agents = append(c.agents, startChaosAgent(t, i, n, c.servers[:c.faulted], c.enrollTok))
 	}
 	for _, a := range c.agents {
 		waitFor(t, startTimeout, func() error {
@@ -405,14 +493,24 @@ func newChaos(t *testing.T, cfg chaosConfig, lab *netLab, serverArgs []string, h
 			return nil
 		})
 	}
-	// Prometheus discovers through the first server and keeps the real
+	// Prometheus discovers through the first server and, with replicas,
+	// through the one no fault touches in a second job, and keeps the real
 	// agents only: the simulated ones have addresses nobody listens on.
-	c.prom = startPrometheus(t, fmt.Sprintf(`
+	c.jobs = []string{"chaos"}
+	sdServers := []*chaosServer{s}
+	if ha {
+		c.jobs = append(c.jobs, "chaos-c")
+		sdServers = append(sdServers, c.servers[2])
+	}
+	promCfg := fmt.Sprintf(`
 global:
-  scrape_interval: %[5]s
-  scrape_timeout: %[5]s
+  scrape_interval: %[1]s
+  scrape_timeout: %[1]s
 scrape_configs:
-  - job_name: chaos
+`, promDuration(cfg.Scrape))
+	for i, job := range c.jobs {
+		promCfg += fmt.Sprintf(`
+  - job_name: %[7]s
     tls_config:
       ca_file: %[6]s
       cert_file: %[2]s
@@ -432,27 +530,36 @@ scrape_configs:
         target_label: exporter
       - source_labels: [__meta_baremetal_sd_hostname]
         target_label: hostname
-`, prom.CAFile, prom.CertFile, prom.KeyFile, s.URL+protocol.PathDiscovery, promDuration(cfg.Scrape), prom.AgentCAFile))
+`, prom.CAFile, prom.CertFile, prom.KeyFile, sdServers[i].URL+protocol.PathDiscovery, promDuration(cfg.Scrape), prom.AgentCAFile, job)
+	}
+	c.prom = startPrometheus(t, promCfg)
 	// Heartbeat interval: a quarter of --agent.ttl.
-	ttl := 5 * time.Minute
+	c.ttl = 5 * time.Minute
 	for _, a := range serverArgs {
 		if v, ok := strings.CutPrefix(a, "--agent.ttl="); ok {
-			ttl, _ = time.ParseDuration(v)
+			c.ttl, _ = time.ParseDuration(v)
 		}
 	}
 	// An agent that left http_sd (a partition longer than its TTL) comes
 	// back with its next heartbeat, then Prometheus' next http_sd refresh,
 	// then its next scrape: the refresh interval is the scrape interval.
 	// 5 s more for the query and this busy machine.
-	c.heartbeatGrace = ttl/4 + 2*cfg.Scrape + 5*time.Second
+	c.heartbeatGrace = c.ttl/4 + 2*cfg.Scrape + 5*time.Second
+	if ha {
+		// The heartbeat may reach another replica than the one Prometheus
+		// asks, which learns it with that replica's next flush of
+		// heartbeats to etcd: every quarter of the TTL (the server's
+		// default --registry.flush-interval with etcd, capped there).
+		c.heartbeatGrace += c.ttl / 4
+	}
 	waitFor(t, 2*time.Minute, func() error {
 		up, err := c.upByAgent(t.Context())
 		if err != nil {
 			return err
 		}
 		for _, a := range c.agents {
-			if up[a.Addr]["agent"].Value != "1" || up[a.Addr]["node"].Value != "1" {
-				return fmt.Errorf("agent %s: up %v", a.Hostname, up[a.Addr])
+			if err := c.agentUp(up, a, time.Time{}, true); err != nil {
+				return err
 			}
 		}
 		return nil
@@ -470,35 +577,58 @@ type upSample struct {
 	At    time.Time
 }
 
-// upByAgent returns Prometheus' latest up by agent address and exporter.
-func (c *chaos) upByAgent(ctx context.Context) (map[string]map[string]upSample, error) {
+// upView is Prometheus' latest up by job, agent address and exporter
+// ("agent" for the agent's own target).
+type upView map[string]map[string]map[string]upSample
+
+// upByAgent returns Prometheus' latest up of the real agents' targets.
+func (c *chaos) upByAgent(ctx context.Context) (upView, error) {
 	var data struct {
 		Result []struct {
 			Metric map[string]string `json:"metric"`
 			Value  [2]any            `json:"value"`
 		} `json:"result"`
 	}
-	// The sample's own timestamp, not the query's: timestamp(up).
-	if err := c.prom.api(ctx, "/api/v1/query?query="+url.QueryEscape(`up{job="chaos"} or label_replace(timestamp(up{job="chaos"}), "kind", "ts", "", "")`), &data); err != nil {
+	// The sample's own timestamp, not the query's: timestamp(up). A target
+	// Prometheus dropped has no sample at all: when it drops a target it
+	// ends its series with a staleness marker (two scrape intervals
+	// later), and the query's 5 m lookback stops there.
+	sel := `up{job=~"chaos|chaos-c"}`
+	if err := c.prom.api(ctx, "/api/v1/query?query="+url.QueryEscape(sel+` or label_replace(timestamp(`+sel+`), "kind", "ts", "", "")`), &data); err != nil {
 		return nil, err
 	}
-	out := map[string]map[string]upSample{}
+	out := upView{}
 	for _, r := range data.Result {
-		inst, exp := r.Metric["instance"], r.Metric["exporter"]
-		if out[inst] == nil {
-			out[inst] = map[string]upSample{}
+		job, inst, exp := r.Metric["job"], r.Metric["instance"], r.Metric["exporter"]
+		if out[job] == nil {
+			out[job] = map[string]map[string]upSample{}
+		}
+		if out[job][inst] == nil {
+			out[job][inst] = map[string]upSample{}
 		}
 		v, _ := r.Value[1].(string)
-		u := out[inst][exp]
+		u := out[job][inst][exp]
 		if r.Metric["kind"] != "ts" {
 			u.Value = v
 		} else {
 			f, _ := strconv.ParseFloat(v, 64)
 			u.At = time.UnixMilli(int64(f * 1000))
 		}
-		out[inst][exp] = u
+		out[job][inst][exp] = u
 	}
 	return out, nil
+}
+
+// agentUp says why agent a is not up in every job (its own target and, if
+// node, its node exporter's), scraped after since; nil if it is.
+func (c *chaos) agentUp(up upView, a *chaosAgent, since time.Time, node bool) error {
+	for _, job := range c.jobs {
+		ag, nd := up[job][a.Addr]["agent"], up[job][a.Addr]["node"]
+		if ag.Value != "1" || !ag.At.After(since) || node && (nd.Value != "1" || !nd.At.After(since)) {
+			return fmt.Errorf("agent %s: job %s: up %v", a.Hostname, job, up[job][a.Addr])
+		}
+	}
+	return nil
 }
 
 // run warms up, runs the fault lanes and the checks for the configured
@@ -553,8 +683,8 @@ func (c *chaos) run(serverLane, agentLane []fault) {
 			return err
 		}
 		for _, a := range c.agents {
-			if up[a.Addr]["agent"].Value != "1" || up[a.Addr]["node"].Value != "1" {
-				return fmt.Errorf("after the faults, agent %s: up %v", a.Hostname, up[a.Addr])
+			if err := c.agentUp(up, a, time.Time{}, true); err != nil {
+				return fmt.Errorf("after the faults: %w", err)
 			}
 		}
 		return nil
@@ -790,6 +920,7 @@ func (c *chaos) checkInvariants(ctx context.Context) {
 		for _, a := range c.agents {
 			if netEx, _ := a.exempt(now, c.heartbeatGrace); !netEx && !inSD[a.ID] {
 				c.violate("server %s: healthy agent %s is missing from http_sd", s.name, a.Hostname)
+				c.diagnose(ctx, a, "missing from the http_sd of server "+s.name)
 			}
 		}
 	}
@@ -802,38 +933,11 @@ func (c *chaos) checkInvariants(ctx context.Context) {
 	var failing []string
 	for _, a := range c.agents {
 		netEx, nodeEx := a.exempt(now, c.heartbeatGrace)
-		for exp, exempt := range map[string]bool{"agent": netEx, "node": nodeEx} {
-			key := a.Addr + " " + exp
-			u := up[a.Addr][exp]
-			if exempt {
-				delete(c.upFailedAt, key)
-				continue
-			}
-			// A target Prometheus no longer scrapes keeps its last up for
-			// the lookback period: a stale sample is a dropped target.
-			if age := now.Sub(u.At); age > 3*c.cfg.Scrape+5*time.Second {
-				c.violate("agent %s: up{exporter=%q} last scraped %s ago, while healthy", a.Hostname, exp, age.Round(time.Second))
-				continue
-			}
-			if u.Value == "1" {
-				delete(c.upFailedAt, key)
-				continue
-			}
-			// One failed scrape is tolerated and counted: on this shared
-			// two-core machine a scrape now and then misses its timeout.
-			// Two in a row are a violation.
-			prev, failedBefore := c.upFailedAt[key]
-			if !failedBefore {
-				c.upFailedAt[key] = u.At
-				c.mu.Lock()
-				c.singleFailedScrapes++
-				c.mu.Unlock()
-				failing = append(failing, key)
-				continue
-			}
-			if !u.At.Equal(prev) {
-				c.violate("agent %s: up{exporter=%q} = 0 in two scrapes in a row while healthy (%s)", a.Hostname, exp, c.lastError(ctx, a.Addr, exp))
-				c.upFailedAt[key] = u.At
+		for _, job := range c.jobs {
+			for exp, exempt := range map[string]bool{"agent": netEx, "node": nodeEx} {
+				if f := c.checkUp(ctx, now, job, a, exp, exempt, up[job][a.Addr][exp]); f != "" {
+					failing = append(failing, f)
+				}
 			}
 		}
 	}
@@ -842,18 +946,49 @@ func (c *chaos) checkInvariants(ctx context.Context) {
 	}
 }
 
-// lastError returns Prometheus' last scrape error of an agent's target.
-func (c *chaos) lastError(ctx context.Context, addr, exporter string) string {
-	ts, err := c.prom.targets(ctx)
-	if err != nil {
-		return err.Error()
+// checkUp checks the latest up u of one target of agent a in Prometheus'
+// job (exp "agent" or "node"), unless exempt. It returns the target's name
+// if its scrape failed for the first time, which is tolerated once.
+func (c *chaos) checkUp(ctx context.Context, now time.Time, job string, a *chaosAgent, exp string, exempt bool, u upSample) string {
+	key := job + " " + a.Addr + " " + exp
+	if exempt {
+		delete(c.upFailedAt, key)
+		return ""
 	}
-	for _, tg := range ts.Active {
-		if tg.Labels["instance"] == addr && tg.Labels["exporter"] == exporter {
-			return "last error: " + tg.LastError
-		}
+	// A target Prometheus dropped has no up at all (see upByAgent); one it
+	// stopped scraping keeps its last for the lookback period: a stale
+	// sample counts as a dropped target.
+	if u.At.IsZero() {
+		c.violate("agent %s: no up{job=%q, exporter=%q} at all, while healthy: Prometheus dropped the target", a.Hostname, job, exp)
+		c.diagnose(ctx, a, fmt.Sprintf("no up{job=%q, exporter=%q}", job, exp))
+		return ""
 	}
-	return "target not active"
+	if age := now.Sub(u.At); age > 3*c.cfg.Scrape+5*time.Second {
+		c.violate("agent %s: up{job=%q, exporter=%q} last scraped %s ago, while healthy", a.Hostname, job, exp, age.Round(time.Second))
+		c.diagnose(ctx, a, fmt.Sprintf("up{job=%q, exporter=%q} last scraped %s ago", job, exp, age.Round(time.Second)))
+		return ""
+	}
+	if u.Value == "1" {
+		delete(c.upFailedAt, key)
+		return ""
+	}
+	// One failed scrape is tolerated and counted: on this shared two-core
+	// machine a scrape now and then misses its timeout. Two in a row are a
+	// violation.
+	prev, failedBefore := c.upFailedAt[key]
+	if !failedBefore {
+		c.upFailedAt[key] = u.At
+		c.mu.Lock()
+		c.singleFailedScrapes++
+		c.mu.Unlock()
+		return key
+	}
+	if !u.At.Equal(prev) {
+		c.violate("agent %s: up{job=%q, exporter=%q} = 0 in two scrapes in a row while healthy", a.Hostname, job, exp)
+		c.diagnose(ctx, a, fmt.Sprintf("up{job=%q, exporter=%q} = 0 twice", job, exp))
+		c.upFailedAt[key] = u.At
+	}
+	return ""
 }
 
 func statusOf(r *response) string {
@@ -912,11 +1047,15 @@ func (c *chaos) sampleResources(ctx context.Context) {
 		c.samples[name] = append(c.samples[name], resSample{At: now, PID: pid, RSS: rss, FDs: fds, Goroutines: g})
 		c.mu.Unlock()
 	}
-	for _, s := range c.servers {
+	for i, s := range c.servers {
 		if !s.available() {
 			continue
 		}
-		add("server "+s.name, s.pid(), s.URL+"/metrics", s.anon)
+		name := "server " + s.name
+		if i >= c.faulted {
+			name += " (never faulted)"
+		}
+		add(name, s.pid(), s.URL+"/metrics", s.anon)
 	}
 	for _, a := range c.agents {
 		a.mu.Lock()
@@ -1049,6 +1188,12 @@ func (c *chaos) report() {
 			name, len(xs), l.At.Sub(f.At).Round(time.Second), slope(xs, rss), slope(xs, gs), slope(xs, fds),
 			float64(f.RSS)/(1<<20), float64(l.RSS)/(1<<20), f.Goroutines, l.Goroutines, f.FDs, l.FDs)
 	}
+	if len(c.diagnostics) > 0 {
+		fmt.Fprintf(&b, "\ngaps diagnosed (what the servers and Prometheus said when a check found a healthy agent missing):\n")
+		for _, d := range c.diagnostics {
+			fmt.Fprintf(&b, "%s\n", d)
+		}
+	}
 	fmt.Fprintf(&b, "\nfault events:\n")
 	for _, e := range c.events {
 		status := "recovered in " + e.Recovery.Round(100*time.Millisecond).String()
@@ -1057,12 +1202,16 @@ func (c *chaos) report() {
 		}
 		fmt.Fprintf(&b, "  %6s  %-50s %-20s %s %s\n", e.Start.Sub(c.faultStart).Round(time.Second), e.Name, e.Target, status, e.Note)
 	}
+	viol := c.violationLines()
+	fmt.Fprintf(&b, "\n%d kinds of invariant violations\n", len(viol))
+	for _, l := range viol {
+		fmt.Fprintf(&b, "  %s\n", l)
+	}
 	t.Logf("%s\n%s", t.Name(), b.String())
 	if path := os.Getenv("CHAOS_REPORT_DIR"); path != "" {
 		_ = os.WriteFile(filepath.Join(path, strings.ReplaceAll(t.Name(), "/", "_")+".md"), []byte(b.String()), 0o644)
 	}
-	sort.Strings(c.violations)
-	for _, v := range c.violations {
-		t.Errorf("invariant violated: %s", v)
+	for _, l := range viol {
+		t.Errorf("invariant violated: %s", l)
 	}
 }

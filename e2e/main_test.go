@@ -824,6 +824,9 @@ type promTarget struct {
 	ScrapeURL        string            `json:"scrapeUrl"`
 	Health           string            `json:"health"`
 	LastError        string            `json:"lastError"`
+	// LastScrape is zero before the first scrape.
+	LastScrape         time.Time `json:"lastScrape"`
+	LastScrapeDuration float64   `json:"lastScrapeDuration"`
 }
 
 // promTargets is the data of /api/v1/targets.

@@ -177,12 +177,22 @@ const renewAttempts = 3
 // common refusals before anything is signed; the stored record has the
 // final word. Signing comes before the write, which may have to be
 // repeated, and costs nothing but CPU if the write then refuses.
+//
+// A renewal is the agent speaking for itself, so it counts as a heartbeat:
+// the agent schedules its next heartbeat one interval after it. An agent
+// whose heartbeats a degraded network had held up, and whose first request
+// to get through is a renewal, would otherwise expire between the renewal
+// and that heartbeat and leave http_sd on every replica. The time goes into
+// the stored record, which carries it to the other replicas.
 func (r *Registry) Renew(ctx context.Context, req Renewal, sign Sign) error {
-	if err := r.CheckCertificate(req.ID, req.Serial); err != nil {
+	now := r.cfg.Now()
+	view, ok := r.Get(req.ID)
+	if !ok {
+		return store.ErrNotFound
+	}
+	if err := checkRenewal(&view.Agent, req, now); err != nil {
 		return err
 	}
-	now := r.cfg.Now()
-	view, _ := r.Get(req.ID)
 	signFor := view.Clone()
 	for attempt := 1; ; attempt++ {
 		template := &store.Agent{ID: req.ID, Hostname: signFor.Hostname, Address: signFor.Address}
@@ -193,7 +203,7 @@ func (r *Registry) Renew(ctx context.Context, req Renewal, sign Sign) error {
 			if cur == nil {
 				return nil, store.ErrNotFound
 			}
-			if err := checkActive(cur, req.Serial, now); err != nil {
+			if err := checkRenewal(cur, req, now); err != nil {
 				return nil, err
 			}
 			if req.ProofOfPossession && cur.KeyFingerprint != "" && req.KeyFingerprint != cur.KeyFingerprint {
@@ -214,6 +224,9 @@ func (r *Registry) Renew(ctx context.Context, req Renewal, sign Sign) error {
 				next.PrevCertSerial, next.PrevCertNotAfter = cur.CertSerial, cur.CertNotAfter
 			}
 			next.CertSerial, next.CertNotAfter, next.KeyFingerprint = template.CertSerial, template.CertNotAfter, template.KeyFingerprint
+			if now.After(next.LastSeen) {
+				next.LastSeen = now
+			}
 			return next, nil
 		})
 		var changed *recordChanged
@@ -223,6 +236,30 @@ func (r *Registry) Renew(ctx context.Context, req Renewal, sign Sign) error {
 		}
 		return err
 	}
+}
+
+// checkRenewal decides whether the certificate of req may renew agent a:
+// checkActive, and one more case. An agent whose renewal was carried out
+// but whose answer was lost holds what is now the previous certificate;
+// when that expires before a retry gets through (a network that resets
+// or drops every request for longer than the certificate has left), the
+// agent renews with it by proving possession of its key. That key is the
+// key of the current certificate, which the agent never received, so the
+// proof speaks for the agent as well as that certificate would: the
+// renewal is allowed, instead of a refusal as superseded that sends the
+// agent to its enrollment token and a new agent id. With another key (the
+// lost renewal changed keys, or the agent enrolled again), it stays
+// refused.
+func checkRenewal(a *store.Agent, req Renewal, now time.Time) error {
+	err := checkActive(a, req.Serial, now)
+	if !errors.Is(err, ErrSuperseded) || !req.ProofOfPossession || req.Serial == "" || req.Serial != a.PrevCertSerial ||
+		a.KeyFingerprint == "" || req.KeyFingerprint != a.KeyFingerprint {
+		return err
+	}
+	if a.Deregistered {
+		return ErrDeregistered
+	}
+	return nil
 }
 
 // recordChanged says that a record changed in a way that needs a new

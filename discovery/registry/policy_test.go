@@ -22,6 +22,7 @@ import (
 
 	"github.com/prometheus/prometheus/model/labels"
 
+	"github.com/baremetal-sd/baremetal_sd/discovery"
 	"github.com/baremetal-sd/baremetal_sd/discovery/registry/registrytest"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
@@ -248,6 +249,130 @@ func TestRegistry_RenewalsWithLostAnswers(t *testing.T) {
 	}
 	if err := r.Heartbeat("a", held, "", nil); !errorIs(err, ErrSuperseded) {
 		t.Errorf("heartbeat with the certificate before the delivered one = %v, want ErrSuperseded", err)
+	}
+}
+
+// TestRegistry_RenewalAfterLostAnswerAndExpiry: a renewal was carried out
+// but its answer lost, and the certificate the agent holds (now the
+// previous one) expires before a retry gets through. Proving possession of
+// the key of the current certificate, which the agent never received, it
+// renews with the expired one instead of being refused as superseded (the
+// one-hour chaos run sent four agents to their enrollment tokens and new
+// agent ids this way). Hostile variants stay refused: another key, a
+// certificate older than the previous one, and mTLS instead of the proof.
+func TestRegistry_RenewalAfterLostAnswerAndExpiry(t *testing.T) {
+	tests := []struct {
+		name string
+		req  func(held string) Renewal
+		want error
+	}{
+		{"held certificate, proof with the agent's key", func(held string) Renewal {
+			return Renewal{ID: "a", Serial: held, KeyFingerprint: "fp", ProofOfPossession: true}
+		}, nil},
+		{"held certificate, proof with another key", func(held string) Renewal {
+			return Renewal{ID: "a", Serial: held, KeyFingerprint: "other", ProofOfPossession: true}
+		}, ErrSuperseded},
+		{"held certificate without a proof of possession", func(held string) Renewal {
+			return Renewal{ID: "a", Serial: held, KeyFingerprint: "fp"}
+		}, ErrSuperseded},
+		{"a certificate before the held one", func(string) Renewal {
+			return Renewal{ID: "a", Serial: "s-older", KeyFingerprint: "fp", ProofOfPossession: true}
+		}, ErrSuperseded},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := context.Background()
+			clock := registrytest.NewClock()
+			r := newTestRegistry(t, memory.New(), clock)
+			a := testAgent("a")
+			a.KeyFingerprint = "fp"
+			a.CertNotAfter = clock.Now().Add(45 * time.Second)
+			a.PrevCertSerial, a.PrevCertNotAfter = "s-older", clock.Now().Add(15*time.Second)
+			mustPut(t, r, a)
+			held := a.CertSerial
+			renew := func(req Renewal, issued string) error {
+				return r.Renew(ctx, req, func(template *store.Agent) error {
+					template.CertSerial, template.CertNotAfter, template.KeyFingerprint = issued, clock.Now().Add(45*time.Second), "fp"
+					return nil
+				})
+			}
+			// Carried out, answer lost.
+			if err := renew(Renewal{ID: "a", Serial: held, KeyFingerprint: "fp"}, "s-lost"); err != nil {
+				t.Fatal(err)
+			}
+			clock.Advance(time.Minute) // the held certificate expired meanwhile
+			err := renew(tt.req(held), "s-new")
+			if !errorIs(err, tt.want) {
+				t.Fatalf("Renew = %v, want %v", err, tt.want)
+			}
+			if err != nil {
+				return
+			}
+			if err := r.Heartbeat("a", "s-new", "", nil); err != nil {
+				t.Errorf("heartbeat with the renewed certificate: %v", err)
+			}
+			if err := r.Heartbeat("a", "s-lost", "", nil); !errorIs(err, ErrSuperseded) {
+				t.Errorf("heartbeat with the undelivered certificate = %v, want ErrSuperseded", err)
+			}
+		})
+	}
+}
+
+// TestRegistry_RenewalCountsAsHeartbeat: the agent schedules its next
+// heartbeat one interval after a renewal, so the renewal must keep it in
+// http_sd as a heartbeat would, on this replica and, through the stored
+// record, on the others. (A chaos run lost an agent's targets: its
+// heartbeats were held up by a lossy network, its first request to get
+// through was a renewal, and it expired six seconds later, before its next
+// heartbeat.)
+func TestRegistry_RenewalCountsAsHeartbeat(t *testing.T) {
+	// TTL 1m, heartbeat interval 15s (newTestRegistry).
+	tests := []struct {
+		name string
+		// silent is how long the agent was not heard of before it renews.
+		silent time.Duration
+		req    Renewal
+	}{
+		{"over mTLS, before the TTL runs out", 50 * time.Second, Renewal{ID: "a", Serial: "s-a", KeyFingerprint: "fp"}},
+		{"expired certificate, after the agent expired", 90 * time.Second, Renewal{ID: "a", Serial: "s-a", KeyFingerprint: "fp", ProofOfPossession: true}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := context.Background()
+			clock := registrytest.NewClock()
+			st := memory.New()
+			r := newTestRegistry(t, st, clock)
+			a := testAgent("a")
+			a.KeyFingerprint = "fp"
+			a.CertNotAfter = clock.Now().Add(time.Hour)
+			mustPut(t, r, a)
+			clock.Advance(tt.silent)
+			r.Sweep(ctx)
+			renewedAt := clock.Now()
+			if err := r.Renew(ctx, tt.req, func(template *store.Agent) error {
+				template.CertSerial, template.CertNotAfter, template.KeyFingerprint = "s-renewed", clock.Now().Add(time.Hour), "fp"
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if !r.listed("a") {
+				t.Errorf("not in http_sd right after the renewal")
+			}
+			// Just before the next heartbeat is due, and past the TTL
+			// counted from the last heartbeat.
+			clock.Advance(15 * time.Second)
+			r.Sweep(ctx)
+			if v, _ := r.Get("a"); v.State != discovery.StateHealthy || !r.listed("a") {
+				t.Errorf("one interval after the renewal: state %s, in http_sd %v; want healthy and listed", v.State, r.listed("a"))
+			}
+			stored, err := st.List(ctx)
+			if err != nil || len(stored) != 1 {
+				t.Fatalf("List = %d agents, %v", len(stored), err)
+			}
+			if !stored[0].LastSeen.Equal(renewedAt) {
+				t.Errorf("stored LastSeen %v, want the renewal's %v: other replicas would expire the agent", stored[0].LastSeen, renewedAt)
+			}
+		})
 	}
 }
 
