@@ -16,6 +16,7 @@ package relay
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"sync"
 	"testing"
@@ -231,5 +232,79 @@ func BenchmarkSegmenter(b *testing.B) {
 			b.Fatal(err)
 		}
 		f.release()
+	}
+}
+
+// TestSegmenter_MarkedLinesCutAsRead: the segments of the direct path's
+// output are the same whether the segmenter is told the lines (writeMarked)
+// or reads them (Write), for quoted and escaped names, OpenMetrics and
+// text, and families cut into parts.
+func TestSegmenter_MarkedLinesCutAsRead(t *testing.T) {
+	node, err := os.ReadFile("testdata/node_exporter_e2e.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type cut struct {
+		name, typ  string
+		meta, cont bool
+		head, body string
+	}
+	segments := func(t *testing.T, body string, in, out Format, esc model.EscapingScheme, part int, marked bool) []cut {
+		t.Helper()
+		var cuts []cut
+		sg := newSegmenter(func(b *segmentBatch) error {
+			for _, g := range b.parts {
+				cuts = append(cuts, cut{g.name, g.typ, g.meta, g.cont, string(b.buf[g.start:g.metaEnd]), string(b.buf[g.metaEnd:g.end])})
+			}
+			return nil
+		})
+		sg.partBytes = part
+		// A writer without writeMarked makes the direct path write plain.
+		var w io.Writer = struct{ io.Writer }{sg}
+		if marked {
+			w = sg
+		}
+		p := newPipeline("e", "exporter", nil, defaultLimits)
+		if err := p.relay(bytes.NewReader([]byte(body)), in, in.ContentType(), out, esc, w); err != nil {
+			t.Fatal(err)
+		}
+		if err := sg.close(); err != nil {
+			t.Fatal(err)
+		}
+		return cuts
+	}
+	om := "# TYPE a_seconds gauge\n# UNIT a_seconds seconds\n# HELP a_seconds A.\na_seconds 1\n# TYPE c counter\nc_total 1\nc_created 2\n# TYPE \"q.x\" info\n{\"q.x_info\"} 1\n# EOF\n"
+	tests := []struct {
+		name string
+		body string
+		in   Format
+		esc  model.EscapingScheme
+	}{
+		{"node", string(node), FormatText, model.UnderscoreEscaping},
+		{"node, UTF-8", string(node), FormatText, model.NoEscaping},
+		{"rich", richText, FormatText, model.UnderscoreEscaping},
+		{"quoted names, UTF-8", escapingText, FormatText, model.NoEscaping},
+		{"quoted names, escaped", escapingText, FormatText, model.UnderscoreEscaping},
+		{"relabel", relabelText, FormatText, model.UnderscoreEscaping},
+		{"OpenMetrics", om, FormatOpenMetrics, model.NoEscaping},
+	}
+	for _, tt := range tests {
+		for _, part := range []int{segmentPartBytes, 64} {
+			t.Run(fmt.Sprintf("%s/part=%d", tt.name, part), func(t *testing.T) {
+				read := segments(t, tt.body, tt.in, tt.in, tt.esc, part, false)
+				marked := segments(t, tt.body, tt.in, tt.in, tt.esc, part, true)
+				if len(read) < 2 {
+					t.Fatalf("%d segments", len(read))
+				}
+				if len(marked) != len(read) {
+					t.Fatalf("%d segments marked, %d read", len(marked), len(read))
+				}
+				for i := range read {
+					if marked[i] != read[i] {
+						t.Errorf("segment %d marked %+v, read %+v", i, marked[i], read[i])
+					}
+				}
+			})
+		}
 	}
 }
