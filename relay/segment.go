@@ -53,6 +53,8 @@ const segmentPartBytes = 64 << 10
 // families in one batch; the family at the end is held until it ends or
 // grows past segmentPartBytes.
 //
+// The direct path tells the segmenter where its lines end and which are
+// metadata (writeMarked); other writes are cut by reading their lines.
 // Each write is appended to buf whole and its lines are only looked at:
 // a batch takes buf and segs themselves, and what is held over moves to a
 // batch the merge gave back (recycle), so that the output is copied once
