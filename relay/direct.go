@@ -35,17 +35,37 @@ func (d directHandler) meta(kind metaKind, name, value []byte, typ model.MetricT
 		p.skipReplayedMeta--
 		return nil
 	}
+	var typString string
+	start := len(p.directBuf)
 	switch kind {
 	case metaHelp:
 		p.directBuf = appendHelp(p.directBuf, name, value, d.om, p.escaping)
 	case metaType:
-		p.directBuf = appendMetaLine(p.directBuf, "TYPE", name, typeName(typ, d.om), p.escaping)
+		typString = typeName(typ, d.om)
+		p.directBuf = appendMetaLine(p.directBuf, "TYPE", name, typString, p.escaping)
 	case metaUnit:
-		if d.om {
-			p.directBuf = appendMetaLine(p.directBuf, "UNIT", name, string(value), p.escaping)
+		if !d.om {
+			return nil
 		}
+		p.directBuf = appendMetaLine(p.directBuf, "UNIT", name, string(value), p.escaping)
+	}
+	if p.marking {
+		m := lineMark{end: len(p.directBuf), meta: true, isType: kind == metaType, typ: typString}
+		// The name was written as it is unless it was quoted or escaped:
+		// a comparison tells that sooner than isLegacyName.
+		if at := start + metaPrefix; at+len(name) < len(p.directBuf) && p.directBuf[at+len(name)] == ' ' && string(p.directBuf[at:at+len(name)]) == string(name) {
+			m.nameLen = len(name)
+		}
+		p.marks = append(p.marks, m)
 	}
 	return nil
+}
+
+// mark records the sample line just written, for a markedWriter.
+func (p *pipeline) mark() {
+	if p.marking {
+		p.marks = append(p.marks, lineMark{end: len(p.directBuf)})
+	}
 }
 
 // wantLabels sends a series through relabeling with its labels built
@@ -104,6 +124,7 @@ func (d directHandler) series(raw []byte, r relabeled, v float64, ts *int64, ex 
 		}
 		p.samples++
 		p.directBuf = appendValueSuffix(append(p.directBuf, c.series()...), v, ts, ex, d.om, p.escaping)
+		p.mark()
 		return nil
 	}
 	if !r.built {
@@ -112,6 +133,7 @@ func (d directHandler) series(raw []byte, r relabeled, v float64, ts *int64, ex 
 		}
 		p.samples++
 		p.directBuf = appendRawSample(p.directBuf, raw, p.splice, v, ts, ex, d.om, p.escaping)
+		p.mark()
 		return nil
 	}
 	if !r.keep {
@@ -127,6 +149,7 @@ func (d directHandler) series(raw []byte, r relabeled, v float64, ts *int64, ex 
 		p.cache.remember(false, p.directBuf[start:])
 	}
 	p.directBuf = appendValueSuffix(p.directBuf, v, ts, ex, d.om, p.escaping)
+	p.mark()
 	return nil
 }
 
@@ -137,6 +160,12 @@ func (p *pipeline) direct(body io.Reader, ct string, om bool, w io.Writer) error
 	// its parser checks samples against their family's type.
 	p.chunks.reset(body, p.maxLine, p.maxMetric, chunkBytes, om, om)
 	h := directHandler{p, om}
+	// A writer that takes the lines marked (the aggregate endpoint's
+	// segmenter) is told where each line ends and which are metadata, so
+	// that it does not read them again.
+	mw, marking := w.(markedWriter)
+	p.marking = marking
+	defer func() { p.marking, p.marks = false, p.marks[:0] }()
 	for {
 		chunk, replayed, err := p.chunks.Next()
 		if errors.Is(err, io.EOF) {
@@ -145,15 +174,21 @@ func (p *pipeline) direct(body io.Reader, ct string, om bool, w io.Writer) error
 		if err != nil {
 			return err
 		}
-		p.directBuf = p.directBuf[:0]
+		p.directBuf, p.marks = p.directBuf[:0], p.marks[:0]
 		p.skipReplayedMeta = replayed
 		if err := p.parse(chunk, ct, om, h); err != nil {
 			return err
 		}
-		if len(p.directBuf) > 0 {
-			if _, err := w.Write(p.directBuf); err != nil {
-				return err
-			}
+		if len(p.directBuf) == 0 {
+			continue
+		}
+		if marking {
+			err = mw.writeMarked(p.directBuf, p.marks)
+		} else {
+			_, err = w.Write(p.directBuf)
+		}
+		if err != nil {
+			return err
 		}
 	}
 	if om {

@@ -70,12 +70,32 @@ func fuzzRelay(t *testing.T, data []byte, in Format, ct string) {
 					if err != nil {
 						continue
 					}
+					if out == in && rs == nil {
+						compareSegments(t, data, in, label, esc, lim)
+					}
 					outCT := out.ContentType()
 					if err := parses(buf.Bytes(), outCT); err != nil {
 						t.Fatalf("%v to %v (rules %d, label %q, %v): output does not parse: %v\ninput %q\noutput %q", in, out, len(rs), label, esc, err, data, buf.Bytes())
 					}
 				}
 			}
+		}
+	}
+}
+
+// compareSegments checks that the aggregate endpoint's segmenter cuts the
+// direct path's output alike whether it is told the lines or reads them,
+// unless a line has a raw newline in a label value (countingSegmenter).
+func compareSegments(t *testing.T, data []byte, in Format, label string, esc model.EscapingScheme, lim limits) {
+	t.Helper()
+	for _, part := range []int{segmentPartBytes, 64} {
+		read, _, rerr := segmentCuts(newPipeline("fuzz", label, nil, lim), data, in, esc, part, false)
+		marked, split, merr := segmentCuts(newPipeline("fuzz", label, nil, lim), data, in, esc, part, true)
+		if (rerr == nil) != (merr == nil) {
+			t.Fatalf("%v, part %d: read: %v, marked: %v", in, part, rerr, merr)
+		}
+		if rerr == nil && !split {
+			sameCuts(t, marked, read)
 		}
 	}
 }

@@ -64,11 +64,14 @@ type pbStream struct {
 	out    []byte // the frames of the family at hand
 	body   []byte // the MetricFamily message of the part at hand
 	labels []byte // scratch for the label fields of the metric at hand
-	// The metric's label fields as written, one of the two: labelBytes
-	// the input's, or labels rewritten; labelText a cached outcome.
-	labelBytes []byte
-	labelText  string
-	names      [][]byte // its label names, for the duplicate check
+	// The metric's label fields as written, one after the other:
+	// labelBytes the input's, or labels rewritten; labelPair the
+	// exporter label's field and labelAfter the input's that follow it,
+	// when the label is put among the input's; labelText a cached
+	// outcome.
+	labelBytes, labelPair, labelAfter []byte
+	labelText                         string
+	names                             [][]byte // its label names, for the duplicate check
 	// label is the exporter label's name, "" for none: scanMetric finds
 	// where it goes among a metric's labels (pbMetricShape.labelAt).
 	label string
@@ -160,8 +163,9 @@ func (p *pipeline) streamFamily(frame []byte, h *pbHeader) (bool, error) {
 		} else if keep {
 			rest := mb[shape.labelsEnd:]
 			s.body = protowire.AppendTag(s.body, fieldFamilyMetric, protowire.BytesType)
-			s.body = protowire.AppendVarint(s.body, uint64(len(s.labelBytes)+len(s.labelText)+len(rest)))
-			s.body = append(append(append(s.body, s.labelBytes...), s.labelText...), rest...)
+			s.body = protowire.AppendVarint(s.body, uint64(len(s.labelBytes)+len(s.labelPair)+len(s.labelAfter)+len(s.labelText)+len(rest)))
+			s.body = append(append(append(s.body, s.labelBytes...), s.labelPair...), s.labelAfter...)
+			s.body = append(append(s.body, s.labelText...), rest...)
 			metrics++
 		}
 		// Parts end where protobufFamily ends them, so the frames are
@@ -280,12 +284,14 @@ func (s *pbStream) endPart(h *pbHeader, metrics int, esc model.EscapingScheme) {
 }
 
 // appendSample writes the sample line of a metric of family name as
-// appendFamily does: the metric's label fields, from s.labelBytes and
-// s.labelText, and rest, its value field and perhaps its timestamp, which
+// appendFamily does: the metric's label fields, from s.labelBytes,
+// s.labelPair, s.labelAfter and s.labelText, and rest, its value field and perhaps its timestamp, which
 // scanMetric checked.
 func (s *pbStream) appendSample(b []byte, name string, rest []byte, esc model.EscapingScheme) []byte {
 	b, open := appendSeriesName(b, name, "", esc)
 	b, open = appendLabelFields(b, open, s.labelBytes, esc)
+	b, open = appendLabelFields(b, open, s.labelPair, esc)
+	b, open = appendLabelFields(b, open, s.labelAfter, esc)
 	b, open = appendLabelFields(b, open, s.labelText, esc)
 	if open {
 		b = append(b, '}')
@@ -465,7 +471,7 @@ func appendLabelPair(b []byte, name, value string) []byte {
 	return protowire.AppendString(b, value)
 }
 
-// streamLabels sets s.labelBytes or s.labelText to the label fields that
+// streamLabels sets s.labelBytes and the others to the label fields that
 // the label fields of metric mb of family h (its first labelsEnd bytes)
 // become, and reports whether the metric is kept, and
 // false for ok when protobufFamily must relay the family. It counts the
@@ -473,7 +479,7 @@ func appendLabelPair(b []byte, name, value string) []byte {
 func (p *pipeline) streamLabels(h *pbHeader, mb []byte, shape pbMetricShape) (keep, ok bool, err error) {
 	s := &p.pbStream
 	raw := mb[:shape.labelsEnd]
-	s.labelBytes, s.labelText = nil, ""
+	s.labelBytes, s.labelPair, s.labelAfter, s.labelText = nil, nil, nil, ""
 	if len(p.relabels) == 0 {
 		if p.label == "" {
 			s.labelBytes = raw
@@ -482,11 +488,8 @@ func (p *pipeline) streamLabels(h *pbHeader, mb []byte, shape pbMetricShape) (ke
 		}
 		if at := shape.labelAt; at >= 0 && (p.escaping == model.NoEscaping || isLegacyName(p.label, false)) {
 			// As addLabelPair: the exporter label among the others, in
-			// name order.
-			s.labels = append(s.labels[:0], raw[:at]...)
-			s.labels = appendLabelPair(s.labels, p.label, p.exporter)
-			s.labels = append(s.labels, raw[at:]...)
-			s.labelBytes = s.labels
+			// name order, written with them rather than copied first.
+			s.labelBytes, s.labelPair, s.labelAfter = raw[:at], p.labelField, raw[at:]
 			p.samples++
 			return true, true, nil
 		}

@@ -59,6 +59,7 @@ type pipeline struct {
 	metricScratch  labels.ScratchBuilder // a protobuf metric's labels
 	classicParts   []part                // the series of a protobuf summary or histogram
 	exporterPair   *dto.LabelPair        // the exporter label, shared by protobuf metrics
+	labelField     []byte                // the exporter label as a Metric's label field
 	// fastRules is the rules in the form the direct path applies to a
 	// series' text, nil when a rule needs its labels (fastpath.go); splice
 	// is what the direct path splices into that text: the exporter label
@@ -77,6 +78,10 @@ type pipeline struct {
 	directBuf        []byte // output of one chunk
 	skipReplayedMeta int    // replayed metadata entries the direct path must not repeat
 	escaping         model.EscapingScheme
+	// marking says the direct path's writer takes its lines marked
+	// (markedWriter); marks are the lines of directBuf then.
+	marking bool
+	marks   []lineMark
 
 	// The families path: conversions and the aggregate endpoint
 	// (families.go, dto.go, protobuf.go, pbmetric.go).
@@ -115,7 +120,7 @@ var defaultLimits = limits{maxLine: DefaultMaxLineBytes, maxFrame: DefaultMaxFra
 
 // size is about how much memory the pipeline's buffers hold.
 func (p *pipeline) size() int {
-	return cap(p.chunks.buf) + cap(p.chunks.scratch) + cap(p.frameBuf) + cap(p.omChunkBuf) + cap(p.directBuf) + cap(p.familyWriter.buf) + 64*cap(p.classicParts) +
+	return cap(p.chunks.buf) + cap(p.chunks.scratch) + cap(p.frameBuf) + cap(p.omChunkBuf) + cap(p.directBuf) + 40*cap(p.marks) + cap(p.familyWriter.buf) + 64*cap(p.classicParts) +
 		cap(p.pbStream.out) + cap(p.pbStream.body) + cap(p.assembler.wireBody) + cap(p.assembler.frame)
 }
 
@@ -147,10 +152,11 @@ func (p *pipeline) setLabel(label string) {
 
 // initLabel prepares what depends on the exporter label.
 func (p *pipeline) initLabel(label string) {
-	p.label, p.exporterPair, p.splice = label, nil, nil
+	p.label, p.exporterPair, p.labelField, p.splice = label, nil, nil, nil
 	p.labelRare = rarestByte(label)
 	if label != "" {
 		p.exporterPair = &dto.LabelPair{Name: proto.String(label), Value: proto.String(p.exporter)}
+		p.labelField = appendLabelPair(nil, label, p.exporter)
 		p.splice = appendQuoted(append([]byte(label), '='), p.exporter)
 	}
 	p.fastRules = nil

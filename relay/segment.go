@@ -53,6 +53,8 @@ const segmentPartBytes = 64 << 10
 // families in one batch; the family at the end is held until it ends or
 // grows past segmentPartBytes.
 //
+// The direct path tells the segmenter where its lines end and which are
+// metadata (writeMarked); other writes are cut by reading their lines.
 // Each write is appended to buf whole and its lines are only looked at:
 // a batch takes buf and segs themselves, and what is held over moves to a
 // batch the merge gave back (recycle), so that the output is copied once
@@ -82,14 +84,19 @@ func newSegmenter(emit func(*segmentBatch) error) *segmenter {
 }
 
 func (s *segmenter) Write(b []byte) (int, error) {
+	s.start()
+	s.buf = append(s.buf, b...)
+	s.lines()
+	return len(b), s.pass(false)
+}
+
+// start takes the buffers of a recycled batch before the first write.
+func (s *segmenter) start() {
 	if !s.started {
 		first := s.recycle()
 		s.buf, s.segs, s.names = first.buf, first.parts, first.aux
 		s.started = true
 	}
-	s.buf = append(s.buf, b...)
-	s.lines()
-	return len(b), s.pass(false)
 }
 
 // lines cuts the complete lines after scanned.
@@ -134,13 +141,7 @@ func (s *segmenter) line(l []byte) bool {
 		switch string(kind) {
 		case "HELP", "TYPE", "UNIT":
 			name, typ := nameToken(rest)
-			if !s.open || s.samples || string(s.curName()) != string(name) {
-				s.startFamily(name, true)
-			}
-			if string(kind) == "TYPE" {
-				s.cur.typ = typeString(bytes.TrimSpace(typ))
-			}
-			s.cur.metaEnd = s.scanned + len(l)
+			s.meta(name, string(kind) == "TYPE", typ, "", s.scanned+len(l))
 			return true
 		}
 		// Another comment belongs to the family at hand.
@@ -148,7 +149,30 @@ func (s *segmenter) line(l []byte) bool {
 			s.startFamily(nil, false)
 		}
 		return true
-	} else if !s.continues(l) {
+	}
+	s.sample(l)
+	return true
+}
+
+// meta takes a metadata line of family name that ends at end; for a
+// # TYPE line, typ is the type as written or, when the writer told it, as
+// a string (typString).
+func (s *segmenter) meta(name []byte, isType bool, typ []byte, typString string, end int) {
+	if !s.open || s.samples || string(s.curName()) != string(name) {
+		s.startFamily(name, true)
+	}
+	if isType {
+		if typString == "" {
+			typString = typeString(bytes.TrimSpace(typ))
+		}
+		s.cur.typ = typString
+	}
+	s.cur.metaEnd = end
+}
+
+// sample takes the sample line l, which starts at scanned.
+func (s *segmenter) sample(l []byte) {
+	if !s.continues(l) {
 		if name := sampleName(l); name != nil && (!s.open || !member(s.curName(), name)) {
 			s.startFamily(name, false)
 		}
@@ -157,7 +181,66 @@ func (s *segmenter) line(l []byte) bool {
 		s.startFamily(nil, false)
 	}
 	s.samples = true
-	return true
+}
+
+// lineMark is a line the direct path wrote, so that the segmenter need
+// not look for its end, nor read what kind of line it is.
+type lineMark struct {
+	end int // where the line ends in the write, after its newline
+	// meta says it is a # HELP, # TYPE or # UNIT line; isType a # TYPE
+	// line of type typ.
+	meta, isType bool
+	typ          string
+	// nameLen is the length of the family name after "# HELP " when it
+	// is written bare, 0 when it must be read.
+	nameLen int
+}
+
+// markedWriter is a writer that takes the lines of a write marked: the
+// direct path knows each line it writes, and the segmenter then only
+// looks at the start of a sample line.
+type markedWriter interface {
+	io.Writer
+	writeMarked(b []byte, marks []lineMark) error
+}
+
+// metaPrefix is the length of "# HELP ", "# TYPE " and "# UNIT ".
+const metaPrefix = len("# HELP ")
+
+// writeMarked is Write of b, whose complete lines marks lists in order.
+// What the marks do not cover, or a write that does not start at a line,
+// is cut by reading its lines as Write does.
+func (s *segmenter) writeMarked(b []byte, marks []lineMark) error {
+	s.start()
+	if s.scanned < len(s.buf) {
+		_, err := s.Write(b)
+		return err
+	}
+	base := len(s.buf)
+	s.buf = append(s.buf, b...)
+	for _, m := range marks {
+		end := base + m.end
+		if end <= s.scanned || end > len(s.buf) || s.buf[end-1] != '\n' {
+			break
+		}
+		l := s.buf[s.scanned:end]
+		if !m.meta {
+			s.sample(l)
+		} else if len(l) <= metaPrefix {
+			break
+		} else {
+			var name, typ []byte
+			if m.nameLen > 0 && metaPrefix+m.nameLen < len(l) {
+				name = l[metaPrefix : metaPrefix+m.nameLen]
+			} else {
+				name, typ = nameToken(l[metaPrefix:])
+			}
+			s.meta(name, m.isType, typ, m.typ, end)
+		}
+		s.scanned = end
+	}
+	s.lines()
+	return s.pass(false)
 }
 
 // continues reports cheaply whether a sample line is a series of the

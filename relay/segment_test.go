@@ -16,6 +16,7 @@ package relay
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"sync"
 	"testing"
@@ -231,5 +232,109 @@ func BenchmarkSegmenter(b *testing.B) {
 			b.Fatal(err)
 		}
 		f.release()
+	}
+}
+
+// TestSegmenter_MarkedLinesCutAsRead: the segments of the direct path's
+// output are the same whether the segmenter is told the lines (writeMarked)
+// or reads them (Write), for quoted and escaped names, OpenMetrics and
+// text, and families cut into parts.
+func TestSegmenter_MarkedLinesCutAsRead(t *testing.T) {
+	node, err := os.ReadFile("testdata/node_exporter_e2e.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	om := "# TYPE a_seconds gauge\n# UNIT a_seconds seconds\n# HELP a_seconds A.\na_seconds 1\n# TYPE c counter\nc_total 1\nc_created 2\n# TYPE \"q.x\" info\n{\"q.x_info\"} 1\n# EOF\n"
+	tests := []struct {
+		name string
+		body string
+		in   Format
+		esc  model.EscapingScheme
+	}{
+		{"node", string(node), FormatText, model.UnderscoreEscaping},
+		{"node, UTF-8", string(node), FormatText, model.NoEscaping},
+		{"rich", richText, FormatText, model.UnderscoreEscaping},
+		{"quoted names, UTF-8", escapingText, FormatText, model.NoEscaping},
+		{"quoted names, escaped", escapingText, FormatText, model.UnderscoreEscaping},
+		{"relabel", relabelText, FormatText, model.UnderscoreEscaping},
+		{"OpenMetrics", om, FormatOpenMetrics, model.NoEscaping},
+	}
+	for _, tt := range tests {
+		for _, part := range []int{segmentPartBytes, 64} {
+			t.Run(fmt.Sprintf("%s/part=%d", tt.name, part), func(t *testing.T) {
+				read, _, err := segmentCuts(newPipeline("e", "exporter", nil, defaultLimits), []byte(tt.body), tt.in, tt.esc, part, false)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(read) < 2 {
+					t.Fatalf("%d segments", len(read))
+				}
+				marked, split, err := segmentCuts(newPipeline("e", "exporter", nil, defaultLimits), []byte(tt.body), tt.in, tt.esc, part, true)
+				if err != nil || split {
+					t.Fatalf("error %v, a marked line split %v", err, split)
+				}
+				sameCuts(t, marked, read)
+			})
+		}
+	}
+}
+
+// segmentCut is a segment as the merge sees it.
+type segmentCut struct {
+	name, typ  string
+	meta, cont bool
+	head, body string
+}
+
+// countingSegmenter is a segmenter that notes whether a marked write had
+// a line with a newline in it: a raw newline in a quoted label value,
+// which Prometheus' text parser takes and the direct path copies. The
+// marks follow the parser there, and a segmenter reading lines does not.
+type countingSegmenter struct {
+	*segmenter
+	split bool
+}
+
+func (c *countingSegmenter) writeMarked(b []byte, marks []lineMark) error {
+	if bytes.Count(b, []byte("\n")) != len(marks) {
+		c.split = true
+	}
+	return c.segmenter.writeMarked(b, marks)
+}
+
+// segmentCuts relays body through p into a segmenter with parts of part
+// bytes, which the direct path tells its lines (marked) or which reads
+// them, and returns the segments; split says a marked line had a newline
+// in it.
+func segmentCuts(p *pipeline, body []byte, in Format, esc model.EscapingScheme, part int, marked bool) (cuts []segmentCut, split bool, err error) {
+	sg := newSegmenter(func(b *segmentBatch) error {
+		for _, g := range b.parts {
+			cuts = append(cuts, segmentCut{g.name, g.typ, g.meta, g.cont, string(b.buf[g.start:g.metaEnd]), string(b.buf[g.metaEnd:g.end])})
+		}
+		return nil
+	})
+	sg.partBytes = part
+	// A writer without writeMarked makes the direct path write plain.
+	var w io.Writer = struct{ io.Writer }{sg}
+	counting := &countingSegmenter{segmenter: sg}
+	if marked {
+		w = counting
+	}
+	if err := p.relay(bytes.NewReader(body), in, in.ContentType(), in, esc, w); err != nil {
+		return nil, false, err
+	}
+	return cuts, counting.split, sg.close()
+}
+
+// sameCuts fails t unless the segments marked are those read.
+func sameCuts(t *testing.T, marked, read []segmentCut) {
+	t.Helper()
+	if len(marked) != len(read) {
+		t.Fatalf("%d segments marked, %d read", len(marked), len(read))
+	}
+	for i := range read {
+		if marked[i] != read[i] {
+			t.Fatalf("segment %d marked %+v, read %+v", i, marked[i], read[i])
+		}
 	}
 }
