@@ -174,14 +174,22 @@ func newFakeServer(t *testing.T, ca *testCA) *fakeServer {
 		}
 		mux.ServeHTTP(w, r)
 	}))
-	f.srv.TLS = &tls.Config{
-		Certificates: []tls.Certificate{ca.tlsCert(t, "server", certauth.RoleServer)},
-		ClientAuth:   tls.VerifyClientCertIfGiven,
-		ClientCAs:    ca.pool,
-	}
-	f.srv.StartTLS()
-	t.Cleanup(f.srv.Close)
+	ca.startServer(t, f.srv, "server")
 	return f
+}
+
+// startServer starts srv with a server-role certificate named cn, asking
+// for (not requiring) a client certificate from this CA, as the discovery
+// server does, and closes it when the test ends.
+func (c *testCA) startServer(t testing.TB, srv *httptest.Server, cn string) {
+	t.Helper()
+	srv.TLS = &tls.Config{
+		Certificates: []tls.Certificate{c.tlsCert(t, cn, certauth.RoleServer)},
+		ClientAuth:   tls.VerifyClientCertIfGiven,
+		ClientCAs:    c.pool,
+	}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
 }
 
 func writeTestJSON(w http.ResponseWriter, status int, v any) {

@@ -27,7 +27,6 @@ import (
 	"testing"
 	"time"
 
-	certauth "github.com/baremetal-sd/baremetal_sd/ca"
 	"github.com/baremetal-sd/baremetal_sd/discovery/client"
 	"github.com/baremetal-sd/baremetal_sd/internal/syncbuf"
 )
@@ -253,13 +252,7 @@ func newFrozenServer(t *testing.T, ca *testCA) *frozenServer {
 		case <-f.release:
 		}
 	}))
-	f.srv.TLS = &tls.Config{
-		Certificates: []tls.Certificate{ca.tlsCert(t, "frozen", certauth.RoleServer)},
-		ClientAuth:   tls.VerifyClientCertIfGiven,
-		ClientCAs:    ca.pool,
-	}
-	f.srv.StartTLS()
-	t.Cleanup(f.srv.Close)
+	ca.startServer(t, f.srv, "frozen")
 	t.Cleanup(func() { close(f.release) })
 	return f
 }
