@@ -200,6 +200,17 @@ func TestRegistry_OperatorChanges(t *testing.T) {
 	}
 }
 
+// hourRenewer returns a function that renews agent "a" over mTLS with the
+// certificate serial and records the certificate issued, valid for an hour.
+func hourRenewer(r *Registry, clock *registrytest.Clock) func(serial, issued string) error {
+	return func(serial, issued string) error {
+		return r.Renew(context.Background(), Renewal{ID: "a", Serial: serial}, func(template *store.Agent) error {
+			template.CertSerial, template.CertNotAfter = issued, clock.Now().Add(time.Hour)
+			return nil
+		})
+	}
+}
+
 // TestRegistry_RenewalsWithLostAnswers: an agent whose renewal answers are
 // lost asks again with the certificate it holds. However often that
 // happens, that certificate keeps speaking for the agent until it expires,
@@ -213,12 +224,7 @@ func TestRegistry_RenewalsWithLostAnswers(t *testing.T) {
 	a.CertNotAfter = clock.Now().Add(time.Hour)
 	mustPut(t, r, a)
 	held := a.CertSerial
-	renew := func(serial, issued string) error {
-		return r.Renew(context.Background(), Renewal{ID: "a", Serial: serial}, func(template *store.Agent) error {
-			template.CertSerial, template.CertNotAfter = issued, clock.Now().Add(time.Hour)
-			return nil
-		})
-	}
+	renew := hourRenewer(r, clock)
 	for i := range 3 {
 		if err := renew(held, fmt.Sprintf("s-lost-%d", i)); err != nil {
 			t.Fatalf("renewal %d with the held certificate: %v", i, err)
@@ -390,12 +396,7 @@ func TestRegistry_RenewalWithAStolenPreviousCertificate(t *testing.T) {
 	a.CertNotAfter = clock.Now().Add(time.Hour)
 	mustPut(t, r, a)
 	stolen := a.CertSerial
-	renew := func(serial, issued string) error {
-		return r.Renew(context.Background(), Renewal{ID: "a", Serial: serial}, func(template *store.Agent) error {
-			template.CertSerial, template.CertNotAfter = issued, clock.Now().Add(time.Hour)
-			return nil
-		})
-	}
+	renew := hourRenewer(r, clock)
 	if err := renew(stolen, "s-agent"); err != nil { // the agent's own renewal, delivered
 		t.Fatal(err)
 	}
