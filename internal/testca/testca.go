@@ -26,8 +26,9 @@ import (
 	"time"
 )
 
-// New returns a self-signed P-256 CA named commonName, valid from a
-// minute ago for an hour.
+// New returns a self-signed P-256 CA named commonName, valid from a day
+// ago to a day from now, so that tests can have it sign certificates that
+// expired or that a clock running behind sees as not yet valid.
 func New(t testing.TB, commonName string) (*x509.Certificate, *ecdsa.PrivateKey) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -37,8 +38,8 @@ func New(t testing.TB, commonName string) (*x509.Certificate, *ecdsa.PrivateKey)
 	tmpl := &x509.Certificate{
 		SerialNumber:          big.NewInt(1),
 		Subject:               pkix.Name{CommonName: commonName},
-		NotBefore:             time.Now().Add(-time.Minute),
-		NotAfter:              time.Now().Add(time.Hour),
+		NotBefore:             time.Now().Add(-24 * time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
 		IsCA:                  true,
 		BasicConstraintsValid: true,
 		KeyUsage:              x509.KeyUsageCertSign,
