@@ -35,6 +35,7 @@ import (
 	"github.com/baremetal-sd/baremetal_sd/discovery/client"
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/baremetal-sd/baremetal_sd/internal/fileutil"
+	"github.com/baremetal-sd/baremetal_sd/tunnel"
 	"github.com/baremetal-sd/baremetal_sd/web"
 )
 
@@ -105,6 +106,14 @@ func Run(ctx context.Context, cfg Config) error {
 	listeners, err := web.Listen(&webFlags)
 	if err != nil {
 		return err
+	}
+	// Tunneled scrapes reach the relay in process, through the listener
+	// of the first --web.listen-address; with systemd's sockets the tunnel
+	// dials that address.
+	var tunneled *tunnel.Listener
+	if cfg.Tunnel == TunnelOn && len(listeners) > 0 {
+		tunneled = tunnel.NewListener(listeners[0])
+		listeners[0] = tunneled
 	}
 	defer web.CloseAll(listeners)
 
@@ -184,7 +193,7 @@ func Run(ctx context.Context, cfg Config) error {
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- web.ServeListeners(listeners, srv, &webFlags, logger) }()
 	if cfg.Tunnel == TunnelOn {
-		tc, err := newTunnelClient(cfg, roots, lc, reg)
+		tc, err := newTunnelClient(cfg, roots, lc, reg, tunneled)
 		if err != nil {
 			stopLoop()
 			<-loopDone

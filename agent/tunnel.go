@@ -27,17 +27,23 @@ import (
 // newTunnelClient builds the tunnels to every discovery server. They
 // verify the server exactly as the registration client does (the pinned
 // CA and the server role) and present the agent's current certificate.
-func newTunnelClient(cfg Config, roots *x509.CertPool, lc *lifecycle, reg prometheus.Registerer) (*tunnel.Client, error) {
-	local, err := localAddress(cfg.Web)
-	if err != nil {
-		return nil, err
+// They hand their streams to listener, or, when it is nil, dial the first
+// listen address.
+func newTunnelClient(cfg Config, roots *x509.CertPool, lc *lifecycle, reg prometheus.Registerer, listener *tunnel.Listener) (*tunnel.Client, error) {
+	var local string
+	if listener == nil {
+		var err error
+		if local, err = localAddress(cfg.Web); err != nil {
+			return nil, err
+		}
 	}
 	c, err := tunnel.NewClient(tunnel.ClientConfig{
-		Servers: cfg.DiscoveryURLs,
-		TLS:     tunnelTLS(roots, lc.clientCertificate),
-		Local:   local,
-		Metrics: tunnel.NewClientMetrics(reg),
-		Logger:  cfg.Logger,
+		Servers:  cfg.DiscoveryURLs,
+		TLS:      tunnelTLS(roots, lc.clientCertificate),
+		Listener: listener,
+		Local:    local,
+		Metrics:  tunnel.NewClientMetrics(reg),
+		Logger:   cfg.Logger,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: %w", err)

@@ -85,7 +85,7 @@ func BenchmarkScrape(b *testing.B) {
 	for _, name := range []string{"node", "30k"} {
 		body := payloads[name]
 		f := newFleet(b, ServerConfig{})
-		port := f.startAgentHandler(b, "a1", "host-a", exposition(body))
+		port := f.startListenerAgent(b, "a1", "host-a", exposition(body))
 		for _, enc := range []string{"gzip", "identity"} {
 			for _, via := range []string{"direct", "tunnel"} {
 				b.Run(name+"/"+enc+"/"+via, func(b *testing.B) {

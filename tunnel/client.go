@@ -62,8 +62,12 @@ type ClientConfig struct {
 	// TLS verifies the servers and presents the agent's certificate. The
 	// client uses a copy that speaks HTTP/1.1 only.
 	TLS *tls.Config
-	// Local is host:port of the agent's own TLS listener: every stream is
-	// handed to it, so that the scraper's TLS session ends there.
+	// Listener, when set, is the agent's own TLS listener: every stream
+	// is handed to it in process, so that the scraper's TLS session ends
+	// there.
+	Listener *Listener
+	// Local is host:port of the agent's own TLS listener, which every
+	// stream dials when Listener is nil.
 	Local string
 	// MaxStreams bounds the streams open at once per tunnel.
 	MaxStreams int
@@ -91,7 +95,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if len(cfg.Servers) == 0 {
 		return nil, errors.New("tunnel: no server given")
 	}
-	if cfg.Local == "" {
+	if cfg.Listener == nil && cfg.Local == "" {
 		return nil, errors.New("tunnel: no local listener given")
 	}
 	servers := make([]*url.URL, 0, len(cfg.Servers))
@@ -396,10 +400,14 @@ func (c *Client) serve(ctx context.Context, mux *yamux.Session) {
 // forward hands one stream to the agent's own TLS listener.
 func (c *Client) forward(ctx context.Context, stream net.Conn) {
 	defer stream.Close()
-	local, err := c.cfg.Dialer.DialContext(ctx, "tcp", c.cfg.Local)
+	local, err := c.local(ctx, stream)
 	if err != nil {
 		c.cfg.Metrics.Refused.Inc()
-		c.cfg.Logger.Warn("Cannot reach the agent's own listener for a tunneled scrape", "addr", c.cfg.Local, "err", err)
+		addr := c.cfg.Local
+		if c.cfg.Listener != nil {
+			addr = c.cfg.Listener.Addr().String()
+		}
+		c.cfg.Logger.Warn("Cannot reach the agent's own listener for a tunneled scrape", "addr", addr, "err", err)
 		return
 	}
 	defer local.Close()
@@ -418,6 +426,27 @@ func (c *Client) forward(ctx context.Context, stream net.Conn) {
 	_ = local.Close()
 	_ = stream.Close()
 	<-done
+}
+
+// local connects to the agent's own listener for stream: in process
+// through the Listener, or else over TCP.
+func (c *Client) local(ctx context.Context, stream net.Conn) (net.Conn, error) {
+	if c.cfg.Listener == nil {
+		return c.cfg.Dialer.DialContext(ctx, "tcp", c.cfg.Local)
+	}
+	// The listener's side sees the server as its peer. A server that
+	// stopped accepting without closing the listener gets the stream
+	// no later than a dial would have failed.
+	ours, theirs := memPipe(stream.RemoteAddr(), c.cfg.Listener.Addr())
+	if d := c.cfg.Dialer.Timeout; d > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+	}
+	if err := c.cfg.Listener.hand(ctx, theirs); err != nil {
+		return nil, fmt.Errorf("hand the stream to the listener: %w", err)
+	}
+	return ours, nil
 }
 
 // forwardBuffer is the read size from the agent's own listener towards the

@@ -17,12 +17,17 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/url"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -208,5 +213,177 @@ func TestClient_RetryWait(t *testing.T) {
 				t.Fatalf("waits from %s to %s do not cover [%s, %s)", lo, hi, tc.min, tc.max)
 			}
 		})
+	}
+}
+
+// startListenerAgent is startAgentHandler as the agent runs: its relay
+// serves a Listener, to which the tunnel hands its streams in process.
+func (f *fleet) startListenerAgent(t testing.TB, id, hostname string, handler http.HandlerFunc) int {
+	t.Helper()
+	cert := f.agentCert(t, id, hostname)
+	clientCA := x509.NewCertPool()
+	clientCA.AddCert(f.authority.ClientCACertificate())
+	relay := &http.Server{
+		Handler:           handler,
+		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: clientCA},
+		ReadHeaderTimeout: 2 * time.Second,
+	}
+	tcp, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := NewListener(tcp)
+	served := make(chan struct{})
+	go func() { defer close(served); _ = relay.ServeTLS(l, "", "") }()
+	port := tcp.Addr().(*net.TCPAddr).Port
+	f.dir.set(Agent{ID: id, Hostname: hostname, Port: port, Listed: true, Tunnel: true})
+	c, err := NewClient(ClientConfig{
+		Servers:    []string{f.url},
+		TLS:        &tls.Config{RootCAs: f.serverRoots, Certificates: []tls.Certificate{cert}},
+		Listener:   l,
+		MinBackoff: 10 * time.Millisecond,
+		MaxBackoff: 100 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); c.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		_ = relay.Close()
+		<-served
+	})
+	f.waitTunnels(t, func(int) bool { return f.hasTunnel(hostname) })
+	return port
+}
+
+// TestClient_StreamsInProcess: with a Listener, a tunneled scrape reaches
+// the relay in process, and the relay's TLS still decides who scrapes: a
+// scraper that is let through the server but shows the relay no
+// certificate of a scraper is refused by the agent itself.
+func TestClient_StreamsInProcess(t *testing.T) {
+	f := newFleet(t, ServerConfig{})
+	remotes := make(chan string, 10)
+	port := f.startListenerAgent(t, "a1", "host-a", func(w http.ResponseWriter, r *http.Request) {
+		if role, _, err := ca.Identify(r.TLS.PeerCertificates[0]); err != nil || role != ca.RoleDiscovery {
+			http.Error(w, "scrapers only", http.StatusForbidden)
+			return
+		}
+		remotes <- r.RemoteAddr
+		_, _ = io.WriteString(w, "up 1\n")
+	})
+	target := "host-a:" + strconv.Itoa(port)
+	agentRoots := x509.NewCertPool()
+	agentRoots.AddCert(f.authority.AgentCACertificate())
+	impostorCA, impostorKey := foreignCA(t)
+	agentCert := f.agentCert(t, "a2", "host-b")
+	foreign := issueClient(t, impostorCA, impostorKey, "prometheus", ca.RoleDiscovery)
+	for _, tc := range []struct {
+		name  string
+		inner *tls.Certificate // what the scraper shows the agent
+		ok    bool
+	}{
+		{"scraper certificate", &f.scraper, true},
+		{"no certificate", &tls.Certificate{}, false},
+		{"certificate of the agent CA", &agentCert, false},
+		{"foreign scraper certificate", &foreign, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			conn, err := tls.Dial("tcp", strings.TrimPrefix(f.url, "https://"), &tls.Config{RootCAs: f.serverRoots, ServerName: "localhost", Certificates: []tls.Certificate{f.scraper}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+			fmt.Fprintf(conn, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
+			br := bufio.NewReader(conn)
+			resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+			if err != nil || resp.StatusCode != http.StatusOK {
+				t.Fatalf("CONNECT: %v %v", resp, err)
+			}
+			inner := tls.Client(conn, &tls.Config{
+				RootCAs: agentRoots, ServerName: "host-a",
+				// Sent whatever CAs the agent names.
+				GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return tc.inner, nil },
+			})
+			req, _ := http.NewRequest(http.MethodGet, "https://"+target+"/metrics", nil)
+			err = req.Write(inner)
+			if err == nil {
+				resp, err = http.ReadResponse(bufio.NewReader(inner), req)
+			}
+			if !tc.ok {
+				if err == nil {
+					t.Fatalf("the agent answered %s to a scraper it cannot verify", resp.Status)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != http.StatusOK || string(body) != "up 1\n" {
+				t.Fatalf("scrape: %d %q", resp.StatusCode, body)
+			}
+			// The relay sees the tunnel's server as the scrape's peer.
+			if got := <-remotes; got != strings.TrimPrefix(f.url, "https://") {
+				t.Errorf("the relay sees the scrape from %s, want the server %s", got, f.url)
+			}
+		})
+	}
+}
+
+// TestListener_AcceptsBoth: the Listener returns the connections of the
+// listener it wraps and the streams handed to it, until it is closed;
+// then a stream finds no taker.
+func TestListener_AcceptsBoth(t *testing.T) {
+	tcp, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := NewListener(tcp)
+	defer l.Close()
+	accepted := make(chan net.Conn)
+	acceptErr := make(chan error, 1)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				acceptErr <- err
+				return
+			}
+			accepted <- c
+		}
+	}()
+
+	dialed, err := net.Dial("tcp", tcp.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dialed.Close()
+	c := <-accepted
+	if c.RemoteAddr().String() != dialed.LocalAddr().String() {
+		t.Errorf("accepted %s, want the dialed connection from %s", c.RemoteAddr(), dialed.LocalAddr())
+	}
+	_ = c.Close()
+
+	ours, theirs := memPipe(testAddr("server"), l.Addr())
+	if err := l.hand(context.Background(), theirs); err != nil {
+		t.Fatal(err)
+	}
+	if c := <-accepted; c != theirs {
+		t.Errorf("accepted %v, want the stream handed over", c)
+	}
+	_ = ours.Close()
+
+	_ = l.Close()
+	if err := <-acceptErr; !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Accept after Close: %v, want net.ErrClosed", err)
+	}
+	_, theirs = memPipe(testAddr("server"), l.Addr())
+	if err := l.hand(context.Background(), theirs); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("hand after Close: %v, want net.ErrClosed", err)
 	}
 }
