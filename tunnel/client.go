@@ -264,12 +264,13 @@ func (c *Client) open(ctx context.Context, u *url.URL, tc *tls.Config) (*yamux.S
 	}
 	hctx, cancel := context.WithTimeout(ctx, c.cfg.HandshakeTimeout)
 	defer cancel()
-	conn := tls.Client(raw, tc)
+	bc := &batchingConn{Conn: raw}
+	conn := tls.Client(bc, tc)
 	if err := conn.HandshakeContext(hctx); err != nil {
 		_ = raw.Close()
 		return nil, &openError{step: stepHandshake, err: err}
 	}
-	mux, err := c.upgrade(hctx, conn, u)
+	mux, err := c.upgrade(hctx, conn, bc, u)
 	if err != nil {
 		_ = conn.Close()
 		return nil, err
@@ -279,7 +280,7 @@ func (c *Client) open(ctx context.Context, u *url.URL, tc *tls.Config) (*yamux.S
 
 // upgrade asks for the tunnel on an established connection and starts the
 // session on it.
-func (c *Client) upgrade(ctx context.Context, conn *tls.Conn, u *url.URL) (*yamux.Session, error) {
+func (c *Client) upgrade(ctx context.Context, conn *tls.Conn, raw *batchingConn, u *url.URL) (*yamux.Session, error) {
 	if d, ok := ctx.Deadline(); ok {
 		_ = conn.SetDeadline(d)
 	}
@@ -312,7 +313,7 @@ func (c *Client) upgrade(ctx context.Context, conn *tls.Conn, u *url.URL) (*yamu
 	cfg.MaxStreamWindowSize = streamWindow
 	cfg.LogOutput = nil
 	cfg.Logger = slog.NewLogLogger(c.cfg.Logger.Handler(), slog.LevelDebug)
-	mux, err := yamux.Server(conn, cfg)
+	mux, err := yamux.Server(&batchedTLS{Conn: conn, raw: raw}, cfg)
 	if err != nil {
 		return nil, &openError{step: stepUpgrade, err: fmt.Errorf("start tunnel: %w", err)}
 	}
