@@ -435,9 +435,9 @@ func (c *Client) local(ctx context.Context, stream net.Conn) (net.Conn, error) {
 	if c.cfg.Listener == nil {
 		return c.cfg.Dialer.DialContext(ctx, "tcp", c.cfg.Local)
 	}
-	// The listener's side sees the server as its peer. A server that
-	// stopped accepting without closing the listener gets the stream
-	// no later than a dial would have failed.
+	// The listener's side sees the server as its peer. A stream waits
+	// for a server that stopped accepting without closing the listener
+	// no longer than a dial would.
 	ours, theirs := memPipe(stream.RemoteAddr(), c.cfg.Listener.Addr())
 	if d := c.cfg.Dialer.Timeout; d > 0 {
 		var cancel context.CancelFunc
