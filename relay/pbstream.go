@@ -129,7 +129,7 @@ func (p *pipeline) streamFamily(frame []byte, h *pbHeader) (bool, error) {
 	s.text, s.om, s.last = s.to.out != FormatProtobuf, s.to.out == FormatOpenMetrics, s.to.last
 	value := valueField(h.typ)
 	legacy := p.escaping != model.NoEscaping
-	if value == 0 || legacy && !isLegacyName(h.name, true) {
+	if value == 0 || legacy && !h.legacy {
 		return false, nil
 	}
 	s.direct = len(frame) > streamBufferBytes
@@ -266,7 +266,11 @@ func (s *pbStream) endPart(h *pbHeader, metrics int, esc model.EscapingScheme) {
 	}
 	if s.text {
 		bare := h.typ == dto.MetricType_UNTYPED && h.help == nil && h.unit == nil
-		if !bare && h.name != s.last {
+		switch {
+		case bare || h.name == s.last:
+		case h.meta != "" && h.metaOM == s.om && h.metaEsc == esc:
+			s.out = append(s.out, h.meta...)
+		default:
 			s.out = appendFamilyMeta(s.out, h.name, h.typ, h.help, h.unit, s.om, esc)
 		}
 		s.out = append(s.out, s.body...)
