@@ -64,6 +64,9 @@ type pbStream struct {
 	out    []byte // the frames of the family at hand
 	body   []byte // the MetricFamily message of the part at hand
 	labels []byte // scratch for the label fields of the metric at hand
+	// seriesBuf is scratch for the series text remembered for a scraper
+	// of text.
+	seriesBuf []byte
 	// The metric's label fields as written, one after the other:
 	// labelBytes the input's, or labels rewritten; labelPair the
 	// exporter label's field and labelAfter the input's that follow it,
@@ -71,7 +74,10 @@ type pbStream struct {
 	// outcome.
 	labelBytes, labelPair, labelAfter []byte
 	labelText                         string
-	names                             [][]byte // its label names, for the duplicate check
+	// series is a cached outcome for a scraper of text: the series text,
+	// name{labels}, as appendSeries writes it ("" for none).
+	series string
+	names  [][]byte // its label names, for the duplicate check
 	// label is the exporter label's name, "" for none: scanMetric finds
 	// where it goes among a metric's labels (pbMetricShape.labelAt).
 	label string
@@ -158,7 +164,7 @@ func (p *pipeline) streamFamily(frame []byte, h *pbHeader) (bool, error) {
 			return false, nil
 		}
 		if keep && s.text {
-			s.body = s.appendSample(s.body, h.name, mb[shape.labelsEnd:], p.escaping)
+			s.body = s.appendSample(s.body, h, mb[shape.labelsEnd:], p.escaping)
 			metrics++
 		} else if keep {
 			rest := mb[shape.labelsEnd:]
@@ -287,18 +293,15 @@ func (s *pbStream) endPart(h *pbHeader, metrics int, esc model.EscapingScheme) {
 	s.out = append(s.out, s.body...)
 }
 
-// appendSample writes the sample line of a metric of family name as
-// appendFamily does: the metric's label fields, from s.labelBytes,
-// s.labelPair, s.labelAfter and s.labelText, and rest, its value field and perhaps its timestamp, which
-// scanMetric checked.
-func (s *pbStream) appendSample(b []byte, name string, rest []byte, esc model.EscapingScheme) []byte {
-	b, open := appendSeriesName(b, name, "", esc)
-	b, open = appendLabelFields(b, open, s.labelBytes, esc)
-	b, open = appendLabelFields(b, open, s.labelPair, esc)
-	b, open = appendLabelFields(b, open, s.labelAfter, esc)
-	b, open = appendLabelFields(b, open, s.labelText, esc)
-	if open {
-		b = append(b, '}')
+// appendSample writes the sample line of a metric of family h as
+// appendFamily does: the series, s.series or else the metric's label
+// fields (see appendSeries), and rest, its value field and perhaps its
+// timestamp, which scanMetric checked.
+func (s *pbStream) appendSample(b []byte, h *pbHeader, rest []byte, esc model.EscapingScheme) []byte {
+	if s.series != "" {
+		b = append(b, s.series...)
+	} else {
+		b = s.appendSeries(b, h, esc)
 	}
 	// The value field: tag, length 9, tag of the double, the double.
 	v := math.Float64frombits(binary.LittleEndian.Uint64(rest[3:11]))
@@ -310,6 +313,26 @@ func (s *pbStream) appendSample(b []byte, name string, rest []byte, esc model.Es
 	}
 	b = appendValueTimestamp(b, v, ts, s.om)
 	return append(b, '\n')
+}
+
+// appendSeries writes the series text of a metric of family h, as
+// appendFamily does: its name and the label pairs of s.labelBytes,
+// s.labelPair, s.labelAfter and s.labelText.
+func (s *pbStream) appendSeries(b []byte, h *pbHeader, esc model.EscapingScheme) []byte {
+	var open bool
+	if h.legacy {
+		b = append(b, h.name...)
+	} else {
+		b, open = appendSeriesName(b, h.name, "", esc)
+	}
+	b, open = appendLabelFields(b, open, s.labelBytes, esc)
+	b, open = appendLabelFields(b, open, s.labelPair, esc)
+	b, open = appendLabelFields(b, open, s.labelAfter, esc)
+	b, open = appendLabelFields(b, open, s.labelText, esc)
+	if open {
+		b = append(b, '}')
+	}
+	return b
 }
 
 // appendLabelFields writes the label pairs of a metric's label fields,
@@ -483,7 +506,7 @@ func appendLabelPair(b []byte, name, value string) []byte {
 func (p *pipeline) streamLabels(h *pbHeader, mb []byte, shape pbMetricShape) (keep, ok bool, err error) {
 	s := &p.pbStream
 	raw := mb[:shape.labelsEnd]
-	s.labelBytes, s.labelPair, s.labelAfter, s.labelText = nil, nil, nil, ""
+	s.labelBytes, s.labelPair, s.labelAfter, s.labelText, s.series = nil, nil, nil, "", ""
 	if len(p.relabels) == 0 {
 		if p.label == "" {
 			s.labelBytes = raw
@@ -499,11 +522,15 @@ func (p *pipeline) streamLabels(h *pbHeader, mb []byte, shape pbMetricShape) (ke
 		}
 	}
 	if p.cache != nil {
-		if e := p.cache.lookupProtobuf(h.name, h.typ, p.escaping, raw); e != nil {
+		if e := p.cache.lookupProtobuf(h.name, h.typ, p.escaping, s.text, raw); e != nil {
 			if e.dropped {
 				return false, true, nil
 			}
-			s.labelText = e.series()
+			if s.text {
+				s.series = e.series()
+			} else {
+				s.labelText = e.series()
+			}
 			p.samples++
 			return true, true, nil
 		}
@@ -562,10 +589,15 @@ func (p *pipeline) streamMiss(h *pbHeader, mb []byte) (keep, ok bool, err error)
 		}
 		s.labels = appendLabelPair(s.labels, name, *lp.Value)
 	}
-	if p.cache != nil {
+	s.labelBytes = s.labels
+	if p.cache != nil && s.text {
+		// A scraper of text gets the series text remembered, which a
+		// warm scrape copies as it is.
+		s.seriesBuf = s.appendSeries(s.seriesBuf[:0], h, p.escaping)
+		p.cache.remember(false, s.seriesBuf)
+	} else if p.cache != nil {
 		p.cache.remember(false, s.labels)
 	}
-	s.labelBytes = s.labels
 	return true, true, nil
 }
 

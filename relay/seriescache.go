@@ -140,9 +140,17 @@ func (e *seriesEntry) wireValue() (name, labelFields string) {
 
 // lookupProtobuf is lookup for a metric of a protobuf family, by its
 // label fields as they came (see streamFamily): the family's name and type
-// are part of the key, as is the spelling of names for the scraper.
-func (c *seriesCache) lookupProtobuf(name string, typ dto.MetricType, esc model.EscapingScheme, labelFields []byte) *seriesEntry {
-	c.key = append(c.key[:0], 0x80|byte(esc), byte(typ))
+// are part of the key, as is the spelling of names for the scraper and
+// whether the scraper reads text (or OpenMetrics). For a scraper of
+// protobuf, the entry's series text is the metric's label fields as
+// written; for a scraper of text, its key starts with 0xc0 and the entry's
+// series text is the series as written, name{labels}.
+func (c *seriesCache) lookupProtobuf(name string, typ dto.MetricType, esc model.EscapingScheme, text bool, labelFields []byte) *seriesEntry {
+	mode := 0x80 | byte(esc)
+	if text {
+		mode |= 0x40
+	}
+	c.key = append(c.key[:0], mode, byte(typ))
 	c.key = binary.AppendUvarint(c.key, uint64(len(name)))
 	c.key = append(append(c.key, name...), labelFields...)
 	return c.find()

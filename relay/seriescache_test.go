@@ -96,7 +96,7 @@ func TestSeriesCache_SameOutputAsUncached(t *testing.T) {
 			if cache.len() == 0 {
 				t.Fatal("nothing was cached: the test compares nothing")
 			}
-			dropped, wired, wiredDrops := 0, 0, 0
+			dropped, wired, wiredDrops, texts, textDrops := 0, 0, 0, 0, 0
 			for _, e := range cache.slots {
 				if e.text == "" {
 					continue
@@ -104,12 +104,18 @@ func TestSeriesCache_SameOutputAsUncached(t *testing.T) {
 				if e.dropped {
 					dropped++
 				}
-				// Text written as protobuf (lookupWire).
-				if e.text[0]&0xc0 == 0x40 {
+				switch e.text[0] & 0xc0 {
+				case 0x40: // text written as protobuf (lookupWire)
 					if e.dropped {
 						wiredDrops++
 					} else {
 						wired++
+					}
+				case 0xc0: // protobuf written as text (lookupProtobuf)
+					if e.dropped {
+						textDrops++
+					} else {
+						texts++
 					}
 				}
 			}
@@ -118,6 +124,9 @@ func TestSeriesCache_SameOutputAsUncached(t *testing.T) {
 			}
 			if tt.in == FormatText && (wired == 0 || wiredDrops == 0) {
 				t.Errorf("text written as protobuf: %d series and %d drops cached, want some of both", wired, wiredDrops)
+			}
+			if tt.in == FormatProtobuf && (texts == 0 || textDrops == 0) {
+				t.Errorf("protobuf written as text: %d series and %d drops cached, want some of both", texts, textDrops)
 			}
 		})
 	}
