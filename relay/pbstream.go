@@ -105,6 +105,9 @@ type pbMetricShape struct {
 	// among the label fields: before the first name not less than it, -1
 	// when a label has that name already, which addLabelPair relabels.
 	labelAt int
+	// labelsSize is the label fields' share of size, when cachedLabels
+	// checked them.
+	labelsSize int
 }
 
 // valueField is the Metric field that carries a value of a family of
@@ -147,15 +150,23 @@ func (p *pipeline) streamFamily(frame []byte, h *pbHeader) (bool, error) {
 	s.out, s.missPart = s.out[:0], false
 	s.startPart(h)
 	partSize, metrics := 0, 0
+	// With rules, a metric's labels are checked only when the series cache
+	// does not know them: an entry is filed under label fields that were
+	// checked for the same output (see cachedLabels).
+	cached := p.cache != nil && len(p.relabels) > 0
 	for mb := range familyMetrics(frame) {
 		// A direct family passed these checks in streamable.
-		shape, ok := s.scanMetric(mb, value, legacy)
+		shape, ok := s.scanMetric(mb, value, legacy, !cached)
+		var e *seriesEntry
+		if ok && cached {
+			e, ok = p.cachedLabels(h, mb, &shape, legacy)
+		}
 		if !ok || shape.size > p.maxMetric {
 			p.samples = samples
 			return false, nil
 		}
 		partSize += shape.size
-		keep, ok, err := p.streamLabels(h, mb, shape)
+		keep, ok, err := p.streamLabels(h, mb, shape, e)
 		if err != nil {
 			return false, err
 		}
@@ -199,7 +210,7 @@ func (p *pipeline) streamFamily(frame []byte, h *pbHeader) (bool, error) {
 // and max_metric_bytes, for a family written before it is done.
 func (s *pbStream) streamable(frame []byte, value protowire.Number, legacy bool, maxMetric int) bool {
 	for mb := range familyMetrics(frame) {
-		if shape, ok := s.scanMetric(mb, value, legacy); !ok || shape.size > maxMetric {
+		if shape, ok := s.scanMetric(mb, value, legacy, true); !ok || shape.size > maxMetric {
 			return false
 		}
 	}
@@ -369,10 +380,12 @@ func uvarintPrefix[S string | []byte](b S) (int, int) {
 // scanMetric checks that metric mb is in the form the stream path takes:
 // label pairs of a name and a value, then the value field of the family's
 // type holding only a value, then perhaps a timestamp, each as
-// proto.Marshal writes it; and that it passes validateMetric's checks
-// (names set, unique, UTF-8, not __name__; values UTF-8), with names in
-// the legacy form when legacy is set. It also works out decodedSize.
-func (s *pbStream) scanMetric(mb []byte, value protowire.Number, legacy bool) (pbMetricShape, bool) {
+// proto.Marshal writes it; and, when labels is set, that it passes
+// validateMetric's checks (names set, unique, UTF-8, not __name__; values
+// UTF-8), with names in the legacy form when legacy is set (see
+// checkLabels). It also works out decodedSize, without the labels' share
+// when labels is not set.
+func (s *pbStream) scanMetric(mb []byte, value protowire.Number, legacy, labels bool) (pbMetricShape, bool) {
 	shape := pbMetricShape{size: sizeMessage + len(mb), labelAt: -1}
 	s.names = s.names[:0]
 	seenValue, seenTimestamp, taken := false, false, false
@@ -387,22 +400,9 @@ func (s *pbStream) scanMetric(mb []byte, value protowire.Number, legacy bool) (p
 		switch {
 		case num == 1 && typ == protowire.BytesType && !seenValue:
 			v, n := consumeMinimalBytes(b)
-			if n < 0 {
+			if n < 0 || labels && !s.checkLabel(v, start, legacy, &shape, &taken) {
 				return shape, false
 			}
-			name, val, ok := scanLabelPair(v)
-			if !ok || !s.validLabel(name, val, legacy) {
-				return shape, false
-			}
-			s.names = append(s.names, name)
-			if s.label != "" && !taken {
-				if string(name) == s.label {
-					taken, shape.labelAt = true, -1
-				} else if shape.labelAt < 0 && string(name) >= s.label {
-					shape.labelAt = start
-				}
-			}
-			shape.size += sizeField + sizeMessage + len(v) + 2*sizeString + sizePacked*(len(name)+len(val))
 			b = b[n:]
 			shape.labelsEnd = len(mb) - len(b)
 		case num == value && typ == protowire.BytesType && !seenValue:
@@ -426,10 +426,52 @@ func (s *pbStream) scanMetric(mb []byte, value protowire.Number, legacy bool) (p
 			return shape, false
 		}
 	}
-	if s.label != "" && !taken && shape.labelAt < 0 {
+	if labels && s.label != "" && !taken && shape.labelAt < 0 {
 		shape.labelAt = shape.labelsEnd
 	}
 	return shape, seenValue
+}
+
+// checkLabels makes the checks of the label fields of a metric that
+// scanMetric skipped when its labels was not set, and adds their share of
+// decodedSize to the shape.
+func (s *pbStream) checkLabels(fields []byte, legacy bool, shape *pbMetricShape) bool {
+	s.names = s.names[:0]
+	taken := false
+	for b := fields; len(b) > 0; {
+		// scanMetric checked the tag and the length.
+		start := len(fields) - len(b)
+		v, n := consumeMinimalBytes(b[1:])
+		if !s.checkLabel(v, start, legacy, shape, &taken) {
+			return false
+		}
+		b = b[1+n:]
+	}
+	if s.label != "" && !taken && shape.labelAt < 0 {
+		shape.labelAt = len(fields)
+	}
+	return true
+}
+
+// checkLabel checks label field v of a metric, at start among its fields:
+// a pair as proto.Marshal writes it that passes validLabel. It adds the
+// label's share of decodedSize to the shape and notes where the exporter
+// label goes (pbMetricShape.labelAt; taken says a label has its name).
+func (s *pbStream) checkLabel(v []byte, start int, legacy bool, shape *pbMetricShape, taken *bool) bool {
+	name, val, ok := scanLabelPair(v)
+	if !ok || !s.validLabel(name, val, legacy) {
+		return false
+	}
+	s.names = append(s.names, name)
+	if s.label != "" && !*taken {
+		if string(name) == s.label {
+			*taken, shape.labelAt = true, -1
+		} else if shape.labelAt < 0 && string(name) >= s.label {
+			shape.labelAt = start
+		}
+	}
+	shape.size += sizeField + sizeMessage + len(v) + 2*sizeString + sizePacked*(len(name)+len(val))
+	return true
 }
 
 // validLabel checks a label of a metric as validateMetric does, and that
@@ -503,7 +545,7 @@ func appendLabelPair(b []byte, name, value string) []byte {
 // become, and reports whether the metric is kept, and
 // false for ok when protobufFamily must relay the family. It counts the
 // metric's sample when it is kept.
-func (p *pipeline) streamLabels(h *pbHeader, mb []byte, shape pbMetricShape) (keep, ok bool, err error) {
+func (p *pipeline) streamLabels(h *pbHeader, mb []byte, shape pbMetricShape, e *seriesEntry) (keep, ok bool, err error) {
 	s := &p.pbStream
 	raw := mb[:shape.labelsEnd]
 	s.labelBytes, s.labelPair, s.labelAfter, s.labelText, s.series = nil, nil, nil, "", ""
@@ -521,26 +563,47 @@ func (p *pipeline) streamLabels(h *pbHeader, mb []byte, shape pbMetricShape) (ke
 			return true, true, nil
 		}
 	}
-	if p.cache != nil {
-		if e := p.cache.lookupProtobuf(h.name, h.typ, p.escaping, s.text, raw); e != nil {
-			if e.dropped {
-				return false, true, nil
-			}
-			if s.text {
-				s.series = e.series()
-			} else {
-				s.labelText = e.series()
-			}
-			p.samples++
-			return true, true, nil
+	if e != nil {
+		if e.dropped {
+			return false, true, nil
 		}
+		if s.text {
+			s.series = e.series()
+		} else {
+			s.labelText = e.series()
+		}
+		p.samples++
+		return true, true, nil
 	}
-	return p.streamMiss(h, mb)
+	return p.streamMiss(h, mb, shape.labelsSize)
+}
+
+// cachedLabels looks metric mb up in the series cache by its label fields,
+// which scanMetric delimited but did not check, and adds their share of
+// decodedSize to the shape: remembered on a hit, worked out by checking
+// them on a miss. It reports false when the labels fail the checks. An
+// entry is only filed after its label fields passed the checks, under a
+// key that holds everything the checks depend on: the label fields, the
+// spelling of names (legacy) and whether the output is text.
+func (p *pipeline) cachedLabels(h *pbHeader, mb []byte, shape *pbMetricShape, legacy bool) (*seriesEntry, bool) {
+	s := &p.pbStream
+	raw := mb[:shape.labelsEnd]
+	if e := p.cache.lookupProtobuf(h.name, h.typ, p.escaping, s.text, raw); e != nil {
+		shape.size += int(e.aux)
+		return e, true
+	}
+	size := shape.size
+	if !s.checkLabels(raw, legacy, shape) {
+		return nil, false
+	}
+	shape.labelsSize = shape.size - size
+	return nil, true
 }
 
 // streamMiss relabels metric mb, which the cache does not know, as
-// protobufFamily does, and remembers the outcome.
-func (p *pipeline) streamMiss(h *pbHeader, mb []byte) (keep, ok bool, err error) {
+// protobufFamily does, and remembers the outcome with its labels' share of
+// decodedSize.
+func (p *pipeline) streamMiss(h *pbHeader, mb []byte, labelsSize int) (keep, ok bool, err error) {
 	s := &p.pbStream
 	pt := &p.protobufPart
 	if !s.missPart {
@@ -570,7 +633,7 @@ func (p *pipeline) streamMiss(h *pbHeader, mb []byte) (keep, ok bool, err error)
 	}
 	if len(pt.fam.Metric) == 0 {
 		if p.cache != nil {
-			p.cache.remember(true, nil)
+			p.cache.rememberSized(true, nil, labelsSize)
 		}
 		return false, true, nil
 	}
@@ -594,9 +657,9 @@ func (p *pipeline) streamMiss(h *pbHeader, mb []byte) (keep, ok bool, err error)
 		// A scraper of text gets the series text remembered, which a
 		// warm scrape copies as it is.
 		s.seriesBuf = s.appendSeries(s.seriesBuf[:0], h, p.escaping)
-		p.cache.remember(false, s.seriesBuf)
+		p.cache.rememberSized(false, s.seriesBuf, labelsSize)
 	} else if p.cache != nil {
-		p.cache.remember(false, s.labels)
+		p.cache.rememberSized(false, s.labels, labelsSize)
 	}
 	return true, true, nil
 }

@@ -79,6 +79,9 @@ type seriesEntry struct {
 	keyLen  int32
 	seen    uint32
 	dropped bool
+	// aux is the label fields' share of decodedSize for an entry of
+	// lookupProtobuf, which a hit adds without reading them.
+	aux int32
 	// next is the entry that followed this one when it was last seen, -1
 	// for none.
 	next int32
@@ -194,13 +197,18 @@ func (c *seriesCache) follow(i int32) {
 // remember files the outcome of the series of the last lookup, which
 // missed.
 func (c *seriesCache) remember(dropped bool, series []byte) {
+	c.rememberSized(dropped, series, 0)
+}
+
+// rememberSized is remember with the entry's aux.
+func (c *seriesCache) rememberSized(dropped bool, series []byte, aux int) {
 	key := c.key
 	size := len(key) + len(series) + seriesEntryOverhead
 	if c.bytes+size > c.maxBytes {
 		return
 	}
 	text := string(key) + string(series)
-	e := seriesEntry{text: text, keyLen: int32(len(key)), seen: c.scrape, dropped: dropped, next: -1}
+	e := seriesEntry{text: text, keyLen: int32(len(key)), seen: c.scrape, dropped: dropped, aux: int32(aux), next: -1}
 	var i int32
 	if n := len(c.free); n > 0 {
 		i = c.free[n-1]
