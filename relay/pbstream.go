@@ -478,14 +478,14 @@ func (s *pbStream) checkLabel(v []byte, start int, legacy bool, shape *pbMetricS
 // its name was not seen before in the metric; names must be in the legacy
 // form when legacy is set.
 func (s *pbStream) validLabel(name, value []byte, legacy bool) bool {
-	if len(name) == 0 || !utf8.Valid(name) || !utf8.Valid(value) || string(name) == model.MetricNameLabel {
+	if string(name) == model.MetricNameLabel {
 		return false
 	}
-	if legacy && !isLegacyName(name, false) {
+	// A legacy name is ASCII without NUL bytes.
+	if legacy && !isLegacyName(name, false) || !legacy && (len(name) == 0 || !validBytes(name, s.text)) {
 		return false
 	}
-	// The text formats cannot carry NUL bytes (validString).
-	if s.text && (bytes.IndexByte(name, 0) >= 0 || bytes.IndexByte(value, 0) >= 0) {
+	if !validBytes(value, s.text) {
 		return false
 	}
 	if len(s.names) >= 16 {
@@ -493,6 +493,21 @@ func (s *pbStream) validLabel(name, value []byte, legacy bool) bool {
 	}
 	for _, n := range s.names {
 		if string(n) == string(name) {
+			return false
+		}
+	}
+	return true
+}
+
+// validBytes is validString for bytes: UTF-8, and without NUL bytes when
+// text is set, which the text formats cannot carry. ASCII, what most
+// label values are, is checked in one pass.
+func validBytes(b []byte, text bool) bool {
+	for i, c := range b {
+		if c >= utf8.RuneSelf {
+			return utf8.Valid(b[i:]) && (!text || bytes.IndexByte(b[i:], 0) < 0)
+		}
+		if c == 0 && text {
 			return false
 		}
 	}

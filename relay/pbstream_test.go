@@ -236,3 +236,18 @@ func TestScanMetric_ExporterLabelAt(t *testing.T) {
 		})
 	}
 }
+
+// TestValidBytes_AsValidString: the stream path's check of label bytes
+// agrees with validString, which protobufFamily's checks use.
+func TestValidBytes_AsValidString(t *testing.T) {
+	tests := []string{"", "a", "plain ascii value", "nul\x00", "\x00", "ünïcode", "ünï\x00", "bad\xff", "\xc3", "a\xc3(", "€uro", "\xe2\x82"}
+	for _, s := range tests {
+		for _, text := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%q/text=%v", s, text), func(t *testing.T) {
+				if got, want := validBytes([]byte(s), text), validString(s, text); got != want {
+					t.Errorf("validBytes %v, validString %v", got, want)
+				}
+			})
+		}
+	}
+}
