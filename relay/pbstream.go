@@ -158,15 +158,16 @@ func (p *pipeline) streamFamily(frame []byte, h *pbHeader) (bool, error) {
 		// A direct family passed these checks in streamable.
 		shape, ok := s.scanMetric(mb, value, legacy, !cached)
 		var e *seriesEntry
+		var written string
 		if ok && cached {
-			e, ok = p.cachedLabels(h, mb, &shape, legacy)
+			e, written, ok = p.cachedLabels(h, mb, &shape, legacy)
 		}
 		if !ok || shape.size > p.maxMetric {
 			p.samples = samples
 			return false, nil
 		}
 		partSize += shape.size
-		keep, ok, err := p.streamLabels(h, mb, shape, e)
+		keep, ok, err := p.streamLabels(h, mb, shape, e, written)
 		if err != nil {
 			return false, err
 		}
@@ -560,7 +561,7 @@ func appendLabelPair(b []byte, name, value string) []byte {
 // become, and reports whether the metric is kept, and
 // false for ok when protobufFamily must relay the family. It counts the
 // metric's sample when it is kept.
-func (p *pipeline) streamLabels(h *pbHeader, mb []byte, shape pbMetricShape, e *seriesEntry) (keep, ok bool, err error) {
+func (p *pipeline) streamLabels(h *pbHeader, mb []byte, shape pbMetricShape, e *seriesEntry, written string) (keep, ok bool, err error) {
 	s := &p.pbStream
 	raw := mb[:shape.labelsEnd]
 	s.labelBytes, s.labelPair, s.labelAfter, s.labelText, s.series = nil, nil, nil, "", ""
@@ -583,9 +584,9 @@ func (p *pipeline) streamLabels(h *pbHeader, mb []byte, shape pbMetricShape, e *
 			return false, true, nil
 		}
 		if s.text {
-			s.series = e.series()
+			s.series = written
 		} else {
-			s.labelText = e.series()
+			s.labelText = written
 		}
 		p.samples++
 		return true, true, nil
@@ -596,23 +597,25 @@ func (p *pipeline) streamLabels(h *pbHeader, mb []byte, shape pbMetricShape, e *
 // cachedLabels looks metric mb up in the series cache by its label fields,
 // which scanMetric delimited but did not check, and adds their share of
 // decodedSize to the shape: remembered on a hit, worked out by checking
-// them on a miss. It reports false when the labels fail the checks. An
-// entry is only filed after its label fields passed the checks, under a
-// key that holds everything the checks depend on: the label fields, the
-// spelling of names (legacy) and whether the output is text.
-func (p *pipeline) cachedLabels(h *pbHeader, mb []byte, shape *pbMetricShape, legacy bool) (*seriesEntry, bool) {
+// them on a miss. On a hit it returns the entry and what the metric is
+// written as; it reports false when the labels fail the checks. An entry
+// is only filed after its label fields passed the checks, under a key that
+// holds everything the checks depend on: the label fields, the spelling of
+// names (legacy) and whether the output is text.
+func (p *pipeline) cachedLabels(h *pbHeader, mb []byte, shape *pbMetricShape, legacy bool) (*seriesEntry, string, bool) {
 	s := &p.pbStream
 	raw := mb[:shape.labelsEnd]
 	if e := p.cache.lookupProtobuf(h.name, h.typ, p.escaping, s.text, raw); e != nil {
-		shape.size += int(e.aux)
-		return e, true
+		size, written := e.sizedValue()
+		shape.size += size
+		return e, written, true
 	}
 	size := shape.size
 	if !s.checkLabels(raw, legacy, shape) {
-		return nil, false
+		return nil, "", false
 	}
 	shape.labelsSize = shape.size - size
-	return nil, true
+	return nil, "", true
 }
 
 // streamMiss relabels metric mb, which the cache does not know, as
@@ -648,7 +651,8 @@ func (p *pipeline) streamMiss(h *pbHeader, mb []byte, labelsSize int) (keep, ok 
 	}
 	if len(pt.fam.Metric) == 0 {
 		if p.cache != nil {
-			p.cache.rememberSized(true, nil, labelsSize)
+			p.cacheValue = appendSizedValue(p.cacheValue[:0], labelsSize, nil)
+			p.cache.remember(true, p.cacheValue)
 		}
 		return false, true, nil
 	}
@@ -671,10 +675,11 @@ func (p *pipeline) streamMiss(h *pbHeader, mb []byte, labelsSize int) (keep, ok 
 	if p.cache != nil && s.text {
 		// A scraper of text gets the series text remembered, which a
 		// warm scrape copies as it is.
-		s.seriesBuf = s.appendSeries(s.seriesBuf[:0], h, p.escaping)
-		p.cache.rememberSized(false, s.seriesBuf, labelsSize)
+		s.seriesBuf = s.appendSeries(appendSizedValue(s.seriesBuf[:0], labelsSize, nil), h, p.escaping)
+		p.cache.remember(false, s.seriesBuf)
 	} else if p.cache != nil {
-		p.cache.rememberSized(false, s.labels, labelsSize)
+		p.cacheValue = appendSizedValue(p.cacheValue[:0], labelsSize, s.labels)
+		p.cache.remember(false, p.cacheValue)
 	}
 	return true, true, nil
 }

@@ -79,9 +79,6 @@ type seriesEntry struct {
 	keyLen  int32
 	seen    uint32
 	dropped bool
-	// aux is the label fields' share of decodedSize for an entry of
-	// lookupProtobuf, which a hit adds without reading them.
-	aux int32
 	// next is the entry that followed this one when it was last seen, -1
 	// for none.
 	next int32
@@ -125,6 +122,26 @@ func appendWireValue(b []byte, name string, labelFields []byte) []byte {
 	return append(append(b, name...), labelFields...)
 }
 
+// appendSizedValue appends what the cache remembers of a protobuf metric:
+// its label fields' share of decodedSize, which a hit adds without reading
+// them, and series, what it is written as (nothing when dropped).
+func appendSizedValue(b []byte, size int, series []byte) []byte {
+	return append(binary.AppendUvarint(b, uint64(size)), series...)
+}
+
+// sizedValue reads what appendSizedValue wrote.
+func (e *seriesEntry) sizedValue() (size int, series string) {
+	v := e.series()
+	n := 0
+	for k := 0; k < len(v) && k < binary.MaxVarintLen64; k++ {
+		n |= int(v[k]&0x7f) << (7 * k)
+		if v[k] < 0x80 {
+			return n, v[k+1:]
+		}
+	}
+	return 0, "" // not written by appendSizedValue, which never happens
+}
+
 // wireValue reads what appendWireValue wrote.
 func (e *seriesEntry) wireValue() (name, labelFields string) {
 	v := e.series()
@@ -144,10 +161,11 @@ func (e *seriesEntry) wireValue() (name, labelFields string) {
 // lookupProtobuf is lookup for a metric of a protobuf family, by its
 // label fields as they came (see streamFamily): the family's name and type
 // are part of the key, as is the spelling of names for the scraper and
-// whether the scraper reads text (or OpenMetrics). For a scraper of
-// protobuf, the entry's series text is the metric's label fields as
-// written; for a scraper of text, its key starts with 0xc0 and the entry's
-// series text is the series as written, name{labels}.
+// whether the scraper reads text (or OpenMetrics). The entry's series text
+// is what appendSizedValue wrote: the label fields' share of the metric's
+// decoded size, then, for a scraper of protobuf, the metric's label fields
+// as written, and for a scraper of text (a key that starts with 0xc0) the
+// series as written, name{labels}.
 func (c *seriesCache) lookupProtobuf(name string, typ dto.MetricType, esc model.EscapingScheme, text bool, labelFields []byte) *seriesEntry {
 	mode := 0x80 | byte(esc)
 	if text {
@@ -197,18 +215,13 @@ func (c *seriesCache) follow(i int32) {
 // remember files the outcome of the series of the last lookup, which
 // missed.
 func (c *seriesCache) remember(dropped bool, series []byte) {
-	c.rememberSized(dropped, series, 0)
-}
-
-// rememberSized is remember with the entry's aux.
-func (c *seriesCache) rememberSized(dropped bool, series []byte, aux int) {
 	key := c.key
 	size := len(key) + len(series) + seriesEntryOverhead
 	if c.bytes+size > c.maxBytes {
 		return
 	}
 	text := string(key) + string(series)
-	e := seriesEntry{text: text, keyLen: int32(len(key)), seen: c.scrape, dropped: dropped, aux: int32(aux), next: -1}
+	e := seriesEntry{text: text, keyLen: int32(len(key)), seen: c.scrape, dropped: dropped, next: -1}
 	var i int32
 	if n := len(c.free); n > 0 {
 		i = c.free[n-1]
