@@ -64,6 +64,9 @@ type pbStream struct {
 	out    []byte // the frames of the family at hand
 	body   []byte // the MetricFamily message of the part at hand
 	labels []byte // scratch for the label fields of the metric at hand
+	// seriesBuf is scratch for the series text remembered for a scraper
+	// of text.
+	seriesBuf []byte
 	// The metric's label fields as written, one after the other:
 	// labelBytes the input's, or labels rewritten; labelPair the
 	// exporter label's field and labelAfter the input's that follow it,
@@ -71,7 +74,10 @@ type pbStream struct {
 	// outcome.
 	labelBytes, labelPair, labelAfter []byte
 	labelText                         string
-	names                             [][]byte // its label names, for the duplicate check
+	// series is a cached outcome for a scraper of text: the series text,
+	// name{labels}, as appendSeries writes it ("" for none).
+	series string
+	names  [][]byte // its label names, for the duplicate check
 	// label is the exporter label's name, "" for none: scanMetric finds
 	// where it goes among a metric's labels (pbMetricShape.labelAt).
 	label string
@@ -99,6 +105,9 @@ type pbMetricShape struct {
 	// among the label fields: before the first name not less than it, -1
 	// when a label has that name already, which addLabelPair relabels.
 	labelAt int
+	// labelsSize is the label fields' share of size, when cachedLabels
+	// checked them.
+	labelsSize int
 }
 
 // valueField is the Metric field that carries a value of a family of
@@ -129,7 +138,7 @@ func (p *pipeline) streamFamily(frame []byte, h *pbHeader) (bool, error) {
 	s.text, s.om, s.last = s.to.out != FormatProtobuf, s.to.out == FormatOpenMetrics, s.to.last
 	value := valueField(h.typ)
 	legacy := p.escaping != model.NoEscaping
-	if value == 0 || legacy && !isLegacyName(h.name, true) {
+	if value == 0 || legacy && !h.legacy {
 		return false, nil
 	}
 	s.direct = len(frame) > streamBufferBytes
@@ -141,15 +150,24 @@ func (p *pipeline) streamFamily(frame []byte, h *pbHeader) (bool, error) {
 	s.out, s.missPart = s.out[:0], false
 	s.startPart(h)
 	partSize, metrics := 0, 0
+	// With rules, a metric's labels are checked only when the series cache
+	// does not know them: an entry is filed under label fields that were
+	// checked for the same output (see cachedLabels).
+	cached := p.cache != nil && len(p.relabels) > 0
 	for mb := range familyMetrics(frame) {
 		// A direct family passed these checks in streamable.
-		shape, ok := s.scanMetric(mb, value, legacy)
+		shape, ok := s.scanMetric(mb, value, legacy, !cached)
+		var e *seriesEntry
+		var written string
+		if ok && cached {
+			e, written, ok = p.cachedLabels(h, mb, &shape, legacy)
+		}
 		if !ok || shape.size > p.maxMetric {
 			p.samples = samples
 			return false, nil
 		}
 		partSize += shape.size
-		keep, ok, err := p.streamLabels(h, mb, shape)
+		keep, ok, err := p.streamLabels(h, mb, shape, e, written)
 		if err != nil {
 			return false, err
 		}
@@ -158,7 +176,7 @@ func (p *pipeline) streamFamily(frame []byte, h *pbHeader) (bool, error) {
 			return false, nil
 		}
 		if keep && s.text {
-			s.body = s.appendSample(s.body, h.name, mb[shape.labelsEnd:], p.escaping)
+			s.body = s.appendSample(s.body, h, mb[shape.labelsEnd:], p.escaping)
 			metrics++
 		} else if keep {
 			rest := mb[shape.labelsEnd:]
@@ -193,7 +211,7 @@ func (p *pipeline) streamFamily(frame []byte, h *pbHeader) (bool, error) {
 // and max_metric_bytes, for a family written before it is done.
 func (s *pbStream) streamable(frame []byte, value protowire.Number, legacy bool, maxMetric int) bool {
 	for mb := range familyMetrics(frame) {
-		if shape, ok := s.scanMetric(mb, value, legacy); !ok || shape.size > maxMetric {
+		if shape, ok := s.scanMetric(mb, value, legacy, true); !ok || shape.size > maxMetric {
 			return false
 		}
 	}
@@ -266,7 +284,11 @@ func (s *pbStream) endPart(h *pbHeader, metrics int, esc model.EscapingScheme) {
 	}
 	if s.text {
 		bare := h.typ == dto.MetricType_UNTYPED && h.help == nil && h.unit == nil
-		if !bare && h.name != s.last {
+		switch {
+		case bare || h.name == s.last:
+		case h.meta != "" && h.metaOM == s.om && h.metaEsc == esc:
+			s.out = append(s.out, h.meta...)
+		default:
 			s.out = appendFamilyMeta(s.out, h.name, h.typ, h.help, h.unit, s.om, esc)
 		}
 		s.out = append(s.out, s.body...)
@@ -283,18 +305,15 @@ func (s *pbStream) endPart(h *pbHeader, metrics int, esc model.EscapingScheme) {
 	s.out = append(s.out, s.body...)
 }
 
-// appendSample writes the sample line of a metric of family name as
-// appendFamily does: the metric's label fields, from s.labelBytes,
-// s.labelPair, s.labelAfter and s.labelText, and rest, its value field and perhaps its timestamp, which
-// scanMetric checked.
-func (s *pbStream) appendSample(b []byte, name string, rest []byte, esc model.EscapingScheme) []byte {
-	b, open := appendSeriesName(b, name, "", esc)
-	b, open = appendLabelFields(b, open, s.labelBytes, esc)
-	b, open = appendLabelFields(b, open, s.labelPair, esc)
-	b, open = appendLabelFields(b, open, s.labelAfter, esc)
-	b, open = appendLabelFields(b, open, s.labelText, esc)
-	if open {
-		b = append(b, '}')
+// appendSample writes the sample line of a metric of family h as
+// appendFamily does: the series, s.series or else the metric's label
+// fields (see appendSeries), and rest, its value field and perhaps its
+// timestamp, which scanMetric checked.
+func (s *pbStream) appendSample(b []byte, h *pbHeader, rest []byte, esc model.EscapingScheme) []byte {
+	if s.series != "" {
+		b = append(b, s.series...)
+	} else {
+		b = s.appendSeries(b, h, esc)
 	}
 	// The value field: tag, length 9, tag of the double, the double.
 	v := math.Float64frombits(binary.LittleEndian.Uint64(rest[3:11]))
@@ -306,6 +325,26 @@ func (s *pbStream) appendSample(b []byte, name string, rest []byte, esc model.Es
 	}
 	b = appendValueTimestamp(b, v, ts, s.om)
 	return append(b, '\n')
+}
+
+// appendSeries writes the series text of a metric of family h, as
+// appendFamily does: its name and the label pairs of s.labelBytes,
+// s.labelPair, s.labelAfter and s.labelText.
+func (s *pbStream) appendSeries(b []byte, h *pbHeader, esc model.EscapingScheme) []byte {
+	var open bool
+	if h.legacy {
+		b = append(b, h.name...)
+	} else {
+		b, open = appendSeriesName(b, h.name, "", esc)
+	}
+	b, open = appendLabelFields(b, open, s.labelBytes, esc)
+	b, open = appendLabelFields(b, open, s.labelPair, esc)
+	b, open = appendLabelFields(b, open, s.labelAfter, esc)
+	b, open = appendLabelFields(b, open, s.labelText, esc)
+	if open {
+		b = append(b, '}')
+	}
+	return b
 }
 
 // appendLabelFields writes the label pairs of a metric's label fields,
@@ -342,10 +381,12 @@ func uvarintPrefix[S string | []byte](b S) (int, int) {
 // scanMetric checks that metric mb is in the form the stream path takes:
 // label pairs of a name and a value, then the value field of the family's
 // type holding only a value, then perhaps a timestamp, each as
-// proto.Marshal writes it; and that it passes validateMetric's checks
-// (names set, unique, UTF-8, not __name__; values UTF-8), with names in
-// the legacy form when legacy is set. It also works out decodedSize.
-func (s *pbStream) scanMetric(mb []byte, value protowire.Number, legacy bool) (pbMetricShape, bool) {
+// proto.Marshal writes it; and, when labels is set, that it passes
+// validateMetric's checks (names set, unique, UTF-8, not __name__; values
+// UTF-8), with names in the legacy form when legacy is set (see
+// checkLabels). It also works out decodedSize, without the labels' share
+// when labels is not set.
+func (s *pbStream) scanMetric(mb []byte, value protowire.Number, legacy, labels bool) (pbMetricShape, bool) {
 	shape := pbMetricShape{size: sizeMessage + len(mb), labelAt: -1}
 	s.names = s.names[:0]
 	seenValue, seenTimestamp, taken := false, false, false
@@ -360,22 +401,9 @@ func (s *pbStream) scanMetric(mb []byte, value protowire.Number, legacy bool) (p
 		switch {
 		case num == 1 && typ == protowire.BytesType && !seenValue:
 			v, n := consumeMinimalBytes(b)
-			if n < 0 {
+			if n < 0 || labels && !s.checkLabel(v, start, legacy, &shape, &taken) {
 				return shape, false
 			}
-			name, val, ok := scanLabelPair(v)
-			if !ok || !s.validLabel(name, val, legacy) {
-				return shape, false
-			}
-			s.names = append(s.names, name)
-			if s.label != "" && !taken {
-				if string(name) == s.label {
-					taken, shape.labelAt = true, -1
-				} else if shape.labelAt < 0 && string(name) >= s.label {
-					shape.labelAt = start
-				}
-			}
-			shape.size += sizeField + sizeMessage + len(v) + 2*sizeString + sizePacked*(len(name)+len(val))
 			b = b[n:]
 			shape.labelsEnd = len(mb) - len(b)
 		case num == value && typ == protowire.BytesType && !seenValue:
@@ -399,24 +427,66 @@ func (s *pbStream) scanMetric(mb []byte, value protowire.Number, legacy bool) (p
 			return shape, false
 		}
 	}
-	if s.label != "" && !taken && shape.labelAt < 0 {
+	if labels && s.label != "" && !taken && shape.labelAt < 0 {
 		shape.labelAt = shape.labelsEnd
 	}
 	return shape, seenValue
+}
+
+// checkLabels makes the checks of the label fields of a metric that
+// scanMetric skipped when its labels was not set, and adds their share of
+// decodedSize to the shape.
+func (s *pbStream) checkLabels(fields []byte, legacy bool, shape *pbMetricShape) bool {
+	s.names = s.names[:0]
+	taken := false
+	for b := fields; len(b) > 0; {
+		// scanMetric checked the tag and the length.
+		start := len(fields) - len(b)
+		v, n := consumeMinimalBytes(b[1:])
+		if !s.checkLabel(v, start, legacy, shape, &taken) {
+			return false
+		}
+		b = b[1+n:]
+	}
+	if s.label != "" && !taken && shape.labelAt < 0 {
+		shape.labelAt = len(fields)
+	}
+	return true
+}
+
+// checkLabel checks label field v of a metric, at start among its fields:
+// a pair as proto.Marshal writes it that passes validLabel. It adds the
+// label's share of decodedSize to the shape and notes where the exporter
+// label goes (pbMetricShape.labelAt; taken says a label has its name).
+func (s *pbStream) checkLabel(v []byte, start int, legacy bool, shape *pbMetricShape, taken *bool) bool {
+	name, val, ok := scanLabelPair(v)
+	if !ok || !s.validLabel(name, val, legacy) {
+		return false
+	}
+	s.names = append(s.names, name)
+	if s.label != "" && !*taken {
+		if string(name) == s.label {
+			*taken, shape.labelAt = true, -1
+		} else if shape.labelAt < 0 && string(name) >= s.label {
+			shape.labelAt = start
+		}
+	}
+	shape.size += sizeField + sizeMessage + len(v) + 2*sizeString + sizePacked*(len(name)+len(val))
+	return true
 }
 
 // validLabel checks a label of a metric as validateMetric does, and that
 // its name was not seen before in the metric; names must be in the legacy
 // form when legacy is set.
 func (s *pbStream) validLabel(name, value []byte, legacy bool) bool {
-	if len(name) == 0 || !utf8.Valid(name) || !utf8.Valid(value) || string(name) == model.MetricNameLabel {
+	if string(name) == model.MetricNameLabel {
 		return false
 	}
-	if legacy && !isLegacyName(name, false) {
+	// A legacy name is ASCII without NUL bytes.
+	if legacy && !isLegacyName(name, false) || !legacy && (len(name) == 0 || !validBytes(name, s.text)) {
 		return false
 	}
-	// The text formats cannot carry NUL bytes (validString).
-	if s.text && (bytes.IndexByte(name, 0) >= 0 || bytes.IndexByte(value, 0) >= 0) {
+	if !validBytes(value, s.text) {
 		return false
 	}
 	if len(s.names) >= 16 {
@@ -424,6 +494,21 @@ func (s *pbStream) validLabel(name, value []byte, legacy bool) bool {
 	}
 	for _, n := range s.names {
 		if string(n) == string(name) {
+			return false
+		}
+	}
+	return true
+}
+
+// validBytes is validString for bytes: UTF-8, and without NUL bytes when
+// text is set, which the text formats cannot carry. ASCII, what most
+// label values are, is checked in one pass.
+func validBytes(b []byte, text bool) bool {
+	for i, c := range b {
+		if c >= utf8.RuneSelf {
+			return utf8.Valid(b[i:]) && (!text || bytes.IndexByte(b[i:], 0) < 0)
+		}
+		if c == 0 && text {
 			return false
 		}
 	}
@@ -476,10 +561,10 @@ func appendLabelPair(b []byte, name, value string) []byte {
 // become, and reports whether the metric is kept, and
 // false for ok when protobufFamily must relay the family. It counts the
 // metric's sample when it is kept.
-func (p *pipeline) streamLabels(h *pbHeader, mb []byte, shape pbMetricShape) (keep, ok bool, err error) {
+func (p *pipeline) streamLabels(h *pbHeader, mb []byte, shape pbMetricShape, e *seriesEntry, written string) (keep, ok bool, err error) {
 	s := &p.pbStream
 	raw := mb[:shape.labelsEnd]
-	s.labelBytes, s.labelPair, s.labelAfter, s.labelText = nil, nil, nil, ""
+	s.labelBytes, s.labelPair, s.labelAfter, s.labelText, s.series = nil, nil, nil, "", ""
 	if len(p.relabels) == 0 {
 		if p.label == "" {
 			s.labelBytes = raw
@@ -494,22 +579,49 @@ func (p *pipeline) streamLabels(h *pbHeader, mb []byte, shape pbMetricShape) (ke
 			return true, true, nil
 		}
 	}
-	if p.cache != nil {
-		if e := p.cache.lookupProtobuf(h.name, h.typ, p.escaping, raw); e != nil {
-			if e.dropped {
-				return false, true, nil
-			}
-			s.labelText = e.series()
-			p.samples++
-			return true, true, nil
+	if e != nil {
+		if e.dropped {
+			return false, true, nil
 		}
+		if s.text {
+			s.series = written
+		} else {
+			s.labelText = written
+		}
+		p.samples++
+		return true, true, nil
 	}
-	return p.streamMiss(h, mb)
+	return p.streamMiss(h, mb, shape.labelsSize)
+}
+
+// cachedLabels looks metric mb up in the series cache by its label fields,
+// which scanMetric delimited but did not check, and adds their share of
+// decodedSize to the shape: remembered on a hit, worked out by checking
+// them on a miss. On a hit it returns the entry and what the metric is
+// written as; it reports false when the labels fail the checks. An entry
+// is only filed after its label fields passed the checks, under a key that
+// holds everything the checks depend on: the label fields, the spelling of
+// names (legacy) and whether the output is text.
+func (p *pipeline) cachedLabels(h *pbHeader, mb []byte, shape *pbMetricShape, legacy bool) (*seriesEntry, string, bool) {
+	s := &p.pbStream
+	raw := mb[:shape.labelsEnd]
+	if e := p.cache.lookupProtobuf(h.name, h.typ, p.escaping, s.text, raw); e != nil {
+		size, written := e.sizedValue()
+		shape.size += size
+		return e, written, true
+	}
+	size := shape.size
+	if !s.checkLabels(raw, legacy, shape) {
+		return nil, "", false
+	}
+	shape.labelsSize = shape.size - size
+	return nil, "", true
 }
 
 // streamMiss relabels metric mb, which the cache does not know, as
-// protobufFamily does, and remembers the outcome.
-func (p *pipeline) streamMiss(h *pbHeader, mb []byte) (keep, ok bool, err error) {
+// protobufFamily does, and remembers the outcome with its labels' share of
+// decodedSize.
+func (p *pipeline) streamMiss(h *pbHeader, mb []byte, labelsSize int) (keep, ok bool, err error) {
 	s := &p.pbStream
 	pt := &p.protobufPart
 	if !s.missPart {
@@ -539,7 +651,8 @@ func (p *pipeline) streamMiss(h *pbHeader, mb []byte) (keep, ok bool, err error)
 	}
 	if len(pt.fam.Metric) == 0 {
 		if p.cache != nil {
-			p.cache.remember(true, nil)
+			p.cacheValue = appendSizedValue(p.cacheValue[:0], labelsSize, nil)
+			p.cache.remember(true, p.cacheValue)
 		}
 		return false, true, nil
 	}
@@ -558,10 +671,16 @@ func (p *pipeline) streamMiss(h *pbHeader, mb []byte) (keep, ok bool, err error)
 		}
 		s.labels = appendLabelPair(s.labels, name, *lp.Value)
 	}
-	if p.cache != nil {
-		p.cache.remember(false, s.labels)
-	}
 	s.labelBytes = s.labels
+	if p.cache != nil && s.text {
+		// A scraper of text gets the series text remembered, which a
+		// warm scrape copies as it is.
+		s.seriesBuf = s.appendSeries(appendSizedValue(s.seriesBuf[:0], labelsSize, nil), h, p.escaping)
+		p.cache.remember(false, s.seriesBuf)
+	} else if p.cache != nil {
+		p.cacheValue = appendSizedValue(p.cacheValue[:0], labelsSize, s.labels)
+		p.cache.remember(false, p.cacheValue)
+	}
 	return true, true, nil
 }
 

@@ -217,13 +217,37 @@ func TestScanMetric_ExporterLabelAt(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.label, func(t *testing.T) {
 			s := &pbStream{label: tt.label}
-			shape, ok := s.scanMetric(mb, 2, false)
+			shape, ok := s.scanMetric(mb, 2, false, true)
 			if !ok {
 				t.Fatal("scanMetric refused a well-formed gauge")
 			}
 			if shape.labelsEnd != labelsEnd || shape.labelAt != tt.want {
 				t.Errorf("labelsEnd %d, labelAt %d, want %d, %d", shape.labelsEnd, shape.labelAt, labelsEnd, tt.want)
 			}
+			// The labels checked apart (the series cache's path) come to
+			// the same shape.
+			apart, ok := s.scanMetric(mb, 2, false, false)
+			if !ok || !s.checkLabels(mb[:apart.labelsEnd], false, &apart) {
+				t.Fatal("scanMetric and checkLabels refused a well-formed gauge")
+			}
+			if apart.size != shape.size || apart.labelAt != shape.labelAt || apart.labelsEnd != shape.labelsEnd {
+				t.Errorf("checked apart: %+v, together: %+v", apart, shape)
+			}
 		})
+	}
+}
+
+// TestValidBytes_AsValidString: the stream path's check of label bytes
+// agrees with validString, which protobufFamily's checks use.
+func TestValidBytes_AsValidString(t *testing.T) {
+	tests := []string{"", "a", "plain ascii value", "nul\x00", "\x00", "ünïcode", "ünï\x00", "bad\xff", "\xc3", "a\xc3(", "€uro", "\xe2\x82"}
+	for _, s := range tests {
+		for _, text := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%q/text=%v", s, text), func(t *testing.T) {
+				if got, want := validBytes([]byte(s), text), validString(s, text); got != want {
+					t.Errorf("validBytes %v, validString %v", got, want)
+				}
+			})
+		}
 	}
 }

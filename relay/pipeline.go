@@ -91,6 +91,8 @@ type pipeline struct {
 	frameReader  *bufio.Reader // protobuf input
 	frameBuf     []byte        // one protobuf frame
 	protobufPart pbPart        // the part of a protobuf family being relayed
+	header       pbHeader      // the header of the protobuf frame at hand
+	pbHeaders    pbHeaders     // protobuf headers seen before
 	pbStream     pbStream      // protobuf to protobuf from the wire bytes (pbstream.go)
 
 	gunzip  *gzip.Reader // upstream decompression, reused
@@ -121,7 +123,7 @@ var defaultLimits = limits{maxLine: DefaultMaxLineBytes, maxFrame: DefaultMaxFra
 // size is about how much memory the pipeline's buffers hold.
 func (p *pipeline) size() int {
 	return cap(p.chunks.buf) + cap(p.chunks.scratch) + cap(p.frameBuf) + cap(p.omChunkBuf) + cap(p.directBuf) + 40*cap(p.marks) + cap(p.familyWriter.buf) + 64*cap(p.classicParts) +
-		cap(p.pbStream.out) + cap(p.pbStream.body) + cap(p.assembler.wireBody) + cap(p.assembler.frame)
+		cap(p.pbStream.out) + cap(p.pbStream.body) + cap(p.assembler.wireBody) + cap(p.assembler.frame) + p.pbHeaders.bytes
 }
 
 func newPipeline(exporter, label string, relabels []*relabel.Config, lim limits) *pipeline {

@@ -122,6 +122,26 @@ func appendWireValue(b []byte, name string, labelFields []byte) []byte {
 	return append(append(b, name...), labelFields...)
 }
 
+// appendSizedValue appends what the cache remembers of a protobuf metric:
+// its label fields' share of decodedSize, which a hit adds without reading
+// them, and series, what it is written as (nothing when dropped).
+func appendSizedValue(b []byte, size int, series []byte) []byte {
+	return append(binary.AppendUvarint(b, uint64(size)), series...)
+}
+
+// sizedValue reads what appendSizedValue wrote.
+func (e *seriesEntry) sizedValue() (size int, series string) {
+	v := e.series()
+	n := 0
+	for k := 0; k < len(v) && k < binary.MaxVarintLen64; k++ {
+		n |= int(v[k]&0x7f) << (7 * k)
+		if v[k] < 0x80 {
+			return n, v[k+1:]
+		}
+	}
+	return 0, "" // not written by appendSizedValue, which never happens
+}
+
 // wireValue reads what appendWireValue wrote.
 func (e *seriesEntry) wireValue() (name, labelFields string) {
 	v := e.series()
@@ -140,9 +160,18 @@ func (e *seriesEntry) wireValue() (name, labelFields string) {
 
 // lookupProtobuf is lookup for a metric of a protobuf family, by its
 // label fields as they came (see streamFamily): the family's name and type
-// are part of the key, as is the spelling of names for the scraper.
-func (c *seriesCache) lookupProtobuf(name string, typ dto.MetricType, esc model.EscapingScheme, labelFields []byte) *seriesEntry {
-	c.key = append(c.key[:0], 0x80|byte(esc), byte(typ))
+// are part of the key, as is the spelling of names for the scraper and
+// whether the scraper reads text (or OpenMetrics). The entry's series text
+// is what appendSizedValue wrote: the label fields' share of the metric's
+// decoded size, then, for a scraper of protobuf, the metric's label fields
+// as written, and for a scraper of text (a key that starts with 0xc0) the
+// series as written, name{labels}.
+func (c *seriesCache) lookupProtobuf(name string, typ dto.MetricType, esc model.EscapingScheme, text bool, labelFields []byte) *seriesEntry {
+	mode := 0x80 | byte(esc)
+	if text {
+		mode |= 0x40
+	}
+	c.key = append(c.key[:0], mode, byte(typ))
 	c.key = binary.AppendUvarint(c.key, uint64(len(name)))
 	c.key = append(append(c.key, name...), labelFields...)
 	return c.find()

@@ -89,6 +89,12 @@ func TestSeriesCache_SameOutputAsUncached(t *testing.T) {
 		{"node_exporter", FormatText, "text/plain; version=0.0.4", [][]byte{nodeExporterFixture(t)}},
 		{"openmetrics", FormatOpenMetrics, ContentTypeOpenMetrics, [][]byte{[]byte(richOM), []byte(relabelOM)}},
 		{"protobuf", FormatProtobuf, ContentTypeProtobuf, [][]byte{toProtoB(t, nodeExporterFixture(t)), protobufFixtureBytes(t)}},
+		// UTF-8 names, which a scraper without them gets escaped.
+		{"protobuf_escaping", FormatProtobuf, ContentTypeProtobuf, [][]byte{toProtoB(t, []byte(escapingText))}},
+		// One family of 8,000 metrics, relayed in parts, whose bounds
+		// hang on every metric's decoded size, which a warm scrape takes
+		// from the cache.
+		{"protobuf_parts", FormatProtobuf, ContentTypeProtobuf, [][]byte{toProtoB(t, syntheticText(1, 8000))}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -96,7 +102,7 @@ func TestSeriesCache_SameOutputAsUncached(t *testing.T) {
 			if cache.len() == 0 {
 				t.Fatal("nothing was cached: the test compares nothing")
 			}
-			dropped, wired, wiredDrops := 0, 0, 0
+			dropped, wired, wiredDrops, texts, textDrops := 0, 0, 0, 0, 0
 			for _, e := range cache.slots {
 				if e.text == "" {
 					continue
@@ -104,20 +110,29 @@ func TestSeriesCache_SameOutputAsUncached(t *testing.T) {
 				if e.dropped {
 					dropped++
 				}
-				// Text written as protobuf (lookupWire).
-				if e.text[0]&0xc0 == 0x40 {
+				switch e.text[0] & 0xc0 {
+				case 0x40: // text written as protobuf (lookupWire)
 					if e.dropped {
 						wiredDrops++
 					} else {
 						wired++
 					}
+				case 0xc0: // protobuf written as text (lookupProtobuf)
+					if e.dropped {
+						textDrops++
+					} else {
+						texts++
+					}
 				}
 			}
-			if tt.name != "openmetrics" && dropped == 0 {
+			if (tt.name == "text" || tt.name == "node_exporter" || tt.name == "protobuf") && dropped == 0 {
 				t.Error("no drop was cached")
 			}
 			if tt.in == FormatText && (wired == 0 || wiredDrops == 0) {
 				t.Errorf("text written as protobuf: %d series and %d drops cached, want some of both", wired, wiredDrops)
+			}
+			if tt.name == "protobuf" && (texts == 0 || textDrops == 0) {
+				t.Errorf("protobuf written as text: %d series and %d drops cached, want some of both", texts, textDrops)
 			}
 		})
 	}
