@@ -242,14 +242,18 @@ func (s *Session) end(err error) {
 	streams := s.streams
 	s.streams = nil
 	s.mu.Unlock()
-	s.over.Store(true)
-	close(s.done)
+	// Counted before Done closes, so that whoever sees the end sees why.
 	var v *violation
-	if errors.As(err, &v) {
+	isViolation := errors.As(err, &v)
+	if isViolation {
 		s.cfg.logger().Debug("Closing a tunnel session on a protocol violation", "reason", v.reason, "err", err, "addr", s.conn.RemoteAddr())
 		if s.cfg.Violation != nil {
 			s.cfg.Violation(v.reason)
 		}
+	}
+	s.over.Store(true)
+	close(s.done)
+	if isViolation {
 		// Tell the peer why, unless a write is in the way: the session
 		// is over either way.
 		if s.wmu.TryLock() {

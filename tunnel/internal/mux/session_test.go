@@ -460,7 +460,9 @@ func TestSession_PeerEnds(t *testing.T) {
 // TestSession_GoAwayWithoutStreams ends the session at once.
 func TestSession_GoAwayWithoutStreams(t *testing.T) {
 	s, agent := pair(t, "tcp", testConfig(nil), agentConfig())
-	if err := agent.GoAway(); err != nil {
+	// yamux waits for its GoAway to be written; the session may end
+	// first, on reading it.
+	if err := agent.GoAway(); err != nil && !errors.Is(err, yamux.ErrSessionShutdown) {
 		t.Fatal(err)
 	}
 	select {
@@ -572,9 +574,10 @@ func TestSession_StreamTimeouts(t *testing.T) {
 		if err := st.Close(); err != nil {
 			t.Fatal(err)
 		}
-		// The agent sees the FIN and never closes its side.
+		// The agent sees the FIN (or, on a slow machine, the RST that
+		// followed it already) and never closes its side.
 		_ = ast.SetReadDeadline(time.Now().Add(10 * time.Second))
-		if _, err := ast.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		if _, err := ast.Read(make([]byte, 1)); !errors.Is(err, io.EOF) && !errors.Is(err, yamux.ErrConnectionReset) {
 			t.Fatalf("agent read after FIN: %v, want EOF", err)
 		}
 		poll.Until(t, 10*time.Second, func() error {
