@@ -707,7 +707,7 @@ func TestSession_CloseLikeTCP(t *testing.T) {
 				// The server's RST comes back.
 				poll.Until(t, 10*time.Second, func() error {
 					if _, err := ast.Write([]byte("x")); !errors.Is(err, yamux.ErrConnectionReset) {
-						return fmt.Errorf("agent write: %v", err)
+						return fmt.Errorf("agent write: %w", err)
 					}
 					return nil
 				})
