@@ -14,12 +14,17 @@
 package mux
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"runtime"
+	"strconv"
 	"testing"
 	"time"
+
+	"github.com/baremetal-sd/baremetal_sd/internal/poll"
 )
 
 func frame(typ uint8, flags uint16, id, length uint32, body ...byte) []byte {
@@ -173,5 +178,54 @@ func TestSession_PeerOpensStream(t *testing.T) {
 	}
 	if n := v.get(ReasonPeerOpened); n != 1 {
 		t.Errorf("violations %q: %d, want 1", ReasonPeerOpened, n)
+	}
+}
+
+// TestStream_BufferBoundedByWindow: however a peer cuts its data into
+// frames, a stream nobody reads holds its window and at most two chunks
+// more, and hands the data out intact.
+func TestStream_BufferBoundedByWindow(t *testing.T) {
+	for _, size := range []int{100, chunkSize/2 + 1, chunkSize - 1, chunkSize + 1, 3*chunkSize + 7} {
+		t.Run(strconv.Itoa(size), func(t *testing.T) {
+			sc, peer := dialPair(t, "tcp")
+			s := NewSession(sc, testConfig(nil))
+			defer s.Close()
+			st, err := s.Open()
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := payload(testWindow, uint64(size))
+			out := frame(typeWindowUpd, flagACK, 1, 0)
+			for rest := want; len(rest) > 0; {
+				n := min(size, len(rest))
+				out = append(out, frame(typeData, 0, 1, uint32(n), rest[:n]...)...)
+				rest = rest[n:]
+			}
+			go func() { _, _ = peer.Write(out) }()
+			poll.Until(t, 10*time.Second, func() error {
+				st.mu.Lock()
+				defer st.mu.Unlock()
+				if st.buffered < testWindow {
+					return fmt.Errorf("%d bytes buffered", st.buffered)
+				}
+				return nil
+			})
+			st.mu.Lock()
+			held := 0
+			for _, b := range st.bufs {
+				held += cap(*b)
+			}
+			st.mu.Unlock()
+			if held > testWindow+2*chunkSize {
+				t.Errorf("%d bytes held for a window of %d", held, testWindow)
+			}
+			got := make([]byte, testWindow)
+			if _, err := io.ReadFull(st, got); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatal("the data read is not the data sent")
+			}
+		})
 	}
 }

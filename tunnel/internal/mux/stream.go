@@ -392,11 +392,13 @@ func (st *Stream) receive(n uint32) error {
 	return nil
 }
 
-// push appends a chunk of received data; a small one goes into the room
-// left in the last chunk, so that many small frames cannot pin a chunk
-// each. The window shrinks as the data arrives, not when its frame
-// starts: a reader that takes the first chunk of a long frame must not
-// give the peer back the window the rest of the frame still uses.
+// push appends a chunk of received data. It first fills the room left in
+// the last chunk, so that every chunk but the first and the last is full:
+// the data buffered for a stream takes at most its window and two chunks,
+// however the peer cuts it into frames. The window shrinks as the data
+// arrives, not when its frame starts: a reader that takes the first chunk
+// of a long frame must not give the peer back the window the rest of the
+// frame still uses.
 func (st *Stream) push(p *[]byte) {
 	cfg := st.s.cfg
 	st.mu.Lock()
@@ -407,17 +409,20 @@ func (st *Stream) push(p *[]byte) {
 		return
 	}
 	st.buffered += len(*p)
+	st.cond.Broadcast()
 	if k := len(st.bufs); k > 0 {
 		last := st.bufs[k-1]
-		if cap(*last)-len(*last) >= len(*p) {
-			*last = append(*last, *p...)
-			cfg.release(p)
-			st.cond.Broadcast()
-			return
+		if room := cap(*last) - len(*last); room > 0 {
+			take := min(room, len(*p))
+			*last = append(*last, (*p)[:take]...)
+			if take == len(*p) {
+				cfg.release(p)
+				return
+			}
+			*p = (*p)[:copy(*p, (*p)[take:])]
 		}
 	}
 	st.bufs = append(st.bufs, p)
-	st.cond.Broadcast()
 }
 
 func (st *Stream) remoteFIN() error {
