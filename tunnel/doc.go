@@ -20,6 +20,8 @@
 // listener, so the server forwards bytes it cannot read.
 //
 // Server is the server half (the tunnel endpoint and the CONNECT proxy),
-// Client the agent half. ParseTarget parses the authority of a CONNECT
+// Client the agent half. The agent runs hashicorp/yamux; the server's end
+// of each tunnel is internal/mux, which speaks yamux' protocol with less
+// memory per idle tunnel. ParseTarget parses the authority of a CONNECT
 // request, which comes from the network.
 package tunnel

@@ -13,7 +13,11 @@
 
 package tunnel
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/baremetal-sd/baremetal_sd/tunnel/internal/mux"
+)
 
 // ServerMetrics are the server half's metrics.
 type ServerMetrics struct {
@@ -22,6 +26,8 @@ type ServerMetrics struct {
 	Opened   prometheus.Counter
 	Bytes    *prometheus.CounterVec
 	Refusals *prometheus.CounterVec
+	// ProtocolErrors counts agents' violations of the tunnel protocol.
+	ProtocolErrors *prometheus.CounterVec
 }
 
 // NewServerMetrics registers the server half's metrics with reg.
@@ -47,12 +53,19 @@ func NewServerMetrics(reg prometheus.Registerer) *ServerMetrics {
 			Name: "baremetal_sd_tunnel_refusals_total",
 			Help: "Refused tunnel connections and CONNECT requests, by reason.",
 		}, []string{"reason"}),
+		ProtocolErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "baremetal_sd_tunnel_protocol_errors_total",
+			Help: "Violations of the tunnel protocol by agents, by reason; each closes the tunnel, but peer_opened_stream, which only resets the stream.",
+		}, []string{"reason"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.Tunnels, m.Streams, m.Opened, m.Bytes, m.Refusals)
+		reg.MustRegister(m.Tunnels, m.Streams, m.Opened, m.Bytes, m.Refusals, m.ProtocolErrors)
 	}
 	for _, r := range refusalReasons {
 		m.Refusals.WithLabelValues(r)
+	}
+	for _, r := range mux.Reasons() {
+		m.ProtocolErrors.WithLabelValues(r)
 	}
 	return m
 }

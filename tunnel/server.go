@@ -28,9 +28,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/yamux"
-
 	"github.com/baremetal-sd/baremetal_sd/ca"
+	"github.com/baremetal-sd/baremetal_sd/tunnel/internal/mux"
 )
 
 // Path is where agents open their tunnel, with an HTTP/1.1 Upgrade to
@@ -101,9 +100,9 @@ type ServerConfig struct {
 type Server struct {
 	cfg ServerConfig
 
-	// mux configures every tunnel's session; one for all, as yamux only
-	// reads it.
-	mux *yamux.Config
+	// mux configures every tunnel's session, and holds the buffers their
+	// streams share.
+	mux *mux.Config
 
 	mu       sync.Mutex
 	sessions map[string]*session   // by agent id
@@ -114,7 +113,7 @@ type Server struct {
 // session is one agent's tunnel.
 type session struct {
 	agent   Agent
-	mux     *yamux.Session
+	mux     *mux.Session
 	streams atomic.Int32
 }
 
@@ -311,7 +310,8 @@ func (s *Server) ServeTunnel(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// The server's read and write timeouts apply to requests, not to a
-	// tunnel that lives for days; yamux' keepalive finds dead peers.
+	// tunnel that lives for days: the agent's pings and TCP keepalive
+	// find dead peers, and the session bounds each write.
 	_ = conn.SetDeadline(time.Time{})
 	if rw.Reader.Buffered() > 0 {
 		// The agent speaks only after the 101.
@@ -323,28 +323,26 @@ func (s *Server) ServeTunnel(w http.ResponseWriter, r *http.Request) {
 		_ = conn.Close()
 		return
 	}
-	mux, err := yamux.Client(conn, s.mux)
-	if err != nil {
-		_ = conn.Close()
-		return
-	}
-	s.add(&session{agent: agent, mux: mux})
+	s.add(&session{agent: agent, mux: mux.NewSession(conn, s.mux)})
 	s.cfg.Logger.Debug("Agent tunnel connected", "agent_id", id, "hostname", agent.Hostname)
 }
 
-func (s *Server) muxConfig() *yamux.Config {
-	c := yamux.DefaultConfig()
-	c.AcceptBacklog = s.cfg.MaxStreamsPerAgent
-	// The agent pings; the server only answers. A goroutine and a timer
-	// per tunnel less matters at 100,000 tunnels, and a dead agent's
-	// connection still ends by TCP keepalive.
-	c.EnableKeepAlive = false
-	c.MaxStreamWindowSize = streamWindow
-	c.StreamOpenTimeout = s.cfg.ConnectTimeout
-	c.ConnectionWriteTimeout = s.cfg.ConnectTimeout
-	c.LogOutput = nil
-	c.Logger = slog.NewLogLogger(s.cfg.Logger.Handler(), slog.LevelDebug)
-	return c
+// muxConfig configures the sessions. The agent pings; the server only
+// answers: a goroutine and a timer per tunnel less matters at 100,000
+// tunnels, and a dead agent's connection still ends by TCP keepalive.
+func (s *Server) muxConfig() *mux.Config {
+	errs := s.cfg.Metrics.ProtocolErrors
+	return &mux.Config{
+		Window: streamWindow,
+		// A stream the agent does not acknowledge within the connect
+		// timeout is reset, and so is one it does not close that long
+		// after the server did.
+		OpenTimeout:  s.cfg.ConnectTimeout,
+		CloseTimeout: s.cfg.ConnectTimeout,
+		WriteTimeout: s.cfg.ConnectTimeout,
+		Logger:       s.cfg.Logger,
+		Violation:    func(reason string) { errs.WithLabelValues(reason).Inc() },
+	}
 }
 
 // add installs a tunnel, replacing an older one of the same agent.
@@ -439,7 +437,7 @@ func (s *Server) ServeConnect(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer sess.streams.Add(-1)
-	stream, err := sess.mux.OpenStream()
+	stream, err := sess.mux.Open()
 	if err != nil {
 		s.refuse(w, http.StatusBadGateway, "agent_unreachable", "cannot open a stream to the agent")
 		return
@@ -543,6 +541,6 @@ func headerHas(h http.Header, name, token string) bool {
 // direction: how much one scrape may have in flight before its reader
 // takes it. It bounds the memory a slow scraper can pin per stream (at
 // most MaxStreamsPerAgent windows per tunnel) and keeps one scrape from
-// starving another on the same tunnel; yamux' default of 256 KiB costs a
+// starving another on the same tunnel; yamux' initial 256 KiB costs a
 // round trip every 256 KiB of a large scrape.
 const streamWindow = 1 << 20

@@ -827,19 +827,18 @@ func TestServer_BadUpgrade(t *testing.T) {
 	})
 }
 
-// TestServer_AgentRefusesStreams: an agent (hostile or shutting down) that
-// holds its tunnel but sends GoAway gets no stream; CONNECT says so.
-func TestServer_AgentRefusesStreams(t *testing.T) {
-	f := newFleet(t, ServerConfig{})
-	f.dir.set(Agent{ID: "a1", Hostname: "host-a", Port: 9100, Listed: true, Tunnel: true})
+// rawTunnel opens a tunnel as agent a1 and returns its connection right
+// after the 101, for a test to speak the tunnel protocol on.
+func (f *fleet) rawTunnel(t *testing.T) *tls.Conn {
+	t.Helper()
 	conn, err := tls.Dial("tcp", strings.TrimPrefix(f.url, "https://"), &tls.Config{RootCAs: f.serverRoots, ServerName: "localhost", Certificates: []tls.Certificate{f.agentCert(t, "a1", "host-a")}, NextProtos: []string{"http/1.1"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	t.Cleanup(func() { _ = conn.Close() })
 	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\n", Path, Protocol)
-	// Read the 101 byte by byte: the yamux frames that follow are not
-	// the HTTP reader's.
+	// Read the 101 byte by byte: the frames that follow are not the HTTP
+	// reader's.
 	var head []byte
 	one := make([]byte, 1)
 	for !strings.HasSuffix(string(head), "\r\n\r\n") {
@@ -851,6 +850,16 @@ func TestServer_AgentRefusesStreams(t *testing.T) {
 	if !strings.HasPrefix(string(head), "HTTP/1.1 101 ") {
 		t.Fatalf("upgrade: %q", head)
 	}
+	return conn
+}
+
+// TestServer_AgentRefusesStreams: an agent (hostile or shutting down) that
+// sends GoAway takes no more streams: the server drops its tunnel, and
+// CONNECT finds none.
+func TestServer_AgentRefusesStreams(t *testing.T) {
+	f := newFleet(t, ServerConfig{})
+	f.dir.set(Agent{ID: "a1", Hostname: "host-a", Port: 9100, Listed: true, Tunnel: true})
+	conn := f.rawTunnel(t)
 	cfg := yamux.DefaultConfig()
 	cfg.LogOutput = io.Discard
 	mux, err := yamux.Server(conn, cfg)
@@ -858,18 +867,83 @@ func TestServer_AgentRefusesStreams(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer mux.Close()
-	if err := mux.GoAway(); err != nil {
-		t.Fatal(err)
-	}
-	// The server answers a ping after it read the GoAway before it.
+	// The server answers a ping, then takes the GoAway.
 	if _, err := mux.Ping(); err != nil {
 		t.Fatal(err)
 	}
 	f.waitTunnels(t, func(n int) bool { return n == 1 })
-	if got := f.connect(t, &f.scraper, "host-a:9100"); got != http.StatusBadGateway {
-		t.Fatalf("CONNECT to an agent that refuses streams: %d, want 502", got)
+	// yamux waits for its GoAway to be written; the server may close the
+	// tunnel first, on reading it.
+	if err := mux.GoAway(); err != nil && !errors.Is(err, yamux.ErrSessionShutdown) {
+		t.Fatal(err)
 	}
-	if got := testutil.ToFloat64(f.metrics.Refusals.WithLabelValues("agent_unreachable")); got != 1 {
-		t.Errorf("refusals{reason=\"agent_unreachable\"}: %v, want 1", got)
+	select {
+	case <-mux.CloseChan():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the server kept the tunnel of an agent that sent GoAway")
+	}
+	f.waitTunnels(t, func(n int) bool { return n == 0 })
+	if got := f.connect(t, &f.scraper, "host-a:9100"); got != http.StatusNotFound {
+		t.Fatalf("CONNECT to an agent that refuses streams: %d, want 404", got)
+	}
+	if got := testutil.ToFloat64(f.metrics.Refusals.WithLabelValues("unknown_target")); got != 1 {
+		t.Errorf("refusals{reason=\"unknown_target\"}: %v, want 1", got)
+	}
+}
+
+// TestServer_AgentBreaksProtocol: an agent that sends what the tunnel
+// protocol forbids loses its tunnel, and the reason is counted; one that
+// opens a stream towards the server gets it reset and keeps its tunnel.
+func TestServer_AgentBreaksProtocol(t *testing.T) {
+	frame := func(version, typ byte, flags uint16, id, length uint32) []byte {
+		return []byte{version, typ, byte(flags >> 8), byte(flags), byte(id >> 24), byte(id >> 16), byte(id >> 8), byte(id), byte(length >> 24), byte(length >> 16), byte(length >> 8), byte(length)}
+	}
+	for _, tc := range []struct {
+		name   string
+		send   []byte
+		reason string
+		closes bool
+	}{
+		{"bad version", frame(1, 2, 1, 0, 0), "bad_version", true},
+		{"unknown type", frame(0, 9, 0, 0, 0), "bad_type", true},
+		{"data for a stream never opened", frame(0, 0, 0, 9, 0xffffffff), "unknown_stream", true},
+		{"agent opens a stream", frame(0, 1, 1, 2, 0), "peer_opened_stream", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFleet(t, ServerConfig{})
+			f.dir.set(Agent{ID: "a1", Hostname: "host-a", Port: 9100, Listed: true, Tunnel: true})
+			conn := f.rawTunnel(t)
+			f.waitTunnels(t, func(n int) bool { return n == 1 })
+			if _, err := conn.Write(tc.send); err != nil {
+				t.Fatal(err)
+			}
+			// A ping after it: answered only if the tunnel stays.
+			if _, err := conn.Write(frame(0, 2, 1, 0, 42)); err != nil {
+				t.Fatal(err)
+			}
+			_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			var pong bool
+			for {
+				var h [12]byte
+				if _, err := io.ReadFull(conn, h[:]); err != nil {
+					break
+				}
+				if h[1] == 2 && h[3] == 2 && h[11] == 42 {
+					pong = true
+					break
+				}
+			}
+			if pong == tc.closes {
+				t.Fatalf("ping answered: %v, want %v", pong, !tc.closes)
+			}
+			if tc.closes {
+				f.waitTunnels(t, func(n int) bool { return n == 0 })
+			} else if n := f.tunnels.Tunnels(); n != 1 {
+				t.Fatalf("tunnels: %d, want 1", n)
+			}
+			if got := testutil.ToFloat64(f.metrics.ProtocolErrors.WithLabelValues(tc.reason)); got != 1 {
+				t.Errorf("protocol_errors{reason=%q}: %v, want 1", tc.reason, got)
+			}
+		})
 	}
 }
