@@ -50,11 +50,14 @@ func (d directHandler) meta(kind metaKind, name, value []byte, typ model.MetricT
 		p.directBuf = appendMetaLine(p.directBuf, "UNIT", name, string(value), p.escaping)
 	}
 	if p.marking {
-		m := lineMark{end: len(p.directBuf), meta: true, isType: kind == metaType, typ: typString}
+		m := lineMark{end: len(p.directBuf), meta: true}
+		if kind == metaType {
+			m.typ = markType(typString)
+		}
 		// The name was written as it is unless it was quoted or escaped:
 		// a comparison tells that sooner than isLegacyName.
 		if at := start + metaPrefix; at+len(name) < len(p.directBuf) && p.directBuf[at+len(name)] == ' ' && string(p.directBuf[at:at+len(name)]) == string(name) {
-			m.nameLen = len(name)
+			m.nameLen = int32(len(name))
 		}
 		p.marks = append(p.marks, m)
 	}
@@ -162,10 +165,13 @@ func (p *pipeline) direct(body io.Reader, ct string, om bool, w io.Writer) error
 	h := directHandler{p, om}
 	// A writer that takes the lines marked (the aggregate endpoint's
 	// segmenter) is told where each line ends and which are metadata, so
-	// that it does not read them again.
+	// that it does not read them again, and lends its buffer: the output
+	// is written where it keeps it. directBuf is then that buffer, which
+	// the pipeline must not keep.
 	mw, marking := w.(markedWriter)
 	p.marking = marking
-	defer func() { p.marking, p.marks = false, p.marks[:0] }()
+	own := p.directBuf
+	defer func() { p.marking, p.marks, p.directBuf = false, p.marks[:0], own[:0] }()
 	for {
 		chunk, replayed, err := p.chunks.Next()
 		if errors.Is(err, io.EOF) {
@@ -174,17 +180,22 @@ func (p *pipeline) direct(body io.Reader, ct string, om bool, w io.Writer) error
 		if err != nil {
 			return err
 		}
-		p.directBuf, p.marks = p.directBuf[:0], p.marks[:0]
+		p.directBuf, p.marks = own[:0], p.marks[:0]
+		if marking {
+			p.directBuf = mw.markedBuffer()
+		}
+		from := len(p.directBuf)
 		p.skipReplayedMeta = replayed
 		if err := p.parse(chunk, ct, om, h); err != nil {
 			return err
 		}
-		if len(p.directBuf) == 0 {
+		if len(p.directBuf) == from {
 			continue
 		}
 		if marking {
-			err = mw.writeMarked(p.directBuf, p.marks)
+			err = mw.writeMarked(p.directBuf, from, p.marks)
 		} else {
+			own = p.directBuf
 			_, err = w.Write(p.directBuf)
 		}
 		if err != nil {
