@@ -499,3 +499,68 @@ func BenchmarkSegmentMerge(b *testing.B) {
 	}
 	reportCPU(b, cpu)
 }
+
+// BenchmarkAggregateOverhead is what cutting two exporters' output into
+// families and merging them adds to relaying them, without HTTP: two
+// pipelines relay node_exporter's payload in parallel, as the aggregate
+// endpoint's exporters do, with the exporter label, into io.Discard
+// (relay_only) or into segmenters whose batches one merge takes
+// (segmented_and_merged). The difference of the two is the aggregate's
+// own work, including the hand-over between goroutines.
+func BenchmarkAggregateOverhead(b *testing.B) {
+	node, err := os.ReadFile("testdata/node_exporter_e2e.txt")
+	if err != nil {
+		b.Fatal(err)
+	}
+	r := &Relay{maxNames: maxWrittenNames}
+	ps := []*pipeline{newPipeline("a", "exporter", nil, defaultLimits), newPipeline("b", "exporter", nil, defaultLimits)}
+	relay := func(p *pipeline, w io.Writer) error {
+		return p.relay(bytes.NewReader(node), FormatText, "text/plain", FormatText, model.NoEscaping, w)
+	}
+	b.Run("relay_only", func(b *testing.B) {
+		cpu := processCPU(b)
+		for b.Loop() {
+			var wg sync.WaitGroup
+			for _, p := range ps {
+				wg.Go(func() {
+					if err := relay(p, io.Discard); err != nil {
+						b.Error(err)
+					}
+				})
+			}
+			wg.Wait()
+		}
+		reportCPU(b, cpu)
+	})
+	b.Run("segmented_and_merged", func(b *testing.B) {
+		cpu := processCPU(b)
+		for b.Loop() {
+			sources := make([]*source, len(ps))
+			var wg sync.WaitGroup
+			for i, p := range ps {
+				s := newSource(r, &exporter{cfg: ExporterConfig{Name: fmt.Sprint("e", i)}})
+				sources[i] = s
+				wg.Go(func() {
+					defer close(s.segs.ch)
+					sg := newSegmenter(func(b *segmentBatch) error { s.segs.ch <- b; return nil })
+					sg.recycle = s.segs.reuse
+					err := relay(p, sg)
+					if err == nil {
+						err = sg.close()
+					}
+					if err != nil {
+						b.Error(err)
+					}
+				})
+			}
+			if err := r.mergeSegments(sources, io.Discard, false); err != nil {
+				b.Fatal(err)
+			}
+			wg.Wait()
+			for _, s := range sources {
+				s.segs.release()
+			}
+		}
+		reportCPU(b, cpu)
+	})
+}
