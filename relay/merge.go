@@ -179,7 +179,10 @@ func mergeFeeds[P any](r *Relay, sources []*source, feed func(*source) *feed[P],
 	last := scratch.last[:0]
 	defer func() { scratch.last = last[:0] }()
 	group := scratch.group[:0]
-	defer func() { scratch.group = group[:0] }()
+	defer func() {
+		clear(group[:cap(group)]) // the pool keeps no source
+		scratch.group = group[:0]
+	}()
 	for len(live) > 0 {
 		// The group: the sources whose head part has the least name, in
 		// their order, found with one comparison per source.
