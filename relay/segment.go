@@ -192,19 +192,42 @@ type lineMark struct {
 	// is written bare, 0 when it must be read.
 	nameLen int32
 	// meta says it is a # HELP, # TYPE or # UNIT line; typ, for a # TYPE
-	// line, is its type as an index into markTypes, markTypeRead when the
+	// line, is its type as an index (markType), markTypeRead when the
 	// segmenter must read it.
 	meta bool
 	typ  uint8
 }
 
-// markTypes are the types a # TYPE line's mark gives by index: a small
-// mark is quicker to write and to read than one with the type's string.
-var markTypes = [...]string{"", "counter", "gauge", "histogram", "summary", "untyped", "unknown", "gaugehistogram", "info", "stateset"}
+// markTypeRead is the typ of a # TYPE line whose type is none that
+// markType knows, which the segmenter then reads from the line.
+const markTypeRead = 10
 
-// markTypeRead is the typ of a # TYPE line whose type is none of
-// markTypes.
-const markTypeRead = uint8(len(markTypes))
+// markTypeName is the type a # TYPE line's mark gives by index (markType):
+// a small mark is quicker to write and to read than one with the type's
+// string.
+func markTypeName(typ uint8) string {
+	switch typ {
+	case 1:
+		return "counter"
+	case 2:
+		return "gauge"
+	case 3:
+		return "histogram"
+	case 4:
+		return "summary"
+	case 5:
+		return "untyped"
+	case 6:
+		return "unknown"
+	case 7:
+		return "gaugehistogram"
+	case 8:
+		return "info"
+	case 9:
+		return "stateset"
+	}
+	return ""
+}
 
 // markType is the mark of a # TYPE line of type typ.
 func markType(typ string) uint8 {
@@ -290,7 +313,7 @@ func (s *segmenter) marked(marks []lineMark) {
 			}
 			isType, typString := m.typ != 0, ""
 			if m.typ < markTypeRead {
-				typString = markTypes[m.typ]
+				typString = markTypeName(m.typ)
 			} else if m.nameLen > 0 {
 				_, typ = nameToken(l[metaPrefix:])
 			}
@@ -420,9 +443,9 @@ func (s *segmenter) pass(final bool) error {
 }
 
 // partName is the name of a part in the bytes of its batch, as a string
-// that shares them. A response cut about 1,200 families a node_exporter
-// into strings of their own, or one string per batch, and what it
-// allocated so kept the garbage collector busy, which made the whole
+// that shares them. A node_exporter's output is about 1,200 families; a
+// string of their names per batch was half of what an aggregate response
+// allocated, and the garbage collector it kept busy made the whole
 // aggregate dearer. The bytes stay as they are while the batch is at the
 // merge: a batch's buffers are filled again only once the merge is done
 // with all its parts and gave it back (feed.advance), and the merge keeps

@@ -564,3 +564,21 @@ func BenchmarkAggregateOverhead(b *testing.B) {
 		reportCPU(b, cpu)
 	})
 }
+
+// TestMarkType_NamesTheTypeMarked: a # TYPE line's mark gives back the
+// type it was made of, for every type the formats define, and tells the
+// segmenter to read any other.
+func TestMarkType_NamesTheTypeMarked(t *testing.T) {
+	for _, typ := range []string{"counter", "gauge", "histogram", "summary", "untyped", "unknown", "gaugehistogram", "info", "stateset"} {
+		m := markType(typ)
+		if m == 0 || m >= markTypeRead {
+			t.Errorf("markType(%q) = %d", typ, m)
+		}
+		if got := markTypeName(m); got != typ {
+			t.Errorf("markTypeName(markType(%q)) = %q", typ, got)
+		}
+	}
+	if m := markType("weird"); m != markTypeRead {
+		t.Errorf("markType of an unknown type = %d, want markTypeRead", m)
+	}
+}
