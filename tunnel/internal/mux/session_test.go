@@ -136,8 +136,13 @@ func (v *violations) get(reason string) int {
 	return v.n[reason]
 }
 
+// testConfig is the session configuration of the tests, as the tunnel
+// server sets it up. Its timeouts are long: under the race detector on a loaded machine the
+// agent's acknowledgement of a new stream can wait seconds behind other
+// streams' data in yamux' send queue, and the tests that are not about
+// timeouts must not fail on them.
 func testConfig(v *violations) *Config {
-	c := &Config{Window: testWindow, OpenTimeout: 5 * time.Second, CloseTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second}
+	c := &Config{Window: testWindow, OpenTimeout: time.Minute, CloseTimeout: time.Minute, WriteTimeout: time.Minute}
 	if v != nil {
 		c.Violation = v.add
 	}
@@ -389,7 +394,11 @@ func TestSession_PeerEnds(t *testing.T) {
 		{"GoAway", (*yamux.Session).GoAway},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s, agent := pair(t, "tcp", testConfig(nil), agentConfig())
+			// The agent never closes its streams: after GoAway the
+			// session ends when the close timeout resets them.
+			cfg := testConfig(nil)
+			cfg.CloseTimeout = 2 * time.Second
+			s, agent := pair(t, "tcp", cfg, agentConfig())
 			reader, err := s.Open()
 			if err != nil {
 				t.Fatal(err)
