@@ -229,7 +229,7 @@ type nameSet struct {
 	hashes []uint64            // the names' hashes, until m is built
 	m      map[uint64]struct{} // nil until a look-up needs it
 	n      int                 // names added
-	max    string
+	max    []byte              // the greatest name added, copied
 	limit  int
 }
 
@@ -239,15 +239,30 @@ func newNameSet(limit int) *nameSet {
 
 // reset forgets all names, keeping the list's memory.
 func (s *nameSet) reset(limit int) {
-	s.hashes, s.m, s.n, s.max, s.limit = s.hashes[:0], nil, 0, "", limit
+	s.hashes, s.m, s.n, s.max, s.limit = s.hashes[:0], nil, 0, s.max[:0], limit
+}
+
+// above reports whether name is above every name added, so certainly
+// not one of them.
+func (s *nameSet) above(name string) bool {
+	return s.n == 0 || name > string(s.max)
 }
 
 func (s *nameSet) add(name string) {
+	s.insert(name, s.above(name))
+}
+
+// insert adds name, of which above said above: the merge asks above
+// anyway, and a comparison of names, which often share a long prefix, is
+// spared.
+func (s *nameSet) insert(name string, above bool) {
 	if s.n >= s.limit {
 		return
 	}
 	s.n++
-	s.max = max(s.max, name)
+	if above {
+		s.max = append(s.max[:0], name...)
+	}
 	h := maphash.String(s.seed, name)
 	if s.m == nil {
 		s.hashes = append(s.hashes, h)
@@ -257,7 +272,7 @@ func (s *nameSet) add(name string) {
 }
 
 func (s *nameSet) has(name string) bool {
-	if s.n == 0 || name > s.max {
+	if s.above(name) {
 		return false
 	}
 	if s.m == nil {

@@ -17,6 +17,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"strings"
 
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/exemplar"
@@ -27,9 +28,12 @@ import (
 type directHandler struct {
 	p  *pipeline
 	om bool
+	// labelInChunk says the exporter label's name is somewhere in the
+	// chunk at hand: when it is not, no series of the chunk can have it.
+	labelInChunk bool
 }
 
-func (d directHandler) meta(kind metaKind, name, value []byte, typ model.MetricType) error {
+func (d *directHandler) meta(kind metaKind, name, value []byte, typ model.MetricType) error {
 	p := d.p
 	if p.skipReplayedMeta > 0 {
 		p.skipReplayedMeta--
@@ -50,15 +54,41 @@ func (d directHandler) meta(kind metaKind, name, value []byte, typ model.MetricT
 		p.directBuf = appendMetaLine(p.directBuf, "UNIT", name, string(value), p.escaping)
 	}
 	if p.marking {
-		m := lineMark{end: len(p.directBuf), meta: true, isType: kind == metaType, typ: typString}
+		m := lineMark{end: len(p.directBuf), meta: true}
+		if kind == metaType {
+			m.typ = markType(typString)
+		}
 		// The name was written as it is unless it was quoted or escaped:
 		// a comparison tells that sooner than isLegacyName.
 		if at := start + metaPrefix; at+len(name) < len(p.directBuf) && p.directBuf[at+len(name)] == ' ' && string(p.directBuf[at:at+len(name)]) == string(name) {
-			m.nameLen = len(name)
+			m.nameLen = int32(len(name))
 		}
 		p.marks = append(p.marks, m)
 	}
 	return nil
+}
+
+// containsRare reports whether b contains s, whose byte rare is the one
+// least likely in b: it stops only at that byte, where bytes.Contains
+// stops at every byte s starts with, which in an exposition is often a
+// common letter.
+func containsRare(b []byte, s string, rare byte) bool {
+	at := strings.IndexByte(s, rare)
+	if at < 0 {
+		return bytes.Contains(b, []byte(s))
+	}
+	for i := at; i < len(b); {
+		j := bytes.IndexByte(b[i:], rare)
+		if j < 0 {
+			return false
+		}
+		i += j
+		if start := i - at; start+len(s) <= len(b) && string(b[start:start+len(s)]) == s {
+			return true
+		}
+		i++
+	}
+	return false
 }
 
 // mark records the sample line just written, for a markedWriter.
@@ -77,7 +107,7 @@ func (p *pipeline) mark() {
 //
 // A series that needs its labels is looked up in the series cache first:
 // when its outcome is remembered, its labels are not built.
-func (d directHandler) wantLabels(raw []byte) bool {
+func (d *directHandler) wantLabels(raw []byte) bool {
 	p := d.p
 	p.cached = nil
 	if !d.needsLabels(raw) {
@@ -90,7 +120,7 @@ func (d directHandler) wantLabels(raw []byte) bool {
 	return true
 }
 
-func (d directHandler) needsLabels(raw []byte) bool {
+func (d *directHandler) needsLabels(raw []byte) bool {
 	p := d.p
 	escape := p.escaping != model.NoEscaping
 	if len(p.relabels) > 0 {
@@ -103,8 +133,10 @@ func (d directHandler) needsLabels(raw []byte) bool {
 		// Most series do not mention the label at all, which a search
 		// tells faster than a walk over the names, and a search for the
 		// label's rarest byte faster still: bytes.Contains stops at
-		// every byte the label starts with.
-		if p.label == "" || bytes.IndexByte(raw, p.labelRare) < 0 || !bytes.Contains(raw, []byte(p.label)) {
+		// every byte the label starts with. Most chunks do not mention
+		// it either (one search of the chunk, see direct), and then no
+		// series is searched.
+		if !d.labelInChunk || !containsRare(raw, p.label, p.labelRare) {
 			return false
 		}
 		_, named := scanNames(raw, p.label)
@@ -115,7 +147,7 @@ func (d directHandler) needsLabels(raw []byte) bool {
 	return quoted || named
 }
 
-func (d directHandler) series(raw []byte, r relabeled, v float64, ts *int64, ex *exemplar.Exemplar) error {
+func (d *directHandler) series(raw []byte, r relabeled, v float64, ts *int64, ex *exemplar.Exemplar) error {
 	p := d.p
 	if c := p.cached; c != nil {
 		p.cached = nil
@@ -159,13 +191,16 @@ func (p *pipeline) direct(body io.Reader, ct string, om bool, w io.Writer) error
 	// family context. OpenMetrics chunks end at family boundaries, since
 	// its parser checks samples against their family's type.
 	p.chunks.reset(body, p.maxLine, p.maxMetric, chunkBytes, om, om)
-	h := directHandler{p, om}
+	h := &directHandler{p: p, om: om}
 	// A writer that takes the lines marked (the aggregate endpoint's
 	// segmenter) is told where each line ends and which are metadata, so
-	// that it does not read them again.
+	// that it does not read them again, and lends its buffer: the output
+	// is written where it keeps it. directBuf is then that buffer, which
+	// the pipeline must not keep.
 	mw, marking := w.(markedWriter)
 	p.marking = marking
-	defer func() { p.marking, p.marks = false, p.marks[:0] }()
+	own := p.directBuf
+	defer func() { p.marking, p.marks, p.directBuf = false, p.marks[:0], own[:0] }()
 	for {
 		chunk, replayed, err := p.chunks.Next()
 		if errors.Is(err, io.EOF) {
@@ -174,17 +209,27 @@ func (p *pipeline) direct(body io.Reader, ct string, om bool, w io.Writer) error
 		if err != nil {
 			return err
 		}
-		p.directBuf, p.marks = p.directBuf[:0], p.marks[:0]
+		p.directBuf, p.marks = own[:0], p.marks[:0]
+		if marking {
+			p.directBuf = mw.markedBuffer()
+		}
+		from := len(p.directBuf)
+		// The parser's series are bytes of the chunk, and a name is
+		// spelt as it is in them, quoted or not (unquoting only undoes
+		// \\, \" and \n): where the chunk lacks the label's name, so
+		// do they.
+		h.labelInChunk = p.label != "" && containsRare(chunk, p.label, p.labelRare)
 		p.skipReplayedMeta = replayed
 		if err := p.parse(chunk, ct, om, h); err != nil {
 			return err
 		}
-		if len(p.directBuf) == 0 {
+		if len(p.directBuf) == from {
 			continue
 		}
 		if marking {
-			err = mw.writeMarked(p.directBuf, p.marks)
+			err = mw.writeMarked(p.directBuf, from, p.marks)
 		} else {
+			own = p.directBuf
 			_, err = w.Write(p.directBuf)
 		}
 		if err != nil {

@@ -17,6 +17,7 @@ import (
 	"context"
 	"io"
 	"slices"
+	"strings"
 	"sync"
 )
 
@@ -173,25 +174,46 @@ func mergeFeeds[P any](r *Relay, sources []*source, feed func(*source) *feed[P],
 			scratch.out = out[:0]
 		}
 	}()
-	last := ""
+	// The name of the last family written with metadata, copied: a part's
+	// name is in its batch, which is filled again once merged (partName).
+	last := scratch.last[:0]
+	defer func() { scratch.last = last[:0] }()
+	group := scratch.group[:0]
+	defer func() {
+		clear(group[:cap(group)]) // the pool keeps no source
+		scratch.group = group[:0]
+	}()
 	for len(live) > 0 {
-		name := j.name(&feed(live[0]).rest[0])
-		for _, s := range live[1:] {
-			name = min(name, j.name(&feed(s).rest[0]))
-		}
-		cont := last == name
-		repeated := !cont && written.has(name)
+		// The group: the sources whose head part has the least name, in
+		// their order, found with one comparison per source.
+		group = group[:0]
+		var name string
 		for _, s := range live {
-			f := feed(s)
-			if p := &f.rest[0]; j.name(p) == name {
-				j.add(s, p, f.cur.buf, cont, repeated)
-				f.rest = f.rest[1:]
+			n := j.name(&feed(s).rest[0])
+			if len(group) > 0 {
+				c := strings.Compare(n, name)
+				if c > 0 {
+					continue
+				}
+				if c < 0 {
+					group = group[:0]
+				}
 			}
+			name = n
+			group = append(group, s)
+		}
+		cont := string(last) == name
+		above := written.above(name)
+		repeated := !cont && !above && written.has(name)
+		for _, s := range group {
+			f := feed(s)
+			j.add(s, &f.rest[0], f.cur.buf, cont, repeated)
+			f.rest = f.rest[1:]
 		}
 		var meta bool
 		if out, meta = j.appendGroup(out); meta {
-			written.add(name)
-			last = name
+			written.insert(name, above)
+			last = append(last[:0], name...)
 		}
 		if len(out) >= flushBytes {
 			if _, err := w.Write(out); err != nil {
@@ -199,7 +221,15 @@ func mergeFeeds[P any](r *Relay, sources []*source, feed func(*source) *feed[P],
 			}
 			out = out[:0]
 		}
-		live = slices.DeleteFunc(live, func(s *source) bool { return !feed(s).advance() })
+		ended := false
+		for _, s := range group {
+			if !feed(s).advance() {
+				ended = true
+			}
+		}
+		if ended {
+			live = slices.DeleteFunc(live, func(s *source) bool { return len(feed(s).rest) == 0 })
+		}
 	}
 	out = append(out, tail...)
 	if len(out) > 0 {
@@ -215,6 +245,8 @@ func mergeFeeds[P any](r *Relay, sources []*source, feed func(*source) *feed[P],
 type mergeScratch struct {
 	written *nameSet
 	out     []byte
+	group   []*source // the sources of the name at hand
+	last    []byte
 }
 
 // maxPooledNames is the most names a pooled nameSet may have held: its

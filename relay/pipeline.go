@@ -122,7 +122,7 @@ var defaultLimits = limits{maxLine: DefaultMaxLineBytes, maxFrame: DefaultMaxFra
 
 // size is about how much memory the pipeline's buffers hold.
 func (p *pipeline) size() int {
-	return cap(p.chunks.buf) + cap(p.chunks.scratch) + cap(p.frameBuf) + cap(p.omChunkBuf) + cap(p.directBuf) + 40*cap(p.marks) + cap(p.familyWriter.buf) + 64*cap(p.classicParts) +
+	return cap(p.chunks.buf) + cap(p.chunks.scratch) + cap(p.frameBuf) + cap(p.omChunkBuf) + cap(p.directBuf) + 16*cap(p.marks) + cap(p.familyWriter.buf) + 64*cap(p.classicParts) +
 		cap(p.pbStream.out) + cap(p.pbStream.body) + cap(p.assembler.wireBody) + cap(p.assembler.frame) + p.pbHeaders.bytes
 }
 

@@ -254,7 +254,9 @@ func TestRelay_ExporterLabelOnlyOnAggregate(t *testing.T) {
 			[]string{`{__name__="up", exporter="theirs"}`, `{__name__="other"}`}},
 	}
 	for _, tt := range tests {
-		for _, accept := range []string{acceptText, acceptOM, acceptProto} {
+		// Prometheus 3's Accept takes names unescaped, where the direct
+		// path searches for the label rather than walking the names.
+		for _, accept := range []string{acceptText, acceptOM, acceptProto, acceptProm3} {
 			t.Run(tt.name+"/"+accept, func(t *testing.T) {
 				r, _ := newRelay(t, tt.cfg+"exporters:\n  - name: mine\n    url: "+up.URL+"\n")
 				rec := scrape(t, r, tt.path, accept)
@@ -279,6 +281,25 @@ func TestRelay_AggregateWithoutExporterLabel(t *testing.T) {
 	}
 	if rec := scrape(t, r, "/exporters/a/metrics", acceptText); rec.Code != 200 || strings.TrimSpace(rec.Body.String()) != "same 1" {
 		t.Errorf("own endpoint: %d %q", rec.Code, rec.Body)
+	}
+}
+
+// TestContainsRare: containsRare answers as bytes.Contains, whichever byte
+// of the label it stops at and wherever the label is.
+func TestContainsRare(t *testing.T) {
+	label := "exporter"
+	texts := []string{"", "x", "exporter", "exporte", "xporter", "node_exporter_build_info", "a{exporter=\"x\"}", "a{b=\"x\",exporter=\"x\"}",
+		"max_x_xx", "eexporterr", "exporterexporter", "rexporte", "exp", "a{\"exporter\"=\"1\"}", "texporter"}
+	for _, text := range texts {
+		for i := range len(label) {
+			rare := label[i]
+			if got, want := containsRare([]byte(text), label, rare), strings.Contains(text, label); got != want {
+				t.Errorf("containsRare(%q, %q, %q) = %v, want %v", text, label, rare, got, want)
+			}
+		}
+		if got, want := containsRare([]byte(text), label, '!'), strings.Contains(text, label); got != want {
+			t.Errorf("containsRare(%q) with a byte not in the label = %v, want %v", text, got, want)
+		}
 	}
 }
 

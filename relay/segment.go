@@ -16,6 +16,7 @@ package relay
 import (
 	"bytes"
 	"io"
+	"unsafe"
 )
 
 // segment is one family, or a part of one, in a batch of relayed text or
@@ -186,61 +187,117 @@ func (s *segmenter) sample(l []byte) {
 // lineMark is a line the direct path wrote, so that the segmenter need
 // not look for its end, nor read what kind of line it is.
 type lineMark struct {
-	end int // where the line ends in the write, after its newline
-	// meta says it is a # HELP, # TYPE or # UNIT line; isType a # TYPE
-	// line of type typ.
-	meta, isType bool
-	typ          string
+	end int // where the line ends in the buffer, after its newline
 	// nameLen is the length of the family name after "# HELP " when it
 	// is written bare, 0 when it must be read.
-	nameLen int
+	nameLen int32
+	// meta says it is a # HELP, # TYPE or # UNIT line; typ, for a # TYPE
+	// line, is its type as an index into markTypes, markTypeRead when the
+	// segmenter must read it.
+	meta bool
+	typ  uint8
+}
+
+// markTypes are the types a # TYPE line's mark gives by index: a small
+// mark is quicker to write and to read than one with the type's string.
+var markTypes = [...]string{"", "counter", "gauge", "histogram", "summary", "untyped", "unknown", "gaugehistogram", "info", "stateset"}
+
+// markTypeRead is the typ of a # TYPE line whose type is none of
+// markTypes.
+const markTypeRead = uint8(len(markTypes))
+
+// markType is the mark of a # TYPE line of type typ.
+func markType(typ string) uint8 {
+	switch typ {
+	case "counter":
+		return 1
+	case "gauge":
+		return 2
+	case "histogram":
+		return 3
+	case "summary":
+		return 4
+	case "untyped":
+		return 5
+	case "unknown":
+		return 6
+	case "gaugehistogram":
+		return 7
+	case "info":
+		return 8
+	case "stateset":
+		return 9
+	}
+	return markTypeRead
 }
 
 // markedWriter is a writer that takes the lines of a write marked: the
 // direct path knows each line it writes, and the segmenter then only
-// looks at the start of a sample line.
+// looks at the start of a sample line. It lends the direct path its
+// buffer, so that the output is written where the segmenter keeps it
+// rather than copied there.
 type markedWriter interface {
 	io.Writer
-	writeMarked(b []byte, marks []lineMark) error
+	// markedBuffer is the buffer the next write is to be appended to. Its
+	// bytes up to its length are the writer's, and stay as they are.
+	markedBuffer() []byte
+	// writeMarked takes the buffer back, with a write appended to it
+	// after from whose complete lines marks lists in order.
+	writeMarked(buf []byte, from int, marks []lineMark) error
 }
 
 // metaPrefix is the length of "# HELP ", "# TYPE " and "# UNIT ".
 const metaPrefix = len("# HELP ")
 
-// writeMarked is Write of b, whose complete lines marks lists in order.
-// What the marks do not cover, or a write that does not start at a line,
-// is cut by reading its lines as Write does.
-func (s *segmenter) writeMarked(b []byte, marks []lineMark) error {
+func (s *segmenter) markedBuffer() []byte {
 	s.start()
-	if s.scanned < len(s.buf) {
-		_, err := s.Write(b)
-		return err
-	}
-	base := len(s.buf)
-	s.buf = append(s.buf, b...)
-	for _, m := range marks {
-		end := base + m.end
-		if end <= s.scanned || end > len(s.buf) || s.buf[end-1] != '\n' {
-			break
-		}
-		l := s.buf[s.scanned:end]
-		if !m.meta {
-			s.sample(l)
-		} else if len(l) <= metaPrefix {
-			break
-		} else {
-			var name, typ []byte
-			if m.nameLen > 0 && metaPrefix+m.nameLen < len(l) {
-				name = l[metaPrefix : metaPrefix+m.nameLen]
-			} else {
-				name, typ = nameToken(l[metaPrefix:])
-			}
-			s.meta(name, m.isType, typ, m.typ, end)
-		}
-		s.scanned = end
+	return s.buf
+}
+
+// writeMarked is Write of buf[from:], appended to the buffer markedBuffer
+// lent. What the marks do not cover, or a write after an incomplete line,
+// is cut by reading its lines as Write does.
+func (s *segmenter) writeMarked(buf []byte, from int, marks []lineMark) error {
+	s.start()
+	s.buf = buf
+	if s.scanned == from {
+		s.marked(marks)
 	}
 	s.lines()
 	return s.pass(false)
+}
+
+// marked cuts the lines marks lists, after scanned.
+func (s *segmenter) marked(marks []lineMark) {
+	buf := s.buf
+	for _, m := range marks {
+		end := m.end
+		if end <= s.scanned || end > len(buf) || buf[end-1] != '\n' {
+			return
+		}
+		l := buf[s.scanned:end]
+		switch {
+		case !m.meta:
+			s.sample(l)
+		case len(l) <= metaPrefix:
+			return
+		default:
+			var name, typ []byte
+			if n := int(m.nameLen); n > 0 && metaPrefix+n < len(l) {
+				name = l[metaPrefix : metaPrefix+n]
+			} else {
+				name, typ = nameToken(l[metaPrefix:])
+			}
+			isType, typString := m.typ != 0, ""
+			if m.typ < markTypeRead {
+				typString = markTypes[m.typ]
+			} else if m.nameLen > 0 {
+				_, typ = nameToken(l[metaPrefix:])
+			}
+			s.meta(name, isType, typ, typString, end)
+		}
+		s.scanned = end
+	}
 }
 
 // continues reports cheaply whether a sample line is a series of the
@@ -267,7 +324,13 @@ func (s *segmenter) startFamily(name []byte, meta bool) {
 	s.closeFamily()
 	start := len(s.names)
 	s.names = append(s.names, name...)
-	s.cur = segment{nameStart: start, nameEnd: len(s.names), meta: meta, start: s.scanned, metaEnd: s.scanned}
+	// Field by field: the name is set only when the segment is passed on,
+	// and writing it and the type anew cost more than the rest.
+	c := &s.cur
+	c.nameStart, c.nameEnd, c.meta, c.cont, c.start, c.metaEnd, c.end = start, len(s.names), meta, false, s.scanned, s.scanned, 0
+	if c.typ != "" {
+		c.typ = ""
+	}
 	s.open, s.samples = true, false
 }
 
@@ -321,39 +384,54 @@ func (s *segmenter) pass(final bool) error {
 	if s.open {
 		cut = s.cur.start
 	}
-	// The batch takes buf and segs, and the next one's go on in a batch
-	// the merge gave back; the last takes the names' buffer too, so that
-	// all three go back to the pool.
+	// The batch takes buf, segs and the names, and the next ones go on in
+	// a batch the merge gave back, so that all three go back to the pool.
 	var batch *segmentBatch
 	if final {
-		batch = &segmentBatch{buf: s.buf[:cut], parts: s.segs, aux: s.names[:0]}
-		s.buf, s.segs = nil, nil
+		batch = &segmentBatch{buf: s.buf[:cut], parts: s.segs, aux: s.names}
+		s.buf, s.segs, s.names = nil, nil, nil
 	} else {
 		batch = s.recycle()
 		batch.buf, s.buf = s.buf[:cut], append(batch.buf[:0], s.buf[cut:]...)
 		batch.parts, s.segs = s.segs, batch.parts[:0]
+		batch.aux, s.names = s.names, batch.aux[:0]
 	}
-	names := string(s.names)
+	// The names are read where the batch keeps them, without a copy: see
+	// partName.
+	names := batch.aux
 	for i := range batch.parts {
 		g := &batch.parts[i]
-		g.name = names[g.nameStart:g.nameEnd]
+		g.name = partName(names[g.nameStart:g.nameEnd])
 		g.nameStart, g.nameEnd = 0, 0
 	}
 	s.scanned -= cut
 	if s.open {
 		s.cur.start -= cut
 		s.cur.metaEnd -= cut
-		s.names = append(s.names[:0], s.curName()...)
+		s.names = append(s.names, names[s.cur.nameStart:s.cur.nameEnd]...)
 		s.cur.nameStart, s.cur.nameEnd = 0, len(s.names)
 	} else if restOpen && !final {
 		// The family goes on in the next part.
-		s.names = append(s.names[:0], s.names[rest.nameStart:rest.nameEnd]...)
+		s.names = append(s.names, names[rest.nameStart:rest.nameEnd]...)
 		s.cur = segment{nameEnd: len(s.names), typ: rest.typ, cont: true}
 		s.open, s.samples = true, true
-	} else {
-		s.names = s.names[:0]
 	}
 	return s.emit(batch)
+}
+
+// partName is the name of a part in the bytes of its batch, as a string
+// that shares them. A response cut about 1,200 families a node_exporter
+// into strings of their own, or one string per batch, and what it
+// allocated so kept the garbage collector busy, which made the whole
+// aggregate dearer. The bytes stay as they are while the batch is at the
+// merge: a batch's buffers are filled again only once the merge is done
+// with all its parts and gave it back (feed.advance), and the merge keeps
+// no name past that (mergeFeeds and nameSet copy the ones they keep).
+func partName(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	return unsafe.String(unsafe.SliceData(b), len(b))
 }
 
 // member reports whether a sample of this name is a series of the family:

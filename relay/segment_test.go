@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sync"
 	"testing"
 
@@ -279,6 +280,55 @@ func TestSegmenter_MarkedLinesCutAsRead(t *testing.T) {
 	}
 }
 
+// TestSegmenter_LentBufferNotKept: the direct path writes into the buffer
+// the segmenter lends it (markedBuffer) and keeps none of it: the batches
+// hold the relayed output, and stay as they are when the same pipeline,
+// as a pooled one is, relays again to another writer.
+func TestSegmenter_LentBufferNotKept(t *testing.T) {
+	node, err := os.ReadFile("testdata/node_exporter_e2e.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, part := range []int{segmentPartBytes, 64} {
+		t.Run(fmt.Sprintf("part=%d", part), func(t *testing.T) {
+			var want bytes.Buffer
+			if err := newPipeline("e", "exporter", nil, defaultLimits).relay(bytes.NewReader(node), FormatText, "text/plain", FormatText, model.NoEscaping, &want); err != nil {
+				t.Fatal(err)
+			}
+			var batches []*segmentBatch
+			sg := newSegmenter(func(b *segmentBatch) error { batches = append(batches, b); return nil })
+			sg.partBytes = part
+			p := newPipeline("e", "exporter", nil, defaultLimits)
+			if err := p.relay(bytes.NewReader(node), FormatText, "text/plain", FormatText, model.NoEscaping, sg); err != nil {
+				t.Fatal(err)
+			}
+			if err := sg.close(); err != nil {
+				t.Fatal(err)
+			}
+			joined := func() []byte {
+				var all []byte
+				for _, b := range batches {
+					for _, g := range b.parts {
+						all = append(all, b.buf[g.start:g.end]...)
+					}
+				}
+				return all
+			}
+			if got := joined(); !bytes.Equal(got, want.Bytes()) {
+				t.Fatalf("segments hold %d bytes unlike the relayed output's %d", len(got), want.Len())
+			}
+			for range 2 {
+				if err := p.relay(bytes.NewReader([]byte(richText)), FormatText, "text/plain", FormatText, model.NoEscaping, io.Discard); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got := joined(); !bytes.Equal(got, want.Bytes()) {
+				t.Fatal("a later relay of the pipeline wrote into the segments")
+			}
+		})
+	}
+}
+
 // segmentCut is a segment as the merge sees it.
 type segmentCut struct {
 	name, typ  string
@@ -295,11 +345,11 @@ type countingSegmenter struct {
 	split bool
 }
 
-func (c *countingSegmenter) writeMarked(b []byte, marks []lineMark) error {
-	if bytes.Count(b, []byte("\n")) != len(marks) {
+func (c *countingSegmenter) writeMarked(buf []byte, from int, marks []lineMark) error {
+	if bytes.Count(buf[from:], []byte("\n")) != len(marks) {
 		c.split = true
 	}
-	return c.segmenter.writeMarked(b, marks)
+	return c.segmenter.writeMarked(buf, from, marks)
 }
 
 // segmentCuts relays body through p into a segmenter with parts of part
@@ -337,4 +387,180 @@ func sameCuts(t *testing.T, marked, read []segmentCut) {
 			t.Fatalf("segment %d marked %+v, read %+v", i, marked[i], read[i])
 		}
 	}
+}
+
+// recordedWrite is one write of the direct path, with its marks when it
+// was marked.
+type recordedWrite struct {
+	b      []byte
+	marks  []lineMark
+	marked bool
+}
+
+// markRecorder is a markedWriter that keeps each write, to be written
+// again without relaying.
+type markRecorder struct {
+	buf    []byte
+	writes []recordedWrite
+}
+
+func (m *markRecorder) Write(b []byte) (int, error) {
+	m.writes = append(m.writes, recordedWrite{b: bytes.Clone(b)})
+	return len(b), nil
+}
+
+func (m *markRecorder) markedBuffer() []byte { return m.buf[:0] }
+
+func (m *markRecorder) writeMarked(buf []byte, from int, marks []lineMark) error {
+	m.buf = buf
+	rec := recordedWrite{b: bytes.Clone(buf[from:]), marks: slices.Clone(marks), marked: true}
+	for i := range rec.marks {
+		rec.marks[i].end -= from
+	}
+	m.writes = append(m.writes, rec)
+	return nil
+}
+
+// replay writes the recorded writes to w as the direct path did; marks is
+// scratch.
+func replay(w markedWriter, writes []recordedWrite, marks []lineMark) ([]lineMark, error) {
+	for _, rec := range writes {
+		if !rec.marked {
+			if _, err := w.Write(rec.b); err != nil {
+				return marks, err
+			}
+			continue
+		}
+		buf := w.markedBuffer()
+		from := len(buf)
+		marks = append(marks[:0], rec.marks...)
+		for i := range marks {
+			marks[i].end += from
+		}
+		if err := w.writeMarked(append(buf, rec.b...), from, marks); err != nil {
+			return marks, err
+		}
+	}
+	return marks, nil
+}
+
+// BenchmarkSegmentMerge is what the aggregate endpoint adds to the relay
+// of two exporters in text, apart from the exporter label: node_exporter's
+// payload, relayed once and recorded with its marks, is cut into families
+// for each exporter on a goroutine of its own, as the endpoint does, and
+// merged. Every family name collides, as on the relaycompare and
+// BenchmarkAggregate cases of two exporters with one payload.
+func BenchmarkSegmentMerge(b *testing.B) {
+	node, err := os.ReadFile("testdata/node_exporter_e2e.txt")
+	if err != nil {
+		b.Fatal(err)
+	}
+	rec := &markRecorder{}
+	p := newPipeline("e", "exporter", nil, defaultLimits)
+	if err := p.relay(bytes.NewReader(node), FormatText, "text/plain", FormatText, model.NoEscaping, rec); err != nil {
+		b.Fatal(err)
+	}
+	r := &Relay{maxNames: maxWrittenNames}
+	var n int64
+	for _, w := range rec.writes {
+		n += int64(len(w.b))
+	}
+	b.SetBytes(2 * n)
+	b.ReportAllocs()
+	marks := [2][]lineMark{}
+	cpu := processCPU(b)
+	for b.Loop() {
+		sources := make([]*source, 2)
+		errs := make(chan error, 2)
+		for i := range sources {
+			s := newSource(r, &exporter{cfg: ExporterConfig{Name: fmt.Sprint("e", i)}})
+			sources[i] = s
+			go func() {
+				defer close(s.segs.ch)
+				sg := newSegmenter(func(b *segmentBatch) error { s.segs.ch <- b; return nil })
+				sg.recycle = s.segs.reuse
+				var err error
+				marks[i], err = replay(sg, rec.writes, marks[i])
+				if err == nil {
+					err = sg.close()
+				}
+				errs <- err
+			}()
+		}
+		if err := r.mergeSegments(sources, io.Discard, false); err != nil {
+			b.Fatal(err)
+		}
+		for _, s := range sources {
+			if err := <-errs; err != nil {
+				b.Fatal(err)
+			}
+			s.segs.release()
+		}
+	}
+	reportCPU(b, cpu)
+}
+
+// BenchmarkAggregateOverhead is what cutting two exporters' output into
+// families and merging them adds to relaying them, without HTTP: two
+// pipelines relay node_exporter's payload in parallel, as the aggregate
+// endpoint's exporters do, with the exporter label, into io.Discard
+// (relay_only) or into segmenters whose batches one merge takes
+// (segmented_and_merged). The difference of the two is the aggregate's
+// own work, including the hand-over between goroutines.
+func BenchmarkAggregateOverhead(b *testing.B) {
+	node, err := os.ReadFile("testdata/node_exporter_e2e.txt")
+	if err != nil {
+		b.Fatal(err)
+	}
+	r := &Relay{maxNames: maxWrittenNames}
+	ps := []*pipeline{newPipeline("a", "exporter", nil, defaultLimits), newPipeline("b", "exporter", nil, defaultLimits)}
+	relay := func(p *pipeline, w io.Writer) error {
+		return p.relay(bytes.NewReader(node), FormatText, "text/plain", FormatText, model.NoEscaping, w)
+	}
+	b.Run("relay_only", func(b *testing.B) {
+		cpu := processCPU(b)
+		for b.Loop() {
+			var wg sync.WaitGroup
+			for _, p := range ps {
+				wg.Go(func() {
+					if err := relay(p, io.Discard); err != nil {
+						b.Error(err)
+					}
+				})
+			}
+			wg.Wait()
+		}
+		reportCPU(b, cpu)
+	})
+	b.Run("segmented_and_merged", func(b *testing.B) {
+		cpu := processCPU(b)
+		for b.Loop() {
+			sources := make([]*source, len(ps))
+			var wg sync.WaitGroup
+			for i, p := range ps {
+				s := newSource(r, &exporter{cfg: ExporterConfig{Name: fmt.Sprint("e", i)}})
+				sources[i] = s
+				wg.Go(func() {
+					defer close(s.segs.ch)
+					sg := newSegmenter(func(b *segmentBatch) error { s.segs.ch <- b; return nil })
+					sg.recycle = s.segs.reuse
+					err := relay(p, sg)
+					if err == nil {
+						err = sg.close()
+					}
+					if err != nil {
+						b.Error(err)
+					}
+				})
+			}
+			if err := r.mergeSegments(sources, io.Discard, false); err != nil {
+				b.Fatal(err)
+			}
+			wg.Wait()
+			for _, s := range sources {
+				s.segs.release()
+			}
+		}
+		reportCPU(b, cpu)
+	})
 }
