@@ -86,6 +86,12 @@ type pbStream struct {
 	// label is the exporter label's name, "" for none: scanMetric finds
 	// where it goes among a metric's labels (pbMetricShape.labelAt).
 	label string
+	// pairText is the label field pairField as appendLabel writes it for a
+	// scraper of text with names spelled by pairEsc (name="value"):
+	// written once rather than read from the field for every series.
+	pairText  []byte
+	pairField []byte
+	pairEsc   model.EscapingScheme
 	// streamed counts the families relayed from their wire bytes.
 	streamed int
 	// missPart is protobufPart set up for the family at hand, for
@@ -149,6 +155,9 @@ func (p *pipeline) streamFamily(frame []byte, h *pbHeader) (bool, error) {
 	}
 	s.direct = len(frame) > streamBufferBytes
 	s.label = p.label
+	if s.text && (string(s.pairField) != string(p.labelField) || s.pairEsc != p.escaping) {
+		s.setPairText(p.labelField, p.escaping)
+	}
 	if s.direct && !s.streamable(frame, value, legacy, p.maxMetric) {
 		return false, nil
 	}
@@ -355,13 +364,32 @@ func (s *pbStream) appendSeries(b []byte, h *pbHeader, esc model.EscapingScheme)
 		b, open = appendSeriesName(b, h.name, "", esc)
 	}
 	b, open = appendLabelFields(b, open, s.labelBytes, esc)
-	b, open = appendLabelFields(b, open, s.labelPair, esc)
+	if len(s.labelPair) > 0 {
+		// The exporter label: streamFamily wrote its text.
+		if open {
+			b = append(b, ',')
+		} else {
+			b = append(b, '{')
+		}
+		b, open = append(b, s.pairText...), true
+	}
 	b, open = appendLabelFields(b, open, s.labelAfter, esc)
 	b, open = appendLabelFields(b, open, s.labelText, esc)
 	if open {
 		b = append(b, '}')
 	}
 	return b
+}
+
+// setPairText writes the text of the exporter label's field for names
+// spelled by esc (pairText).
+func (s *pbStream) setPairText(field []byte, esc model.EscapingScheme) {
+	s.pairField = append(s.pairField[:0], field...)
+	s.pairEsc = esc
+	s.pairText, _ = appendLabelFields(s.pairText[:0], false, field, esc)
+	if len(s.pairText) > 0 {
+		s.pairText = s.pairText[1:] // the brace
+	}
 }
 
 // appendLabelFields writes the label pairs of a metric's label fields,
