@@ -111,6 +111,25 @@ func TestSegmenter_ConversionMarksCutAsRead(t *testing.T) {
 								t.Fatalf("lines not marked: %q", clip(rest))
 							}
 							sameCuts(t, marked, read)
+							if in.in == FormatProtobuf {
+								// Through client_model families (the
+								// stream path off), which write the same
+								// bytes in other writes.
+								off := func() *pipeline {
+									p := newPipeline("e", "exporter", rs, defaultLimits)
+									p.pbStream.off = true
+									return p
+								}
+								read, _, err := conversionCuts(off(), in.body, in.in, out, esc, part, false)
+								if err != nil {
+									t.Fatal(err)
+								}
+								families, rest, err := conversionCuts(off(), in.body, in.in, out, esc, part, true)
+								if err != nil || rest != nil {
+									t.Fatalf("through families: %v, lines not marked: %q", err, clip(rest))
+								}
+								sameCuts(t, families, read)
+							}
 						})
 					}
 				}
@@ -193,6 +212,24 @@ func compareConversionSegments(t *testing.T, data []byte, in, out Format, rules 
 		}
 		if !slices.Equal(marked, read) {
 			sameCuts(t, marked, read)
+		}
+		if in != FormatProtobuf {
+			continue
+		}
+		// Protobuf through client_model families (the stream path off),
+		// which write the same bytes (compareStream) in other writes.
+		off := func() *pipeline {
+			p := newPipeline("fuzz", label, rules, lim)
+			p.pbStream.off = true
+			return p
+		}
+		read, _, rerr = conversionCuts(off(), data, in, out, esc, part, false)
+		families, rest, err := conversionCuts(off(), data, in, out, esc, part, true)
+		if (rerr == nil) != (err == nil) || rest != nil {
+			t.Fatalf("%v to %v through families, part %d: read: %v, marked: %v, lines not marked: %q\ninput %q", in, out, part, rerr, err, clip(rest), clip(data))
+		}
+		if !slices.Equal(families, read) {
+			sameCuts(t, families, read)
 		}
 	}
 }
