@@ -701,21 +701,56 @@ func dtoExemplar(ex *exemplar.Exemplar) *dto.Exemplar {
 // formats its metadata lines are left out, so each family appears once.
 // Bare families (see isBare) have no metadata and do not count as the one
 // written before.
+//
+// A writer that takes its lines marked (markedWriter: the aggregate
+// endpoint's segmenter) gets text and OpenMetrics as the direct path hands
+// it over: written into the buffer it lends, with where each line ends and
+// which lines are metadata, so that it does not read them again.
 type familyWriter struct {
 	w    io.Writer
 	out  Format
 	esc  model.EscapingScheme
 	buf  []byte
 	last string
+	// marked is w when it takes the lines marked. buf is then the buffer
+	// it lent, the output from from on, marks the lines there; own is the
+	// writer's own buffer meanwhile.
+	marked markedWriter
+	marks  []lineMark
+	from   int
+	own    []byte
 }
 
 // flushBytes is how much encoded output is collected before a write.
 const flushBytes = 32 << 10
 
 func (fw *familyWriter) reset(w io.Writer, out Format, esc model.EscapingScheme) {
+	fw.unlend()
 	fw.w, fw.out, fw.esc, fw.last = w, out, esc, ""
-	fw.buf = fw.buf[:0]
+	fw.buf, fw.marks, fw.from = fw.buf[:0], fw.marks[:0], 0
+	if m, ok := w.(markedWriter); ok && out != FormatProtobuf {
+		fw.marked, fw.own = m, fw.buf
+		fw.lend()
+	}
 }
+
+// lend takes the marked writer's buffer for the next write.
+func (fw *familyWriter) lend() {
+	fw.buf = fw.marked.markedBuffer()
+	fw.from = len(fw.buf)
+}
+
+// unlend lets go of the marked writer's buffer, which the pipeline must
+// not keep: the writer passes it on.
+func (fw *familyWriter) unlend() {
+	if fw.marked != nil {
+		fw.buf, fw.own, fw.marked, fw.from = fw.own[:0], nil, nil, 0
+		fw.marks = fw.marks[:0]
+	}
+}
+
+// pending is how much output waits in buf.
+func (fw *familyWriter) pending() int { return len(fw.buf) - fw.from }
 
 func (fw *familyWriter) write(mf *dto.MetricFamily) error {
 	if len(mf.Metric) == 0 {
@@ -731,12 +766,17 @@ func (fw *familyWriter) write(mf *dto.MetricFamily) error {
 		}
 		fw.buf = b
 	default:
-		fw.buf = appendFamily(fw.buf, mf, fw.out == FormatOpenMetrics, mf.GetName() != fw.last, fw.esc)
+		om, meta := fw.out == FormatOpenMetrics, mf.GetName() != fw.last
+		if fw.marked != nil {
+			fw.buf = appendFamilyMarked(fw.buf, &fw.marks, mf, om, meta, fw.esc)
+		} else {
+			fw.buf = appendFamily(fw.buf, mf, om, meta, fw.esc)
+		}
 	}
 	if !isBare(mf) {
 		fw.last = mf.GetName()
 	}
-	if len(fw.buf) >= flushBytes {
+	if fw.pending() >= flushBytes {
 		return fw.flush()
 	}
 	return nil
@@ -745,15 +785,39 @@ func (fw *familyWriter) write(mf *dto.MetricFamily) error {
 // writeFrame adds a protobuf frame to the output.
 func (fw *familyWriter) writeFrame(frame []byte) error {
 	fw.buf = append(fw.buf, frame...)
-	if len(fw.buf) >= flushBytes {
+	if fw.pending() >= flushBytes {
+		return fw.flush()
+	}
+	return nil
+}
+
+// writeLines adds lines of text or OpenMetrics to the output; marks are
+// their marks with ends counted from the start of b, when the writer takes
+// marks.
+func (fw *familyWriter) writeLines(b []byte, marks []lineMark) error {
+	if fw.marked != nil {
+		at := len(fw.buf)
+		for _, m := range marks {
+			m.end += at
+			fw.marks = append(fw.marks, m)
+		}
+	}
+	fw.buf = append(fw.buf, b...)
+	if fw.pending() >= flushBytes {
 		return fw.flush()
 	}
 	return nil
 }
 
 func (fw *familyWriter) flush() error {
-	if len(fw.buf) == 0 {
+	if fw.pending() == 0 {
 		return nil
+	}
+	if fw.marked != nil {
+		err := fw.marked.writeMarked(fw.buf, fw.from, fw.marks)
+		fw.marks = fw.marks[:0]
+		fw.lend()
+		return err
 	}
 	_, err := fw.w.Write(fw.buf)
 	fw.buf = fw.buf[:0]
@@ -764,7 +828,11 @@ func (fw *familyWriter) flush() error {
 // of the buffer.
 func (fw *familyWriter) finish() error {
 	if fw.out == FormatOpenMetrics {
+		// Not marked: the segmenter leaves it out, and the aggregate
+		// writes its own.
 		fw.buf = append(fw.buf, "# EOF\n"...)
 	}
-	return fw.flush()
+	err := fw.flush()
+	fw.unlend()
+	return err
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // The family encoders write client_model families as text 0.0.4 or
@@ -49,33 +50,58 @@ import (
 // whether its HELP, TYPE and UNIT lines are written: a family that continues
 // the one written just before has them already.
 func appendFamily(b []byte, mf *dto.MetricFamily, om, meta bool, esc model.EscapingScheme) []byte {
+	return appendFamilyMarked(b, nil, mf, om, meta, esc)
+}
+
+// appendFamilyMarked is appendFamily that also appends the marks of the
+// lines it writes to *marks, unless marks is nil (see markSample).
+func appendFamilyMarked(b []byte, marks *[]lineMark, mf *dto.MetricFamily, om, meta bool, esc model.EscapingScheme) []byte {
 	name := mf.GetName()
 	typ := mf.GetType()
 	metaName := familyMetaName(name, typ, om)
 	if meta && !isBare(mf) {
-		b = appendFamilyMeta(b, name, typ, mf.Help, mf.Unit, om, esc)
+		b = appendFamilyMetaMarked(b, marks, name, typ, mf.Help, mf.Unit, om, esc)
 	}
 	createdName := metaName
+	// sample writes a sample line and marks it: the line before it had
+	// the same series name when it had the same suffix and was a sample
+	// line of this family (prev).
+	prev := "\n" // no suffix is a newline
+	sample := func(suffix string, pairs []*dto.LabelPair, extra, extraValue string, v float64, ts *int64, ex *dto.Exemplar) {
+		b = appendDTOSample(b, name, suffix, pairs, extra, extraValue, v, ts, om, esc, ex)
+		if marks != nil {
+			*marks = markSample(*marks, len(b), suffix == prev)
+			prev = suffix
+		}
+	}
+	created := func(pairs []*dto.LabelPair, ts *timestamppb.Timestamp) {
+		b = appendDTOCreated(b, createdName, pairs, ts.GetSeconds(), ts.GetNanos(), esc)
+		if marks != nil {
+			// createdName differs from name: a series name of its own.
+			*marks = markSample(*marks, len(b), false)
+			prev = "\n"
+		}
+	}
 	for _, m := range mf.Metric {
 		ts := m.TimestampMs
 		switch typ {
 		case dto.MetricType_COUNTER:
 			c := m.GetCounter()
-			b = appendDTOSample(b, name, "", m.Label, "", "", c.GetValue(), ts, om, esc, c.GetExemplar())
+			sample("", m.Label, "", "", c.GetValue(), ts, c.GetExemplar())
 			if om && c.CreatedTimestamp != nil && metaName != name {
-				b = appendDTOCreated(b, createdName, m.Label, c.CreatedTimestamp.GetSeconds(), c.CreatedTimestamp.GetNanos(), esc)
+				created(m.Label, c.CreatedTimestamp)
 			}
 		case dto.MetricType_GAUGE:
-			b = appendDTOSample(b, name, "", m.Label, "", "", m.GetGauge().GetValue(), ts, om, esc, nil)
+			sample("", m.Label, "", "", m.GetGauge().GetValue(), ts, nil)
 		case dto.MetricType_SUMMARY:
 			s := m.GetSummary()
 			for _, q := range s.GetQuantile() {
-				b = appendDTOSample(b, name, "", m.Label, model.QuantileLabel, boundString(q.GetQuantile(), om), q.GetValue(), ts, om, esc, nil)
+				sample("", m.Label, model.QuantileLabel, boundString(q.GetQuantile(), om), q.GetValue(), ts, nil)
 			}
-			b = appendDTOSample(b, name, "_sum", m.Label, "", "", s.GetSampleSum(), ts, om, esc, nil)
-			b = appendDTOSample(b, name, "_count", m.Label, "", "", float64(s.GetSampleCount()), ts, om, esc, nil)
+			sample("_sum", m.Label, "", "", s.GetSampleSum(), ts, nil)
+			sample("_count", m.Label, "", "", float64(s.GetSampleCount()), ts, nil)
 			if om && s.CreatedTimestamp != nil {
-				b = appendDTOCreated(b, createdName, m.Label, s.CreatedTimestamp.GetSeconds(), s.CreatedTimestamp.GetNanos(), esc)
+				created(m.Label, s.CreatedTimestamp)
 			}
 		case dto.MetricType_HISTOGRAM, dto.MetricType_GAUGE_HISTOGRAM:
 			h := m.GetHistogram()
@@ -88,26 +114,42 @@ func appendFamily(b []byte, mf *dto.MetricFamily, om, meta bool, esc model.Escap
 				// A gauge histogram's bounds keep OpenMetrics' spelling
 				// in text too: untyped there, they are not normalized.
 				le := boundString(bk.GetUpperBound(), om || typ == dto.MetricType_GAUGE_HISTOGRAM)
-				b = appendDTOSample(b, name, "_bucket", m.Label, model.BucketLabel, le, bucketCount(bk), ts, om, esc, ex)
+				sample("_bucket", m.Label, model.BucketLabel, le, bucketCount(bk), ts, ex)
 				infSeen = infSeen || math.IsInf(bk.GetUpperBound(), 1)
 			}
 			if !infSeen {
-				b = appendDTOSample(b, name, "_bucket", m.Label, model.BucketLabel, "+Inf", histogramCount(h), ts, om, esc, nil)
+				sample("_bucket", m.Label, model.BucketLabel, "+Inf", histogramCount(h), ts, nil)
 			}
 			sum, count := "_sum", "_count"
 			if typ == dto.MetricType_GAUGE_HISTOGRAM {
 				sum, count = "_gsum", "_gcount"
 			}
-			b = appendDTOSample(b, name, sum, m.Label, "", "", h.GetSampleSum(), ts, om, esc, nil)
-			b = appendDTOSample(b, name, count, m.Label, "", "", histogramCount(h), ts, om, esc, nil)
+			sample(sum, m.Label, "", "", h.GetSampleSum(), ts, nil)
+			sample(count, m.Label, "", "", histogramCount(h), ts, nil)
 			if om && h.CreatedTimestamp != nil && typ == dto.MetricType_HISTOGRAM {
-				b = appendDTOCreated(b, createdName, m.Label, h.CreatedTimestamp.GetSeconds(), h.CreatedTimestamp.GetNanos(), esc)
+				created(m.Label, h.CreatedTimestamp)
 			}
 		default:
-			b = appendDTOSample(b, name, "", m.Label, "", "", m.GetUntyped().GetValue(), ts, om, esc, nil)
+			sample("", m.Label, "", "", m.GetUntyped().GetValue(), ts, nil)
 		}
 	}
 	return b
+}
+
+// markSample appends the mark of a sample line that ends at end, or, when
+// same says it has the series name of the sample line marked last and
+// follows it, makes that mark cover it too. The segmenter looks only at
+// the start of a sample mark's first line (segmenter.sample), and what it
+// concludes there holds for the lines after it that start with the same
+// name: the first one kept the family or started one of that name, which
+// they are series of. So the segments are those of one mark per line, and
+// a family of counters or gauges is one mark.
+func markSample(marks []lineMark, end int, same bool) []lineMark {
+	if n := len(marks); same && n > 0 && !marks[n-1].meta {
+		marks[n-1].end = end
+		return marks
+	}
+	return append(marks, lineMark{end: end})
 }
 
 // familyMetaName is the name a family's metadata lines carry: an
@@ -124,7 +166,19 @@ func familyMetaName(name string, typ dto.MetricType, om bool) string {
 // appendFamilyMeta writes the HELP, TYPE and UNIT lines of a family of
 // name name and type typ.
 func appendFamilyMeta(b []byte, name string, typ dto.MetricType, help, unit *string, om bool, esc model.EscapingScheme) []byte {
+	return appendFamilyMetaMarked(b, nil, name, typ, help, unit, om, esc)
+}
+
+// appendFamilyMetaMarked is appendFamilyMeta that also appends the marks
+// of the lines it writes to *marks, unless marks is nil: each is metadata,
+// a # TYPE line's with its type, and with the name's length when the name
+// is written bare.
+func appendFamilyMetaMarked(b []byte, marks *[]lineMark, name string, typ dto.MetricType, help, unit *string, om bool, esc model.EscapingScheme) []byte {
 	metaName := familyMetaName(name, typ, om)
+	var nameLen int32
+	if isLegacyName(metaName, true) {
+		nameLen = int32(len(metaName))
+	}
 	typeName := ""
 	switch typ {
 	case dto.MetricType_COUNTER:
@@ -148,10 +202,19 @@ func appendFamilyMeta(b []byte, name string, typ dto.MetricType, help, unit *str
 	}
 	if help != nil {
 		b = appendHelp(b, metaName, *help, om, esc)
+		if marks != nil {
+			*marks = append(*marks, lineMark{end: len(b), nameLen: nameLen, meta: true})
+		}
 	}
 	b = appendMetaLine(b, "TYPE", metaName, typeName, esc)
+	if marks != nil {
+		*marks = append(*marks, lineMark{end: len(b), nameLen: nameLen, meta: true, typ: markType(typeName)})
+	}
 	if u := ptrValue(unit); om && u != "" && strings.HasSuffix(metaName, "_"+u) {
 		b = appendMetaLine(b, "UNIT", metaName, u, esc)
+		if marks != nil {
+			*marks = append(*marks, lineMark{end: len(b), nameLen: nameLen, meta: true})
+		}
 	}
 	return b
 }

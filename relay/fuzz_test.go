@@ -73,6 +73,9 @@ func fuzzRelay(t *testing.T, data []byte, in Format, ct string) {
 					if out == in && rs == nil {
 						compareSegments(t, data, in, label, esc, lim)
 					}
+					if out != in && out != FormatProtobuf {
+						compareConversionSegments(t, data, in, out, rs, label, esc, lim)
+					}
 					outCT := out.ContentType()
 					if err := parses(buf.Bytes(), outCT); err != nil {
 						t.Fatalf("%v to %v (rules %d, label %q, %v): output does not parse: %v\ninput %q\noutput %q", in, out, len(rs), label, esc, err, data, buf.Bytes())

@@ -60,10 +60,15 @@ type pbStream struct {
 	off bool
 	// to is the writer of the relay's output while the stream path is on
 	// (protobuf input), nil otherwise.
-	to     *familyWriter
-	out    []byte // the frames of the family at hand
-	body   []byte // the MetricFamily message of the part at hand
-	labels []byte // scratch for the label fields of the metric at hand
+	to  *familyWriter
+	out []byte // the frames or lines of the family at hand
+	// marks are the marks of the lines in out, when the output is text
+	// or OpenMetrics to a writer that takes them (marking; see
+	// familyWriter).
+	marks   []lineMark
+	marking bool
+	body    []byte // the MetricFamily message of the part at hand
+	labels  []byte // scratch for the label fields of the metric at hand
 	// seriesBuf is scratch for the series text remembered for a scraper
 	// of text.
 	seriesBuf []byte
@@ -81,6 +86,12 @@ type pbStream struct {
 	// label is the exporter label's name, "" for none: scanMetric finds
 	// where it goes among a metric's labels (pbMetricShape.labelAt).
 	label string
+	// pairText is the label field pairField as appendLabel writes it for a
+	// scraper of text with names spelled by pairEsc (name="value"):
+	// written once rather than read from the field for every series.
+	pairText  []byte
+	pairField []byte
+	pairEsc   model.EscapingScheme
 	// streamed counts the families relayed from their wire bytes.
 	streamed int
 	// missPart is protobufPart set up for the family at hand, for
@@ -136,6 +147,7 @@ const streamBufferBytes = 256 << 10
 func (p *pipeline) streamFamily(frame []byte, h *pbHeader) (bool, error) {
 	s := &p.pbStream
 	s.text, s.om, s.last = s.to.out != FormatProtobuf, s.to.out == FormatOpenMetrics, s.to.last
+	s.marking = s.text && s.to.marked != nil
 	value := valueField(h.typ)
 	legacy := p.escaping != model.NoEscaping
 	if value == 0 || legacy && !h.legacy {
@@ -143,11 +155,14 @@ func (p *pipeline) streamFamily(frame []byte, h *pbHeader) (bool, error) {
 	}
 	s.direct = len(frame) > streamBufferBytes
 	s.label = p.label
+	if s.text && (string(s.pairField) != string(p.labelField) || s.pairEsc != p.escaping) {
+		s.setPairText(p.labelField, p.escaping)
+	}
 	if s.direct && !s.streamable(frame, value, legacy, p.maxMetric) {
 		return false, nil
 	}
 	samples := p.samples
-	s.out, s.missPart = s.out[:0], false
+	s.out, s.marks, s.missPart = s.out[:0], s.marks[:0], false
 	s.startPart(h)
 	partSize, metrics := 0, 0
 	// With rules, a metric's labels are checked only when the series cache
@@ -231,7 +246,7 @@ func (p *pipeline) endStreamPart(h *pbHeader, metrics int) error {
 	if err := s.write(s.out); err != nil {
 		return err
 	}
-	s.out = s.out[:0]
+	s.out, s.marks = s.out[:0], s.marks[:0]
 	if !s.missPart {
 		return nil
 	}
@@ -247,14 +262,12 @@ func (p *pipeline) endStreamPart(h *pbHeader, metrics int) error {
 	return nil
 }
 
-// write adds frames to the output.
+// write adds frames, or lines with their marks, to the output.
 func (s *pbStream) write(b []byte) error {
-	fw := s.to
-	fw.buf = append(fw.buf, b...)
-	if len(fw.buf) >= flushBytes {
-		return fw.flush()
+	if s.text {
+		return s.to.writeLines(b, s.marks)
 	}
-	return nil
+	return s.to.writeFrame(b)
 }
 
 // startPart begins a part's MetricFamily with the fields before the
@@ -287,11 +300,24 @@ func (s *pbStream) endPart(h *pbHeader, metrics int, esc model.EscapingScheme) {
 		switch {
 		case bare || h.name == s.last:
 		case h.meta != "" && h.metaOM == s.om && h.metaEsc == esc:
+			if s.marking {
+				for _, m := range h.metaMarks {
+					m.end += len(s.out)
+					s.marks = append(s.marks, m)
+				}
+			}
 			s.out = append(s.out, h.meta...)
+		case s.marking:
+			s.out = appendFamilyMetaMarked(s.out, &s.marks, h.name, h.typ, h.help, h.unit, s.om, esc)
 		default:
 			s.out = appendFamilyMeta(s.out, h.name, h.typ, h.help, h.unit, s.om, esc)
 		}
 		s.out = append(s.out, s.body...)
+		if s.marking {
+			// Every sample line of the part starts with the family's
+			// name as appendSeries spells it: one mark (markSample).
+			s.marks = append(s.marks, lineMark{end: len(s.out)})
+		}
 		if !bare {
 			s.last = h.name
 		}
@@ -338,13 +364,32 @@ func (s *pbStream) appendSeries(b []byte, h *pbHeader, esc model.EscapingScheme)
 		b, open = appendSeriesName(b, h.name, "", esc)
 	}
 	b, open = appendLabelFields(b, open, s.labelBytes, esc)
-	b, open = appendLabelFields(b, open, s.labelPair, esc)
+	if len(s.labelPair) > 0 {
+		// The exporter label: streamFamily wrote its text.
+		if open {
+			b = append(b, ',')
+		} else {
+			b = append(b, '{')
+		}
+		b, open = append(b, s.pairText...), true
+	}
 	b, open = appendLabelFields(b, open, s.labelAfter, esc)
 	b, open = appendLabelFields(b, open, s.labelText, esc)
 	if open {
 		b = append(b, '}')
 	}
 	return b
+}
+
+// setPairText writes the text of the exporter label's field for names
+// spelled by esc (pairText).
+func (s *pbStream) setPairText(field []byte, esc model.EscapingScheme) {
+	s.pairField = append(s.pairField[:0], field...)
+	s.pairEsc = esc
+	s.pairText, _ = appendLabelFields(s.pairText[:0], false, field, esc)
+	if len(s.pairText) > 0 {
+		s.pairText = s.pairText[1:] // the brace
+	}
 }
 
 // appendLabelFields writes the label pairs of a metric's label fields,

@@ -182,6 +182,8 @@ func (p *pipeline) relay(body io.Reader, in Format, ct string, out Format, esc m
 		return p.direct(body, ct, out == FormatOpenMetrics, w)
 	}
 	p.familyWriter.reset(w, out, esc)
+	// A marked writer's buffer is not kept, also when the relay fails.
+	defer p.familyWriter.unlend()
 	switch {
 	case p.pbStream.off:
 	case in == FormatProtobuf:

@@ -68,6 +68,9 @@ type pbHeader struct {
 	meta    string
 	metaOM  bool
 	metaEsc model.EscapingScheme
+	// metaMarks are the marks of the lines of meta (see familyWriter),
+	// their ends counted from its start.
+	metaMarks []lineMark
 	// keep holds the verdicts of fast name rules on the series names of the
 	// family's metrics (the name, _bucket, _sum, _count), once known.
 	keep    [4]bool
@@ -167,10 +170,13 @@ func (p *pipeline) readHeader(frame []byte) (*pbHeader, error) {
 	}
 	h.legacy = isLegacyName(h.name, true)
 	if text {
-		h.meta = string(appendFamilyMeta(nil, h.name, h.typ, h.help, h.unit, om, p.escaping))
+		var marks []lineMark
+		h.meta = string(appendFamilyMetaMarked(nil, &marks, h.name, h.typ, h.help, h.unit, om, p.escaping))
+		h.metaMarks = marks
 		h.metaOM, h.metaEsc = om, p.escaping
 	}
-	size := 2*len(hs.key) + len(h.meta) + pbHeaderOverhead // the key, the strings, the lines
+	// The key, the strings, the lines and their marks of 16 bytes.
+	size := 2*len(hs.key) + len(h.meta) + 16*cap(h.metaMarks) + pbHeaderOverhead
 	if hs.bytes+size > pbHeadersMaxBytes || hs.index == nil {
 		hs.index, hs.bytes = make(map[string]*pbHeader), 0
 	}
