@@ -18,7 +18,6 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"sync"
 	"testing"
 
 	dto "github.com/prometheus/client_model/go"
@@ -247,58 +246,12 @@ func BenchmarkAggregateConversion(b *testing.B) {
 	}{{"node", nodeExporterFixture(b)}, {"30k", syntheticText(300, 100)}} {
 		body := toProtoB(b, pl.text)
 		for _, out := range []Format{FormatText, FormatOpenMetrics} {
-			r := &Relay{maxNames: maxWrittenNames}
 			ps := []*pipeline{newPipeline("a", "exporter", nil, defaultLimits), newPipeline("b", "exporter", nil, defaultLimits)}
 			relay := func(p *pipeline, w io.Writer) error {
 				return p.relay(bytes.NewReader(body), FormatProtobuf, ContentTypeProtobuf, out, model.UnderscoreEscaping, w)
 			}
 			name := fmt.Sprintf("%s/protobuf_to_%s", pl.name, map[Format]string{FormatText: "text", FormatOpenMetrics: "openmetrics"}[out])
-			b.Run(name+"/relay_only", func(b *testing.B) {
-				cpu := processCPU(b)
-				for b.Loop() {
-					var wg sync.WaitGroup
-					for _, p := range ps {
-						wg.Go(func() {
-							if err := relay(p, io.Discard); err != nil {
-								b.Error(err)
-							}
-						})
-					}
-					wg.Wait()
-				}
-				reportCPU(b, cpu)
-			})
-			b.Run(name+"/segmented_and_merged", func(b *testing.B) {
-				cpu := processCPU(b)
-				for b.Loop() {
-					sources := make([]*source, len(ps))
-					var wg sync.WaitGroup
-					for i, p := range ps {
-						s := newSource(r, &exporter{cfg: ExporterConfig{Name: fmt.Sprint("e", i)}})
-						sources[i] = s
-						wg.Go(func() {
-							defer close(s.segs.ch)
-							sg := newSegmenter(func(b *segmentBatch) error { s.segs.ch <- b; return nil })
-							sg.recycle = s.segs.reuse
-							err := relay(p, sg)
-							if err == nil {
-								err = sg.close()
-							}
-							if err != nil {
-								b.Error(err)
-							}
-						})
-					}
-					if err := r.mergeSegments(sources, io.Discard, out == FormatOpenMetrics); err != nil {
-						b.Fatal(err)
-					}
-					wg.Wait()
-					for _, s := range sources {
-						s.segs.release()
-					}
-				}
-				reportCPU(b, cpu)
-			})
+			benchAggregateOverhead(b, name+"/", ps, relay, out == FormatOpenMetrics)
 		}
 	}
 }

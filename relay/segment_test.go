@@ -512,12 +512,20 @@ func BenchmarkAggregateOverhead(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	r := &Relay{maxNames: maxWrittenNames}
 	ps := []*pipeline{newPipeline("a", "exporter", nil, defaultLimits), newPipeline("b", "exporter", nil, defaultLimits)}
 	relay := func(p *pipeline, w io.Writer) error {
 		return p.relay(bytes.NewReader(node), FormatText, "text/plain", FormatText, model.NoEscaping, w)
 	}
-	b.Run("relay_only", func(b *testing.B) {
+	benchAggregateOverhead(b, "", ps, relay, false)
+}
+
+// benchAggregateOverhead runs ps in parallel, each relaying with relay,
+// into io.Discard (prefix/relay_only) and into segmenters whose batches one
+// merge takes (prefix/segmented_and_merged): the difference is what the
+// aggregate endpoint adds to relaying its exporters.
+func benchAggregateOverhead(b *testing.B, prefix string, ps []*pipeline, relay func(*pipeline, io.Writer) error, om bool) {
+	r := &Relay{maxNames: maxWrittenNames}
+	b.Run(prefix+"relay_only", func(b *testing.B) {
 		cpu := processCPU(b)
 		for b.Loop() {
 			var wg sync.WaitGroup
@@ -532,7 +540,7 @@ func BenchmarkAggregateOverhead(b *testing.B) {
 		}
 		reportCPU(b, cpu)
 	})
-	b.Run("segmented_and_merged", func(b *testing.B) {
+	b.Run(prefix+"segmented_and_merged", func(b *testing.B) {
 		cpu := processCPU(b)
 		for b.Loop() {
 			sources := make([]*source, len(ps))
@@ -553,7 +561,7 @@ func BenchmarkAggregateOverhead(b *testing.B) {
 					}
 				})
 			}
-			if err := r.mergeSegments(sources, io.Discard, false); err != nil {
+			if err := r.mergeSegments(sources, io.Discard, om); err != nil {
 				b.Fatal(err)
 			}
 			wg.Wait()
