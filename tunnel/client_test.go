@@ -220,44 +220,7 @@ func TestClient_RetryWait(t *testing.T) {
 // serves a Listener, to which the tunnel hands its streams in process.
 func (f *fleet) startListenerAgent(t testing.TB, id, hostname string, handler http.HandlerFunc) int {
 	t.Helper()
-	cert := f.agentCert(t, id, hostname)
-	clientCA := x509.NewCertPool()
-	clientCA.AddCert(f.authority.ClientCACertificate())
-	relay := &http.Server{
-		Handler:           handler,
-		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: clientCA},
-		ReadHeaderTimeout: 2 * time.Second,
-	}
-	tcp, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := NewListener(tcp)
-	served := make(chan struct{})
-	go func() { defer close(served); _ = relay.ServeTLS(l, "", "") }()
-	port := tcp.Addr().(*net.TCPAddr).Port
-	f.dir.set(Agent{ID: id, Hostname: hostname, Port: port, Listed: true, Tunnel: true})
-	c, err := NewClient(ClientConfig{
-		Servers:    []string{f.url},
-		TLS:        &tls.Config{RootCAs: f.serverRoots, Certificates: []tls.Certificate{cert}},
-		Listener:   l,
-		MinBackoff: 10 * time.Millisecond,
-		MaxBackoff: 100 * time.Millisecond,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); c.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		_ = relay.Close()
-		<-served
-	})
-	f.waitTunnels(t, func(int) bool { return f.hasTunnel(hostname) })
-	return port
+	return f.startRelay(t, id, hostname, handler, true)
 }
 
 // TestClient_StreamsInProcess: with a Listener, a tunneled scrape reaches

@@ -209,37 +209,55 @@ func (f *fleet) startAgent(t testing.TB, id, hostname string, body func(w http.R
 }
 
 // startAgentHandler is startAgent with a handler that sees the request.
+// The relay takes scrapers only, and the tunnel dials it over TCP.
 func (f *fleet) startAgentHandler(t testing.TB, id, hostname string, body func(w http.ResponseWriter, r *http.Request)) int {
+	t.Helper()
+	return f.startRelay(t, id, hostname, func(w http.ResponseWriter, r *http.Request) {
+		if role, _, err := ca.Identify(r.TLS.PeerCertificates[0]); err != nil || role != ca.RoleDiscovery {
+			http.Error(w, "scrapers only", http.StatusForbidden)
+			return
+		}
+		body(w, r)
+	}, false)
+}
+
+// startRelay starts an agent's relay serving handler over TLS with the
+// agent's certificate, and its tunnel to the fleet's server. The tunnel
+// hands its streams to the relay in process (inProcess, as the agent runs)
+// or dials the relay's TCP address. It returns the relay's port once the
+// tunnel is up.
+func (f *fleet) startRelay(t testing.TB, id, hostname string, handler http.HandlerFunc, inProcess bool) int {
 	t.Helper()
 	cert := f.agentCert(t, id, hostname)
 	clientCA := x509.NewCertPool()
 	clientCA.AddCert(f.authority.ClientCACertificate())
 	relay := &http.Server{
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if role, _, err := ca.Identify(r.TLS.PeerCertificates[0]); err != nil || role != ca.RoleDiscovery {
-				http.Error(w, "scrapers only", http.StatusForbidden)
-				return
-			}
-			body(w, r)
-		}),
+		Handler:           handler,
 		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: clientCA},
 		ReadHeaderTimeout: 2 * time.Second,
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	tcp, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	go func() { _ = relay.ServeTLS(l, "", "") }()
-	port := l.Addr().(*net.TCPAddr).Port
-	f.dir.set(Agent{ID: id, Hostname: hostname, Port: port, Listed: true, Tunnel: true})
-
-	c, err := NewClient(ClientConfig{
+	cfg := ClientConfig{
 		Servers:    []string{f.url},
 		TLS:        &tls.Config{RootCAs: f.serverRoots, Certificates: []tls.Certificate{cert}},
-		Local:      l.Addr().String(),
 		MinBackoff: 10 * time.Millisecond,
 		MaxBackoff: 100 * time.Millisecond,
-	})
+	}
+	l := tcp
+	if inProcess {
+		cfg.Listener = NewListener(tcp)
+		l = cfg.Listener
+	} else {
+		cfg.Local = tcp.Addr().String()
+	}
+	served := make(chan struct{})
+	go func() { defer close(served); _ = relay.ServeTLS(l, "", "") }()
+	port := tcp.Addr().(*net.TCPAddr).Port
+	f.dir.set(Agent{ID: id, Hostname: hostname, Port: port, Listed: true, Tunnel: true})
+	c, err := NewClient(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,6 +268,7 @@ func (f *fleet) startAgentHandler(t testing.TB, id, hostname string, body func(w
 		cancel()
 		<-done
 		_ = relay.Close()
+		<-served
 	})
 	f.waitTunnels(t, func(int) bool { return f.hasTunnel(hostname) })
 	return port
