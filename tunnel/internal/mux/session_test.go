@@ -188,6 +188,21 @@ func (s *Session) streamCount() int {
 	return len(s.streams)
 }
 
+// openAccepted opens a stream of s and returns it with the agent's end,
+// once the agent accepted it.
+func openAccepted(t *testing.T, s *Session, agent *yamux.Session) (*Stream, *yamux.Stream) {
+	t.Helper()
+	st, err := s.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ast, err := agent.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st, ast
+}
+
 // TestSession_InteropTransfers: many streams at once, each carrying
 // several MiB each way between the session and yamux, byte for byte, with
 // half-closes ending each direction.
@@ -493,14 +508,7 @@ func TestSession_GoAwayWithoutStreams(t *testing.T) {
 // return timeouts, and go on once the deadline moves.
 func TestSession_Deadlines(t *testing.T) {
 	s, agent := pair(t, "tcp", testConfig(nil), agentConfig())
-	st, err := s.Open()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ast, err := agent.AcceptStream()
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, ast := openAccepted(t, s, agent)
 	for _, tc := range []struct {
 		name string
 		op   func() error
@@ -572,14 +580,7 @@ func TestSession_StreamTimeouts(t *testing.T) {
 	})
 	t.Run("close", func(t *testing.T) {
 		s, agent := pair(t, "tcp", cfg, agentConfig())
-		st, err := s.Open()
-		if err != nil {
-			t.Fatal(err)
-		}
-		ast, err := agent.AcceptStream()
-		if err != nil {
-			t.Fatal(err)
-		}
+		st, ast := openAccepted(t, s, agent)
 		if err := st.Close(); err != nil {
 			t.Fatal(err)
 		}
@@ -615,14 +616,7 @@ func TestSession_StreamTimeouts(t *testing.T) {
 // closed.
 func TestSession_AgentClosesFirst(t *testing.T) {
 	s, agent := pair(t, "tcp", testConfig(nil), agentConfig())
-	st, err := s.Open()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ast, err := agent.AcceptStream()
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, ast := openAccepted(t, s, agent)
 	_ = ast.Close()
 	_ = st.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, err := st.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
@@ -682,14 +676,7 @@ func TestSession_CloseLikeTCP(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s, agent := pair(t, "tcp", testConfig(nil), agentConfig())
-			st, err := s.Open()
-			if err != nil {
-				t.Fatal(err)
-			}
-			ast, err := agent.AcceptStream()
-			if err != nil {
-				t.Fatal(err)
-			}
+			st, ast := openAccepted(t, s, agent)
 			if tc.before {
 				if _, err := ast.Write([]byte("unread")); err != nil {
 					t.Fatal(err)
@@ -705,7 +692,7 @@ func TestSession_CloseLikeTCP(t *testing.T) {
 			}
 			_ = st.Close()
 			_ = ast.SetReadDeadline(time.Now().Add(10 * time.Second))
-			_, err = ast.Read(make([]byte, 1))
+			_, err := ast.Read(make([]byte, 1))
 			if tc.after {
 				if !errors.Is(err, io.EOF) {
 					t.Fatalf("agent read after the server's FIN: %v, want EOF", err)
