@@ -170,13 +170,7 @@ func (c *markChecker) writeMarked(buf []byte, from int, marks []lineMark) error 
 // (marked) or which reads them, and returns the segments; rest is what
 // the marked writes left unmarked, other than # EOF.
 func conversionCuts(p *pipeline, body []byte, in, out Format, esc model.EscapingScheme, part int, marked bool) (cuts []segmentCut, rest []byte, err error) {
-	sg := newSegmenter(func(b *segmentBatch) error {
-		for _, g := range b.parts {
-			cuts = append(cuts, segmentCut{g.name, g.typ, g.meta, g.cont, string(b.buf[g.start:g.metaEnd]), string(b.buf[g.metaEnd:g.end])})
-		}
-		return nil
-	})
-	sg.partBytes = part
+	sg := cuttingSegmenter(part, &cuts)
 	// A writer without writeMarked is written plain.
 	var w io.Writer = struct{ io.Writer }{sg}
 	checker := &markChecker{segmenter: sg}

@@ -352,18 +352,25 @@ func (c *countingSegmenter) writeMarked(buf []byte, from int, marks []lineMark) 
 	return c.segmenter.writeMarked(buf, from, marks)
 }
 
+// cuttingSegmenter returns a segmenter with parts of part bytes that
+// appends every segment it emits to cuts.
+func cuttingSegmenter(part int, cuts *[]segmentCut) *segmenter {
+	sg := newSegmenter(func(b *segmentBatch) error {
+		for _, g := range b.parts {
+			*cuts = append(*cuts, segmentCut{g.name, g.typ, g.meta, g.cont, string(b.buf[g.start:g.metaEnd]), string(b.buf[g.metaEnd:g.end])})
+		}
+		return nil
+	})
+	sg.partBytes = part
+	return sg
+}
+
 // segmentCuts relays body through p into a segmenter with parts of part
 // bytes, which the direct path tells its lines (marked) or which reads
 // them, and returns the segments; split says a marked line had a newline
 // in it.
 func segmentCuts(p *pipeline, body []byte, in Format, esc model.EscapingScheme, part int, marked bool) (cuts []segmentCut, split bool, err error) {
-	sg := newSegmenter(func(b *segmentBatch) error {
-		for _, g := range b.parts {
-			cuts = append(cuts, segmentCut{g.name, g.typ, g.meta, g.cont, string(b.buf[g.start:g.metaEnd]), string(b.buf[g.metaEnd:g.end])})
-		}
-		return nil
-	})
-	sg.partBytes = part
+	sg := cuttingSegmenter(part, &cuts)
 	// A writer without writeMarked makes the direct path write plain.
 	var w io.Writer = struct{ io.Writer }{sg}
 	counting := &countingSegmenter{segmenter: sg}
