@@ -59,18 +59,6 @@ func TestSegmenter_ConversionMarksCutAsRead(t *testing.T) {
 		}
 	}
 	node := nodeExporterFixture(t)
-	// renameSome moves metrics of a family into a family of another name
-	// and gives others a label that needs escaping (the stream path's
-	// misses, written through client_model families).
-	const renameSome = `
-- source_labels: [fstype]
-  regex: tmpfs
-  target_label: __name__
-  replacement: renamed_total
-- source_labels: [path]
-  regex: '/p/1.*'
-  target_label: "utf8.label"
-  replacement: x`
 	inputs := []struct {
 		name string
 		in   Format

@@ -96,17 +96,6 @@ func TestProtobufStream_SameOutputAsFamilies(t *testing.T) {
 		// Timestamps, negative ones too, and values that need escapes.
 		{"timestamps_and_escapes", toProtoB(t, []byte("# HELP g A \\ gauge.\n# TYPE g gauge\ng{x=\"q\\\"\\\\\\n\",y=\"1\"} 1.5 1700000000123\ng{x=\"2\"} -3 5\n# TYPE c_total counter\nc_total NaN 1\nu +Inf\n")), 3},
 	}
-	// renameSome moves some metrics of a family into a family of another
-	// name, and gives others a label that needs escaping.
-	const renameSome = `
-- source_labels: [fstype]
-  regex: tmpfs
-  target_label: __name__
-  replacement: renamed_total
-- source_labels: [path]
-  regex: '/p/1.*'
-  target_label: "utf8.label"
-  replacement: x`
 	ruleSets := map[string]string{"none": "", "one_label": oneLabel, "realistic": realisticRules, "label_rules": labelRules, "cache_rules": cacheRules, "rename_some": renameSome}
 	for i, r := range fuzzRules {
 		ruleSets[fmt.Sprintf("fuzz_%d", i)] = r
