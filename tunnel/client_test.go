@@ -332,7 +332,7 @@ func TestListener_AcceptsBoth(t *testing.T) {
 	}
 	_ = c.Close()
 
-	ours, theirs := memPipe(testAddr("server"), l.Addr())
+	ours, theirs := memPipe(&pipeBuffers{}, testAddr("server"), l.Addr())
 	if err := l.hand(context.Background(), theirs); err != nil {
 		t.Fatal(err)
 	}
@@ -345,7 +345,7 @@ func TestListener_AcceptsBoth(t *testing.T) {
 	if err := <-acceptErr; !errors.Is(err, net.ErrClosed) {
 		t.Errorf("Accept after Close: %v, want net.ErrClosed", err)
 	}
-	_, theirs = memPipe(testAddr("server"), l.Addr())
+	_, theirs = memPipe(&pipeBuffers{}, testAddr("server"), l.Addr())
 	if err := l.hand(context.Background(), theirs); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("hand after Close: %v, want net.ErrClosed", err)
 	}

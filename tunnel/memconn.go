@@ -26,14 +26,39 @@ import (
 // frame of the session.
 const memPipeBuffer = forwardBuffer
 
+// memPipeChunk is the capacity a direction's buffer starts with; it grows
+// up to memPipeBuffer when a writer runs ahead of its reader.
+const memPipeChunk = 32 << 10
+
+// pipeBuffers lends the directions of memPipes their buffers. A direction
+// holds one only while it holds unread bytes, so a connection a scraper
+// keeps alive between scrapes holds none, and the buffers of one scrape
+// serve the next.
+type pipeBuffers struct {
+	pool sync.Pool // of *[]byte
+}
+
+func (p *pipeBuffers) get() *[]byte {
+	if b, ok := p.pool.Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, 0, memPipeChunk)
+	return &b
+}
+
+func (p *pipeBuffers) put(b *[]byte) {
+	*b = (*b)[:0]
+	p.pool.Put(b)
+}
+
 // memPipe returns the two ends of an in-process connection whose writes
 // are buffered, as a loopback TCP connection's are, up to memPipeBuffer
 // bytes per direction. net.Pipe hands each write to a reader waiting for
 // it: the agent's TLS listener writes a record of at most 16 KiB per call,
 // and a buffer lets the records of a scrape gather while the tunnel sends
 // the previous ones, so that they leave in large frames.
-func memPipe(aAddr, bAddr net.Addr) (a, b *memConn) {
-	ab, ba := newMemHalf(), newMemHalf()
+func memPipe(bufs *pipeBuffers, aAddr, bAddr net.Addr) (a, b *memConn) {
+	ab, ba := newMemHalf(bufs), newMemHalf(bufs)
 	a = &memConn{in: ba, out: ab, local: aAddr, remote: bAddr, rd: newDeadline(), wd: newDeadline()}
 	b = &memConn{in: ab, out: ba, local: bAddr, remote: aAddr, rd: newDeadline(), wd: newDeadline()}
 	return a, b
@@ -41,8 +66,13 @@ func memPipe(aAddr, bAddr net.Addr) (a, b *memConn) {
 
 // memHalf is one direction of a memPipe.
 type memHalf struct {
+	bufs *pipeBuffers
 	mu   sync.Mutex
-	buf  []byte // unread bytes are buf[off:]
+	// box is the buffer borrowed from bufs, nil while nothing is unread;
+	// buf is *box as the writer appended to it, and the unread bytes are
+	// buf[off:].
+	box  *[]byte
+	buf  []byte
 	off  int
 	eof  bool // the writer is done: the reader sees io.EOF once buf is read
 	gone bool // the reader is gone: writes fail
@@ -51,8 +81,8 @@ type memHalf struct {
 	readable, writable chan struct{}
 }
 
-func newMemHalf() *memHalf {
-	return &memHalf{readable: make(chan struct{}, 1), writable: make(chan struct{}, 1)}
+func newMemHalf(bufs *pipeBuffers) *memHalf {
+	return &memHalf{bufs: bufs, readable: make(chan struct{}, 1), writable: make(chan struct{}, 1)}
 }
 
 func wake(c chan struct{}) {
@@ -60,6 +90,16 @@ func wake(c chan struct{}) {
 	case c <- struct{}{}:
 	default:
 	}
+}
+
+// release gives the buffer back to bufs; h.mu is held.
+func (h *memHalf) release() {
+	if h.box == nil {
+		return
+	}
+	*h.box = h.buf
+	h.bufs.put(h.box)
+	h.box, h.buf, h.off = nil, nil, 0
 }
 
 func (h *memHalf) read(p []byte, d *deadline) (int, error) {
@@ -79,7 +119,7 @@ func (h *memHalf) read(p []byte, d *deadline) (int, error) {
 			n := copy(p, h.buf[h.off:])
 			h.off += n
 			if h.off == len(h.buf) {
-				h.buf, h.off = h.buf[:0], 0
+				h.release()
 			}
 			more := h.off > 0 || h.eof
 			h.mu.Unlock()
@@ -105,6 +145,53 @@ func (h *memHalf) read(p []byte, d *deadline) (int, error) {
 	}
 }
 
+// writeTo writes what the direction holds to w until the writer is done,
+// without copying it out first: it takes the buffer whole, lends the
+// writer another, and writes the one taken with the lock released, so a
+// slow w keeps nobody waiting but the writer whose buffer is full.
+func (h *memHalf) writeTo(w io.Writer, d *deadline) (int64, error) {
+	var total int64
+	for {
+		if d.exceeded() {
+			return total, os.ErrDeadlineExceeded
+		}
+		h.mu.Lock()
+		switch {
+		case h.gone:
+			h.mu.Unlock()
+			wake(h.readable)
+			return total, net.ErrClosed
+		case len(h.buf) > h.off:
+			box, unread := h.box, h.buf[h.off:]
+			*box = h.buf
+			h.box, h.buf, h.off = nil, nil, 0
+			eof := h.eof
+			h.mu.Unlock()
+			wake(h.writable)
+			if eof {
+				wake(h.readable)
+			}
+			n, err := w.Write(unread)
+			total += int64(n)
+			h.bufs.put(box)
+			if err != nil {
+				return total, err
+			}
+			continue
+		case h.eof:
+			h.mu.Unlock()
+			wake(h.readable)
+			return total, nil
+		}
+		h.mu.Unlock()
+		select {
+		case <-h.readable:
+		case <-d.wait():
+			return total, os.ErrDeadlineExceeded
+		}
+	}
+}
+
 func (h *memHalf) write(p []byte, d *deadline) (int, error) {
 	written := 0
 	for {
@@ -119,6 +206,10 @@ func (h *memHalf) write(p []byte, d *deadline) (int, error) {
 			return written, net.ErrClosed
 		case len(h.buf)-h.off < memPipeBuffer:
 			n := min(len(p), memPipeBuffer-(len(h.buf)-h.off))
+			if h.box == nil {
+				h.box = h.bufs.get()
+				h.buf = *h.box
+			}
 			if h.off > 0 && len(h.buf)+n > cap(h.buf) {
 				// Move the unread bytes to the front rather than grow the
 				// slice.
@@ -161,7 +252,7 @@ func (h *memHalf) closeWrite() {
 func (h *memHalf) closeRead() {
 	h.mu.Lock()
 	h.gone = true
-	h.buf, h.off = nil, 0
+	h.release()
 	h.mu.Unlock()
 	wake(h.readable)
 	wake(h.writable)
@@ -177,6 +268,11 @@ type memConn struct {
 
 func (c *memConn) Read(p []byte) (int, error)  { return c.in.read(p, c.rd) }
 func (c *memConn) Write(p []byte) (int, error) { return c.out.write(p, c.wd) }
+
+// WriteTo implements io.WriterTo: it writes what the other end writes to
+// w as it comes, until the other end is done, the way io.Copy would but
+// from the connection's own buffer.
+func (c *memConn) WriteTo(w io.Writer) (int64, error) { return c.in.writeTo(w, c.rd) }
 
 // CloseWrite sends EOF to the other end after the bytes written so far.
 func (c *memConn) CloseWrite() error {
