@@ -16,7 +16,6 @@ package tunnel
 import (
 	"bufio"
 	"context"
-	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -29,7 +28,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -578,27 +576,8 @@ func TestServer_HTTP2JobFails(t *testing.T) {
 // checks of the ca package: what a thief of that key could do.
 func (f *fleet) signWith(t testing.TB, certFile, keyFile, name string, role ca.Role) tls.Certificate {
 	t.Helper()
-	certPEM, err := os.ReadFile(filepath.Join(f.dataDir, certFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	issuer, err := ca.ParseCertificatePEM(certPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyPEM, err := os.ReadFile(filepath.Join(f.dataDir, keyFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	block, _ := pem.Decode(keyPEM)
-	if block == nil {
-		t.Fatalf("%s: no PEM block", keyFile)
-	}
-	key, err := x509.ParsePKCS8PrivateKey(block.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return issueClient(t, &testca.CA{Cert: issuer, Key: key.(crypto.Signer)}, name, role)
+	issuer := testca.Load(t, filepath.Join(f.dataDir, certFile), filepath.Join(f.dataDir, keyFile))
+	return issueClient(t, issuer, name, role)
 }
 
 // foreignCA is a CA of nobody we know.

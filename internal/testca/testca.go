@@ -70,6 +70,47 @@ func New(t testing.TB, commonName string) *CA {
 	return &CA{Cert: cert, Key: key}
 }
 
+// Load reads a CA from a PEM certificate file and a PEM key file (PKCS #8
+// or SEC 1), as a test that signs with a data directory's CA does: what a
+// thief of that key could do, or what an older release did.
+func Load(t testing.TB, certFile, keyFile string) *CA {
+	t.Helper()
+	block := readPEM(t, certFile)
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatalf("%s: %v", certFile, err)
+	}
+	block = readPEM(t, keyFile)
+	var key any
+	if block.Type == "EC PRIVATE KEY" {
+		key, err = x509.ParseECPrivateKey(block.Bytes)
+	} else {
+		key, err = x509.ParsePKCS8PrivateKey(block.Bytes)
+	}
+	if err != nil {
+		t.Fatalf("%s: %v", keyFile, err)
+	}
+	signer, ok := key.(crypto.Signer)
+	if !ok {
+		t.Fatalf("%s: a %T cannot sign", keyFile, key)
+	}
+	return &CA{Cert: cert, Key: signer}
+}
+
+// readPEM returns the first PEM block of path.
+func readPEM(t testing.TB, path string) *pem.Block {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(data)
+	if block == nil {
+		t.Fatalf("%s: no PEM block", path)
+	}
+	return block
+}
+
 // Pool returns a pool that trusts only this CA.
 func (c *CA) Pool() *x509.CertPool {
 	pool := x509.NewCertPool()

@@ -20,8 +20,10 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"net"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 )
@@ -157,5 +159,39 @@ func TestCA_Resign(t *testing.T) {
 	}
 	if err := verify(re, current.Pool(), x509.ExtKeyUsageServerAuth, "localhost", time.Now()); err == nil {
 		t.Error("verifies against the original issuer")
+	}
+}
+
+func TestLoad_SignsAsTheCA(t *testing.T) {
+	ca := New(t, "data dir CA")
+	dir := t.TempDir()
+	certFile := filepath.Join(dir, "ca.crt")
+	if err := os.WriteFile(certFile, ca.PEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pkcs8, err := x509.MarshalPKCS8PrivateKey(ca.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec1, err := x509.MarshalECPrivateKey(ca.Key.(*ecdsa.PrivateKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name string
+		typ  string
+		der  []byte
+	}{{"PKCS #8", "PRIVATE KEY", pkcs8}, {"SEC 1", "EC PRIVATE KEY", sec1}} {
+		t.Run(tt.name, func(t *testing.T) {
+			keyFile := filepath.Join(dir, tt.name+".key")
+			if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: tt.typ, Bytes: tt.der}), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			loaded := Load(t, certFile, keyFile)
+			c := loaded.Issue(t, Leaf{CommonName: "c", Usage: ClientAuth})
+			if err := verify(c, ca.Pool(), x509.ExtKeyUsageClientAuth, "", time.Now()); err != nil {
+				t.Fatalf("a leaf of the loaded CA does not verify against the original: %v", err)
+			}
+		})
 	}
 }
