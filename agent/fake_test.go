@@ -16,16 +16,13 @@ package agent
 import (
 	"bytes"
 	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -43,22 +40,28 @@ import (
 // testCA signs the fake server's certificate, the agents' certificates and
 // the scraper's client certificate.
 type testCA struct {
-	cert   *x509.Certificate
-	key    *ecdsa.PrivateKey
-	pem    []byte
-	pool   *x509.CertPool
-	serial atomic.Int64
+	ca   *testca.CA
+	cert *x509.Certificate
+	pem  []byte
+	pool *x509.CertPool
 }
 
 func newTestCA(t testing.TB) *testCA {
 	t.Helper()
-	cert, key := testca.New(t, "agent test CA "+rand.Text())
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	c := &testCA{cert: cert, key: key, pool: pool,
-		pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})}
-	c.serial.Store(100)
-	return c
+	ca := testca.New(t, "agent test CA "+rand.Text())
+	return &testCA{ca: ca, cert: ca.Cert, pem: ca.PEM(), pool: ca.Pool()}
+}
+
+// roleLeaf describes a certificate of role for cn on this host, for both ends
+// of TLS, as the discovery server issues agent certificates.
+func roleLeaf(cn string, role certauth.Role) testca.Leaf {
+	return testca.Leaf{
+		CommonName:         cn,
+		OrganizationalUnit: []string{certauth.RoleOU(role)},
+		DNSNames:           []string{"localhost"},
+		IPAddresses:        []net.IP{net.IPv4(127, 0, 0, 1)},
+		Usage:              testca.ServerAuth | testca.ClientAuth,
+	}
 }
 
 // sign certifies pub for cn, valid from notBefore to notAfter.
@@ -66,35 +69,23 @@ func (c *testCA) sign(t testing.TB, cn string, pub any, notBefore, notAfter time
 	return c.signRole(t, cn, certauth.RoleAgent, pub, notBefore, notAfter)
 }
 
+// signRole reports a failure with Errorf, not Fatal: the fake server
+// signs on its handlers' goroutines.
 func (c *testCA) signRole(t testing.TB, cn string, role certauth.Role, pub any, notBefore, notAfter time.Time) (*x509.Certificate, []byte) {
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(c.serial.Add(1)),
-		Subject:      pkix.Name{CommonName: cn, OrganizationalUnit: []string{certauth.RoleOU(role)}},
-		NotBefore:    notBefore,
-		NotAfter:     notAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		DNSNames:     []string{"localhost"},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, pub, c.key)
+	l := roleLeaf(cn, role)
+	l.PublicKey, l.NotBefore, l.NotAfter = pub, notBefore, notAfter
+	cert, err := c.ca.Sign(l)
 	if err != nil {
 		t.Errorf("sign: %v", err)
 		return nil, nil
 	}
-	leaf, _ := x509.ParseCertificate(der)
-	return leaf, append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), c.pem...)
+	return cert.Cert, cert.ChainPEM()
 }
 
 // tlsCert is a key and certificate for a TLS client or server.
 func (c *testCA) tlsCert(t testing.TB, cn string, role certauth.Role) tls.Certificate {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, _ := c.signRole(t, cn, role, &key.PublicKey, time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
-	return tls.Certificate{Certificate: [][]byte{leaf.Raw}, PrivateKey: key, Leaf: leaf}
+	return c.ca.Issue(t, roleLeaf(cn, role)).TLS()
 }
 
 // fakeAgent is the fake registry's record of one agent.

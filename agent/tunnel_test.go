@@ -14,22 +14,16 @@
 package agent
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	certauth "github.com/baremetal-sd/baremetal_sd/ca"
+	"github.com/baremetal-sd/baremetal_sd/internal/testca"
 )
 
 // TestTunnelTLS_RefusesAnImpostor: a peer whose certificate the pinned CA
@@ -37,32 +31,13 @@ import (
 // the server CA signed directly) never gets the tunnel; a serving
 // certificate of the same CA does.
 func TestTunnelTLS_RefusesAnImpostor(t *testing.T) {
-	rootKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	rootTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "root"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, MaxPathLenZero: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	rootDER, err := x509.CreateCertificate(rand.Reader, rootTmpl, rootTmpl, &rootKey.PublicKey, rootKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	root, _ := x509.ParseCertificate(rootDER)
-	roots := x509.NewCertPool()
-	roots.AddCert(root)
+	root := testca.New(t, "root")
+	roots := root.Pool()
 	leaf := func(role certauth.Role) tls.Certificate {
-		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "peer", OrganizationalUnit: []string{certauth.RoleOU(role)}},
-			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-			IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, KeyUsage: x509.KeyUsageDigitalSignature,
-			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, root, &key.PublicKey, rootKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+		return root.Issue(t, testca.Leaf{
+			CommonName: "peer", OrganizationalUnit: []string{certauth.RoleOU(role)},
+			IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, Usage: testca.ServerAuth | testca.ClientAuth,
+		}).TLS()
 	}
 	for _, tt := range []struct {
 		role certauth.Role

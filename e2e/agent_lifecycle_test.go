@@ -15,15 +15,11 @@ package e2e
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -34,6 +30,7 @@ import (
 	"time"
 
 	"github.com/baremetal-sd/baremetal_sd/internal/heldexporter"
+	"github.com/baremetal-sd/baremetal_sd/internal/testca"
 )
 
 // readLeaf returns the agent's current certificate from its state directory.
@@ -278,51 +275,15 @@ type operatorPKI struct {
 func newOperatorPKI(t *testing.T) *operatorPKI {
 	t.Helper()
 	dir := t.TempDir()
-	caKey := newKey(t)
-	now := time.Now()
-	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "operator CA"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
+	operatorCA := testca.New(t, "operator CA")
+	p := &operatorPKI{ca: operatorCA.Cert, CAPEM: operatorCA.PEM(), CAFile: filepath.Join(dir, "ca.crt")}
+	if err := os.WriteFile(p.CAFile, p.CAPEM, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p := &operatorPKI{CAPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})}
-	if p.ca, err = x509.ParseCertificate(caDER); err != nil {
-		t.Fatal(err)
-	}
-	issue := func(serial int64, cn string, usage x509.ExtKeyUsage) (*ecdsa.PrivateKey, []byte) {
-		key := newKey(t)
-		der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
-			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: cn},
-			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
-			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
-			IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-		}, p.ca, &key.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return key, der
-	}
-	write := func(name string, blockType string, der []byte, mode os.FileMode) string {
-		path := filepath.Join(dir, name)
-		if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: blockType, Bytes: der}), mode); err != nil {
-			t.Fatal(err)
-		}
-		return path
-	}
-	p.CAFile = write("ca.crt", "CERTIFICATE", caDER, 0o644)
-	serverKey, serverDER := issue(2, "agent.operator.example", x509.ExtKeyUsageServerAuth)
-	keyDER, err := x509.MarshalPKCS8PrivateKey(serverKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.CertFile = write("agent.crt", "CERTIFICATE", serverDER, 0o644)
-	p.KeyFile = write("agent.key", "PRIVATE KEY", keyDER, 0o600)
-	clientKey, clientDER := issue(3, "operator-prometheus", x509.ExtKeyUsageClientAuth)
-	p.Client = tls.Certificate{Certificate: [][]byte{clientDER}, PrivateKey: clientKey}
+	p.CertFile, p.KeyFile = operatorCA.Issue(t, testca.Leaf{
+		CommonName: "agent.operator.example", IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, Usage: testca.ServerAuth,
+	}).WriteFiles(t, dir, "agent")
+	p.Client = operatorCA.Issue(t, testca.Leaf{CommonName: "operator-prometheus", Usage: testca.ClientAuth}).TLS()
 	return p
 }
 

@@ -15,11 +15,7 @@ package e2e
 
 import (
 	"bytes"
-	"crypto"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -28,30 +24,8 @@ import (
 	"time"
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
+	"github.com/baremetal-sd/baremetal_sd/internal/testca"
 )
-
-func readPEMKey(t *testing.T, path string) crypto.Signer {
-	t.Helper()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	block, _ := pem.Decode(data)
-	if block == nil {
-		t.Fatalf("%s: no PEM block", path)
-	}
-	var key any
-	switch block.Type {
-	case "EC PRIVATE KEY":
-		key, err = x509.ParseECPrivateKey(block.Bytes)
-	default:
-		key, err = x509.ParsePKCS8PrivateKey(block.Bytes)
-	}
-	if err != nil {
-		t.Fatalf("%s: %v", path, err)
-	}
-	return key.(crypto.Signer)
-}
 
 // downgradeTo010 turns a data directory and an agent state directory into
 // what baremetal_sd 0.1.0 left: one CA (ca.crt and ca.key, whose template
@@ -74,15 +48,7 @@ func downgradeTo010(t *testing.T, dataDir, stateDir string) {
 	if err := os.WriteFile(filepath.Join(dataDir, "web-config.yml"), []byte(webConfig), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	rootPEM, err := os.ReadFile(filepath.Join(dataDir, ca.CertFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	root, err := ca.ParseCertificatePEM(rootPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rootKey := readPEMKey(t, filepath.Join(dataDir, ca.KeyFile))
+	root := testca.Load(t, filepath.Join(dataDir, ca.CertFile), filepath.Join(dataDir, ca.KeyFile))
 	certPEM, err := os.ReadFile(filepath.Join(stateDir, "cert.pem"))
 	if err != nil {
 		t.Fatal(err)
@@ -91,19 +57,11 @@ func downgradeTo010(t *testing.T, dataDir, stateDir string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: leaf.SerialNumber, Subject: leaf.Subject, NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter,
-		KeyUsage: leaf.KeyUsage, ExtKeyUsage: leaf.ExtKeyUsage, DNSNames: leaf.DNSNames, IPAddresses: leaf.IPAddresses,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, root, leaf.PublicKey, rootKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	chain := append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), rootPEM...)
+	chain := root.Resign(t, leaf).ChainPEM()
 	if err := os.WriteFile(filepath.Join(stateDir, "cert.pem"), chain, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(stateDir, "ca.crt"), rootPEM, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(stateDir, "ca.crt"), root.PEM(), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -121,8 +121,8 @@ func TestClient_FailureReasons(t *testing.T) {
 			next(tc)
 		}
 	}
-	impostorCA, impostorKey := foreignCA(t)
-	impostor := issueClient(t, impostorCA, impostorKey, "127.0.0.1", ca.RoleDiscovery)
+	impostorCA := foreignCA(t)
+	impostor := issueClient(t, impostorCA, "127.0.0.1", ca.RoleDiscovery)
 
 	agent := f.agentCert(t, "a1", "host-a")
 	f.dir.set(Agent{ID: "a1", Hostname: "host-a", Port: 9100, Listed: true, Tunnel: true})
@@ -241,9 +241,9 @@ func TestClient_StreamsInProcess(t *testing.T) {
 	target := "host-a:" + strconv.Itoa(port)
 	agentRoots := x509.NewCertPool()
 	agentRoots.AddCert(f.authority.AgentCACertificate())
-	impostorCA, impostorKey := foreignCA(t)
+	impostorCA := foreignCA(t)
 	agentCert := f.agentCert(t, "a2", "host-b")
-	foreign := issueClient(t, impostorCA, impostorKey, "prometheus", ca.RoleDiscovery)
+	foreign := issueClient(t, impostorCA, "prometheus", ca.RoleDiscovery)
 	for _, tc := range []struct {
 		name  string
 		inner *tls.Certificate // what the scraper shows the agent

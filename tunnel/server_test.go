@@ -16,22 +16,18 @@ package tunnel
 import (
 	"bufio"
 	"context"
-	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -580,60 +576,24 @@ func TestServer_HTTP2JobFails(t *testing.T) {
 // checks of the ca package: what a thief of that key could do.
 func (f *fleet) signWith(t testing.TB, certFile, keyFile, name string, role ca.Role) tls.Certificate {
 	t.Helper()
-	certPEM, err := os.ReadFile(filepath.Join(f.dataDir, certFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	issuer, err := ca.ParseCertificatePEM(certPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyPEM, err := os.ReadFile(filepath.Join(f.dataDir, keyFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	block, _ := pem.Decode(keyPEM)
-	if block == nil {
-		t.Fatalf("%s: no PEM block", keyFile)
-	}
-	key, err := x509.ParsePKCS8PrivateKey(block.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return issueClient(t, issuer, key.(crypto.Signer), name, role)
+	issuer := testca.Load(t, filepath.Join(f.dataDir, certFile), filepath.Join(f.dataDir, keyFile))
+	return issueClient(t, issuer, name, role)
 }
 
 // foreignCA is a CA of nobody we know.
-func foreignCA(t testing.TB) (*x509.Certificate, crypto.Signer) {
+func foreignCA(t testing.TB) *testca.CA {
 	return testca.New(t, "corporate CA")
 }
 
 // issueClient issues a client certificate in the layout of ours (role in
-// the OU, id in the CN) from any issuer.
-func issueClient(t testing.TB, issuer *x509.Certificate, issuerKey crypto.Signer, name string, role ca.Role) tls.Certificate {
+// the OU, id in the CN) from any issuer, and presents the issuer with it.
+func issueClient(t testing.TB, issuer *testca.CA, name string, role ca.Role) tls.Certificate {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	subject := pkix.Name{CommonName: name}
+	l := testca.Leaf{CommonName: name, DNSNames: []string{name}, Usage: testca.ClientAuth}
 	if role != "" {
-		subject.OrganizationalUnit = []string{ca.RoleOU(role)}
+		l.OrganizationalUnit = []string{ca.RoleOU(role)}
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      subject,
-		NotBefore:    time.Now().Add(-time.Minute),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		DNSNames:     []string{name},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, issuer, &key.PublicKey, issuerKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der, issuer.Raw}, PrivateKey: key}
+	return issuer.Issue(t, l).TLSChain()
 }
 
 // TestServer_ForeignCA: an operator's web config may trust another CA for
@@ -641,14 +601,14 @@ func issueClient(t testing.TB, issuer *x509.Certificate, issuerKey crypto.Signer
 // that CA written to look like ours — role in the OU — passes the TLS
 // layer, and the server must still refuse it on both endpoints.
 func TestServer_ForeignCA(t *testing.T) {
-	foreign, foreignKey := foreignCA(t)
-	f := newFleetTrusting(t, ServerConfig{}, foreign)
+	foreign := foreignCA(t)
+	f := newFleetTrusting(t, ServerConfig{}, foreign.Cert)
 	port := f.startAgent(t, "a1", "host-a", func(w http.ResponseWriter) { _, _ = io.WriteString(w, "up 1\n") })
 	good := "host-a:" + strconv.Itoa(port)
 
 	t.Run("CONNECT", func(t *testing.T) {
 		for _, role := range []ca.Role{ca.RoleDiscovery, ca.RoleAdmin} {
-			cert := issueClient(t, foreign, foreignKey, "prometheus", role)
+			cert := issueClient(t, foreign, "prometheus", role)
 			before := testutil.ToFloat64(f.metrics.Refusals.WithLabelValues("no_certificate"))
 			if got := f.connect(t, &cert, good); got != http.StatusUnauthorized {
 				t.Fatalf("CONNECT with a %s certificate of a foreign CA: %d, want 401", role, got)
@@ -661,7 +621,7 @@ func TestServer_ForeignCA(t *testing.T) {
 	t.Run("tunnel", func(t *testing.T) {
 		// A foreign certificate naming a registered, tunneled agent must
 		// not take over its tunnel.
-		cert := issueClient(t, foreign, foreignKey, "a1", ca.RoleAgent)
+		cert := issueClient(t, foreign, "a1", ca.RoleAgent)
 		resp := f.upgrade(t, cert, "Connection: Upgrade\r\nUpgrade: "+Protocol+"\r\n", nil)
 		if resp.StatusCode != http.StatusUnauthorized {
 			t.Fatalf("tunnel with an agent certificate of a foreign CA: %d, want 401", resp.StatusCode)

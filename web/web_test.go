@@ -14,18 +14,12 @@
 package web
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -36,32 +30,23 @@ import (
 
 	toolkitweb "github.com/prometheus/exporter-toolkit/web"
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/baremetal-sd/baremetal_sd/internal/testca"
 )
 
 // testPKI is a CA with helpers to write server and client certificates.
 type testPKI struct {
 	t    testing.TB
 	dir  string
-	ca   *x509.Certificate
-	key  *ecdsa.PrivateKey
+	ca   *testca.CA
 	pool *x509.CertPool
 }
 
 func newPKI(t testing.TB) *testPKI {
 	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
-		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(ca)
-	p := &testPKI{t: t, dir: t.TempDir(), ca: ca, key: key, pool: pool}
-	p.write("ca.crt", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+	ca := testca.New(t, "test CA")
+	p := &testPKI{t: t, dir: t.TempDir(), ca: ca, pool: ca.Pool()}
+	p.write("ca.crt", ca.PEM())
 	return p
 }
 
@@ -77,25 +62,17 @@ func (p *testPKI) write(name string, data []byte) {
 	}
 }
 
-// issue writes NAME.crt and NAME.key and returns the serial.
-func (p *testPKI) issue(name string, serial int64, server bool) *big.Int {
+// issue writes NAME.crt and NAME.key: a serving certificate for
+// 127.0.0.1, or a client certificate.
+func (p *testPKI) issue(name string, serial int64, server bool) {
 	p.t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	l := testca.Leaf{CommonName: name, Serial: serial, Usage: testca.ClientAuth}
 	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
+		l.Usage, l.IPAddresses = testca.ServerAuth, []net.IP{net.IPv4(127, 0, 0, 1)}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, &key.PublicKey, p.key)
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	kd, _ := x509.MarshalECPrivateKey(key)
-	p.write(name+".key", pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kd}))
-	p.write(name+".crt", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
-	return tmpl.SerialNumber
+	c := p.ca.Issue(p.t, l)
+	p.write(name+".key", c.KeyPEM(p.t))
+	p.write(name+".crt", c.PEM())
 }
 
 func (p *testPKI) clientCert(name string) tls.Certificate {

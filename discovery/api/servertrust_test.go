@@ -15,18 +15,12 @@ package api
 
 import (
 	"context"
-	"crypto"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"io"
-	"math/big"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -37,43 +31,29 @@ import (
 	"github.com/baremetal-sd/baremetal_sd/discovery/client"
 	"github.com/baremetal-sd/baremetal_sd/discovery/protocol"
 	"github.com/baremetal-sd/baremetal_sd/discovery/store/memory"
+	"github.com/baremetal-sd/baremetal_sd/internal/testca"
 )
 
-// legacyHarness is an API harness whose CA key the test can read, to sign
-// certificates as a 0.1.0 server did: directly with ca.key.
-func legacyHarness(t *testing.T) (*apiHarness, crypto.Signer) {
+// legacyHarness is an API harness with its root CA as a test can sign with
+// it, as a 0.1.0 server signed certificates: directly with ca.key.
+func legacyHarness(t *testing.T) (*apiHarness, *testca.CA) {
 	t.Helper()
 	dir := t.TempDir()
 	h := newReplicaHarness(t, dir, memory.New())
-	data, err := os.ReadFile(filepath.Join(dir, ca.KeyFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	block, _ := pem.Decode(data)
-	key, err := x509.ParsePKCS8PrivateKey(block.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return h, key.(crypto.Signer)
+	return h, testca.Load(t, filepath.Join(dir, ca.CertFile), filepath.Join(dir, ca.KeyFile))
 }
 
 // signLegacy re-signs an agent certificate as 0.1.0 issued it: same
 // subject, SANs, serial and key, signed directly by ca.key.
-func signLegacy(t *testing.T, h *apiHarness, rootKey crypto.Signer, c tls.Certificate) tls.Certificate {
+func signLegacy(t *testing.T, root *testca.CA, c tls.Certificate) tls.Certificate {
 	t.Helper()
 	leaf, err := x509.ParseCertificate(c.Certificate[0])
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: leaf.SerialNumber, Subject: leaf.Subject, NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter,
-		KeyUsage: leaf.KeyUsage, ExtKeyUsage: leaf.ExtKeyUsage, DNSNames: leaf.DNSNames, IPAddresses: leaf.IPAddresses,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, h.ca.Certificate(), leaf.PublicKey, rootKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der, h.ca.Certificate().Raw}, PrivateKey: c.PrivateKey}
+	legacy := root.Resign(t, leaf).TLSChain()
+	legacy.PrivateKey = c.PrivateKey
+	return legacy
 }
 
 // recorder is an impostor's handler: it keeps every request it receives.
@@ -101,9 +81,9 @@ func (r *recorder) requests() []string {
 // agent certificate; an agent pointed at it must not send its enrollment
 // token, whatever CA file it trusts.
 func TestClient_RefusesAnImpostorServer(t *testing.T) {
-	h, rootKey := legacyHarness(t)
+	h, root := legacyHarness(t)
 	_, agentCert := h.enroll(ca.TokenSpec{}, func(r *protocol.RegisterRequest) { r.Hostname = "localhost"; r.Address = "127.0.0.1" })
-	legacy := signLegacy(t, h, rootKey, agentCert)
+	legacy := signLegacy(t, root, agentCert)
 	withAgentCA := h.ca.Pool().Clone()
 	withAgentCA.AddCert(h.ca.AgentCACertificate())
 	tests := []struct {
@@ -145,9 +125,9 @@ func TestClient_RefusesAnImpostorServer(t *testing.T) {
 // 0.1.0 server signed directly with ca.key still heartbeats, and the
 // server asks for a renewal at once, which comes from the agent CA.
 func TestAPI_LegacyAgentCertificate(t *testing.T) {
-	h, rootKey := legacyHarness(t)
+	h, root := legacyHarness(t)
 	_, current := h.enroll(ca.TokenSpec{}, nil)
-	legacy := signLegacy(t, h, rootKey, current)
+	legacy := signLegacy(t, root, current)
 
 	heartbeat := func(c tls.Certificate) protocol.HeartbeatResponse {
 		t.Helper()
@@ -196,27 +176,10 @@ func TestAPI_LegacyAgentCertificate(t *testing.T) {
 func TestAPI_RoleOnlyFromItsIssuer(t *testing.T) {
 	dir := t.TempDir()
 	h := newReplicaHarness(t, dir, memory.New())
-	data, err := os.ReadFile(filepath.Join(dir, ca.AgentCAKeyFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	block, _ := pem.Decode(data)
-	agentCAKey, err := x509.ParsePKCS8PrivateKey(block.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key := newKey(t)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(7),
-		Subject:      pkix.Name{CommonName: "forged", OrganizationalUnit: []string{ca.RoleOU(ca.RoleAdmin)}},
-		NotBefore:    time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, h.ca.AgentCACertificate(), &key.PublicKey, agentCAKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	forged := tls.Certificate{Certificate: [][]byte{der, h.ca.AgentCACertificate().Raw}, PrivateKey: key}
+	agentCA := testca.Load(t, filepath.Join(dir, ca.AgentCACertFile), filepath.Join(dir, ca.AgentCAKeyFile))
+	forged := agentCA.Issue(t, testca.Leaf{
+		CommonName: "forged", OrganizationalUnit: []string{ca.RoleOU(ca.RoleAdmin)}, Serial: 7, Usage: testca.ClientAuth,
+	}).TLSChain()
 	rep := h.do(h.client(&forged), "GET", protocol.PathAgents, "", nil)
 	if rep.status != http.StatusForbidden || !strings.Contains(string(rep.body), "not accepted") {
 		t.Fatalf("admin API with an admin certificate from the agent CA: %d %s, want 403", rep.status, rep.body)

@@ -16,18 +16,13 @@ package client
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -44,47 +39,26 @@ import (
 // clientTestCA is a throw-away CA for client tests; it signs the servers'
 // certificates and the client certificates.
 type clientTestCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
+	ca   *testca.CA
 	pool *x509.CertPool
 }
 
 func newClientTestCA(t *testing.T) *clientTestCA {
 	t.Helper()
-	cert, key := testca.New(t, "client test CA")
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return &clientTestCA{cert: cert, key: key, pool: pool}
+	ca := testca.New(t, "client test CA")
+	return &clientTestCA{ca: ca, pool: ca.Pool()}
 }
 
-var clientTestSerial atomic.Int64
-
-// issue signs a leaf certificate usable for both server and client auth.
-func (c *clientTestCA) issue(t *testing.T, cn string, notAfter time.Time) *tls.Certificate {
+// issue signs a leaf for localhost usable for both server and client auth.
+func (c *clientTestCA) issue(t *testing.T, cn string) *tls.Certificate {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(100 + clientTestSerial.Add(1)),
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Now().Add(-2 * time.Hour),
-		NotAfter:     notAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		DNSNames:     []string{"localhost"},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, &key.PublicKey, c.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
+	cert := c.ca.Issue(t, testca.Leaf{
+		CommonName:  cn,
+		DNSNames:    []string{"localhost"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		Usage:       testca.ServerAuth | testca.ClientAuth,
+	}).TLS()
+	return &cert
 }
 
 // startTLS runs handler on a TLS server with a certificate from ca that
@@ -93,7 +67,7 @@ func startTLS(t *testing.T, ca *clientTestCA, handler http.Handler) *httptest.Se
 	t.Helper()
 	srv := httptest.NewUnstartedServer(handler)
 	srv.TLS = &tls.Config{
-		Certificates: []tls.Certificate{*ca.issue(t, "server", time.Now().Add(time.Hour))},
+		Certificates: []tls.Certificate{*ca.issue(t, "server")},
 		ClientAuth:   tls.VerifyClientCertIfGiven,
 		ClientCAs:    ca.pool,
 	}
@@ -453,8 +427,8 @@ func TestClient_ClientCertificateCallback(t *testing.T) {
 		want string
 	}{
 		{nil, ""},
-		{ca.issue(t, "agent-1", time.Now().Add(time.Hour)), "agent-1"},
-		{ca.issue(t, "agent-1-renewed", time.Now().Add(time.Hour)), "agent-1-renewed"},
+		{ca.issue(t, "agent-1"), "agent-1"},
+		{ca.issue(t, "agent-1-renewed"), "agent-1-renewed"},
 	}
 	for _, s := range steps {
 		if s.cert != nil {
@@ -549,8 +523,8 @@ func TestClient_ResumesSessionsPerCertificate(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.CloseIdleConnections)
-	certA := ca.issue(t, "agent", time.Now().Add(time.Hour))
-	certB := ca.issue(t, "agent", time.Now().Add(time.Hour))
+	certA := ca.issue(t, "agent")
+	certB := ca.issue(t, "agent")
 	serial := func(cert *tls.Certificate) string { return cert.Leaf.SerialNumber.String() }
 
 	steps := []struct {

@@ -14,19 +14,15 @@
 package etcdtest
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/baremetal-sd/baremetal_sd/internal/testca"
 )
 
 // TLSFiles are PEM files of one TLS party: the CA that verifies the other
@@ -58,73 +54,25 @@ func (f *TLSFiles) Config(t testing.TB) *tls.Config {
 // The client's CA file is a separate copy, so a test can swap it.
 func makeCerts(t testing.TB, dir string) (client *TLSFiles, server TLSFiles) {
 	t.Helper()
-	caKey, caCert := newCert(t, "baremetal_sd etcd test CA", nil, nil, func(c *x509.Certificate) {
-		c.IsCA = true
-		c.BasicConstraintsValid = true
-		c.KeyUsage = x509.KeyUsageCertSign
-	})
-	caFile := writePEM(t, dir, "etcd-ca.crt", "CERTIFICATE", caCert.Raw)
-	write := func(name string, key *ecdsa.PrivateKey, cert *x509.Certificate) (string, string) {
-		der, err := x509.MarshalECPrivateKey(key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return writePEM(t, dir, name+".crt", "CERTIFICATE", cert.Raw), writePEM(t, dir, name+".key", "EC PRIVATE KEY", der)
-	}
-	sKey, sCert := newCert(t, "etcd", caKey, caCert, func(c *x509.Certificate) {
-		c.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
-		c.DNSNames = []string{"localhost"}
-		c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
-		c.KeyUsage = x509.KeyUsageDigitalSignature
-	})
-	server.CAFile = caFile
-	server.CertFile, server.KeyFile = write("etcd-server", sKey, sCert)
-	cKey, cCert := newCert(t, "baremetal_sd", caKey, caCert, func(c *x509.Certificate) {
-		c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
-		c.KeyUsage = x509.KeyUsageDigitalSignature
-	})
-	client = &TLSFiles{CAFile: writePEM(t, dir, "etcd-client-ca.crt", "CERTIFICATE", caCert.Raw)}
-	client.CertFile, client.KeyFile = write("etcd-client", cKey, cCert)
+	ca := testca.New(t, "baremetal_sd etcd test CA")
+	// A day, as long as the CA: a cluster may serve a long run.
+	notAfter := time.Now().Add(24 * time.Hour)
+	server.CAFile = writeFile(t, dir, "etcd-ca.crt", ca.PEM())
+	server.CertFile, server.KeyFile = ca.Issue(t, testca.Leaf{
+		CommonName: "etcd", DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		Usage: testca.ServerAuth | testca.ClientAuth, NotAfter: notAfter,
+	}).WriteFiles(t, dir, "etcd-server")
+	client = &TLSFiles{CAFile: writeFile(t, dir, "etcd-client-ca.crt", ca.PEM())}
+	client.CertFile, client.KeyFile = ca.Issue(t, testca.Leaf{
+		CommonName: "baremetal_sd", Usage: testca.ClientAuth, NotAfter: notAfter,
+	}).WriteFiles(t, dir, "etcd-client")
 	return client, server
 }
 
-// newCert makes a key and a certificate signed by parent (self-signed
-// without one).
-func newCert(t testing.TB, cn string, parentKey *ecdsa.PrivateKey, parent *x509.Certificate, shape func(*x509.Certificate)) (*ecdsa.PrivateKey, *x509.Certificate) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-	}
-	shape(tmpl)
-	if parent == nil {
-		parent, parentKey = tmpl, key
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return key, cert
-}
-
-func writePEM(t testing.TB, dir, name, typ string, der []byte) string {
+func writeFile(t testing.TB, dir, name string, data []byte) string {
 	t.Helper()
 	path := filepath.Join(dir, name)
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+	if err := os.WriteFile(path, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return path

@@ -15,16 +15,11 @@ package mux
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	mrand "math/rand/v2"
 	"net"
 	"sync"
@@ -34,6 +29,7 @@ import (
 	"github.com/hashicorp/yamux"
 
 	"github.com/baremetal-sd/baremetal_sd/internal/poll"
+	"github.com/baremetal-sd/baremetal_sd/internal/testca"
 )
 
 // testWindow is the receive window of the tests' sessions and agents, as
@@ -71,7 +67,7 @@ func dialPair(t testing.TB, transport string) (server, agent net.Conn) {
 		t.Fatal("accept failed")
 	}
 	if transport == "tls" {
-		cert, pool := selfSigned(t)
+		cert, pool := serving(t)
 		ts := tls.Server(server, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13})
 		tc := tls.Client(agent, &tls.Config{RootCAs: pool, ServerName: "localhost", MinVersion: tls.VersionTLS13})
 		errc := make(chan error, 1)
@@ -88,31 +84,13 @@ func dialPair(t testing.TB, transport string) (server, agent net.Conn) {
 	return server, agent
 }
 
-func selfSigned(t testing.TB) (tls.Certificate, *x509.CertPool) {
+// serving returns a serving certificate for localhost and a pool that
+// trusts its issuer.
+func serving(t testing.TB) (tls.Certificate, *x509.CertPool) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "localhost"},
-		DNSNames:     []string{"localhost"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(leaf)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool
+	ca := testca.New(t, "mux test CA")
+	cert := ca.Issue(t, testca.Leaf{CommonName: "localhost", DNSNames: []string{"localhost"}, Usage: testca.ServerAuth})
+	return cert.TLS(), ca.Pool()
 }
 
 // violations counts Config.Violation calls by reason.
