@@ -32,6 +32,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/yamux"
+
+	"github.com/baremetal-sd/baremetal_sd/internal/bufpool"
 )
 
 // Defaults of ClientConfig.
@@ -90,7 +92,7 @@ type Client struct {
 	servers []*url.URL
 	// pipes lends the in-process connections to the Listener their
 	// buffers.
-	pipes pipeBuffers
+	pipes bufpool.Pool
 }
 
 // NewClient checks the configuration.

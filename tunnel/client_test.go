@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/baremetal-sd/baremetal_sd/ca"
+	"github.com/baremetal-sd/baremetal_sd/internal/bufpool"
 	"github.com/baremetal-sd/baremetal_sd/internal/freeport"
 )
 
@@ -332,7 +333,7 @@ func TestListener_AcceptsBoth(t *testing.T) {
 	}
 	_ = c.Close()
 
-	ours, theirs := memPipe(&pipeBuffers{}, testAddr("server"), l.Addr())
+	ours, theirs := memPipe(&bufpool.Pool{}, testAddr("server"), l.Addr())
 	if err := l.hand(context.Background(), theirs); err != nil {
 		t.Fatal(err)
 	}
@@ -345,7 +346,7 @@ func TestListener_AcceptsBoth(t *testing.T) {
 	if err := <-acceptErr; !errors.Is(err, net.ErrClosed) {
 		t.Errorf("Accept after Close: %v, want net.ErrClosed", err)
 	}
-	_, theirs = memPipe(&pipeBuffers{}, testAddr("server"), l.Addr())
+	_, theirs = memPipe(&bufpool.Pool{}, testAddr("server"), l.Addr())
 	if err := l.hand(context.Background(), theirs); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("hand after Close: %v, want net.ErrClosed", err)
 	}

@@ -19,6 +19,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/baremetal-sd/baremetal_sd/internal/bufpool"
 )
 
 // memPipeBuffer bounds the bytes one direction of a memPipe holds before
@@ -30,34 +32,17 @@ const memPipeBuffer = forwardBuffer
 // up to memPipeBuffer when a writer runs ahead of its reader.
 const memPipeChunk = 32 << 10
 
-// pipeBuffers lends the directions of memPipes their buffers. A direction
-// holds one only while it holds unread bytes, so a connection a scraper
-// keeps alive between scrapes holds none, and the buffers of one scrape
-// serve the next.
-type pipeBuffers struct {
-	pool sync.Pool // of *[]byte
-}
-
-func (p *pipeBuffers) get() *[]byte {
-	if b, ok := p.pool.Get().(*[]byte); ok {
-		return b
-	}
-	b := make([]byte, 0, memPipeChunk)
-	return &b
-}
-
-func (p *pipeBuffers) put(b *[]byte) {
-	*b = (*b)[:0]
-	p.pool.Put(b)
-}
-
 // memPipe returns the two ends of an in-process connection whose writes
 // are buffered, as a loopback TCP connection's are, up to memPipeBuffer
 // bytes per direction. net.Pipe hands each write to a reader waiting for
 // it: the agent's TLS listener writes a record of at most 16 KiB per call,
 // and a buffer lets the records of a scrape gather while the tunnel sends
 // the previous ones, so that they leave in large frames.
-func memPipe(bufs *pipeBuffers, aAddr, bAddr net.Addr) (a, b *memConn) {
+//
+// A direction borrows its buffer from bufs only while it holds unread
+// bytes, so a connection a scraper keeps alive between scrapes holds none,
+// and the buffers of one scrape serve the next.
+func memPipe(bufs *bufpool.Pool, aAddr, bAddr net.Addr) (a, b *memConn) {
 	ab, ba := newMemHalf(bufs), newMemHalf(bufs)
 	a = &memConn{in: ba, out: ab, local: aAddr, remote: bAddr, rd: newDeadline(), wd: newDeadline()}
 	b = &memConn{in: ab, out: ba, local: bAddr, remote: aAddr, rd: newDeadline(), wd: newDeadline()}
@@ -66,7 +51,7 @@ func memPipe(bufs *pipeBuffers, aAddr, bAddr net.Addr) (a, b *memConn) {
 
 // memHalf is one direction of a memPipe.
 type memHalf struct {
-	bufs *pipeBuffers
+	bufs *bufpool.Pool
 	mu   sync.Mutex
 	// box is the buffer borrowed from bufs, nil while nothing is unread;
 	// buf is *box as the writer appended to it, and the unread bytes are
@@ -81,7 +66,7 @@ type memHalf struct {
 	readable, writable chan struct{}
 }
 
-func newMemHalf(bufs *pipeBuffers) *memHalf {
+func newMemHalf(bufs *bufpool.Pool) *memHalf {
 	return &memHalf{bufs: bufs, readable: make(chan struct{}, 1), writable: make(chan struct{}, 1)}
 }
 
@@ -98,7 +83,7 @@ func (h *memHalf) release() {
 		return
 	}
 	*h.box = h.buf
-	h.bufs.put(h.box)
+	h.bufs.Put(h.box)
 	h.box, h.buf, h.off = nil, nil, 0
 }
 
@@ -173,7 +158,7 @@ func (h *memHalf) writeTo(w io.Writer, d *deadline) (int64, error) {
 			}
 			n, err := w.Write(unread)
 			total += int64(n)
-			h.bufs.put(box)
+			h.bufs.Put(box)
 			if err != nil {
 				return total, err
 			}
@@ -207,7 +192,7 @@ func (h *memHalf) write(p []byte, d *deadline) (int, error) {
 		case len(h.buf)-h.off < memPipeBuffer:
 			n := min(len(p), memPipeBuffer-(len(h.buf)-h.off))
 			if h.box == nil {
-				h.box = h.bufs.get()
+				h.box = h.bufs.Get(memPipeChunk)
 				h.buf = *h.box
 			}
 			if h.off > 0 && len(h.buf)+n > cap(h.buf) {

@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"golang.org/x/net/nettest"
+
+	"github.com/baremetal-sd/baremetal_sd/internal/bufpool"
 )
 
 type testAddr string
@@ -35,7 +37,7 @@ func (a testAddr) String() string  { return string(a) }
 // use.
 func TestMemPipe_Conn(t *testing.T) {
 	nettest.TestConn(t, func() (c1, c2 net.Conn, stop func(), err error) {
-		a, b := memPipe(&pipeBuffers{}, testAddr("a"), testAddr("b"))
+		a, b := memPipe(&bufpool.Pool{}, testAddr("a"), testAddr("b"))
 		return a, b, func() { _ = a.Close(); _ = b.Close() }, nil
 	})
 }
@@ -59,7 +61,7 @@ func TestMemPipe_WriteTo(t *testing.T) {
 		{name: "slow destination", writeSize: 16 << 10, slow: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			a, b := memPipe(&pipeBuffers{}, testAddr("a"), testAddr("b"))
+			a, b := memPipe(&bufpool.Pool{}, testAddr("a"), testAddr("b"))
 			defer a.Close()
 			defer b.Close()
 			go func() {
@@ -88,7 +90,7 @@ func TestMemPipe_WriteTo(t *testing.T) {
 	}
 
 	t.Run("destination fails", func(t *testing.T) {
-		a, b := memPipe(&pipeBuffers{}, testAddr("a"), testAddr("b"))
+		a, b := memPipe(&bufpool.Pool{}, testAddr("a"), testAddr("b"))
 		defer a.Close()
 		defer b.Close()
 		if _, err := b.Write([]byte("scrape")); err != nil {
@@ -100,7 +102,7 @@ func TestMemPipe_WriteTo(t *testing.T) {
 		}
 	})
 	t.Run("own end closed", func(t *testing.T) {
-		a, b := memPipe(&pipeBuffers{}, testAddr("a"), testAddr("b"))
+		a, b := memPipe(&bufpool.Pool{}, testAddr("a"), testAddr("b"))
 		defer b.Close()
 		errc := make(chan error, 1)
 		go func() { _, err := a.WriteTo(io.Discard); errc <- err }()
@@ -110,7 +112,7 @@ func TestMemPipe_WriteTo(t *testing.T) {
 		}
 	})
 	t.Run("read deadline", func(t *testing.T) {
-		a, b := memPipe(&pipeBuffers{}, testAddr("a"), testAddr("b"))
+		a, b := memPipe(&bufpool.Pool{}, testAddr("a"), testAddr("b"))
 		defer a.Close()
 		defer b.Close()
 		_ = a.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
@@ -124,7 +126,7 @@ func TestMemPipe_WriteTo(t *testing.T) {
 // keeps alive between scrapes holds no buffer once everything written was
 // read, by Read or by WriteTo, or once its reader is gone.
 func TestMemPipe_HoldsNoBufferWhenDrained(t *testing.T) {
-	a, b := memPipe(&pipeBuffers{}, testAddr("a"), testAddr("b"))
+	a, b := memPipe(&bufpool.Pool{}, testAddr("a"), testAddr("b"))
 	defer a.Close()
 	defer b.Close()
 	held := func(h *memHalf) bool {

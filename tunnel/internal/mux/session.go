@@ -23,6 +23,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/baremetal-sd/baremetal_sd/internal/bufpool"
 )
 
 // Reasons of Config.Violation. All but ReasonPeerOpened end the session.
@@ -92,7 +94,7 @@ type Config struct {
 	// with one of Reasons.
 	Violation func(reason string)
 
-	chunks sync.Pool // of *[]byte, chunkSize capacity
+	chunks bufpool.Pool
 }
 
 const defaultTimeout = 10 * time.Second
@@ -114,18 +116,9 @@ func (c *Config) logger() *slog.Logger {
 }
 
 // chunk returns an empty buffer of chunkSize capacity.
-func (c *Config) chunk() *[]byte {
-	if p, ok := c.chunks.Get().(*[]byte); ok {
-		return p
-	}
-	b := make([]byte, 0, chunkSize)
-	return &b
-}
+func (c *Config) chunk() *[]byte { return c.chunks.Get(chunkSize) }
 
-func (c *Config) release(p *[]byte) {
-	*p = (*p)[:0]
-	c.chunks.Put(p)
-}
+func (c *Config) release(p *[]byte) { c.chunks.Put(p) }
 
 // violation is a protocol error of the peer, which ends the session.
 type violation struct {
