@@ -69,6 +69,8 @@ type framer struct {
 	buf     []byte
 	frames  []frame
 	started bool // buf and frames were taken from a recycled batch
+	// read counts the frames cut by reading their fields, for the tests.
+	read int
 }
 
 func newFramer(emit func(*frameBatch) error) *framer {
@@ -76,14 +78,29 @@ func newFramer(emit func(*frameBatch) error) *framer {
 }
 
 func (fr *framer) Write(b []byte) (int, error) {
+	fr.start()
+	fr.buf = append(fr.buf, b...)
+	return len(b), fr.cut(0, nil)
+}
+
+// start takes the buffers of a recycled batch before the first write.
+func (fr *framer) start() {
 	if !fr.started {
 		first := fr.recycle()
 		fr.buf, fr.frames = first.buf, first.parts
 		fr.started = true
 	}
-	fr.buf = append(fr.buf, b...)
+}
+
+// cut passes on the complete frames in buf: those marks lists, which start
+// at its start, as marked, and the others as read.
+func (fr *framer) cut(from int, marks []frameMark) error {
 	frames := fr.frames[:0]
-	off := 0
+	off, marked := 0, 0
+	if from == 0 {
+		frames, off = fr.marked(frames, marks)
+		marked = len(frames)
+	}
 	for off < len(fr.buf) {
 		size, n := binary.Uvarint(fr.buf[off:])
 		if n <= 0 || uint64(len(fr.buf)-off-n) < size {
@@ -94,32 +111,106 @@ func (fr *framer) Write(b []byte) (int, error) {
 	}
 	fr.frames = frames
 	if len(frames) == 0 {
-		return len(b), nil
+		return nil
 	}
 	// The batch takes buf and frames, and the next ones go on in a batch
 	// the merge gave back.
 	batch := fr.recycle()
 	batch.buf, fr.buf = fr.buf[:off], append(batch.buf[:0], fr.buf[off:]...)
 	batch.parts, fr.frames = frames, batch.parts[:0]
-	for i := range batch.parts {
-		f := &batch.parts[i]
+	for i := range batch.parts[marked:] {
+		f := &batch.parts[marked+i]
 		if err := f.scan(batch.buf[f.body:f.end]); err != nil {
-			return 0, err
+			return err
 		}
 	}
-	// One string of the batch's names rather than one per family.
-	names := batch.aux[:0]
-	for i := range batch.parts {
-		names = append(names, batch.parts[i].rawName...)
-	}
-	all := string(names)
-	batch.aux = names
-	at := 0
+	fr.read += len(batch.parts) - marked
+	// The names are read where the batch keeps them, as the segmenter's
+	// are: see partName.
 	for i := range batch.parts {
 		f := &batch.parts[i]
-		f.name, at = all[at:at+len(f.rawName)], at+len(f.rawName)
+		f.name = partName(f.rawName)
 	}
-	return len(b), fr.emit(batch)
+	return fr.emit(batch)
+}
+
+// frameMark is a frame that a writer of protobuf output wrote, with what
+// the framer would read of it (frame.scan), so that it reads nothing:
+// where the frame is in the buffer the framer lent (frameBuffer), where
+// its name, help and unit are there, its type and where its metric fields
+// are in its message. A help or unit that is absent is at 0 (the frame's
+// length prefix comes before any field).
+type frameMark struct {
+	start, body, end int
+	name, help, unit [2]int
+	// metrics is frame.metrics: the metric fields, one after the other,
+	// from the start of the message.
+	metrics [2]int
+	typ     dto.MetricType
+}
+
+// frameMarker is a writer that takes the frames of a write marked: the
+// writers of protobuf output know each frame they write. It lends them its
+// buffer, so that the output is written where the framer keeps it rather
+// than copied there.
+type frameMarker interface {
+	io.Writer
+	// frameBuffer is the buffer the next write is to be appended to. Its
+	// bytes up to its length are the writer's, and stay as they are.
+	frameBuffer() []byte
+	// writeFrames takes the buffer back, with a write appended to it
+	// after from whose frames marks lists in order.
+	writeFrames(buf []byte, from int, marks []frameMark) error
+}
+
+func (fr *framer) frameBuffer() []byte {
+	fr.start()
+	return fr.buf
+}
+
+// writeFrames is Write of buf[from:], appended to the buffer frameBuffer
+// lent. What the marks do not cover, or a write after an incomplete frame,
+// is cut by reading the frames as Write does.
+func (fr *framer) writeFrames(buf []byte, from int, marks []frameMark) error {
+	fr.start()
+	fr.buf = buf
+	return fr.cut(from, marks)
+}
+
+// marked appends the frames marks lists to frames, as long as each starts
+// where the one before ended, from the start of buf, and returns them and
+// where the last ends. The marks are the relay's own; these checks only
+// keep a wrong one from reaching past its frame.
+func (fr *framer) marked(frames []frame, marks []frameMark) ([]frame, int) {
+	buf, off := fr.buf, 0
+	for i := range marks {
+		m := &marks[i]
+		if m.start != off || m.body <= m.start || m.end > len(buf) || m.body > m.end ||
+			!inFrame(m.name, m.body, m.end) || !inFrame(m.help, m.body, m.end) || !inFrame(m.unit, m.body, m.end) ||
+			m.metrics[0] < 0 || m.metrics[0] > m.metrics[1] || m.body+m.metrics[1] > m.end {
+			break
+		}
+		frames = append(frames, frame{
+			rawName: buf[m.name[0]:m.name[1]], typ: m.typ, help: markedBytes(buf, m.help), unit: markedBytes(buf, m.unit),
+			start: m.start, body: m.body, end: m.end, metrics: m.metrics,
+		})
+		off = m.end
+	}
+	return frames, off
+}
+
+// inFrame reports whether span is absent ({0, 0}) or in the message
+// from body to end.
+func inFrame(span [2]int, body, end int) bool {
+	return span == [2]int{} || body <= span[0] && span[0] <= span[1] && span[1] <= end
+}
+
+// markedBytes is the field span marks in buf, nil when it is absent.
+func markedBytes(buf []byte, span [2]int) []byte {
+	if span == [2]int{} {
+		return nil
+	}
+	return buf[span[0]:span[1]:span[1]]
 }
 
 // close reports a frame left incomplete, which the relay never writes.
@@ -308,4 +399,68 @@ func forMetricFields(msg []byte, f func(field []byte)) {
 		}
 		msg = msg[tn+vn:]
 	}
+}
+
+// moved is the mark of the frame moved by at bytes in its buffer.
+func (m frameMark) moved(at int) frameMark {
+	m.start, m.body, m.end = m.start+at, m.body+at, m.end+at
+	m.name, m.help, m.unit = movedSpan(m.name, at), movedSpan(m.help, at), movedSpan(m.unit, at)
+	return m
+}
+
+// movedSpan is span moved by at bytes, unless it is absent.
+func movedSpan(span [2]int, at int) [2]int {
+	if span == [2]int{} {
+		return span
+	}
+	return [2]int{span[0] + at, span[1] + at}
+}
+
+// familyMark is the mark of the frame of family mf that proto.Marshal
+// wrote in buf, from start, its message from body to the end of buf. It
+// writes a MetricFamily's fields in the order of their numbers (name,
+// help, type, metrics, unit), each once, and the unknown fields last. A
+// family with unknown fields, which a closed enum's value the relay does
+// not know may have left there, is read as the framer reads it.
+func familyMark(mf *dto.MetricFamily, buf []byte, start, body int) frameMark {
+	end := len(buf)
+	m := frameMark{start: start, body: body, end: end, typ: mf.GetType()}
+	if len(mf.ProtoReflect().GetUnknown()) > 0 {
+		var f frame
+		_ = f.scan(buf[body:end]) // proto.Marshal wrote it
+		m.typ, m.metrics = f.typ, f.metrics
+		m.name, m.help, m.unit = fieldSpan(buf, f.rawName), fieldSpan(buf, f.help), fieldSpan(buf, f.unit)
+		return m
+	}
+	at := body
+	field := func(v *string) [2]int {
+		if v == nil {
+			return [2]int{}
+		}
+		at += protowire.SizeTag(fieldFamilyName) + protowire.SizeVarint(uint64(len(*v)))
+		at += len(*v)
+		return [2]int{at - len(*v), at}
+	}
+	m.name = field(mf.Name)
+	m.help = field(mf.Help)
+	if mf.Type != nil {
+		at += protowire.SizeTag(fieldFamilyType) + protowire.SizeVarint(uint64(*mf.Type))
+	}
+	metricsEnd := end
+	if mf.Unit != nil {
+		m.unit = [2]int{end - len(*mf.Unit), end}
+		metricsEnd -= protowire.SizeTag(fieldFamilyUnit) + protowire.SizeBytes(len(*mf.Unit))
+	}
+	m.metrics = [2]int{at - body, metricsEnd - body}
+	return m
+}
+
+// fieldSpan is where field, which frame.scan read from buf, is in buf;
+// {0, 0} for nil.
+func fieldSpan(buf, field []byte) [2]int {
+	if field == nil {
+		return [2]int{}
+	}
+	at := cap(buf) - cap(field)
+	return [2]int{at, at + len(field)}
 }

@@ -18,6 +18,7 @@ import (
 	"errors"
 	"io"
 	"strings"
+	"unsafe"
 
 	"github.com/klauspost/compress/gzip"
 	dto "github.com/prometheus/client_model/go"
@@ -123,7 +124,8 @@ var defaultLimits = limits{maxLine: DefaultMaxLineBytes, maxFrame: DefaultMaxFra
 // size is about how much memory the pipeline's buffers hold.
 func (p *pipeline) size() int {
 	return cap(p.chunks.buf) + cap(p.chunks.scratch) + cap(p.frameBuf) + cap(p.omChunkBuf) + cap(p.directBuf) + 16*cap(p.marks) + cap(p.familyWriter.buf) + 64*cap(p.classicParts) +
-		cap(p.pbStream.out) + cap(p.pbStream.body) + cap(p.assembler.wireBody) + cap(p.assembler.frame) + p.pbHeaders.bytes
+		cap(p.pbStream.out) + cap(p.pbStream.body) + cap(p.assembler.wireBody) + cap(p.assembler.frame) + p.pbHeaders.bytes +
+		int(unsafe.Sizeof(frameMark{}))*(cap(p.familyWriter.frameMarks)+cap(p.pbStream.frameMarks))
 }
 
 func newPipeline(exporter, label string, relabels []*relabel.Config, lim limits) *pipeline {
