@@ -85,6 +85,14 @@ type assembler struct {
 	wireLabels []byte
 	// wired counts the frames written so, for the tests.
 	wired int
+	// withLabel says the metric at hand is to get the exporter label,
+	// named label, whose field is labelField, among its label fields
+	// (pipeline.wireLabel); labeled counts the metrics written so, for the
+	// tests.
+	withLabel  bool
+	label      string
+	labelField []byte
+	labeled    int
 }
 
 // group is one summary or classic histogram metric being assembled, with
@@ -388,13 +396,26 @@ func (a *assembler) appendWireMetric(lset labels.Labels, v float64, ts *int64) {
 	// The field's tag and a length of at most 5 bytes, set below.
 	b := append(a.wireBody, 0, 0, 0, 0, 0, 0)
 	esc := a.wire.esc
+	label := a.withLabel
 	lset.Range(func(l labels.Label) {
+		// The exporter label in name order, as relabel would have put
+		// it among the labels; the series has no label of its name.
+		if label && l.Name > a.label {
+			b, label = append(b, a.labelField...), false
+		}
 		// An empty name (the text parser takes `""="v"`) is left out,
-		// as labelPairs leaves it out of the message.
-		if l.Name != model.MetricNameLabel && l.Name != "" {
+		// as labelPairs leaves it out of the message, and so is an empty
+		// value, as relabel leaves it out of the labels.
+		if l.Name != model.MetricNameLabel && l.Name != "" && l.Value != "" {
 			b = appendLabelPair(b, escapeLabelName(l.Name, esc), l.Value)
 		}
 	})
+	if label {
+		b = append(b, a.labelField...)
+	}
+	if a.withLabel {
+		a.labeled++
+	}
 	a.endWireMetric(b, start, v, ts)
 }
 

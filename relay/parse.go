@@ -56,6 +56,9 @@ type relabeled struct {
 	built bool          // the labels were built and relabeled
 	keep  bool          // the rules kept the series
 	lset  labels.Labels // its labels after relabeling, when kept
+	// label says lset is the series' labels without the exporter label,
+	// which is still to be added (pipeline.wireLabel).
+	label bool
 }
 
 // parse runs a parser over one chunk.
@@ -106,7 +109,9 @@ func (p *pipeline) parse(chunk []byte, ct string, om bool, h handler) error {
 				parser.Labels(&p.parsedLabels)
 				// Both paths of the text formats relabel here.
 				r.built = true
-				if r.lset, r.keep, err = p.relabel(p.parsedLabels); err != nil {
+				if p.wireLabel && !p.parsedLabels.Has(p.label) {
+					r.lset, r.keep, r.label = p.parsedLabels, true, true
+				} else if r.lset, r.keep, err = p.relabel(p.parsedLabels); err != nil {
 					return err
 				}
 			}

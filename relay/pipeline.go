@@ -110,6 +110,11 @@ type pipeline struct {
 	// stripCreated drops created timestamps of protobuf input written as
 	// OpenMetrics: the exporter would not have sent _created lines there.
 	stripCreated bool
+	// wireLabel says relabeling leaves the exporter label to the
+	// assembler, for text written as protobuf without rules: a series it
+	// writes as wire bytes gets the label's field there, which costs less
+	// than building its labels anew with it (see familyHandler.series).
+	wireLabel bool
 }
 
 // limits bound what a pipeline holds at once: a line of text, a protobuf
@@ -193,7 +198,12 @@ func (p *pipeline) relay(body io.Reader, in Format, ct string, out Format, esc m
 		defer func() { p.pbStream.to = nil }()
 	case out == FormatProtobuf:
 		p.assembler.wire = &p.familyWriter
-		defer func() { p.assembler.wire = nil }()
+		if p.label != "" && len(p.relabels) == 0 {
+			p.wireLabel = true
+			p.assembler.labelField = appendLabelPair(p.assembler.labelField[:0], escapeLabelName(p.label, esc), p.exporter)
+			p.assembler.label = p.label
+		}
+		defer func() { p.assembler.wire, p.wireLabel = nil, false }()
 	}
 	if err := p.families(body, in, ct, out, p.familyWriter.write); err != nil {
 		return err
