@@ -511,26 +511,27 @@ func (a *assembler) appendWireFamily(b []byte) ([]byte, frameMark) {
 	}
 	m := frameMark{start: len(b), typ: typ}
 	b = protowire.AppendVarint(b, uint64(body))
-	m.body = len(b)
+	at := len(b) // the message's start
+	m.body = at - m.start
 	b = protowire.AppendTag(b, fieldFamilyName, protowire.BytesType)
 	b = protowire.AppendString(b, name)
-	m.name = [2]int{len(b) - len(name), len(b)}
+	m.name = [2]int{len(b) - at - len(name), len(b) - at}
 	if a.help != nil {
 		b = protowire.AppendTag(b, fieldFamilyHelp, protowire.BytesType)
 		b = protowire.AppendString(b, *a.help)
-		m.help = [2]int{len(b) - len(*a.help), len(b)}
+		m.help = [2]int{len(b) - at - len(*a.help), len(b) - at}
 	}
 	b = protowire.AppendTag(b, fieldFamilyType, protowire.VarintType)
 	b = protowire.AppendVarint(b, uint64(typ))
-	m.metrics[0] = len(b) - m.body
+	m.metrics[0] = len(b) - at
 	b = append(b, a.wireBody...)
-	m.metrics[1] = len(b) - m.body
+	m.metrics[1] = len(b) - at
 	if a.unit != nil {
 		b = protowire.AppendTag(b, fieldFamilyUnit, protowire.BytesType)
 		b = protowire.AppendString(b, *a.unit)
-		m.unit = [2]int{len(b) - len(*a.unit), len(b)}
+		m.unit = [2]int{len(b) - at - len(*a.unit), len(b) - at}
 	}
-	m.end = len(b)
+	m.end = len(b) - m.start
 	return b, m
 }
 
@@ -838,9 +839,10 @@ func (fw *familyWriter) write(mf *dto.MetricFamily) error {
 // with places counted from the start of b, when the writer takes marks.
 func (fw *familyWriter) writeFrames(b []byte, marks []frameMark) error {
 	if fw.framed != nil {
-		at := len(fw.buf)
-		for _, m := range marks {
-			fw.frameMarks = append(fw.frameMarks, m.moved(at))
+		at, n := len(fw.buf), len(fw.frameMarks)
+		fw.frameMarks = append(fw.frameMarks, marks...)
+		for i := range fw.frameMarks[n:] {
+			fw.frameMarks[n+i].start += at
 		}
 	}
 	fw.buf = append(fw.buf, b...)

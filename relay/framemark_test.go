@@ -60,10 +60,10 @@ func (c *frameChecker) Write(b []byte) (int, error) {
 func (c *frameChecker) writeFrames(buf []byte, from int, marks []frameMark) error {
 	at := from
 	for _, m := range marks {
-		if m.start != at || m.end > len(buf) {
+		if m.start != at || m.start+m.end > len(buf) {
 			c.bad = fmt.Errorf("mark %+v after %d in a write of %d bytes from %d", m, at, len(buf), from)
 		}
-		at = m.end
+		at = m.start + m.end
 	}
 	c.unmarked += len(buf) - at
 	return c.framer.writeFrames(buf, from, marks)
@@ -303,7 +303,7 @@ func TestFamilyMark_AsTheFramerReads(t *testing.T) {
 				t.Fatal(err)
 			}
 			fr := &framer{buf: buf[start:]}
-			frames, end := fr.marked(nil, []frameMark{familyMark(mf, buf, start, body).moved(-start)})
+			frames, end := fr.marked(nil, []frameMark{func() frameMark { m := familyMark(mf, buf, start, body); m.start -= start; return m }()})
 			if len(frames) != 1 || end != len(buf)-start {
 				t.Fatalf("mark %+v not taken", familyMark(mf, buf, start, body))
 			}
@@ -336,7 +336,7 @@ func TestFramer_WrongMarksRead(t *testing.T) {
 	frameLen := body.Len() / 3
 	right := func(i int) frameMark {
 		at := i * frameLen
-		return frameMark{start: at, body: at + 1, end: at + frameLen, name: [2]int{at + 3, at + 4}, typ: dto.MetricType_GAUGE, metrics: [2]int{5, frameLen - 1}}
+		return frameMark{start: at, body: 1, end: frameLen, name: [2]int{2, 3}, typ: dto.MetricType_GAUGE, metrics: [2]int{5, frameLen - 1}}
 	}
 	tests := []struct {
 		name     string
@@ -349,7 +349,7 @@ func TestFramer_WrongMarksRead(t *testing.T) {
 		{"gap", func() []frameMark { return []frameMark{right(0), right(2)} }, 0, 2},
 		{"name past the frame", func() []frameMark {
 			m := right(1)
-			m.name[1] = m.end + 1
+			m.name[1] = m.end
 			return []frameMark{right(0), m, right(2)}
 		}, 0, 2},
 		{"metrics past the frame", func() []frameMark {

@@ -136,17 +136,19 @@ func (fr *framer) cut(from int, marks []frameMark) error {
 
 // frameMark is a frame that a writer of protobuf output wrote, with what
 // the framer would read of it (frame.scan), so that it reads nothing:
-// where the frame is in the buffer the framer lent (frameBuffer), where
-// its name, help and unit are there, its type and where its metric fields
-// are in its message. A help or unit that is absent is at 0 (the frame's
-// length prefix comes before any field).
+// where the frame is in the buffer the framer lent (frameBuffer), and
+// where its message, name, help, unit and metric fields are in it, and its
+// type. Only start is counted from the start of the buffer, so that a mark
+// moves with its frame by one addition.
 type frameMark struct {
+	// start is where the frame starts in the buffer, body and end where
+	// its message starts and ends, counted from start.
 	start, body, end int
-	name, help, unit [2]int
-	// metrics is frame.metrics: the metric fields, one after the other,
-	// from the start of the message.
-	metrics [2]int
-	typ     dto.MetricType
+	// name, help and unit are where the fields' bytes are in the message,
+	// {0, 0} when absent (a field's bytes come after its tag); metrics is
+	// frame.metrics, the metric fields, one after the other.
+	name, help, unit, metrics [2]int
+	typ                       dto.MetricType
 }
 
 // frameMarker is a writer that takes the frames of a write marked: the
@@ -185,32 +187,34 @@ func (fr *framer) marked(frames []frame, marks []frameMark) ([]frame, int) {
 	buf, off := fr.buf, 0
 	for i := range marks {
 		m := &marks[i]
-		if m.start != off || m.body <= m.start || m.end > len(buf) || m.body > m.end ||
-			!inFrame(m.name, m.body, m.end) || !inFrame(m.help, m.body, m.end) || !inFrame(m.unit, m.body, m.end) ||
-			m.metrics[0] < 0 || m.metrics[0] > m.metrics[1] || m.body+m.metrics[1] > m.end {
+		body, end := m.start+m.body, m.start+m.end
+		if m.start != off || m.body <= 0 || m.body > m.end || end > len(buf) {
+			break
+		}
+		msg := buf[body:end]
+		if !inMessage(m.name, msg) || !inMessage(m.help, msg) || !inMessage(m.unit, msg) || m.metrics != [2]int{} && !inMessage(m.metrics, msg) {
 			break
 		}
 		frames = append(frames, frame{
-			rawName: buf[m.name[0]:m.name[1]], typ: m.typ, help: markedBytes(buf, m.help), unit: markedBytes(buf, m.unit),
-			start: m.start, body: m.body, end: m.end, metrics: m.metrics,
+			rawName: msg[m.name[0]:m.name[1]], typ: m.typ, help: markedBytes(msg, m.help), unit: markedBytes(msg, m.unit),
+			start: m.start, body: body, end: end, metrics: m.metrics,
 		})
-		off = m.end
+		off = end
 	}
 	return frames, off
 }
 
-// inFrame reports whether span is absent ({0, 0}) or in the message
-// from body to end.
-func inFrame(span [2]int, body, end int) bool {
-	return span == [2]int{} || body <= span[0] && span[0] <= span[1] && span[1] <= end
+// inMessage reports whether span is absent ({0, 0}) or in msg.
+func inMessage(span [2]int, msg []byte) bool {
+	return span == [2]int{} || 0 < span[0] && span[0] <= span[1] && span[1] <= len(msg)
 }
 
-// markedBytes is the field span marks in buf, nil when it is absent.
-func markedBytes(buf []byte, span [2]int) []byte {
+// markedBytes is the field span marks in msg, nil when it is absent.
+func markedBytes(msg []byte, span [2]int) []byte {
 	if span == [2]int{} {
 		return nil
 	}
-	return buf[span[0]:span[1]:span[1]]
+	return msg[span[0]:span[1]]
 }
 
 // close reports a frame left incomplete, which the relay never writes.
@@ -401,21 +405,6 @@ func forMetricFields(msg []byte, f func(field []byte)) {
 	}
 }
 
-// moved is the mark of the frame moved by at bytes in its buffer.
-func (m frameMark) moved(at int) frameMark {
-	m.start, m.body, m.end = m.start+at, m.body+at, m.end+at
-	m.name, m.help, m.unit = movedSpan(m.name, at), movedSpan(m.help, at), movedSpan(m.unit, at)
-	return m
-}
-
-// movedSpan is span moved by at bytes, unless it is absent.
-func movedSpan(span [2]int, at int) [2]int {
-	if span == [2]int{} {
-		return span
-	}
-	return [2]int{span[0] + at, span[1] + at}
-}
-
 // familyMark is the mark of the frame of family mf that proto.Marshal
 // wrote in buf, from start, its message from body to the end of buf. It
 // writes a MetricFamily's fields in the order of their numbers (name,
@@ -423,16 +412,17 @@ func movedSpan(span [2]int, at int) [2]int {
 // family with unknown fields, which a closed enum's value the relay does
 // not know may have left there, is read as the framer reads it.
 func familyMark(mf *dto.MetricFamily, buf []byte, start, body int) frameMark {
-	end := len(buf)
-	m := frameMark{start: start, body: body, end: end, typ: mf.GetType()}
+	msg := buf[body:]
+	end := len(msg)
+	m := frameMark{start: start, body: body - start, end: len(buf) - start, typ: mf.GetType()}
 	if len(mf.ProtoReflect().GetUnknown()) > 0 {
 		var f frame
-		_ = f.scan(buf[body:end]) // proto.Marshal wrote it
+		_ = f.scan(msg) // proto.Marshal wrote it
 		m.typ, m.metrics = f.typ, f.metrics
-		m.name, m.help, m.unit = fieldSpan(buf, f.rawName), fieldSpan(buf, f.help), fieldSpan(buf, f.unit)
+		m.name, m.help, m.unit = fieldSpan(msg, f.rawName), fieldSpan(msg, f.help), fieldSpan(msg, f.unit)
 		return m
 	}
-	at := body
+	at := 0
 	field := func(v *string) [2]int {
 		if v == nil {
 			return [2]int{}
@@ -451,16 +441,16 @@ func familyMark(mf *dto.MetricFamily, buf []byte, start, body int) frameMark {
 		m.unit = [2]int{end - len(*mf.Unit), end}
 		metricsEnd -= protowire.SizeTag(fieldFamilyUnit) + protowire.SizeBytes(len(*mf.Unit))
 	}
-	m.metrics = [2]int{at - body, metricsEnd - body}
+	m.metrics = [2]int{at, metricsEnd}
 	return m
 }
 
-// fieldSpan is where field, which frame.scan read from buf, is in buf;
+// fieldSpan is where field, which frame.scan read from msg, is in msg;
 // {0, 0} for nil.
-func fieldSpan(buf, field []byte) [2]int {
+func fieldSpan(msg, field []byte) [2]int {
 	if field == nil {
 		return [2]int{}
 	}
-	at := cap(buf) - cap(field)
+	at := cap(msg) - cap(field)
 	return [2]int{at, at + len(field)}
 }

@@ -69,7 +69,7 @@ type pbStream struct {
 	marking bool
 	// frameMarks are the marks of the frames in out, when the output is
 	// protobuf to a writer that takes them (framing); head is the mark of
-	// the part at hand, its places counted from the start of body.
+	// the part at hand, but for where it is.
 	frameMarks []frameMark
 	framing    bool
 	head       frameMark
@@ -343,9 +343,9 @@ func (s *pbStream) endPart(h *pbHeader, metrics int, esc model.EscapingScheme) {
 	start := len(s.out)
 	s.out = protowire.AppendVarint(s.out, uint64(len(s.body)))
 	if s.framing {
-		// The head's places are in the message, which starts here.
-		m := s.head.moved(len(s.out))
-		m.start, m.body, m.end = start, len(s.out), len(s.out)+len(s.body)
+		m := s.head
+		m.start, m.body = start, len(s.out)-start
+		m.end = m.body + len(s.body)
 		s.frameMarks = append(s.frameMarks, m)
 	}
 	s.out = append(s.out, s.body...)
