@@ -59,6 +59,12 @@ type frameBatch = batch[frame]
 // in one batch and holds a frame cut by the end of a write. As the
 // segmenter does, it hands buf itself to the batch and moves what it
 // holds to the buffer of a batch the merge gave back.
+//
+// The relay's protobuf writers (familyWriter, the stream path, the wire
+// frames of text input) write into the buffer the framer lends them and
+// tell it each frame's metadata (writeFrames), as the text writers tell
+// the segmenter their lines: reading every frame's fields again was most
+// of what framing cost. Other writes are cut by reading the frames.
 type framer struct {
 	emit func(*frameBatch) error
 	// recycle hands out an empty batch, one the merge is done with when
