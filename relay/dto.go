@@ -404,9 +404,8 @@ func (a *assembler) appendWireMetric(lset labels.Labels, v float64, ts *int64) {
 			b, label = append(b, a.labelField...), false
 		}
 		// An empty name (the text parser takes `""="v"`) is left out,
-		// as labelPairs leaves it out of the message, and so is an empty
-		// value, as relabel leaves it out of the labels.
-		if l.Name != model.MetricNameLabel && l.Name != "" && l.Value != "" {
+		// as labelPairs leaves it out of the message.
+		if l.Name != model.MetricNameLabel && l.Name != "" {
 			b = appendLabelPair(b, escapeLabelName(l.Name, esc), l.Value)
 		}
 	})

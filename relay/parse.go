@@ -109,7 +109,7 @@ func (p *pipeline) parse(chunk []byte, ct string, om bool, h handler) error {
 				parser.Labels(&p.parsedLabels)
 				// Both paths of the text formats relabel here.
 				r.built = true
-				if p.wireLabel && !p.parsedLabels.Has(p.label) {
+				if p.wireLabel && p.labelLater(p.parsedLabels) {
 					r.lset, r.keep, r.label = p.parsedLabels, true, true
 				} else if r.lset, r.keep, err = p.relabel(p.parsedLabels); err != nil {
 					return err

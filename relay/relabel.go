@@ -56,3 +56,19 @@ func (p *pipeline) relabel(lset labels.Labels) (labels.Labels, bool, error) {
 	}
 	return out, true, nil
 }
+
+// labelLater reports whether relabel, without rules, makes of the labels
+// lset only lset with the exporter label among them, so that the label can
+// be written where the series is (pipeline.wireLabel): lset has no label of
+// the exporter label's name, which relabel keeps as exported_<name>, and no
+// empty value, which drops every label of its name (labels.Builder.Reset;
+// the text parser takes a name twice).
+func (p *pipeline) labelLater(lset labels.Labels) bool {
+	later := true
+	lset.Range(func(l labels.Label) {
+		if l.Value == "" || l.Name == p.label {
+			later = false
+		}
+	})
+	return later
+}
