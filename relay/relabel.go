@@ -24,7 +24,9 @@ import (
 // relabel is the one place where the relay applies metric_relabel_configs
 // to the labels of a series. It has one caller per input format: parse for
 // the series of text and OpenMetrics (the direct and the families path get
-// its outcome), relabelMetric for protobuf metrics and their series; the
+// its outcome; familyHandler.series calls it for a series parse left to
+// the wire path that goes another way), relabelMetric for protobuf
+// metrics and their series; the
 // protobuf stream path and the series cache reuse outcomes from them
 // (fastpath.go applies rules that need no labels to the text of a series
 // instead). It adds the
