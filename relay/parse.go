@@ -14,6 +14,7 @@
 package relay
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -98,7 +99,8 @@ func (p *pipeline) parse(chunk []byte, ct string, om bool, h handler) error {
 			// The parser takes {""} and names and values that are not
 			// UTF-8; Prometheus fails the scrape for them, and the
 			// protobuf output could not carry them.
-			if len(raw) > 0 && raw[0] == '{' && len(sampleName(raw)) == 0 {
+			// The parser also takes blanks before the series.
+			if r := bytes.TrimLeft(raw, " \t"); len(r) > 0 && r[0] == '{' && len(sampleName(r)) == 0 {
 				return fmt.Errorf("%w: series without a metric name", errParse)
 			}
 			if !utf8.Valid(raw) {
