@@ -67,7 +67,8 @@ type fetched struct {
 // output is cut into families by their lines (segment.go) and written as
 // it is; only a name that several exporters send costs more than a copy:
 // its metadata is written once. In protobuf the output is cut into frames
-// (pbsegment.go), and only frames of a name several exporters send are
+// (pbsegment.go; the relay tells the framer where they are and what they
+// hold), and only frames of a name several exporters send are
 // written anew, their metrics joined. A family whose name comes again after other
 // families were written (an unsorted upstream) is dropped and counted,
 // since a text exposition may not repeat a family (bare samples without

@@ -77,11 +77,22 @@ type assembler struct {
 	wireBody    []byte
 	wireMetrics int
 	frame       []byte
+	// mark is the mark of frame, for a writer that takes the frames
+	// marked.
+	mark [1]frameMark
 	// wireLabels is the label fields of the metric sample wrote last as
 	// wire bytes, nil when it wrote none: the series cache keeps them.
 	wireLabels []byte
 	// wired counts the frames written so, for the tests.
 	wired int
+	// withLabel says the metric at hand is to get the exporter label,
+	// named label, whose field is labelField, among its label fields
+	// (pipeline.wireLabel); labeled counts the metrics written so, for the
+	// tests.
+	withLabel  bool
+	label      string
+	labelField []byte
+	labeled    int
 }
 
 // group is one summary or classic histogram metric being assembled, with
@@ -193,14 +204,14 @@ func (a *assembler) flush() error {
 		}
 	}
 	if a.wireMetrics > 0 {
-		a.frame = a.appendWireFamily(a.frame[:0])
+		a.frame, a.mark[0] = a.appendWireFamily(a.frame[:0])
 	}
 	wired := a.wireMetrics > 0
 	loose := a.loose.list
 	a.clear()
 	if wired {
 		a.wired++
-		if err := a.wire.writeFrame(a.frame); err != nil {
+		if err := a.wire.writeFrames(a.frame, a.mark[:]); err != nil {
 			return err
 		}
 	}
@@ -385,13 +396,25 @@ func (a *assembler) appendWireMetric(lset labels.Labels, v float64, ts *int64) {
 	// The field's tag and a length of at most 5 bytes, set below.
 	b := append(a.wireBody, 0, 0, 0, 0, 0, 0)
 	esc := a.wire.esc
+	label := a.withLabel
 	lset.Range(func(l labels.Label) {
+		// The exporter label in name order, as relabel would have put
+		// it among the labels; the series has no label of its name.
+		if label && l.Name > a.label {
+			b, label = append(b, a.labelField...), false
+		}
 		// An empty name (the text parser takes `""="v"`) is left out,
 		// as labelPairs leaves it out of the message.
 		if l.Name != model.MetricNameLabel && l.Name != "" {
 			b = appendLabelPair(b, escapeLabelName(l.Name, esc), l.Value)
 		}
 	})
+	if label {
+		b = append(b, a.labelField...)
+	}
+	if a.withLabel {
+		a.labeled++
+	}
 	a.endWireMetric(b, start, v, ts)
 }
 
@@ -472,32 +495,43 @@ func (a *assembler) sampleWire(name, labelFields string, v float64, ts *int64) e
 }
 
 // appendWireFamily appends the frame of the family held, its metrics in
-// wireBody, as familyWriter writes the MetricFamily flush would emit.
-func (a *assembler) appendWireFamily(b []byte) []byte {
-	esc := a.wire.esc
-	body := protowire.SizeTag(fieldFamilyName) + protowire.SizeBytes(len(escapeMetricName(a.fname, esc))) +
-		protowire.SizeTag(fieldFamilyType) + protowire.SizeVarint(uint64(dtoType(a.typ))) + len(a.wireBody)
+// wireBody, as familyWriter writes the MetricFamily flush would emit, and
+// returns its mark, its places counted from the start of b.
+func (a *assembler) appendWireFamily(b []byte) ([]byte, frameMark) {
+	name := escapeMetricName(a.fname, a.wire.esc)
+	typ := dtoType(a.typ)
+	body := protowire.SizeTag(fieldFamilyName) + protowire.SizeBytes(len(name)) +
+		protowire.SizeTag(fieldFamilyType) + protowire.SizeVarint(uint64(typ)) + len(a.wireBody)
 	if a.help != nil {
 		body += protowire.SizeTag(fieldFamilyHelp) + protowire.SizeBytes(len(*a.help))
 	}
 	if a.unit != nil {
 		body += protowire.SizeTag(fieldFamilyUnit) + protowire.SizeBytes(len(*a.unit))
 	}
+	m := frameMark{start: len(b), typ: typ}
 	b = protowire.AppendVarint(b, uint64(body))
+	at := len(b) // the message's start
+	m.body = at - m.start
 	b = protowire.AppendTag(b, fieldFamilyName, protowire.BytesType)
-	b = protowire.AppendString(b, escapeMetricName(a.fname, esc))
+	b = protowire.AppendString(b, name)
+	m.name = [2]int{len(b) - at - len(name), len(b) - at}
 	if a.help != nil {
 		b = protowire.AppendTag(b, fieldFamilyHelp, protowire.BytesType)
 		b = protowire.AppendString(b, *a.help)
+		m.help = [2]int{len(b) - at - len(*a.help), len(b) - at}
 	}
 	b = protowire.AppendTag(b, fieldFamilyType, protowire.VarintType)
-	b = protowire.AppendVarint(b, uint64(dtoType(a.typ)))
+	b = protowire.AppendVarint(b, uint64(typ))
+	m.metrics[0] = len(b) - at
 	b = append(b, a.wireBody...)
+	m.metrics[1] = len(b) - at
 	if a.unit != nil {
 		b = protowire.AppendTag(b, fieldFamilyUnit, protowire.BytesType)
 		b = protowire.AppendString(b, *a.unit)
+		m.unit = [2]int{len(b) - at - len(*a.unit), len(b) - at}
 	}
-	return b
+	m.end = len(b) - m.start
+	return b, m
 }
 
 // addComplex adds a series of a summary or histogram to its metric, and
@@ -705,20 +739,25 @@ func dtoExemplar(ex *exemplar.Exemplar) *dto.Exemplar {
 // A writer that takes its lines marked (markedWriter: the aggregate
 // endpoint's segmenter) gets text and OpenMetrics as the direct path hands
 // it over: written into the buffer it lends, with where each line ends and
-// which lines are metadata, so that it does not read them again.
+// which lines are metadata, so that it does not read them again. One that
+// takes its frames marked (frameMarker: the aggregate endpoint's framer)
+// gets protobuf so, with what it would read of each frame.
 type familyWriter struct {
 	w    io.Writer
 	out  Format
 	esc  model.EscapingScheme
 	buf  []byte
 	last string
-	// marked is w when it takes the lines marked. buf is then the buffer
-	// it lent, the output from from on, marks the lines there; own is the
-	// writer's own buffer meanwhile.
-	marked markedWriter
-	marks  []lineMark
-	from   int
-	own    []byte
+	// marked is w when it takes the lines marked, framed when it takes
+	// the frames marked. buf is then the buffer it lent, the output from
+	// from on, marks or frameMarks what is there; own is the writer's own
+	// buffer meanwhile.
+	marked     markedWriter
+	framed     frameMarker
+	marks      []lineMark
+	frameMarks []frameMark
+	from       int
+	own        []byte
 }
 
 // flushBytes is how much encoded output is collected before a write.
@@ -727,25 +766,33 @@ const flushBytes = 32 << 10
 func (fw *familyWriter) reset(w io.Writer, out Format, esc model.EscapingScheme) {
 	fw.unlend()
 	fw.w, fw.out, fw.esc, fw.last = w, out, esc, ""
-	fw.buf, fw.marks, fw.from = fw.buf[:0], fw.marks[:0], 0
+	fw.buf, fw.marks, fw.frameMarks, fw.from = fw.buf[:0], fw.marks[:0], fw.frameMarks[:0], 0
 	if m, ok := w.(markedWriter); ok && out != FormatProtobuf {
 		fw.marked, fw.own = m, fw.buf
+		fw.lend()
+	}
+	if m, ok := w.(frameMarker); ok && out == FormatProtobuf {
+		fw.framed, fw.own = m, fw.buf
 		fw.lend()
 	}
 }
 
 // lend takes the marked writer's buffer for the next write.
 func (fw *familyWriter) lend() {
-	fw.buf = fw.marked.markedBuffer()
+	if fw.framed != nil {
+		fw.buf = fw.framed.frameBuffer()
+	} else {
+		fw.buf = fw.marked.markedBuffer()
+	}
 	fw.from = len(fw.buf)
 }
 
 // unlend lets go of the marked writer's buffer, which the pipeline must
 // not keep: the writer passes it on.
 func (fw *familyWriter) unlend() {
-	if fw.marked != nil {
-		fw.buf, fw.own, fw.marked, fw.from = fw.own[:0], nil, nil, 0
-		fw.marks = fw.marks[:0]
+	if fw.marked != nil || fw.framed != nil {
+		fw.buf, fw.own, fw.marked, fw.framed, fw.from = fw.own[:0], nil, nil, nil, 0
+		fw.marks, fw.frameMarks = fw.marks[:0], fw.frameMarks[:0]
 	}
 }
 
@@ -759,12 +806,17 @@ func (fw *familyWriter) write(mf *dto.MetricFamily) error {
 	switch fw.out {
 	case FormatProtobuf:
 		e := escapeFamily(mf, fw.esc)
+		start := len(fw.buf)
 		fw.buf = binary.AppendUvarint(fw.buf, uint64(proto.Size(e)))
+		body := len(fw.buf)
 		b, err := proto.MarshalOptions{UseCachedSize: true}.MarshalAppend(fw.buf, e)
 		if err != nil {
 			return err
 		}
 		fw.buf = b
+		if fw.framed != nil {
+			fw.frameMarks = append(fw.frameMarks, familyMark(e, b, start, body))
+		}
 	default:
 		om, meta := fw.out == FormatOpenMetrics, mf.GetName() != fw.last
 		if fw.marked != nil {
@@ -782,9 +834,17 @@ func (fw *familyWriter) write(mf *dto.MetricFamily) error {
 	return nil
 }
 
-// writeFrame adds a protobuf frame to the output.
-func (fw *familyWriter) writeFrame(frame []byte) error {
-	fw.buf = append(fw.buf, frame...)
+// writeFrames adds protobuf frames to the output; marks are their marks
+// with places counted from the start of b, when the writer takes marks.
+func (fw *familyWriter) writeFrames(b []byte, marks []frameMark) error {
+	if fw.framed != nil {
+		at, n := len(fw.buf), len(fw.frameMarks)
+		fw.frameMarks = append(fw.frameMarks, marks...)
+		for i := range fw.frameMarks[n:] {
+			fw.frameMarks[n+i].start += at
+		}
+	}
+	fw.buf = append(fw.buf, b...)
 	if fw.pending() >= flushBytes {
 		return fw.flush()
 	}
@@ -816,6 +876,12 @@ func (fw *familyWriter) flush() error {
 	if fw.marked != nil {
 		err := fw.marked.writeMarked(fw.buf, fw.from, fw.marks)
 		fw.marks = fw.marks[:0]
+		fw.lend()
+		return err
+	}
+	if fw.framed != nil {
+		err := fw.framed.writeFrames(fw.buf, fw.from, fw.frameMarks)
+		fw.frameMarks = fw.frameMarks[:0]
 		fw.lend()
 		return err
 	}

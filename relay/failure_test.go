@@ -15,6 +15,7 @@ package relay
 
 import (
 	"compress/gzip"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -25,6 +26,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/common/model"
 )
 
 // manySamples is a text exposition of about n bytes.
@@ -170,5 +172,26 @@ func bodyHandler(ct string, body []byte) http.HandlerFunc {
 	return func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", ct)
 		_, _ = w.Write(body)
+	}
+}
+
+// TestRelay_SeriesWithoutNameFails: a series whose quoted name is empty,
+// which Prometheus' text parser takes and Prometheus fails the scrape for,
+// fails the relay in every output format, also after blanks.
+func TestRelay_SeriesWithoutNameFails(t *testing.T) {
+	for _, body := range []string{"{\"\"} 0\n", " {\"\"}0", "\t{\"\"} 1\n", "{\"\",a=\"b\"} 1\n", "a 1\n  {\"\",a=\"b\"} 1\n"} {
+		for _, out := range []Format{FormatText, FormatOpenMetrics, FormatProtobuf} {
+			for _, label := range []string{"", "exporter"} {
+				for _, esc := range []model.EscapingScheme{model.NoEscaping, model.UnderscoreEscaping} {
+					t.Run(fmt.Sprintf("%q/%v/%q/%v", body, out, label, esc), func(t *testing.T) {
+						p := newPipeline("e", label, nil, defaultLimits)
+						err := p.relay(strings.NewReader(body), FormatText, "text/plain; version=0.0.4", out, esc, io.Discard)
+						if !errors.Is(err, errParse) {
+							t.Fatalf("got %v, want %v", err, errParse)
+						}
+					})
+				}
+			}
+		}
 	}
 }

@@ -73,7 +73,22 @@ func (f familyHandler) series(_ []byte, r relabeled, v float64, ts *int64, ex *e
 	p.samples++
 	a := &p.assembler
 	a.wireLabels = nil
-	if err := a.sample(r.lset, v, ts, ex); err != nil {
+	lset := r.lset
+	if r.label {
+		// The exporter label goes into the wire bytes of a series that
+		// is written so; any other gets it among its labels.
+		if a.wires(lset.Get(model.MetricNameLabel)) {
+			a.withLabel = true
+		} else {
+			var err error
+			if lset, _, err = p.relabel(lset); err != nil {
+				return err
+			}
+		}
+	}
+	err := a.sample(lset, v, ts, ex)
+	a.withLabel = false
+	if err != nil {
 		return err
 	}
 	// An outcome is remembered only when the rules kept the metric name:

@@ -48,7 +48,9 @@ var fuzzRules = []string{`
 // fuzzRelay runs the pipeline over arbitrary input for every output
 // format, without and with rules, as an exporter's endpoint and with the
 // aggregate endpoint's exporter label. It must never panic, and what it
-// relays without an error must parse. Limits are small so that no input
+// relays without an error must parse; the aggregate endpoint's segmenter
+// and framer must cut its output alike whether the writers mark it or
+// they read it. Limits are small so that no input
 // can make it allocate much.
 func fuzzRelay(t *testing.T, data []byte, in Format, ct string) {
 	lim := limits{maxLine: 4096, maxFrame: 1 << 20, maxMetric: 1 << 20}
@@ -75,6 +77,9 @@ func fuzzRelay(t *testing.T, data []byte, in Format, ct string) {
 					}
 					if out != in && out != FormatProtobuf {
 						compareConversionSegments(t, data, in, out, rs, label, esc, lim)
+					}
+					if out == FormatProtobuf {
+						compareFrames(t, data, in, rs, label, esc, lim)
 					}
 					outCT := out.ContentType()
 					if err := parses(buf.Bytes(), outCT); err != nil {

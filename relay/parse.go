@@ -14,6 +14,7 @@
 package relay
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -56,6 +57,9 @@ type relabeled struct {
 	built bool          // the labels were built and relabeled
 	keep  bool          // the rules kept the series
 	lset  labels.Labels // its labels after relabeling, when kept
+	// label says lset is the series' labels without the exporter label,
+	// which is still to be added (pipeline.wireLabel).
+	label bool
 }
 
 // parse runs a parser over one chunk.
@@ -95,7 +99,8 @@ func (p *pipeline) parse(chunk []byte, ct string, om bool, h handler) error {
 			// The parser takes {""} and names and values that are not
 			// UTF-8; Prometheus fails the scrape for them, and the
 			// protobuf output could not carry them.
-			if len(raw) > 0 && raw[0] == '{' && len(sampleName(raw)) == 0 {
+			// The parser also takes blanks before the series.
+			if r := bytes.TrimLeft(raw, " \t"); len(r) > 0 && r[0] == '{' && len(sampleName(r)) == 0 {
 				return fmt.Errorf("%w: series without a metric name", errParse)
 			}
 			if !utf8.Valid(raw) {
@@ -106,7 +111,9 @@ func (p *pipeline) parse(chunk []byte, ct string, om bool, h handler) error {
 				parser.Labels(&p.parsedLabels)
 				// Both paths of the text formats relabel here.
 				r.built = true
-				if r.lset, r.keep, err = p.relabel(p.parsedLabels); err != nil {
+				if p.wireLabel && p.labelLater(p.parsedLabels) {
+					r.lset, r.keep, r.label = p.parsedLabels, true, true
+				} else if r.lset, r.keep, err = p.relabel(p.parsedLabels); err != nil {
 					return err
 				}
 			}

@@ -59,6 +59,12 @@ type frameBatch = batch[frame]
 // in one batch and holds a frame cut by the end of a write. As the
 // segmenter does, it hands buf itself to the batch and moves what it
 // holds to the buffer of a batch the merge gave back.
+//
+// The relay's protobuf writers (familyWriter, the stream path, the wire
+// frames of text input) write into the buffer the framer lends them and
+// tell it each frame's metadata (writeFrames), as the text writers tell
+// the segmenter their lines: reading every frame's fields again was most
+// of what framing cost. Other writes are cut by reading the frames.
 type framer struct {
 	emit func(*frameBatch) error
 	// recycle hands out an empty batch, one the merge is done with when
@@ -69,6 +75,8 @@ type framer struct {
 	buf     []byte
 	frames  []frame
 	started bool // buf and frames were taken from a recycled batch
+	// read counts the frames cut by reading their fields, for the tests.
+	read int
 }
 
 func newFramer(emit func(*frameBatch) error) *framer {
@@ -76,14 +84,29 @@ func newFramer(emit func(*frameBatch) error) *framer {
 }
 
 func (fr *framer) Write(b []byte) (int, error) {
+	fr.start()
+	fr.buf = append(fr.buf, b...)
+	return len(b), fr.cut(0, nil)
+}
+
+// start takes the buffers of a recycled batch before the first write.
+func (fr *framer) start() {
 	if !fr.started {
 		first := fr.recycle()
 		fr.buf, fr.frames = first.buf, first.parts
 		fr.started = true
 	}
-	fr.buf = append(fr.buf, b...)
+}
+
+// cut passes on the complete frames in buf: those marks lists, which start
+// at its start, as marked, and the others as read.
+func (fr *framer) cut(from int, marks []frameMark) error {
 	frames := fr.frames[:0]
-	off := 0
+	off, marked := 0, 0
+	if from == 0 {
+		frames, off = fr.marked(frames, marks)
+		marked = len(frames)
+	}
 	for off < len(fr.buf) {
 		size, n := binary.Uvarint(fr.buf[off:])
 		if n <= 0 || uint64(len(fr.buf)-off-n) < size {
@@ -94,32 +117,110 @@ func (fr *framer) Write(b []byte) (int, error) {
 	}
 	fr.frames = frames
 	if len(frames) == 0 {
-		return len(b), nil
+		return nil
 	}
 	// The batch takes buf and frames, and the next ones go on in a batch
 	// the merge gave back.
 	batch := fr.recycle()
 	batch.buf, fr.buf = fr.buf[:off], append(batch.buf[:0], fr.buf[off:]...)
 	batch.parts, fr.frames = frames, batch.parts[:0]
-	for i := range batch.parts {
-		f := &batch.parts[i]
+	for i := range batch.parts[marked:] {
+		f := &batch.parts[marked+i]
 		if err := f.scan(batch.buf[f.body:f.end]); err != nil {
-			return 0, err
+			return err
 		}
 	}
-	// One string of the batch's names rather than one per family.
-	names := batch.aux[:0]
-	for i := range batch.parts {
-		names = append(names, batch.parts[i].rawName...)
-	}
-	all := string(names)
-	batch.aux = names
-	at := 0
+	fr.read += len(batch.parts) - marked
+	// The names are read where the batch keeps them, as the segmenter's
+	// are: see partName.
 	for i := range batch.parts {
 		f := &batch.parts[i]
-		f.name, at = all[at:at+len(f.rawName)], at+len(f.rawName)
+		f.name = partName(f.rawName)
 	}
-	return len(b), fr.emit(batch)
+	return fr.emit(batch)
+}
+
+// frameMark is a frame that a writer of protobuf output wrote, with what
+// the framer would read of it (frame.scan), so that it reads nothing:
+// where the frame is in the buffer the framer lent (frameBuffer), and
+// where its message, name, help, unit and metric fields are in it, and its
+// type. Only start is counted from the start of the buffer, so that a mark
+// moves with its frame by one addition.
+type frameMark struct {
+	// start is where the frame starts in the buffer, body and end where
+	// its message starts and ends, counted from start.
+	start, body, end int
+	// name, help and unit are where the fields' bytes are in the message,
+	// {0, 0} when absent (a field's bytes come after its tag); metrics is
+	// frame.metrics, the metric fields, one after the other.
+	name, help, unit, metrics [2]int
+	typ                       dto.MetricType
+}
+
+// frameMarker is a writer that takes the frames of a write marked: the
+// writers of protobuf output know each frame they write. It lends them its
+// buffer, so that the output is written where the framer keeps it rather
+// than copied there.
+type frameMarker interface {
+	io.Writer
+	// frameBuffer is the buffer the next write is to be appended to. Its
+	// bytes up to its length are the writer's, and stay as they are.
+	frameBuffer() []byte
+	// writeFrames takes the buffer back, with a write appended to it
+	// after from whose frames marks lists in order.
+	writeFrames(buf []byte, from int, marks []frameMark) error
+}
+
+func (fr *framer) frameBuffer() []byte {
+	fr.start()
+	return fr.buf
+}
+
+// writeFrames is Write of buf[from:], appended to the buffer frameBuffer
+// lent. What the marks do not cover, or a write after an incomplete frame,
+// is cut by reading the frames as Write does.
+func (fr *framer) writeFrames(buf []byte, from int, marks []frameMark) error {
+	fr.start()
+	fr.buf = buf
+	return fr.cut(from, marks)
+}
+
+// marked appends the frames marks lists to frames, as long as each starts
+// where the one before ended, from the start of buf, and returns them and
+// where the last ends. The marks are the relay's own; these checks only
+// keep a wrong one from reaching past its frame.
+func (fr *framer) marked(frames []frame, marks []frameMark) ([]frame, int) {
+	buf, off := fr.buf, 0
+	for i := range marks {
+		m := &marks[i]
+		body, end := m.start+m.body, m.start+m.end
+		if m.start != off || m.body <= 0 || m.body > m.end || end > len(buf) {
+			break
+		}
+		msg := buf[body:end]
+		if !inMessage(m.name, msg) || !inMessage(m.help, msg) || !inMessage(m.unit, msg) || m.metrics != [2]int{} && !inMessage(m.metrics, msg) {
+			break
+		}
+		frames = append(frames, frame{
+			rawName: msg[m.name[0]:m.name[1]], typ: m.typ, help: markedBytes(msg, m.help), unit: markedBytes(msg, m.unit),
+			start: m.start, body: body, end: end, metrics: m.metrics,
+		})
+		off = end
+	}
+	return frames, off
+}
+
+// inMessage reports whether span is absent ({0, 0}) or in msg.
+func inMessage(span [2]int, msg []byte) bool {
+	return span == [2]int{} || 0 < span[0] && span[0] <= span[1] && span[1] <= len(msg)
+}
+
+// markedBytes is the field span marks in msg, nil when it is absent.
+func markedBytes(msg []byte, span [2]int) []byte {
+	if span == [2]int{} {
+		return nil
+	}
+	return msg[span[0]:span[1]]
 }
 
 // close reports a frame left incomplete, which the relay never writes.
@@ -308,4 +409,54 @@ func forMetricFields(msg []byte, f func(field []byte)) {
 		}
 		msg = msg[tn+vn:]
 	}
+}
+
+// familyMark is the mark of the frame of family mf that proto.Marshal
+// wrote in buf, from start, its message from body to the end of buf. It
+// writes a MetricFamily's fields in the order of their numbers (name,
+// help, type, metrics, unit), each once, and the unknown fields last. A
+// family with unknown fields, which a closed enum's value the relay does
+// not know may have left there, is read as the framer reads it.
+func familyMark(mf *dto.MetricFamily, buf []byte, start, body int) frameMark {
+	msg := buf[body:]
+	end := len(msg)
+	m := frameMark{start: start, body: body - start, end: len(buf) - start, typ: mf.GetType()}
+	if len(mf.ProtoReflect().GetUnknown()) > 0 {
+		var f frame
+		_ = f.scan(msg) // proto.Marshal wrote it
+		m.typ, m.metrics = f.typ, f.metrics
+		m.name, m.help, m.unit = fieldSpan(msg, f.rawName), fieldSpan(msg, f.help), fieldSpan(msg, f.unit)
+		return m
+	}
+	at := 0
+	field := func(v *string) [2]int {
+		if v == nil {
+			return [2]int{}
+		}
+		at += protowire.SizeTag(fieldFamilyName) + protowire.SizeVarint(uint64(len(*v)))
+		at += len(*v)
+		return [2]int{at - len(*v), at}
+	}
+	m.name = field(mf.Name)
+	m.help = field(mf.Help)
+	if mf.Type != nil {
+		at += protowire.SizeTag(fieldFamilyType) + protowire.SizeVarint(uint64(*mf.Type))
+	}
+	metricsEnd := end
+	if mf.Unit != nil {
+		m.unit = [2]int{end - len(*mf.Unit), end}
+		metricsEnd -= protowire.SizeTag(fieldFamilyUnit) + protowire.SizeBytes(len(*mf.Unit))
+	}
+	m.metrics = [2]int{at, metricsEnd}
+	return m
+}
+
+// fieldSpan is where field, which frame.scan read from msg, is in msg;
+// {0, 0} for nil.
+func fieldSpan(msg, field []byte) [2]int {
+	if field == nil {
+		return [2]int{}
+	}
+	at := cap(msg) - cap(field)
+	return [2]int{at, at + len(field)}
 }

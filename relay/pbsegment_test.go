@@ -16,6 +16,8 @@ package relay
 import (
 	"bytes"
 	"fmt"
+	"io"
+	"sync"
 	"testing"
 
 	dto "github.com/prometheus/client_model/go"
@@ -209,4 +211,81 @@ func TestAggregate_FramesMergeAsFamilies(t *testing.T) {
 			})
 		}
 	}
+}
+
+// BenchmarkAggregateFrames is BenchmarkAggregateOverhead for a protobuf
+// response: two pipelines relay the payload as protobuf, from protobuf
+// (identity) or from text (text_to_protobuf), in parallel, with the
+// exporter label, into io.Discard (relay_only) or into framers whose
+// batches one merge takes (framed_and_merged).
+func BenchmarkAggregateFrames(b *testing.B) {
+	for _, pl := range []struct {
+		name string
+		text []byte
+	}{{"node", nodeExporterFixture(b)}, {"30k", syntheticText(300, 100)}} {
+		for _, in := range []struct {
+			name string
+			f    Format
+			ct   string
+			body []byte
+		}{{"protobuf", FormatProtobuf, ContentTypeProtobuf, toProtoB(b, pl.text)}, {"text_to_protobuf", FormatText, "text/plain; version=0.0.4", pl.text}} {
+			ps := []*pipeline{newPipeline("a", "exporter", nil, defaultLimits), newPipeline("b", "exporter", nil, defaultLimits)}
+			relay := func(p *pipeline, w io.Writer) error {
+				return p.relay(bytes.NewReader(in.body), in.f, in.ct, FormatProtobuf, model.UnderscoreEscaping, w)
+			}
+			benchFrameOverhead(b, pl.name+"/"+in.name+"/", ps, relay)
+		}
+	}
+}
+
+// benchFrameOverhead is benchAggregateOverhead with framers and the frame
+// merge.
+func benchFrameOverhead(b *testing.B, prefix string, ps []*pipeline, relay func(*pipeline, io.Writer) error) {
+	r := &Relay{maxNames: maxWrittenNames}
+	b.Run(prefix+"relay_only", func(b *testing.B) {
+		cpu := processCPU(b)
+		for b.Loop() {
+			var wg sync.WaitGroup
+			for _, p := range ps {
+				wg.Go(func() {
+					if err := relay(p, io.Discard); err != nil {
+						b.Error(err)
+					}
+				})
+			}
+			wg.Wait()
+		}
+		reportCPU(b, cpu)
+	})
+	b.Run(prefix+"framed_and_merged", func(b *testing.B) {
+		cpu := processCPU(b)
+		for b.Loop() {
+			sources := make([]*source, len(ps))
+			var wg sync.WaitGroup
+			for i, p := range ps {
+				s := newSource(r, &exporter{cfg: ExporterConfig{Name: fmt.Sprint("e", i)}})
+				sources[i] = s
+				wg.Go(func() {
+					defer close(s.frames.ch)
+					fr := newFramer(func(b *frameBatch) error { s.frames.ch <- b; return nil })
+					fr.recycle, fr.release = s.frames.reuse, s.frames.put
+					err := relay(p, fr)
+					if err == nil {
+						err = fr.close()
+					}
+					if err != nil {
+						b.Error(err)
+					}
+				})
+			}
+			if err := r.mergeFrames(sources, io.Discard); err != nil {
+				b.Fatal(err)
+			}
+			wg.Wait()
+			for _, s := range sources {
+				s.frames.release()
+			}
+		}
+		reportCPU(b, cpu)
+	})
 }

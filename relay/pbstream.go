@@ -67,8 +67,14 @@ type pbStream struct {
 	// familyWriter).
 	marks   []lineMark
 	marking bool
-	body    []byte // the MetricFamily message of the part at hand
-	labels  []byte // scratch for the label fields of the metric at hand
+	// frameMarks are the marks of the frames in out, when the output is
+	// protobuf to a writer that takes them (framing); head is the mark of
+	// the part at hand, but for where it is.
+	frameMarks []frameMark
+	framing    bool
+	head       frameMark
+	body       []byte // the MetricFamily message of the part at hand
+	labels     []byte // scratch for the label fields of the metric at hand
 	// seriesBuf is scratch for the series text remembered for a scraper
 	// of text.
 	seriesBuf []byte
@@ -148,6 +154,7 @@ func (p *pipeline) streamFamily(frame []byte, h *pbHeader) (bool, error) {
 	s := &p.pbStream
 	s.text, s.om, s.last = s.to.out != FormatProtobuf, s.to.out == FormatOpenMetrics, s.to.last
 	s.marking = s.text && s.to.marked != nil
+	s.framing = !s.text && s.to.framed != nil
 	value := valueField(h.typ)
 	legacy := p.escaping != model.NoEscaping
 	if value == 0 || legacy && !h.legacy {
@@ -162,7 +169,7 @@ func (p *pipeline) streamFamily(frame []byte, h *pbHeader) (bool, error) {
 		return false, nil
 	}
 	samples := p.samples
-	s.out, s.marks, s.missPart = s.out[:0], s.marks[:0], false
+	s.out, s.marks, s.frameMarks, s.missPart = s.out[:0], s.marks[:0], s.frameMarks[:0], false
 	s.startPart(h)
 	partSize, metrics := 0, 0
 	// With rules, a metric's labels are checked only when the series cache
@@ -246,7 +253,7 @@ func (p *pipeline) endStreamPart(h *pbHeader, metrics int) error {
 	if err := s.write(s.out); err != nil {
 		return err
 	}
-	s.out, s.marks = s.out[:0], s.marks[:0]
+	s.out, s.marks, s.frameMarks = s.out[:0], s.marks[:0], s.frameMarks[:0]
 	if !s.missPart {
 		return nil
 	}
@@ -267,7 +274,7 @@ func (s *pbStream) write(b []byte) error {
 	if s.text {
 		return s.to.writeLines(b, s.marks)
 	}
-	return s.to.writeFrame(b)
+	return s.to.writeFrames(b, s.frameMarks)
 }
 
 // startPart begins a part's MetricFamily with the fields before the
@@ -279,12 +286,16 @@ func (s *pbStream) startPart(h *pbHeader) {
 	}
 	b := protowire.AppendTag(s.body[:0], fieldFamilyName, protowire.BytesType)
 	b = protowire.AppendString(b, h.name)
+	s.head.name = [2]int{len(b) - len(h.name), len(b)}
+	s.head.help = [2]int{}
 	if h.help != nil {
 		b = protowire.AppendTag(b, fieldFamilyHelp, protowire.BytesType)
 		b = protowire.AppendString(b, *h.help)
+		s.head.help = [2]int{len(b) - len(*h.help), len(b)}
 	}
 	b = protowire.AppendTag(b, fieldFamilyType, protowire.VarintType)
 	s.body = protowire.AppendVarint(b, uint64(h.typ))
+	s.head.typ, s.head.metrics[0] = h.typ, len(s.body)
 }
 
 // endPart writes the part as a frame, unless relabeling left it without
@@ -323,11 +334,20 @@ func (s *pbStream) endPart(h *pbHeader, metrics int, esc model.EscapingScheme) {
 		}
 		return
 	}
+	s.head.metrics[1], s.head.unit = len(s.body), [2]int{}
 	if h.unit != nil {
 		s.body = protowire.AppendTag(s.body, fieldFamilyUnit, protowire.BytesType)
 		s.body = protowire.AppendString(s.body, *h.unit)
+		s.head.unit = [2]int{len(s.body) - len(*h.unit), len(s.body)}
 	}
+	start := len(s.out)
 	s.out = protowire.AppendVarint(s.out, uint64(len(s.body)))
+	if s.framing {
+		m := s.head
+		m.start, m.body = start, len(s.out)-start
+		m.end = m.body + len(s.body)
+		s.frameMarks = append(s.frameMarks, m)
+	}
 	s.out = append(s.out, s.body...)
 }
 

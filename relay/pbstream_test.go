@@ -153,6 +153,10 @@ func TestTextToProtobufWire_SameOutputAsFamilies(t *testing.T) {
 		{"large_family", large.Bytes(), 1},
 		{"type_changes", []byte("# TYPE a counter\na 1\n# TYPE a gauge\na 2\n# HELP a Again.\na 3\n"), 2},
 		{"timestamps_and_escapes", []byte("# HELP g A \\\\ gauge.\n# TYPE g gauge\ng{x=\"q\\\"\\\\\\n\",y=\"1\"} 1.5 1700000000123\ng{x=\"2\"} -3 5\n# TYPE c_total counter\nc_total NaN 1\nu +Inf\nu{\"a.b\"=\"1\"} -1\n{\"utf8.name\",a=\"b\"} 1\n"), 3},
+		// Names on either side of the exporter label's, one that has
+		// its name (kept as exported_exporter), empty values, one of
+		// them of a name that comes twice (relabel drops both).
+		{"label_order", []byte("# TYPE m gauge\nm{a=\"1\",exporteq=\"2\",exporters=\"3\",z=\"4\"} 1\nm{exporter=\"x\",b=\"\"} 2\nm{exporter=\"\",c=\"1\"} 3\nm{\"ä\"=\"1\",\"A\"=\"2\",\"e.x\"=\"3\"} 4\nm{} 5\nm{c=\"\",c=\"1\",d=\"2\"} 6\n# TYPE h histogram\nh_bucket{le=\"+Inf\",x=\"1\"} 1\nh_sum{x=\"1\"} 1\nh_count{x=\"1\"} 1\n"), 1},
 	}
 	ruleSets := map[string]string{"none": "", "one_label": oneLabel, "realistic": realisticRules, "label_rules": labelRules, "cache_rules": cacheRules}
 	for i, r := range fuzzRules {
@@ -173,6 +177,11 @@ func TestTextToProtobufWire_SameOutputAsFamilies(t *testing.T) {
 						}
 						if r == "" && label == "" && p.assembler.wired < in.wired {
 							t.Errorf("the wire path wrote %d families, want at least %d", p.assembler.wired, in.wired)
+						}
+						// Without rules, the wire path writes the
+						// exporter label into the metrics itself.
+						if r == "" && label != "" && p.assembler.labeled == 0 {
+							t.Error("no metric got the exporter label from the wire path")
 						}
 						compareStream(t, in.data, FormatText, ct, FormatProtobuf, rules, label, esc, lim, got.Bytes(), nil)
 					})

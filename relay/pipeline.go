@@ -18,6 +18,7 @@ import (
 	"errors"
 	"io"
 	"strings"
+	"unsafe"
 
 	"github.com/klauspost/compress/gzip"
 	dto "github.com/prometheus/client_model/go"
@@ -109,6 +110,11 @@ type pipeline struct {
 	// stripCreated drops created timestamps of protobuf input written as
 	// OpenMetrics: the exporter would not have sent _created lines there.
 	stripCreated bool
+	// wireLabel says relabeling leaves the exporter label to the
+	// assembler, for text written as protobuf without rules: a series it
+	// writes as wire bytes gets the label's field there, which costs less
+	// than building its labels anew with it (see familyHandler.series).
+	wireLabel bool
 }
 
 // limits bound what a pipeline holds at once: a line of text, a protobuf
@@ -123,7 +129,8 @@ var defaultLimits = limits{maxLine: DefaultMaxLineBytes, maxFrame: DefaultMaxFra
 // size is about how much memory the pipeline's buffers hold.
 func (p *pipeline) size() int {
 	return cap(p.chunks.buf) + cap(p.chunks.scratch) + cap(p.frameBuf) + cap(p.omChunkBuf) + cap(p.directBuf) + 16*cap(p.marks) + cap(p.familyWriter.buf) + 64*cap(p.classicParts) +
-		cap(p.pbStream.out) + cap(p.pbStream.body) + cap(p.assembler.wireBody) + cap(p.assembler.frame) + p.pbHeaders.bytes
+		cap(p.pbStream.out) + cap(p.pbStream.body) + cap(p.assembler.wireBody) + cap(p.assembler.frame) + p.pbHeaders.bytes +
+		int(unsafe.Sizeof(frameMark{}))*(cap(p.familyWriter.frameMarks)+cap(p.pbStream.frameMarks))
 }
 
 func newPipeline(exporter, label string, relabels []*relabel.Config, lim limits) *pipeline {
@@ -191,7 +198,12 @@ func (p *pipeline) relay(body io.Reader, in Format, ct string, out Format, esc m
 		defer func() { p.pbStream.to = nil }()
 	case out == FormatProtobuf:
 		p.assembler.wire = &p.familyWriter
-		defer func() { p.assembler.wire = nil }()
+		if p.label != "" && len(p.relabels) == 0 {
+			p.wireLabel = true
+			p.assembler.labelField = appendLabelPair(p.assembler.labelField[:0], escapeLabelName(p.label, esc), p.exporter)
+			p.assembler.label = p.label
+		}
+		defer func() { p.assembler.wire, p.wireLabel = nil, false }()
 	}
 	if err := p.families(body, in, ct, out, p.familyWriter.write); err != nil {
 		return err

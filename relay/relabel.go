@@ -24,7 +24,9 @@ import (
 // relabel is the one place where the relay applies metric_relabel_configs
 // to the labels of a series. It has one caller per input format: parse for
 // the series of text and OpenMetrics (the direct and the families path get
-// its outcome), relabelMetric for protobuf metrics and their series; the
+// its outcome; familyHandler.series calls it for a series parse left to
+// the wire path that goes another way), relabelMetric for protobuf
+// metrics and their series; the
 // protobuf stream path and the series cache reuse outcomes from them
 // (fastpath.go applies rules that need no labels to the text of a series
 // instead). It adds the
@@ -55,4 +57,20 @@ func (p *pipeline) relabel(lset labels.Labels) (labels.Labels, bool, error) {
 		return out, false, fmt.Errorf("%w: %s", errRelabel, truncate(out.String()))
 	}
 	return out, true, nil
+}
+
+// labelLater reports whether relabel, without rules, makes of the labels
+// lset only lset with the exporter label among them, so that the label can
+// be written where the series is (pipeline.wireLabel): lset has no label of
+// the exporter label's name, which relabel keeps as exported_<name>, and no
+// empty value, which drops every label of its name (labels.Builder.Reset;
+// the text parser takes a name twice).
+func (p *pipeline) labelLater(lset labels.Labels) bool {
+	later := true
+	lset.Range(func(l labels.Label) {
+		if l.Value == "" || l.Name == p.label {
+			later = false
+		}
+	})
+	return later
 }
