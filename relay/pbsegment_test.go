@@ -242,21 +242,7 @@ func BenchmarkAggregateFrames(b *testing.B) {
 // merge.
 func benchFrameOverhead(b *testing.B, prefix string, ps []*pipeline, relay func(*pipeline, io.Writer) error) {
 	r := &Relay{maxNames: maxWrittenNames}
-	b.Run(prefix+"relay_only", func(b *testing.B) {
-		cpu := processCPU(b)
-		for b.Loop() {
-			var wg sync.WaitGroup
-			for _, p := range ps {
-				wg.Go(func() {
-					if err := relay(p, io.Discard); err != nil {
-						b.Error(err)
-					}
-				})
-			}
-			wg.Wait()
-		}
-		reportCPU(b, cpu)
-	})
+	benchRelayOnly(b, prefix, ps, relay)
 	b.Run(prefix+"framed_and_merged", func(b *testing.B) {
 		cpu := processCPU(b)
 		for b.Loop() {

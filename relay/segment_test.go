@@ -526,12 +526,10 @@ func BenchmarkAggregateOverhead(b *testing.B) {
 	benchAggregateOverhead(b, "", ps, relay, false)
 }
 
-// benchAggregateOverhead runs ps in parallel, each relaying with relay,
-// into io.Discard (prefix/relay_only) and into segmenters whose batches one
-// merge takes (prefix/segmented_and_merged): the difference is what the
-// aggregate endpoint adds to relaying its exporters.
-func benchAggregateOverhead(b *testing.B, prefix string, ps []*pipeline, relay func(*pipeline, io.Writer) error, om bool) {
-	r := &Relay{maxNames: maxWrittenNames}
+// benchRelayOnly is the baseline of the aggregate's overhead benchmarks:
+// the pipelines relay in parallel, as the aggregate's exporters do, into
+// io.Discard (prefix/relay_only).
+func benchRelayOnly(b *testing.B, prefix string, ps []*pipeline, relay func(*pipeline, io.Writer) error) {
 	b.Run(prefix+"relay_only", func(b *testing.B) {
 		cpu := processCPU(b)
 		for b.Loop() {
@@ -547,6 +545,15 @@ func benchAggregateOverhead(b *testing.B, prefix string, ps []*pipeline, relay f
 		}
 		reportCPU(b, cpu)
 	})
+}
+
+// benchAggregateOverhead runs ps in parallel, each relaying with relay,
+// into io.Discard (prefix/relay_only) and into segmenters whose batches one
+// merge takes (prefix/segmented_and_merged): the difference is what the
+// aggregate endpoint adds to relaying its exporters.
+func benchAggregateOverhead(b *testing.B, prefix string, ps []*pipeline, relay func(*pipeline, io.Writer) error, om bool) {
+	r := &Relay{maxNames: maxWrittenNames}
+	benchRelayOnly(b, prefix, ps, relay)
 	b.Run(prefix+"segmented_and_merged", func(b *testing.B) {
 		cpu := processCPU(b)
 		for b.Loop() {
