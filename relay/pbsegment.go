@@ -429,16 +429,16 @@ func familyMark(mf *dto.MetricFamily, buf []byte, start, body int) frameMark {
 		return m
 	}
 	at := 0
-	field := func(v *string) [2]int {
+	field := func(num protowire.Number, v *string) [2]int {
 		if v == nil {
 			return [2]int{}
 		}
-		at += protowire.SizeTag(fieldFamilyName) + protowire.SizeVarint(uint64(len(*v)))
+		at += protowire.SizeTag(num) + protowire.SizeVarint(uint64(len(*v)))
 		at += len(*v)
 		return [2]int{at - len(*v), at}
 	}
-	m.name = field(mf.Name)
-	m.help = field(mf.Help)
+	m.name = field(fieldFamilyName, mf.Name)
+	m.help = field(fieldFamilyHelp, mf.Help)
 	if mf.Type != nil {
 		at += protowire.SizeTag(fieldFamilyType) + protowire.SizeVarint(uint64(*mf.Type))
 	}

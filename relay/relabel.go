@@ -25,15 +25,13 @@ import (
 // to the labels of a series. It has one caller per input format: parse for
 // the series of text and OpenMetrics (the direct and the families path get
 // its outcome; familyHandler.series calls it for a series parse left to
-// the wire path that goes another way), relabelMetric for protobuf
-// metrics and their series; the
-// protobuf stream path and the series cache reuse outcomes from them
-// (fastpath.go applies rules that need no labels to the text of a series
-// instead). It adds the
-// exporter label (aggregate endpoint only) and applies the rules in
-// Prometheus' order: target labels first (an upstream label of the same
-// name is kept as exported_<name>, as with honor_labels: false), then the
-// rules.
+// the wire path that goes another way), relabelMetric for protobuf metrics
+// and their series; the protobuf stream path and the series cache reuse
+// outcomes from them (fastpath.go applies rules that need no labels to the
+// text of a series instead). It adds the exporter label (aggregate endpoint
+// only) and applies the rules in Prometheus' order: target labels first (an
+// upstream label of the same name is kept as exported_<name>, as with
+// honor_labels: false), then the rules.
 func (p *pipeline) relabel(lset labels.Labels) (labels.Labels, bool, error) {
 	p.relabelBuilder.Reset(lset)
 	if p.label != "" {
