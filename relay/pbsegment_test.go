@@ -17,7 +17,6 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"sync"
 	"testing"
 
 	dto "github.com/prometheus/client_model/go"
@@ -241,37 +240,13 @@ func BenchmarkAggregateFrames(b *testing.B) {
 // benchFrameOverhead is benchAggregateOverhead with framers and the frame
 // merge.
 func benchFrameOverhead(b *testing.B, prefix string, ps []*pipeline, relay func(*pipeline, io.Writer) error) {
-	r := &Relay{maxNames: maxWrittenNames}
 	benchRelayOnly(b, prefix, ps, relay)
-	b.Run(prefix+"framed_and_merged", func(b *testing.B) {
-		cpu := processCPU(b)
-		for b.Loop() {
-			sources := make([]*source, len(ps))
-			var wg sync.WaitGroup
-			for i, p := range ps {
-				s := newSource(r, &exporter{cfg: ExporterConfig{Name: fmt.Sprint("e", i)}})
-				sources[i] = s
-				wg.Go(func() {
-					defer close(s.frames.ch)
-					fr := newFramer(func(b *frameBatch) error { s.frames.ch <- b; return nil })
-					fr.recycle, fr.release = s.frames.reuse, s.frames.put
-					err := relay(p, fr)
-					if err == nil {
-						err = fr.close()
-					}
-					if err != nil {
-						b.Error(err)
-					}
-				})
-			}
-			if err := r.mergeFrames(sources, io.Discard); err != nil {
-				b.Fatal(err)
-			}
-			wg.Wait()
-			for _, s := range sources {
-				s.frames.release()
-			}
-		}
-		reportCPU(b, cpu)
-	})
+	benchCutAndMerged(b, prefix+"framed_and_merged", ps, relay,
+		func(s *source) *feed[frame] { return s.frames },
+		func(f *feed[frame]) cutter {
+			fr := newFramer(func(b *frameBatch) error { f.ch <- b; return nil })
+			fr.recycle, fr.release = f.reuse, f.put
+			return fr
+		},
+		func(r *Relay, sources []*source) error { return r.mergeFrames(sources, io.Discard) })
 }

@@ -552,9 +552,32 @@ func benchRelayOnly(b *testing.B, prefix string, ps []*pipeline, relay func(*pip
 // merge takes (prefix/segmented_and_merged): the difference is what the
 // aggregate endpoint adds to relaying its exporters.
 func benchAggregateOverhead(b *testing.B, prefix string, ps []*pipeline, relay func(*pipeline, io.Writer) error, om bool) {
-	r := &Relay{maxNames: maxWrittenNames}
 	benchRelayOnly(b, prefix, ps, relay)
-	b.Run(prefix+"segmented_and_merged", func(b *testing.B) {
+	benchCutAndMerged(b, prefix+"segmented_and_merged", ps, relay,
+		func(s *source) *feed[segment] { return s.segs },
+		func(f *feed[segment]) cutter {
+			sg := newSegmenter(func(b *segmentBatch) error { f.ch <- b; return nil })
+			sg.recycle = f.reuse
+			return sg
+		},
+		func(r *Relay, sources []*source) error { return r.mergeSegments(sources, io.Discard, om) })
+}
+
+// cutter is what the aggregate endpoint has a relay write into: a
+// segmenter or a framer.
+type cutter interface {
+	io.Writer
+	close() error
+}
+
+// benchCutAndMerged runs ps in parallel, each relaying with relay into the
+// cutter newCutter makes on its source's feed (feedOf), and merges what
+// they cut, as the aggregate endpoint does.
+func benchCutAndMerged[P any](b *testing.B, name string, ps []*pipeline, relay func(*pipeline, io.Writer) error,
+	feedOf func(*source) *feed[P], newCutter func(*feed[P]) cutter, merge func(*Relay, []*source) error,
+) {
+	r := &Relay{maxNames: maxWrittenNames}
+	b.Run(name, func(b *testing.B) {
 		cpu := processCPU(b)
 		for b.Loop() {
 			sources := make([]*source, len(ps))
@@ -562,25 +585,25 @@ func benchAggregateOverhead(b *testing.B, prefix string, ps []*pipeline, relay f
 			for i, p := range ps {
 				s := newSource(r, &exporter{cfg: ExporterConfig{Name: fmt.Sprint("e", i)}})
 				sources[i] = s
+				f := feedOf(s)
 				wg.Go(func() {
-					defer close(s.segs.ch)
-					sg := newSegmenter(func(b *segmentBatch) error { s.segs.ch <- b; return nil })
-					sg.recycle = s.segs.reuse
-					err := relay(p, sg)
+					defer close(f.ch)
+					c := newCutter(f)
+					err := relay(p, c)
 					if err == nil {
-						err = sg.close()
+						err = c.close()
 					}
 					if err != nil {
 						b.Error(err)
 					}
 				})
 			}
-			if err := r.mergeSegments(sources, io.Discard, om); err != nil {
+			if err := merge(r, sources); err != nil {
 				b.Fatal(err)
 			}
 			wg.Wait()
 			for _, s := range sources {
-				s.segs.release()
+				feedOf(s).release()
 			}
 		}
 		reportCPU(b, cpu)
