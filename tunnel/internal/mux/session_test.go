@@ -93,6 +93,19 @@ func serving(t testing.TB) (tls.Certificate, *x509.CertPool) {
 	return cert.TLS(), ca.Pool()
 }
 
+// requireResetAlone checks that st, which what describes, was reset and
+// that the session it belonged to still answers the agent.
+func requireResetAlone(t *testing.T, st *Stream, agent *yamux.Session, what string) {
+	t.Helper()
+	_ = st.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := st.Read(make([]byte, 1)); !errors.Is(err, ErrReset) {
+		t.Fatalf("read on %s: %v, want ErrReset", what, err)
+	}
+	if _, err := agent.Ping(); err != nil {
+		t.Fatalf("the session ended with %s: %v", what, err)
+	}
+}
+
 // violations counts Config.Violation calls by reason.
 type violations struct {
 	mu sync.Mutex
@@ -539,13 +552,7 @@ func TestSession_StreamTimeouts(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		_ = st.SetReadDeadline(time.Now().Add(10 * time.Second))
-		if _, err := st.Read(make([]byte, 1)); !errors.Is(err, ErrReset) {
-			t.Fatalf("read on a stream never acknowledged: %v, want ErrReset", err)
-		}
-		if _, err := agent.Ping(); err != nil {
-			t.Fatalf("the session ended with the stream: %v", err)
-		}
+		requireResetAlone(t, st, agent, "a stream never acknowledged")
 		poll.Until(t, 10*time.Second, func() error {
 			if n := s.streamCount(); n != 0 {
 				return fmt.Errorf("%d streams kept", n)
@@ -627,13 +634,7 @@ func TestSession_AgentRefusesStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = second.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if _, err := second.Read(make([]byte, 1)); !errors.Is(err, ErrReset) {
-		t.Fatalf("read on a stream the agent refused: %v, want ErrReset", err)
-	}
-	if _, err := agent.Ping(); err != nil {
-		t.Fatal(err)
-	}
+	requireResetAlone(t, second, agent, "a stream the agent refused")
 	if s.IsClosed() {
 		t.Fatal("the session closed")
 	}
